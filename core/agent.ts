@@ -1,0 +1,169 @@
+/**
+ * The per-host agent: plugins → pools → transport, and the reverse on shutdown. `runAgent` adds the
+ * process concerns (signals, exit code) around it.
+ */
+import process from 'node:process';
+import { CloudletError, registerPluginErrors } from './errors.ts';
+import { makeEvent } from './envelope.ts';
+import type { HostConfig } from './config/host-config.ts';
+import { createLogger, type Logger } from './logger.ts';
+import { Dispatcher } from './dispatcher.ts';
+import { PoolManager, type PoolSpec } from './pools.ts';
+import type { HostIdentity, LoadedPluginSummary, PluginHookContext } from './plugin-api.ts';
+import type { LoadedPlugin } from './plugins/loader.ts';
+import { createAgentTransport, type AgentTransport } from './transports/index.ts';
+import { AGENT_VERSION } from './version.ts';
+import type { LogLevelName } from '../workers/protocol.ts';
+
+export interface AgentOptions {
+  logger?: Logger;
+  /** Overrides the configured transport (tests). */
+  transport?: AgentTransport;
+}
+
+export function summarizePlugins(plugins: readonly LoadedPlugin[]): LoadedPluginSummary[] {
+  return plugins.map((p) => ({
+    name: p.plugin.name,
+    version: p.plugin.version,
+    source: p.kind === 'path' ? p.source : p.use,
+    provides: [...(p.plugin.provides ?? [])],
+    messageTypes: Object.keys(p.plugin.messages ?? {}),
+  }));
+}
+
+export class Agent {
+  readonly config: HostConfig;
+  readonly log: Logger;
+  readonly host: HostIdentity;
+  readonly transport: AgentTransport;
+  #pools: PoolManager | undefined;
+  #dispatcher: Dispatcher | undefined;
+  #started: LoadedPlugin[] = [];
+  #stopping: Promise<void> | undefined;
+
+  constructor(config: HostConfig, options: AgentOptions = {}) {
+    this.config = config;
+    this.log = (options.logger ?? createLogger({ level: config.core.log.level, format: config.core.log.format })).child({ host: config.hostId });
+    this.host = { id: config.hostId, agentVersion: AGENT_VERSION, startedAt: Date.now() };
+    this.transport = options.transport ?? createAgentTransport(config.core, config.hostId);
+  }
+
+  get pools(): PoolManager | undefined {
+    return this.#pools;
+  }
+
+  get inFlight(): number {
+    return this.#dispatcher?.inFlightCount ?? 0;
+  }
+
+  #hookContext(plugin: LoadedPlugin): PluginHookContext<unknown> {
+    const capabilities = new Map<string, string[]>();
+    for (const p of this.config.plugins) for (const c of p.plugin.provides ?? []) capabilities.set(c, [...(capabilities.get(c) ?? []), p.plugin.name]);
+    return {
+      options: plugin.options,
+      host: this.host,
+      log: this.log.child({ plugin: plugin.plugin.name }),
+      emitEvent: (type, payload) => this.transport.publishEvent(makeEvent(type, this.host.id, payload)),
+      capabilities,
+    };
+  }
+
+  async start(): Promise<void> {
+    const { config } = this;
+    for (const p of config.plugins) if (p.plugin.errors) registerPluginErrors(p.plugin.errors);
+
+    for (const p of config.plugins) {
+      await this.#runHook(p, 'init');
+      this.#started.push(p);
+    }
+    const summaries = summarizePlugins(config.plugins);
+    const specs: PoolSpec[] = [...config.messages.values()].map((route) => ({
+      type: route.type,
+      settings: route.pool,
+      workerData: {
+        handlerUrl: String(route.definition.handler),
+        pluginName: route.plugin.plugin.name,
+        options: route.plugin.options,
+        host: this.host,
+        plugins: summaries,
+        logLevel: config.core.log.level as LogLevelName,
+      },
+    }));
+    const declaredCodes = new Map(config.plugins.map((p) => [p.plugin.name, new Set(Object.keys(p.plugin.errors ?? {}))]));
+    this.#pools = new PoolManager(specs, declaredCodes);
+    this.#dispatcher = new Dispatcher({
+      hostId: config.hostId,
+      maxMessageBytes: config.core.limits.maxMessageBytes,
+      routes: config.messages,
+      pools: this.#pools,
+      log: this.log,
+    });
+    for (const p of config.plugins) await this.#runHook(p, 'start');
+    await this.transport.listen(this.#dispatcher.handle);
+    this.log.info(
+      { transport: this.transport.describe(), plugins: summaries.map((s) => `${s.name}@${s.version}`), messageTypes: [...config.messages.keys()] },
+      `agent ${AGENT_VERSION} ready as host "${config.hostId}"`,
+    );
+  }
+
+  async #runHook(plugin: LoadedPlugin, hook: 'init' | 'start' | 'stop'): Promise<void> {
+    const fn = plugin.plugin.hooks?.[hook];
+    if (!fn) return;
+    try {
+      await fn(this.#hookContext(plugin));
+    } catch (cause) {
+      throw new CloudletError('PLUGIN_HOOK_FAILED', `plugin "${plugin.plugin.name}" failed in its ${hook} hook: ${(cause as Error).message}`, {
+        cause,
+        details: { plugin: plugin.plugin.name, hook },
+      });
+    }
+  }
+
+  /** Graceful stop: no new messages, in-flight ones finish or are cancelled after the grace period. */
+  stop(reason = 'stop requested'): Promise<void> {
+    this.#stopping ??= this.#stop(reason);
+    return this.#stopping;
+  }
+
+  async #stop(reason: string): Promise<void> {
+    const graceMs = this.config.core.shutdown.graceMs;
+    this.log.info({ reason, inFlight: this.inFlight, graceMs }, 'shutting down');
+    await this.transport.stopAccepting();
+    const drained = (await this.#dispatcher?.drain(graceMs)) ?? { finished: 0, cancelled: 0 };
+    for (const p of [...this.#started].reverse()) {
+      try {
+        await this.#runHook(p, 'stop');
+      } catch (error) {
+        this.log.error({ err: error, plugin: p.plugin.name }, 'plugin stop hook failed; continuing shutdown');
+      }
+    }
+    await this.#pools?.destroy();
+    await this.transport.close();
+    this.log.info(drained, 'stopped');
+  }
+}
+
+/** Runs an agent until SIGTERM/SIGINT; resolves with the process exit code. */
+export async function runAgent(config: HostConfig, options: AgentOptions = {}): Promise<number> {
+  const agent = new Agent(config, options);
+  try {
+    await agent.start();
+  } catch (error) {
+    agent.log.fatal({ err: error, code: (error as { code?: string }).code }, `agent failed to start: ${(error as Error).message}`);
+    await agent.stop('start failed').catch(() => undefined);
+    return 1;
+  }
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+    process.once('SIGINT', () => resolve('SIGINT'));
+  });
+  // A second signal while draining means "now": the operator does not want to wait for the grace period.
+  const forceExit = () => {
+    agent.log.warn('second signal: exiting without waiting for in-flight messages');
+    process.exit(130);
+  };
+  process.once('SIGTERM', forceExit);
+  process.once('SIGINT', forceExit);
+  await agent.stop(signal);
+  return 0;
+}

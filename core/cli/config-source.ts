@@ -1,0 +1,28 @@
+/** Finds and reads the config a CLI command should use. */
+import { access } from 'node:fs/promises';
+import process from 'node:process';
+import { defaultConfigCandidates, rawConfigFrom, readConfigFile, validateCoreConfig, type RawConfig } from '../config/load.ts';
+import { configInvalidError } from '../config/problems.ts';
+import type { CoreConfig } from '../config/schema.ts';
+
+/** `--config`, then CLOUDLET_CONFIG, ./cloudlet.yaml, /etc/cloudlet/cloudlet.yaml; else built-in defaults. */
+export async function findRawConfig(explicit: string | undefined): Promise<RawConfig> {
+  if (explicit) return readConfigFile(explicit);
+  for (const candidate of defaultConfigCandidates()) {
+    if (candidate === process.env.CLOUDLET_CONFIG) return readConfigFile(candidate);
+    const exists = await access(candidate).then(
+      () => true,
+      () => false,
+    );
+    if (exists) return readConfigFile(candidate);
+  }
+  return rawConfigFrom({}, '(defaults)', process.env);
+}
+
+/** The core part only: what a client needs to reach an agent, without loading any plugin. */
+export async function clientConfig(explicit: string | undefined): Promise<CoreConfig> {
+  const raw = await findRawConfig(explicit);
+  const validated = validateCoreConfig(raw);
+  if (!validated.config) throw configInvalidError(validated.problems);
+  return validated.config;
+}

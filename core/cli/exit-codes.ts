@@ -1,0 +1,24 @@
+/** Exit codes of every `cloudlet` command; documented in README and docs/ERRORS.md. */
+import type { CloudletError } from '../errors.ts';
+
+export const EXIT = {
+  OK: 0,
+  /** The agent answered, with an error reply. */
+  ERROR_REPLY: 1,
+  USAGE: 2,
+  CONFIG_INVALID: 3,
+  /** No agent at the configured address, or the connection dropped. */
+  UNREACHABLE: 4,
+  /** No reply before the deadline. */
+  TIMEOUT: 5,
+  INTERNAL: 70,
+} as const;
+
+export function exitCodeFor(error: CloudletError): number {
+  if (error.code === 'USAGE') return EXIT.USAGE;
+  if (error.code.startsWith('CONFIG_') || error.code.startsWith('PLUGIN_')) return EXIT.CONFIG_INVALID;
+  if (error.code === 'AGENT_UNREACHABLE' || error.code === 'CONNECTION_LOST') return EXIT.UNREACHABLE;
+  if (error.code === 'CLIENT_TIMEOUT') return EXIT.TIMEOUT;
+  if (error.code === 'INTERNAL') return EXIT.INTERNAL;
+  return EXIT.ERROR_REPLY;
+}

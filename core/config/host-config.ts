@@ -1,0 +1,90 @@
+/**
+ * A host's complete, validated configuration: the core's settings, the plugins in dependency order with
+ * their parsed options, and every message type with its effective pool settings.
+ */
+import { CloudletError } from '../errors.ts';
+import type { MessageDefinition, PoolSettings } from '../plugin-api.ts';
+import { loadPlugins, type LoadedPlugin } from '../plugins/loader.ts';
+import { type RawConfig, validateCoreConfig } from './load.ts';
+import { type ConfigProblem, configInvalidError } from './problems.ts';
+import { type CoreConfig, defaultHostId, defaultPoolSettings, poolSettingsSchema } from './schema.ts';
+
+export interface MessageRoute {
+  type: string;
+  plugin: LoadedPlugin;
+  definition: MessageDefinition;
+  pool: PoolSettings;
+}
+
+export interface HostConfig {
+  file: string;
+  core: CoreConfig;
+  hostId: string;
+  plugins: LoadedPlugin[];
+  messages: Map<string, MessageRoute>;
+}
+
+export type HostConfigCheck = { ok: true; config: HostConfig } | { ok: false; problems: ConfigProblem[] };
+
+/** Validates everything and returns every problem found; nothing with side effects runs. */
+export async function checkHostConfig(raw: RawConfig): Promise<HostConfigCheck> {
+  const core = validateCoreConfig(raw);
+  const problems = [...core.problems];
+  const loaded = core.pluginEntries ? await loadPlugins(core.pluginEntries, raw.file) : undefined;
+  if (loaded) problems.push(...loaded.problems);
+  if (!core.config || !loaded) return { ok: false, problems };
+
+  const messages = new Map<string, MessageRoute>();
+  for (const plugin of loaded.plugins) {
+    for (const [type, definition] of Object.entries(plugin.plugin.messages ?? {})) {
+      if (messages.has(type)) continue; // reported as PLUGIN_MESSAGE_CONFLICT
+      const merged = { ...defaultPoolSettings, ...definition.pool, ...core.config.pools[type] };
+      const pool = poolSettingsSchema.safeParse(merged);
+      if (!pool.success || merged.minThreads > merged.maxThreads) {
+        problems.push({
+          code: 'CONFIG_INVALID',
+          file: raw.file,
+          path: `pools.${type}`,
+          message: pool.success ? 'minThreads is larger than maxThreads' : pool.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '),
+          found: JSON.stringify(merged),
+        });
+        continue;
+      }
+      messages.set(type, { type, plugin, definition, pool: pool.data });
+    }
+  }
+  for (const type of Object.keys(core.config.pools)) {
+    if (!messages.has(type)) {
+      problems.push({
+        code: 'CONFIG_INVALID',
+        file: raw.file,
+        path: `pools.${type}`,
+        message: `no loaded plugin handles message type "${type}"`,
+        found: type,
+        allowed: [...messages.keys()].sort().join(', '),
+      });
+    }
+  }
+  if (problems.length > 0) return { ok: false, problems };
+  return {
+    ok: true,
+    config: {
+      file: raw.file,
+      core: core.config,
+      hostId: core.config.host.id ?? defaultHostId(),
+      plugins: loaded.plugins,
+      messages,
+    },
+  };
+}
+
+/** Like checkHostConfig, but throws one CloudletError (CONFIG_INVALID or the single problem's code). */
+export async function loadHostConfig(raw: RawConfig): Promise<HostConfig> {
+  const checked = await checkHostConfig(raw);
+  if (!checked.ok) throw configInvalidError(checked.problems);
+  return checked.config;
+}
+
+export function isConfigError(error: unknown): error is CloudletError {
+  return error instanceof CloudletError && (error.code.startsWith('CONFIG_') || error.code.startsWith('PLUGIN_'));
+}

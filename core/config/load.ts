@@ -1,0 +1,109 @@
+/**
+ * Reads a host config (YAML or JSON), applies environment overrides and validates the core's part.
+ * Plugin options are validated by the plugin loader, which adds its problems to the same list.
+ */
+import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { parseDocument } from 'yaml';
+import { CloudletError, cloudletError } from '../errors.ts';
+import { formatPath } from '../envelope.ts';
+import { type ConfigProblem, problemsFromZod } from './problems.ts';
+import { type CoreConfig, coreConfigSchema, pluginEntrySchema } from './schema.ts';
+import { z } from 'zod';
+
+/** Environment variables that override config values, so secrets and per-host ids stay out of files. */
+export const ENV_OVERRIDES = [
+  { variable: 'CLOUDLET_HOST_ID', path: ['host', 'id'] },
+  { variable: 'CLOUDLET_LOG_LEVEL', path: ['log', 'level'] },
+  { variable: 'CLOUDLET_LOG_FORMAT', path: ['log', 'format'] },
+  { variable: 'CLOUDLET_SOCKET', path: ['transport', 'socket'] },
+] as const satisfies readonly { variable: string; path: readonly string[] }[];
+
+export interface RawConfig {
+  file: string;
+  /** The parsed document after environment overrides. */
+  data: unknown;
+  /** Config paths whose value came from the environment, mapped to the variable name. */
+  fromEnv: Map<string, string>;
+}
+
+/** Reads and parses the file. Throws CONFIG_NOT_FOUND or CONFIG_SYNTAX (with every syntax error listed). */
+export async function readConfigFile(file: string, env: NodeJS.ProcessEnv = process.env): Promise<RawConfig> {
+  const absolute = resolve(file);
+  let text: string;
+  try {
+    text = await readFile(absolute, 'utf8');
+  } catch (cause) {
+    const reason = (cause as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : `cannot be read (${(cause as Error).message})`;
+    throw cloudletError('CONFIG_NOT_FOUND', `config file ${absolute} ${reason}`, { file: absolute }, cause);
+  }
+  const document = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  if (document.errors.length > 0) {
+    const problems: ConfigProblem[] = document.errors.map((error) => ({
+      code: 'CONFIG_SYNTAX',
+      file: absolute,
+      path: error.linePos ? `line ${error.linePos[0].line}, column ${error.linePos[0].col}` : '(root)',
+      message: error.message.split('\n')[0] ?? error.message,
+    }));
+    throw new CloudletError('CONFIG_SYNTAX', problems.map((p) => `${p.file}: ${p.path}: ${p.message}`).join('\n'), { details: { problems } });
+  }
+  const data = (document.toJS() as unknown) ?? {};
+  return applyEnvOverrides({ file: absolute, data, fromEnv: new Map() }, env);
+}
+
+/** An in-memory config (tests, `cloudlet init`), treated exactly like a file's content. */
+export function rawConfigFrom(data: unknown, file = '(inline config)', env: NodeJS.ProcessEnv = {}): RawConfig {
+  return applyEnvOverrides({ file, data: structuredClone(data), fromEnv: new Map() }, env);
+}
+
+function applyEnvOverrides(raw: RawConfig, env: NodeJS.ProcessEnv): RawConfig {
+  if (raw.data === null || typeof raw.data !== 'object' || Array.isArray(raw.data)) return raw;
+  for (const { variable, path } of ENV_OVERRIDES) {
+    const value = env[variable];
+    if (value === undefined || value === '') continue;
+    let target = raw.data as Record<string, unknown>;
+    for (const key of path.slice(0, -1)) {
+      const next = target[key];
+      if (next === undefined) target[key] = {};
+      else if (next === null || typeof next !== 'object') break;
+      target = target[key] as Record<string, unknown>;
+    }
+    target[path[path.length - 1] as string] = value;
+    raw.fromEnv.set(formatPath(path), variable);
+  }
+  return raw;
+}
+
+export interface CoreValidation {
+  config: CoreConfig | undefined;
+  problems: ConfigProblem[];
+  /** The plugin list, when it is well-formed even if other parts of the config are not. */
+  pluginEntries: z.output<typeof pluginEntrySchema>[] | undefined;
+}
+
+export function validateCoreConfig(raw: RawConfig): CoreValidation {
+  const fileForPath = (path: string) => {
+    for (const [overridden, variable] of raw.fromEnv) {
+      if (path === overridden || path.startsWith(`${overridden}.`)) return `env ${variable}`;
+    }
+    return undefined;
+  };
+  const parsed = coreConfigSchema.safeParse(raw.data);
+  if (parsed.success) return { config: parsed.data, problems: [], pluginEntries: parsed.data.plugins };
+
+  const problems = problemsFromZod(parsed.error.issues, raw.data, {
+    file: raw.file,
+    code: 'CONFIG_INVALID',
+    schema: coreConfigSchema,
+    fileForPath,
+  });
+  // Keep going with the plugin list when it is usable, so plugin problems are reported in the same run.
+  const pluginsValue = raw.data && typeof raw.data === 'object' ? (raw.data as { plugins?: unknown }).plugins : undefined;
+  const plugins = z.array(pluginEntrySchema).default([]).safeParse(pluginsValue);
+  return { config: undefined, problems, pluginEntries: plugins.success ? plugins.data : undefined };
+}
+
+/** Where the CLI and agent look for a config when none is named. */
+export function defaultConfigCandidates(env: NodeJS.ProcessEnv = process.env): string[] {
+  return [env.CLOUDLET_CONFIG, 'cloudlet.yaml', '/etc/cloudlet/cloudlet.yaml'].filter((f): f is string => typeof f === 'string' && f !== '');
+}

@@ -1,0 +1,161 @@
+/**
+ * The request path in one place: a raw delivery is decoded, checked (version, size, target, deadline,
+ * type, payload), run in its type's worker pool and answered. Whatever goes wrong becomes a coded error
+ * reply; nothing here throws into the transport, so a bad message can never take the agent down.
+ */
+import { Buffer } from 'node:buffer';
+import type { Logger } from './logger.ts';
+import { CloudletError, cloudletError, type WireError } from './errors.ts';
+import { decodeEnvelope, formatPath, makeProgress, makeReply, type ReplyEnvelope, type RequestEnvelope } from './envelope.ts';
+import type { MessageRoute } from './config/host-config.ts';
+import type { PoolManager } from './pools.ts';
+import type { InboundDelivery } from './transports/transport.ts';
+
+export interface DispatcherOptions {
+  hostId: string;
+  maxMessageBytes: number;
+  routes: ReadonlyMap<string, MessageRoute>;
+  pools: PoolManager;
+  log: Logger;
+  /** Deadline applied to requests that carry none: the type's pool timeout (plus queueing time) bounds them. */
+  defaultDeadlineMs?: number;
+}
+
+interface InFlight {
+  request: RequestEnvelope;
+  cancel: AbortController;
+  done: Promise<void>;
+}
+
+export class Dispatcher {
+  readonly #options: DispatcherOptions;
+  readonly #inFlight = new Set<InFlight>();
+  #accepting = true;
+
+  constructor(options: DispatcherOptions) {
+    this.#options = options;
+  }
+
+  get inFlightCount(): number {
+    return this.#inFlight.size;
+  }
+
+  /** The transport's listener. Never throws and never leaves a replyable message unanswered. */
+  readonly handle = (delivery: InboundDelivery): void => {
+    void this.#handle(delivery).catch((error: unknown) => {
+      this.#options.log.error({ err: error }, 'dispatcher failed while answering a message');
+    });
+  };
+
+  async #handle(delivery: InboundDelivery): Promise<void> {
+    const { hostId, maxMessageBytes, log } = this.#options;
+    const decoded = decodeEnvelope(delivery.body, 'request', maxMessageBytes);
+    if (!decoded.ok) {
+      log.warn({ code: decoded.error.code, msgId: decoded.id, type: decoded.type }, `rejected a message: ${decoded.error.message}`);
+      if (delivery.replyable) await delivery.reply(makeReply({ id: decoded.id, type: decoded.type }, hostId, { ok: false, error: decoded.error.toWire() }));
+      return;
+    }
+    const request = decoded.envelope;
+    const refuse = (error: CloudletError) => {
+      log.info({ code: error.code, msgId: request.id, type: request.type }, `refused "${request.type}": ${error.message}`);
+      return delivery.reply(makeReply(request, hostId, { ok: false, error: error.toWire() }));
+    };
+
+    if (request.target !== undefined && request.target !== hostId) {
+      return refuse(cloudletError('WRONG_HOST', `this is host "${hostId}"; the message is for "${request.target}"`, { host: hostId, target: request.target }));
+    }
+    if (!this.#accepting) {
+      return refuse(cloudletError('SHUTTING_DOWN', `host "${hostId}" is shutting down; send the message again to another host or later`));
+    }
+    const route = this.#options.routes.get(request.type);
+    if (!route) {
+      return refuse(
+        cloudletError('UNKNOWN_TYPE', `no plugin on host "${hostId}" handles "${request.type}"`, {
+          type: request.type,
+          known: [...this.#options.routes.keys()].sort(),
+        }),
+      );
+    }
+    const now = Date.now();
+    if (request.deadline !== undefined && request.deadline <= now) {
+      return refuse(cloudletError('DEADLINE_EXCEEDED', `the deadline passed ${now - request.deadline} ms before the message was taken`));
+    }
+    const payload = route.definition.payload.safeParse(request.payload ?? {});
+    if (!payload.success) {
+      const issues = payload.error.issues.slice(0, 20).map((issue) => ({ path: `payload.${formatPath(issue.path)}`.replace('.(root)', ''), message: issue.message }));
+      return refuse(
+        cloudletError('INVALID_PAYLOAD', `invalid payload for "${request.type}": ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, { issues }),
+      );
+    }
+
+    const deadline = request.deadline ?? now + (this.#options.defaultDeadlineMs ?? route.pool.timeoutMs * 2);
+    const messageLog = log.child({ msgId: request.id, type: request.type, plugin: route.plugin.plugin.name });
+    const cancel = new AbortController();
+    let finished!: () => void;
+    const entry: InFlight = { request, cancel, done: new Promise<void>((resolve) => (finished = resolve)) };
+    this.#inFlight.add(entry);
+    const started = performance.now();
+    try {
+      const outcome = await this.#options.pools.run(
+        { id: request.id, type: request.type, deadline, payload: payload.data },
+        {
+          signal: cancel.signal,
+          log: messageLog,
+          onProgress: (stage, detail) => delivery.progress(makeProgress(request, hostId, stage, detail)),
+        },
+      );
+      const elapsedMs = Math.round((performance.now() - started) * 10) / 10;
+      let reply: ReplyEnvelope;
+      if (outcome.ok) {
+        messageLog.debug({ elapsedMs }, 'handled');
+        reply = makeReply(request, hostId, { ok: true, result: outcome.result });
+      } else {
+        messageLog.warn({ code: outcome.error.code, elapsedMs }, `failed: ${outcome.error.message}`);
+        reply = makeReply(request, hostId, { ok: false, error: outcome.error.toWire() });
+      }
+      await delivery.reply(this.#fitToLimit(reply));
+    } finally {
+      this.#inFlight.delete(entry);
+      finished();
+    }
+  }
+
+  /** A result too large to send is replaced by an error, so the caller hears something instead of nothing. */
+  #fitToLimit(reply: ReplyEnvelope): ReplyEnvelope {
+    const size = Buffer.byteLength(JSON.stringify(reply));
+    if (size <= this.#options.maxMessageBytes) return reply;
+    const error: WireError = cloudletError('MESSAGE_TOO_LARGE', `the reply would be ${size} bytes; the limit is ${this.#options.maxMessageBytes}`, {
+      size,
+      maxBytes: this.#options.maxMessageBytes,
+    }).toWire();
+    return makeReply({ id: reply.id, type: reply.type }, reply.host, { ok: false, error });
+  }
+
+  /**
+   * Stops taking new work, waits up to `graceMs` for what is running, then cancels the rest; each cancelled
+   * message is answered with SHUTTING_DOWN by its pool run.
+   */
+  async drain(graceMs: number): Promise<{ finished: number; cancelled: number }> {
+    this.#accepting = false;
+    const running = [...this.#inFlight];
+    if (running.length === 0) return { finished: 0, cancelled: 0 };
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const allDone = Promise.all(running.map((entry) => entry.done));
+    const timedOut = await Promise.race([
+      allDone.then(() => false),
+      new Promise<boolean>((resolve) => {
+        timer = setTimeout(() => resolve(true), graceMs);
+      }),
+    ]);
+    clearTimeout(timer);
+    if (!timedOut) return { finished: running.length, cancelled: 0 };
+    const stillRunning = [...this.#inFlight];
+    for (const entry of stillRunning) {
+      entry.cancel.abort(
+        new CloudletError('SHUTTING_DOWN', `the agent shut down while "${entry.request.type}" was running (grace period ${graceMs} ms)`),
+      );
+    }
+    await allDone;
+    return { finished: running.length - stillRunning.length, cancelled: stillRunning.length };
+  }
+}

@@ -1,0 +1,88 @@
+/**
+ * The one pino root logger. Everything else logs through `child({ plugin })` or `child({ msgId, type })`.
+ * Secrets are redacted by configuration: known secret keys anywhere in the first levels of a record, and
+ * passwords inside URLs (amqp://user:secret@host) in any string value.
+ */
+import { Writable } from 'node:stream';
+import pino, { type Logger } from 'pino';
+import pretty from 'pino-pretty';
+
+export type { Logger };
+
+const SECRET_KEYS = ['password', 'passwd', 'secret', 'token', 'apiKey', 'privateKey', 'key', 'authorization', 'cookie'];
+
+/** pino's redaction works on paths; cover the key at the top level and a few levels down. */
+const REDACT_PATHS = SECRET_KEYS.flatMap((key) => [key, `*.${key}`, `*.*.${key}`, `*.*.*.${key}`]);
+
+const URL_CREDENTIALS = /\b([a-z][a-z0-9+.-]*:\/\/[^\s:/@]+):([^\s@/]+)@/gi;
+
+export function redactUrlCredentials(text: string): string {
+  return text.replace(URL_CREDENTIALS, '$1:***@');
+}
+
+function scrub(value: unknown, depth: number): unknown {
+  if (typeof value === 'string') return redactUrlCredentials(value);
+  if (depth > 4 || value === null || typeof value !== 'object') return value;
+  if (Array.isArray(value)) return value.map((item) => scrub(item, depth + 1));
+  if (value instanceof Error) return value;
+  const out: Record<string, unknown> = {};
+  for (const [key, item] of Object.entries(value)) out[key] = scrub(item, depth + 1);
+  return out;
+}
+
+export interface LoggerOptions {
+  level: string;
+  format: 'auto' | 'json' | 'pretty';
+  /** Defaults to stdout; tests pass a stream to read what was logged. */
+  destination?: NodeJS.WritableStream;
+  base?: Record<string, unknown>;
+}
+
+export function createLogger(options: LoggerOptions): Logger {
+  const destination = options.destination ?? process.stdout;
+  const usePretty = options.format === 'pretty' || (options.format === 'auto' && (destination as { isTTY?: boolean }).isTTY === true);
+  const stream = usePretty ? pretty({ destination: destination as Writable, colorize: (destination as { isTTY?: boolean }).isTTY === true, sync: true }) : destination;
+  return pino(
+    {
+      level: options.level,
+      base: options.base ?? {},
+      redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+      formatters: { log: (record) => scrub(record, 0) as Record<string, unknown> },
+      hooks: {
+        // Message strings bypass `formatters.log`, so URLs in them are scrubbed here.
+        logMethod(args, method) {
+          method.apply(this, args.map((arg) => (typeof arg === 'string' ? redactUrlCredentials(arg) : arg)) as Parameters<typeof method>);
+        },
+      },
+      serializers: { err: pino.stdSerializers.err, error: pino.stdSerializers.err },
+      messageKey: 'msg',
+      timestamp: pino.stdTimeFunctions.isoTime,
+    },
+    stream as pino.DestinationStream,
+  );
+}
+
+/** A logger that discards everything (CLI commands that only print results). */
+export function silentLogger(): Logger {
+  return pino({ level: 'silent' });
+}
+
+/** Collects JSON log lines in memory; for tests. */
+export function memoryDestination(): { stream: Writable; lines: () => Record<string, unknown>[] } {
+  const chunks: string[] = [];
+  const stream = new Writable({
+    write(chunk, _encoding, callback) {
+      chunks.push(String(chunk));
+      callback();
+    },
+  });
+  return {
+    stream,
+    lines: () =>
+      chunks
+        .join('')
+        .split('\n')
+        .filter((line) => line.trim() !== '')
+        .map((line) => JSON.parse(line) as Record<string, unknown>),
+  };
+}

@@ -1,0 +1,168 @@
+/**
+ * The typed, versioned API that plugins are written against. Everything a plugin author needs is exported
+ * from here (and re-exported as the package entry `cloudlet/plugin-api`). Nothing in this module has side
+ * effects or runtime dependencies beyond zod, so it loads in worker threads and under Deno.
+ */
+import { z } from 'zod';
+import { CloudletError, type ErrorSpec } from './errors.ts';
+import { CORE_API_VERSION } from './version.ts';
+
+export { z, CloudletError, CORE_API_VERSION };
+export type { ErrorSpec };
+
+/** How a message type's worker pool is sized and bounded. Config (`pools.<type>`) overrides these. */
+export interface PoolSettings {
+  /** Threads kept alive while idle. 0 saves memory; 1 saves the first message a worker start-up. */
+  minThreads: number;
+  maxThreads: number;
+  /** An idle thread above `minThreads` is stopped after this long. */
+  idleTimeoutMs: number;
+  /** Messages waiting for a thread; one more is refused with `BUSY` instead of growing memory. */
+  maxQueue: number;
+  /** A handler running longer is cancelled and answered with `TIMEOUT`. */
+  timeoutMs: number;
+  /** After cancelling, how long the handler may react to its AbortSignal before its thread is terminated. */
+  cancelGraceMs: number;
+}
+
+export interface MessageDefinition<Payload extends z.ZodType = z.ZodType> {
+  /** Validated in the agent before the message reaches a worker; the handler receives `z.output<Payload>`. */
+  payload: Payload;
+  /**
+   * The module whose default export handles the message, as an absolute URL — write
+   * `new URL('./handler.ts', import.meta.url)`. It runs in a worker thread and must be stateless.
+   */
+  handler: URL | string;
+  description?: string;
+  pool?: Partial<PoolSettings>;
+}
+
+/** A minimal, pino-compatible logger surface available in hooks and handlers. */
+export interface PluginLogger {
+  trace(obj: object | string, msg?: string): void;
+  debug(obj: object | string, msg?: string): void;
+  info(obj: object | string, msg?: string): void;
+  warn(obj: object | string, msg?: string): void;
+  error(obj: object | string, msg?: string): void;
+}
+
+export interface HostIdentity {
+  id: string;
+  agentVersion: string;
+  /** Epoch milliseconds at which the agent started. */
+  startedAt: number;
+}
+
+/** Summary of a loaded plugin, as `host-info` and `cloudlet plugins` report it. */
+export interface LoadedPluginSummary {
+  name: string;
+  version: string;
+  source: string;
+  provides: string[];
+  messageTypes: string[];
+}
+
+/** What lifecycle hooks receive. Hooks run in the agent's main thread, once per agent. */
+export interface PluginHookContext<Options> {
+  options: Options;
+  host: HostIdentity;
+  log: PluginLogger;
+  /** Publishes an event envelope on the agent's transport (e.g. a sweep summary). */
+  emitEvent(type: string, payload?: unknown): Promise<void>;
+  /** The capabilities provided by loaded plugins, mapped to the providing plugin names in config order. */
+  capabilities: ReadonlyMap<string, readonly string[]>;
+}
+
+export interface PluginHooks<Options> {
+  /** Runs after every plugin loaded and validated, in dependency order, before any message is taken. */
+  init?(context: PluginHookContext<Options>): void | Promise<void>;
+  /** Runs after every init, just before the transport starts taking messages. */
+  start?(context: PluginHookContext<Options>): void | Promise<void>;
+  /** Runs on shutdown, in reverse order, after in-flight messages finished or were cancelled. */
+  stop?(context: PluginHookContext<Options>): void | Promise<void>;
+}
+
+export interface PluginDefinition<
+  OptionsSchema extends z.ZodType = z.ZodType,
+  Messages extends Record<string, MessageDefinition> = Record<string, MessageDefinition>,
+> {
+  /** Unique, lowercase, e.g. `qemu-backend` or `acme-billing`. */
+  name: string;
+  /** The plugin's own version (semver). */
+  version: string;
+  /** The core API range the plugin supports, e.g. `^1.0.0`. */
+  api: string;
+  description?: string;
+  /** Other plugins that must be configured on the same host, with a semver range each. */
+  dependencies?: Record<string, string>;
+  /** Capabilities this plugin offers to others (e.g. `vm-backend`, `ip-discovery`). */
+  provides?: string[];
+  /** Capabilities some other configured plugin must provide. */
+  requires?: string[];
+  /** Validates `plugins[].options` from the host config; defaults to "no options allowed". */
+  options?: OptionsSchema;
+  messages?: Messages;
+  /** Error codes the plugin's handlers may throw, beyond the core catalogue. */
+  errors?: Record<string, ErrorSpec>;
+  hooks?: PluginHooks<z.output<OptionsSchema>>;
+}
+
+export const PLUGIN_BRAND = Symbol.for('cloudlet.plugin');
+
+export type CloudletPlugin<
+  OptionsSchema extends z.ZodType = z.ZodType,
+  Messages extends Record<string, MessageDefinition> = Record<string, MessageDefinition>,
+> = Readonly<PluginDefinition<OptionsSchema, Messages>> & { readonly [PLUGIN_BRAND]: string };
+
+/**
+ * Declares a plugin. The returned object is what the module's default export must be. Type parameters are
+ * inferred, so `hooks` see the parsed options type and `messages` keep their payload schemas.
+ */
+export function definePlugin<OptionsSchema extends z.ZodType = z.ZodObject<{}>, Messages extends Record<string, MessageDefinition> = {}>(
+  definition: PluginDefinition<OptionsSchema, Messages>,
+): CloudletPlugin<OptionsSchema, Messages> {
+  return Object.freeze({ ...definition, [PLUGIN_BRAND]: CORE_API_VERSION });
+}
+
+/** What a handler receives besides its payload. */
+export interface HandlerContext<Options = unknown> {
+  /** The plugin's validated options from this host's config. */
+  options: Options;
+  host: HostIdentity;
+  message: { id: string; type: string; deadline: number };
+  /** Logger bound to this message (its id and type are on every line). */
+  log: PluginLogger;
+  /** Aborted when the message times out, the caller is gone or the agent shuts down. */
+  signal: AbortSignal;
+  /** Streams a progress update to the caller, e.g. `progress('starting', { vm })`. */
+  progress(stage: string, detail?: Record<string, unknown>): void;
+  /** Loaded plugins; for introspection handlers such as `host-info`. */
+  plugins: readonly LoadedPluginSummary[];
+}
+
+export type Handler<Payload = unknown, Options = unknown, Result = unknown> = (
+  payload: Payload,
+  context: HandlerContext<Options>,
+) => Result | Promise<Result>;
+
+/**
+ * Declares a handler module's default export with types taken from the payload and options schemas:
+ * `export default defineHandler(schemas.createVm, optionsSchema, async (payload, ctx) => …)`.
+ * A plain `export default async function (payload, ctx) {…}` works too.
+ */
+export function defineHandler<PayloadSchema extends z.ZodType, OptionsSchema extends z.ZodType, Result>(
+  _payload: PayloadSchema,
+  _options: OptionsSchema,
+  handler: Handler<z.output<PayloadSchema>, z.output<OptionsSchema>, Result>,
+): Handler<z.output<PayloadSchema>, z.output<OptionsSchema>, Result> {
+  return handler;
+}
+
+/**
+ * What a plugin module may export instead of a plugin: a factory that receives this kit. Plugins kept
+ * outside any npm project (a single file in /etc/cloudlet/plugins) use it to get zod and the helpers
+ * from the agent instead of importing them.
+ */
+export const pluginKit = { definePlugin, defineHandler, z, CloudletError, CORE_API_VERSION } as const;
+export type PluginKit = typeof pluginKit;
+export type PluginFactory = (kit: PluginKit) => CloudletPlugin | Promise<CloudletPlugin>;

@@ -1,0 +1,175 @@
+/**
+ * Loads the plugins a host config names and checks them, all before any plugin hook runs: each failure is
+ * a problem with its own code, and every problem is collected so one run reports them all.
+ */
+import { stat } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import semver from 'semver';
+import { CloudletError } from '../errors.ts';
+import { CORE_API_VERSION } from '../version.ts';
+import { PLUGIN_BRAND, pluginKit, type CloudletPlugin } from '../plugin-api.ts';
+import type { PluginEntry } from '../config/schema.ts';
+import { type ConfigProblem, problemsFromZod } from '../config/problems.ts';
+import { pluginDefinitionSchema } from './definition-schema.ts';
+import { resolvePluginSpecifier, type PluginSourceKind } from './resolve.ts';
+import { checkPluginSet } from './checks.ts';
+import { CORE_PLUGIN_URL } from '../../plugins/builtin.ts';
+
+export interface LoadedPlugin {
+  /** Index in the config's `plugins` list; -1 for the implicit core plugin. */
+  index: number;
+  use: string;
+  kind: PluginSourceKind | 'core';
+  /** Resolved module URL. */
+  source: string;
+  plugin: CloudletPlugin;
+  /** Options after the plugin's schema parsed them (defaults applied). */
+  options: unknown;
+}
+
+export interface PluginLoadResult {
+  /** Loaded plugins in dependency order (a plugin after everything it depends on). */
+  plugins: LoadedPlugin[];
+  problems: ConfigProblem[];
+}
+
+export async function loadPlugins(entries: readonly PluginEntry[], configFile: string): Promise<PluginLoadResult> {
+  const problems: ConfigProblem[] = [];
+  const loaded: LoadedPlugin[] = [];
+
+  const core = await importPlugin(CORE_PLUGIN_URL);
+  loaded.push({ index: -1, use: 'core', kind: 'core', source: CORE_PLUGIN_URL, plugin: core, options: {} });
+
+  for (const [index, entry] of entries.entries()) {
+    const at = (suffix = '') => `plugins[${index}]${suffix}`;
+    const problem = (error: CloudletError, path = at('.use')): ConfigProblem => ({
+      code: error.code,
+      file: configFile,
+      path,
+      message: error.message,
+    });
+    try {
+      const resolved = await resolvePluginSpecifier(entry.use, configFile);
+      const plugin = await importPlugin(resolved.url);
+      const definitionProblems = await checkDefinition(plugin, resolved.url);
+      if (definitionProblems.length > 0) {
+        problems.push(...definitionProblems.map((message) => ({ code: 'PLUGIN_INVALID', file: configFile, path: at('.use'), message })));
+        continue;
+      }
+      if (!semver.satisfies(CORE_API_VERSION, plugin.api, { includePrerelease: true })) {
+        problems.push({
+          code: 'PLUGIN_API_MISMATCH',
+          file: configFile,
+          path: at('.use'),
+          message: `plugin "${plugin.name}" ${plugin.version} supports core API ${plugin.api}; this agent provides ${CORE_API_VERSION}`,
+          found: plugin.api,
+          allowed: `a range that includes ${CORE_API_VERSION}`,
+        });
+        continue;
+      }
+      const optionsResult = validateOptions(plugin, entry.options, configFile, index);
+      if (!optionsResult.ok) {
+        problems.push(...optionsResult.problems);
+        continue;
+      }
+      loaded.push({ index, use: entry.use, kind: resolved.kind, source: resolved.url, plugin, options: optionsResult.options });
+    } catch (thrown) {
+      const error = thrown instanceof CloudletError ? thrown : new CloudletError('PLUGIN_IMPORT_FAILED', String(thrown));
+      problems.push(problem(error));
+    }
+  }
+
+  const checked = checkPluginSet(loaded, configFile);
+  problems.push(...checked.problems);
+  return { plugins: checked.ordered, problems };
+}
+
+async function importPlugin(url: string): Promise<CloudletPlugin> {
+  let module: { default?: unknown };
+  try {
+    module = (await import(url)) as { default?: unknown };
+  } catch (cause) {
+    const notFound = (cause as { code?: string }).code === 'ERR_MODULE_NOT_FOUND';
+    throw new CloudletError(
+      notFound ? 'PLUGIN_NOT_FOUND' : 'PLUGIN_IMPORT_FAILED',
+      `importing plugin module ${url} failed: ${(cause as Error).message ?? String(cause)}`,
+      { cause, details: { url } },
+    );
+  }
+  let candidate = module.default;
+  // A factory receives the agent's zod and helpers: plugins outside any npm project need no imports.
+  if (typeof candidate === 'function') {
+    try {
+      candidate = await (candidate as (kit: typeof pluginKit) => unknown)(pluginKit);
+    } catch (cause) {
+      throw new CloudletError('PLUGIN_IMPORT_FAILED', `plugin factory in ${url} threw: ${(cause as Error).message}`, { cause, details: { url } });
+    }
+  }
+  if (typeof candidate !== 'object' || candidate === null) {
+    throw new CloudletError(
+      'PLUGIN_INVALID',
+      `${url} must default-export a plugin made with definePlugin(), or a function (kit) => kit.definePlugin(…); found ${candidate === null ? 'null' : typeof candidate}`,
+      { details: { url } },
+    );
+  }
+  return candidate as CloudletPlugin;
+}
+
+/** Shape, handler modules and brand; returns readable problems (empty when the definition is fine). */
+async function checkDefinition(plugin: CloudletPlugin, url: string): Promise<string[]> {
+  const parsed = pluginDefinitionSchema.safeParse(plugin);
+  if (!parsed.success) {
+    return parsed.error.issues.map((issue) => `plugin in ${url}: "${issue.path.join('.') || '(definition)'}" ${issue.message}`);
+  }
+  const problems: string[] = [];
+  if (!(PLUGIN_BRAND in plugin)) problems.push(`plugin in ${url} was not made with definePlugin(); wrap the definition in it`);
+  for (const [type, message] of Object.entries(plugin.messages ?? {})) {
+    const handler = String(message.handler);
+    let handlerUrl: URL;
+    try {
+      handlerUrl = new URL(handler);
+    } catch {
+      problems.push(`message "${type}" of plugin "${plugin.name}": handler "${handler}" is not an absolute URL; write new URL('./handler.ts', import.meta.url)`);
+      continue;
+    }
+    if (handlerUrl.protocol === 'file:') {
+      const info = await stat(fileURLToPath(handlerUrl)).catch(() => undefined);
+      if (!info?.isFile()) problems.push(`message "${type}" of plugin "${plugin.name}": handler module ${fileURLToPath(handlerUrl)} does not exist`);
+    }
+  }
+  return problems;
+}
+
+function validateOptions(
+  plugin: CloudletPlugin,
+  raw: unknown,
+  configFile: string,
+  index: number,
+): { ok: true; options: unknown } | { ok: false; problems: ConfigProblem[] } {
+  if (!plugin.options) {
+    if (raw === undefined || (typeof raw === 'object' && raw !== null && Object.keys(raw).length === 0)) return { ok: true, options: {} };
+    return {
+      ok: false,
+      problems: [
+        {
+          code: 'PLUGIN_OPTIONS_INVALID',
+          file: configFile,
+          path: `plugins[${index}].options`,
+          message: `plugin "${plugin.name}" takes no options`,
+          allowed: 'no "options" key',
+        },
+      ],
+    };
+  }
+  const parsed = plugin.options.safeParse(raw ?? {});
+  if (parsed.success) return { ok: true, options: parsed.data };
+  return {
+    ok: false,
+    problems: problemsFromZod(parsed.error.issues, raw ?? {}, {
+      file: configFile,
+      code: 'PLUGIN_OPTIONS_INVALID',
+      schema: plugin.options,
+      pathPrefix: ['plugins', index, 'options'],
+    }),
+  };
+}

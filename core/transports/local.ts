@@ -1,0 +1,322 @@
+/**
+ * The embedded transport: the agent listens on a unix socket and speaks newline-delimited JSON envelopes.
+ * One host works with nothing else installed; the CLI and tests talk to the agent through it.
+ */
+import { Buffer } from 'node:buffer';
+import { mkdir, unlink, chmod } from 'node:fs/promises';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { dirname, join } from 'node:path';
+import { tmpdir } from 'node:os';
+import process from 'node:process';
+import { CloudletError, cloudletError } from '../errors.ts';
+import {
+  decodeEnvelope,
+  encodeEnvelope,
+  makeReply,
+  type EventEnvelope,
+  type ReplyEnvelope,
+  type RequestEnvelope,
+  type ProgressEnvelope,
+} from '../envelope.ts';
+import { PROTOCOL_VERSION } from '../version.ts';
+import { FrameReader } from './ndjson.ts';
+import type { AgentTransport, ClientTransport, DeliveryListener, GatherOptions, GatherResult, RequestOptions } from './transport.ts';
+
+/** `/run/cloudlet/agent.sock` for root (a system service); a per-user path otherwise. */
+export function defaultSocketPath(env: NodeJS.ProcessEnv = process.env): string {
+  if (process.getuid?.() === 0) return '/run/cloudlet/agent.sock';
+  const runtimeDir = env.XDG_RUNTIME_DIR || join(tmpdir(), `cloudlet-${process.getuid?.() ?? 'user'}`);
+  return join(runtimeDir, 'cloudlet', 'agent.sock');
+}
+
+/** Requests one connection may have in flight; more are answered with BUSY instead of queueing forever. */
+const MAX_IN_FLIGHT_PER_CONNECTION = 1024;
+
+export interface LocalAgentTransportOptions {
+  socketPath: string;
+  hostId: string;
+  maxMessageBytes: number;
+}
+
+export class LocalAgentTransport implements AgentTransport {
+  readonly kind = 'local';
+  readonly #options: LocalAgentTransportOptions;
+  #server: Server | undefined;
+  readonly #connections = new Set<Socket>();
+  readonly #subscribers = new Set<Socket>();
+
+  constructor(options: LocalAgentTransportOptions) {
+    this.#options = options;
+  }
+
+  describe(): string {
+    return `unix:${this.#options.socketPath}`;
+  }
+
+  async listen(onDelivery: DeliveryListener): Promise<void> {
+    const { socketPath } = this.#options;
+    await mkdir(dirname(socketPath), { recursive: true, mode: 0o750 });
+    await removeStaleSocket(socketPath);
+    const server = createServer((socket) => this.#accept(socket, onDelivery));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(socketPath, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    // Owner and group only: whoever can write to the socket can command this host.
+    await chmod(socketPath, 0o660);
+    this.#server = server;
+  }
+
+  #accept(socket: Socket, onDelivery: DeliveryListener): void {
+    this.#connections.add(socket);
+    let inFlight = 0;
+    const write = (envelope: ReplyEnvelope | ProgressEnvelope | EventEnvelope) => {
+      if (!socket.destroyed && socket.writable) socket.write(`${encodeEnvelope(envelope)}\n`);
+    };
+    const reader = new FrameReader(this.#options.maxMessageBytes, {
+      onOversize: (size) =>
+        write(
+          makeReply({ id: null }, this.#options.hostId, {
+            ok: false,
+            error: cloudletError('MESSAGE_TOO_LARGE', `message is ${size} bytes; the limit is ${this.#options.maxMessageBytes}`, {
+              size,
+              maxBytes: this.#options.maxMessageBytes,
+            }).toWire(),
+          }),
+        ),
+      onFrame: (line) => {
+        if (isSubscribeFrame(line)) {
+          this.#subscribers.add(socket);
+          return;
+        }
+        if (inFlight >= MAX_IN_FLIGHT_PER_CONNECTION) {
+          const salvaged = decodeEnvelope(line, 'request', this.#options.maxMessageBytes);
+          const id = salvaged.ok ? salvaged.envelope.id : salvaged.id;
+          write(makeReply({ id }, this.#options.hostId, { ok: false, error: cloudletError('BUSY', 'too many requests in flight on this connection').toWire() }));
+          return;
+        }
+        inFlight++;
+        let replied = false;
+        onDelivery({
+          body: line,
+          replyable: true,
+          reply: async (envelope) => {
+            if (replied) return;
+            replied = true;
+            inFlight--;
+            write(envelope);
+          },
+          progress: (envelope) => write(envelope),
+        });
+      },
+    });
+    socket.on('data', (chunk: Uint8Array) => reader.push(chunk));
+    socket.on('error', () => socket.destroy());
+    socket.on('close', () => {
+      this.#connections.delete(socket);
+      this.#subscribers.delete(socket);
+    });
+  }
+
+  async stopAccepting(): Promise<void> {
+    const server = this.#server;
+    if (!server) return;
+    // Existing connections stay open so in-flight replies reach their callers; the listener closes now.
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await unlink(this.#options.socketPath).catch(() => undefined);
+  }
+
+  async publishEvent(event: EventEnvelope): Promise<void> {
+    const line = `${encodeEnvelope(event)}\n`;
+    for (const socket of this.#subscribers) if (socket.writable) socket.write(line);
+  }
+
+  async close(): Promise<void> {
+    await this.stopAccepting();
+    for (const socket of this.#connections) socket.end();
+    this.#server = undefined;
+  }
+}
+
+function isSubscribeFrame(line: string): boolean {
+  if (!line.includes('"subscribe"')) return false;
+  try {
+    const value = JSON.parse(line) as { kind?: unknown; v?: unknown };
+    return value.kind === 'subscribe' && value.v === PROTOCOL_VERSION;
+  } catch {
+    return false;
+  }
+}
+
+/** A socket file left by a crashed agent is removed; one that still answers belongs to a running agent. */
+async function removeStaleSocket(socketPath: string): Promise<void> {
+  const alive = await new Promise<boolean>((resolve) => {
+    const probe = createConnection(socketPath);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (alive) {
+    throw cloudletError('AGENT_ALREADY_RUNNING', `another agent is already listening on ${socketPath}; stop it first or configure another transport.socket`, {
+      socketPath,
+    });
+  }
+  await unlink(socketPath).catch((error: NodeJS.ErrnoException) => {
+    if (error.code !== 'ENOENT') throw error;
+  });
+}
+
+/** Slack after the deadline for the agent's own DEADLINE_EXCEEDED reply to arrive before the client gives up. */
+const CLIENT_DEADLINE_SLACK_MS = 2_000;
+
+interface PendingRequest {
+  resolve(reply: ReplyEnvelope): void;
+  reject(error: CloudletError): void;
+  onProgress?: ((progress: ProgressEnvelope) => void) | undefined;
+}
+
+export class LocalClientTransport implements ClientTransport {
+  readonly kind = 'local';
+  readonly #socketPath: string;
+  readonly #maxMessageBytes: number;
+  #socket: Promise<Socket> | undefined;
+  readonly #pending = new Map<string, PendingRequest>();
+  readonly #eventListeners = new Set<(event: EventEnvelope) => void>();
+
+  constructor(options: { socketPath: string; maxMessageBytes?: number }) {
+    this.#socketPath = options.socketPath;
+    this.#maxMessageBytes = options.maxMessageBytes ?? 64 * 1024 * 1024;
+  }
+
+  #connect(): Promise<Socket> {
+    this.#socket ??= new Promise<Socket>((resolve, reject) => {
+      const socket = createConnection(this.#socketPath);
+      socket.once('connect', () => {
+        socket.off('error', onConnectError);
+        socket.on('error', () => undefined);
+        resolve(socket);
+      });
+      const onConnectError = (error: NodeJS.ErrnoException) => {
+        this.#socket = undefined;
+        reject(
+          cloudletError(
+            'AGENT_UNREACHABLE',
+            `no agent answers on ${this.#socketPath} (${error.code ?? error.message}); is it running? Start one with "cloudlet agent --config FILE"`,
+            { socketPath: this.#socketPath, cause: error.code },
+            error,
+          ),
+        );
+      };
+      socket.once('error', onConnectError);
+      const reader = new FrameReader(this.#maxMessageBytes, {
+        onOversize: () => undefined,
+        onFrame: (line) => this.#onFrame(line),
+      });
+      socket.on('data', (chunk: Uint8Array) => reader.push(chunk));
+      socket.on('close', () => {
+        this.#socket = undefined;
+        for (const [id, pending] of this.#pending) {
+          this.#pending.delete(id);
+          pending.reject(cloudletError('CONNECTION_LOST', `the connection to ${this.#socketPath} closed before the reply to ${id} arrived`));
+        }
+      });
+    });
+    return this.#socket;
+  }
+
+  #onFrame(line: string): void {
+    let kind: unknown;
+    try {
+      kind = (JSON.parse(line) as { kind?: unknown }).kind;
+    } catch {
+      return;
+    }
+    if (kind === 'reply') {
+      const decoded = decodeEnvelope(line, 'reply', this.#maxMessageBytes);
+      if (!decoded.ok || decoded.envelope.id === null) return;
+      const pending = this.#pending.get(decoded.envelope.id);
+      if (!pending) return;
+      this.#pending.delete(decoded.envelope.id);
+      pending.resolve(decoded.envelope);
+    } else if (kind === 'progress') {
+      const decoded = decodeEnvelope(line, 'progress', this.#maxMessageBytes);
+      if (decoded.ok) this.#pending.get(decoded.envelope.id)?.onProgress?.(decoded.envelope);
+    } else if (kind === 'event') {
+      const decoded = decodeEnvelope(line, 'event', this.#maxMessageBytes);
+      if (decoded.ok) for (const listener of this.#eventListeners) listener(decoded.envelope);
+    }
+  }
+
+  async request(request: RequestEnvelope, options: RequestOptions = {}): Promise<ReplyEnvelope> {
+    const line = `${encodeEnvelope(request)}\n`;
+    if (Buffer.byteLength(line) > this.#maxMessageBytes) {
+      throw cloudletError('MESSAGE_TOO_LARGE', `the request is ${Buffer.byteLength(line)} bytes; the limit is ${this.#maxMessageBytes}`);
+    }
+    const socket = await this.#connect();
+    return new Promise<ReplyEnvelope>((resolve, reject) => {
+      const waitMs = request.deadline === undefined ? undefined : Math.max(0, request.deadline - Date.now()) + CLIENT_DEADLINE_SLACK_MS;
+      const timer =
+        waitMs === undefined
+          ? undefined
+          : setTimeout(() => {
+              this.#pending.delete(request.id);
+              reject(cloudletError('CLIENT_TIMEOUT', `no reply to "${request.type}" (${request.id}) within ${waitMs} ms`, { id: request.id }));
+            }, waitMs);
+      const onAbort = () => {
+        clearTimeout(timer);
+        this.#pending.delete(request.id);
+        reject(cloudletError('CANCELLED', `the request ${request.id} was cancelled by the caller`));
+      };
+      options.signal?.addEventListener('abort', onAbort, { once: true });
+      this.#pending.set(request.id, {
+        resolve: (reply) => {
+          clearTimeout(timer);
+          options.signal?.removeEventListener('abort', onAbort);
+          resolve(reply);
+        },
+        reject: (error) => {
+          clearTimeout(timer);
+          options.signal?.removeEventListener('abort', onAbort);
+          reject(error);
+        },
+        onProgress: options.onProgress,
+      });
+      socket.write(line);
+    });
+  }
+
+  /** One host behind a local socket: gathering is a single request. */
+  async gather(request: RequestEnvelope, options: GatherOptions = {}): Promise<GatherResult> {
+    try {
+      const reply = await this.request(request, options);
+      options.onReply?.(reply);
+      return { replies: [reply], missing: [] };
+    } catch (error) {
+      if (error instanceof CloudletError && error.code === 'CLIENT_TIMEOUT') return { replies: [], missing: [request.target ?? 'local'] };
+      throw error;
+    }
+  }
+
+  async subscribe(onEvent: (event: EventEnvelope) => void): Promise<() => Promise<void>> {
+    const socket = await this.#connect();
+    if (this.#eventListeners.size === 0) socket.write(`${JSON.stringify({ v: PROTOCOL_VERSION, kind: 'subscribe' })}\n`);
+    this.#eventListeners.add(onEvent);
+    return async () => {
+      this.#eventListeners.delete(onEvent);
+    };
+  }
+
+  async close(): Promise<void> {
+    const socket = await this.#socket?.catch(() => undefined);
+    if (!socket) return;
+    await new Promise<void>((resolve) => {
+      socket.once('close', () => resolve());
+      socket.end();
+    });
+  }
+}

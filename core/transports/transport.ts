@@ -1,0 +1,61 @@
+/**
+ * The seam between the core and the wire. The agent side receives raw messages (the core decodes and
+ * validates them, so every transport gets the same checks) and answers through the delivery it was given.
+ * The client side sends envelopes and waits for replies. Local (unix socket) and RabbitMQ implement it.
+ */
+import type { EventEnvelope, ProgressEnvelope, ReplyEnvelope, RequestEnvelope } from '../envelope.ts';
+
+/** One inbound message as the agent receives it, before decoding. */
+export interface InboundDelivery {
+  /** The raw bytes or text; the dispatcher decodes and validates it. */
+  readonly body: string | Uint8Array;
+  /** False when the sender left no way to answer (the dispatcher then logs and drops a broken message). */
+  readonly replyable: boolean;
+  /** Sends the final reply; resolves once the transport has handed it on (e.g. publisher confirm). */
+  reply(envelope: ReplyEnvelope): Promise<void>;
+  /** Streams a progress update; best effort, never blocks the handler. */
+  progress(envelope: ProgressEnvelope): void;
+  /** Aborted when the caller is gone (connection closed), so the work can be cancelled. */
+  readonly callerGone?: AbortSignal;
+}
+
+export type DeliveryListener = (delivery: InboundDelivery) => void;
+
+export interface AgentTransport {
+  readonly kind: string;
+  /** Starts taking messages; each is passed to `onDelivery`. */
+  listen(onDelivery: DeliveryListener): Promise<void>;
+  /** Stops taking new messages (shutdown); messages already delivered can still be answered. */
+  stopAccepting(): Promise<void>;
+  publishEvent(event: EventEnvelope): Promise<void>;
+  /** Closes everything; after in-flight replies were sent. */
+  close(): Promise<void>;
+  /** Where the agent can be reached, for logs (never contains credentials). */
+  describe(): string;
+}
+
+export interface RequestOptions {
+  onProgress?(progress: ProgressEnvelope): void;
+  signal?: AbortSignal;
+}
+
+export interface GatherResult {
+  replies: ReplyEnvelope[];
+  /** Hosts that were expected to answer and did not before the deadline. */
+  missing: string[];
+}
+
+export interface GatherOptions extends RequestOptions {
+  onReply?(reply: ReplyEnvelope): void;
+}
+
+export interface ClientTransport {
+  readonly kind: string;
+  /** Sends a request and resolves with its reply (which may carry an error). Rejects only for transport failures. */
+  request(request: RequestEnvelope, options?: RequestOptions): Promise<ReplyEnvelope>;
+  /** Sends a request to every live host and gathers the replies. */
+  gather(request: RequestEnvelope, options?: GatherOptions): Promise<GatherResult>;
+  /** Receives events published by agents until the returned function is called. */
+  subscribe(onEvent: (event: EventEnvelope) => void): Promise<() => Promise<void>>;
+  close(): Promise<void>;
+}

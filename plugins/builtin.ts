@@ -1,0 +1,7 @@
+/**
+ * Built-in plugins by the name a host config uses for them (`plugins: [{ use: <name> }]`). The `core`
+ * plugin (the `host-info` message) is loaded on every host without being named.
+ */
+export const CORE_PLUGIN_URL = new URL('./core/index.ts', import.meta.url).href;
+
+export const builtinPlugins: Readonly<Record<string, string>> = {};

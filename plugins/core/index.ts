@@ -1,0 +1,19 @@
+/** The plugin every host loads: `host-info`, which exercises the whole request path end to end. */
+import { definePlugin, z } from '../../core/plugin-api.ts';
+
+export const hostInfoPayload = z.object({}).strict();
+
+export default definePlugin({
+  name: 'core',
+  version: '1.0.0',
+  api: '^1.0.0',
+  description: 'Built-in messages every cloudlet host answers.',
+  messages: {
+    'host-info': {
+      payload: hostInfoPayload,
+      handler: new URL('./host-info.ts', import.meta.url),
+      description: "This host's id, version, loaded plugins and message types, and uptime.",
+      pool: { maxThreads: 1, timeoutMs: 5_000 },
+    },
+  },
+});

@@ -1,0 +1,93 @@
+/**
+ * The worker entry: runs one message's handler and reports the outcome. It knows nothing about any plugin;
+ * the handler module comes from the pool's `workerData`. Web-standard APIs and `node:` specifiers only, so
+ * the same file runs under Node (via tsx) and Deno 2.
+ */
+import { workerData } from 'node:worker_threads';
+import type { WireError } from '../core/errors.ts';
+import type { Handler, HandlerContext } from '../core/plugin-api.ts';
+import type { MainToWorker, PoolWorkerData, WorkerOutcome, WorkerTask, WorkerToMain } from './protocol.ts';
+import { createWorkerLogger } from './worker-logger.ts';
+
+// tinypool hands each worker `[tinypoolPrivateData, userWorkerData]` (its documented `TinypoolData`).
+const poolData = (workerData as [unknown, PoolWorkerData])[1];
+
+let handlerPromise: Promise<Handler> | undefined;
+
+function loadHandler(): Promise<Handler> {
+  handlerPromise ??= import(poolData.handlerUrl).then((module: { default?: unknown }) => {
+    if (typeof module.default !== 'function') {
+      throw Object.assign(new Error(`handler module ${poolData.handlerUrl} must export a function as its default export`), {
+        code: 'HANDLER_ERROR',
+      });
+    }
+    return module.default as Handler;
+  });
+  return handlerPromise;
+}
+
+export default async function runTask(task: WorkerTask): Promise<null> {
+  const { port } = task;
+  const abortController = new AbortController();
+  // The web-standard EventTarget side of MessagePort, which both Node and Deno implement.
+  port.addEventListener('message', (event: Event) => {
+    const message = (event as unknown as { data: MainToWorker }).data;
+    if (message.t === 'abort') abortController.abort(Object.assign(new Error(message.reason.message), message.reason));
+  });
+  port.start();
+  const send = (message: WorkerToMain) => port.postMessage(message);
+  const log = createWorkerLogger(port, poolData.logLevel);
+  const context: HandlerContext = {
+    options: poolData.options,
+    host: poolData.host,
+    message: { id: task.id, type: task.type, deadline: task.deadline },
+    log,
+    signal: abortController.signal,
+    progress: (stage, detail) => send(detail === undefined ? { t: 'progress', stage } : { t: 'progress', stage, detail }),
+    plugins: poolData.plugins,
+  };
+  let outcome: WorkerOutcome;
+  try {
+    const handler = await loadHandler();
+    const result = await handler(task.payload, context);
+    outcome = { ok: true, result: toJsonValue(result) };
+  } catch (thrown) {
+    outcome = { ok: false, error: serializeThrown(thrown) };
+  }
+  send({ t: 'done', outcome });
+  port.close();
+  return null;
+}
+
+/** Results travel as JSON on the wire; normalising here catches cycles and BigInts inside the worker. */
+function toJsonValue(result: unknown): unknown {
+  if (result === undefined) return undefined;
+  try {
+    return JSON.parse(JSON.stringify(result)) as unknown;
+  } catch (cause) {
+    throw Object.assign(new Error(`the handler's result cannot be sent as JSON: ${(cause as Error).message}`), { code: 'INVALID_RESULT' });
+  }
+}
+
+/**
+ * Keeps a thrown code as-is: the main thread rebuilds it from the catalogue (and the plugin's declared
+ * codes) and turns codes nobody declared into HANDLER_ERROR.
+ */
+function serializeThrown(thrown: unknown): WireError {
+  if (typeof thrown === 'object' && thrown !== null) {
+    const { code, message, details } = thrown as { code?: unknown; message?: unknown; details?: unknown };
+    const wire: WireError = {
+      code: typeof code === 'string' ? code : 'HANDLER_ERROR',
+      message: typeof message === 'string' ? message : String(thrown),
+    };
+    if (details !== undefined) {
+      try {
+        wire.details = JSON.parse(JSON.stringify(details)) as unknown;
+      } catch {
+        // details that cannot travel are dropped rather than failing the reply
+      }
+    }
+    return wire;
+  }
+  return { code: 'HANDLER_ERROR', message: String(thrown) };
+}
