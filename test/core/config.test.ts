@@ -1,0 +1,308 @@
+/** Host config validation: every problem of a file in one run, each saying where, what was found and what is allowed. */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { CloudletError } from '../../core/errors.ts';
+import { checkHostConfig, type HostConfigCheck } from '../../core/config/host-config.ts';
+import { readConfigFile } from '../../core/config/load.ts';
+import { type ConfigProblem, formatProblem } from '../../core/config/problems.ts';
+import { defaultPoolSettings } from '../../core/config/schema.ts';
+import { repoRoot, runCli, tempDir, testkitPath, writeConfig } from '../helpers.ts';
+
+const CORE_KEYS = 'host, transport, log, limits, shutdown, pools, plugins';
+const LOG_LEVELS = '"fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent"';
+/** The environment the CLI runs with: none of the variables that override config values. */
+const cleanEnv = { CLOUDLET_HOST_ID: undefined, CLOUDLET_LOG_LEVEL: undefined, CLOUDLET_LOG_FORMAT: undefined, CLOUDLET_SOCKET: undefined };
+
+/** Writes `text` to a temp file and checks it as the agent would, with `env` as the environment. */
+async function checkText(t: TestContext, text: string, options: { name?: string; env?: NodeJS.ProcessEnv } = {}) {
+  const file = await writeConfig(await tempDir(t), options.name ?? 'cloudlet.yaml', text);
+  return { file, result: await checkHostConfig(await readConfigFile(file, options.env ?? {})) };
+}
+
+function problemsOf(result: HostConfigCheck): ConfigProblem[] {
+  assert.equal(result.ok, false, 'expected the config to be refused');
+  return result.ok ? [] : result.problems;
+}
+
+function configOf(result: HostConfigCheck) {
+  assert.ok(result.ok, `expected the config to be accepted: ${JSON.stringify(!result.ok && result.problems, null, 2)}`);
+  return result.config;
+}
+
+function problemAt(problems: readonly ConfigProblem[], path: string): ConfigProblem {
+  const found = problems.filter((p) => p.path === path);
+  assert.equal(found.length, 1, `expected one problem at ${path}, got ${JSON.stringify(problems, null, 2)}`);
+  return found[0] as ConfigProblem;
+}
+
+async function thrownBy(promise: Promise<unknown>): Promise<CloudletError> {
+  const error = await promise.then(
+    () => assert.fail('expected a rejection'),
+    (e: unknown) => e,
+  );
+  assert.ok(error instanceof CloudletError, String(error));
+  return error;
+}
+
+const severalProblems = (testkit: string) => `
+colour: blue
+host:
+  id: Bad_Host
+log:
+  level: loud
+limits:
+  maxMessageBytes: big
+plugins:
+  - use: ${testkit}
+    options:
+      greeting: 42
+`;
+
+test('config — reports every problem at once, core and plugin options alike', async (t) => {
+  const { file, result } = await checkText(t, severalProblems(testkitPath));
+  const problems = problemsOf(result);
+  assert.deepEqual(problems.map((p) => `${p.path} ${p.code}`).sort(), [
+    '(root) CONFIG_INVALID',
+    'host.id CONFIG_INVALID',
+    'limits.maxMessageBytes CONFIG_INVALID',
+    'log.level CONFIG_INVALID',
+    'plugins[0].options.greeting PLUGIN_OPTIONS_INVALID',
+  ]);
+  assert.ok(problems.every((p) => p.file === file));
+
+  assert.deepEqual(problemAt(problems, 'log.level'), {
+    code: 'CONFIG_INVALID',
+    file,
+    path: 'log.level',
+    message: 'value not allowed',
+    found: '"loud" (string)',
+    allowed: LOG_LEVELS,
+  });
+  const bytes = problemAt(problems, 'limits.maxMessageBytes');
+  assert.equal(bytes.found, '"big" (string)');
+  assert.equal(bytes.allowed, 'number');
+  const hostId = problemAt(problems, 'host.id');
+  assert.equal(hostId.found, '"Bad_Host" (string)');
+  assert.match(hostId.allowed ?? '', /lowercase letters, digits and "-"/);
+  const greeting = problemAt(problems, 'plugins[0].options.greeting');
+  assert.equal(greeting.found, '42 (number)');
+  assert.equal(greeting.allowed, 'string');
+});
+
+test('config — an unknown key lists the keys that are allowed there', async (t) => {
+  const { result } = await checkText(t, 'colour: blue\nlog:\n  level: info\n  colour: true\n');
+  const problems = problemsOf(result);
+  const root = problemAt(problems, '(root)');
+  assert.match(root.message, /unknown key "colour"/);
+  assert.equal(root.found, 'colour');
+  assert.equal(root.allowed, CORE_KEYS);
+  assert.equal(problemAt(problems, 'log').allowed, 'level, format');
+});
+
+test('config — formatProblem prints code, file, path, what was found and what is allowed', async (t) => {
+  const { file, result } = await checkText(t, severalProblems(testkitPath));
+  const problems = problemsOf(result);
+  assert.equal(
+    formatProblem(problemAt(problems, 'log.level')),
+    `[CONFIG_INVALID] ${file}: log.level: value not allowed\n    found:   "loud" (string)\n    allowed: ${LOG_LEVELS}`,
+  );
+  const greeting = formatProblem(problemAt(problems, 'plugins[0].options.greeting'));
+  assert.equal(greeting, `[PLUGIN_OPTIONS_INVALID] ${file}: plugins[0].options.greeting: wrong type\n    found:   42 (number)\n    allowed: string`);
+});
+
+test('config — a YAML syntax error is CONFIG_SYNTAX with its line and column', async (t) => {
+  const file = await writeConfig(await tempDir(t), 'cloudlet.yaml', 'host:\n  id: a\nlog:\n  level: info\n\tformat: json\n');
+  const error = await thrownBy(readConfigFile(file, {}));
+  assert.equal(error.code, 'CONFIG_SYNTAX');
+  const { problems } = error.details as { problems: ConfigProblem[] };
+  assert.ok(problems.length >= 1);
+  assert.deepEqual(
+    problems.map((p) => [p.code, p.file, p.path]),
+    problems.map(() => ['CONFIG_SYNTAX', file, 'line 5, column 1']),
+  );
+  assert.match(error.message, new RegExp(`^${file}: line 5, column 1: `));
+});
+
+test('config — a key given twice is CONFIG_SYNTAX, not a silent overwrite', async (t) => {
+  const file = await writeConfig(await tempDir(t), 'cloudlet.yaml', 'host:\n  id: first\nhost:\n  id: second\n');
+  const error = await thrownBy(readConfigFile(file, {}));
+  assert.equal(error.code, 'CONFIG_SYNTAX');
+  assert.equal((error.details as { problems: ConfigProblem[] }).problems[0]?.path, 'line 3, column 1');
+});
+
+test('config — a missing file is CONFIG_NOT_FOUND naming the file', async (t) => {
+  const file = join(await tempDir(t), 'nowhere.yaml');
+  const error = await thrownBy(readConfigFile(file, {}));
+  assert.equal(error.code, 'CONFIG_NOT_FOUND');
+  assert.equal(error.message, `config file ${file} does not exist`);
+});
+
+test('config — a JSON file is read like YAML, problems and all', async (t) => {
+  const good = JSON.stringify({ host: { id: 'json-host' }, plugins: [{ use: testkitPath, options: { greeting: 'hi' } }] });
+  const { result } = await checkText(t, good, { name: 'cloudlet.json' });
+  const config = configOf(result);
+  assert.equal(config.hostId, 'json-host');
+  assert.deepEqual(config.plugins[1]?.options, { greeting: 'hi' });
+
+  const bad = JSON.stringify({ log: { level: 'loud' }, plugins: [{ use: testkitPath, options: { greeting: 42 } }] });
+  const { file, result: refused } = await checkText(t, bad, { name: 'cloudlet.json' });
+  assert.deepEqual(
+    problemsOf(refused).map((p) => [p.file, p.path, p.code]),
+    [
+      [file, 'log.level', 'CONFIG_INVALID'],
+      [file, 'plugins[0].options.greeting', 'PLUGIN_OPTIONS_INVALID'],
+    ],
+  );
+});
+
+test('config — environment variables override the file', async (t) => {
+  const env = { CLOUDLET_HOST_ID: 'from-env', CLOUDLET_LOG_LEVEL: 'debug', CLOUDLET_LOG_FORMAT: '' };
+  const { result } = await checkText(t, 'host:\n  id: from-file\nlog:\n  level: warn\n  format: json\n', { env });
+  const config = configOf(result);
+  assert.equal(config.hostId, 'from-env');
+  assert.equal(config.core.log.level, 'debug');
+  assert.equal(config.core.log.format, 'json', 'an empty variable overrides nothing');
+});
+
+test('config — an invalid environment value is reported against its variable, not the file', async (t) => {
+  const { file, result } = await checkText(t, 'host:\n  id: Bad_Host\n', { env: { CLOUDLET_LOG_LEVEL: 'loud' } });
+  const problems = problemsOf(result);
+  assert.deepEqual(problemAt(problems, 'log.level'), {
+    code: 'CONFIG_INVALID',
+    file: 'env CLOUDLET_LOG_LEVEL',
+    path: 'log.level',
+    message: 'value not allowed',
+    found: '"loud" (string)',
+    allowed: LOG_LEVELS,
+  });
+  assert.equal(problemAt(problems, 'host.id').file, file);
+});
+
+test('config — a pool override for an unknown message type lists the known types', async (t) => {
+  const { file, result } = await checkText(t, `pools:\n  no-such-type:\n    maxThreads: 2\nplugins:\n  - use: ${testkitPath}\n`);
+  const problem = problemAt(problemsOf(result), 'pools.no-such-type');
+  assert.equal(problem.code, 'CONFIG_INVALID');
+  assert.equal(problem.file, file);
+  assert.equal(problem.found, 'no-such-type');
+  assert.equal(problem.allowed, 'host-info, test.crash, test.echo, test.exit, test.fail, test.progress, test.sleep, test.spin');
+});
+
+test('config — a pool override with minThreads above maxThreads is refused', async (t) => {
+  // host-info's plugin default is maxThreads 1.
+  const { result } = await checkText(t, 'pools:\n  host-info:\n    minThreads: 3\n');
+  const problems = problemsOf(result).filter((p) => p.message === 'minThreads is larger than maxThreads');
+  assert.equal(problems.length, 1, JSON.stringify(problemsOf(result), null, 2));
+  assert.equal(problems[0]?.path, 'pools.host-info');
+  assert.match(problems[0]?.found ?? '', /"minThreads":3,"maxThreads":1/);
+});
+
+test('config — a pool value out of range is reported with its bound', async (t) => {
+  const { result } = await checkText(t, 'pools:\n  host-info:\n    maxThreads: 0\n');
+  const problem = problemAt(problemsOf(result), 'pools.host-info.maxThreads');
+  assert.equal(problem.found, '0 (number)');
+  assert.equal(problem.allowed, '>= 1');
+});
+
+test('config — pool settings merge core defaults < plugin defaults < config', async (t) => {
+  const yaml = `pools:\n  host-info:\n    timeoutMs: 7000\n  test.echo:\n    maxThreads: 4\nplugins:\n  - use: ${testkitPath}\n`;
+  const config = configOf((await checkText(t, yaml)).result);
+  assert.deepEqual(config.messages.get('host-info')?.pool, { ...defaultPoolSettings, maxThreads: 1, timeoutMs: 7000 });
+  assert.deepEqual(config.messages.get('test.echo')?.pool, { ...defaultPoolSettings, maxThreads: 4 });
+  assert.deepEqual(config.messages.get('test.sleep')?.pool, defaultPoolSettings);
+});
+
+test('config — the example config/single-host.yaml loads', async () => {
+  const config = configOf(await checkHostConfig(await readConfigFile(join(repoRoot, 'config/single-host.yaml'), {})));
+  assert.equal(config.hostId, 'single');
+  assert.equal(config.core.transport.kind, 'local');
+  assert.deepEqual([...config.messages.keys()], ['host-info']);
+  assert.deepEqual(config.messages.get('host-info')?.pool, { ...defaultPoolSettings, maxThreads: 1, timeoutMs: 5000 });
+});
+
+test('config — `cloudlet config check` says ok and exits 0 for a valid file', async (t) => {
+  const file = await writeConfig(await tempDir(t), 'cloudlet.yaml', `host:\n  id: cli-host\nplugins:\n  - use: ${testkitPath}\n`);
+  const { code, stdout, stderr } = await runCli(['config', 'check', file], { env: cleanEnv });
+  assert.equal(code, 0, stderr);
+  assert.match(stdout, /: ok — host "cli-host", transport local, 2 plugin\(s\), 8 message type\(s\)/);
+});
+
+test('config — `cloudlet config check` prints every problem and exits 3 for an invalid file', async (t) => {
+  const file = await writeConfig(await tempDir(t), 'cloudlet.yaml', severalProblems(testkitPath));
+  const { code, stdout, stderr } = await runCli(['config', 'check', file], { env: cleanEnv });
+  assert.equal(code, 3, stderr);
+  assert.match(stdout, /5 problem\(s\)/);
+  for (const line of [
+    `[CONFIG_INVALID] ${file}: (root): unknown key "colour"`,
+    `[CONFIG_INVALID] ${file}: host.id: wrong format`,
+    `[CONFIG_INVALID] ${file}: log.level: value not allowed`,
+    `    allowed: ${LOG_LEVELS}`,
+    `[CONFIG_INVALID] ${file}: limits.maxMessageBytes: wrong type`,
+    `[PLUGIN_OPTIONS_INVALID] ${file}: plugins[0].options.greeting: wrong type`,
+    '    found:   42 (number)',
+  ]) {
+    assert.ok(stdout.includes(line), `missing ${JSON.stringify(line)} in:\n${stdout}`);
+  }
+});
+
+test('config — `cloudlet config check --json` prints the problems as parseable JSON', async (t) => {
+  const file = await writeConfig(await tempDir(t), 'cloudlet.yaml', severalProblems(testkitPath));
+  const { code, stdout } = await runCli(['config', 'check', file, '--json'], { env: cleanEnv });
+  assert.equal(code, 3);
+  const report = JSON.parse(stdout) as { ok: boolean; file: string; problems: ConfigProblem[] };
+  assert.equal(report.ok, false);
+  assert.equal(report.problems.length, 5);
+  assert.deepEqual(
+    report.problems.find((p) => p.path === 'plugins[0].options.greeting'),
+    { code: 'PLUGIN_OPTIONS_INVALID', file, path: 'plugins[0].options.greeting', message: 'wrong type', found: '42 (number)', allowed: 'string' },
+  );
+});
+
+test('config — `cloudlet config check` exits 3 with CONFIG_SYNTAX or CONFIG_NOT_FOUND', async (t) => {
+  const dir = await tempDir(t);
+  const broken = await writeConfig(dir, 'broken.yaml', 'log:\n  level: info\n\tformat: json\n');
+  const syntax = await runCli(['config', 'check', broken], { env: cleanEnv });
+  assert.equal(syntax.code, 3);
+  assert.match(syntax.stderr, /^error \[CONFIG_SYNTAX\]: 1 problem\(s\):\n/);
+  assert.ok(syntax.stderr.includes(`[CONFIG_SYNTAX] ${broken}: line 3, column 1: Tabs are not allowed`), syntax.stderr);
+
+  const missing = await runCli(['config', 'check', join(dir, 'nowhere.yaml'), '--json'], { env: cleanEnv });
+  assert.equal(missing.code, 3);
+  assert.equal((JSON.parse(missing.stdout) as { error: { code: string } }).error.code, 'CONFIG_NOT_FOUND');
+});
+
+// Known bugs, kept as todos so the run stays green until the core is fixed; each names the file to fix.
+test(
+  'config — a pool override with minThreads above maxThreads is the only problem reported for that type',
+  { todo: 'BUG in core/config/host-config.ts: the refused type is then also reported as "no loaded plugin handles"; remove this todo once fixed' },
+  async (t) => {
+    const { result } = await checkText(t, 'pools:\n  host-info:\n    minThreads: 3\n');
+    assert.deepEqual(
+      problemsOf(result).map((p) => `${p.path}: ${p.message}`),
+      ['pools.host-info: minThreads is larger than maxThreads'],
+    );
+  },
+);
+
+test(
+  'config — CLOUDLET_SOCKET works with a config that has no transport section',
+  { todo: 'BUG in core/config/load.ts applyEnvOverrides: it creates transport: { socket } without kind; remove this todo once fixed' },
+  async (t) => {
+    const { result } = await checkText(t, 'host:\n  id: a\n', { env: { CLOUDLET_SOCKET: '/tmp/cloudlet-env.sock' } });
+    assert.deepEqual(configOf(result).core.transport, { kind: 'local', socket: '/tmp/cloudlet-env.sock' });
+  },
+);
+
+test(
+  'config — an override under a section that is not a mapping is never written at the top level',
+  { todo: 'BUG in core/config/load.ts applyEnvOverrides: after `break` it assigns on the parent object; remove this todo once fixed' },
+  async (t) => {
+    const { result } = await checkText(t, 'host: ~\nlog: verbose\n', { env: { CLOUDLET_HOST_ID: 'a', CLOUDLET_LOG_LEVEL: 'debug' } });
+    const problems = problemsOf(result);
+    assert.deepEqual(
+      problems.filter((p) => p.path === '(root)'),
+      [],
+      'no "unknown key id/level" at the top level: the file never had those keys',
+    );
+  },
+);
