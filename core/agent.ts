@@ -4,7 +4,7 @@
  */
 import process from 'node:process';
 import { CloudletError, registerPluginErrors } from './errors.ts';
-import { makeEvent } from './envelope.ts';
+import { makeEvent, messageTypeSchema } from './envelope.ts';
 import type { HostConfig } from './config/host-config.ts';
 import { createLogger, type Logger } from './logger.ts';
 import { Dispatcher } from './dispatcher.ts';
@@ -63,7 +63,12 @@ export class Agent {
       options: plugin.options,
       host: this.host,
       log: this.log.child({ plugin: plugin.plugin.name }),
-      emitEvent: (type, payload) => this.transport.publishEvent(makeEvent(type, this.host.id, payload)),
+      emitEvent: async (type, payload) => {
+        if (!messageTypeSchema.safeParse(type).success) {
+          throw new CloudletError('BAD_ENVELOPE', `plugin "${plugin.plugin.name}" emitted an event with an invalid type ${JSON.stringify(type)}`);
+        }
+        await this.transport.publishEvent(makeEvent(type, this.host.id, payload));
+      },
       capabilities,
     };
   }
@@ -128,6 +133,7 @@ export class Agent {
   async #stop(reason: string): Promise<void> {
     const graceMs = this.config.core.shutdown.graceMs;
     this.log.info({ reason, inFlight: this.inFlight, graceMs }, 'shutting down');
+    this.#dispatcher?.stopAccepting();
     await this.transport.stopAccepting();
     const drained = (await this.#dispatcher?.drain(graceMs)) ?? { finished: 0, cancelled: 0 };
     for (const p of [...this.#started].reverse()) {

@@ -6,7 +6,7 @@
 import { Buffer } from 'node:buffer';
 import type { Logger } from './logger.ts';
 import { CloudletError, cloudletError, type WireError } from './errors.ts';
-import { decodeEnvelope, formatPath, makeProgress, makeReply, type ReplyEnvelope, type RequestEnvelope } from './envelope.ts';
+import { decodeEnvelope, formatPath, makeProgress, makeReply, progressSchema, type ReplyEnvelope, type RequestEnvelope } from './envelope.ts';
 import type { MessageRoute } from './config/host-config.ts';
 import type { PoolManager } from './pools.ts';
 import type { InboundDelivery } from './transports/transport.ts';
@@ -17,8 +17,6 @@ export interface DispatcherOptions {
   routes: ReadonlyMap<string, MessageRoute>;
   pools: PoolManager;
   log: Logger;
-  /** Deadline applied to requests that carry none: the type's pool timeout (plus queueing time) bounds them. */
-  defaultDeadlineMs?: number;
 }
 
 interface InFlight {
@@ -88,7 +86,9 @@ export class Dispatcher {
       );
     }
 
-    const deadline = request.deadline ?? now + (this.#options.defaultDeadlineMs ?? route.pool.timeoutMs * 2);
+    // The host spends at most the type's timeoutMs on a message (queueing included), and never past the
+    // caller's deadline; the handler sees whichever comes first as ctx.message.deadline.
+    const deadline = Math.min(request.deadline ?? Number.POSITIVE_INFINITY, now + route.pool.timeoutMs);
     const messageLog = log.child({ msgId: request.id, type: request.type, plugin: route.plugin.plugin.name });
     const cancel = new AbortController();
     let finished!: () => void;
@@ -101,7 +101,12 @@ export class Dispatcher {
         {
           signal: cancel.signal,
           log: messageLog,
-          onProgress: (stage, detail) => delivery.progress(makeProgress(request, hostId, stage, detail)),
+          onProgress: (stage, detail) => {
+            const progress = makeProgress(request, hostId, stage, detail);
+            // A handler's progress crosses the wire like everything else: a malformed one is dropped here, loudly.
+            if (progressSchema.safeParse(progress).success) delivery.progress(progress);
+            else messageLog.warn({ stage: String(stage).slice(0, 80) }, 'dropped a progress update whose stage or detail is invalid (stage: 1–64 characters, detail: an object)');
+          },
         },
       );
       const elapsedMs = Math.round((performance.now() - started) * 10) / 10;
@@ -135,6 +140,11 @@ export class Dispatcher {
    * Stops taking new work, waits up to `graceMs` for what is running, then cancels the rest; each cancelled
    * message is answered with SHUTTING_DOWN by its pool run.
    */
+  /** From now on every request is answered with SHUTTING_DOWN (retryable), so callers can go elsewhere. */
+  stopAccepting(): void {
+    this.#accepting = false;
+  }
+
   async drain(graceMs: number): Promise<{ finished: number; cancelled: number }> {
     this.#accepting = false;
     const running = [...this.#inFlight];

@@ -24,9 +24,11 @@ export const hostIdSchema = z
   .string()
   .regex(HOST_ID_PATTERN, 'lowercase letters, digits and "-", 1–63 characters, not starting or ending with "-"');
 
+const MAX_ERROR_MESSAGE = 4096;
+
 export const wireErrorSchema = z.object({
   code: z.string().min(1).max(64),
-  message: z.string().max(4096),
+  message: z.string().max(MAX_ERROR_MESSAGE),
   retryable: z.boolean().optional(),
   details: z.unknown().optional(),
 });
@@ -156,8 +158,9 @@ export function decodeEnvelope<K extends EnvelopeKind>(
   const salvage = (error: CloudletError): DecodeFailure & { ok: false } => ({ ok: false, error, id: salvagedId, type: salvagedType });
 
   if (record.v !== PROTOCOL_VERSION) {
+    const found = record.v === undefined ? 'has no "v" field' : `has version ${JSON.stringify(record.v)}`;
     return salvage(
-      cloudletError('UNSUPPORTED_VERSION', `envelope version ${JSON.stringify(record.v)} is not supported; this agent speaks v${PROTOCOL_VERSION}`, {
+      cloudletError('UNSUPPORTED_VERSION', `the envelope ${found}; this agent speaks v${PROTOCOL_VERSION} ("v": ${PROTOCOL_VERSION})`, {
         found: record.v ?? null,
         supported: [PROTOCOL_VERSION],
       }),
@@ -200,7 +203,11 @@ export function makeReply(
   if (request.type !== undefined) reply.type = request.type;
   if (outcome.ok) {
     if (outcome.result !== undefined) reply.result = outcome.result;
-  } else reply.error = outcome.error;
+  } else {
+    // The schema bounds messages so every receiver accepts the reply; a long handler message is cut, not lost.
+    const { message } = outcome.error;
+    reply.error = message.length > MAX_ERROR_MESSAGE ? { ...outcome.error, message: `${message.slice(0, MAX_ERROR_MESSAGE - 1)}…` } : outcome.error;
+  }
   return reply;
 }
 

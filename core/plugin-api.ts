@@ -19,7 +19,10 @@ export interface PoolSettings {
   idleTimeoutMs: number;
   /** Messages waiting for a thread; one more is refused with `BUSY` instead of growing memory. */
   maxQueue: number;
-  /** A handler running longer is cancelled and answered with `TIMEOUT`. */
+  /**
+   * The most time the host spends on one message, from the moment it is accepted (waiting for a thread
+   * counts); past it the handler is cancelled and the caller gets `TIMEOUT`.
+   */
   timeoutMs: number;
   /** After cancelling, how long the handler may react to its AbortSignal before its thread is terminated. */
   cancelGraceMs: number;
@@ -69,7 +72,7 @@ export interface PluginHookContext<Options> {
   log: PluginLogger;
   /** Publishes an event envelope on the agent's transport (e.g. a sweep summary). */
   emitEvent(type: string, payload?: unknown): Promise<void>;
-  /** The capabilities provided by loaded plugins, mapped to the providing plugin names in config order. */
+  /** The capabilities provided by loaded plugins, mapped to the providing plugin names in load (dependency) order. */
   capabilities: ReadonlyMap<string, readonly string[]>;
 }
 
@@ -132,7 +135,7 @@ export interface HandlerContext<Options = unknown> {
   message: { id: string; type: string; deadline: number };
   /** Logger bound to this message (its id and type are on every line). */
   log: PluginLogger;
-  /** Aborted when the message times out, the caller is gone or the agent shuts down. */
+  /** Aborted when the message times out, passes its deadline, or the agent shuts down past its grace period. */
   signal: AbortSignal;
   /** Streams a progress update to the caller, e.g. `progress('starting', { vm })`. */
   progress(stage: string, detail?: Record<string, unknown>): void;

@@ -20,6 +20,7 @@ export interface PoolSpec {
 export interface PoolTask {
   id: string;
   type: string;
+  /** Epoch ms by which the outcome is due; the pool's timeoutMs applies too, whichever is first. */
   deadline: number;
   payload: unknown;
 }
@@ -113,9 +114,11 @@ export class PoolManager {
     // Aborting this terminates the worker thread: the last resort for a handler that ignores its signal.
     const terminate = new AbortController();
     const untilDeadlineMs = task.deadline - Date.now();
-    // Whichever comes first, the pool's timeout or the caller's deadline, decides the error code.
+    // Whichever comes first, the pool's timeout or the caller's deadline, decides the error code. The
+    // clock starts when the message is accepted: time spent queueing for a thread counts.
     const limitedByDeadline = untilDeadlineMs < settings.timeoutMs;
     const budgetMs = Math.max(0, Math.min(settings.timeoutMs, untilDeadlineMs));
+    const effectiveDeadline = Date.now() + budgetMs;
 
     return new Promise<RunOutcome>((resolve) => {
       let settled = false;
@@ -177,7 +180,7 @@ export class PoolManager {
         finish({ ok: false, error: cancelReason ?? crashedError(task.type) });
       });
 
-      const workerTask: WorkerTask = { id: task.id, type: task.type, deadline: task.deadline, payload: task.payload, port: workerPort };
+      const workerTask: WorkerTask = { id: task.id, type: task.type, deadline: effectiveDeadline, payload: task.payload, port: workerPort };
       managed.pool.run(workerTask, { transferList: [workerPort as MessagePort], signal: terminate.signal }).then(
         () => {
           // The outcome normally arrived on the port already; this covers a worker that returned without one.

@@ -30,14 +30,16 @@ export type HostConfigCheck = { ok: true; config: HostConfig } | { ok: false; pr
 export async function checkHostConfig(raw: RawConfig): Promise<HostConfigCheck> {
   const core = validateCoreConfig(raw);
   const problems = [...core.problems];
-  const loaded = core.pluginEntries ? await loadPlugins(core.pluginEntries, raw.file) : undefined;
-  if (loaded) problems.push(...loaded.problems);
-  if (!core.config || !loaded) return { ok: false, problems };
+  const loaded = await loadPlugins(core.pluginEntries, raw.file);
+  problems.push(...loaded.problems);
+  if (!core.config) return { ok: false, problems };
 
   const messages = new Map<string, MessageRoute>();
+  const knownTypes = new Set<string>();
   for (const plugin of loaded.plugins) {
     for (const [type, definition] of Object.entries(plugin.plugin.messages ?? {})) {
-      if (messages.has(type)) continue; // reported as PLUGIN_MESSAGE_CONFLICT
+      if (knownTypes.has(type)) continue; // reported as PLUGIN_MESSAGE_CONFLICT
+      knownTypes.add(type);
       const merged = { ...defaultPoolSettings, ...definition.pool, ...core.config.pools[type] };
       const pool = poolSettingsSchema.safeParse(merged);
       if (!pool.success || merged.minThreads > merged.maxThreads) {
@@ -54,14 +56,14 @@ export async function checkHostConfig(raw: RawConfig): Promise<HostConfigCheck> 
     }
   }
   for (const type of Object.keys(core.config.pools)) {
-    if (!messages.has(type)) {
+    if (!knownTypes.has(type)) {
       problems.push({
         code: 'CONFIG_INVALID',
         file: raw.file,
         path: `pools.${type}`,
         message: `no loaded plugin handles message type "${type}"`,
         found: type,
-        allowed: [...messages.keys()].sort().join(', '),
+        allowed: [...knownTypes].sort().join(', '),
       });
     }
   }

@@ -8,16 +8,22 @@ import { parseDocument } from 'yaml';
 import { CloudletError, cloudletError } from '../errors.ts';
 import { formatPath } from '../envelope.ts';
 import { type ConfigProblem, problemsFromZod } from './problems.ts';
-import { type CoreConfig, coreConfigSchema, pluginEntrySchema } from './schema.ts';
-import { z } from 'zod';
+import { type CoreConfig, coreConfigSchema, type PluginEntry, pluginEntrySchema } from './schema.ts';
+
+export interface IndexedPluginEntry {
+  /** Position in the config's `plugins` list, for problem paths. */
+  index: number;
+  entry: PluginEntry;
+}
 
 /** Environment variables that override config values, so secrets and per-host ids stay out of files. */
 export const ENV_OVERRIDES = [
   { variable: 'CLOUDLET_HOST_ID', path: ['host', 'id'] },
   { variable: 'CLOUDLET_LOG_LEVEL', path: ['log', 'level'] },
   { variable: 'CLOUDLET_LOG_FORMAT', path: ['log', 'format'] },
-  { variable: 'CLOUDLET_SOCKET', path: ['transport', 'socket'] },
-] as const satisfies readonly { variable: string; path: readonly string[] }[];
+  // A socket only means something for the local transport, so a config without a transport section gets one.
+  { variable: 'CLOUDLET_SOCKET', path: ['transport', 'socket'], createParent: { kind: 'local' } },
+] as const satisfies readonly { variable: string; path: readonly string[]; createParent?: Record<string, unknown> }[];
 
 export interface RawConfig {
   file: string;
@@ -43,7 +49,8 @@ export async function readConfigFile(file: string, env: NodeJS.ProcessEnv = proc
       code: 'CONFIG_SYNTAX',
       file: absolute,
       path: error.linePos ? `line ${error.linePos[0].line}, column ${error.linePos[0].col}` : '(root)',
-      message: error.message.split('\n')[0] ?? error.message,
+      // yaml appends " at line L, column C:" to the first line; the position is already in `path`.
+      message: (error.message.split('\n')[0] ?? error.message).replace(/ at line \d+, column \d+:?$/, ''),
     }));
     throw new CloudletError('CONFIG_SYNTAX', problems.map((p) => `${p.file}: ${p.path}: ${p.message}`).join('\n'), { details: { problems } });
   }
@@ -58,16 +65,25 @@ export function rawConfigFrom(data: unknown, file = '(inline config)', env: Node
 
 function applyEnvOverrides(raw: RawConfig, env: NodeJS.ProcessEnv): RawConfig {
   if (raw.data === null || typeof raw.data !== 'object' || Array.isArray(raw.data)) return raw;
-  for (const { variable, path } of ENV_OVERRIDES) {
+  for (const override of ENV_OVERRIDES) {
+    const { variable, path } = override;
     const value = env[variable];
     if (value === undefined || value === '') continue;
-    let target = raw.data as Record<string, unknown>;
-    for (const key of path.slice(0, -1)) {
-      const next = target[key];
-      if (next === undefined) target[key] = {};
-      else if (next === null || typeof next !== 'object') break;
+    const parentKeys = path.slice(0, -1);
+    let target: Record<string, unknown> | undefined = raw.data as Record<string, unknown>;
+    for (const [depth, key] of parentKeys.entries()) {
+      const next: unknown = target[key];
+      if (next === undefined) {
+        const isLast = depth === parentKeys.length - 1;
+        target[key] = isLast && 'createParent' in override ? { ...override.createParent } : {};
+      } else if (next === null || typeof next !== 'object' || Array.isArray(next)) {
+        // The section itself is wrong; the schema reports it. Writing the value anywhere else would invent keys.
+        target = undefined;
+        break;
+      }
       target = target[key] as Record<string, unknown>;
     }
+    if (!target) continue;
     target[path[path.length - 1] as string] = value;
     raw.fromEnv.set(formatPath(path), variable);
   }
@@ -77,8 +93,8 @@ function applyEnvOverrides(raw: RawConfig, env: NodeJS.ProcessEnv): RawConfig {
 export interface CoreValidation {
   config: CoreConfig | undefined;
   problems: ConfigProblem[];
-  /** The plugin list, when it is well-formed even if other parts of the config are not. */
-  pluginEntries: z.output<typeof pluginEntrySchema>[] | undefined;
+  /** The well-formed plugin entries with their config index, even when other parts of the config are not. */
+  pluginEntries: IndexedPluginEntry[];
 }
 
 export function validateCoreConfig(raw: RawConfig): CoreValidation {
@@ -89,7 +105,7 @@ export function validateCoreConfig(raw: RawConfig): CoreValidation {
     return undefined;
   };
   const parsed = coreConfigSchema.safeParse(raw.data);
-  if (parsed.success) return { config: parsed.data, problems: [], pluginEntries: parsed.data.plugins };
+  if (parsed.success) return { config: parsed.data, problems: [], pluginEntries: parsed.data.plugins.map((entry, index) => ({ index, entry })) };
 
   const problems = problemsFromZod(parsed.error.issues, raw.data, {
     file: raw.file,
@@ -97,10 +113,16 @@ export function validateCoreConfig(raw: RawConfig): CoreValidation {
     schema: coreConfigSchema,
     fileForPath,
   });
-  // Keep going with the plugin list when it is usable, so plugin problems are reported in the same run.
+  // Keep going with every usable plugin entry, so plugin problems are reported in the same run.
   const pluginsValue = raw.data && typeof raw.data === 'object' ? (raw.data as { plugins?: unknown }).plugins : undefined;
-  const plugins = z.array(pluginEntrySchema).default([]).safeParse(pluginsValue);
-  return { config: undefined, problems, pluginEntries: plugins.success ? plugins.data : undefined };
+  const pluginEntries: IndexedPluginEntry[] = [];
+  if (Array.isArray(pluginsValue)) {
+    for (const [index, value] of pluginsValue.entries()) {
+      const entry = pluginEntrySchema.safeParse(value);
+      if (entry.success) pluginEntries.push({ index, entry: entry.data });
+    }
+  }
+  return { config: undefined, problems, pluginEntries };
 }
 
 /** Where the CLI and agent look for a config when none is named. */

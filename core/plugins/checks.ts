@@ -4,7 +4,14 @@ import { errorCatalogue } from '../errors.ts';
 import type { ConfigProblem } from '../config/problems.ts';
 import type { LoadedPlugin } from './loader.ts';
 
-export function checkPluginSet(loaded: readonly LoadedPlugin[], configFile: string): { ordered: LoadedPlugin[]; problems: ConfigProblem[] } {
+export function checkPluginSet(
+  loaded: readonly LoadedPlugin[],
+  configFile: string,
+  /** Config entries that failed to load; a missing dependency may be one of them. */
+  failedEntries: readonly string[] = [],
+): { ordered: LoadedPlugin[]; problems: ConfigProblem[] } {
+  const failedNote =
+    failedEntries.length > 0 ? ` It may be one of the entries that failed to load above: ${failedEntries.join(', ')}; fix those first.` : '';
   const problems: ConfigProblem[] = [];
   const path = (p: LoadedPlugin, suffix = '.use') => (p.index < 0 ? '(built-in core plugin)' : `plugins[${p.index}]${suffix}`);
   const add = (code: string, p: LoadedPlugin, message: string, extra: Partial<ConfigProblem> = {}) =>
@@ -48,9 +55,14 @@ export function checkPluginSet(loaded: readonly LoadedPlugin[], configFile: stri
     for (const [dependency, range] of Object.entries(p.plugin.dependencies ?? {})) {
       const target = byName.get(dependency);
       if (!target) {
-        add('PLUGIN_DEPENDENCY_MISSING', p, `plugin "${p.plugin.name}" depends on "${dependency}" (${range}), which is not in this host's plugin list`, {
-          allowed: `add { use: ${dependency} } to plugins`,
-        });
+        add(
+          'PLUGIN_DEPENDENCY_MISSING',
+          p,
+          failedNote
+            ? `plugin "${p.plugin.name}" depends on "${dependency}" (${range}), which is not loaded.${failedNote}`
+            : `plugin "${p.plugin.name}" depends on "${dependency}" (${range}), which is not in this host's plugin list`,
+          failedNote ? {} : { allowed: `add { use: ${dependency} } to plugins` },
+        );
       } else if (!semver.satisfies(target.plugin.version, range, { includePrerelease: true })) {
         add('PLUGIN_DEPENDENCY_VERSION', p, `plugin "${p.plugin.name}" needs "${dependency}" ${range}, but ${target.plugin.version} is loaded`, {
           found: target.plugin.version,
@@ -60,7 +72,8 @@ export function checkPluginSet(loaded: readonly LoadedPlugin[], configFile: stri
     }
     for (const capability of p.plugin.requires ?? []) {
       if (!capabilityProviders.has(capability)) {
-        add('PLUGIN_CAPABILITY_MISSING', p, `plugin "${p.plugin.name}" requires capability "${capability}", which no configured plugin provides`, {
+        const reason = failedNote ? `which no loaded plugin provides.${failedNote}` : 'which no configured plugin provides';
+        add('PLUGIN_CAPABILITY_MISSING', p, `plugin "${p.plugin.name}" requires capability "${capability}", ${reason}`, {
           allowed: [...capabilityProviders.keys()].join(', ') || 'no capabilities are provided by the configured plugins',
         });
       }

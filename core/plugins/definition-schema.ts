@@ -35,7 +35,7 @@ export const pluginDefinitionSchema = z.object({
         handler: z.union([z.instanceof(URL), z.string()]),
         description: z.string().max(500).optional(),
         pool: poolOverrideSchema.optional(),
-      }),
+      }).strict(),
     )
     .optional(),
   errors: z
@@ -45,4 +45,4 @@ export const pluginDefinitionSchema = z.object({
     )
     .optional(),
   hooks: z.object({ init: hook, start: hook, stop: hook }).strict().optional(),
-});
+}).strict(); // a misspelt key ("dependecies") is an error, not silently ignored

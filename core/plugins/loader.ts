@@ -8,7 +8,7 @@ import semver from 'semver';
 import { CloudletError } from '../errors.ts';
 import { CORE_API_VERSION } from '../version.ts';
 import { PLUGIN_BRAND, pluginKit, type CloudletPlugin } from '../plugin-api.ts';
-import type { PluginEntry } from '../config/schema.ts';
+import type { IndexedPluginEntry } from '../config/load.ts';
 import { type ConfigProblem, problemsFromZod } from '../config/problems.ts';
 import { pluginDefinitionSchema } from './definition-schema.ts';
 import { resolvePluginSpecifier, type PluginSourceKind } from './resolve.ts';
@@ -33,14 +33,16 @@ export interface PluginLoadResult {
   problems: ConfigProblem[];
 }
 
-export async function loadPlugins(entries: readonly PluginEntry[], configFile: string): Promise<PluginLoadResult> {
+export async function loadPlugins(entries: readonly IndexedPluginEntry[], configFile: string): Promise<PluginLoadResult> {
   const problems: ConfigProblem[] = [];
   const loaded: LoadedPlugin[] = [];
 
   const core = await importPlugin(CORE_PLUGIN_URL);
   loaded.push({ index: -1, use: 'core', kind: 'core', source: CORE_PLUGIN_URL, plugin: core, options: {} });
 
-  for (const [index, entry] of entries.entries()) {
+  const failedEntries: string[] = [];
+  for (const { index, entry } of entries) {
+    const problemsBefore = problems.length;
     const at = (suffix = '') => `plugins[${index}]${suffix}`;
     const problem = (error: CloudletError, path = at('.use')): ConfigProblem => ({
       code: error.code,
@@ -76,10 +78,12 @@ export async function loadPlugins(entries: readonly PluginEntry[], configFile: s
     } catch (thrown) {
       const error = thrown instanceof CloudletError ? thrown : new CloudletError('PLUGIN_IMPORT_FAILED', String(thrown));
       problems.push(problem(error));
+    } finally {
+      if (problems.length > problemsBefore) failedEntries.push(`plugins[${index}] ("${entry.use}")`);
     }
   }
 
-  const checked = checkPluginSet(loaded, configFile);
+  const checked = checkPluginSet(loaded, configFile, failedEntries);
   problems.push(...checked.problems);
   return { plugins: checked.ordered, problems };
 }
@@ -89,7 +93,9 @@ async function importPlugin(url: string): Promise<CloudletPlugin> {
   try {
     module = (await import(url)) as { default?: unknown };
   } catch (cause) {
-    const notFound = (cause as { code?: string }).code === 'ERR_MODULE_NOT_FOUND';
+    // Only the plugin's own module missing is "not found"; a module it imports being missing is an import failure.
+    const notFound =
+      (cause as { code?: string }).code === 'ERR_MODULE_NOT_FOUND' && String((cause as Error).message).includes(fileURLToPath(url));
     throw new CloudletError(
       notFound ? 'PLUGIN_NOT_FOUND' : 'PLUGIN_IMPORT_FAILED',
       `importing plugin module ${url} failed: ${(cause as Error).message ?? String(cause)}`,
@@ -147,7 +153,8 @@ function validateOptions(
   index: number,
 ): { ok: true; options: unknown } | { ok: false; problems: ConfigProblem[] } {
   if (!plugin.options) {
-    if (raw === undefined || (typeof raw === 'object' && raw !== null && Object.keys(raw).length === 0)) return { ok: true, options: {} };
+    const isEmptyObject = typeof raw === 'object' && raw !== null && !Array.isArray(raw) && Object.keys(raw).length === 0;
+    if (raw === undefined || isEmptyObject) return { ok: true, options: {} };
     return {
       ok: false,
       problems: [

@@ -1,7 +1,7 @@
 /** Turns a config's `use:` value into a module URL: a built-in name, a file path or an npm package. */
 import { stat } from 'node:fs/promises';
-import { createRequire } from 'node:module';
-import { dirname, isAbsolute, resolve } from 'node:path';
+import { readFile } from 'node:fs/promises';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { cloudletError } from '../errors.ts';
 import { builtinPlugins } from '../../plugins/builtin.ts';
@@ -33,7 +33,8 @@ export async function resolvePluginSpecifier(use: string, configFile: string): P
     const path = use.startsWith('file:') ? fileURLToPath(use) : resolve(configDir, use);
     const info = await stat(path).catch(() => undefined);
     if (!info?.isFile()) {
-      throw cloudletError('PLUGIN_NOT_FOUND', `plugin file ${path} does not exist (from "${use}", relative to ${configDir})`, { use, path });
+      const what = info?.isDirectory() ? 'is a directory; name the plugin module file (e.g. index.ts) inside it' : 'does not exist';
+      throw cloudletError('PLUGIN_NOT_FOUND', `plugin file ${path} ${what} (from "${use}", relative to ${configDir})`, { use, path });
     }
     return { kind, url: pathToFileURL(path).href };
   }
@@ -44,13 +45,8 @@ export async function resolvePluginSpecifier(use: string, configFile: string): P
       { use, builtins: Object.keys(builtinPlugins) },
     );
   }
-  for (const base of [resolve(configDir, 'package.json'), fileURLToPath(import.meta.url)]) {
-    try {
-      return { kind, url: pathToFileURL(createRequire(base).resolve(use)).href };
-    } catch {
-      // not resolvable from this base; try the next one
-    }
-  }
+  const besideConfig = await findInstalledPackage(use, configDir);
+  if (besideConfig) return { kind, url: pathToFileURL(besideConfig).href };
   try {
     return { kind, url: import.meta.resolve(use) };
   } catch {
@@ -60,4 +56,48 @@ export async function resolvePluginSpecifier(use: string, configFile: string): P
       { use, builtins: Object.keys(builtinPlugins) },
     );
   }
+}
+
+type ExportsField = string | null | { [key: string]: ExportsField } | ExportsField[];
+
+/**
+ * Finds `name` in a node_modules folder at or above `fromDir` and returns its ESM entry file, following
+ * package.json `exports` (conditions import, node, default) or `main`. Node's own resolver cannot be
+ * pointed at an arbitrary folder from an ES module, and createRequire misses import-only packages.
+ */
+async function findInstalledPackage(specifier: string, fromDir: string): Promise<string | undefined> {
+  const parts = specifier.split('/');
+  const nameLength = specifier.startsWith('@') ? 2 : 1;
+  const name = parts.slice(0, nameLength).join('/');
+  const subpath = parts.length > nameLength ? `./${parts.slice(nameLength).join('/')}` : '.';
+  for (let dir = fromDir; ; dir = dirname(dir)) {
+    const packageDir = join(dir, 'node_modules', name);
+    const manifest = await readFile(join(packageDir, 'package.json'), 'utf8').then(
+      (text) => JSON.parse(text) as { exports?: ExportsField; main?: string },
+      () => undefined,
+    );
+    if (manifest) {
+      const target = manifest.exports !== undefined ? exportTarget(manifest.exports, subpath) : subpath === '.' ? (manifest.main ?? 'index.js') : subpath;
+      return target ? join(packageDir, target) : undefined;
+    }
+    if (dirname(dir) === dir) return undefined;
+  }
+}
+
+function exportTarget(exports: ExportsField, subpath: string): string | undefined {
+  const isSubpathMap = typeof exports === 'object' && exports !== null && !Array.isArray(exports) && Object.keys(exports).some((k) => k.startsWith('.'));
+  const entry = isSubpathMap ? (exports as Record<string, ExportsField>)[subpath] : subpath === '.' ? exports : undefined;
+  return pickCondition(entry);
+}
+
+function pickCondition(entry: ExportsField | undefined): string | undefined {
+  if (typeof entry === 'string') return entry;
+  if (Array.isArray(entry)) return entry.map(pickCondition).find((t) => t !== undefined);
+  if (entry && typeof entry === 'object') {
+    for (const condition of ['import', 'node', 'default']) {
+      const target = pickCondition(entry[condition]);
+      if (target) return target;
+    }
+  }
+  return undefined;
 }

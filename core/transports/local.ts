@@ -94,8 +94,13 @@ export class LocalAgentTransport implements AgentTransport {
         }
         if (inFlight >= MAX_IN_FLIGHT_PER_CONNECTION) {
           const salvaged = decodeEnvelope(line, 'request', this.#options.maxMessageBytes);
-          const id = salvaged.ok ? salvaged.envelope.id : salvaged.id;
-          write(makeReply({ id }, this.#options.hostId, { ok: false, error: cloudletError('BUSY', 'too many requests in flight on this connection').toWire() }));
+          const request = salvaged.ok ? salvaged.envelope : { id: salvaged.id, type: salvaged.type };
+          write(
+            makeReply(request, this.#options.hostId, {
+              ok: false,
+              error: cloudletError('BUSY', `more than ${MAX_IN_FLIGHT_PER_CONNECTION} requests in flight on this connection`).toWire(),
+            }),
+          );
           return;
         }
         inFlight++;
@@ -113,7 +118,7 @@ export class LocalAgentTransport implements AgentTransport {
         });
       },
     });
-    socket.on('data', (chunk: Uint8Array) => reader.push(chunk));
+    socket.on('data', (chunk: Buffer) => reader.push(chunk));
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
       this.#connections.delete(socket);
@@ -124,8 +129,11 @@ export class LocalAgentTransport implements AgentTransport {
   async stopAccepting(): Promise<void> {
     const server = this.#server;
     if (!server) return;
-    // Existing connections stay open so in-flight replies reach their callers; the listener closes now.
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    this.#server = undefined;
+    // The listener closes now; existing connections stay open so in-flight replies reach their callers.
+    // (server.close's callback waits for every connection, so it is not awaited here.)
+    // Frames still arriving on them are answered by the dispatcher with SHUTTING_DOWN, never dropped.
+    server.close();
     await unlink(this.#options.socketPath).catch(() => undefined);
   }
 
@@ -136,15 +144,23 @@ export class LocalAgentTransport implements AgentTransport {
 
   async close(): Promise<void> {
     await this.stopAccepting();
-    for (const socket of this.#connections) socket.end();
-    this.#server = undefined;
+    const closed = [...this.#connections].map(
+      (socket) =>
+        new Promise<void>((resolve) => {
+          socket.once('close', () => resolve());
+          socket.end();
+          // A peer that never reads cannot hold the agent open.
+          setTimeout(() => socket.destroy(), 1_000).unref();
+        }),
+    );
+    await Promise.all(closed);
   }
 }
 
-function isSubscribeFrame(line: string): boolean {
-  if (!line.includes('"subscribe"')) return false;
+function isSubscribeFrame(frame: Buffer): boolean {
+  if (!frame.includes('"subscribe"')) return false;
   try {
-    const value = JSON.parse(line) as { kind?: unknown; v?: unknown };
+    const value = JSON.parse(frame.toString('utf8')) as { kind?: unknown; v?: unknown };
     return value.kind === 'subscribe' && value.v === PROTOCOL_VERSION;
   } catch {
     return false;
@@ -217,7 +233,7 @@ export class LocalClientTransport implements ClientTransport {
         onOversize: () => undefined,
         onFrame: (line) => this.#onFrame(line),
       });
-      socket.on('data', (chunk: Uint8Array) => reader.push(chunk));
+      socket.on('data', (chunk: Buffer) => reader.push(chunk));
       socket.on('close', () => {
         this.#socket = undefined;
         for (const [id, pending] of this.#pending) {
@@ -229,7 +245,8 @@ export class LocalClientTransport implements ClientTransport {
     return this.#socket;
   }
 
-  #onFrame(line: string): void {
+  #onFrame(frame: Buffer): void {
+    const line = frame.toString('utf8');
     let kind: unknown;
     try {
       kind = (JSON.parse(line) as { kind?: unknown }).kind;
@@ -253,10 +270,12 @@ export class LocalClientTransport implements ClientTransport {
   }
 
   async request(request: RequestEnvelope, options: RequestOptions = {}): Promise<ReplyEnvelope> {
-    const line = `${encodeEnvelope(request)}\n`;
-    if (Buffer.byteLength(line) > this.#maxMessageBytes) {
-      throw cloudletError('MESSAGE_TOO_LARGE', `the request is ${Buffer.byteLength(line)} bytes; the limit is ${this.#maxMessageBytes}`);
+    const body = encodeEnvelope(request);
+    const size = Buffer.byteLength(body);
+    if (size > this.#maxMessageBytes) {
+      throw cloudletError('MESSAGE_TOO_LARGE', `the request is ${size} bytes; the limit is ${this.#maxMessageBytes}`);
     }
+    const line = `${body}\n`;
     const socket = await this.#connect();
     return new Promise<ReplyEnvelope>((resolve, reject) => {
       const waitMs = request.deadline === undefined ? undefined : Math.max(0, request.deadline - Date.now()) + CLIENT_DEADLINE_SLACK_MS;

@@ -2,10 +2,11 @@
  * Newline-delimited JSON framing over a byte stream, with a hard limit per frame: a peer that sends an
  * endless line costs at most `maxBytes` of memory, and the stream stays usable after the next newline.
  */
-import { StringDecoder } from 'node:string_decoder';
+import { Buffer } from 'node:buffer';
 
 export interface FrameReaderEvents {
-  onFrame(line: string): void;
+  /** One complete frame, without its newline. Bytes, not text: the decoder reports invalid UTF-8. */
+  onFrame(frame: Buffer): void;
   /** A frame exceeded the limit; its bytes were discarded. */
   onOversize(size: number): void;
 }
@@ -13,8 +14,7 @@ export interface FrameReaderEvents {
 export class FrameReader {
   readonly #maxBytes: number;
   readonly #events: FrameReaderEvents;
-  readonly #decoder = new StringDecoder('utf8');
-  #buffer = '';
+  #pieces: Buffer[] = [];
   #bufferBytes = 0;
   /** Bytes of an oversize frame seen so far; its remainder is skipped up to the next newline. */
   #discarding = 0;
@@ -24,7 +24,7 @@ export class FrameReader {
     this.#events = events;
   }
 
-  push(chunk: Uint8Array): void {
+  push(chunk: Buffer): void {
     let start = 0;
     while (start < chunk.length) {
       const newline = chunk.indexOf(10, start);
@@ -34,11 +34,11 @@ export class FrameReader {
         this.#discarding += piece.length;
       } else if (this.#bufferBytes + piece.length > this.#maxBytes) {
         this.#discarding = this.#bufferBytes + piece.length;
-        this.#buffer = '';
+        this.#pieces = [];
         this.#bufferBytes = 0;
-        this.#decoder.end();
-      } else {
-        this.#buffer += this.#decoder.write(piece);
+      } else if (piece.length > 0) {
+        // Copy: the socket may reuse the chunk's memory after this callback.
+        this.#pieces.push(Buffer.from(piece));
         this.#bufferBytes += piece.length;
       }
       if (newline === -1) break;
@@ -54,9 +54,10 @@ export class FrameReader {
       this.#events.onOversize(size);
       return;
     }
-    const line = this.#buffer + this.#decoder.end();
-    this.#buffer = '';
+    const frame = this.#pieces.length === 1 ? (this.#pieces[0] as Buffer) : Buffer.concat(this.#pieces);
+    this.#pieces = [];
     this.#bufferBytes = 0;
-    if (line.trim() !== '') this.#events.onFrame(line);
+    // Blank lines are allowed as keep-alives and ignored.
+    if (frame.some((byte) => byte !== 0x20 && byte !== 0x09 && byte !== 0x0d)) this.#events.onFrame(frame);
   }
 }

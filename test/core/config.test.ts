@@ -271,10 +271,8 @@ test('config — `cloudlet config check` exits 3 with CONFIG_SYNTAX or CONFIG_NO
   assert.equal((JSON.parse(missing.stdout) as { error: { code: string } }).error.code, 'CONFIG_NOT_FOUND');
 });
 
-// Known bugs, kept as todos so the run stays green until the core is fixed; each names the file to fix.
 test(
   'config — a pool override with minThreads above maxThreads is the only problem reported for that type',
-  { todo: 'BUG in core/config/host-config.ts: the refused type is then also reported as "no loaded plugin handles"; remove this todo once fixed' },
   async (t) => {
     const { result } = await checkText(t, 'pools:\n  host-info:\n    minThreads: 3\n');
     assert.deepEqual(
@@ -286,7 +284,6 @@ test(
 
 test(
   'config — CLOUDLET_SOCKET works with a config that has no transport section',
-  { todo: 'BUG in core/config/load.ts applyEnvOverrides: it creates transport: { socket } without kind; remove this todo once fixed' },
   async (t) => {
     const { result } = await checkText(t, 'host:\n  id: a\n', { env: { CLOUDLET_SOCKET: '/tmp/cloudlet-env.sock' } });
     assert.deepEqual(configOf(result).core.transport, { kind: 'local', socket: '/tmp/cloudlet-env.sock' });
@@ -295,7 +292,6 @@ test(
 
 test(
   'config — an override under a section that is not a mapping is never written at the top level',
-  { todo: 'BUG in core/config/load.ts applyEnvOverrides: after `break` it assigns on the parent object; remove this todo once fixed' },
   async (t) => {
     const { result } = await checkText(t, 'host: ~\nlog: verbose\n', { env: { CLOUDLET_HOST_ID: 'a', CLOUDLET_LOG_LEVEL: 'debug' } });
     const problems = problemsOf(result);

@@ -18,7 +18,7 @@ const configFile = join(fixturesDir, 'cloudlet.yaml');
 
 async function load(...entries: (string | PluginEntry)[]): Promise<PluginLoadResult> {
   return loadPlugins(
-    entries.map((entry) => (typeof entry === 'string' ? { use: entry } : entry)),
+    entries.map((entry, index) => ({ index, entry: typeof entry === 'string' ? { use: entry } : entry })),
     configFile,
   );
 }
@@ -244,7 +244,13 @@ test('loader — a plugin path is resolved against the config file’s folder, n
   const toTestkit = relative(configDir, testkitPath);
   assert.ok(toTestkit.startsWith('../'), toTestkit);
 
-  const result = await loadPlugins([{ use: './plugins/local.ts' }, { use: toTestkit }], hostConfig);
+  const result = await loadPlugins(
+    [
+      { index: 0, entry: { use: './plugins/local.ts' } },
+      { index: 1, entry: { use: toTestkit } },
+    ],
+    hostConfig,
+  );
   assert.deepEqual(result.problems, []);
   assert.deepEqual(
     result.plugins.map((p) => [p.plugin.name, p.source]),
@@ -255,7 +261,7 @@ test('loader — a plugin path is resolved against the config file’s folder, n
     ],
   );
   // The same relative path from another folder points nowhere.
-  const elsewhere = await loadPlugins([{ use: './plugins/local.ts' }], join(dir, 'cloudlet.yaml'));
+  const elsewhere = await loadPlugins([{ index: 0, entry: { use: './plugins/local.ts' } }], join(dir, 'cloudlet.yaml'));
   assert.deepEqual(summary(elsewhere.problems), ['plugins[0].use PLUGIN_NOT_FOUND']);
 });
 
@@ -292,11 +298,9 @@ test('loader — two hosts with different providers of one capability both load,
   assert.deepEqual(summary(both.problems), ['plugins[1].use PLUGIN_MESSAGE_CONFLICT']);
 });
 
-// Known bug, kept as a todo so the run stays green until core/plugins/checks.ts is fixed: a dependency or
-// capability provider that IS listed but failed to load is reported as absent, with advice to add it.
+// A dependency or capability provider that IS listed but failed to load is not reported as absent.
 test(
   'loader — a listed dependency or provider that failed to load is not reported as missing from the list',
-  { todo: 'BUG in core/plugins/checks.ts (PLUGIN_DEPENDENCY_MISSING / PLUGIN_CAPABILITY_MISSING wording); remove this todo once fixed' },
   async () => {
     const result = await load(
       { use: testkitPath, options: { greeting: 42 } },

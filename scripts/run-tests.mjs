@@ -1,0 +1,39 @@
+#!/usr/bin/env node
+// `npm test`: makes sure the system parts the tests need are present (scripts/setup.sh --check-only is
+// quick when they are), then runs every test/**/*.test.ts with Node's test runner under tsx.
+// Extra arguments are passed to the runner (e.g. `npm test -- --test-name-pattern=pools`); file paths
+// given as arguments limit the run to those files.
+import { spawnSync } from 'node:child_process';
+import { readdirSync, statSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import process from 'node:process';
+import { fileURLToPath } from 'node:url';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const args = process.argv.slice(2);
+const files = args.filter((a) => a.endsWith('.test.ts'));
+const runnerArgs = args.filter((a) => !a.endsWith('.test.ts'));
+
+if (process.env.CLOUDLET_SKIP_SETUP !== '1') {
+  const setup = spawnSync('bash', [join(root, 'scripts/setup.sh'), '--for-tests'], { stdio: 'inherit', cwd: root });
+  if (setup.status !== 0) {
+    console.error(`setup failed (exit ${setup.status}); see the lines above for what is missing`);
+    process.exit(setup.status ?? 1);
+  }
+}
+
+function findTests(dir) {
+  return readdirSync(dir).flatMap((name) => {
+    const path = join(dir, name);
+    if (statSync(path).isDirectory()) return name === 'fixtures' ? [] : findTests(path);
+    return name.endsWith('.test.ts') ? [relative(root, path)] : [];
+  });
+}
+
+const selected = files.length > 0 ? files : findTests(join(root, 'test')).sort();
+const result = spawnSync(
+  process.execPath,
+  ['--import', 'tsx', '--test', '--test-reporter=spec', `--test-concurrency=${process.env.CLOUDLET_TEST_CONCURRENCY ?? 2}`, ...runnerArgs, ...selected],
+  { stdio: 'inherit', cwd: root },
+);
+process.exit(result.status ?? 1);

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Sets up a Debian host for cloudlet: the system packages cloudlet and its tests need, then npm packages.
+# Idempotent and quick when everything is already there.
+#
+#   scripts/setup.sh              install system packages and npm dependencies (the README's install command)
+#   scripts/setup.sh --for-tests  what `npm test` runs first: system packages and services the tests need
+#
+# Installing system packages needs root (or sudo); without it the script prints the exact command to run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=install
+case "${1:-}" in
+  "") ;;
+  --for-tests) mode=tests ;;
+  -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+  *) echo "setup.sh: unknown option '$1' (allowed: --for-tests, --help)" >&2; exit 2 ;;
+esac
+
+# Debian packages, one line each with why it is needed.
+packages=(
+)
+
+need_node_major=20
+if ! command -v node >/dev/null 2>&1; then
+  echo "setup: Node.js >= ${need_node_major} is required and not installed (Debian 12's nodejs package is 18: use NodeSource or nvm)" >&2
+  exit 1
+fi
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt "$need_node_major" ]; then
+  echo "setup: Node.js >= ${need_node_major} is required, found $(node --version)" >&2
+  exit 1
+fi
+
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+      echo "setup: missing Debian packages: ${missing[*]}" >&2
+      echo "setup: run as root: apt-get update && apt-get install -y --no-install-recommends ${missing[*]}" >&2
+      exit 1
+    fi
+  fi
+  echo "setup: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ "$mode" = install ]; then
+  if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
+elif [ ! -d node_modules/tinypool ]; then
+  echo "setup: node_modules is missing; run the install command first: scripts/setup.sh (or npm ci)" >&2
+  exit 1
+fi

@@ -1,0 +1,195 @@
+import assert from 'node:assert/strict';
+import test from 'node:test';
+import { makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
+import { Buffer } from 'node:buffer';
+import { createConnection } from 'node:net';
+import { rawExchange, startAgent, testkitPath } from '../helpers.ts';
+
+const withTestkit = { plugins: [{ use: testkitPath, options: { greeting: 'hey' } }] };
+
+function parseReply(line: string | undefined): ReplyEnvelope {
+  assert.ok(line, 'expected a reply line');
+  return JSON.parse(line) as ReplyEnvelope;
+}
+
+test('agent — host-info answers through the whole path (socket, dispatcher, pool, worker)', async (t) => {
+  const { client } = await startAgent(t, withTestkit);
+  const reply = await client.request(makeRequest({ type: 'host-info', payload: {}, deadline: Date.now() + 10_000 }));
+  assert.equal(reply.ok, true, JSON.stringify(reply.error));
+  const info = reply.result as { host: string; plugins: { name: string }[]; messageTypes: string[]; uptimeMs: number };
+  assert.equal(info.host, 'test-host');
+  assert.deepEqual(
+    info.plugins.map((p) => p.name),
+    ['core', 'testkit'],
+  );
+  assert.ok(info.messageTypes.includes('test.echo'));
+  assert.ok(info.uptimeMs >= 0);
+});
+
+test('agent — malformed messages each get their own coded error reply on one connection', async (t) => {
+  const { socketPath, agent } = await startAgent(t, { ...withTestkit, limits: { maxMessageBytes: 4096 } });
+  const cases: [string, string, string | null][] = [
+    ['not json at all', 'BAD_JSON', null],
+    ['[1,2,3]', 'BAD_ENVELOPE', null],
+    ['{"v":2,"kind":"request","id":"v2","type":"host-info"}', 'UNSUPPORTED_VERSION', 'v2'],
+    ['{"v":1,"kind":"reply","id":"k1","type":"host-info"}', 'BAD_ENVELOPE', 'k1'],
+    ['{"v":1,"kind":"request","id":"t1","type":"Not A Type"}', 'BAD_ENVELOPE', 't1'],
+    ['{"v":1,"kind":"request","id":"u1","type":"no-such-type"}', 'UNKNOWN_TYPE', 'u1'],
+    ['{"v":1,"kind":"request","id":"p1","type":"test.sleep","payload":{"ms":"soon"}}', 'INVALID_PAYLOAD', 'p1'],
+    ['{"v":1,"kind":"request","id":"h1","type":"host-info","target":"other-host"}', 'WRONG_HOST', 'h1'],
+    ['{"v":1,"kind":"request","id":"d1","type":"host-info","deadline":1000}', 'DEADLINE_EXCEEDED', 'd1'],
+    [`{"v":1,"kind":"request","id":"big","type":"test.echo","payload":{"value":"${'x'.repeat(5000)}"}}`, 'MESSAGE_TOO_LARGE', null],
+  ];
+  const lines = await rawExchange(socketPath, cases.map(([line]) => `${line}\n`).join(''), cases.length);
+  const replies = lines.map((line) => parseReply(line));
+  // Replies to broken messages come back in order because none of them reaches a worker.
+  for (const [index, [, code, id]] of cases.entries()) {
+    const reply = replies.find((r) => r.error?.code === code && r.id === id);
+    assert.ok(reply, `case ${index}: no ${code} reply with id ${id}; got ${JSON.stringify(replies)}`);
+    assert.equal(reply.ok, false);
+    assert.equal(reply.host, 'test-host');
+  }
+  const unknown = replies.find((r) => r.error?.code === 'UNKNOWN_TYPE');
+  assert.ok((unknown?.error?.details as { known: string[] }).known.includes('test.echo'));
+  const invalid = replies.find((r) => r.error?.code === 'INVALID_PAYLOAD');
+  assert.equal((invalid?.error?.details as { issues: { path: string }[] }).issues[0]?.path, 'payload.ms');
+  // The connection and the agent are still fine.
+  const after = await rawExchange(socketPath, `${JSON.stringify(makeRequest({ type: 'test.echo', payload: { value: 1 } }))}\n`, 1);
+  assert.equal(parseReply(after[0]).ok, true);
+  assert.equal(agent.inFlight, 0);
+});
+
+test('agent — an oversize line is discarded and the same connection keeps working', async (t) => {
+  const { socketPath } = await startAgent(t, { limits: { maxMessageBytes: 2048 } });
+  const huge = 'y'.repeat(100_000);
+  const good = JSON.stringify(makeRequest({ type: 'host-info', payload: {} }));
+  const lines = await rawExchange(socketPath, `${huge}\n${good}\n`, 2);
+  assert.equal(parseReply(lines[0]).error?.code, 'MESSAGE_TOO_LARGE');
+  assert.equal(parseReply(lines[1]).ok, true);
+});
+
+test('agent — invalid UTF-8 is answered with BAD_JSON', async (t) => {
+  const { socketPath } = await startAgent(t);
+  const bytes = Buffer.concat([Buffer.from('{"v":1,"kind":"request","id":"u","type":"host-info","payload":{"x":"'), Buffer.from([0xff, 0xfe]), Buffer.from('"}}\n')]);
+  const [line] = await rawExchange(socketPath, bytes, 1);
+  const reply = parseReply(line);
+  assert.equal(reply.error?.code, 'BAD_JSON');
+  assert.match(reply.error?.message ?? '', /UTF-8/);
+});
+
+test('agent — shutdown is not held up by idle client connections, and late requests get SHUTTING_DOWN', async (t) => {
+  const { agent, client, socketPath } = await startAgent(t, withTestkit);
+  await client.request(makeRequest({ type: 'host-info', payload: {} }));
+  const idle = createConnection(socketPath);
+  await new Promise((resolve) => idle.once('connect', resolve));
+  t.after(() => idle.destroy());
+  const inFlight = client.request(makeRequest({ type: 'test.sleep', payload: { ms: 300 } }));
+  await new Promise((r) => setTimeout(r, 100));
+  const stopping = agent.stop('test');
+  // A request sent on an open connection after shutdown began is answered, not dropped.
+  const late = await client.request(makeRequest({ type: 'host-info', payload: {} }));
+  assert.equal(late.error?.code, 'SHUTTING_DOWN');
+  assert.equal(late.error?.retryable, true);
+  assert.equal((await inFlight).ok, true);
+  await stopping; // resolves although `idle` never closed its end
+});
+
+test('agent — fuzzed envelopes are all answered and the agent stays up', async (t) => {
+  const { socketPath, client } = await startAgent(t, withTestkit);
+  let state = 0x2545f491;
+  const random = () => {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    return (state >>> 0) / 0x100000000;
+  };
+  const valid = { v: 1, kind: 'request', id: 'fuzz', type: 'test.echo', payload: { value: 1 } };
+  const mutations: ((o: Record<string, unknown>) => unknown)[] = [
+    (o) => ({ ...o, v: [1, '1', null, 0, 99, {}][Math.floor(random() * 6)] }),
+    (o) => ({ ...o, kind: ['req', '', null, 5, 'event'][Math.floor(random() * 5)] }),
+    (o) => ({ ...o, type: ['', 'UPPER', 'a'.repeat(200), null, 3, 'x..y'][Math.floor(random() * 6)] }),
+    (o) => ({ ...o, id: ['', ' ', 'é', null, 'x'.repeat(300), 12][Math.floor(random() * 6)] }),
+    (o) => ({ ...o, deadline: [-1, 'tomorrow', 1.5, null, 1e30][Math.floor(random() * 5)] }),
+    (o) => ({ ...o, payload: [null, 'str', [1], { value: { deep: [{}] } }, 42][Math.floor(random() * 5)] }),
+    (o) => ({ ...o, target: ['', 'UPPER', 'x'.repeat(80), 'other'][Math.floor(random() * 4)] }),
+    (o) => ({ ...o, extra: 'field' }),
+  ];
+  const lines: string[] = [];
+  for (let i = 0; i < 300; i++) {
+    let candidate: unknown = { ...valid, id: `fuzz-${i}` };
+    const count = 1 + Math.floor(random() * 3);
+    for (let m = 0; m < count; m++) candidate = mutations[Math.floor(random() * mutations.length)]!(candidate as Record<string, unknown>);
+    let line = JSON.stringify(candidate);
+    if (random() < 0.2) {
+      // byte-level damage: truncate or splice garbage, keeping one line
+      const cut = 1 + Math.floor(random() * (line.length - 1));
+      line = random() < 0.5 ? line.slice(0, cut) : `${line.slice(0, cut)}\u0000\u00ff{${line.slice(cut)}`;
+    }
+    lines.push(line);
+  }
+  const replies = await rawExchange(socketPath, `${lines.join('\n')}\n`, lines.length, 30_000);
+  assert.equal(replies.length, lines.length);
+  for (const line of replies) {
+    const reply = parseReply(line);
+    assert.equal(reply.kind, 'reply');
+    assert.equal(typeof reply.ok, 'boolean');
+    if (!reply.ok) assert.match(reply.error?.code ?? '', /^[A-Z_]+$/);
+  }
+  const check = await client.request(makeRequest({ type: 'host-info', payload: {} }));
+  assert.equal(check.ok, true);
+});
+
+test('agent — shutdown lets in-flight work finish within the grace period and refuses new work', async (t) => {
+  const { agent, client } = await startAgent(t, { ...withTestkit, shutdown: { graceMs: 5_000 } });
+  const inFlight = client.request(makeRequest({ type: 'test.sleep', payload: { ms: 500 }, deadline: Date.now() + 10_000 }));
+  await new Promise((r) => setTimeout(r, 150));
+  const stopping = agent.stop('test');
+  const reply = await inFlight;
+  assert.equal(reply.ok, true, JSON.stringify(reply.error));
+  assert.deepEqual(reply.result, { slept: 500 });
+  await stopping;
+});
+
+test('agent — shutdown cancels work still running after the grace period with SHUTTING_DOWN', async (t) => {
+  const { agent, client, logs } = await startAgent(t, { ...withTestkit, shutdown: { graceMs: 300 } });
+  const inFlight = client.request(makeRequest({ type: 'test.sleep', payload: { ms: 60_000 }, deadline: Date.now() + 120_000 }));
+  await new Promise((r) => setTimeout(r, 200));
+  await agent.stop('test');
+  const reply = await inFlight;
+  assert.equal(reply.error?.code, 'SHUTTING_DOWN');
+  const stopped = logs().find((line) => line.msg === 'stopped');
+  assert.deepEqual({ finished: stopped?.finished, cancelled: stopped?.cancelled }, { finished: 0, cancelled: 1 });
+});
+
+test('agent — progress streams to the caller before the reply', async (t) => {
+  const { client } = await startAgent(t, withTestkit);
+  const stages: string[] = [];
+  const reply = await client.request(makeRequest({ type: 'test.progress', payload: { steps: 4 } }), {
+    onProgress: (p) => stages.push(`${p.stage}:${(p.detail as { step: number }).step}`),
+  });
+  assert.equal(reply.ok, true);
+  assert.deepEqual(stages, ['step:1', 'step:2', 'step:3', 'step:4']);
+});
+
+test('agent — many concurrent requests on one connection are matched to their replies by id', async (t) => {
+  const { client } = await startAgent(t, withTestkit);
+  const replies = await Promise.all(
+    Array.from({ length: 50 }, (_, i) => client.request(makeRequest({ type: 'test.echo', payload: { value: i } }))),
+  );
+  assert.deepEqual(
+    replies.map((r) => (r.result as { value: number }).value),
+    Array.from({ length: 50 }, (_, i) => i),
+  );
+});
+
+test('agent — events published by a plugin reach subscribed clients', async (t) => {
+  const { agent, client } = await startAgent(t);
+  const received: unknown[] = [];
+  await client.subscribe((event) => received.push([event.type, event.payload]));
+  // Let the subscribe frame arrive before publishing.
+  await client.request(makeRequest({ type: 'host-info', payload: {} }));
+  await agent.transport.publishEvent({ v: 1, kind: 'event', id: 'e1', type: 'test.happened', host: 'test-host', time: Date.now(), payload: { n: 1 } });
+  const deadline = Date.now() + 2_000;
+  while (received.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(received, [['test.happened', { n: 1 }]]);
+});

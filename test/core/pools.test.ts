@@ -1,0 +1,175 @@
+import assert from 'node:assert/strict';
+import test, { type TestContext } from 'node:test';
+import { defaultPoolSettings } from '../../core/config/schema.ts';
+import { registerPluginErrors } from '../../core/errors.ts';
+import type { PoolSettings } from '../../core/plugin-api.ts';
+import { PoolManager, type RunOutcome } from '../../core/pools.ts';
+
+const handlerUrl = new URL('../fixtures/plugins/testkit/handlers.ts', import.meta.url).href;
+const TYPES = ['test.echo', 'test.sleep', 'test.spin', 'test.crash', 'test.exit', 'test.fail', 'test.progress'];
+
+registerPluginErrors({ TESTKIT_REFUSED: { message: 'the testkit refused on purpose', retryable: false } });
+
+function makePools(t: TestContext, overrides: Partial<Record<string, Partial<PoolSettings>>> = {}): PoolManager {
+  const pools = new PoolManager(
+    TYPES.map((type) => ({
+      type,
+      settings: { ...defaultPoolSettings, maxThreads: 1, ...overrides[type] },
+      workerData: {
+        handlerUrl,
+        pluginName: 'testkit',
+        options: { greeting: 'hi' },
+        host: { id: 'pool-host', agentVersion: '0.0.0', startedAt: Date.now() },
+        plugins: [],
+        logLevel: 'debug',
+      },
+    })),
+    new Map([['testkit', new Set(['TESTKIT_REFUSED'])]]),
+  );
+  t.after(() => pools.destroy());
+  return pools;
+}
+
+let seq = 0;
+function task(type: string, payload: unknown = {}, deadlineMs = 30_000) {
+  return { id: `t-${++seq}`, type, payload, deadline: Date.now() + deadlineMs };
+}
+
+function errorCode(outcome: RunOutcome): string | undefined {
+  return outcome.ok ? undefined : outcome.error.code;
+}
+
+test('pools — a handler result comes back with the plugin options and host in its context', async (t) => {
+  const pools = makePools(t);
+  const outcome = await pools.run(task('test.echo', { value: [1, 'two'] }));
+  assert.equal(outcome.ok, true);
+  assert.deepEqual((outcome as { result: Record<string, unknown> }).result.value, [1, 'two']);
+  assert.equal((outcome as { result: Record<string, unknown> }).result.greeting, 'hi');
+  assert.equal((outcome as { result: Record<string, unknown> }).result.host, 'pool-host');
+});
+
+test('pools — a declared error code crosses the worker boundary with its details', async (t) => {
+  const pools = makePools(t);
+  const outcome = await pools.run(task('test.fail', { declared: true }));
+  assert.equal(errorCode(outcome), 'TESTKIT_REFUSED');
+  assert.deepEqual(!outcome.ok && outcome.error.details, { asked: true });
+  assert.equal(!outcome.ok && outcome.error.retryable, false);
+});
+
+test('pools — an undeclared error code becomes HANDLER_ERROR that names the thrown code', async (t) => {
+  const pools = makePools(t);
+  const outcome = await pools.run(task('test.fail', { declared: false }));
+  assert.equal(errorCode(outcome), 'HANDLER_ERROR');
+  assert.equal((!outcome.ok && (outcome.error.details as { thrownCode?: string }).thrownCode), 'SOMETHING_ELSE');
+});
+
+test('pools — a handler past its timeout is cancelled through its signal and the pool keeps serving', async (t) => {
+  const pools = makePools(t, { 'test.sleep': { timeoutMs: 500 } });
+  // Warm the thread first: the timeout counts from acceptance, and a cold thread start under load is slow.
+  assert.equal((await pools.run(task('test.sleep', { ms: 1 }))).ok, true);
+  const outcome = await pools.run(task('test.sleep', { ms: 60_000 }));
+  assert.equal(errorCode(outcome), 'TIMEOUT');
+  const after = await pools.run(task('test.sleep', { ms: 1 }));
+  assert.equal(after.ok, true);
+});
+
+test('pools — a handler stuck on the CPU is terminated after the cancel grace and its thread replaced', async (t) => {
+  const pools = makePools(t, { 'test.spin': { timeoutMs: 1_000, cancelGraceMs: 200 } });
+  const outcome = await pools.run(task('test.spin'));
+  assert.equal(errorCode(outcome), 'TIMEOUT');
+  // The same pool answers again: the spinning thread was terminated, not left occupying the only slot.
+  const again = await pools.run(task('test.spin'));
+  assert.equal(errorCode(again), 'TIMEOUT');
+  const echo = await pools.run(task('test.echo'));
+  assert.equal(echo.ok, true);
+});
+
+test('pools — the request deadline bounds the run when it comes before the pool timeout', async (t) => {
+  const pools = makePools(t);
+  const outcome = await pools.run(task('test.sleep', { ms: 60_000 }, 150));
+  assert.equal(errorCode(outcome), 'DEADLINE_EXCEEDED');
+});
+
+test('pools — an uncaught exception in a worker is answered with WORKER_CRASHED and the pool recovers', async (t) => {
+  const pools = makePools(t);
+  const outcome = await pools.run(task('test.crash'));
+  assert.equal(errorCode(outcome), 'WORKER_CRASHED');
+  assert.match(!outcome.ok ? outcome.error.message : '', /crashed on purpose/);
+  const after = await pools.run(task('test.crash'));
+  assert.equal(errorCode(after), 'WORKER_CRASHED');
+});
+
+test('pools — a worker that calls process.exit is detected (no hang) and replaced', async (t) => {
+  const pools = makePools(t, { 'test.exit': { timeoutMs: 60_000 } });
+  const outcome = await pools.run(task('test.exit'));
+  assert.equal(errorCode(outcome), 'WORKER_CRASHED');
+  const echo = await pools.run(task('test.echo'));
+  assert.equal(echo.ok, true);
+});
+
+test('pools — a crash in one message type leaves the other types untouched', async (t) => {
+  const pools = makePools(t);
+  const [crash, echo] = await Promise.all([pools.run(task('test.crash')), pools.run(task('test.echo', { value: 1 }))]);
+  assert.equal(errorCode(crash), 'WORKER_CRASHED');
+  assert.equal(echo.ok, true);
+});
+
+test('pools — a full queue answers BUSY at once instead of growing', async (t) => {
+  const pools = makePools(t, { 'test.sleep': { maxThreads: 1, maxQueue: 2 } });
+  const running = [1, 2, 3].map(() => pools.run(task('test.sleep', { ms: 400 })));
+  // Give the first one time to occupy the thread; the next two wait in the queue.
+  await new Promise((r) => setTimeout(r, 100));
+  const refused = await pools.run(task('test.sleep', { ms: 1 }));
+  assert.equal(errorCode(refused), 'BUSY');
+  assert.equal(refused.ok === false && refused.error.retryable, true);
+  const finished = await Promise.all(running);
+  assert.deepEqual(
+    finished.map((o) => o.ok),
+    [true, true, true],
+  );
+});
+
+test('pools — cancelling through the signal answers with the given reason', async (t) => {
+  const pools = makePools(t);
+  const controller = new AbortController();
+  const pending = pools.run(task('test.sleep', { ms: 60_000 }), { signal: controller.signal });
+  setTimeout(() => controller.abort(), 100);
+  const outcome = await pending;
+  assert.equal(errorCode(outcome), 'CANCELLED');
+});
+
+test('pools — a slow message type does not delay a fast one', async (t) => {
+  const pools = makePools(t, { 'test.sleep': { maxThreads: 1, maxQueue: 10 } });
+  const slow = [1, 2, 3].map(() => pools.run(task('test.sleep', { ms: 1_000 })));
+  const order: string[] = [];
+  void Promise.all(slow).then(() => order.push('slow'));
+  const fast = await pools.run(task('test.echo', { value: 'fast' }));
+  order.push('fast');
+  assert.equal(fast.ok, true);
+  // The fast reply arrived while three slow ones (3 s of work on one thread) were still queued.
+  assert.deepEqual(order, ['fast']);
+  await Promise.all(slow);
+  assert.deepEqual(order, ['fast', 'slow']);
+});
+
+test('pools — progress updates and log records reach the main thread in order', async (t) => {
+  const pools = makePools(t);
+  const stages: unknown[] = [];
+  const logged: unknown[] = [];
+  const log = {
+    trace: () => undefined,
+    debug: () => undefined,
+    info: (obj: object | string, msg?: string) => logged.push([obj, msg]),
+    warn: () => undefined,
+    error: () => undefined,
+  };
+  const outcome = await pools.run(task('test.progress', { steps: 3 }), { onProgress: (stage, detail) => stages.push([stage, detail]), log });
+  assert.equal(outcome.ok, true);
+  assert.deepEqual(stages, [
+    ['step', { step: 1, of: 3 }],
+    ['step', { step: 2, of: 3 }],
+    ['step', { step: 3, of: 3 }],
+  ]);
+  await pools.run(task('test.echo'), { log });
+  assert.deepEqual(logged, [[{ echoed: true }, 'echo']]);
+});

@@ -1,0 +1,142 @@
+/** Shared test helpers: temp dirs, agents in-process and as child processes, raw socket clients. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createConnection } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { TestContext } from 'node:test';
+import { Agent } from '../core/agent.ts';
+import { loadHostConfig } from '../core/config/host-config.ts';
+import { rawConfigFrom } from '../core/config/load.ts';
+import { createLogger, memoryDestination } from '../core/logger.ts';
+import { LocalClientTransport } from '../core/transports/local.ts';
+
+export const repoRoot = fileURLToPath(new URL('..', import.meta.url));
+export const cliBin = join(repoRoot, 'core/cli/bin.js');
+export const testkitPath = fileURLToPath(new URL('./fixtures/plugins/testkit/index.ts', import.meta.url));
+
+/** A temp dir removed when the test ends, pass or fail. */
+export async function tempDir(t: TestContext, prefix = 'cloudlet-test-'): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+export interface InProcessAgent {
+  agent: Agent;
+  socketPath: string;
+  client: LocalClientTransport;
+  logs: () => Record<string, unknown>[];
+}
+
+/** Starts an agent in this process on a socket in a temp dir; stopped (and its client closed) after the test. */
+export async function startAgent(t: TestContext, config: Record<string, unknown> = {}): Promise<InProcessAgent> {
+  const dir = await tempDir(t);
+  const socketPath = join(dir, 'agent.sock');
+  const hostConfig = await loadHostConfig(
+    rawConfigFrom({ host: { id: 'test-host' }, transport: { kind: 'local', socket: socketPath }, ...config }, join(dir, 'cloudlet.yaml')),
+  );
+  const memory = memoryDestination();
+  const agent = new Agent(hostConfig, { logger: createLogger({ level: 'debug', format: 'json', destination: memory.stream }) });
+  await agent.start();
+  const client = new LocalClientTransport({ socketPath });
+  t.after(async () => {
+    await client.close();
+    await agent.stop('test finished');
+  });
+  return { agent, socketPath, client, logs: memory.lines };
+}
+
+/** Sends raw lines on a fresh connection and collects the lines that come back. */
+export async function rawExchange(socketPath: string, payload: string | Uint8Array, expectedLines: number, timeoutMs = 5_000): Promise<string[]> {
+  return new Promise((resolve, reject) => {
+    const socket = createConnection(socketPath);
+    let buffer = '';
+    const lines: string[] = [];
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`got ${lines.length} of ${expectedLines} lines: ${JSON.stringify(lines)}`));
+    }, timeoutMs);
+    socket.on('data', (chunk) => {
+      buffer += chunk.toString('utf8');
+      let newline: number;
+      while ((newline = buffer.indexOf('\n')) !== -1) {
+        lines.push(buffer.slice(0, newline));
+        buffer = buffer.slice(newline + 1);
+      }
+      if (lines.length >= expectedLines) {
+        clearTimeout(timer);
+        socket.end();
+        resolve(lines);
+      }
+    });
+    socket.on('error', (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+    socket.write(payload);
+  });
+}
+
+export interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the real `cloudlet` command. */
+export function runCli(args: string[], options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [cliBin, ...args], { env: { ...process.env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`cloudlet ${args.join(' ')} did not finish in time; stderr: ${stderr}`));
+    }, options.timeoutMs ?? 20_000);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+export interface AgentProcess {
+  child: ChildProcess;
+  output: () => string;
+  exited: Promise<number | null>;
+}
+
+/** Starts `cloudlet agent` as a child process and waits until it logs that it is ready; killed after the test. */
+export async function spawnAgent(t: TestContext, configFile: string, env: NodeJS.ProcessEnv = {}): Promise<AgentProcess> {
+  const child = spawn(process.execPath, [cliBin, 'agent', '--config', configFile], {
+    env: { ...process.env, CLOUDLET_LOG_FORMAT: 'json', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout!.on('data', (d) => (output += d));
+  child.stderr!.on('data', (d) => (output += d));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  t.after(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL');
+      await exited;
+    }
+  });
+  const deadline = Date.now() + 20_000;
+  while (!output.includes('ready as host')) {
+    if (child.exitCode !== null) throw new Error(`agent exited with ${child.exitCode} before it was ready:\n${output}`);
+    if (Date.now() > deadline) throw new Error(`agent not ready within 20 s:\n${output}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return { child, output: () => output, exited };
+}
+
+export async function writeConfig(dir: string, name: string, yaml: string): Promise<string> {
+  const file = join(dir, name);
+  await writeFile(file, yaml);
+  return file;
+}
