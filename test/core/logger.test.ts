@@ -1,0 +1,39 @@
+import assert from 'node:assert/strict';
+import test from 'node:test';
+import { createLogger, memoryDestination, redactUrlCredentials } from '../../core/logger.ts';
+
+test('logger — passwords in URLs are masked in fields and in messages', () => {
+  const memory = memoryDestination();
+  const log = createLogger({ level: 'info', format: 'json', destination: memory.stream });
+  log.info({ url: 'amqp://cloud:s3cret@broker.example:5672/vhost', nested: { list: ['https://u:pw@h/x'] } }, 'connecting to amqp://cloud:s3cret@broker');
+  const [line] = memory.lines();
+  const text = JSON.stringify(line);
+  assert.doesNotMatch(text, /s3cret|:pw@/);
+  assert.equal(line?.url, 'amqp://cloud:***@broker.example:5672/vhost');
+  assert.equal(line?.msg, 'connecting to amqp://cloud:***@broker');
+});
+
+test('logger — secret keys are redacted at any of the first levels', () => {
+  const memory = memoryDestination();
+  const log = createLogger({ level: 'info', format: 'json', destination: memory.stream });
+  log.info({ password: 'p1', transport: { secret: 'p2', auth: { token: 'p3' } }, apiKey: 'p4', keep: 'visible' }, 'config');
+  const [line] = memory.lines();
+  const text = JSON.stringify(line);
+  for (const secret of ['p1', 'p2', 'p3', 'p4']) assert.ok(!text.includes(`"${secret}"`), `${secret} leaked: ${text}`);
+  assert.equal(line?.keep, 'visible');
+});
+
+test('logger — child loggers carry plugin and message ids; levels filter', () => {
+  const memory = memoryDestination();
+  const log = createLogger({ level: 'info', format: 'json', destination: memory.stream });
+  log.child({ plugin: 'p', msgId: 'm1', type: 'host-info' }).info('handled');
+  log.debug('not shown');
+  const lines = memory.lines();
+  assert.equal(lines.length, 1);
+  assert.deepEqual([lines[0]?.plugin, lines[0]?.msgId, lines[0]?.type], ['p', 'm1', 'host-info']);
+});
+
+test('logger — URL masking leaves URLs without credentials alone', () => {
+  assert.equal(redactUrlCredentials('amqp://broker:5672 and http://x/y?a=b'), 'amqp://broker:5672 and http://x/y?a=b');
+  assert.equal(redactUrlCredentials('amqps://user:p%40ss@h'), 'amqps://user:***@h');
+});

@@ -1,0 +1,146 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import test, { type TestContext } from 'node:test';
+import { repoRoot, runCli, spawnAgent, tempDir, testkitPath, writeConfig } from '../helpers.ts';
+
+async function agentWithTestkit(t: TestContext, extra = '') {
+  const dir = await tempDir(t);
+  const socket = join(dir, 'agent.sock');
+  const config = await writeConfig(
+    dir,
+    'cloudlet.yaml',
+    `host:\n  id: cli-host\ntransport:\n  kind: local\n  socket: ${socket}\nshutdown:\n  graceMs: 5000\nplugins:\n  - use: ${testkitPath}\n    options:\n      greeting: howdy\n${extra}`,
+  );
+  const agent = await spawnAgent(t, config);
+  return { dir, socket, config, agent };
+}
+
+test('cli — call host-info prints the result and exits 0; --json prints the reply envelope', async (t) => {
+  const { config } = await agentWithTestkit(t);
+  const human = await runCli(['call', 'host-info', '--config', config]);
+  assert.equal(human.code, 0, human.stderr);
+  assert.equal((JSON.parse(human.stdout) as { host: string }).host, 'cli-host');
+  const machine = await runCli(['call', 'host-info', '--config', config, '--json']);
+  assert.equal(machine.code, 0);
+  const reply = JSON.parse(machine.stdout) as { kind: string; ok: boolean; host: string; result: { plugins: { name: string }[] } };
+  assert.equal(reply.kind, 'reply');
+  assert.equal(reply.ok, true);
+  assert.deepEqual(
+    reply.result.plugins.map((p) => p.name),
+    ['core', 'testkit'],
+  );
+});
+
+test('cli — payloads reach the handler and progress goes to stderr', async (t) => {
+  const { config } = await agentWithTestkit(t);
+  const echo = await runCli(['call', 'test.echo', '--config', config, '--payload', '{"value":{"a":[1,2]}}']);
+  assert.equal(echo.code, 0, echo.stderr);
+  assert.deepEqual((JSON.parse(echo.stdout) as { value: unknown; greeting: string }).value, { a: [1, 2] });
+  const progress = await runCli(['call', 'test.progress', '--config', config, '--payload', '{"steps":2}']);
+  assert.equal(progress.code, 0);
+  assert.match(progress.stderr, /step \{"step":1,"of":2\}[\s\S]*step \{"step":2,"of":2\}/);
+  assert.deepEqual(JSON.parse(progress.stdout), { steps: 2 });
+});
+
+test('cli — exit codes: error reply 1, usage 2, unreachable 4', async (t) => {
+  const { config, dir } = await agentWithTestkit(t);
+  const unknown = await runCli(['call', 'no-such-type', '--config', config]);
+  assert.equal(unknown.code, 1);
+  assert.match(unknown.stderr, /error \[UNKNOWN_TYPE\]/);
+  assert.match(unknown.stderr, /hint: /);
+  const unknownJson = await runCli(['call', 'no-such-type', '--config', config, '--json']);
+  assert.equal(unknownJson.code, 1);
+  assert.equal((JSON.parse(unknownJson.stdout) as { error: { code: string } }).error.code, 'UNKNOWN_TYPE');
+
+  const invalid = await runCli(['call', 'test.sleep', '--config', config, '--payload', '{"ms":-1}']);
+  assert.equal(invalid.code, 1);
+  assert.match(invalid.stderr, /INVALID_PAYLOAD[\s\S]*payload\.ms/);
+
+  const badJson = await runCli(['call', 'host-info', '--config', config, '--payload', '{nope']);
+  assert.equal(badJson.code, 2);
+  assert.match(badJson.stderr, /--payload is not valid JSON/);
+  const badFlag = await runCli(['call', 'host-info', '--frobnicate']);
+  assert.equal(badFlag.code, 2);
+  const badTimeout = await runCli(['call', 'host-info', '--timeout', 'soon']);
+  assert.equal(badTimeout.code, 2);
+  const noCommand = await runCli(['launch']);
+  assert.equal(noCommand.code, 2);
+  assert.match(noCommand.stderr, /unknown command "launch"/);
+
+  const unreachable = await runCli(['call', 'host-info', '--config', config, '--socket', join(dir, 'nobody.sock')]);
+  assert.equal(unreachable.code, 4);
+  assert.match(unreachable.stderr, /AGENT_UNREACHABLE[\s\S]*nobody\.sock/);
+});
+
+test('cli — the agent deadline answers a slow call with DEADLINE_EXCEEDED', async (t) => {
+  const { config } = await agentWithTestkit(t);
+  const slow = await runCli(['call', 'test.sleep', '--config', config, '--payload', '{"ms":10000}', '--timeout', '400', '--json']);
+  assert.equal(slow.code, 1);
+  assert.equal((JSON.parse(slow.stdout) as { error: { code: string } }).error.code, 'DEADLINE_EXCEEDED');
+});
+
+test('cli — plugins lists loaded plugins, their message types and pool settings', async (t) => {
+  const dir = await tempDir(t);
+  const config = await writeConfig(dir, 'cloudlet.yaml', `plugins:\n  - use: ${testkitPath}\npools:\n  test.echo:\n    maxThreads: 3\n`);
+  const human = await runCli(['plugins', '--config', config]);
+  assert.equal(human.code, 0, human.stderr);
+  assert.match(human.stdout, /testkit\s+1\.2\.3\s+test\.echo\s+0-3 threads/);
+  assert.match(human.stdout, /core\s+1\.0\.0\s+host-info/);
+  const machine = await runCli(['plugins', '--config', config, '--json']);
+  const parsed = JSON.parse(machine.stdout) as { plugins: { name: string; messages: { type: string; pool: { maxThreads: number } }[] }[] };
+  const testkit = parsed.plugins.find((p) => p.name === 'testkit');
+  assert.equal(testkit?.messages.find((m) => m.type === 'test.echo')?.pool.maxThreads, 3);
+});
+
+test('cli — SIGTERM lets the in-flight call finish, then the agent exits 0', async (t) => {
+  const { config, agent } = await agentWithTestkit(t);
+  const call = runCli(['call', 'test.sleep', '--config', config, '--payload', '{"ms":1500}']);
+  await new Promise((r) => setTimeout(r, 700));
+  agent.child.kill('SIGTERM');
+  const result = await call;
+  assert.equal(result.code, 0, result.stderr);
+  assert.deepEqual(JSON.parse(result.stdout), { slept: 1500 });
+  assert.equal(await agent.exited, 0);
+  assert.match(agent.output(), /"msg":"stopped"/);
+});
+
+test('cli — an agent that cannot start (invalid config) exits 3 and names the problem', async (t) => {
+  const dir = await tempDir(t);
+  const config = await writeConfig(dir, 'bad.yaml', 'log:\n  level: loud\n');
+  const result = await runCli(['agent', '--config', config]);
+  assert.equal(result.code, 3);
+  assert.match(result.stderr, /log\.level/);
+});
+
+test('cli — npm start runs an agent and npx cloudlet call host-info reaches it', async (t) => {
+  const dir = await tempDir(t);
+  const socket = join(dir, 'start.sock');
+  const env = { ...process.env, CLOUDLET_SOCKET: socket, CLOUDLET_LOG_FORMAT: 'json', CLOUDLET_CONFIG: '' };
+  const npmStart = spawn('npm', ['start'], { cwd: repoRoot, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  npmStart.stdout.on('data', (d) => (output += d));
+  npmStart.stderr.on('data', (d) => (output += d));
+  const exited = new Promise((resolve) => npmStart.on('exit', resolve));
+  t.after(async () => {
+    try {
+      process.kill(-npmStart.pid!, 'SIGTERM');
+    } catch {
+      // already gone
+    }
+    await exited;
+  });
+  const deadline = Date.now() + 20_000;
+  while (!output.includes('ready as host')) {
+    assert.ok(Date.now() < deadline, `npm start did not get ready:\n${output}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const result = await new Promise<{ code: number | null; stdout: string }>((resolve) => {
+    const npx = spawn('npx', ['--no-install', 'cloudlet', 'call', 'host-info'], { cwd: repoRoot, env, stdio: ['ignore', 'pipe', 'inherit'] });
+    let stdout = '';
+    npx.stdout.on('data', (d) => (stdout += d));
+    npx.on('exit', (code) => resolve({ code, stdout }));
+  });
+  assert.equal(result.code, 0);
+  assert.equal((JSON.parse(result.stdout) as { host: string }).host, 'single');
+});
