@@ -45,7 +45,13 @@ export class Agent {
     this.config = config;
     this.log = (options.logger ?? createLogger({ level: config.core.log.level, format: config.core.log.format })).child({ host: config.hostId });
     this.host = { id: config.hostId, agentVersion: AGENT_VERSION, startedAt: Date.now() };
-    this.transport = options.transport ?? createAgentTransport(config.core, config.hostId);
+    this.transport =
+      options.transport ??
+      createAgentTransport(config.core, {
+        hostId: config.hostId,
+        log: this.log,
+        identity: { version: AGENT_VERSION, plugins: config.plugins.map((p) => p.plugin.name), startedAt: this.host.startedAt },
+      });
   }
 
   get pools(): PoolManager | undefined {
@@ -70,6 +76,10 @@ export class Agent {
         await this.transport.publishEvent(makeEvent(type, this.host.id, payload));
       },
       capabilities,
+      transport: {
+        kind: this.transport.kind,
+        addInboundRoute: (route) => this.transport.addInboundRoute?.(route),
+      },
     };
   }
 
@@ -99,6 +109,7 @@ export class Agent {
     this.#dispatcher = new Dispatcher({
       hostId: config.hostId,
       maxMessageBytes: config.core.limits.maxMessageBytes,
+      keepaliveMs: config.core.limits.keepaliveMs,
       routes: config.messages,
       pools: this.#pools,
       log: this.log,

@@ -17,6 +17,8 @@ export interface DispatcherOptions {
   routes: ReadonlyMap<string, MessageRoute>;
   pools: PoolManager;
   log: Logger;
+  /** How often a running request tells its caller it is still alive. */
+  keepaliveMs: number;
 }
 
 interface InFlight {
@@ -95,6 +97,9 @@ export class Dispatcher {
     const entry: InFlight = { request, cancel, done: new Promise<void>((resolve) => (finished = resolve)) };
     this.#inFlight.add(entry);
     const started = performance.now();
+    // Progress keeps a caller waiting; this keeps it waiting for long handlers that report nothing.
+    const keepalive = setInterval(() => delivery.progress(makeProgress(request, hostId, 'alive')), this.#options.keepaliveMs);
+    keepalive.unref();
     try {
       const outcome = await this.#options.pools.run(
         { id: request.id, type: request.type, deadline, payload: payload.data },
@@ -120,6 +125,7 @@ export class Dispatcher {
       }
       await delivery.reply(this.#fitToLimit(reply));
     } finally {
+      clearInterval(keepalive);
       this.#inFlight.delete(entry);
       finished();
     }

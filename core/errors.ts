@@ -31,6 +31,12 @@ export const errorCatalogue = {
   INVALID_RESULT: { message: 'the handler returned a value that cannot be sent as JSON', retryable: false },
   INTERNAL: { message: 'an internal error occurred', retryable: false },
   AGENT_ALREADY_RUNNING: { message: 'another agent already listens on the configured address', retryable: false },
+  // Routing between hosts (RabbitMQ transport)
+  BROKER_UNAVAILABLE: { message: 'the message broker cannot be reached', retryable: true },
+  UNKNOWN_HOST: { message: 'no host with this id has ever joined the cloud', retryable: false },
+  HOST_DOWN: { message: 'the target host is not running (no heartbeat, no consumer)', retryable: true },
+  NO_CAPACITY: { message: 'no live host has capacity for the request', retryable: true },
+  DEAD_LETTERED: { message: 'the request failed too many times and was moved to the dead-letter queue', retryable: false },
   // Client side
   AGENT_UNREACHABLE: { message: 'the agent could not be reached', retryable: true },
   CONNECTION_LOST: { message: 'the connection closed before a reply arrived', retryable: true },

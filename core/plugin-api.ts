@@ -74,6 +74,12 @@ export interface PluginHookContext<Options> {
   emitEvent(type: string, payload?: unknown): Promise<void>;
   /** The capabilities provided by loaded plugins, mapped to the providing plugin names in load (dependency) order. */
   capabilities: ReadonlyMap<string, readonly string[]>;
+  /** The agent's transport, for routing plugins. Added in core API 1.1. */
+  transport: {
+    kind: string;
+    /** Takes part in a kind of routing (see docs/PROTOCOL.md); a no-op on transports without routing. */
+    addInboundRoute(route: 'direct' | 'any' | 'broadcast'): void;
+  };
 }
 
 export interface PluginHooks<Options> {

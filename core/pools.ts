@@ -124,12 +124,14 @@ export class PoolManager {
       let settled = false;
       let cancelReason: CloudletError | undefined;
       let graceTimer: ReturnType<typeof setTimeout> | undefined;
+      let returnedTimer: ReturnType<typeof setTimeout> | undefined;
 
       const finish = (outcome: RunOutcome) => {
         if (settled) return;
         settled = true;
         clearTimeout(deadlineTimer);
         clearTimeout(graceTimer);
+        clearTimeout(returnedTimer);
         hooks.signal?.removeEventListener('abort', onExternalAbort);
         mainPort.close();
         resolve(outcome);
@@ -183,8 +185,9 @@ export class PoolManager {
       const workerTask: WorkerTask = { id: task.id, type: task.type, deadline: effectiveDeadline, payload: task.payload, port: workerPort };
       managed.pool.run(workerTask, { transferList: [workerPort as MessagePort], signal: terminate.signal }).then(
         () => {
-          // The outcome normally arrived on the port already; this covers a worker that returned without one.
-          setImmediate(() => finish({ ok: false, error: cancelReason ?? crashedError(task.type) }));
+          // The outcome travels on our port, which tinypool's reply may overtake (no ordering between
+          // ports); the port's close follows it. Only a worker that returned and never closed it is broken.
+          returnedTimer = setTimeout(() => finish({ ok: false, error: cancelReason ?? crashedError(task.type, 'the worker returned without an outcome') }), 5_000);
         },
         (thrown: unknown) => {
           const message = thrown instanceof Error ? thrown.message : String(thrown);

@@ -12,6 +12,7 @@ import { agentCommand, agentUsage } from './commands/agent.ts';
 import { callCommand, callUsage } from './commands/call.ts';
 import { configCheckCommand, configCheckUsage } from './commands/config-check.ts';
 import { pluginsCommand, pluginsUsage } from './commands/plugins.ts';
+import { hostsCommand, hostsUsage } from './commands/hosts.ts';
 
 const OPTIONS = {
   config: { type: 'string', short: 'c' },
@@ -41,6 +42,7 @@ const COMMANDS: Record<string, Command> = {
   'config check': { usage: configCheckUsage, run: configCheckCommand },
   plugins: { usage: pluginsUsage, run: pluginsCommand },
   call: { usage: callUsage, run: callCommand },
+  hosts: { usage: hostsUsage, run: hostsCommand },
 };
 
 const USAGE = `cloudlet ${AGENT_VERSION} — a small cloud of QEMU hosts

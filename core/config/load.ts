@@ -23,6 +23,9 @@ export const ENV_OVERRIDES = [
   { variable: 'CLOUDLET_LOG_FORMAT', path: ['log', 'format'] },
   // A socket only means something for the local transport, so a config without a transport section gets one.
   { variable: 'CLOUDLET_SOCKET', path: ['transport', 'socket'], createParent: { kind: 'local' } },
+  { variable: 'CLOUDLET_AMQP_URL', path: ['transport', 'url'], createParent: { kind: 'amqp' } },
+  { variable: 'CLOUDLET_AMQP_PREFIX', path: ['transport', 'prefix'], createParent: { kind: 'amqp' } },
+  { variable: 'CLOUDLET_STATE_DIR', path: ['state', 'dir'] },
 ] as const satisfies readonly { variable: string; path: readonly string[]; createParent?: Record<string, unknown> }[];
 
 export interface RawConfig {

@@ -1,5 +1,7 @@
 /** The core's part of a host config. Each plugin validates its own `options` with its own schema. */
-import { hostname } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import process from 'node:process';
 import { z } from 'zod';
 import { hostIdSchema, messageTypeSchema } from '../envelope.ts';
 
@@ -37,7 +39,44 @@ export const localTransportSchema = z
   })
   .strict();
 
-export const transportSchema = z.discriminatedUnion('kind', [localTransportSchema]);
+export const amqpTransportSchema = z
+  .object({
+    kind: z.literal('amqp'),
+    /** amqp://user:password@host:port/vhost — better given as CLOUDLET_AMQP_URL than written in the file. */
+    url: z
+      .string()
+      .min(1)
+      .max(2048)
+      .regex(/^amqps?:\/\//, 'an amqp:// or amqps:// URL'),
+    /** Namespaces every exchange and queue, so several clouds (or test runs) share one broker. */
+    prefix: z
+      .string()
+      .min(1)
+      .max(64)
+      .regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/, 'letters, digits, "_", "." and "-", starting with a letter or digit')
+      .default('cloudlet'),
+    /** Requests a host takes from the broker before acknowledging earlier ones. */
+    prefetch: z.number().int().min(1).max(10_000).default(32),
+    heartbeatMs: z.number().int().min(100).max(600_000).default(2_000),
+    /** A host whose heartbeat is older than this is marked down. */
+    downAfterMs: z.number().int().min(200).max(3_600_000).default(6_000),
+    /** A request delivered this many times without an outcome is dead-lettered instead of run again. */
+    maxDeliveries: z.number().int().min(1).max(100).default(5),
+    /** Outcomes kept on disk to answer redelivered requests without running them again. */
+    outcomeHistory: z.number().int().min(100).max(1_000_000).default(10_000),
+  })
+  .strict();
+
+export const transportSchema = z.discriminatedUnion('kind', [localTransportSchema, amqpTransportSchema]);
+
+export const routingSchema = z
+  .object({
+    /** Message types that, sent without a host, go to every live host and gather the replies. */
+    broadcast: z.array(messageTypeSchema).max(200).default(['list-vms', 'host-info']),
+    /** Message types that, sent without a host, go to one host with capacity (a competing queue). */
+    any: z.array(messageTypeSchema).max(200).default(['create-vm']),
+  })
+  .strict();
 
 export const pluginEntrySchema = z
   .object({
@@ -69,19 +108,41 @@ export const coreConfigSchema = z
       .strict()
       .default({ level: 'info', format: 'auto' }),
     limits: z
-      .object({ maxMessageBytes: z.number().int().min(1024).max(64 * MiB).default(MiB) })
+      .object({
+        maxMessageBytes: z.number().int().min(1024).max(64 * MiB).default(MiB),
+        /** While a request runs, the host tells the caller it is still working this often ("alive" progress). */
+        keepaliveMs: z.number().int().min(100).max(600_000).default(2_000),
+      })
       .strict()
-      .default({ maxMessageBytes: MiB }),
+      .default({ maxMessageBytes: MiB, keepaliveMs: 2_000 }),
     shutdown: z
       .object({ graceMs: z.number().int().min(0).max(600_000).default(10_000) })
       .strict()
       .default({ graceMs: 10_000 }),
     /** Per message type pool settings, e.g. `pools: { create-vm: { maxThreads: 4, timeoutMs: 300000 } }`. */
     pools: z.record(messageTypeSchema, poolOverrideSchema).default({}),
+    /** How a client routes a message sent without a host (the host decides what it takes part in by plugins). */
+    routing: routingSchema.default({ broadcast: ['list-vms', 'host-info'], any: ['create-vm'] }),
+    state: z
+      .object({
+        /** Where this host keeps lasting state (outcomes of handled requests; VM records in later plugins). */
+        dir: z.string().min(1).max(1024).optional(),
+      })
+      .strict()
+      .default({}),
     plugins: z.array(pluginEntrySchema).max(100).default([]),
   })
   .strict();
 
 export type CoreConfig = z.output<typeof coreConfigSchema>;
+export type AmqpTransportConfig = z.output<typeof amqpTransportSchema>;
+export type RoutingConfig = z.output<typeof routingSchema>;
+
+/** `/var/lib/cloudlet` for root (a system service); a per-user folder otherwise. */
+export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (process.getuid?.() === 0) return '/var/lib/cloudlet';
+  const base = env.XDG_STATE_HOME || join(env.HOME || tmpdir(), '.local', 'state');
+  return join(base, 'cloudlet');
+}
 export type PoolSettingsConfig = z.output<typeof poolSettingsSchema>;
 export type PluginEntry = z.output<typeof pluginEntrySchema>;

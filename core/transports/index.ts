@@ -1,26 +1,47 @@
 /** Builds the configured transport; the only place that knows which transports exist. */
 import type { CoreConfig } from '../config/schema.ts';
+import { defaultStateDir } from '../config/schema.ts';
+import type { Logger } from '../logger.ts';
+import { AmqpAgentTransport } from './amqp/agent.ts';
+import { AmqpClientTransport } from './amqp/client.ts';
 import { defaultSocketPath, LocalAgentTransport, LocalClientTransport } from './local.ts';
 import type { AgentTransport, ClientTransport } from './transport.ts';
 
 export type { AgentTransport, ClientTransport } from './transport.ts';
 
-export function createAgentTransport(config: CoreConfig, hostId: string): AgentTransport {
+export interface AgentTransportContext {
+  hostId: string;
+  log: Logger;
+  identity: { version: string; plugins: string[]; startedAt: number };
+}
+
+export function createAgentTransport(config: CoreConfig, context: AgentTransportContext): AgentTransport {
   const transport = config.transport;
   switch (transport.kind) {
     case 'local':
       return new LocalAgentTransport({
         socketPath: transport.socket ?? defaultSocketPath(),
-        hostId,
+        hostId: context.hostId,
         maxMessageBytes: config.limits.maxMessageBytes,
+      });
+    case 'amqp':
+      return new AmqpAgentTransport({
+        config: transport,
+        hostId: context.hostId,
+        maxMessageBytes: config.limits.maxMessageBytes,
+        stateDir: config.state.dir ?? defaultStateDir(),
+        log: context.log.child({ transport: 'amqp' }),
+        identity: context.identity,
       });
   }
 }
 
-export function createClientTransport(config: CoreConfig): ClientTransport {
+export function createClientTransport(config: CoreConfig, log: Logger, options: { inactivityTimeoutMs?: number } = {}): ClientTransport {
   const transport = config.transport;
   switch (transport.kind) {
     case 'local':
-      return new LocalClientTransport({ socketPath: transport.socket ?? defaultSocketPath(), maxMessageBytes: config.limits.maxMessageBytes });
+      return new LocalClientTransport({ socketPath: transport.socket ?? defaultSocketPath(), maxMessageBytes: config.limits.maxMessageBytes, ...options });
+    case 'amqp':
+      return new AmqpClientTransport({ config: transport, maxMessageBytes: config.limits.maxMessageBytes, log, ...options });
   }
 }

@@ -193,20 +193,22 @@ const CLIENT_DEADLINE_SLACK_MS = 2_000;
 interface PendingRequest {
   resolve(reply: ReplyEnvelope): void;
   reject(error: CloudletError): void;
-  onProgress?: ((progress: ProgressEnvelope) => void) | undefined;
+  onProgress(progress: ProgressEnvelope): void;
 }
 
 export class LocalClientTransport implements ClientTransport {
   readonly kind = 'local';
   readonly #socketPath: string;
   readonly #maxMessageBytes: number;
+  readonly #inactivityTimeoutMs: number;
   #socket: Promise<Socket> | undefined;
   readonly #pending = new Map<string, PendingRequest>();
   readonly #eventListeners = new Set<(event: EventEnvelope) => void>();
 
-  constructor(options: { socketPath: string; maxMessageBytes?: number }) {
+  constructor(options: { socketPath: string; maxMessageBytes?: number; inactivityTimeoutMs?: number }) {
     this.#socketPath = options.socketPath;
     this.#maxMessageBytes = options.maxMessageBytes ?? 64 * 1024 * 1024;
+    this.#inactivityTimeoutMs = options.inactivityTimeoutMs ?? 30_000;
   }
 
   #connect(): Promise<Socket> {
@@ -262,7 +264,7 @@ export class LocalClientTransport implements ClientTransport {
       pending.resolve(decoded.envelope);
     } else if (kind === 'progress') {
       const decoded = decodeEnvelope(line, 'progress', this.#maxMessageBytes);
-      if (decoded.ok) this.#pending.get(decoded.envelope.id)?.onProgress?.(decoded.envelope);
+      if (decoded.ok) this.#pending.get(decoded.envelope.id)?.onProgress(decoded.envelope);
     } else if (kind === 'event') {
       const decoded = decodeEnvelope(line, 'event', this.#maxMessageBytes);
       if (decoded.ok) for (const listener of this.#eventListeners) listener(decoded.envelope);
@@ -278,16 +280,29 @@ export class LocalClientTransport implements ClientTransport {
     const line = `${body}\n`;
     const socket = await this.#connect();
     return new Promise<ReplyEnvelope>((resolve, reject) => {
+      const giveUp = (message: string) => {
+        clearTimeout(timer);
+        clearTimeout(inactivity);
+        this.#pending.delete(request.id);
+        reject(cloudletError('CLIENT_TIMEOUT', message, { id: request.id }));
+      };
+      // A deadline bounds the wait; without one, the wait lasts while the agent shows signs of life
+      // (progress, or the "alive" it sends every few seconds while working).
       const waitMs = request.deadline === undefined ? undefined : Math.max(0, request.deadline - Date.now()) + CLIENT_DEADLINE_SLACK_MS;
-      const timer =
-        waitMs === undefined
-          ? undefined
-          : setTimeout(() => {
-              this.#pending.delete(request.id);
-              reject(cloudletError('CLIENT_TIMEOUT', `no reply to "${request.type}" (${request.id}) within ${waitMs} ms`, { id: request.id }));
-            }, waitMs);
+      const timer = waitMs === undefined ? undefined : setTimeout(() => giveUp(`no reply to "${request.type}" (${request.id}) within ${waitMs} ms`), waitMs);
+      let inactivity: ReturnType<typeof setTimeout> | undefined;
+      const armInactivity = () => {
+        if (waitMs !== undefined) return;
+        clearTimeout(inactivity);
+        inactivity = setTimeout(
+          () => giveUp(`no reply or sign of life for "${request.type}" (${request.id}) within ${this.#inactivityTimeoutMs} ms`),
+          this.#inactivityTimeoutMs,
+        );
+      };
+      armInactivity();
       const onAbort = () => {
         clearTimeout(timer);
+        clearTimeout(inactivity);
         this.#pending.delete(request.id);
         reject(cloudletError('CANCELLED', `the request ${request.id} was cancelled by the caller`));
       };
@@ -295,15 +310,20 @@ export class LocalClientTransport implements ClientTransport {
       this.#pending.set(request.id, {
         resolve: (reply) => {
           clearTimeout(timer);
+          clearTimeout(inactivity);
           options.signal?.removeEventListener('abort', onAbort);
           resolve(reply);
         },
         reject: (error) => {
           clearTimeout(timer);
+          clearTimeout(inactivity);
           options.signal?.removeEventListener('abort', onAbort);
           reject(error);
         },
-        onProgress: options.onProgress,
+        onProgress: (progress) => {
+          armInactivity();
+          if (progress.stage !== 'alive' && progress.stage !== 'accepted') options.onProgress?.(progress);
+        },
       });
       socket.write(line);
     });

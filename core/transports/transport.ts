@@ -15,8 +15,6 @@ export interface InboundDelivery {
   reply(envelope: ReplyEnvelope): Promise<void>;
   /** Streams a progress update; best effort, never blocks the handler. */
   progress(envelope: ProgressEnvelope): void;
-  /** Aborted when the caller is gone (connection closed), so the work can be cancelled. */
-  readonly callerGone?: AbortSignal;
 }
 
 export type DeliveryListener = (delivery: InboundDelivery) => void;
@@ -32,7 +30,15 @@ export interface AgentTransport {
   close(): Promise<void>;
   /** Where the agent can be reached, for logs (never contains credentials). */
   describe(): string;
+  /**
+   * Routing plugins call this (in their init hook) to make the host take part in a kind of routing:
+   * `direct` (its own queue), `any` (the competing queue) or `broadcast`. Transports without routing
+   * (the local socket, where every request is for this host) leave it out.
+   */
+  addInboundRoute?(route: InboundRoute): void;
 }
+
+export type InboundRoute = 'direct' | 'any' | 'broadcast';
 
 export interface RequestOptions {
   onProgress?(progress: ProgressEnvelope): void;

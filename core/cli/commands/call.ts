@@ -1,16 +1,22 @@
 import { readFile } from 'node:fs/promises';
 import { CloudletError, cloudletError } from '../../errors.ts';
-import { hostIdSchema, makeRequest, messageTypeSchema } from '../../envelope.ts';
+import { hostIdSchema, makeRequest, messageTypeSchema, type ProgressEnvelope } from '../../envelope.ts';
+import { chooseRoute } from '../../routing.ts';
+import type { GatherResult } from '../../transports/transport.ts';
 import { createClientTransport } from '../../transports/index.ts';
 import { defaultSocketPath } from '../../transports/local.ts';
 import { clientConfig } from '../config-source.ts';
+import { silentLogger } from '../../logger.ts';
 import { EXIT } from '../exit-codes.ts';
 import type { CommandContext } from '../main.ts';
 
 export const callUsage = `cloudlet call TYPE [--payload JSON | --payload-file FILE] [--host HOST] [--timeout MS]
              [--config FILE] [--socket PATH] [--json]
-  Sends one message of TYPE and prints the reply's result. Progress goes to stderr. With --json, prints the
-  whole reply envelope. Exit 0 on success, 1 when the agent answered with an error.`;
+  Sends one message of TYPE and prints the reply's result; progress goes to stderr. On RabbitMQ, --host sends
+  it to that host; without it, broadcast types (routing.broadcast) go to every live host and print each
+  host's answer, any-host types (routing.any) go to one host with capacity. --timeout MS is the deadline
+  (default: wait while the host shows signs of life, up to 30 s of silence). With --json, prints the whole
+  reply envelope (or {replies, missing}). Exit 0 on success, 1 when a host answered with an error.`;
 
 export async function callCommand({ positionals, values, output }: CommandContext): Promise<number> {
   const [type, ...extra] = positionals;
@@ -20,6 +26,7 @@ export async function callCommand({ positionals, values, output }: CommandContex
   }
   const payload = await readPayload(values.payload, values['payload-file']);
   const timeoutMs = values.timeout === undefined ? 30_000 : Number(values.timeout);
+  // (validated below; on the local transport it bounds the wait too)
   if (!Number.isInteger(timeoutMs) || timeoutMs <= 0 || timeoutMs > 86_400_000) {
     throw cloudletError('USAGE', `--timeout must be a whole number of milliseconds between 1 and 86400000, found "${values.timeout}"`);
   }
@@ -29,12 +36,16 @@ export async function callCommand({ positionals, values, output }: CommandContex
 
   const config = await clientConfig(values.config);
   if (values.socket && config.transport.kind === 'local') config.transport.socket = values.socket;
-  const transport = createClientTransport(config);
+  const route = chooseRoute(config, type, values.host);
+  const transport = createClientTransport(config, silentLogger(), { inactivityTimeoutMs: timeoutMs });
+  const onProgress = (progress: ProgressEnvelope) =>
+    output.note(`… ${progress.host}: ${progress.stage}${progress.detail ? ` ${JSON.stringify(progress.detail)}` : ''}`);
   try {
-    const request = makeRequest({ type, payload, deadline: Date.now() + timeoutMs, target: values.host });
-    const reply = await transport.request(request, {
-      onProgress: (progress) => output.note(`… ${progress.stage}${progress.detail ? ` ${JSON.stringify(progress.detail)}` : ''}`),
-    });
+    // With --timeout the agent gets a hard deadline; without it, waiting lasts as long as the host shows signs of life.
+    const deadline = values.timeout === undefined ? undefined : Date.now() + timeoutMs;
+    const request = makeRequest({ type, payload, deadline, target: values.host });
+    if (route === 'broadcast') return await printGathered(await transport.gather(request, { onProgress }), output);
+    const reply = await transport.request(request, { onProgress });
     if (reply.ok) {
       output.result(reply.result === undefined ? '(no result)' : JSON.stringify(reply.result, null, 2), reply);
       return EXIT.OK;
@@ -46,6 +57,18 @@ export async function callCommand({ positionals, values, output }: CommandContex
   } finally {
     await transport.close();
   }
+}
+
+async function printGathered(gathered: GatherResult, output: CommandContext['output']): Promise<number> {
+  const failed = gathered.replies.filter((r) => !r.ok);
+  const human = [
+    ...gathered.replies.map((r) =>
+      r.ok ? `${r.host}: ${JSON.stringify(r.result, null, 2)}` : `${r.host}: error [${r.error?.code}] ${r.error?.message}`,
+    ),
+    ...gathered.missing.map((host) => `${host}: no answer before the deadline`),
+  ].join('\n');
+  output.result(human || '(no host takes broadcasts)', { replies: gathered.replies, missing: gathered.missing });
+  return failed.length > 0 || gathered.missing.length > 0 ? EXIT.ERROR_REPLY : EXIT.OK;
 }
 
 async function readPayload(inline: string | undefined, file: string | undefined): Promise<unknown> {

@@ -1,0 +1,17 @@
+/** How a client sends a message: to one host, to any host with capacity, or to every host. */
+import { cloudletError } from './errors.ts';
+import type { CoreConfig } from './config/schema.ts';
+
+export type ClientRoute = 'direct' | 'any' | 'broadcast';
+
+export function chooseRoute(config: CoreConfig, type: string, target: string | undefined): ClientRoute {
+  if (target !== undefined) return 'direct';
+  // One agent behind a local socket: every message is for it.
+  if (config.transport.kind === 'local') return 'direct';
+  if (config.routing.broadcast.includes(type)) return 'broadcast';
+  if (config.routing.any.includes(type)) return 'any';
+  throw cloudletError(
+    'USAGE',
+    `"${type}" goes to one host: name it with --host (types sent to every host: ${config.routing.broadcast.join(', ') || 'none'}; to any host: ${config.routing.any.join(', ') || 'none'}; see routing in the config)`,
+  );
+}

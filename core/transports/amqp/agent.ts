@@ -1,0 +1,299 @@
+/**
+ * The agent side of the RabbitMQ transport. Guarantees, in order of importance:
+ * - a request is acknowledged only after its reply was confirmed by the broker (at-least-once);
+ * - a request id seen before is answered from the stored outcome, never run twice;
+ * - a request that keeps killing the agent is dead-lettered after `maxDeliveries` instead of looping;
+ * - progress (and a keep-alive while work runs) flows to the caller, so long work never looks dead.
+ */
+import { join } from 'node:path';
+import { Buffer } from 'node:buffer';
+import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib';
+import type { AmqpTransportConfig } from '../../config/schema.ts';
+import { cloudletError } from '../../errors.ts';
+import { encodeEnvelope, makeProgress, makeReply, type EventEnvelope, type ProgressEnvelope, type ReplyEnvelope, type RequestEnvelope } from '../../envelope.ts';
+import type { Logger } from '../../logger.ts';
+import type { AgentTransport, DeliveryListener } from '../transport.ts';
+import { BrokerConnection } from './connection.ts';
+import { HEADERS, amqpNames, type AmqpNames } from './names.ts';
+import { HostRegistry, heartbeatSchema, probeSchema, type Heartbeat, type InboundRoute } from './host-registry.ts';
+import { OutcomeStore } from './outcome-store.ts';
+import { declareTopology } from './topology.ts';
+
+export interface AmqpAgentTransportOptions {
+  config: AmqpTransportConfig;
+  hostId: string;
+  maxMessageBytes: number;
+  stateDir: string;
+  log: Logger;
+  identity: { version: string; plugins: string[]; startedAt: number };
+}
+
+interface InFlightRequest {
+  /** Extra reply addresses: the same id redelivered while the first copy still runs. */
+  replyTo: Set<string>;
+}
+
+export class AmqpAgentTransport implements AgentTransport {
+  readonly kind = 'amqp';
+  readonly names: AmqpNames;
+  readonly registry: HostRegistry;
+  readonly #options: AmqpAgentTransportOptions;
+  readonly #routes = new Set<InboundRoute>();
+  readonly #inFlight = new Map<string, InFlightRequest>();
+  #connection: BrokerConnection | undefined;
+  #channel: ConfirmChannel | undefined;
+  #consumerTags: string[] = [];
+  #store: OutcomeStore | undefined;
+  #onDelivery: DeliveryListener | undefined;
+  #heartbeatTimer: ReturnType<typeof setInterval> | undefined;
+  #accepting = true;
+
+  constructor(options: AmqpAgentTransportOptions) {
+    this.#options = options;
+    this.names = amqpNames(options.config.prefix);
+    this.registry = new HostRegistry(options.config.downAfterMs);
+  }
+
+  describe(): string {
+    return `amqp ${this.#connection?.describe() ?? this.#options.config.url.replace(/\/\/[^@]*@/, '//***@')} prefix ${this.#options.config.prefix}`;
+  }
+
+  addInboundRoute(route: InboundRoute): void {
+    this.#routes.add(route);
+  }
+
+  async listen(onDelivery: DeliveryListener): Promise<void> {
+    this.#onDelivery = onDelivery;
+    this.#store = await OutcomeStore.open(join(this.#options.stateDir, 'outcomes', `${this.#options.hostId}.jsonl`), this.#options.config.outcomeHistory);
+    this.#connection = new BrokerConnection({ url: this.#options.config.url, log: this.#options.log, setup: (model) => this.#setup(model) });
+    await this.#connection.open();
+    this.#heartbeatTimer = setInterval(() => this.#publishHeartbeat(), this.#options.config.heartbeatMs);
+    this.#heartbeatTimer.unref();
+  }
+
+  /** Runs on every (re)connect: topology, consumers, and an announcement so others see us at once. */
+  async #setup(model: ChannelModel): Promise<void> {
+    const { names } = this;
+    const { hostId, config } = this.#options;
+    const channel = await model.createConfirmChannel();
+    channel.on('error', (error: Error) => this.#options.log.warn({ reason: error.message }, 'broker channel error'));
+    await declareTopology(channel, names);
+    await channel.prefetch(config.prefetch);
+    const tags: string[] = [];
+    const deadLetterArgs = { 'x-dead-letter-exchange': names.deadLetter };
+    if (this.#routes.has('direct')) {
+      const queue = names.hostQueue(hostId);
+      await channel.assertQueue(queue, { durable: true, arguments: deadLetterArgs });
+      await channel.bindQueue(queue, names.directExchange, hostId);
+      tags.push((await channel.consume(queue, (msg) => msg && this.#onMessage(channel, msg, 'direct'))).consumerTag);
+    }
+    if (this.#routes.has('any')) {
+      await channel.assertQueue(names.anyQueue, { durable: true, arguments: deadLetterArgs });
+      tags.push((await channel.consume(names.anyQueue, (msg) => msg && this.#onMessage(channel, msg, 'any'))).consumerTag);
+    }
+    if (this.#routes.has('broadcast')) {
+      const queue = names.broadcastQueue(hostId);
+      await channel.assertQueue(queue, { exclusive: true, autoDelete: true });
+      await channel.bindQueue(queue, names.broadcastExchange, '');
+      tags.push((await channel.consume(queue, (msg) => msg && this.#onMessage(channel, msg, 'broadcast'))).consumerTag);
+    }
+    const presence = await channel.assertQueue('', { exclusive: true, autoDelete: true });
+    await channel.bindQueue(presence.queue, names.presenceExchange, '');
+    await channel.consume(presence.queue, (msg) => msg && this.#onPresence(msg), { noAck: true });
+    this.#channel = channel;
+    this.#consumerTags = this.#accepting ? tags : [];
+    if (!this.#accepting) for (const tag of tags) await channel.cancel(tag);
+    this.#publishHeartbeat();
+    this.#publishPresence({ v: 1, kind: 'probe', from: hostId });
+  }
+
+  #heartbeat(withView: boolean): Heartbeat {
+    const { hostId, identity } = this.#options;
+    return {
+      v: 1,
+      kind: 'heartbeat',
+      host: hostId,
+      version: identity.version,
+      plugins: identity.plugins,
+      routes: this.#accepting ? [...this.#routes] : [],
+      startedAt: identity.startedAt,
+      sentAt: Date.now(),
+      ...(withView ? { view: this.registry.view() } : {}),
+    };
+  }
+
+  #publishHeartbeat(withView = false): void {
+    const heartbeat = this.#heartbeat(withView);
+    this.registry.record(heartbeat);
+    this.#publishPresence(heartbeat);
+  }
+
+  #publishPresence(message: unknown): void {
+    if (!this.#connection?.isUp || !this.#channel) return;
+    try {
+      this.#channel.publish(this.names.presenceExchange, '', Buffer.from(JSON.stringify(message)), { contentType: 'application/json' });
+    } catch {
+      // the channel just closed; the next setup announces us again
+    }
+  }
+
+  #onPresence(msg: ConsumeMessage): void {
+    let value: unknown;
+    try {
+      value = JSON.parse(msg.content.toString('utf8'));
+    } catch {
+      return;
+    }
+    const heartbeat = heartbeatSchema.safeParse(value);
+    if (heartbeat.success) {
+      if (heartbeat.data.host !== this.#options.hostId) this.registry.record(heartbeat.data);
+      return;
+    }
+    // A probe (from a new client or a host that just started): answer at once, with what we know.
+    if (probeSchema.safeParse(value).success) this.#publishHeartbeat(true);
+  }
+
+  async #onMessage(channel: ConfirmChannel, msg: ConsumeMessage, route: InboundRoute): Promise<void> {
+    const { log } = this.#options;
+    const store = this.#store as OutcomeStore;
+    const replyTo = msg.properties.replyTo as string | undefined;
+    const id = msg.properties.messageId as string | undefined;
+    if (!replyTo) {
+      // Nobody to tell: a broken or foreign message. Park it for inspection rather than loop or drop it.
+      log.warn({ route, msgId: id }, 'request without reply_to: moved to the dead-letter queue');
+      channel.nack(msg, false, false);
+      return;
+    }
+    if (id) {
+      const stored = store.replyFor(id);
+      if (stored) {
+        log.info({ msgId: id, route }, 'redelivered request answered from its stored outcome');
+        await this.#publishReply(channel, [replyTo], stored, msg);
+        return;
+      }
+      const running = this.#inFlight.get(id);
+      if (running) {
+        running.replyTo.add(replyTo);
+        channel.ack(msg);
+        return;
+      }
+      if (store.attempts(id) >= this.#options.config.maxDeliveries) {
+        const error = cloudletError('DEAD_LETTERED', `request ${id} was started ${store.attempts(id)} times without finishing; it was moved to ${this.names.deadLetter}`);
+        log.error({ msgId: id, code: error.code }, error.message);
+        const reply = makeReply({ id, type: msg.properties.type as string | undefined }, this.#options.hostId, { ok: false, error: error.toWire() });
+        await this.#publish(channel, '', replyTo, reply, msg.properties.correlationId).catch(() => undefined);
+        channel.nack(msg, false, false);
+        return;
+      }
+      await store.recordStart(id);
+    }
+    const inFlight: InFlightRequest = { replyTo: new Set([replyTo]) };
+    if (id) this.#inFlight.set(id, inFlight);
+    const progressBase = { id: id ?? 'unknown', type: (msg.properties.type as string) || 'unknown' } as RequestEnvelope;
+    const sendProgress = (envelope: ProgressEnvelope) => {
+      for (const target of inFlight.replyTo) void this.#publish(channel, '', target, envelope, msg.properties.correlationId, false).catch(() => undefined);
+    };
+    // For an any-host request the caller does not know which host took it: "accepted" tells it, so it can
+    // watch that host's heartbeat. (Keep-alives while the work runs come from the dispatcher.)
+    if (id && route === 'any') sendProgress(makeProgress(progressBase, this.#options.hostId, 'accepted', { route }));
+
+    (this.#onDelivery as DeliveryListener)({
+      body: msg.content,
+      replyable: true,
+      progress: (envelope) => sendProgress(envelope),
+      reply: async (envelope) => {
+        try {
+          if (route === 'any' && envelope.error?.code === 'NO_CAPACITY' && (await this.#handBack(channel, msg, envelope))) return;
+          if (id) await store.recordDone(id, envelope);
+          await this.#publishReply(channel, [...inFlight.replyTo], envelope, msg, route === 'broadcast');
+        } finally {
+          if (id) this.#inFlight.delete(id);
+        }
+      },
+    });
+  }
+
+  /**
+   * A host without capacity passes an any-host request on to the next host, naming itself in a header.
+   * Once every live host that takes any-host requests refused, the caller gets NO_CAPACITY.
+   * Returns false when the request should be answered instead.
+   */
+  async #handBack(channel: ConfirmChannel, msg: ConsumeMessage, reply: ReplyEnvelope): Promise<boolean> {
+    const previous = parseJsonArray(msg.properties.headers?.[HEADERS.refusedBy]);
+    const refusedBy = [...new Set([...previous, this.#options.hostId])];
+    const candidates = this.registry.liveHosts('any').filter((host) => !refusedBy.includes(host));
+    if (candidates.length === 0 || refusedBy.length > 100) {
+      if (reply.error) reply.error.details = { ...(reply.error.details as object), refusedBy };
+      return false;
+    }
+    const headers = { ...msg.properties.headers, [HEADERS.refusedBy]: JSON.stringify(refusedBy) };
+    await new Promise<void>((resolve, reject) =>
+      channel.publish('', this.names.anyQueue, msg.content, { ...msg.properties, headers, persistent: true }, (error) => (error ? reject(error) : resolve())),
+    );
+    channel.ack(msg);
+    this.#options.log.info({ msgId: msg.properties.messageId, refusedBy, candidates }, 'no capacity here: handed the request on to another host');
+    return true;
+  }
+
+  async #publishReply(channel: ConfirmChannel, targets: string[], reply: ReplyEnvelope, msg: ConsumeMessage, withLiveHosts = false): Promise<void> {
+    const headers = withLiveHosts ? { [HEADERS.liveHosts]: JSON.stringify(this.registry.liveHosts('broadcast')) } : undefined;
+    try {
+      // Replies to a caller that is gone are dropped by the broker (direct reply-to); that is fine.
+      await Promise.all(targets.map((target) => this.#publish(channel, '', target, reply, msg.properties.correlationId, true, headers)));
+      channel.ack(msg);
+    } catch (error) {
+      // Not confirmed (channel closed mid-way): leave the request unacked; it is redelivered after the
+      // reconnect and answered from the stored outcome.
+      this.#options.log.warn({ msgId: reply.id, reason: (error as Error).message }, 'reply not confirmed; the request will be redelivered');
+    }
+  }
+
+  #publish(
+    channel: ConfirmChannel,
+    exchange: string,
+    routingKey: string,
+    envelope: ReplyEnvelope | ProgressEnvelope | EventEnvelope,
+    correlationId?: string,
+    confirm = true,
+    headers?: Record<string, string>,
+  ): Promise<void> {
+    const body = Buffer.from(encodeEnvelope(envelope));
+    const options = { contentType: 'application/json', type: envelope.type, correlationId, headers };
+    if (!confirm) {
+      channel.publish(exchange, routingKey, body, options);
+      return Promise.resolve();
+    }
+    return new Promise((resolve, reject) => channel.publish(exchange, routingKey, body, options, (error) => (error ? reject(error) : resolve())));
+  }
+
+  async stopAccepting(): Promise<void> {
+    this.#accepting = false;
+    const channel = this.#channel as Channel | undefined;
+    for (const tag of this.#consumerTags) await channel?.cancel(tag).catch(() => undefined);
+    this.#consumerTags = [];
+    // Tell the others right away that we no longer take work, rather than letting them time us out.
+    this.#publishHeartbeat();
+  }
+
+  async publishEvent(event: EventEnvelope): Promise<void> {
+    const channel = this.#channel;
+    if (!this.#connection?.isUp || !channel) throw cloudletError('BROKER_UNAVAILABLE', 'cannot publish the event: the broker is unavailable');
+    await this.#publish(channel, this.names.eventsExchange, event.type, event);
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.#heartbeatTimer);
+    await this.#store?.flush();
+    await this.#connection?.close();
+  }
+}
+
+function parseJsonArray(value: unknown): string[] {
+  if (typeof value !== 'string') return [];
+  try {
+    const parsed = JSON.parse(value) as unknown;
+    return Array.isArray(parsed) ? parsed.filter((v): v is string => typeof v === 'string') : [];
+  } catch {
+    return [];
+  }
+}

@@ -1,0 +1,364 @@
+/**
+ * The client side of the RabbitMQ transport: direct requests to one host, any-host requests to the
+ * competing queue, broadcasts gathered from every live host. Replies come back on direct reply-to.
+ *
+ * Waiting is driven by signs of life, not a fixed window: every progress or keep-alive from the host
+ * restarts the inactivity timer (so a two-minute create does not time out), and a host whose heartbeat
+ * stops is noticed within `downAfterMs` (so a dead host fails the call in seconds).
+ * After a reconnect, unanswered requests are published again with the same id; hosts answer a repeated
+ * id from their stored outcome, and the client keeps only the first reply — each request is answered once.
+ */
+import { Buffer } from 'node:buffer';
+import type { ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib';
+import { CloudletError, cloudletError } from '../../errors.ts';
+import { decodeEnvelope, encodeEnvelope, type EventEnvelope, type ProgressEnvelope, type ReplyEnvelope, type RequestEnvelope } from '../../envelope.ts';
+import type { AmqpTransportConfig } from '../../config/schema.ts';
+import type { Logger } from '../../logger.ts';
+import type { ClientTransport, GatherOptions, GatherResult, RequestOptions } from '../transport.ts';
+import { BrokerConnection } from './connection.ts';
+import { HEADERS, amqpNames, type AmqpNames } from './names.ts';
+import { HostRegistry, heartbeatSchema, type HostEntry } from './host-registry.ts';
+import { declareTopology } from './topology.ts';
+
+const REPLY_TO = 'amq.rabbitmq.reply-to';
+const LIVENESS_CHECK_MS = 250;
+
+export interface AmqpClientOptions {
+  config: AmqpTransportConfig;
+  maxMessageBytes: number;
+  log: Logger;
+  /** Without a sign of life from the host for this long, a request fails with CLIENT_TIMEOUT. */
+  inactivityTimeoutMs?: number;
+}
+
+type Route = 'direct' | 'any' | 'broadcast';
+
+interface Pending {
+  request: RequestEnvelope;
+  route: Route;
+  /** Which host is working on it: the target, or whoever sent "accepted" for an any-host request. */
+  host: string | undefined;
+  onReply(reply: ReplyEnvelope, liveHosts: string[] | undefined): void;
+  onProgress(progress: ProgressEnvelope): void;
+  fail(error: CloudletError): void;
+}
+
+export class AmqpClientTransport implements ClientTransport {
+  readonly kind = 'amqp';
+  readonly names: AmqpNames;
+  readonly registry: HostRegistry;
+  readonly #options: AmqpClientOptions;
+  readonly #pending = new Map<string, Pending>();
+  readonly #eventListeners = new Set<(event: EventEnvelope) => void>();
+  #connection: BrokerConnection | undefined;
+  #opening: Promise<void> | undefined;
+  #channel: ConfirmChannel | undefined;
+  #model: ChannelModel | undefined;
+  #presenceHeard: Promise<void> | undefined;
+
+  constructor(options: AmqpClientOptions) {
+    this.#options = options;
+    this.names = amqpNames(options.config.prefix);
+    this.registry = new HostRegistry(options.config.downAfterMs);
+  }
+
+  #open(): Promise<void> {
+    this.#opening ??= (async () => {
+      this.#connection = new BrokerConnection({ url: this.#options.config.url, log: this.#options.log, setup: (model) => this.#setup(model), initialMaxRetries: 1 });
+      await this.#connection.open();
+    })().catch((error: unknown) => {
+      this.#opening = undefined;
+      throw error;
+    });
+    return this.#opening;
+  }
+
+  async #setup(model: ChannelModel): Promise<void> {
+    this.#model = model;
+    const channel = await model.createConfirmChannel();
+    channel.on('error', () => undefined);
+    await declareTopology(channel, this.names);
+    // Direct reply-to: consumed no-ack on the same channel the requests are published from.
+    await channel.consume(REPLY_TO, (msg) => msg && this.#onReply(msg), { noAck: true });
+    channel.on('return', (msg: ConsumeMessage) => this.#onReturned(msg));
+    const presence = await channel.assertQueue('', { exclusive: true, autoDelete: true });
+    await channel.bindQueue(presence.queue, this.names.presenceExchange, '');
+    let heard!: () => void;
+    this.#presenceHeard = new Promise<void>((resolve) => (heard = resolve));
+    await channel.consume(
+      presence.queue,
+      (msg) => {
+        if (!msg) return;
+        try {
+          const heartbeat = heartbeatSchema.safeParse(JSON.parse(msg.content.toString('utf8')));
+          if (heartbeat.success) {
+            this.registry.record(heartbeat.data);
+            if (heartbeat.data.view) heard();
+          }
+        } catch {
+          // not ours to worry about
+        }
+      },
+      { noAck: true },
+    );
+    channel.publish(this.names.presenceExchange, '', Buffer.from(JSON.stringify({ v: 1, kind: 'probe', from: 'client' })));
+    this.#channel = channel;
+    // After a reconnect: everything not yet answered goes out again, same id (hosts deduplicate).
+    for (const pending of this.#pending.values()) this.#publish(pending);
+  }
+
+  /** Waits (briefly) until some host answered our probe, so the registry knows who is alive. */
+  async #registryReady(maxWaitMs: number): Promise<void> {
+    await Promise.race([this.#presenceHeard, new Promise((r) => setTimeout(r, maxWaitMs))]);
+  }
+
+  #publish(pending: Pending): void {
+    const channel = this.#channel;
+    if (!channel || !this.#connection?.isUp) return; // published again by the next setup
+    const { request, route } = pending;
+    const body = Buffer.from(encodeEnvelope(request));
+    const untilDeadline = request.deadline === undefined ? undefined : Math.max(1, request.deadline - Date.now());
+    const options = {
+      messageId: request.id,
+      correlationId: request.id,
+      replyTo: REPLY_TO,
+      type: request.type,
+      contentType: 'application/json',
+      persistent: route !== 'broadcast',
+      mandatory: true,
+      headers: { [HEADERS.route]: route },
+      // The broker drops a request whose deadline passed while it waited, so it never runs late.
+      ...(untilDeadline === undefined ? {} : { expiration: String(untilDeadline) }),
+    };
+    const [exchange, key] =
+      route === 'direct' ? [this.names.directExchange, request.target ?? ''] : route === 'any' ? ['', this.names.anyQueue] : [this.names.broadcastExchange, ''];
+    try {
+      channel.publish(exchange, key, body, options, (error) => {
+        if (error) pending.fail(cloudletError('BROKER_UNAVAILABLE', `the broker did not accept the request: ${String(error)}`));
+      });
+    } catch {
+      // channel closed under us: the next setup publishes it again
+    }
+  }
+
+  #onReturned(msg: ConsumeMessage): void {
+    const id = msg.properties.messageId as string | undefined;
+    const pending = id ? this.#pending.get(id) : undefined;
+    if (!pending) return;
+    if (pending.route === 'direct') {
+      pending.fail(cloudletError('UNKNOWN_HOST', `no host "${pending.request.target}" has joined this cloud (prefix ${this.#options.config.prefix})`, {
+        target: pending.request.target,
+        liveHosts: this.registry.liveHosts(),
+      }));
+    } else if (pending.route === 'any') {
+      pending.fail(cloudletError('NO_CAPACITY', 'no host takes any-host requests on this cloud', { liveHosts: this.registry.liveHosts() }));
+    } else {
+      // Nobody takes broadcasts: the gather is complete with no replies.
+      pending.onReply(undefined as unknown as ReplyEnvelope, []);
+    }
+  }
+
+  #onReply(msg: ConsumeMessage): void {
+    const text = msg.content.toString('utf8');
+    let kind: unknown;
+    try {
+      kind = (JSON.parse(text) as { kind?: unknown }).kind;
+    } catch {
+      return;
+    }
+    if (kind === 'progress') {
+      const decoded = decodeEnvelope(text, 'progress', this.#options.maxMessageBytes);
+      if (decoded.ok) this.#pending.get(decoded.envelope.id)?.onProgress(decoded.envelope);
+      return;
+    }
+    const decoded = decodeEnvelope(text, 'reply', this.#options.maxMessageBytes);
+    if (!decoded.ok || decoded.envelope.id === null) return;
+    const pending = this.#pending.get(decoded.envelope.id);
+    if (!pending) return; // a duplicate (after a re-publish) or a reply to a caller that gave up
+    const liveHeader = msg.properties.headers?.[HEADERS.liveHosts];
+    let liveHosts: string[] | undefined;
+    if (typeof liveHeader === 'string') {
+      try {
+        liveHosts = (JSON.parse(liveHeader) as unknown[]).filter((h): h is string => typeof h === 'string');
+      } catch {
+        liveHosts = undefined;
+      }
+    }
+    pending.onReply(decoded.envelope, liveHosts);
+  }
+
+  async #ensureConnected(waitUntil: number): Promise<void> {
+    try {
+      await this.#open();
+    } catch (error) {
+      throw error instanceof CloudletError ? error : cloudletError('BROKER_UNAVAILABLE', String(error));
+    }
+    await (this.#connection as BrokerConnection).waitUntilUp(waitUntil);
+  }
+
+  #waitLimit(request: RequestEnvelope): number {
+    return request.deadline ?? Date.now() + (this.#options.inactivityTimeoutMs ?? 30_000);
+  }
+
+  /** Checks the target's presence before sending: fail at once for hosts known down or never seen. */
+  async #checkTarget(target: string): Promise<void> {
+    await this.#registryReady(300);
+    if (this.registry.isLive(target)) return;
+    if (this.registry.isDown(target)) {
+      throw cloudletError('HOST_DOWN', `host "${target}" has not sent a heartbeat for ${this.#options.config.downAfterMs} ms`, { target });
+    }
+    // Never heard of it: does its queue exist, and does anyone consume it? (A side channel: a passive
+    // declare of a missing queue closes the channel it runs on.)
+    const model = this.#model as ChannelModel;
+    const probe = await model.createChannel();
+    probe.on('error', () => undefined);
+    try {
+      const { consumerCount } = await probe.checkQueue(this.names.hostQueue(target));
+      if (consumerCount === 0) throw cloudletError('HOST_DOWN', `host "${target}" is not running (its queue has no consumer)`, { target });
+    } catch (error) {
+      if (error instanceof CloudletError) throw error;
+      throw cloudletError('UNKNOWN_HOST', `no host "${target}" has joined this cloud (prefix ${this.#options.config.prefix})`, {
+        target,
+        liveHosts: this.registry.liveHosts(),
+      });
+    } finally {
+      await probe.close().catch(() => undefined);
+    }
+  }
+
+  async request(request: RequestEnvelope, options: RequestOptions = {}): Promise<ReplyEnvelope> {
+    const route: Route = request.target === undefined ? 'any' : 'direct';
+    await this.#ensureConnected(this.#waitLimit(request));
+    if (request.target !== undefined) await this.#checkTarget(request.target);
+    return new Promise<ReplyEnvelope>((resolve, reject) => {
+      const inactivityMs = this.#options.inactivityTimeoutMs ?? 30_000;
+      let inactivity: ReturnType<typeof setTimeout>;
+      const armInactivity = () => {
+        clearTimeout(inactivity);
+        inactivity = setTimeout(
+          () => finish(cloudletError('CLIENT_TIMEOUT', `no reply or sign of life for "${request.type}" (${request.id}) within ${inactivityMs} ms`, { id: request.id })),
+          inactivityMs,
+        );
+      };
+      const hardLimit = request.deadline === undefined ? undefined : setTimeout(() => finish(cloudletError('CLIENT_TIMEOUT', `no reply to "${request.type}" before its deadline`, { id: request.id })), Math.max(0, request.deadline - Date.now()) + 2_000);
+      const liveness = setInterval(() => {
+        if (!this.#connection?.isUp) return; // a broker outage is not the host's fault; the inactivity timer still runs
+        if (pending.host && this.registry.isDown(pending.host)) {
+          finish(cloudletError('HOST_DOWN', `host "${pending.host}" stopped sending heartbeats while handling "${request.type}"`, { host: pending.host, id: request.id }));
+        }
+      }, LIVENESS_CHECK_MS);
+      const finish = (outcome: ReplyEnvelope | CloudletError) => {
+        if (!this.#pending.has(request.id)) return;
+        this.#pending.delete(request.id);
+        clearTimeout(inactivity);
+        clearTimeout(hardLimit);
+        clearInterval(liveness);
+        options.signal?.removeEventListener('abort', onAbort);
+        if (outcome instanceof CloudletError) reject(outcome);
+        else resolve(outcome);
+      };
+      const onAbort = () => finish(cloudletError('CANCELLED', `the request ${request.id} was cancelled by the caller`));
+      options.signal?.addEventListener('abort', onAbort, { once: true });
+      const pending: Pending = {
+        request,
+        route,
+        host: request.target,
+        onReply: (reply) => finish(reply),
+        onProgress: (progress) => {
+          armInactivity();
+          if (progress.stage === 'accepted') pending.host = progress.host;
+          if (progress.stage !== 'accepted' && progress.stage !== 'alive') options.onProgress?.(progress);
+        },
+        fail: (error) => finish(error),
+      };
+      this.#pending.set(request.id, pending);
+      armInactivity();
+      this.#publish(pending);
+    });
+  }
+
+  async gather(request: RequestEnvelope, options: GatherOptions = {}): Promise<GatherResult> {
+    if (request.target !== undefined) {
+      const reply = await this.request(request, options);
+      options.onReply?.(reply);
+      return { replies: [reply], missing: [] };
+    }
+    const waitUntil = this.#waitLimit(request);
+    await this.#ensureConnected(waitUntil);
+    await this.#registryReady(300);
+    return new Promise<GatherResult>((resolve) => {
+      const replies = new Map<string, ReplyEnvelope>();
+      // Expected: every host known alive and taking broadcasts, as we and each replying host see it.
+      const expected = new Set(this.registry.liveHosts('broadcast'));
+      const dropped = new Set<string>();
+      const complete = () => {
+        for (const host of expected) if (!replies.has(host) && this.registry.isDown(host)) dropped.add(host);
+        return [...expected].every((host) => replies.has(host) || dropped.has(host)) && (replies.size > 0 || expected.size === 0 || dropped.size === expected.size);
+      };
+      const finish = () => {
+        if (!this.#pending.has(request.id)) return;
+        this.#pending.delete(request.id);
+        clearTimeout(limit);
+        clearInterval(liveness);
+        resolve({ replies: [...replies.values()], missing: [...expected].filter((h) => !replies.has(h)).sort() });
+      };
+      const limit = setTimeout(finish, Math.max(0, waitUntil - Date.now()));
+      const liveness = setInterval(() => complete() && finish(), LIVENESS_CHECK_MS);
+      this.#pending.set(request.id, {
+        request,
+        route: 'broadcast',
+        host: undefined,
+        onReply: (reply, liveHosts) => {
+          if (reply === undefined) return finish(); // returned: no host takes broadcasts
+          if (replies.has(reply.host)) return;
+          replies.set(reply.host, reply);
+          expected.add(reply.host);
+          for (const host of liveHosts ?? []) if (!this.registry.isDown(host)) expected.add(host);
+          options.onReply?.(reply);
+          if (complete()) finish();
+        },
+        onProgress: (progress) => {
+          if (progress.stage !== 'accepted' && progress.stage !== 'alive') options.onProgress?.(progress);
+        },
+        fail: () => finish(),
+      });
+      this.#publish(this.#pending.get(request.id) as Pending);
+    });
+  }
+
+  /** Hosts known from heartbeats (after probing), for `cloudlet hosts`. */
+  async hosts(waitMs = 1_000): Promise<(HostEntry & { state: 'up' | 'down'; agoMs: number })[]> {
+    await this.#ensureConnected(Date.now() + waitMs + 5_000);
+    await this.#registryReady(waitMs);
+    // Hosts the first answer named get a moment to answer for themselves.
+    const deadline = Date.now() + Math.min(waitMs, 500);
+    while (Date.now() < deadline && this.registry.entries().some((e) => e.state === 'up' && !e.heartbeat)) await new Promise((r) => setTimeout(r, 25));
+    return this.registry.entries();
+  }
+
+  async subscribe(onEvent: (event: EventEnvelope) => void): Promise<() => Promise<void>> {
+    await this.#ensureConnected(Date.now() + 10_000);
+    const channel = this.#channel as ConfirmChannel;
+    const { queue } = await channel.assertQueue('', { exclusive: true, autoDelete: true });
+    await channel.bindQueue(queue, this.names.eventsExchange, '#');
+    this.#eventListeners.add(onEvent);
+    const { consumerTag } = await channel.consume(
+      queue,
+      (msg) => {
+        if (!msg) return;
+        const decoded = decodeEnvelope(msg.content, 'event', this.#options.maxMessageBytes);
+        if (decoded.ok) onEvent(decoded.envelope);
+      },
+      { noAck: true },
+    );
+    return async () => {
+      this.#eventListeners.delete(onEvent);
+      await channel.cancel(consumerTag).catch(() => undefined);
+    };
+  }
+
+  async close(): Promise<void> {
+    for (const pending of this.#pending.values()) pending.fail(cloudletError('CANCELLED', 'the client closed'));
+    await this.#connection?.close();
+  }
+}

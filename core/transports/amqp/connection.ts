@@ -1,0 +1,94 @@
+/**
+ * A broker connection that comes back by itself. amqplib's recovery reconnects with backoff and runs
+ * `setup` after every (re)connect, where the owner re-declares its topology and consumers. Between a drop
+ * and the next setup the connection is "down", and callers are told so instead of waiting on a dead channel.
+ */
+import { EventEmitter } from 'node:events';
+import amqplib, { type ChannelModel, type RecoveringChannelModel } from 'amqplib';
+import type { Logger } from '../../logger.ts';
+import { redactUrlCredentials } from '../../logger.ts';
+import { cloudletError } from '../../errors.ts';
+
+export interface BrokerConnectionOptions {
+  url: string;
+  log: Logger;
+  /** Declares channels, topology and consumers on a fresh connection. */
+  setup(model: ChannelModel): Promise<void>;
+  /** Fail the first connect after this many retries (startup should not hang on a wrong URL). */
+  initialMaxRetries?: number;
+}
+
+export class BrokerConnection extends EventEmitter {
+  readonly #options: BrokerConnectionOptions;
+  #model: RecoveringChannelModel | undefined;
+  #up = false;
+  #closing = false;
+
+  constructor(options: BrokerConnectionOptions) {
+    super();
+    this.#options = options;
+  }
+
+  get isUp(): boolean {
+    return this.#up;
+  }
+
+  describe(): string {
+    return redactUrlCredentials(this.#options.url);
+  }
+
+  async open(): Promise<void> {
+    const { url, log } = this.#options;
+    let model: RecoveringChannelModel;
+    try {
+      model = await amqplib.connect(url, {
+        // Without TCP_NODELAY a request/reply on loopback takes ~15 ms instead of <1 ms (Nagle + delayed ACK).
+        noDelay: true,
+        recovery: {
+          initialDelay: 200,
+          maxDelay: 5_000,
+          initialMaxRetries: this.#options.initialMaxRetries ?? 3,
+          setup: async (model: ChannelModel) => {
+            await this.#options.setup(model);
+            this.#up = true;
+            this.emit('up');
+          },
+        },
+      });
+    } catch (cause) {
+      throw cloudletError('BROKER_UNAVAILABLE', `cannot connect to the broker at ${this.describe()}: ${(cause as Error).message}`, undefined, cause);
+    }
+    this.#model = model;
+    model.on('disconnect', (error: Error) => {
+      this.#up = false;
+      if (!this.#closing) log.warn({ code: 'BROKER_UNAVAILABLE', reason: error?.message }, `lost the broker at ${this.describe()}; reconnecting`);
+      this.emit('down');
+    });
+    model.on('connect', () => log.info({ broker: this.describe() }, 'connected to the broker'));
+    model.on('reconnect-failed', (error: Error) => log.error({ err: error }, 'gave up reconnecting to the broker'));
+    // amqplib re-emits channel and connection errors here; they are handled by recovery, never fatal.
+    model.on('error', (error: Error) => log.debug({ reason: error.message }, 'broker connection error'));
+  }
+
+  /** Resolves when the connection is (again) up, or rejects with BROKER_UNAVAILABLE at the deadline. */
+  waitUntilUp(deadline: number): Promise<void> {
+    if (this.#up) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.off('up', onUp);
+        reject(cloudletError('BROKER_UNAVAILABLE', `the broker at ${this.describe()} is unavailable (reconnecting); gave up at the deadline`));
+      }, Math.max(0, deadline - Date.now()));
+      const onUp = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      this.once('up', onUp);
+    });
+  }
+
+  async close(): Promise<void> {
+    this.#closing = true;
+    this.#up = false;
+    await this.#model?.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,82 @@
+/**
+ * Who is alive, from heartbeats. Every host publishes one every `heartbeatMs` on the presence exchange and
+ * answers a probe at once; a host not heard from for `downAfterMs` is down. Agents and clients both keep one.
+ */
+import { z } from 'zod';
+import { hostIdSchema } from '../../envelope.ts';
+
+export const heartbeatSchema = z.object({
+  v: z.literal(1),
+  kind: z.literal('heartbeat'),
+  host: hostIdSchema,
+  version: z.string().max(64),
+  plugins: z.array(z.string().max(128)).max(200),
+  /** Which inbound routes the host takes: direct, any, broadcast. */
+  routes: z.array(z.enum(['direct', 'any', 'broadcast'])).max(3),
+  startedAt: z.number(),
+  sentAt: z.number(),
+  /** The sender's view of the other hosts, sent in answer to a probe, so a new client learns them at once. */
+  view: z
+    .array(z.object({ host: hostIdSchema, agoMs: z.number().min(0), routes: z.array(z.enum(['direct', 'any', 'broadcast'])).max(3) }))
+    .max(10_000)
+    .optional(),
+});
+export type Heartbeat = z.infer<typeof heartbeatSchema>;
+
+export const probeSchema = z.object({ v: z.literal(1), kind: z.literal('probe'), from: z.string().max(128) });
+
+export interface HostEntry {
+  host: string;
+  /** Local clock time of the last heartbeat (or of the view that mentioned it). */
+  lastSeen: number;
+  routes: Heartbeat['routes'];
+  heartbeat?: Heartbeat;
+}
+
+export type InboundRoute = Heartbeat['routes'][number];
+
+export class HostRegistry {
+  readonly #hosts = new Map<string, HostEntry>();
+  readonly #downAfterMs: number;
+
+  constructor(downAfterMs: number) {
+    this.#downAfterMs = downAfterMs;
+  }
+
+  record(heartbeat: Heartbeat, receivedAt = Date.now()): void {
+    this.#hosts.set(heartbeat.host, { host: heartbeat.host, lastSeen: receivedAt, routes: heartbeat.routes, heartbeat });
+    for (const seen of heartbeat.view ?? []) {
+      const lastSeen = receivedAt - seen.agoMs;
+      const known = this.#hosts.get(seen.host);
+      if (!known || known.lastSeen < lastSeen) this.#hosts.set(seen.host, { ...known, host: seen.host, lastSeen, routes: seen.routes });
+    }
+  }
+
+  isLive(host: string, now = Date.now()): boolean {
+    const entry = this.#hosts.get(host);
+    return entry !== undefined && now - entry.lastSeen <= this.#downAfterMs;
+  }
+
+  /** Known, but silent for longer than downAfterMs. Unknown hosts are not "down". */
+  isDown(host: string, now = Date.now()): boolean {
+    const entry = this.#hosts.get(host);
+    return entry !== undefined && now - entry.lastSeen > this.#downAfterMs;
+  }
+
+  liveHosts(route?: InboundRoute, now = Date.now()): string[] {
+    return [...this.#hosts.values()]
+      .filter((e) => now - e.lastSeen <= this.#downAfterMs && (route === undefined || e.routes.includes(route)))
+      .map((e) => e.host)
+      .sort();
+  }
+
+  entries(now = Date.now()): (HostEntry & { state: 'up' | 'down'; agoMs: number })[] {
+    return [...this.#hosts.values()]
+      .map((e) => ({ ...e, agoMs: now - e.lastSeen, state: now - e.lastSeen <= this.#downAfterMs ? ('up' as const) : ('down' as const) }))
+      .sort((a, b) => a.host.localeCompare(b.host));
+  }
+
+  view(now = Date.now()): NonNullable<Heartbeat['view']> {
+    return [...this.#hosts.values()].map((e) => ({ host: e.host, agoMs: Math.max(0, now - e.lastSeen), routes: e.routes }));
+  }
+}

@@ -1,0 +1,109 @@
+/**
+ * Makes at-least-once delivery safe: a request id that was handled before is answered from its stored
+ * reply instead of being run again, and a request that keeps coming back without an outcome (it crashed
+ * the agent each time) is reported as poison. One append-only JSONL file per host, bounded in entries;
+ * it is rewritten with the newest entries when it grows past twice the bound.
+ */
+import { appendFile, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import type { ReplyEnvelope } from '../../envelope.ts';
+
+type Record_ = { id: string; t: 'start'; at: number } | { id: string; t: 'done'; at: number; reply: ReplyEnvelope };
+
+interface Entry {
+  attempts: number;
+  reply?: ReplyEnvelope;
+}
+
+export class OutcomeStore {
+  readonly #file: string;
+  readonly #maxEntries: number;
+  readonly #entries = new Map<string, Entry>();
+  #linesInFile = 0;
+  #writes: Promise<void> = Promise.resolve();
+
+  private constructor(file: string, maxEntries: number) {
+    this.#file = file;
+    this.#maxEntries = maxEntries;
+  }
+
+  static async open(file: string, maxEntries: number): Promise<OutcomeStore> {
+    const store = new OutcomeStore(file, maxEntries);
+    await mkdir(dirname(file), { recursive: true, mode: 0o750 });
+    const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT') return '';
+      throw error;
+    });
+    for (const line of text.split('\n')) {
+      if (line === '') continue;
+      try {
+        store.#apply(JSON.parse(line) as Record_);
+        store.#linesInFile++;
+      } catch {
+        // a line torn by a crash mid-write: skip it, the rest is intact
+      }
+    }
+    return store;
+  }
+
+  #apply(record: Record_): void {
+    const entry = this.#entries.get(record.id) ?? { attempts: 0 };
+    if (record.t === 'start') entry.attempts++;
+    else entry.reply = record.reply;
+    // Re-insert so Map order is recency order: the oldest entries are evicted first.
+    this.#entries.delete(record.id);
+    this.#entries.set(record.id, entry);
+    while (this.#entries.size > this.#maxEntries) {
+      const oldest = this.#entries.keys().next().value as string;
+      this.#entries.delete(oldest);
+    }
+  }
+
+  /** The stored reply of a request handled before, if any. */
+  replyFor(id: string): ReplyEnvelope | undefined {
+    return this.#entries.get(id)?.reply;
+  }
+
+  /** How many times the request was started without finishing (0 for a new id). */
+  attempts(id: string): number {
+    return this.#entries.get(id)?.attempts ?? 0;
+  }
+
+  recordStart(id: string): Promise<void> {
+    return this.#append({ id, t: 'start', at: Date.now() });
+  }
+
+  recordDone(id: string, reply: ReplyEnvelope): Promise<void> {
+    return this.#append({ id, t: 'done', at: Date.now(), reply });
+  }
+
+  #append(record: Record_): Promise<void> {
+    this.#apply(record);
+    // Serialised so lines never interleave; no fsync — a crashed agent process loses nothing the kernel has.
+    this.#writes = this.#writes.then(async () => {
+      await appendFile(this.#file, `${JSON.stringify(record)}\n`);
+      if (++this.#linesInFile > this.#maxEntries * 2) await this.#compact();
+    });
+    return this.#writes;
+  }
+
+  async #compact(): Promise<void> {
+    const lines: string[] = [];
+    for (const [id, entry] of this.#entries) {
+      for (let i = 0; i < entry.attempts; i++) lines.push(JSON.stringify({ id, t: 'start', at: 0 }));
+      if (entry.reply) lines.push(JSON.stringify({ id, t: 'done', at: 0, reply: entry.reply }));
+    }
+    const temp = `${this.#file}.tmp`;
+    await writeFile(temp, lines.length > 0 ? `${lines.join('\n')}\n` : '');
+    await rename(temp, this.#file);
+    this.#linesInFile = lines.length;
+  }
+
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  flush(): Promise<void> {
+    return this.#writes;
+  }
+}

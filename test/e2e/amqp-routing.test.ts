@@ -1,0 +1,159 @@
+import assert from 'node:assert/strict';
+import test from 'node:test';
+import { makeRequest } from '../../core/envelope.ts';
+import { CloudletError } from '../../core/errors.ts';
+import { runCli } from '../helpers.ts';
+import { startCloud } from '../support/cloud.ts';
+
+const hosts = (n: number) => Array.from({ length: n }, (_, i) => ({ id: `h${i + 1}` }));
+
+async function settle(ms: number) {
+  await new Promise((r) => setTimeout(r, ms));
+}
+
+test('fanout — host-info over 5 hosts returns 5 answers long before the deadline', async (t) => {
+  const cloud = await startCloud(t, hosts(5));
+  const client = cloud.client();
+  await settle(500); // one heartbeat round so every agent knows the others
+  const started = performance.now();
+  const gathered = await client.gather(makeRequest({ type: 'host-info', payload: {}, deadline: Date.now() + 20_000 }));
+  const elapsed = performance.now() - started;
+  assert.deepEqual(gathered.replies.map((r) => r.host).sort(), ['h1', 'h2', 'h3', 'h4', 'h5']);
+  assert.deepEqual(gathered.missing, []);
+  assert.ok(gathered.replies.every((r) => r.ok));
+  // The gather returns when every live host answered, not at the 20 s deadline (generous bound for a loaded CI box).
+  assert.ok(elapsed < 10_000, `gather took ${elapsed} ms`);
+});
+
+test('fanout — one host killed: the others answer and the dead one is named as missing', async (t) => {
+  const cloud = await startCloud(t, hosts(5));
+  const client = cloud.client();
+  await settle(500);
+  // Prime the client's registry while all five are alive, then kill one without a goodbye.
+  await client.gather(makeRequest({ type: 'host-info', payload: {}, deadline: Date.now() + 10_000 }));
+  cloud.agents.get('h3')!.child.kill('SIGKILL');
+  const gathered = await client.gather(makeRequest({ type: 'host-info', payload: {}, deadline: Date.now() + 15_000 }));
+  assert.deepEqual(gathered.replies.map((r) => r.host).sort(), ['h1', 'h2', 'h4', 'h5']);
+  assert.deepEqual(gathered.missing, ['h3']);
+  // Once marked down, h3 is no longer expected at all.
+  await settle(1_500);
+  const later = await client.gather(makeRequest({ type: 'host-info', payload: {}, deadline: Date.now() + 15_000 }));
+  assert.deepEqual(later.replies.map((r) => r.host).sort(), ['h1', 'h2', 'h4', 'h5']);
+  assert.deepEqual(later.missing, []);
+});
+
+test('direct — a command reaches its owner only; the other hosts never see it', async (t) => {
+  const cloud = await startCloud(t, hosts(3));
+  const client = cloud.client();
+  const request = makeRequest({ type: 'test.echo', target: 'h2', payload: { value: 'for h2' } });
+  const reply = await client.request(request);
+  assert.equal(reply.ok, true);
+  assert.equal(reply.host, 'h2');
+  assert.equal((reply.result as { host: string }).host, 'h2');
+  await settle(200);
+  for (const [host, agent] of cloud.agents) {
+    assert.equal(agent.output().includes(request.id), host === 'h2', `${host} ${host === 'h2' ? 'did not see' : 'saw'} ${request.id}`);
+  }
+});
+
+test('direct — an unknown host fails at once with UNKNOWN_HOST, a stopped one with HOST_DOWN', async (t) => {
+  const cloud = await startCloud(t, hosts(2));
+  const client = cloud.client();
+  let started = performance.now();
+  await assert.rejects(client.request(makeRequest({ type: 'test.echo', target: 'nosuchhost', payload: {} })), (error: CloudletError) => error.code === 'UNKNOWN_HOST');
+  assert.ok(performance.now() - started < 3_000, 'unknown host answered at once, not after a timeout');
+
+  cloud.agents.get('h2')!.child.kill('SIGTERM');
+  await cloud.agents.get('h2')!.exited;
+  await settle(1_500); // past downAfterMs
+  started = performance.now();
+  await assert.rejects(client.request(makeRequest({ type: 'test.echo', target: 'h2', payload: {} })), (error: CloudletError) => error.code === 'HOST_DOWN');
+  assert.ok(performance.now() - started < 3_000);
+  // A fresh client that never saw h2's heartbeat learns the same from the broker (queue without consumer).
+  const fresh = cloud.client();
+  await assert.rejects(fresh.request(makeRequest({ type: 'test.echo', target: 'h2', payload: {} })), (error: CloudletError) => error.code === 'HOST_DOWN');
+});
+
+test('direct — a host that dies while working is noticed within seconds, not at the deadline', async (t) => {
+  const cloud = await startCloud(t, hosts(2));
+  const client = cloud.client();
+  const pending = client.request(makeRequest({ type: 'test.sleep', target: 'h1', payload: { ms: 60_000 } }));
+  await settle(700);
+  cloud.agents.get('h1')!.child.kill('SIGKILL');
+  const started = performance.now();
+  await assert.rejects(pending, (error: CloudletError) => error.code === 'HOST_DOWN');
+  assert.ok(performance.now() - started < 5_000);
+});
+
+test('direct — progress and keep-alives extend the wait past the inactivity timeout', async (t) => {
+  const cloud = await startCloud(t, [{ id: 'h1' }], { transportExtra: '' });
+  // keepaliveMs is 2 s by default; a 1.5 s inactivity timeout would fire without them... so use 3 s of work
+  // with a 2.5 s inactivity window: only the keep-alive at 2 s keeps the call alive.
+  const client = cloud.client({ inactivityTimeoutMs: 2_500 });
+  const reply = await client.request(makeRequest({ type: 'test.sleep', target: 'h1', payload: { ms: 3_500 } }));
+  assert.equal(reply.ok, true, JSON.stringify(reply.error));
+});
+
+test('any — a host without capacity hands the request on; with none left the caller gets NO_CAPACITY', async (t) => {
+  const cloud = await startCloud(t, [
+    { id: 'full1', testkitOptions: { hasCapacity: false } },
+    { id: 'full2', testkitOptions: { hasCapacity: false } },
+    { id: 'roomy', testkitOptions: { hasCapacity: true } },
+  ]);
+  const client = cloud.client();
+  await settle(500);
+  for (let i = 0; i < 4; i++) {
+    const reply = await client.request(makeRequest({ type: 'test.reserve', payload: {} }));
+    assert.equal(reply.ok, true, JSON.stringify(reply.error));
+    assert.deepEqual(reply.result, { reservedOn: 'roomy' });
+  }
+  cloud.agents.get('roomy')!.child.kill('SIGTERM');
+  await cloud.agents.get('roomy')!.exited;
+  await settle(1_500);
+  const started = performance.now();
+  const refused = await client.request(makeRequest({ type: 'test.reserve', payload: {} }));
+  assert.equal(refused.error?.code, 'NO_CAPACITY');
+  assert.deepEqual((refused.error?.details as { refusedBy: string[] }).refusedBy.sort(), ['full1', 'full2']);
+  assert.ok(performance.now() - started < 5_000);
+});
+
+test('routing — a host without routing-fanout stays out of broadcasts; one without acceptAny out of the competing queue', async (t) => {
+  const cloud = await startCloud(t, [{ id: 'both' }, { id: 'directonly', fanout: false, acceptAny: false }]);
+  const client = cloud.client();
+  await settle(500);
+  const gathered = await client.gather(makeRequest({ type: 'host-info', payload: {}, deadline: Date.now() + 10_000 }));
+  assert.deepEqual(gathered.replies.map((r) => r.host), ['both']);
+  for (let i = 0; i < 5; i++) {
+    const reply = await client.request(makeRequest({ type: 'test.reserve', payload: {} }));
+    assert.equal(reply.host, 'both');
+  }
+  const direct = await client.request(makeRequest({ type: 'test.echo', target: 'directonly', payload: {} }));
+  assert.equal(direct.host, 'directonly');
+});
+
+test('cli — call and hosts work against RabbitMQ with the same commands as on the local transport', async (t) => {
+  const cloud = await startCloud(t, hosts(2));
+  await settle(500);
+  const one = await runCli(['call', 'test.echo', '--config', cloud.clientConfig, '--host', 'h2', '--payload', '{"value":7}']);
+  assert.equal(one.code, 0, one.stderr);
+  assert.equal((JSON.parse(one.stdout) as { host: string; value: number }).host, 'h2');
+  const all = await runCli(['call', 'host-info', '--config', cloud.clientConfig, '--json']);
+  assert.equal(all.code, 0, all.stderr);
+  const gathered = JSON.parse(all.stdout) as { replies: { host: string }[]; missing: string[] };
+  assert.deepEqual(gathered.replies.map((r) => r.host).sort(), ['h1', 'h2']);
+  const unknown = await runCli(['call', 'test.echo', '--config', cloud.clientConfig, '--host', 'zz']);
+  assert.equal(unknown.code, 1);
+  assert.match(unknown.stderr, /UNKNOWN_HOST/);
+  const hostsList = await runCli(['hosts', '--config', cloud.clientConfig, '--json']);
+  assert.equal(hostsList.code, 0, hostsList.stderr);
+  const listed = (JSON.parse(hostsList.stdout) as { hosts: { host: string; state: string; routes: string[] }[] }).hosts;
+  assert.deepEqual(
+    listed.map((h) => [h.host, h.state]),
+    [
+      ['h1', 'up'],
+      ['h2', 'up'],
+    ],
+  );
+  const human = await runCli(['hosts', '--config', cloud.clientConfig]);
+  assert.match(human.stdout, /HOST\s+STATE\s+LAST SEEN[\s\S]*h1\s+up/);
+});

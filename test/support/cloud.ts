@@ -1,0 +1,122 @@
+/** Several real agent processes on one broker, each with its own host id, under a prefix unique to the test. */
+import { randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import type { TestContext } from 'node:test';
+import amqplib from 'amqplib';
+import { amqpNames } from '../../core/transports/amqp/names.ts';
+import { AmqpClientTransport } from '../../core/transports/amqp/client.ts';
+import { silentLogger } from '../../core/logger.ts';
+import { spawnAgent, tempDir, testkitPath, writeConfig, type AgentProcess } from '../helpers.ts';
+
+export const SHARED_BROKER = process.env.CLOUDLET_TEST_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
+
+export interface HostSpec {
+  id: string;
+  /** Extra YAML lines under the testkit plugin's options. */
+  testkitOptions?: Record<string, unknown>;
+  acceptAny?: boolean;
+  fanout?: boolean;
+}
+
+export interface Cloud {
+  prefix: string;
+  url: string;
+  dir: string;
+  agents: Map<string, AgentProcess>;
+  configFor(host: string): string;
+  /** A client config file (same broker and prefix). */
+  clientConfig: string;
+  start(host: HostSpec): Promise<AgentProcess>;
+  client(options?: { inactivityTimeoutMs?: number }): AmqpClientTransport;
+}
+
+const transportYaml = (url: string, prefix: string, extra: string) =>
+  `transport:\n  kind: amqp\n  url: "${url}"\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 1200\n${extra}`;
+
+export async function startCloud(t: TestContext, hosts: HostSpec[], options: { url?: string; transportExtra?: string; routingAny?: string[] } = {}): Promise<Cloud> {
+  const url = options.url ?? SHARED_BROKER;
+  const prefix = `t-${randomUUID().slice(0, 8)}`;
+  const dir = await tempDir(t, 'cloudlet-cloud-');
+  const agents = new Map<string, AgentProcess>();
+  const configs = new Map<string, string>();
+  const transportExtra = options.transportExtra ?? '';
+  const routing = `routing:\n  broadcast: [host-info]\n  any: [${(options.routingAny ?? ['test.reserve', 'test.echo']).join(', ')}]\n`;
+  const clientConfig = await writeConfig(dir, 'client.yaml', `${transportYaml(url, prefix, transportExtra)}${routing}`);
+  const clients: AmqpClientTransport[] = [];
+
+  t.after(async () => {
+    for (const client of clients) await client.close().catch(() => undefined);
+    await deletePrefix(url, prefix, [...configs.keys()]).catch(() => undefined);
+  });
+
+  const cloud: Cloud = {
+    prefix,
+    url,
+    dir,
+    agents,
+    clientConfig,
+    configFor: (host) => configs.get(host) as string,
+    async start(spec) {
+      const plugins = [
+        `  - use: routing-direct\n    options:\n      acceptAny: ${spec.acceptAny ?? true}`,
+        ...(spec.fanout === false ? [] : ['  - use: routing-fanout']),
+        `  - use: ${testkitPath}\n    options: ${JSON.stringify(spec.testkitOptions ?? {})}`,
+      ];
+      const file =
+        configs.get(spec.id) ??
+        (await writeConfig(
+          dir,
+          `${spec.id}.yaml`,
+          `host:\n  id: ${spec.id}\n${transportYaml(url, prefix, transportExtra)}state:\n  dir: ${join(dir, 'state', spec.id)}\nlog:\n  level: debug\n${routing}plugins:\n${plugins.join('\n')}\n`,
+        ));
+      configs.set(spec.id, file);
+      const agent = await spawnAgent(t, file);
+      agents.set(spec.id, agent);
+      return agent;
+    },
+    client(clientOptions = {}) {
+      const client = new AmqpClientTransport({
+        config: { kind: 'amqp', url, prefix, prefetch: 32, heartbeatMs: 300, downAfterMs: 1200, maxDeliveries: 5, outcomeHistory: 10_000 },
+        maxMessageBytes: 1024 * 1024,
+        log: silentLogger(),
+        ...clientOptions,
+      });
+      clients.push(client);
+      return client;
+    },
+  };
+  await Promise.all(hosts.map((host) => cloud.start(host)));
+  return cloud;
+}
+
+/** Removes every durable exchange and queue a test created, so the shared broker does not fill up. */
+export async function deletePrefix(url: string, prefix: string, hostIds: string[]): Promise<void> {
+  const names = amqpNames(prefix);
+  const connection = await amqplib.connect(url);
+  try {
+    for (const queue of [...hostIds.map((h) => names.hostQueue(h)), names.anyQueue, names.deadLetter]) {
+      const channel = await connection.createChannel();
+      await channel.deleteQueue(queue).catch(() => undefined);
+      await channel.close().catch(() => undefined);
+    }
+    for (const exchange of [names.directExchange, names.broadcastExchange, names.presenceExchange, names.eventsExchange, names.deadLetter]) {
+      const channel = await connection.createChannel();
+      await channel.deleteExchange(exchange).catch(() => undefined);
+      await channel.close().catch(() => undefined);
+    }
+  } finally {
+    await connection.close();
+  }
+}
+
+/** Messages waiting in a queue (e.g. the dead-letter queue). */
+export async function queueDepth(url: string, queue: string): Promise<number> {
+  const connection = await amqplib.connect(url);
+  try {
+    const channel = await connection.createChannel();
+    const { messageCount } = await channel.checkQueue(queue);
+    return messageCount;
+  } finally {
+    await connection.close();
+  }
+}
