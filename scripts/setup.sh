@@ -19,6 +19,7 @@ esac
 
 # Debian packages, one line each with why it is needed.
 packages=(
+  rabbitmq-server   # the broker for multi-host clouds; the tests talk to a real one (and start isolated nodes)
 )
 
 need_node_major=20
@@ -48,6 +49,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The tests need a broker on 127.0.0.1:5672. Debian's package does not start one without an init system
+# (containers, CI), so start it here when nothing listens there.
+broker_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+if [ "$mode" = tests ] && ! broker_up; then
+  echo "setup: starting RabbitMQ (rabbitmq-server -detached)"
+  if [ "$(id -u)" -eq 0 ]; then rabbitmq-server -detached; else sudo rabbitmq-server -detached; fi
+  for _ in $(seq 1 60); do broker_up && break; sleep 1; done
+  broker_up || { echo "setup: RabbitMQ did not open 127.0.0.1:5672 within 60 s; see /var/log/rabbitmq/" >&2; exit 1; }
+  # The port opens a moment before the broker accepts logins.
+  timeout 60 rabbitmqctl await_startup >/dev/null 2>&1 || sleep 3
 fi
 
 if [ "$mode" = install ]; then

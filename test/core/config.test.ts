@@ -9,7 +9,7 @@ import { type ConfigProblem, formatProblem } from '../../core/config/problems.ts
 import { defaultPoolSettings } from '../../core/config/schema.ts';
 import { repoRoot, runCli, tempDir, testkitPath, writeConfig } from '../helpers.ts';
 
-const CORE_KEYS = 'host, transport, log, limits, shutdown, pools, plugins';
+const CORE_KEYS = 'host, transport, log, limits, shutdown, pools, routing, state, plugins';
 const LOG_LEVELS = '"fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent"';
 /** The environment the CLI runs with: none of the variables that override config values. */
 const cleanEnv = { CLOUDLET_HOST_ID: undefined, CLOUDLET_LOG_LEVEL: undefined, CLOUDLET_LOG_FORMAT: undefined, CLOUDLET_SOCKET: undefined };
@@ -139,11 +139,11 @@ test('config — a missing file is CONFIG_NOT_FOUND naming the file', async (t) 
 });
 
 test('config — a JSON file is read like YAML, problems and all', async (t) => {
-  const good = JSON.stringify({ host: { id: 'json-host' }, plugins: [{ use: testkitPath, options: { greeting: 'hi' } }] });
+  const good = JSON.stringify({ host: { id: 'json-host' }, plugins: [{ use: testkitPath, options: { greeting: 'hi', hasCapacity: true } }] });
   const { result } = await checkText(t, good, { name: 'cloudlet.json' });
   const config = configOf(result);
   assert.equal(config.hostId, 'json-host');
-  assert.deepEqual(config.plugins[1]?.options, { greeting: 'hi' });
+  assert.deepEqual(config.plugins[1]?.options, { greeting: 'hi', hasCapacity: true });
 
   const bad = JSON.stringify({ log: { level: 'loud' }, plugins: [{ use: testkitPath, options: { greeting: 42 } }] });
   const { file, result: refused } = await checkText(t, bad, { name: 'cloudlet.json' });
@@ -185,7 +185,7 @@ test('config — a pool override for an unknown message type lists the known typ
   assert.equal(problem.code, 'CONFIG_INVALID');
   assert.equal(problem.file, file);
   assert.equal(problem.found, 'no-such-type');
-  assert.equal(problem.allowed, 'host-info, test.crash, test.echo, test.exit, test.fail, test.progress, test.sleep, test.spin');
+  assert.equal(problem.allowed, 'host-info, test.crash, test.echo, test.exit, test.fail, test.kill-agent, test.progress, test.reserve, test.sleep, test.spin');
 });
 
 test('config — a pool override with minThreads above maxThreads is refused', async (t) => {
@@ -224,7 +224,7 @@ test('config — `cloudlet config check` says ok and exits 0 for a valid file', 
   const file = await writeConfig(await tempDir(t), 'cloudlet.yaml', `host:\n  id: cli-host\nplugins:\n  - use: ${testkitPath}\n`);
   const { code, stdout, stderr } = await runCli(['config', 'check', file], { env: cleanEnv });
   assert.equal(code, 0, stderr);
-  assert.match(stdout, /: ok — host "cli-host", transport local, 2 plugin\(s\), 8 message type\(s\)/);
+  assert.match(stdout, /: ok — host "cli-host", transport local, 2 plugin\(s\), 10 message type\(s\)/);
 });
 
 test('config — `cloudlet config check` prints every problem and exits 3 for an invalid file', async (t) => {

@@ -28,6 +28,9 @@ export interface AmqpAgentTransportOptions {
   identity: { version: string; plugins: string[]; startedAt: number };
 }
 
+/** How long a finished request waits for the broker to come back before its reply is given up on. */
+const REPLY_RECONNECT_WAIT_MS = 60_000;
+
 interface InFlightRequest {
   /** Extra reply addresses: the same id redelivered while the first copy still runs. */
   replyTo: Set<string>;
@@ -191,7 +194,9 @@ export class AmqpAgentTransport implements AgentTransport {
     if (id) this.#inFlight.set(id, inFlight);
     const progressBase = { id: id ?? 'unknown', type: (msg.properties.type as string) || 'unknown' } as RequestEnvelope;
     const sendProgress = (envelope: ProgressEnvelope) => {
-      for (const target of inFlight.replyTo) void this.#publish(channel, '', target, envelope, msg.properties.correlationId, false).catch(() => undefined);
+      const current = this.#channel;
+      if (!this.#connection?.isUp || !current) return; // progress is best effort
+      for (const target of inFlight.replyTo) void this.#publish(current, '', target, envelope, msg.properties.correlationId, false).catch(() => undefined);
     };
     // For an any-host request the caller does not know which host took it: "accepted" tells it, so it can
     // watch that host's heartbeat. (Keep-alives while the work runs come from the dispatcher.)
@@ -227,25 +232,39 @@ export class AmqpAgentTransport implements AgentTransport {
       return false;
     }
     const headers = { ...msg.properties.headers, [HEADERS.refusedBy]: JSON.stringify(refusedBy) };
-    await new Promise<void>((resolve, reject) =>
-      channel.publish('', this.names.anyQueue, msg.content, { ...msg.properties, headers, persistent: true }, (error) => (error ? reject(error) : resolve())),
+    await this.#withChannel(
+      (current) =>
+        new Promise<void>((resolve, reject) =>
+          current.publish('', this.names.anyQueue, msg.content, { ...msg.properties, headers, persistent: true }, (error) => (error ? reject(error) : resolve())),
+        ),
     );
-    channel.ack(msg);
+    if (channel === this.#channel) channel.ack(msg);
+    await this.#store?.recordAbandoned(msg.properties.messageId as string);
     this.#options.log.info({ msgId: msg.properties.messageId, refusedBy, candidates }, 'no capacity here: handed the request on to another host');
     return true;
   }
 
-  async #publishReply(channel: ConfirmChannel, targets: string[], reply: ReplyEnvelope, msg: ConsumeMessage, withLiveHosts = false): Promise<void> {
+  async #publishReply(deliveredOn: ConfirmChannel, targets: string[], reply: ReplyEnvelope, msg: ConsumeMessage, withLiveHosts = false): Promise<void> {
     const headers = withLiveHosts ? { [HEADERS.liveHosts]: JSON.stringify(this.registry.liveHosts('broadcast')) } : undefined;
     try {
-      // Replies to a caller that is gone are dropped by the broker (direct reply-to); that is fine.
-      await Promise.all(targets.map((target) => this.#publish(channel, '', target, reply, msg.properties.correlationId, true, headers)));
-      channel.ack(msg);
+      // Replies go out on the current channel: after a reconnect the one the request came in on is gone.
+      // A reply to a caller that is gone is dropped by the broker (direct reply-to); that is fine.
+      await this.#withChannel((channel) =>
+        Promise.all(targets.map((target) => this.#publish(channel, '', target, reply, msg.properties.correlationId, true, headers))),
+      );
+      if (deliveredOn === this.#channel) deliveredOn.ack(msg);
+      // Else the delivery died with its channel and will come back: it is then answered from the stored outcome.
     } catch (error) {
-      // Not confirmed (channel closed mid-way): leave the request unacked; it is redelivered after the
-      // reconnect and answered from the stored outcome.
+      // Not confirmed: leave the request unacked; it is redelivered and answered from the stored outcome.
       this.#options.log.warn({ msgId: reply.id, reason: (error as Error).message }, 'reply not confirmed; the request will be redelivered');
     }
+  }
+
+  /** Runs `use` on the live channel, waiting (bounded) for a reconnect if the broker is away. */
+  async #withChannel<T>(use: (channel: ConfirmChannel) => Promise<T>): Promise<T> {
+    const connection = this.#connection as BrokerConnection;
+    if (!connection.isUp) await connection.waitUntilUp(Date.now() + REPLY_RECONNECT_WAIT_MS);
+    return use(this.#channel as ConfirmChannel);
   }
 
   #publish(

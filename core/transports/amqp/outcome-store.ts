@@ -8,7 +8,11 @@ import { appendFile, mkdir, readFile, rename, writeFile } from 'node:fs/promises
 import { dirname } from 'node:path';
 import type { ReplyEnvelope } from '../../envelope.ts';
 
-type Record_ = { id: string; t: 'start'; at: number } | { id: string; t: 'done'; at: number; reply: ReplyEnvelope };
+type Record_ =
+  | { id: string; t: 'start'; at: number }
+  /** Started here but passed on (no capacity): not a failed attempt. */
+  | { id: string; t: 'abandoned'; at: number }
+  | { id: string; t: 'done'; at: number; reply: ReplyEnvelope };
 
 interface Entry {
   attempts: number;
@@ -49,6 +53,7 @@ export class OutcomeStore {
   #apply(record: Record_): void {
     const entry = this.#entries.get(record.id) ?? { attempts: 0 };
     if (record.t === 'start') entry.attempts++;
+    else if (record.t === 'abandoned') entry.attempts = Math.max(0, entry.attempts - 1);
     else entry.reply = record.reply;
     // Re-insert so Map order is recency order: the oldest entries are evicted first.
     this.#entries.delete(record.id);
@@ -71,6 +76,11 @@ export class OutcomeStore {
 
   recordStart(id: string): Promise<void> {
     return this.#append({ id, t: 'start', at: Date.now() });
+  }
+
+  recordAbandoned(id: string | undefined): Promise<void> {
+    if (!id) return Promise.resolve();
+    return this.#append({ id, t: 'abandoned', at: Date.now() });
   }
 
   recordDone(id: string, reply: ReplyEnvelope): Promise<void> {

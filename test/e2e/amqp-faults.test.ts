@@ -1,0 +1,129 @@
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import test from 'node:test';
+import amqplib from 'amqplib';
+import { makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
+import { amqpNames } from '../../core/transports/amqp/names.ts';
+import { queueDepth, startCloud } from '../support/cloud.ts';
+import { startRabbitNode } from '../support/rabbit-node.ts';
+
+/** Publishes a request straight onto a host's queue, as a redelivery would arrive, and waits for its reply. */
+async function rawRequest(url: string, prefix: string, host: string, id: string, type: string, payload: unknown, waitMs = 15_000): Promise<ReplyEnvelope> {
+  const connection = await amqplib.connect(url);
+  try {
+    const channel = await connection.createChannel();
+    const { queue } = await channel.assertQueue('', { exclusive: true });
+    const reply = new Promise<ReplyEnvelope>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no reply to ${id} within ${waitMs} ms`)), waitMs);
+      void channel.consume(
+        queue,
+        (msg) => {
+          const envelope = msg && (JSON.parse(msg.content.toString('utf8')) as ReplyEnvelope);
+          if (envelope?.kind === 'reply') {
+            clearTimeout(timer);
+            resolve(envelope);
+          }
+        },
+        { noAck: true },
+      );
+    });
+    const request = makeRequest({ id, type, target: host, payload });
+    channel.publish(amqpNames(prefix).directExchange, host, Buffer.from(JSON.stringify(request)), {
+      messageId: id,
+      replyTo: queue,
+      type,
+      persistent: true,
+      contentType: 'application/json',
+    });
+    return await reply;
+  } finally {
+    await connection.close();
+  }
+}
+
+function handledCount(output: string, id: string): number {
+  return output.split('\n').filter((line) => line.includes(`"msgId":"${id}"`) && line.includes('"msg":"handled"')).length;
+}
+
+test('redelivery — a request id seen before is answered from the stored outcome, also after an agent restart', async (t) => {
+  const cloud = await startCloud(t, [{ id: 'h1' }]);
+  const id = `dup-${randomUUID()}`;
+  const first = await rawRequest(cloud.url, cloud.prefix, 'h1', id, 'test.echo', { value: 'once' });
+  const second = await rawRequest(cloud.url, cloud.prefix, 'h1', id, 'test.echo', { value: 'once' });
+  assert.equal(first.ok, true);
+  // test.echo returns the time it ran: an identical reply means it did not run again.
+  assert.deepEqual(second, first);
+  const agent = cloud.agents.get('h1')!;
+  assert.equal(handledCount(agent.output(), id), 1);
+  assert.match(agent.output(), /answered from its stored outcome/);
+
+  agent.child.kill('SIGTERM');
+  await agent.exited;
+  const restarted = await cloud.start({ id: 'h1' });
+  const third = await rawRequest(cloud.url, cloud.prefix, 'h1', id, 'test.echo', { value: 'once' });
+  assert.deepEqual(third, first);
+  assert.equal(handledCount(restarted.output(), id), 0, 'the restarted agent did not run it again');
+});
+
+test('poison — a request that kills the agent every time is dead-lettered after maxDeliveries and the agent goes on', async (t) => {
+  const cloud = await startCloud(t, [{ id: 'h1' }], { transportExtra: '  maxDeliveries: 2\n' });
+  const id = `poison-${randomUUID()}`;
+  const reply = rawRequest(cloud.url, cloud.prefix, 'h1', id, 'test.kill-agent', {}, 60_000);
+  // Each delivery kills the agent; like systemd's Restart=, bring it back each time.
+  for (let attempt = 1; attempt <= 2; attempt++) {
+    const agent = cloud.agents.get('h1')!;
+    await agent.exited;
+    await cloud.start({ id: 'h1' });
+  }
+  const answer = await reply;
+  assert.equal(answer.ok, false);
+  assert.equal(answer.error?.code, 'DEAD_LETTERED');
+  assert.equal(await queueDepth(cloud.url, amqpNames(cloud.prefix).deadLetter), 1);
+  // The agent is alive and serving.
+  const client = cloud.client();
+  const echo = await client.request(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'after' } }));
+  assert.equal(echo.ok, true);
+  assert.equal(cloud.agents.get('h1')!.child.exitCode, null);
+});
+
+test('poison — a message with no reply_to is dead-lettered, not looped, and the agent goes on', async (t) => {
+  const cloud = await startCloud(t, [{ id: 'h1' }]);
+  const connection = await amqplib.connect(cloud.url);
+  t.after(() => connection.close());
+  const channel = await connection.createChannel();
+  channel.publish(amqpNames(cloud.prefix).directExchange, 'h1', Buffer.from('not even json'), { persistent: true });
+  const deadline = Date.now() + 10_000;
+  while ((await queueDepth(cloud.url, amqpNames(cloud.prefix).deadLetter)) < 1) {
+    assert.ok(Date.now() < deadline, 'the message never reached the dead-letter queue');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const echo = await cloud.client().request(makeRequest({ type: 'test.echo', target: 'h1', payload: {} }));
+  assert.equal(echo.ok, true);
+});
+
+test('broker restart — every request of a stream is answered exactly once, none lost', async (t) => {
+  const node = await startRabbitNode(t);
+  const cloud = await startCloud(t, [{ id: 'h1' }, { id: 'h2' }], { url: node.url });
+  const client = cloud.client({ inactivityTimeoutMs: 60_000 });
+  await new Promise((r) => setTimeout(r, 500));
+  const total = 60;
+  const replies: Promise<ReplyEnvelope>[] = [];
+  const ids: string[] = [];
+  let restarting: Promise<void> | undefined;
+  for (let i = 0; i < total; i++) {
+    const request = makeRequest({ type: 'test.echo', target: i % 2 === 0 ? 'h1' : 'h2', payload: { value: i }, deadline: Date.now() + 90_000 });
+    ids.push(request.id);
+    replies.push(client.request(request));
+    if (i === total / 3) restarting = node.restart();
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await restarting;
+  const settled = await Promise.allSettled(replies);
+  const failures = settled.filter((s) => s.status === 'rejected').map((s) => String((s as PromiseRejectedResult).reason));
+  assert.deepEqual(failures, [], 'every request was answered');
+  const values = settled.map((s) => ((s as PromiseFulfilledResult<ReplyEnvelope>).value.result as { value: number }).value);
+  assert.deepEqual(values, Array.from({ length: total }, (_, i) => i), 'each caller got its own answer');
+  // No request ran twice, even though some were delivered twice (redelivery, re-publish after reconnect).
+  const outputs = [...cloud.agents.values()].map((a) => a.output()).join('\n');
+  for (const id of ids) assert.ok(handledCount(outputs, id) <= 1, `${id} ran ${handledCount(outputs, id)} times`);
+});
