@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
-import test from 'node:test';
+import test, { type TestContext } from 'node:test';
 import amqplib from 'amqplib';
 import { startRabbitNode } from './rabbit-node.ts';
 
@@ -37,15 +37,16 @@ function portOpen(port: number): Promise<boolean> {
   });
 }
 
-async function timed<T>(what: string, action: () => Promise<T>): Promise<T> {
+/** Runs action and reports how long it took as a test diagnostic. */
+async function timed<T>(t: TestContext, what: string, action: () => Promise<T>): Promise<T> {
   const started = performance.now();
   const result = await action();
-  console.log(`# ${what}: ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  t.diagnostic(`${what}: ${((performance.now() - started) / 1000).toFixed(1)} s`);
   return result;
 }
 
 test('rabbit node — a persistent message survives restart(), stop() closes the port and leaves no processes', async (t) => {
-  const node = await timed('start', () => startRabbitNode(t, { name: 'selftest' }));
+  const node = await timed(t, 'start', () => startRabbitNode(t, { name: 'selftest' }));
   assert.notEqual(node.port, 5672);
   assert.equal(node.url, `amqp://guest:guest@127.0.0.1:${node.port}`);
   assert.ok(pgrep(node.name).length > 0, 'pgrep -f finds the running node');
@@ -58,7 +59,7 @@ test('rabbit node — a persistent message survives restart(), stop() closes the
   await publisher.waitForConfirms();
   await before.close();
 
-  await timed('restart', () => node.restart());
+  await timed(t, 'restart', () => node.restart());
 
   const after = await amqplib.connect(node.url, { noDelay: true });
   const consumer = await after.createChannel();
@@ -67,7 +68,7 @@ test('rabbit node — a persistent message survives restart(), stop() closes the
   assert.equal(message.content.toString(), 'still here');
   await after.close();
 
-  await timed('stop', () => node.stop());
+  await timed(t, 'stop', () => node.stop());
   assert.equal(await portOpen(node.port), false, 'AMQP port closed after stop');
   assert.deepEqual(pgrep(node.name), [], 'no process of the node left (pgrep -f)');
   assert.deepEqual(processesWithNodeEnv(node.name), [], 'no process with the node in its environment (beam, epmd)');

@@ -37,6 +37,8 @@ const STOP_TIMEOUT_MS = 20_000;
 const PORT_ATTEMPTS = 3;
 /** Ports below the kernel's ephemeral range (32768+), so outgoing connections cannot grab them between restarts. */
 const PORT_RANGE = { min: 20_000, max: 32_000 };
+/** Signals that end a test process without its t.after hooks (or 'exit' listeners) running. */
+const FATAL_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 /** The shared broker's ports (AMQP, epmd, dist, CLI dist range): never ours, even if momentarily free. */
 const SHARED_PORTS = new Set([5672, 4369, 25672, ...Array.from({ length: 11 }, (_, i) => 35672 + i)]);
 
@@ -77,13 +79,27 @@ class IsolatedNode {
   #server: ChildProcess | undefined;
   #exited: Promise<void> = Promise.resolve();
   #onProcessExit = (): void => this.#killEverythingSync();
+  #onFatalSignal = (signal: NodeJS.Signals): void => {
+    this.#killEverythingSync();
+    this.#unregisterLastResort();
+    // Then die of the signal as if we had never listened, unless someone else handles it (another node's listener
+    // still to run, or the test's own handler).
+    if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
+  };
 
   constructor(dir: string, name: string) {
     this.dir = dir;
     this.name = name;
-    // Last resort if the test process exits without running t.after (process.exit, uncaught error):
-    // the node runs in its own session and would otherwise outlive us.
+    // Last resort if the test process ends without running t.after (process.exit, a runner's SIGTERM, Ctrl-C):
+    // the node runs in its own session and would otherwise outlive us (measured: SIGTERM to a test file's
+    // process leaves beam and epmd running).
     process.once('exit', this.#onProcessExit);
+    for (const signal of FATAL_SIGNALS) process.once(signal, this.#onFatalSignal);
+  }
+
+  #unregisterLastResort(): void {
+    process.removeListener('exit', this.#onProcessExit);
+    for (const signal of FATAL_SIGNALS) process.removeListener(signal, this.#onFatalSignal);
   }
 
   get url(): string {
@@ -142,10 +158,10 @@ class IsolatedNode {
 
   /** Cleanup for t.after: never throws, always leaves nothing behind. */
   async dispose(): Promise<void> {
-    process.removeListener('exit', this.#onProcessExit);
+    this.#unregisterLastResort();
     await this.stop().catch(() => {});
     await this.#killEverything();
-    await rm(this.dir, { recursive: true, force: true }).catch(() => {});
+    await rm(this.dir, { recursive: true, force: true, maxRetries: 5 }).catch(() => {});
   }
 
   get #pidFile(): string {
@@ -263,7 +279,12 @@ class IsolatedNode {
     this.#killGroup('SIGKILL');
     // Not `epmd -kill`: it would refuse while the just-killed node is still registered.
     this.#killLeftovers();
-    rmSync(this.dir, { recursive: true, force: true });
+    try {
+      // Retries: a SIGKILLed beam may still be writing its log for a moment.
+      rmSync(this.dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
+    } catch {
+      // never throw while the process is exiting
+    }
   }
 
   /**
