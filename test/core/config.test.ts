@@ -1,4 +1,5 @@
 /** Host config validation: every problem of a file in one run, each saying where, what was found and what is allowed. */
+import { readdir } from 'node:fs/promises';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -218,6 +219,27 @@ test('config — the example config/single-host.yaml loads', async () => {
   assert.equal(config.core.transport.kind, 'local');
   assert.deepEqual([...config.messages.keys()], ['host-info']);
   assert.deepEqual(config.messages.get('host-info')?.pool, { ...defaultPoolSettings, maxThreads: 1, timeoutMs: 5000 });
+});
+
+test('config — every example in config/ loads', async () => {
+  const files = (await readdir(join(repoRoot, 'config'))).filter((f) => /\.(ya?ml|json)$/.test(f));
+  assert.ok(files.includes('multi-host.yaml'));
+  for (const file of files) {
+    const checked = await checkHostConfig(await readConfigFile(join(repoRoot, 'config', file), {}));
+    assert.equal(checked.ok, true, `${file}: ${JSON.stringify(!checked.ok && checked.problems)}`);
+  }
+  const multi = configOf(await checkHostConfig(await readConfigFile(join(repoRoot, 'config/multi-host.yaml'), {})));
+  assert.equal(multi.core.transport.kind, 'amqp');
+  assert.deepEqual(
+    multi.plugins.map((p) => p.plugin.name),
+    ['core', 'routing-direct', 'routing-fanout'],
+  );
+});
+
+test('config — CLOUDLET_AMQP_URL supplies the broker URL so the password stays out of the file', async () => {
+  const raw = await readConfigFile(join(repoRoot, 'config/multi-host.yaml'), { CLOUDLET_AMQP_URL: 'amqp://cloud:hunter2@broker:5672' });
+  const config = configOf(await checkHostConfig(raw));
+  assert.equal(config.core.transport.kind === 'amqp' && config.core.transport.url, 'amqp://cloud:hunter2@broker:5672');
 });
 
 test('config — `cloudlet config check` says ok and exits 0 for a valid file', async (t) => {

@@ -179,7 +179,7 @@ test('loader — PLUGIN_OPTIONS_INVALID with the path into the options, what was
   assert.equal(byPath.get('plugins[0].options.greeting')?.found, '42 (number)');
   assert.equal(byPath.get('plugins[0].options.greeting')?.allowed, 'string');
   assert.equal(byPath.get('plugins[0].options')?.found, 'colour');
-  assert.equal(byPath.get('plugins[0].options')?.allowed, 'greeting');
+  assert.equal(byPath.get('plugins[0].options')?.allowed, 'greeting, hasCapacity');
   assert.deepEqual(names(result), ['core'], 'a plugin with invalid options is not loaded');
 });
 

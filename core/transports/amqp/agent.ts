@@ -68,7 +68,12 @@ export class AmqpAgentTransport implements AgentTransport {
   async listen(onDelivery: DeliveryListener): Promise<void> {
     this.#onDelivery = onDelivery;
     this.#store = await OutcomeStore.open(join(this.#options.stateDir, 'outcomes', `${this.#options.hostId}.jsonl`), this.#options.config.outcomeHistory);
-    this.#connection = new BrokerConnection({ url: this.#options.config.url, log: this.#options.log, setup: (model) => this.#setup(model) });
+    this.#connection = new BrokerConnection({
+      url: this.#options.config.url,
+      log: this.#options.log,
+      setup: (model) => this.#setup(model),
+      maxReconnectDelayMs: Math.min(Math.max(this.#options.config.heartbeatMs, 100), 5_000),
+    });
     await this.#connection.open();
     this.#heartbeatTimer = setInterval(() => this.#publishHeartbeat(), this.#options.config.heartbeatMs);
     this.#heartbeatTimer.unref();
@@ -78,6 +83,7 @@ export class AmqpAgentTransport implements AgentTransport {
   async #setup(model: ChannelModel): Promise<void> {
     const { names } = this;
     const { hostId, config } = this.#options;
+    this.registry.forgiveSilence();
     const channel = await model.createConfirmChannel();
     channel.on('error', (error: Error) => this.#options.log.warn({ reason: error.message }, 'broker channel error'));
     await declareTopology(channel, names);

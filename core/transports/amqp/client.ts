@@ -64,7 +64,13 @@ export class AmqpClientTransport implements ClientTransport {
 
   #open(): Promise<void> {
     this.#opening ??= (async () => {
-      this.#connection = new BrokerConnection({ url: this.#options.config.url, log: this.#options.log, setup: (model) => this.#setup(model), initialMaxRetries: 1 });
+      this.#connection = new BrokerConnection({
+        url: this.#options.config.url,
+        log: this.#options.log,
+        setup: (model) => this.#setup(model),
+        initialMaxRetries: 1,
+        maxReconnectDelayMs: Math.min(Math.max(this.#options.config.heartbeatMs, 100), 5_000),
+      });
       await this.#connection.open();
     })().catch((error: unknown) => {
       this.#opening = undefined;
@@ -75,6 +81,7 @@ export class AmqpClientTransport implements ClientTransport {
 
   async #setup(model: ChannelModel): Promise<void> {
     this.#model = model;
+    this.registry.forgiveSilence();
     const channel = await model.createConfirmChannel();
     channel.on('error', () => undefined);
     await declareTopology(channel, this.names);

@@ -16,6 +16,11 @@ export interface BrokerConnectionOptions {
   setup(model: ChannelModel): Promise<void>;
   /** Fail the first connect after this many retries (startup should not hang on a wrong URL). */
   initialMaxRetries?: number;
+  /**
+   * Longest pause between reconnect attempts. Keep it below the heartbeat interval: a host that is merely
+   * reconnecting after a broker restart must be back before others decide it is down.
+   */
+  maxReconnectDelayMs?: number;
 }
 
 export class BrokerConnection extends EventEmitter {
@@ -45,8 +50,8 @@ export class BrokerConnection extends EventEmitter {
         // Without TCP_NODELAY a request/reply on loopback takes ~15 ms instead of <1 ms (Nagle + delayed ACK).
         noDelay: true,
         recovery: {
-          initialDelay: 200,
-          maxDelay: 5_000,
+          initialDelay: 100,
+          maxDelay: this.#options.maxReconnectDelayMs ?? 2_000,
           initialMaxRetries: this.#options.initialMaxRetries ?? 3,
           setup: async (model: ChannelModel) => {
             await this.#options.setup(model);

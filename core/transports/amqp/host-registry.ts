@@ -52,6 +52,14 @@ export class HostRegistry {
     }
   }
 
+  /**
+   * After our own connection was down we heard nothing from anyone; that says nothing about them. Every
+   * known host gets a fresh `downAfterMs` to be heard again instead of being declared down at once.
+   */
+  forgiveSilence(now = Date.now()): void {
+    for (const entry of this.#hosts.values()) entry.lastSeen = Math.max(entry.lastSeen, now);
+  }
+
   isLive(host: string, now = Date.now()): boolean {
     const entry = this.#hosts.get(host);
     return entry !== undefined && now - entry.lastSeen <= this.#downAfterMs;
