@@ -74,6 +74,9 @@ export class AmqpAgentTransport implements AgentTransport {
       setup: (model) => this.#setup(model),
       maxReconnectDelayMs: Math.min(Math.max(this.#options.config.heartbeatMs, 100), 5_000),
     });
+    this.#connection.on('down', () => {
+      this.#channel = undefined;
+    });
     await this.#connection.open();
     this.#heartbeatTimer = setInterval(() => this.#publishHeartbeat(), this.#options.config.heartbeatMs);
     this.#heartbeatTimer.unref();
@@ -270,7 +273,9 @@ export class AmqpAgentTransport implements AgentTransport {
   async #withChannel<T>(use: (channel: ConfirmChannel) => Promise<T>): Promise<T> {
     const connection = this.#connection as BrokerConnection;
     if (!connection.isUp) await connection.waitUntilUp(Date.now() + REPLY_RECONNECT_WAIT_MS);
-    return use(this.#channel as ConfirmChannel);
+    const channel = this.#channel;
+    if (!channel) throw cloudletError('BROKER_UNAVAILABLE', 'the broker connection dropped again');
+    return use(channel);
   }
 
   #publish(

@@ -71,6 +71,9 @@ export class AmqpClientTransport implements ClientTransport {
         initialMaxRetries: 1,
         maxReconnectDelayMs: Math.min(Math.max(this.#options.config.heartbeatMs, 100), 5_000),
       });
+      this.#connection.on('down', () => {
+        this.#channel = undefined;
+      });
       await this.#connection.open();
     })().catch((error: unknown) => {
       this.#opening = undefined;
@@ -110,7 +113,8 @@ export class AmqpClientTransport implements ClientTransport {
     );
     channel.publish(this.names.presenceExchange, '', Buffer.from(JSON.stringify({ v: 1, kind: 'probe', from: 'client' })));
     this.#channel = channel;
-    // After a reconnect: everything not yet answered goes out again, same id (hosts deduplicate).
+    // After a reconnect: everything not yet answered goes out again, same id (hosts deduplicate). Gathers
+    // too: hosts that already answered are ignored by the client.
     for (const pending of this.#pending.values()) this.#publish(pending);
   }
 
@@ -120,8 +124,9 @@ export class AmqpClientTransport implements ClientTransport {
   }
 
   #publish(pending: Pending): void {
+    // No channel while the broker is away: every pending request is published again by the next setup.
     const channel = this.#channel;
-    if (!channel || !this.#connection?.isUp) return; // published again by the next setup
+    if (!channel) return;
     const { request, route } = pending;
     const body = Buffer.from(encodeEnvelope(request));
     const untilDeadline = request.deadline === undefined ? undefined : Math.max(1, request.deadline - Date.now());

@@ -32,6 +32,8 @@ export class BrokerConnection extends EventEmitter {
   constructor(options: BrokerConnectionOptions) {
     super();
     this.#options = options;
+    // Every request waiting out an outage listens for 'up' (and stops listening when it ends).
+    this.setMaxListeners(0);
   }
 
   get isUp(): boolean {
