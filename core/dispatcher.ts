@@ -9,6 +9,7 @@ import { CloudletError, cloudletError, type WireError } from './errors.ts';
 import { decodeEnvelope, formatPath, makeProgress, makeReply, progressSchema, type ReplyEnvelope, type RequestEnvelope } from './envelope.ts';
 import type { MessageRoute } from './config/host-config.ts';
 import type { PoolManager } from './pools.ts';
+import { KeyedMutex } from './keyed-mutex.ts';
 import type { InboundDelivery } from './transports/transport.ts';
 
 export interface DispatcherOptions {
@@ -30,6 +31,7 @@ interface InFlight {
 export class Dispatcher {
   readonly #options: DispatcherOptions;
   readonly #inFlight = new Set<InFlight>();
+  readonly #locks = new KeyedMutex();
   #accepting = true;
 
   constructor(options: DispatcherOptions) {
@@ -100,8 +102,10 @@ export class Dispatcher {
     // Progress keeps a caller waiting; this keeps it waiting for long handlers that report nothing.
     const keepalive = setInterval(() => delivery.progress(makeProgress(request, hostId, 'alive')), this.#options.keepaliveMs);
     keepalive.unref();
-    try {
-      const outcome = await this.#options.pools.run(
+    const serializeBy = route.definition.serializeBy;
+    const lockValue = serializeBy ? (payload.data as Record<string, unknown> | undefined)?.[serializeBy] : undefined;
+    const runInPool = () =>
+      this.#options.pools.run(
         { id: request.id, type: request.type, deadline, payload: payload.data },
         {
           signal: cancel.signal,
@@ -114,6 +118,10 @@ export class Dispatcher {
           },
         },
       );
+    try {
+      // Time spent waiting for the lock counts against the deadline like queueing does.
+      const outcome =
+        lockValue === undefined ? await runInPool() : await this.#locks.run(`${route.plugin.plugin.name}:${String(lockValue)}`, runInPool);
       const elapsedMs = Math.round((performance.now() - started) * 10) / 10;
       let reply: ReplyEnvelope;
       if (outcome.ok) {

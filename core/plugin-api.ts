@@ -38,6 +38,11 @@ export interface MessageDefinition<Payload extends z.ZodType = z.ZodType> {
   handler: URL | string;
   description?: string;
   pool?: Partial<PoolSettings>;
+  /**
+   * A payload field (e.g. `vm`): messages whose payloads carry the same value there — of any type of this
+   * plugin — run one at a time, in arrival order; others run in parallel. Added in core API 1.2.
+   */
+  serializeBy?: string;
 }
 
 /** A minimal, pino-compatible logger surface available in hooks and handlers. */

@@ -100,6 +100,14 @@ export class PoolManager {
     if (managed.pool.queueSize >= settings.maxQueue && managed.running >= settings.maxThreads) {
       return { ok: false, error: busyError(task.type, settings) };
     }
+    // Waiting (for a lock, in a queue) may have used up the time or seen a cancel: then do not start at all.
+    if (hooks.signal?.aborted) {
+      const reason = hooks.signal.reason;
+      return { ok: false, error: reason instanceof CloudletError ? reason : cloudletError('CANCELLED', 'the message was cancelled') };
+    }
+    if (task.deadline <= Date.now()) {
+      return { ok: false, error: cloudletError('DEADLINE_EXCEEDED', `"${task.type}" could not start before its deadline`, { type: task.type }) };
+    }
     managed.running++;
     try {
       return await this.#runInWorker(managed, task, hooks);

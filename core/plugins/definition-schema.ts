@@ -35,6 +35,7 @@ export const pluginDefinitionSchema = z.object({
         handler: z.union([z.instanceof(URL), z.string()]),
         description: z.string().max(500).optional(),
         pool: poolOverrideSchema.optional(),
+        serializeBy: z.string().min(1).max(64).optional(),
       }).strict(),
     )
     .optional(),
