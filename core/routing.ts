@@ -4,6 +4,17 @@ import type { CoreConfig } from './config/schema.ts';
 
 export type ClientRoute = 'direct' | 'any' | 'broadcast';
 
+/**
+ * The host that owns a VM, read from the VM id in a payload (`{"vm": "node1.kqzvbxwe"}`): VM ids start with
+ * their host's id, so commands for a VM need no lookup. See docs/PROTOCOL.md.
+ */
+export function ownerFromPayload(payload: unknown): string | undefined {
+  const vm = (payload as { vm?: unknown } | null | undefined)?.vm;
+  if (typeof vm !== 'string') return undefined;
+  const match = /^([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)\.[a-z]{8}$/.exec(vm);
+  return match?.[1];
+}
+
 export function chooseRoute(config: CoreConfig, type: string, target: string | undefined): ClientRoute {
   if (target !== undefined) return 'direct';
   // One agent behind a local socket: every message is for it.

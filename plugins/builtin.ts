@@ -7,4 +7,5 @@ export const CORE_PLUGIN_URL = new URL('./core/index.ts', import.meta.url).href;
 export const builtinPlugins: Readonly<Record<string, string>> = {
   'routing-direct': new URL('./routing-direct/index.ts', import.meta.url).href,
   'routing-fanout': new URL('./routing-fanout/index.ts', import.meta.url).href,
+  'qemu-backend': new URL('./qemu-backend/index.ts', import.meta.url).href,
 };

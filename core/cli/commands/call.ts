@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { CloudletError, cloudletError } from '../../errors.ts';
 import { hostIdSchema, makeRequest, messageTypeSchema, type ProgressEnvelope } from '../../envelope.ts';
-import { chooseRoute } from '../../routing.ts';
+import { chooseRoute, ownerFromPayload } from '../../routing.ts';
 import type { GatherResult } from '../../transports/transport.ts';
 import { createClientTransport } from '../../transports/index.ts';
 import { defaultSocketPath } from '../../transports/local.ts';
@@ -36,14 +36,16 @@ export async function callCommand({ positionals, values, output }: CommandContex
 
   const config = await clientConfig(values.config);
   if (values.socket && config.transport.kind === 'local') config.transport.socket = values.socket;
-  const route = chooseRoute(config, type, values.host);
+  // A VM's id names its host: commands about a VM go straight to the owner without --host.
+  const target = values.host ?? (config.transport.kind === 'amqp' ? ownerFromPayload(payload) : undefined);
+  const route = chooseRoute(config, type, target);
   const transport = createClientTransport(config, silentLogger(), { inactivityTimeoutMs: timeoutMs });
   const onProgress = (progress: ProgressEnvelope) =>
     output.note(`… ${progress.host}: ${progress.stage}${progress.detail ? ` ${JSON.stringify(progress.detail)}` : ''}`);
   try {
     // With --timeout the agent gets a hard deadline; without it, waiting lasts as long as the host shows signs of life.
     const deadline = values.timeout === undefined ? undefined : Date.now() + timeoutMs;
-    const request = makeRequest({ type, payload, deadline, target: values.host });
+    const request = makeRequest({ type, payload, deadline, target });
     if (route === 'broadcast') return await printGathered(await transport.gather(request, { onProgress }), output);
     const reply = await transport.request(request, { onProgress });
     if (reply.ok) {

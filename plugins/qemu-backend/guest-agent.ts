@@ -1,0 +1,57 @@
+/**
+ * A client for the QEMU guest agent socket. The agent has no greeting, and stale bytes from an earlier
+ * client may sit in the channel, so every session starts with `guest-sync` and a random id.
+ */
+import { createConnection } from 'node:net';
+import { qemuError } from './errors.ts';
+
+export interface GuestInterface {
+  name: string;
+  'hardware-address'?: string;
+  'ip-addresses'?: { 'ip-address-type': 'ipv4' | 'ipv6'; 'ip-address': string; prefix: number }[];
+}
+
+export async function guestAgentCall<T>(path: string, command: string, args?: Record<string, unknown>, timeoutMs = 5_000): Promise<T> {
+  const socket = createConnection(path);
+  socket.setEncoding('utf8');
+  try {
+    return await new Promise<T>((resolve, reject) => {
+      const syncId = Math.floor(Math.random() * 2 ** 31);
+      let buffer = '';
+      let synced = false;
+      const timer = setTimeout(() => reject(qemuError('QMP_FAILED', `the guest agent did not answer "${command}" within ${timeoutMs} ms`)), timeoutMs);
+      socket.on('error', (error) => {
+        clearTimeout(timer);
+        reject(qemuError('QMP_FAILED', `cannot reach the guest agent at ${path}: ${error.message}`));
+      });
+      socket.on('data', (chunk: string) => {
+        buffer += chunk;
+        let newline: number;
+        while ((newline = buffer.indexOf('\n')) !== -1) {
+          const line = buffer.slice(0, newline).replace(/^\xff/, '').trim();
+          buffer = buffer.slice(newline + 1);
+          let message: { return?: unknown; error?: { desc?: string } };
+          try {
+            message = JSON.parse(line) as typeof message;
+          } catch {
+            continue;
+          }
+          if (!synced) {
+            if (message.return === syncId) {
+              synced = true;
+              socket.write(`${JSON.stringify(args ? { execute: command, arguments: args } : { execute: command })}\n`);
+            }
+            continue;
+          }
+          clearTimeout(timer);
+          if (message.error) reject(qemuError('QMP_FAILED', `guest agent: ${message.error.desc ?? 'error'}`));
+          else resolve(message.return as T);
+          return;
+        }
+      });
+      socket.on('connect', () => socket.write(`${JSON.stringify({ execute: 'guest-sync', arguments: { id: syncId } })}\n`));
+    });
+  } finally {
+    socket.destroy();
+  }
+}

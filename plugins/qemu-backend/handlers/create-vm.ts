@@ -1,0 +1,81 @@
+import { randomInt } from 'node:crypto';
+import { rm } from 'node:fs/promises';
+import { defineHandler } from '../../../core/plugin-api.ts';
+import { qemuError } from '../errors.ts';
+import { createOverlay, resolveImage } from '../images.ts';
+import { randomMac, removeTap, tapName } from '../network.ts';
+import { qemuOptionsSchema } from '../options.ts';
+import { createVmPayload } from '../schemas.ts';
+import { listRecords, removeVmFolder, vmPaths, writeRecord, type VmRecord } from '../state.ts';
+import { startVm, viewOf } from '../vm-ops.ts';
+
+function newVmId(host: string, taken: ReadonlySet<string>): string {
+  for (;;) {
+    const suffix = Array.from({ length: 8 }, () => String.fromCharCode(97 + randomInt(26))).join('');
+    const id = `${host}.${suffix}`;
+    if (!taken.has(id)) return id;
+  }
+}
+
+export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload, ctx) => {
+  const options = ctx.options;
+  ctx.progress('allocating', { image: payload.image });
+  const { limits } = options;
+  if (payload.memory > limits.maxMemoryMiB || payload.vcpus > limits.maxVcpus) {
+    throw qemuError('VM_LIMIT', `a VM on host ${ctx.host.id} may have at most ${limits.maxMemoryMiB} MiB and ${limits.maxVcpus} vCPUs; asked for ${payload.memory} MiB and ${payload.vcpus}`, {
+      memory: payload.memory,
+      vcpus: payload.vcpus,
+      maxMemoryMiB: limits.maxMemoryMiB,
+      maxVcpus: limits.maxVcpus,
+    });
+  }
+  const records = await listRecords(options.stateDir);
+  const usedMemory = records.reduce((sum, r) => sum + r.memoryMiB, 0);
+  if (records.length + 1 > limits.maxVms || usedMemory + payload.memory > limits.maxTotalMemoryMiB) {
+    // NO_CAPACITY lets the routing hand an any-host create to another host.
+    throw qemuError('NO_CAPACITY', `host ${ctx.host.id} is full: ${records.length}/${limits.maxVms} VMs, ${usedMemory}/${limits.maxTotalMemoryMiB} MiB in use`, {
+      vms: records.length,
+      memoryMiB: usedMemory,
+    });
+  }
+  const image = await resolveImage(options.imagesDir, payload.image, options.qemuImgBinary);
+  const mode = payload.network ?? options.network.mode;
+  if (mode === 'bridge' && options.network.mode !== 'bridge') {
+    throw qemuError('VM_LIMIT', `host ${ctx.host.id} has no bridge configured (network.mode is "${options.network.mode}")`);
+  }
+  const id = newVmId(ctx.host.id, new Set(records.map((r) => r.id)));
+  const now = new Date().toISOString();
+  const network: VmRecord['network'] =
+    mode === 'bridge' && options.network.mode === 'bridge' ? { mode, bridge: options.network.bridge, tap: tapName(options.tapPrefix, id) } : mode === 'user' ? { mode } : { mode: 'none' };
+  const record: VmRecord = {
+    v: 1,
+    id,
+    host: ctx.host.id,
+    ...(payload.name === undefined ? {} : { name: payload.name }),
+    image: payload.image,
+    imageKind: image.kind,
+    memoryMiB: payload.memory,
+    vcpus: payload.vcpus,
+    mac: randomMac(new Set(records.map((r) => r.mac))),
+    network,
+    autostart: payload.autostart,
+    desired: 'running',
+    createdAt: now,
+    updatedAt: now,
+  };
+  await writeRecord(options.stateDir, record);
+  try {
+    if (image.kind === 'disk') await createOverlay(options.qemuImgBinary, image, vmPaths(options.stateDir, id).disk);
+    ctx.progress('starting', { vm: id });
+    const { pid } = await startVm(options, record);
+    ctx.log.info({ vm: id, pid, image: payload.image }, 'VM created and running');
+    ctx.progress('running', { vm: id, pid });
+    return viewOf(record, 'running', pid);
+  } catch (error) {
+    // Leave nothing half-made behind: no record, no overlay, no tap.
+    if (network.mode === 'bridge') await removeTap(options.ipBinary, network.tap).catch(() => undefined);
+    await removeVmFolder(options.stateDir, id);
+    await rm(vmPaths(options.stateDir, id).dir, { recursive: true, force: true });
+    throw error;
+  }
+});

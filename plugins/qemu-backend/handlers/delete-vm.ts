@@ -1,0 +1,16 @@
+import { defineHandler } from '../../../core/plugin-api.ts';
+import { qemuOptionsSchema } from '../options.ts';
+import { vmRefPayload } from '../schemas.ts';
+import { readRecord, removeVmFolder } from '../state.ts';
+import { stopVm } from '../vm-ops.ts';
+
+export default defineHandler(vmRefPayload, qemuOptionsSchema, async ({ vm }, ctx) => {
+  const record = await readRecord(ctx.options.stateDir, vm);
+  if (!record) return { vm, deleted: false, already: true, hint: 'no such VM on this host (already deleted?)' };
+  ctx.progress('stopping', { vm });
+  // Deleting destroys the disk anyway: no point waiting for the guest to shut down cleanly.
+  const stopped = await stopVm(ctx.options, record, { force: true, timeoutMs: 0 });
+  await removeVmFolder(ctx.options.stateDir, vm);
+  ctx.log.info({ vm, stopped }, 'VM deleted');
+  return { vm, deleted: true, already: false, stopped };
+});

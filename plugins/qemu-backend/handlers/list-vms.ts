@@ -1,0 +1,18 @@
+import { defineHandler } from '../../../core/plugin-api.ts';
+import { qemuOptionsSchema } from '../options.ts';
+import { runningPid } from '../processes.ts';
+import { listVmsPayload } from '../schemas.ts';
+import { listRecords, vmPaths } from '../state.ts';
+import { viewOf } from '../vm-ops.ts';
+
+/** This host's VMs. Liveness from /proc only (no QMP round trip per VM), so a long list stays fast. */
+export default defineHandler(listVmsPayload, qemuOptionsSchema, async (_payload, ctx) => {
+  const records = await listRecords(ctx.options.stateDir);
+  const vms = await Promise.all(
+    records.map(async (record) => {
+      const pid = await runningPid(vmPaths(ctx.options.stateDir, record.id).pidfile, record.id);
+      return viewOf(record, pid === undefined ? 'stopped' : 'running', pid);
+    }),
+  );
+  return { host: ctx.host.id, vms };
+});

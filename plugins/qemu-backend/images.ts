@@ -1,0 +1,76 @@
+/**
+ * Base images in the configured folder: disk images (NAME.qcow2, NAME.raw, NAME.img) and kernel images
+ * (a NAME/ folder with vmlinuz and initrd.img, optionally cmdline). Names are checked, and every path is
+ * resolved through symlinks and must stay inside the folder.
+ */
+import { readdir, readFile, realpath, stat } from 'node:fs/promises';
+import { join, sep } from 'node:path';
+import { qemuError } from './errors.ts';
+import { runProgram } from './run.ts';
+
+export type BaseImage =
+  | { kind: 'disk'; name: string; path: string; format: 'qcow2' | 'raw' }
+  | { kind: 'kernel'; name: string; kernel: string; initrd: string; cmdline?: string };
+
+const DISK_EXTENSIONS = ['.qcow2', '.raw', '.img'] as const;
+
+async function inside(root: string, candidate: string): Promise<string | undefined> {
+  const real = await realpath(candidate).catch(() => undefined);
+  if (!real) return undefined;
+  return real === root || real.startsWith(root + sep) ? real : undefined;
+}
+
+/** Every usable image name, for listing and for the "unknown image" error. */
+export async function listImages(imagesDir: string): Promise<string[]> {
+  const root = await realpath(imagesDir).catch(() => {
+    throw qemuError('IMAGE_INVALID', `the images folder ${imagesDir} does not exist`);
+  });
+  const names = new Set<string>();
+  for (const entry of await readdir(root, { withFileTypes: true })) {
+    const extension = DISK_EXTENSIONS.find((ext) => entry.name.endsWith(ext));
+    if (extension && (entry.isFile() || entry.isSymbolicLink())) names.add(entry.name.slice(0, -extension.length));
+    else if (entry.isDirectory()) {
+      const hasKernel = await stat(join(root, entry.name, 'vmlinuz')).then((s) => s.isFile(), () => false);
+      if (hasKernel) names.add(entry.name);
+    }
+  }
+  return [...names].sort();
+}
+
+export async function resolveImage(imagesDir: string, name: string, qemuImg: string): Promise<BaseImage> {
+  const root = await realpath(imagesDir).catch(() => {
+    throw qemuError('IMAGE_INVALID', `the images folder ${imagesDir} does not exist`);
+  });
+  for (const extension of DISK_EXTENSIONS) {
+    const path = await inside(root, join(root, `${name}${extension}`));
+    if (!path) continue;
+    if (!(await stat(path)).isFile()) continue;
+    return { kind: 'disk', name, path, format: await detectFormat(qemuImg, path) };
+  }
+  const folder = await inside(root, join(root, name));
+  if (folder && (await stat(folder)).isDirectory()) {
+    const kernel = await inside(root, join(folder, 'vmlinuz'));
+    const initrd = await inside(root, join(folder, 'initrd.img'));
+    if (kernel && initrd) {
+      const cmdline = await readFile(join(folder, 'cmdline'), 'utf8').then((text) => text.trim(), () => undefined);
+      return cmdline === undefined ? { kind: 'kernel', name, kernel, initrd } : { kind: 'kernel', name, kernel, initrd, cmdline };
+    }
+  }
+  const available = await listImages(imagesDir);
+  throw qemuError('IMAGE_NOT_FOUND', `no image "${name}" in ${imagesDir}; available: ${available.join(', ') || 'none'}`, { image: name, available });
+}
+
+/** Asks qemu-img, never trusting the file extension: a "raw" file that is really qcow2 must say so. */
+async function detectFormat(qemuImg: string, path: string): Promise<'qcow2' | 'raw'> {
+  const result = await runProgram([qemuImg, 'info', '--output=json', '--', path], { timeoutMs: 30_000 });
+  if (result.code !== 0) throw qemuError('IMAGE_INVALID', `qemu-img cannot read ${path}: ${result.stderr.trim()}`);
+  const format = (JSON.parse(result.stdout) as { format?: string }).format;
+  if (format !== 'qcow2' && format !== 'raw') throw qemuError('IMAGE_INVALID', `${path} is in format "${format}"; qcow2 and raw are supported`);
+  return format;
+}
+
+/** A copy-on-write overlay on the base: the base is never written. `-F` is mandatory since QEMU 6.1. */
+export async function createOverlay(qemuImg: string, base: { path: string; format: string }, overlay: string): Promise<void> {
+  const result = await runProgram([qemuImg, 'create', '-q', '-f', 'qcow2', '-b', base.path, '-F', base.format, '--', overlay], { timeoutMs: 60_000 });
+  if (result.code !== 0) throw qemuError('QEMU_FAILED', `qemu-img could not create the overlay ${overlay}: ${result.stderr.trim()}`);
+}

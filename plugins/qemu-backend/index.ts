@@ -1,0 +1,36 @@
+/**
+ * qemu-backend: VMs from base images (qcow2 overlays), one QEMU process each, controlled over QMP.
+ * Handlers are stateless; a VM's lasting state is its folder under `stateDir` and its QEMU process.
+ */
+import { definePlugin } from '../../core/plugin-api.ts';
+import { qemuErrors } from './errors.ts';
+import { qemuOptionsSchema } from './options.ts';
+import { reconcileVms } from './reconcile.ts';
+import { createVmPayload, listVmsPayload, restartVmPayload, stopVmPayload, vmRefPayload } from './schemas.ts';
+
+const handler = (name: string) => new URL(`./handlers/${name}.ts`, import.meta.url);
+
+export default definePlugin({
+  name: 'qemu-backend',
+  version: '1.0.0',
+  api: '^1.2.0',
+  description: 'QEMU VMs from base images, controlled over QMP.',
+  provides: ['vm-backend'],
+  options: qemuOptionsSchema,
+  errors: qemuErrors,
+  messages: {
+    // One create at a time per host: the capacity check and the new VM's reservation cannot race.
+    'create-vm': { payload: createVmPayload, handler: handler('create-vm'), pool: { maxThreads: 1, maxQueue: 32, timeoutMs: 180_000 } },
+    'start-vm': { payload: vmRefPayload, handler: handler('start-vm'), serializeBy: 'vm', pool: { timeoutMs: 120_000 } },
+    'stop-vm': { payload: stopVmPayload, handler: handler('stop-vm'), serializeBy: 'vm', pool: { timeoutMs: 180_000 } },
+    'restart-vm': { payload: restartVmPayload, handler: handler('restart-vm'), serializeBy: 'vm', pool: { timeoutMs: 240_000 } },
+    'delete-vm': { payload: vmRefPayload, handler: handler('delete-vm'), serializeBy: 'vm', pool: { timeoutMs: 60_000 } },
+    'list-vms': { payload: listVmsPayload, handler: handler('list-vms'), pool: { timeoutMs: 30_000 } },
+    'get-vm': { payload: vmRefPayload, handler: handler('get-vm'), serializeBy: 'vm', pool: { timeoutMs: 30_000 } },
+  },
+  hooks: {
+    async start(ctx) {
+      await reconcileVms(ctx.options, ctx.log);
+    },
+  },
+});

@@ -1,0 +1,141 @@
+/**
+ * What can be done to a VM, shared by the message handlers (in worker threads) and the start hook (in the
+ * agent). Every operation is idempotent and says what it found: already running, not running, gone.
+ */
+import { mkdir, rm } from 'node:fs/promises';
+import { qemuError } from './errors.ts';
+import { resolveImage } from './images.ts';
+import { ensureTap, removeTap } from './network.ts';
+import type { QemuOptions } from './options.ts';
+import { runningPid, waitForExit } from './processes.ts';
+import { chooseAccel, qemuArgv } from './qemu-args.ts';
+import { withQmp, QmpClient } from './qmp.ts';
+import { runProgram } from './run.ts';
+import { readRecord, vmPaths, writeRecord, type VmRecord } from './state.ts';
+
+export type VmState = 'running' | 'paused' | 'stopped';
+
+export interface VmView {
+  id: string;
+  host: string;
+  name: string | null;
+  image: string;
+  memoryMiB: number;
+  vcpus: number;
+  mac: string;
+  network: VmRecord['network']['mode'];
+  tap: string | null;
+  autostart: boolean;
+  state: VmState;
+  desired: VmRecord['desired'];
+  pid: number | null;
+  createdAt: string;
+}
+
+export function viewOf(record: VmRecord, state: VmState, pid: number | undefined): VmView {
+  return {
+    id: record.id,
+    host: record.host,
+    name: record.name ?? null,
+    image: record.image,
+    memoryMiB: record.memoryMiB,
+    vcpus: record.vcpus,
+    mac: record.mac,
+    network: record.network.mode,
+    tap: record.network.mode === 'bridge' ? record.network.tap : null,
+    autostart: record.autostart,
+    state,
+    desired: record.desired,
+    pid: pid ?? null,
+    createdAt: record.createdAt,
+  };
+}
+
+export async function requireRecord(options: QemuOptions, id: string): Promise<VmRecord> {
+  const record = await readRecord(options.stateDir, id);
+  if (!record) throw qemuError('VM_NOT_FOUND', `no VM "${id}" on this host`, { vm: id });
+  return record;
+}
+
+/** Starts QEMU for a recorded VM. Returns the pid; `already` when it was running. */
+export async function startVm(options: QemuOptions, record: VmRecord): Promise<{ pid: number; already: boolean }> {
+  const paths = vmPaths(options.stateDir, record.id);
+  const running = await runningPid(paths.pidfile, record.id);
+  if (running !== undefined) return { pid: running, already: true };
+  const image = await resolveImage(options.imagesDir, record.image, options.qemuImgBinary);
+  if (record.network.mode === 'bridge') await ensureTap(options.ipBinary, record.network.tap, record.network.bridge);
+  // Leftovers of a QEMU that died: a stale socket would make the new one fail to bind.
+  await Promise.all([rm(paths.qmp, { force: true }), rm(paths.qga, { force: true }), rm(paths.pidfile, { force: true })]);
+  await mkdir(paths.dir, { recursive: true, mode: 0o750 });
+  const argv = qemuArgv(options, record, image, paths, await chooseAccel(options.accel));
+  const result = await runProgram(argv, { timeoutMs: 60_000 });
+  if (result.code !== 0) {
+    throw qemuError('QEMU_FAILED', `QEMU did not start (exit ${result.code}): ${result.stderr.trim().slice(0, 2000)}`, { vm: record.id, exitCode: result.code });
+  }
+  const pid = await runningPid(paths.pidfile, record.id);
+  if (pid === undefined) throw qemuError('QEMU_FAILED', `QEMU for ${record.id} exited right after starting; see ${paths.serialLog}`);
+  return { pid, already: false };
+}
+
+export type StopOutcome = 'powered-off' | 'quit' | 'killed' | 'already-stopped';
+
+/**
+ * Graceful: ACPI power button, wait up to `timeoutMs` for the guest to power off, then QMP `quit`, then
+ * SIGKILL. Forced: `quit`, then SIGKILL. Says which one ended the VM.
+ */
+export async function stopVm(options: QemuOptions, record: VmRecord, how: { force: boolean; timeoutMs: number }): Promise<StopOutcome> {
+  const paths = vmPaths(options.stateDir, record.id);
+  const pid = await runningPid(paths.pidfile, record.id);
+  let outcome: StopOutcome;
+  if (pid === undefined) outcome = 'already-stopped';
+  else {
+    outcome = await endProcess(paths.qmp, pid, record.id, how);
+  }
+  if (record.network.mode === 'bridge') await removeTap(options.ipBinary, record.network.tap);
+  await Promise.all([rm(paths.qmp, { force: true }), rm(paths.qga, { force: true }), rm(paths.pidfile, { force: true })]);
+  return outcome;
+}
+
+async function endProcess(qmpPath: string, pid: number, id: string, how: { force: boolean; timeoutMs: number }): Promise<StopOutcome> {
+  let qmp: QmpClient | undefined;
+  try {
+    qmp = await QmpClient.connect(qmpPath);
+  } catch {
+    qmp = undefined; // a wedged monitor: fall through to SIGKILL
+  }
+  try {
+    if (qmp && !how.force) {
+      await qmp.execute('system_powerdown');
+      // The socket closes when QEMU exits; /proc is the backstop (a late-reaped process still looks alive).
+      if ((await qmp.waitForClose(how.timeoutMs)) && (await waitForExit(pid, id, 5_000))) return 'powered-off';
+    }
+    if (qmp) {
+      await qmp.execute('quit').catch(() => undefined);
+      if (await waitForExit(pid, id, 5_000)) return 'quit';
+    }
+  } finally {
+    qmp?.close();
+  }
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
+  if (!(await waitForExit(pid, id, 5_000))) throw qemuError('QEMU_FAILED', `QEMU pid ${pid} for ${id} survived SIGKILL`);
+  return 'killed';
+}
+
+export async function queryStatus(options: QemuOptions, record: VmRecord): Promise<{ state: VmState; pid: number | undefined; qmpStatus?: string }> {
+  const paths = vmPaths(options.stateDir, record.id);
+  const pid = await runningPid(paths.pidfile, record.id);
+  if (pid === undefined) return { state: 'stopped', pid };
+  const status = await withQmp(paths.qmp, (qmp) => qmp.execute<{ status: string; running: boolean }>('query-status')).catch(() => undefined);
+  if (!status) return { state: 'running', pid };
+  return { state: status.running ? 'running' : 'paused', pid, qmpStatus: status.status };
+}
+
+export async function setDesired(options: QemuOptions, record: VmRecord, desired: VmRecord['desired']): Promise<VmRecord> {
+  const updated = { ...record, desired };
+  await writeRecord(options.stateDir, updated);
+  return updated;
+}

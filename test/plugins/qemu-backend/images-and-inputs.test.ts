@@ -1,0 +1,154 @@
+import assert from 'node:assert/strict';
+import { mkdir, symlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import test from 'node:test';
+import { createOverlay, listImages, resolveImage } from '../../../plugins/qemu-backend/images.ts';
+import { qemuArgv } from '../../../plugins/qemu-backend/qemu-args.ts';
+import { qemuOptionsSchema } from '../../../plugins/qemu-backend/options.ts';
+import { createVmPayload, stopVmPayload, vmRefPayload } from '../../../plugins/qemu-backend/schemas.ts';
+import { randomMac, tapName } from '../../../plugins/qemu-backend/network.ts';
+import { listRecords, vmPaths, writeRecord, type VmRecord } from '../../../plugins/qemu-backend/state.ts';
+import { runProgram } from '../../../plugins/qemu-backend/run.ts';
+import { tempDir } from '../../helpers.ts';
+
+async function imagesFixture(t: Parameters<typeof tempDir>[0]) {
+  const root = await tempDir(t, 'cloudlet-images-');
+  const images = join(root, 'images');
+  await mkdir(join(images, 'tiny'), { recursive: true });
+  await writeFile(join(images, 'tiny', 'vmlinuz'), 'kernel');
+  await writeFile(join(images, 'tiny', 'initrd.img'), 'initrd');
+  assert.equal((await runProgram(['qemu-img', 'create', '-q', '-f', 'qcow2', join(images, 'base.qcow2'), '16M'])).code, 0);
+  assert.equal((await runProgram(['qemu-img', 'create', '-q', '-f', 'raw', join(images, 'plain.raw'), '1M'])).code, 0);
+  // A secret outside the folder, and a symlink that tries to reach it.
+  await writeFile(join(root, 'secret.qcow2'), 'not yours');
+  await symlink(join(root, 'secret.qcow2'), join(images, 'escape.qcow2'));
+  return { root, images };
+}
+
+test('images — disk and kernel images are listed; a symlink out of the folder is not an image', async (t) => {
+  const { images } = await imagesFixture(t);
+  assert.deepEqual(await listImages(images), ['base', 'escape', 'plain', 'tiny']);
+  const base = await resolveImage(images, 'base', 'qemu-img');
+  assert.deepEqual(base, { kind: 'disk', name: 'base', path: join(images, 'base.qcow2'), format: 'qcow2' });
+  assert.equal((await resolveImage(images, 'plain', 'qemu-img')).kind, 'disk');
+  assert.equal(((await resolveImage(images, 'plain', 'qemu-img')) as { format: string }).format, 'raw');
+  assert.equal((await resolveImage(images, 'tiny', 'qemu-img')).kind, 'kernel');
+  await assert.rejects(resolveImage(images, 'escape', 'qemu-img'), (error: { code: string }) => error.code === 'IMAGE_NOT_FOUND');
+});
+
+test('images — an unknown image is refused with the list of what exists', async (t) => {
+  const { images } = await imagesFixture(t);
+  await assert.rejects(resolveImage(images, 'debian-13', 'qemu-img'), (error: { code: string; message: string; details: { available: string[] } }) => {
+    assert.equal(error.code, 'IMAGE_NOT_FOUND');
+    assert.match(error.message, /available: base, escape, plain, tiny/);
+    assert.deepEqual(error.details.available, ['base', 'escape', 'plain', 'tiny']);
+    return true;
+  });
+});
+
+test('images — an overlay is a qcow2 whose backing file is the base, with its format', async (t) => {
+  const { root, images } = await imagesFixture(t);
+  const overlay = join(root, 'overlay.qcow2');
+  await createOverlay('qemu-img', { path: join(images, 'base.qcow2'), format: 'qcow2' }, overlay);
+  const info = JSON.parse((await runProgram(['qemu-img', 'info', '--output=json', overlay])).stdout) as Record<string, string>;
+  assert.equal(info.format, 'qcow2');
+  assert.equal(info['backing-filename'], join(images, 'base.qcow2'));
+  assert.equal(info['backing-filename-format'], 'qcow2');
+});
+
+test('inputs — path traversal, bad names and absurd sizes are refused by the payload schemas', () => {
+  const bad = [
+    { image: '../etc/passwd', memory: 128, vcpus: 1 },
+    { image: 'a/b', memory: 128, vcpus: 1 },
+    { image: '..', memory: 128, vcpus: 1 },
+    { image: 'x..y', memory: 128, vcpus: 1 },
+    { image: 'ok', memory: 128, vcpus: 1, name: 'web,file=/etc/shadow' },
+    { image: 'ok', memory: 128, vcpus: 1, name: '-name' },
+    { image: 'ok', memory: 10 ** 12, vcpus: 1 },
+    { image: 'ok', memory: 0, vcpus: 1 },
+    { image: 'ok', memory: 128, vcpus: 0 },
+    { image: 'ok', memory: 128.5, vcpus: 1 },
+    { image: 'ok', memory: 128, vcpus: 1, extra: true },
+  ];
+  for (const payload of bad) assert.equal(createVmPayload.safeParse(payload).success, false, JSON.stringify(payload));
+  assert.equal(createVmPayload.safeParse({ image: 'debian-12.genericcloud', memory: 512, vcpus: 2, name: 'web-1' }).success, true);
+  for (const vm of ['node1', 'node1.ABCDEFGH', 'node1.abc', '../x.abcdefgh', 'node1.abcdefgh;rm']) {
+    assert.equal(vmRefPayload.safeParse({ vm }).success, false, vm);
+  }
+  assert.equal(stopVmPayload.safeParse({ vm: 'node1.abcdefgh', timeoutMs: -1 }).success, false);
+});
+
+test('inputs — options refuse paths QEMU would split at a comma, and long interface names', () => {
+  const problems = qemuOptionsSchema.safeParse({ imagesDir: '/srv/images,readonly=off', network: { mode: 'bridge', bridge: 'a-very-long-bridge' } });
+  assert.equal(problems.success, false);
+  const paths = problems.error?.issues.map((i) => i.path.join('.'));
+  assert.deepEqual(paths?.sort(), ['imagesDir', 'network.bridge']);
+});
+
+test('qemu argv — an array with our ids and paths only; the display name never reaches QEMU', () => {
+  const options = qemuOptionsSchema.parse({ imagesDir: '/srv/images', stateDir: '/var/lib/cloudlet/qemu', network: { mode: 'bridge', bridge: 'br0' } });
+  const id = 'node1.abcdefgh';
+  const record: VmRecord = {
+    v: 1,
+    id,
+    host: 'node1',
+    name: 'web,evil=1',
+    image: 'base',
+    imageKind: 'disk',
+    memoryMiB: 256,
+    vcpus: 2,
+    mac: '02:00:00:00:00:01',
+    network: { mode: 'bridge', bridge: 'br0', tap: tapName('clt', id) },
+    autostart: false,
+    desired: 'running',
+    createdAt: 'x',
+    updatedAt: 'x',
+  };
+  const argv = qemuArgv(options, record, { kind: 'disk', name: 'base', path: '/srv/images/base.qcow2', format: 'qcow2' }, vmPaths(options.stateDir, id), 'tcg');
+  assert.equal(argv[0], 'qemu-system-x86_64');
+  assert.ok(!argv.join(' ').includes('evil'));
+  assert.deepEqual(argv.slice(argv.indexOf('-name'), argv.indexOf('-name') + 2), ['-name', 'cloudlet-node1.abcdefgh']);
+  assert.ok(argv.includes('tap,id=net0,ifname=cltabcdefgh,script=no,downscript=no'));
+  assert.ok(argv.includes('virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01'));
+  assert.ok(argv.includes(`file=${vmPaths(options.stateDir, id).disk},format=qcow2,if=virtio`));
+  assert.ok(argv.includes('-daemonize') && argv.includes('-pidfile'));
+  assert.equal(tapName('clt', id).length <= 15, true);
+});
+
+test('network — MACs are locally administered unicast and unique on the host', () => {
+  const taken = new Set<string>();
+  for (let i = 0; i < 500; i++) {
+    const mac = randomMac(taken);
+    assert.match(mac, /^02(:[0-9a-f]{2}){5}$/);
+    assert.ok(!taken.has(mac));
+    taken.add(mac);
+  }
+});
+
+test('state — records are written whole and junk in the state folder is ignored', async (t) => {
+  const dir = await tempDir(t);
+  const record: VmRecord = {
+    v: 1,
+    id: 'h1.abcdefgh',
+    host: 'h1',
+    image: 'base',
+    imageKind: 'disk',
+    memoryMiB: 64,
+    vcpus: 1,
+    mac: '02:00:00:00:00:02',
+    network: { mode: 'none' },
+    autostart: true,
+    desired: 'running',
+    createdAt: new Date().toISOString(),
+    updatedAt: '',
+  };
+  await writeRecord(dir, record);
+  await mkdir(join(dir, 'not-a-vm'));
+  await mkdir(join(dir, 'h1.broken'));
+  const records = await listRecords(dir);
+  assert.deepEqual(
+    records.map((r) => r.id),
+    ['h1.abcdefgh'],
+  );
+  assert.equal(records[0]?.autostart, true);
+});
