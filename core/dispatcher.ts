@@ -90,9 +90,9 @@ export class Dispatcher {
       );
     }
 
-    // The host spends at most the type's timeoutMs on a message (queueing included), and never past the
-    // caller's deadline; the handler sees whichever comes first as ctx.message.deadline.
-    const deadline = Math.min(request.deadline ?? Number.POSITIVE_INFINITY, now + route.pool.timeoutMs);
+    // The host spends at most the type's timeoutMs on a message, counted from now (queueing included), and
+    // never past the caller's deadline; the pool tells them apart and the handler sees the earlier one.
+    const deadline = request.deadline ?? Number.POSITIVE_INFINITY;
     const messageLog = log.child({ msgId: request.id, type: request.type, plugin: route.plugin.plugin.name });
     const cancel = new AbortController();
     let finished!: () => void;
@@ -106,7 +106,7 @@ export class Dispatcher {
     const lockValue = serializeBy ? (payload.data as Record<string, unknown> | undefined)?.[serializeBy] : undefined;
     const runInPool = () =>
       this.#options.pools.run(
-        { id: request.id, type: request.type, deadline, payload: payload.data },
+        { id: request.id, type: request.type, deadline, payload: payload.data, acceptedAt: now },
         {
           signal: cancel.signal,
           log: messageLog,
@@ -121,7 +121,7 @@ export class Dispatcher {
     try {
       // Time spent waiting for the lock counts against the deadline like queueing does.
       const outcome =
-        lockValue === undefined ? await runInPool() : await this.#locks.run(`${route.plugin.plugin.name}:${String(lockValue)}`, runInPool);
+        lockValue === undefined ? await runInPool() : await this.#locks.run(`${route.plugin.plugin.name}:${serializeBy}=${JSON.stringify(lockValue)}`, runInPool);
       const elapsedMs = Math.round((performance.now() - started) * 10) / 10;
       let reply: ReplyEnvelope;
       if (outcome.ok) {

@@ -20,9 +20,11 @@ export interface PoolSpec {
 export interface PoolTask {
   id: string;
   type: string;
-  /** Epoch ms by which the outcome is due; the pool's timeoutMs applies too, whichever is first. */
+  /** Epoch ms by which the caller needs the outcome (Infinity: none); the pool's timeoutMs applies too. */
   deadline: number;
   payload: unknown;
+  /** When the agent accepted the message: timeoutMs counts from here (default: now). */
+  acceptedAt?: number;
 }
 
 export interface RunHooks {
@@ -108,6 +110,9 @@ export class PoolManager {
     if (task.deadline <= Date.now()) {
       return { ok: false, error: cloudletError('DEADLINE_EXCEEDED', `"${task.type}" could not start before its deadline`, { type: task.type }) };
     }
+    if (task.acceptedAt !== undefined && task.acceptedAt + settings.timeoutMs <= Date.now()) {
+      return { ok: false, error: cloudletError('TIMEOUT', `"${task.type}" waited longer than its ${settings.timeoutMs} ms timeout to start`, { type: task.type }) };
+    }
     managed.running++;
     try {
       return await this.#runInWorker(managed, task, hooks);
@@ -121,11 +126,13 @@ export class PoolManager {
     const { port1: mainPort, port2: workerPort } = new MessageChannel();
     // Aborting this terminates the worker thread: the last resort for a handler that ignores its signal.
     const terminate = new AbortController();
-    const untilDeadlineMs = task.deadline - Date.now();
-    // Whichever comes first, the pool's timeout or the caller's deadline, decides the error code. The
-    // clock starts when the message is accepted: time spent queueing for a thread counts.
-    const limitedByDeadline = untilDeadlineMs < settings.timeoutMs;
-    const budgetMs = Math.max(0, Math.min(settings.timeoutMs, untilDeadlineMs));
+    const now = Date.now();
+    const untilDeadlineMs = task.deadline - now;
+    // The timeout counts from acceptance: time spent waiting for a lock or a thread counts.
+    const untilTimeoutMs = (task.acceptedAt ?? now) + settings.timeoutMs - now;
+    // Whichever comes first, the pool's timeout or the caller's deadline, decides the error code.
+    const limitedByDeadline = untilDeadlineMs < untilTimeoutMs;
+    const budgetMs = Math.max(0, Math.min(untilTimeoutMs, untilDeadlineMs));
     const effectiveDeadline = Date.now() + budgetMs;
 
     return new Promise<RunOutcome>((resolve) => {

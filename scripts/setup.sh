@@ -20,6 +20,14 @@ esac
 # Debian packages, one line each with why it is needed.
 packages=(
   rabbitmq-server   # the broker for multi-host clouds; the tests talk to a real one (and start isolated nodes)
+  qemu-system-x86   # runs the VMs (qemu-backend)
+  qemu-utils        # qemu-img: overlays on base images
+  iproute2          # ip: tap devices on the VM bridge
+  dnsmasq-base      # DHCP for VM bridges (tests; managed mode of ip-discovery-dnsmasq)
+  busybox-static    # the tiny test guest (scripts/build-test-guest.sh)
+  cpio              # packs the test guest's initramfs
+  qemu-guest-agent  # copied into the test guest for the guest-agent tests
+  util-linux        # unshare/nsenter: tests run VMs inside throw-away network namespaces
 )
 
 need_node_major=20
@@ -61,6 +69,11 @@ if [ "$mode" = tests ] && ! broker_up; then
   broker_up || { echo "setup: RabbitMQ did not open 127.0.0.1:5672 within 60 s; see /var/log/rabbitmq/" >&2; exit 1; }
   # The port opens a moment before the broker accepts logins.
   timeout 60 rabbitmqctl await_startup >/dev/null 2>&1 || sleep 3
+fi
+
+if [ "$mode" = tests ]; then
+  # The tiny guest the QEMU tests boot (cached; quick when up to date).
+  bash scripts/build-test-guest.sh >/dev/null
 fi
 
 if [ "$mode" = install ]; then

@@ -26,6 +26,7 @@ export default definePlugin({
     'restart-vm': { payload: restartVmPayload, handler: handler('restart-vm'), serializeBy: 'vm', pool: { timeoutMs: 240_000 } },
     'delete-vm': { payload: vmRefPayload, handler: handler('delete-vm'), serializeBy: 'vm', pool: { timeoutMs: 60_000 } },
     'list-vms': { payload: listVmsPayload, handler: handler('list-vms'), pool: { timeoutMs: 30_000 } },
+    'list-images': { payload: listVmsPayload, handler: handler('list-images'), pool: { timeoutMs: 30_000 } },
     'get-vm': { payload: vmRefPayload, handler: handler('get-vm'), serializeBy: 'vm', pool: { timeoutMs: 30_000 } },
   },
   hooks: {

@@ -30,6 +30,8 @@ export interface AmqpAgentTransportOptions {
 
 /** How long a finished request waits for the broker to come back before its reply is given up on. */
 const REPLY_RECONNECT_WAIT_MS = 60_000;
+/** Events kept while the broker is unreachable; the oldest go first. */
+const MAX_PENDING_EVENTS = 1_000;
 
 interface InFlightRequest {
   /** Extra reply addresses: the same id redelivered while the first copy still runs. */
@@ -50,6 +52,7 @@ export class AmqpAgentTransport implements AgentTransport {
   #onDelivery: DeliveryListener | undefined;
   #heartbeatTimer: ReturnType<typeof setInterval> | undefined;
   #accepting = true;
+  readonly #pendingEvents: EventEnvelope[] = [];
 
   constructor(options: AmqpAgentTransportOptions) {
     this.#options = options;
@@ -76,6 +79,7 @@ export class AmqpAgentTransport implements AgentTransport {
     });
     this.#connection.on('down', () => {
       this.#channel = undefined;
+      this.registry.noteOutage();
     });
     await this.#connection.open();
     this.#heartbeatTimer = setInterval(() => this.#publishHeartbeat(), this.#options.config.heartbeatMs);
@@ -105,7 +109,7 @@ export class AmqpAgentTransport implements AgentTransport {
     }
     if (this.#routes.has('broadcast')) {
       const queue = names.broadcastQueue(hostId);
-      await channel.assertQueue(queue, { exclusive: true, autoDelete: true });
+      await channel.assertQueue(queue, { exclusive: true, autoDelete: true, arguments: deadLetterArgs });
       await channel.bindQueue(queue, names.broadcastExchange, '');
       tags.push((await channel.consume(queue, (msg) => msg && this.#onMessage(channel, msg, 'broadcast'))).consumerTag);
     }
@@ -117,6 +121,7 @@ export class AmqpAgentTransport implements AgentTransport {
     if (!this.#accepting) for (const tag of tags) await channel.cancel(tag);
     this.#publishHeartbeat();
     this.#publishPresence({ v: 1, kind: 'probe', from: hostId });
+    this.#flushEvents(channel);
   }
 
   #heartbeat(withView: boolean): Heartbeat {
@@ -172,7 +177,7 @@ export class AmqpAgentTransport implements AgentTransport {
     const id = msg.properties.messageId as string | undefined;
     if (!replyTo) {
       // Nobody to tell: a broken or foreign message. Park it for inspection rather than loop or drop it.
-      log.warn({ route, msgId: id }, 'request without reply_to: moved to the dead-letter queue');
+      log.warn({ route, msgId: id }, 'request without reply_to: rejected to the dead-letter queue');
       channel.nack(msg, false, false);
       return;
     }
@@ -180,7 +185,7 @@ export class AmqpAgentTransport implements AgentTransport {
       const stored = store.replyFor(id);
       if (stored) {
         log.info({ msgId: id, route }, 'redelivered request answered from its stored outcome');
-        await this.#publishReply(channel, [replyTo], stored, msg);
+        await this.#publishReply(channel, [replyTo], stored, msg, route === 'broadcast');
         return;
       }
       const running = this.#inFlight.get(id);
@@ -218,7 +223,10 @@ export class AmqpAgentTransport implements AgentTransport {
       reply: async (envelope) => {
         try {
           if (route === 'any' && envelope.error?.code === 'NO_CAPACITY' && (await this.#handBack(channel, msg, envelope))) return;
-          if (id) await store.recordDone(id, envelope);
+          // A retryable failure (BUSY, TIMEOUT, SHUTTING_DOWN, …) is not an outcome: the same id sent again
+          // must be tried again, not answered with the old failure.
+          if (id && envelope.error?.retryable) await store.recordAbandoned(id);
+          else if (id) await store.recordDone(id, envelope);
           await this.#publishReply(channel, [...inFlight.replyTo], envelope, msg, route === 'broadcast');
         } finally {
           if (id) this.#inFlight.delete(id);
@@ -241,10 +249,15 @@ export class AmqpAgentTransport implements AgentTransport {
       return false;
     }
     const headers = { ...msg.properties.headers, [HEADERS.refusedBy]: JSON.stringify(refusedBy) };
+    // The copy's broker TTL is what is left until the request's deadline, not a fresh one.
+    const properties: Record<string, unknown> = { ...msg.properties, headers, persistent: true };
+    delete properties.expiration;
+    const deadline = requestDeadline(msg.content);
+    if (deadline !== undefined) properties.expiration = String(Math.max(1, deadline - Date.now()));
     await this.#withChannel(
       (current) =>
         new Promise<void>((resolve, reject) =>
-          current.publish('', this.names.anyQueue, msg.content, { ...msg.properties, headers, persistent: true }, (error) => (error ? reject(error) : resolve())),
+          current.publish('', this.names.anyQueue, msg.content, properties, (error) => (error ? reject(error) : resolve())),
         ),
     );
     if (channel === this.#channel) channel.ack(msg);
@@ -307,14 +320,32 @@ export class AmqpAgentTransport implements AgentTransport {
 
   async publishEvent(event: EventEnvelope): Promise<void> {
     const channel = this.#channel;
-    if (!this.#connection?.isUp || !channel) throw cloudletError('BROKER_UNAVAILABLE', 'cannot publish the event: the broker is unavailable');
+    if (!this.#connection?.isUp || !channel) {
+      // Before the first connection (plugin init/start hooks) or during an outage: keep a bounded backlog.
+      if (this.#pendingEvents.length >= MAX_PENDING_EVENTS) this.#pendingEvents.shift();
+      this.#pendingEvents.push(event);
+      return;
+    }
     await this.#publish(channel, this.names.eventsExchange, event.type, event);
+  }
+
+  #flushEvents(channel: ConfirmChannel): void {
+    for (const event of this.#pendingEvents.splice(0)) void this.#publish(channel, this.names.eventsExchange, event.type, event).catch(() => undefined);
   }
 
   async close(): Promise<void> {
     clearInterval(this.#heartbeatTimer);
     await this.#store?.flush();
     await this.#connection?.close();
+  }
+}
+
+function requestDeadline(content: Buffer): number | undefined {
+  try {
+    const deadline = (JSON.parse(content.toString('utf8')) as { deadline?: unknown }).deadline;
+    return typeof deadline === 'number' ? deadline : undefined;
+  } catch {
+    return undefined;
   }
 }
 

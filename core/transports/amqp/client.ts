@@ -73,6 +73,7 @@ export class AmqpClientTransport implements ClientTransport {
       });
       this.#connection.on('down', () => {
         this.#channel = undefined;
+        this.registry.noteOutage();
       });
       await this.#connection.open();
     })().catch((error: unknown) => {
@@ -139,7 +140,8 @@ export class AmqpClientTransport implements ClientTransport {
       persistent: route !== 'broadcast',
       mandatory: true,
       headers: { [HEADERS.route]: route },
-      // The broker drops a request whose deadline passed while it waited, so it never runs late.
+      // A request whose deadline passed while it waited is expired by the broker (moved to the bounded
+      // dead-letter queue), so it never runs late.
       ...(untilDeadline === undefined ? {} : { expiration: String(untilDeadline) }),
     };
     const [exchange, key] =
@@ -305,7 +307,9 @@ export class AmqpClientTransport implements ClientTransport {
       const dropped = new Set<string>();
       const complete = () => {
         for (const host of expected) if (!replies.has(host) && this.registry.isDown(host)) dropped.add(host);
-        return [...expected].every((host) => replies.has(host) || dropped.has(host)) && (replies.size > 0 || expected.size === 0 || dropped.size === expected.size);
+        // Nobody known yet: wait for a first reply (or the broker's return saying no host takes broadcasts).
+        if (expected.size === 0) return false;
+        return [...expected].every((host) => replies.has(host) || dropped.has(host));
       };
       const finish = () => {
         if (!this.#pending.has(request.id)) return;

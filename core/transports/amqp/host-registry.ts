@@ -52,12 +52,24 @@ export class HostRegistry {
     }
   }
 
+  /** Hosts that were alive when our own connection dropped (see forgiveSilence). */
+  #liveAtOutage: string[] = [];
+
+  noteOutage(now = Date.now()): void {
+    this.#liveAtOutage = this.liveHosts(undefined, now);
+  }
+
   /**
-   * After our own connection was down we heard nothing from anyone; that says nothing about them. Every
-   * known host gets a fresh `downAfterMs` to be heard again instead of being declared down at once.
+   * While our own connection was down we heard nothing from anyone; that says nothing about them. The
+   * hosts that were alive when it dropped get a fresh `downAfterMs` to be heard again instead of being
+   * declared down at once. Hosts already down stay down.
    */
   forgiveSilence(now = Date.now()): void {
-    for (const entry of this.#hosts.values()) entry.lastSeen = Math.max(entry.lastSeen, now);
+    for (const host of this.#liveAtOutage) {
+      const entry = this.#hosts.get(host);
+      if (entry) entry.lastSeen = Math.max(entry.lastSeen, now);
+    }
+    this.#liveAtOutage = [];
   }
 
   isLive(host: string, now = Date.now()): boolean {

@@ -8,6 +8,10 @@ export async function declareTopology(channel: Channel, names: AmqpNames): Promi
   await channel.assertExchange(names.presenceExchange, 'fanout', { durable: true });
   await channel.assertExchange(names.eventsExchange, 'topic', { durable: true });
   await channel.assertExchange(names.deadLetter, 'fanout', { durable: true });
-  await channel.assertQueue(names.deadLetter, { durable: true });
+  // Bounded: expired requests land here too. Oldest first out, and nothing older than a week.
+  await channel.assertQueue(names.deadLetter, {
+    durable: true,
+    arguments: { 'x-max-length': 10_000, 'x-overflow': 'drop-head', 'x-message-ttl': 7 * 24 * 3600 * 1000 },
+  });
   await channel.bindQueue(names.deadLetter, names.deadLetter, '');
 }

@@ -1,0 +1,183 @@
+import assert from 'node:assert/strict';
+import { access, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import test from 'node:test';
+import type { ReplyEnvelope } from '../../core/envelope.ts';
+import { startQemuHost, type QemuHost } from '../support/qemu-host.ts';
+
+interface Vm {
+  id: string;
+  state: string;
+  pid: number | null;
+  mac: string;
+  tap: string | null;
+  host: string;
+  qmpStatus?: string | null;
+}
+
+function ok<T>(reply: ReplyEnvelope): T {
+  assert.equal(reply.ok, true, JSON.stringify(reply.error));
+  return reply.result as T;
+}
+
+async function createTiny(host: QemuHost, extra: Record<string, unknown> = {}): Promise<Vm> {
+  return ok<Vm>(await host.call('create-vm', { image: 'tiny', memory: 128, vcpus: 1, ...extra }));
+}
+
+async function processExists(host: QemuHost, vm: string): Promise<boolean> {
+  return (await host.ns.exec(['pgrep', '-f', `cloudlet-${vm}`])).code === 0;
+}
+
+test('qemu — create streams allocating → starting → running and QMP reports the VM running', async (t) => {
+  const host = await startQemuHost(t);
+  const stages: string[] = [];
+  const vm = ok<Vm>(await host.call('create-vm', { image: 'tiny', memory: 128, vcpus: 1, name: 'first' }, (p) => stages.push(p.stage)));
+  assert.deepEqual(stages, ['allocating', 'starting', 'running']);
+  assert.match(vm.id, /^qhost\.[a-z]{8}$/);
+  assert.equal(vm.host, 'qhost');
+  assert.equal(vm.state, 'running');
+  assert.match(vm.mac, /^02(:[0-9a-f]{2}){5}$/);
+  const got = ok<Vm>(await host.call('get-vm', { vm: vm.id }));
+  assert.equal(got.qmpStatus, 'running');
+  assert.equal(got.pid, vm.pid);
+  // The tap exists inside the namespace, on the bridge.
+  assert.match(await host.ns.run(['ip', '-o', 'link', 'show', 'dev', vm.tap!]), /master br0/);
+  await host.waitForSerial(vm.id, 'cloudlet-guest: init');
+});
+
+test('qemu — two VMs at once, each with its own MAC, tap and process', async (t) => {
+  const host = await startQemuHost(t);
+  const [a, b] = await Promise.all([createTiny(host), createTiny(host)]);
+  assert.notEqual(a.id, b.id);
+  assert.notEqual(a.mac, b.mac);
+  assert.notEqual(a.tap, b.tap);
+  const listed = ok<{ vms: Vm[] }>(await host.call('list-vms', {}));
+  assert.deepEqual(listed.vms.map((v) => [v.id, v.state]).sort(), [
+    [a.id, 'running'],
+    [b.id, 'running'],
+  ].sort());
+  await Promise.all([host.waitForSerial(a.id, 'cloudlet-guest: init'), host.waitForSerial(b.id, 'cloudlet-guest: init')]);
+});
+
+test('qemu — a graceful stop is honoured by the guest; stopping again says it was not running', async (t) => {
+  const host = await startQemuHost(t);
+  const vm = await createTiny(host);
+  await host.waitForSerial(vm.id, 'cloudlet-guest: init');
+  // The guest's power-button watcher starts right after init; give it a moment to open the device.
+  await new Promise((r) => setTimeout(r, 1_000));
+  const stopped = ok<{ how: string; state: string }>(await host.call('stop-vm', { vm: vm.id }));
+  assert.equal(stopped.how, 'powered-off');
+  assert.equal(stopped.state, 'stopped');
+  assert.match(await host.serialLog(vm.id), /cloudlet-guest: poweroff/);
+  assert.equal(await processExists(host, vm.id), false);
+  assert.equal((await host.ns.exec(['ip', 'link', 'show', 'dev', vm.tap!])).code !== 0, true, 'the tap was removed');
+  const again = ok<{ how: string; already: boolean }>(await host.call('stop-vm', { vm: vm.id }));
+  assert.deepEqual([again.how, again.already], ['already-stopped', true]);
+});
+
+test('qemu — a forced stop quits at once; start brings the VM back; start again says already running', async (t) => {
+  const host = await startQemuHost(t);
+  const vm = await createTiny(host);
+  const stopped = ok<{ how: string }>(await host.call('stop-vm', { vm: vm.id, force: true }));
+  assert.equal(stopped.how, 'quit');
+  assert.equal(await processExists(host, vm.id), false);
+  const started = ok<Vm & { already: boolean }>(await host.call('start-vm', { vm: vm.id }));
+  assert.equal(started.state, 'running');
+  assert.equal(started.already, false);
+  assert.notEqual(started.pid, vm.pid);
+  const twice = ok<{ already: boolean; hint: string }>(await host.call('start-vm', { vm: vm.id }));
+  assert.equal(twice.already, true);
+  assert.match(twice.hint, /already running/);
+});
+
+test('qemu — restart: a hard reset keeps the process, a graceful restart power-cycles it', async (t) => {
+  const host = await startQemuHost(t);
+  const vm = await createTiny(host);
+  await host.waitForSerial(vm.id, 'cloudlet-guest: init');
+  const reset = ok<Vm & { how: string }>(await host.call('restart-vm', { vm: vm.id, mode: 'hard' }));
+  assert.equal(reset.how, 'reset');
+  assert.equal(reset.pid, vm.pid);
+  // The reset guest boots again (a second init line) before it can hear the power button.
+  await host.waitForSerial(vm.id, 'cloudlet-guest: init', 60_000, 2);
+  await new Promise((r) => setTimeout(r, 1_000));
+  const cycled = ok<Vm & { how: string }>(await host.call('restart-vm', { vm: vm.id }));
+  assert.equal(cycled.how, 'power-cycled');
+  assert.equal(cycled.state, 'running');
+  assert.notEqual(cycled.pid, vm.pid);
+});
+
+test('qemu — delete leaves no file, tap or process behind, and deleting again says so', async (t) => {
+  const host = await startQemuHost(t);
+  const vm = await createTiny(host);
+  const deleted = ok<{ deleted: boolean; stopped: string }>(await host.call('delete-vm', { vm: vm.id }));
+  assert.equal(deleted.deleted, true);
+  assert.equal(deleted.stopped, 'quit');
+  await assert.rejects(access(join(host.stateDir, vm.id)));
+  assert.deepEqual(await readdir(host.stateDir), []);
+  assert.equal(await processExists(host, vm.id), false);
+  assert.notEqual((await host.ns.exec(['ip', 'link', 'show', 'dev', vm.tap!])).code, 0);
+  const again = ok<{ deleted: boolean; already: boolean }>(await host.call('delete-vm', { vm: vm.id }));
+  assert.deepEqual([again.deleted, again.already], [false, true]);
+  const missing = await host.call('get-vm', { vm: vm.id });
+  assert.equal(missing.error?.code, 'VM_NOT_FOUND');
+});
+
+test('qemu — an agent restart re-attaches to the VMs still running', async (t) => {
+  const host = await startQemuHost(t);
+  const vm = await createTiny(host);
+  await host.stopAgent();
+  assert.equal(await processExists(host, vm.id), true, 'the VM outlives the agent');
+  await host.startAgent();
+  assert.match(host.agentOutput(), /"reattached":\["qhost\.[a-z]{8}"\]/);
+  const got = ok<Vm>(await host.call('get-vm', { vm: vm.id }));
+  assert.equal(got.state, 'running');
+  assert.equal(got.pid, vm.pid);
+  assert.equal(got.qmpStatus, 'running');
+  const stopped = ok<{ how: string }>(await host.call('stop-vm', { vm: vm.id, force: true }));
+  assert.equal(stopped.how, 'quit');
+});
+
+test('qemu — autostart brings a VM back after its QEMU died with the agent down', async (t) => {
+  const host = await startQemuHost(t);
+  const keep = await createTiny(host, { autostart: true });
+  const other = await createTiny(host);
+  await host.stopAgent();
+  await host.ns.run(['pkill', '-KILL', '-f', 'cloudlet-qhost']);
+  await new Promise((r) => setTimeout(r, 500));
+  await host.startAgent();
+  assert.match(host.agentOutput(), new RegExp(`"autostarted":\\["${keep.id.replace('.', '\\.')}"\\]`));
+  const list = ok<{ vms: Vm[] }>(await host.call('list-vms', {}));
+  const byId = new Map(list.vms.map((v) => [v.id, v]));
+  assert.equal(byId.get(keep.id)?.state, 'running');
+  assert.notEqual(byId.get(keep.id)?.pid, keep.pid);
+  assert.equal(byId.get(other.id)?.state, 'stopped');
+});
+
+test('qemu — bad inputs are refused with specific errors and create nothing', async (t) => {
+  const host = await startQemuHost(t, { limits: { maxVms: 1 } });
+  const cases: [Record<string, unknown>, string, RegExp?][] = [
+    [{ image: '../../etc/passwd', memory: 128, vcpus: 1 }, 'INVALID_PAYLOAD', /payload\.image/],
+    [{ image: 'nonexistent', memory: 128, vcpus: 1 }, 'IMAGE_NOT_FOUND', /available: tiny/],
+    [{ image: 'tiny', memory: 4096, vcpus: 1 }, 'VM_LIMIT', /at most 512 MiB/],
+    [{ image: 'tiny', memory: 10 ** 12, vcpus: 1 }, 'INVALID_PAYLOAD'],
+    [{ image: 'tiny', memory: 128, vcpus: 64 }, 'VM_LIMIT'],
+    [{ image: 'tiny', memory: 128, vcpus: 1, name: 'a,b=c' }, 'INVALID_PAYLOAD', /payload\.name/],
+    [{ image: 'tiny', memory: 128, vcpus: 1, network: 'wifi' }, 'INVALID_PAYLOAD'],
+  ];
+  for (const [payload, code, message] of cases) {
+    const reply = await host.call('create-vm', payload);
+    assert.equal(reply.error?.code, code, `${JSON.stringify(payload)} → ${JSON.stringify(reply.error)}`);
+    if (message) assert.match(reply.error?.message ?? '', message);
+  }
+  assert.equal(ok<{ vms: Vm[] }>(await host.call('list-vms', {})).vms.length, 0, 'nothing was created');
+  assert.deepEqual(ok<{ images: unknown[] }>(await host.call('list-images', {})).images, [{ name: 'tiny', kind: 'kernel' }]);
+  await createTiny(host);
+  const full = await host.call('create-vm', { image: 'tiny', memory: 128, vcpus: 1 });
+  assert.equal(full.error?.code, 'NO_CAPACITY');
+  for (const vm of ['nosuch.abcdefgh', 'qhost.zzzzzzzz']) {
+    const reply = await host.call('stop-vm', { vm });
+    assert.equal(reply.error?.code, 'VM_NOT_FOUND');
+  }
+  const bad = await host.call('stop-vm', { vm: 'qhost.abc;reboot' });
+  assert.equal(bad.error?.code, 'INVALID_PAYLOAD');
+});
