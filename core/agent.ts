@@ -9,7 +9,7 @@ import type { HostConfig } from './config/host-config.ts';
 import { createLogger, type Logger } from './logger.ts';
 import { Dispatcher } from './dispatcher.ts';
 import { PoolManager, type PoolSpec } from './pools.ts';
-import type { HostIdentity, LoadedPluginSummary, PluginHookContext } from './plugin-api.ts';
+import type { CapabilityProvider, HostIdentity, LoadedPluginSummary, PluginHookContext } from './plugin-api.ts';
 import type { LoadedPlugin } from './plugins/loader.ts';
 import { createAgentTransport, type AgentTransport } from './transports/index.ts';
 import { AGENT_VERSION } from './version.ts';
@@ -92,6 +92,12 @@ export class Agent {
       this.#started.push(p);
     }
     const summaries = summarizePlugins(config.plugins);
+    const providers: Record<string, CapabilityProvider[]> = {};
+    for (const p of config.plugins) {
+      for (const [capability, module] of Object.entries(p.plugin.capabilityModules ?? {})) {
+        (providers[capability] ??= []).push({ plugin: p.plugin.name, module: String(module), options: p.options });
+      }
+    }
     const specs: PoolSpec[] = [...config.messages.values()].map((route) => ({
       type: route.type,
       settings: route.pool,
@@ -101,6 +107,7 @@ export class Agent {
         options: route.plugin.options,
         host: this.host,
         plugins: summaries,
+        providers,
         logLevel: config.core.log.level as LogLevelName,
       },
     }));

@@ -113,6 +113,12 @@ export interface PluginDefinition<
   provides?: string[];
   /** Capabilities some other configured plugin must provide. */
   requires?: string[];
+  /**
+   * For each provided capability that other plugins' handlers call into: the module implementing it (an
+   * absolute URL, loaded in worker threads; its default export follows the capability's contract, e.g.
+   * `IpDiscoveryStrategy` in core/capabilities/ip-discovery.ts). Added in core API 1.3.
+   */
+  capabilityModules?: Record<string, URL | string>;
   /** Validates `plugins[].options` from the host config; defaults to "no options allowed". */
   options?: OptionsSchema;
   messages?: Messages;
@@ -152,6 +158,29 @@ export interface HandlerContext<Options = unknown> {
   progress(stage: string, detail?: Record<string, unknown>): void;
   /** Loaded plugins; for introspection handlers such as `host-info`. */
   plugins: readonly LoadedPluginSummary[];
+  /** For each capability, the plugins providing a module for it, in config order (core API 1.3). */
+  providers: Readonly<Record<string, readonly CapabilityProvider[]>>;
+}
+
+/** A plugin's implementation of a capability, as a handler of another plugin sees it. */
+export interface CapabilityProvider {
+  plugin: string;
+  /** Absolute URL of the module; `import()` it in the handler. */
+  module: string;
+  /** The providing plugin's validated options. */
+  options: unknown;
+}
+
+/** Imports every provider module of a capability, in config order. */
+export async function loadProviders<T>(context: Pick<HandlerContext, 'providers'>, capability: string): Promise<{ plugin: string; options: unknown; implementation: T }[]> {
+  const providers = context.providers[capability] ?? [];
+  return Promise.all(
+    providers.map(async (provider) => ({
+      plugin: provider.plugin,
+      options: provider.options,
+      implementation: ((await import(provider.module)) as { default: T }).default,
+    })),
+  );
 }
 
 export type Handler<Payload = unknown, Options = unknown, Result = unknown> = (

@@ -26,6 +26,7 @@ export const pluginDefinitionSchema = z.object({
   dependencies: z.record(pluginName, semverRange).optional(),
   provides: z.array(capability).max(32).optional(),
   requires: z.array(capability).max(32).optional(),
+  capabilityModules: z.record(capability, z.union([z.instanceof(URL), z.string()])).optional(),
   options: zodSchema.optional(),
   messages: z
     .record(

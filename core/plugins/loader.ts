@@ -129,18 +129,27 @@ async function checkDefinition(plugin: CloudletPlugin, url: string): Promise<str
   }
   const problems: string[] = [];
   if (!(PLUGIN_BRAND in plugin)) problems.push(`plugin in ${url} was not made with definePlugin(); wrap the definition in it`);
-  for (const [type, message] of Object.entries(plugin.messages ?? {})) {
-    const handler = String(message.handler);
+  for (const capability of Object.keys(plugin.capabilityModules ?? {})) {
+    if (!(plugin.provides ?? []).includes(capability)) {
+      problems.push(`plugin "${plugin.name}" has a capability module for "${capability}" but does not list it in "provides"`);
+    }
+  }
+  const modules = [
+    ...Object.entries(plugin.messages ?? {}).map(([type, message]) => ({ what: `message "${type}"`, url: message.handler })),
+    ...Object.entries(plugin.capabilityModules ?? {}).map(([capability, url]) => ({ what: `capability "${capability}"`, url })),
+  ];
+  for (const { what, url } of modules) {
+    const handler = String(url);
     let handlerUrl: URL;
     try {
       handlerUrl = new URL(handler);
     } catch {
-      problems.push(`message "${type}" of plugin "${plugin.name}": handler "${handler}" is not an absolute URL; write new URL('./handler.ts', import.meta.url)`);
+      problems.push(`${what} of plugin "${plugin.name}": module "${handler}" is not an absolute URL; write new URL('./handler.ts', import.meta.url)`);
       continue;
     }
     if (handlerUrl.protocol === 'file:') {
       const info = await stat(fileURLToPath(handlerUrl)).catch(() => undefined);
-      if (!info?.isFile()) problems.push(`message "${type}" of plugin "${plugin.name}": handler module ${fileURLToPath(handlerUrl)} does not exist`);
+      if (!info?.isFile()) problems.push(`${what} of plugin "${plugin.name}": module ${fileURLToPath(handlerUrl)} does not exist`);
     }
   }
   return problems;

@@ -21,6 +21,7 @@ function makePools(t: TestContext, overrides: Partial<Record<string, Partial<Poo
         options: { greeting: 'hi' },
         host: { id: 'pool-host', agentVersion: '0.0.0', startedAt: Date.now() },
         plugins: [],
+        providers: {},
         logLevel: 'debug',
       },
     })),

@@ -10,7 +10,7 @@ const plugins = [{ name: 'core', version: '1.0.0', source: 'core', provides: [],
 const spec = (type: string, handler: URL, pluginName: string, options: unknown) => ({
   type,
   settings: { ...defaultPoolSettings, maxThreads: 1, timeoutMs: 10_000 },
-  workerData: { handlerUrl: handler.href, pluginName, options, host, plugins, logLevel: 'info' as const },
+  workerData: { handlerUrl: handler.href, pluginName, options, host, plugins, providers: {}, logLevel: 'info' as const },
 });
 const testkit = new URL('../fixtures/plugins/testkit/handlers.ts', import.meta.url);
 const pools = new PoolManager([

@@ -1,0 +1,69 @@
+/**
+ * The `ip-discovery` capability: how a plugin tells a VM's addresses. A provider plugin declares
+ * `provides: ['ip-discovery']` and `capabilityModules: { 'ip-discovery': new URL('./strategy.ts', import.meta.url) }`;
+ * that module's default export is an `IpDiscoveryStrategy`. The VM backend (qemu-backend's `get-vm-ip`,
+ * `get-vm`, `list-vms`) asks the host's providers in config order, first hit or merged.
+ * Strategy modules run in worker threads: stateless, web-standard APIs and `node:` specifiers only.
+ */
+import type { PluginLogger } from '../plugin-api.ts';
+
+/** What a strategy knows about the VM it is asked about. */
+export interface VmNetworkIdentity {
+  vm: string;
+  /** Lowercase, colon-separated. */
+  mac: string;
+  /** The bridge the VM's tap is on, when bridged. */
+  bridge?: string;
+  /** The VM's qemu-guest-agent socket, when it has one. */
+  guestAgentSocket?: string;
+}
+
+export type AddressFamily = 'ipv4' | 'ipv6';
+export type AddressScope = 'global' | 'link-local' | 'loopback';
+
+export interface DiscoveredAddress {
+  address: string;
+  family: AddressFamily;
+  scope: AddressScope;
+  /** The strategy (plugin name) that found it. */
+  source: string;
+  /** How old the evidence is (lease written, neighbour entry updated), when the source says; else null. */
+  ageMs: number | null;
+  /** Source-specific detail, e.g. the neighbour state (REACHABLE, STALE) or the lease expiry. */
+  detail?: Record<string, unknown>;
+}
+
+export interface IpDiscoveryContext<Options = unknown> {
+  /** The providing plugin's validated options. */
+  options: Options;
+  signal: AbortSignal;
+  log: PluginLogger;
+}
+
+export interface IpDiscoveryStrategy<Options = unknown> {
+  /** Addresses known now for the VM (all scopes; the caller filters). Never throws for "nothing found". */
+  discover(vm: VmNetworkIdentity, context: IpDiscoveryContext<Options>): Promise<DiscoveredAddress[]>;
+  /**
+   * Optional: resolves when something changed that may reveal an address for the VM (the lease file was
+   * written, a neighbour entry appeared), or after `timeoutMs`, or when the signal aborts. Lets a waiting
+   * caller react at once instead of polling. Without it, callers re-ask on a short interval.
+   */
+  waitForChange?(vm: VmNetworkIdentity, context: IpDiscoveryContext<Options> & { timeoutMs: number }): Promise<void>;
+}
+
+/** Classifies an address: loopback, link-local (169.254/16, fe80::/10) or global. */
+export function scopeOf(address: string, family: AddressFamily): AddressScope {
+  if (family === 'ipv4') {
+    if (address.startsWith('127.')) return 'loopback';
+    if (address.startsWith('169.254.')) return 'link-local';
+    return 'global';
+  }
+  const lower = address.toLowerCase();
+  if (lower === '::1') return 'loopback';
+  if (/^fe[89ab][0-9a-f]:/.test(lower)) return 'link-local';
+  return 'global';
+}
+
+export function normalizeMac(mac: string): string {
+  return mac.trim().toLowerCase();
+}
