@@ -99,6 +99,7 @@ export class Dispatcher {
     const entry: InFlight = { request, cancel, done: new Promise<void>((resolve) => (finished = resolve)) };
     this.#inFlight.add(entry);
     const started = performance.now();
+    messageLog.debug('accepted');
     // Progress keeps a caller waiting; this keeps it waiting for long handlers that report nothing.
     const keepalive = setInterval(() => delivery.progress(makeProgress(request, hostId, 'alive')), this.#options.keepaliveMs);
     keepalive.unref();

@@ -8,4 +8,7 @@ export const builtinPlugins: Readonly<Record<string, string>> = {
   'routing-direct': new URL('./routing-direct/index.ts', import.meta.url).href,
   'routing-fanout': new URL('./routing-fanout/index.ts', import.meta.url).href,
   'qemu-backend': new URL('./qemu-backend/index.ts', import.meta.url).href,
+  'ip-discovery-guest-agent': new URL('./ip-discovery-guest-agent/index.ts', import.meta.url).href,
+  'ip-discovery-dnsmasq': new URL('./ip-discovery-dnsmasq/index.ts', import.meta.url).href,
+  'ip-discovery-arp': new URL('./ip-discovery-arp/index.ts', import.meta.url).href,
 };

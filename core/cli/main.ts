@@ -22,13 +22,23 @@ const OPTIONS = {
   host: { type: 'string' },
   timeout: { type: 'string' },
   socket: { type: 'string' },
+  'wait-ip': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean' },
 } as const;
 
 export interface CommandContext {
   positionals: string[];
-  values: { config?: string; json?: boolean; payload?: string; 'payload-file'?: string; host?: string; timeout?: string; socket?: string };
+  values: {
+    config?: string;
+    json?: boolean;
+    payload?: string;
+    'payload-file'?: string;
+    host?: string;
+    timeout?: string;
+    socket?: string;
+    'wait-ip'?: boolean;
+  };
   output: Output;
 }
 

@@ -7,6 +7,7 @@ export const qemuErrors = {
   QEMU_FAILED: { message: 'QEMU failed to start or to do what was asked', retryable: true },
   QMP_FAILED: { message: 'the QEMU monitor (QMP) did not answer as expected', retryable: true },
   NETWORK_FAILED: { message: 'the VM network device could not be set up', retryable: true },
+  IP_NOT_FOUND: { message: 'no address for the VM was found before the timeout', retryable: true },
 } as const;
 
 export type QemuErrorCode = keyof typeof qemuErrors;

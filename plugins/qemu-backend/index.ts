@@ -6,7 +6,7 @@ import { definePlugin } from '../../core/plugin-api.ts';
 import { qemuErrors } from './errors.ts';
 import { qemuOptionsSchema } from './options.ts';
 import { reconcileVms } from './reconcile.ts';
-import { createVmPayload, listVmsPayload, restartVmPayload, stopVmPayload, vmRefPayload } from './schemas.ts';
+import { createVmPayload, getVmIpPayload, listVmsPayload, restartVmPayload, stopVmPayload, vmRefPayload } from './schemas.ts';
 
 const handler = (name: string) => new URL(`./handlers/${name}.ts`, import.meta.url);
 
@@ -26,6 +26,8 @@ export default definePlugin({
     'restart-vm': { payload: restartVmPayload, handler: handler('restart-vm'), serializeBy: 'vm', pool: { timeoutMs: 240_000 } },
     'delete-vm': { payload: vmRefPayload, handler: handler('delete-vm'), serializeBy: 'vm', pool: { timeoutMs: 60_000 } },
     'list-vms': { payload: listVmsPayload, handler: handler('list-vms'), pool: { timeoutMs: 30_000 } },
+    // Waiting for an address may take as long as the payload's timeoutMs (at most 10 minutes).
+    'get-vm-ip': { payload: getVmIpPayload, handler: handler('get-vm-ip'), pool: { maxThreads: 4, timeoutMs: 620_000 } },
     'list-images': { payload: listVmsPayload, handler: handler('list-images'), pool: { timeoutMs: 30_000 } },
     'get-vm': { payload: vmRefPayload, handler: handler('get-vm'), serializeBy: 'vm', pool: { timeoutMs: 30_000 } },
   },

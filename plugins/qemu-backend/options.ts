@@ -45,6 +45,15 @@ export const qemuOptionsSchema = z
     guestAgent: z.boolean().default(true),
     /** How long a graceful stop waits for the guest to power off before QEMU is told to quit. */
     stopTimeoutMs: z.number().int().min(0).max(3_600_000).default(60_000),
+    /** How the host's ip-discovery plugins are combined: the first that finds anything, or all merged. */
+    ipDiscovery: z
+      .object({
+        mode: z.enum(['first', 'merge']).default('first'),
+        /** Strategy plugins to ask, in order; default: every ip-discovery plugin, in config order. */
+        order: z.array(z.string().min(1).max(64)).max(16).optional(),
+      })
+      .strict()
+      .default({ mode: 'first' }),
     limits: z
       .object({
         maxVms: z.number().int().min(0).max(10_000).default(64),

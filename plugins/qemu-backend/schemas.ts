@@ -57,3 +57,16 @@ export const listVmsPayload = z.object({}).strict();
 export type CreateVmPayload = z.output<typeof createVmPayload>;
 export type StopVmPayload = z.output<typeof stopVmPayload>;
 export type RestartVmPayload = z.output<typeof restartVmPayload>;
+
+export const getVmIpPayload = z
+  .object({
+    vm: vmIdSchema,
+    /** Wait (with progress) until an address is known, up to timeoutMs. */
+    wait: z.boolean().default(false),
+    timeoutMs: z.number().int().min(0).max(600_000).default(60_000),
+    /** Link-local and loopback addresses are left out unless asked for. */
+    includeLinkLocal: z.boolean().default(false),
+  })
+  .strict();
+
+export type GetVmIpPayload = z.output<typeof getVmIpPayload>;

@@ -94,9 +94,14 @@ test('cli — plugins lists loaded plugins, their message types and pool setting
 });
 
 test('cli — SIGTERM lets the in-flight call finish, then the agent exits 0', async (t) => {
-  const { config, agent } = await agentWithTestkit(t);
+  const { config, agent } = await agentWithTestkit(t, 'log:\n  level: debug\n');
   const call = runCli(['call', 'test.sleep', '--config', config, '--payload', '{"ms":1500}']);
-  await new Promise((r) => setTimeout(r, 700));
+  // Signal only once the agent has taken the call (a loaded machine starts the CLI slowly).
+  const deadline = Date.now() + 15_000;
+  while (!/"type":"test\.sleep".*"msg":"accepted"/.test(agent.output())) {
+    assert.ok(Date.now() < deadline, agent.output());
+    await new Promise((r) => setTimeout(r, 20));
+  }
   agent.child.kill('SIGTERM');
   const result = await call;
   assert.equal(result.code, 0, result.stderr);

@@ -157,7 +157,7 @@ test('qemu — bad inputs are refused with specific errors and create nothing', 
   const host = await startQemuHost(t, { limits: { maxVms: 1 } });
   const cases: [Record<string, unknown>, string, RegExp?][] = [
     [{ image: '../../etc/passwd', memory: 128, vcpus: 1 }, 'INVALID_PAYLOAD', /payload\.image/],
-    [{ image: 'nonexistent', memory: 128, vcpus: 1 }, 'IMAGE_NOT_FOUND', /available: tiny/],
+    [{ image: 'nonexistent', memory: 128, vcpus: 1 }, 'IMAGE_NOT_FOUND', /available: tiny, tiny-qga/],
     [{ image: 'tiny', memory: 4096, vcpus: 1 }, 'VM_LIMIT', /at most 512 MiB/],
     [{ image: 'tiny', memory: 10 ** 12, vcpus: 1 }, 'INVALID_PAYLOAD'],
     [{ image: 'tiny', memory: 128, vcpus: 64 }, 'VM_LIMIT'],
@@ -170,7 +170,10 @@ test('qemu — bad inputs are refused with specific errors and create nothing', 
     if (message) assert.match(reply.error?.message ?? '', message);
   }
   assert.equal(ok<{ vms: Vm[] }>(await host.call('list-vms', {})).vms.length, 0, 'nothing was created');
-  assert.deepEqual(ok<{ images: unknown[] }>(await host.call('list-images', {})).images, [{ name: 'tiny', kind: 'kernel' }]);
+  assert.deepEqual(ok<{ images: unknown[] }>(await host.call('list-images', {})).images, [
+    { name: 'tiny', kind: 'kernel' },
+    { name: 'tiny-qga', kind: 'kernel' },
+  ]);
   await createTiny(host);
   const full = await host.call('create-vm', { image: 'tiny', memory: 128, vcpus: 1 });
   assert.equal(full.error?.code, 'NO_CAPACITY');

@@ -36,22 +36,40 @@ export interface QemuHost {
   waitForSerial(vm: string, marker: string, timeoutMs?: number, count?: number): Promise<void>;
 }
 
-export async function startQemuHost(t: TestContext, options: { limits?: Record<string, number>; stopTimeoutMs?: number } = {}): Promise<QemuHost> {
+export interface QemuHostOptions {
+  limits?: Record<string, number>;
+  stopTimeoutMs?: number;
+  /** Extra YAML lines under qemu-backend's options (indented 6 spaces). */
+  qemuOptionsYaml?: string;
+  /** Extra plugin entries (YAML list items, indented 2 spaces), after qemu-backend. */
+  pluginsYaml?: (ns: Netns) => string;
+  /** Runs before the agent starts (e.g. dnsmasq on the bridge). */
+  beforeAgent?: (ns: Netns) => Promise<void>;
+}
+
+export async function startQemuHost(t: TestContext, options: QemuHostOptions = {}): Promise<QemuHost> {
   ensureGuest();
   const ns = await withNetns(t);
   const dir = ns.dir;
   const images = join(dir, 'images');
-  await mkdir(join(images, 'tiny'), { recursive: true });
-  await copyFile(join(guestDir, 'vmlinuz'), join(images, 'tiny', 'vmlinuz'));
-  await copyFile(join(guestDir, 'initrd.img'), join(images, 'tiny', 'initrd.img'));
-  await writeFile(join(images, 'tiny', 'cmdline'), 'console=ttyS0 quiet panic=-1');
+  // `tiny`: the busybox guest; `tiny-qga`: the same with qemu-guest-agent running.
+  for (const [name, initrd] of [
+    ['tiny', 'initrd.img'],
+    ['tiny-qga', 'initrd-qga.img'],
+  ] as const) {
+    await mkdir(join(images, name), { recursive: true });
+    await copyFile(join(guestDir, 'vmlinuz'), join(images, name, 'vmlinuz'));
+    await copyFile(join(guestDir, initrd), join(images, name, 'initrd.img'));
+    await writeFile(join(images, name, 'cmdline'), 'console=ttyS0 quiet panic=-1');
+  }
+  await options.beforeAgent?.(ns);
   const stateDir = join(dir, 'state', 'qemu');
   const socket = join(dir, 'agent.sock');
   const configFile = join(dir, 'cloudlet.yaml');
   const limits = { maxVms: 4, maxTotalMemoryMiB: 1024, maxMemoryMiB: 512, maxVcpus: 2, ...options.limits };
   await writeFile(
     configFile,
-    `host:\n  id: qhost\ntransport:\n  kind: local\n  socket: ${socket}\nstate:\n  dir: ${join(dir, 'state')}\nlog:\n  level: debug\n  format: json\nplugins:\n  - use: qemu-backend\n    options:\n      imagesDir: ${images}\n      stateDir: ${stateDir}\n      accel: tcg\n      network:\n        mode: bridge\n        bridge: ${ns.bridge}\n      stopTimeoutMs: ${options.stopTimeoutMs ?? 20000}\n      limits: ${JSON.stringify(limits)}\n`,
+    `host:\n  id: qhost\ntransport:\n  kind: local\n  socket: ${socket}\nstate:\n  dir: ${join(dir, 'state')}\nlog:\n  level: debug\n  format: json\nplugins:\n  - use: qemu-backend\n    options:\n      imagesDir: ${images}\n      stateDir: ${stateDir}\n      accel: tcg\n      network:\n        mode: bridge\n        bridge: ${ns.bridge}\n      stopTimeoutMs: ${options.stopTimeoutMs ?? 20000}\n      limits: ${JSON.stringify(limits)}\n${options.qemuOptionsYaml ?? ''}${options.pluginsYaml?.(ns) ?? ''}`,
   );
   let output = '';
   const client = new LocalClientTransport({ socketPath: socket, inactivityTimeoutMs: 120_000 });

@@ -2,7 +2,8 @@ import { readFile } from 'node:fs/promises';
 import { CloudletError, cloudletError } from '../../errors.ts';
 import { hostIdSchema, makeRequest, messageTypeSchema, type ProgressEnvelope } from '../../envelope.ts';
 import { chooseRoute, ownerFromPayload } from '../../routing.ts';
-import type { GatherResult } from '../../transports/transport.ts';
+import type { ClientTransport, GatherResult } from '../../transports/transport.ts';
+import type { ReplyEnvelope } from '../../envelope.ts';
 import { createClientTransport } from '../../transports/index.ts';
 import { defaultSocketPath } from '../../transports/local.ts';
 import { clientConfig } from '../config-source.ts';
@@ -11,12 +12,13 @@ import { EXIT } from '../exit-codes.ts';
 import type { CommandContext } from '../main.ts';
 
 export const callUsage = `cloudlet call TYPE [--payload JSON | --payload-file FILE] [--host HOST] [--timeout MS]
-             [--config FILE] [--socket PATH] [--json]
+             [--wait-ip] [--config FILE] [--socket PATH] [--json]
   Sends one message of TYPE and prints the reply's result; progress goes to stderr. On RabbitMQ, --host sends
   it to that host; without it, broadcast types (routing.broadcast) go to every live host and print each
   host's answer, any-host types (routing.any) go to one host with capacity. --timeout MS is the deadline
   (default: wait while the host shows signs of life, up to 30 s of silence). With --json, prints the whole
-  reply envelope (or {replies, missing}). Exit 0 on success, 1 when a host answered with an error.`;
+  reply envelope (or {replies, missing}). --wait-ip: after a VM command succeeded, wait for the VM's address
+  (get-vm-ip on its host) and add it to the result. Exit 0 on success, 1 when a host answered with an error.`;
 
 export async function callCommand({ positionals, values, output }: CommandContext): Promise<number> {
   const [type, ...extra] = positionals;
@@ -47,7 +49,8 @@ export async function callCommand({ positionals, values, output }: CommandContex
     const deadline = values.timeout === undefined ? undefined : Date.now() + timeoutMs;
     const request = makeRequest({ type, payload, deadline, target });
     if (route === 'broadcast') return await printGathered(await transport.gather(request, { onProgress }), output);
-    const reply = await transport.request(request, { onProgress });
+    let reply = await transport.request(request, { onProgress });
+    if (reply.ok && values['wait-ip']) reply = await waitForIp(transport, reply, payload, onProgress);
     if (reply.ok) {
       output.result(reply.result === undefined ? '(no result)' : JSON.stringify(reply.result, null, 2), reply);
       return EXIT.OK;
@@ -59,6 +62,24 @@ export async function callCommand({ positionals, values, output }: CommandContex
   } finally {
     await transport.close();
   }
+}
+
+/**
+ * `--wait-ip`: after a command about a VM (create-vm, start-vm, …) succeeded, ask the VM's host for its
+ * address, waiting until one is known, and add `addresses` to the result.
+ */
+async function waitForIp(
+  transport: ClientTransport,
+  reply: ReplyEnvelope,
+  payload: unknown,
+  onProgress: (progress: ProgressEnvelope) => void,
+): Promise<ReplyEnvelope> {
+  const result = reply.result as { id?: unknown; vm?: unknown } | undefined;
+  const vm = typeof result?.id === 'string' ? result.id : typeof result?.vm === 'string' ? result.vm : (payload as { vm?: unknown })?.vm;
+  if (typeof vm !== 'string') throw cloudletError('USAGE', '--wait-ip needs a command whose result or payload names a VM (create-vm, start-vm, restart-vm, get-vm)');
+  const ipReply = await transport.request(makeRequest({ type: 'get-vm-ip', target: reply.host, payload: { vm, wait: true, timeoutMs: 120_000 } }), { onProgress });
+  if (!ipReply.ok) return ipReply;
+  return { ...reply, result: { ...(reply.result as object), addresses: (ipReply.result as { addresses: unknown }).addresses } };
 }
 
 async function printGathered(gathered: GatherResult, output: CommandContext['output']): Promise<number> {

@@ -4,14 +4,18 @@ import { runningPid } from '../processes.ts';
 import { listVmsPayload } from '../schemas.ts';
 import { listRecords, vmPaths } from '../state.ts';
 import { viewOf } from '../vm-ops.ts';
+import { findAddresses, loadStrategies } from '../discovery.ts';
 
 /** This host's VMs. Liveness from /proc only (no QMP round trip per VM), so a long list stays fast. */
 export default defineHandler(listVmsPayload, qemuOptionsSchema, async (_payload, ctx) => {
   const records = await listRecords(ctx.options.stateDir);
+  const strategies = await loadStrategies(ctx.options, ctx);
   const vms = await Promise.all(
     records.map(async (record) => {
       const pid = await runningPid(vmPaths(ctx.options.stateDir, record.id).pidfile, record.id);
-      return viewOf(record, pid === undefined ? 'stopped' : 'running', pid);
+      const addresses =
+        pid === undefined ? [] : (await findAddresses(ctx.options, strategies, record, { wait: false, timeoutMs: 0, includeLinkLocal: false }, ctx)).addresses;
+      return { ...viewOf(record, pid === undefined ? 'stopped' : 'running', pid), addresses };
     }),
   );
   return { host: ctx.host.id, vms };

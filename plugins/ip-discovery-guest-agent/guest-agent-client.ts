@@ -3,7 +3,6 @@
  * client may sit in the channel, so every session starts with `guest-sync` and a random id.
  */
 import { createConnection } from 'node:net';
-import { qemuError } from './errors.ts';
 
 export interface GuestInterface {
   name: string;
@@ -19,10 +18,10 @@ export async function guestAgentCall<T>(path: string, command: string, args?: Re
       const syncId = Math.floor(Math.random() * 2 ** 31);
       let buffer = '';
       let synced = false;
-      const timer = setTimeout(() => reject(qemuError('QMP_FAILED', `the guest agent did not answer "${command}" within ${timeoutMs} ms`)), timeoutMs);
+      const timer = setTimeout(() => reject(new Error(`the guest agent did not answer "${command}" within ${timeoutMs} ms`)), timeoutMs);
       socket.on('error', (error) => {
         clearTimeout(timer);
-        reject(qemuError('QMP_FAILED', `cannot reach the guest agent at ${path}: ${error.message}`));
+        reject(new Error(`cannot reach the guest agent at ${path}: ${error.message}`));
       });
       socket.on('data', (chunk: string) => {
         buffer += chunk;
@@ -44,7 +43,7 @@ export async function guestAgentCall<T>(path: string, command: string, args?: Re
             continue;
           }
           clearTimeout(timer);
-          if (message.error) reject(qemuError('QMP_FAILED', `guest agent: ${message.error.desc ?? 'error'}`));
+          if (message.error) reject(new Error(`guest agent: ${message.error.desc ?? 'error'}`));
           else resolve(message.return as T);
           return;
         }

@@ -1,0 +1,19 @@
+import { defineHandler } from '../../../core/plugin-api.ts';
+import { findAddresses, loadStrategies } from '../discovery.ts';
+import { qemuError } from '../errors.ts';
+import { qemuOptionsSchema } from '../options.ts';
+import { getVmIpPayload } from '../schemas.ts';
+import { requireRecord } from '../vm-ops.ts';
+
+export default defineHandler(getVmIpPayload, qemuOptionsSchema, async ({ vm, wait, timeoutMs, includeLinkLocal }, ctx) => {
+  const record = await requireRecord(ctx.options, vm);
+  const strategies = await loadStrategies(ctx.options, ctx);
+  if (strategies.length === 0) {
+    return { vm, addresses: [], strategies: [], hint: 'this host has no ip-discovery plugin configured' };
+  }
+  const answer = await findAddresses(ctx.options, strategies, record, { wait, timeoutMs, includeLinkLocal }, ctx);
+  if (wait && answer.addresses.length === 0) {
+    throw qemuError('IP_NOT_FOUND', `no address for ${vm} within ${timeoutMs} ms (asked: ${answer.strategies.join(', ')})`, { vm, strategies: answer.strategies });
+  }
+  return { vm, mac: record.mac, ...answer };
+});

@@ -1,0 +1,90 @@
+import assert from 'node:assert/strict';
+import test from 'node:test';
+import type { DiscoveredAddress, IpDiscoveryStrategy, VmNetworkIdentity } from '../../../core/capabilities/ip-discovery.ts';
+import { findAddresses } from '../../../plugins/qemu-backend/discovery.ts';
+import { qemuOptionsSchema } from '../../../plugins/qemu-backend/options.ts';
+import type { VmRecord } from '../../../plugins/qemu-backend/state.ts';
+
+// Unit tests with stand-in strategies, in addition to the real-VM tests in test/e2e/ip-discovery-*.test.ts.
+const record: VmRecord = {
+  v: 1,
+  id: 'h1.abcdefgh',
+  host: 'h1',
+  image: 'x',
+  imageKind: 'kernel',
+  memoryMiB: 64,
+  vcpus: 1,
+  mac: '02:aa:bb:cc:dd:ee',
+  network: { mode: 'bridge', bridge: 'br0', tap: 'cltabcdefgh' },
+  autostart: false,
+  desired: 'running',
+  createdAt: '',
+  updatedAt: '',
+};
+const log = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
+const ctx = { signal: new AbortController().signal, log, progress: () => undefined };
+const address = (a: string, source: string, scope: DiscoveredAddress['scope'] = 'global'): DiscoveredAddress => ({
+  address: a,
+  family: a.includes(':') ? 'ipv6' : 'ipv4',
+  scope,
+  source,
+  ageMs: null,
+});
+const fixed = (found: DiscoveredAddress[], seen?: VmNetworkIdentity[]): IpDiscoveryStrategy => ({
+  async discover(vm) {
+    seen?.push(vm);
+    return found;
+  },
+});
+const strategiesOf = (...list: [string, IpDiscoveryStrategy][]) => list.map(([plugin, implementation]) => ({ plugin, options: {}, implementation }));
+
+test('discovery — first mode takes the first strategy that knows a global address; merge mode unites them', async () => {
+  const seen: VmNetworkIdentity[] = [];
+  const strategies = strategiesOf(
+    ['empty', fixed([], seen)],
+    ['linklocal-only', fixed([address('fe80::1', 'linklocal-only', 'link-local')])],
+    ['a', fixed([address('10.0.0.5', 'a')])],
+    ['b', fixed([address('10.0.0.5', 'b'), address('2001:db8::5', 'b')])],
+  );
+  const first = await findAddresses(qemuOptionsSchema.parse({ imagesDir: '/i' }), strategies, record, { wait: false, timeoutMs: 0, includeLinkLocal: false }, ctx);
+  assert.deepEqual(first.addresses.map((a) => [a.address, a.source]), [['10.0.0.5', 'a']]);
+  assert.deepEqual(first.strategies, ['empty', 'linklocal-only', 'a', 'b']);
+  assert.deepEqual(seen[0], { vm: 'h1.abcdefgh', mac: '02:aa:bb:cc:dd:ee', bridge: 'br0', guestAgentSocket: '/var/lib/cloudlet/qemu/h1.abcdefgh/qga.sock' });
+
+  const merged = await findAddresses(
+    qemuOptionsSchema.parse({ imagesDir: '/i', ipDiscovery: { mode: 'merge' } }),
+    strategies,
+    record,
+    { wait: false, timeoutMs: 0, includeLinkLocal: true },
+    ctx,
+  );
+  assert.deepEqual(merged.addresses.map((a) => a.address), ['fe80::1', '10.0.0.5', '2001:db8::5']);
+});
+
+test('discovery — a failing strategy is skipped; waiting re-asks after a change notification', async () => {
+  let calls = 0;
+  let notify!: () => void;
+  const late: IpDiscoveryStrategy = {
+    async discover() {
+      calls++;
+      return calls >= 2 ? [address('10.0.0.9', 'late')] : [];
+    },
+    waitForChange: () => new Promise<void>((resolve) => (notify = resolve)),
+  };
+  const broken: IpDiscoveryStrategy = {
+    async discover() {
+      throw new Error('boom');
+    },
+    waitForChange: ({}, { timeoutMs }) => new Promise((r) => setTimeout(r, timeoutMs)),
+  };
+  setTimeout(() => notify(), 100);
+  const answer = await findAddresses(
+    qemuOptionsSchema.parse({ imagesDir: '/i' }),
+    strategiesOf(['broken', broken], ['late', late]),
+    record,
+    { wait: true, timeoutMs: 30_000, includeLinkLocal: false },
+    ctx,
+  );
+  assert.deepEqual(answer.addresses.map((a) => a.address), ['10.0.0.9']);
+  assert.equal(calls, 2, 'asked once, then once more after the change');
+});
