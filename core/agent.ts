@@ -4,12 +4,12 @@
  */
 import process from 'node:process';
 import { CloudletError, registerPluginErrors } from './errors.ts';
-import { makeEvent, messageTypeSchema } from './envelope.ts';
+import { makeEvent, makeRequest, messageTypeSchema } from './envelope.ts';
 import type { HostConfig } from './config/host-config.ts';
 import { createLogger, type Logger } from './logger.ts';
 import { Dispatcher } from './dispatcher.ts';
 import { PoolManager, type PoolSpec } from './pools.ts';
-import type { CapabilityProvider, HostIdentity, LoadedPluginSummary, PluginHookContext } from './plugin-api.ts';
+import type { CapabilityProvider, DispatchReply, HostIdentity, LoadedPluginSummary, PluginHookContext } from './plugin-api.ts';
 import type { LoadedPlugin } from './plugins/loader.ts';
 import { createAgentTransport, type AgentTransport } from './transports/index.ts';
 import { AGENT_VERSION } from './version.ts';
@@ -76,11 +76,39 @@ export class Agent {
         await this.transport.publishEvent(makeEvent(type, this.host.id, payload));
       },
       capabilities,
+      dispatch: (type, payload, options = {}) => this.#dispatchLocally(type, payload, options),
       transport: {
         kind: this.transport.kind,
         addInboundRoute: (route) => this.transport.addInboundRoute?.(route),
       },
     };
+  }
+
+  /** A message from a plugin to this host's own handlers, through the same dispatcher as the wire. */
+  #dispatchLocally(
+    type: string,
+    payload: unknown,
+    options: { deadline?: number; onProgress?: (stage: string, detail?: Record<string, unknown>) => void },
+  ): Promise<DispatchReply> {
+    const dispatcher = this.#dispatcher;
+    if (!dispatcher) return Promise.resolve({ ok: false, host: this.host.id, error: { code: 'SHUTTING_DOWN', message: 'the agent is not running' } });
+    const request = makeRequest({ type, payload, deadline: options.deadline });
+    return new Promise((resolve) => {
+      dispatcher.handle({
+        body: JSON.stringify(request),
+        replyable: true,
+        progress: (progress) => {
+          if (progress.stage !== 'alive') options.onProgress?.(progress.stage, progress.detail);
+        },
+        reply: async (reply) => {
+          resolve(
+            reply.ok
+              ? { ok: true, host: reply.host, result: reply.result }
+              : { ok: false, host: reply.host, error: reply.error ?? { code: 'INTERNAL', message: 'error reply without an error' } },
+          );
+        },
+      });
+    });
   }
 
   async start(): Promise<void> {

@@ -79,6 +79,12 @@ export interface PluginHookContext<Options> {
   emitEvent(type: string, payload?: unknown): Promise<void>;
   /** The capabilities provided by loaded plugins, mapped to the providing plugin names in load (dependency) order. */
   capabilities: ReadonlyMap<string, readonly string[]>;
+  /**
+   * Sends a message to this host's own handlers — same validation, same pools, same limits as one arriving
+   * on the transport — and resolves with the reply (which may carry an error). For protocol plugins that
+   * translate another wire format into cloudlet's messages. Added in core API 1.4.
+   */
+  dispatch(type: string, payload: unknown, options?: { deadline?: number; onProgress?: (stage: string, detail?: Record<string, unknown>) => void }): Promise<DispatchReply>;
   /** The agent's transport, for routing plugins. Added in core API 1.1. */
   transport: {
     kind: string;
@@ -86,6 +92,11 @@ export interface PluginHookContext<Options> {
     addInboundRoute(route: 'direct' | 'any' | 'broadcast'): void;
   };
 }
+
+/** A reply as `dispatch` returns it: the envelope's outcome, without the wire fields. */
+export type DispatchReply =
+  | { ok: true; host: string; result: unknown }
+  | { ok: false; host: string; error: { code: string; message: string; retryable?: boolean; details?: unknown } };
 
 export interface PluginHooks<Options> {
   /** Runs after every plugin loaded and validated, in dependency order, before any message is taken. */

@@ -193,3 +193,19 @@ test('agent — events published by a plugin reach subscribed clients', async (t
   while (received.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   assert.deepEqual(received, [['test.happened', { n: 1 }]]);
 });
+
+test('agent — a plugin dispatches messages to its own host through the same validation and pools', async (t) => {
+  const relay = new URL('../fixtures/plugins/relay/index.ts', import.meta.url).pathname;
+  const { client, agent } = await startAgent(t, { plugins: [{ use: testkitPath }, { use: relay }] });
+  const events: unknown[] = [];
+  await client.subscribe((event) => events.push(event.payload));
+  const deadline = Date.now() + 10_000;
+  while (events.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  const done = events[0] as { echoed: { ok: boolean; host: string; result: { value: string } }; invalid: { error: { code: string } }; unknown: { error: { code: string } } };
+  assert.ok(done, 'the relay reported back');
+  assert.equal(done.echoed.ok, true);
+  assert.equal(done.echoed.result.value, 'via relay');
+  assert.equal(done.echoed.host, agent.host.id);
+  assert.equal(done.invalid.error.code, 'INVALID_PAYLOAD');
+  assert.equal(done.unknown.error.code, 'UNKNOWN_TYPE');
+});
