@@ -7,7 +7,7 @@ import { CloudletError, registerPluginErrors } from './errors.ts';
 import { makeEvent, makeRequest, messageTypeSchema } from './envelope.ts';
 import type { HostConfig } from './config/host-config.ts';
 import { createLogger, type Logger } from './logger.ts';
-import { Dispatcher } from './dispatcher.ts';
+import { Dispatcher, type DispatchObserver } from './dispatcher.ts';
 import { PoolManager, type PoolSpec } from './pools.ts';
 import type { CapabilityProvider, DispatchReply, HostIdentity, LoadedPluginSummary, PluginHookContext } from './plugin-api.ts';
 import type { LoadedPlugin } from './plugins/loader.ts';
@@ -17,6 +17,8 @@ import type { LogLevelName } from '../workers/protocol.ts';
 
 export interface AgentOptions {
   logger?: Logger;
+  /** Told about every answered request (e.g. metrics). */
+  observer?: DispatchObserver;
   /** Overrides the configured transport (tests). */
   transport?: AgentTransport;
 }
@@ -40,11 +42,13 @@ export class Agent {
   #dispatcher: Dispatcher | undefined;
   #started: LoadedPlugin[] = [];
   #stopping: Promise<void> | undefined;
+  readonly #observer: DispatchObserver | undefined;
 
   constructor(config: HostConfig, options: AgentOptions = {}) {
     this.config = config;
     this.log = (options.logger ?? createLogger({ level: config.core.log.level, format: config.core.log.format })).child({ host: config.hostId });
     this.host = { id: config.hostId, agentVersion: AGENT_VERSION, startedAt: Date.now() };
+    this.#observer = options.observer;
     this.transport =
       options.transport ??
       createAgentTransport(config.core, {
@@ -145,6 +149,7 @@ export class Agent {
       hostId: config.hostId,
       maxMessageBytes: config.core.limits.maxMessageBytes,
       keepaliveMs: config.core.limits.keepaliveMs,
+      ...(this.#observer ? { observer: this.#observer } : {}),
       routes: config.messages,
       pools: this.#pools,
       log: this.log,

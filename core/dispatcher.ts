@@ -20,7 +20,20 @@ export interface DispatcherOptions {
   log: Logger;
   /** How often a running request tells its caller it is still alive. */
   keepaliveMs: number;
+  /** Told about every answered request (metrics); must not throw or block. */
+  observer?: DispatchObserver;
 }
+
+/** What the dispatcher reports for each message it answered or refused. */
+export interface DispatchOutcome {
+  type: string | undefined;
+  ok: boolean;
+  code?: string;
+  /** Time from acceptance to reply; 0 for messages refused before reaching a pool. */
+  elapsedMs: number;
+}
+
+export type DispatchObserver = (outcome: DispatchOutcome) => void;
 
 interface InFlight {
   request: RequestEnvelope;
@@ -53,12 +66,14 @@ export class Dispatcher {
     const { hostId, maxMessageBytes, log } = this.#options;
     const decoded = decodeEnvelope(delivery.body, 'request', maxMessageBytes);
     if (!decoded.ok) {
+      this.#options.observer?.({ type: decoded.type, ok: false, code: decoded.error.code, elapsedMs: 0 });
       log.warn({ code: decoded.error.code, msgId: decoded.id, type: decoded.type }, `rejected a message: ${decoded.error.message}`);
       if (delivery.replyable) await delivery.reply(makeReply({ id: decoded.id, type: decoded.type }, hostId, { ok: false, error: decoded.error.toWire() }));
       return;
     }
     const request = decoded.envelope;
     const refuse = (error: CloudletError) => {
+      this.#options.observer?.({ type: request.type, ok: false, code: error.code, elapsedMs: 0 });
       log.info({ code: error.code, msgId: request.id, type: request.type }, `refused "${request.type}": ${error.message}`);
       return delivery.reply(makeReply(request, hostId, { ok: false, error: error.toWire() }));
     };
@@ -124,6 +139,7 @@ export class Dispatcher {
       const outcome =
         lockValue === undefined ? await runInPool() : await this.#locks.run(`${route.plugin.plugin.name}:${serializeBy}=${JSON.stringify(lockValue)}`, runInPool);
       const elapsedMs = Math.round((performance.now() - started) * 10) / 10;
+      this.#options.observer?.(outcome.ok ? { type: request.type, ok: true, elapsedMs } : { type: request.type, ok: false, code: outcome.error.code, elapsedMs });
       let reply: ReplyEnvelope;
       if (outcome.ok) {
         messageLog.debug({ elapsedMs }, 'handled');
