@@ -8,6 +8,7 @@ import { makeEvent, makeRequest, messageTypeSchema } from './envelope.ts';
 import type { HostConfig } from './config/host-config.ts';
 import { createLogger, type Logger } from './logger.ts';
 import { Dispatcher, type DispatchObserver } from './dispatcher.ts';
+import { agentSecurity } from './security/agent-security.ts';
 import { PoolManager, type PoolSpec } from './pools.ts';
 import type { CapabilityProvider, DispatchReply, HostIdentity, LoadedPluginSummary, PluginHookContext } from './plugin-api.ts';
 import type { LoadedPlugin } from './plugins/loader.ts';
@@ -145,7 +146,10 @@ export class Agent {
     }));
     const declaredCodes = new Map(config.plugins.map((p) => [p.plugin.name, new Set(Object.keys(p.plugin.errors ?? {}))]));
     this.#pools = new PoolManager(specs, declaredCodes);
+    const security = await agentSecurity(config.core.security);
     this.#dispatcher = new Dispatcher({
+      authorizer: security.authorizer,
+      ...(security.signReply ? { signReply: security.signReply } : {}),
       hostId: config.hostId,
       maxMessageBytes: config.core.limits.maxMessageBytes,
       keepaliveMs: config.core.limits.keepaliveMs,

@@ -10,6 +10,7 @@ import { decodeEnvelope, formatPath, makeProgress, makeReply, progressSchema, ty
 import type { MessageRoute } from './config/host-config.ts';
 import type { PoolManager } from './pools.ts';
 import { KeyedMutex } from './keyed-mutex.ts';
+import type { RequestAuthorizer } from './security/authorizer.ts';
 import type { InboundDelivery } from './transports/transport.ts';
 
 export interface DispatcherOptions {
@@ -22,6 +23,10 @@ export interface DispatcherOptions {
   keepaliveMs: number;
   /** Told about every answered request (metrics); must not throw or block. */
   observer?: DispatchObserver;
+  /** Checks signatures, permissions and replays (security); absent: every well-formed request may run. */
+  authorizer?: RequestAuthorizer;
+  /** Signs every reply with the host's key. */
+  signReply?: (reply: ReplyEnvelope) => ReplyEnvelope;
 }
 
 /** What the dispatcher reports for each message it answered or refused. */
@@ -68,14 +73,20 @@ export class Dispatcher {
     if (!decoded.ok) {
       this.#options.observer?.({ type: decoded.type, ok: false, code: decoded.error.code, elapsedMs: 0 });
       log.warn({ code: decoded.error.code, msgId: decoded.id, type: decoded.type }, `rejected a message: ${decoded.error.message}`);
-      if (delivery.replyable) await delivery.reply(makeReply({ id: decoded.id, type: decoded.type }, hostId, { ok: false, error: decoded.error.toWire() }));
+      if (delivery.replyable) await this.#reply(delivery, makeReply({ id: decoded.id, type: decoded.type }, hostId, { ok: false, error: decoded.error.toWire() }));
       return;
     }
     const request = decoded.envelope;
+    const authError = this.#options.authorizer?.check(request);
+    if (authError) {
+      this.#options.observer?.({ type: request.type, ok: false, code: authError.code, elapsedMs: 0 });
+      log.warn({ code: authError.code, msgId: request.id, type: request.type, key: request.auth?.key, sender: delivery.sender }, `refused an unauthenticated request: ${authError.message}`);
+      return this.#reply(delivery, makeReply(request, hostId, { ok: false, error: authError.toWire() }));
+    }
     const refuse = (error: CloudletError) => {
       this.#options.observer?.({ type: request.type, ok: false, code: error.code, elapsedMs: 0 });
       log.info({ code: error.code, msgId: request.id, type: request.type }, `refused "${request.type}": ${error.message}`);
-      return delivery.reply(makeReply(request, hostId, { ok: false, error: error.toWire() }));
+      return this.#reply(delivery, makeReply(request, hostId, { ok: false, error: error.toWire() }));
     };
 
     if (request.target !== undefined && request.target !== hostId) {
@@ -148,12 +159,16 @@ export class Dispatcher {
         messageLog.warn({ code: outcome.error.code, elapsedMs }, `failed: ${outcome.error.message}`);
         reply = makeReply(request, hostId, { ok: false, error: outcome.error.toWire() });
       }
-      await delivery.reply(this.#fitToLimit(reply));
+      await this.#reply(delivery, this.#fitToLimit(reply));
     } finally {
       clearInterval(keepalive);
       this.#inFlight.delete(entry);
       finished();
     }
+  }
+
+  #reply(delivery: InboundDelivery, reply: ReplyEnvelope): Promise<void> {
+    return delivery.reply(this.#options.signReply ? this.#options.signReply(reply) : reply);
   }
 
   /** A result too large to send is replaced by an error, so the caller hears something instead of nothing. */

@@ -35,6 +35,15 @@ export const wireErrorSchema = z.object({
 
 const base = { v: z.literal(PROTOCOL_VERSION) };
 
+/** An Ed25519 signature over the envelope (see core/security/envelope-auth.ts and docs/PROTOCOL.md). */
+export const authSchema = z
+  .object({
+    /** Key id: the first 16 hex digits of the SHA-256 of the signer's public key. */
+    key: z.string().regex(/^[0-9a-f]{16}$/, '16 lowercase hex digits'),
+    sig: z.string().max(200),
+  })
+  .strict();
+
 export const requestSchema = z.object({
   ...base,
   kind: z.literal('request'),
@@ -45,6 +54,7 @@ export const requestSchema = z.object({
   /** Absolute deadline, milliseconds since the Unix epoch. */
   deadline: z.number().int().positive().optional(),
   payload: z.unknown().optional(),
+  auth: authSchema.optional(),
 });
 
 export const replySchema = z
@@ -58,6 +68,7 @@ export const replySchema = z
     ok: z.boolean(),
     result: z.unknown().optional(),
     error: wireErrorSchema.optional(),
+    auth: authSchema.optional(),
   })
   .refine((reply) => reply.ok === (reply.error === undefined), {
     message: 'a reply has "error" exactly when "ok" is false',

@@ -37,6 +37,12 @@ export const errorCatalogue = {
   HOST_DOWN: { message: 'the target host is not running (no heartbeat, no consumer)', retryable: true },
   NO_CAPACITY: { message: 'no live host has capacity for the request', retryable: true },
   DEAD_LETTERED: { message: 'the request failed too many times and was moved to the dead-letter queue', retryable: false },
+  // Authentication (security.requireSignatures)
+  UNSIGNED: { message: 'the request carries no signature and this host requires one', retryable: false },
+  BAD_SIGNATURE: { message: 'the signature does not match the request or its key is unknown', retryable: false },
+  FORBIDDEN: { message: 'the signing key may not send this message type to this host', retryable: false },
+  REPLAYED: { message: 'a request with this id was already taken, or its deadline is too far ahead or missing', retryable: false },
+  UNTRUSTED_REPLY: { message: 'the reply is not signed by a key trusted for its host', retryable: false },
   // Client side
   AGENT_UNREACHABLE: { message: 'the agent could not be reached', retryable: true },
   CONNECTION_LOST: { message: 'the connection closed before a reply arrived', retryable: true },
@@ -46,6 +52,7 @@ export const errorCatalogue = {
   CONFIG_NOT_FOUND: { message: 'the config file does not exist or cannot be read', retryable: false },
   CONFIG_SYNTAX: { message: 'the config file is not valid YAML or JSON', retryable: false },
   CONFIG_INVALID: { message: 'the config does not match its schema', retryable: false },
+  CONFIG_INSECURE: { message: 'a file holding secrets can be read by other users', retryable: false },
   // Plugin loading (all checked before any plugin hook runs)
   PLUGIN_NOT_FOUND: { message: 'the plugin module could not be found', retryable: false },
   PLUGIN_IMPORT_FAILED: { message: 'the plugin module threw while being imported', retryable: false },

@@ -137,6 +137,7 @@ export async function spawnAgent(t: TestContext, configFile: string, env: NodeJS
 
 export async function writeConfig(dir: string, name: string, yaml: string): Promise<string> {
   const file = join(dir, name);
-  await writeFile(file, yaml);
+  // Owner-only, as a config holding a broker password must be.
+  await writeFile(file, yaml, { mode: 0o600 });
   return file;
 }

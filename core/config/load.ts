@@ -2,7 +2,7 @@
  * Reads a host config (YAML or JSON), applies environment overrides and validates the core's part.
  * Plugin options are validated by the plugin loader, which adds its problems to the same list.
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import { CloudletError, cloudletError } from '../errors.ts';
@@ -58,7 +58,23 @@ export async function readConfigFile(file: string, env: NodeJS.ProcessEnv = proc
     throw new CloudletError('CONFIG_SYNTAX', problems.map((p) => `${p.file}: ${p.path}: ${p.message}`).join('\n'), { details: { problems } });
   }
   const data = (document.toJS() as unknown) ?? {};
+  await refuseReadableSecrets(absolute, data);
   return applyEnvOverrides({ file: absolute, data, fromEnv: new Map() }, env);
+}
+
+/**
+ * A config that holds a secret (a password in the broker URL) must not be readable by every user on the
+ * host. Keys live in their own files (checked when loaded); this covers the config file itself.
+ */
+async function refuseReadableSecrets(file: string, data: unknown): Promise<void> {
+  const url = (data as { transport?: { url?: unknown } } | null)?.transport?.url;
+  const hasPassword = typeof url === 'string' && /^[a-z][a-z0-9+.-]*:\/\/[^/@\s:]*:[^/@\s]+@/i.test(url);
+  if (!hasPassword) return;
+  const mode = (await stat(file)).mode & 0o777;
+  if ((mode & 0o004) === 0) return;
+  throw new CloudletError('CONFIG_INSECURE', `${file} holds the broker password (transport.url) and every user can read it (mode ${mode.toString(8)}); run: chmod 640 ${file}, or put the URL in CLOUDLET_AMQP_URL`, {
+    details: { problems: [{ code: 'CONFIG_INSECURE', file, path: 'transport.url', message: `a password in a world-readable file; run: chmod 640 ${file}, or put the URL in CLOUDLET_AMQP_URL`, found: `mode ${mode.toString(8)}`, allowed: 'not readable by others (e.g. 640 or 600)' }] },
+  });
 }
 
 /** An in-memory config (tests, `cloudlet init`), treated exactly like a file's content. */

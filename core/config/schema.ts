@@ -69,6 +69,39 @@ export const amqpTransportSchema = z
 
 export const transportSchema = z.discriminatedUnion('kind', [localTransportSchema, amqpTransportSchema]);
 
+const keyName = z.string().min(1).max(64).regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/, 'letters, digits, "_", ".", "-"');
+const base64Key = z.string().min(40).max(200).regex(/^[A-Za-z0-9+/=]+$/, 'a base64 Ed25519 public key (SPKI DER), as `cloudlet keys generate` prints it');
+
+export const securitySchema = z
+  .object({
+    /** Refuse requests that are not signed by a key in `clients`. */
+    requireSignatures: z.boolean().default(false),
+    /** Private key (PEM file, mode 600) this host signs its replies with. */
+    hostKeyFile: z.string().min(1).max(1024).optional(),
+    /** Keys allowed to command this host, each limited to message types ('*' for all). */
+    clients: z
+      .array(
+        z
+          .object({
+            name: keyName,
+            publicKey: base64Key,
+            allow: z.array(z.union([z.literal('*'), messageTypeSchema])).min(1).max(200).default(['*']),
+          })
+          .strict(),
+      )
+      .max(1000)
+      .default([]),
+    /** Signed requests must carry a deadline at most this far ahead (bounds how long an id is remembered). */
+    maxDeadlineMs: z.number().int().min(1_000).max(7 * 24 * 3600 * 1000).default(3_600_000),
+    /** Client side: the private key (PEM file, mode 600) the CLI signs requests with. */
+    clientKeyFile: z.string().min(1).max(1024).optional(),
+    /** Client side: public keys of the hosts whose signed replies are trusted (host id → base64 key). */
+    hostKeys: z.record(z.string().min(1).max(63), base64Key).default({}),
+    /** Client side: refuse replies that are not signed by the host's key in `hostKeys`. */
+    requireSignedReplies: z.boolean().default(false),
+  })
+  .strict();
+
 export const routingSchema = z
   .object({
     /** Message types that, sent without a host, go to every live host and gather the replies. */
@@ -123,6 +156,7 @@ export const coreConfigSchema = z
     pools: z.record(messageTypeSchema, poolOverrideSchema).default({}),
     /** How a client routes a message sent without a host (the host decides what it takes part in by plugins). */
     routing: routingSchema.default({ broadcast: ['list-vms', 'host-info'], any: ['create-vm'] }),
+    security: securitySchema.default({ requireSignatures: false, clients: [], maxDeadlineMs: 3_600_000, hostKeys: {}, requireSignedReplies: false }),
     state: z
       .object({
         /** Where this host keeps lasting state (outcomes of handled requests; VM records in later plugins). */
@@ -137,6 +171,7 @@ export const coreConfigSchema = z
 export type CoreConfig = z.output<typeof coreConfigSchema>;
 export type AmqpTransportConfig = z.output<typeof amqpTransportSchema>;
 export type RoutingConfig = z.output<typeof routingSchema>;
+export type SecurityConfig = z.output<typeof securitySchema>;
 
 /** `/var/lib/cloudlet` for root (a system service); a per-user folder otherwise. */
 export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {

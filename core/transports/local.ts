@@ -108,6 +108,7 @@ export class LocalAgentTransport implements AgentTransport {
         onDelivery({
           body: line,
           replyable: true,
+          sender: { transport: 'unix', socket: this.#options.socketPath },
           reply: async (envelope) => {
             if (replied) return;
             replied = true;

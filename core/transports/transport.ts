@@ -15,6 +15,8 @@ export interface InboundDelivery {
   reply(envelope: ReplyEnvelope): Promise<void>;
   /** Streams a progress update; best effort, never blocks the handler. */
   progress(envelope: ProgressEnvelope): void;
+  /** Where it came from, for the log when it is refused (never secrets). */
+  readonly sender?: Record<string, unknown>;
 }
 
 export type DeliveryListener = (delivery: InboundDelivery) => void;

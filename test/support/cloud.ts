@@ -33,7 +33,11 @@ export interface Cloud {
 const transportYaml = (url: string, prefix: string, extra: string) =>
   `transport:\n  kind: amqp\n  url: "${url}"\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 1200\n${extra}`;
 
-export async function startCloud(t: TestContext, hosts: HostSpec[], options: { url?: string; transportExtra?: string; routingAny?: string[] } = {}): Promise<Cloud> {
+export async function startCloud(
+  t: TestContext,
+  hosts: HostSpec[],
+  options: { url?: string; transportExtra?: string; routingAny?: string[]; hostYaml?: (host: string) => string } = {},
+): Promise<Cloud> {
   const url = options.url ?? SHARED_BROKER;
   const prefix = `t-${randomUUID().slice(0, 8)}`;
   const dir = await tempDir(t, 'cloudlet-cloud-');
@@ -67,7 +71,7 @@ export async function startCloud(t: TestContext, hosts: HostSpec[], options: { u
         (await writeConfig(
           dir,
           `${spec.id}.yaml`,
-          `host:\n  id: ${spec.id}\n${transportYaml(url, prefix, transportExtra)}state:\n  dir: ${join(dir, 'state', spec.id)}\nlog:\n  level: debug\n${routing}plugins:\n${plugins.join('\n')}\n`,
+          `host:\n  id: ${spec.id}\n${options.hostYaml?.(spec.id) ?? ''}${transportYaml(url, prefix, transportExtra)}state:\n  dir: ${join(dir, 'state', spec.id)}\nlog:\n  level: debug\n${routing}plugins:\n${plugins.join('\n')}\n`,
         ));
       configs.set(spec.id, file);
       const agent = await spawnAgent(t, file);

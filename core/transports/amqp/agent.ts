@@ -219,6 +219,15 @@ export class AmqpAgentTransport implements AgentTransport {
     (this.#onDelivery as DeliveryListener)({
       body: msg.content,
       replyable: true,
+      sender: {
+        transport: 'amqp',
+        route,
+        exchange: msg.fields.exchange,
+        routingKey: msg.fields.routingKey,
+        appId: msg.properties.appId,
+        userId: msg.properties.userId,
+        redelivered: msg.fields.redelivered,
+      },
       progress: (envelope) => sendProgress(envelope),
       reply: async (envelope) => {
         try {

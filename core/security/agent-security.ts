@@ -1,0 +1,20 @@
+/** The agent's side of `security`: the request authorizer and, with a host key, reply signing. */
+import type { SecurityConfig } from '../config/schema.ts';
+import type { ReplyEnvelope } from '../envelope.ts';
+import { RequestAuthorizer } from './authorizer.ts';
+import { signEnvelope } from './envelope-auth.ts';
+import { keyIdOf, loadPrivateKey } from './keys.ts';
+import { createPublicKey } from 'node:crypto';
+
+export interface AgentSecurity {
+  authorizer: RequestAuthorizer;
+  signReply?: (reply: ReplyEnvelope) => ReplyEnvelope;
+}
+
+export async function agentSecurity(config: SecurityConfig): Promise<AgentSecurity> {
+  const authorizer = new RequestAuthorizer(config);
+  if (!config.hostKeyFile) return { authorizer };
+  const privateKey = await loadPrivateKey(config.hostKeyFile);
+  const signer = { privateKey, keyId: keyIdOf(createPublicKey(privateKey)) };
+  return { authorizer, signReply: (reply) => signEnvelope(reply, signer) };
+}

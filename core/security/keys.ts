@@ -1,0 +1,59 @@
+/**
+ * Ed25519 keys: generation, loading, and the short key id that travels in envelopes. Private keys live in
+ * PEM files readable by their owner only; a file that others can read is refused.
+ */
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { readFile, stat, writeFile } from 'node:fs/promises';
+import { cloudletError } from '../errors.ts';
+
+export interface GeneratedKey {
+  privateKeyPem: string;
+  /** Base64 of the SPKI DER: what configs list as `publicKey`. */
+  publicKey: string;
+  keyId: string;
+}
+
+export function generateKey(): GeneratedKey {
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  const publicDer = publicKey.export({ type: 'spki', format: 'der' });
+  return {
+    privateKeyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+    publicKey: Buffer.from(publicDer).toString('base64'),
+    keyId: keyIdOf(publicKey),
+  };
+}
+
+/** First 16 hex digits of the SHA-256 of the public key (SPKI DER). */
+export function keyIdOf(publicKey: KeyObject): string {
+  return createHash('sha256').update(publicKey.export({ type: 'spki', format: 'der' })).digest('hex').slice(0, 16);
+}
+
+export function publicKeyFrom(base64Spki: string, where: string): KeyObject {
+  try {
+    const key = createPublicKey({ key: Buffer.from(base64Spki, 'base64'), format: 'der', type: 'spki' });
+    if (key.asymmetricKeyType !== 'ed25519') throw new Error(`an ${key.asymmetricKeyType} key`);
+    return key;
+  } catch (cause) {
+    throw cloudletError('CONFIG_INVALID', `${where}: not a base64 Ed25519 public key (SPKI DER): ${(cause as Error).message}`, { where }, cause);
+  }
+}
+
+/** Loads a private key file, refusing one that group or others can read. */
+export async function loadPrivateKey(file: string): Promise<KeyObject> {
+  const info = await stat(file).catch((cause: Error) => {
+    throw cloudletError('CONFIG_NOT_FOUND', `key file ${file} cannot be read: ${cause.message}`, { file }, cause);
+  });
+  if ((info.mode & 0o077) !== 0) {
+    throw cloudletError('CONFIG_INSECURE', `key file ${file} is readable by others (mode ${(info.mode & 0o777).toString(8)}); run: chmod 600 ${file}`, {
+      file,
+      mode: (info.mode & 0o777).toString(8),
+    });
+  }
+  const key = createPrivateKey(await readFile(file, 'utf8'));
+  if (key.asymmetricKeyType !== 'ed25519') throw cloudletError('CONFIG_INVALID', `key file ${file} holds an ${key.asymmetricKeyType} key; Ed25519 is required`);
+  return key;
+}
+
+export async function writePrivateKey(file: string, pem: string): Promise<void> {
+  await writeFile(file, pem, { mode: 0o600, flag: 'wx' });
+}

@@ -1,0 +1,38 @@
+import assert from 'node:assert/strict';
+import test from 'node:test';
+import { canonicalJson } from '../../core/security/canonical.ts';
+import { signatureValid, signEnvelope } from '../../core/security/envelope-auth.ts';
+import { generateKey, publicKeyFrom } from '../../core/security/keys.ts';
+import { createPrivateKey } from 'node:crypto';
+import { makeReply, makeRequest } from '../../core/envelope.ts';
+import { RequestAuthorizer } from '../../core/security/authorizer.ts';
+
+test('security — canonical JSON sorts keys at every level and drops undefined', () => {
+  assert.equal(canonicalJson({ b: 1, a: { d: [1, { z: 1, y: undefined, x: 'é' }], c: null } }), '{"a":{"c":null,"d":[1,{"x":"é","z":1}]},"b":1}');
+  assert.throws(() => canonicalJson({ n: Number.NaN }));
+});
+
+test('security — a signature covers every field but auth; any change breaks it', () => {
+  const key = generateKey();
+  const signer = { privateKey: createPrivateKey(key.privateKeyPem), keyId: key.keyId };
+  const publicKey = publicKeyFrom(key.publicKey, 'test');
+  const request = signEnvelope(makeRequest({ type: 'delete-vm', target: 'h1', payload: { vm: 'h1.abcdefgh' }, deadline: Date.now() + 1000 }), signer);
+  assert.equal(signatureValid(request, publicKey), true);
+  for (const change of [{ target: 'h2' }, { type: 'stop-vm' }, { id: 'other' }, { deadline: Date.now() + 999_999 }, { payload: { vm: 'h1.zzzzzzzz' } }]) {
+    assert.equal(signatureValid({ ...request, ...change }, publicKey), false, JSON.stringify(change));
+  }
+  const reply = signEnvelope(makeReply(request, 'h1', { ok: true, result: { deleted: true } }), signer);
+  assert.equal(signatureValid(reply, publicKey), true);
+  assert.equal(signatureValid({ ...reply, result: { deleted: false } }, publicKey), false);
+});
+
+test('security — the authorizer remembers ids only while their deadline runs', () => {
+  const key = generateKey();
+  const signer = { privateKey: createPrivateKey(key.privateKeyPem), keyId: key.keyId };
+  const authorizer = new RequestAuthorizer({ requireSignatures: true, clients: [{ name: 'ops', publicKey: key.publicKey, allow: ['*'] }], maxDeadlineMs: 60_000, hostKeys: {}, requireSignedReplies: false });
+  const request = signEnvelope(makeRequest({ type: 'host-info', payload: {}, deadline: Date.now() + 10_000 }), signer);
+  assert.equal(authorizer.check(request), undefined);
+  assert.equal(authorizer.check(request)?.code, 'REPLAYED');
+  const open = new RequestAuthorizer({ requireSignatures: false, clients: [], maxDeadlineMs: 60_000, hostKeys: {}, requireSignedReplies: false });
+  assert.equal(open.check(makeRequest({ type: 'host-info' })), undefined);
+});

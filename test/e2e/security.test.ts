@@ -1,0 +1,102 @@
+import assert from 'node:assert/strict';
+import { chmod, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import test from 'node:test';
+import { makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
+import { CloudletError } from '../../core/errors.ts';
+import { signEnvelope } from '../../core/security/envelope-auth.ts';
+import { generateKey, keyIdOf, loadPrivateKey } from '../../core/security/keys.ts';
+import { SigningClientTransport } from '../../core/security/signing-client.ts';
+import { publicKeyFrom } from '../../core/security/keys.ts';
+import { runCli, startAgent, tempDir, testkitPath, writeConfig } from '../helpers.ts';
+import { startCloud } from '../support/cloud.ts';
+import { createPublicKey } from 'node:crypto';
+
+async function keyFiles(dir: string, name: string) {
+  const key = generateKey();
+  const file = join(dir, `${name}.key`);
+  await writeFile(file, key.privateKeyPem, { mode: 0o600 });
+  const privateKey = await loadPrivateKey(file);
+  return { ...key, file, signer: { privateKey, keyId: keyIdOf(createPublicKey(privateKey)) } };
+}
+
+test('security — on RabbitMQ: only listed keys command a host, per message type; replies are signed by the host', async (t) => {
+  const dir = await tempDir(t);
+  const ops = await keyFiles(dir, 'ops');
+  const reader = await keyFiles(dir, 'reader');
+  const host = await keyFiles(dir, 'h1-host');
+  const impostor = await keyFiles(dir, 'impostor');
+  const securityYaml = () =>
+    `security:\n  requireSignatures: true\n  hostKeyFile: ${host.file}\n  clients:\n    - name: ops\n      publicKey: ${ops.publicKey}\n    - name: reader\n      publicKey: ${reader.publicKey}\n      allow: [test.echo, host-info]\n`;
+  const cloud = await startCloud(t, [{ id: 'h1' }], { hostYaml: securityYaml });
+  const raw = cloud.client();
+  const hostKeys = new Map([['h1', publicKeyFrom(host.publicKey, 'test')]]);
+  const asOps = new SigningClientTransport(raw, { signer: ops.signer, hostKeys, requireSignedReplies: true });
+  const asReader = new SigningClientTransport(raw, { signer: reader.signer, hostKeys, requireSignedReplies: true });
+  const deadline = () => Date.now() + 30_000;
+
+  const signed = await asOps.request(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 1 }, deadline: deadline() }));
+  assert.equal(signed.ok, true, JSON.stringify(signed.error));
+  assert.ok((signed as ReplyEnvelope & { auth?: unknown }).auth, 'the reply carries the host signature');
+
+  const unsigned = await raw.request(makeRequest({ type: 'test.echo', target: 'h1', payload: {}, deadline: deadline() }));
+  assert.equal(unsigned.error?.code, 'UNSIGNED');
+  // Refusals are logged with what is known of the sender, and nothing ran.
+  const log = cloud.agents.get('h1')!.output();
+  assert.match(log, /"code":"UNSIGNED".*"sender":\{"transport":"amqp","route":"direct"/);
+
+  const allowed = await asReader.request(makeRequest({ type: 'test.echo', target: 'h1', payload: {}, deadline: deadline() }));
+  assert.equal(allowed.ok, true);
+  const forbidden = await asReader.request(makeRequest({ type: 'test.fail', target: 'h1', payload: {}, deadline: deadline() }));
+  assert.equal(forbidden.error?.code, 'FORBIDDEN');
+
+  const stranger = new SigningClientTransport(raw, { signer: impostor.signer, hostKeys, requireSignedReplies: true });
+  const unknownKey = await stranger.request(makeRequest({ type: 'test.echo', target: 'h1', payload: {}, deadline: deadline() }));
+  assert.equal(unknownKey.error?.code, 'BAD_SIGNATURE');
+
+  const tampered = signEnvelope(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'a' }, deadline: deadline() }), ops.signer);
+  tampered.payload = { value: 'b' };
+  assert.equal((await raw.request(tampered)).error?.code, 'BAD_SIGNATURE');
+
+  const tooFar = await asOps.request(makeRequest({ type: 'test.echo', target: 'h1', payload: {}, deadline: Date.now() + 86_400_000 }));
+  assert.equal(tooFar.error?.code, 'REPLAYED');
+  const noDeadline = await asOps.request(makeRequest({ type: 'test.echo', target: 'h1', payload: {} }));
+  assert.equal(noDeadline.error?.code, 'REPLAYED');
+
+  // A client that trusts another key for h1 rejects the real host's reply as an impostor's.
+  const wrongTrust = new SigningClientTransport(raw, { signer: ops.signer, hostKeys: new Map([['h1', publicKeyFrom(impostor.publicKey, 'test')]]), requireSignedReplies: true });
+  await assert.rejects(wrongTrust.request(makeRequest({ type: 'test.echo', target: 'h1', payload: {}, deadline: deadline() })), (error: CloudletError) => error.code === 'UNTRUSTED_REPLY');
+});
+
+test('security — a replayed request id is refused; one past its deadline too', async (t) => {
+  const dir = await tempDir(t);
+  const ops = await keyFiles(dir, 'ops');
+  const { client } = await startAgent(t, { plugins: [{ use: testkitPath }], security: { requireSignatures: true, clients: [{ name: 'ops', publicKey: ops.publicKey }] } });
+  const request = signEnvelope(makeRequest({ type: 'test.echo', payload: { value: 1 }, deadline: Date.now() + 30_000 }), ops.signer);
+  assert.equal((await client.request(request)).ok, true);
+  const replay = await client.request(request);
+  assert.equal(replay.error?.code, 'REPLAYED');
+  const stale = signEnvelope(makeRequest({ type: 'test.echo', payload: {}, deadline: Date.now() - 1_000 }), ops.signer);
+  const late = await client.request(stale).catch((error: CloudletError) => error);
+  assert.equal(late instanceof CloudletError ? late.code : late.error?.code, 'DEADLINE_EXCEEDED');
+});
+
+test('security — secrets: a world-readable config with a broker password and a readable key file are refused', async (t) => {
+  const dir = await tempDir(t);
+  const config = join(dir, 'open.yaml');
+  await writeFile(config, 'transport:\n  kind: amqp\n  url: amqp://cloud:hunter2@127.0.0.1:5672\n');
+  await chmod(config, 0o644);
+  const check = await runCli(['config', 'check', config]);
+  assert.equal(check.code, 3);
+  assert.match(check.stderr + check.stdout, /CONFIG_INSECURE[\s\S]*chmod 640/);
+  assert.doesNotMatch(check.stderr + check.stdout, /hunter2/);
+
+  const key = generateKey();
+  const keyFile = join(dir, 'host.key');
+  await writeFile(keyFile, key.privateKeyPem, { mode: 0o644 });
+  await chmod(keyFile, 0o644);
+  const agentConfig = await writeConfig(dir, 'keyed.yaml', `transport:\n  kind: local\n  socket: ${join(dir, 's.sock')}\nsecurity:\n  hostKeyFile: ${keyFile}\n`);
+  const agent = await runCli(['agent', '--config', agentConfig], { env: { CLOUDLET_LOG_FORMAT: 'json' } });
+  assert.equal(agent.code, 1);
+  assert.match(agent.stdout, /CONFIG_INSECURE.*chmod 600/);
+});
