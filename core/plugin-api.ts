@@ -26,6 +26,8 @@ export interface PoolSettings {
   timeoutMs: number;
   /** After cancelling, how long the handler may react to its AbortSignal before its thread is terminated. */
   cancelGraceMs: number;
+  /** Heap limit (MiB) of each worker thread; a handler that exceeds it crashes only its worker. */
+  maxMemoryMb: number;
 }
 
 export interface MessageDefinition<Payload extends z.ZodType = z.ZodType> {

@@ -70,6 +70,7 @@ export class PoolManager {
         // tinypool's Atomics wake-up hangs under Deno; message passing works on both runtimes.
         useAtomics: false,
         workerData: spec.workerData,
+        resourceLimits: { maxOldGenerationSizeMb: settings.maxMemoryMb },
       });
       this.#pools.set(spec.type, {
         spec,

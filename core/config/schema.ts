@@ -17,6 +17,8 @@ export const poolSettingsSchema = z
     maxQueue: z.number().int().min(0).max(100_000),
     timeoutMs: z.number().int().min(1).max(86_400_000),
     cancelGraceMs: z.number().int().min(0).max(600_000),
+    /** Heap limit of each worker thread: a handler that allocates without bound crashes its worker, not the agent. */
+    maxMemoryMb: z.number().int().min(16).max(65_536),
   })
   .strict();
 
@@ -29,6 +31,7 @@ export const defaultPoolSettings = {
   maxQueue: 64,
   timeoutMs: 30_000,
   cancelGraceMs: 1_000,
+  maxMemoryMb: 256,
 } as const satisfies z.infer<typeof poolSettingsSchema>;
 
 export const localTransportSchema = z
