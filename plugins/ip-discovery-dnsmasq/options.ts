@@ -1,4 +1,5 @@
 /** ip-discovery-dnsmasq's options, as a host config gives them (`plugins: [{ use: ip-discovery-dnsmasq, options: … }]`). */
+import { isIPv4 } from 'node:net';
 import { z } from '../../core/plugin-api.ts';
 
 /** Where managed mode keeps the lease file when `leaseFile` is not given. */
@@ -19,11 +20,12 @@ const interfaceName = z
 const ipv4 = z.ipv4({ error: 'an IPv4 address such as 10.77.0.10' });
 
 const LEASE_TIME_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86_400, w: 604_800 };
+const LEASE_TIME = /^([1-9][0-9]{0,8})([smhdw]?)$/;
 
 /** dnsmasq's lease-time syntax: seconds, or a number with s/m/h/d/w, or `infinite`. Null for `infinite`. */
 export function leaseTimeToSeconds(leaseTime: string): number | null {
   if (leaseTime === 'infinite') return null;
-  const match = /^([1-9][0-9]{0,8})([smhdw]?)$/.exec(leaseTime);
+  const match = LEASE_TIME.exec(leaseTime);
   if (!match) throw new Error(`not a dnsmasq lease time: ${JSON.stringify(leaseTime)}`);
   return Number(match[1]) * (LEASE_TIME_UNITS[match[2] || 's'] ?? 1);
 }
@@ -31,7 +33,8 @@ export function leaseTimeToSeconds(leaseTime: string): number | null {
 const leaseTime = z
   .string()
   .regex(/^(?:infinite|[1-9][0-9]{0,8}[smhdw]?)$/, 'a dnsmasq lease time: seconds or a number with s, m, h, d or w (e.g. 12h), or "infinite"')
-  .refine((value) => (leaseTimeToSeconds(value) ?? Infinity) >= 120, 'at least 2m: dnsmasq would raise a shorter lease time to 2 minutes');
+  // zod runs this check even when the format check failed: only judge well-formed values here.
+  .refine((value) => !LEASE_TIME.test(value) || (leaseTimeToSeconds(value) ?? Infinity) >= 120, 'at least 2m: dnsmasq would raise a shorter lease time to 2 minutes');
 
 /**
  * Flags an operator may add in managed mode. Only DHCP tuning: nothing that runs programs (--dhcp-script),
@@ -64,7 +67,8 @@ export const managedSchema = z
     extraFlags: z.array(extraFlag).max(32).default([]),
   })
   .strict()
-  .refine((managed) => ipv4ToNumber(managed.rangeStart) <= ipv4ToNumber(managed.rangeEnd), {
+  // Runs even when an address failed its own check; only then is the order worth a message.
+  .refine((managed) => !isIPv4(managed.rangeStart) || !isIPv4(managed.rangeEnd) || ipv4ToNumber(managed.rangeStart) <= ipv4ToNumber(managed.rangeEnd), {
     message: 'rangeEnd must not be below rangeStart',
     path: ['rangeEnd'],
   });

@@ -1,0 +1,260 @@
+/**
+ * Managed mode: this agent runs dnsmasq as the DHCP server of the VM bridge, for hosts that have none. One
+ * child process, supervised from the agent's main thread: started and awaited in the `start` hook, restarted
+ * with a growing (bounded) delay when it dies, stopped in the `stop` hook.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import process from 'node:process';
+import { CloudletError, type PluginLogger } from '../../core/plugin-api.ts';
+import type { ManagedOptions } from './options.ts';
+
+export interface ManagedDnsmasqSettings {
+  managed: ManagedOptions;
+  leaseFile: string;
+  log: PluginLogger;
+  /** How long dnsmasq may take to report it serves DHCP (default 10 s). */
+  startTimeoutMs?: number;
+  /** After SIGTERM, how long before SIGKILL (default 5 s). */
+  stopGraceMs?: number;
+  /** Delay before the first restart, doubled after each quick death up to `restartMaxMs` (defaults 500 ms, 30 s). */
+  restartInitialMs?: number;
+  restartMaxMs?: number;
+}
+
+/** A run this long counts as healthy: the next death restarts after the initial delay again. */
+const STABLE_RUN_MS = 60_000;
+/** Without the "DHCP, IP range" line (another dnsmasq version), a created lease file and this long alive will do. */
+const FALLBACK_READY_MS = 1_000;
+/** dnsmasq logs this once its DHCP sockets are bound. */
+const READY_LINE = /DHCP, IP range/;
+/** Per-lease chatter (DHCPDISCOVER, DHCPACK, ...) is logged at debug; everything else at info. */
+const TRANSACTION_LINE = /\bDHCP(?:V6)?(?:DISCOVER|OFFER|REQUEST|ACK|NAK|RELEASE|INFORM|DECLINE|SOLICIT|ADVERTISE|REPLY|RENEW|REBIND|CONFIRM)\b/;
+
+/** The dnsmasq command line; argv for spawn, no shell. */
+export function dnsmasqArgv(managed: ManagedOptions, leaseFile: string): string[] {
+  return [
+    managed.dnsmasqBinary,
+    // Stays our child (we see it die, and its log on stderr); daemon mode would also fork away and write a pid file.
+    '--no-daemon',
+    // The host's /etc/dnsmasq.conf must not add anything to this instance.
+    '--conf-file=/dev/null',
+    // Only the bridge, bound to it alone: coexists with other dnsmasq instances (libvirt's, a host resolver).
+    `--interface=${managed.bridge}`,
+    '--bind-interfaces',
+    '--except-interface=lo',
+    `--dhcp-range=${managed.rangeStart},${managed.rangeEnd},${managed.leaseTime}`,
+    // The only DHCP server on the bridge: answer clients that ask for an address we never gave (after a restart).
+    '--dhcp-authoritative',
+    // Otherwise dnsmasq pings each address before offering it: ~3 s more per lease.
+    '--no-ping',
+    `--dhcp-leasefile=${leaseFile}`,
+    // DHCP only: no DNS (port 0), so nothing to resolve with.
+    '--no-resolv',
+    '--no-hosts',
+    '--port=0',
+    // Log to stderr only (not also to syslog): the supervisor passes each line to the agent's logger.
+    '--log-facility=-',
+    ...managed.extraFlags,
+  ];
+}
+
+/** Where the supervisor records dnsmasq's pid, to stop an instance left behind by an agent that was killed. */
+export function pidFileFor(leaseFile: string): string {
+  return `${leaseFile}.pid`;
+}
+
+interface Run {
+  child: ChildProcess;
+  startedAt: number;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** The last lines dnsmasq wrote, for error messages. */
+  tail(): string;
+  ready: boolean;
+}
+
+export class ManagedDnsmasq {
+  readonly #settings: Required<Omit<ManagedDnsmasqSettings, 'log'>> & { log: PluginLogger };
+  #run: Run | undefined;
+  #launching: Promise<void> | undefined;
+  #restartTimer: NodeJS.Timeout | undefined;
+  #quickDeaths = 0;
+  #stopping = false;
+
+  private constructor(settings: ManagedDnsmasqSettings) {
+    this.#settings = { startTimeoutMs: 10_000, stopGraceMs: 5_000, restartInitialMs: 500, restartMaxMs: 30_000, ...settings };
+  }
+
+  /** Starts dnsmasq and resolves once it serves DHCP; throws DNSMASQ_START_FAILED when it does not. */
+  static async start(settings: ManagedDnsmasqSettings): Promise<ManagedDnsmasq> {
+    const supervisor = new ManagedDnsmasq(settings);
+    const { leaseFile, log } = supervisor.#settings;
+    await mkdir(dirname(leaseFile), { recursive: true });
+    await stopLeftover(leaseFile, supervisor.#settings.stopGraceMs, log);
+    await supervisor.#launch();
+    return supervisor;
+  }
+
+  get pid(): number | undefined {
+    return this.#run?.child.exitCode === null && this.#run.child.signalCode === null ? this.#run.child.pid : undefined;
+  }
+
+  /** SIGTERM, then SIGKILL after the grace period; no restart afterwards. */
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    clearTimeout(this.#restartTimer);
+    await this.#launching?.catch(() => undefined);
+    const run = this.#run;
+    if (run && run.child.exitCode === null && run.child.signalCode === null) {
+      run.child.kill('SIGTERM');
+      const killer = setTimeout(() => {
+        this.#settings.log.warn({ pid: run.child.pid, graceMs: this.#settings.stopGraceMs }, 'dnsmasq ignored SIGTERM; sending SIGKILL');
+        run.child.kill('SIGKILL');
+      }, this.#settings.stopGraceMs);
+      await run.exited;
+      clearTimeout(killer);
+    }
+    await rm(pidFileFor(this.#settings.leaseFile), { force: true });
+  }
+
+  #launch(): Promise<void> {
+    this.#launching = this.#startRun().finally(() => (this.#launching = undefined));
+    return this.#launching;
+  }
+
+  async #startRun(): Promise<void> {
+    const { managed, leaseFile, log, startTimeoutMs } = this.#settings;
+    const argv = dnsmasqArgv(managed, leaseFile);
+    const run = spawnDnsmasq(argv, log);
+    this.#run = run;
+    try {
+      await waitUntilServing(run, leaseFile, startTimeoutMs);
+    } catch (cause) {
+      run.child.kill('SIGKILL');
+      await run.exited;
+      throw new CloudletError('DNSMASQ_START_FAILED', `dnsmasq on ${managed.bridge} did not start: ${(cause as Error).message}`, {
+        cause,
+        details: { argv, bridge: managed.bridge, output: run.tail() },
+      });
+    }
+    await writeFile(pidFileFor(leaseFile), `${run.child.pid}\n`);
+    log.info({ pid: run.child.pid, bridge: managed.bridge, range: [managed.rangeStart, managed.rangeEnd], leaseFile }, 'dnsmasq serves DHCP on the bridge');
+    void run.exited.then((exit) => this.#onExit(run, exit));
+  }
+
+  #onExit(run: Run, exit: { code: number | null; signal: NodeJS.Signals | null }): void {
+    if (this.#stopping || this.#run !== run) return;
+    const ranMs = performance.now() - run.startedAt;
+    this.#quickDeaths = ranMs >= STABLE_RUN_MS ? 0 : this.#quickDeaths + 1;
+    const delayMs = this.#restartDelay();
+    this.#settings.log.error({ code: exit.code, signal: exit.signal, ranMs: Math.round(ranMs), restartInMs: delayMs, output: run.tail() }, 'dnsmasq exited; restarting it');
+    this.#scheduleRestart(delayMs);
+  }
+
+  #restartDelay(): number {
+    const { restartInitialMs, restartMaxMs } = this.#settings;
+    return Math.min(restartMaxMs, restartInitialMs * 2 ** Math.max(0, this.#quickDeaths - 1));
+  }
+
+  #scheduleRestart(delayMs: number): void {
+    this.#restartTimer = setTimeout(() => {
+      if (this.#stopping) return;
+      this.#launch().catch((error: unknown) => {
+        if (this.#stopping) return;
+        this.#quickDeaths++;
+        const next = this.#restartDelay();
+        this.#settings.log.error({ err: error, code: (error as { code?: string }).code, restartInMs: next }, 'dnsmasq restart failed; trying again');
+        this.#scheduleRestart(next);
+      });
+    }, delayMs);
+    // A pending restart must not keep an agent that is otherwise done from exiting.
+    this.#restartTimer.unref();
+  }
+}
+
+function spawnDnsmasq(argv: string[], log: PluginLogger): Run {
+  const [binary, ...args] = argv as [string, ...string[]];
+  const child = spawn(binary, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const lines: string[] = [];
+  const run: Run = {
+    child,
+    startedAt: performance.now(),
+    exited: new Promise((resolve) => {
+      // A spawn error (no such binary) comes instead of a spawn and then, with no exit, a close.
+      child.once('error', (error) => lines.push(`spawn failed: ${error.message}`));
+      child.once('close', (code, signal) => resolve({ code, signal }));
+    }),
+    tail: () => lines.slice(-10).join('\n'),
+    ready: false,
+  };
+  let partial = '';
+  child.stderr?.setEncoding('utf8');
+  child.stderr?.on('data', (chunk: string) => {
+    const text = partial + chunk;
+    const complete = text.split('\n');
+    partial = complete.pop() ?? '';
+    for (const line of complete.map((l) => l.trim()).filter(Boolean)) {
+      lines.push(line);
+      if (lines.length > 50) lines.shift();
+      if (READY_LINE.test(line)) run.ready = true;
+      if (TRANSACTION_LINE.test(line)) log.debug({ dnsmasq: line }, 'dnsmasq');
+      else log.info({ dnsmasq: line }, 'dnsmasq');
+    }
+  });
+  return run;
+}
+
+async function waitUntilServing(run: Run, leaseFile: string, timeoutMs: number): Promise<void> {
+  let exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+  void run.exited.then((value) => (exit = value));
+  for (;;) {
+    const elapsed = performance.now() - run.startedAt;
+    if (exit) throw new Error(`it exited with ${exit.code ?? exit.signal}${run.tail() ? `: ${run.tail()}` : ''}`);
+    if (run.ready) return;
+    if (elapsed >= FALLBACK_READY_MS && (await exists(leaseFile)) && run.child.exitCode === null) return;
+    if (elapsed >= timeoutMs) throw new Error(`it did not report serving DHCP within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}
+
+/** Stops the dnsmasq a killed agent left running on this lease file: it would hold the DHCP port. */
+async function stopLeftover(leaseFile: string, graceMs: number, log: PluginLogger): Promise<void> {
+  const pidFile = pidFileFor(leaseFile);
+  const pid = Number.parseInt(await readFile(pidFile, 'utf8').catch(() => ''), 10);
+  if (!(pid > 0)) return;
+  // The pid may have been reused since: only a dnsmasq writing this very lease file is ours.
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+  if (cmdline.split('\0').includes(`--dhcp-leasefile=${leaseFile}`)) {
+    log.warn({ pid, leaseFile }, 'stopping a dnsmasq left running by an earlier agent');
+    signal(pid, 'SIGTERM');
+    const deadline = performance.now() + graceMs;
+    while (alive(pid) && performance.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 25));
+    if (alive(pid)) signal(pid, 'SIGKILL');
+  }
+  await rm(pidFile, { force: true });
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false; // ESRCH: gone (EPERM cannot happen: we started it as this user)
+  }
+}
+
+function signal(pid: number, name: NodeJS.Signals): void {
+  try {
+    process.kill(pid, name);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error;
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
