@@ -79,8 +79,12 @@ export async function findAddresses(
     const watchers = strategies
       .filter((s) => s.implementation.waitForChange)
       .map((s) => s.implementation.waitForChange!(vm, { options: s.options, signal: stop.signal, log: ctx.log, timeoutMs: slice }));
-    const recheck = new Promise<void>((resolve) => setTimeout(resolve, strategies.every((s) => s.implementation.waitForChange) ? slice : Math.min(slice, RECHECK_MS)));
+    let recheckTimer: ReturnType<typeof setTimeout> | undefined;
+    const recheck = new Promise<void>((resolve) => {
+      recheckTimer = setTimeout(resolve, strategies.every((s) => s.implementation.waitForChange) ? slice : Math.min(slice, RECHECK_MS));
+    });
     await Promise.race([...watchers, recheck]);
+    clearTimeout(recheckTimer);
     stop.abort();
     ctx.signal.removeEventListener('abort', onAbort);
     addresses = await askOnce(strategies, vm, options.ipDiscovery.mode, query, ctx);

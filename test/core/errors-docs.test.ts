@@ -78,3 +78,14 @@ test('errors — docs list every qemu-backend code with its retryable flag', asy
       .sort(),
   );
 });
+
+test('errors — docs list every ip-discovery-dnsmasq code with its retryable flag', async () => {
+  const { dnsmasqErrors } = await import('../../plugins/ip-discovery-dnsmasq/errors.ts');
+  const rows = await readCatalogueTable('### ip-discovery-dnsmasq');
+  assert.deepEqual(
+    rows.map((row) => [row.code, row.retryable]).sort(),
+    Object.entries(dnsmasqErrors)
+      .map(([code, spec]) => [code, (spec as { retryable: boolean }).retryable ? 'yes' : 'no'])
+      .sort(),
+  );
+});
