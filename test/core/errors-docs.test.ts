@@ -89,3 +89,14 @@ test('errors — docs list every ip-discovery-dnsmasq code with its retryable fl
       .sort(),
   );
 });
+
+test('errors — docs list every ip-discovery-arp code with its retryable flag', async () => {
+  const { arpErrors } = await import('../../plugins/ip-discovery-arp/errors.ts');
+  const rows = await readCatalogueTable('### ip-discovery-arp');
+  assert.deepEqual(
+    rows.map((row) => [row.code, row.retryable]).sort(),
+    Object.entries(arpErrors)
+      .map(([code, spec]) => [code, (spec as { retryable: boolean }).retryable ? 'yes' : 'no'])
+      .sort(),
+  );
+});
