@@ -43,8 +43,11 @@ export interface QemuHostOptions {
   qemuOptionsYaml?: string;
   /** Extra plugin entries (YAML list items, indented 2 spaces), after qemu-backend. */
   pluginsYaml?: (ns: Netns) => string;
-  /** Runs before the agent starts (e.g. dnsmasq on the bridge). */
+  /** Runs before the agent starts (e.g. dnsmasq on the bridge, a broker relay). */
   beforeAgent?: (ns: Netns) => Promise<void>;
+  /** Replaces the local-transport section (e.g. RabbitMQ through test/support/broker-relay.ts). */
+  transportYaml?: (socket: string) => string;
+  hostId?: string;
 }
 
 export async function startQemuHost(t: TestContext, options: QemuHostOptions = {}): Promise<QemuHost> {
@@ -69,7 +72,8 @@ export async function startQemuHost(t: TestContext, options: QemuHostOptions = {
   const limits = { maxVms: 4, maxTotalMemoryMiB: 1024, maxMemoryMiB: 512, maxVcpus: 2, ...options.limits };
   await writeFile(
     configFile,
-    `host:\n  id: qhost\ntransport:\n  kind: local\n  socket: ${socket}\nstate:\n  dir: ${join(dir, 'state')}\nlog:\n  level: debug\n  format: json\nplugins:\n  - use: qemu-backend\n    options:\n      imagesDir: ${images}\n      stateDir: ${stateDir}\n      accel: tcg\n      network:\n        mode: bridge\n        bridge: ${ns.bridge}\n      stopTimeoutMs: ${options.stopTimeoutMs ?? 20000}\n      limits: ${JSON.stringify(limits)}\n${options.qemuOptionsYaml ?? ''}${options.pluginsYaml?.(ns) ?? ''}`,
+    `host:\n  id: ${options.hostId ?? 'qhost'}\n${options.transportYaml?.(socket) ?? `transport:\n  kind: local\n  socket: ${socket}\n`}state:\n  dir: ${join(dir, 'state')}\nlog:\n  level: debug\n  format: json\nplugins:\n  - use: qemu-backend\n    options:\n      imagesDir: ${images}\n      stateDir: ${stateDir}\n      accel: tcg\n      network:\n        mode: bridge\n        bridge: ${ns.bridge}\n      stopTimeoutMs: ${options.stopTimeoutMs ?? 20000}\n      limits: ${JSON.stringify(limits)}\n${options.qemuOptionsYaml ?? ''}${options.pluginsYaml?.(ns) ?? ''}`,
+    { mode: 0o600 },
   );
   let output = '';
   const client = new LocalClientTransport({ socketPath: socket, inactivityTimeoutMs: 120_000 });
