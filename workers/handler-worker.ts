@@ -45,6 +45,7 @@ export default async function runTask(task: WorkerTask): Promise<null> {
     signal: abortController.signal,
     progress: (stage, detail) => send(detail === undefined ? { t: 'progress', stage } : { t: 'progress', stage, detail }),
     plugins: poolData.plugins,
+    providers: poolData.providers ?? {},
   };
   let outcome: WorkerOutcome;
   try {

@@ -6,7 +6,7 @@
  */
 import type { MessagePort } from 'node:worker_threads';
 import type { WireError } from '../core/errors.ts';
-import type { HostIdentity, LoadedPluginSummary } from '../core/plugin-api.ts';
+import type { CapabilityProvider, HostIdentity, LoadedPluginSummary } from '../core/plugin-api.ts';
 
 export type LogLevelName = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
@@ -17,6 +17,7 @@ export interface PoolWorkerData {
   options: unknown;
   host: HostIdentity;
   plugins: LoadedPluginSummary[];
+  providers: Record<string, CapabilityProvider[]>;
   logLevel: LogLevelName;
 }
 
