@@ -20,7 +20,7 @@ async function inside(root: string, candidate: string): Promise<string | undefin
   return real === root || real.startsWith(root + sep) ? real : undefined;
 }
 
-/** Every usable image name, for listing and for the "unknown image" error. */
+/** Candidate image names (valid names only; `resolveImage` still decides whether each is usable). */
 export async function listImages(imagesDir: string): Promise<string[]> {
   const root = await realpath(imagesDir).catch(() => {
     throw qemuError('IMAGE_INVALID', `the images folder ${imagesDir} does not exist`);
@@ -28,14 +28,17 @@ export async function listImages(imagesDir: string): Promise<string[]> {
   const names = new Set<string>();
   for (const entry of await readdir(root, { withFileTypes: true })) {
     const extension = DISK_EXTENSIONS.find((ext) => entry.name.endsWith(ext));
-    if (extension && (entry.isFile() || entry.isSymbolicLink())) names.add(entry.name.slice(0, -extension.length));
+    // A symlink counts only if it stays inside the folder.
+    if (extension && (entry.isFile() || entry.isSymbolicLink()) && (await inside(root, join(root, entry.name)))) names.add(entry.name.slice(0, -extension.length));
     else if (entry.isDirectory()) {
       const hasKernel = await stat(join(root, entry.name, 'vmlinuz')).then((s) => s.isFile(), () => false);
       if (hasKernel) names.add(entry.name);
     }
   }
-  return [...names].sort();
+  return [...names].filter((name) => IMAGE_NAME.test(name) && !name.includes('..')).sort();
 }
+
+const IMAGE_NAME = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$/;
 
 export async function resolveImage(imagesDir: string, name: string, qemuImg: string): Promise<BaseImage> {
   const root = await realpath(imagesDir).catch(() => {
@@ -52,7 +55,8 @@ export async function resolveImage(imagesDir: string, name: string, qemuImg: str
     const kernel = await inside(root, join(folder, 'vmlinuz'));
     const initrd = await inside(root, join(folder, 'initrd.img'));
     if (kernel && initrd) {
-      const cmdline = await readFile(join(folder, 'cmdline'), 'utf8').then((text) => text.trim(), () => undefined);
+      const cmdlinePath = await inside(root, join(folder, 'cmdline'));
+      const cmdline = cmdlinePath ? await readFile(cmdlinePath, 'utf8').then((text) => text.trim(), () => undefined) : undefined;
       return cmdline === undefined ? { kind: 'kernel', name, kernel, initrd } : { kind: 'kernel', name, kernel, initrd, cmdline };
     }
   }

@@ -21,7 +21,7 @@ export function tapName(prefix: string, vmId: string): string {
 }
 
 export async function tapExists(ip: string, tap: string): Promise<boolean> {
-  const result = await runProgram([ip, '-o', 'link', 'show', 'dev', tap], { timeoutMs: 10_000 });
+  const result = await runProgram([ip, '-o', 'link', 'show', 'dev', tap], { timeoutMs: 10_000, failCode: 'NETWORK_FAILED' });
   return result.code === 0;
 }
 
@@ -32,7 +32,7 @@ export async function ensureTap(ip: string, tap: string, bridge: string): Promis
   if (!(await tapExists(ip, tap))) steps.push([ip, 'tuntap', 'add', 'dev', tap, 'mode', 'tap']);
   steps.push([ip, 'link', 'set', 'dev', tap, 'master', bridge], [ip, 'link', 'set', 'dev', tap, 'up']);
   for (const argv of steps) {
-    const result = await runProgram(argv, { timeoutMs: 10_000 });
+    const result = await runProgram(argv, { timeoutMs: 10_000, failCode: 'NETWORK_FAILED' });
     if (result.code !== 0) throw qemuError('NETWORK_FAILED', `"${argv.join(' ')}" failed: ${result.stderr.trim()}`, { tap, bridge });
   }
 }
@@ -40,6 +40,6 @@ export async function ensureTap(ip: string, tap: string, bridge: string): Promis
 export async function removeTap(ip: string, tap: string): Promise<void> {
   if (!INTERFACE_NAME.test(tap)) return;
   if (!(await tapExists(ip, tap))) return;
-  const result = await runProgram([ip, 'link', 'delete', 'dev', tap], { timeoutMs: 10_000 });
+  const result = await runProgram([ip, 'link', 'delete', 'dev', tap], { timeoutMs: 10_000, failCode: 'NETWORK_FAILED' });
   if (result.code !== 0 && (await tapExists(ip, tap))) throw qemuError('NETWORK_FAILED', `could not remove tap ${tap}: ${result.stderr.trim()}`);
 }

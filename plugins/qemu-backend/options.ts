@@ -26,8 +26,11 @@ export const qemuOptionsSchema = z
   .object({
     /** Base images: NAME.qcow2, NAME.raw or NAME.img disks, or a NAME/ folder with vmlinuz and initrd.img. */
     imagesDir: qemuSafePath,
-    /** One folder per VM: its record, overlay disk, QMP and guest-agent sockets, serial log, pidfile. */
-    stateDir: qemuSafePath.default('/var/lib/cloudlet/qemu'),
+    /**
+     * One folder per VM: its record, overlay disk, QMP and guest-agent sockets, serial log, pidfile. Keep it
+     * short: a unix socket path (stateDir + VM id + "/qmp.sock") must stay under 108 bytes.
+     */
+    stateDir: qemuSafePath.refine((path) => path.length <= 80, 'at most 80 characters (unix socket paths are limited to 108 bytes)').default('/var/lib/cloudlet/qemu'),
     qemuBinary: z.string().min(1).max(200).default('qemu-system-x86_64'),
     qemuImgBinary: z.string().min(1).max(200).default('qemu-img'),
     ipBinary: z.string().min(1).max(200).default('ip'),
@@ -44,7 +47,7 @@ export const qemuOptionsSchema = z
     kernelAppend: z.string().max(1024).regex(/^[^\0\n]*$/).default('console=ttyS0 panic=-1'),
     guestAgent: z.boolean().default(true),
     /** How long a graceful stop waits for the guest to power off before QEMU is told to quit. */
-    stopTimeoutMs: z.number().int().min(0).max(3_600_000).default(60_000),
+    stopTimeoutMs: z.number().int().min(0).max(120_000).default(60_000),
     /** How the host's ip-discovery plugins are combined: the first that finds anything, or all merged. */
     ipDiscovery: z
       .object({

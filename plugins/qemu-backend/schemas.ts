@@ -39,8 +39,8 @@ export const stopVmPayload = z
     vm: vmIdSchema,
     /** Skip the guest's power-off: tell QEMU to quit at once (then SIGKILL if it must). */
     force: z.boolean().default(false),
-    /** Overrides the host's stopTimeoutMs for this stop. */
-    timeoutMs: z.number().int().min(0).max(3_600_000).optional(),
+    /** Overrides the host's stopTimeoutMs for this stop (the stop-vm pool allows 180 s in all). */
+    timeoutMs: z.number().int().min(0).max(120_000).optional(),
   })
   .strict();
 

@@ -51,10 +51,19 @@ export function viewOf(record: VmRecord, state: VmState, pid: number | undefined
   };
 }
 
-export async function requireRecord(options: QemuOptions, id: string): Promise<VmRecord> {
+export async function requireRecord(options: QemuOptions, id: string, hostId?: string): Promise<VmRecord> {
+  checkOwner(id, hostId);
   const record = await readRecord(options.stateDir, id);
   if (!record) throw qemuError('VM_NOT_FOUND', `no VM "${id}" on this host`, { vm: id });
   return record;
+}
+
+/** A VM id names its host; a command for another host's VM is a routing mistake, not "already gone". */
+export function checkOwner(id: string, hostId: string | undefined): void {
+  const owner = id.slice(0, id.lastIndexOf('.'));
+  if (hostId !== undefined && owner !== hostId) {
+    throw qemuError('VM_NOT_FOUND', `VM "${id}" belongs to host "${owner}", not to "${hostId}"; send the command to its owner`, { vm: id, owner, host: hostId });
+  }
 }
 
 /** Starts QEMU for a recorded VM. Returns the pid; `already` when it was running. */
@@ -63,6 +72,9 @@ export async function startVm(options: QemuOptions, record: VmRecord): Promise<{
   const running = await runningPid(paths.pidfile, record.id);
   if (running !== undefined) return { pid: running, already: true };
   const image = await resolveImage(options.imagesDir, record.image, options.qemuImgBinary);
+  if (image.kind !== record.imageKind) {
+    throw qemuError('IMAGE_INVALID', `image "${record.image}" is now a ${image.kind} image; ${record.id} was created from a ${record.imageKind} image`, { vm: record.id });
+  }
   if (record.network.mode === 'bridge') await ensureTap(options.ipBinary, record.network.tap, record.network.bridge);
   // Leftovers of a QEMU that died: a stale socket would make the new one fail to bind.
   await Promise.all([rm(paths.qmp, { force: true }), rm(paths.qga, { force: true }), rm(paths.pidfile, { force: true })]);
@@ -105,7 +117,8 @@ async function endProcess(qmpPath: string, pid: number, id: string, how: { force
   }
   try {
     if (qmp && !how.force) {
-      await qmp.execute('system_powerdown');
+      // If the monitor fails here (QEMU exiting, no answer), fall through to quit and SIGKILL.
+      await qmp.execute('system_powerdown').catch(() => undefined);
       // The socket closes when QEMU exits; /proc is the backstop (a late-reaped process still looks alive).
       if ((await qmp.waitForClose(how.timeoutMs)) && (await waitForExit(pid, id, 5_000))) return 'powered-off';
     }

@@ -1,5 +1,5 @@
 import { randomInt } from 'node:crypto';
-import { rm } from 'node:fs/promises';
+import { Buffer } from 'node:buffer';
 import { defineHandler } from '../../../core/plugin-api.ts';
 import { qemuError } from '../errors.ts';
 import { createOverlay, resolveImage } from '../images.ts';
@@ -41,9 +41,13 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
   const image = await resolveImage(options.imagesDir, payload.image, options.qemuImgBinary);
   const mode = payload.network ?? options.network.mode;
   if (mode === 'bridge' && options.network.mode !== 'bridge') {
-    throw qemuError('VM_LIMIT', `host ${ctx.host.id} has no bridge configured (network.mode is "${options.network.mode}")`);
+    // NO_CAPACITY, not VM_LIMIT: an any-host create moves on to a host that has a bridge.
+    throw qemuError('NO_CAPACITY', `host ${ctx.host.id} has no bridge configured (network.mode is "${options.network.mode}")`, { network: mode });
   }
   const id = newVmId(ctx.host.id, new Set(records.map((r) => r.id)));
+  if (Buffer.byteLength(vmPaths(options.stateDir, id).qmp) >= 108) {
+    throw qemuError('VM_LIMIT', `the QMP socket path for ${id} would be longer than 107 bytes; use a shorter stateDir or host id`);
+  }
   const now = new Date().toISOString();
   const network: VmRecord['network'] =
     mode === 'bridge' && options.network.mode === 'bridge' ? { mode, bridge: options.network.bridge, tap: tapName(options.tapPrefix, id) } : mode === 'user' ? { mode } : { mode: 'none' };
@@ -75,7 +79,6 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
     // Leave nothing half-made behind: no record, no overlay, no tap.
     if (network.mode === 'bridge') await removeTap(options.ipBinary, network.tap).catch(() => undefined);
     await removeVmFolder(options.stateDir, id);
-    await rm(vmPaths(options.stateDir, id).dir, { recursive: true, force: true });
     throw error;
   }
 });

@@ -2,9 +2,10 @@ import { defineHandler } from '../../../core/plugin-api.ts';
 import { qemuOptionsSchema } from '../options.ts';
 import { vmRefPayload } from '../schemas.ts';
 import { readRecord, removeVmFolder } from '../state.ts';
-import { stopVm } from '../vm-ops.ts';
+import { checkOwner, stopVm } from '../vm-ops.ts';
 
 export default defineHandler(vmRefPayload, qemuOptionsSchema, async ({ vm }, ctx) => {
+  checkOwner(vm, ctx.host.id);
   const record = await readRecord(ctx.options.stateDir, vm);
   if (!record) return { vm, deleted: false, already: true, hint: 'no such VM on this host (already deleted?)' };
   ctx.progress('stopping', { vm });

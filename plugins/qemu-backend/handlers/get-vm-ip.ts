@@ -4,12 +4,18 @@ import { qemuError } from '../errors.ts';
 import { qemuOptionsSchema } from '../options.ts';
 import { getVmIpPayload } from '../schemas.ts';
 import { requireRecord } from '../vm-ops.ts';
+import { runningPid } from '../processes.ts';
+import { vmPaths } from '../state.ts';
 
 export default defineHandler(getVmIpPayload, qemuOptionsSchema, async ({ vm, wait, timeoutMs, includeLinkLocal }, ctx) => {
-  const record = await requireRecord(ctx.options, vm);
+  const record = await requireRecord(ctx.options, vm, ctx.host.id);
+  if ((await runningPid(vmPaths(ctx.options.stateDir, vm).pidfile, vm)) === undefined) {
+    if (wait) throw qemuError('IP_NOT_FOUND', `${vm} is not running; start it first`, { vm, state: 'stopped' });
+    return { vm, mac: record.mac, addresses: [], strategies: [], hint: 'the VM is not running' };
+  }
   const strategies = await loadStrategies(ctx.options, ctx);
   if (strategies.length === 0) {
-    return { vm, addresses: [], strategies: [], hint: 'this host has no ip-discovery plugin configured' };
+    return { vm, mac: record.mac, addresses: [], strategies: [], hint: 'this host has no ip-discovery plugin configured' };
   }
   const answer = await findAddresses(ctx.options, strategies, record, { wait, timeoutMs, includeLinkLocal }, ctx);
   if (wait && answer.addresses.length === 0) {
