@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
 import type { ReplyEnvelope } from '../../core/envelope.ts';
@@ -19,6 +20,14 @@ function ok<T>(reply: ReplyEnvelope): T {
   return reply.result as T;
 }
 
+async function waitForLeaseLine(file: string, mac: string): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (!(await readFile(file, 'utf8').catch(() => '')).toLowerCase().includes(mac.toLowerCase())) {
+    assert.ok(Date.now() < deadline, `no lease for ${mac} in ${file}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 const leasedIp = async (host: { serialLog(vm: string): Promise<string>; waitForSerial(vm: string, m: string): Promise<void> }, vm: string) => {
   await host.waitForSerial(vm, 'cloudlet-guest: lease');
   return /cloudlet-guest: lease (\S+)/.exec(await host.serialLog(vm))?.[1];
@@ -36,10 +45,16 @@ test('ip chain — dnsmasq → arp → guest-agent: the first source that knows 
       `  - use: ip-discovery-dnsmasq\n    options:\n      leaseFile: ${join(ns.dir, 'dnsmasq.leases')}\n  - use: ip-discovery-arp\n    options:\n      bridge: ${ns.bridge}\n  - use: ip-discovery-guest-agent\n`,
   });
   assert.equal(leaseFile, join(host.ns.dir, 'dnsmasq.leases'));
-  const vm = ok<{ id: string }>(await host.call('create-vm', { image: 'tiny-qga', memory: 128, vcpus: 1 }));
-  const first = ok<{ addresses: Address[]; strategies: string[] }>(await host.call('get-vm-ip', { vm: vm.id, wait: true, timeoutMs: 60_000 }));
+  const vm = ok<{ id: string; mac: string }>(await host.call('create-vm', { image: 'tiny-qga', memory: 128, vcpus: 1 }));
+  // While the lease is being handed out, the neighbour entry may appear a moment before the lease file is
+  // written: "first" means the first source that knows it at that moment.
+  const waited = ok<{ addresses: Address[]; strategies: string[] }>(await host.call('get-vm-ip', { vm: vm.id, wait: true, timeoutMs: 60_000 }));
   const leased = await leasedIp(host, vm.id);
-  assert.deepEqual(first.strategies, ['ip-discovery-dnsmasq', 'ip-discovery-arp', 'ip-discovery-guest-agent']);
+  assert.deepEqual(waited.strategies, ['ip-discovery-dnsmasq', 'ip-discovery-arp', 'ip-discovery-guest-agent']);
+  assert.deepEqual(waited.addresses.map((a) => a.address), [leased]);
+  assert.ok(['ip-discovery-dnsmasq', 'ip-discovery-arp'].includes(waited.addresses[0]!.source));
+  await waitForLeaseLine(leaseFile, vm.mac);
+  const first = ok<{ addresses: Address[] }>(await host.call('get-vm-ip', { vm: vm.id }));
   assert.deepEqual(first.addresses.map((a) => [a.address, a.source]), [[leased, 'ip-discovery-dnsmasq']]);
 
   // The lease disappears (dnsmasq restarted elsewhere, file lost): ARP still knows the guest.
@@ -62,19 +77,14 @@ test('ip chain — merged mode reports every source that knows the address', asy
     qemuOptionsYaml: '      ipDiscovery:\n        mode: merge\n',
     pluginsYaml: (ns) => `  - use: ip-discovery-dnsmasq\n    options:\n      leaseFile: ${join(ns.dir, 'dnsmasq.leases')}\n  - use: ip-discovery-guest-agent\n`,
   });
-  const vm = ok<{ id: string }>(await host.call('create-vm', { image: 'tiny-qga', memory: 128, vcpus: 1 }));
+  const vm = ok<{ id: string; mac: string }>(await host.call('create-vm', { image: 'tiny-qga', memory: 128, vcpus: 1 }));
   const leased = await leasedIp(host, vm.id);
-  // Wait until both sources know it (the guest agent starts a moment after the lease).
-  const deadline = Date.now() + 60_000;
-  let sources: string[] = [];
-  while (Date.now() < deadline) {
-    const answer = ok<{ addresses: Address[] }>(await host.call('get-vm-ip', { vm: vm.id, wait: true, timeoutMs: 30_000 }));
-    sources = answer.addresses.filter((a) => a.address === leased).map((a) => a.source);
-    if (sources.length === 2) break;
-    await new Promise((r) => setTimeout(r, 500));
-  }
-  // Merged: one entry per address; the first source that reported it is kept.
-  assert.deepEqual(sources, ['ip-discovery-dnsmasq']);
+  await waitForLeaseLine(join(host.ns.dir, 'dnsmasq.leases'), vm.mac);
+  await host.waitForSerial(vm.id, 'cloudlet-guest: qga started');
+  const answer = ok<{ addresses: Address[]; strategies: string[] }>(await host.call('get-vm-ip', { vm: vm.id, wait: true, timeoutMs: 30_000 }));
+  // Merged: every source asked, one entry per address (the first source that reported it is kept).
+  assert.deepEqual(answer.strategies, ['ip-discovery-dnsmasq', 'ip-discovery-guest-agent']);
+  assert.deepEqual(answer.addresses.filter((a) => a.family === 'ipv4').map((a) => [a.address, a.source]), [[leased, 'ip-discovery-dnsmasq']]);
 });
 
 test('ip chain — through RabbitMQ: the CLI routes get-vm-ip by the VM id and create-vm --wait-ip returns the address', async (t) => {
@@ -101,7 +111,7 @@ test('ip chain — through RabbitMQ: the CLI routes get-vm-ip by the VM id and c
   const vm = JSON.parse(created.stdout) as { id: string; host: string; addresses: Address[] };
   assert.equal(vm.host, 'ipnode');
   const leased = await leasedIp(host, vm.id);
-  assert.deepEqual(vm.addresses.map((a) => [a.address, a.source]), [[leased, 'ip-discovery-dnsmasq']]);
+  assert.deepEqual(vm.addresses.map((a) => a.address), [leased]);
   // No --host: the VM id names its owner.
   const ip = await runCli(['call', 'get-vm-ip', '--config', client, '--payload', JSON.stringify({ vm: vm.id })]);
   assert.equal(ip.code, 0, ip.stderr);
