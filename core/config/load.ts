@@ -99,6 +99,14 @@ function applyEnvOverrides(raw: RawConfig, env: NodeJS.ProcessEnv): RawConfig {
         // The section itself is wrong; the schema reports it. Writing the value anywhere else would invent keys.
         target = undefined;
         break;
+      } else if ('createParent' in override && depth === parentKeys.length - 1) {
+        // e.g. CLOUDLET_AMQP_URL on a host whose file says `kind: local`: the variable is for other tools
+        // (a protocol plugin, the CLI on another config); it must not turn this config invalid.
+        const kind = (next as Record<string, unknown>).kind;
+        if (kind !== undefined && kind !== override.createParent.kind) {
+          target = undefined;
+          break;
+        }
       }
       target = target[key] as Record<string, unknown>;
     }

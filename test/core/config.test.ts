@@ -324,3 +324,8 @@ test(
     );
   },
 );
+
+test('config — CLOUDLET_AMQP_URL does not break a host whose file names the local transport', async (t) => {
+  const { result } = await checkText(t, 'transport:\n  kind: local\n', { env: { CLOUDLET_AMQP_URL: 'amqp://u:p@broker' } });
+  assert.deepEqual(configOf(result).core.transport, { kind: 'local' });
+});

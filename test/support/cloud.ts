@@ -48,8 +48,16 @@ export async function startCloud(
   const clientConfig = await writeConfig(dir, 'client.yaml', `${transportYaml(url, prefix, transportExtra)}${routing}`);
   const clients: AmqpClientTransport[] = [];
 
+  // node:test runs after-hooks in registration order, so this one (registered before any agent's) stops the
+  // agents itself: otherwise they would re-declare the topology just deleted.
   t.after(async () => {
     for (const client of clients) await client.close().catch(() => undefined);
+    for (const agent of agents.values()) {
+      if (agent.child.exitCode === null && agent.child.signalCode === null) {
+        agent.child.kill('SIGKILL');
+        await agent.exited;
+      }
+    }
     await deletePrefix(url, prefix, [...configs.keys()]).catch(() => undefined);
   });
 
