@@ -10,7 +10,7 @@ import { type ConfigProblem, formatProblem } from '../../core/config/problems.ts
 import { defaultPoolSettings } from '../../core/config/schema.ts';
 import { repoRoot, runCli, tempDir, testkitPath, writeConfig } from '../helpers.ts';
 
-const CORE_KEYS = 'host, transport, log, limits, shutdown, pools, routing, state, plugins';
+const CORE_KEYS = 'host, transport, log, limits, shutdown, pools, routing, security, state, plugins';
 const LOG_LEVELS = '"fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent"';
 /** The environment the CLI runs with: none of the variables that override config values. */
 const cleanEnv = { CLOUDLET_HOST_ID: undefined, CLOUDLET_LOG_LEVEL: undefined, CLOUDLET_LOG_FORMAT: undefined, CLOUDLET_SOCKET: undefined };
