@@ -28,6 +28,7 @@ packages=(
   cpio              # packs the test guest's initramfs
   qemu-guest-agent  # copied into the test guest for the guest-agent tests
   util-linux        # unshare/nsenter: tests run VMs inside throw-away network namespaces
+  python3-pika      # the aetherscale test client (test/aetherscale-client/client.py)
 )
 
 need_node_major=20
