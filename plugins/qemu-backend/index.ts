@@ -6,7 +6,7 @@ import { definePlugin } from '../../core/plugin-api.ts';
 import { qemuErrors } from './errors.ts';
 import { qemuOptionsSchema } from './options.ts';
 import { reconcileVms } from './reconcile.ts';
-import { createVmPayload, getVmIpPayload, listVmsPayload, restartVmPayload, stopVmPayload, vmRefPayload } from './schemas.ts';
+import { createVmPayload, getConsoleLogPayload, getVmIpPayload, listVmsPayload, restartVmPayload, stopVmPayload, vmRefPayload } from './schemas.ts';
 
 const handler = (name: string) => new URL(`./handlers/${name}.ts`, import.meta.url);
 
@@ -30,6 +30,7 @@ export default definePlugin({
     'get-vm-ip': { payload: getVmIpPayload, handler: handler('get-vm-ip'), pool: { maxThreads: 4, timeoutMs: 620_000 } },
     'list-images': { payload: listVmsPayload, handler: handler('list-images'), pool: { timeoutMs: 30_000 } },
     'get-vm': { payload: vmRefPayload, handler: handler('get-vm'), serializeBy: 'vm', pool: { timeoutMs: 30_000 } },
+    'get-console-log': { payload: getConsoleLogPayload, handler: handler('get-console-log'), pool: { maxThreads: 2, timeoutMs: 10_000 } },
   },
   hooks: {
     async start(ctx) {

@@ -70,3 +70,21 @@ export const getVmIpPayload = z
   .strict();
 
 export type GetVmIpPayload = z.output<typeof getVmIpPayload>;
+
+/**
+ * The most of a serial log one reply carries: half the default 1 MiB message limit, leaving room for JSON
+ * escaping of a mostly printable log. A reply that still does not fit comes back as MESSAGE_TOO_LARGE.
+ */
+export const CONSOLE_LOG_MAX_BYTES = 512 * 1024;
+
+export const getConsoleLogPayload = z
+  .object({
+    vm: vmIdSchema,
+    /** The last this many lines... */
+    lines: z.number().int().min(1).max(10_000).default(100),
+    /** ...of at most the last this many bytes of the log. */
+    maxBytes: z.number().int().min(1).max(CONSOLE_LOG_MAX_BYTES).default(64 * 1024),
+  })
+  .strict();
+
+export type GetConsoleLogPayload = z.output<typeof getConsoleLogPayload>;
