@@ -1,4 +1,4 @@
-/** Exit codes of every `cloudlet` command; documented in README and docs/ERRORS.md. */
+/** Exit codes of every `cloudlet` command; documented in docs/CLI.md, README and docs/ERRORS.md. */
 import type { CloudletError } from '../errors.ts';
 
 export const EXIT = {

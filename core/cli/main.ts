@@ -1,68 +1,70 @@
 /**
- * The `cloudlet` command. Each subcommand lives in ./commands; this file parses the shared flags, runs the
- * command and turns any error into its message and exit code.
+ * The `cloudlet` command. Each subcommand lives in ./commands and says which words name it and which flags
+ * it takes; this file parses the command line, finds the command, runs it and turns any error into its
+ * message and exit code.
  */
 import process from 'node:process';
 import { parseArgs } from 'node:util';
 import { CloudletError, cloudletError, toCloudletError } from '../errors.ts';
 import { AGENT_VERSION } from '../version.ts';
+import { checkHostFlag, COMMON_FLAGS, FLAGS, type CliValues, type FlagName } from './args.ts';
+import { ErrorReply } from './client.ts';
+import type { Command } from './command.ts';
 import { EXIT, exitCodeFor } from './exit-codes.ts';
-import { createOutput, type Output } from './output.ts';
-import { agentCommand, agentUsage } from './commands/agent.ts';
-import { callCommand, callUsage } from './commands/call.ts';
-import { configCheckCommand, configCheckUsage } from './commands/config-check.ts';
-import { pluginsCommand, pluginsUsage } from './commands/plugins.ts';
-import { hostsCommand, hostsUsage } from './commands/hosts.ts';
+import { createOutput } from './output.ts';
+import { agentCommand } from './commands/agent.ts';
+import { callCommand } from './commands/call.ts';
+import { configCheckCommand } from './commands/config-check.ts';
+import { doctorCommand } from './commands/doctor.ts';
+import { hostsCommand } from './commands/hosts.ts';
+import { imageListCommand } from './commands/image.ts';
+import { initCommand } from './commands/init.ts';
+import { installServiceCommand } from './commands/install-service.ts';
+import { keysCommand } from './commands/keys.ts';
+import { pluginsCommand } from './commands/plugins.ts';
+import { sweepCommand } from './commands/sweep.ts';
+import { vmCommands } from './commands/vm.ts';
 
-const OPTIONS = {
-  config: { type: 'string', short: 'c' },
-  json: { type: 'boolean' },
-  payload: { type: 'string', short: 'p' },
-  'payload-file': { type: 'string' },
-  host: { type: 'string' },
-  timeout: { type: 'string' },
-  socket: { type: 'string' },
-  'wait-ip': { type: 'boolean' },
-  help: { type: 'boolean', short: 'h' },
-  version: { type: 'boolean' },
-} as const;
+export type { CommandContext } from './command.ts';
 
-export interface CommandContext {
-  positionals: string[];
-  values: {
-    config?: string;
-    json?: boolean;
-    payload?: string;
-    'payload-file'?: string;
-    host?: string;
-    timeout?: string;
-    socket?: string;
-    'wait-ip'?: boolean;
-  };
-  output: Output;
-}
+const COMMANDS: readonly Command[] = [
+  agentCommand,
+  configCheckCommand,
+  pluginsCommand,
+  hostsCommand,
+  callCommand,
+  ...vmCommands,
+  imageListCommand,
+  sweepCommand,
+  doctorCommand,
+  initCommand,
+  installServiceCommand,
+  keysCommand,
+];
 
-interface Command {
-  usage: string;
-  run(context: CommandContext): Promise<number>;
-}
-
-const COMMANDS: Record<string, Command> = {
-  agent: { usage: agentUsage, run: agentCommand },
-  'config check': { usage: configCheckUsage, run: configCheckCommand },
-  plugins: { usage: pluginsUsage, run: pluginsCommand },
-  call: { usage: callUsage, run: callCommand },
-  hosts: { usage: hostsUsage, run: hostsCommand },
-};
+const synopsis = (command: Command) => command.usage.split('\n')[0] as string;
 
 const USAGE = `cloudlet ${AGENT_VERSION} — a small cloud of QEMU hosts
 
-${Object.values(COMMANDS)
-  .map((c) => c.usage)
-  .join('\n\n')}
+${COMMANDS.map(synopsis).join('\n')}
 
+"cloudlet COMMAND --help" describes a command; docs/CLI.md has the full reference.
 Common flags: --config FILE (else $CLOUDLET_CONFIG, ./cloudlet.yaml, /etc/cloudlet/cloudlet.yaml), --json.
-Exit codes: 0 ok, 1 error reply, 2 usage, 3 config invalid, 4 agent unreachable, 5 timeout, 70 internal.`;
+Exit codes: 0 ok, 1 error reply (doctor: a check failed), 2 usage, 3 config invalid, 4 agent unreachable,
+5 timeout, 70 internal.`;
+
+/** The command named by the leading positionals: the longest match of its words. */
+function findCommand(positionals: string[]): { command: Command; rest: string[] } | undefined {
+  const matches = COMMANDS.filter((c) => c.words.every((word, i) => positionals[i] === word));
+  const command = matches.sort((a, b) => b.words.length - a.words.length)[0];
+  return command ? { command, rest: positionals.slice(command.words.length) } : undefined;
+}
+
+/** Usage of every command starting with `word` (`cloudlet vm` alone), or undefined. */
+function groupUsage(word: string | undefined): string | undefined {
+  const group = COMMANDS.filter((c) => c.words.length > 1 && c.words[0] === word);
+  return group.length > 0 ? group.map((c) => c.usage).join('\n\n') : undefined;
+}
 
 export async function main(argv: string[]): Promise<number> {
   const json = argv.includes('--json');
@@ -70,26 +72,43 @@ export async function main(argv: string[]): Promise<number> {
   try {
     let parsed;
     try {
-      parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
+      parsed = parseArgs({ args: argv, options: FLAGS, allowPositionals: true, strict: true });
     } catch (error) {
       throw cloudletError('USAGE', `${(error as Error).message}\n\n${USAGE}`);
     }
-    const { positionals, values } = parsed;
+    const values = parsed.values as CliValues;
+    const { positionals } = parsed;
     if (values.version) {
       output.result(AGENT_VERSION, { version: AGENT_VERSION });
       return EXIT.OK;
     }
-    const [first, second, ...rest] = positionals;
-    const name = first === 'config' ? `config ${second ?? ''}`.trim() : first;
-    const command = name ? COMMANDS[name] : undefined;
-    if (values.help || !command) {
-      if (!values.help && name) throw cloudletError('USAGE', `unknown command "${name}"\n\n${USAGE}`);
-      process.stdout.write(`${command?.usage ?? USAGE}\n`);
-      return values.help ? EXIT.OK : EXIT.USAGE;
+    const found = findCommand(positionals);
+    if (!found) {
+      const group = groupUsage(positionals[0]);
+      if (values.help || positionals.length === 0 || (group && positionals.length === 1)) {
+        process.stdout.write(`${group ?? USAGE}\n`);
+        return values.help ? EXIT.OK : EXIT.USAGE;
+      }
+      const name = positionals.slice(0, group ? 2 : 1).join(' ');
+      throw cloudletError('USAGE', `unknown command "${name}"\n\n${group ?? USAGE}`);
     }
-    const commandPositionals = first === 'config' ? rest : [second, ...rest].filter((p): p is string => p !== undefined);
-    return await command.run({ positionals: commandPositionals, values, output });
+    const { command, rest } = found;
+    if (values.help) {
+      process.stdout.write(`${command.usage}\n`);
+      return EXIT.OK;
+    }
+    const allowed = new Set<FlagName>([...COMMON_FLAGS, ...command.flags]);
+    const foreign = (Object.keys(values) as FlagName[]).filter((flag) => !allowed.has(flag));
+    if (foreign.length > 0) {
+      throw cloudletError('USAGE', `${foreign.map((f) => `--${f}`).join(', ')} ${foreign.length > 1 ? 'are not flags' : 'is not a flag'} of "cloudlet ${command.words.join(' ')}"\n\n${command.usage}`);
+    }
+    checkHostFlag(values);
+    return await command.run({ positionals: rest, values, output });
   } catch (thrown) {
+    if (thrown instanceof ErrorReply) {
+      output.error(thrown.error, thrown.host);
+      return EXIT.ERROR_REPLY;
+    }
     const error = thrown instanceof CloudletError ? thrown : toCloudletError(thrown, 'INTERNAL');
     output.error(error);
     return exitCodeFor(error);

@@ -7,39 +7,58 @@ export interface Output {
   json: boolean;
   /** The result of the command: stdout. */
   result(human: string, machine: unknown): void;
-  /** Progress and notes: stderr, so stdout stays parseable. */
+  /** Progress and notes: stderr, so stdout stays parseable; nothing with --json. */
   note(text: string): void;
-  error(error: CloudletError): void;
+  /** An error, with its code and a hint; `host` when an agent answered with it. */
+  error(error: CloudletError, host?: string): void;
 }
 
-const HINTS: Record<string, string> = {
-  AGENT_UNREACHABLE: 'start an agent with "cloudlet agent --config FILE" (or "npm start"), or point --config/--socket at the running one',
+/** What to do about an error, by code. Errors may also carry their own `details.hint`. */
+export const HINTS: Readonly<Record<string, string>> = {
+  AGENT_UNREACHABLE: 'start an agent with "cloudlet agent --config FILE" (or "npm start"), or point --config/--socket at the running one; "cloudlet doctor" checks this host',
   UNKNOWN_TYPE: 'run "cloudlet plugins" to see which message types this host handles',
   INVALID_PAYLOAD: 'check the payload against the message type in docs/PROTOCOL.md',
   BUSY: 'the host is saturated for this message type; retry with backoff or raise pools.<type>.maxQueue',
   TIMEOUT: 'raise pools.<type>.timeoutMs if the work legitimately takes longer',
   CLIENT_TIMEOUT: 'raise --timeout, or check the agent log for the message id',
   CONFIG_INVALID: 'run "cloudlet config check FILE" to list every problem',
+  BROKER_UNAVAILABLE: 'check transport.url (or CLOUDLET_AMQP_URL) and that RabbitMQ runs; "cloudlet doctor" tries the connection',
+  UNKNOWN_HOST: 'run "cloudlet hosts" to see the hosts of this cloud',
+  HOST_DOWN: 'the host stopped sending heartbeats; check its agent ("systemctl status cloudlet" there) or run "cloudlet hosts"',
+  NO_CAPACITY: 'every host is full: delete VMs, raise qemu-backend limits, or add a host',
+  VM_NOT_FOUND: 'run "cloudlet vm list" to see the VM ids',
+  IMAGE_NOT_FOUND: 'run "cloudlet image list" to see the base images each host has',
+  IMAGE_INVALID: 'check the images folder (qemu-backend imagesDir); "cloudlet doctor" checks it',
+  VM_LIMIT: 'ask for less memory or fewer vCPUs, or raise qemu-backend limits on that host',
+  QEMU_FAILED: 'see "cloudlet vm console-log VM" and the agent log (journalctl -u cloudlet); "cloudlet doctor" checks QEMU',
+  NETWORK_FAILED: 'check the bridge and /dev/net/tun with "cloudlet doctor"',
+  IP_NOT_FOUND: 'is the guest up and is an ip-discovery plugin configured? "cloudlet vm console-log VM" shows the console',
+  UNSIGNED: 'this host requires signed requests: set security.clientKeyFile (see docs/SECURITY.md)',
+  FORBIDDEN: "the signing key is not allowed this message type on that host (its security.clients[].allow)",
+  WRONG_HOST: 'the VM id names another host; on the local transport only that host’s own VMs can be reached',
 };
 
-export function createOutput(json: boolean): Output {
+export function createOutput(json: boolean, streams: { stdout?: NodeJS.WritableStream; stderr?: NodeJS.WritableStream } = {}): Output {
+  const stdout = streams.stdout ?? process.stdout;
+  const stderr = streams.stderr ?? process.stderr;
   return {
     json,
     result(human, machine) {
-      process.stdout.write(json ? `${JSON.stringify(machine, null, 2)}\n` : `${human}\n`);
+      stdout.write(json ? `${JSON.stringify(machine, null, 2)}\n` : human.endsWith('\n') ? human : `${human}\n`);
     },
     note(text) {
-      if (!json) process.stderr.write(`${text}\n`);
+      if (!json) stderr.write(`${text}\n`);
     },
-    error(error) {
+    error(error, host) {
       if (json) {
-        process.stdout.write(`${JSON.stringify({ ok: false, error: error.toWire() }, null, 2)}\n`);
+        stdout.write(`${JSON.stringify({ ok: false, ...(host ? { host } : {}), error: error.toWire() }, null, 2)}\n`);
         return;
       }
       const problems = (error.details as { problems?: ConfigProblem[] } | undefined)?.problems;
       const body = problems ? `${problems.length} problem(s):\n${problems.map(formatProblem).join('\n')}` : error.message;
-      const hint = HINTS[error.code];
-      process.stderr.write(`error [${error.code}]: ${body}\n${hint ? `hint: ${hint}\n` : ''}`);
+      const ownHint = (error.details as { hint?: unknown } | undefined)?.hint;
+      const hint = typeof ownHint === 'string' ? ownHint : HINTS[error.code];
+      stderr.write(`error [${error.code}]${host ? ` from ${host}` : ''}: ${body}\n${hint ? `hint: ${hint}\n` : ''}`);
     },
   };
 }
@@ -49,4 +68,15 @@ export function table(headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
   return [line(headers), ...rows.map(line)].join('\n');
+}
+
+/** `key: value` lines with the values aligned, for one resource (`vm show`). */
+export function keyValues(pairs: [string, string][]): string {
+  const width = Math.max(...pairs.map(([key]) => key.length));
+  return pairs.map(([key, value]) => `${`${key}:`.padEnd(width + 1)} ${value}`).join('\n');
+}
+
+/** Seconds with one decimal: "12.3 s". */
+export function seconds(ms: number): string {
+  return `${(ms / 1000).toFixed(1)} s`;
 }

@@ -1,23 +1,50 @@
-import { cloudletError } from '../../errors.ts';
+import { CloudletError } from '../../errors.ts';
 import { silentLogger } from '../../logger.ts';
 import { AmqpClientTransport } from '../../transports/amqp/client.ts';
+import { openClient, resultOf } from '../client.ts';
+import type { Command } from '../command.ts';
 import { clientConfig } from '../config-source.ts';
 import { EXIT } from '../exit-codes.ts';
 import { table } from '../output.ts';
-import type { CommandContext } from '../main.ts';
 
-export const hostsUsage = `cloudlet hosts [--config FILE] [--json]
-  Lists the hosts of the cloud from their heartbeats: state (up/down), last seen, version, plugins and the
-  routes each takes. Needs the RabbitMQ transport.`;
+/** One row of `cloudlet hosts`, the same shape on both transports. */
+interface HostRow {
+  host: string;
+  state: 'up' | 'down';
+  lastSeenMsAgo: number | null;
+  version: string | null;
+  plugins: string[];
+  routes: string[];
+  startedAt: string | null;
+}
 
-export async function hostsCommand({ values, output }: CommandContext): Promise<number> {
-  const config = await clientConfig(values.config);
-  if (config.transport.kind !== 'amqp') {
-    throw cloudletError('USAGE', 'cloudlet hosts needs the RabbitMQ transport (transport.kind: amqp); a local agent is one host: use "cloudlet call host-info"');
-  }
+export const hostsCommand: Command = {
+  words: ['hosts'],
+  usage: `cloudlet hosts [--config FILE] [--socket PATH] [--json]
+  Lists the hosts of the cloud: state (up/down), last seen, version, plugins and the routes each takes. On
+  RabbitMQ from the hosts' heartbeats; on the local transport the one agent, asked with host-info.`,
+  flags: ['socket'],
+  async run({ values, output }) {
+    const config = await clientConfig(values.config);
+    const hosts = config.transport.kind === 'amqp' ? await heartbeatRows(config) : await localRow(values);
+    const rows = hosts.map((h) => [
+      h.host,
+      h.state,
+      h.lastSeenMsAgo === null ? '-' : `${(h.lastSeenMsAgo / 1000).toFixed(1)} s ago`,
+      h.version ?? '?',
+      h.routes.join(',') || '-',
+      h.plugins.join(','),
+    ]);
+    output.result(hosts.length === 0 ? 'no hosts have announced themselves' : table(['HOST', 'STATE', 'LAST SEEN', 'VERSION', 'ROUTES', 'PLUGINS'], rows), { hosts });
+    return EXIT.OK;
+  },
+};
+
+async function heartbeatRows(config: Awaited<ReturnType<typeof clientConfig>>): Promise<HostRow[]> {
+  if (config.transport.kind !== 'amqp') return [];
   const client = new AmqpClientTransport({ config: config.transport, maxMessageBytes: config.limits.maxMessageBytes, log: silentLogger() });
   try {
-    const hosts = (await client.hosts()).map((h) => ({
+    return (await client.hosts()).map((h) => ({
       host: h.host,
       state: h.state,
       lastSeenMsAgo: h.agoMs,
@@ -26,9 +53,21 @@ export async function hostsCommand({ values, output }: CommandContext): Promise<
       routes: h.routes,
       startedAt: h.heartbeat ? new Date(h.heartbeat.startedAt).toISOString() : null,
     }));
-    const rows = hosts.map((h) => [h.host, h.state, `${(h.lastSeenMsAgo / 1000).toFixed(1)} s ago`, h.version ?? '?', h.routes.join(','), h.plugins.join(',')]);
-    output.result(hosts.length === 0 ? 'no hosts have announced themselves' : table(['HOST', 'STATE', 'LAST SEEN', 'VERSION', 'ROUTES', 'PLUGINS'], rows), { hosts });
-    return EXIT.OK;
+  } finally {
+    await client.close();
+  }
+}
+
+/** The local agent as one host; an agent that does not answer is listed as down (the exit code stays 0). */
+async function localRow(values: Parameters<typeof openClient>[0]): Promise<HostRow[]> {
+  const client = await openClient(values, { inactivityTimeoutMs: 10_000 });
+  try {
+    const info = resultOf<{ host: string; agentVersion: string; startedAt: string; plugins: { name: string }[] }>(await client.request('host-info', {}));
+    return [{ host: info.host, state: 'up', lastSeenMsAgo: 0, version: info.agentVersion, plugins: info.plugins.map((p) => p.name), routes: [], startedAt: info.startedAt }];
+  } catch (error) {
+    if (!(error instanceof CloudletError) || !['AGENT_UNREACHABLE', 'CONNECTION_LOST'].includes(error.code)) throw error;
+    const id = client.config.host.id ?? 'local';
+    return [{ host: id, state: 'down', lastSeenMsAgo: null, version: null, plugins: [], routes: [], startedAt: null }];
   } finally {
     await client.close();
   }

@@ -1,29 +1,32 @@
 import { summarizePlugins } from '../../agent.ts';
 import { loadHostConfig } from '../../config/host-config.ts';
+import type { Command } from '../command.ts';
 import { findRawConfig } from '../config-source.ts';
 import { EXIT } from '../exit-codes.ts';
 import { table } from '../output.ts';
-import type { CommandContext } from '../main.ts';
 
-export const pluginsUsage = `cloudlet plugins [--config FILE] [--json]
-  Lists the plugins this host's config loads, with the message types each handles and its pool settings.`;
-
-export async function pluginsCommand({ values, output }: CommandContext): Promise<number> {
-  const config = await loadHostConfig(await findRawConfig(values.config));
-  const plugins = summarizePlugins(config.plugins).map((summary) => ({
-    ...summary,
-    messages: summary.messageTypes.map((type) => ({ type, pool: config.messages.get(type)?.pool })),
-  }));
-  const rows = plugins.flatMap((p) =>
-    (p.messages.length > 0 ? p.messages : [{ type: '-', pool: undefined }]).map((m, i) => [
-      i === 0 ? p.name : '',
-      i === 0 ? p.version : '',
-      m.type,
-      m.pool ? `${m.pool.minThreads}-${m.pool.maxThreads} threads, queue ${m.pool.maxQueue}, timeout ${m.pool.timeoutMs} ms` : '',
-      i === 0 ? p.provides.join(',') : '',
-      i === 0 ? p.source : '',
-    ]),
-  );
-  output.result(table(['PLUGIN', 'VERSION', 'MESSAGE TYPE', 'POOL', 'PROVIDES', 'SOURCE'], rows), { host: config.hostId, plugins });
-  return EXIT.OK;
-}
+export const pluginsCommand: Command = {
+  words: ['plugins'],
+  usage: `cloudlet plugins [--config FILE] [--json]
+  Lists the plugins this host's config loads, with the message types each handles and its pool settings.`,
+  flags: [],
+  async run({ values, output }) {
+    const config = await loadHostConfig(await findRawConfig(values.config));
+    const plugins = summarizePlugins(config.plugins).map((summary) => ({
+      ...summary,
+      messages: summary.messageTypes.map((type) => ({ type, pool: config.messages.get(type)?.pool })),
+    }));
+    const rows = plugins.flatMap((p) =>
+      (p.messages.length > 0 ? p.messages : [{ type: '-', pool: undefined }]).map((m, i) => [
+        i === 0 ? p.name : '',
+        i === 0 ? p.version : '',
+        m.type,
+        m.pool ? `${m.pool.minThreads}-${m.pool.maxThreads} threads, queue ${m.pool.maxQueue}, timeout ${m.pool.timeoutMs} ms` : '',
+        i === 0 ? p.provides.join(',') : '',
+        i === 0 ? p.source : '',
+      ]),
+    );
+    output.result(table(['PLUGIN', 'VERSION', 'MESSAGE TYPE', 'POOL', 'PROVIDES', 'SOURCE'], rows), { host: config.hostId, plugins });
+    return EXIT.OK;
+  },
+};

@@ -1,0 +1,71 @@
+/**
+ * `cloudlet init`: writes a commented config for this host. It asks nothing: flags choose the transport,
+ * bridge and folders, everything else gets the defaults. The text is validated like a real config before
+ * it is written, and an existing file is never overwritten without --force.
+ */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import process from 'node:process';
+import { parseDocument } from 'yaml';
+import { checkHostConfig } from '../../config/host-config.ts';
+import { rawConfigFrom } from '../../config/load.ts';
+import { configInvalidError } from '../../config/problems.ts';
+import { defaultHostId } from '../../config/schema.ts';
+import { hostIdSchema } from '../../envelope.ts';
+import { cloudletError } from '../../errors.ts';
+import { choiceFlag } from '../args.ts';
+import type { Command } from '../command.ts';
+import { EXIT } from '../exit-codes.ts';
+import { configTemplate, type InitChoices } from '../init/template.ts';
+
+const STRATEGIES = ['guest-agent', 'dnsmasq', 'arp'] as const;
+
+export const initCommand: Command = {
+  words: ['init'],
+  usage: `cloudlet init [--output FILE] [--transport local|amqp] [--url AMQP_URL] [--prefix P] [--host-id ID]
+              [--bridge BR] [--images-dir DIR] [--state-dir DIR] [--ip-discovery guest-agent,dnsmasq,arp]
+              [--lease-file FILE] [--force] [--json]
+  Writes a commented config for this host (default /etc/cloudlet/cloudlet.yaml as root, ./cloudlet.yaml
+  otherwise; mode 640). --url implies --transport amqp. Without --bridge VMs use QEMU user networking.
+  dnsmasq discovery needs --lease-file. Refuses to overwrite a file unless --force.`,
+  flags: ['output', 'transport', 'url', 'prefix', 'host-id', 'bridge', 'images-dir', 'state-dir', 'ip-discovery', 'lease-file', 'force'],
+  async run({ positionals, values, output }) {
+    if (positionals.length > 0) throw cloudletError('USAGE', `init takes no positional arguments, found "${positionals.join(' ')}"`);
+    const file = resolve(values.output ?? (process.getuid?.() === 0 ? '/etc/cloudlet/cloudlet.yaml' : 'cloudlet.yaml'));
+    const transport = choiceFlag(values, 'transport', ['local', 'amqp'] as const) ?? (values.url ? 'amqp' : 'local');
+    if (values.url && transport !== 'amqp') throw cloudletError('USAGE', '--url is the RabbitMQ URL: it goes with --transport amqp');
+    const hostId = values['host-id'] ?? defaultHostId();
+    if (!hostIdSchema.safeParse(hostId).success) throw cloudletError('USAGE', `--host-id "${hostId}" is not a host id: lowercase letters, digits and "-", 1–63 characters`);
+    const ipDiscovery = (values['ip-discovery'] ?? 'guest-agent').split(',').map((s) => s.trim());
+    const unknown = ipDiscovery.filter((s) => !(STRATEGIES as readonly string[]).includes(s));
+    if (unknown.length > 0) throw cloudletError('USAGE', `--ip-discovery takes ${STRATEGIES.join(', ')} (comma-separated), found "${unknown.join(', ')}"`);
+    if (ipDiscovery.includes('dnsmasq') && !values['lease-file']) throw cloudletError('USAGE', 'dnsmasq discovery needs --lease-file FILE (the file dnsmasq writes with --dhcp-leasefile)');
+    const stateDir = resolve(values['state-dir'] ?? '/var/lib/cloudlet');
+    const choices: InitChoices = {
+      file,
+      hostId,
+      transport,
+      url: values.url ?? 'amqp://cloudlet@127.0.0.1:5672',
+      prefix: values.prefix ?? 'cloudlet',
+      stateDir,
+      imagesDir: resolve(values['images-dir'] ?? `${stateDir}/images`),
+      bridge: values.bridge,
+      ipDiscovery: [...new Set(ipDiscovery)] as InitChoices['ipDiscovery'],
+      leaseFile: values['lease-file'] === undefined ? undefined : resolve(values['lease-file']),
+    };
+    const text = configTemplate(choices);
+    // The file must be one the agent accepts: check it exactly as `cloudlet config check` would, first.
+    const checked = await checkHostConfig(rawConfigFrom(parseDocument(text).toJS() as unknown, file));
+    if (!checked.ok) throw configInvalidError(checked.problems);
+    await mkdir(dirname(file), { recursive: true, mode: 0o755 });
+    await writeFile(file, text, { mode: 0o640, flag: values.force ? 'w' : 'wx' }).catch((error: NodeJS.ErrnoException) => {
+      throw cloudletError('USAGE', error.code === 'EEXIST' ? `${file} exists; use --force to overwrite it` : `cannot write ${file}: ${error.message}`);
+    });
+    const plugins = checked.config.plugins.map((p) => p.plugin.name).filter((name) => name !== 'core');
+    output.result(
+      `wrote ${file} (host "${hostId}", transport ${transport}, plugins: ${plugins.join(', ')})\nnext: cloudlet doctor --config ${file}`,
+      { ok: true, file, host: hostId, transport, plugins },
+    );
+    return EXIT.OK;
+  },
+};

@@ -1,0 +1,87 @@
+/**
+ * `cloudlet install-service`: writes the systemd unit (config/cloudlet.service) with this installation's
+ * absolute paths — node and the CLI, so nvm or /usr/local installs work without PATH — and ReadWritePaths=
+ * for the folders the config names outside /var/lib/cloudlet. It does not run systemctl: it prints what to run.
+ */
+import { access, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import process from 'node:process';
+import { fileURLToPath } from 'node:url';
+import { checkHostConfig } from '../../config/host-config.ts';
+import { readConfigFile } from '../../config/load.ts';
+import { configInvalidError } from '../../config/problems.ts';
+import { cloudletError } from '../../errors.ts';
+import type { Command } from '../command.ts';
+import { EXIT } from '../exit-codes.ts';
+import { writablePaths } from '../service/paths.ts';
+
+const UNIT_TEMPLATE = new URL('../../../config/cloudlet.service', import.meta.url);
+const CLI_BIN = fileURLToPath(new URL('../bin.js', import.meta.url));
+const DOCS = fileURLToPath(new URL('../../../docs/CLI.md', import.meta.url));
+const PATHS_MARKER = /^# cloudlet-paths:.*$/m;
+
+export const installServiceCommand: Command = {
+  words: ['install-service'],
+  usage: `cloudlet install-service [--config FILE] [--output FILE] [--print] [--force] [--json]
+  Writes a systemd unit for the agent (default /etc/systemd/system/cloudlet.service; --print writes it to
+  stdout): restart on failure, hardening that keeps /dev/kvm, /dev/net/tun and CAP_NET_ADMIN, logs to journald.
+  The config (default /etc/cloudlet/cloudlet.yaml) is checked when it exists, and folders it names outside
+  /var/lib/cloudlet become ReadWritePaths. Then: systemctl daemon-reload && systemctl enable --now cloudlet`,
+  flags: ['output', 'print', 'force'],
+  async run({ positionals, values, output }) {
+    if (positionals.length > 0) throw cloudletError('USAGE', `install-service takes no positional arguments, found "${positionals.join(' ')}"`);
+    const configFile = resolve(values.config ?? '/etc/cloudlet/cloudlet.yaml');
+    const notes: string[] = [];
+    let paths: { readWrite: string[]; hidden: string[] } = { readWrite: [], hidden: [] };
+    const exists = await access(configFile).then(
+      () => true,
+      () => false,
+    );
+    if (exists) {
+      const checked = await checkHostConfig(await readConfigFile(configFile));
+      if (!checked.ok) throw configInvalidError(checked.problems);
+      paths = writablePaths(checked.config);
+    } else {
+      notes.push(`note: ${configFile} does not exist yet ("cloudlet init --output ${configFile}" writes one); the unit uses the default folders`);
+    }
+    for (const path of paths.hidden) notes.push(`warning: ${path} is under /home, /root or /tmp, which the unit hides (ProtectHome, PrivateTmp): move it`);
+    const unit = renderUnit(await readFile(UNIT_TEMPLATE, 'utf8'), configFile, paths.readWrite);
+    if (values.print) {
+      process.stdout.write(unit);
+      for (const note of notes) process.stderr.write(`${note}\n`);
+      return EXIT.OK;
+    }
+    const file = resolve(values.output ?? '/etc/systemd/system/cloudlet.service');
+    await mkdir(dirname(file), { recursive: true });
+    await writeFile(file, unit, { mode: 0o644, flag: values.force ? 'w' : 'wx' }).catch((error: NodeJS.ErrnoException) => {
+      throw cloudletError('USAGE', error.code === 'EEXIST' ? `${file} exists; use --force to replace it` : `cannot write ${file}: ${error.message}`);
+    });
+    for (const note of notes) output.note(note);
+    const execStart = execStartLine(configFile);
+    output.result(`wrote ${file}\n${execStart}\nnext: systemctl daemon-reload && systemctl enable --now cloudlet; journalctl -u cloudlet -f`, {
+      ok: true,
+      file,
+      config: configFile,
+      execStart: execStart.slice('ExecStart='.length),
+      readWritePaths: paths.readWrite,
+    });
+    return EXIT.OK;
+  },
+};
+
+/** systemd splits ExecStart on spaces; quote what has any. */
+function quote(arg: string): string {
+  return /[\s"\\]/.test(arg) ? `"${arg.replace(/["\\]/g, '\\$&')}"` : arg;
+}
+
+function execStartLine(configFile: string): string {
+  return `ExecStart=${[process.execPath, CLI_BIN, 'agent', '--config', configFile].map(quote).join(' ')}`;
+}
+
+export function renderUnit(template: string, configFile: string, readWrite: string[]): string {
+  const pathLines = readWrite.map((path) => `ReadWritePaths=-${quote(path)}`).join('\n');
+  return template
+    .replace(/^ExecStart=.*$/m, execStartLine(configFile))
+    .replace(/^Description=.*$/m, (line) => `${line}\nDocumentation=file://${DOCS}`)
+    .replace(PATHS_MARKER, (line) => (pathLines ? `${line}\n${pathLines}` : line));
+}

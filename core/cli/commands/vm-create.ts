@@ -1,0 +1,48 @@
+import { cloudletError } from '../../errors.ts';
+import { CLIENT_FLAGS, choiceFlag, intFlag, timeoutFlag } from '../args.ts';
+import { deadlineAfter, openClient, resultOf } from '../client.ts';
+import type { Command } from '../command.ts';
+import { EXIT } from '../exit-codes.ts';
+import { createProgress } from '../progress.ts';
+import { vmDetails, type VmView } from './vm-format.ts';
+import { DEFAULT_WAIT_MS, waitForAddress, waitForState } from './vm-wait.ts';
+
+export const vmCreateCommand: Command = {
+  words: ['vm', 'create'],
+  usage: `cloudlet vm create --image NAME [--memory MiB] [--vcpus N] [--name NAME] [--autostart]
+             [--network bridge|user|none] [--host HOST] [--wait] [--wait-ip] [--timeout MS] [--json]
+  Creates a VM from a base image and starts it; prints the VM once QEMU runs it. Memory defaults to 512 MiB,
+  vCPUs to 1. On RabbitMQ it goes to --host, else to any host with capacity. --wait: also confirm with the
+  host that QEMU reports the VM running. --wait-ip: then wait until the VM has an address (implies --wait).
+  --timeout MS bounds the whole command (default: wait while the host works; 5 min for --wait/--wait-ip).`,
+  flags: [...CLIENT_FLAGS, 'image', 'memory', 'vcpus', 'name', 'autostart', 'network', 'wait', 'wait-ip'],
+  async run({ positionals, values, output }) {
+    if (positionals.length > 0) throw cloudletError('USAGE', `vm create takes no positional arguments (give the image with --image), found "${positionals.join(' ')}"`);
+    if (!values.image) throw cloudletError('USAGE', 'give the base image with --image NAME ("cloudlet image list" shows them)');
+    const payload = {
+      image: values.image,
+      memory: intFlag(values, 'memory', { min: 16, max: 4 * 1024 * 1024 }, 512),
+      vcpus: intFlag(values, 'vcpus', { min: 1, max: 1024 }, 1),
+      ...(values.name === undefined ? {} : { name: values.name }),
+      ...(values.autostart ? { autostart: true } : {}),
+      ...(values.network === undefined ? {} : { network: choiceFlag(values, 'network', ['bridge', 'user', 'none'] as const) }),
+    };
+    const timeoutMs = timeoutFlag(values);
+    const deadline = deadlineAfter(timeoutMs);
+    const until = deadline ?? Date.now() + DEFAULT_WAIT_MS;
+    const client = await openClient(values, { inactivityTimeoutMs: timeoutMs ?? 30_000 });
+    const progress = createProgress({ title: `vm create ${values.image}`, json: output.json });
+    try {
+      const reply = await client.request('create-vm', payload, { target: values.host, deadline, onProgress: progress.onProgress });
+      let vm = resultOf<VmView>(reply);
+      if (values.wait || values['wait-ip']) vm = { ...vm, ...(await waitForState(client, vm.id, reply.host, 'running', until, progress)) };
+      if (values['wait-ip']) vm = { ...vm, addresses: await waitForAddress(client, vm.id, reply.host, until, progress) };
+      progress.finish(`✓ created ${vm.id} on ${reply.host}`);
+      output.result(vmDetails(vm), { ok: true, host: reply.host, vm });
+      return EXIT.OK;
+    } finally {
+      progress.finish();
+      await client.close();
+    }
+  },
+};

@@ -1,0 +1,180 @@
+/**
+ * `cloudlet vm …` and `cloudlet image list` end to end: the CLI outside, a real qemu-backend agent inside a
+ * network namespace (TCG), on the local transport and on RabbitMQ (through the broker relay).
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import test from 'node:test';
+import { fileURLToPath } from 'node:url';
+import semver from 'semver';
+import { CORE_API_VERSION } from '../../core/version.ts';
+import { runCli, spawnAgent, testkitPath, writeConfig, type CliResult } from '../helpers.ts';
+import { relayBrokerIntoNetns } from '../support/broker-relay.ts';
+import { deletePrefix, SHARED_BROKER } from '../support/cloud.ts';
+import { startDnsmasq } from '../support/netns.ts';
+import { startQemuHost } from '../support/qemu-host.ts';
+
+/** The metrics plugin (core API 1.5) also counts VMs by state; checked when this core has it. */
+const withMetrics = semver.satisfies(CORE_API_VERSION, '^1.5.0');
+
+const sweepStub = fileURLToPath(new URL('../fixtures/plugins/sweep-stub/index.ts', import.meta.url));
+
+interface Vm {
+  id: string;
+  host: string;
+  name: string | null;
+  state: string;
+  how?: string;
+  qmpStatus?: string | null;
+  addresses: { address: string; family: string; source: string }[];
+}
+
+function json<T>(result: CliResult): T {
+  assert.ok(result.stdout.trim().startsWith('{'), `not JSON (exit ${result.code}):\n${result.stdout}\n${result.stderr}`);
+  return JSON.parse(result.stdout) as T;
+}
+
+const vmCli = (config: string) => (args: string[], timeoutMs = 120_000) => runCli([...args, '--config', config], { timeoutMs });
+
+test('vm cli — local transport: create with progress and --wait-ip, list, show, ip, console-log, stop, start, restart, delete', async (t) => {
+  const host = await startQemuHost(t, {
+    beforeAgent: async (ns) => {
+      await startDnsmasq(ns);
+    },
+    pluginsYaml: () => `  - use: ip-discovery-guest-agent\n${withMetrics ? '  - use: metrics\n    options:\n      listen: 127.0.0.1:9477\n      vmStatesMaxAgeMs: 100\n' : ''}`,
+  });
+  const cli = vmCli(host.configFile);
+  // The endpoint listens inside the namespace: scrape it from there.
+  const scrape = async () => host.ns.run([process.execPath, '-e', 'fetch("http://127.0.0.1:9477/metrics").then((r) => r.text()).then((t) => process.stdout.write(t))']);
+
+  const images = json<{ ok: boolean; images: { host: string; name: string; kind: string }[]; hosts: { host: string; ok: boolean }[] }>(await cli(['image', 'list', '--json']));
+  assert.deepEqual(images.images.map((i) => [i.host, i.name, i.kind]), [['qhost', 'tiny', 'kernel'], ['qhost', 'tiny-qga', 'kernel']]);
+
+  const missing = await cli(['vm', 'create', '--image', 'nosuch', '--memory', '128']);
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /error \[IMAGE_NOT_FOUND\] from qhost: [\s\S]*hint: run "cloudlet image list"/);
+
+  // Not a terminal: one progress line per stage on stderr, the VM on stdout.
+  const created = await cli(['vm', 'create', '--image', 'tiny-qga', '--memory', '128', '--name', 'web', '--wait-ip']);
+  assert.equal(created.code, 0, created.stderr);
+  assert.match(created.stderr, /… qhost: allocating[\s\S]*… qhost: starting[\s\S]*… qhost: running[\s\S]*confirming running[\s\S]*… qhost: waiting-for-ip[\s\S]*… qhost: 10\.77\.0\.\d+/);
+  const id = /^id: +(qhost\.[a-z]{8})$/m.exec(created.stdout)?.[1] as string;
+  assert.ok(id, created.stdout);
+  assert.match(created.stdout, /^state: +running$/m);
+  assert.match(created.stdout, /^name: +web$/m);
+  await host.waitForSerial(id, 'cloudlet-guest: lease');
+  const leased = /cloudlet-guest: lease (\S+)/.exec(await host.serialLog(id))?.[1];
+  assert.match(created.stdout, new RegExp(`^addresses: +${leased?.replace(/\./g, '\\.')}$`, 'm'));
+
+  const listed = json<{ ok: boolean; vms: Vm[]; hosts: { host: string; ok: boolean; vms: number }[]; missing: string[] }>(await cli(['vm', 'list', '--json']));
+  assert.equal(listed.ok, true);
+  assert.deepEqual(listed.vms.map((v) => [v.id, v.name, v.state]), [[id, 'web', 'running']]);
+  assert.deepEqual(listed.hosts, [{ host: 'qhost', ok: true, vms: 1 }]);
+  assert.deepEqual(listed.missing, []);
+  const table = await cli(['vm', 'list']);
+  assert.match(table.stdout, new RegExp(`^ID +NAME +STATE +IMAGE +MEMORY +VCPUS +ADDRESSES\\n${id} +web +running +tiny-qga +128 MiB +1 +${leased?.replace(/\./g, '\\.')}$`, 'm'));
+
+  const shown = json<{ ok: boolean; host: string; vm: Vm }>(await cli(['vm', 'show', id, '--json']));
+  assert.deepEqual([shown.host, shown.vm.id, shown.vm.qmpStatus], ['qhost', id, 'running']);
+  if (withMetrics) {
+    const metrics = await scrape();
+    assert.match(metrics, /^cloudlet_vms\{state="running"\} 1$/m);
+    assert.match(metrics, /^cloudlet_vms_known 1$/m);
+    assert.match(metrics, /^cloudlet_messages_total\{type="create-vm",outcome="ok",code=""\} 1$/m);
+    assert.match(metrics, /^cloudlet_messages_total\{type="create-vm",outcome="error",code="IMAGE_NOT_FOUND"\} 1$/m);
+  }
+  const ip = json<{ vm: string; addresses: Vm['addresses']; strategies: string[] }>(await cli(['vm', 'ip', id, '--json']));
+  assert.deepEqual(ip.addresses.filter((a) => a.family === 'ipv4').map((a) => [a.address, a.source]), [[leased, 'ip-discovery-guest-agent']]);
+  assert.match((await cli(['vm', 'ip', id])).stdout, /^ADDRESS +FAMILY +SCOPE +SOURCE +AGE\n/);
+
+  const log = json<{ text: string; lines: number; bytes: number; fileBytes: number; truncated: boolean }>(await cli(['vm', 'console-log', id, '--lines', '3', '--json']));
+  assert.ok(log.lines <= 3 && log.lines > 0, JSON.stringify(log));
+  assert.equal(log.truncated, true);
+  assert.equal(log.text.replace(/\n$/, '').split('\n').length, log.lines);
+  assert.ok((await host.serialLog(id)).includes(log.text), log.text);
+  const small = json<{ bytes: number }>(await cli(['vm', 'console-log', id, '--bytes', '64', '--json']));
+  assert.ok(small.bytes <= 64);
+  assert.match((await cli(['vm', 'console-log', id])).stdout, /cloudlet-guest: lease/);
+
+  const stopped = json<{ vm: Vm }>(await cli(['vm', 'stop', id, '--force', '--wait', '--json']));
+  assert.deepEqual([stopped.vm.state, stopped.vm.how], ['stopped', 'quit']);
+  const started = await cli(['vm', 'start', id, '--wait']);
+  assert.equal(started.code, 0, started.stderr);
+  assert.match(started.stdout, /^state: +running$/m);
+  const reset = json<{ vm: Vm }>(await cli(['vm', 'restart', id, '--hard', '--json']));
+  assert.deepEqual([reset.vm.state, reset.vm.how], ['running', 'reset']);
+
+  const deleted = await cli(['vm', 'delete', id, '--wait', '--json']);
+  assert.equal(deleted.code, 0, deleted.stderr);
+  assert.deepEqual(json(deleted), { ok: true, host: 'qhost', vm: id, deleted: true, already: false, stopped: 'quit' });
+  const gone = await cli(['vm', 'show', id]);
+  assert.equal(gone.code, 1);
+  assert.match(gone.stderr, /error \[VM_NOT_FOUND\] from qhost[\s\S]*hint: run "cloudlet vm list"/);
+  const again = await cli(['vm', 'delete', id]);
+  assert.equal(again.code, 0);
+  assert.match(again.stdout, /no such VM on qhost \(already deleted\?\)/);
+  assert.equal((await cli(['vm', 'list'])).stdout, 'no VMs\n');
+  if (withMetrics) {
+    await new Promise((r) => setTimeout(r, 150)); // past vmStatesMaxAgeMs
+    assert.doesNotMatch(await scrape(), /^cloudlet_vms\{/m);
+  }
+});
+
+test('vm cli — RabbitMQ: create goes to a host with capacity, VM commands to the host in the id, lists gather every host', async (t) => {
+  const prefix = `opsvm-${Math.random().toString(36).slice(2, 8)}`;
+  const transport = (url: string) => `transport:\n  kind: amqp\n  url: "${url}"\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 1500\n`;
+  let brokerUrl = '';
+  const host = await startQemuHost(t, {
+    hostId: 'qnode',
+    beforeAgent: async (ns) => {
+      brokerUrl = (await relayBrokerIntoNetns(t, ns)).url;
+    },
+    transportYaml: () => transport(brokerUrl),
+    pluginsYaml: () => `  - use: routing-direct\n  - use: routing-fanout\n  - use: ${sweepStub}\n`,
+  });
+  t.after(() => deletePrefix(SHARED_BROKER, prefix, ['qnode', 'plain']));
+  // A second host without a VM backend: it answers broadcasts, takes no any-host creates.
+  const plain = await writeConfig(
+    host.dir,
+    'plain.yaml',
+    `host:\n  id: plain\n${transport(SHARED_BROKER)}state:\n  dir: ${join(host.dir, 'plain-state')}\nplugins:\n  - use: routing-direct\n    options:\n      acceptAny: false\n  - use: routing-fanout\n  - use: ${testkitPath}\n  - use: ${sweepStub}\n`,
+  );
+  await spawnAgent(t, plain);
+  const client = await writeConfig(host.dir, 'client.yaml', transport(SHARED_BROKER));
+  const cli = vmCli(client);
+  await new Promise((r) => setTimeout(r, 600));
+
+  const created = json<{ ok: boolean; host: string; vm: Vm }>(await cli(['vm', 'create', '--image', 'tiny', '--memory', '128', '--json']));
+  assert.deepEqual([created.host, created.vm.host, created.vm.state], ['qnode', 'qnode', 'running']);
+  const id = created.vm.id;
+
+  const listed = await cli(['vm', 'list', '--json']);
+  assert.equal(listed.code, 0, listed.stderr);
+  const list = json<{ vms: Vm[]; hosts: { host: string; ok: boolean; error?: { code: string } }[]; missing: string[] }>(listed);
+  assert.deepEqual(list.vms.map((v) => v.id), [id]);
+  assert.deepEqual(list.hosts.map((h) => [h.host, h.ok, h.error?.code]), [['plain', false, 'UNKNOWN_TYPE'], ['qnode', true, undefined]]);
+  assert.deepEqual(list.missing, []);
+
+  const images = json<{ images: { host: string; name: string }[] }>(await cli(['image', 'list', '--json']));
+  assert.deepEqual(images.images.map((i) => `${i.host}/${i.name}`), ['qnode/tiny', 'qnode/tiny-qga']);
+
+  // No --host: the VM id names its owner.
+  const shown = json<{ host: string; vm: Vm }>(await cli(['vm', 'show', id, '--json']));
+  assert.deepEqual([shown.host, shown.vm.state], ['qnode', 'running']);
+  await host.waitForSerial(id, 'cloudlet-guest: init');
+  assert.match((await cli(['vm', 'console-log', id])).stdout, /cloudlet-guest: init/);
+  const unknownHost = await cli(['vm', 'show', 'nohost.abcdefgh']);
+  assert.equal(unknownHost.code, 1);
+  assert.match(unknownHost.stderr, /error \[UNKNOWN_HOST\][\s\S]*hint: run "cloudlet hosts"/);
+  const noBackend = await cli(['vm', 'create', '--image', 'tiny', '--memory', '128', '--host', 'plain']);
+  assert.equal(noBackend.code, 1);
+  assert.match(noBackend.stderr, /error \[UNKNOWN_TYPE\] from plain/);
+
+  const swept = json<{ hosts: { host: string; ok: boolean }[] }>(await cli(['sweep', '--dry-run', '--json']));
+  assert.deepEqual(swept.hosts.map((h) => [h.host, h.ok]), [['plain', true], ['qnode', true]]);
+
+  const stopped = json<{ host: string; vm: Vm }>(await cli(['vm', 'stop', id, '--force', '--json']));
+  assert.deepEqual([stopped.host, stopped.vm.state], ['qnode', 'stopped']);
+  const deleted = json<{ host: string; deleted: boolean }>(await cli(['vm', 'delete', id, '--wait', '--json']));
+  assert.deepEqual([deleted.host, deleted.deleted], ['qnode', true]);
+});
