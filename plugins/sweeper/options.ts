@@ -1,0 +1,142 @@
+/** The sweeper's options, as a host config gives them (`plugins: [{ use: sweeper, options: … }]`). */
+import cron from 'node-cron';
+import { z } from '../../core/plugin-api.ts';
+import { MANAGED_LEASE_DIR } from '../ip-discovery-dnsmasq/options.ts';
+
+export const ACTIONS = ['log', 'stop', 'reap'] as const;
+export type SweepAction = (typeof ACTIONS)[number];
+
+export const JOB_NAMES = ['leases', 'orphans'] as const;
+export type JobName = (typeof JOB_NAMES)[number];
+
+/** What each job can find. The orphans job finds the first five, the leases job the last two. */
+export const FINDING_KINDS = ['orphan-process', 'dead-record', 'orphan-folder', 'stray-file', 'orphan-tap', 'stale-lease', 'stale-neighbour'] as const;
+export type FindingKind = (typeof FINDING_KINDS)[number];
+
+const action = z.enum(ACTIONS);
+
+const cronExpression = z
+  .string()
+  .min(1)
+  .max(120)
+  .refine(
+    (expression) => cron.validate(expression),
+    'a cron expression node-cron accepts: "minute hour day-of-month month day-of-week", optionally with seconds first (e.g. "*/15 * * * *")',
+  );
+
+const absolutePath = z
+  .string()
+  .min(2)
+  .max(255)
+  .regex(/^\/[^,\0\n]*[^/,\0\n]$/, 'an absolute path without "," or a trailing "/"');
+
+const interfaceName = z
+  .string()
+  .min(1)
+  .max(15)
+  .regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/, 'a network interface name: letters, digits, "_", ".", "-", at most 15 characters');
+
+const program = z.string().min(1).max(200).regex(/^[^\s\0]+$/, 'a program name or path without spaces');
+
+const macPrefix = z
+  .string()
+  .regex(/^[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){0,5}:?$/, 'the start of a MAC address in colon-separated hex, e.g. "02:"')
+  .transform((prefix) => prefix.toLowerCase());
+
+const timezone = z.string().refine((zone) => {
+  try {
+    new Intl.DateTimeFormat('en', { timeZone: zone });
+    return true;
+  } catch {
+    return false;
+  }
+}, 'an IANA time zone such as "UTC" or "Europe/Berlin"');
+
+/** Where qemu-backend keeps its VMs on this host: these must be the same values qemu-backend is given. */
+const qemuSchema = z
+  .object({
+    stateDir: absolutePath.default('/var/lib/cloudlet/qemu'),
+    tapPrefix: z
+      .string()
+      .regex(/^[a-z][a-z0-9]{0,6}$/, 'lowercase letters and digits, starting with a letter, at most 7 characters')
+      .default('clt'),
+    qemuBinary: program.default('qemu-system-x86_64'),
+    ipBinary: program.default('ip'),
+  })
+  .strict();
+
+const leasesJobSchema = z
+  .object({
+    schedule: cronExpression.default('*/15 * * * *'),
+    action: action.default('log'),
+    /** The VM bridge dnsmasq serves: releases are sent from it and its neighbour table is cleaned. */
+    interface: interfaceName,
+    /** dnsmasq's lease file; defaults to the managed mode's file for `interface`. */
+    leaseFile: absolutePath.optional(),
+    /** Only leases and neighbour entries of MACs starting so are ever touched; qemu-backend makes every MAC 02:…. */
+    macPrefixes: z.array(macPrefix).min(1).max(16).default(['02:']),
+    /** Remove neighbour entries of MACs that belong to no VM (PERMANENT and NOARP entries are never touched). */
+    neighbours: z.boolean().default(true),
+    releaseBinary: program.default('dhcp_release'),
+    release6Binary: program.default('dhcp_release6'),
+  })
+  .strict()
+  .transform((job) => ({ ...job, leaseFile: job.leaseFile ?? `${MANAGED_LEASE_DIR}/${job.interface}.leases` }));
+
+const kindOverrides = z
+  .object({
+    'orphan-process': action.optional(),
+    'dead-record': action.optional(),
+    'orphan-folder': action.optional(),
+    'stray-file': action.optional(),
+    'orphan-tap': action.optional(),
+  })
+  .strict();
+
+const orphansJobSchema = z
+  .object({
+    schedule: cronExpression.default('*/10 * * * *'),
+    action: action.default('log'),
+    /** A different action for some kinds, e.g. `{ orphan-folder: log }` to reap processes but keep disks. */
+    kinds: kindOverrides.default({}),
+    /** `stop` of an orphan QEMU: how long the guest may take to power off before QEMU is told to quit. */
+    stopTimeoutMs: z.number().int().min(0).max(3_600_000).default(60_000),
+  })
+  .strict();
+
+const DEFAULT_ORPHANS = { schedule: '*/10 * * * *', action: 'log', kinds: {}, stopTimeoutMs: 60_000 } as const;
+
+export const sweeperOptionsSchema = z
+  .object({
+    qemu: qemuSchema.default({ stateDir: '/var/lib/cloudlet/qemu', tapPrefix: 'clt', qemuBinary: 'qemu-system-x86_64', ipBinary: 'ip' }),
+    /** A scheduled run starts up to this much later, at random, so hosts sharing a schedule do not sweep together. */
+    jitterMs: z.number().int().min(0).max(3_600_000).default(30_000),
+    /** The zone schedules are read in; default the host's. */
+    timezone: timezone.optional(),
+    /**
+     * Anything younger than this is left alone: a VM being created or deleted passes through states that look
+     * like leftovers (a record without a process, a folder without a record) for up to create-vm's timeout.
+     */
+    minAgeMs: z.number().int().min(0).max(7 * 86_400_000).default(300_000),
+    /** Without `jobs`, the orphans job runs in `log` mode every 10 minutes. */
+    jobs: z
+      .object({ leases: leasesJobSchema.optional(), orphans: orphansJobSchema.optional() })
+      .strict()
+      .default({ orphans: { ...DEFAULT_ORPHANS } }),
+  })
+  .strict();
+
+export type SweeperOptions = z.output<typeof sweeperOptionsSchema>;
+export type LeasesJob = NonNullable<SweeperOptions['jobs']['leases']>;
+export type OrphansJob = NonNullable<SweeperOptions['jobs']['orphans']>;
+
+/** The action a finding gets: the job's, or the kind's override (orphans job). */
+export function actionFor(options: SweeperOptions, kind: FindingKind): SweepAction {
+  const { leases, orphans } = options.jobs;
+  if (kind === 'stale-lease' || kind === 'stale-neighbour') return leases?.action ?? 'log';
+  return orphans?.kinds[kind] ?? orphans?.action ?? 'log';
+}
+
+export function configuredJobs(options: SweeperOptions): JobName[] {
+  return JOB_NAMES.filter((name) => options.jobs[name] !== undefined);
+}

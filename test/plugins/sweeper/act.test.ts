@@ -1,0 +1,105 @@
+/**
+ * Carrying out a plan: the checks made right before each step (a record appeared, the VM is running again or
+ * was stopped meanwhile), what a step-less action reports, and an aborted run. Files in a temp folder only;
+ * qemu-backend's messages are answered by a fake dispatch.
+ */
+import assert from 'node:assert/strict';
+import { access, mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import test from 'node:test';
+import type { DispatchReply, PluginLogger } from '../../../core/plugin-api.ts';
+import { settleDeadRecord } from '../../../plugins/sweeper/act-orphans.ts';
+import { carryOut } from '../../../plugins/sweeper/act.ts';
+import { sweeperOptionsSchema } from '../../../plugins/sweeper/options.ts';
+import type { Finding } from '../../../plugins/sweeper/plan.ts';
+import { tempDir } from '../../helpers.ts';
+
+const quiet: PluginLogger = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
+const record = { id: 'h1.deadxxxx', mac: '02:00:00:00:00:01', tap: null, autostart: true, desired: 'running' as const, createdAtMs: 0 };
+const exists = (path: string) => access(path).then(() => true, () => false);
+
+function fakeDispatch(answers: Record<string, DispatchReply>) {
+  const calls: [string, unknown][] = [];
+  const dispatch = async (type: string, payload: unknown) => {
+    calls.push([type, payload]);
+    const answer = answers[type];
+    if (!answer) throw new Error(`unexpected ${type}`);
+    return answer;
+  };
+  return { dispatch, calls };
+}
+
+const okReply = (result: unknown): DispatchReply => ({ ok: true, host: 'h1', result });
+const errorReply = (code: string, message: string): DispatchReply => ({ ok: false, host: 'h1', error: { code, message } });
+
+test('dead record — confirmed stopped-but-meant-to-run through get-vm, then started (autostart) or marked stopped', async () => {
+  const start = fakeDispatch({ 'get-vm': okReply({ state: 'stopped', desired: 'running' }), 'start-vm': okReply({ pid: 4242 }) });
+  assert.deepEqual(await settleDeadRecord(start.dispatch, record, true), { outcome: 'done', detail: 'started again (pid 4242)' });
+  assert.deepEqual(start.calls, [['get-vm', { vm: record.id }], ['start-vm', { vm: record.id }]]);
+  const stop = fakeDispatch({ 'get-vm': okReply({ state: 'stopped', desired: 'running' }), 'stop-vm': okReply({ pid: null }) });
+  assert.deepEqual(await settleDeadRecord(stop.dispatch, record, false), { outcome: 'done', detail: 'marked stopped' });
+  assert.deepEqual(stop.calls[1], ['stop-vm', { vm: record.id, force: true }]);
+});
+
+test('dead record — deleted, running again or stopped by its owner meanwhile: skipped, nothing sent', async () => {
+  for (const [answer, detail] of [
+    [errorReply('VM_NOT_FOUND', 'no VM'), 'deleted meanwhile'],
+    [okReply({ state: 'running', desired: 'running' }), 'qemu-backend reports it running'],
+    [okReply({ state: 'stopped', desired: 'stopped' }), 'marked stopped meanwhile'],
+  ] as const) {
+    const fake = fakeDispatch({ 'get-vm': answer });
+    assert.deepEqual(await settleDeadRecord(fake.dispatch, record, true), { outcome: 'skipped', detail });
+    assert.equal(fake.calls.length, 1);
+  }
+});
+
+test('dead record — a failed start keeps the code qemu-backend answered with; without dispatch it cannot act', async () => {
+  const fake = fakeDispatch({ 'get-vm': okReply({ state: 'stopped', desired: 'running' }), 'start-vm': errorReply('IMAGE_NOT_FOUND', 'no image "tiny"') });
+  await assert.rejects(settleDeadRecord(fake.dispatch, record, true), { code: 'IMAGE_NOT_FOUND', message: 'start-vm: no image "tiny"' });
+  await assert.rejects(settleDeadRecord(undefined, record, true), /main thread/);
+});
+
+test('carry out — log rows, step-less stop rows, done and skipped removals, a failure, and an aborted run', async (t) => {
+  const dir = await tempDir(t);
+  const options = sweeperOptionsSchema.parse({ qemu: { stateDir: dir }, jobs: { orphans: { action: 'reap' } } });
+  const folder = async (id: string, files: string[]) => {
+    await mkdir(join(dir, id), { recursive: true });
+    for (const file of files) await writeFile(join(dir, id, file), '');
+    return { id, path: join(dir, id), ageMs: 1e9, hasDisk: files.includes('disk.qcow2'), entries: files };
+  };
+  const gone = await folder('h1.goneaaaa', ['disk.qcow2']);
+  // A record was written after the inventory: the folder is a VM's again.
+  const revived = await folder('h1.revivedx', ['vm.json']);
+  const base = { job: 'orphans' as const, reason: 'test' };
+  const findings: Finding[] = [
+    { ...base, kind: 'orphan-folder', target: 'log-row', action: 'log', step: 'none', folder: gone },
+    { ...base, kind: 'orphan-folder', target: 'stop-row', action: 'stop', step: 'none', folder: gone },
+    { ...base, kind: 'orphan-folder', target: gone.path, action: 'reap', step: 'remove-folder', folder: gone },
+    { ...base, kind: 'orphan-folder', target: revived.path, action: 'reap', step: 'remove-folder', folder: revived },
+    { ...base, kind: 'dead-record', target: record.id, action: 'reap', step: 'restart', record },
+  ];
+  const rows = await carryOut(findings, { options, log: quiet, signal: new AbortController().signal });
+  assert.deepEqual(
+    rows.map((r) => [r.target, r.outcome, r.detail ?? r.error ?? '']),
+    [
+      ['log-row', 'logged', ''],
+      ['stop-row', 'logged', '"stop" has no step for orphan-folder'],
+      [gone.path, 'done', 'removed with its overlay disk'],
+      [revived.path, 'skipped', 'a record appeared meanwhile'],
+      [record.id, 'failed', "SWEEP_ACTION_FAILED: records are changed through qemu-backend's messages, which only the agent's main thread can send"],
+    ],
+  );
+  assert.equal(await exists(gone.path), false);
+  assert.equal(await exists(revived.path), true);
+
+  const leftover = await folder('h1.leftover', []);
+  const controller = new AbortController();
+  controller.abort();
+  const aborted = await carryOut([{ ...base, kind: 'orphan-folder', target: leftover.path, action: 'reap', step: 'remove-folder', folder: leftover }], {
+    options,
+    log: quiet,
+    signal: controller.signal,
+  });
+  assert.deepEqual(aborted.map((r) => [r.outcome, r.detail]), [['skipped', 'the run was aborted first']]);
+  assert.equal(await exists(leftover.path), true);
+});
