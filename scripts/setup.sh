@@ -29,6 +29,7 @@ packages=(
   qemu-guest-agent  # copied into the test guest for the guest-agent tests
   util-linux        # unshare/nsenter: tests run VMs inside throw-away network namespaces
   python3-pika      # the aetherscale test client (test/aetherscale-client/client.py)
+  dnsmasq-utils     # dhcp_release / dhcp_release6: the sweeper releases stale DHCP leases (and its tests)
 )
 
 need_node_major=20

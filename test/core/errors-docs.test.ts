@@ -100,3 +100,14 @@ test('errors — docs list every ip-discovery-arp code with its retryable flag',
       .sort(),
   );
 });
+
+test('errors — docs list every sweeper code with its retryable flag', async () => {
+  const { sweeperErrors } = await import('../../plugins/sweeper/errors.ts');
+  const rows = await readCatalogueTable('### sweeper');
+  assert.deepEqual(
+    rows.map((row) => [row.code, row.retryable]).sort(),
+    Object.entries(sweeperErrors)
+      .map(([code, spec]) => [code, (spec as { retryable: boolean }).retryable ? 'yes' : 'no'])
+      .sort(),
+  );
+});

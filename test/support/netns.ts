@@ -171,6 +171,8 @@ async function execIn(pid: number, argv: string[], options: ExecOptions = {}): P
   proc.child.stderr?.setEncoding('utf8');
   proc.child.stdout?.on('data', (chunk: string) => (stdout += chunk));
   proc.child.stderr?.on('data', (chunk: string) => (stderr += chunk));
+  // A command that exits before reading its stdin would make the write fail with EPIPE; that is not an error.
+  proc.child.stdin?.on('error', () => undefined);
   proc.child.stdin?.end(options.input ?? '');
   const timeoutMs = options.timeoutMs ?? 30_000;
   const timer = setTimeout(() => {
