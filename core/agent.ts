@@ -7,10 +7,10 @@ import { CloudletError, registerPluginErrors } from './errors.ts';
 import { makeEvent, makeRequest, messageTypeSchema } from './envelope.ts';
 import type { HostConfig } from './config/host-config.ts';
 import { createLogger, type Logger } from './logger.ts';
-import { Dispatcher, type DispatchObserver } from './dispatcher.ts';
+import { Dispatcher, type DispatchObserver, type DispatchOutcome } from './dispatcher.ts';
 import { agentSecurity } from './security/agent-security.ts';
 import { PoolManager, type PoolSpec } from './pools.ts';
-import type { CapabilityProvider, DispatchReply, HostIdentity, LoadedPluginSummary, PluginHookContext } from './plugin-api.ts';
+import type { AgentView, CapabilityProvider, DispatchReply, HostIdentity, LoadedPluginSummary, PluginHookContext } from './plugin-api.ts';
 import type { LoadedPlugin } from './plugins/loader.ts';
 import { createAgentTransport, type AgentTransport } from './transports/index.ts';
 import { AGENT_VERSION } from './version.ts';
@@ -43,13 +43,25 @@ export class Agent {
   #dispatcher: Dispatcher | undefined;
   #started: LoadedPlugin[] = [];
   #stopping: Promise<void> | undefined;
-  readonly #observer: DispatchObserver | undefined;
+  readonly #observers = new Set<DispatchObserver>();
+  #state: 'starting' | 'running' | 'stopping' = 'starting';
+  /** What monitoring plugins see of this agent (the hook context's `agent`); one object for the agent's life. */
+  readonly #view: AgentView = {
+    state: () => this.#state,
+    transportUp: () => this.#state !== 'starting' && (this.transport.isUp?.() ?? true),
+    pools: () => this.#pools?.stats() ?? [],
+    inFlight: () => this.inFlight,
+    observeDispatch: (observer) => {
+      this.#observers.add(observer);
+      return () => void this.#observers.delete(observer);
+    },
+  };
 
   constructor(config: HostConfig, options: AgentOptions = {}) {
     this.config = config;
     this.log = (options.logger ?? createLogger({ level: config.core.log.level, format: config.core.log.format })).child({ host: config.hostId });
     this.host = { id: config.hostId, agentVersion: AGENT_VERSION, startedAt: Date.now() };
-    this.#observer = options.observer;
+    if (options.observer) this.#observers.add(options.observer);
     this.transport =
       options.transport ??
       createAgentTransport(config.core, {
@@ -81,6 +93,7 @@ export class Agent {
         await this.transport.publishEvent(makeEvent(type, this.host.id, payload));
       },
       capabilities,
+      agent: this.#view,
       dispatch: (type, payload, options = {}) => this.#dispatchLocally(type, payload, options),
       transport: {
         kind: this.transport.kind,
@@ -102,6 +115,8 @@ export class Agent {
       dispatcher.handle({
         body: JSON.stringify(request),
         replyable: true,
+        // From a plugin of this agent, not from the wire: signatures are for requests from outside.
+        trusted: true,
         progress: (progress) => {
           if (progress.stage !== 'alive') options.onProgress?.(progress.stage, progress.detail);
         },
@@ -153,17 +168,28 @@ export class Agent {
       hostId: config.hostId,
       maxMessageBytes: config.core.limits.maxMessageBytes,
       keepaliveMs: config.core.limits.keepaliveMs,
-      ...(this.#observer ? { observer: this.#observer } : {}),
+      observer: (outcome) => this.#notify(outcome),
       routes: config.messages,
       pools: this.#pools,
       log: this.log,
     });
     for (const p of config.plugins) await this.#runHook(p, 'start');
     await this.transport.listen(this.#dispatcher.handle);
+    this.#state = 'running';
     this.log.info(
       { transport: this.transport.describe(), plugins: summaries.map((s) => `${s.name}@${s.version}`), messageTypes: [...config.messages.keys()] },
       `agent ${AGENT_VERSION} ready as host "${config.hostId}"`,
     );
+  }
+
+  #notify(outcome: DispatchOutcome): void {
+    for (const observer of this.#observers) {
+      try {
+        observer(outcome);
+      } catch (error) {
+        this.log.warn({ err: error }, 'a dispatch observer threw; ignored');
+      }
+    }
   }
 
   async #runHook(plugin: LoadedPlugin, hook: 'init' | 'start' | 'stop'): Promise<void> {
@@ -186,6 +212,7 @@ export class Agent {
   }
 
   async #stop(reason: string): Promise<void> {
+    this.#state = 'stopping';
     const graceMs = this.config.core.shutdown.graceMs;
     this.log.info({ reason, inFlight: this.inFlight, graceMs }, 'shutting down');
     this.#dispatcher?.stopAccepting();

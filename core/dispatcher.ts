@@ -77,7 +77,7 @@ export class Dispatcher {
       return;
     }
     const request = decoded.envelope;
-    const authError = this.#options.authorizer?.check(request);
+    const authError = delivery.trusted ? undefined : this.#options.authorizer?.check(request);
     if (authError) {
       this.#options.observer?.({ type: request.type, ok: false, code: authError.code, elapsedMs: 0 });
       log.warn({ code: authError.code, msgId: request.id, type: request.type, key: request.auth?.key, sender: delivery.sender }, `refused an unauthenticated request: ${authError.message}`);

@@ -87,12 +87,47 @@ export interface PluginHookContext<Options> {
    * translate another wire format into cloudlet's messages. Added in core API 1.4.
    */
   dispatch(type: string, payload: unknown, options?: { deadline?: number; onProgress?: (stage: string, detail?: Record<string, unknown>) => void }): Promise<DispatchReply>;
+  /** Read-only views of the running agent, for monitoring plugins (metrics, health). Added in core API 1.5. */
+  agent: AgentView;
   /** The agent's transport, for routing plugins. Added in core API 1.1. */
   transport: {
     kind: string;
     /** Takes part in a kind of routing (see docs/PROTOCOL.md); a no-op on transports without routing. */
     addInboundRoute(route: 'direct' | 'any' | 'broadcast'): void;
   };
+}
+
+/** What a monitoring plugin sees of its agent (core API 1.5). Every call is cheap and never throws. */
+export interface AgentView {
+  /** `starting` until the transport takes messages, then `running`; `stopping` from the first step of shutdown. */
+  state(): 'starting' | 'running' | 'stopping';
+  /** Whether messages can arrive now: the local socket listens, the broker connection is up. */
+  transportUp(): boolean;
+  /** One entry per message type (empty before the pools exist). */
+  pools(): AgentPoolStats[];
+  /** Messages being handled right now. */
+  inFlight(): number;
+  /** `observer` is told about every message answered or refused; it must not block. Returns the function that stops it. */
+  observeDispatch(observer: (outcome: ObservedDispatch) => void): () => void;
+}
+
+export interface AgentPoolStats {
+  type: string;
+  threads: number;
+  queued: number;
+  running: number;
+  completed: number;
+  settings: PoolSettings;
+}
+
+/** One answered or refused message, as `observeDispatch` reports it. */
+export interface ObservedDispatch {
+  /** Undefined when the message was too broken to tell. */
+  type: string | undefined;
+  ok: boolean;
+  code?: string;
+  /** From acceptance to reply; 0 for messages refused before reaching a pool. */
+  elapsedMs: number;
 }
 
 /** A reply as `dispatch` returns it: the envelope's outcome, without the wire fields. */

@@ -11,5 +11,7 @@ export const builtinPlugins: Readonly<Record<string, string>> = {
   'ip-discovery-guest-agent': new URL('./ip-discovery-guest-agent/index.ts', import.meta.url).href,
   'ip-discovery-dnsmasq': new URL('./ip-discovery-dnsmasq/index.ts', import.meta.url).href,
   'ip-discovery-arp': new URL('./ip-discovery-arp/index.ts', import.meta.url).href,
+  'protocol-aetherscale': new URL('./protocol-aetherscale/index.ts', import.meta.url).href,
+  sweeper: new URL('./sweeper/index.ts', import.meta.url).href,
   metrics: new URL('./metrics/index.ts', import.meta.url).href,
 };

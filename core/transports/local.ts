@@ -53,6 +53,10 @@ export class LocalAgentTransport implements AgentTransport {
     return `unix:${this.#options.socketPath}`;
   }
 
+  isUp(): boolean {
+    return this.#server?.listening ?? false;
+  }
+
   async listen(onDelivery: DeliveryListener): Promise<void> {
     const { socketPath } = this.#options;
     await mkdir(dirname(socketPath), { recursive: true, mode: 0o750 });

@@ -17,6 +17,8 @@ export interface InboundDelivery {
   progress(envelope: ProgressEnvelope): void;
   /** Where it came from, for the log when it is refused (never secrets). */
   readonly sender?: Record<string, unknown>;
+  /** Sent by a plugin of this agent (ctx.dispatch), not received from outside: no signature is required. */
+  readonly trusted?: boolean;
 }
 
 export type DeliveryListener = (delivery: InboundDelivery) => void;
@@ -32,6 +34,8 @@ export interface AgentTransport {
   close(): Promise<void>;
   /** Where the agent can be reached, for logs (never contains credentials). */
   describe(): string;
+  /** Whether messages can arrive now (socket listening, broker connected); health checks read it. */
+  isUp?(): boolean;
   /**
    * Routing plugins call this (in their init hook) to make the host take part in a kind of routing:
    * `direct` (its own queue), `any` (the competing queue) or `broadcast`. Transports without routing

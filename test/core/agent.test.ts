@@ -194,9 +194,9 @@ test('agent — events published by a plugin reach subscribed clients', async (t
   assert.deepEqual(received, [['test.happened', { n: 1 }]]);
 });
 
-test('agent — a plugin dispatches messages to its own host through the same validation and pools', async (t) => {
+test('agent — a plugin dispatches messages to its own host through the same validation and pools (also where signatures are required)', async (t) => {
   const relay = new URL('../fixtures/plugins/relay/index.ts', import.meta.url).pathname;
-  const { client, agent } = await startAgent(t, { plugins: [{ use: testkitPath }, { use: relay }] });
+  const { client, agent } = await startAgent(t, { plugins: [{ use: testkitPath }, { use: relay }], security: { requireSignatures: true } });
   const events: unknown[] = [];
   await client.subscribe((event) => events.push(event.payload));
   const deadline = Date.now() + 10_000;

@@ -64,6 +64,10 @@ export class AmqpAgentTransport implements AgentTransport {
     return `amqp ${this.#connection?.describe() ?? this.#options.config.url.replace(/\/\/[^@]*@/, '//***@')} prefix ${this.#options.config.prefix}`;
   }
 
+  isUp(): boolean {
+    return this.#connection?.isUp ?? false;
+  }
+
   addInboundRoute(route: InboundRoute): void {
     this.#routes.add(route);
   }
