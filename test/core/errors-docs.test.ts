@@ -111,3 +111,14 @@ test('errors — docs list every sweeper code with its retryable flag', async ()
       .sort(),
   );
 });
+
+test('errors — docs list every metrics code with its retryable flag', async () => {
+  const { default: metrics } = await import('../../plugins/metrics/index.ts');
+  const rows = await readCatalogueTable('### metrics');
+  assert.deepEqual(
+    rows.map((row) => [row.code, row.retryable]).sort(),
+    Object.entries(metrics.errors ?? {})
+      .map(([code, spec]) => [code, spec.retryable ? 'yes' : 'no'])
+      .sort(),
+  );
+});

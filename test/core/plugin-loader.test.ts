@@ -102,13 +102,13 @@ test('loader — PLUGIN_INVALID for each broken field of the definition', async 
 test('loader — PLUGIN_INVALID for a handler named by a relative URL', async () => {
   const problem = onlyProblem(await load(fixture('relative-handler')));
   assert.equal(problem.code, 'PLUGIN_INVALID');
-  assert.match(problem.message, /message "relative\.ping" of plugin "relative-handler": handler "\.\/handler\.ts" is not an absolute URL/);
+  assert.match(problem.message, /message "relative\.ping" of plugin "relative-handler": module "\.\/handler\.ts" is not an absolute URL/);
 });
 
 test('loader — PLUGIN_INVALID for a handler module that does not exist', async () => {
   const problem = onlyProblem(await load(fixture('missing-handler')));
   assert.equal(problem.code, 'PLUGIN_INVALID');
-  assert.match(problem.message, /handler module .*missing-handler\/no-such-handler\.ts does not exist/);
+  assert.match(problem.message, /message "[a-z.]+" of plugin "missing-handler": module .*missing-handler\/no-such-handler\.ts does not exist/);
 });
 
 test('loader — PLUGIN_API_MISMATCH says which range the plugin wants and which API the core provides', async () => {

@@ -65,7 +65,7 @@ test('pools — an undeclared error code becomes HANDLER_ERROR that names the th
 });
 
 test('pools — a handler past its timeout is cancelled through its signal and the pool keeps serving', async (t) => {
-  const pools = makePools(t, { 'test.sleep': { timeoutMs: 500 } });
+  const pools = makePools(t, { 'test.sleep': { timeoutMs: 3_000 } });
   // Warm the thread first: the timeout counts from acceptance, and a cold thread start under load is slow.
   assert.equal((await pools.run(task('test.sleep', { ms: 1 }))).ok, true);
   const outcome = await pools.run(task('test.sleep', { ms: 60_000 }));

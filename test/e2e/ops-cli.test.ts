@@ -9,14 +9,11 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import test, { type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import semver from 'semver';
-import { CORE_API_VERSION } from '../../core/version.ts';
 import { cliBin, runCli, spawnAgent, tempDir, testkitPath, writeConfig } from '../helpers.ts';
 import { deletePrefix, SHARED_BROKER } from '../support/cloud.ts';
 import { startRabbitNode } from '../support/rabbit-node.ts';
 
 // The metrics plugin reads the hook context's `agent`, added in core API 1.5.
-const metricsNeedsCore = semver.satisfies(CORE_API_VERSION, '^1.5.0') ? false : `the metrics plugin needs core API 1.5 (ctx.agent); this core is ${CORE_API_VERSION}`;
 
 const sweepStub = fileURLToPath(new URL('../fixtures/plugins/sweep-stub/index.ts', import.meta.url));
 
@@ -161,7 +158,7 @@ test('vm commands — usage errors exit 2 before anything is sent; a wire error 
   assert.match(unreachable.stderr, /AGENT_UNREACHABLE[\s\S]*hint: /);
 });
 
-test('metrics — the endpoint counts messages by type and outcome, shows pools, and /healthz is 200 while the agent runs', { skip: metricsNeedsCore }, async (t) => {
+test('metrics — the endpoint counts messages by type and outcome, shows pools, and /healthz is 200 while the agent runs', async (t) => {
   const port = await freePort();
   const { config } = await localAgent(t, `  - use: ${testkitPath}\n  - use: metrics\n    options:\n      listen: 127.0.0.1:${port}\n`);
   for (const payload of ['{"value":1}', '{"value":2}']) assert.equal((await runCli(['call', 'test.echo', '--config', config, '--payload', payload])).code, 0);
@@ -194,7 +191,7 @@ test('metrics — the endpoint counts messages by type and outcome, shows pools,
   assert.equal(metricsCheck?.status, 'ok');
 });
 
-test('health — 503 while the broker is down, 200 again once the agent reconnected', { skip: metricsNeedsCore }, async (t) => {
+test('health — 503 while the broker is down, 200 again once the agent reconnected', async (t) => {
   const node = await startRabbitNode(t, { name: 'ops-health' });
   const port = await freePort();
   const dir = await tempDir(t);
