@@ -54,6 +54,9 @@ test('redelivery — a request id seen before is answered from the stored outcom
   // test.echo returns the time it ran: an identical reply means it did not run again.
   assert.deepEqual(second, first);
   const agent = cloud.agents.get('h1')!;
+  // Log lines may reach us just after the replies.
+  const logDeadline = Date.now() + 5_000;
+  while (!/answered from its stored outcome/.test(agent.output()) && Date.now() < logDeadline) await new Promise((r) => setTimeout(r, 50));
   assert.equal(handledCount(agent.output(), id), 1);
   assert.match(agent.output(), /answered from its stored outcome/);
 
