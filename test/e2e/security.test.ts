@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { chmod, writeFile } from 'node:fs/promises';
+import { chmod, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
 import { makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
@@ -101,4 +101,21 @@ test('security — secrets: a world-readable config with a broker password and a
   const agent = await runCli(['agent', '--config', agentConfig], { env: { CLOUDLET_LOG_FORMAT: 'json' } });
   assert.equal(agent.code, 1);
   assert.match(agent.stdout, /CONFIG_INSECURE.*chmod 600/);
+});
+
+test('security — cloudlet keys generate writes a private key only its owner can read, and keys show reads it back', async (t) => {
+  const dir = await tempDir(t);
+  const generated = await runCli(['keys', 'generate', '--name', 'ops', '--out', dir, '--json']);
+  assert.equal(generated.code, 0, generated.stderr);
+  const key = JSON.parse(generated.stdout) as { file: string; keyId: string; publicKey: string };
+  assert.equal(key.file, join(dir, 'ops.key'));
+  assert.equal((await stat(key.file)).mode & 0o777, 0o600);
+  assert.match(key.keyId, /^[0-9a-f]{16}$/);
+  const shown = await runCli(['keys', 'show', key.file, '--json']);
+  assert.equal(shown.code, 0, shown.stderr);
+  assert.deepEqual(JSON.parse(shown.stdout), { file: key.file, keyId: key.keyId, publicKey: key.publicKey });
+  // Never overwritten.
+  const again = await runCli(['keys', 'generate', '--name', 'ops', '--out', dir]);
+  assert.equal(again.code, 2);
+  assert.match(again.stderr, /exists/);
 });
