@@ -6,7 +6,7 @@
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import Tinypool from 'tinypool';
 import { CloudletError, cloudletError, isCoreErrorCode, lookupError, type WireError } from './errors.ts';
-import type { PoolSettings, PluginLogger } from './plugin-api.ts';
+import type { AgentPoolStats, PoolSettings, PluginLogger } from './plugin-api.ts';
 import type { PoolWorkerData, WorkerOutcome, WorkerTask, WorkerToMain } from '../workers/protocol.ts';
 
 const WORKER_ENTRY = new URL('../workers/boot.mjs', import.meta.url).href;
@@ -37,14 +37,8 @@ export interface RunHooks {
 
 export type RunOutcome = { ok: true; result: unknown } | { ok: false; error: CloudletError };
 
-export interface PoolStats {
-  type: string;
-  threads: number;
-  queued: number;
-  running: number;
-  completed: number;
-  settings: PoolSettings;
-}
+/** The same shape monitoring plugins see through `ctx.agent.pools()`. */
+export type PoolStats = AgentPoolStats;
 
 interface ManagedPool {
   spec: PoolSpec;
