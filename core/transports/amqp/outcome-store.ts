@@ -9,7 +9,8 @@ import { dirname } from 'node:path';
 import type { ReplyEnvelope } from '../../envelope.ts';
 
 type Record_ =
-  | { id: string; t: 'start'; at: number }
+  /** `n`: starts folded into one line by compaction (default 1). */
+  | { id: string; t: 'start'; at: number; n?: number }
   /** Started here but passed on (no capacity): not a failed attempt. */
   | { id: string; t: 'abandoned'; at: number }
   | { id: string; t: 'done'; at: number; reply: ReplyEnvelope };
@@ -25,6 +26,7 @@ export class OutcomeStore {
   readonly #entries = new Map<string, Entry>();
   #linesInFile = 0;
   #writes: Promise<void> = Promise.resolve();
+  #compactions = 0;
 
   private constructor(file: string, maxEntries: number) {
     this.#file = file;
@@ -52,7 +54,7 @@ export class OutcomeStore {
 
   #apply(record: Record_): void {
     const entry = this.#entries.get(record.id) ?? { attempts: 0 };
-    if (record.t === 'start') entry.attempts++;
+    if (record.t === 'start') entry.attempts += record.n ?? 1;
     else if (record.t === 'abandoned') entry.attempts = Math.max(0, entry.attempts - 1);
     else entry.reply = record.reply;
     // Re-insert so Map order is recency order: the oldest entries are evicted first.
@@ -99,14 +101,22 @@ export class OutcomeStore {
 
   async #compact(): Promise<void> {
     const lines: string[] = [];
+    // One line per entry: a finished request needs only its reply, an unfinished one its start count.
+    // (Writing both made a full store compact again on the very next line.)
     for (const [id, entry] of this.#entries) {
-      for (let i = 0; i < entry.attempts; i++) lines.push(JSON.stringify({ id, t: 'start', at: 0 }));
       if (entry.reply) lines.push(JSON.stringify({ id, t: 'done', at: 0, reply: entry.reply }));
+      else if (entry.attempts > 0) lines.push(JSON.stringify({ id, t: 'start', at: 0, n: entry.attempts }));
     }
     const temp = `${this.#file}.tmp`;
     await writeFile(temp, lines.length > 0 ? `${lines.join('\n')}\n` : '');
     await rename(temp, this.#file);
     this.#linesInFile = lines.length;
+    this.#compactions++;
+  }
+
+  /** How often the file was rewritten (each rewrite costs the whole file). */
+  get compactions(): number {
+    return this.#compactions;
   }
 
   get size(): number {
