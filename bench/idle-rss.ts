@@ -17,7 +17,9 @@ import { ratio, target, type Row } from './lib/report.ts';
 import { median } from './lib/stats.ts';
 
 const MiB = 1024 * 1024;
+/** The issue's "120 MB", read as SI megabytes (10^6 bytes): the stricter reading (120 MiB would be 125.8 MB). */
 const LIMIT_MB = 120;
+const MB = 1_000_000;
 
 /** A minimal valid configuration for each built-in plugin (YAML list item); unknown ones get none. */
 function pluginEntries(names: readonly string[], dir: string, prefix: string): string[] {
@@ -109,22 +111,23 @@ export const idleRssBenchmark: Benchmark = {
     const afterOne = await restingRss(agent, settleMs, samples);
 
     const add = (label: string, mib: number, note?: string) =>
-      rows.push({ case: label, values: { rssMiB: mib, limitRatio: ratio(mib, LIMIT_MB), overNode: mib - bareNode }, ...(note ? { note } : {}) });
+      rows.push({ case: label, values: { rssMiB: mib, rssMB: (mib * MiB) / MB, limitRatio: ratio((mib * MiB) / MB, LIMIT_MB), overNode: mib - bareNode }, ...(note ? { note } : {}) });
     add('floor: Node alone (an idle script)', bareNode);
     add('floor: Node + tsx loader (an idle script)', nodeTsx);
     add('agent, no plugin (core only, local socket)', emptyRss);
     add(`agent, every built-in plugin (${names.length}), RabbitMQ transport, at rest`, allRss, names.join(', '));
     add('the same, after one host-info (one worker thread alive until idleTimeoutMs)', afterOne);
-    notes.push('RSS of the whole process (main thread and worker threads) from /proc, the median of a few samples once it has been quiet for a while; MiB = 2^20 bytes.');
+    notes.push('RSS of the whole process (main thread and worker threads) from /proc, the median of a few samples once it has been quiet for a while. MiB = 2^20 bytes; the target is judged in MB = 10^6 bytes, the stricter reading of "120 MB".');
     return {
-      baseline: `the ${LIMIT_MB} MB target (ratios are of it); floors for what Node and the TypeScript loader take by themselves`,
+      baseline: `the ${LIMIT_MB} MB target (ratios are of it, in MB); floors for what Node and the TypeScript loader take by themselves`,
       columns: [
         { key: 'rssMiB', label: 'RSS MiB', digits: 0 },
+        { key: 'rssMB', label: 'RSS MB (10^6 B)', digits: 0 },
         { key: 'limitRatio', label: `×${LIMIT_MB} MB target`, digits: 2 },
         { key: 'overNode', label: 'MiB over bare Node', digits: 0 },
       ],
       rows,
-      targets: [target(`agent idle RSS with every built-in plugin ≤ ${LIMIT_MB} MB`, allRss, LIMIT_MB, 'MB', 'le', 'see docs/PERFORMANCE.md, finding F9')],
+      targets: [target(`agent idle RSS with every built-in plugin ≤ ${LIMIT_MB} MB (10^6 bytes)`, (allRss * MiB) / MB, LIMIT_MB, 'MB', 'le', 'see docs/PERFORMANCE.md, finding F9')],
       notes,
     };
   },

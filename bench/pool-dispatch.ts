@@ -57,7 +57,14 @@ export const poolDispatchBenchmark: Benchmark = {
               const reply = await client.request(makeRequest({ type: 'test.echo', payload: ECHO }));
               if (!reply.ok) throw new Error(`${name}: test.echo failed: ${reply.error?.code} ${reply.error?.message}`);
             },
-            { concurrency, warmupCalls: ctx.pick({ full: 300, quick: 200, smoke: 5 }), calls: calls[concurrency], onMeasureStart: () => probe.start(), onMeasureEnd: () => probe.stop() },
+            {
+              concurrency,
+              warmupCalls: ctx.pick({ full: 300, quick: 200, smoke: 5 }),
+              calls: calls[concurrency],
+              minMs: ctx.pick({ full: 1_000, quick: 700, smoke: 0 }),
+              onMeasureStart: () => probe.start(),
+              onMeasureEnd: () => probe.stop(),
+            },
           );
           const key = `${name}@${concurrency}`;
           measured.set(key, [...(measured.get(key) ?? []), { summary, cpuUs: probe.perCallUs(summary.n).server ?? null }]);

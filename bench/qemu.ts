@@ -19,7 +19,7 @@ import { benchNetns, startNetnsAgent, type NetnsAgent } from './lib/netns-agent.
 import { pendingTarget, ratio, target, type Row, type Target } from './lib/report.ts';
 import { summarize, type LatencySummary } from './lib/stats.ts';
 import { vmRecord, writeVmRecords } from './lib/vm-records.ts';
-import { pluginLanded } from './ip-discovery.ts';
+import { pluginLanded } from './lib/builtin.ts';
 
 function ok<T>(reply: ReplyEnvelope, what: string): T {
   if (!reply.ok) throw new Error(`${what}: ${reply.error?.code} ${reply.error?.message}`);

@@ -78,7 +78,8 @@ async function runOne(benchmark: (typeof benchmarks)[number], shared: Map<string
     uniqueName: () => `bench-${runToken}-${(nameCounter++).toString(36)}${randomUUID().slice(0, 4)}`,
   };
   const section: Section = { id: benchmark.id, title: benchmark.title, baseline: '', columns: [], rows: [], targets: [], notes: [], durationMs: 0 };
-  section.backgroundCpuPct = (await busyCpuShare()) * 100;
+  // A second of nothing running, to tell how busy the machine is anyway (skipped in a smoke run).
+  if (mode !== 'smoke') section.backgroundCpuPct = (await busyCpuShare()) * 100;
   let timer: NodeJS.Timeout | undefined;
   const started = performance.now();
   try {
@@ -121,7 +122,7 @@ async function updateDocs(markdown: string): Promise<void> {
 
 const runStarted = new Date();
 log(`${mode} run of benchmark(s) ${selected.map((b) => b.id).join(', ')}; results to ${outDir}`);
-const machine = await describeMachine(BROKER_URL);
+const machine = await describeMachine(BROKER_URL, mode === 'smoke' ? 200 : 1_000);
 const shared = new Map<string, Promise<unknown>>();
 const sections: Section[] = [];
 for (const benchmark of selected) {

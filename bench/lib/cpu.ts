@@ -14,8 +14,13 @@ export interface CpuProbe {
 }
 
 /** `pids`: named processes to read from /proc; `self` is this process (the client side). */
+/** Below this a window holds too few 10 ms ticks to say anything per call. */
+const MIN_WINDOW_MS = 500;
+
 export function cpuProbe(pids: Record<string, number | undefined>): CpuProbe {
   let startSelf = 0;
+  let startedAt = 0;
+  let windowMs = 0;
   let used: Record<string, number | null> = {};
   let startTimes: Record<string, number | null> = {};
   const read = (pid: number | undefined) => {
@@ -32,10 +37,12 @@ export function cpuProbe(pids: Record<string, number | undefined>): CpuProbe {
   };
   return {
     start() {
+      startedAt = performance.now();
       startSelf = selfMs();
       startTimes = Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, read(pid)]));
     },
     stop() {
+      windowMs = performance.now() - startedAt;
       used = { client: selfMs() - startSelf };
       for (const [name, pid] of Object.entries(pids)) {
         const before = startTimes[name];
@@ -44,7 +51,7 @@ export function cpuProbe(pids: Record<string, number | undefined>): CpuProbe {
       }
     },
     perCallUs(calls) {
-      return Object.fromEntries(Object.entries(used).map(([name, ms]) => [name, ms === null || calls === 0 ? null : (ms * 1000) / calls]));
+      return Object.fromEntries(Object.entries(used).map(([name, ms]) => [name, ms === null || calls === 0 || windowMs < MIN_WINDOW_MS ? null : (ms * 1000) / calls]));
     },
   };
 }

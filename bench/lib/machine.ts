@@ -43,7 +43,7 @@ function packageVersion(name: string): string {
   }
 }
 
-export async function describeMachine(brokerUrl: string): Promise<Record<string, string | number>> {
+export async function describeMachine(brokerUrl: string, sampleMs = 1_000): Promise<Record<string, string | number>> {
   const osRelease = existsSync('/etc/os-release') ? (/^PRETTY_NAME="?([^"\n]*)"?$/m.exec(readFileSync('/etc/os-release', 'utf8'))?.[1] ?? 'unknown') : 'unknown';
   const commit = firstLine(['git', '-C', repoRoot, 'rev-parse', '--short', 'HEAD']);
   const dirty = spawnSync('git', ['-C', repoRoot, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).stdout.trim() !== '';
@@ -60,6 +60,6 @@ export async function describeMachine(brokerUrl: string): Promise<Record<string,
     'load average at start (1/5/15 min)': loadavg()
       .map((v) => v.toFixed(2))
       .join(' / '),
-    'CPU busy before start (1 s sample, all cores)': `${((await busyCpuShare()) * 100).toFixed(0)}%`,
+    [`CPU busy before start (${sampleMs} ms sample, all cores)`]: `${((await busyCpuShare(sampleMs)) * 100).toFixed(0)}%`,
   };
 }
