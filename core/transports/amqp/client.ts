@@ -121,7 +121,10 @@ export class AmqpClientTransport implements ClientTransport {
 
   /** Waits (briefly) until some host answered our probe, so the registry knows who is alive. */
   async #registryReady(maxWaitMs: number): Promise<void> {
-    await Promise.race([this.#presenceHeard, new Promise((r) => setTimeout(r, maxWaitMs))]);
+    // Called on every request: clear the timer once presence was heard instead of leaving one per call.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([this.#presenceHeard, new Promise((r) => (timer = setTimeout(r, maxWaitMs)))]);
+    clearTimeout(timer);
   }
 
   #publish(pending: Pending): void {
