@@ -348,7 +348,7 @@ export class AmqpAgentTransport implements AgentTransport {
 
   async close(): Promise<void> {
     clearInterval(this.#heartbeatTimer);
-    await this.#store?.flush();
+    this.#store?.close();
     await this.#connection?.close();
   }
 }
