@@ -20,6 +20,8 @@ export interface MonitorOptions {
   mac: string;
   timeoutMs: number;
   signal: AbortSignal;
+  /** Called once the monitor process has started (it listens for changes a moment later). */
+  onSpawn?: () => void;
 }
 
 const KILL_GRACE_MS = 1_000;
@@ -71,6 +73,7 @@ export function waitForNeighbourEvent(options: MonitorOptions): Promise<MonitorO
     const timer = setTimeout(() => void finish({ kind: 'timeout' }), Math.min(Math.max(0, options.timeoutMs), MAX_TIMER_MS));
     options.signal.addEventListener('abort', onAbort, { once: true });
 
+    child.once('spawn', () => options.onSpawn?.());
     child.stdout.setEncoding('utf8');
     child.stderr.setEncoding('utf8');
     child.stdout.on('data', (chunk: string) => {

@@ -98,7 +98,21 @@ async function waitForChange(vm: VmNetworkIdentity, context: IpDiscoveryContext 
   const options = optionsFrom(context.options);
   const bridge = bridgeFor(options, vm);
   const started = performance.now();
-  const outcome = await waitForNeighbourEvent({ ipBinary: options.ipBinary, bridge, mac: vm.mac, timeoutMs: context.timeoutMs, signal: context.signal });
+  // An entry that appeared after the caller's last read but before `ip monitor` listened would be missed:
+  // once the monitor has started, read the table once more, and stop waiting if the VM is there now.
+  const found = new AbortController();
+  const readAgain = async () => {
+    const table = await readNeighbourTable({ ipBinary: options.ipBinary, bridge, signal: context.signal, log: context.log }).catch(() => undefined);
+    if (table && addressesForMac(table.entries, vm.mac, { includeStale: options.includeStale, bridge, table: table.source }).length > 0) found.abort();
+  };
+  const outcome = await waitForNeighbourEvent({
+    ipBinary: options.ipBinary,
+    bridge,
+    mac: vm.mac,
+    timeoutMs: context.timeoutMs,
+    signal: AbortSignal.any([context.signal, found.signal]),
+    onSpawn: () => void readAgain(),
+  });
   if (outcome.kind !== 'unavailable') return;
   context.log.warn({ bridge }, `ip-discovery-arp: cannot watch the neighbour table (${outcome.reason}); the caller will poll`);
   const left = Math.min(context.timeoutMs - (performance.now() - started), POLL_WITHOUT_MONITOR_MS);

@@ -10,6 +10,11 @@ import { vmPaths, type VmRecord } from './state.ts';
 
 /** Strategies without change notifications are re-asked this often while waiting. */
 const RECHECK_MS = 500;
+/**
+ * Strategies with change notifications are re-asked this often all the same: a change that happens while a
+ * watcher is being set up (`ip monitor` listens a few ms after it starts) would otherwise wait out the slice.
+ */
+const CHANGE_RECHECK_MS = 1_000;
 
 export interface AddressQuery {
   includeLinkLocal: boolean;
@@ -81,7 +86,7 @@ export async function findAddresses(
       .map((s) => s.implementation.waitForChange!(vm, { options: s.options, signal: stop.signal, log: ctx.log, timeoutMs: slice }));
     let recheckTimer: ReturnType<typeof setTimeout> | undefined;
     const recheck = new Promise<void>((resolve) => {
-      recheckTimer = setTimeout(resolve, strategies.every((s) => s.implementation.waitForChange) ? slice : Math.min(slice, RECHECK_MS));
+      recheckTimer = setTimeout(resolve, Math.min(slice, strategies.every((s) => s.implementation.waitForChange) ? CHANGE_RECHECK_MS : RECHECK_MS));
     });
     await Promise.race([...watchers, recheck]);
     clearTimeout(recheckTimer);

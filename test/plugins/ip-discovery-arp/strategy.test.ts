@@ -145,6 +145,22 @@ test('strategy — waitForChange resolves when ip monitor names the MAC', async 
   assert.ok(performance.now() - started < 5_000);
 });
 
+test('strategy — waitForChange wakes at once for an entry that appeared before ip monitor listened (lost wake-up)', async (t) => {
+  // The monitor never reports anything; the table already holds the VM (it appeared between the caller's last
+  // read and the monitor's start). Waiting must end now, not when the 30 s slice runs out.
+  const ip = await fakeIp(
+    t,
+    `case "$*" in
+  *monitor*) exec sleep 60 ;;
+  "-s -j neigh show dev br0 nud all") cat '${fixture('ip-s-neigh-later.json')}' ;;
+  *) exit 1 ;;
+esac`,
+  );
+  const started = performance.now();
+  await strategy.waitForChange!(VM, { ...context({ bridge: 'br0', ipBinary: ip.path }), timeoutMs: 30_000 });
+  assert.ok(performance.now() - started < 10_000, 'waited for the slice instead of reading the table again');
+});
+
 test('strategy — waitForChange without a working ip monitor wakes the caller within a second, with a warning', async () => {
   const ctx = context({ bridge: 'br0', ipBinary: '/nonexistent/ip' });
   const started = performance.now();
