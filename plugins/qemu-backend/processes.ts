@@ -2,10 +2,18 @@
  * Is a VM's QEMU running? The pidfile names the process, /proc says whether it is alive — a zombie or a
  * recycled pid running something else counts as dead — and the command line must carry the VM's id.
  */
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 
 export async function readPid(pidfile: string): Promise<number | undefined> {
-  const text = await readFile(pidfile, 'utf8').catch(() => undefined);
+  // Synchronous: a missing pidfile (a stopped VM) is one failed open, not a thread-pool round trip; list-vms
+  // asks this for every VM of the host.
+  let text: string | undefined;
+  try {
+    text = readFileSync(pidfile, 'utf8');
+  } catch {
+    text = undefined;
+  }
   const pid = text === undefined ? NaN : Number.parseInt(text.trim(), 10);
   return Number.isInteger(pid) && pid > 0 ? pid : undefined;
 }
