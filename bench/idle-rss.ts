@@ -2,6 +2,7 @@
  * Benchmark 7: an agent's resident memory at rest with every built-in plugin loaded (whatever
  * plugins/builtin.ts names, each with a minimal valid configuration), on the RabbitMQ transport; then after
  * one message (one worker thread alive). The floors: Node alone, Node with tsx, and an agent with no plugin.
+ * Agents run the compiled dist/ as shipped (see bench/run.ts), plus one row from the sources for comparison.
  */
 import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
@@ -109,6 +110,13 @@ export const idleRssBenchmark: Benchmark = {
     const reply = await client.request(makeRequest({ type: 'host-info', target: 'rss', payload: {} }));
     if (!reply.ok) throw new Error(`host-info: ${reply.error?.code}`);
     const afterOne = await restingRss(agent, settleMs, samples);
+    // For comparison, the same agent from the TypeScript sources (what a checkout runs without a build).
+    let fromSources: number | undefined;
+    if (process.env.CLOUDLET_FROM_SOURCE !== '1') {
+      await agent.stop();
+      const sourcesAgent = await cloud.startAgent('rss-src', pluginEntries(names, dir, cloud.prefix), { env: { CLOUDLET_LOG_LEVEL: 'warn', CLOUDLET_FROM_SOURCE: '1' } });
+      fromSources = await restingRss(sourcesAgent, settleMs, samples);
+    }
 
     const add = (label: string, mib: number, note?: string) =>
       rows.push({ case: label, values: { rssMiB: mib, rssMB: (mib * MiB) / MB, limitRatio: ratio((mib * MiB) / MB, LIMIT_MB), overNode: mib - bareNode }, ...(note ? { note } : {}) });
@@ -117,6 +125,7 @@ export const idleRssBenchmark: Benchmark = {
     add('agent, no plugin (core only, local socket)', emptyRss);
     add(`agent, every built-in plugin (${names.length}), RabbitMQ transport, at rest`, allRss, names.join(', '));
     add('the same, after one host-info (one worker thread alive until idleTimeoutMs)', afterOne);
+    if (fromSources !== undefined) add('the same at rest, run from the TypeScript sources (tsx loader; no dist/)', fromSources, 'CLOUDLET_FROM_SOURCE=1: what a checkout without `npm run build` runs');
     notes.push('RSS of the whole process (main thread and worker threads) from /proc, the median of a few samples once it has been quiet for a while. MiB = 2^20 bytes; the target is judged in MB = 10^6 bytes, the stricter reading of "120 MB".');
     return {
       baseline: `the ${LIMIT_MB} MB target (ratios are of it, in MB); floors for what Node and the TypeScript loader take by themselves`,

@@ -8,6 +8,8 @@
  *   npm run bench -- --only=1,2      some benchmarks
  *   npm run bench -- --out=DIR       write the results elsewhere (never touches docs/)
  *   npm run bench -- --profile       agents write CPU profiles to bench/results/profiles/
+ *   npm run bench -- --from-source   agents run the TypeScript sources through tsx instead of the
+ *                                    compiled dist/ that `npm pack` ships (built first by this command)
  *
  * Exit code 1 when a benchmark failed to run; a missed target is a finding, not a failure.
  */
@@ -21,6 +23,7 @@ import { benchmarks } from './benchmarks.ts';
 import { BROKER_URL } from './lib/cloud.ts';
 import { profileSpawnOptions, type BenchContext } from './lib/context.ts';
 import { busyCpuShare, describeMachine } from './lib/machine.ts';
+import { agentRoot } from './lib/processes.ts';
 import { renderReport, type BenchReport, type Mode, type Section } from './lib/report.ts';
 import { CleanupScope } from './lib/scope.ts';
 
@@ -38,6 +41,7 @@ const { values: args } = parseArgs({
     out: { type: 'string' },
     'no-docs': { type: 'boolean', default: false },
     profile: { type: 'boolean', default: false },
+    'from-source': { type: 'boolean', default: false },
   },
 });
 const mode: Mode = args.smoke ? 'smoke' : args.quick ? 'quick' : 'full';
@@ -120,9 +124,25 @@ async function updateDocs(markdown: string): Promise<void> {
   await writeFile(docsFile, `${current.slice(0, start + DOCS_START.length)}\n${markdown.trim()}\n${current.slice(end)}`);
 }
 
+/**
+ * Agents run as they are installed: `npm pack` ships dist/ (scripts/build.mjs) and bin.js runs it. So the
+ * bench builds it first in the agents' tree. A smoke run (npm test) and --from-source run the sources.
+ */
+function prepareAgentCode(): string {
+  if (mode === 'smoke' || args['from-source']) {
+    process.env.CLOUDLET_FROM_SOURCE = '1';
+    return 'TypeScript sources through tsx (--from-source or smoke run)';
+  }
+  delete process.env.CLOUDLET_FROM_SOURCE;
+  const build = spawnSync(process.execPath, [join(agentRoot, 'scripts/build.mjs')], { cwd: agentRoot, encoding: 'utf8' });
+  if (build.status !== 0) throw new Error(`npm run build failed in ${agentRoot}:\n${build.stdout}${build.stderr}`);
+  return 'compiled JavaScript in dist/ (scripts/build.mjs, as `npm pack` ships it; built at the start of the run)';
+}
+
 const runStarted = new Date();
 log(`${mode} run of benchmark(s) ${selected.map((b) => b.id).join(', ')}; results to ${outDir}`);
-const machine = await describeMachine(BROKER_URL, mode === 'smoke' ? 200 : 1_000);
+const agentCode = prepareAgentCode();
+const machine = { ...(await describeMachine(BROKER_URL, mode === 'smoke' ? 200 : 1_000)), 'agents run': agentCode };
 const shared = new Map<string, Promise<unknown>>();
 const sections: Section[] = [];
 for (const benchmark of selected) {

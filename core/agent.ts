@@ -15,6 +15,7 @@ import type { LoadedPlugin } from './plugins/loader.ts';
 import { createAgentTransport, type AgentTransport } from './transports/index.ts';
 import { AGENT_VERSION } from './version.ts';
 import type { LogLevelName } from '../workers/protocol.ts';
+import { RUNNING_FROM } from './runtime/package-root.ts';
 
 export interface AgentOptions {
   logger?: Logger;
@@ -177,7 +178,12 @@ export class Agent {
     await this.transport.listen(this.#dispatcher.handle);
     this.#state = 'running';
     this.log.info(
-      { transport: this.transport.describe(), plugins: summaries.map((s) => `${s.name}@${s.version}`), messageTypes: [...config.messages.keys()] },
+      {
+        transport: this.transport.describe(),
+        plugins: summaries.map((s) => `${s.name}@${s.version}`),
+        messageTypes: [...config.messages.keys()],
+        code: RUNNING_FROM,
+      },
       `agent ${AGENT_VERSION} ready as host "${config.hostId}"`,
     );
   }

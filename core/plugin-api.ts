@@ -6,6 +6,7 @@
 import { z } from 'zod';
 import { CloudletError, type ErrorSpec } from './errors.ts';
 import { CORE_API_VERSION } from './version.ts';
+import { importModule } from './runtime/import-module.ts';
 
 export { z, CloudletError, CORE_API_VERSION };
 export type { ErrorSpec };
@@ -226,7 +227,7 @@ export async function loadProviders<T>(context: Pick<HandlerContext, 'providers'
     providers.map(async (provider) => ({
       plugin: provider.plugin,
       options: provider.options,
-      implementation: ((await import(provider.module)) as { default: T }).default,
+      implementation: (await importModule<{ default: T }>(provider.module)).default,
     })),
   );
 }

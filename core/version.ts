@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { packageFile } from './runtime/package-root.ts';
 
 /** Version of the plugin API; plugins declare a semver range against it (`api: '^1.0.0'`). */
 export const CORE_API_VERSION = '1.5.0';
@@ -7,7 +8,7 @@ export const CORE_API_VERSION = '1.5.0';
 export const PROTOCOL_VERSION = 1;
 
 function readPackageVersion(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version?: string };
+  const pkg = JSON.parse(readFileSync(packageFile('package.json'), 'utf8')) as { version?: string };
   return pkg.version ?? '0.0.0';
 }
 

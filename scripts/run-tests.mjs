@@ -34,6 +34,8 @@ const selected = files.length > 0 ? files : findTests(join(root, 'test')).sort()
 const result = spawnSync(
   process.execPath,
   ['--import', 'tsx', '--test', '--test-reporter=spec', `--test-concurrency=${process.env.CLOUDLET_TEST_CONCURRENCY ?? 2}`, ...runnerArgs, ...selected],
-  { stdio: 'inherit', cwd: root },
+  // The tests run the TypeScript sources even where a dist/ was built; test/e2e/compiled.test.ts builds and
+  // runs the compiled form in a copy of its own.
+  { stdio: 'inherit', cwd: root, env: { ...process.env, CLOUDLET_FROM_SOURCE: '1' } },
 );
 process.exit(result.status ?? 1);

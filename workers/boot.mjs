@@ -1,9 +1,19 @@
 // The file tinypool starts in each worker thread. It holds the only runtime-specific step of the worker
-// side: Deno runs TypeScript natively; Node needs tsx's loader registered inside the thread, because
-// Node 20 does not pass `--import` hooks on to worker threads.
-if (typeof globalThis.Deno === 'undefined') {
-  const { register } = await import('tsx/esm/api');
-  register();
+// side. Compiled (dist/workers/, next to handler-worker.js): plain JavaScript, no loader. From the sources:
+// Deno runs TypeScript natively; Node needs tsx's loader registered inside the thread, because Node 20 does
+// not pass `--import` hooks on to worker threads. (A TypeScript plugin under the compiled build gets tsx
+// registered on demand: core/runtime/import-module.ts.)
+import { existsSync } from 'node:fs';
+
+const compiled = new URL('./handler-worker.js', import.meta.url);
+let runTask;
+if (existsSync(compiled)) {
+  ({ default: runTask } = await import(compiled.href));
+} else {
+  if (typeof globalThis.Deno === 'undefined') {
+    const { register } = await import('tsx/esm/api');
+    register();
+  }
+  ({ default: runTask } = await import('./handler-worker.ts'));
 }
-const { default: runTask } = await import('./handler-worker.ts');
 export default runTask;

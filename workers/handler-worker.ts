@@ -8,6 +8,7 @@ import type { WireError } from '../core/errors.ts';
 import type { Handler, HandlerContext } from '../core/plugin-api.ts';
 import type { MainToWorker, PoolWorkerData, WorkerOutcome, WorkerTask, WorkerToMain } from './protocol.ts';
 import { createWorkerLogger } from './worker-logger.ts';
+import { importModule } from '../core/runtime/import-module.ts';
 
 // tinypool hands each worker `[tinypoolPrivateData, userWorkerData]` (its documented `TinypoolData`).
 const poolData = (workerData as [unknown, PoolWorkerData])[1];
@@ -15,7 +16,7 @@ const poolData = (workerData as [unknown, PoolWorkerData])[1];
 let handlerPromise: Promise<Handler> | undefined;
 
 function loadHandler(): Promise<Handler> {
-  handlerPromise ??= import(poolData.handlerUrl).then((module: { default?: unknown }) => {
+  handlerPromise ??= importModule<{ default?: unknown }>(poolData.handlerUrl).then((module: { default?: unknown }) => {
     if (typeof module.default !== 'function') {
       throw Object.assign(new Error(`handler module ${poolData.handlerUrl} must export a function as its default export`), {
         code: 'HANDLER_ERROR',

@@ -13,6 +13,7 @@ import { type ConfigProblem, problemsFromZod } from '../config/problems.ts';
 import { pluginDefinitionSchema } from './definition-schema.ts';
 import { resolvePluginSpecifier, type PluginSourceKind } from './resolve.ts';
 import { checkPluginSet } from './checks.ts';
+import { importModule } from '../runtime/import-module.ts';
 import { CORE_PLUGIN_URL } from '../../plugins/builtin.ts';
 
 export interface LoadedPlugin {
@@ -91,7 +92,7 @@ export async function loadPlugins(entries: readonly IndexedPluginEntry[], config
 async function importPlugin(url: string): Promise<CloudletPlugin> {
   let module: { default?: unknown };
   try {
-    module = (await import(url)) as { default?: unknown };
+    module = await importModule<{ default?: unknown }>(url);
   } catch (cause) {
     // Only the plugin's own module missing is "not found"; a module it imports being missing is an import failure.
     const notFound =

@@ -13,11 +13,13 @@ import { configInvalidError } from '../../config/problems.ts';
 import { cloudletError } from '../../errors.ts';
 import type { Command } from '../command.ts';
 import { EXIT } from '../exit-codes.ts';
+import { packageFile } from '../../runtime/package-root.ts';
 import { writablePaths } from '../service/paths.ts';
 
-const UNIT_TEMPLATE = new URL('../../../config/cloudlet.service', import.meta.url);
-const CLI_BIN = fileURLToPath(new URL('../bin.js', import.meta.url));
-const DOCS = fileURLToPath(new URL('../../../docs/CLI.md', import.meta.url));
+const UNIT_TEMPLATE = packageFile('config/cloudlet.service');
+// The launcher, from the sources or compiled alike (it picks dist/ when that is current).
+const CLI_BIN = fileURLToPath(packageFile('core/cli/bin.js'));
+const DOCS = fileURLToPath(packageFile('docs/CLI.md'));
 const PATHS_MARKER = /^# cloudlet-paths:.*$/m;
 
 export const installServiceCommand: Command = {
