@@ -4,7 +4,7 @@
  * reply; nothing here throws into the transport, so a bad message can never take the agent down.
  */
 import { Buffer } from 'node:buffer';
-import type { Logger } from './logger.ts';
+import { lazyChild, type Logger } from './logger.ts';
 import { CloudletError, cloudletError, type WireError } from './errors.ts';
 import { decodeEnvelope, formatPath, makeProgress, makeReply, progressSchema, type ReplyEnvelope, type RequestEnvelope } from './envelope.ts';
 import type { MessageRoute } from './config/host-config.ts';
@@ -119,7 +119,7 @@ export class Dispatcher {
     // The host spends at most the type's timeoutMs on a message, counted from now (queueing included), and
     // never past the caller's deadline; the pool tells them apart and the handler sees the earlier one.
     const deadline = request.deadline ?? Number.POSITIVE_INFINITY;
-    const messageLog = log.child({ msgId: request.id, type: request.type, plugin: route.plugin.plugin.name });
+    const messageLog = lazyChild(log, { msgId: request.id, type: request.type, plugin: route.plugin.plugin.name });
     const cancel = new AbortController();
     let finished!: () => void;
     const entry: InFlight = { request, cancel, done: new Promise<void>((resolve) => (finished = resolve)) };

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
-import { createLogger, memoryDestination, redactUrlCredentials } from '../../core/logger.ts';
+import { createLogger, lazyChild, memoryDestination, redactUrlCredentials } from '../../core/logger.ts';
 
 test('logger — passwords in URLs are masked in fields and in messages', () => {
   const memory = memoryDestination();
@@ -31,6 +31,33 @@ test('logger — child loggers carry plugin and message ids; levels filter', () 
   const lines = memory.lines();
   assert.equal(lines.length, 1);
   assert.deepEqual([lines[0]?.plugin, lines[0]?.msgId, lines[0]?.type], ['p', 'm1', 'host-info']);
+});
+
+test('logger — a lazy child logs with its bindings, redacted, and is made only when a level is enabled', () => {
+  const memory = memoryDestination();
+  const log = createLogger({ level: 'warn', format: 'json', destination: memory.stream });
+  let children = 0;
+  const child = log.child.bind(log);
+  log.child = ((...args: Parameters<typeof child>) => {
+    children++;
+    return child(...args);
+  }) as typeof log.child;
+  const lazy = lazyChild(log, { msgId: 'm2', type: 'list-vms' });
+  lazy.debug('accepted');
+  lazy.info({ elapsedMs: 3 }, 'handled');
+  assert.equal(children, 0);
+  assert.equal(memory.lines().length, 0);
+  lazy.warn({ code: 'TIMEOUT', password: 'hunter2' }, 'failed');
+  lazy.error('plain string');
+  assert.equal(children, 1);
+  const lines = memory.lines();
+  assert.deepEqual(
+    lines.map((l) => [l.msgId, l.type, l.msg, l.code, l.password]),
+    [
+      ['m2', 'list-vms', 'failed', 'TIMEOUT', '[redacted]'],
+      ['m2', 'list-vms', 'plain string', undefined, undefined],
+    ],
+  );
 });
 
 test('logger — URL masking leaves URLs without credentials alone', () => {
