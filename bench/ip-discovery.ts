@@ -161,7 +161,7 @@ export const ipDiscoveryBenchmark: Benchmark = {
   async run(ctx) {
     const { scope } = ctx;
     const iterations = ctx.pick({ full: 30, quick: 10, smoke: 2 });
-    // The race rows can take 10 s an answer (finding F6), so few of them, and none in a smoke run.
+    // The race rows could take 10 s an answer before F6 was fixed, so few of them, and none in a smoke run.
     const raceIterations = ctx.pick({ full: 3, quick: 2, smoke: 0 });
     const rows: Row[] = [];
     const targets: Target[] = [];
@@ -192,7 +192,7 @@ export const ipDiscoveryBenchmark: Benchmark = {
       rows.push(row('dnsmasq: lease line written → get-vm-ip answer', figure, floor, 'qemu-backend + ip-discovery-dnsmasq, local socket'));
       if (racing) {
         rows.push(row('dnsmasq: lease written the moment the agent reports waiting', racing, floor, RACE_NOTE));
-        targets.push(target(`… the same, lease written the moment the wait begins (worst of ${racing.n})`, racing.p99Ms, LIMIT_MS, 'ms', 'le', 'a change between the lease read and the watch is missed until the 10 s re-ask; see docs/PERFORMANCE.md, finding F6'));
+        targets.push(target(`… the same, lease written the moment the wait begins (worst of ${racing.n})`, racing.p99Ms, LIMIT_MS, 'ms', 'le', 'see docs/PERFORMANCE.md, finding F6 (a change right as the wait begins)'));
       }
       targets.push(target('lease line → get-vm-ip answer ≤ 100 ms (dnsmasq, p50)', figure.p50Ms, LIMIT_MS, 'ms', 'le', 'see docs/PERFORMANCE.md'));
     }
@@ -217,7 +217,7 @@ export const ipDiscoveryBenchmark: Benchmark = {
       rows.push(row('arp: neighbour entry → get-vm-ip answer', figure, floor, 'qemu-backend + ip-discovery-arp, agent in the namespace'));
       if (racing) {
         rows.push(row('arp: entry added the moment the agent reports waiting', racing, floor, RACE_NOTE));
-        targets.push(target(`… the same, entry added the moment the wait begins (arp, worst of ${racing.n})`, racing.p99Ms, LIMIT_MS, 'ms', 'le', 'the entry appeared before `ip monitor` listened and is missed until discovery re-asks after 10 s; see docs/PERFORMANCE.md, finding F6'));
+        targets.push(target(`… the same, entry added the moment the wait begins (arp, worst of ${racing.n})`, racing.p99Ms, LIMIT_MS, 'ms', 'le', 'see docs/PERFORMANCE.md, finding F6 (an entry that appears before `ip monitor` listens)'));
       }
       targets.push(target('neighbour entry → get-vm-ip answer ≤ 100 ms (arp, p50; the lease limit applied)', figure.p50Ms, LIMIT_MS, 'ms', 'le', 'see docs/PERFORMANCE.md'));
     }
