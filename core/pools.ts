@@ -3,19 +3,23 @@
  * worker with a deadline, can be cancelled, and a crash, a hang or a full queue becomes a coded error for
  * that one message while the pool keeps serving.
  */
-import { MessageChannel, type MessagePort } from 'node:worker_threads';
+import { randomUUID } from 'node:crypto';
 import Tinypool from 'tinypool';
-import { CloudletError, cloudletError, isCoreErrorCode, lookupError, type WireError } from './errors.ts';
+import { CloudletError, cloudletError, isCoreErrorCode, lookupError } from './errors.ts';
 import type { AgentPoolStats, PoolSettings, PluginLogger } from './plugin-api.ts';
-import type { PoolWorkerData, WorkerOutcome, WorkerTask, WorkerToMain } from '../workers/protocol.ts';
+import type { MainToWorker, PoolWorkerData, SideMessage, WorkerOutcome, WorkerResult, WorkerTask, WorkerToMain } from '../workers/protocol.ts';
 
 const WORKER_ENTRY = new URL('../workers/boot.mjs', import.meta.url).href;
 
 export interface PoolSpec {
   type: string;
   settings: PoolSettings;
-  workerData: PoolWorkerData;
+  /** What every worker of the pool gets; the side channel's name is added by the PoolManager. */
+  workerData: Omit<PoolWorkerData, 'channel'>;
 }
+
+/** How long a returned outcome waits for side messages its task sent and that are still on their way. */
+const SIDE_MESSAGES_WAIT_MS = 5_000;
 
 export interface PoolTask {
   id: string;
@@ -43,6 +47,10 @@ export type PoolStats = AgentPoolStats;
 interface ManagedPool {
   spec: PoolSpec;
   pool: Tinypool;
+  /** Progress and log lines from the workers, abort requests to them (workers/protocol.ts). */
+  channel: InstanceType<typeof BroadcastChannel>;
+  /** Side-message listeners of the tasks running now, by message id. */
+  listeners: Map<string, (message: WorkerToMain) => void>;
   running: number;
   /** Undeclared codes from this plugin's handlers are downgraded, so callers only ever see documented codes. */
   declaredCodes: ReadonlySet<string>;
@@ -54,6 +62,7 @@ export class PoolManager {
   constructor(specs: readonly PoolSpec[], declaredCodes: ReadonlyMap<string, ReadonlySet<string>> = new Map()) {
     for (const spec of specs) {
       const { settings } = spec;
+      const channelName = `cloudlet-pool:${spec.type}:${randomUUID()}`;
       const pool = new Tinypool({
         filename: WORKER_ENTRY,
         name: 'default',
@@ -63,12 +72,23 @@ export class PoolManager {
         maxQueue: settings.maxQueue,
         // tinypool's Atomics wake-up hangs under Deno; message passing works on both runtimes.
         useAtomics: false,
-        workerData: spec.workerData,
+        workerData: { ...spec.workerData, channel: channelName } satisfies PoolWorkerData,
         resourceLimits: { maxOldGenerationSizeMb: settings.maxMemoryMb },
       });
+      const channel = new BroadcastChannel(channelName);
+      const listeners = new Map<string, (message: WorkerToMain) => void>();
+      channel.onmessage = (event: MessageEvent) => {
+        const message = event.data as SideMessage;
+        // Our own abort requests are not echoed back; a message for a finished task is dropped.
+        if (message.t !== 'abort') listeners.get(message.id)?.(message);
+      };
+      // The pool's workers keep the agent alive, not this channel.
+      (channel as { unref?: () => void }).unref?.();
       this.#pools.set(spec.type, {
         spec,
         pool,
+        channel,
+        listeners,
         running: 0,
         declaredCodes: declaredCodes.get(spec.workerData.pluginName) ?? new Set(),
       });
@@ -118,7 +138,6 @@ export class PoolManager {
 
   #runInWorker(managed: ManagedPool, task: PoolTask, hooks: RunHooks): Promise<RunOutcome> {
     const { settings } = managed.spec;
-    const { port1: mainPort, port2: workerPort } = new MessageChannel();
     // Aborting this terminates the worker thread: the last resort for a handler that ignores its signal.
     const terminate = new AbortController();
     const now = Date.now();
@@ -134,24 +153,30 @@ export class PoolManager {
       let settled = false;
       let cancelReason: CloudletError | undefined;
       let graceTimer: ReturnType<typeof setTimeout> | undefined;
-      let returnedTimer: ReturnType<typeof setTimeout> | undefined;
+      let sideMessagesTimer: ReturnType<typeof setTimeout> | undefined;
+      let sideMessagesSeen = 0;
+      /** The returned outcome, held until every side message its task sent has been seen. */
+      let returned: WorkerResult | undefined;
 
       const finish = (outcome: RunOutcome) => {
         if (settled) return;
         settled = true;
         clearTimeout(deadlineTimer);
         clearTimeout(graceTimer);
-        clearTimeout(returnedTimer);
+        clearTimeout(sideMessagesTimer);
         hooks.signal?.removeEventListener('abort', onExternalAbort);
-        mainPort.close();
+        managed.listeners.delete(task.id);
         resolve(outcome);
+      };
+      const finishReturned = () => {
+        if (returned) finish(cancelReason ? { ok: false, error: cancelReason } : this.#rebuild(managed, returned.outcome));
       };
 
       const cancel = (reason: CloudletError) => {
         if (settled || cancelReason) return;
         cancelReason = reason;
-        const message: { t: 'abort'; reason: WireError } = { t: 'abort', reason: reason.toWire() };
-        mainPort.postMessage(message);
+        const message: MainToWorker = { t: 'abort', id: task.id, reason: reason.toWire() };
+        managed.channel.postMessage(message);
         graceTimer = setTimeout(() => {
           terminate.abort(reason);
           finish({ ok: false, error: reason });
@@ -176,30 +201,35 @@ export class PoolManager {
       if (hooks.signal?.aborted) onExternalAbort();
       else hooks.signal?.addEventListener('abort', onExternalAbort, { once: true });
 
-      mainPort.on('message', (message: WorkerToMain) => {
+      managed.listeners.set(task.id, (message) => {
+        if (message.t === 'exited') {
+          // The thread is gone mid-task: have tinypool drop it (it would count it busy forever).
+          terminate.abort();
+          const reason = message.uncaught ?? `the handler ended its thread (exit code ${message.code})`;
+          finish({ ok: false, error: cancelReason ?? crashedError(task.type, reason) });
+          return;
+        }
+        sideMessagesSeen++;
         if (message.t === 'progress') {
           if (!cancelReason) hooks.onProgress?.(message.stage, message.detail);
-        } else if (message.t === 'log') {
+        } else {
           hooks.log?.[message.level === 'fatal' ? 'error' : message.level](message.obj, message.msg);
-        } else if (message.t === 'done') {
-          finish(cancelReason ? { ok: false, error: cancelReason } : this.#rebuild(managed, message.outcome));
         }
-      });
-      // The worker closes its port only after sending `done`; a close without it means the thread died.
-      mainPort.on('close', () => {
-        if (settled) return;
-        terminate.abort();
-        finish({ ok: false, error: cancelReason ?? crashedError(task.type) });
+        if (returned && sideMessagesSeen >= returned.sideMessages) finishReturned();
       });
 
-      const workerTask: WorkerTask = { id: task.id, type: task.type, deadline: effectiveDeadline, payload: task.payload, port: workerPort };
-      managed.pool.run(workerTask, { transferList: [workerPort as MessagePort], signal: terminate.signal }).then(
-        () => {
-          // The outcome travels on our port, which tinypool's reply may overtake (no ordering between
-          // ports); the port's close follows it. Only a worker that returned and never closed it is broken.
-          returnedTimer = setTimeout(() => finish({ ok: false, error: cancelReason ?? crashedError(task.type, 'the worker returned without an outcome') }), 5_000);
+      const workerTask: WorkerTask = { id: task.id, type: task.type, deadline: effectiveDeadline, payload: task.payload };
+      (managed.pool.run(workerTask, { signal: terminate.signal }) as Promise<WorkerResult>).then(
+        (result) => {
+          returned = result;
+          if (sideMessagesSeen >= result.sideMessages) return finishReturned();
+          // The outcome overtook some of its task's progress or log lines (they take another path): wait
+          // for them, so they are neither lost nor delivered after the reply.
+          sideMessagesTimer = setTimeout(finishReturned, SIDE_MESSAGES_WAIT_MS);
         },
         (thrown: unknown) => {
+          // tinypool rejects when the worker died (an exception it did not catch, process.exit, out of
+          // memory) or was terminated by us.
           const message = thrown instanceof Error ? thrown.message : String(thrown);
           if (/queue is at limit/i.test(message)) finish({ ok: false, error: busyError(task.type, settings) });
           else finish({ ok: false, error: cancelReason ?? crashedError(task.type, message) });
@@ -221,7 +251,12 @@ export class PoolManager {
   }
 
   async destroy(): Promise<void> {
-    await Promise.all([...this.#pools.values()].map(({ pool }) => pool.destroy()));
+    await Promise.all(
+      [...this.#pools.values()].map(async ({ pool, channel }) => {
+        await pool.destroy();
+        channel.close();
+      }),
+    );
     this.#pools.clear();
   }
 }

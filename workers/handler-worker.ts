@@ -3,10 +3,11 @@
  * the handler module comes from the pool's `workerData`. Web-standard APIs and `node:` specifiers only, so
  * the same file runs under Node (via tsx) and Deno 2.
  */
+import process from 'node:process';
 import { workerData } from 'node:worker_threads';
 import type { WireError } from '../core/errors.ts';
 import type { Handler, HandlerContext } from '../core/plugin-api.ts';
-import type { MainToWorker, PoolWorkerData, WorkerOutcome, WorkerTask, WorkerToMain } from './protocol.ts';
+import type { PoolWorkerData, SideMessage, WorkerOutcome, WorkerResult, WorkerTask, WorkerToMain } from './protocol.ts';
 import { createWorkerLogger } from './worker-logger.ts';
 import { importModule } from '../core/runtime/import-module.ts';
 
@@ -27,17 +28,37 @@ function loadHandler(): Promise<Handler> {
   return handlerPromise;
 }
 
-export default async function runTask(task: WorkerTask): Promise<null> {
-  const { port } = task;
+/** Aborts for the task this worker runs, by message id (tinypool gives a worker one task at a time). */
+const running = new Map<string, AbortController>();
+
+// The pool's side channel: progress and log lines out, abort requests in. Messages other workers of the
+// pool send arrive here too and are ignored.
+const channel = new BroadcastChannel(poolData.channel);
+channel.onmessage = (event: MessageEvent) => {
+  const message = event.data as SideMessage;
+  if (message.t === 'abort') running.get(message.id)?.abort(Object.assign(new Error(message.reason.message), message.reason));
+};
+// Handler code that calls process.exit ends this thread mid-task: say so, or the task would wait for its
+// deadline (the message is queued before the thread goes, and delivered).
+let uncaught: string | undefined;
+// Only watches (a monitor changes nothing): an exception nobody caught ends the thread too, and its message
+// says more than the exit code.
+process.on('uncaughtExceptionMonitor', (error: Error) => {
+  uncaught = error instanceof Error ? error.message : String(error);
+});
+process.on('exit', (code: number) => {
+  for (const id of running.keys()) channel.postMessage({ id, t: 'exited', code, ...(uncaught === undefined ? {} : { uncaught }) } satisfies WorkerToMain);
+});
+
+export default async function runTask(task: WorkerTask): Promise<WorkerResult> {
   const abortController = new AbortController();
-  // The web-standard EventTarget side of MessagePort, which both Node and Deno implement.
-  port.addEventListener('message', (event: Event) => {
-    const message = (event as unknown as { data: MainToWorker }).data;
-    if (message.t === 'abort') abortController.abort(Object.assign(new Error(message.reason.message), message.reason));
-  });
-  port.start();
-  const send = (message: WorkerToMain) => port.postMessage(message);
-  const log = createWorkerLogger(port, poolData.logLevel);
+  running.set(task.id, abortController);
+  let sideMessages = 0;
+  const send = (message: DistributiveOmit<WorkerToMain, 'id'>) => {
+    sideMessages++;
+    channel.postMessage({ ...message, id: task.id });
+  };
+  const log = createWorkerLogger(send, poolData.logLevel);
   const context: HandlerContext = {
     options: poolData.options,
     host: poolData.host,
@@ -55,11 +76,13 @@ export default async function runTask(task: WorkerTask): Promise<null> {
     outcome = { ok: true, result: toJsonValue(result) };
   } catch (thrown) {
     outcome = { ok: false, error: serializeThrown(thrown) };
+  } finally {
+    running.delete(task.id);
   }
-  send({ t: 'done', outcome });
-  port.close();
-  return null;
+  return { outcome, sideMessages };
 }
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 
 /** Results travel as JSON on the wire; normalising here catches cycles and BigInts inside the worker. */
 function toJsonValue(result: unknown): unknown {

@@ -1,10 +1,12 @@
 /**
  * The shapes that cross between the agent's main thread and a handler worker, declared once and imported
- * by both sides. Every task carries its own MessagePort: the worker sends progress, log lines and finally
- * its outcome over it, and receives the abort request on it. Sending the outcome on the same port as
- * everything else keeps them ordered, and a port that closes without an outcome means the worker died.
+ * by both sides. A task goes to a worker, and its outcome comes back, through tinypool (a task and its
+ * return value). What happens in between — progress, log lines, an abort request — travels on one
+ * BroadcastChannel per pool (named in `PoolWorkerData.channel`), tagged with the message id: a channel per
+ * task cost a MessageChannel, a port transfer and an extra wake-up on every message (bench finding F2).
+ * Side messages and the outcome take different paths, so the outcome counts the side messages its task
+ * sent and the main thread finishes the task only once it has seen them all: nothing is reordered or lost.
  */
-import type { MessagePort } from 'node:worker_threads';
 import type { WireError } from '../core/errors.ts';
 import type { CapabilityProvider, HostIdentity, LoadedPluginSummary } from '../core/plugin-api.ts';
 
@@ -19,6 +21,8 @@ export interface PoolWorkerData {
   plugins: LoadedPluginSummary[];
   providers: Record<string, CapabilityProvider[]>;
   logLevel: LogLevelName;
+  /** The pool's BroadcastChannel for side messages (set by the PoolManager). */
+  channel: string;
 }
 
 export interface WorkerTask {
@@ -26,17 +30,31 @@ export interface WorkerTask {
   type: string;
   deadline: number;
   payload: unknown;
-  port: MessagePort;
 }
 
 export type WorkerOutcome = { ok: true; result: unknown } | { ok: false; error: WireError };
 
-export type WorkerToMain =
-  | { t: 'progress'; stage: string; detail?: Record<string, unknown> }
-  | { t: 'log'; level: Exclude<LogLevelName, 'silent'>; obj: Record<string, unknown>; msg?: string }
-  | { t: 'done'; outcome: WorkerOutcome };
+/** What a worker's task returns: its outcome and how many side messages the task sent before it. */
+export interface WorkerResult {
+  outcome: WorkerOutcome;
+  sideMessages: number;
+}
 
-export type MainToWorker = { t: 'abort'; reason: WireError };
+/** Side messages from a worker, for the task `id`. */
+export type WorkerToMain =
+  | { id: string; t: 'progress'; stage: string; detail?: Record<string, unknown> }
+  | { id: string; t: 'log'; level: Exclude<LogLevelName, 'silent'>; obj: Record<string, unknown>; msg?: string }
+  /**
+   * The thread is ending while it runs the task (process.exit in handler code). tinypool notices a thread
+   * that throws, not one that exits, so this is how the task learns it will never return. Not counted in
+   * `sideMessages`.
+   */
+  | { id: string; t: 'exited'; code: number; uncaught?: string };
+
+/** To the pool's workers: the one running task `id` aborts it; the others ignore it. */
+export type MainToWorker = { t: 'abort'; id: string; reason: WireError };
+
+export type SideMessage = WorkerToMain | MainToWorker;
 
 export const LOG_LEVEL_RANK: Record<LogLevelName, number> = {
   trace: 10,

@@ -1,17 +1,19 @@
 /** A logger for handler code that forwards records to the main thread, where pino writes them. */
-import type { MessagePort } from 'node:worker_threads';
 import type { PluginLogger } from '../core/plugin-api.ts';
 import { LOG_LEVEL_RANK, type LogLevelName, type WorkerToMain } from './protocol.ts';
 
-export function createWorkerLogger(port: MessagePort, level: LogLevelName): PluginLogger {
+type LogRecord = Omit<Extract<WorkerToMain, { t: 'log' }>, 'id'>;
+
+/** `send` posts a record for the current task (handler-worker.ts tags it with the message id). */
+export function createWorkerLogger(send: (record: LogRecord) => void, level: LogLevelName): PluginLogger {
   const threshold = LOG_LEVEL_RANK[level];
   const make =
     (name: Exclude<LogLevelName, 'silent'>) =>
     (obj: object | string, msg?: string): void => {
       if (LOG_LEVEL_RANK[name] < threshold) return;
-      const record: WorkerToMain =
+      const record: LogRecord =
         typeof obj === 'string' ? { t: 'log', level: name, obj: {}, msg: obj } : { t: 'log', level: name, obj: toCloneable(obj), msg };
-      port.postMessage(record);
+      send(record);
     };
   return { trace: make('trace'), debug: make('debug'), info: make('info'), warn: make('warn'), error: make('error') };
 }

@@ -174,3 +174,20 @@ test('pools — progress updates and log records reach the main thread in order'
   await pools.run(task('test.echo'), { log });
   assert.deepEqual(logged, [[{ echoed: true }, 'echo']]);
 });
+
+test('pools — side messages of concurrent tasks reach their own task, all of them before its outcome', async (t) => {
+  // Progress travels on the pool's side channel and the outcome through tinypool: the outcome must wait for
+  // every progress line its task sent, and two tasks on two threads must not see each other's lines.
+  const pools = makePools(t, { 'test.progress': { maxThreads: 2 } });
+  const run = async (steps: number) => {
+    const seen: number[] = [];
+    const outcome = await pools.run(task('test.progress', { steps }), { onProgress: (_stage, detail) => seen.push((detail as { step: number }).step) });
+    return { outcome, seenAtOutcome: [...seen] };
+  };
+  const results = await Promise.all([run(300), run(200), run(300), run(1)]);
+  for (const [index, steps] of [300, 200, 300, 1].entries()) {
+    const result = results[index]!;
+    assert.equal(result.outcome.ok, true);
+    assert.deepEqual(result.seenAtOutcome, Array.from({ length: steps }, (_, i) => i + 1));
+  }
+});
