@@ -88,6 +88,12 @@ export interface PluginHookContext<Options> {
    * translate another wire format into cloudlet's messages. Added in core API 1.4.
    */
   dispatch(type: string, payload: unknown, options?: { deadline?: number; onProgress?: (stage: string, detail?: Record<string, unknown>) => void }): Promise<DispatchReply>;
+  /**
+   * The validated options (defaults filled in) of each plugin named in this plugin's `dependencies`, by
+   * name; frozen. So a plugin that works on another's data need not make operators repeat its settings
+   * (the sweeper reads qemu-backend's folders). Added in core API 1.6.
+   */
+  dependencyOptions: Readonly<Record<string, unknown>>;
   /** Read-only views of the running agent, for monitoring plugins (metrics, health). Added in core API 1.5. */
   agent: AgentView;
   /** The agent's transport, for routing plugins. Added in core API 1.1. */

@@ -8,7 +8,7 @@
  */
 import { definePlugin, type HostIdentity } from '../../core/plugin-api.ts';
 import { sweeperErrors } from './errors.ts';
-import { sweeperOptionsSchema } from './options.ts';
+import { resolveSweeperOptions, sweeperOptionsSchema } from './options.ts';
 import { sweepNowPayload } from './schemas.ts';
 import { SweeperService } from './service.ts';
 
@@ -18,8 +18,9 @@ const services = new WeakMap<HostIdentity, SweeperService>();
 export default definePlugin({
   name: 'sweeper',
   version: '1.0.0',
-  // ctx.dispatch (core API 1.4): dead records are settled through qemu-backend's own messages.
-  api: '^1.4.0',
+  // ctx.dispatch (core API 1.4): dead records are settled through qemu-backend's own messages;
+  // ctx.dependencyOptions (1.6): qemu-backend's folders and names, not repeated in the sweeper's options.
+  api: '^1.6.0',
   description: 'Periodic clean-up of stale leases, orphaned QEMU processes, records, VM folders and taps.',
   dependencies: { 'qemu-backend': '^1.0.0' },
   options: sweeperOptionsSchema,
@@ -35,7 +36,8 @@ export default definePlugin({
   },
   hooks: {
     start(ctx) {
-      const service = new SweeperService({ options: ctx.options, host: ctx.host, log: ctx.log, emitEvent: ctx.emitEvent, dispatch: (type, payload) => ctx.dispatch(type, payload) });
+      const options = resolveSweeperOptions(ctx.options, ctx.dependencyOptions['qemu-backend']);
+      const service = new SweeperService({ options, host: ctx.host, log: ctx.log, emitEvent: ctx.emitEvent, dispatch: (type, payload) => ctx.dispatch(type, payload) });
       service.start();
       services.set(ctx.host, service);
     },

@@ -52,7 +52,10 @@ const timezone = z.string().refine((zone) => {
   }
 }, 'an IANA time zone such as "UTC" or "Europe/Berlin"');
 
-/** Where qemu-backend keeps its VMs on this host: these must be the same values qemu-backend is given. */
+/**
+ * Where qemu-backend keeps its VMs on this host. Normally left out: the sweeper then takes these from
+ * qemu-backend's own options (core API 1.6 `dependencyOptions`). Given, they must equal qemu-backend's.
+ */
 const qemuSchema = z
   .object({
     stateDir: absolutePath.default('/var/lib/cloudlet/qemu'),
@@ -108,7 +111,7 @@ const DEFAULT_ORPHANS = { schedule: '*/10 * * * *', action: 'log', kinds: {}, st
 
 export const sweeperOptionsSchema = z
   .object({
-    qemu: qemuSchema.default({ stateDir: '/var/lib/cloudlet/qemu', tapPrefix: 'clt', qemuBinary: 'qemu-system-x86_64', ipBinary: 'ip' }),
+    qemu: qemuSchema.optional(),
     /** A scheduled run starts up to this much later, at random, so hosts sharing a schedule do not sweep together. */
     jitterMs: z.number().int().min(0).max(3_600_000).default(30_000),
     /** The zone schedules are read in; default the host's. */
@@ -126,7 +129,36 @@ export const sweeperOptionsSchema = z
   })
   .strict();
 
-export type SweeperOptions = z.output<typeof sweeperOptionsSchema>;
+/** The options as configured; `qemu` may be left out. */
+export type SweeperConfig = z.output<typeof sweeperOptionsSchema>;
+export type QemuView = z.output<typeof qemuSchema>;
+/** The options the sweeper works with: `qemu` resolved (resolveSweeperOptions). */
+export type SweeperOptions = Omit<SweeperConfig, 'qemu'> & { qemu: QemuView };
+
+const QEMU_DEFAULTS: QemuView = qemuSchema.parse({});
+const QEMU_KEYS = ['stateDir', 'tapPrefix', 'qemuBinary', 'ipBinary'] as const;
+
+/**
+ * Fills in `qemu` from qemu-backend's validated options (its `stateDir`, `tapPrefix`, `qemuBinary` and
+ * `ipBinary`), so operators set them once. A `qemu` block that contradicts qemu-backend is refused: a sweeper
+ * looking at another folder than qemu-backend writes finds nothing, or the wrong things.
+ */
+export function resolveSweeperOptions(config: SweeperConfig, qemuBackendOptions?: unknown): SweeperOptions {
+  const backend = qemuBackendOptions as Partial<Record<(typeof QEMU_KEYS)[number], unknown>> | undefined;
+  const fromBackend: Partial<QemuView> = {};
+  for (const key of QEMU_KEYS) if (typeof backend?.[key] === 'string') fromBackend[key] = backend[key] as string;
+  if (!config.qemu) return { ...config, qemu: { ...QEMU_DEFAULTS, ...fromBackend } };
+  const contradictions = QEMU_KEYS.filter((key) => fromBackend[key] !== undefined && fromBackend[key] !== config.qemu![key]).map(
+    (key) => `qemu.${key} is "${config.qemu![key]}" but qemu-backend's ${key} is "${fromBackend[key]}"`,
+  );
+  if (contradictions.length > 0) {
+    throw Object.assign(
+      new Error(`sweeper options contradict qemu-backend: ${contradictions.join('; ')}. Leave out the sweeper's "qemu" block (it follows qemu-backend), or give the same values.`),
+      { code: 'PLUGIN_OPTIONS_INVALID' },
+    );
+  }
+  return { ...config, qemu: config.qemu };
+}
 export type LeasesJob = NonNullable<SweeperOptions['jobs']['leases']>;
 export type OrphansJob = NonNullable<SweeperOptions['jobs']['orphans']>;
 

@@ -209,3 +209,22 @@ test('agent — a plugin dispatches messages to its own host through the same va
   assert.equal(done.invalid.error.code, 'INVALID_PAYLOAD');
   assert.equal(done.unknown.error.code, 'UNKNOWN_TYPE');
 });
+
+test("agent — a hook sees its dependencies' validated options, frozen, and no other plugin's (core API 1.6)", async (t) => {
+  const { SEEN } = await import('../fixtures/plugins/dependency-reader/index.ts');
+  const reader = new URL('../fixtures/plugins/dependency-reader/index.ts', import.meta.url).pathname;
+  await startAgent(t, {
+    plugins: [
+      { use: testkitPath, options: { greeting: 'hello' } },
+      { use: 'routing-fanout' },
+      { use: reader },
+    ],
+  });
+  const seen = (globalThis as Record<symbol, unknown>)[SEEN] as Record<string, Record<string, unknown>>;
+  assert.deepEqual(Object.keys(seen), ['testkit']);
+  assert.equal(seen.testkit?.greeting, 'hello');
+  assert.ok(Object.isFrozen(seen) && Object.isFrozen(seen.testkit));
+  assert.throws(() => {
+    (seen.testkit as Record<string, unknown>).greeting = 'changed';
+  }, TypeError);
+});

@@ -10,7 +10,7 @@ import test from 'node:test';
 import type { DispatchReply, PluginLogger } from '../../../core/plugin-api.ts';
 import { settleDeadRecord } from '../../../plugins/sweeper/act-orphans.ts';
 import { carryOut } from '../../../plugins/sweeper/act.ts';
-import { sweeperOptionsSchema } from '../../../plugins/sweeper/options.ts';
+import { resolveSweeperOptions, sweeperOptionsSchema } from '../../../plugins/sweeper/options.ts';
 import type { Finding } from '../../../plugins/sweeper/plan.ts';
 import { tempDir } from '../../helpers.ts';
 
@@ -61,7 +61,7 @@ test('dead record — a failed start keeps the code qemu-backend answered with; 
 
 test('carry out — log rows, step-less stop rows, done and skipped removals, a failure, and an aborted run', async (t) => {
   const dir = await tempDir(t);
-  const options = sweeperOptionsSchema.parse({ qemu: { stateDir: dir }, jobs: { orphans: { action: 'reap' } } });
+  const options = resolveSweeperOptions(sweeperOptionsSchema.parse({ qemu: { stateDir: dir }, jobs: { orphans: { action: 'reap' } } }));
   const folder = async (id: string, files: string[]) => {
     await mkdir(join(dir, id), { recursive: true });
     for (const file of files) await writeFile(join(dir, id, file), '');

@@ -1,7 +1,7 @@
 /** The pure planner: given what a host looks like, which leftovers it finds and what each action does. */
 import assert from 'node:assert/strict';
 import test from 'node:test';
-import { sweeperOptionsSchema, type SweeperOptions } from '../../../plugins/sweeper/options.ts';
+import { resolveSweeperOptions, sweeperOptionsSchema, type SweeperOptions } from '../../../plugins/sweeper/options.ts';
 import { planSweep, stepFor, type Inventory } from '../../../plugins/sweeper/plan.ts';
 import type { Lease } from '../../../plugins/ip-discovery-dnsmasq/leases.ts';
 
@@ -10,11 +10,13 @@ const OLD = 3_600_000;
 const HOUR = 3_600;
 
 function options(extra: Record<string, unknown> = {}, jobs: Record<string, unknown> = {}): SweeperOptions {
-  return sweeperOptionsSchema.parse({
-    qemu: { stateDir: '/var/lib/cloudlet/qemu' },
-    jobs: { orphans: { action: 'reap' }, leases: { action: 'reap', interface: 'br0', leaseFile: '/tmp/l' }, ...jobs },
-    ...extra,
-  });
+  return resolveSweeperOptions(
+    sweeperOptionsSchema.parse({
+      qemu: { stateDir: '/var/lib/cloudlet/qemu' },
+      jobs: { orphans: { action: 'reap' }, leases: { action: 'reap', interface: 'br0', leaseFile: '/tmp/l' }, ...jobs },
+      ...extra,
+    }),
+  );
 }
 
 const healthy = { id: 'h1.healthyy', mac: '02:00:00:00:00:01', tap: 'clthealthyy', autostart: false, desired: 'running' as const, createdAtMs: NOW - OLD };
@@ -107,7 +109,7 @@ test('plan — per-kind overrides win over the job action; the default action is
     ['orphan-folder', '/s/h1.barexxxx', 'none'],
     ['orphan-tap', 'cltlostxxxx', 'delete-tap'],
   ]);
-  const defaults = sweeperOptionsSchema.parse({});
+  const defaults = resolveSweeperOptions(sweeperOptionsSchema.parse({}));
   assert.deepEqual(summary(planSweep(defaults, ['orphans'], inv)).map((row) => row[2]), ['none', 'none']);
 });
 

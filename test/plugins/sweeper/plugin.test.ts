@@ -12,6 +12,7 @@ import { checkHostConfig } from '../../../core/config/host-config.ts';
 import { rawConfigFrom } from '../../../core/config/load.ts';
 import { makeRequest, type EventEnvelope } from '../../../core/envelope.ts';
 import plugin from '../../../plugins/sweeper/index.ts';
+import { resolveSweeperOptions, sweeperOptionsSchema } from '../../../plugins/sweeper/options.ts';
 import type { SweepResult } from '../../../plugins/sweeper/schemas.ts';
 import { startAgent, tempDir } from '../../helpers.ts';
 
@@ -28,7 +29,6 @@ test('plugin — loads beside qemu-backend with defaults: the orphans job, log m
   assert.ok(result.ok, JSON.stringify(!result.ok && result.problems));
   const loaded = result.config.plugins.find((p) => p.plugin.name === 'sweeper');
   assert.deepEqual(loaded?.options, {
-    qemu: { stateDir: '/var/lib/cloudlet/qemu', tapPrefix: 'clt', qemuBinary: 'qemu-system-x86_64', ipBinary: 'ip' },
     jitterMs: 30_000,
     minAgeMs: 300_000,
     jobs: { orphans: { schedule: '*/10 * * * *', action: 'log', kinds: {}, stopTimeoutMs: 60_000 } },
@@ -108,7 +108,8 @@ function sweeperConfig(planted: { dir: string; stateDir: string }, sweeper: Reco
   return {
     plugins: [
       { use: 'qemu-backend', options: { imagesDir: join(planted.dir, 'images'), stateDir: planted.stateDir } },
-      { use: sweeperPath, options: { qemu: { stateDir: planted.stateDir }, minAgeMs: 60_000, ...sweeper } },
+      // No `qemu` block: the sweeper takes qemu-backend's stateDir (core API 1.6 dependencyOptions).
+      { use: sweeperPath, options: { minAgeMs: 60_000, ...sweeper } },
     ],
   };
 }
@@ -205,4 +206,44 @@ test('schedule — a job runs on its cron schedule (after its random delay) and 
   const summaries = logs().filter((l) => typeof l.msg === 'string' && /^sweep finished: \d+ found/.test(l.msg as string));
   assert.ok(summaries.length >= 2, 'each run logs a summary');
   assert.ok(logs().some((l) => l.plugin === 'sweeper' && l.msg === 'sweeper scheduled'));
+});
+
+test("options — without a qemu block the sweeper follows qemu-backend's folder, tap prefix and binaries; a contradicting block is refused", () => {
+  const backend = { stateDir: '/srv/vms', tapPrefix: 'vm', qemuBinary: '/opt/qemu/bin/qemu-system-x86_64', ipBinary: '/sbin/ip', imagesDir: '/images' };
+  assert.deepEqual(resolveSweeperOptions(sweeperOptionsSchema.parse({}), backend).qemu, {
+    stateDir: '/srv/vms',
+    tapPrefix: 'vm',
+    qemuBinary: '/opt/qemu/bin/qemu-system-x86_64',
+    ipBinary: '/sbin/ip',
+  });
+  // Without qemu-backend's options (a unit test, an old core): the documented defaults.
+  assert.deepEqual(resolveSweeperOptions(sweeperOptionsSchema.parse({})).qemu, {
+    stateDir: '/var/lib/cloudlet/qemu',
+    tapPrefix: 'clt',
+    qemuBinary: 'qemu-system-x86_64',
+    ipBinary: 'ip',
+  });
+  // The same values given again are fine.
+  const { imagesDir: _images, ...sameAsBackend } = backend;
+  assert.equal(resolveSweeperOptions(sweeperOptionsSchema.parse({ qemu: sameAsBackend }), backend).qemu.stateDir, '/srv/vms');
+  assert.throws(
+    () => resolveSweeperOptions(sweeperOptionsSchema.parse({ qemu: { stateDir: '/var/lib/cloudlet/qemu', tapPrefix: 'vm' } }), backend),
+    (error: Error & { code?: string }) =>
+      error.code === 'PLUGIN_OPTIONS_INVALID' &&
+      /qemu\.stateDir is "\/var\/lib\/cloudlet\/qemu" but qemu-backend's stateDir is "\/srv\/vms"/.test(error.message) &&
+      /Leave out the sweeper's "qemu" block/.test(error.message),
+  );
+});
+
+test('plugin — an agent whose sweeper contradicts qemu-backend does not start, and says which values differ', async (t) => {
+  const planted = await plant(t);
+  await assert.rejects(
+    startAgent(t, {
+      plugins: [
+        { use: 'qemu-backend', options: { imagesDir: join(planted.dir, 'images'), stateDir: planted.stateDir } },
+        { use: sweeperPath, options: { qemu: { stateDir: '/var/lib/cloudlet/qemu' } } },
+      ],
+    }),
+    (error: Error & { code?: string }) => error.code === 'PLUGIN_HOOK_FAILED' && error.message.includes(`qemu-backend's stateDir is "${planted.stateDir}"`),
+  );
 });

@@ -79,9 +79,9 @@ export function ok<T>(reply: ReplyEnvelope): T {
   return reply.result as T;
 }
 
-function sweeperYaml(stateDir: string, leaseFile: string, action: SweepAction): string {
+// No `qemu` block: the sweeper follows qemu-backend's stateDir, tap prefix and binaries (core API 1.6).
+function sweeperYaml(leaseFile: string, action: SweepAction): string {
   const options = {
-    qemu: { stateDir },
     minAgeMs: 0,
     jitterMs: 0,
     jobs: {
@@ -108,7 +108,7 @@ export async function startSweeperHost(t: TestContext, action: SweepAction): Pro
       await writeFile(leaseFile, `${nowSeconds() + 3600} ${GHOST_MAC} 10.77.0.190 ghost *\n${nowSeconds() + 3600} ${FOREIGN_MAC} 10.77.0.192 other *\n`);
       dnsmasq = await startDnsmasq(ns, { leaseFile });
     },
-    pluginsYaml: (ns) => sweeperYaml(join(ns.dir, 'state', 'qemu'), join(ns.dir, 'dnsmasq.leases'), action),
+    pluginsYaml: (ns) => sweeperYaml(join(ns.dir, 'dnsmasq.leases'), action),
   });
   const sweeper: SweeperHost = Object.assign(host, {
     dnsmasq: dnsmasq!,
@@ -119,7 +119,7 @@ export async function startSweeperHost(t: TestContext, action: SweepAction): Pro
     async setAction(next: SweepAction) {
       await host.stopAgent();
       const config = await readFile(host.configFile, 'utf8');
-      await writeFile(host.configFile, config.replace(/ {2}- use: \S+sweeper\/index\.ts\n {4}options: .*\n/, sweeperYaml(host.stateDir, leaseFile, next)));
+      await writeFile(host.configFile, config.replace(/ {2}- use: \S+sweeper\/index\.ts\n {4}options: .*\n/, sweeperYaml(leaseFile, next)));
       await host.startAgent();
     },
     vm: async (id: string) => ok<Vm>(await host.call('get-vm', { vm: id })),
