@@ -113,3 +113,35 @@ test('compiled — sources edited after the build run instead of the stale dist/
   const { ready } = await startAgent(t, root, config);
   assert.equal(ready.code, 'sources');
 });
+
+test('compiled — the npm package carries dist/, the launcher and the files beside the code, and its dist/ matches its sources', async (t) => {
+  const root = await packageCopy(t);
+  const out = await tempDir(t, 'cloudlet-pack-');
+  // The copy is built already; --ignore-scripts skips prepack's second build.
+  const pack = spawnSync('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', out], { cwd: root, encoding: 'utf8', timeout: 120_000 });
+  assert.equal(pack.status, 0, pack.stderr);
+  const [info] = JSON.parse(pack.stdout) as { filename: string; files: { path: string }[] }[];
+  const files = info!.files.map((f) => f.path);
+  for (const needed of [
+    'package.json',
+    'core/cli/bin.js',
+    'core/cli/source-fingerprint.mjs',
+    'dist/BUILD.json',
+    'dist/core/cli/main.js',
+    'dist/workers/boot.mjs',
+    'dist/workers/handler-worker.js',
+    'dist/plugins/qemu-backend/handlers/create-vm.js',
+    'config/cloudlet.service',
+    'docs/CLI.md',
+  ]) {
+    assert.ok(files.includes(needed), `${needed} is not in the package`);
+  }
+  assert.deepEqual(files.filter((f) => /^(test|bench|\.cache|node_modules|\.ci)\//.test(f)), []);
+  // Unpacked as npm installs it, the sources hash to what dist/BUILD.json recorded: an installed agent runs dist/.
+  const unpacked = await tempDir(t, 'cloudlet-unpacked-');
+  const untar = spawnSync('tar', ['-xzf', join(out, info!.filename), '-C', unpacked], { encoding: 'utf8' });
+  assert.equal(untar.status, 0, untar.stderr);
+  const { sourceFingerprint } = (await import(join(repoRoot, 'core/cli/source-fingerprint.mjs'))) as { sourceFingerprint: (root: string) => string };
+  const build = JSON.parse(await readFile(join(unpacked, 'package', 'dist', 'BUILD.json'), 'utf8')) as { sources: string };
+  assert.equal(sourceFingerprint(join(unpacked, 'package')), build.sources);
+});
