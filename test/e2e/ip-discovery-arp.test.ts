@@ -5,45 +5,21 @@
  * every datagram it sends stays on the namespace's bridge. The namespace, QEMU and dnsmasq die with the test.
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import test from 'node:test';
 import type { DiscoveredAddress, VmNetworkIdentity } from '../../core/capabilities/ip-discovery.ts';
-import { startDnsmasq, withNetns, type Netns, type NetnsProcess } from '../support/netns.ts';
-import { ensureGuest, guestDir } from '../support/qemu-host.ts';
+import { startDnsmasq, withNetns, type Netns } from '../support/netns.ts';
+import { ensureGuest } from '../support/qemu-host.ts';
+import { bootTestGuest, guestLease } from '../support/test-guest.ts';
 import { discoverIn, waitIn, type StrategyAnswer } from '../plugins/ip-discovery-arp/namespace-runner.ts';
 
-const BOOT_TIMEOUT_MS = 120_000;
-
 interface Guest extends VmNetworkIdentity {
-  qemu: NetnsProcess;
-  serialLog: string;
   /** From the guest's own console marker `cloudlet-guest: lease <ip>`. */
   leasedIp: string;
 }
 
 async function bootGuest(ns: Netns, name: string): Promise<Guest> {
-  const tap = await ns.addTap();
-  const mac = `52:54:00:${randomBytes(3).toString('hex').match(/../g)!.join(':')}`;
-  const serialLog = join(ns.dir, `${name}.serial.log`);
-  const qemu = ns.spawn([
-    'qemu-system-x86_64',
-    ...['-machine', 'pc', '-accel', 'tcg', '-cpu', 'max', '-m', '128', '-smp', '1'],
-    ...['-kernel', join(guestDir, 'vmlinuz'), '-initrd', join(guestDir, 'initrd.img')],
-    ...['-append', 'console=ttyS0 quiet panic=-1', '-no-reboot'],
-    ...['-netdev', `tap,id=n0,ifname=${tap},script=no,downscript=no`, '-device', `virtio-net-pci,netdev=n0,mac=${mac}`],
-    ...['-display', 'none', '-monitor', 'none', '-serial', `file:${serialLog}`],
-  ]);
-  const deadline = Date.now() + BOOT_TIMEOUT_MS;
-  for (;;) {
-    const log = await readFile(serialLog, 'utf8').catch(() => '');
-    const lease = /cloudlet-guest: lease (\d+\.\d+\.\d+\.\d+)/.exec(log);
-    if (lease?.[1] !== undefined) return { vm: `arp.${name}`, mac, qemu, serialLog, leasedIp: lease[1] };
-    if (qemu.child.exitCode !== null) throw new Error(`qemu for ${name} exited ${qemu.child.exitCode}:\n${log}`);
-    if (Date.now() > deadline) throw new Error(`${name} reported no lease within ${BOOT_TIMEOUT_MS} ms:\n${log}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  const guest = await bootTestGuest(ns, name);
+  return { vm: `arp.${name}`, mac: guest.mac, leasedIp: await guestLease(guest) };
 }
 
 function addresses(answer: StrategyAnswer): DiscoveredAddress[] {

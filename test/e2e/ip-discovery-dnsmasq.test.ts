@@ -6,7 +6,6 @@
  * hook runs dnsmasq on the bridge. Prints how long after the lease was written the strategy knew it.
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import process from 'node:process';
@@ -17,46 +16,25 @@ import { loadProviders, type PluginLogger } from '../../core/plugin-api.ts';
 import plugin from '../../plugins/ip-discovery-dnsmasq/index.ts';
 import { dnsmasqOptionsSchema, type DnsmasqOptions } from '../../plugins/ip-discovery-dnsmasq/options.ts';
 import { cliBin } from '../helpers.ts';
-import { startDnsmasq, withNetns, type Netns, type NetnsProcess } from '../support/netns.ts';
-import { ensureGuest, guestDir } from '../support/qemu-host.ts';
+import { startDnsmasq, withNetns, type Netns } from '../support/netns.ts';
+import { ensureGuest } from '../support/qemu-host.ts';
+import { bootTestGuest, guestLease, type TestGuest } from '../support/test-guest.ts';
 
 const BOOT_TIMEOUT_MS = 90_000;
 const pluginPath = fileURLToPath(new URL('../../plugins/ip-discovery-dnsmasq/index.ts', import.meta.url));
 
 interface Guest {
   identity: VmNetworkIdentity;
-  qemu: NetnsProcess;
-  serialLog: string;
+  booted: TestGuest;
 }
 
-/** Boots the tiny guest on a new tap of the namespace's bridge; QEMU dies with the namespace at the latest. */
 async function bootGuest(ns: Netns, name: string): Promise<Guest> {
-  const tap = await ns.addTap();
-  const mac = `52:54:00:${randomBytes(3).toString('hex').match(/../g)!.join(':')}`;
-  const serialLog = join(ns.dir, `${name}.serial.log`);
-  const qemu = ns.spawn([
-    'qemu-system-x86_64',
-    ...['-machine', 'pc', '-accel', 'tcg', '-cpu', 'max', '-m', '128', '-smp', '1'],
-    ...['-kernel', join(guestDir, 'vmlinuz'), '-initrd', join(guestDir, 'initrd.img')],
-    ...['-append', 'console=ttyS0 quiet panic=-1', '-no-reboot'],
-    ...['-netdev', `tap,id=n0,ifname=${tap},script=no,downscript=no`, '-device', `virtio-net-pci,netdev=n0,mac=${mac}`],
-    ...['-display', 'none', '-monitor', 'none', '-serial', `file:${serialLog}`],
-  ]);
-  return { identity: { vm: `e2e.${name}`, mac, bridge: ns.bridge }, qemu, serialLog };
+  const booted = await bootTestGuest(ns, name);
+  return { identity: { vm: `e2e.${name}`, mac: booted.mac, bridge: ns.bridge }, booted };
 }
 
-/** The address the guest itself configured, from its `cloudlet-guest: lease <ip>` console line. */
-async function guestReportedAddress(guest: Guest, timeoutMs = BOOT_TIMEOUT_MS): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const log = await readFile(guest.serialLog, 'utf8').catch(() => '');
-    const match = /cloudlet-guest: lease (\S+)/.exec(log);
-    if (match) return match[1]!;
-    if (guest.qemu.child.exitCode !== null) throw new Error(`qemu of ${guest.identity.vm} exited ${guest.qemu.child.exitCode}; console:\n${log}`);
-    if (Date.now() > deadline) throw new Error(`${guest.identity.vm} printed no lease within ${timeoutMs} ms; console:\n${log}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
+/** The address the guest itself configured, from its console. */
+const guestReportedAddress = (guest: Guest) => guestLease(guest.booted, BOOT_TIMEOUT_MS);
 
 function quietLogger(): { log: PluginLogger; warnings: unknown[] } {
   const warnings: unknown[] = [];

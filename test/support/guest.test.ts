@@ -5,29 +5,27 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { startDnsmasq, withNetns, type Netns, type NetnsProcess } from './netns.ts';
+import { startDnsmasq, withNetns } from './netns.ts';
+import { bootTestGuest, waitForSerial, type TestGuest } from './test-guest.ts';
 
 const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 const BOOT_TIMEOUT_MS = 90_000;
 
-interface TestGuest {
-  vmlinuz: string;
-  initrd: string;
-  initrdQga: string;
+interface BuiltGuest {
+  dir: string;
   kernelVersion: string;
 }
 
-let guestBuild: Promise<TestGuest> | undefined;
+let guestBuild: Promise<BuiltGuest> | undefined;
 
 /** Runs the build script once per test file (it is quick when the guest is up to date). */
-function testGuest(): Promise<TestGuest> {
+function testGuest(): Promise<BuiltGuest> {
   guestBuild ??= (async () => {
     const dir = process.env.CLOUDLET_GUEST_DIR ?? join(repoRoot, '.cache/test-guest');
     try {
@@ -37,59 +35,9 @@ function testGuest(): Promise<TestGuest> {
       throw new Error(`scripts/build-test-guest.sh failed: ${stderr.trim()}`, { cause: error });
     }
     const manifest = JSON.parse(await readFile(join(dir, 'guest.json'), 'utf8')) as { kernelVersion: string };
-    return {
-      vmlinuz: join(dir, 'vmlinuz'),
-      initrd: join(dir, 'initrd.img'),
-      initrdQga: join(dir, 'initrd-qga.img'),
-      kernelVersion: manifest.kernelVersion,
-    };
+    return { dir, kernelVersion: manifest.kernelVersion };
   })();
   return guestBuild;
-}
-
-interface BootedGuest {
-  qemu: NetnsProcess;
-  mac: string;
-  serialLog: string;
-  qmpSocket: string;
-  qgaSocket: string;
-  startedAt: number;
-}
-
-function bootGuest(ns: Netns, guest: TestGuest, tap: string, options: { name: string; qga: boolean }): BootedGuest {
-  const mac = `52:54:00:${randomBytes(3).toString('hex').match(/../g)!.join(':')}`;
-  const serialLog = join(ns.dir, `${options.name}.serial.log`);
-  const qmpSocket = join(ns.dir, `${options.name}.qmp.sock`);
-  const qgaSocket = join(ns.dir, `${options.name}.qga.sock`);
-  const argv = [
-    'qemu-system-x86_64',
-    ...['-machine', 'pc', '-accel', 'tcg', '-cpu', 'max', '-m', '128', '-smp', '1'],
-    ...['-kernel', guest.vmlinuz, '-initrd', options.qga ? guest.initrdQga : guest.initrd],
-    ...['-append', 'console=ttyS0 quiet panic=-1', '-no-reboot'],
-    ...['-netdev', `tap,id=n0,ifname=${tap},script=no,downscript=no`, '-device', `virtio-net-pci,netdev=n0,mac=${mac}`],
-    ...['-display', 'none', '-monitor', 'none', '-serial', `file:${serialLog}`, '-qmp', `unix:${qmpSocket},server=on,wait=off`],
-  ];
-  if (options.qga) {
-    argv.push(
-      ...['-device', 'virtio-serial-pci', '-chardev', `socket,id=qga0,path=${qgaSocket},server=on,wait=off`],
-      ...['-device', 'virtserialport,chardev=qga0,name=org.qemu.guest_agent.0'],
-    );
-  }
-  const startedAt = performance.now();
-  const qemu = ns.spawn(argv);
-  return { qemu, mac, serialLog, qmpSocket, qgaSocket, startedAt };
-}
-
-/** Polls the serial log for a line containing `marker`; resolves with the ms since qemu started. */
-async function waitForSerial(guest: BootedGuest, marker: string, timeoutMs = BOOT_TIMEOUT_MS): Promise<number> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const log = await readFile(guest.serialLog, 'utf8').catch(() => '');
-    if (log.includes(marker)) return performance.now() - guest.startedAt;
-    if (Date.now() > deadline) throw new Error(`no '${marker}' on the serial console within ${timeoutMs} ms; log:\n${log}`);
-    if (guest.qemu.child.exitCode !== null) throw new Error(`qemu exited ${guest.qemu.child.exitCode} before '${marker}'; log:\n${log}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
 }
 
 /** A newline-delimited JSON connection (QMP and qemu-guest-agent both speak it). */
@@ -177,7 +125,7 @@ async function qmpConnect(t: TestContext, socketPath: string): Promise<JsonLines
 }
 
 /** Asks for an ACPI power-off and waits for qemu to exit; returns the ms it took. */
-async function powerDown(t: TestContext, guest: BootedGuest): Promise<number> {
+async function powerDown(t: TestContext, guest: TestGuest): Promise<number> {
   const qmp = await qmpConnect(t, guest.qmpSocket);
   const asked = performance.now();
   qmp.send({ execute: 'system_powerdown' });
@@ -210,10 +158,9 @@ test('guest — boots, takes a DHCP lease on the bridge and powers off on system
   const guest = await testGuest();
   const ns = await withNetns(t);
   const dnsmasq = await startDnsmasq(ns);
-  const tap = await ns.addTap();
-  const vm = bootGuest(ns, guest, tap, { name: 'vm1', qga: false });
+  const vm = await bootTestGuest(ns, 'vm1', { dir: guest.dir });
 
-  const [atInit, lease] = await Promise.all([waitForSerial(vm, 'cloudlet-guest: init'), dnsmasq.waitForLease(vm.mac, BOOT_TIMEOUT_MS)]);
+  const [{ afterMs: atInit }, lease] = await Promise.all([waitForSerial(vm, 'cloudlet-guest: init'), dnsmasq.waitForLease(vm.mac, BOOT_TIMEOUT_MS)]);
   const atLease = performance.now() - vm.startedAt;
   assert.match(lease.ip, /^10\.77\.0\.\d+$/);
   await waitForSerial(vm, `cloudlet-guest: lease ${lease.ip}`, 10_000);
@@ -227,8 +174,7 @@ test('guest — qemu-guest-agent reports the leased address', { timeout: 180_000
   const guest = await testGuest();
   const ns = await withNetns(t);
   const dnsmasq = await startDnsmasq(ns);
-  const tap = await ns.addTap();
-  const vm = bootGuest(ns, guest, tap, { name: 'vm-qga', qga: true });
+  const vm = await bootTestGuest(ns, 'vm-qga', { dir: guest.dir, qga: true });
 
   const lease = await dnsmasq.waitForLease(vm.mac, BOOT_TIMEOUT_MS);
   const atLease = performance.now() - vm.startedAt;
