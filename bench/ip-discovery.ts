@@ -11,10 +11,9 @@ import { makeRequest, type ReplyEnvelope } from '../core/envelope.ts';
 import type { Netns, NetnsProcess } from '../test/support/netns.ts';
 import { qemuProcessName } from '../plugins/qemu-backend/processes.ts';
 import { vmPaths } from '../plugins/qemu-backend/state.ts';
-import { pluginLanded } from './lib/builtin.ts';
 import type { BenchContext, Benchmark } from './lib/context.ts';
 import { benchNetns, startNetnsAgent, type NetnsAgent } from './lib/netns-agent.ts';
-import { pendingTarget, ratio, target, type Row, type Target } from './lib/report.ts';
+import { ratio, target, type Row, type Target } from './lib/report.ts';
 import { summarize, type LatencySummary } from './lib/stats.ts';
 import { writeVmRecords } from './lib/vm-records.ts';
 
@@ -171,56 +170,79 @@ export const ipDiscoveryBenchmark: Benchmark = {
     const ns = await benchNetns(scope);
     await mkdir(join(ns.dir, 'images'), { recursive: true });
 
+    /** One strategy: its agent, the answer after a pause and right as the wait begins, rows and targets. */
+    const measureStrategy = async (strategy: {
+      hostId: string;
+      pluginYaml: string;
+      floor: LatencySummary;
+      /** Record numbers for the two runs, apart so their VMs never meet. */
+      firstRecords: [number, number];
+      makeKnown: (i: number, mac: string) => Promise<string>;
+      labels: { answer: string; racing: string; racingTarget: (n: number) => string; target: string; note: string; racingCause: string };
+    }) => {
+      const { hostId, floor, labels } = strategy;
+      const agent = await startNetnsAgent(scope, ns, hostId, [qemuEntry(ns, hostId), strategy.pluginYaml]);
+      const stateDir = vmStateDir(ns, hostId);
+      const figure = await measureAnswers(ctx, ns, agent, hostId, stateDir, iterations, AFTER_WAITING_MS, strategy.firstRecords[0], strategy.makeKnown);
+      rows.push(row(labels.answer, figure, floor, labels.note));
+      if (raceIterations > 0) {
+        const racing = await measureAnswers(ctx, ns, agent, hostId, stateDir, raceIterations, 0, strategy.firstRecords[1], strategy.makeKnown);
+        rows.push(row(labels.racing, racing, floor, RACE_NOTE));
+        targets.push(target(labels.racingTarget(racing.n), racing.p99Ms, LIMIT_MS, 'ms', 'le', `see docs/PERFORMANCE.md, finding F6 (${labels.racingCause})`));
+      }
+      targets.push(target(labels.target, figure.p50Ms, LIMIT_MS, 'ms', 'le', 'see docs/PERFORMANCE.md'));
+    };
+
     // dnsmasq strategy: a lease line appended to the lease file, the whole file rewritten in place as dnsmasq does.
-    if (!pluginLanded('ip-discovery-dnsmasq')) {
-      rows.push({ case: 'dnsmasq: lease line written → get-vm-ip answer', values: {}, pending: 'plugin not landed (plugins/ip-discovery-dnsmasq)' });
-      targets.push(pendingTarget('lease line → get-vm-ip answer ≤ 100 ms (dnsmasq)', LIMIT_MS, 'ms', 'le', 'plugin not landed'));
-    } else {
-      const leaseFile = join(ns.dir, 'dnsmasq.leases');
-      const floor = await watchFloor(ns.dir, iterations);
-      rows.push(row('floor: fs.watch on the lease folder, write → event', floor, floor));
-      const agent = await startNetnsAgent(scope, ns, 'ipd', [qemuEntry(ns, 'ipd'), `  - use: ip-discovery-dnsmasq\n    options:\n      leaseFile: ${leaseFile}`]);
-      const leases: string[] = [];
-      const writeLease = async (i: number, mac: string) => {
+    const leaseFile = join(ns.dir, 'dnsmasq.leases');
+    const leaseFloor = await watchFloor(ns.dir, iterations);
+    rows.push(row('floor: fs.watch on the lease folder, write → event', leaseFloor, leaseFloor));
+    const leases: string[] = [];
+    await measureStrategy({
+      hostId: 'ipd',
+      pluginYaml: `  - use: ip-discovery-dnsmasq\n    options:\n      leaseFile: ${leaseFile}`,
+      floor: leaseFloor,
+      firstRecords: [0, 5_000],
+      makeKnown: async (i, mac) => {
         const address = `10.77.0.${10 + (i % 200)}`;
         leases.push(`${Math.floor(Date.now() / 1000) + 3600} ${mac} ${address} vm${i} 01:${mac}`);
         await writeFile(leaseFile, `${leases.join('\n')}\n`);
         return address;
-      };
-      const figure = await measureAnswers(ctx, ns, agent, 'ipd', vmStateDir(ns, 'ipd'), iterations, AFTER_WAITING_MS, 0, writeLease);
-      const racing = raceIterations > 0 ? await measureAnswers(ctx, ns, agent, 'ipd', vmStateDir(ns, 'ipd'), raceIterations, 0, 5_000, writeLease) : undefined;
-      rows.push(row('dnsmasq: lease line written → get-vm-ip answer', figure, floor, 'qemu-backend + ip-discovery-dnsmasq, local socket'));
-      if (racing) {
-        rows.push(row('dnsmasq: lease written the moment the agent reports waiting', racing, floor, RACE_NOTE));
-        targets.push(target(`… the same, lease written the moment the wait begins (worst of ${racing.n})`, racing.p99Ms, LIMIT_MS, 'ms', 'le', 'see docs/PERFORMANCE.md, finding F6 (a change right as the wait begins)'));
-      }
-      targets.push(target('lease line → get-vm-ip answer ≤ 100 ms (dnsmasq, p50)', figure.p50Ms, LIMIT_MS, 'ms', 'le', 'see docs/PERFORMANCE.md'));
-    }
+      },
+      labels: {
+        answer: 'dnsmasq: lease line written → get-vm-ip answer',
+        note: 'qemu-backend + ip-discovery-dnsmasq, local socket',
+        racing: 'dnsmasq: lease written the moment the agent reports waiting',
+        racingTarget: (n) => `… the same, lease written the moment the wait begins (worst of ${n})`,
+        racingCause: 'a change right as the wait begins',
+        target: 'lease line → get-vm-ip answer ≤ 100 ms (dnsmasq, p50)',
+      },
+    });
 
     // arp strategy: a neighbour entry added on the bridge (by a long-running `ip -batch`, so no fork is timed).
-    if (!pluginLanded('ip-discovery-arp')) {
-      rows.push({ case: 'arp: neighbour entry → get-vm-ip answer', values: {}, pending: 'plugin not landed (plugins/ip-discovery-arp)' });
-      targets.push(pendingTarget('neighbour entry → get-vm-ip answer ≤ 100 ms (arp; the lease limit applied)', LIMIT_MS, 'ms', 'le', 'plugin not landed'));
-    } else {
-      const batch = ns.spawn(['ip', '-force', '-batch', '-'], { stdio: ['pipe', 'ignore', 'pipe'] });
-      const addNeighbour = (line: string) => batch.child.stdin?.write(`${line}\n`);
-      const floor = await neighbourFloor(ns, addNeighbour, iterations);
-      rows.push(row('floor: `ip monitor neigh`, entry added → event line', floor, floor));
-      const agent = await startNetnsAgent(scope, ns, 'ipa', [qemuEntry(ns, 'ipa'), `  - use: ip-discovery-arp\n    options:\n      bridge: ${ns.bridge}`]);
-      const addEntry = async (i: number, mac: string) => {
+    const batch = ns.spawn(['ip', '-force', '-batch', '-'], { stdio: ['pipe', 'ignore', 'pipe'] });
+    const addNeighbour = (line: string) => batch.child.stdin?.write(`${line}\n`);
+    const neighbourFloorFigure = await neighbourFloor(ns, addNeighbour, iterations);
+    rows.push(row('floor: `ip monitor neigh`, entry added → event line', neighbourFloorFigure, neighbourFloorFigure));
+    await measureStrategy({
+      hostId: 'ipa',
+      pluginYaml: `  - use: ip-discovery-arp\n    options:\n      bridge: ${ns.bridge}`,
+      floor: neighbourFloorFigure,
+      firstRecords: [10_000, 15_000],
+      makeKnown: async (i, mac) => {
         const address = `10.77.0.${10 + (i % 200)}`;
         addNeighbour(`neigh replace ${address} lladdr ${mac} dev ${ns.bridge} nud reachable`);
         return address;
-      };
-      const figure = await measureAnswers(ctx, ns, agent, 'ipa', vmStateDir(ns, 'ipa'), iterations, AFTER_WAITING_MS, 10_000, addEntry);
-      const racing = raceIterations > 0 ? await measureAnswers(ctx, ns, agent, 'ipa', vmStateDir(ns, 'ipa'), raceIterations, 0, 15_000, addEntry) : undefined;
-      rows.push(row('arp: neighbour entry → get-vm-ip answer', figure, floor, 'qemu-backend + ip-discovery-arp, agent in the namespace'));
-      if (racing) {
-        rows.push(row('arp: entry added the moment the agent reports waiting', racing, floor, RACE_NOTE));
-        targets.push(target(`… the same, entry added the moment the wait begins (arp, worst of ${racing.n})`, racing.p99Ms, LIMIT_MS, 'ms', 'le', 'see docs/PERFORMANCE.md, finding F6 (an entry that appears before `ip monitor` listens)'));
-      }
-      targets.push(target('neighbour entry → get-vm-ip answer ≤ 100 ms (arp, p50; the lease limit applied)', figure.p50Ms, LIMIT_MS, 'ms', 'le', 'see docs/PERFORMANCE.md'));
-    }
+      },
+      labels: {
+        answer: 'arp: neighbour entry → get-vm-ip answer',
+        note: 'qemu-backend + ip-discovery-arp, agent in the namespace',
+        racing: 'arp: entry added the moment the agent reports waiting',
+        racingTarget: (n) => `… the same, entry added the moment the wait begins (arp, worst of ${n})`,
+        racingCause: 'an entry that appears before `ip monitor` listens',
+        target: 'neighbour entry → get-vm-ip answer ≤ 100 ms (arp, p50; the lease limit applied)',
+      },
+    });
     return {
       baseline: 'the floor: the same change seen by a bare watcher (fs.watch on the folder / `ip monitor neigh`), same run',
       columns: [

@@ -24,6 +24,22 @@ import { medianOfRounds, median, type LatencySummary } from './lib/stats.ts';
 const testkitEntry = `  - use: ${testkitPath}\n    options: {}`;
 const ECHO = { value: 'x'.repeat(60) };
 
+/** A row of figure `f` against the inline baseline of the same concurrency. */
+function comparedRow(label: string, f: LatencySummary, inline: LatencySummary, serverCpuUs: number | null): Row {
+  return {
+    case: label,
+    values: {
+      p50Ms: f.p50Ms,
+      p99Ms: f.p99Ms,
+      callsPerS: f.throughputPerS,
+      p50Ratio: ratio(f.p50Ms, inline.p50Ms),
+      callsRatio: ratio(f.throughputPerS, inline.throughputPerS),
+      addedP50Us: (f.p50Ms - inline.p50Ms) * 1000,
+      serverCpuUs,
+    },
+  };
+}
+
 export const poolDispatchBenchmark: Benchmark = {
   id: '4',
   title: 'Pool dispatch overhead: no-op handler through the worker pool vs inline (local transport)',
@@ -79,23 +95,8 @@ export const poolDispatchBenchmark: Benchmark = {
       };
       const inline = figure('inline');
       const pool = figure('pool');
-      for (const [label, f] of [
-        [`local socket, handler inline, c=${concurrency}`, inline],
-        [`local socket, worker pool (cloudlet agent), c=${concurrency}`, pool],
-      ] as const) {
-        rows.push({
-          case: label,
-          values: {
-            p50Ms: f.p50Ms,
-            p99Ms: f.p99Ms,
-            callsPerS: f.throughputPerS,
-            p50Ratio: ratio(f.p50Ms, inline.p50Ms),
-            callsRatio: ratio(f.throughputPerS, inline.throughputPerS),
-            addedP50Us: (f.p50Ms - inline.p50Ms) * 1000,
-            serverCpuUs: f.cpuUs,
-          },
-        });
-      }
+      rows.push(comparedRow(`local socket, handler inline, c=${concurrency}`, inline, inline, inline.cpuUs));
+      rows.push(comparedRow(`local socket, worker pool (cloudlet agent), c=${concurrency}`, pool, inline, pool.cpuUs));
     }
 
     // B. In-process: PoolManager.run (the worker hop alone) against calling the handler.
@@ -122,23 +123,8 @@ export const poolDispatchBenchmark: Benchmark = {
         const outcome = await pools.run(task());
         if (!outcome.ok) throw new Error(`pool run failed: ${outcome.error.code}`);
       }, options);
-      for (const [label, f] of [
-        [`in-process, handler called inline, c=${concurrency}`, inline],
-        [`in-process, PoolManager.run (worker hop), c=${concurrency}`, pool],
-      ] as const) {
-        rows.push({
-          case: label,
-          values: {
-            p50Ms: f.p50Ms,
-            p99Ms: f.p99Ms,
-            callsPerS: f.throughputPerS,
-            p50Ratio: ratio(f.p50Ms, inline.p50Ms),
-            callsRatio: ratio(f.throughputPerS, inline.throughputPerS),
-            addedP50Us: (f.p50Ms - inline.p50Ms) * 1000,
-            serverCpuUs: null,
-          },
-        });
-      }
+      rows.push(comparedRow(`in-process, handler called inline, c=${concurrency}`, inline, inline, null));
+      rows.push(comparedRow(`in-process, PoolManager.run (worker hop), c=${concurrency}`, pool, inline, null));
     }
     return {
       baseline: 'the same request path with the handler called inline (no worker hop), same concurrency, same run',

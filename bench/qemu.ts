@@ -16,10 +16,9 @@ import type { Netns } from '../test/support/netns.ts';
 import type { BenchContext, Benchmark } from './lib/context.ts';
 import { benchTempDir, startLocalAgent } from './lib/local.ts';
 import { benchNetns, startNetnsAgent, type NetnsAgent } from './lib/netns-agent.ts';
-import { pendingTarget, ratio, target, type Row, type Target } from './lib/report.ts';
+import { ratio, target, type Row, type Target } from './lib/report.ts';
 import { summarize, type LatencySummary } from './lib/stats.ts';
 import { vmRecord, writeVmRecords } from './lib/vm-records.ts';
-import { pluginLanded } from './lib/builtin.ts';
 
 function ok<T>(reply: ReplyEnvelope, what: string): T {
   if (!reply.ok) throw new Error(`${what}: ${reply.error?.code} ${reply.error?.message}`);
@@ -185,38 +184,26 @@ export const qemuBenchmark: Benchmark = {
     // C. The sweeper's leases job over 10,000 lease lines (a dry run: it reports, changes nothing).
     const leaseLines = ctx.pick({ full: 10_000, quick: 10_000, smoke: 200 });
     const sweepLabel = `sweep-now (leases job, dry run) over ${leaseLines} lease lines`;
-    if (!pluginLanded('sweeper')) {
-      rows.push({ case: sweepLabel, values: {}, pending: 'plugin not landed (no built-in plugin "sweeper" in plugins/builtin.ts)' });
-      targets.push(pendingTarget('sweep over 10,000 lease lines ≤ 200 ms', 200, 'ms', 'le', 'sweeper not landed'));
-    } else {
-      const sweepState = join(ns.dir, 'sweep-vms');
-      const own = await writeVmRecords(sweepState, 'shost', 0, 100, ns.bridge);
-      const leaseFile = join(ns.dir, 'sweep.leases');
-      await writeFile(leaseFile, leaseFileText(leaseLines, own.map((r) => r.mac), 100));
-      let sweeper: NetnsAgent | undefined;
-      try {
-        sweeper = await startNetnsAgent(scope, ns, 'shost', [
-          `  - use: qemu-backend\n    options:\n      imagesDir: ${imagesDir}\n      stateDir: ${sweepState}\n      accel: tcg\n      network:\n        mode: bridge\n        bridge: ${ns.bridge}`,
-          `  - use: sweeper\n    options:\n      qemu:\n        stateDir: ${sweepState}\n      jitterMs: 0\n      minAgeMs: 0\n      jobs:\n        leases:\n          schedule: "0 0 1 1 *"\n          action: log\n          interface: ${ns.bridge}\n          leaseFile: ${leaseFile}`,
-        ]);
-      } catch (error) {
-        rows.push({ case: sweepLabel, values: {}, pending: `the sweeper is there but its agent does not start: ${(error as Error).message.replace(/\s+/g, ' ').slice(0, 400)}` });
-        targets.push(pendingTarget('sweep over 10,000 lease lines ≤ 200 ms', 200, 'ms', 'le', 'sweeper does not start yet'));
-      }
-      if (sweeper) {
-        const sweepOnce = async () => {
-          const started = performance.now();
-          ok(await sweeper.client.request(makeRequest({ type: 'sweep-now', payload: { dryRun: true, jobs: ['leases'] } })), 'sweep-now');
-          return performance.now() - started;
-        };
-        await sweepOnce();
-        const sweeps: number[] = [];
-        for (let i = 0; i < ctx.pick({ full: 10, quick: 5, smoke: 1 }); i++) sweeps.push(await sweepOnce());
-        const sweep = summarize(sweeps, 0);
-        rows.push(row(sweepLabel, sweep, undefined, {}, '100 lines of this host\'s VMs, 100 stale (02: MACs of no VM), the rest other machines\''));
-        if (leaseLines === 10_000) targets.push(target('sweep over 10,000 lease lines ≤ 200 ms (p50)', sweep.p50Ms, 200, 'ms', 'le', 'see docs/PERFORMANCE.md'));
-      }
-    }
+    const sweepState = join(ns.dir, 'sweep-vms');
+    const own = await writeVmRecords(sweepState, 'shost', 0, 100, ns.bridge);
+    const leaseFile = join(ns.dir, 'sweep.leases');
+    await writeFile(leaseFile, leaseFileText(leaseLines, own.map((r) => r.mac), 100));
+    // No `qemu` block: the sweeper follows qemu-backend's stateDir.
+    const sweeper = await startNetnsAgent(scope, ns, 'shost', [
+      `  - use: qemu-backend\n    options:\n      imagesDir: ${imagesDir}\n      stateDir: ${sweepState}\n      accel: tcg\n      network:\n        mode: bridge\n        bridge: ${ns.bridge}`,
+      `  - use: sweeper\n    options:\n      jitterMs: 0\n      minAgeMs: 0\n      jobs:\n        leases:\n          schedule: "0 0 1 1 *"\n          action: log\n          interface: ${ns.bridge}\n          leaseFile: ${leaseFile}`,
+    ]);
+    const sweepOnce = async () => {
+      const started = performance.now();
+      ok(await sweeper.client.request(makeRequest({ type: 'sweep-now', payload: { dryRun: true, jobs: ['leases'] } })), 'sweep-now');
+      return performance.now() - started;
+    };
+    await sweepOnce();
+    const sweeps: number[] = [];
+    for (let i = 0; i < ctx.pick({ full: 10, quick: 5, smoke: 1 }); i++) sweeps.push(await sweepOnce());
+    const sweep = summarize(sweeps, 0);
+    rows.push(row(sweepLabel, sweep, undefined, {}, '100 lines of this host\'s VMs, 100 stale (02: MACs of no VM), the rest other machines\''));
+    if (leaseLines === 10_000) targets.push(target('sweep over 10,000 lease lines ≤ 200 ms (p50)', sweep.p50Ms, 200, 'ms', 'le', 'see docs/PERFORMANCE.md'));
     return {
       baseline: 'the floor of each row: QEMU alone with the same command line / reading the records alone, same run',
       columns: [

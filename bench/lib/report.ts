@@ -5,7 +5,7 @@
 
 export type Mode = 'full' | 'quick' | 'smoke';
 
-export type TargetStatus = 'met' | 'missed' | 'pending' | 'not measured';
+export type TargetStatus = 'met' | 'missed' | 'not measured';
 
 export interface Column {
   key: string;
@@ -83,10 +83,6 @@ export function target(text: string, measured: number | null | undefined, limit:
   };
 }
 
-export function pendingTarget(text: string, limit: number, unit: string, direction: 'le' | 'ge', reason: string): Target {
-  return { text, measured: null, limit, unit, direction, status: 'pending', cause: reason };
-}
-
 export function ratio(value: number | undefined, baseline: number | undefined): number | null {
   if (value === undefined || baseline === undefined || !Number.isFinite(value) || !Number.isFinite(baseline) || baseline === 0) return null;
   return value / baseline;
@@ -113,7 +109,7 @@ export function renderTargets(sections: readonly Section[]): string {
     for (const t of section.targets) {
       const limit = `${t.direction === 'le' ? '≤' : '≥'} ${t.limit}${t.unit === '×' ? '×' : ` ${t.unit}`}`;
       const status = t.status === 'met' ? '**met**' : t.status === 'missed' ? '**MISSED**' : t.status;
-      lines.push(`| ${section.id} | ${escapeCell(t.text)} | ${formatTargetValue(t)} | ${limit} | ${status}${t.status === 'pending' && t.cause ? `: ${escapeCell(t.cause)}` : ''} |`);
+      lines.push(`| ${section.id} | ${escapeCell(t.text)} | ${formatTargetValue(t)} | ${limit} | ${status} |`);
     }
   }
   return lines.join('\n');
