@@ -76,23 +76,52 @@ export async function findAddresses(
 
   ctx.progress('waiting-for-ip', { vm: record.id, strategies: strategies.map((s) => s.plugin) });
   const deadline = Date.now() + query.timeoutMs;
+  // Re-asked on a tick even when every strategy notifies: a change while a watcher is being set up (`ip
+  // monitor` listens a few ms after it starts) is then seen within a tick, not at the end of the slice.
+  const tickMs = strategies.every((s) => s.implementation.waitForChange) ? CHANGE_RECHECK_MS : RECHECK_MS;
   while (addresses.length === 0 && Date.now() < deadline && !ctx.signal.aborted) {
-    const slice = Math.min(deadline - Date.now(), 10_000);
+    // One set of watchers per slice (or until one of them fires); they stop with the slice, whatever happens.
+    const sliceEnd = Date.now() + Math.min(deadline - Date.now(), 10_000);
     const stop = new AbortController();
     const onAbort = () => stop.abort();
     ctx.signal.addEventListener('abort', onAbort, { once: true });
-    const watchers = strategies
-      .filter((s) => s.implementation.waitForChange)
-      .map((s) => s.implementation.waitForChange!(vm, { options: s.options, signal: stop.signal, log: ctx.log, timeoutMs: slice }));
-    let recheckTimer: ReturnType<typeof setTimeout> | undefined;
-    const recheck = new Promise<void>((resolve) => {
-      recheckTimer = setTimeout(resolve, Math.min(slice, strategies.every((s) => s.implementation.waitForChange) ? CHANGE_RECHECK_MS : RECHECK_MS));
-    });
-    await Promise.race([...watchers, recheck]);
-    clearTimeout(recheckTimer);
-    stop.abort();
-    ctx.signal.removeEventListener('abort', onAbort);
-    addresses = await askOnce(strategies, vm, options.ipDiscovery.mode, query, ctx);
+    try {
+      let fired = false;
+      const changed = new Promise<void>((resolve) => {
+        for (const strategy of strategies) {
+          const watch = strategy.implementation.waitForChange;
+          if (!watch) continue;
+          watch(vm, { options: strategy.options, signal: stop.signal, log: ctx.log, timeoutMs: sliceEnd - Date.now() }).then(
+            () => {
+              fired = true;
+              resolve();
+            },
+            // A strategy that cannot watch (e.g. no bridge for this VM) leaves the others and the ticks to it.
+            (error: unknown) => ctx.log.warn({ strategy: strategy.plugin, vm: vm.vm, err: error }, 'ip-discovery strategy cannot watch for changes; re-asking on a timer'),
+          );
+        }
+      });
+      while (addresses.length === 0 && !fired && Date.now() < sliceEnd && !ctx.signal.aborted) {
+        await Promise.race([changed, sleep(Math.min(tickMs, sliceEnd - Date.now()), stop.signal)]);
+        addresses = await askOnce(strategies, vm, options.ipDiscovery.mode, query, ctx);
+      }
+    } finally {
+      stop.abort();
+      ctx.signal.removeEventListener('abort', onAbort);
+    }
   }
   return answer(addresses);
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts; never leaves its timer behind. */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, Math.max(0, ms));
+    signal.addEventListener('abort', done, { once: true });
+  });
 }

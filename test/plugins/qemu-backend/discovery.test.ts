@@ -88,3 +88,41 @@ test('discovery — a failing strategy is skipped; waiting re-asks after a chang
   assert.deepEqual(answer.addresses.map((a) => a.address), ['10.0.0.9']);
   assert.equal(calls, 2, 'asked once, then once more after the change');
 });
+
+test('discovery — a strategy that cannot watch is logged and skipped; the wait goes on and stops every watcher when done', async () => {
+  // Before: the first rejected waitForChange (e.g. ARP_NO_BRIDGE for a user-mode VM) failed the whole
+  // get-vm-ip and left the other strategies' watchers running until their slice ended.
+  let calls = 0;
+  let notify!: () => void;
+  let watcherSignal: AbortSignal | undefined;
+  const cannotWatch: IpDiscoveryStrategy = {
+    async discover() {
+      return [];
+    },
+    waitForChange: async () => {
+      throw Object.assign(new Error('no bridge'), { code: 'ARP_NO_BRIDGE' });
+    },
+  };
+  const late: IpDiscoveryStrategy = {
+    async discover() {
+      calls++;
+      return calls >= 2 ? [address('10.0.0.7', 'late')] : [];
+    },
+    waitForChange: ({}, { signal }) => {
+      watcherSignal = signal;
+      return new Promise<void>((resolve) => (notify = resolve));
+    },
+  };
+  const warnings: string[] = [];
+  setTimeout(() => notify(), 100);
+  const answer = await findAddresses(
+    qemuOptionsSchema.parse({ imagesDir: '/i' }),
+    strategiesOf(['cannot-watch', cannotWatch], ['late', late]),
+    record,
+    { wait: true, timeoutMs: 30_000, includeLinkLocal: false },
+    { ...ctx, log: { ...log, warn: (_obj: object | string, msg?: string) => void warnings.push(String(msg)) } },
+  );
+  assert.deepEqual(answer.addresses.map((a) => a.address), ['10.0.0.7']);
+  assert.equal(watcherSignal?.aborted, true, 'the other watcher was stopped');
+  assert.ok(warnings.some((w) => /cannot watch for changes/.test(w)), JSON.stringify(warnings));
+});
