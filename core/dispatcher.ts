@@ -86,7 +86,7 @@ export class Dispatcher {
     const refuse = (error: CloudletError) => {
       this.#options.observer?.({ type: request.type, ok: false, code: error.code, elapsedMs: 0 });
       log.info({ code: error.code, msgId: request.id, type: request.type }, `refused "${request.type}": ${error.message}`);
-      return this.#reply(delivery, makeReply(request, hostId, { ok: false, error: error.toWire() }));
+      return this.#reply(delivery, makeReply(request, hostId, { ok: false, error: error.toWire() }), request.id);
     };
 
     if (request.target !== undefined && request.target !== hostId) {
@@ -159,7 +159,7 @@ export class Dispatcher {
         messageLog.warn({ code: outcome.error.code, elapsedMs }, `failed: ${outcome.error.message}`);
         reply = makeReply(request, hostId, { ok: false, error: outcome.error.toWire() });
       }
-      await this.#reply(delivery, this.#fitToLimit(reply));
+      await this.#reply(delivery, reply, request.id);
     } finally {
       clearInterval(keepalive);
       this.#inFlight.delete(entry);
@@ -167,11 +167,21 @@ export class Dispatcher {
     }
   }
 
-  #reply(delivery: InboundDelivery, reply: ReplyEnvelope): Promise<void> {
-    return delivery.reply(this.#options.signReply ? this.#options.signReply(reply) : reply);
+  /**
+   * Signs (when the host signs replies) and sends a reply, measured as it will travel. `acceptedId`: the id
+   * the authorizer accepted; a retryable failure (BUSY, TIMEOUT, SHUTTING_DOWN…) is no outcome, so the same
+   * id sent again — a redelivery, or the client publishing again after a reconnect — must be let in again.
+   */
+  #reply(delivery: InboundDelivery, reply: ReplyEnvelope, acceptedId?: string): Promise<void> {
+    if (acceptedId !== undefined && reply.error?.retryable) this.#options.authorizer?.release(acceptedId);
+    return delivery.reply(this.#fitToLimit(this.#sign(reply)));
   }
 
-  /** A result too large to send is replaced by an error, so the caller hears something instead of nothing. */
+  #sign(reply: ReplyEnvelope): ReplyEnvelope {
+    return this.#options.signReply ? this.#options.signReply(reply) : reply;
+  }
+
+  /** The reply, or MESSAGE_TOO_LARGE in its place; measured after signing, which adds the `auth` field. */
   #fitToLimit(reply: ReplyEnvelope): ReplyEnvelope {
     const size = Buffer.byteLength(JSON.stringify(reply));
     if (size <= this.#options.maxMessageBytes) return reply;
@@ -179,18 +189,18 @@ export class Dispatcher {
       size,
       maxBytes: this.#options.maxMessageBytes,
     }).toWire();
-    return makeReply({ id: reply.id, type: reply.type }, reply.host, { ok: false, error });
+    return this.#sign(makeReply({ id: reply.id, type: reply.type }, reply.host, { ok: false, error }));
+  }
+
+  /** From now on every request is answered with SHUTTING_DOWN (retryable), so callers can go elsewhere. */
+  stopAccepting(): void {
+    this.#accepting = false;
   }
 
   /**
    * Stops taking new work, waits up to `graceMs` for what is running, then cancels the rest; each cancelled
    * message is answered with SHUTTING_DOWN by its pool run.
    */
-  /** From now on every request is answered with SHUTTING_DOWN (retryable), so callers can go elsewhere. */
-  stopAccepting(): void {
-    this.#accepting = false;
-  }
-
   async drain(graceMs: number): Promise<{ finished: number; cancelled: number }> {
     this.#accepting = false;
     const running = [...this.#inFlight];

@@ -59,6 +59,11 @@ export class RequestAuthorizer {
     return undefined;
   }
 
+  /** Lets `id` in again: its first run ended in a retryable failure, which is no outcome (see the dispatcher). */
+  release(id: string): void {
+    this.#seen.delete(id);
+  }
+
   #prune(now: number): void {
     if (++this.#checksSincePrune < 1_000 && this.#seen.size < 100_000) return;
     this.#checksSincePrune = 0;

@@ -119,3 +119,41 @@ test('security — cloudlet keys generate writes a private key only its owner ca
   assert.equal(again.code, 2);
   assert.match(again.stderr, /exists/);
 });
+
+test('security — a signed request that failed retryably (TIMEOUT) may be sent again with the same id; a finished one may not', async (t) => {
+  // The id is no outcome until the request finished: a redelivery or the client publishing again after a
+  // reconnect must run it, not be told REPLAYED (which is final).
+  const dir = await tempDir(t);
+  const ops = await keyFiles(dir, 'ops');
+  const { client } = await startAgent(t, {
+    plugins: [{ use: testkitPath }],
+    pools: { 'test.sleep': { timeoutMs: 200, cancelGraceMs: 200 } },
+    security: { requireSignatures: true, clients: [{ name: 'ops', publicKey: ops.publicKey }] },
+  });
+  const slow = signEnvelope(makeRequest({ type: 'test.sleep', payload: { ms: 5_000 }, deadline: Date.now() + 30_000 }), ops.signer);
+  assert.equal((await client.request(slow)).error?.code, 'TIMEOUT');
+  assert.equal((await client.request(slow)).error?.code, 'TIMEOUT', 'run again, not refused');
+  const quick = signEnvelope(makeRequest({ type: 'test.echo', payload: { value: 1 }, deadline: Date.now() + 30_000 }), ops.signer);
+  assert.equal((await client.request(quick)).ok, true);
+  assert.equal((await client.request(quick)).error?.code, 'REPLAYED');
+});
+
+test('security — a signed reply is measured with its signature: one that only fits unsigned becomes MESSAGE_TOO_LARGE, not a dropped reply', async (t) => {
+  const dir = await tempDir(t);
+  const host = await keyFiles(dir, 'host');
+  const maxMessageBytes = 4_096;
+  const { client } = await startAgent(t, { plugins: [{ use: testkitPath }], limits: { maxMessageBytes }, security: { hostKeyFile: host.file } });
+  // Grow the echo 20 bytes at a time (the signature adds ~130). Every reply that is sent must fit as sent:
+  // measured before signing, the last ones went out over the limit, which a client holding the same limit
+  // drops (and then times out).
+  const echo = (size: number) => client.request(makeRequest({ type: 'test.echo', payload: { value: 'x'.repeat(size) }, deadline: Date.now() + 5_000 }));
+  let probe = 3_500;
+  let reply = await echo(probe);
+  while (reply.ok && probe < maxMessageBytes) {
+    assert.ok(Buffer.byteLength(JSON.stringify(reply)) <= maxMessageBytes, `a signed reply of ${Buffer.byteLength(JSON.stringify(reply))} bytes was sent`);
+    reply = await echo((probe += 20));
+  }
+  assert.equal(reply.error?.code, 'MESSAGE_TOO_LARGE');
+  assert.ok((reply.error?.details as { size: number }).size < maxMessageBytes + 200, 'refused for the signature, not for the echo alone');
+  assert.ok((reply as ReplyEnvelope & { auth?: unknown }).auth, 'the refusal is signed too');
+});
