@@ -130,3 +130,51 @@ test('broker restart — every request of a stream is answered exactly once, non
   const outputs = [...cloud.agents.values()].map((a) => a.output()).join('\n');
   for (const id of ids) assert.ok(handledCount(outputs, id) <= 1, `${id} ran ${handledCount(outputs, id)} times`);
 });
+
+test('redelivery — a copy that arrives while the first still runs is acked only with it: an agent killed meanwhile answers both after its restart', async (t) => {
+  const cloud = await startCloud(t, [{ id: 'h1' }]);
+  const id = `twin-${randomUUID()}`;
+  const connection = await amqplib.connect(cloud.url);
+  t.after(() => connection.close().catch(() => undefined));
+  const channel = await connection.createChannel();
+  const replies = async () => {
+    const { queue } = await channel.assertQueue('', { exclusive: true });
+    const reply = new Promise<ReplyEnvelope>((resolve) => {
+      void channel.consume(
+        queue,
+        (msg) => {
+          const envelope = msg && (JSON.parse(msg.content.toString('utf8')) as ReplyEnvelope);
+          if (envelope?.kind === 'reply') resolve(envelope); // progress ("alive") comes on the same queue
+        },
+        { noAck: true },
+      );
+    });
+    return { queue, reply };
+  };
+  const publish = (replyTo: string) =>
+    channel.publish(amqpNames(cloud.prefix).directExchange, 'h1', Buffer.from(JSON.stringify(makeRequest({ id, type: 'test.sleep', target: 'h1', payload: { ms: 3_000 } }))), {
+      messageId: id,
+      replyTo,
+      type: 'test.sleep',
+      persistent: true,
+      contentType: 'application/json',
+    });
+  const first = await replies();
+  const second = await replies();
+  publish(first.queue);
+  await new Promise((r) => setTimeout(r, 500));
+  publish(second.queue); // the same id, while the first copy sleeps
+  await new Promise((r) => setTimeout(r, 500));
+  const agent = cloud.agents.get('h1')!;
+  agent.child.kill('SIGKILL');
+  await agent.exited;
+  await cloud.start({ id: 'h1' });
+  let timer: NodeJS.Timeout | undefined;
+  const both = await Promise.race([
+    Promise.all([first.reply, second.reply]),
+    new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), 30_000))),
+  ]);
+  clearTimeout(timer);
+  assert.ok(both, 'both copies were answered (before: the second was acked at once and lost with the agent)');
+  assert.deepEqual(both.map((r) => r.ok), [true, true]);
+});

@@ -36,6 +36,8 @@ const MAX_PENDING_EVENTS = 1_000;
 interface InFlightRequest {
   /** Extra reply addresses: the same id redelivered while the first copy still runs. */
   replyTo: Set<string>;
+  /** Those copies: acked with the first one, once its reply is confirmed, never before. */
+  duplicates: { channel: ConfirmChannel; msg: ConsumeMessage }[];
 }
 
 export class AmqpAgentTransport implements AgentTransport {
@@ -105,17 +107,17 @@ export class AmqpAgentTransport implements AgentTransport {
       const queue = names.hostQueue(hostId);
       await channel.assertQueue(queue, { durable: true, arguments: deadLetterArgs });
       await channel.bindQueue(queue, names.directExchange, hostId);
-      tags.push((await channel.consume(queue, (msg) => msg && this.#onMessage(channel, msg, 'direct'))).consumerTag);
+      tags.push((await channel.consume(queue, (msg) => msg && this.#consume(channel, msg, 'direct'))).consumerTag);
     }
     if (this.#routes.has('any')) {
       await channel.assertQueue(names.anyQueue, { durable: true, arguments: deadLetterArgs });
-      tags.push((await channel.consume(names.anyQueue, (msg) => msg && this.#onMessage(channel, msg, 'any'))).consumerTag);
+      tags.push((await channel.consume(names.anyQueue, (msg) => msg && this.#consume(channel, msg, 'any'))).consumerTag);
     }
     if (this.#routes.has('broadcast')) {
       const queue = names.broadcastQueue(hostId);
       await channel.assertQueue(queue, { exclusive: true, autoDelete: true, arguments: deadLetterArgs });
       await channel.bindQueue(queue, names.broadcastExchange, '');
-      tags.push((await channel.consume(queue, (msg) => msg && this.#onMessage(channel, msg, 'broadcast'))).consumerTag);
+      tags.push((await channel.consume(queue, (msg) => msg && this.#consume(channel, msg, 'broadcast'))).consumerTag);
     }
     const presence = await channel.assertQueue('', { exclusive: true, autoDelete: true });
     await channel.bindQueue(presence.queue, names.presenceExchange, '');
@@ -174,6 +176,17 @@ export class AmqpAgentTransport implements AgentTransport {
     if (probeSchema.safeParse(value).success) this.#publishHeartbeat(true);
   }
 
+  /**
+   * amqplib drops what a consume callback returns: a failure here (the channel closed under a nack, the
+   * outcome file not writable) would be an unhandled rejection, which ends the process. The message stays
+   * unacked and comes back.
+   */
+  #consume(channel: ConfirmChannel, msg: ConsumeMessage, route: InboundRoute): void {
+    this.#onMessage(channel, msg, route).catch((error: unknown) =>
+      this.#options.log.error({ err: error, msgId: msg.properties.messageId, route }, 'failed to take a request; it stays unacked and will be redelivered'),
+    );
+  }
+
   async #onMessage(channel: ConfirmChannel, msg: ConsumeMessage, route: InboundRoute): Promise<void> {
     const { log } = this.#options;
     const store = this.#store as OutcomeStore;
@@ -195,7 +208,7 @@ export class AmqpAgentTransport implements AgentTransport {
       const running = this.#inFlight.get(id);
       if (running) {
         running.replyTo.add(replyTo);
-        channel.ack(msg);
+        running.duplicates.push({ channel, msg });
         return;
       }
       if (store.attempts(id) >= this.#options.config.maxDeliveries) {
@@ -208,7 +221,7 @@ export class AmqpAgentTransport implements AgentTransport {
       }
       await store.recordStart(id);
     }
-    const inFlight: InFlightRequest = { replyTo: new Set([replyTo]) };
+    const inFlight: InFlightRequest = { replyTo: new Set([replyTo]), duplicates: [] };
     if (id) this.#inFlight.set(id, inFlight);
     const progressBase = { id: id ?? 'unknown', type: (msg.properties.type as string) || 'unknown' } as RequestEnvelope;
     const sendProgress = (envelope: ProgressEnvelope) => {
@@ -240,7 +253,9 @@ export class AmqpAgentTransport implements AgentTransport {
           // must be tried again, not answered with the old failure.
           if (id && envelope.error?.retryable) await store.recordAbandoned(id);
           else if (id) await store.recordDone(id, envelope);
-          await this.#publishReply(channel, [...inFlight.replyTo], envelope, msg, route === 'broadcast');
+          const confirmed = await this.#publishReply(channel, [...inFlight.replyTo], envelope, msg, route === 'broadcast');
+          // Unconfirmed: the copies stay unacked too, and come back to be answered from the stored outcome.
+          if (confirmed) for (const copy of inFlight.duplicates) if (copy.channel === this.#channel) copy.channel.ack(copy.msg);
         } finally {
           if (id) this.#inFlight.delete(id);
         }
@@ -279,7 +294,8 @@ export class AmqpAgentTransport implements AgentTransport {
     return true;
   }
 
-  async #publishReply(deliveredOn: ConfirmChannel, targets: string[], reply: ReplyEnvelope, msg: ConsumeMessage, withLiveHosts = false): Promise<void> {
+  /** Publishes a reply and acks its request once the broker confirmed it; says whether it did. */
+  async #publishReply(deliveredOn: ConfirmChannel, targets: string[], reply: ReplyEnvelope, msg: ConsumeMessage, withLiveHosts = false): Promise<boolean> {
     const headers = withLiveHosts ? { [HEADERS.liveHosts]: JSON.stringify(this.registry.liveHosts('broadcast')) } : undefined;
     try {
       // Replies go out on the current channel: after a reconnect the one the request came in on is gone.
@@ -289,9 +305,11 @@ export class AmqpAgentTransport implements AgentTransport {
       );
       if (deliveredOn === this.#channel) deliveredOn.ack(msg);
       // Else the delivery died with its channel and will come back: it is then answered from the stored outcome.
+      return true;
     } catch (error) {
       // Not confirmed: leave the request unacked; it is redelivered and answered from the stored outcome.
       this.#options.log.warn({ msgId: reply.id, reason: (error as Error).message }, 'reply not confirmed; the request will be redelivered');
+      return false;
     }
   }
 
