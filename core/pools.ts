@@ -104,7 +104,8 @@ export class PoolManager {
       type: spec.type,
       threads: pool.threads.length,
       queued: pool.queueSize,
-      running,
+      // `running` counts from PoolManager.run; those still in tinypool's queue are not running yet.
+      running: Math.max(0, running - pool.queueSize),
       completed: pool.completed,
       settings: spec.settings,
     }));

@@ -30,13 +30,25 @@ function loadHandler(): Promise<Handler> {
 
 /** Aborts for the task this worker runs, by message id (tinypool gives a worker one task at a time). */
 const running = new Map<string, AbortController>();
+/**
+ * Ids cancelled before any worker started them (still queued in tinypool when the abort went out): the
+ * worker that gets one later must not run it. Bounded; an entry is only needed for the cancel grace.
+ */
+const cancelledEarly = new Set<string>();
+const CANCELLED_EARLY_KEPT = 256;
 
 // The pool's side channel: progress and log lines out, abort requests in. Messages other workers of the
 // pool send arrive here too and are ignored.
 const channel = new BroadcastChannel(poolData.channel);
 channel.onmessage = (event: MessageEvent) => {
   const message = event.data as SideMessage;
-  if (message.t === 'abort') running.get(message.id)?.abort(Object.assign(new Error(message.reason.message), message.reason));
+  if (message.t !== 'abort') return;
+  const task = running.get(message.id);
+  if (task) task.abort(Object.assign(new Error(message.reason.message), message.reason));
+  else {
+    cancelledEarly.add(message.id);
+    if (cancelledEarly.size > CANCELLED_EARLY_KEPT) cancelledEarly.delete(cancelledEarly.values().next().value as string);
+  }
 };
 // Handler code that calls process.exit ends this thread mid-task: say so, or the task would wait for its
 // deadline (the message is queued before the thread goes, and delivered).
@@ -51,6 +63,10 @@ process.on('exit', (code: number) => {
 });
 
 export default async function runTask(task: WorkerTask): Promise<WorkerResult> {
+  // Cancelled or out of time while it waited for a thread: the main thread has answered it already.
+  if (cancelledEarly.delete(task.id) || Date.now() >= task.deadline) {
+    return { outcome: { ok: false, error: { code: 'CANCELLED', message: 'cancelled before it started' } }, sideMessages: 0 };
+  }
   const abortController = new AbortController();
   running.set(task.id, abortController);
   let sideMessages = 0;

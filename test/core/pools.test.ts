@@ -191,3 +191,21 @@ test('pools — side messages of concurrent tasks reach their own task, all of t
     assert.deepEqual(result.seenAtOutcome, Array.from({ length: steps }, (_, i) => i + 1));
   }
 });
+
+test('pools — a message whose time runs out while it waits for a thread is never started; stats count it as queued, not running', async (t) => {
+  const pools = makePools(t, { 'test.sleep': { maxThreads: 1, cancelGraceMs: 5_000 } });
+  // test.sleep's one thread: a long sleep holds it, a sleep with a 200 ms deadline queues behind it.
+  const logged: unknown[] = [];
+  const log = { trace: () => undefined, debug: () => undefined, info: (obj: object | string) => logged.push(obj), warn: () => undefined, error: () => undefined };
+  const holding = pools.run(task('test.sleep', { ms: 1_000 }));
+  const queued = pools.run(task('test.sleep', { ms: 10, announce: true }, 200), { log });
+  await new Promise((r) => setTimeout(r, 100));
+  const stats = pools.stats().find((s) => s.type === 'test.sleep')!;
+  assert.deepEqual([stats.running, stats.queued], [1, 1]);
+  const outcome = await queued;
+  assert.equal(errorCode(outcome), 'DEADLINE_EXCEEDED');
+  assert.equal((await holding).ok, true);
+  // Had the queued one started once the thread was free, its handler would have logged "sleeping".
+  await new Promise((r) => setTimeout(r, 200));
+  assert.deepEqual(logged, []);
+});
