@@ -148,6 +148,8 @@ export class Agent {
 
   async start(): Promise<void> {
     const { config } = this;
+    // Keys first (file modes, key formats): a bad one stops the start before any hook or thread ran.
+    const security = await agentSecurity(config.core.security);
     for (const p of config.plugins) if (p.plugin.errors) registerPluginErrors(p.plugin.errors);
 
     for (const p of config.plugins) {
@@ -176,7 +178,6 @@ export class Agent {
     }));
     const declaredCodes = new Map(config.plugins.map((p) => [p.plugin.name, new Set(Object.keys(p.plugin.errors ?? {}))]));
     this.#pools = new PoolManager(specs, declaredCodes);
-    const security = await agentSecurity(config.core.security);
     this.#dispatcher = new Dispatcher({
       authorizer: security.authorizer,
       ...(security.signReply ? { signReply: security.signReply } : {}),

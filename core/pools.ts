@@ -95,10 +95,6 @@ export class PoolManager {
     }
   }
 
-  has(type: string): boolean {
-    return this.#pools.has(type);
-  }
-
   stats(): PoolStats[] {
     return [...this.#pools.values()].map(({ spec, pool, running }) => ({
       type: spec.type,

@@ -25,10 +25,6 @@ export class InlinePools extends PoolManager {
     this.#plugins = summarizePlugins(plugins);
   }
 
-  override has(type: string): boolean {
-    return this.#routes.has(type);
-  }
-
   override async run(task: PoolTask, hooks: RunHooks = {}): Promise<RunOutcome> {
     const route = this.#routes.get(task.type);
     if (!route) return { ok: false, error: cloudletError('UNKNOWN_TYPE', `no handler for "${task.type}"`) };

@@ -2,7 +2,6 @@
  * A host's complete, validated configuration: the core's settings, the plugins in dependency order with
  * their parsed options, and every message type with its effective pool settings.
  */
-import { CloudletError } from '../errors.ts';
 import type { MessageDefinition, PoolSettings } from '../plugin-api.ts';
 import { loadPlugins, type LoadedPlugin } from '../plugins/loader.ts';
 import { type RawConfig, validateCoreConfig } from './load.ts';
@@ -85,8 +84,4 @@ export async function loadHostConfig(raw: RawConfig): Promise<HostConfig> {
   const checked = await checkHostConfig(raw);
   if (!checked.ok) throw configInvalidError(checked.problems);
   return checked.config;
-}
-
-export function isConfigError(error: unknown): error is CloudletError {
-  return error instanceof CloudletError && (error.code.startsWith('CONFIG_') || error.code.startsWith('PLUGIN_'));
 }

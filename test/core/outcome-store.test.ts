@@ -15,7 +15,6 @@ test('outcome store — stays bounded: a full store compacts to one line per ent
   }
   await store.recordStart('unfinished');
   await store.recordStart('unfinished');
-  await store.flush();
   // 2,002 lines written for a bound of 100: a rewrite every ~100 lines at most, not one per line.
   assert.ok(store.compactions <= 25, `${store.compactions} rewrites of the whole file`);
   const lines = (await readFile(file, 'utf8')).split('\n').filter(Boolean).length;

@@ -131,10 +131,6 @@ export class OutcomeStore {
     return this.#entries.size;
   }
 
-  /** Every line is written when its record call returns; kept for callers that wait for the writes. */
-  flush(): Promise<void> {
-    return Promise.resolve();
-  }
 
   /** Closes the file (it is opened again by the next record). */
   close(): void {
