@@ -38,6 +38,11 @@ export interface IpDiscoveryContext<Options = unknown> {
   options: Options;
   signal: AbortSignal;
   log: PluginLogger;
+  /**
+   * The caller asks about many VMs at once (list-vms): answer from what is known now and quickly — no
+   * active probing, short waits. Absent means false. Added in core API 1.6.
+   */
+  passive?: boolean;
 }
 
 export interface IpDiscoveryStrategy<Options = unknown> {

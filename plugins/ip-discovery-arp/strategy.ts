@@ -45,7 +45,8 @@ async function discover(vm: VmNetworkIdentity, context: IpDiscoveryContext): Pro
   const bridge = bridgeFor(options, vm);
   const read = () => readNeighbourTable({ ipBinary: options.ipBinary, bridge, signal: context.signal, log: context.log });
   let table = await read();
-  if (options.probe.enabled && !hasIpv4Entry(table.entries, vm.mac) && (await probe(vm, bridge, options, context))) table = await read();
+  // A passive caller (list-vms: every VM at once) gets the table as it is: a sweep per VM would flood the subnet.
+  if (options.probe.enabled && !context.passive && !hasIpv4Entry(table.entries, vm.mac) && (await probe(vm, bridge, options, context))) table = await read();
   return addressesForMac(table.entries, vm.mac, { includeStale: options.includeStale, bridge, table: table.source });
 }
 

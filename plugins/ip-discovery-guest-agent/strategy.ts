@@ -9,12 +9,15 @@ interface Options {
   timeoutMs: number;
 }
 
+/** A passive caller (list-vms) asks every VM at once: a guest without an agent must not hold the list long. */
+const PASSIVE_TIMEOUT_MS = 500;
+
 const strategy: IpDiscoveryStrategy<Options> = {
-  async discover(vm, { options, log }) {
+  async discover(vm, { options, log, passive }) {
     if (!vm.guestAgentSocket) return [];
     let interfaces: GuestInterface[];
     try {
-      interfaces = await guestAgentCall<GuestInterface[]>(vm.guestAgentSocket, 'guest-network-get-interfaces', undefined, options.timeoutMs);
+      interfaces = await guestAgentCall<GuestInterface[]>(vm.guestAgentSocket, 'guest-network-get-interfaces', undefined, passive ? Math.min(options.timeoutMs, PASSIVE_TIMEOUT_MS) : options.timeoutMs);
     } catch (error) {
       // No agent in the image, or not started yet: nothing known, not a failure.
       log.debug({ vm: vm.vm, reason: (error as Error).message }, 'guest agent did not answer');

@@ -20,6 +20,8 @@ export interface AddressQuery {
   includeLinkLocal: boolean;
   wait: boolean;
   timeoutMs: number;
+  /** Many VMs at once (list-vms): strategies answer from what they know, without probing. */
+  passive?: boolean;
 }
 
 export interface AddressAnswer {
@@ -50,7 +52,7 @@ async function askOnce(strategies: Strategy[], vm: VmNetworkIdentity, mode: 'fir
   for (const strategy of strategies) {
     let found: DiscoveredAddress[] = [];
     try {
-      found = await strategy.implementation.discover(vm, { options: strategy.options, signal: ctx.signal, log: ctx.log });
+      found = await strategy.implementation.discover(vm, { options: strategy.options, signal: ctx.signal, log: ctx.log, passive: query.passive ?? false });
     } catch (error) {
       ctx.log.warn({ strategy: strategy.plugin, vm: vm.vm, err: error }, 'ip-discovery strategy failed; trying the next');
     }

@@ -6,7 +6,10 @@ import { listRecords, vmPaths } from '../state.ts';
 import { viewOf } from '../vm-ops.ts';
 import { findAddresses, loadStrategies } from '../discovery.ts';
 
-/** This host's VMs. Liveness from /proc only (no QMP round trip per VM), so a long list stays fast. */
+/**
+ * This host's VMs. Liveness from /proc only (no QMP round trip per VM), and addresses asked passively (no
+ * ARP probe sweep, short guest-agent waits), so a long list stays fast.
+ */
 export default defineHandler(listVmsPayload, qemuOptionsSchema, async (_payload, ctx) => {
   const records = await listRecords(ctx.options.stateDir);
   const strategies = await loadStrategies(ctx.options, ctx);
@@ -14,7 +17,7 @@ export default defineHandler(listVmsPayload, qemuOptionsSchema, async (_payload,
     records.map(async (record) => {
       const pid = await runningPid(vmPaths(ctx.options.stateDir, record.id).pidfile, record.id);
       const addresses =
-        pid === undefined ? [] : (await findAddresses(ctx.options, strategies, record, { wait: false, timeoutMs: 0, includeLinkLocal: false }, ctx)).addresses;
+        pid === undefined ? [] : (await findAddresses(ctx.options, strategies, record, { wait: false, timeoutMs: 0, includeLinkLocal: false, passive: true }, ctx)).addresses;
       return { ...viewOf(record, pid === undefined ? 'stopped' : 'running', pid), addresses };
     }),
   );

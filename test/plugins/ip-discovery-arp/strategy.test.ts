@@ -109,6 +109,19 @@ test('strategy — probing is skipped when the MAC already has an IPv4 entry', a
   assert.deepEqual(await ip.calls(), ['-s -j neigh show dev br0 nud all'], 'no addr lookup, no sweep');
 });
 
+test('strategy — a passive caller (list-vms) gets the table as it is: no probe even with probing on', async (t) => {
+  // The bridge address lookup fails here, so even a regression that probed would send nothing from this
+  // (the host's) namespace; the recorded calls tell whether a probe was attempted at all.
+  const ip = await fakeIp(t, 'echo "$*" >> "$(dirname "$0")/calls"; case "$*" in *neigh*) echo "[]" ;; *) echo "addr: not here" >&2; exit 2 ;; esac');
+  const calls = async () => (await readFile(join(ip.dir, 'calls'), 'utf8')).trim().split('\n');
+  const options = { bridge: 'br0', ipBinary: ip.path, probe: { enabled: true } };
+  assert.deepEqual(await strategy.discover(VM, { ...context(options), passive: true }), []);
+  assert.deepEqual(await calls(), ['-s -j neigh show dev br0 nud all'], 'no addr lookup: no probe');
+  // Asked actively, the same strategy goes for the bridge addresses to probe (and gives up here).
+  assert.deepEqual(await strategy.discover(VM, context(options)), []);
+  assert.ok((await calls()).includes('-j addr show dev br0'), JSON.stringify(await calls()));
+});
+
 test('strategy — probing is skipped (with a warning) when the bridge addresses cannot be read', async (t) => {
   const ip = await fakeIp(t, 'case "$*" in *neigh*) echo "[]" ;; *) echo "addr: boom" >&2; exit 2 ;; esac');
   const ctx = context({ bridge: 'br0', ipBinary: ip.path, probe: { enabled: true } });
