@@ -4,7 +4,6 @@
  * transport state, and VMs by state from the host's own list-vms. Everything runs in the agent's main thread.
  */
 import { CloudletError, definePlugin, type PluginHookContext } from '../../core/plugin-api.ts';
-import { monitoredAgent } from './agent-view.ts';
 import { metricsOptionsSchema, type MetricsOptions } from './options.ts';
 import { createAgentMetrics } from './registry.ts';
 import { splitListen, startEndpoint, stopEndpoint } from './server.ts';
@@ -15,7 +14,7 @@ const running = new Map<string, { stop(): Promise<void> }>();
 
 async function start(ctx: PluginHookContext<MetricsOptions>): Promise<void> {
   const { options } = ctx;
-  const agent = monitoredAgent(ctx);
+  const { agent } = ctx;
   if (running.has(options.listen)) throw new CloudletError('METRICS_LISTEN_FAILED', `a metrics endpoint already listens on ${options.listen} in this process`);
   const metrics = createAgentMetrics({
     agent,

@@ -4,7 +4,7 @@
  * and VM gauges are read when scraped.
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { MonitoredAgent, ObservedDispatch } from './agent-view.ts';
+import type { AgentView, ObservedDispatch } from '../../core/plugin-api.ts';
 import type { VmStateCounts } from './vm-states.ts';
 
 /** Seconds; VM operations take minutes, host-info milliseconds. */
@@ -16,7 +16,7 @@ export interface AgentMetrics {
 }
 
 export interface AgentMetricsOptions {
-  agent: MonitoredAgent;
+  agent: AgentView;
   host: { id: string; agentVersion: string };
   transportKind: string;
   processMetrics: boolean;
@@ -29,7 +29,10 @@ export function createAgentMetrics(options: AgentMetricsOptions): AgentMetrics {
   const registry = new Registry();
   const registers = [registry];
   // Label values stay bounded: a type this host does not handle is "other", an undecodable message "invalid".
-  const knownTypes = () => new Set(agent.pools().map((p) => p.type));
+  // The pools exist before the first message or scrape and never change: read them once, on first use
+  // (not per observed message).
+  let types: Set<string> | undefined;
+  const knownTypes = () => (types ??= new Set(agent.pools().map((p) => p.type)));
   const typeLabel = (type: string | undefined) => (type === undefined ? 'invalid' : knownTypes().has(type) ? type : 'other');
 
   const messages = new Counter({
@@ -46,7 +49,7 @@ export function createAgentMetrics(options: AgentMetricsOptions): AgentMetrics {
     registers,
   });
 
-  const poolGauge = (name: string, help: string, value: (p: ReturnType<MonitoredAgent['pools']>[number]) => number) =>
+  const poolGauge = (name: string, help: string, value: (p: ReturnType<AgentView['pools']>[number]) => number) =>
     new Gauge({
       name,
       help,

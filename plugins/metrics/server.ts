@@ -1,7 +1,7 @@
 /** The HTTP endpoint: GET the metrics path for Prometheus, GET the health path for a monitor or load balancer. */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { MonitoredAgent } from './agent-view.ts';
+import type { AgentView } from '../../core/plugin-api.ts';
 import type { Registry } from 'prom-client';
 
 export interface EndpointOptions {
@@ -10,7 +10,7 @@ export interface EndpointOptions {
   metricsPath: string;
   healthPath: string;
   registry: Registry;
-  agent: MonitoredAgent;
+  agent: AgentView;
   hostId: string;
   transportKind: string;
   onError(error: unknown): void;

@@ -1,16 +1,10 @@
 /**
  * A small QMP client. QEMU serves one client per QMP socket, so a handler connects, does its commands and
- * disconnects. Commands are matched to answers by `id`; events (SHUTDOWN, POWERDOWN, RESET, STOP, …) are
- * collected and can be awaited. Every wait has a timeout.
+ * disconnects. Commands are matched to answers by `id`; asynchronous events are ignored (stop-vm watches the
+ * connection close instead). Every wait has a timeout.
  */
 import { createConnection, type Socket } from 'node:net';
 import { qemuError } from './errors.ts';
-
-export interface QmpEvent {
-  event: string;
-  data?: Record<string, unknown>;
-  timestamp?: { seconds: number; microseconds: number };
-}
 
 interface PendingCommand {
   resolve(value: unknown): void;
@@ -21,8 +15,6 @@ interface PendingCommand {
 export class QmpClient {
   readonly #socket: Socket;
   readonly #pending = new Map<string, PendingCommand>();
-  readonly #events: QmpEvent[] = [];
-  readonly #eventWaiters = new Set<{ names: string[]; resolve(event: QmpEvent): void }>();
   #buffer = '';
   #nextId = 1;
   #closed = false;
@@ -84,15 +76,6 @@ export class QmpClient {
       if ('QMP' in message) {
         this.#greeted?.();
         this.#greeted = undefined;
-      } else if ('event' in message) {
-        const event = message as unknown as QmpEvent;
-        this.#events.push(event);
-        for (const waiter of this.#eventWaiters) {
-          if (waiter.names.includes(event.event)) {
-            this.#eventWaiters.delete(waiter);
-            waiter.resolve(event);
-          }
-        }
       } else if (typeof message.id === 'string') {
         const pending = this.#pending.get(message.id);
         if (!pending) continue;
@@ -119,26 +102,6 @@ export class QmpClient {
     });
   }
 
-  /** Resolves with the first of `names` seen (also one that arrived before the call), or undefined at the timeout. */
-  waitForEvent(names: string[], timeoutMs: number): Promise<QmpEvent | undefined> {
-    const seen = this.#events.find((e) => names.includes(e.event));
-    if (seen) return Promise.resolve(seen);
-    return new Promise((resolve) => {
-      const waiter = {
-        names,
-        resolve: (event: QmpEvent) => {
-          clearTimeout(timer);
-          resolve(event);
-        },
-      };
-      const timer = setTimeout(() => {
-        this.#eventWaiters.delete(waiter);
-        resolve(undefined);
-      }, timeoutMs);
-      this.#eventWaiters.add(waiter);
-    });
-  }
-
   /** Resolves true when QEMU closes the connection (it exited) within the timeout. */
   waitForClose(timeoutMs: number): Promise<boolean> {
     if (this.#closed) return Promise.resolve(true);
@@ -153,10 +116,6 @@ export class QmpClient {
       }, timeoutMs);
       this.#closeWaiters.add(done);
     });
-  }
-
-  get events(): readonly QmpEvent[] {
-    return this.#events;
   }
 
   close(): void {

@@ -51,7 +51,7 @@ export function viewOf(record: VmRecord, state: VmState, pid: number | undefined
   };
 }
 
-export async function requireRecord(options: QemuOptions, id: string, hostId?: string): Promise<VmRecord> {
+export async function requireRecord(options: QemuOptions, id: string, hostId: string): Promise<VmRecord> {
   checkOwner(id, hostId);
   const record = await readRecord(options.stateDir, id);
   if (!record) throw qemuError('VM_NOT_FOUND', `no VM "${id}" on this host`, { vm: id });
@@ -59,9 +59,9 @@ export async function requireRecord(options: QemuOptions, id: string, hostId?: s
 }
 
 /** A VM id names its host; a command for another host's VM is a routing mistake, not "already gone". */
-export function checkOwner(id: string, hostId: string | undefined): void {
+export function checkOwner(id: string, hostId: string): void {
   const owner = id.slice(0, id.lastIndexOf('.'));
-  if (hostId !== undefined && owner !== hostId) {
+  if (owner !== hostId) {
     throw qemuError('VM_NOT_FOUND', `VM "${id}" belongs to host "${owner}", not to "${hostId}"; send the command to its owner`, { vm: id, owner, host: hostId });
   }
 }
