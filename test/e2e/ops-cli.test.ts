@@ -79,7 +79,9 @@ test('install-service — writes a hardened unit with this installation’s path
   const unitFile = join(dir, 'cloudlet.service');
   const written = await runCli(['install-service', '--config', config, '--output', unitFile, '--json']);
   assert.equal(written.code, 0, written.stderr);
-  const result = json<{ ok: boolean; file: string; execStart: string; readWritePaths: string[] }>(written);
+  const result = json<{ ok: boolean; file: string; execStart: string; readWritePaths: string[]; notes: string[] }>(written);
+  // The config here is under /tmp, which the unit hides: said, not silently written into a unit that fails.
+  assert.ok(result.notes.some((n) => n.startsWith(`warning: the config (${config}) is under /home, /root or /tmp`)), JSON.stringify(result.notes));
   assert.deepEqual(result.readWritePaths, ['/srv/cloudlet-ops-test', '/srv/cloudlet-ops-test/qemu']);
   const unit = await readFile(unitFile, 'utf8');
   assert.ok(unit.includes(`ExecStart=${process.execPath} ${cliBin} agent --config ${config}\n`), unit);

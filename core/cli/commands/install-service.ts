@@ -14,7 +14,7 @@ import { cloudletError } from '../../errors.ts';
 import type { Command } from '../command.ts';
 import { EXIT } from '../exit-codes.ts';
 import { packageFile } from '../../runtime/package-root.ts';
-import { writablePaths } from '../service/paths.ts';
+import { hiddenFromService, writablePaths } from '../service/paths.ts';
 
 const UNIT_TEMPLATE = packageFile('config/cloudlet.service');
 // The launcher, from the sources or compiled alike (it picks dist/ when that is current).
@@ -47,6 +47,15 @@ export const installServiceCommand: Command = {
       notes.push(`note: ${configFile} does not exist yet ("cloudlet init --output ${configFile}" writes one); the unit uses the default folders`);
     }
     for (const path of paths.hidden) notes.push(`warning: ${path} is under /home, /root or /tmp, which the unit hides (ProtectHome, PrivateTmp): move it`);
+    // What the unit runs must be visible to it too: a Node from nvm, a checkout or a config in a home
+    // folder would make the service fail at start (203/EXEC, or no config).
+    for (const [what, path] of [
+      ['node', process.execPath],
+      ['cloudlet', CLI_BIN],
+      ['the config', configFile],
+    ] as const) {
+      if (hiddenFromService(path)) notes.push(`warning: ${what} (${path}) is under /home, /root or /tmp, which the unit hides: the service would not start; install it system-wide (or copy the config to /etc/cloudlet)`);
+    }
     const unit = renderUnit(await readFile(UNIT_TEMPLATE, 'utf8'), configFile, paths.readWrite);
     if (values.print) {
       process.stdout.write(unit);
@@ -66,18 +75,21 @@ export const installServiceCommand: Command = {
       config: configFile,
       execStart: execStart.slice('ExecStart='.length),
       readWritePaths: paths.readWrite,
+      notes,
     });
     return EXIT.OK;
   },
 };
 
-/** systemd splits ExecStart on spaces; quote what has any. */
+/** systemd splits on spaces (quote what has any) and expands `%` specifiers in both lines we write. */
 function quote(arg: string): string {
-  return /[\s"\\]/.test(arg) ? `"${arg.replace(/["\\]/g, '\\$&')}"` : arg;
+  const literal = arg.replace(/%/g, '%%');
+  return /[\s"\\]/.test(literal) ? `"${literal.replace(/["\\]/g, '\\$&')}"` : literal;
 }
 
 function execStartLine(configFile: string): string {
-  return `ExecStart=${[process.execPath, CLI_BIN, 'agent', '--config', configFile].map(quote).join(' ')}`;
+  // ExecStart also expands $VARIABLES: `$$` is a literal dollar.
+  return `ExecStart=${[process.execPath, CLI_BIN, 'agent', '--config', configFile].map((arg) => quote(arg.replace(/\$/g, '$$$$'))).join(' ')}`;
 }
 
 export function renderUnit(template: string, configFile: string, readWrite: string[]): string {

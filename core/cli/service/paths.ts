@@ -10,6 +10,9 @@ const HIDDEN = ['/home', '/root', '/run/user', '/tmp', '/var/tmp'];
 
 const under = (path: string, roots: string[]) => roots.some((root) => path === root || path.startsWith(`${root}/`));
 
+/** Whether the unit's ProtectHome=/PrivateTmp= hide `path` from the service. */
+export const hiddenFromService = (path: string): boolean => under(path, HIDDEN);
+
 export function writablePaths(config: HostConfig): { readWrite: string[]; hidden: string[] } {
   const wanted: string[] = [config.core.state.dir ?? defaultStateDir()];
   if (config.core.transport.kind === 'local' && config.core.transport.socket) wanted.push(dirname(config.core.transport.socket));
