@@ -8,6 +8,11 @@ import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const SOURCE_FOLDERS = ['core', 'plugins', 'workers'];
+/**
+ * Only code counts: an editor's swap or backup file in a checkout (which `npm pack` leaves out) must not make
+ * dist/ look stale for good.
+ */
+const CODE = /\.(?:ts|mts|js|mjs)$/;
 
 /** @param {string} root the package root (a path) */
 export function sourceFingerprint(root) {
@@ -25,7 +30,7 @@ function listFiles(dir) {
   for (const entry of readdirSync(dir, { withFileTypes: true })) {
     const path = join(dir, entry.name);
     if (entry.isDirectory()) files.push(...listFiles(path));
-    else if (entry.isFile()) files.push(path);
+    else if (entry.isFile() && CODE.test(entry.name)) files.push(path);
   }
   return files;
 }

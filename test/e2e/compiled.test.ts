@@ -114,6 +114,17 @@ test('compiled — sources edited after the build run instead of the stale dist/
   assert.equal(ready.code, 'sources');
 });
 
+test('compiled — files that are not code (an editor swap file, notes) do not make dist/ stale', async (t) => {
+  const root = await packageCopy(t);
+  await writeFile(join(root, 'core', '.version.ts.swp'), 'editor state');
+  await writeFile(join(root, 'plugins', 'NOTES.txt'), 'operator notes');
+  const dir = await tempDir(t, 'cloudlet-compiled-notes-');
+  const config = await writeConfig(dir, 'cloudlet.yaml', `host: { id: nhost }\ntransport: { kind: local, socket: ${join(dir, 'agent.sock')} }\nplugins: []\n`);
+  const checked = cli(root, ['config', 'check', config]);
+  assert.equal(checked.code, 0, checked.stderr);
+  assert.doesNotMatch(checked.stderr, /CLOUDLET_STALE_DIST/);
+});
+
 test('compiled — the npm package carries dist/, the launcher and the files beside the code, and its dist/ matches its sources', async (t) => {
   const root = await packageCopy(t);
   const out = await tempDir(t, 'cloudlet-pack-');
