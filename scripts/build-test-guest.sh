@@ -243,6 +243,12 @@ flock 9
 
 ensure_packages
 version=$(kernel_version)
+if [ -z "${CLOUDLET_GUEST_KERNEL:-}" ] && [ ! -f "$out/cache/kernel-$version/boot/vmlinuz-$version" ]; then
+  # Not cached yet: apt's lists may be old, naming a kernel ABI the archive has dropped since. Refresh them
+  # first and ask again, rather than retry the download of a version that is gone.
+  apt_update_once
+  version=$(kernel_version)
+fi
 inputs=$(printf '%s\n' "$(sha256sum "$0" | cut -d' ' -f1)" "$version" "$(pkg_version busybox-static)" \
   "$(pkg_version qemu-guest-agent)" | sha256sum | cut -d' ' -f1)
 

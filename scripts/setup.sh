@@ -30,6 +30,7 @@ packages=(
   util-linux        # unshare/nsenter: tests run VMs inside throw-away network namespaces
   python3-pika      # the aetherscale test client (test/aetherscale-client/client.py)
   dnsmasq-utils     # dhcp_release / dhcp_release6: the sweeper releases stale DHCP leases (and its tests)
+  procps            # pgrep and kill, which the tests use (not in Debian's minimal container images)
 )
 
 need_node_major=20
@@ -43,22 +44,22 @@ if [ "$node_major" -lt "$need_node_major" ]; then
   exit 1
 fi
 
+# Runs a command as root: directly, through sudo, or not at all (with the command to run printed).
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; return; fi
+  if command -v sudo >/dev/null 2>&1; then sudo "$@"; return; fi
+  echo "setup: needs root: run as root: $*" >&2
+  exit 1
+}
+
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
-      echo "setup: missing Debian packages: ${missing[*]}" >&2
-      echo "setup: run as root: apt-get update && apt-get install -y --no-install-recommends ${missing[*]}" >&2
-      exit 1
-    fi
-  fi
   echo "setup: installing ${missing[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 # The tests need a broker on 127.0.0.1:5672. Debian's package does not start one without an init system
@@ -66,11 +67,11 @@ fi
 broker_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
 if [ "$mode" = tests ] && ! broker_up; then
   echo "setup: starting RabbitMQ (rabbitmq-server -detached)"
-  if [ "$(id -u)" -eq 0 ]; then rabbitmq-server -detached; else sudo rabbitmq-server -detached; fi
+  as_root rabbitmq-server -detached
   for _ in $(seq 1 60); do broker_up && break; sleep 1; done
   broker_up || { echo "setup: RabbitMQ did not open 127.0.0.1:5672 within 60 s; see /var/log/rabbitmq/" >&2; exit 1; }
-  # The port opens a moment before the broker accepts logins.
-  timeout 60 rabbitmqctl await_startup >/dev/null 2>&1 || sleep 3
+  # The port opens a moment before the broker accepts logins. (Debian's rabbitmqctl runs for root or rabbitmq only.)
+  as_root timeout 60 rabbitmqctl await_startup >/dev/null || { echo "setup: RabbitMQ did not finish starting within 60 s; see /var/log/rabbitmq/" >&2; exit 1; }
 fi
 
 if [ "$mode" = tests ]; then
@@ -79,7 +80,11 @@ if [ "$mode" = tests ]; then
 fi
 
 if [ "$mode" = install ]; then
-  if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
+  # npm keeps its own copy of the lock in node_modules: newer than package.json and package-lock.json means
+  # the install is current (npm ci would delete and reinstall all of it, a minute for nothing).
+  if [ -f node_modules/.package-lock.json ] && [ node_modules/.package-lock.json -nt package-lock.json ] && [ node_modules/.package-lock.json -nt package.json ]; then
+    echo "setup: npm dependencies are up to date"
+  elif [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
 elif [ ! -d node_modules/tinypool ]; then
   echo "setup: node_modules is missing; run the install command first: scripts/setup.sh (or npm ci)" >&2
   exit 1
