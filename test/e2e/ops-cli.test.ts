@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdir, readFile, stat } from 'node:fs/promises';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import test, { type TestContext } from 'node:test';
@@ -239,7 +239,9 @@ test('doctor — names what is missing (qemu binary, images folder, bridge) with
   assert.deepEqual(machine.checks.filter((c) => c.status === 'fail').map((c) => [c.id, c.plugin]), [['qemu', 'qemu-backend'], ['bridge', 'qemu-backend'], ['images-dir', 'qemu-backend']]);
   assert.ok(machine.checks.filter((c) => c.status !== 'ok').every((c) => typeof c.fix === 'string' && c.fix.length > 0));
 
-  await mkdir(join(dir, 'images'));
+  // A folder without a kernel (lost+found on an images filesystem) and a stray file are no images.
+  await mkdir(join(dir, 'images', 'lost+found'), { recursive: true });
+  await writeFile(join(dir, 'images', 'README.txt'), 'not an image');
   const fine = await writeConfig(
     dir,
     'fine.yaml',
@@ -249,6 +251,8 @@ test('doctor — names what is missing (qemu binary, images folder, bridge) with
   assert.equal(healthy.code, 0, healthy.stdout);
   assert.match(healthy.stdout, /^ok +qemu +\/\S+qemu-system-x86_64: QEMU emulator version/m);
   assert.match(healthy.stdout, /^warn +images-dir +the images folder .* is empty/m);
+  await writeFile(join(dir, 'images', 'tiny.qcow2'), '');
+  assert.match((await runCli(['doctor', '--config', fine])).stdout, /^ok +images-dir +the images folder .* has 1 image\(s\)/m);
 
   const invalid = await runCli(['doctor', '--config', await writeConfig(dir, 'invalid.yaml', 'log:\n  level: loud\n')]);
   assert.equal(invalid.code, 3);

@@ -40,7 +40,7 @@ export const callCommand: Command = {
       const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
       if (route === 'broadcast') return printGathered(await client.gather(type, payload, { deadline, onProgress }), output);
       let reply = await client.request(type, payload, { target, deadline, onProgress });
-      if (reply.ok && values['wait-ip']) reply = await waitForIp(client, reply, payload, onProgress);
+      if (reply.ok && values['wait-ip']) reply = await waitForIp(client, reply, payload, deadline, onProgress);
       if (reply.ok) {
         output.result(reply.result === undefined ? '(no result)' : JSON.stringify(reply.result, null, 2), reply);
         return EXIT.OK;
@@ -56,15 +56,28 @@ export const callCommand: Command = {
   },
 };
 
+/** How long --wait-ip waits for an address without --timeout. */
+const WAIT_IP_DEFAULT_MS = 120_000;
+
 /**
  * `--wait-ip`: after a command about a VM (create-vm, start-vm, …) succeeded, ask the VM's host for its
  * address, waiting until one is known, and add `addresses` to the result.
  */
-async function waitForIp(client: CliClient, reply: ReplyEnvelope, payload: unknown, onProgress: (progress: ProgressEnvelope) => void): Promise<ReplyEnvelope> {
+async function waitForIp(
+  client: CliClient,
+  reply: ReplyEnvelope,
+  payload: unknown,
+  deadline: number | undefined,
+  onProgress: (progress: ProgressEnvelope) => void,
+): Promise<ReplyEnvelope> {
   const result = reply.result as { id?: unknown; vm?: unknown } | undefined;
   const vm = typeof result?.id === 'string' ? result.id : typeof result?.vm === 'string' ? result.vm : (payload as { vm?: unknown })?.vm;
   if (typeof vm !== 'string') throw cloudletError('USAGE', '--wait-ip needs a command whose result or payload names a VM (create-vm, start-vm, restart-vm, get-vm)');
-  const ipReply = await client.request('get-vm-ip', { vm, wait: true, timeoutMs: 120_000 }, { target: reply.host, onProgress });
+  // Within --timeout when there is one (what the first command left of it, less a margin so the host says
+  // IP_NOT_FOUND rather than run into the deadline), else up to two minutes.
+  const left = deadline === undefined ? undefined : Math.max(0, deadline - Date.now());
+  const timeoutMs = left === undefined ? WAIT_IP_DEFAULT_MS : Math.round(left - Math.min(1_000, left / 4));
+  const ipReply = await client.request('get-vm-ip', { vm, wait: true, timeoutMs }, { target: reply.host, onProgress, deadline });
   if (!ipReply.ok) return ipReply;
   return { ...reply, result: { ...(reply.result as object), addresses: (ipReply.result as { addresses: unknown }).addresses } };
 }

@@ -2,6 +2,7 @@
 import { constants } from 'node:fs';
 import { open, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { listImages } from '../../../plugins/qemu-backend/images.ts';
 import type { QemuOptions } from '../../../plugins/qemu-backend/options.ts';
 import { writableFolderCheck } from './core-checks.ts';
 import { fail, findProgram, firstLineOf, ok, warn, type CheckResult } from './check.ts';
@@ -83,8 +84,6 @@ export async function bridgeCheck(id: string, plugin: string, bridge: string, op
   return ok(id, plugin, `bridge "${bridge}" exists`);
 }
 
-const DISK_IMAGE = /\.(qcow2|raw|img)$/;
-
 async function imagesCheck(dir: string): Promise<CheckResult> {
   const entries = await readdir(dir, { withFileTypes: true }).catch((error: NodeJS.ErrnoException) => error);
   if (entries instanceof Error) {
@@ -93,8 +92,9 @@ async function imagesCheck(dir: string): Promise<CheckResult> {
       ? fail('images-dir', PLUGIN, `the images folder ${dir} does not exist (qemu-backend imagesDir)`, fix)
       : fail('images-dir', PLUGIN, `the images folder ${dir} cannot be read (${entries.code ?? entries.message})`, `give the agent's user read access to ${dir}`);
   }
-  const images = entries.filter((e) => (e.isFile() || e.isSymbolicLink()) && DISK_IMAGE.test(e.name)).length + entries.filter((e) => e.isDirectory()).length;
+  // The same rule as "cloudlet image list" (a lost+found folder or a stray file is no image).
+  const images = (await listImages(dir)).length;
   return images > 0
-    ? ok('images-dir', PLUGIN, `the images folder ${dir} has ${images} candidate image(s) ("cloudlet image list" shows the usable ones)`)
+    ? ok('images-dir', PLUGIN, `the images folder ${dir} has ${images} image(s) ("cloudlet image list" names them)`)
     : warn('images-dir', PLUGIN, `the images folder ${dir} is empty: no VM can be created`, `copy a base image there, e.g. ${join(dir, 'debian-12.qcow2')}`);
 }
