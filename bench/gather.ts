@@ -118,7 +118,7 @@ export const gatherBenchmark: Benchmark = {
     }
     notes.push(
       'A round is one gather plus one direct call; "agents CPU" is all agent processes together. Idle figures are over a quiet window after the round, with heartbeats every 500 ms.',
-      'Agents are started two at a time; "startup" is the wall time to bring the count up from the previous row (each agent is a Node process loading TypeScript through tsx).',
+      'Agents are started two at a time; "startup" is the wall time to bring the count up from the previous row (each agent is a Node process; see the machine section for whether agents run dist/ or the sources).',
     );
     return {
       baseline: 'one direct RPC of host-info to one of the same agents (routing-direct), measured alternately with the gathers',

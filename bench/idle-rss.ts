@@ -114,7 +114,11 @@ export const idleRssBenchmark: Benchmark = {
     add('agent, no plugin (core only, local socket)', emptyRss);
     add(`agent, every built-in plugin (${names.length}), RabbitMQ transport, at rest`, allRss, names.join(', '));
     add('the same, after one host-info (one worker thread alive until idleTimeoutMs)', afterOne);
-    if (fromSources !== undefined) add('the same at rest, run from the TypeScript sources (tsx loader; no dist/)', fromSources, 'CLOUDLET_FROM_SOURCE=1: what a checkout without `npm run build` runs');
+    if (fromSources !== undefined) {
+      add('the same at rest, run from the TypeScript sources (tsx loader; no dist/)', fromSources, 'CLOUDLET_FROM_SOURCE=1: what a checkout without `npm run build` runs');
+      // The target is judged on the installed (compiled) form; say plainly when the sources alone would miss it.
+      if ((fromSources * MiB) / MB > LIMIT_MB) notes.push(`Run from the TypeScript sources (a checkout without \`npm run build\`, and the test suite) the same agent idles at ${((fromSources * MiB) / MB).toFixed(0)} MB: over the ${LIMIT_MB} MB target, which is judged on the compiled form that npm pack ships.`);
+    }
     notes.push('RSS of the whole process (main thread and worker threads) from /proc, the median of a few samples once it has been quiet for a while. MiB = 2^20 bytes; the target is judged in MB = 10^6 bytes, the stricter reading of "120 MB".');
     return {
       baseline: `the ${LIMIT_MB} MB target (ratios are of it, in MB); floors for what Node and the TypeScript loader take by themselves`,

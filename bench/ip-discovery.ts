@@ -185,12 +185,13 @@ export const ipDiscoveryBenchmark: Benchmark = {
       const stateDir = vmStateDir(ns, hostId);
       const figure = await measureAnswers(ctx, ns, agent, hostId, stateDir, iterations, AFTER_WAITING_MS, strategy.firstRecords[0], strategy.makeKnown);
       rows.push(row(labels.answer, figure, floor, labels.note));
+      // The main target first: the "… the same" row below it reads as its variant in the Targets table.
+      targets.push(target(labels.target, figure.p50Ms, LIMIT_MS, 'ms', 'le', 'see docs/PERFORMANCE.md'));
       if (raceIterations > 0) {
         const racing = await measureAnswers(ctx, ns, agent, hostId, stateDir, raceIterations, 0, strategy.firstRecords[1], strategy.makeKnown);
         rows.push(row(labels.racing, racing, floor, RACE_NOTE));
         targets.push(target(labels.racingTarget(racing.n), racing.p99Ms, LIMIT_MS, 'ms', 'le', `see docs/PERFORMANCE.md, finding F6 (${labels.racingCause})`));
       }
-      targets.push(target(labels.target, figure.p50Ms, LIMIT_MS, 'ms', 'le', 'see docs/PERFORMANCE.md'));
     };
 
     // dnsmasq strategy: a lease line appended to the lease file, the whole file rewritten in place as dnsmasq does.

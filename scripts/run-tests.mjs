@@ -33,7 +33,9 @@ function findTests(dir) {
 const selected = files.length > 0 ? files : findTests(join(root, 'test')).sort();
 const result = spawnSync(
   process.execPath,
-  ['--import', 'tsx', '--test', '--test-reporter=spec', `--test-concurrency=${process.env.CLOUDLET_TEST_CONCURRENCY ?? 2}`, ...runnerArgs, ...selected],
+  // A default per-test timeout, so a regression that hangs fails its test instead of the whole run (tests
+  // that need longer say so with their own { timeout }).
+  ['--import', 'tsx', '--test', '--test-reporter=spec', `--test-concurrency=${process.env.CLOUDLET_TEST_CONCURRENCY ?? 2}`, '--test-timeout=300000', ...runnerArgs, ...selected],
   // The tests run the TypeScript sources even where a dist/ was built; test/e2e/compiled.test.ts builds and
   // runs the compiled form in a copy of its own.
   { stdio: 'inherit', cwd: root, env: { ...process.env, CLOUDLET_FROM_SOURCE: '1' } },

@@ -5,7 +5,7 @@ import test from 'node:test';
 import type { ReplyEnvelope } from '../../core/envelope.ts';
 import { runCli, writeConfig } from '../helpers.ts';
 import { relayBrokerIntoNetns } from '../support/broker-relay.ts';
-import { deletePrefix } from '../support/cloud.ts';
+import { deletePrefix, SHARED_BROKER } from '../support/cloud.ts';
 import { startDnsmasq } from '../support/netns.ts';
 import { startQemuHost } from '../support/qemu-host.ts';
 
@@ -100,11 +100,11 @@ test('ip chain — through RabbitMQ: the CLI routes get-vm-ip by the VM id and c
     pluginsYaml: (ns) =>
       `  - use: routing-direct\n  - use: routing-fanout\n  - use: ip-discovery-dnsmasq\n    options:\n      leaseFile: ${join(ns.dir, 'dnsmasq.leases')}\n  - use: ip-discovery-arp\n    options:\n      bridge: ${ns.bridge}\n`,
   });
-  t.after(() => deletePrefix('amqp://guest:guest@127.0.0.1:5672', prefix, ['ipnode']));
+  t.after(() => deletePrefix(SHARED_BROKER, prefix, ['ipnode']));
   const client = await writeConfig(
     host.dir,
     'client.yaml',
-    `transport:\n  kind: amqp\n  url: amqp://guest:guest@127.0.0.1:5672\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 1500\n`,
+    `transport:\n  kind: amqp\n  url: ${SHARED_BROKER}\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 1500\n`,
   );
   const created = await runCli(['call', 'create-vm', '--config', client, '--payload', '{"image":"tiny","memory":128,"vcpus":1}', '--wait-ip'], { timeoutMs: 120_000 });
   assert.equal(created.code, 0, created.stderr);

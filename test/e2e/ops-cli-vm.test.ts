@@ -134,14 +134,16 @@ test('vm cli — RabbitMQ: create goes to a host with capacity, VM commands to t
     transportYaml: () => transport(brokerUrl),
     pluginsYaml: () => `  - use: routing-direct\n  - use: routing-fanout\n  - use: ${sweepStub}\n`,
   });
-  t.after(() => deletePrefix(SHARED_BROKER, prefix, ['qnode', 'plain']));
   // A second host without a VM backend: it answers broadcasts, takes no any-host creates.
   const plain = await writeConfig(
     host.dir,
     'plain.yaml',
     `host:\n  id: plain\n${transport(SHARED_BROKER)}state:\n  dir: ${join(host.dir, 'plain-state')}\nplugins:\n  - use: routing-direct\n    options:\n      acceptAny: false\n  - use: routing-fanout\n  - use: ${testkitPath}\n  - use: ${sweepStub}\n`,
   );
-  await spawnAgent(t, plain);
+  const plainAgent = spawnAgent(t, plain); // registers its stop hook at once
+  // After both agents' stop hooks (they run in registration order), or they would re-declare the topology.
+  t.after(() => deletePrefix(SHARED_BROKER, prefix, ['qnode', 'plain']));
+  await plainAgent;
   const client = await writeConfig(host.dir, 'client.yaml', transport(SHARED_BROKER));
   const cli = vmCli(client);
   await new Promise((r) => setTimeout(r, 600));

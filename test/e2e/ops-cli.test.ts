@@ -278,10 +278,19 @@ test('sweep — on RabbitMQ every live host sweeps, or only --host', async (t) =
   const prefix = `ops-${Math.random().toString(36).slice(2, 8)}`;
   const dir = await tempDir(t);
   const transport = `transport:\n  kind: amqp\n  url: "${SHARED_BROKER}"\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 1200\n`;
-  t.after(() => deletePrefix(SHARED_BROKER, prefix, ['sw1', 'sw2']));
+  // One hook, registered before the agents: it stops them first (hooks run in registration order), or they
+  // would declare the topology again right after it was deleted.
+  const agents: Awaited<ReturnType<typeof spawnAgent>>[] = [];
+  t.after(async () => {
+    for (const agent of agents) {
+      agent.child.kill('SIGKILL');
+      await agent.exited;
+    }
+    await deletePrefix(SHARED_BROKER, prefix, ['sw1', 'sw2']);
+  });
   for (const id of ['sw1', 'sw2']) {
     const file = await writeConfig(dir, `${id}.yaml`, `host:\n  id: ${id}\n${transport}state:\n  dir: ${join(dir, id)}\nplugins:\n  - use: routing-direct\n  - use: routing-fanout\n  - use: ${sweepStub}\n`);
-    await spawnAgent(t, file);
+    agents.push(await spawnAgent(t, file));
   }
   const client = await writeConfig(dir, 'client.yaml', transport);
   await new Promise((r) => setTimeout(r, 500));
