@@ -11,6 +11,7 @@ import test from 'node:test';
 import type { BenchReport } from '../bench/lib/report.ts';
 import { benchmarks } from '../bench/benchmarks.ts';
 import { repoRoot, tempDir } from './helpers.ts';
+import { SHARED_BROKER } from './support/cloud.ts';
 
 const STATUSES = ['met', 'missed', 'not measured'];
 
@@ -58,8 +59,9 @@ test('bench — a smoke run of every benchmark finishes and writes well-formed r
       assert.ok(target.status !== 'not measured', `${section.id}: "${target.text}" was not measured`);
     }
   }
-  // Each benchmark deletes what it made on the broker (checked when rabbitmqctl can list this broker).
-  if (report.leftovers !== undefined) assert.deepEqual(report.leftovers, []);
+  // Each benchmark deletes what it made on the broker. rabbitmqctl reaches only a local broker; for the one
+  // setup.sh starts there is always an answer.
+  if (['127.0.0.1', 'localhost'].includes(new URL(SHARED_BROKER).hostname)) assert.deepEqual(report.leftovers, []);
 
   const markdown = await readFile(join(out, 'latest.md'), 'utf8');
   assert.match(markdown, /### Targets/);
