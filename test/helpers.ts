@@ -39,12 +39,15 @@ export async function startAgent(t: TestContext, config: Record<string, unknown>
   );
   const memory = memoryDestination();
   const agent = new Agent(hostConfig, { logger: createLogger({ level: 'debug', format: 'json', destination: memory.stream }) });
-  await agent.start();
-  const client = new LocalClientTransport({ socketPath });
+  let client: LocalClientTransport | undefined;
+  // Registered before start: a start that fails half-way (a hook throws) still stops what did start, as
+  // runAgent does.
   t.after(async () => {
-    await client.close();
+    await client?.close();
     await agent.stop('test finished');
   });
+  await agent.start();
+  client = new LocalClientTransport({ socketPath });
   return { agent, socketPath, client, logs: memory.lines };
 }
 
