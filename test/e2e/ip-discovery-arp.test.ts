@@ -94,6 +94,8 @@ test('ip-discovery-arp — two real guests on a namespace bridge', { timeout: 40
     const woke = await waiting.answer;
     assert.equal(woke.ok, true, JSON.stringify(woke));
     assert.ok((woke.elapsedMs ?? Infinity) < 30_000, `woke after ${woke.elapsedMs} ms`);
+    // Woken by `ip monitor`, not by the 1 s polling fallback the strategy uses when it cannot watch.
+    assert.ok(!JSON.stringify(woke.logs ?? []).includes('cannot watch the neighbour table'), JSON.stringify(woke.logs));
 
     const idle = await new Promise<StrategyAnswer>((resolve, reject) => {
       const w = waitIn(ns, { vm: 'arp.ghost', mac: '52:54:00:ff:ff:fe' }, { bridge: ns.bridge }, 1_500);
