@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import test from 'node:test';
 import amqplib from 'amqplib';
-import { makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
+import { makeEvent, makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
 import { amqpNames } from '../../core/transports/amqp/names.ts';
 import { queueDepth, startCloud } from '../support/cloud.ts';
 import { startRabbitNode } from '../support/rabbit-node.ts';
@@ -177,4 +177,40 @@ test('redelivery — a copy that arrives while the first still runs is acked onl
   clearTimeout(timer);
   assert.ok(both, 'both copies were answered (before: the second was acked at once and lost with the agent)');
   assert.deepEqual(both.map((r) => r.ok), [true, true]);
+});
+
+test('broker restart — a client subscribed to events keeps receiving them after it reconnects', async (t) => {
+  const node = await startRabbitNode(t);
+  const cloud = await startCloud(t, [{ id: 'h1' }], { url: node.url });
+  const client = cloud.client({ inactivityTimeoutMs: 60_000 });
+  const received: string[] = [];
+  await client.subscribe((event) => received.push(event.type));
+  await client.subscribe((event) => received.push(`again:${event.type}`)); // two listeners, one consumer
+  const publishEvent = async (type: string) => {
+    const connection = await amqplib.connect(node.url);
+    try {
+      const channel = await connection.createConfirmChannel();
+      const event = makeEvent(type, 'h1', {});
+      channel.publish(amqpNames(cloud.prefix).eventsExchange, type, Buffer.from(JSON.stringify(event)), { contentType: 'application/json' });
+      await channel.waitForConfirms();
+    } finally {
+      await connection.close();
+    }
+  };
+  const waitFor = async (what: string) => {
+    const deadline = Date.now() + 30_000;
+    while (!received.includes(what) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    assert.ok(received.includes(what), `${what} not received: ${JSON.stringify(received)}`);
+  };
+  await publishEvent('test.before');
+  await waitFor('test.before');
+  assert.deepEqual(received.sort(), ['again:test.before', 'test.before']);
+  await node.restart();
+  // The client reconnects by itself; its events queue (exclusive) went with the old connection.
+  const deadline = Date.now() + 30_000;
+  while (!received.includes('test.after') && Date.now() < deadline) {
+    await publishEvent('test.after').catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  await waitFor('test.after');
 });

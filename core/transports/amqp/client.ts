@@ -50,6 +50,9 @@ export class AmqpClientTransport implements ClientTransport {
   readonly #options: AmqpClientOptions;
   readonly #pending = new Map<string, Pending>();
   readonly #eventListeners = new Set<(event: EventEnvelope) => void>();
+  /** The one events consumer for all listeners, on the channel it was made on (made again after a reconnect). */
+  #events: Promise<{ channel: ConfirmChannel; consumerTag: string }> | undefined;
+  #eventsChannel: ConfirmChannel | undefined;
   #connection: BrokerConnection | undefined;
   #opening: Promise<void> | undefined;
   #channel: ConfirmChannel | undefined;
@@ -114,6 +117,8 @@ export class AmqpClientTransport implements ClientTransport {
     );
     channel.publish(this.names.presenceExchange, '', Buffer.from(JSON.stringify({ v: 1, kind: 'probe', from: 'client' })));
     this.#channel = channel;
+    // Subscriptions outlive the channel: an exclusive queue went with the old one, so bind a new one.
+    if (this.#eventListeners.size > 0) await this.#consumeEvents(channel);
     // After a reconnect: everything not yet answered goes out again, same id (hosts deduplicate). Gathers
     // too: hosts that already answered are ignored by the client.
     for (const pending of this.#pending.values()) this.#publish(pending);
@@ -357,23 +362,39 @@ export class AmqpClientTransport implements ClientTransport {
 
   async subscribe(onEvent: (event: EventEnvelope) => void): Promise<() => Promise<void>> {
     await this.#ensureConnected(Date.now() + 10_000);
-    const channel = this.#channel as ConfirmChannel;
-    const { queue } = await channel.assertQueue('', { exclusive: true, autoDelete: true });
-    await channel.bindQueue(queue, this.names.eventsExchange, '#');
     this.#eventListeners.add(onEvent);
-    const { consumerTag } = await channel.consume(
-      queue,
-      (msg) => {
-        if (!msg) return;
-        const decoded = decodeEnvelope(msg.content, 'event', this.#options.maxMessageBytes);
-        if (decoded.ok) onEvent(decoded.envelope);
-      },
-      { noAck: true },
-    );
+    const channel = this.#channel as ConfirmChannel;
+    // Checked before any await, so two subscribes at once share one consumer.
+    await (this.#eventsChannel === channel && this.#events ? this.#events : this.#consumeEvents(channel));
     return async () => {
       this.#eventListeners.delete(onEvent);
-      await channel.cancel(consumerTag).catch(() => undefined);
+      if (this.#eventListeners.size > 0 || !this.#events) return;
+      const consuming = this.#events;
+      this.#events = undefined;
+      this.#eventsChannel = undefined;
+      const consumer = await consuming.catch(() => undefined);
+      await consumer?.channel.cancel(consumer.consumerTag).catch(() => undefined);
     };
+  }
+
+  /** One exclusive queue bound to every event, delivering to every listener. */
+  #consumeEvents(channel: ConfirmChannel): Promise<{ channel: ConfirmChannel; consumerTag: string }> {
+    this.#eventsChannel = channel;
+    this.#events = (async () => {
+      const { queue } = await channel.assertQueue('', { exclusive: true, autoDelete: true });
+      await channel.bindQueue(queue, this.names.eventsExchange, '#');
+      const { consumerTag } = await channel.consume(
+        queue,
+        (msg) => {
+          if (!msg) return;
+          const decoded = decodeEnvelope(msg.content, 'event', this.#options.maxMessageBytes);
+          if (decoded.ok) for (const listener of this.#eventListeners) listener(decoded.envelope);
+        },
+        { noAck: true },
+      );
+      return { channel, consumerTag };
+    })();
+    return this.#events;
   }
 
   async close(): Promise<void> {
