@@ -4,6 +4,9 @@
  * burst of background load hits every contender alike). Each figure is the median over rounds.
  */
 import { Buffer } from 'node:buffer';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import amqplib from 'amqplib';
 import { encodeEnvelope, makeRequest } from '../../core/envelope.ts';
@@ -19,7 +22,7 @@ import { median, medianOfRounds, type LatencySummary } from './stats.ts';
 export const CONCURRENCIES = [1, 32] as const;
 export type Concurrency = (typeof CONCURRENCIES)[number];
 
-export type Contender = 'raw' | 'agent' | 'agent-past-history' | 'moleculer' | 'moleculer-prefetch32' | 'moleculer-out-of-the-box';
+export type Contender = 'raw' | 'raw-guaranteed' | 'agent' | 'agent-past-history' | 'moleculer' | 'moleculer-prefetch32' | 'moleculer-out-of-the-box';
 
 /** The agent transport's default `outcomeHistory`: outcomes kept to answer redelivered requests. */
 const OUTCOME_HISTORY = 10_000;
@@ -58,6 +61,20 @@ export async function measureRpc(ctx: BenchContext): Promise<RpcFigures> {
   const rawClient = new RawRpcClient();
   scope.after(() => rawClient.close());
 
+  // 1b. raw amqplib keeping the agent's delivery guarantees (bench/servers/raw-guaranteed-echo-server.ts).
+  const guaranteedQueue = ctx.uniqueName();
+  scope.after(() => deleteQueues([guaranteedQueue]));
+  const guaranteedDir = mkdtempSync(join(tmpdir(), 'cloudlet-bench-outcomes-'));
+  scope.after(() => rmSync(guaranteedDir, { recursive: true, force: true }));
+  const guaranteedServer = spawnScript(scope, serverScript('raw-guaranteed-echo-server.ts'), [
+    BROKER_URL,
+    guaranteedQueue,
+    '32',
+    join(guaranteedDir, 'outcomes.jsonl'),
+  ]);
+  const guaranteedClient = new RawRpcClient({ guaranteed: true });
+  scope.after(() => guaranteedClient.close());
+
   // 2. cloudlet agents: routing-direct, the testkit's test.echo in its worker pool. One agent per round: an
   // agent that has answered `outcomeHistory` (10,000) requests behaves differently (finding F0), so each
   // round measures a fresh one, and one more row measures an agent past that point.
@@ -77,6 +94,9 @@ export async function measureRpc(ctx: BenchContext): Promise<RpcFigures> {
   await rawClient.open(BROKER_URL);
   const rawBody = Buffer.from(encodeEnvelope(makeRequest({ type: 'test.echo', target: 'b1', payload: { value: ECHO_VALUE } })));
   drivers.push({ contender: 'raw', server: () => rawServer, call: () => rawClient.call(rawQueue, rawBody) });
+  await guaranteedServer.waitFor('ready');
+  await guaranteedClient.open(BROKER_URL);
+  drivers.push({ contender: 'raw-guaranteed', server: () => guaranteedServer, call: () => guaranteedClient.call(guaranteedQueue, rawBody) });
   drivers.push({ contender: 'agent', server: (round) => agents[round] as BenchProcess, call: (round) => echoOn(`b${round + 1}`)() });
 
   // 3. Moleculer: each configuration its own namespace, server process and client node.

@@ -1,0 +1,46 @@
+/**
+ * A second baseline for benchmark 1: a hand-written amqplib RPC echo that keeps the delivery guarantees a
+ * cloudlet agent keeps (docs/PROTOCOL.md, issue #3), and nothing else of the framework:
+ * - requests arrive persistent on a durable queue (the client publishes them so, with publisher confirms);
+ * - each request id is written to an append-only file before the work and again after it, so a redelivered
+ *   id can be answered without running twice (the agent's outcome store does the same two writes);
+ * - the reply is publisher-confirmed, and only then is the request acked.
+ * No validation, routing, worker threads, deadlines or progress: the gap between this and the agent is the
+ * framework's own cost, the gap between this and the plain raw echo is the guarantees' cost.
+ *
+ *   node --import tsx bench/servers/raw-guaranteed-echo-server.ts URL QUEUE PREFETCH OUTCOME_FILE
+ */
+import { closeSync, openSync, writeSync } from 'node:fs';
+import amqplib from 'amqplib';
+
+const [url, queue, prefetchText, outcomeFile] = process.argv.slice(2);
+if (!url || !queue || !outcomeFile) {
+  console.error('usage: raw-guaranteed-echo-server.ts URL QUEUE PREFETCH OUTCOME_FILE');
+  process.exit(2);
+}
+
+const outcomes = openSync(outcomeFile, 'a');
+const connection = await amqplib.connect(url, { noDelay: true });
+const channel = await connection.createConfirmChannel();
+// Durable like an agent's host queue; the bench deletes it afterwards.
+await channel.assertQueue(queue, { durable: true });
+await channel.prefetch(Number(prefetchText ?? 32));
+await channel.consume(queue, (msg) => {
+  if (!msg) return;
+  const id = String(msg.properties.messageId);
+  writeSync(outcomes, `${JSON.stringify({ id, t: 'start', at: Date.now() })}\n`);
+  // The "outcome" is the echoed body, stored whole as the agent stores its reply.
+  writeSync(outcomes, `${JSON.stringify({ id, t: 'done', at: Date.now(), reply: msg.content.toString('utf8') })}\n`);
+  channel.sendToQueue(msg.properties.replyTo as string, msg.content, { correlationId: msg.properties.correlationId as string, contentType: 'application/json' }, (error) => {
+    if (!error) channel.ack(msg);
+  });
+});
+console.log(`raw guaranteed echo server ready on ${queue}`);
+
+const stop = async () => {
+  await connection.close().catch(() => undefined);
+  closeSync(outcomes);
+  process.exit(0);
+};
+process.once('SIGTERM', stop);
+process.once('SIGINT', stop);
