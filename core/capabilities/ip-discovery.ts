@@ -36,6 +36,10 @@ export interface DiscoveredAddress {
 export interface IpDiscoveryContext<Options = unknown> {
   /** The providing plugin's validated options. */
   options: Options;
+  /**
+   * Aborts when the caller stops listening: its wait is over (get-vm-ip's `timeoutMs`) or the message was
+   * cancelled. Stop then; an answer that comes later is ignored either way.
+   */
   signal: AbortSignal;
   log: PluginLogger;
   /**

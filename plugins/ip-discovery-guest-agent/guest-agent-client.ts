@@ -10,15 +10,23 @@ export interface GuestInterface {
   'ip-addresses'?: { 'ip-address-type': 'ipv4' | 'ipv6'; 'ip-address': string; prefix: number }[];
 }
 
-export async function guestAgentCall<T>(path: string, command: string, args?: Record<string, unknown>, timeoutMs = 5_000): Promise<T> {
+/** `signal` ends the call early (the caller's wait is over): it rejects at once and closes the socket. */
+export async function guestAgentCall<T>(path: string, command: string, args?: Record<string, unknown>, timeoutMs = 5_000, signal?: AbortSignal): Promise<T> {
+  signal?.throwIfAborted();
   const socket = createConnection(path);
   socket.setEncoding('utf8');
+  let onAbort: (() => void) | undefined;
   try {
     return await new Promise<T>((resolve, reject) => {
       const syncId = Math.floor(Math.random() * 2 ** 31);
       let buffer = '';
       let synced = false;
       const timer = setTimeout(() => reject(new Error(`the guest agent did not answer "${command}" within ${timeoutMs} ms`)), timeoutMs);
+      onAbort = () => {
+        clearTimeout(timer);
+        reject(new Error(`stopped waiting for the guest agent's answer to "${command}"`));
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
       socket.on('error', (error) => {
         clearTimeout(timer);
         reject(new Error(`cannot reach the guest agent at ${path}: ${error.message}`));
@@ -51,6 +59,7 @@ export async function guestAgentCall<T>(path: string, command: string, args?: Re
       socket.on('connect', () => socket.write(`${JSON.stringify({ execute: 'guest-sync', arguments: { id: syncId } })}\n`));
     });
   } finally {
+    if (onAbort) signal?.removeEventListener('abort', onAbort);
     socket.destroy();
   }
 }

@@ -13,11 +13,11 @@ interface Options {
 const PASSIVE_TIMEOUT_MS = 500;
 
 const strategy: IpDiscoveryStrategy<Options> = {
-  async discover(vm, { options, log, passive }) {
+  async discover(vm, { options, log, passive, signal }) {
     if (!vm.guestAgentSocket) return [];
     let interfaces: GuestInterface[];
     try {
-      interfaces = await guestAgentCall<GuestInterface[]>(vm.guestAgentSocket, 'guest-network-get-interfaces', undefined, passive ? Math.min(options.timeoutMs, PASSIVE_TIMEOUT_MS) : options.timeoutMs);
+      interfaces = await guestAgentCall<GuestInterface[]>(vm.guestAgentSocket, 'guest-network-get-interfaces', undefined, passive ? Math.min(options.timeoutMs, PASSIVE_TIMEOUT_MS) : options.timeoutMs, signal);
     } catch (error) {
       // No agent in the image, or not started yet: nothing known, not a failure.
       log.debug({ vm: vm.vm, reason: (error as Error).message }, 'guest agent did not answer');

@@ -47,12 +47,18 @@ export async function loadStrategies(options: QemuOptions, ctx: Pick<HandlerCont
   return options.ipDiscovery.order.flatMap((name) => all.filter((s) => s.plugin === name));
 }
 
-async function askOnce(strategies: Strategy[], vm: VmNetworkIdentity, mode: 'first' | 'merge', query: AddressQuery, ctx: Pick<HandlerContext, 'signal' | 'log'>): Promise<DiscoveredAddress[]> {
+/**
+ * Asks the strategies in order. `signal` ends the ask (the wait's deadline, or the handler's own signal):
+ * a strategy still working then is told through the same signal and counts as knowing nothing, even if it
+ * ignores the signal, so a guest agent that never answers cannot hold get-vm-ip past its timeout.
+ */
+async function askOnce(strategies: Strategy[], vm: VmNetworkIdentity, mode: 'first' | 'merge', query: AddressQuery, ctx: Pick<HandlerContext, 'log'>, signal: AbortSignal): Promise<DiscoveredAddress[]> {
   const merged: DiscoveredAddress[] = [];
   for (const strategy of strategies) {
+    if (signal.aborted) break;
     let found: DiscoveredAddress[] = [];
     try {
-      found = await strategy.implementation.discover(vm, { options: strategy.options, signal: ctx.signal, log: ctx.log, passive: query.passive ?? false });
+      found = await untilAborted(strategy.implementation.discover(vm, { options: strategy.options, signal, log: ctx.log, passive: query.passive ?? false }), signal, []);
     } catch (error) {
       ctx.log.warn({ strategy: strategy.plugin, vm: vm.vm, err: error }, 'ip-discovery strategy failed; trying the next');
     }
@@ -73,11 +79,34 @@ export async function findAddresses(
 ): Promise<AddressAnswer> {
   const vm = identityOf(options, record);
   const answer = (addresses: DiscoveredAddress[]) => ({ addresses, strategies: strategies.map((s) => s.plugin) });
-  let addresses = await askOnce(strategies, vm, options.ipDiscovery.mode, query, ctx);
-  if (addresses.length > 0 || !query.wait || strategies.length === 0) return answer(addresses);
+  if (!query.wait) return answer(await askOnce(strategies, vm, options.ipDiscovery.mode, query, ctx, ctx.signal));
+  // The caller's timeout covers the whole call, the first ask included; an ask still running then is cut.
+  // (A plain timer, not AbortSignal.timeout: that one is unref'd and would not keep a worker's loop alive.)
+  const deadline = Date.now() + query.timeoutMs;
+  const waitOver = new AbortController();
+  const timer = setTimeout(() => waitOver.abort(), query.timeoutMs);
+  try {
+    return answer(await waitForAddresses(strategies, vm, record, options, query, deadline, ctx, AbortSignal.any([ctx.signal, waitOver.signal])));
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function waitForAddresses(
+  strategies: Strategy[],
+  vm: VmNetworkIdentity,
+  record: VmRecord,
+  options: QemuOptions,
+  query: AddressQuery,
+  deadline: number,
+  ctx: Pick<HandlerContext, 'signal' | 'log' | 'progress'>,
+  askSignal: AbortSignal,
+): Promise<DiscoveredAddress[]> {
+  const ask = () => askOnce(strategies, vm, options.ipDiscovery.mode, query, ctx, askSignal);
+  let addresses = await ask();
+  if (addresses.length > 0 || strategies.length === 0) return addresses;
 
   ctx.progress('waiting-for-ip', { vm: record.id, strategies: strategies.map((s) => s.plugin) });
-  const deadline = Date.now() + query.timeoutMs;
   // Re-asked on a tick even when every strategy notifies: a change while a watcher is being set up (`ip
   // monitor` listens a few ms after it starts) is then seen within a tick, not at the end of the slice.
   const tickMs = strategies.every((s) => s.implementation.waitForChange) ? CHANGE_RECHECK_MS : RECHECK_MS;
@@ -105,14 +134,36 @@ export async function findAddresses(
       });
       while (addresses.length === 0 && !fired && Date.now() < sliceEnd && !ctx.signal.aborted) {
         await Promise.race([changed, sleep(Math.min(tickMs, sliceEnd - Date.now()), stop.signal)]);
-        addresses = await askOnce(strategies, vm, options.ipDiscovery.mode, query, ctx);
+        if (Date.now() < deadline) addresses = await ask();
       }
     } finally {
       stop.abort();
       ctx.signal.removeEventListener('abort', onAbort);
     }
   }
-  return answer(addresses);
+  return addresses;
+}
+
+/** `work`'s value, or `fallback` as soon as `signal` aborts (what `work` does later is ignored). */
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal, fallback: T): Promise<T> {
+  if (signal.aborted) {
+    work.catch(() => undefined);
+    return Promise.resolve(fallback);
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => resolve(fallback);
+    signal.addEventListener('abort', onAbort, { once: true });
+    work.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      },
+    );
+  });
 }
 
 /** Resolves after `ms`, or at once when `signal` aborts; never leaves its timer behind. */

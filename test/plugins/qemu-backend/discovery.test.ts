@@ -75,7 +75,12 @@ test('discovery — a failing strategy is skipped; waiting re-asks after a chang
     async discover() {
       throw new Error('boom');
     },
-    waitForChange: ({}, { timeoutMs }) => new Promise((r) => setTimeout(r, timeoutMs)),
+    // A watcher that stops when told, as a real one does (a bare 10 s timer kept the test process alive).
+    waitForChange: ({}, { timeoutMs, signal }) =>
+      new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, timeoutMs);
+        signal.addEventListener('abort', () => (clearTimeout(timer), resolve()), { once: true });
+      }),
   };
   setTimeout(() => notify(), 100);
   const answer = await findAddresses(
@@ -125,4 +130,47 @@ test('discovery — a strategy that cannot watch is logged and skipped; the wait
   assert.deepEqual(answer.addresses.map((a) => a.address), ['10.0.0.7']);
   assert.equal(watcherSignal?.aborted, true, 'the other watcher was stopped');
   assert.ok(warnings.some((w) => /cannot watch for changes/.test(w)), JSON.stringify(warnings));
+});
+
+test('discovery — a slow ask is cut at the wait\'s timeout: a strategy that honours its signal, and one that ignores it', { timeout: 60_000 }, async () => {
+  // Before: the wait checked its deadline only between asks, so one ask of a guest agent that never answers
+  // (3 s each by default) ran past the caller's timeout, and a strategy that never settled hung get-vm-ip.
+  const signals: AbortSignal[] = [];
+  const honours: IpDiscoveryStrategy = {
+    discover: (_vm, { signal }) =>
+      new Promise<DiscoveredAddress[]>((resolve) => {
+        signals.push(signal);
+        const timer = setTimeout(() => resolve([]), 60_000);
+        signal.addEventListener('abort', () => (clearTimeout(timer), resolve([])), { once: true });
+      }),
+  };
+  const ignores: IpDiscoveryStrategy = { discover: () => new Promise<DiscoveredAddress[]>(() => undefined) };
+  for (const [name, strategy] of [['honours', honours], ['ignores', ignores]] as const) {
+    const started = Date.now();
+    const answer = await findAddresses(
+      qemuOptionsSchema.parse({ imagesDir: '/i' }),
+      strategiesOf([name, strategy]),
+      record,
+      { wait: true, timeoutMs: 300, includeLinkLocal: false },
+      ctx,
+    );
+    assert.deepEqual(answer.addresses, [], name);
+    // A did-not-hang bound, not a timing target: the strategy would take a minute (or forever).
+    assert.ok(Date.now() - started < 10_000, `${name}: answered after ${Date.now() - started} ms for a 300 ms wait`);
+  }
+  assert.ok(signals.length > 0 && signals.every((s) => s.aborted), 'the strategy was told to stop');
+});
+
+test('discovery — without a wait, the handler\'s own signal still ends an ask', { timeout: 30_000 }, async () => {
+  const cancel = new AbortController();
+  const ignores: IpDiscoveryStrategy = { discover: () => new Promise<DiscoveredAddress[]>(() => undefined) };
+  setTimeout(() => cancel.abort(), 50);
+  const answer = await findAddresses(
+    qemuOptionsSchema.parse({ imagesDir: '/i' }),
+    strategiesOf(['ignores', ignores]),
+    record,
+    { wait: false, timeoutMs: 0, includeLinkLocal: false },
+    { ...ctx, signal: cancel.signal },
+  );
+  assert.deepEqual(answer.addresses, []);
 });
