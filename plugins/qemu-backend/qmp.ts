@@ -123,9 +123,12 @@ export class QmpClient {
   }
 }
 
-/** Connects, runs `use`, always disconnects: the socket is free for the next command at once. */
-export async function withQmp<T>(path: string, use: (qmp: QmpClient) => Promise<T>): Promise<T> {
-  const qmp = await QmpClient.connect(path);
+/**
+ * Connects, runs `use`, always disconnects: the socket is free for the next command at once.
+ * `connectTimeoutMs` bounds the greeting and the capabilities negotiation, each.
+ */
+export async function withQmp<T>(path: string, use: (qmp: QmpClient) => Promise<T>, connectTimeoutMs?: number): Promise<T> {
+  const qmp = await QmpClient.connect(path, connectTimeoutMs);
   try {
     return await use(qmp);
   } finally {

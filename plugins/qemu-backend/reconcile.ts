@@ -17,6 +17,13 @@ export interface ReconcileSummary {
   failed: { vm: string; error: string }[];
 }
 
+/**
+ * The health check of a VM found running is only for the log, so each of its QMP steps (greeting,
+ * capabilities, query-status) waits at most this long: the agent's start waits for the reconcile, and a
+ * stuck monitor used to hold it for QMP's full timeouts (up to 20 s); now at most 3 s, VMs in parallel.
+ */
+const MONITOR_CHECK_MS = 1_000;
+
 export async function reconcileVms(options: QemuOptions, log: PluginLogger): Promise<ReconcileSummary> {
   const summary: ReconcileSummary = { reattached: [], autostarted: [], markedStopped: [], failed: [] };
   const records = await listRecords(options.stateDir);
@@ -26,7 +33,9 @@ export async function reconcileVms(options: QemuOptions, log: PluginLogger): Pro
       try {
         const pid = await runningPid(paths.pidfile, record.id);
         if (pid !== undefined) {
-          const status = await withQmp(paths.qmp, (qmp) => qmp.execute<{ status: string }>('query-status')).catch(() => undefined);
+          const status = await withQmp(paths.qmp, (qmp) => qmp.execute<{ status: string }>('query-status', undefined, MONITOR_CHECK_MS), MONITOR_CHECK_MS).catch(
+            () => undefined,
+          );
           if (!status) log.warn({ vm: record.id, pid }, 'VM process runs but its QMP socket does not answer');
           summary.reattached.push(record.id);
         } else if (record.autostart) {
