@@ -4,7 +4,7 @@
  */
 import { mkdir, rm } from 'node:fs/promises';
 import { qemuError } from './errors.ts';
-import { resolveImage } from './images.ts';
+import { resolveImage, type BaseImage } from './images.ts';
 import { ensureTap, removeTap } from './network.ts';
 import type { QemuOptions } from './options.ts';
 import { runningPid, waitForExit } from './processes.ts';
@@ -66,12 +66,15 @@ export function checkOwner(id: string, hostId: string): void {
   }
 }
 
-/** Starts QEMU for a recorded VM. Returns the pid; `already` when it was running. */
-export async function startVm(options: QemuOptions, record: VmRecord): Promise<{ pid: number; already: boolean }> {
+/**
+ * Starts QEMU for a recorded VM. Returns the pid; `already` when it was running. `resolved`: the record's
+ * image as the caller has just resolved it (create-vm), so qemu-img is not asked about it a second time.
+ */
+export async function startVm(options: QemuOptions, record: VmRecord, resolved?: BaseImage): Promise<{ pid: number; already: boolean }> {
   const paths = vmPaths(options.stateDir, record.id);
   const running = await runningPid(paths.pidfile, record.id);
   if (running !== undefined) return { pid: running, already: true };
-  const image = await resolveImage(options.imagesDir, record.image, options.qemuImgBinary);
+  const image = resolved ?? (await resolveImage(options.imagesDir, record.image, options.qemuImgBinary));
   if (image.kind !== record.imageKind) {
     throw qemuError('IMAGE_INVALID', `image "${record.image}" is now a ${image.kind} image; ${record.id} was created from a ${record.imageKind} image`, { vm: record.id });
   }

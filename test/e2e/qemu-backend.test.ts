@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict';
-import { access, readdir } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { access, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
 import type { ReplyEnvelope } from '../../core/envelope.ts';
+import { tempDir } from '../helpers.ts';
 import { startQemuHost, type QemuHost } from '../support/qemu-host.ts';
 
 interface Vm {
@@ -183,4 +185,23 @@ test('qemu — bad inputs are refused with specific errors and create nothing', 
   }
   const bad = await host.call('stop-vm', { vm: 'qhost.abc;reboot' });
   assert.equal(bad.error?.code, 'INVALID_PAYLOAD');
+});
+
+test('qemu — create from a disk image asks qemu-img about the base once, then makes the overlay', async (t) => {
+  // Before, startVm resolved the image again right after create-vm had: two `qemu-img info` per create.
+  const tools = await tempDir(t, 'cloudlet-qemu-img-');
+  const calls = join(tools, 'calls.log');
+  const wrapper = join(tools, 'qemu-img');
+  await writeFile(wrapper, `#!/bin/sh\necho "$1" >> '${calls}'\nexec qemu-img "$@"\n`, { mode: 0o755 });
+  const host = await startQemuHost(t, { qemuOptionsYaml: `      qemuImgBinary: ${wrapper}\n` });
+  // A blank base: nothing boots from it, but QEMU runs, which is all create-vm waits for.
+  const made = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', join(host.dir, 'images', 'blank.qcow2'), '16M'], { encoding: 'utf8' });
+  assert.equal(made.status, 0, made.stderr);
+  const vm = await createTiny(host, { image: 'blank' });
+  assert.equal(vm.state, 'running');
+  assert.deepEqual((await readFile(calls, 'utf8')).trim().split('\n'), ['info', 'create']);
+  // A later start resolves the image again (it may have changed since): one more `info`, no `create`.
+  ok(await host.call('stop-vm', { vm: vm.id, force: true }));
+  ok(await host.call('start-vm', { vm: vm.id }));
+  assert.deepEqual((await readFile(calls, 'utf8')).trim().split('\n'), ['info', 'create', 'info']);
 });

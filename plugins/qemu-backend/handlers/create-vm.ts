@@ -71,7 +71,7 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
   try {
     if (image.kind === 'disk') await createOverlay(options.qemuImgBinary, image, vmPaths(options.stateDir, id).disk);
     ctx.progress('starting', { vm: id });
-    const { pid } = await startVm(options, record);
+    const { pid } = await startVm(options, record, image);
     ctx.log.info({ vm: id, pid, image: payload.image }, 'VM created and running');
     ctx.progress('running', { vm: id, pid });
     return viewOf(record, 'running', pid);
