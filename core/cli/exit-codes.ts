@@ -7,7 +7,7 @@ export const EXIT = {
   ERROR_REPLY: 1,
   USAGE: 2,
   CONFIG_INVALID: 3,
-  /** No agent at the configured address, or the connection dropped. */
+  /** Nothing could be asked: no agent at the configured address, no broker, or the connection dropped. */
   UNREACHABLE: 4,
   /** No reply before the deadline. */
   TIMEOUT: 5,
@@ -17,7 +17,9 @@ export const EXIT = {
 export function exitCodeFor(error: CloudletError): number {
   if (error.code === 'USAGE') return EXIT.USAGE;
   if (error.code.startsWith('CONFIG_') || error.code.startsWith('PLUGIN_')) return EXIT.CONFIG_INVALID;
-  if (error.code === 'AGENT_UNREACHABLE' || error.code === 'CONNECTION_LOST') return EXIT.UNREACHABLE;
+  // Raised by the CLI's own client (an agent's error reply never gets here): BROKER_UNAVAILABLE is the
+  // RabbitMQ form of "no agent at the configured address".
+  if (error.code === 'AGENT_UNREACHABLE' || error.code === 'CONNECTION_LOST' || error.code === 'BROKER_UNAVAILABLE') return EXIT.UNREACHABLE;
   if (error.code === 'CLIENT_TIMEOUT') return EXIT.TIMEOUT;
   if (error.code === 'INTERNAL') return EXIT.INTERNAL;
   return EXIT.ERROR_REPLY;
