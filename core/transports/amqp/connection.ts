@@ -8,6 +8,7 @@ import amqplib, { type ChannelModel, type RecoveringChannelModel } from 'amqplib
 import type { Logger } from '../../logger.ts';
 import { redactUrlCredentials } from '../../logger.ts';
 import { cloudletError } from '../../errors.ts';
+import { coalesceFrameWrites } from './coalesce-writes.ts';
 
 export interface BrokerConnectionOptions {
   url: string;
@@ -28,6 +29,7 @@ export class BrokerConnection extends EventEmitter {
   #model: RecoveringChannelModel | undefined;
   #up = false;
   #closing = false;
+  #coalescing = false;
 
   constructor(options: BrokerConnectionOptions) {
     super();
@@ -38,6 +40,11 @@ export class BrokerConnection extends EventEmitter {
 
   get isUp(): boolean {
     return this.#up;
+  }
+
+  /** Whether the current connection writes each event-loop turn's frames in one go (coalesce-writes.ts). */
+  get coalescesWrites(): boolean {
+    return this.#coalescing;
   }
 
   describe(): string {
@@ -56,6 +63,8 @@ export class BrokerConnection extends EventEmitter {
           maxDelay: this.#options.maxReconnectDelayMs ?? 2_000,
           initialMaxRetries: this.#options.initialMaxRetries ?? 3,
           setup: async (model: ChannelModel) => {
+            this.#coalescing = coalesceFrameWrites(model);
+            if (!this.#coalescing) this.#options.log.debug('amqplib internals differ from what coalesce-writes.ts expects: frames are written one by one');
             await this.#options.setup(model);
             this.#up = true;
             this.emit('up');

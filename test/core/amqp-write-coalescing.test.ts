@@ -1,0 +1,57 @@
+/**
+ * core/transports/amqp/coalesce-writes.ts against a real broker: the frames amqplib queues in one
+ * event-loop turn reach the socket in one write, and every message still arrives. It also fails when an
+ * amqplib upgrade moves the internals the coalescing relies on (it would then silently do nothing).
+ */
+import assert from 'node:assert/strict';
+import { Buffer } from 'node:buffer';
+import { randomUUID } from 'node:crypto';
+import test from 'node:test';
+import type { Channel, ChannelModel } from 'amqplib';
+import { createLogger, memoryDestination } from '../../core/logger.ts';
+import { BrokerConnection } from '../../core/transports/amqp/connection.ts';
+import { SHARED_BROKER } from '../support/cloud.ts';
+
+const MESSAGES = 20;
+
+test('amqp — one event-loop turn of frames is one socket write, and every message arrives', { timeout: 60_000 }, async (t) => {
+  const memory = memoryDestination();
+  let model!: ChannelModel;
+  let channel!: Channel;
+  const connection = new BrokerConnection({
+    url: SHARED_BROKER,
+    log: createLogger({ level: 'debug', format: 'json', destination: memory.stream }),
+    setup: async (fresh) => {
+      model = fresh;
+      channel = await fresh.createChannel();
+    },
+  });
+  t.after(() => connection.close());
+  await connection.open();
+  assert.equal(connection.coalescesWrites, true, `amqplib's internals moved; the log says: ${JSON.stringify(memory.lines())}`);
+
+  const queue = `cloudlet-test-coalesce-${randomUUID()}`;
+  await channel.assertQueue(queue, { exclusive: true, autoDelete: true });
+
+  // Count the socket's writes from here on (each _write or _writev is one trip to the kernel).
+  const socket = (model as unknown as { connection: { stream: { _write: (...a: unknown[]) => void; _writev?: (...a: unknown[]) => void } } }).connection.stream;
+  let writes = 0;
+  const write = socket._write.bind(socket);
+  socket._write = (...args: unknown[]) => (writes++, write(...args));
+  const writev = socket._writev?.bind(socket);
+  if (writev) socket._writev = (...args: unknown[]) => (writes++, writev(...args));
+
+  for (let i = 0; i < MESSAGES; i++) channel.sendToQueue(queue, Buffer.from(`m${i}`));
+  await new Promise((resolve) => setImmediate(resolve));
+  await new Promise((resolve) => setImmediate(resolve));
+  // Without coalescing this is one write per message (20); the cork makes it one.
+  assert.ok(writes >= 1 && writes <= 2, `${MESSAGES} publishes in one turn took ${writes} socket writes`);
+
+  const received: string[] = [];
+  for (let tries = 0; received.length < MESSAGES && tries < 200; tries++) {
+    const message = await channel.get(queue, { noAck: true });
+    if (message) received.push(message.content.toString());
+    else await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  assert.deepEqual(received, Array.from({ length: MESSAGES }, (_, i) => `m${i}`));
+});
