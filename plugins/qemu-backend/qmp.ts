@@ -54,7 +54,14 @@ export class QmpClient {
         resolve();
       };
     });
-    await client.execute('qmp_capabilities', undefined, timeoutMs);
+    try {
+      await client.execute('qmp_capabilities', undefined, timeoutMs);
+    } catch (error) {
+      // QEMU serves one QMP client at a time: a connection kept after a failed negotiation would hold the
+      // monitor until the agent exits.
+      client.close();
+      throw error;
+    }
     return client;
   }
 
