@@ -79,7 +79,8 @@ export async function findAddresses(
 ): Promise<AddressAnswer> {
   const vm = identityOf(options, record);
   const answer = (addresses: DiscoveredAddress[]) => ({ addresses, strategies: strategies.map((s) => s.plugin) });
-  if (!query.wait) return answer(await askOnce(strategies, vm, options.ipDiscovery.mode, query, ctx, ctx.signal));
+  // No time to wait (timeoutMs 0) is still time for one whole ask, as without `wait`.
+  if (!query.wait || query.timeoutMs === 0) return answer(await askOnce(strategies, vm, options.ipDiscovery.mode, query, ctx, ctx.signal));
   // The caller's timeout covers the whole call, the first ask included; an ask still running then is cut.
   // (A plain timer, not AbortSignal.timeout: that one is unref'd and would not keep a worker's loop alive.)
   const deadline = Date.now() + query.timeoutMs;
@@ -110,12 +111,13 @@ async function waitForAddresses(
   // Re-asked on a tick even when every strategy notifies: a change while a watcher is being set up (`ip
   // monitor` listens a few ms after it starts) is then seen within a tick, not at the end of the slice.
   const tickMs = strategies.every((s) => s.implementation.waitForChange) ? CHANGE_RECHECK_MS : RECHECK_MS;
-  while (addresses.length === 0 && Date.now() < deadline && !ctx.signal.aborted) {
+  // askSignal is the deadline's timer: it may fire a moment before Date.now() reaches `deadline`.
+  while (addresses.length === 0 && Date.now() < deadline && !askSignal.aborted) {
     // One set of watchers per slice (or until one of them fires); they stop with the slice, whatever happens.
     const sliceEnd = Date.now() + Math.min(deadline - Date.now(), 10_000);
     const stop = new AbortController();
     const onAbort = () => stop.abort();
-    ctx.signal.addEventListener('abort', onAbort, { once: true });
+    askSignal.addEventListener('abort', onAbort, { once: true });
     try {
       let fired = false;
       const changed = new Promise<void>((resolve) => {
@@ -132,13 +134,13 @@ async function waitForAddresses(
           );
         }
       });
-      while (addresses.length === 0 && !fired && Date.now() < sliceEnd && !ctx.signal.aborted) {
+      while (addresses.length === 0 && !fired && Date.now() < sliceEnd && !askSignal.aborted) {
         await Promise.race([changed, sleep(Math.min(tickMs, sliceEnd - Date.now()), stop.signal)]);
-        if (Date.now() < deadline) addresses = await ask();
+        if (!askSignal.aborted) addresses = await ask();
       }
     } finally {
       stop.abort();
-      ctx.signal.removeEventListener('abort', onAbort);
+      askSignal.removeEventListener('abort', onAbort);
     }
   }
   return addresses;

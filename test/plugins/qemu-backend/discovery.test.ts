@@ -174,3 +174,17 @@ test('discovery — without a wait, the handler\'s own signal still ends an ask'
   );
   assert.deepEqual(answer.addresses, []);
 });
+
+test('discovery — wait with timeoutMs 0 is one whole ask, as without wait', { timeout: 30_000 }, async () => {
+  // The deadline cut must not turn "no time to wait" into "no time to ask": a strategy that takes a few ms
+  // (reading a lease file) still answers.
+  const slowish: IpDiscoveryStrategy = { discover: () => new Promise((resolve) => setTimeout(() => resolve([address('10.0.0.3', 'slowish')]), 50)) };
+  const answer = await findAddresses(
+    qemuOptionsSchema.parse({ imagesDir: '/i' }),
+    strategiesOf(['slowish', slowish]),
+    record,
+    { wait: true, timeoutMs: 0, includeLinkLocal: false },
+    ctx,
+  );
+  assert.deepEqual(answer.addresses.map((a) => a.address), ['10.0.0.3']);
+});
