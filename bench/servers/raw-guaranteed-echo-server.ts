@@ -4,7 +4,9 @@
  * - requests arrive persistent on a durable queue (the client publishes them so, with publisher confirms);
  * - each request id is written to an append-only file before the work and again after it, so a redelivered
  *   id can be answered without running twice (the agent's outcome store does the same two writes);
- * - the reply is publisher-confirmed, and only then is the request acked.
+ * - the reply is publisher-confirmed, and only then is the request acked;
+ * - like the agent (and its client, bench/lib/raw-rpc.ts), it writes each event-loop turn's frames to the
+ *   socket in one go (core/transports/amqp/coalesce-writes.ts), so the split below is not skewed by that.
  * No validation, routing, worker threads, deadlines or progress: the gap between this and the agent is the
  * framework's own cost, the gap between this and the plain raw echo is the guarantees' cost.
  *
@@ -12,6 +14,7 @@
  */
 import { closeSync, openSync, writeSync } from 'node:fs';
 import amqplib from 'amqplib';
+import { coalesceFrameWrites } from '../../core/transports/amqp/coalesce-writes.ts';
 
 const [url, queue, prefetchText, outcomeFile] = process.argv.slice(2);
 if (!url || !queue || !outcomeFile) {
@@ -21,6 +24,7 @@ if (!url || !queue || !outcomeFile) {
 
 const outcomes = openSync(outcomeFile, 'a');
 const connection = await amqplib.connect(url, { noDelay: true });
+if (!coalesceFrameWrites(connection)) throw new Error('coalesceFrameWrites: amqplib internals moved');
 const channel = await connection.createConfirmChannel();
 // Durable like an agent's host queue; the bench deletes it afterwards.
 await channel.assertQueue(queue, { durable: true });
@@ -32,7 +36,9 @@ await channel.consume(queue, (msg) => {
   // The "outcome" is the echoed body, stored whole as the agent stores its reply.
   writeSync(outcomes, `${JSON.stringify({ id, t: 'done', at: Date.now(), reply: msg.content.toString('utf8') })}\n`);
   channel.sendToQueue(msg.properties.replyTo as string, msg.content, { correlationId: msg.properties.correlationId as string, contentType: 'application/json' }, (error) => {
-    if (!error) channel.ack(msg);
+    // Not confirmed: back to the queue, as the agent leaves it unacked for redelivery.
+    if (error) channel.nack(msg, false, true);
+    else channel.ack(msg);
   });
 });
 console.log(`raw guaranteed echo server ready on ${queue}`);
