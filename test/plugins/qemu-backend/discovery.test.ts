@@ -37,6 +37,10 @@ const fixed = (found: DiscoveredAddress[], seen?: VmNetworkIdentity[]): IpDiscov
   },
 });
 const strategiesOf = (...list: [string, IpDiscoveryStrategy][]) => list.map(([plugin, implementation]) => ({ plugin, options: {}, implementation }));
+const defaultOptions = qemuOptionsSchema.parse({ imagesDir: '/i' });
+/** findAddresses for the test record with the default options ("first" mode). */
+const find = (strategies: ReturnType<typeof strategiesOf>, query: Parameters<typeof findAddresses>[3], context: Parameters<typeof findAddresses>[4] = ctx) =>
+  findAddresses(defaultOptions, strategies, record, query, context);
 
 test('discovery — first mode takes the first strategy that knows a global address; merge mode unites them', async () => {
   const seen: VmNetworkIdentity[] = [];
@@ -46,7 +50,7 @@ test('discovery — first mode takes the first strategy that knows a global addr
     ['a', fixed([address('10.0.0.5', 'a')])],
     ['b', fixed([address('10.0.0.5', 'b'), address('2001:db8::5', 'b')])],
   );
-  const first = await findAddresses(qemuOptionsSchema.parse({ imagesDir: '/i' }), strategies, record, { wait: false, timeoutMs: 0, includeLinkLocal: false }, ctx);
+  const first = await find(strategies, { wait: false, timeoutMs: 0, includeLinkLocal: false });
   assert.deepEqual(first.addresses.map((a) => [a.address, a.source]), [['10.0.0.5', 'a']]);
   assert.deepEqual(first.strategies, ['empty', 'linklocal-only', 'a', 'b']);
   assert.deepEqual(seen[0], { vm: 'h1.abcdefgh', mac: '02:aa:bb:cc:dd:ee', bridge: 'br0', guestAgentSocket: '/var/lib/cloudlet/qemu/h1.abcdefgh/qga.sock' });
@@ -83,13 +87,7 @@ test('discovery — a failing strategy is skipped; waiting re-asks after a chang
       }),
   };
   setTimeout(() => notify(), 100);
-  const answer = await findAddresses(
-    qemuOptionsSchema.parse({ imagesDir: '/i' }),
-    strategiesOf(['broken', broken], ['late', late]),
-    record,
-    { wait: true, timeoutMs: 30_000, includeLinkLocal: false },
-    ctx,
-  );
+  const answer = await find(strategiesOf(['broken', broken], ['late', late]), { wait: true, timeoutMs: 30_000, includeLinkLocal: false });
   assert.deepEqual(answer.addresses.map((a) => a.address), ['10.0.0.9']);
   assert.equal(calls, 2, 'asked once, then once more after the change');
 });
@@ -120,13 +118,8 @@ test('discovery — a strategy that cannot watch is logged and skipped; the wait
   };
   const warnings: string[] = [];
   setTimeout(() => notify(), 100);
-  const answer = await findAddresses(
-    qemuOptionsSchema.parse({ imagesDir: '/i' }),
-    strategiesOf(['cannot-watch', cannotWatch], ['late', late]),
-    record,
-    { wait: true, timeoutMs: 30_000, includeLinkLocal: false },
-    { ...ctx, log: { ...log, warn: (_obj: object | string, msg?: string) => void warnings.push(String(msg)) } },
-  );
+  const recording = { ...ctx, log: { ...log, warn: (_obj: object | string, msg?: string) => void warnings.push(String(msg)) } };
+  const answer = await find(strategiesOf(['cannot-watch', cannotWatch], ['late', late]), { wait: true, timeoutMs: 30_000, includeLinkLocal: false }, recording);
   assert.deepEqual(answer.addresses.map((a) => a.address), ['10.0.0.7']);
   assert.equal(watcherSignal?.aborted, true, 'the other watcher was stopped');
   assert.ok(warnings.some((w) => /cannot watch for changes/.test(w)), JSON.stringify(warnings));
@@ -147,13 +140,7 @@ test('discovery — a slow ask is cut at the wait\'s timeout: a strategy that ho
   const ignores: IpDiscoveryStrategy = { discover: () => new Promise<DiscoveredAddress[]>(() => undefined) };
   for (const [name, strategy] of [['honours', honours], ['ignores', ignores]] as const) {
     const started = Date.now();
-    const answer = await findAddresses(
-      qemuOptionsSchema.parse({ imagesDir: '/i' }),
-      strategiesOf([name, strategy]),
-      record,
-      { wait: true, timeoutMs: 300, includeLinkLocal: false },
-      ctx,
-    );
+    const answer = await find(strategiesOf([name, strategy]), { wait: true, timeoutMs: 300, includeLinkLocal: false });
     assert.deepEqual(answer.addresses, [], name);
     // A did-not-hang bound, not a timing target: the strategy would take a minute (or forever).
     assert.ok(Date.now() - started < 10_000, `${name}: answered after ${Date.now() - started} ms for a 300 ms wait`);
@@ -165,13 +152,7 @@ test('discovery — without a wait, the handler\'s own signal still ends an ask'
   const cancel = new AbortController();
   const ignores: IpDiscoveryStrategy = { discover: () => new Promise<DiscoveredAddress[]>(() => undefined) };
   setTimeout(() => cancel.abort(), 50);
-  const answer = await findAddresses(
-    qemuOptionsSchema.parse({ imagesDir: '/i' }),
-    strategiesOf(['ignores', ignores]),
-    record,
-    { wait: false, timeoutMs: 0, includeLinkLocal: false },
-    { ...ctx, signal: cancel.signal },
-  );
+  const answer = await find(strategiesOf(['ignores', ignores]), { wait: false, timeoutMs: 0, includeLinkLocal: false }, { ...ctx, signal: cancel.signal });
   assert.deepEqual(answer.addresses, []);
 });
 
@@ -179,12 +160,6 @@ test('discovery — wait with timeoutMs 0 is one whole ask, as without wait', { 
   // The deadline cut must not turn "no time to wait" into "no time to ask": a strategy that takes a few ms
   // (reading a lease file) still answers.
   const slowish: IpDiscoveryStrategy = { discover: () => new Promise((resolve) => setTimeout(() => resolve([address('10.0.0.3', 'slowish')]), 50)) };
-  const answer = await findAddresses(
-    qemuOptionsSchema.parse({ imagesDir: '/i' }),
-    strategiesOf(['slowish', slowish]),
-    record,
-    { wait: true, timeoutMs: 0, includeLinkLocal: false },
-    ctx,
-  );
+  const answer = await find(strategiesOf(['slowish', slowish]), { wait: true, timeoutMs: 0, includeLinkLocal: false });
   assert.deepEqual(answer.addresses.map((a) => a.address), ['10.0.0.3']);
 });

@@ -6,14 +6,13 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
-import { createServer, type Socket } from 'node:net';
 import test from 'node:test';
 import { qemuOptionsSchema } from '../../../plugins/qemu-backend/options.ts';
 import { qemuProcessName } from '../../../plugins/qemu-backend/processes.ts';
-import { QmpClient } from '../../../plugins/qemu-backend/qmp.ts';
 import { reconcileVms } from '../../../plugins/qemu-backend/reconcile.ts';
 import { vmPaths, writeRecord, type VmRecord } from '../../../plugins/qemu-backend/state.ts';
 import { tempDir } from '../../helpers.ts';
+import { QMP_GREETING, standInSocket } from '../../support/stand-in-socket.ts';
 
 const record: VmRecord = {
   v: 1,
@@ -42,22 +41,15 @@ test('reconcile — a running VM whose monitor never answers is picked up again,
   await writeFile(paths.pidfile, `${fake.pid}\n`);
 
   // Its monitor: greets, accepts qmp_capabilities, then never answers again.
-  const sockets: Socket[] = [];
-  const monitor = createServer((socket) => {
-    sockets.push(socket);
+  await standInSocket(t, paths.qmp, (socket) => {
     socket.setEncoding('utf8');
-    socket.write(`${JSON.stringify({ QMP: { version: {}, capabilities: [] } })}\n`);
+    socket.write(QMP_GREETING);
     socket.on('data', (chunk: string) => {
       for (const line of chunk.split('\n').filter(Boolean)) {
         const command = JSON.parse(line) as { execute: string; id?: string };
         if (command.execute === 'qmp_capabilities') socket.write(`${JSON.stringify({ return: {}, id: command.id })}\n`);
       }
     });
-  });
-  await new Promise<void>((resolve) => monitor.listen(paths.qmp, resolve));
-  t.after(() => {
-    for (const socket of sockets) socket.destroy();
-    monitor.close();
   });
 
   const warnings: string[] = [];
@@ -71,45 +63,4 @@ test('reconcile — a running VM whose monitor never answers is picked up again,
   assert.ok(warnings.some((w) => /QMP socket does not answer/.test(w)), JSON.stringify(warnings));
   // A did-not-hang bound, not a timing target: the old check waited QMP's 10 s command timeout.
   assert.ok(tookMs < 6_000, `reconcile took ${tookMs} ms with one stuck monitor`);
-});
-
-test('qmp — a monitor that greets and then never negotiates: connect fails at its timeout and lets go of the socket', { timeout: 10_000 }, async (t) => {
-  // QEMU serves one QMP client at a time: a connection left open after a failed connect would hold the
-  // monitor until the agent exits (stop-vm would fall through to SIGKILL, get-vm lose qmpStatus).
-  const path = `${await tempDir(t, 'cloudlet-qmp-')}/qmp.sock`;
-  let closed!: () => void;
-  const clientGone = new Promise<void>((resolve) => (closed = resolve));
-  const sockets: Socket[] = [];
-  const monitor = createServer((socket) => {
-    sockets.push(socket);
-    socket.resume();
-    socket.on('close', () => closed());
-    socket.write(`${JSON.stringify({ QMP: { version: {}, capabilities: [] } })}\n`);
-  });
-  await new Promise<void>((resolve) => monitor.listen(path, resolve));
-  t.after(() => {
-    for (const socket of sockets) socket.destroy();
-    monitor.close();
-  });
-  await assert.rejects(QmpClient.connect(path, 200), /qmp_capabilities" got no answer within 200 ms/);
-  await clientGone;
-});
-
-test('qmp — a monitor that never greets: connect fails at its timeout and lets go of the socket', { timeout: 10_000 }, async (t) => {
-  const path = `${await tempDir(t, 'cloudlet-qmp-')}/qmp.sock`;
-  let closed!: () => void;
-  const clientGone = new Promise<void>((resolve) => (closed = resolve));
-  const sockets: Socket[] = [];
-  const monitor = createServer((socket) => {
-    sockets.push(socket);
-    socket.resume();
-    socket.on('close', () => closed());
-  });
-  await new Promise<void>((resolve) => monitor.listen(path, resolve));
-  t.after(() => {
-    for (const socket of sockets) socket.destroy();
-    monitor.close();
-  });
-  await assert.rejects(QmpClient.connect(path, 200), /no QMP greeting/);
-  await clientGone;
 });
