@@ -5,10 +5,8 @@
  */
 import type { PluginLogger } from '../../core/plugin-api.ts';
 import type { QemuOptions } from './options.ts';
-import { runningPid } from './processes.ts';
-import { withQmp } from './qmp.ts';
-import { listRecords, vmPaths } from './state.ts';
-import { setDesired, startVm } from './vm-ops.ts';
+import { listRecords } from './state.ts';
+import { queryStatus, setDesired, startVm } from './vm-ops.ts';
 
 export interface ReconcileSummary {
   reattached: string[];
@@ -17,26 +15,16 @@ export interface ReconcileSummary {
   failed: { vm: string; error: string }[];
 }
 
-/**
- * The health check of a VM found running is only for the log, so each of its QMP steps (greeting,
- * capabilities, query-status) waits at most this long: the agent's start waits for the reconcile, and a
- * stuck monitor used to hold it for QMP's full timeouts (up to 20 s); now at most 3 s, VMs in parallel.
- */
-const MONITOR_CHECK_MS = 1_000;
-
 export async function reconcileVms(options: QemuOptions, log: PluginLogger): Promise<ReconcileSummary> {
   const summary: ReconcileSummary = { reattached: [], autostarted: [], markedStopped: [], failed: [] };
   const records = await listRecords(options.stateDir);
   await Promise.all(
     records.map(async (record) => {
-      const paths = vmPaths(options.stateDir, record.id);
       try {
-        const pid = await runningPid(paths.pidfile, record.id);
+        // A short check (queryStatus bounds each QMP step): a stuck monitor must not hold the agent's start.
+        const { pid, qmpStatus } = await queryStatus(options, record);
         if (pid !== undefined) {
-          const status = await withQmp(paths.qmp, (qmp) => qmp.execute<{ status: string }>('query-status', undefined, MONITOR_CHECK_MS), MONITOR_CHECK_MS).catch(
-            () => undefined,
-          );
-          if (!status) log.warn({ vm: record.id, pid }, 'VM process runs but its QMP socket does not answer');
+          if (qmpStatus === undefined) log.warn({ vm: record.id, pid }, 'VM process runs but its QMP socket does not answer');
           summary.reattached.push(record.id);
         } else if (record.autostart) {
           await startVm(options, record);

@@ -141,11 +141,20 @@ async function endProcess(qmpPath: string, pid: number, id: string, how: { force
   return 'killed';
 }
 
+/**
+ * How long each QMP step of a status check (greeting, capabilities, query-status) may take. The status is
+ * extra information (get-vm, the start-up reconcile): a stuck monitor must not hold either for QMP's full
+ * timeouts (up to 20 s); this way at most ~3 s, and the VM is reported running without `qmpStatus`.
+ */
+const STATUS_CHECK_MS = 1_000;
+
 export async function queryStatus(options: QemuOptions, record: VmRecord): Promise<{ state: VmState; pid: number | undefined; qmpStatus?: string }> {
   const paths = vmPaths(options.stateDir, record.id);
   const pid = await runningPid(paths.pidfile, record.id);
   if (pid === undefined) return { state: 'stopped', pid };
-  const status = await withQmp(paths.qmp, (qmp) => qmp.execute<{ status: string; running: boolean }>('query-status')).catch(() => undefined);
+  const status = await withQmp(paths.qmp, (qmp) => qmp.execute<{ status: string; running: boolean }>('query-status', undefined, STATUS_CHECK_MS), STATUS_CHECK_MS).catch(
+    () => undefined,
+  );
   if (!status) return { state: 'running', pid };
   return { state: status.running ? 'running' : 'paused', pid, qmpStatus: status.status };
 }

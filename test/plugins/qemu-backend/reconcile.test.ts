@@ -10,6 +10,7 @@ import test from 'node:test';
 import { qemuOptionsSchema } from '../../../plugins/qemu-backend/options.ts';
 import { qemuProcessName } from '../../../plugins/qemu-backend/processes.ts';
 import { reconcileVms } from '../../../plugins/qemu-backend/reconcile.ts';
+import { queryStatus } from '../../../plugins/qemu-backend/vm-ops.ts';
 import { vmPaths, writeRecord, type VmRecord } from '../../../plugins/qemu-backend/state.ts';
 import { tempDir } from '../../helpers.ts';
 import { QMP_GREETING, standInSocket } from '../../support/stand-in-socket.ts';
@@ -30,7 +31,7 @@ const record: VmRecord = {
   updatedAt: '',
 } as VmRecord;
 
-test('reconcile — a running VM whose monitor never answers is picked up again, with a warning, without holding the agent\'s start', { timeout: 60_000 }, async (t) => {
+test('reconcile and get-vm — a running VM whose monitor never answers is picked up again, with a warning, without holding the agent\'s start or get-vm', { timeout: 60_000 }, async (t) => {
   const stateDir = await tempDir(t, 'cloudlet-reconcile-');
   await writeRecord(stateDir, record);
   const paths = vmPaths(stateDir, record.id);
@@ -63,4 +64,10 @@ test('reconcile — a running VM whose monitor never answers is picked up again,
   assert.ok(warnings.some((w) => /QMP socket does not answer/.test(w)), JSON.stringify(warnings));
   // A did-not-hang bound, not a timing target: the old check waited QMP's 10 s command timeout.
   assert.ok(tookMs < 6_000, `reconcile took ${tookMs} ms with one stuck monitor`);
+
+  // get-vm asks the same way: running, without a QMP status, and just as bounded.
+  const asked = Date.now();
+  const status = await queryStatus(qemuOptionsSchema.parse({ imagesDir: '/i', stateDir }), record);
+  assert.deepEqual(status, { state: 'running', pid: fake.pid });
+  assert.ok(Date.now() - asked < 6_000, `get-vm's status check took ${Date.now() - asked} ms`);
 });
