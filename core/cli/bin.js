@@ -4,13 +4,14 @@
 // saves Node 20's module-hook thread (~30 MiB per thread) and the compile at start. Kept as plain
 // JavaScript because it runs before any loader exists.
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { PACKAGE_ROOT_PATH, sourceFingerprint } from './source-fingerprint.mjs';
 
 function compiledIsCurrent() {
   if (process.env.CLOUDLET_FROM_SOURCE === '1') return false;
   let build;
   try {
-    build = JSON.parse(readFileSync(new URL('../../dist/BUILD.json', import.meta.url), 'utf8'));
+    build = JSON.parse(readFileSync(join(PACKAGE_ROOT_PATH, 'dist', 'BUILD.json'), 'utf8'));
   } catch {
     return false; // never built (a checkout): the sources it is
   }

@@ -7,7 +7,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-export const SOURCE_FOLDERS = ['core', 'plugins', 'workers'];
+const SOURCE_FOLDERS = ['core', 'plugins', 'workers'];
 /**
  * Only code counts: an editor's swap or backup file in a checkout (which `npm pack` leaves out) must not make
  * dist/ look stale for good.

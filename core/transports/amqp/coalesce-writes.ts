@@ -25,8 +25,6 @@ interface MuxLike {
   _readIncoming(): void;
 }
 
-const COALESCING = Symbol('cloudlet.coalescingWrites');
-
 function muxOf(model: ChannelModel): MuxLike | undefined {
   const muxer = (model as unknown as { connection?: { muxer?: Partial<MuxLike> } }).connection?.muxer;
   if (!muxer || typeof muxer._readIncoming !== 'function') return undefined;
@@ -39,8 +37,7 @@ function muxOf(model: ChannelModel): MuxLike | undefined {
 export function coalesceFrameWrites(model: ChannelModel): boolean {
   const muxer = muxOf(model);
   if (!muxer) return false;
-  const marked = muxer as MuxLike & { [COALESCING]?: true };
-  if (marked[COALESCING]) return true;
+  // Called once per connection (BrokerConnection's setup runs once for each new one).
   const writePass = muxer._readIncoming.bind(muxer);
   muxer._readIncoming = () => {
     muxer.out.cork();
@@ -52,6 +49,5 @@ export function coalesceFrameWrites(model: ChannelModel): boolean {
       muxer.out.uncork();
     }
   };
-  marked[COALESCING] = true;
   return true;
 }

@@ -131,7 +131,6 @@ export class OutcomeStore {
     return this.#entries.size;
   }
 
-
   /** Closes the file (it is opened again by the next record). */
   close(): void {
     if (this.#fd !== undefined) closeSync(this.#fd);
