@@ -56,15 +56,19 @@ const timezone = z.string().refine((zone) => {
  * Where qemu-backend keeps its VMs on this host. Normally left out: the sweeper then takes these from
  * qemu-backend's own options (core API 1.6 `dependencyOptions`). Given, they must equal qemu-backend's.
  */
+/**
+ * The sweeper's optional `qemu` block. No defaults here: a key left out follows qemu-backend (or the
+ * defaults below without it), and only the keys an operator wrote are compared with qemu-backend's.
+ */
 const qemuSchema = z
   .object({
-    stateDir: absolutePath.default('/var/lib/cloudlet/qemu'),
+    stateDir: absolutePath.optional(),
     tapPrefix: z
       .string()
       .regex(/^[a-z][a-z0-9]{0,6}$/, 'lowercase letters and digits, starting with a letter, at most 7 characters')
-      .default('clt'),
-    qemuBinary: program.default('qemu-system-x86_64'),
-    ipBinary: program.default('ip'),
+      .optional(),
+    qemuBinary: program.optional(),
+    ipBinary: program.optional(),
   })
   .strict();
 
@@ -131,11 +135,12 @@ export const sweeperOptionsSchema = z
 
 /** The options as configured; `qemu` may be left out. */
 export type SweeperConfig = z.output<typeof sweeperOptionsSchema>;
-export type QemuView = z.output<typeof qemuSchema>;
+export type QemuView = Required<z.output<typeof qemuSchema>>;
 /** The options the sweeper works with: `qemu` resolved (resolveSweeperOptions). */
 export type SweeperOptions = Omit<SweeperConfig, 'qemu'> & { qemu: QemuView };
 
-const QEMU_DEFAULTS: QemuView = qemuSchema.parse({});
+/** qemu-backend's own defaults for these four. */
+const QEMU_DEFAULTS: QemuView = { stateDir: '/var/lib/cloudlet/qemu', tapPrefix: 'clt', qemuBinary: 'qemu-system-x86_64', ipBinary: 'ip' };
 const QEMU_KEYS = ['stateDir', 'tapPrefix', 'qemuBinary', 'ipBinary'] as const;
 
 /**
@@ -147,9 +152,9 @@ export function resolveSweeperOptions(config: SweeperConfig, qemuBackendOptions?
   const backend = qemuBackendOptions as Partial<Record<(typeof QEMU_KEYS)[number], unknown>> | undefined;
   const fromBackend: Partial<QemuView> = {};
   for (const key of QEMU_KEYS) if (typeof backend?.[key] === 'string') fromBackend[key] = backend[key] as string;
-  if (!config.qemu) return { ...config, qemu: { ...QEMU_DEFAULTS, ...fromBackend } };
-  const contradictions = QEMU_KEYS.filter((key) => fromBackend[key] !== undefined && fromBackend[key] !== config.qemu![key]).map(
-    (key) => `qemu.${key} is "${config.qemu![key]}" but qemu-backend's ${key} is "${fromBackend[key]}"`,
+  const given = config.qemu ?? {};
+  const contradictions = QEMU_KEYS.filter((key) => given[key] !== undefined && fromBackend[key] !== undefined && fromBackend[key] !== given[key]).map(
+    (key) => `qemu.${key} is "${given[key]}" but qemu-backend's ${key} is "${fromBackend[key]}"`,
   );
   if (contradictions.length > 0) {
     throw Object.assign(
@@ -157,7 +162,7 @@ export function resolveSweeperOptions(config: SweeperConfig, qemuBackendOptions?
       { code: 'PLUGIN_OPTIONS_INVALID' },
     );
   }
-  return { ...config, qemu: config.qemu };
+  return { ...config, qemu: { ...QEMU_DEFAULTS, ...fromBackend, ...given } };
 }
 export type LeasesJob = NonNullable<SweeperOptions['jobs']['leases']>;
 export type OrphansJob = NonNullable<SweeperOptions['jobs']['orphans']>;

@@ -226,6 +226,21 @@ test("options — without a qemu block the sweeper follows qemu-backend's folder
   // The same values given again are fine.
   const { imagesDir: _images, ...sameAsBackend } = backend;
   assert.equal(resolveSweeperOptions(sweeperOptionsSchema.parse({ qemu: sameAsBackend }), backend).qemu.stateDir, '/srv/vms');
+  // A partial block is compared on what it says, and the rest follows qemu-backend: before, the keys left
+  // out took the sweeper's own defaults and were refused ('qemu.tapPrefix is "clt"', never written).
+  assert.deepEqual(resolveSweeperOptions(sweeperOptionsSchema.parse({ qemu: { stateDir: '/srv/vms' } }), backend).qemu, {
+    stateDir: '/srv/vms',
+    tapPrefix: 'vm',
+    qemuBinary: '/opt/qemu/bin/qemu-system-x86_64',
+    ipBinary: '/sbin/ip',
+  });
+  // Without qemu-backend's options, a partial block is completed with the documented defaults.
+  assert.deepEqual(resolveSweeperOptions(sweeperOptionsSchema.parse({ qemu: { tapPrefix: 'vm' } })).qemu, {
+    stateDir: '/var/lib/cloudlet/qemu',
+    tapPrefix: 'vm',
+    qemuBinary: 'qemu-system-x86_64',
+    ipBinary: 'ip',
+  });
   assert.throws(
     () => resolveSweeperOptions(sweeperOptionsSchema.parse({ qemu: { stateDir: '/var/lib/cloudlet/qemu', tapPrefix: 'vm' } }), backend),
     (error: Error & { code?: string }) =>
