@@ -43,6 +43,9 @@ interface Pending {
   fail(error: CloudletError): void;
 }
 
+/** Channels that have closed: an error for a publish on one of them is not a refusal (see #publish). */
+const closedChannels = new WeakSet<object>();
+
 export class AmqpClientTransport implements ClientTransport {
   readonly kind = 'amqp';
   readonly names: AmqpNames;
@@ -91,6 +94,7 @@ export class AmqpClientTransport implements ClientTransport {
     this.registry.forgiveSilence();
     const channel = await model.createConfirmChannel();
     channel.on('error', () => undefined);
+    channel.on('close', () => closedChannels.add(channel));
     await declareTopology(channel, this.names);
     // Direct reply-to: consumed no-ack on the same channel the requests are published from.
     await channel.consume(REPLY_TO, (msg) => msg && this.#onReply(msg), { noAck: true });
@@ -156,7 +160,14 @@ export class AmqpClientTransport implements ClientTransport {
       route === 'direct' ? [this.names.directExchange, request.target ?? ''] : route === 'any' ? ['', this.names.anyQueue] : [this.names.broadcastExchange, ''];
     try {
       channel.publish(exchange, key, body, options, (error) => {
-        if (error) pending.fail(cloudletError('BROKER_UNAVAILABLE', `the broker did not accept the request: ${String(error)}`));
+        if (!error) return;
+        // amqplib also calls back with an error for every unconfirmed publish when the channel closes (a
+        // broker restart); those requests stay pending and the next setup publishes them again. Only a nack
+        // on a live channel is a refusal. The channel's 'close' listeners run right after these callbacks,
+        // so decide once they have.
+        queueMicrotask(() => {
+          if (!closedChannels.has(channel)) pending.fail(cloudletError('BROKER_UNAVAILABLE', `the broker did not accept the request: ${String(error)}`));
+        });
       });
     } catch {
       // channel closed under us: the next setup publishes it again
