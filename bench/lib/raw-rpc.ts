@@ -11,8 +11,7 @@ import { coalesceFrameWrites } from '../../core/transports/amqp/coalesce-writes.
 const REPLY_TO = 'amq.rabbitmq.reply-to';
 
 export class RawRpcClient {
-  readonly #pending = new Map<string, () => void>();
-  readonly #fail = new Map<string, (error: Error) => void>();
+  readonly #pending = new Map<string, { resolve: () => void; reject: (error: Error) => void }>();
   readonly #guaranteed: boolean;
   #connection: ChannelModel | undefined;
   #channel: Channel | undefined;
@@ -30,18 +29,17 @@ export class RawRpcClient {
       REPLY_TO,
       (msg) => {
         const id = msg?.properties.correlationId as string | undefined;
-        const resolve = id === undefined ? undefined : this.#pending.get(id);
-        if (!resolve || id === undefined) return;
+        const pending = id === undefined ? undefined : this.#pending.get(id);
+        if (!pending || id === undefined) return;
         this.#pending.delete(id);
-        if (this.#guaranteed) this.#fail.delete(id);
-        resolve();
+        pending.resolve();
       },
       { noAck: true },
     );
     // A mandatory request the broker could not route comes back: fail its call rather than leave it waiting.
     this.#channel.on('return', (msg: { properties: { correlationId?: string } }) => {
       const id = msg.properties.correlationId;
-      if (id !== undefined) this.#fail.get(id)?.(new Error('the broker returned the request: no queue took it'));
+      if (id !== undefined) this.#failCall(id, new Error('the broker returned the request: no queue took it'));
     });
   }
 
@@ -51,23 +49,24 @@ export class RawRpcClient {
     if (!channel) throw new Error('RawRpcClient: open() first');
     const id = String(this.#nextId++);
     return new Promise<void>((resolve, reject) => {
-      this.#pending.set(id, resolve);
+      this.#pending.set(id, { resolve, reject });
       const options = { correlationId: id, replyTo: REPLY_TO, contentType: 'application/json' };
       if (!this.#guaranteed) {
-        // The plain baseline does the least a caller can: no failure bookkeeping either.
         channel.sendToQueue(queue, Buffer.from(body), options);
         return;
       }
-      this.#fail.set(id, (error) => {
-        this.#pending.delete(id);
-        this.#fail.delete(id);
-        reject(error);
-      });
       // As cloudlet's client: the confirm is only used to fail the call; the reply is awaited either way.
       (channel as ConfirmChannel).sendToQueue(queue, Buffer.from(body), { ...options, messageId: id, persistent: true, mandatory: true }, (error: unknown) => {
-        if (error) this.#fail.get(id)?.(new Error(`the broker did not accept the request: ${String(error)}`));
+        if (error) this.#failCall(id, new Error(`the broker did not accept the request: ${String(error)}`));
       });
     });
+  }
+
+  #failCall(id: string, error: Error): void {
+    const pending = this.#pending.get(id);
+    if (!pending) return;
+    this.#pending.delete(id);
+    pending.reject(error);
   }
 
   async close(): Promise<void> {

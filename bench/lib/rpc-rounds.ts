@@ -4,14 +4,13 @@
  * burst of background load hits every contender alike). Each figure is the median over rounds.
  */
 import { Buffer } from 'node:buffer';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import amqplib from 'amqplib';
 import { encodeEnvelope, makeRequest } from '../../core/envelope.ts';
 import { benchCloud, pluginEntry, BROKER_URL } from './cloud.ts';
 import { cpuProbe } from './cpu.ts';
+import { benchTempDir } from './local.ts';
 import { runLoad } from './load.ts';
 import { ServiceBroker, moleculerBrokerObjects, moleculerBrokerOptions, type MoleculerTransportSettings } from './moleculer.ts';
 import { findListeningPid, spawnScript, type BenchProcess } from './processes.ts';
@@ -64,8 +63,7 @@ export async function measureRpc(ctx: BenchContext): Promise<RpcFigures> {
   // 1b. raw amqplib keeping the agent's delivery guarantees (bench/servers/raw-guaranteed-echo-server.ts).
   const guaranteedQueue = ctx.uniqueName();
   scope.after(() => deleteQueues([guaranteedQueue]));
-  const guaranteedDir = mkdtempSync(join(tmpdir(), 'cloudlet-bench-outcomes-'));
-  scope.after(() => rmSync(guaranteedDir, { recursive: true, force: true }));
+  const guaranteedDir = await benchTempDir(scope, 'cloudlet-bench-outcomes-');
   const guaranteedServer = spawnScript(scope, serverScript('raw-guaranteed-echo-server.ts'), [
     BROKER_URL,
     guaranteedQueue,

@@ -10,6 +10,11 @@ import { spawnAgent, tempDir, testkitPath, writeConfig, type AgentProcess } from
 
 export const SHARED_BROKER = process.env.CLOUDLET_TEST_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
 
+/** A broker on this machine, which rabbitmqctl (run here) can inspect. */
+export function isLocalBroker(url: string): boolean {
+  return ['127.0.0.1', 'localhost'].includes(new URL(url).hostname);
+}
+
 export interface HostSpec {
   id: string;
   /** Extra YAML lines under the testkit plugin's options. */

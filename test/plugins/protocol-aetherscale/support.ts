@@ -9,8 +9,9 @@ import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import amqplib from 'amqplib';
 import { repoRoot } from '../../helpers.ts';
+import { isLocalBroker, SHARED_BROKER } from '../../support/cloud.ts';
 
-export const BROKER_URL = process.env.CLOUDLET_TEST_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
+export const BROKER_URL = SHARED_BROKER;
 export const clientScript = join(repoRoot, 'test/aetherscale-client/client.py');
 
 let python: string | undefined;
@@ -137,7 +138,7 @@ export async function queueState(url: string, queue: string): Promise<{ messageC
 export function unackedByQueue(exchange: string): Map<string, number> | undefined {
   // Only a broker elsewhere (CLOUDLET_TEST_AMQP_URL) is out of rabbitmqctl's reach; for the local one
   // (setup.sh starts it, as root) a failing rabbitmqctl is an error, not a reason to check less.
-  const local = ['127.0.0.1', 'localhost'].includes(new URL(BROKER_URL).hostname);
+  const local = isLocalBroker(BROKER_URL);
   const run = (args: string[]) => {
     const result = spawnSync('rabbitmqctl', ['-q', '--formatter', 'json', ...args], { encoding: 'utf8', timeout: 30_000 });
     if (result.status !== 0 && local) throw new Error(`rabbitmqctl ${args[0]} failed (exit ${result.status}): ${result.stderr || result.error?.message}`);
