@@ -4,6 +4,7 @@
  * reply; nothing here throws into the transport, so a bad message can never take the agent down.
  */
 import { Buffer } from 'node:buffer';
+import { Cancellation } from './cancellation.ts';
 import { lazyChild, type Logger } from './logger.ts';
 import { CloudletError, cloudletError, type WireError } from './errors.ts';
 import { decodeEnvelope, formatPath, makeProgress, makeReply, progressSchema, type ReplyEnvelope, type RequestEnvelope } from './envelope.ts';
@@ -42,7 +43,7 @@ export type DispatchObserver = (outcome: DispatchOutcome) => void;
 
 interface InFlight {
   request: RequestEnvelope;
-  cancel: AbortController;
+  cancel: Cancellation;
   done: Promise<void>;
 }
 
@@ -120,7 +121,7 @@ export class Dispatcher {
     // never past the caller's deadline; the pool tells them apart and the handler sees the earlier one.
     const deadline = request.deadline ?? Number.POSITIVE_INFINITY;
     const messageLog = lazyChild(log, { msgId: request.id, type: request.type, plugin: route.plugin.plugin.name });
-    const cancel = new AbortController();
+    const cancel = new Cancellation();
     let finished!: () => void;
     const entry: InFlight = { request, cancel, done: new Promise<void>((resolve) => (finished = resolve)) };
     this.#inFlight.add(entry);
@@ -135,7 +136,7 @@ export class Dispatcher {
       this.#options.pools.run(
         { id: request.id, type: request.type, deadline, payload: payload.data, acceptedAt: now },
         {
-          signal: cancel.signal,
+          cancellation: cancel,
           log: messageLog,
           onProgress: (stage, detail) => {
             const progress = makeProgress(request, hostId, stage, detail);
@@ -217,7 +218,7 @@ export class Dispatcher {
     if (!timedOut) return { finished: running.length, cancelled: 0 };
     const stillRunning = [...this.#inFlight];
     for (const entry of stillRunning) {
-      entry.cancel.abort(
+      entry.cancel.cancel(
         new CloudletError('SHUTTING_DOWN', `the agent shut down while "${entry.request.type}" was running (grace period ${graceMs} ms)`),
       );
     }

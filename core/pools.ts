@@ -4,12 +4,22 @@
  * that one message while the pool keeps serving.
  */
 import { randomUUID } from 'node:crypto';
+import process from 'node:process';
 import Tinypool from 'tinypool';
+import type { Cancellation } from './cancellation.ts';
 import { CloudletError, cloudletError, isCoreErrorCode, lookupError } from './errors.ts';
 import type { AgentPoolStats, PoolSettings, PluginLogger } from './plugin-api.ts';
 import type { MainToWorker, PoolWorkerData, SideMessage, WorkerOutcome, WorkerResult, WorkerTask, WorkerToMain } from '../workers/protocol.ts';
 
 const WORKER_ENTRY = new URL('../workers/boot.mjs', import.meta.url).href;
+const TINYPOOL_PRELOAD = new URL('../workers/tinypool-preload.mjs', import.meta.url).href;
+
+/**
+ * Each pool thread's Node options: the main thread's (what a worker inherits by default) and the preload that
+ * spares tinypool a /proc read after every task (workers/tinypool-preload.mjs). Deno's worker threads take
+ * no Node options; there tinypool keeps the real function.
+ */
+const workerExecArgv = typeof (globalThis as { Deno?: unknown }).Deno === 'undefined' ? [...process.execArgv, '--import', TINYPOOL_PRELOAD] : undefined;
 
 export interface PoolSpec {
   type: string;
@@ -35,8 +45,8 @@ export interface RunHooks {
   onProgress?(stage: string, detail?: Record<string, unknown>): void;
   /** Receives the handler's log records, to be written by the agent's logger. */
   log?: PluginLogger;
-  /** Aborting cancels the message (agent shutdown, caller gone); the reason should be a CloudletError. */
-  signal?: AbortSignal;
+  /** Cancelling cancels the message (agent shutdown); its reason is the error the message is answered with. */
+  cancellation?: Cancellation;
 }
 
 export type RunOutcome = { ok: true; result: unknown } | { ok: false; error: CloudletError };
@@ -72,6 +82,7 @@ export class PoolManager {
         maxQueue: settings.maxQueue,
         // tinypool's Atomics wake-up hangs under Deno; message passing works on both runtimes.
         useAtomics: false,
+        ...(workerExecArgv ? { execArgv: workerExecArgv } : {}),
         workerData: { ...spec.workerData, channel: channelName } satisfies PoolWorkerData,
         resourceLimits: { maxOldGenerationSizeMb: settings.maxMemoryMb },
       });
@@ -115,10 +126,8 @@ export class PoolManager {
       return { ok: false, error: busyError(task.type, settings) };
     }
     // Waiting (for a lock, in a queue) may have used up the time or seen a cancel: then do not start at all.
-    if (hooks.signal?.aborted) {
-      const reason = hooks.signal.reason;
-      return { ok: false, error: reason instanceof CloudletError ? reason : cloudletError('CANCELLED', 'the message was cancelled') };
-    }
+    const cancelled = hooks.cancellation?.reason;
+    if (cancelled) return { ok: false, error: cancelled };
     if (task.deadline <= Date.now()) {
       return { ok: false, error: cloudletError('DEADLINE_EXCEEDED', `"${task.type}" could not start before its deadline`, { type: task.type }) };
     }
@@ -135,8 +144,8 @@ export class PoolManager {
 
   #runInWorker(managed: ManagedPool, task: PoolTask, hooks: RunHooks): Promise<RunOutcome> {
     const { settings } = managed.spec;
-    // Aborting this terminates the worker thread: the last resort for a handler that ignores its signal.
-    const terminate = new AbortController();
+    // Pulling this terminates the worker thread: the last resort for a handler that ignores its signal.
+    const terminate = new TerminateSwitch();
     const now = Date.now();
     const untilDeadlineMs = task.deadline - now;
     // The timeout counts from acceptance: time spent waiting for a lock or a thread counts.
@@ -161,7 +170,7 @@ export class PoolManager {
         clearTimeout(deadlineTimer);
         clearTimeout(graceTimer);
         clearTimeout(sideMessagesTimer);
-        hooks.signal?.removeEventListener('abort', onExternalAbort);
+        stopListening?.();
         managed.listeners.delete(task.id);
         resolve(outcome);
       };
@@ -175,7 +184,7 @@ export class PoolManager {
         const message: MainToWorker = { t: 'abort', id: task.id, reason: reason.toWire() };
         managed.channel.postMessage(message);
         graceTimer = setTimeout(() => {
-          terminate.abort(reason);
+          terminate.pull();
           finish({ ok: false, error: reason });
         }, settings.cancelGraceMs);
       };
@@ -191,17 +200,12 @@ export class PoolManager {
         );
       }, budgetMs);
 
-      const onExternalAbort = () => {
-        const reason = hooks.signal?.reason;
-        cancel(reason instanceof CloudletError ? reason : cloudletError('CANCELLED', 'the message was cancelled'));
-      };
-      if (hooks.signal?.aborted) onExternalAbort();
-      else hooks.signal?.addEventListener('abort', onExternalAbort, { once: true });
+      const stopListening = hooks.cancellation?.onCancel(cancel);
 
       managed.listeners.set(task.id, (message) => {
         if (message.t === 'exited') {
           // The thread is gone mid-task: have tinypool drop it (it would count it busy forever).
-          terminate.abort();
+          terminate.pull();
           const reason = message.uncaught ?? `the handler ended its thread (exit code ${message.code})`;
           finish({ ok: false, error: cancelReason ?? crashedError(task.type, reason) });
           return;
@@ -216,7 +220,7 @@ export class PoolManager {
       });
 
       const workerTask: WorkerTask = { id: task.id, type: task.type, deadline: effectiveDeadline, payload: task.payload };
-      (managed.pool.run(workerTask, { signal: terminate.signal }) as Promise<WorkerResult>).then(
+      (managed.pool.run(workerTask, { signal: terminate }) as Promise<WorkerResult>).then(
         (result) => {
           returned = result;
           if (sideMessagesSeen >= result.sideMessages) return finishReturned();
@@ -255,6 +259,32 @@ export class PoolManager {
       }),
     );
     this.#pools.clear();
+  }
+}
+
+/**
+ * What tinypool takes as a task's `signal` (its documented `AbortSignalEventTarget` shape): pulled, it
+ * terminates the thread running the task. An AbortController per message costs an EventTarget; tinypool adds
+ * one listener and removes it when the task is done, so this keeps just that.
+ */
+class TerminateSwitch {
+  aborted = false;
+  #listener: (() => void) | undefined;
+
+  addEventListener(_name: 'abort', listener: () => void): void {
+    this.#listener = listener;
+  }
+
+  removeEventListener(_name: 'abort', listener: () => void): void {
+    if (this.#listener === listener) this.#listener = undefined;
+  }
+
+  pull(): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    const listener = this.#listener;
+    this.#listener = undefined;
+    listener?.();
   }
 }
 

@@ -27,7 +27,7 @@ for (const file of listJs(dist)) {
   if (next !== text) writeFileSync(file, next);
   if (/new URL\([^)]*\.ts['"`]\s*,\s*import\.meta\.url/.test(next)) throw new Error(`build: ${file} still names a .ts module URL`);
 }
-copyFileSync(join(root, 'workers', 'boot.mjs'), join(dist, 'workers', 'boot.mjs'));
+for (const file of ['boot.mjs', 'tinypool-preload.mjs']) copyFileSync(join(root, 'workers', file), join(dist, 'workers', file));
 writeFileSync(join(dist, 'BUILD.json'), `${JSON.stringify({ sources: sourceFingerprint(root), builtAt: new Date().toISOString() }, null, 2)}\n`);
 console.log(`build: dist/ written (${rewritten} module URLs rewritten to .js)`);
 

@@ -4,6 +4,11 @@
 // not pass `--import` hooks on to worker threads. (A TypeScript plugin under the compiled build gets tsx
 // registered on demand: core/runtime/import-module.ts.)
 import { existsSync } from 'node:fs';
+import process from 'node:process';
+
+// tinypool's entry has bound the stand-in by now (tinypool-preload.mjs): handler code gets the real one.
+const preload = globalThis[Symbol.for('cloudlet.tinypoolPreload')];
+if (preload) process.memoryUsage = preload.real;
 
 const compiled = new URL('./handler-worker.js', import.meta.url);
 let runTask;

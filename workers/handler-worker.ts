@@ -28,8 +28,31 @@ function loadHandler(): Promise<Handler> {
   return handlerPromise;
 }
 
+/**
+ * The handler's signal, made the first time the handler reads it: many handlers never do, and an
+ * AbortController costs ~4 µs a message (docs/PERFORMANCE.md, F11). An abort before that is kept and applied.
+ */
+class TaskAbort {
+  #controller: AbortController | undefined;
+  #reason: Error | undefined;
+
+  get signal(): AbortSignal {
+    if (!this.#controller) {
+      this.#controller = new AbortController();
+      if (this.#reason) this.#controller.abort(this.#reason);
+    }
+    return this.#controller.signal;
+  }
+
+  abort(reason: Error): void {
+    if (this.#reason) return;
+    this.#reason = reason;
+    this.#controller?.abort(reason);
+  }
+}
+
 /** Aborts for the task this worker runs, by message id (tinypool gives a worker one task at a time). */
-const running = new Map<string, AbortController>();
+const running = new Map<string, TaskAbort>();
 /**
  * Ids cancelled before any worker started them (still queued in tinypool when the abort went out): the
  * worker that gets one later must not run it. Bounded; an entry is only needed for the cancel grace.
@@ -67,8 +90,8 @@ export default async function runTask(task: WorkerTask): Promise<WorkerResult> {
   if (cancelledEarly.delete(task.id) || Date.now() >= task.deadline) {
     return { outcome: { ok: false, error: { code: 'CANCELLED', message: 'cancelled before it started' } }, sideMessages: 0 };
   }
-  const abortController = new AbortController();
-  running.set(task.id, abortController);
+  const abort = new TaskAbort();
+  running.set(task.id, abort);
   let sideMessages = 0;
   const send = (message: DistributiveOmit<WorkerToMain, 'id'>) => {
     sideMessages++;
@@ -80,7 +103,9 @@ export default async function runTask(task: WorkerTask): Promise<WorkerResult> {
     host: poolData.host,
     message: { id: task.id, type: task.type, deadline: task.deadline },
     log,
-    signal: abortController.signal,
+    get signal() {
+      return abort.signal;
+    },
     progress: (stage, detail) => send(detail === undefined ? { t: 'progress', stage } : { t: 'progress', stage, detail }),
     plugins: poolData.plugins,
     providers: poolData.providers ?? {},

@@ -39,7 +39,7 @@ export class InlinePools extends PoolManager {
       host: this.#host,
       message: { id: task.id, type: task.type, deadline: task.deadline },
       log: hooks.log ?? quietLog,
-      signal: hooks.signal ?? new AbortController().signal,
+      signal: new AbortController().signal,
       progress: (stage, detail) => hooks.onProgress?.(stage, detail),
       plugins: this.#plugins,
       providers: {},

@@ -1,12 +1,13 @@
 import assert from 'node:assert/strict';
 import test, { type TestContext } from 'node:test';
 import { defaultPoolSettings } from '../../core/config/schema.ts';
-import { registerPluginErrors } from '../../core/errors.ts';
+import { Cancellation } from '../../core/cancellation.ts';
+import { cloudletError, registerPluginErrors } from '../../core/errors.ts';
 import type { PoolSettings } from '../../core/plugin-api.ts';
 import { PoolManager, type RunOutcome } from '../../core/pools.ts';
 
 const handlerUrl = new URL('../fixtures/plugins/testkit/handlers.ts', import.meta.url).href;
-const TYPES = ['test.echo', 'test.sleep', 'test.spin', 'test.crash', 'test.exit', 'test.fail', 'test.progress'];
+const TYPES = ['test.echo', 'test.sleep', 'test.spin', 'test.crash', 'test.exit', 'test.fail', 'test.progress', 'test.thread'];
 
 registerPluginErrors({ TESTKIT_REFUSED: { message: 'the testkit refused on purpose', retryable: false } });
 
@@ -130,13 +131,40 @@ test('pools — a full queue answers BUSY at once instead of growing', async (t)
   );
 });
 
-test('pools — cancelling through the signal answers with the given reason', async (t) => {
+test('pools — a cancelled message is answered with the reason it was cancelled for', async (t) => {
   const pools = makePools(t);
-  const controller = new AbortController();
-  const pending = pools.run(task('test.sleep', { ms: 60_000 }), { signal: controller.signal });
-  setTimeout(() => controller.abort(), 100);
+  const cancellation = new Cancellation();
+  const pending = pools.run(task('test.sleep', { ms: 60_000 }), { cancellation });
+  setTimeout(() => cancellation.cancel(cloudletError('SHUTTING_DOWN', 'the agent is stopping')), 100);
   const outcome = await pending;
-  assert.equal(errorCode(outcome), 'CANCELLED');
+  assert.equal(errorCode(outcome), 'SHUTTING_DOWN');
+  // Cancelled before it starts: not run at all, same answer.
+  const early = await pools.run(task('test.sleep', { ms: 60_000 }), { cancellation });
+  assert.equal(errorCode(early), 'SHUTTING_DOWN');
+});
+
+test('pools — a handler that looks at its signal only after a cancel arrived sees it aborted, with the reason', async (t) => {
+  const pools = makePools(t, { 'test.sleep': { cancelGraceMs: 5_000 } });
+  const cancellation = new Cancellation();
+  const lines: Array<Record<string, unknown>> = [];
+  const log = { trace: () => undefined, debug: () => undefined, info: (obj: object) => void lines.push(obj as Record<string, unknown>), warn: () => undefined, error: () => undefined };
+  // A thread that is up first: an abort sent while its thread still boots does not reach the handler.
+  assert.equal((await pools.run(task('test.sleep', { ms: 0 }))).ok, true);
+  const pending = pools.run(task('test.sleep', { ms: 400, ignoreAbort: true, reportSignal: true }), { cancellation, log });
+  setTimeout(() => cancellation.cancel(cloudletError('SHUTTING_DOWN', 'the agent is stopping')), 100);
+  assert.equal(errorCode(await pending), 'SHUTTING_DOWN');
+  assert.deepEqual(lines, [{ aborted: true, reason: 'SHUTTING_DOWN' }]);
+});
+
+test('pools — tinypool gets a memoryUsage that reads nothing after each task; handler code gets the real one', async (t) => {
+  const pools = makePools(t);
+  const outcomes = [];
+  for (let i = 0; i < 3; i++) outcomes.push(await pools.run(task('test.thread')));
+  const results = outcomes.map((outcome) => (outcome.ok ? (outcome.result as { rss: number; tinypoolMemoryUsageCalls: number | null }) : assert.fail(errorCode(outcome))));
+  for (const result of results) assert.ok(result.rss > 0, `the handler saw rss ${result.rss}`);
+  // One thread ran all three: tinypool called the stand-in after the first two. If this fails with null or 0,
+  // tinypool no longer calls memoryUsage per task and workers/tinypool-preload.mjs can go.
+  assert.equal(results[2]?.tinypoolMemoryUsageCalls, 2);
 });
 
 test('pools — a slow message type does not delay a fast one', async (t) => {
