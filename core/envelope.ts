@@ -141,7 +141,7 @@ export function formatPath(path: readonly PropertyKey[]): string {
  */
 export function decodeEnvelope<K extends EnvelopeKind>(
   raw: string | Uint8Array,
-  expectedKind: K,
+  expectedKind: K | readonly K[],
   maxBytes: number,
 ): DecodeResult<K> {
   const size = typeof raw === 'string' ? Buffer.byteLength(raw) : raw.byteLength;
@@ -164,9 +164,12 @@ export function decodeEnvelope<K extends EnvelopeKind>(
     return fail(cloudletError('BAD_ENVELOPE', 'the envelope must be a JSON object'));
   }
   const record = value as Record<string, unknown>;
-  const salvagedId = messageIdSchema.safeParse(record.id).success ? (record.id as string) : null;
-  const salvagedType = messageTypeSchema.safeParse(record.type).success ? (record.type as string) : undefined;
-  const salvage = (error: CloudletError): DecodeFailure & { ok: false } => ({ ok: false, error, id: salvagedId, type: salvagedType });
+  const salvage = (error: CloudletError): DecodeFailure & { ok: false } => ({
+    ok: false,
+    error,
+    id: messageIdSchema.safeParse(record.id).success ? (record.id as string) : null,
+    type: messageTypeSchema.safeParse(record.type).success ? (record.type as string) : undefined,
+  });
 
   if (record.v !== PROTOCOL_VERSION) {
     const found = record.v === undefined ? 'has no "v" field' : `has version ${JSON.stringify(record.v)}`;
@@ -177,18 +180,21 @@ export function decodeEnvelope<K extends EnvelopeKind>(
       }),
     );
   }
-  if (record.kind !== expectedKind) {
+  const kinds: readonly K[] = typeof expectedKind === 'string' ? [expectedKind] : expectedKind;
+  const kind = kinds.find((k) => k === record.kind);
+  if (kind === undefined) {
+    const allowed = kinds.map((k) => `"${k}"`).join(' or ');
     return salvage(
-      cloudletError('BAD_ENVELOPE', `expected an envelope of kind "${expectedKind}", found ${JSON.stringify(record.kind ?? null)}`, {
-        issues: [{ path: 'kind', message: `must be "${expectedKind}"` }],
+      cloudletError('BAD_ENVELOPE', `expected an envelope of kind ${allowed}, found ${JSON.stringify(record.kind ?? null)}`, {
+        issues: [{ path: 'kind', message: `must be ${allowed}` }],
       }),
     );
   }
-  const parsed = schemaByKind[expectedKind].safeParse(value);
+  const parsed = schemaByKind[kind].safeParse(value);
   if (!parsed.success) {
     const issues = describeIssues(parsed.error.issues);
     const summary = issues.map((issue) => `${issue.path}: ${issue.message}`).join('; ');
-    return salvage(cloudletError('BAD_ENVELOPE', `invalid ${expectedKind} envelope: ${summary}`, { issues }));
+    return salvage(cloudletError('BAD_ENVELOPE', `invalid ${kind} envelope: ${summary}`, { issues }));
   }
   return { ok: true, envelope: parsed.data as z.infer<(typeof schemaByKind)[K]> };
 

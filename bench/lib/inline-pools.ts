@@ -34,12 +34,16 @@ export class InlinePools extends PoolManager {
       handler = import(url).then((module: { default: Handler }) => module.default);
       this.#handlers.set(url, handler);
     }
+    let controller: AbortController | undefined;
     const context: HandlerContext = {
       options: route.plugin.options,
       host: this.#host,
       message: { id: task.id, type: task.type, deadline: task.deadline },
       log: hooks.log ?? quietLog,
-      signal: new AbortController().signal,
+      // Made when read, as the worker does (workers/handler-worker.ts).
+      get signal() {
+        return (controller ??= new AbortController()).signal;
+      },
       progress: (stage, detail) => hooks.onProgress?.(stage, detail),
       plugins: this.#plugins,
       providers: {},

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
-import { decodeEnvelope, makeReply, makeRequest, formatPath } from '../../core/envelope.ts';
+import { decodeEnvelope, makeProgress, makeReply, makeRequest, formatPath } from '../../core/envelope.ts';
 import { CloudletError, cloudletError, registerPluginErrors, toCloudletError } from '../../core/errors.ts';
 import { FrameReader } from '../../core/transports/ndjson.ts';
 
@@ -37,6 +37,22 @@ test('envelope — each way of being wrong has its code, and the id is salvaged 
   }
   const noVersion = decodeEnvelope('{"kind":"request","id":"a","type":"x"}', 'request', LIMIT);
   assert.match(!noVersion.ok ? noVersion.error.message : '', /has no "v" field/);
+});
+
+test('envelope — a receiver that takes two kinds decodes each with its own schema and names both when refusing', () => {
+  const reply = makeReply({ id: 'a', type: 't' }, 'h', { ok: true, result: { n: 1 } });
+  const progress = makeProgress(makeRequest({ id: 'a', type: 't', payload: {} }), 'h', 'step');
+  for (const envelope of [reply, progress]) {
+    const decoded = decodeEnvelope(Buffer.from(JSON.stringify(envelope)), ['reply', 'progress'], LIMIT);
+    assert.equal(decoded.ok && decoded.envelope.kind, envelope.kind);
+  }
+  // Each kind is held to its own schema: a progress without a stage is not let through as a reply.
+  const { stage: _stage, ...noStage } = progress;
+  assert.equal(decodeEnvelope(JSON.stringify(noStage), ['reply', 'progress'], LIMIT).ok, false);
+  const request = decodeEnvelope(JSON.stringify(makeRequest({ id: 'a', type: 't', payload: {} })), ['reply', 'progress'], LIMIT);
+  assert.equal(request.ok, false);
+  assert.equal(!request.ok && request.error.message, 'expected an envelope of kind "reply" or "progress", found "request"');
+  assert.equal(!request.ok && request.id, 'a');
 });
 
 test('envelope — replies have error exactly when ok is false; long error messages are cut to fit', () => {

@@ -22,6 +22,8 @@ import { declareTopology } from './topology.ts';
 
 const REPLY_TO = 'amq.rabbitmq.reply-to';
 const LIVENESS_CHECK_MS = 250;
+/** What arrives on direct reply-to: the final reply, or progress before it. */
+const REPLY_KINDS = ['reply', 'progress'] as const;
 
 export interface AmqpClientOptions {
   config: AmqpTransportConfig;
@@ -61,6 +63,8 @@ export class AmqpClientTransport implements ClientTransport {
   #channel: ConfirmChannel | undefined;
   #model: ChannelModel | undefined;
   #presenceHeard: Promise<void> | undefined;
+  /** Some host has answered our probe: requests no longer wait for the registry (not even a timer's worth). */
+  #presenceKnown = false;
 
   constructor(options: AmqpClientOptions) {
     this.#options = options;
@@ -102,6 +106,7 @@ export class AmqpClientTransport implements ClientTransport {
     const presence = await channel.assertQueue('', { exclusive: true, autoDelete: true });
     await channel.bindQueue(presence.queue, this.names.presenceExchange, '');
     let heard!: () => void;
+    this.#presenceKnown = false;
     this.#presenceHeard = new Promise<void>((resolve) => (heard = resolve));
     await channel.consume(
       presence.queue,
@@ -111,7 +116,10 @@ export class AmqpClientTransport implements ClientTransport {
           const heartbeat = heartbeatSchema.safeParse(JSON.parse(msg.content.toString('utf8')));
           if (heartbeat.success) {
             this.registry.record(heartbeat.data);
-            if (heartbeat.data.view) heard();
+            if (heartbeat.data.view) {
+              this.#presenceKnown = true;
+              heard();
+            }
           }
         } catch {
           // not ours to worry about
@@ -130,6 +138,7 @@ export class AmqpClientTransport implements ClientTransport {
 
   /** Waits (briefly) until some host answered our probe, so the registry knows who is alive. */
   async #registryReady(maxWaitMs: number): Promise<void> {
+    if (this.#presenceKnown) return;
     // Called on every request: clear the timer once presence was heard instead of leaving one per call.
     let timer: ReturnType<typeof setTimeout> | undefined;
     await Promise.race([this.#presenceHeard, new Promise((r) => (timer = setTimeout(r, maxWaitMs)))]);
@@ -192,20 +201,13 @@ export class AmqpClientTransport implements ClientTransport {
   }
 
   #onReply(msg: ConsumeMessage): void {
-    const text = msg.content.toString('utf8');
-    let kind: unknown;
-    try {
-      kind = (JSON.parse(text) as { kind?: unknown }).kind;
-    } catch {
+    const decoded = decodeEnvelope(msg.content, REPLY_KINDS, this.#options.maxMessageBytes);
+    if (!decoded.ok) return;
+    if (decoded.envelope.kind === 'progress') {
+      this.#pending.get(decoded.envelope.id)?.onProgress(decoded.envelope);
       return;
     }
-    if (kind === 'progress') {
-      const decoded = decodeEnvelope(text, 'progress', this.#options.maxMessageBytes);
-      if (decoded.ok) this.#pending.get(decoded.envelope.id)?.onProgress(decoded.envelope);
-      return;
-    }
-    const decoded = decodeEnvelope(text, 'reply', this.#options.maxMessageBytes);
-    if (!decoded.ok || decoded.envelope.id === null) return;
+    if (decoded.envelope.id === null) return;
     const pending = this.#pending.get(decoded.envelope.id);
     if (!pending) return; // a duplicate (after a re-publish) or a reply to a caller that gave up
     const liveHeader = msg.properties.headers?.[HEADERS.liveHosts];
