@@ -61,6 +61,8 @@ interface ManagedPool {
   channel: InstanceType<typeof BroadcastChannel>;
   /** Side-message listeners of the tasks running now, by message id. */
   listeners: Map<string, (message: WorkerToMain) => void>;
+  /** Abort requests for tasks not finished yet, by message id: sent again to each thread that starts. */
+  aborts: Map<string, MainToWorker>;
   running: number;
   /** Undeclared codes from this plugin's handlers are downgraded, so callers only ever see documented codes. */
   declaredCodes: ReadonlySet<string>;
@@ -88,10 +90,13 @@ export class PoolManager {
       });
       const channel = new BroadcastChannel(channelName);
       const listeners = new Map<string, (message: WorkerToMain) => void>();
+      const aborts = new Map<string, MainToWorker>();
       channel.onmessage = (event: MessageEvent) => {
         const message = event.data as SideMessage;
+        // A thread that just started missed the aborts sent before its channel opened.
+        if (message.t === 'listening') for (const abort of aborts.values()) channel.postMessage(abort);
         // Our own abort requests are not echoed back; a message for a finished task is dropped.
-        if (message.t !== 'abort') listeners.get(message.id)?.(message);
+        else if (message.t !== 'abort') listeners.get(message.id)?.(message);
       };
       // The pool's workers keep the agent alive, not this channel.
       (channel as { unref?: () => void }).unref?.();
@@ -100,6 +105,7 @@ export class PoolManager {
         pool,
         channel,
         listeners,
+        aborts,
         running: 0,
         declaredCodes: declaredCodes.get(spec.workerData.pluginName) ?? new Set(),
       });
@@ -172,6 +178,7 @@ export class PoolManager {
         clearTimeout(sideMessagesTimer);
         stopListening?.();
         managed.listeners.delete(task.id);
+        managed.aborts.delete(task.id);
         resolve(outcome);
       };
       const finishReturned = () => {
@@ -182,6 +189,7 @@ export class PoolManager {
         if (settled || cancelReason) return;
         cancelReason = reason;
         const message: MainToWorker = { t: 'abort', id: task.id, reason: reason.toWire() };
+        managed.aborts.set(task.id, message);
         managed.channel.postMessage(message);
         graceTimer = setTimeout(() => {
           terminate.pull();

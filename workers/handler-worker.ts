@@ -73,6 +73,7 @@ channel.onmessage = (event: MessageEvent) => {
     if (cancelledEarly.size > CANCELLED_EARLY_KEPT) cancelledEarly.delete(cancelledEarly.values().next().value as string);
   }
 };
+channel.postMessage({ t: 'listening' } satisfies SideMessage);
 // Handler code that calls process.exit ends this thread mid-task: say so, or the task would wait for its
 // deadline (the message is queued before the thread goes, and delivered).
 let uncaught: string | undefined;

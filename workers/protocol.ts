@@ -54,7 +54,13 @@ export type WorkerToMain =
 /** To the pool's workers: the one running task `id` aborts it; the others ignore it. */
 export type MainToWorker = { t: 'abort'; id: string; reason: WireError };
 
-export type SideMessage = WorkerToMain | MainToWorker;
+/**
+ * A worker's channel is open (sent once, as the thread starts). A BroadcastChannel keeps nothing for
+ * listeners that do not exist yet, so the main thread sends again the aborts a starting thread missed.
+ */
+export type WorkerListening = { t: 'listening' };
+
+export type SideMessage = WorkerToMain | MainToWorker | WorkerListening;
 
 export const LOG_LEVEL_RANK: Record<LogLevelName, number> = {
   trace: 10,

@@ -148,12 +148,25 @@ test('pools — a handler that looks at its signal only after a cancel arrived s
   const cancellation = new Cancellation();
   const lines: Array<Record<string, unknown>> = [];
   const log = { trace: () => undefined, debug: () => undefined, info: (obj: object) => void lines.push(obj as Record<string, unknown>), warn: () => undefined, error: () => undefined };
-  // A thread that is up first: an abort sent while its thread still boots does not reach the handler.
+  // A thread that is up first, so the handler surely runs (an abort that reaches a starting thread first skips it).
   assert.equal((await pools.run(task('test.sleep', { ms: 0 }))).ok, true);
   const pending = pools.run(task('test.sleep', { ms: 400, ignoreAbort: true, reportSignal: true }), { cancellation, log });
   setTimeout(() => cancellation.cancel(cloudletError('SHUTTING_DOWN', 'the agent is stopping')), 100);
   assert.equal(errorCode(await pending), 'SHUTTING_DOWN');
   assert.deepEqual(lines, [{ aborted: true, reason: 'SHUTTING_DOWN' }]);
+});
+
+test('pools — a cancel sent while the pool\'s thread is still starting reaches the handler, or the handler never runs', async (t) => {
+  const pools = makePools(t, { 'test.sleep': { cancelGraceMs: 5_000 } });
+  const cancellation = new Cancellation();
+  const lines: Array<Record<string, unknown>> = [];
+  const log = { trace: () => undefined, debug: () => undefined, info: (obj: object) => void lines.push(obj as Record<string, unknown>), warn: () => undefined, error: () => undefined };
+  // The pool has no thread yet: it starts one for this message, which takes a few hundred ms (tsx, imports).
+  const pending = pools.run(task('test.sleep', { ms: 400, ignoreAbort: true, reportSignal: true }), { cancellation, log });
+  setTimeout(() => cancellation.cancel(cloudletError('SHUTTING_DOWN', 'the agent is stopping')), 20);
+  assert.equal(errorCode(await pending), 'SHUTTING_DOWN');
+  // Either the abort reached the thread before the message did (then it never ran), or the handler saw it.
+  assert.ok(lines.length === 0 || (lines.length === 1 && lines[0]?.aborted === true && lines[0]?.reason === 'SHUTTING_DOWN'), JSON.stringify(lines));
 });
 
 test('pools — tinypool gets a memoryUsage that reads nothing after each task; handler code gets the real one', async (t) => {
