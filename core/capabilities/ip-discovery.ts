@@ -47,6 +47,29 @@ export interface IpDiscoveryContext<Options = unknown> {
    * active probing, short waits. Absent means false. Added in core API 1.6.
    */
   passive?: boolean;
+  /**
+   * A memo shared by the asks of one list (list-vms asks about every VM of the host at once). A strategy
+   * whose source is per host or per bridge rather than per VM — a neighbour table, a lease file — reads it
+   * through `readOnce` so that one list reads it once, not once per VM. Absent for one VM's ask, which
+   * then reads its source as it is now. Added in core API 1.7.
+   */
+  shared?: Map<string, Promise<unknown>>;
+}
+
+/**
+ * `read()` — or, when the context carries a list's memo (`shared`), the promise the first ask of that list
+ * made for `key`. Key by plugin and source, e.g. `ip-discovery-arp:neigh:br0`. A failed read fails every
+ * ask of the list that shares it, as it would have failed each of them.
+ */
+export function readOnce<T>(context: Pick<IpDiscoveryContext, 'shared'>, key: string, read: () => Promise<T>): Promise<T> {
+  const { shared } = context;
+  if (!shared) return read();
+  let pending = shared.get(key) as Promise<T> | undefined;
+  if (!pending) {
+    pending = read();
+    shared.set(key, pending);
+  }
+  return pending;
 }
 
 export interface IpDiscoveryStrategy<Options = unknown> {

@@ -19,7 +19,7 @@ import { arpOptionsSchema } from './options.ts';
 export default definePlugin({
   name: 'ip-discovery-arp',
   version: '1.0.0',
-  api: '^1.3.0',
+  api: '^1.7.0',
   description: "A VM's addresses from the bridge's neighbour table (ARP/NDP), with optional bounded probing.",
   provides: ['ip-discovery'],
   capabilityModules: { 'ip-discovery': new URL('./strategy.ts', import.meta.url) },

@@ -8,7 +8,7 @@
  * admin who sets it means "this is where the VMs' neighbours are" for every caller.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { normalizeMac, type DiscoveredAddress, type IpDiscoveryContext, type IpDiscoveryStrategy, type VmNetworkIdentity } from '../../core/capabilities/ip-discovery.ts';
+import { normalizeMac, readOnce, type DiscoveredAddress, type IpDiscoveryContext, type IpDiscoveryStrategy, type VmNetworkIdentity } from '../../core/capabilities/ip-discovery.ts';
 import { CloudletError, z } from '../../core/plugin-api.ts';
 import { arpError } from './errors.ts';
 import { waitForNeighbourEvent, type MonitorOutcome } from './monitor.ts';
@@ -44,7 +44,8 @@ async function discover(vm: VmNetworkIdentity, context: IpDiscoveryContext): Pro
   const options = optionsFrom(context.options);
   const bridge = bridgeFor(options, vm);
   const read = () => readNeighbourTable({ ipBinary: options.ipBinary, bridge, signal: context.signal, log: context.log });
-  let table = await read();
+  // The asks of one list share one read of the bridge's table (only the first read: a probe reads afresh).
+  let table = await readOnce(context, `ip-discovery-arp:neigh:${bridge}`, read);
   // A passive caller (list-vms: every VM at once) gets the table as it is: a sweep per VM would flood the subnet.
   if (options.probe.enabled && !context.passive && !hasIpv4Entry(table.entries, vm.mac) && (await probe(vm, bridge, options, context))) table = await read();
   return addressesForMac(table.entries, vm.mac, { includeStale: options.includeStale, bridge, table: table.source });

@@ -11,7 +11,7 @@ import { dnsmasqOptionsSchema } from './options.ts';
 export default definePlugin({
   name: 'ip-discovery-dnsmasq',
   version: '1.0.0',
-  api: '^1.3.0',
+  api: '^1.7.0',
   description: "VM addresses from dnsmasq's lease file; optionally runs dnsmasq on the VM bridge.",
   provides: ['ip-discovery'],
   capabilityModules: { 'ip-discovery': new URL('./strategy.ts', import.meta.url) },

@@ -1,9 +1,10 @@
 /**
  * The `ip-discovery` capability module: a VM's addresses from dnsmasq's lease file, matched by the VM's MAC.
- * Runs in worker threads (qemu-backend's handlers load it): stateless, reads the file on every call.
+ * Runs in worker threads (qemu-backend's handlers load it): stateless, reads the file on every call (once
+ * per list when the caller shares a memo: `readOnce`).
  */
 import { readFile } from 'node:fs/promises';
-import { scopeOf, type DiscoveredAddress, type IpDiscoveryContext, type IpDiscoveryStrategy, type VmNetworkIdentity } from '../../core/capabilities/ip-discovery.ts';
+import { readOnce, scopeOf, type DiscoveredAddress, type IpDiscoveryContext, type IpDiscoveryStrategy, type VmNetworkIdentity } from '../../core/capabilities/ip-discovery.ts';
 import { dnsmasqError } from './errors.ts';
 import { leasesForMac, parseLeases, type Lease, type ParsedLeases } from './leases.ts';
 import { waitForLeaseFileChange } from './lease-watch.ts';
@@ -16,9 +17,12 @@ const SKIPPED_SHOWN = 5;
 const strategy: IpDiscoveryStrategy<DnsmasqOptions> = {
   async discover(vm, context) {
     const { leaseFile } = context.options;
-    const text = await readLeaseFile(leaseFile, context.signal);
-    const parsed = parseLeases(text);
-    warnAboutSkipped(parsed, leaseFile, context);
+    // The asks of one list (list-vms) share one read, one parse and one warning.
+    const parsed = await readOnce(context, `${SOURCE}:leases:${leaseFile}`, async () => {
+      const leases = parseLeases(await readLeaseFile(leaseFile, context.signal));
+      warnAboutSkipped(leases, leaseFile, context);
+      return leases;
+    });
     const now = Date.now();
     const leaseSeconds = knownLeaseSeconds(context.options);
     return leasesForMac(parsed, vm.mac, now).map((lease) => toAddress(lease, leaseSeconds, now, leaseFile));

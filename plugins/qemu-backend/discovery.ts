@@ -22,6 +22,8 @@ export interface AddressQuery {
   timeoutMs: number;
   /** Many VMs at once (list-vms): strategies answer from what they know, without probing. */
   passive?: boolean;
+  /** One memo for every ask of a list, so strategies read a per-host source once (IpDiscoveryContext.shared). */
+  shared?: Map<string, Promise<unknown>>;
 }
 
 export interface AddressAnswer {
@@ -58,7 +60,7 @@ async function askOnce(strategies: Strategy[], vm: VmNetworkIdentity, mode: 'fir
     if (signal.aborted) break;
     let found: DiscoveredAddress[] = [];
     try {
-      found = await untilAborted(strategy.implementation.discover(vm, { options: strategy.options, signal, log: ctx.log, passive: query.passive ?? false }), signal, []);
+      found = await untilAborted(strategy.implementation.discover(vm, { options: strategy.options, signal, log: ctx.log, passive: query.passive ?? false, ...(query.shared ? { shared: query.shared } : {}) }), signal, []);
     } catch (error) {
       ctx.log.warn({ strategy: strategy.plugin, vm: vm.vm, err: error }, 'ip-discovery strategy failed; trying the next');
     }

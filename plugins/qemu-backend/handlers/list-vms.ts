@@ -8,16 +8,19 @@ import { findAddresses, loadStrategies } from '../discovery.ts';
 
 /**
  * This host's VMs. Liveness from /proc only (no QMP round trip per VM), and addresses asked passively (no
- * ARP probe sweep, short guest-agent waits), so a long list stays fast.
+ * ARP probe sweep, short guest-agent waits, a lease file or neighbour table read once per list), so a long
+ * list stays fast.
  */
 export default defineHandler(listVmsPayload, qemuOptionsSchema, async (_payload, ctx) => {
   const records = await listRecords(ctx.options.stateDir);
   const strategies = await loadStrategies(ctx.options, ctx);
+  // One memo for the whole list: a lease file or a neighbour table is read once, not once per running VM.
+  const shared = new Map<string, Promise<unknown>>();
   const vms = await Promise.all(
     records.map(async (record) => {
       const pid = await runningPid(vmPaths(ctx.options.stateDir, record.id).pidfile, record.id);
       const addresses =
-        pid === undefined ? [] : (await findAddresses(ctx.options, strategies, record, { wait: false, timeoutMs: 0, includeLinkLocal: false, passive: true }, ctx)).addresses;
+        pid === undefined ? [] : (await findAddresses(ctx.options, strategies, record, { wait: false, timeoutMs: 0, includeLinkLocal: false, passive: true, shared }, ctx)).addresses;
       return { ...viewOf(record, pid === undefined ? 'stopped' : 'running', pid), addresses };
     }),
   );

@@ -37,7 +37,7 @@ test('options — bridge names, probe limits, cidr form and unknown keys are che
 test('plugin — declares the ip-discovery capability and its strategy module', () => {
   assert.equal(plugin.name, 'ip-discovery-arp');
   assert.equal(plugin.version, '1.0.0');
-  assert.equal(plugin.api, '^1.3.0');
+  assert.equal(plugin.api, '^1.7.0');
   assert.deepEqual(plugin.provides, ['ip-discovery']);
   assert.equal(String(plugin.capabilityModules?.['ip-discovery']), new URL('../../../plugins/ip-discovery-arp/strategy.ts', import.meta.url).href);
 });

@@ -182,3 +182,19 @@ test('strategy — waitForChange without a working ip monitor wakes the caller w
   assert.ok(took >= 900 && took < 5_000, `${took} ms`);
   assert.ok(ctx.log.lines.some((l) => l.level === 'warn' && /caller will poll/.test(l.msg)));
 });
+
+test('strategy — the asks of one list (a shared memo) read the neighbour table of a bridge once', async (t) => {
+  const ip = await ipWithFixtures(t);
+  const shared = new Map<string, Promise<unknown>>();
+  const listContext = { ...context({ bridge: 'br0', ipBinary: ip.path }), passive: true, shared };
+  const found = await Promise.all([VM, { vm: 'h1.bbbbbbbb', mac: '02:aa:00:00:00:99' }, VM].map((vm) => strategy.discover(vm, listContext)));
+  assert.deepEqual(await ip.calls(), ['-s -j neigh show dev br0 nud all']);
+  assert.deepEqual(found.map((addresses) => addresses.map((a) => a.address)), [
+    ['10.77.0.11', 'fe80::aa:ff:fe00:11', '2001:db8:77::11'],
+    [],
+    ['10.77.0.11', 'fe80::aa:ff:fe00:11', '2001:db8:77::11'],
+  ]);
+  // Without the memo (one VM's ask), each ask reads the table as it is.
+  await strategy.discover(VM, context({ bridge: 'br0', ipBinary: ip.path }));
+  assert.equal((await ip.calls()).length, 2);
+});

@@ -20,7 +20,7 @@ test('plugin — passes the loader’s checks and offers its strategy module for
   assert.ok(result.ok, JSON.stringify(!result.ok && result.problems));
   const loaded = result.config.plugins.find((p) => p.plugin.name === 'ip-discovery-dnsmasq');
   assert.deepEqual(loaded?.plugin.provides, ['ip-discovery']);
-  assert.equal(plugin.api, '^1.3.0');
+  assert.equal(plugin.api, '^1.7.0');
   const module = String(plugin.capabilityModules?.['ip-discovery']);
   assert.match(module, /^file:.*\/plugins\/ip-discovery-dnsmasq\/strategy\.ts$/);
   const strategy = ((await import(module)) as { default: { discover: unknown; waitForChange: unknown } }).default;

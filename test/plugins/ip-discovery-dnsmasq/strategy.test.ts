@@ -156,3 +156,21 @@ test('strategy — waitForChange resolves at the timeout and on abort', async (t
   clearTimeout(timer);
   assert.ok(ended, 'waitForChange ignored the abort');
 });
+
+test('strategy — the asks of one list (a shared memo) read and parse the lease file once, and warn about bad lines once', async (t) => {
+  const { file } = await leaseDir(t);
+  const expiry = Math.floor(Date.now() / 1000) + 3000;
+  await writeFile(file, `${expiry} 52:54:00:aa:bb:01 10.77.0.11 * *\nnot a lease line\n${expiry} 52:54:00:aa:bb:02 10.77.0.12 * *\n`);
+  const { log, records } = recordingLogger();
+  const shared = new Map<string, Promise<unknown>>();
+  const context: IpDiscoveryContext<DnsmasqOptions> = { options: dnsmasqOptionsSchema.parse({ leaseFile: file }), signal: new AbortController().signal, log, shared };
+  const first = await strategy.discover(vm('52:54:00:aa:bb:01'), context);
+  // Changed after the list's first ask: the same list still answers from the one read it made.
+  await writeFile(file, `${expiry} 52:54:00:aa:bb:02 10.77.0.99 * *\n`);
+  const second = await strategy.discover(vm('52:54:00:aa:bb:02'), context);
+  assert.deepEqual([first.map((a) => a.address), second.map((a) => a.address)], [['10.77.0.11'], ['10.77.0.12']]);
+  assert.equal(records.filter((r) => r.level === 'warn').length, 1);
+  // A single VM's ask (no memo) reads the file as it is now.
+  const alone = await strategy.discover(vm('52:54:00:aa:bb:02'), contextFor({ leaseFile: file }).context);
+  assert.deepEqual(alone.map((a) => a.address), ['10.77.0.99']);
+});

@@ -163,3 +163,23 @@ test('discovery — wait with timeoutMs 0 is one whole ask, as without wait', { 
   const answer = await find(strategiesOf(['slowish', slowish]), { wait: true, timeoutMs: 0, includeLinkLocal: false });
   assert.deepEqual(answer.addresses.map((a) => a.address), ['10.0.0.3']);
 });
+
+test('discovery — a list passes its one memo to every strategy it asks; a single ask passes none', async () => {
+  const memos: unknown[] = [];
+  const strategies = strategiesOf([
+    'watcher',
+    {
+      async discover(_vm, context) {
+        memos.push(context.shared);
+        return [];
+      },
+    },
+  ]);
+  const shared = new Map<string, Promise<unknown>>();
+  await find(strategies, { wait: false, timeoutMs: 0, includeLinkLocal: false, passive: true, shared });
+  await find(strategies, { wait: false, timeoutMs: 0, includeLinkLocal: false, passive: true, shared });
+  await find(strategies, { wait: false, timeoutMs: 0, includeLinkLocal: false });
+  assert.deepEqual(memos, [shared, shared, undefined]);
+  assert.equal(memos[0], shared);
+  assert.equal(memos[1], shared);
+});
