@@ -9,6 +9,9 @@ import { CORE_API_VERSION } from './version.ts';
 import { importModule } from './runtime/import-module.ts';
 
 export { z, CloudletError, CORE_API_VERSION };
+// The ip-discovery capability's contract, for plugins that provide it (core API 1.3; readOnce since 1.7).
+export { normalizeMac, readOnce, scopeOf } from './capabilities/ip-discovery.ts';
+export type { AddressFamily, AddressScope, DiscoveredAddress, IpDiscoveryContext, IpDiscoveryStrategy, VmNetworkIdentity } from './capabilities/ip-discovery.ts';
 export type { ErrorSpec };
 
 /** How a message type's worker pool is sized and bounded. Config (`pools.<type>`) overrides these. */

@@ -51,15 +51,16 @@ export interface IpDiscoveryContext<Options = unknown> {
    * A memo shared by the asks of one list (list-vms asks about every VM of the host at once). A strategy
    * whose source is per host or per bridge rather than per VM — a neighbour table, a lease file — reads it
    * through `readOnce` so that one list reads it once, not once per VM. Absent for one VM's ask, which
-   * then reads its source as it is now. Added in core API 1.7.
+   * then reads its source as it is now. The caller gives every ask of a list the same signal and never
+   * shares a memo across a wait (a memo is a snapshot). Added in core API 1.7.
    */
   shared?: Map<string, Promise<unknown>>;
 }
 
 /**
  * `read()` — or, when the context carries a list's memo (`shared`), the promise the first ask of that list
- * made for `key`. Key by plugin and source, e.g. `ip-discovery-arp:neigh:br0`. A failed read fails every
- * ask of the list that shares it, as it would have failed each of them.
+ * made for `key`. Key by plugin and source, e.g. `ip-discovery-arp:neigh:br0`. A failed read fails the
+ * asks waiting on it, as it would have failed each of them, and is forgotten: a later ask reads again.
  */
 export function readOnce<T>(context: Pick<IpDiscoveryContext, 'shared'>, key: string, read: () => Promise<T>): Promise<T> {
   const { shared } = context;
@@ -68,6 +69,7 @@ export function readOnce<T>(context: Pick<IpDiscoveryContext, 'shared'>, key: st
   if (!pending) {
     pending = read();
     shared.set(key, pending);
+    pending.catch(() => shared.delete(key));
   }
   return pending;
 }

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
-import type { DiscoveredAddress, IpDiscoveryStrategy, VmNetworkIdentity } from '../../../core/capabilities/ip-discovery.ts';
+import { readOnce, type DiscoveredAddress, type IpDiscoveryStrategy, type VmNetworkIdentity } from '../../../core/plugin-api.ts';
 import { findAddresses } from '../../../plugins/qemu-backend/discovery.ts';
 import { qemuOptionsSchema } from '../../../plugins/qemu-backend/options.ts';
 import type { VmRecord } from '../../../plugins/qemu-backend/state.ts';
@@ -182,4 +182,24 @@ test('discovery — a list passes its one memo to every strategy it asks; a sing
   assert.deepEqual(memos, [shared, shared, undefined]);
   assert.equal(memos[0], shared);
   assert.equal(memos[1], shared);
+});
+
+test('discovery — readOnce shares one read per key within a list, and forgets a read that failed', async () => {
+  const shared = new Map<string, Promise<unknown>>();
+  let reads = 0;
+  const failing = () => {
+    reads++;
+    return Promise.reject(new Error('not readable'));
+  };
+  await assert.rejects(readOnce({ shared }, 'k', failing));
+  await assert.rejects(readOnce({ shared }, 'k', failing));
+  assert.equal(reads, 2);
+  const five = async () => {
+    reads++;
+    return 5;
+  };
+  assert.deepEqual(await Promise.all([readOnce({ shared }, 'j', five), readOnce({ shared }, 'j', five)]), [5, 5]);
+  assert.equal(reads, 3);
+  assert.equal(await readOnce({}, 'j', five), 5);
+  assert.equal(reads, 4);
 });
