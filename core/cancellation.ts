@@ -17,13 +17,24 @@ export class Cancellation {
     return this.#reason;
   }
 
-  /** Cancels once; later calls keep the first reason. Listeners run in the order they were added. */
+  /**
+   * Cancels once; later calls keep the first reason. Listeners run in the order they were added; one that
+   * throws does not keep the others from running, and the first error is thrown after them all.
+   */
   cancel(reason: CloudletError): void {
     if (this.#reason) return;
     this.#reason = reason;
     const listeners = this.#listeners;
     this.#listeners = undefined;
-    for (const listener of listeners ?? []) listener(reason);
+    let failure: { error: unknown } | undefined;
+    for (const listener of listeners ?? []) {
+      try {
+        listener(reason);
+      } catch (error) {
+        failure ??= { error };
+      }
+    }
+    if (failure) throw failure.error;
   }
 
   /**

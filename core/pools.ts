@@ -5,6 +5,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import process from 'node:process';
+import { Worker } from 'node:worker_threads';
 import Tinypool from 'tinypool';
 import type { Cancellation } from './cancellation.ts';
 import { CloudletError, cloudletError, isCoreErrorCode, lookupError } from './errors.ts';
@@ -15,11 +16,31 @@ const WORKER_ENTRY = new URL('../workers/boot.mjs', import.meta.url).href;
 const TINYPOOL_PRELOAD = new URL('../workers/tinypool-preload.mjs', import.meta.url).href;
 
 /**
- * Each pool thread's Node options: the main thread's (what a worker inherits by default) and the preload that
- * spares tinypool a /proc read after every task (workers/tinypool-preload.mjs). Deno's worker threads take
- * no Node options; there tinypool keeps the real function.
+ * Each pool thread's Node options: the main thread's own (what a worker inherits when given none) and the
+ * preload that spares tinypool a /proc read after every task (workers/tinypool-preload.mjs). Given
+ * explicitly, a worker's options are checked, and some options a process takes are refused in a worker
+ * (`--max-old-space-size`, `--expose-gc`, …: ERR_WORKER_INVALID_EXEC_ARGV), where inherited they are not.
+ * So when the agent runs with options at all, a throwaway worker tries the list once; refused, the pools
+ * inherit as before, without the preload. Deno's worker threads take no Node options: no preload there.
  */
-const workerExecArgv = typeof (globalThis as { Deno?: unknown }).Deno === 'undefined' ? [...process.execArgv, '--import', TINYPOOL_PRELOAD] : undefined;
+let workerExecArgv: string[] | undefined | null = null;
+
+function poolExecArgv(): string[] | undefined {
+  if (workerExecArgv !== null) return workerExecArgv;
+  const candidate = [...process.execArgv, '--import', TINYPOOL_PRELOAD];
+  workerExecArgv = undefined;
+  if (typeof (globalThis as { Deno?: unknown }).Deno !== 'undefined') return workerExecArgv;
+  if (process.execArgv.length === 0) return (workerExecArgv = candidate);
+  try {
+    const probe = new Worker('', { eval: true, execArgv: candidate });
+    probe.unref();
+    void probe.terminate();
+    workerExecArgv = candidate;
+  } catch {
+    // refused: inherit the main thread's options unchanged
+  }
+  return workerExecArgv;
+}
 
 export interface PoolSpec {
   type: string;
@@ -61,8 +82,8 @@ interface ManagedPool {
   channel: InstanceType<typeof BroadcastChannel>;
   /** Side-message listeners of the tasks running now, by message id. */
   listeners: Map<string, (message: WorkerToMain) => void>;
-  /** Abort requests for tasks not finished yet, by message id: sent again to each thread that starts. */
-  aborts: Map<string, MainToWorker>;
+  /** Abort requests for tasks not finished yet, by run: sent again to each thread that starts. */
+  aborts: Map<number, MainToWorker>;
   running: number;
   /** Undeclared codes from this plugin's handlers are downgraded, so callers only ever see documented codes. */
   declaredCodes: ReadonlySet<string>;
@@ -70,11 +91,14 @@ interface ManagedPool {
 
 export class PoolManager {
   readonly #pools = new Map<string, ManagedPool>();
+  /** Numbers the runs: aborts name a run, not a message id (workers/protocol.ts, WorkerTask.run). */
+  #runs = 0;
 
   constructor(specs: readonly PoolSpec[], declaredCodes: ReadonlyMap<string, ReadonlySet<string>> = new Map()) {
     for (const spec of specs) {
       const { settings } = spec;
       const channelName = `cloudlet-pool:${spec.type}:${randomUUID()}`;
+      const execArgv = poolExecArgv();
       const pool = new Tinypool({
         filename: WORKER_ENTRY,
         name: 'default',
@@ -84,13 +108,13 @@ export class PoolManager {
         maxQueue: settings.maxQueue,
         // tinypool's Atomics wake-up hangs under Deno; message passing works on both runtimes.
         useAtomics: false,
-        ...(workerExecArgv ? { execArgv: workerExecArgv } : {}),
+        ...(execArgv ? { execArgv } : {}),
         workerData: { ...spec.workerData, channel: channelName } satisfies PoolWorkerData,
         resourceLimits: { maxOldGenerationSizeMb: settings.maxMemoryMb },
       });
       const channel = new BroadcastChannel(channelName);
       const listeners = new Map<string, (message: WorkerToMain) => void>();
-      const aborts = new Map<string, MainToWorker>();
+      const aborts = new Map<number, MainToWorker>();
       channel.onmessage = (event: MessageEvent) => {
         const message = event.data as SideMessage;
         // A thread that just started missed the aborts sent before its channel opened.
@@ -150,6 +174,7 @@ export class PoolManager {
 
   #runInWorker(managed: ManagedPool, task: PoolTask, hooks: RunHooks): Promise<RunOutcome> {
     const { settings } = managed.spec;
+    const run = ++this.#runs;
     // Pulling this terminates the worker thread: the last resort for a handler that ignores its signal.
     const terminate = new TerminateSwitch();
     const now = Date.now();
@@ -178,7 +203,7 @@ export class PoolManager {
         clearTimeout(sideMessagesTimer);
         stopListening?.();
         managed.listeners.delete(task.id);
-        managed.aborts.delete(task.id);
+        managed.aborts.delete(run);
         resolve(outcome);
       };
       const finishReturned = () => {
@@ -188,8 +213,8 @@ export class PoolManager {
       const cancel = (reason: CloudletError) => {
         if (settled || cancelReason) return;
         cancelReason = reason;
-        const message: MainToWorker = { t: 'abort', id: task.id, reason: reason.toWire() };
-        managed.aborts.set(task.id, message);
+        const message: MainToWorker = { t: 'abort', id: task.id, run, reason: reason.toWire() };
+        managed.aborts.set(run, message);
         managed.channel.postMessage(message);
         graceTimer = setTimeout(() => {
           terminate.pull();
@@ -227,8 +252,16 @@ export class PoolManager {
         if (returned && sideMessagesSeen >= returned.sideMessages) finishReturned();
       });
 
-      const workerTask: WorkerTask = { id: task.id, type: task.type, deadline: effectiveDeadline, payload: task.payload };
-      (managed.pool.run(workerTask, { signal: terminate }) as Promise<WorkerResult>).then(
+      const workerTask: WorkerTask = { run, id: task.id, type: task.type, deadline: effectiveDeadline, payload: task.payload };
+      let running: Promise<WorkerResult>;
+      try {
+        running = managed.pool.run(workerTask, { signal: terminate }) as Promise<WorkerResult>;
+      } catch (thrown) {
+        // tinypool could not even take the task (e.g. no thread can be started): this message fails, cleanly.
+        finish({ ok: false, error: crashedError(task.type, thrown instanceof Error ? thrown.message : String(thrown)) });
+        return;
+      }
+      running.then(
         (result) => {
           returned = result;
           if (sideMessagesSeen >= result.sideMessages) return finishReturned();

@@ -7,8 +7,14 @@ import { existsSync } from 'node:fs';
 import process from 'node:process';
 
 // tinypool's entry has bound the stand-in by now (tinypool-preload.mjs): handler code gets the real one.
+// Nor does a process or thread that handler code starts with this thread's options (fork, new Worker): the
+// preload leaves process.execArgv too.
 const preload = globalThis[Symbol.for('cloudlet.tinypoolPreload')];
-if (preload) process.memoryUsage = preload.real;
+if (preload) {
+  process.memoryUsage = preload.real;
+  const at = process.execArgv.findIndex((arg, i) => arg === '--import' && process.execArgv[i + 1]?.endsWith('/tinypool-preload.mjs'));
+  if (at >= 0) process.execArgv.splice(at, 2);
+}
 
 const compiled = new URL('./handler-worker.js', import.meta.url);
 let runTask;

@@ -51,13 +51,13 @@ class TaskAbort {
   }
 }
 
-/** Aborts for the task this worker runs, by message id (tinypool gives a worker one task at a time). */
-const running = new Map<string, TaskAbort>();
+/** The task this worker runs, by run (tinypool gives a worker one task at a time). */
+const running = new Map<number, { id: string; abort: TaskAbort }>();
 /**
  * Ids cancelled before any worker started them (still queued in tinypool when the abort went out): the
  * worker that gets one later must not run it. Bounded; an entry is only needed for the cancel grace.
  */
-const cancelledEarly = new Set<string>();
+const cancelledEarly = new Set<number>();
 const CANCELLED_EARLY_KEPT = 256;
 
 // The pool's side channel: progress and log lines out, abort requests in. Messages other workers of the
@@ -66,11 +66,11 @@ const channel = new BroadcastChannel(poolData.channel);
 channel.onmessage = (event: MessageEvent) => {
   const message = event.data as SideMessage;
   if (message.t !== 'abort') return;
-  const task = running.get(message.id);
-  if (task) task.abort(Object.assign(new Error(message.reason.message), message.reason));
+  const task = running.get(message.run);
+  if (task) task.abort.abort(Object.assign(new Error(message.reason.message), message.reason));
   else {
-    cancelledEarly.add(message.id);
-    if (cancelledEarly.size > CANCELLED_EARLY_KEPT) cancelledEarly.delete(cancelledEarly.values().next().value as string);
+    cancelledEarly.add(message.run);
+    if (cancelledEarly.size > CANCELLED_EARLY_KEPT) cancelledEarly.delete(cancelledEarly.values().next().value as number);
   }
 };
 channel.postMessage({ t: 'listening' } satisfies SideMessage);
@@ -83,16 +83,16 @@ process.on('uncaughtExceptionMonitor', (error: Error) => {
   uncaught = error instanceof Error ? error.message : String(error);
 });
 process.on('exit', (code: number) => {
-  for (const id of running.keys()) channel.postMessage({ id, t: 'exited', code, ...(uncaught === undefined ? {} : { uncaught }) } satisfies WorkerToMain);
+  for (const { id } of running.values()) channel.postMessage({ id, t: 'exited', code, ...(uncaught === undefined ? {} : { uncaught }) } satisfies WorkerToMain);
 });
 
 export default async function runTask(task: WorkerTask): Promise<WorkerResult> {
   // Cancelled or out of time while it waited for a thread: the main thread has answered it already.
-  if (cancelledEarly.delete(task.id) || Date.now() >= task.deadline) {
+  if (cancelledEarly.delete(task.run) || Date.now() >= task.deadline) {
     return { outcome: { ok: false, error: { code: 'CANCELLED', message: 'cancelled before it started' } }, sideMessages: 0 };
   }
   const abort = new TaskAbort();
-  running.set(task.id, abort);
+  running.set(task.run, { id: task.id, abort });
   let sideMessages = 0;
   const send = (message: DistributiveOmit<WorkerToMain, 'id'>) => {
     sideMessages++;
@@ -107,6 +107,10 @@ export default async function runTask(task: WorkerTask): Promise<WorkerResult> {
     get signal() {
       return abort.signal;
     },
+    // Handler code may put its own signal in place (ctx.signal = AbortSignal.any([...])), as before it was lazy.
+    set signal(value: AbortSignal) {
+      Object.defineProperty(this, 'signal', { value, writable: true, enumerable: true, configurable: true });
+    },
     progress: (stage, detail) => send(detail === undefined ? { t: 'progress', stage } : { t: 'progress', stage, detail }),
     plugins: poolData.plugins,
     providers: poolData.providers ?? {},
@@ -119,7 +123,7 @@ export default async function runTask(task: WorkerTask): Promise<WorkerResult> {
   } catch (thrown) {
     outcome = { ok: false, error: serializeThrown(thrown) };
   } finally {
-    running.delete(task.id);
+    running.delete(task.run);
   }
   return { outcome, sideMessages };
 }

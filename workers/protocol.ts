@@ -26,6 +26,11 @@ export interface PoolWorkerData {
 }
 
 export interface WorkerTask {
+  /**
+   * This run of the message, unique in its pool: aborts name it, so an abort for one run of an id never
+   * stops a later run of the same id (a retry after TIMEOUT or SHUTTING_DOWN keeps its id).
+   */
+  run: number;
   id: string;
   type: string;
   deadline: number;
@@ -52,7 +57,7 @@ export type WorkerToMain =
   | { id: string; t: 'exited'; code: number; uncaught?: string };
 
 /** To the pool's workers: the one running task `id` aborts it; the others ignore it. */
-export type MainToWorker = { t: 'abort'; id: string; reason: WireError };
+export type MainToWorker = { t: 'abort'; id: string; run: number; reason: WireError };
 
 /**
  * A worker's channel is open (sent once, as the thread starts). A BroadcastChannel keeps nothing for

@@ -40,9 +40,14 @@ export class InlinePools extends PoolManager {
       host: this.#host,
       message: { id: task.id, type: task.type, deadline: task.deadline },
       log: hooks.log ?? quietLog,
-      // Made when read, as the worker does (workers/handler-worker.ts).
+      // Made when read, as the worker does (workers/handler-worker.ts), and following the message's cancel.
       get signal() {
-        return (controller ??= new AbortController()).signal;
+        if (!controller) {
+          const made = new AbortController();
+          hooks.cancellation?.onCancel((reason) => made.abort(reason));
+          controller = made;
+        }
+        return controller.signal;
       },
       progress: (stage, detail) => hooks.onProgress?.(stage, detail),
       plugins: this.#plugins,

@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import test, { type TestContext } from 'node:test';
 import { defaultPoolSettings } from '../../core/config/schema.ts';
 import { Cancellation } from '../../core/cancellation.ts';
@@ -147,13 +150,15 @@ test('pools — a handler that looks at its signal only after a cancel arrived s
   const pools = makePools(t, { 'test.sleep': { cancelGraceMs: 5_000 } });
   const cancellation = new Cancellation();
   const lines: Array<Record<string, unknown>> = [];
-  const log = { trace: () => undefined, debug: () => undefined, info: (obj: object) => void lines.push(obj as Record<string, unknown>), warn: () => undefined, error: () => undefined };
-  // A thread that is up first, so the handler surely runs (an abort that reaches a starting thread first skips it).
-  assert.equal((await pools.run(task('test.sleep', { ms: 0 }))).ok, true);
-  const pending = pools.run(task('test.sleep', { ms: 400, ignoreAbort: true, reportSignal: true }), { cancellation, log });
-  setTimeout(() => cancellation.cancel(cloudletError('SHUTTING_DOWN', 'the agent is stopping')), 100);
+  // Cancelled once the handler says it started (not on a timer: a loaded machine may start it late).
+  const info = (obj: object) => {
+    lines.push(obj as Record<string, unknown>);
+    if ((obj as { started?: boolean }).started) cancellation.cancel(cloudletError('SHUTTING_DOWN', 'the agent is stopping'));
+  };
+  const log = { trace: () => undefined, debug: () => undefined, info, warn: () => undefined, error: () => undefined };
+  const pending = pools.run(task('test.sleep', { ms: 400, ignoreAbort: true, reportSignal: true, announce: true }), { cancellation, log });
   assert.equal(errorCode(await pending), 'SHUTTING_DOWN');
-  assert.deepEqual(lines, [{ aborted: true, reason: 'SHUTTING_DOWN' }]);
+  assert.deepEqual(lines, [{ started: true }, { aborted: true, reason: 'SHUTTING_DOWN' }]);
 });
 
 test('pools — a cancel sent while the pool\'s thread is still starting reaches the handler, or the handler never runs', async (t) => {
@@ -169,15 +174,46 @@ test('pools — a cancel sent while the pool\'s thread is still starting reaches
   assert.ok(lines.length === 0 || (lines.length === 1 && lines[0]?.aborted === true && lines[0]?.reason === 'SHUTTING_DOWN'), JSON.stringify(lines));
 });
 
+test('pools — a message id cancelled once runs when it is sent again (a retry), on whichever thread takes it', async (t) => {
+  const pools = makePools(t, { 'test.sleep': { maxThreads: 2 } });
+  const cancellation = new Cancellation();
+  const first = task('test.sleep', { ms: 5_000 });
+  // X on one thread, Z on the other: the abort for X reaches Z's thread too, which is not running X.
+  const x = pools.run(first, { cancellation });
+  const z = pools.run(task('test.sleep', { ms: 1_200 }));
+  await new Promise((resolve) => setTimeout(resolve, 600));
+  cancellation.cancel(cloudletError('SHUTTING_DOWN', 'the agent is stopping'));
+  assert.equal(errorCode(await x), 'SHUTTING_DOWN');
+  // X's thread takes a long one; the retry of X waits for Z's thread.
+  const w = pools.run(task('test.sleep', { ms: 3_000 }));
+  const retry = await pools.run({ ...first, deadline: Date.now() + 30_000, payload: { ms: 0 } });
+  assert.deepEqual(retry, { ok: true, result: { slept: 0 } });
+  assert.equal((await z).ok, true);
+  assert.equal((await w).ok, true);
+});
+
 test('pools — tinypool gets a memoryUsage that reads nothing after each task; handler code gets the real one', async (t) => {
   const pools = makePools(t);
   const outcomes = [];
   for (let i = 0; i < 3; i++) outcomes.push(await pools.run(task('test.thread')));
-  const results = outcomes.map((outcome) => (outcome.ok ? (outcome.result as { rss: number; tinypoolMemoryUsageCalls: number | null }) : assert.fail(errorCode(outcome))));
+  const results = outcomes.map((outcome) => (outcome.ok ? (outcome.result as { rss: number; tinypoolMemoryUsageCalls: number | null; execArgv: string[] }) : assert.fail(errorCode(outcome))));
   for (const result of results) assert.ok(result.rss > 0, `the handler saw rss ${result.rss}`);
+  // Nor does a child process a handler forks with its thread's options get the preload.
+  assert.ok(!results[0]?.execArgv.some((arg) => arg.includes('tinypool-preload')), results[0]?.execArgv.join(' '));
   // One thread ran all three: tinypool called the stand-in after the first two. If this fails with null or 0,
   // tinypool no longer calls memoryUsage per task and workers/tinypool-preload.mjs can go.
   assert.equal(results[2]?.tinypoolMemoryUsageCalls, 2);
+});
+
+test('pools — an agent started with Node options a worker refuses (--max-old-space-size) still runs messages', async () => {
+  const script = fileURLToPath(new URL('../support/run-pool-with-node-options.ts', import.meta.url));
+  const { stdout } = await promisify(execFile)(process.execPath, ['--max-old-space-size=300', '--import', 'tsx', script], { timeout: 60_000 });
+  const results = JSON.parse(stdout.trim().split('\n').at(-1) ?? '{}') as Record<string, RunOutcome>;
+  assert.equal(results.echo?.ok, true, JSON.stringify(results.echo));
+  const thread = results.thread?.ok ? (results.thread.result as { rss: number; tinypoolMemoryUsageCalls: number | null }) : assert.fail(JSON.stringify(results.thread));
+  assert.ok(thread.rss > 0);
+  // The pool threads inherit the options as they are, without the preload (refused as a list).
+  assert.equal(thread.tinypoolMemoryUsageCalls, null);
 });
 
 test('pools — a slow message type does not delay a fast one', async (t) => {

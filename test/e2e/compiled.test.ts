@@ -140,6 +140,7 @@ test('compiled — the npm package carries dist/, the launcher and the files bes
     'dist/BUILD.json',
     'dist/core/cli/main.js',
     'dist/workers/boot.mjs',
+    'dist/workers/tinypool-preload.mjs',
     'dist/workers/handler-worker.js',
     'dist/plugins/qemu-backend/handlers/create-vm.js',
     'config/cloudlet.service',
