@@ -11,6 +11,7 @@ import { Dispatcher, type DispatchObserver, type DispatchOutcome } from './dispa
 import { agentSecurity } from './security/agent-security.ts';
 import { PoolManager, type PoolSpec } from './pools.ts';
 import type { AgentView, CapabilityProvider, DispatchReply, HostIdentity, LoadedPluginSummary, PluginHookContext } from './plugin-api.ts';
+import { dependencyOptionsFor } from './plugins/checks.ts';
 import type { LoadedPlugin } from './plugins/loader.ts';
 import { createAgentTransport, type AgentTransport } from './transports/index.ts';
 import { AGENT_VERSION } from './version.ts';
@@ -94,7 +95,7 @@ export class Agent {
         await this.transport.publishEvent(makeEvent(type, this.host.id, payload));
       },
       capabilities,
-      dependencyOptions: this.#dependencyOptions(plugin),
+      dependencyOptions: dependencyOptionsFor(plugin, this.config.plugins),
       agent: this.#view,
       dispatch: (type, payload, options = {}) => this.#dispatchLocally(type, payload, options),
       transport: {
@@ -102,19 +103,6 @@ export class Agent {
         addInboundRoute: (route) => this.transport.addInboundRoute?.(route),
       },
     };
-  }
-
-  /**
-   * The validated options of the plugins `plugin` declares in `dependencies` (only those: another plugin's
-   * options may hold secrets), as frozen copies.
-   */
-  #dependencyOptions(plugin: LoadedPlugin): Readonly<Record<string, unknown>> {
-    const out: Record<string, unknown> = {};
-    for (const name of Object.keys(plugin.plugin.dependencies ?? {})) {
-      const dependency = this.config.plugins.find((p) => p.plugin.name === name);
-      if (dependency) out[name] = deepFreeze(structuredClone(dependency.options));
-    }
-    return Object.freeze(out);
   }
 
   /** A message from a plugin to this host's own handlers, through the same dispatcher as the wire. */
@@ -277,10 +265,3 @@ export async function runAgent(config: HostConfig, options: AgentOptions = {}): 
   return 0;
 }
 
-function deepFreeze<T>(value: T): T {
-  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
-    Object.freeze(value);
-    for (const item of Object.values(value)) deepFreeze(item);
-  }
-  return value;
-}

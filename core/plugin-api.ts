@@ -183,6 +183,28 @@ export interface PluginDefinition<
   /** Error codes the plugin's handlers may throw, beyond the core catalogue. */
   errors?: Record<string, ErrorSpec>;
   hooks?: PluginHooks<z.output<OptionsSchema>>;
+  /**
+   * Checks what a schema alone cannot: the plugin's parsed options against the options of the plugins it
+   * depends on. Runs at load, after every plugin's options parsed and its dependencies were found, so
+   * `cloudlet config check` reports the problems (as PLUGIN_OPTIONS_INVALID) and an agent does not start
+   * with them. Must not do I/O. Added in core API 1.8.
+   */
+  checkOptions?(options: z.output<OptionsSchema>, context: OptionsCheckContext): readonly OptionsProblem[];
+}
+
+/** What `checkOptions` gets beside the plugin's own options. */
+export interface OptionsCheckContext {
+  /** As in the hook context: the validated options of each plugin named in `dependencies`. */
+  dependencyOptions: Readonly<Record<string, unknown>>;
+}
+
+/** One problem `checkOptions` found. */
+export interface OptionsProblem {
+  /** Where in the plugin's options, e.g. `qemu.stateDir`; absent: the options as a whole. */
+  path?: string;
+  message: string;
+  /** What would be accepted, in words. */
+  allowed?: string;
 }
 
 export const PLUGIN_BRAND = Symbol.for('cloudlet.plugin');

@@ -80,6 +80,24 @@ export function checkPluginSet(
     }
   }
 
+  // Cross-plugin option checks, for plugins whose dependencies are all here (a missing one is reported above).
+  for (const p of unique) {
+    const check = p.plugin.checkOptions;
+    if (!check || Object.keys(p.plugin.dependencies ?? {}).some((name) => !byName.has(name))) continue;
+    let found: readonly { path?: string; message: string; allowed?: string }[];
+    try {
+      found = check(p.options, { dependencyOptions: dependencyOptionsFor(p, unique) });
+    } catch (thrown) {
+      found = [{ message: `plugin "${p.plugin.name}" could not check its options: ${thrown instanceof Error ? thrown.message : String(thrown)}` }];
+    }
+    for (const problem of found) {
+      add('PLUGIN_OPTIONS_INVALID', p, problem.message, {
+        path: `plugins[${p.index}].options${problem.path ? `.${problem.path}` : ''}`,
+        ...(problem.allowed === undefined ? {} : { allowed: problem.allowed }),
+      });
+    }
+  }
+
   const { ordered, cycle } = dependencyOrder(unique);
   if (cycle) {
     const first = byName.get(cycle[0] as string);
@@ -111,4 +129,25 @@ function dependencyOrder(plugins: readonly LoadedPlugin[]): { ordered: LoadedPlu
   };
   for (const p of plugins) visit(p, []);
   return cycle ? { ordered, cycle } : { ordered };
+}
+
+/**
+ * The validated options of the plugins `plugin` declares in `dependencies` (only those: another plugin's
+ * options may hold secrets), as frozen copies: what hooks and `checkOptions` see as `dependencyOptions`.
+ */
+export function dependencyOptionsFor(plugin: LoadedPlugin, loaded: readonly LoadedPlugin[]): Readonly<Record<string, unknown>> {
+  const out: Record<string, unknown> = {};
+  for (const name of Object.keys(plugin.plugin.dependencies ?? {})) {
+    const dependency = loaded.find((p) => p.plugin.name === name);
+    if (dependency) out[name] = deepFreeze(structuredClone(dependency.options));
+  }
+  return Object.freeze(out);
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const item of Object.values(value)) deepFreeze(item);
+  }
+  return value;
 }

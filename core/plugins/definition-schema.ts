@@ -47,4 +47,5 @@ export const pluginDefinitionSchema = z.object({
     )
     .optional(),
   hooks: z.object({ init: hook, start: hook, stop: hook }).strict().optional(),
+  checkOptions: hook,
 }).strict(); // a misspelt key ("dependecies") is an error, not silently ignored

@@ -8,7 +8,7 @@
  */
 import { definePlugin, type HostIdentity } from '../../core/plugin-api.ts';
 import { sweeperErrors } from './errors.ts';
-import { resolveSweeperOptions, sweeperOptionsSchema } from './options.ts';
+import { qemuContradictions, resolveSweeperOptions, sweeperOptionsSchema } from './options.ts';
 import { sweepNowPayload } from './schemas.ts';
 import { SweeperService } from './service.ts';
 
@@ -19,8 +19,9 @@ export default definePlugin({
   name: 'sweeper',
   version: '1.0.0',
   // ctx.dispatch (core API 1.4): dead records are settled through qemu-backend's own messages;
-  // ctx.dependencyOptions (1.6): qemu-backend's folders and names, not repeated in the sweeper's options.
-  api: '^1.6.0',
+  // ctx.dependencyOptions (1.6): qemu-backend's folders and names, not repeated in the sweeper's options;
+  // checkOptions (1.8): a qemu block that contradicts them is a config problem, not a failed start.
+  api: '^1.8.0',
   description: 'Periodic clean-up of stale leases, orphaned QEMU processes, records, VM folders and taps.',
   dependencies: { 'qemu-backend': '^1.0.0' },
   options: sweeperOptionsSchema,
@@ -34,6 +35,7 @@ export default definePlugin({
       pool: { minThreads: 0, maxThreads: 2, maxQueue: 16, timeoutMs: 900_000 },
     },
   },
+  checkOptions: (options, { dependencyOptions }) => qemuContradictions(options, dependencyOptions['qemu-backend']),
   hooks: {
     start(ctx) {
       const options = resolveSweeperOptions(ctx.options, ctx.dependencyOptions['qemu-backend']);

@@ -143,26 +143,42 @@ export type SweeperOptions = Omit<SweeperConfig, 'qemu'> & { qemu: QemuView };
 const QEMU_DEFAULTS: QemuView = { stateDir: '/var/lib/cloudlet/qemu', tapPrefix: 'clt', qemuBinary: 'qemu-system-x86_64', ipBinary: 'ip' };
 const QEMU_KEYS = ['stateDir', 'tapPrefix', 'qemuBinary', 'ipBinary'] as const;
 
+/** What to do about a contradicting `qemu` block, for `checkOptions` and the error below. */
+const LEAVE_OUT = 'leave out the sweeper\'s "qemu" block (it follows qemu-backend), or give the same value';
+
+/** The keys of a `qemu` block that differ from qemu-backend's own options, one problem each. */
+export function qemuContradictions(config: SweeperConfig, qemuBackendOptions?: unknown): { path: string; message: string; allowed: string }[] {
+  const backend = backendView(qemuBackendOptions);
+  const given = config.qemu ?? {};
+  return QEMU_KEYS.filter((key) => given[key] !== undefined && backend[key] !== undefined && backend[key] !== given[key]).map((key) => ({
+    path: `qemu.${key}`,
+    message: `qemu.${key} is "${given[key]}" but qemu-backend's ${key} is "${backend[key]}"`,
+    allowed: LEAVE_OUT,
+  }));
+}
+
+function backendView(qemuBackendOptions?: unknown): Partial<QemuView> {
+  const backend = qemuBackendOptions as Partial<Record<(typeof QEMU_KEYS)[number], unknown>> | undefined;
+  const view: Partial<QemuView> = {};
+  for (const key of QEMU_KEYS) if (typeof backend?.[key] === 'string') view[key] = backend[key] as string;
+  return view;
+}
+
 /**
  * Fills in `qemu` from qemu-backend's validated options (its `stateDir`, `tapPrefix`, `qemuBinary` and
  * `ipBinary`), so operators set them once. A `qemu` block that contradicts qemu-backend is refused: a sweeper
- * looking at another folder than qemu-backend writes finds nothing, or the wrong things.
+ * looking at another folder than qemu-backend writes finds nothing, or the wrong things. (The load-time
+ * check, `checkOptions`, reports it first; this keeps the sweeper from ever running with it.)
  */
 export function resolveSweeperOptions(config: SweeperConfig, qemuBackendOptions?: unknown): SweeperOptions {
-  const backend = qemuBackendOptions as Partial<Record<(typeof QEMU_KEYS)[number], unknown>> | undefined;
-  const fromBackend: Partial<QemuView> = {};
-  for (const key of QEMU_KEYS) if (typeof backend?.[key] === 'string') fromBackend[key] = backend[key] as string;
-  const given = config.qemu ?? {};
-  const contradictions = QEMU_KEYS.filter((key) => given[key] !== undefined && fromBackend[key] !== undefined && fromBackend[key] !== given[key]).map(
-    (key) => `qemu.${key} is "${given[key]}" but qemu-backend's ${key} is "${fromBackend[key]}"`,
-  );
+  const contradictions = qemuContradictions(config, qemuBackendOptions);
   if (contradictions.length > 0) {
     throw Object.assign(
-      new Error(`sweeper options contradict qemu-backend: ${contradictions.join('; ')}. Leave out the sweeper's "qemu" block (it follows qemu-backend), or give the same values.`),
+      new Error(`sweeper options contradict qemu-backend: ${contradictions.map((c) => c.message).join('; ')}. Leave out the sweeper's "qemu" block (it follows qemu-backend), or give the same values.`),
       { code: 'PLUGIN_OPTIONS_INVALID' },
     );
   }
-  return { ...config, qemu: { ...QEMU_DEFAULTS, ...fromBackend, ...given } };
+  return { ...config, qemu: { ...QEMU_DEFAULTS, ...backendView(qemuBackendOptions), ...config.qemu } };
 }
 export type LeasesJob = NonNullable<SweeperOptions['jobs']['leases']>;
 export type OrphansJob = NonNullable<SweeperOptions['jobs']['orphans']>;

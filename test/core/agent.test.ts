@@ -4,6 +4,8 @@ import { makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
 import { Buffer } from 'node:buffer';
 import { createConnection } from 'node:net';
 import { rawExchange, startAgent, testkitPath } from '../helpers.ts';
+import { checkHostConfig } from '../../core/config/host-config.ts';
+import { rawConfigFrom } from '../../core/config/load.ts';
 
 const withTestkit = { plugins: [{ use: testkitPath, options: { greeting: 'hey' } }] };
 
@@ -227,4 +229,22 @@ test("agent — a hook sees its dependencies' validated options, frozen, and no 
   assert.throws(() => {
     (seen.testkit as Record<string, unknown>).greeting = 'changed';
   }, TypeError);
+});
+
+test('agent — checkOptions (core API 1.8) reports cross-plugin problems at load, at the plugin\'s options; a throw is a problem too', async () => {
+  const reader = new URL('../fixtures/plugins/dependency-reader/index.ts', import.meta.url).pathname;
+  const check = (plugins: unknown[]) => checkHostConfig(rawConfigFrom({ host: { id: 'h1' }, plugins }, '/etc/cloudlet/cloudlet.yaml'));
+  const testkit = { use: testkitPath, options: { greeting: 'hello' } };
+  assert.ok((await check([testkit, { use: reader, options: { sameGreeting: 'hello' } }])).ok);
+  const differs = await check([testkit, { use: reader, options: { sameGreeting: 'bye' } }]);
+  assert.deepEqual(!differs.ok && differs.problems.map((p) => [p.code, p.path, p.message, p.allowed]), [
+    ['PLUGIN_OPTIONS_INVALID', 'plugins[1].options.sameGreeting', 'sameGreeting is "bye" but the testkit greets "hello"', '"hello"'],
+  ]);
+  const throws = await check([testkit, { use: reader, options: { checkThrows: true } }]);
+  assert.deepEqual(!throws.ok && throws.problems.map((p) => [p.code, p.path, p.message]), [
+    ['PLUGIN_OPTIONS_INVALID', 'plugins[1].options', 'plugin "dependency-reader" could not check its options: asked to throw'],
+  ]);
+  // Without its dependency the check is not run: the missing dependency is the one problem.
+  const alone = await check([{ use: reader, options: { sameGreeting: 'bye' } }]);
+  assert.deepEqual(!alone.ok && alone.problems.map((p) => p.code), ['PLUGIN_DEPENDENCY_MISSING']);
 });

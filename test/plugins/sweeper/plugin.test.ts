@@ -250,7 +250,21 @@ test("options — without a qemu block the sweeper follows qemu-backend's folder
   );
 });
 
-test('plugin — an agent whose sweeper contradicts qemu-backend does not start, and says which values differ', async (t) => {
+test('plugin — `config check` reports a qemu block that contradicts qemu-backend, at the sweeper\'s options, naming each value', async () => {
+  const result = await check({ qemu: { stateDir: '/srv/elsewhere', tapPrefix: 'clt', ipBinary: '/usr/local/sbin/ip' } });
+  assert.ok(!result.ok);
+  assert.deepEqual(
+    result.problems.map((p) => [p.code, p.path]),
+    [
+      ['PLUGIN_OPTIONS_INVALID', 'plugins[1].options.qemu.stateDir'],
+      ['PLUGIN_OPTIONS_INVALID', 'plugins[1].options.qemu.ipBinary'],
+    ],
+  );
+  assert.match(result.problems[0]?.message ?? '', /"\/srv\/elsewhere" but qemu-backend's stateDir is "\/var\/lib\/cloudlet\/qemu"/);
+  assert.match(result.problems[0]?.allowed ?? '', /leave out/i);
+});
+
+test('plugin — an agent whose sweeper contradicts qemu-backend does not start: its config is refused, naming the values', async (t) => {
   const planted = await plant(t);
   await assert.rejects(
     startAgent(t, {
@@ -259,6 +273,6 @@ test('plugin — an agent whose sweeper contradicts qemu-backend does not start,
         { use: sweeperPath, options: { qemu: { stateDir: '/var/lib/cloudlet/qemu' } } },
       ],
     }),
-    (error: Error & { code?: string }) => error.code === 'PLUGIN_HOOK_FAILED' && error.message.includes(`qemu-backend's stateDir is "${planted.stateDir}"`),
+    (error: Error & { code?: string }) => error.code === 'PLUGIN_OPTIONS_INVALID' && error.message.includes(`qemu-backend's stateDir is "${planted.stateDir}"`),
   );
 });
