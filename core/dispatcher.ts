@@ -7,7 +7,7 @@ import { Buffer } from 'node:buffer';
 import { Cancellation } from './cancellation.ts';
 import { lazyChild, type Logger } from './logger.ts';
 import { CloudletError, cloudletError, type WireError } from './errors.ts';
-import { decodeEnvelope, formatPath, makeProgress, makeReply, progressSchema, type ReplyEnvelope, type RequestEnvelope } from './envelope.ts';
+import { decodeEnvelope, encodeEnvelope, formatPath, makeProgress, makeReply, progressSchema, type ReplyEnvelope, type RequestEnvelope } from './envelope.ts';
 import type { MessageRoute } from './config/host-config.ts';
 import type { PoolManager } from './pools.ts';
 import { KeyedMutex } from './keyed-mutex.ts';
@@ -175,22 +175,28 @@ export class Dispatcher {
    */
   #reply(delivery: InboundDelivery, reply: ReplyEnvelope, acceptedId?: string): Promise<void> {
     if (acceptedId !== undefined && reply.error?.retryable) this.#options.authorizer?.release(acceptedId);
-    return delivery.reply(this.#fitToLimit(this.#sign(reply)));
+    const fitted = this.#fitToLimit(this.#sign(reply));
+    return delivery.reply(fitted.reply, fitted.encoded);
   }
 
   #sign(reply: ReplyEnvelope): ReplyEnvelope {
     return this.#options.signReply ? this.#options.signReply(reply) : reply;
   }
 
-  /** The reply, or MESSAGE_TOO_LARGE in its place; measured after signing, which adds the `auth` field. */
-  #fitToLimit(reply: ReplyEnvelope): ReplyEnvelope {
-    const size = Buffer.byteLength(JSON.stringify(reply));
-    if (size <= this.#options.maxMessageBytes) return reply;
+  /**
+   * The reply, or MESSAGE_TOO_LARGE in its place, with its JSON: measured after signing (which adds the
+   * `auth` field), and serialised once — the transport sends this text (a list-vms reply is ~400 KB).
+   */
+  #fitToLimit(reply: ReplyEnvelope): { reply: ReplyEnvelope; encoded: string } {
+    const encoded = encodeEnvelope(reply);
+    const size = Buffer.byteLength(encoded);
+    if (size <= this.#options.maxMessageBytes) return { reply, encoded };
     const error: WireError = cloudletError('MESSAGE_TOO_LARGE', `the reply would be ${size} bytes; the limit is ${this.#options.maxMessageBytes}`, {
       size,
       maxBytes: this.#options.maxMessageBytes,
     }).toWire();
-    return this.#sign(makeReply({ id: reply.id, type: reply.type }, reply.host, { ok: false, error }));
+    const refused = this.#sign(makeReply({ id: reply.id, type: reply.type }, reply.host, { ok: false, error }));
+    return { reply: refused, encoded: encodeEnvelope(refused) };
   }
 
   /** From now on every request is answered with SHUTTING_DOWN (retryable), so callers can go elsewhere. */

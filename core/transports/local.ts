@@ -77,8 +77,8 @@ export class LocalAgentTransport implements AgentTransport {
   #accept(socket: Socket, onDelivery: DeliveryListener): void {
     this.#connections.add(socket);
     let inFlight = 0;
-    const write = (envelope: ReplyEnvelope | ProgressEnvelope | EventEnvelope) => {
-      if (!socket.destroyed && socket.writable) socket.write(`${encodeEnvelope(envelope)}\n`);
+    const write = (envelope: ReplyEnvelope | ProgressEnvelope | EventEnvelope, encoded = encodeEnvelope(envelope)) => {
+      if (!socket.destroyed && socket.writable) socket.write(`${encoded}\n`);
     };
     const reader = new FrameReader(this.#options.maxMessageBytes, {
       onOversize: (size) =>
@@ -113,11 +113,11 @@ export class LocalAgentTransport implements AgentTransport {
           body: line,
           replyable: true,
           sender: { transport: 'unix', socket: this.#options.socketPath },
-          reply: async (envelope) => {
+          reply: async (envelope, encoded) => {
             if (replied) return;
             replied = true;
             inFlight--;
-            write(envelope);
+            write(envelope, encoded);
           },
           progress: (envelope) => write(envelope),
         });

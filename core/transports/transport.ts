@@ -11,8 +11,12 @@ export interface InboundDelivery {
   readonly body: string | Uint8Array;
   /** False when the sender left no way to answer (the dispatcher then logs and drops a broken message). */
   readonly replyable: boolean;
-  /** Sends the final reply; resolves once the transport has handed it on (e.g. publisher confirm). */
-  reply(envelope: ReplyEnvelope): Promise<void>;
+  /**
+   * Sends the final reply; resolves once the transport has handed it on (e.g. publisher confirm).
+   * `encoded`: the envelope as JSON, when the caller has it already (the dispatcher always does, having
+   * measured it): the transport sends and stores that text rather than serialising the envelope again.
+   */
+  reply(envelope: ReplyEnvelope, encoded?: string): Promise<void>;
   /** Streams a progress update; best effort, never blocks the handler. */
   progress(envelope: ProgressEnvelope): void;
   /** Where it came from, for the log when it is refused (never secrets). */

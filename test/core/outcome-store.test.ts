@@ -24,3 +24,15 @@ test('outcome store — stays bounded: a full store compacts to one line per ent
   assert.equal(reopened.replyFor('id-0'), undefined, 'the oldest outcomes were evicted');
   assert.equal(reopened.attempts('unfinished'), 2);
 });
+
+test('outcome store — a reply recorded with its JSON (as the dispatcher sends it) reads back the same after a restart', async (t) => {
+  const file = join(await tempDir(t), 'outcomes.jsonl');
+  const store = await OutcomeStore.open(file, 100);
+  const reply = makeReply({ id: 'id-"quoted"', type: 'list-vms' }, 'h1', { ok: true, result: { vms: [{ id: 'h1.abcdefgh', name: 'ünïcode' }] } });
+  await store.recordDone('id-"quoted"', reply, JSON.stringify(reply));
+  assert.deepEqual(store.replyFor('id-"quoted"'), reply);
+  const reopened = await OutcomeStore.open(file, 100);
+  assert.deepEqual(reopened.replyFor('id-"quoted"'), reply);
+  const line = JSON.parse((await readFile(file, 'utf8')).trim()) as Record<string, unknown>;
+  assert.deepEqual([line.id, line.t, typeof line.at], ['id-"quoted"', 'done', 'number']);
+});

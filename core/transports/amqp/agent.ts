@@ -246,14 +246,17 @@ export class AmqpAgentTransport implements AgentTransport {
         redelivered: msg.fields.redelivered,
       },
       progress: (envelope) => sendProgress(envelope),
-      reply: async (envelope) => {
+      reply: async (envelope, encoded) => {
         try {
-          if (route === 'any' && envelope.error?.code === 'NO_CAPACITY' && (await this.#handBack(channel, msg, envelope))) return;
+          if (route === 'any' && envelope.error?.code === 'NO_CAPACITY') {
+            if (await this.#handBack(channel, msg, envelope)) return;
+            encoded = undefined; // #handBack added `refusedBy` to the envelope: the JSON given is stale
+          }
           // A retryable failure (BUSY, TIMEOUT, SHUTTING_DOWN, …) is not an outcome: the same id sent again
           // must be tried again, not answered with the old failure.
           if (id && envelope.error?.retryable) await store.recordAbandoned(id);
-          else if (id) await store.recordDone(id, envelope);
-          const confirmed = await this.#publishReply(channel, [...inFlight.replyTo], envelope, msg, route === 'broadcast');
+          else if (id) await store.recordDone(id, envelope, encoded);
+          const confirmed = await this.#publishReply(channel, [...inFlight.replyTo], envelope, msg, route === 'broadcast', encoded);
           // Unconfirmed: the copies stay unacked too, and come back to be answered from the stored outcome.
           if (confirmed) for (const copy of inFlight.duplicates) if (copy.channel === this.#channel) copy.channel.ack(copy.msg);
         } finally {
@@ -295,13 +298,13 @@ export class AmqpAgentTransport implements AgentTransport {
   }
 
   /** Publishes a reply and acks its request once the broker confirmed it; says whether it did. */
-  async #publishReply(deliveredOn: ConfirmChannel, targets: string[], reply: ReplyEnvelope, msg: ConsumeMessage, withLiveHosts = false): Promise<boolean> {
+  async #publishReply(deliveredOn: ConfirmChannel, targets: string[], reply: ReplyEnvelope, msg: ConsumeMessage, withLiveHosts = false, encoded?: string): Promise<boolean> {
     const headers = withLiveHosts ? { [HEADERS.liveHosts]: JSON.stringify(this.registry.liveHosts('broadcast')) } : undefined;
     try {
       // Replies go out on the current channel: after a reconnect the one the request came in on is gone.
       // A reply to a caller that is gone is dropped by the broker (direct reply-to); that is fine.
       await this.#withChannel((channel) =>
-        Promise.all(targets.map((target) => this.#publish(channel, '', target, reply, msg.properties.correlationId, true, headers))),
+        Promise.all(targets.map((target) => this.#publish(channel, '', target, reply, msg.properties.correlationId, true, headers, encoded))),
       );
       if (deliveredOn === this.#channel) deliveredOn.ack(msg);
       // Else the delivery died with its channel and will come back: it is then answered from the stored outcome.
@@ -330,8 +333,10 @@ export class AmqpAgentTransport implements AgentTransport {
     correlationId?: string,
     confirm = true,
     headers?: Record<string, string>,
+    /** The envelope as JSON, when the caller has it already. */
+    encoded = encodeEnvelope(envelope),
   ): Promise<void> {
-    const body = Buffer.from(encodeEnvelope(envelope));
+    const body = Buffer.from(encoded);
     const options = { contentType: 'application/json', type: envelope.type, correlationId, headers };
     if (!confirm) {
       channel.publish(exchange, routingKey, body, options);

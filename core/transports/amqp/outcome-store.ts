@@ -87,17 +87,19 @@ export class OutcomeStore {
     return this.#append({ id, t: 'abandoned', at: Date.now() });
   }
 
-  recordDone(id: string, reply: ReplyEnvelope): Promise<void> {
-    return this.#append({ id, t: 'done', at: Date.now(), reply });
+  /** `encoded`: the reply as JSON, when the caller has it: the line is built around it, not serialised again. */
+  recordDone(id: string, reply: ReplyEnvelope, encoded?: string): Promise<void> {
+    const record: Record_ = { id, t: 'done', at: Date.now(), reply };
+    return this.#append(record, encoded === undefined ? undefined : `{"id":${JSON.stringify(id)},"t":"done","at":${record.at},"reply":${encoded}}`);
   }
 
-  #append(record: Record_): Promise<void> {
+  #append(record: Record_, line = JSON.stringify(record)): Promise<void> {
     this.#apply(record);
     // One write(2) on a descriptor kept open: the line is in the kernel before the request goes on, so a
     // crashed agent process loses nothing (no fsync, as before). appendFile cost an open/write/close round
     // trip through libuv's thread pool per line, each line chained after the previous one.
     this.#fd ??= openSync(this.#file, 'a', 0o640);
-    writeSync(this.#fd, `${JSON.stringify(record)}\n`);
+    writeSync(this.#fd, `${line}\n`);
     if (++this.#linesInFile > this.#maxEntries * 2) this.#compact();
     return Promise.resolve();
   }
