@@ -5,7 +5,6 @@
  */
 import { randomUUID } from 'node:crypto';
 import process from 'node:process';
-import { Worker } from 'node:worker_threads';
 import Tinypool from 'tinypool';
 import type { Cancellation } from './cancellation.ts';
 import { CloudletError, cloudletError, isCoreErrorCode, lookupError } from './errors.ts';
@@ -20,26 +19,18 @@ const TINYPOOL_PRELOAD = new URL('../workers/tinypool-preload.mjs', import.meta.
  * preload that spares tinypool a /proc read after every task (workers/tinypool-preload.mjs). Given
  * explicitly, a worker's options are checked, and some options a process takes are refused in a worker
  * (`--max-old-space-size`, `--expose-gc`, …: ERR_WORKER_INVALID_EXEC_ARGV), where inherited they are not.
- * So when the agent runs with options at all, a throwaway worker tries the list once; refused, the pools
- * inherit as before, without the preload. Deno's worker threads take no Node options: no preload there.
+ * The first refusal turns the preload off for the process: pools then inherit as before.
+ * Deno's worker threads take no Node options: no preload there.
  */
-let workerExecArgv: string[] | undefined | null = null;
+let preloadRefused = typeof (globalThis as { Deno?: unknown }).Deno !== 'undefined';
 
 function poolExecArgv(): string[] | undefined {
-  if (workerExecArgv !== null) return workerExecArgv;
-  const candidate = [...process.execArgv, '--import', TINYPOOL_PRELOAD];
-  workerExecArgv = undefined;
-  if (typeof (globalThis as { Deno?: unknown }).Deno !== 'undefined') return workerExecArgv;
-  if (process.execArgv.length === 0) return (workerExecArgv = candidate);
-  try {
-    const probe = new Worker('', { eval: true, execArgv: candidate });
-    probe.unref();
-    void probe.terminate();
-    workerExecArgv = candidate;
-  } catch {
-    // refused: inherit the main thread's options unchanged
-  }
-  return workerExecArgv;
+  return preloadRefused ? undefined : [...process.execArgv, '--import', TINYPOOL_PRELOAD];
+}
+
+/** Node refused a worker's explicit options. */
+function isRefusedExecArgv(thrown: unknown): boolean {
+  return (thrown as { code?: unknown } | undefined)?.code === 'ERR_WORKER_INVALID_EXEC_ARGV';
 }
 
 export interface PoolSpec {
@@ -78,6 +69,10 @@ export type PoolStats = AgentPoolStats;
 interface ManagedPool {
   spec: PoolSpec;
   pool: Tinypool;
+  /** A new tinypool for this type, with the Node options as they stand (see poolExecArgv). */
+  makePool: () => Tinypool;
+  /** Made with the preload in its threads' options: a refusal of those options swaps in a pool without. */
+  usesPreload: boolean;
   /** Progress and log lines from the workers, abort requests to them (workers/protocol.ts). */
   channel: InstanceType<typeof BroadcastChannel>;
   /** Side-message listeners of the tasks running now, by message id. */
@@ -98,20 +93,31 @@ export class PoolManager {
     for (const spec of specs) {
       const { settings } = spec;
       const channelName = `cloudlet-pool:${spec.type}:${randomUUID()}`;
-      const execArgv = poolExecArgv();
-      const pool = new Tinypool({
-        filename: WORKER_ENTRY,
-        name: 'default',
-        minThreads: Math.min(settings.minThreads, settings.maxThreads),
-        maxThreads: settings.maxThreads,
-        idleTimeout: settings.idleTimeoutMs,
-        maxQueue: settings.maxQueue,
-        // tinypool's Atomics wake-up hangs under Deno; message passing works on both runtimes.
-        useAtomics: false,
-        ...(execArgv ? { execArgv } : {}),
-        workerData: { ...spec.workerData, channel: channelName } satisfies PoolWorkerData,
-        resourceLimits: { maxOldGenerationSizeMb: settings.maxMemoryMb },
-      });
+      const makePool = () => {
+        const execArgv = poolExecArgv();
+        return new Tinypool({
+          filename: WORKER_ENTRY,
+          name: 'default',
+          minThreads: Math.min(settings.minThreads, settings.maxThreads),
+          maxThreads: settings.maxThreads,
+          idleTimeout: settings.idleTimeoutMs,
+          maxQueue: settings.maxQueue,
+          // tinypool's Atomics wake-up hangs under Deno; message passing works on both runtimes.
+          useAtomics: false,
+          ...(execArgv ? { execArgv } : {}),
+          workerData: { ...spec.workerData, channel: channelName } satisfies PoolWorkerData,
+          resourceLimits: { maxOldGenerationSizeMb: settings.maxMemoryMb },
+        });
+      };
+      let pool: Tinypool;
+      try {
+        pool = makePool(); // with minThreads > 0, threads start here
+      } catch (thrown) {
+        if (!isRefusedExecArgv(thrown) || preloadRefused) throw thrown;
+        preloadRefused = true;
+        pool = makePool();
+      }
+      const usesPreload = !preloadRefused;
       const channel = new BroadcastChannel(channelName);
       const listeners = new Map<string, (message: WorkerToMain) => void>();
       const aborts = new Map<number, MainToWorker>();
@@ -127,6 +133,8 @@ export class PoolManager {
       this.#pools.set(spec.type, {
         spec,
         pool,
+        makePool,
+        usesPreload,
         channel,
         listeners,
         aborts,
@@ -255,7 +263,18 @@ export class PoolManager {
       const workerTask: WorkerTask = { run, id: task.id, type: task.type, deadline: effectiveDeadline, payload: task.payload };
       let running: Promise<WorkerResult>;
       try {
-        running = managed.pool.run(workerTask, { signal: terminate }) as Promise<WorkerResult>;
+        try {
+          running = managed.pool.run(workerTask, { signal: terminate }) as Promise<WorkerResult>;
+        } catch (thrown) {
+          // The first thread of a pool starts here (minThreads 0): refused options swap in a pool without them.
+          if (!isRefusedExecArgv(thrown) || !managed.usesPreload) throw thrown;
+          preloadRefused = true;
+          const old = managed.pool;
+          managed.pool = managed.makePool();
+          managed.usesPreload = false;
+          void old.destroy().catch(() => undefined);
+          running = managed.pool.run(workerTask, { signal: terminate }) as Promise<WorkerResult>;
+        }
       } catch (thrown) {
         // tinypool could not even take the task (e.g. no thread can be started): this message fails, cleanly.
         finish({ ok: false, error: crashedError(task.type, thrown instanceof Error ? thrown.message : String(thrown)) });

@@ -212,7 +212,8 @@ test('pools — an agent started with Node options a worker refuses (--max-old-s
   assert.equal(results.echo?.ok, true, JSON.stringify(results.echo));
   const thread = results.thread?.ok ? (results.thread.result as { rss: number; tinypoolMemoryUsageCalls: number | null }) : assert.fail(JSON.stringify(results.thread));
   assert.ok(thread.rss > 0);
-  // The pool threads inherit the options as they are, without the preload (refused as a list).
+  // The pool threads inherit the options as they are, without the preload (refused as a list), whether the
+  // refusal came as a pool started its threads or at its first message.
   assert.equal(thread.tinypoolMemoryUsageCalls, null);
 });
 

@@ -16,7 +16,12 @@ const workerData = {
   providers: {},
   logLevel: 'warn' as const,
 };
-const pools = new PoolManager(['test.echo', 'test.thread'].map((type) => ({ type, settings: { ...defaultPoolSettings, maxThreads: 1 }, workerData })));
+// test.thread's pool is made first and starts no thread (minThreads 0): its first message meets the refusal.
+// test.echo's starts one at once (minThreads 1): the PoolManager's constructor meets it.
+const pools = new PoolManager([
+  { type: 'test.thread', settings: { ...defaultPoolSettings, minThreads: 0, maxThreads: 1 }, workerData },
+  { type: 'test.echo', settings: { ...defaultPoolSettings, minThreads: 1, maxThreads: 1 }, workerData },
+]);
 const deadline = () => Date.now() + 20_000;
 const results = {
   echo: await pools.run({ id: '1', type: 'test.echo', payload: { value: 7 }, deadline: deadline() }),
