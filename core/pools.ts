@@ -28,9 +28,14 @@ function poolExecArgv(): string[] | undefined {
   return preloadRefused ? undefined : [...process.execArgv, '--import', TINYPOOL_PRELOAD];
 }
 
-/** Node refused a worker's explicit options. */
-function isRefusedExecArgv(thrown: unknown): boolean {
-  return (thrown as { code?: unknown } | undefined)?.code === 'ERR_WORKER_INVALID_EXEC_ARGV';
+/**
+ * Whether `thrown` is Node refusing a worker's explicit options; then the preload is off from now on. Only a
+ * pool made with the preload's options can meet the refusal, so making the pool again ends it.
+ */
+function refusedPreload(thrown: unknown): boolean {
+  if ((thrown as { code?: unknown } | undefined)?.code !== 'ERR_WORKER_INVALID_EXEC_ARGV') return false;
+  preloadRefused = true;
+  return true;
 }
 
 export interface PoolSpec {
@@ -71,8 +76,6 @@ interface ManagedPool {
   pool: Tinypool;
   /** A new tinypool for this type, with the Node options as they stand (see poolExecArgv). */
   makePool: () => Tinypool;
-  /** Made with the preload in its threads' options: a refusal of those options swaps in a pool without. */
-  usesPreload: boolean;
   /** Progress and log lines from the workers, abort requests to them (workers/protocol.ts). */
   channel: InstanceType<typeof BroadcastChannel>;
   /** Side-message listeners of the tasks running now, by message id. */
@@ -113,11 +116,9 @@ export class PoolManager {
       try {
         pool = makePool(); // with minThreads > 0, threads start here
       } catch (thrown) {
-        if (!isRefusedExecArgv(thrown) || preloadRefused) throw thrown;
-        preloadRefused = true;
+        if (!refusedPreload(thrown)) throw thrown;
         pool = makePool();
       }
-      const usesPreload = !preloadRefused;
       const channel = new BroadcastChannel(channelName);
       const listeners = new Map<string, (message: WorkerToMain) => void>();
       const aborts = new Map<number, MainToWorker>();
@@ -134,7 +135,6 @@ export class PoolManager {
         spec,
         pool,
         makePool,
-        usesPreload,
         channel,
         listeners,
         aborts,
@@ -263,18 +263,7 @@ export class PoolManager {
       const workerTask: WorkerTask = { run, id: task.id, type: task.type, deadline: effectiveDeadline, payload: task.payload };
       let running: Promise<WorkerResult>;
       try {
-        try {
-          running = managed.pool.run(workerTask, { signal: terminate }) as Promise<WorkerResult>;
-        } catch (thrown) {
-          // The first thread of a pool starts here (minThreads 0): refused options swap in a pool without them.
-          if (!isRefusedExecArgv(thrown) || !managed.usesPreload) throw thrown;
-          preloadRefused = true;
-          const old = managed.pool;
-          managed.pool = managed.makePool();
-          managed.usesPreload = false;
-          void old.destroy().catch(() => undefined);
-          running = managed.pool.run(workerTask, { signal: terminate }) as Promise<WorkerResult>;
-        }
+        running = this.#post(managed, workerTask, terminate);
       } catch (thrown) {
         // tinypool could not even take the task (e.g. no thread can be started): this message fails, cleanly.
         finish({ ok: false, error: crashedError(task.type, thrown instanceof Error ? thrown.message : String(thrown)) });
@@ -297,6 +286,21 @@ export class PoolManager {
         },
       );
     });
+  }
+
+  /**
+   * Hands a task to tinypool. A pool's first thread may start here (minThreads 0): if Node refuses the
+   * preload's options, the pool is made again without them and takes the task.
+   */
+  #post(managed: ManagedPool, task: WorkerTask, terminate: TerminateSwitch): Promise<WorkerResult> {
+    try {
+      return managed.pool.run(task, { signal: terminate }) as Promise<WorkerResult>;
+    } catch (thrown) {
+      if (!refusedPreload(thrown)) throw thrown;
+      void managed.pool.destroy().catch(() => undefined);
+      managed.pool = managed.makePool();
+      return managed.pool.run(task, { signal: terminate }) as Promise<WorkerResult>;
+    }
   }
 
   #rebuild(managed: ManagedPool, outcome: WorkerOutcome): RunOutcome {
