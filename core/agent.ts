@@ -165,7 +165,7 @@ export class Agent {
       },
     }));
     const declaredCodes = new Map(config.plugins.map((p) => [p.plugin.name, new Set(Object.keys(p.plugin.errors ?? {}))]));
-    this.#pools = new PoolManager(specs, declaredCodes);
+    this.#pools = new PoolManager(specs, declaredCodes, this.log);
     this.#dispatcher = new Dispatcher({
       authorizer: security.authorizer,
       ...(security.signReply ? { signReply: security.signReply } : {}),

@@ -92,13 +92,17 @@ export class PoolManager {
   /** Numbers the runs: aborts name a run, not a message id (workers/protocol.ts, WorkerTask.run). */
   #runs = 0;
 
-  constructor(specs: readonly PoolSpec[], declaredCodes: ReadonlyMap<string, ReadonlySet<string>> = new Map()) {
+  /**
+   * `log` hears of threads that died with no task on them (a timer or promise the handler left behind threw
+   * after it answered): tinypool replaces such a thread and reports it to the pool, not to a task.
+   */
+  constructor(specs: readonly PoolSpec[], declaredCodes: ReadonlyMap<string, ReadonlySet<string>> = new Map(), log?: Pick<PluginLogger, 'warn'>) {
     for (const spec of specs) {
       const { settings } = spec;
       const channelName = `cloudlet-pool:${spec.type}:${randomUUID()}`;
       const makePool = () => {
         const execArgv = poolExecArgv();
-        return new Tinypool({
+        const pool = new Tinypool({
           filename: WORKER_ENTRY,
           name: 'default',
           minThreads: Math.min(settings.minThreads, settings.maxThreads),
@@ -111,6 +115,11 @@ export class PoolManager {
           workerData: { ...spec.workerData, channel: channelName } satisfies PoolWorkerData,
           resourceLimits: { maxOldGenerationSizeMb: settings.maxMemoryMb },
         });
+        // Unheard, tinypool's report would be an uncaught exception: the whole agent would go down.
+        pool.on('error', (error: unknown) =>
+          log?.warn({ type: spec.type, err: error }, `a worker thread of "${spec.type}" died while it ran no message; it has been replaced`),
+        );
+        return pool;
       };
       let pool: Tinypool;
       try {

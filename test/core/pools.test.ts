@@ -10,7 +10,7 @@ import type { PoolSettings } from '../../core/plugin-api.ts';
 import { PoolManager, type RunOutcome } from '../../core/pools.ts';
 
 const handlerUrl = new URL('../fixtures/plugins/testkit/handlers.ts', import.meta.url).href;
-const TYPES = ['test.echo', 'test.sleep', 'test.spin', 'test.crash', 'test.exit', 'test.fail', 'test.progress', 'test.thread'];
+const TYPES = ['test.echo', 'test.sleep', 'test.spin', 'test.crash', 'test.crash-after', 'test.exit', 'test.fail', 'test.progress', 'test.thread'];
 
 registerPluginErrors({ TESTKIT_REFUSED: { message: 'the testkit refused on purpose', retryable: false } });
 
@@ -102,6 +102,16 @@ test('pools — an uncaught exception in a worker is answered with WORKER_CRASHE
   assert.match(!outcome.ok ? outcome.error.message : '', /crashed on purpose/);
   const after = await pools.run(task('test.crash'));
   assert.equal(errorCode(after), 'WORKER_CRASHED');
+});
+
+test('pools — a thread that dies with no task on it (a timer the handler left behind throws) is replaced; the agent stays up', async (t) => {
+  const pools = makePools(t);
+  assert.deepEqual(await pools.run(task('test.crash-after')), { ok: true, result: { answered: true } });
+  // The thread dies 20 ms after answering. tinypool reports a death with no task to the pool itself; with
+  // nobody listening, that report would be an uncaught exception in the main thread (this test process).
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(await pools.run(task('test.crash-after')), { ok: true, result: { answered: true } });
+  await new Promise((r) => setTimeout(r, 300));
 });
 
 test('pools — a worker that calls process.exit is detected (no hang) and replaced', async (t) => {
