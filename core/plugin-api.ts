@@ -19,6 +19,13 @@ export interface PoolSettings {
   /** Threads kept alive while idle. 0 saves memory; 1 saves the first message a worker start-up. */
   minThreads: number;
   maxThreads: number;
+  /**
+   * Messages one thread works on at once (default 1). Above 1, a thread whose handler awaits (a child
+   * process, a socket, a lease) takes the next message meanwhile, and messages reach a busy thread without
+   * waking it. The price: a handler that blocks its thread delays the others on it, and one that is stopped
+   * (it ignored its cancel) or crashes takes them down with it (`WORKER_CRASHED`). Added in core API 1.9.
+   */
+  tasksPerThread: number;
   /** An idle thread above `minThreads` is stopped after this long. */
   idleTimeoutMs: number;
   /** Messages waiting for a thread; one more is refused with `BUSY` instead of growing memory. */

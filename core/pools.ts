@@ -10,6 +10,7 @@ import type { Cancellation } from './cancellation.ts';
 import { CloudletError, cloudletError, isCoreErrorCode, lookupError } from './errors.ts';
 import type { AgentPoolStats, PoolSettings, PluginLogger } from './plugin-api.ts';
 import type { MainToWorker, PoolWorkerData, SideMessage, WorkerOutcome, WorkerResult, WorkerTask, WorkerToMain } from '../workers/protocol.ts';
+import { RunTable } from '../workers/run-table.ts';
 
 const WORKER_ENTRY = new URL('../workers/boot.mjs', import.meta.url).href;
 const TINYPOOL_PRELOAD = new URL('../workers/tinypool-preload.mjs', import.meta.url).href;
@@ -41,8 +42,8 @@ function refusedPreload(thrown: unknown): boolean {
 export interface PoolSpec {
   type: string;
   settings: PoolSettings;
-  /** What every worker of the pool gets; the side channel's name is added by the PoolManager. */
-  workerData: Omit<PoolWorkerData, 'channel'>;
+  /** What every worker of the pool gets; the side channel's name and the run table are added by the PoolManager. */
+  workerData: Omit<PoolWorkerData, 'channel' | 'runTable'>;
 }
 
 /** How long a returned outcome waits for side messages its task sent and that are still on their way. */
@@ -71,6 +72,15 @@ export type RunOutcome = { ok: true; result: unknown } | { ok: false; error: Clo
 /** The same shape monitoring plugins see through `ctx.agent.pools()`. */
 export type PoolStats = AgentPoolStats;
 
+interface WaitingTask {
+  /** Hands the task to tinypool. */
+  start(): void;
+  /** The task was answered or cancelled while it waited: it is never started, and is answered now. */
+  dropIfDone(): boolean;
+  /** The pool is going away: the task is answered with `error` and never started. */
+  drop(error: CloudletError): void;
+}
+
 interface ManagedPool {
   spec: PoolSpec;
   pool: Tinypool;
@@ -80,9 +90,29 @@ interface ManagedPool {
   channel: InstanceType<typeof BroadcastChannel>;
   /** Side-message listeners of the tasks running now, by message id. */
   listeners: Map<string, (message: WorkerToMain) => void>;
-  /** Abort requests for tasks not finished yet, by run: sent again to each thread that starts. */
+  /**
+   * Abort requests by run, kept until tinypool hands the task back (it may still be queued there after
+   * its caller was answered): sent again to each thread that starts, so none runs a cancelled task.
+   */
   aborts: Map<number, MainToWorker>;
-  running: number;
+  /** Which thread runs which task: how a handler that ignores its cancel is found and stopped. */
+  runTable: RunTable;
+  /** Messages taken by `run` and not answered yet: waiting here, in tinypool, or running. */
+  accepted: number;
+  /**
+   * Messages waiting for room on a thread, oldest first. They wait here rather than in tinypool's queue:
+   * tinypool takes one queued task per task that ends, so with a queue of its own a thread would never hold
+   * more than one task again (tasksPerThread).
+   */
+  waiting: WaitingTask[];
+  /** Tasks handed to tinypool that it has not handed back yet (queued there, running, or stuck). */
+  handedOver: number;
+  /** `#pump` is running (tinypool's 'drain' comes back into it from inside `run`). */
+  pumping: boolean;
+  /** tinypool's 'drain' since the last hand-over: it gave the task straight to a thread. */
+  drained: boolean;
+  /** The last task handed over waits in tinypool's queue (no thread had room): hand over no more for now. */
+  tinypoolQueues: boolean;
   /** Undeclared codes from this plugin's handlers are downgraded, so callers only ever see documented codes. */
   declaredCodes: ReadonlySet<string>;
 }
@@ -100,6 +130,7 @@ export class PoolManager {
     for (const spec of specs) {
       const { settings } = spec;
       const channelName = `cloudlet-pool:${spec.type}:${randomUUID()}`;
+      const runTable = RunTable.create(settings.maxThreads, settings.tasksPerThread);
       const makePool = () => {
         const execArgv = poolExecArgv();
         const pool = new Tinypool({
@@ -111,14 +142,25 @@ export class PoolManager {
           maxQueue: settings.maxQueue,
           // tinypool's Atomics wake-up hangs under Deno; message passing works on both runtimes.
           useAtomics: false,
+          // A thread takes its next tasks while it works on one: a thread that waits (for QEMU, a lease, a
+          // file) serves others meanwhile, and tasks reach a busy thread without waking it (F12).
+          concurrentTasksPerWorker: settings.tasksPerThread,
           ...(execArgv ? { execArgv } : {}),
-          workerData: { ...spec.workerData, channel: channelName } satisfies PoolWorkerData,
+          workerData: { ...spec.workerData, channel: channelName, runTable: runTable.buffer } satisfies PoolWorkerData,
           resourceLimits: { maxOldGenerationSizeMb: settings.maxMemoryMb },
         });
         // Unheard, tinypool's report would be an uncaught exception: the whole agent would go down.
         pool.on('error', (error: unknown) =>
           log?.warn({ type: spec.type, err: error }, `a worker thread of "${spec.type}" died while it ran no message; it has been replaced`),
         );
+        // tinypool says 'drain' each time it gives a task to a thread and has none left queued.
+        pool.on('drain', () => {
+          const managed = this.#pools.get(spec.type);
+          if (!managed) return;
+          managed.drained = true;
+          managed.tinypoolQueues = false;
+          this.#pump(managed);
+        });
         return pool;
       };
       let pool: Tinypool;
@@ -147,19 +189,25 @@ export class PoolManager {
         channel,
         listeners,
         aborts,
-        running: 0,
+        runTable,
+        accepted: 0,
+        waiting: [],
+        handedOver: 0,
+        pumping: false,
+        drained: false,
+        tinypoolQueues: false,
         declaredCodes: declaredCodes.get(spec.workerData.pluginName) ?? new Set(),
       });
     }
   }
 
   stats(): PoolStats[] {
-    return [...this.#pools.values()].map(({ spec, pool, running }) => ({
+    return [...this.#pools.values()].map(({ spec, pool, waiting, handedOver }) => ({
       type: spec.type,
       threads: pool.threads.length,
-      queued: pool.queueSize,
-      // `running` counts from PoolManager.run; those still in tinypool's queue are not running yet.
-      running: Math.max(0, running - pool.queueSize),
+      queued: waiting.length + pool.queueSize,
+      // Tasks still in tinypool's queue (while a thread starts) are not running yet.
+      running: Math.max(0, handedOver - pool.queueSize),
       completed: pool.completed,
       settings: spec.settings,
     }));
@@ -169,7 +217,7 @@ export class PoolManager {
     const managed = this.#pools.get(task.type);
     if (!managed) return { ok: false, error: cloudletError('UNKNOWN_TYPE', `no pool for message type "${task.type}"`) };
     const { settings } = managed.spec;
-    if (managed.pool.queueSize >= settings.maxQueue && managed.running >= settings.maxThreads) {
+    if (managed.accepted >= settings.maxThreads * settings.tasksPerThread + settings.maxQueue) {
       return { ok: false, error: busyError(task.type, settings) };
     }
     // Waiting (for a lock, in a queue) may have used up the time or seen a cancel: then do not start at all.
@@ -181,19 +229,18 @@ export class PoolManager {
     if (task.acceptedAt !== undefined && task.acceptedAt + settings.timeoutMs <= Date.now()) {
       return { ok: false, error: cloudletError('TIMEOUT', `"${task.type}" waited longer than its ${settings.timeoutMs} ms timeout to start`, { type: task.type }) };
     }
-    managed.running++;
+    managed.accepted++;
     try {
       return await this.#runInWorker(managed, task, hooks);
     } finally {
-      managed.running--;
+      managed.accepted--;
     }
   }
 
   #runInWorker(managed: ManagedPool, task: PoolTask, hooks: RunHooks): Promise<RunOutcome> {
     const { settings } = managed.spec;
-    const run = ++this.#runs;
-    // Pulling this terminates the worker thread: the last resort for a handler that ignores its signal.
-    const terminate = new TerminateSwitch();
+    // Positive int32 (the run table holds int32); 2^31 runs apart never meet in flight.
+    const run = (this.#runs = (this.#runs % 0x7fff_ffff) + 1);
     const now = Date.now();
     const untilDeadlineMs = task.deadline - now;
     // The timeout counts from acceptance: time spent waiting for a lock or a thread counts.
@@ -220,7 +267,6 @@ export class PoolManager {
         clearTimeout(sideMessagesTimer);
         stopListening?.();
         managed.listeners.delete(task.id);
-        managed.aborts.delete(run);
         resolve(outcome);
       };
       const finishReturned = () => {
@@ -234,7 +280,9 @@ export class PoolManager {
         managed.aborts.set(run, message);
         managed.channel.postMessage(message);
         graceTimer = setTimeout(() => {
-          terminate.pull();
+          // The last resort for a handler that ignores its signal; a task still queued is never started.
+          const thread = managed.runTable.threadOf(run);
+          if (thread !== undefined) stopThread(managed.pool, thread, `message ${task.id} on the same thread ran past its time and ignored the cancel`);
           finish({ ok: false, error: reason });
         }, settings.cancelGraceMs);
       };
@@ -254,9 +302,9 @@ export class PoolManager {
 
       managed.listeners.set(task.id, (message) => {
         if (message.t === 'exited') {
-          // The thread is gone mid-task: have tinypool drop it (it would count it busy forever).
-          terminate.pull();
           const reason = message.uncaught ?? `the handler ended its thread (exit code ${message.code})`;
+          // The thread is gone mid-task: have tinypool drop it (it would count it busy forever).
+          stopThread(managed.pool, message.thread, reason);
           finish({ ok: false, error: cancelReason ?? crashedError(task.type, reason) });
           return;
         }
@@ -269,46 +317,88 @@ export class PoolManager {
         if (returned && sideMessagesSeen >= returned.sideMessages) finishReturned();
       });
 
-      const workerTask: WorkerTask = { run, id: task.id, type: task.type, deadline: effectiveDeadline, payload: task.payload };
-      let running: Promise<WorkerResult>;
-      try {
-        running = this.#post(managed, workerTask, terminate);
-      } catch (thrown) {
-        // tinypool could not even take the task (e.g. no thread can be started): this message fails, cleanly.
-        finish({ ok: false, error: crashedError(task.type, thrown instanceof Error ? thrown.message : String(thrown)) });
-        return;
-      }
-      running.then(
-        (result) => {
-          returned = result;
-          if (sideMessagesSeen >= result.sideMessages) return finishReturned();
-          // The outcome overtook some of its task's progress or log lines (they take another path): wait
-          // for them, so they are neither lost nor delivered after the reply.
-          sideMessagesTimer = setTimeout(finishReturned, SIDE_MESSAGES_WAIT_MS);
+      const start = () => {
+        const workerTask: WorkerTask = { run, id: task.id, type: task.type, deadline: effectiveDeadline, payload: task.payload };
+        let running: Promise<WorkerResult>;
+        try {
+          managed.drained = false;
+          running = this.#post(managed, workerTask);
+          managed.tinypoolQueues = !managed.drained;
+        } catch (thrown) {
+          // tinypool could not even take the task (e.g. no thread can be started): this message fails, cleanly.
+          finish({ ok: false, error: crashedError(task.type, thrown instanceof Error ? thrown.message : String(thrown)) });
+          return;
+        }
+        managed.handedOver++;
+        const handedBack = () => {
+          managed.handedOver--;
+          // A thread has room again; if tinypool still queues some, the next hand-over finds out.
+          managed.tinypoolQueues = false;
+          managed.aborts.delete(run);
+          this.#pump(managed);
+        };
+        running.then(
+          (result) => {
+            handedBack();
+            returned = result;
+            if (sideMessagesSeen >= result.sideMessages) return finishReturned();
+            // The outcome overtook some of its task's progress or log lines (they take another path): wait
+            // for them, so they are neither lost nor delivered after the reply.
+            sideMessagesTimer = setTimeout(finishReturned, SIDE_MESSAGES_WAIT_MS);
+          },
+          (thrown: unknown) => {
+            handedBack();
+            // tinypool rejects when the worker died (an exception it did not catch, process.exit, out of
+            // memory) or was stopped by us.
+            const message = thrown instanceof Error ? thrown.message : String(thrown);
+            if (/queue is at limit/i.test(message)) finish({ ok: false, error: busyError(task.type, settings) });
+            else finish({ ok: false, error: cancelReason ?? crashedError(task.type, message) });
+          },
+        );
+      };
+      managed.waiting.push({
+        start,
+        dropIfDone: () => {
+          if (!settled && cancelReason) finish({ ok: false, error: cancelReason });
+          return settled;
         },
-        (thrown: unknown) => {
-          // tinypool rejects when the worker died (an exception it did not catch, process.exit, out of
-          // memory) or was terminated by us.
-          const message = thrown instanceof Error ? thrown.message : String(thrown);
-          if (/queue is at limit/i.test(message)) finish({ ok: false, error: busyError(task.type, settings) });
-          else finish({ ok: false, error: cancelReason ?? crashedError(task.type, message) });
-        },
-      );
+        drop: (error) => finish({ ok: false, error }),
+      });
+      this.#pump(managed);
     });
+  }
+
+  /**
+   * Hands waiting tasks to tinypool while a thread has room for one: tinypool gives a task straight to a
+   * ready thread with room, and queues it otherwise (no thread started yet, or all full). After a task it
+   * queued, the next waits for tinypool's 'drain' (the queued one went to a thread) or for a task to come back.
+   */
+  #pump(managed: ManagedPool): void {
+    if (managed.pumping) return;
+    managed.pumping = true;
+    try {
+      const { maxThreads, tasksPerThread } = managed.spec.settings;
+      while (managed.waiting.length > 0 && !managed.tinypoolQueues && managed.handedOver < maxThreads * tasksPerThread) {
+        const next = managed.waiting.shift() as WaitingTask;
+        if (!next.dropIfDone()) next.start();
+      }
+    } finally {
+      managed.pumping = false;
+    }
   }
 
   /**
    * Hands a task to tinypool. A pool's first thread may start here (minThreads 0): if Node refuses the
    * preload's options, the pool is made again without them and takes the task.
    */
-  #post(managed: ManagedPool, task: WorkerTask, terminate: TerminateSwitch): Promise<WorkerResult> {
+  #post(managed: ManagedPool, task: WorkerTask): Promise<WorkerResult> {
     try {
-      return managed.pool.run(task, { signal: terminate }) as Promise<WorkerResult>;
+      return managed.pool.run(task) as Promise<WorkerResult>;
     } catch (thrown) {
       if (!refusedPreload(thrown)) throw thrown;
       void managed.pool.destroy().catch(() => undefined);
       managed.pool = managed.makePool();
-      return managed.pool.run(task, { signal: terminate }) as Promise<WorkerResult>;
+      return managed.pool.run(task) as Promise<WorkerResult>;
     }
   }
 
@@ -326,7 +416,10 @@ export class PoolManager {
 
   async destroy(): Promise<void> {
     await Promise.all(
-      [...this.#pools.values()].map(async ({ pool, channel }) => {
+      [...this.#pools.values()].map(async ({ spec, pool, channel, waiting }) => {
+        for (const task of waiting.splice(0)) {
+          task.drop(cloudletError('SHUTTING_DOWN', `the pool for "${spec.type}" stopped before the message started`, { type: spec.type }));
+        }
         await pool.destroy();
         channel.close();
       }),
@@ -336,29 +429,14 @@ export class PoolManager {
 }
 
 /**
- * What tinypool takes as a task's `signal` (its documented `AbortSignalEventTarget` shape): pulled, it
- * terminates the thread running the task. An AbortController per message costs an EventTarget; tinypool adds
- * one listener and removes it when the task is done, so this keeps just that.
+ * Stops thread `threadId` of `pool`, whatever it is doing. tinypool's own way (an abort signal per task)
+ * would give every task a thread to itself, so this raises the thread's 'error' event (its public
+ * `threads`), tinypool's signal that a thread died: it rejects every task on the thread with `reason`,
+ * terminates the thread and starts another as `minThreads` requires. A thread no longer in the pool is left alone.
  */
-class TerminateSwitch {
-  aborted = false;
-  #listener: (() => void) | undefined;
-
-  addEventListener(_name: 'abort', listener: () => void): void {
-    this.#listener = listener;
-  }
-
-  removeEventListener(_name: 'abort', listener: () => void): void {
-    if (this.#listener === listener) this.#listener = undefined;
-  }
-
-  pull(): void {
-    if (this.aborted) return;
-    this.aborted = true;
-    const listener = this.#listener;
-    this.#listener = undefined;
-    listener?.();
-  }
+function stopThread(pool: Tinypool, threadId: number, reason: string): void {
+  const thread = pool.threads.find((candidate) => candidate.threadId === threadId);
+  thread?.emit('error', new Error(`its thread was stopped: ${reason}`));
 }
 
 function busyError(type: string, settings: PoolSettings): CloudletError {

@@ -4,15 +4,18 @@
  * the same file runs under Node (via tsx) and Deno 2.
  */
 import process from 'node:process';
-import { workerData } from 'node:worker_threads';
+import { threadId, workerData } from 'node:worker_threads';
 import type { WireError } from '../core/errors.ts';
 import type { Handler, HandlerContext } from '../core/plugin-api.ts';
 import type { PoolWorkerData, SideMessage, WorkerOutcome, WorkerResult, WorkerTask, WorkerToMain } from './protocol.ts';
+import { RunTable } from './run-table.ts';
 import { createWorkerLogger } from './worker-logger.ts';
 import { importModule } from '../core/runtime/import-module.ts';
 
 // tinypool hands each worker `[tinypoolPrivateData, userWorkerData]` (its documented `TinypoolData`).
-const poolData = (workerData as [unknown, PoolWorkerData])[1];
+const [tinypoolData, poolData] = workerData as [{ workerId?: number } | undefined, PoolWorkerData];
+/** This thread's row of the run table: the main thread finds here which thread to stop for a stuck run. */
+const runRow = poolData.runTable ? new RunTable(poolData.runTable).attach(tinypoolData?.workerId ?? 0, threadId) : undefined;
 
 let handlerPromise: Promise<Handler> | undefined;
 
@@ -51,7 +54,7 @@ class TaskAbort {
   }
 }
 
-/** The task this worker runs, by run (tinypool gives a worker one task at a time). */
+/** The tasks this worker runs, by run (up to the pool's tasksPerThread at once). */
 const running = new Map<number, { id: string; abort: TaskAbort }>();
 /**
  * Ids cancelled before any worker started them (still queued in tinypool when the abort went out): the
@@ -83,7 +86,9 @@ process.on('uncaughtExceptionMonitor', (error: Error) => {
   uncaught = error instanceof Error ? error.message : String(error);
 });
 process.on('exit', (code: number) => {
-  for (const { id } of running.values()) channel.postMessage({ id, t: 'exited', code, ...(uncaught === undefined ? {} : { uncaught }) } satisfies WorkerToMain);
+  for (const { id } of running.values()) {
+    channel.postMessage({ id, t: 'exited', code, thread: threadId, ...(uncaught === undefined ? {} : { uncaught }) } satisfies WorkerToMain);
+  }
 });
 
 export default async function runTask(task: WorkerTask): Promise<WorkerResult> {
@@ -93,6 +98,7 @@ export default async function runTask(task: WorkerTask): Promise<WorkerResult> {
   }
   const abort = new TaskAbort();
   running.set(task.run, { id: task.id, abort });
+  const cell = runRow?.claim(task.run) ?? -1;
   let sideMessages = 0;
   const send = (message: DistributiveOmit<WorkerToMain, 'id'>) => {
     sideMessages++;
@@ -124,6 +130,7 @@ export default async function runTask(task: WorkerTask): Promise<WorkerResult> {
     outcome = { ok: false, error: serializeThrown(thrown) };
   } finally {
     running.delete(task.run);
+    runRow?.release(cell, task.run);
   }
   return { outcome, sideMessages };
 }

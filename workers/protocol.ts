@@ -23,12 +23,15 @@ export interface PoolWorkerData {
   logLevel: LogLevelName;
   /** The pool's BroadcastChannel for side messages (set by the PoolManager). */
   channel: string;
+  /** Where each thread says which runs it is working on (workers/run-table.ts; set by the PoolManager). */
+  runTable: SharedArrayBuffer;
 }
 
 export interface WorkerTask {
   /**
-   * This run of the message, unique in its pool: aborts name it, so an abort for one run of an id never
-   * stops a later run of the same id (a retry after TIMEOUT or SHUTTING_DOWN keeps its id).
+   * This run of the message, unique among the pool's runs in flight (a positive int32): aborts name it, so
+   * an abort for one run of an id never stops a later run of the same id (a retry after TIMEOUT or
+   * SHUTTING_DOWN keeps its id), and the run table (workers/run-table.ts) names the thread running it.
    */
   run: number;
   id: string;
@@ -54,7 +57,7 @@ export type WorkerToMain =
    * that throws, not one that exits, so this is how the task learns it will never return. Not counted in
    * `sideMessages`.
    */
-  | { id: string; t: 'exited'; code: number; uncaught?: string };
+  | { id: string; t: 'exited'; code: number; uncaught?: string; thread: number };
 
 /** To the pool's workers: the one running task `id` aborts it; the others ignore it. */
 export type MainToWorker = { t: 'abort'; id: string; run: number; reason: WireError };

@@ -29,8 +29,11 @@ export interface BenchCloud {
   prefix: string;
   url: string;
   dir: string;
-  /** Starts `cloudlet agent` for a host with the given plugin entries (YAML list items). */
-  startAgent(hostId: string, pluginsYaml: string[], spawnOptions?: SpawnOptions): Promise<BenchProcess>;
+  /**
+   * Starts `cloudlet agent` for a host with the given plugin entries (YAML list items); `configYaml` adds
+   * top-level config sections (e.g. `pools:`).
+   */
+  startAgent(hostId: string, pluginsYaml: string[], spawnOptions?: SpawnOptions, configYaml?: string): Promise<BenchProcess>;
   /** A client on the same broker and prefix, closed with the scope. */
   client(): AmqpClientTransport;
 }
@@ -50,12 +53,12 @@ export async function benchCloud(ctx: Pick<BenchContext, 'scope' | 'uniqueName'>
     prefix,
     url: BROKER_URL,
     dir,
-    async startAgent(hostId, pluginsYaml, spawnOptions) {
+    async startAgent(hostId, pluginsYaml, spawnOptions, configYaml = '') {
       hosts.push(hostId);
       const file = join(dir, `${hostId}.yaml`);
       await writeFile(
         file,
-        `host:\n  id: ${hostId}\n${transport()}state:\n  dir: ${join(dir, 'state', hostId)}\nlog:\n  level: ${options.logLevel ?? 'warn'}\n  format: json\n${pluginsYaml.length === 0 ? 'plugins: []' : `plugins:\n${pluginsYaml.join('\n')}`}\n`,
+        `host:\n  id: ${hostId}\n${transport()}state:\n  dir: ${join(dir, 'state', hostId)}\nlog:\n  level: ${options.logLevel ?? 'warn'}\n  format: json\n${configYaml}${pluginsYaml.length === 0 ? 'plugins: []' : `plugins:\n${pluginsYaml.join('\n')}`}\n`,
       );
       // Ready when its first heartbeat reached us (its "ready" line is logged at info, hidden at warn).
       presence ??= cloud.client();

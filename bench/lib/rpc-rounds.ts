@@ -21,7 +21,15 @@ import { median, medianOfRounds, type LatencySummary } from './stats.ts';
 export const CONCURRENCIES = [1, 32] as const;
 export type Concurrency = (typeof CONCURRENCIES)[number];
 
-export type Contender = 'raw' | 'raw-guaranteed' | 'agent' | 'agent-past-history' | 'moleculer' | 'moleculer-prefetch32' | 'moleculer-out-of-the-box';
+export type Contender =
+  | 'raw'
+  | 'raw-guaranteed'
+  | 'agent'
+  | 'agent-one-per-thread'
+  | 'agent-past-history'
+  | 'moleculer'
+  | 'moleculer-prefetch32'
+  | 'moleculer-out-of-the-box';
 
 /** The agent transport's default `outcomeHistory`: outcomes kept to answer redelivered requests. */
 const OUTCOME_HISTORY = 10_000;
@@ -47,6 +55,8 @@ interface Driver {
   call(round: number): Promise<void>;
   /** Fewer calls (it is slow): Moleculer without TCP_NODELAY answers in ~40 ms. */
   slow?: boolean;
+  /** A server of its own in each round (the agents: see below). */
+  perRound?: boolean;
 }
 
 export async function measureRpc(ctx: BenchContext): Promise<RpcFigures> {
@@ -79,8 +89,15 @@ export async function measureRpc(ctx: BenchContext): Promise<RpcFigures> {
   const rounds = ctx.pick({ full: 3, quick: 1, smoke: 1 });
   const cloud = await benchCloud(ctx, { heartbeatMs: 1_000, downAfterMs: 5_000 });
   const agents: BenchProcess[] = [];
+  // The same, with test.echo's pool at one message per thread (the core's default for a type that declares
+  // nothing; the testkit declares 16 for its no-op echo): what finding F12 changed.
+  const strictAgents: BenchProcess[] = [];
+  const onePerThread = 'pools:\n  test.echo:\n    tasksPerThread: 1\n';
   for (let round = 0; round < rounds; round++) {
     agents.push(await cloud.startAgent(`b${round + 1}`, [pluginEntry.routingDirect(false), pluginEntry.testkit()], ctx.agentSpawnOptions(`rpc-agent-b${round + 1}`)));
+    strictAgents.push(
+      await cloud.startAgent(`s${round + 1}`, [pluginEntry.routingDirect(false), pluginEntry.testkit()], ctx.agentSpawnOptions(`rpc-agent-s${round + 1}`), onePerThread),
+    );
   }
   const client = cloud.client();
   const echoOn = (host: string) => async () => {
@@ -95,7 +112,8 @@ export async function measureRpc(ctx: BenchContext): Promise<RpcFigures> {
   await guaranteedServer.waitFor('ready');
   await guaranteedClient.open(BROKER_URL);
   drivers.push({ contender: 'raw-guaranteed', server: () => guaranteedServer, call: () => guaranteedClient.call(guaranteedQueue, rawBody) });
-  drivers.push({ contender: 'agent', server: (round) => agents[round] as BenchProcess, call: (round) => echoOn(`b${round + 1}`)() });
+  drivers.push({ contender: 'agent', perRound: true, server: (round) => agents[round] as BenchProcess, call: (round) => echoOn(`b${round + 1}`)() });
+  drivers.push({ contender: 'agent-one-per-thread', perRound: true, server: (round) => strictAgents[round] as BenchProcess, call: (round) => echoOn(`s${round + 1}`)() });
 
   // 3. Moleculer: each configuration its own namespace, server process and client node.
   const moleculerConfigs: [Contender, MoleculerTransportSettings][] = [
@@ -133,8 +151,8 @@ export async function measureRpc(ctx: BenchContext): Promise<RpcFigures> {
   // all get the same.
   const prewarm = ctx.pick({ full: 2_000, quick: 2_000, smoke: 20 });
   for (const driver of drivers.filter((d) => !d.slow)) {
-    for (let round = 0; round < (driver.contender === 'agent' ? rounds : 1); round++) {
-      ctx.log(`rpc: warming ${driver.contender}${driver.contender === 'agent' ? ` b${round + 1}` : ''} with ${prewarm} calls`);
+    for (let round = 0; round < (driver.perRound ? rounds : 1); round++) {
+      ctx.log(`rpc: warming ${driver.contender}${driver.perRound ? ` round ${round + 1}` : ''} with ${prewarm} calls`);
       await runLoad(() => driver.call(round), { concurrency: 32, warmupCalls: 0, calls: prewarm, maxMs: 60_000 });
     }
   }

@@ -13,6 +13,7 @@ export const poolSettingsSchema = z
   .object({
     minThreads: z.number().int().min(0).max(64),
     maxThreads: z.number().int().min(1).max(64),
+    tasksPerThread: z.number().int().min(1).max(64),
     idleTimeoutMs: z.number().int().min(0).max(86_400_000),
     maxQueue: z.number().int().min(0).max(100_000),
     timeoutMs: z.number().int().min(1).max(86_400_000),
@@ -27,6 +28,7 @@ export const poolOverrideSchema = poolSettingsSchema.partial();
 export const defaultPoolSettings = {
   minThreads: 0,
   maxThreads: 2,
+  tasksPerThread: 1,
   idleTimeoutMs: 60_000,
   maxQueue: 64,
   timeoutMs: 30_000,

@@ -13,7 +13,7 @@ const handler = (name: string) => new URL(`./handlers/${name}.ts`, import.meta.u
 export default definePlugin({
   name: 'qemu-backend',
   version: '1.0.0',
-  api: '^1.2.0',
+  api: '^1.9.0',
   description: 'QEMU VMs from base images, controlled over QMP.',
   provides: ['vm-backend'],
   options: qemuOptionsSchema,
@@ -27,7 +27,8 @@ export default definePlugin({
     'delete-vm': { payload: vmRefPayload, handler: handler('delete-vm'), serializeBy: 'vm', pool: { timeoutMs: 60_000 } },
     'list-vms': { payload: listVmsPayload, handler: handler('list-vms'), pool: { timeoutMs: 30_000 } },
     // Waiting for an address may take as long as the payload's timeoutMs (at most 10 minutes).
-    'get-vm-ip': { payload: getVmIpPayload, handler: handler('get-vm-ip'), pool: { maxThreads: 4, timeoutMs: 620_000 } },
+    // Mostly waits for a lease or a neighbour entry: a thread waits for many VMs at once.
+    'get-vm-ip': { payload: getVmIpPayload, handler: handler('get-vm-ip'), pool: { maxThreads: 2, tasksPerThread: 16, timeoutMs: 620_000 } },
     'list-images': { payload: listVmsPayload, handler: handler('list-images'), pool: { timeoutMs: 30_000 } },
     'get-vm': { payload: vmRefPayload, handler: handler('get-vm'), serializeBy: 'vm', pool: { timeoutMs: 30_000 } },
     'get-console-log': { payload: getConsoleLogPayload, handler: handler('get-console-log'), pool: { maxThreads: 2, timeoutMs: 10_000 } },

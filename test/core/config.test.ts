@@ -199,17 +199,20 @@ test('config — a pool override with minThreads above maxThreads is refused', a
 });
 
 test('config — a pool value out of range is reported with its bound', async (t) => {
-  const { result } = await checkText(t, 'pools:\n  host-info:\n    maxThreads: 0\n');
+  const { result } = await checkText(t, 'pools:\n  host-info:\n    maxThreads: 0\n    tasksPerThread: 65\n');
   const problem = problemAt(problemsOf(result), 'pools.host-info.maxThreads');
   assert.equal(problem.found, '0 (number)');
   assert.equal(problem.allowed, '>= 1');
+  const perThread = problemAt(problemsOf(result), 'pools.host-info.tasksPerThread');
+  assert.equal(perThread.found, '65 (number)');
+  assert.equal(perThread.allowed, '<= 64');
 });
 
 test('config — pool settings merge core defaults < plugin defaults < config', async (t) => {
   const yaml = `pools:\n  host-info:\n    timeoutMs: 7000\n  test.echo:\n    maxThreads: 4\nplugins:\n  - use: ${testkitPath}\n`;
   const config = configOf((await checkText(t, yaml)).result);
-  assert.deepEqual(config.messages.get('host-info')?.pool, { ...defaultPoolSettings, maxThreads: 1, timeoutMs: 7000 });
-  assert.deepEqual(config.messages.get('test.echo')?.pool, { ...defaultPoolSettings, maxThreads: 4 });
+  assert.deepEqual(config.messages.get('host-info')?.pool, { ...defaultPoolSettings, maxThreads: 1, tasksPerThread: 16, timeoutMs: 7000 });
+  assert.deepEqual(config.messages.get('test.echo')?.pool, { ...defaultPoolSettings, maxThreads: 4, tasksPerThread: 16 });
   assert.deepEqual(config.messages.get('test.sleep')?.pool, defaultPoolSettings);
 });
 
@@ -218,7 +221,7 @@ test('config — the example config/single-host.yaml loads', async () => {
   assert.equal(config.hostId, 'single');
   assert.equal(config.core.transport.kind, 'local');
   assert.deepEqual([...config.messages.keys()], ['host-info']);
-  assert.deepEqual(config.messages.get('host-info')?.pool, { ...defaultPoolSettings, maxThreads: 1, timeoutMs: 5000 });
+  assert.deepEqual(config.messages.get('host-info')?.pool, { ...defaultPoolSettings, maxThreads: 1, tasksPerThread: 16, timeoutMs: 5000 });
 });
 
 test('config — every example in config/ loads', async () => {

@@ -10,7 +10,7 @@ import type { PoolSettings } from '../../core/plugin-api.ts';
 import { PoolManager, type RunOutcome } from '../../core/pools.ts';
 
 const handlerUrl = new URL('../fixtures/plugins/testkit/handlers.ts', import.meta.url).href;
-const TYPES = ['test.echo', 'test.sleep', 'test.spin', 'test.crash', 'test.crash-after', 'test.exit', 'test.fail', 'test.progress', 'test.thread'];
+const TYPES = ['test.echo', 'test.sleep', 'test.spin', 'test.crash', 'test.crash-after', 'test.exit', 'test.shared', 'test.fail', 'test.progress', 'test.thread'];
 
 registerPluginErrors({ TESTKIT_REFUSED: { message: 'the testkit refused on purpose', retryable: false } });
 
@@ -42,6 +42,12 @@ function task(type: string, payload: unknown = {}, deadlineMs = 30_000) {
 
 function errorCode(outcome: RunOutcome): string | undefined {
   return outcome.ok ? undefined : outcome.error.code;
+}
+
+/** A log that records the `started` lines of test.shared and test.sleep handlers into `events`. */
+function startLog(events: string[]) {
+  const none = () => undefined;
+  return { trace: none, debug: none, warn: none, error: none, info: (obj: object) => void events.push(`start ${String((obj as { started?: unknown }).started)}`) };
 }
 
 test('pools — a handler result comes back with the plugin options and host in its context', async (t) => {
@@ -296,4 +302,68 @@ test('pools — a message whose time runs out while it waits for a thread is nev
   // Had the queued one started once the thread was free, its handler would have logged "sleeping".
   await new Promise((r) => setTimeout(r, 200));
   assert.deepEqual(logged, []);
+});
+
+test('pools — with tasksPerThread above 1, one thread works on several messages at once', async (t) => {
+  const pools = makePools(t, { 'test.shared': { maxThreads: 1, tasksPerThread: 4 } });
+  const events: string[] = [];
+  const runs = ['a', 'b', 'c', 'd'].map(async (name) => {
+    const outcome = await pools.run(task('test.shared', { announce: name, ms: 1_500 }), { log: startLog(events) });
+    events.push(`done ${name}`);
+    return outcome;
+  });
+  const outcomes = await Promise.all(runs);
+  assert.deepEqual(outcomes.map((o) => o.ok), [true, true, true, true]);
+  // One thread: all four had started before the first finished. One task per thread would alternate.
+  assert.deepEqual(events.slice(0, 4).sort(), ['start a', 'start b', 'start c', 'start d']);
+  assert.equal(pools.stats().find((s) => s.type === 'test.shared')?.threads, 1);
+});
+
+test('pools — a handler stuck on the CPU takes the messages sharing its thread down with it; the pool serves again', async (t) => {
+  const pools = makePools(t, { 'test.shared': { maxThreads: 1, tasksPerThread: 4, timeoutMs: 20_000, cancelGraceMs: 200 } });
+  assert.equal((await pools.run(task('test.shared'))).ok, true); // the thread is up
+  // The spinning one has a short deadline; the one behind it on the same thread a long one.
+  const stuck = pools.run(task('test.shared', { do: 'spin' }, 800));
+  const behind = pools.run(task('test.shared', { ms: 0 }));
+  assert.equal(errorCode(await stuck), 'DEADLINE_EXCEEDED');
+  const crashed = await behind;
+  assert.equal(errorCode(crashed), 'WORKER_CRASHED');
+  assert.match(crashed.ok ? '' : crashed.error.message, /stopped: message t-\d+ on the same thread ran past its time and ignored the cancel/);
+  assert.deepEqual(await pools.run(task('test.shared', { announce: 'after' })), { ok: true, result: { done: 'after' } });
+});
+
+test('pools — a handler that ends its thread takes the messages sharing it down; the pool serves again', async (t) => {
+  const pools = makePools(t, { 'test.shared': { maxThreads: 1, tasksPerThread: 4, timeoutMs: 20_000 } });
+  const events: string[] = [];
+  const waiting = pools.run(task('test.shared', { announce: 'waiting', ms: 10_000 }), { log: startLog(events) });
+  while (!events.includes('start waiting')) await new Promise((r) => setTimeout(r, 10));
+  const exiting = await pools.run(task('test.shared', { do: 'exit' }));
+  assert.equal(errorCode(exiting), 'WORKER_CRASHED');
+  assert.match(exiting.ok ? '' : exiting.error.message, /exit code 9/);
+  // Answered at once, not after its 10 s sleep or its timeout.
+  assert.equal(errorCode(await waiting), 'WORKER_CRASHED');
+  assert.deepEqual(await pools.run(task('test.shared', { announce: 'after' })), { ok: true, result: { done: 'after' } });
+});
+
+test('pools — with tasksPerThread above 1, BUSY comes once every thread holds that many and the queue is full', async (t) => {
+  const pools = makePools(t, { 'test.shared': { maxThreads: 1, tasksPerThread: 2, maxQueue: 1 } });
+  const accepted = [1, 2, 3].map(() => pools.run(task('test.shared', { ms: 600 })));
+  await new Promise((r) => setTimeout(r, 100));
+  const refused = await pools.run(task('test.shared', { ms: 0 }));
+  assert.equal(errorCode(refused), 'BUSY');
+  assert.deepEqual((await Promise.all(accepted)).map((o) => o.ok), [true, true, true]);
+});
+
+test('pools — messages still waiting for a thread when the pools stop are answered SHUTTING_DOWN, never started', async () => {
+  const pools = new PoolManager([
+    { type: 'test.sleep', settings: { ...defaultPoolSettings, maxThreads: 1 }, workerData: { handlerUrl, pluginName: 'testkit', options: {}, host: { id: 'h', agentVersion: '0.0.0', startedAt: 0 }, plugins: [], providers: {}, logLevel: 'debug' } },
+  ]);
+  const events: string[] = [];
+  const running = pools.run(task('test.sleep', { ms: 5_000, announce: 'running' }), { log: startLog(events) });
+  const waiting = pools.run(task('test.sleep', { ms: 0, announce: 'waiting' }), { log: startLog(events) });
+  while (!events.includes('start true')) await new Promise((r) => setTimeout(r, 10));
+  await pools.destroy();
+  assert.equal(errorCode(await waiting), 'SHUTTING_DOWN');
+  assert.equal(errorCode(await running), 'WORKER_CRASHED');
+  assert.deepEqual(events, ['start true']);
 });
