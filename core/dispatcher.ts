@@ -175,9 +175,12 @@ export class Dispatcher {
    */
   #reply(delivery: InboundDelivery, reply: ReplyEnvelope, acceptedId?: string): Promise<void> {
     if (acceptedId !== undefined && reply.error?.retryable) this.#options.authorizer?.release(acceptedId);
-    const fitted = this.#fitToLimit(this.#sign(reply));
-    return delivery.reply(fitted.reply, fitted.encoded);
+    const fitted = this.#seal(reply);
+    return delivery.reply(fitted.reply, fitted.encoded, this.#seal);
   }
+
+  /** What the transport sends: signed, then measured (a signature is part of the size). */
+  readonly #seal = (reply: ReplyEnvelope): { reply: ReplyEnvelope; encoded: string } => this.#fitToLimit(this.#sign(reply));
 
   #sign(reply: ReplyEnvelope): ReplyEnvelope {
     return this.#options.signReply ? this.#options.signReply(reply) : reply;

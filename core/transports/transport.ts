@@ -5,6 +5,9 @@
  */
 import type { EventEnvelope, ProgressEnvelope, ReplyEnvelope, RequestEnvelope } from '../envelope.ts';
 
+/** Signs (when the host signs replies) and measures a reply as it will travel; returns it with its JSON. */
+export type ReplySealer = (reply: ReplyEnvelope) => { reply: ReplyEnvelope; encoded: string };
+
 /** One inbound message as the agent receives it, before decoding. */
 export interface InboundDelivery {
   /** The raw bytes or text; the dispatcher decodes and validates it. */
@@ -15,8 +18,11 @@ export interface InboundDelivery {
    * Sends the final reply; resolves once the transport has handed it on (e.g. publisher confirm).
    * `encoded`: the envelope as JSON, when the caller has it already (the dispatcher always does, having
    * measured it): the transport sends and stores that text rather than serialising the envelope again.
+   * `reseal`: a transport that changes the envelope before sending it (the RabbitMQ transport adds who
+   * refused a request to NO_CAPACITY) passes the changed one through it: signed again (the signature covers
+   * the error) and measured again, with its JSON.
    */
-  reply(envelope: ReplyEnvelope, encoded?: string): Promise<void>;
+  reply(envelope: ReplyEnvelope, encoded?: string, reseal?: ReplySealer): Promise<void>;
   /** Streams a progress update; best effort, never blocks the handler. */
   progress(envelope: ProgressEnvelope): void;
   /** Where it came from, for the log when it is refused (never secrets). */

@@ -157,3 +157,24 @@ test('security — a signed reply is measured with its signature: one that only 
   assert.ok((reply.error?.details as { size: number }).size < maxMessageBytes + 200, 'refused for the signature, not for the echo alone');
   assert.ok((reply as ReplyEnvelope & { auth?: unknown }).auth, 'the refusal is signed too');
 });
+
+test('security — an any-host request every host refuses comes back NO_CAPACITY and still signed, refusedBy included', async (t) => {
+  const dir = await tempDir(t);
+  const keys = { full1: await keyFiles(dir, 'full1-host'), full2: await keyFiles(dir, 'full2-host') };
+  const cloud = await startCloud(
+    t,
+    [
+      { id: 'full1', testkitOptions: { hasCapacity: false } },
+      { id: 'full2', testkitOptions: { hasCapacity: false } },
+    ],
+    { hostYaml: (host) => `security:\n  hostKeyFile: ${keys[host as keyof typeof keys].file}\n` },
+  );
+  const ops = await keyFiles(dir, 'ops');
+  const hostKeys = new Map(Object.entries(keys).map(([host, key]) => [host, publicKeyFrom(key.publicKey, 'test')]));
+  const client = new SigningClientTransport(cloud.client(), { signer: ops.signer, hostKeys, requireSignedReplies: true });
+  await new Promise((r) => setTimeout(r, 500)); // both hosts' heartbeats seen
+  // The last host to refuse adds who refused to the reply after the dispatcher signed it: it must sign again.
+  const refused = await client.request(makeRequest({ type: 'test.reserve', payload: {}, deadline: Date.now() + 30_000 }));
+  assert.equal(refused.error?.code, 'NO_CAPACITY');
+  assert.deepEqual(((refused.error?.details ?? {}) as { refusedBy?: string[] }).refusedBy?.sort(), ['full1', 'full2']);
+});

@@ -246,11 +246,13 @@ export class AmqpAgentTransport implements AgentTransport {
         redelivered: msg.fields.redelivered,
       },
       progress: (envelope) => sendProgress(envelope),
-      reply: async (envelope, encoded) => {
+      reply: async (envelope, encoded, reseal) => {
         try {
           if (route === 'any' && envelope.error?.code === 'NO_CAPACITY') {
             if (await this.#handBack(channel, msg, envelope)) return;
-            encoded = undefined; // #handBack added `refusedBy` to the envelope: the JSON given is stale
+            // #handBack added `refusedBy` to the error: the signature and the JSON given no longer match it.
+            if (reseal) ({ reply: envelope, encoded } = reseal(envelope));
+            else encoded = undefined;
           }
           // A retryable failure (BUSY, TIMEOUT, SHUTTING_DOWN, …) is not an outcome: the same id sent again
           // must be tried again, not answered with the old failure.
