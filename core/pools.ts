@@ -75,8 +75,6 @@ export type PoolStats = AgentPoolStats;
 interface WaitingTask {
   /** Hands the task to tinypool. */
   start(): void;
-  /** The task was answered or cancelled while it waited: it is never started, and is answered now. */
-  dropIfDone(): boolean;
   /** The pool is going away: the task is answered with `error` and never started. */
   drop(error: CloudletError): void;
 }
@@ -252,6 +250,8 @@ export class PoolManager {
 
     return new Promise<RunOutcome>((resolve) => {
       let settled = false;
+      /** This task's place in `managed.waiting`, until it is handed to tinypool. */
+      let waiting: WaitingTask | undefined;
       let cancelReason: CloudletError | undefined;
       let graceTimer: ReturnType<typeof setTimeout> | undefined;
       let sideMessagesTimer: ReturnType<typeof setTimeout> | undefined;
@@ -267,6 +267,9 @@ export class PoolManager {
         clearTimeout(sideMessagesTimer);
         stopListening?.();
         managed.listeners.delete(task.id);
+        // Answered before it was handed to tinypool: it waits no longer (queue length, memory).
+        const at = waiting ? managed.waiting.indexOf(waiting) : -1;
+        if (at >= 0) managed.waiting.splice(at, 1);
         resolve(outcome);
       };
       const finishReturned = () => {
@@ -276,6 +279,8 @@ export class PoolManager {
       const cancel = (reason: CloudletError) => {
         if (settled || cancelReason) return;
         cancelReason = reason;
+        // Not handed to tinypool yet: nothing runs it, so it is answered now and never started.
+        if (waiting) return finish({ ok: false, error: reason });
         const message: MainToWorker = { t: 'abort', id: task.id, run, reason: reason.toWire() };
         managed.aborts.set(run, message);
         managed.channel.postMessage(message);
@@ -318,6 +323,7 @@ export class PoolManager {
       });
 
       const start = () => {
+        waiting = undefined;
         const workerTask: WorkerTask = { run, id: task.id, type: task.type, deadline: effectiveDeadline, payload: task.payload };
         let running: Promise<WorkerResult>;
         try {
@@ -356,14 +362,11 @@ export class PoolManager {
           },
         );
       };
-      managed.waiting.push({
+      waiting = {
         start,
-        dropIfDone: () => {
-          if (!settled && cancelReason) finish({ ok: false, error: cancelReason });
-          return settled;
-        },
         drop: (error) => finish({ ok: false, error }),
-      });
+      };
+      managed.waiting.push(waiting);
       this.#pump(managed);
     });
   }
@@ -379,8 +382,7 @@ export class PoolManager {
     try {
       const { maxThreads, tasksPerThread } = managed.spec.settings;
       while (managed.waiting.length > 0 && !managed.tinypoolQueues && managed.handedOver < maxThreads * tasksPerThread) {
-        const next = managed.waiting.shift() as WaitingTask;
-        if (!next.dropIfDone()) next.start();
+        (managed.waiting.shift() as WaitingTask).start();
       }
     } finally {
       managed.pumping = false;

@@ -298,6 +298,9 @@ test('pools — a message whose time runs out while it waits for a thread is nev
   assert.deepEqual([stats.running, stats.queued], [1, 1]);
   const outcome = await queued;
   assert.equal(errorCode(outcome), 'DEADLINE_EXCEEDED');
+  // Answered when its time ran out, not when the thread came free; it no longer counts as queued.
+  const after = pools.stats().find((s) => s.type === 'test.sleep')!;
+  assert.deepEqual([after.running, after.queued], [1, 0]);
   assert.equal((await holding).ok, true);
   // Had the queued one started once the thread was free, its handler would have logged "sleeping".
   await new Promise((r) => setTimeout(r, 200));
