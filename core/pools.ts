@@ -5,7 +5,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import process from 'node:process';
-import Tinypool from 'tinypool';
+import Tinypool, { type TinypoolWorker } from 'tinypool';
 import type { Cancellation } from './cancellation.ts';
 import { CloudletError, cloudletError, isCoreErrorCode, lookupError } from './errors.ts';
 import type { AgentPoolStats, PoolSettings, PluginLogger } from './plugin-api.ts';
@@ -113,6 +113,8 @@ interface ManagedPool {
   tinypoolQueues: boolean;
   /** Undeclared codes from this plugin's handlers are downgraded, so callers only ever see documented codes. */
   declaredCodes: ReadonlySet<string>;
+  /** Threads whose exit is watched (see watchExits). */
+  watchedThreads: WeakSet<object>;
 }
 
 export class PoolManager {
@@ -173,8 +175,12 @@ export class PoolManager {
       const aborts = new Map<number, MainToWorker>();
       channel.onmessage = (event: MessageEvent) => {
         const message = event.data as SideMessage;
-        // A thread that just started missed the aborts sent before its channel opened.
-        if (message.t === 'listening') for (const abort of aborts.values()) channel.postMessage(abort);
+        if (message.t === 'listening') {
+          const managed = this.#pools.get(spec.type);
+          if (managed) watchExits(managed.pool, managed.watchedThreads);
+          // A thread that just started missed the aborts sent before its channel opened.
+          for (const abort of aborts.values()) channel.postMessage(abort);
+        }
         // Our own abort requests are not echoed back; a message for a finished task is dropped.
         else if (message.t !== 'abort') listeners.get(message.id)?.(message);
       };
@@ -195,6 +201,7 @@ export class PoolManager {
         drained: false,
         tinypoolQueues: false,
         declaredCodes: declaredCodes.get(spec.workerData.pluginName) ?? new Set(),
+        watchedThreads: new WeakSet(),
       });
     }
   }
@@ -307,8 +314,9 @@ export class PoolManager {
 
       managed.listeners.set(task.id, (message) => {
         if (message.t === 'exited') {
+          // The thread is ending mid-task: out of the pool with it now, before it is handed another message
+          // (its 'exit' may come later: watchExits), and answer with what the thread said.
           const reason = message.uncaught ?? `the handler ended its thread (exit code ${message.code})`;
-          // The thread is gone mid-task: have tinypool drop it (it would count it busy forever).
           stopThread(managed.pool, message.thread, reason);
           finish({ ok: false, error: cancelReason ?? crashedError(task.type, reason) });
           return;
@@ -438,7 +446,34 @@ export class PoolManager {
  */
 function stopThread(pool: Tinypool, threadId: number, reason: string): void {
   const thread = pool.threads.find((candidate) => candidate.threadId === threadId);
-  thread?.emit('error', new Error(`its thread was stopped: ${reason}`));
+  if (thread) reportDeath(thread, new Error(`its thread was stopped: ${reason}`));
+}
+
+/** Raises `error` on a thread, for tinypool to drop it; once the thread has exited, Node has removed tinypool's listener and watchExits has dropped it. */
+function reportDeath(thread: TinypoolWorker, error: Error): void {
+  try {
+    thread.emit('error', error);
+  } catch (thrown) {
+    if (thrown !== error) throw thrown; // 'error' with nobody listening throws the error itself
+  }
+}
+
+/**
+ * tinypool notices a thread that dies of an exception, not one that exits (process.exit in handler code,
+ * even after its handler answered): it would keep the dead thread, its tasks unanswered, and hand it more.
+ * So each thread's exit is watched, from the moment it says it is listening: an exit tinypool did not cause
+ * is reported as the thread's 'error' (as stopThread does), while Node still has tinypool's listener on it —
+ * Node removes every listener right after 'exit'.
+ */
+function watchExits(pool: Tinypool, watched: WeakSet<object>): void {
+  for (const thread of pool.threads) {
+    if (watched.has(thread)) continue;
+    watched.add(thread);
+    thread.once('exit', (code: number) => {
+      // Still in the pool: tinypool did not stop it itself (idle timeout, termination, a reported crash).
+      if (pool.threads.includes(thread)) reportDeath(thread, new Error(`the thread exited (exit code ${code})`));
+    });
+  }
 }
 
 function busyError(type: string, settings: PoolSettings): CloudletError {

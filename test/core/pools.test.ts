@@ -10,7 +10,7 @@ import type { PoolSettings } from '../../core/plugin-api.ts';
 import { PoolManager, type RunOutcome } from '../../core/pools.ts';
 
 const handlerUrl = new URL('../fixtures/plugins/testkit/handlers.ts', import.meta.url).href;
-const TYPES = ['test.echo', 'test.sleep', 'test.spin', 'test.crash', 'test.crash-after', 'test.exit', 'test.shared', 'test.fail', 'test.progress', 'test.thread'];
+const TYPES = ['test.echo', 'test.sleep', 'test.spin', 'test.crash', 'test.crash-after', 'test.exit-after', 'test.exit', 'test.shared', 'test.fail', 'test.progress', 'test.thread'];
 
 registerPluginErrors({ TESTKIT_REFUSED: { message: 'the testkit refused on purpose', retryable: false } });
 
@@ -118,6 +118,15 @@ test('pools — a thread that dies with no task on it (a timer the handler left 
   await new Promise((r) => setTimeout(r, 300));
   assert.deepEqual(await pools.run(task('test.crash-after')), { ok: true, result: { answered: true } });
   await new Promise((r) => setTimeout(r, 300));
+});
+
+test('pools — a thread that exits with no task on it is replaced, not handed the next message', async (t) => {
+  const pools = makePools(t, { 'test.exit-after': { timeoutMs: 5_000 } });
+  for (let i = 0; i < 3; i++) {
+    assert.deepEqual(await pools.run(task('test.exit-after')), { ok: true, result: { answered: true } });
+    // The thread exits 20 ms after answering; tinypool does not notice an exit by itself.
+    await new Promise((r) => setTimeout(r, 300));
+  }
 });
 
 test('pools — a worker that calls process.exit is detected (no hang) and replaced', async (t) => {
