@@ -65,7 +65,11 @@ export function createAgentMetrics(options: AgentMetricsOptions): AgentMetrics {
   poolGauge('cloudlet_pool_running', 'Messages of a type running in a worker now.', (p) => p.running);
   poolGauge('cloudlet_pool_queued', 'Messages of a type waiting for a worker (queue depth).', (p) => p.queued);
   poolGauge('cloudlet_pool_max_queue', 'Configured queue limit of a message type; one more is refused with BUSY.', (p) => p.settings.maxQueue);
-  poolGauge('cloudlet_pool_utilisation_ratio', 'Running messages over maximum threads, 0 to 1.', (p) => (p.settings.maxThreads > 0 ? p.running / p.settings.maxThreads : 0));
+  poolGauge('cloudlet_pool_tasks_per_thread', 'Configured number of messages one thread of a message type works on at once.', (p) => p.settings.tasksPerThread);
+  poolGauge('cloudlet_pool_utilisation_ratio', 'Running messages over what the threads can hold (maxThreads × tasksPerThread), 0 to 1.', (p) => {
+    const capacity = p.settings.maxThreads * p.settings.tasksPerThread;
+    return capacity > 0 ? p.running / capacity : 0;
+  });
 
   new Gauge({
     name: 'cloudlet_messages_in_flight',
