@@ -18,6 +18,8 @@ const pools = new PoolManager([
   spec('test.echo', testkit, 'testkit', { greeting: 'deno says hi' }),
   spec('test.progress', testkit, 'testkit', {}),
   { ...spec('test.sleep', testkit, 'testkit', {}), settings: { ...defaultPoolSettings, maxThreads: 1, timeoutMs: 300 } },
+  // Two messages share the one thread; the first spins until its thread is stopped (workers/run-table.ts).
+  { ...spec('test.shared', testkit, 'testkit', {}), settings: { ...defaultPoolSettings, maxThreads: 1, tasksPerThread: 2, timeoutMs: 10_000, cancelGraceMs: 100 } },
 ]);
 const deadline = () => Date.now() + 10_000;
 const progress: unknown[] = [];
@@ -26,6 +28,9 @@ const results = {
   echo: await pools.run({ id: '2', type: 'test.echo', payload: { value: 42 }, deadline: deadline() }),
   progress: await pools.run({ id: '3', type: 'test.progress', payload: { steps: 2 } , deadline: deadline() }, { onProgress: (stage, detail) => progress.push([stage, detail]) }),
   timeout: await pools.run({ id: '4', type: 'test.sleep', payload: { ms: 60_000 }, deadline: deadline() }),
+  spinStopped: await pools.run({ id: '5', type: 'test.shared', payload: { do: 'spin' }, deadline: Date.now() + 1_500 }),
+  // Answered only if the spinning thread was stopped and replaced.
+  afterSpin: await pools.run({ id: '6', type: 'test.shared', payload: { announce: 'after' }, deadline: deadline() }),
   progressSeen: progress,
 };
 await pools.destroy();

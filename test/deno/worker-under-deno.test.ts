@@ -41,4 +41,7 @@ test('deno — the worker entry runs real handlers in a tinypool under Deno 2', 
   ]);
   assert.equal(results.timeout?.ok, false);
   assert.equal(results.timeout?.error?.code, 'TIMEOUT');
+  // A handler stuck on the CPU in a pool whose threads take two messages: found in the run table and stopped.
+  assert.equal(results.spinStopped?.error?.code, 'DEADLINE_EXCEEDED');
+  assert.deepEqual(results.afterSpin, { ok: true, result: { done: 'after' } });
 });
