@@ -108,9 +108,10 @@ interface ManagedPool {
   handedOver: number;
   /** `#pump` is running (tinypool's 'drain' comes back into it from inside `run`). */
   pumping: boolean;
-  /** tinypool's 'drain' since the last hand-over: it gave the task straight to a thread. */
-  drained: boolean;
-  /** The last task handed over waits in tinypool's queue (no thread had room): hand over no more for now. */
+  /**
+   * The last task handed over may wait in tinypool's queue (no thread had room): hand over no more until
+   * tinypool says 'drain' (it gave a task to a thread and has none queued) or a task comes back.
+   */
   tinypoolQueues: boolean;
   /** Undeclared codes from this plugin's handlers are downgraded, so callers only ever see documented codes. */
   declaredCodes: ReadonlySet<string>;
@@ -158,7 +159,6 @@ export class PoolManager {
         pool.on('drain', () => {
           const managed = this.#pools.get(spec.type);
           if (!managed) return;
-          managed.drained = true;
           managed.tinypoolQueues = false;
           this.#pump(managed);
         });
@@ -199,7 +199,6 @@ export class PoolManager {
         waiting: [],
         handedOver: 0,
         pumping: false,
-        drained: false,
         tinypoolQueues: false,
         declaredCodes: declaredCodes.get(spec.workerData.pluginName) ?? new Set(),
         watchedThreads: new WeakSet(),
@@ -336,10 +335,11 @@ export class PoolManager {
         const workerTask: WorkerTask = { run, id: task.id, type: task.type, deadline: effectiveDeadline, payload: task.payload };
         let running: Promise<WorkerResult>;
         try {
-          managed.drained = false;
+          // Cleared by tinypool's 'drain' during the call when the task went straight to a thread.
+          managed.tinypoolQueues = true;
           running = this.#post(managed, workerTask);
-          managed.tinypoolQueues = !managed.drained;
         } catch (thrown) {
+          managed.tinypoolQueues = false;
           // tinypool could not even take the task (e.g. no thread can be started): this message fails, cleanly.
           finish({ ok: false, error: crashedError(task.type, thrown instanceof Error ? thrown.message : String(thrown)) });
           return;

@@ -44,6 +44,14 @@ function errorCode(outcome: RunOutcome): string | undefined {
   return outcome.ok ? undefined : outcome.error.code;
 }
 
+/** Waits until `type`'s pool has `count` threads; fails after 10 s. */
+async function untilThreads(pools: PoolManager, type: string, count: number): Promise<void> {
+  const threads = () => pools.stats().find((s) => s.type === type)?.threads;
+  const until = Date.now() + 10_000;
+  while (threads() !== count && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(threads(), count, `"${type}" should have ${count} thread(s)`);
+}
+
 /** A log that records the `started` lines of test.shared and test.sleep handlers into `events`. */
 function startLog(events: string[]) {
   const none = () => undefined;
@@ -112,20 +120,21 @@ test('pools — an uncaught exception in a worker is answered with WORKER_CRASHE
 
 test('pools — a thread that dies with no task on it (a timer the handler left behind throws) is replaced; the agent stays up', async (t) => {
   const pools = makePools(t);
-  assert.deepEqual(await pools.run(task('test.crash-after')), { ok: true, result: { answered: true } });
-  // The thread dies 20 ms after answering. tinypool reports a death with no task to the pool itself; with
-  // nobody listening, that report would be an uncaught exception in the main thread (this test process).
-  await new Promise((r) => setTimeout(r, 300));
-  assert.deepEqual(await pools.run(task('test.crash-after')), { ok: true, result: { answered: true } });
-  await new Promise((r) => setTimeout(r, 300));
+  for (let i = 0; i < 2; i++) {
+    assert.deepEqual(await pools.run(task('test.crash-after')), { ok: true, result: { answered: true } });
+    // The thread dies 20 ms after answering. tinypool reports a death with no task to the pool itself; with
+    // nobody listening, that report would be an uncaught exception in the main thread (this test process).
+    await untilThreads(pools, 'test.crash-after', 0);
+  }
 });
 
 test('pools — a thread that exits with no task on it is replaced, not handed the next message', async (t) => {
   const pools = makePools(t, { 'test.exit-after': { timeoutMs: 5_000 } });
   for (let i = 0; i < 3; i++) {
     assert.deepEqual(await pools.run(task('test.exit-after')), { ok: true, result: { answered: true } });
-    // The thread exits 20 ms after answering; tinypool does not notice an exit by itself.
-    await new Promise((r) => setTimeout(r, 300));
+    // The thread exits 20 ms after answering; tinypool does not notice an exit by itself, and would keep
+    // the dead thread (and hand it the next message).
+    await untilThreads(pools, 'test.exit-after', 0);
   }
 });
 
@@ -366,10 +375,8 @@ test('pools — with tasksPerThread above 1, BUSY comes once every thread holds 
   assert.deepEqual((await Promise.all(accepted)).map((o) => o.ok), [true, true, true]);
 });
 
-test('pools — messages still waiting for a thread when the pools stop are answered SHUTTING_DOWN, never started', async () => {
-  const pools = new PoolManager([
-    { type: 'test.sleep', settings: { ...defaultPoolSettings, maxThreads: 1 }, workerData: { handlerUrl, pluginName: 'testkit', options: {}, host: { id: 'h', agentVersion: '0.0.0', startedAt: 0 }, plugins: [], providers: {}, logLevel: 'debug' } },
-  ]);
+test('pools — messages still waiting for a thread when the pools stop are answered SHUTTING_DOWN, never started', async (t) => {
+  const pools = makePools(t); // destroyed below; destroying again after the test does nothing
   const events: string[] = [];
   const running = pools.run(task('test.sleep', { ms: 5_000, announce: 'running' }), { log: startLog(events) });
   const waiting = pools.run(task('test.sleep', { ms: 0, announce: 'waiting' }), { log: startLog(events) });
