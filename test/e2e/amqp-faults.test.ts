@@ -179,6 +179,42 @@ test('redelivery — a copy that arrives while the first still runs is acked onl
   assert.deepEqual(both.map((r) => r.ok), [true, true]);
 });
 
+test('redelivery — two copies of one id that arrive together (one socket read) run once and both are answered', async (t) => {
+  const cloud = await startCloud(t, [{ id: 'h1' }]);
+  const id = `pair-${randomUUID()}`;
+  // Queue both copies while the agent is away, so the broker hands them over back to back when it returns.
+  const stopped = cloud.agents.get('h1')!;
+  stopped.child.kill('SIGTERM');
+  await stopped.exited;
+  const connection = await amqplib.connect(cloud.url);
+  t.after(() => connection.close().catch(() => undefined));
+  const channel = await connection.createChannel();
+  const replies: ReplyEnvelope[] = [];
+  const body = Buffer.from(JSON.stringify(makeRequest({ id, type: 'test.echo', target: 'h1', payload: { value: 'pair' } })));
+  // Each copy with its own reply queue, as a client that sends again after reconnecting has a new one.
+  for (let copy = 0; copy < 2; copy++) {
+    const { queue } = await channel.assertQueue('', { exclusive: true });
+    await channel.consume(
+      queue,
+      (msg) => {
+        const envelope = msg && (JSON.parse(msg.content.toString('utf8')) as ReplyEnvelope);
+        if (envelope?.kind === 'reply') replies.push(envelope);
+      },
+      { noAck: true },
+    );
+    channel.publish(amqpNames(cloud.prefix).directExchange, 'h1', body, { messageId: id, replyTo: queue, type: 'test.echo', persistent: true, contentType: 'application/json' });
+  }
+  const deadline = Date.now() + 10_000;
+  while ((await queueDepth(cloud.url, amqpNames(cloud.prefix).hostQueue('h1'))) < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  const agent = await cloud.start({ id: 'h1' });
+  while (replies.length < 2 && Date.now() < deadline + 20_000) await new Promise((r) => setTimeout(r, 50));
+  assert.equal(replies.length, 2, 'both copies were answered');
+  assert.deepEqual(replies[1], replies[0], 'the second copy got the first one\'s outcome');
+  const logDeadline = Date.now() + 5_000;
+  while (handledCount(agent.output(), id) === 0 && Date.now() < logDeadline) await new Promise((r) => setTimeout(r, 50));
+  assert.equal(handledCount(agent.output(), id), 1, 'the handler ran once');
+});
+
 test('broker restart — a client subscribed to events keeps receiving them after it reconnects', async (t) => {
   const node = await startRabbitNode(t);
   const cloud = await startCloud(t, [{ id: 'h1' }], { url: node.url });

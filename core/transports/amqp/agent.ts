@@ -219,10 +219,19 @@ export class AmqpAgentTransport implements AgentTransport {
         channel.nack(msg, false, false);
         return;
       }
-      await store.recordStart(id);
     }
     const inFlight: InFlightRequest = { replyTo: new Set([replyTo]), duplicates: [] };
-    if (id) this.#inFlight.set(id, inFlight);
+    if (id) {
+      // Registered before the first await: a second copy in the same socket read is handled before this
+      // function resumes, and must find the first one running instead of running too.
+      this.#inFlight.set(id, inFlight);
+      try {
+        await store.recordStart(id);
+      } catch (error) {
+        this.#inFlight.delete(id);
+        throw error;
+      }
+    }
     const progressBase = { id: id ?? 'unknown', type: (msg.properties.type as string) || 'unknown' } as RequestEnvelope;
     const sendProgress = (envelope: ProgressEnvelope) => {
       const current = this.#channel;
