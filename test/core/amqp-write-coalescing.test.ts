@@ -6,21 +6,22 @@
 import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
 import { randomUUID } from 'node:crypto';
-import test from 'node:test';
-import type { Channel, ChannelModel } from 'amqplib';
+import test, { type TestContext } from 'node:test';
+import amqplib, { type Channel, type ChannelModel } from 'amqplib';
 import { createLogger, memoryDestination } from '../../core/logger.ts';
-import { BrokerConnection } from '../../core/transports/amqp/connection.ts';
+import { BrokerConnection, type BrokerConnectionOptions } from '../../core/transports/amqp/connection.ts';
 import { SHARED_BROKER } from '../support/cloud.ts';
 
 const MESSAGES = 20;
 
-test('amqp — one event-loop turn of frames is one socket write, and every message arrives', { timeout: 60_000 }, async (t) => {
-  const memory = memoryDestination();
+/** An open BrokerConnection with one plain channel; `model` and `channel` are the current ones (after a reconnect too). */
+async function openConnection(t: TestContext, options: Partial<BrokerConnectionOptions> = {}) {
   let model!: ChannelModel;
   let channel!: Channel;
   const connection = new BrokerConnection({
     url: SHARED_BROKER,
-    log: createLogger({ level: 'debug', format: 'json', destination: memory.stream }),
+    log: createLogger({ level: 'silent', format: 'json' }),
+    ...options,
     setup: async (fresh) => {
       model = fresh;
       channel = await fresh.createChannel();
@@ -28,28 +29,38 @@ test('amqp — one event-loop turn of frames is one socket write, and every mess
   });
   t.after(() => connection.close());
   await connection.open();
+  return { connection, model: () => model, channel: () => channel };
+}
+
+/** Counts the socket's writes from now on (each _write or _writev is one trip to the kernel). */
+function countSocketWrites(model: ChannelModel): { readonly count: number } {
+  const socket = (model as unknown as { connection: { stream: { _write: (...a: unknown[]) => void; _writev?: (...a: unknown[]) => void } } }).connection.stream;
+  const counter = { count: 0 };
+  const write = socket._write.bind(socket);
+  socket._write = (...args: unknown[]) => (counter.count++, write(...args));
+  const writev = socket._writev?.bind(socket);
+  if (writev) socket._writev = (...args: unknown[]) => (counter.count++, writev(...args));
+  return counter;
+}
+
+test('amqp — one event-loop turn of frames is one socket write, and every message arrives', { timeout: 60_000 }, async (t) => {
+  const memory = memoryDestination();
+  const { connection, model, channel } = await openConnection(t, { log: createLogger({ level: 'debug', format: 'json', destination: memory.stream }) });
   assert.equal(connection.coalescesWrites, true, `amqplib's internals moved; the log says: ${JSON.stringify(memory.lines())}`);
 
   const queue = `cloudlet-test-coalesce-${randomUUID()}`;
-  await channel.assertQueue(queue, { exclusive: true, autoDelete: true });
+  await channel().assertQueue(queue, { exclusive: true, autoDelete: true });
 
-  // Count the socket's writes from here on (each _write or _writev is one trip to the kernel).
-  const socket = (model as unknown as { connection: { stream: { _write: (...a: unknown[]) => void; _writev?: (...a: unknown[]) => void } } }).connection.stream;
-  let writes = 0;
-  const write = socket._write.bind(socket);
-  socket._write = (...args: unknown[]) => (writes++, write(...args));
-  const writev = socket._writev?.bind(socket);
-  if (writev) socket._writev = (...args: unknown[]) => (writes++, writev(...args));
-
-  for (let i = 0; i < MESSAGES; i++) channel.sendToQueue(queue, Buffer.from(`m${i}`));
+  const writes = countSocketWrites(model());
+  for (let i = 0; i < MESSAGES; i++) channel().sendToQueue(queue, Buffer.from(`m${i}`));
   await new Promise((resolve) => setImmediate(resolve));
   await new Promise((resolve) => setImmediate(resolve));
   // Without coalescing this is one write per message (20); the cork makes it one.
-  assert.ok(writes >= 1 && writes <= 2, `${MESSAGES} publishes in one turn took ${writes} socket writes`);
+  assert.ok(writes.count >= 1 && writes.count <= 2, `${MESSAGES} publishes in one turn took ${writes.count} socket writes`);
 
   const received: string[] = [];
   for (let tries = 0; received.length < MESSAGES && tries < 200; tries++) {
-    const message = await channel.get(queue, { noAck: true });
+    const message = await channel().get(queue, { noAck: true });
     if (message) received.push(message.content.toString());
     else await new Promise((resolve) => setTimeout(resolve, 10));
   }
@@ -57,23 +68,12 @@ test('amqp — one event-loop turn of frames is one socket write, and every mess
 });
 
 test('amqp — a burst far over the socket buffer still goes out whole and in order (backpressure with the cork)', { timeout: 120_000 }, async (t) => {
-  let model!: ChannelModel;
-  let channel!: Channel;
-  const connection = new BrokerConnection({
-    url: SHARED_BROKER,
-    log: createLogger({ level: 'silent', format: 'json' }),
-    setup: async (fresh) => {
-      model = fresh;
-      channel = await fresh.createChannel();
-    },
-  });
-  t.after(() => connection.close());
-  await connection.open();
+  const { connection, model, channel } = await openConnection(t);
   assert.equal(connection.coalescesWrites, true);
   const queue = `cloudlet-test-coalesce-burst-${randomUUID()}`;
-  await channel.assertQueue(queue, { exclusive: true, autoDelete: true });
+  await channel().assertQueue(queue, { exclusive: true, autoDelete: true });
 
-  const muxer = (model as unknown as { connection: { muxer: { blocked: boolean; out: { write: (...a: unknown[]) => boolean } } } }).connection.muxer;
+  const muxer = (model() as unknown as { connection: { muxer: { blocked: boolean; out: { write: (...a: unknown[]) => boolean } } } }).connection.muxer;
   // Count the writes the socket refused (over its high-water mark): each makes the pass stop for 'drain'.
   let refused = 0;
   const write = muxer.out.write.bind(muxer.out);
@@ -85,11 +85,11 @@ test('amqp — a burst far over the socket buffer still goes out whole and in or
   const count = 60;
   const body = (i: number) => Buffer.alloc(256 * 1024, i % 251);
   // 15 MiB in one turn: the corked pass must stop at the socket's high-water mark and wait for 'drain'.
-  for (let i = 0; i < count; i++) channel.sendToQueue(queue, body(i), { messageId: String(i) });
+  for (let i = 0; i < count; i++) channel().sendToQueue(queue, body(i), { messageId: String(i) });
 
   const received: string[] = [];
   for (let tries = 0; received.length < count && tries < 2_000; tries++) {
-    const message = await channel.get(queue, { noAck: true });
+    const message = await channel().get(queue, { noAck: true });
     if (!message) {
       await new Promise((resolve) => setTimeout(resolve, 10));
       continue;
@@ -101,4 +101,53 @@ test('amqp — a burst far over the socket buffer still goes out whole and in or
   assert.deepEqual(received, Array.from({ length: count }, (_, i) => String(i)));
   assert.ok(refused > 0, 'the burst met backpressure (else this test proves nothing about it)');
   assert.equal(muxer.blocked, false, 'and the multiplexer went on after the drain');
+});
+
+test('amqp — beforeFrameWrite runs before each batch reaches the socket; when it throws, the batch is not sent and the connection drops and comes back', { timeout: 60_000 }, async (t) => {
+  let writes: { readonly count: number } = { count: 0 };
+  const writesSeenByHook: number[] = [];
+  let failNext = false;
+  const { connection, model, channel } = await openConnection(t, {
+    maxReconnectDelayMs: 200,
+    beforeFrameWrite: () => {
+      writesSeenByHook.push(writes.count);
+      if (failNext) {
+        failNext = false;
+        throw new Error('the outcome file is not writable (test)');
+      }
+    },
+  });
+  assert.equal(connection.coalescesWrites, true);
+  const queue = `cloudlet-test-before-write-${randomUUID()}`;
+  await channel().assertQueue(queue, { durable: false, autoDelete: false });
+  t.after(async () => {
+    const cleanup = await amqplib.connect(SHARED_BROKER);
+    await (await cleanup.createChannel()).deleteQueue(queue);
+    await cleanup.close();
+  });
+
+  writes = countSocketWrites(model());
+  const before = writes.count;
+  writesSeenByHook.length = 0;
+  channel().sendToQueue(queue, Buffer.from('kept'));
+  await new Promise((resolve) => setImmediate(resolve));
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(writesSeenByHook.slice(0, 1), [before], 'the hook ran before the batch was written');
+  assert.equal(writes.count, before + 1, 'and the batch went out in one write after it');
+
+  const down = new Promise((resolve) => connection.once('down', resolve));
+  failNext = true;
+  channel().sendToQueue(queue, Buffer.from('held back'));
+  await down;
+  const up = new Promise((resolve) => connection.once('up', resolve));
+  await up;
+  const inspect = await amqplib.connect(SHARED_BROKER);
+  try {
+    const reader = await inspect.createChannel();
+    const first = await reader.get(queue, { noAck: true });
+    assert.equal(first && first.content.toString(), 'kept');
+    assert.equal(await reader.get(queue, { noAck: true }), false, 'the batch whose hook threw never reached the broker');
+  } finally {
+    await inspect.close();
+  }
 });

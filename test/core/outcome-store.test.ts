@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
@@ -11,7 +12,7 @@ test('outcome store — stays bounded: a full store compacts to one line per ent
   const store = await OutcomeStore.open(file, 100);
   for (let i = 0; i < 1_000; i++) {
     await store.recordStart(`id-${i}`);
-    await store.recordDone(`id-${i}`, makeReply({ id: `id-${i}`, type: 'test.echo' }, 'h1', { ok: true, result: i }));
+    store.recordDone(`id-${i}`, makeReply({ id: `id-${i}`, type: 'test.echo' }, 'h1', { ok: true, result: i }));
   }
   await store.recordStart('unfinished');
   await store.recordStart('unfinished');
@@ -29,10 +30,55 @@ test('outcome store — a reply recorded with its JSON (as the dispatcher sends 
   const file = join(await tempDir(t), 'outcomes.jsonl');
   const store = await OutcomeStore.open(file, 100);
   const reply = makeReply({ id: 'id-"quoted"', type: 'list-vms' }, 'h1', { ok: true, result: { vms: [{ id: 'h1.abcdefgh', name: 'ünïcode' }] } });
-  await store.recordDone('id-"quoted"', reply, JSON.stringify(reply));
+  store.recordDone('id-"quoted"', reply, JSON.stringify(reply));
   assert.deepEqual(store.replyFor('id-"quoted"'), reply);
+  store.flush();
   const reopened = await OutcomeStore.open(file, 100);
   assert.deepEqual(reopened.replyFor('id-"quoted"'), reply);
   const line = JSON.parse((await readFile(file, 'utf8')).trim()) as Record<string, unknown>;
   assert.deepEqual([line.id, line.t, typeof line.at], ['id-"quoted"', 'done', 'number']);
+});
+
+const lines = (file: string): string[] => readFileSync(file, 'utf8').split('\n').filter(Boolean);
+
+test('outcome store — the start lines of one synchronous burst are written together, before any of their promises resolves', async (t) => {
+  const file = join(await tempDir(t), 'outcomes.jsonl');
+  const store = await OutcomeStore.open(file, 100);
+  await store.recordStart('first');
+  assert.equal(lines(file).length, 1, 'written by the time its promise resolved');
+  const burst = ['a', 'b', 'c'].map((id) => store.recordStart(id));
+  assert.equal(lines(file).length, 1, 'not written one by one while the burst runs');
+  assert.equal(store.attempts('b'), 1, 'but counted at once');
+  await burst[0];
+  assert.deepEqual(lines(file).map((line) => (JSON.parse(line) as { id: string }).id), ['first', 'a', 'b', 'c'], 'the whole burst, in order, when the first resolves');
+  await Promise.all(burst);
+});
+
+test('outcome store — a done line waits for flush() (the transport calls it before the reply is sent); close() writes what is left', async (t) => {
+  const file = join(await tempDir(t), 'outcomes.jsonl');
+  const store = await OutcomeStore.open(file, 100);
+  const reply = (id: string) => makeReply({ id, type: 'test.echo' }, 'h1', { ok: true, result: id });
+  store.recordDone('one', reply('one'));
+  assert.equal(store.replyFor('one')?.result, 'one', 'a copy arriving now is answered from it');
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(readFileSync(file, { flag: 'a+' }).length, 0, 'not written before flush()');
+  store.flush();
+  assert.equal(lines(file).length, 1);
+  store.recordDone('two', reply('two'));
+  store.close();
+  const reopened = await OutcomeStore.open(file, 100);
+  assert.deepEqual([reopened.replyFor('one')?.result, reopened.replyFor('two')?.result], ['one', 'two']);
+});
+
+test('outcome store — a rewrite while lines are pending keeps their outcomes and does not write them twice', async (t) => {
+  const file = join(await tempDir(t), 'outcomes.jsonl');
+  const store = await OutcomeStore.open(file, 5);
+  for (let i = 0; i < 23; i++) store.recordDone(`id-${i}`, makeReply({ id: `id-${i}`, type: 'test.echo' }, 'h1', { ok: true, result: i }));
+  assert.ok(store.compactions >= 1, 'the bound was crossed with nothing flushed');
+  store.flush();
+  const ids = lines(file).map((line) => (JSON.parse(line) as { id: string }).id);
+  assert.equal(new Set(ids).size, ids.length, `no line twice: ${ids.join(' ')}`);
+  const reopened = await OutcomeStore.open(file, 5);
+  assert.deepEqual([18, 19, 20, 21, 22].map((i) => reopened.replyFor(`id-${i}`)?.result), [18, 19, 20, 21, 22]);
+  assert.equal(reopened.replyFor('id-17'), undefined, 'older ones evicted');
 });

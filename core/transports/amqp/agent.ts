@@ -82,6 +82,7 @@ export class AmqpAgentTransport implements AgentTransport {
       log: this.#options.log,
       setup: (model) => this.#setup(model),
       maxReconnectDelayMs: Math.min(Math.max(this.#options.config.heartbeatMs, 100), 5_000),
+      beforeFrameWrite: () => this.#writeOutcomes(),
     });
     this.#connection.on('down', () => {
       this.#channel = undefined;
@@ -266,7 +267,7 @@ export class AmqpAgentTransport implements AgentTransport {
           // A retryable failure (BUSY, TIMEOUT, SHUTTING_DOWN, …) is not an outcome: the same id sent again
           // must be tried again, not answered with the old failure.
           if (id && envelope.error?.retryable) await store.recordAbandoned(id);
-          else if (id) await store.recordDone(id, envelope, encoded);
+          else if (id) store.recordDone(id, envelope, encoded); // written before the reply's frames (#publishReply)
           const confirmed = await this.#publishReply(channel, [...inFlight.replyTo], envelope, msg, route === 'broadcast', encoded);
           // Unconfirmed: the copies stay unacked too, and come back to be answered from the stored outcome.
           if (confirmed) for (const copy of inFlight.duplicates) if (copy.channel === this.#channel) copy.channel.ack(copy.msg);
@@ -314,9 +315,12 @@ export class AmqpAgentTransport implements AgentTransport {
     try {
       // Replies go out on the current channel: after a reconnect the one the request came in on is gone.
       // A reply to a caller that is gone is dropped by the broker (direct reply-to); that is fine.
-      await this.#withChannel((channel) =>
-        Promise.all(targets.map((target) => this.#publish(channel, '', target, reply, msg.properties.correlationId, true, headers, encoded))),
-      );
+      await this.#withChannel((channel) => {
+        // The outcome lines are written right before the frames go out, with every other line due by then
+        // (BrokerConnection's beforeFrameWrite); a connection that cannot do that has them written now.
+        if (!this.#connection?.coalescesWrites) this.#writeOutcomes();
+        return Promise.all(targets.map((target) => this.#publish(channel, '', target, reply, msg.properties.correlationId, true, headers, encoded)));
+      });
       if (deliveredOn === this.#channel) deliveredOn.ack(msg);
       // Else the delivery died with its channel and will come back: it is then answered from the stored outcome.
       return true;
@@ -324,6 +328,16 @@ export class AmqpAgentTransport implements AgentTransport {
       // Not confirmed: leave the request unacked; it is redelivered and answered from the stored outcome.
       this.#options.log.warn({ msgId: reply.id, reason: (error as Error).message }, 'reply not confirmed; the request will be redelivered');
       return false;
+    }
+  }
+
+  /** Writes the outcome lines not written yet; a failure is logged and thrown (the caller must not send). */
+  #writeOutcomes(): void {
+    try {
+      this.#store?.flush();
+    } catch (error) {
+      this.#options.log.error({ err: error }, 'cannot write the outcome file: replies are held back and their requests will be redelivered');
+      throw error;
     }
   }
 

@@ -18,6 +18,7 @@ import type { ChannelModel } from 'amqplib';
 interface Corkable {
   cork(): void;
   uncork(): void;
+  destroy(error?: Error): void;
 }
 
 interface MuxLike {
@@ -29,17 +30,30 @@ function muxOf(model: ChannelModel): MuxLike | undefined {
   const muxer = (model as unknown as { connection?: { muxer?: Partial<MuxLike> } }).connection?.muxer;
   if (!muxer || typeof muxer._readIncoming !== 'function') return undefined;
   const out = muxer.out;
-  if (!out || typeof out.cork !== 'function' || typeof out.uncork !== 'function') return undefined;
+  if (!out || typeof out.cork !== 'function' || typeof out.uncork !== 'function' || typeof out.destroy !== 'function') return undefined;
   return muxer as MuxLike;
 }
 
-/** Makes the connection's frames of one event-loop turn go out in one write; says whether it could. */
-export function coalesceFrameWrites(model: ChannelModel): boolean {
+/**
+ * Makes the connection's frames of one event-loop turn go out in one write; says whether it could.
+ * `beforeWrite` runs at the start of every write pass, before any frame of it reaches the socket (the agent
+ * writes its pending outcome lines there). If it throws, the pass writes nothing and the socket is destroyed
+ * with that error: the connection drops (and recovers) rather than send what should have been preceded.
+ */
+export function coalesceFrameWrites(model: ChannelModel, beforeWrite?: () => void): boolean {
   const muxer = muxOf(model);
   if (!muxer) return false;
   // Called once per connection (BrokerConnection's setup runs once for each new one).
   const writePass = muxer._readIncoming.bind(muxer);
   muxer._readIncoming = () => {
+    if (beforeWrite) {
+      try {
+        beforeWrite();
+      } catch (error) {
+        muxer.out.destroy(error as Error);
+        return;
+      }
+    }
     muxer.out.cork();
     try {
       writePass();

@@ -22,6 +22,11 @@ export interface BrokerConnectionOptions {
    * reconnecting after a broker restart must be back before others decide it is down.
    */
   maxReconnectDelayMs?: number;
+  /**
+   * Runs right before each batch of frames is written to the socket (coalesce-writes.ts), while
+   * `coalescesWrites` is true; a throw drops the connection instead of writing the batch.
+   */
+  beforeFrameWrite?: () => void;
 }
 
 export class BrokerConnection extends EventEmitter {
@@ -42,7 +47,10 @@ export class BrokerConnection extends EventEmitter {
     return this.#up;
   }
 
-  /** Whether the current connection writes each event-loop turn's frames in one go (coalesce-writes.ts). */
+  /**
+   * Whether the current connection writes each event-loop turn's frames in one go, after `beforeFrameWrite`
+   * (coalesce-writes.ts).
+   */
   get coalescesWrites(): boolean {
     return this.#coalescing;
   }
@@ -63,7 +71,7 @@ export class BrokerConnection extends EventEmitter {
           maxDelay: this.#options.maxReconnectDelayMs ?? 2_000,
           initialMaxRetries: this.#options.initialMaxRetries ?? 3,
           setup: async (model: ChannelModel) => {
-            this.#coalescing = coalesceFrameWrites(model);
+            this.#coalescing = coalesceFrameWrites(model, this.#options.beforeFrameWrite);
             if (!this.#coalescing) this.#options.log.debug('amqplib internals differ from what coalesce-writes.ts expects: frames are written one by one');
             await this.#options.setup(model);
             this.#up = true;
