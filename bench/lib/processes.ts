@@ -50,6 +50,9 @@ export function spawnScript(scope: CleanupScope, script: string, args: string[],
   return spawnNode(scope, [...(options.nodeArgs ?? []), ...loader, script, ...args], options.env, options.stopGraceMs);
 }
 
+/** Extra node options for every agent (CLOUDLET_BENCH_AGENT_NODE_ARGS, space-separated): to try a runtime flag on the agents alone. */
+const agentNodeArgs = (process.env.CLOUDLET_BENCH_AGENT_NODE_ARGS ?? '').split(' ').filter(Boolean);
+
 /**
  * Starts a real `cloudlet agent --config FILE`, as an operator would (bin.js registers tsx itself). Ready
  * when `isReady` says so (default: it logged "ready as host", which needs log level info or lower).
@@ -59,7 +62,7 @@ export async function spawnAgent(
   configFile: string,
   options: SpawnOptions & { readyTimeoutMs?: number; isReady?: (agent: BenchProcess) => Promise<boolean> } = {},
 ): Promise<BenchProcess> {
-  const agent = spawnNode(scope, [...(options.nodeArgs ?? []), cliBin, 'agent', '--config', configFile], { CLOUDLET_LOG_FORMAT: 'json', ...options.env }, options.stopGraceMs);
+  const agent = spawnNode(scope, [...agentNodeArgs, ...(options.nodeArgs ?? []), cliBin, 'agent', '--config', configFile], { CLOUDLET_LOG_FORMAT: 'json', ...options.env }, options.stopGraceMs);
   const isReady = options.isReady ?? (async (a: BenchProcess) => a.output().includes('ready as host'));
   await agent.waitUntil(() => isReady(agent), 'ready', options.readyTimeoutMs ?? 60_000);
   return agent;
