@@ -215,6 +215,52 @@ test('redelivery — two copies of one id that arrive together (one socket read)
   assert.equal(handledCount(agent.output(), id), 1, 'the handler ran once');
 });
 
+test('hand-back — copies of a request that came in while it ran are passed on too, not left unacknowledged', async (t) => {
+  const cloud = await startCloud(t, [{ id: 'full1', testkitOptions: { hasCapacity: false } }]);
+  const names = amqpNames(cloud.prefix);
+  const id = `handback-${randomUUID()}`;
+  // Queue both copies while the host is away, so they arrive together and the second finds the first running.
+  const stopped = cloud.agents.get('full1')!;
+  stopped.child.kill('SIGTERM');
+  await stopped.exited;
+  const connection = await amqplib.connect(cloud.url);
+  t.after(() => connection.close().catch(() => undefined));
+  const channel = await connection.createChannel();
+  // A host that says it takes any-host requests and never takes one: full1 hands the request on, to it.
+  const ghostHeartbeat = () =>
+    channel.publish(names.presenceExchange, '', Buffer.from(JSON.stringify({ v: 1, kind: 'heartbeat', host: 'ghost', version: '0', plugins: [], routes: ['any'], startedAt: 1, sentAt: Date.now() })));
+  const ghost = setInterval(ghostHeartbeat, 50);
+  t.after(() => clearInterval(ghost));
+  const replies = new Map<string, ReplyEnvelope>();
+  const body = Buffer.from(JSON.stringify(makeRequest({ id, type: 'test.reserve', payload: {} })));
+  for (const copy of ['first', 'second']) {
+    const { queue } = await channel.assertQueue('', { exclusive: true });
+    await channel.consume(
+      queue,
+      (msg) => {
+        const envelope = msg && (JSON.parse(msg.content.toString('utf8')) as ReplyEnvelope);
+        if (envelope?.kind === 'reply') replies.set(copy, envelope);
+      },
+      { noAck: true },
+    );
+    channel.sendToQueue(names.anyQueue, body, { messageId: id, replyTo: queue, type: 'test.reserve', persistent: true, contentType: 'application/json' });
+  }
+  const queued = Date.now() + 10_000;
+  while ((await queueDepth(cloud.url, names.anyQueue)) < 2 && Date.now() < queued) await new Promise((r) => setTimeout(r, 50));
+
+  const agent = await cloud.start({ id: 'full1', testkitOptions: { hasCapacity: false } });
+  const handedOn = Date.now() + 15_000;
+  while (!/handed the request on/.test(agent.output()) && Date.now() < handedOn) await new Promise((r) => setTimeout(r, 50));
+  assert.match(agent.output(), /handed the request on/, 'the request was handed on (else this test proves nothing)');
+  // The ghost falls silent: once it counts as down, nobody is left to hand on to and both callers are told.
+  clearInterval(ghost);
+  const answered = Date.now() + 20_000;
+  while (replies.size < 2 && Date.now() < answered) await new Promise((r) => setTimeout(r, 50));
+  assert.deepEqual([...replies.keys()].sort(), ['first', 'second'], 'both callers were answered');
+  assert.deepEqual([replies.get('first')?.error?.code, replies.get('second')?.error?.code], ['NO_CAPACITY', 'NO_CAPACITY']);
+  assert.equal(await queueDepth(cloud.url, names.anyQueue), 0, 'nothing left behind in the queue');
+});
+
 test('broker restart — a client subscribed to events keeps receiving them after it reconnects', async (t) => {
   const node = await startRabbitNode(t);
   const cloud = await startCloud(t, [{ id: 'h1' }], { url: node.url });

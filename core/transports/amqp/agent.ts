@@ -259,7 +259,12 @@ export class AmqpAgentTransport implements AgentTransport {
       reply: async (envelope, encoded, reseal) => {
         try {
           if (route === 'any' && envelope.error?.code === 'NO_CAPACITY') {
-            if (await this.#handBack(channel, msg, envelope)) return;
+            if (await this.#handBack(channel, msg, envelope)) {
+              // The copies that came in meanwhile (the handed-on one among them, if it came straight back
+              // here) have callers of their own: back to the queue with them, to be taken like any request.
+              for (const copy of inFlight.duplicates) if (copy.channel === this.#channel) copy.channel.nack(copy.msg, false, true);
+              return;
+            }
             // #handBack added `refusedBy` to the error: the signature and the JSON given no longer match it.
             if (reseal) ({ reply: envelope, encoded } = reseal(envelope));
             else encoded = undefined;
