@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { readFileSync, symlinkSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
@@ -81,4 +81,17 @@ test('outcome store — a rewrite while lines are pending keeps their outcomes a
   const reopened = await OutcomeStore.open(file, 5);
   assert.deepEqual([18, 19, 20, 21, 22].map((i) => reopened.replyFor(`id-${i}`)?.result), [18, 19, 20, 21, 22]);
   assert.equal(reopened.replyFor('id-17'), undefined, 'older ones evicted');
+});
+
+test('outcome store — a file that cannot be written fails the start (the request must not run) and the flush (the reply must not leave)', async (t) => {
+  const file = join(await tempDir(t), 'outcomes.jsonl');
+  const store = await OutcomeStore.open(file, 100);
+  // The file is opened at the first write: make that a device that is always full.
+  symlinkSync('/dev/full', file);
+  await assert.rejects(store.recordStart('a'), /ENOSPC/);
+  store.recordDone('b', makeReply({ id: 'b', type: 'test.echo' }, 'h1', { ok: true, result: 'b' }));
+  assert.throws(() => store.flush(), /ENOSPC/);
+  store.recordDone('c', makeReply({ id: 'c', type: 'test.echo' }, 'h1', { ok: true, result: 'c' }));
+  assert.throws(() => store.close(), /ENOSPC/, 'close says the last lines were lost');
+  store.close(); // and closed the file all the same: nothing is left pending
 });

@@ -401,7 +401,12 @@ export class AmqpAgentTransport implements AgentTransport {
 
   async close(): Promise<void> {
     clearInterval(this.#heartbeatTimer);
-    this.#store?.close();
+    try {
+      this.#store?.close();
+    } catch (error) {
+      // The broker connection must still close; the requests whose outcome was lost are redelivered and run again.
+      this.#options.log.error({ err: error }, 'could not write the last outcome lines while closing');
+    }
     await this.#connection?.close();
   }
 }
