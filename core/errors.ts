@@ -37,6 +37,7 @@ export const errorCatalogue = {
   HOST_DOWN: { message: 'the target host is not running (no heartbeat, no consumer)', retryable: true },
   NO_CAPACITY: { message: 'no live host has capacity for the request', retryable: true },
   DEAD_LETTERED: { message: 'the request failed too many times and was moved to the dead-letter queue', retryable: false },
+  STATE_UNWRITABLE: { message: 'the host could not record the request in its state directory, so it did not run it', retryable: true },
   // Authentication (security.requireSignatures)
   UNSIGNED: { message: 'the request carries no signature and this host requires one', retryable: false },
   BAD_SIGNATURE: { message: 'the signature does not match the request or its key is unknown', retryable: false },

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { readFileSync, symlinkSync } from 'node:fs';
+import { readFileSync, symlinkSync, unlinkSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
@@ -83,15 +83,22 @@ test('outcome store — a rewrite while lines are pending keeps their outcomes a
   assert.equal(reopened.replyFor('id-17'), undefined, 'older ones evicted');
 });
 
-test('outcome store — a file that cannot be written fails the start (the request must not run) and the flush (the reply must not leave)', async (t) => {
+test('outcome store — a file that cannot be written fails the start (the request must not run) and the flush (the reply must not leave); once fixed, the next write works', async (t) => {
   const file = join(await tempDir(t), 'outcomes.jsonl');
   const store = await OutcomeStore.open(file, 100);
   // The file is opened at the first write: make that a device that is always full.
   symlinkSync('/dev/full', file);
   await assert.rejects(store.recordStart('a'), /ENOSPC/);
+  // Fixed (here: the link removed): the next write opens the file again, no restart needed.
+  unlinkSync(file);
+  await store.recordStart('d');
+  assert.deepEqual(lines(file).map((line) => (JSON.parse(line) as { id: string }).id), ['d']);
+
+  store.close();
+  unlinkSync(file);
+  symlinkSync('/dev/full', file);
   store.recordDone('b', makeReply({ id: 'b', type: 'test.echo' }, 'h1', { ok: true, result: 'b' }));
   assert.throws(() => store.flush(), /ENOSPC/);
   store.recordDone('c', makeReply({ id: 'c', type: 'test.echo' }, 'h1', { ok: true, result: 'c' }));
   assert.throws(() => store.close(), /ENOSPC/, 'close says the last lines were lost');
-  store.close(); // and closed the file all the same: nothing is left pending
 });

@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
+import { symlinkSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
 import test from 'node:test';
 import amqplib from 'amqplib';
 import { makeEvent, makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
@@ -259,6 +261,26 @@ test('hand-back — copies of a request that came in while it ran are passed on 
   assert.deepEqual([...replies.keys()].sort(), ['first', 'second'], 'both callers were answered');
   assert.deepEqual([replies.get('first')?.error?.code, replies.get('second')?.error?.code], ['NO_CAPACITY', 'NO_CAPACITY']);
   assert.equal(await queueDepth(cloud.url, names.anyQueue), 0, 'nothing left behind in the queue');
+});
+
+test('outcome store unwritable — a request is answered STATE_UNWRITABLE (retryable) and not run; once the file is writable the next one runs', async (t) => {
+  const cloud = await startCloud(t, [{ id: 'h1' }]);
+  // The agent opens its outcome file at the first write: make that a device that is always full.
+  const file = join(cloud.dir, 'state', 'h1', 'outcomes', 'h1.jsonl');
+  symlinkSync('/dev/full', file);
+  const client = cloud.client();
+  const request = makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'unrecorded' } });
+  const refused = await client.request(request);
+  assert.equal(refused.error?.code, 'STATE_UNWRITABLE', JSON.stringify(refused));
+  assert.equal(refused.error?.retryable, true);
+  assert.match(refused.error?.message ?? '', /ENOSPC/);
+  const agent = cloud.agents.get('h1')!;
+  assert.equal(handledCount(agent.output(), request.id), 0, 'the handler did not run');
+  assert.equal(await queueDepth(cloud.url, amqpNames(cloud.prefix).hostQueue('h1')), 0, 'and the request is not left in the queue');
+
+  unlinkSync(file);
+  const ran = await client.request(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'recorded' } }));
+  assert.equal(ran.ok, true, JSON.stringify(ran.error));
 });
 
 test('broker restart — a client subscribed to events keeps receiving them after it reconnects', async (t) => {

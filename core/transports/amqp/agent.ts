@@ -228,9 +228,17 @@ export class AmqpAgentTransport implements AgentTransport {
       this.#inFlight.set(id, inFlight);
       try {
         await store.recordStart(id);
-      } catch (error) {
+      } catch (cause) {
         this.#inFlight.delete(id);
-        throw error;
+        // Run unrecorded, a crash would make it run again unnoticed; left unanswered, it would hang its
+        // caller until the channel closes. So it is answered with a retryable error, and acked with that.
+        const { hostId } = this.#options;
+        const error = cloudletError('STATE_UNWRITABLE', `host "${hostId}" could not record request ${id} in its outcome store (${(cause as Error).message}); it did not run it`, { host: hostId });
+        log.error({ msgId: id, code: error.code, err: cause }, error.message);
+        const reply = makeReply({ id, type: msg.properties.type as string | undefined }, hostId, { ok: false, error: error.toWire() });
+        const confirmed = await this.#publishReply(channel, [...inFlight.replyTo], reply, msg, route === 'broadcast');
+        if (confirmed) for (const copy of inFlight.duplicates) if (copy.channel === this.#channel) copy.channel.ack(copy.msg);
+        return;
       }
     }
     const progressBase = { id: id ?? 'unknown', type: (msg.properties.type as string) || 'unknown' } as RequestEnvelope;

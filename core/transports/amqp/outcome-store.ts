@@ -121,8 +121,14 @@ export class OutcomeStore {
     if (this.#pending.length === 0) return;
     const text = `${this.#pending.join('\n')}\n`;
     this.#pending = [];
-    this.#fd ??= openSync(this.#file, 'a', 0o640);
-    writeSync(this.#fd, text);
+    try {
+      this.#fd ??= openSync(this.#file, 'a', 0o640);
+      writeSync(this.#fd, text);
+    } catch (error) {
+      // Opened again by the next write: a file replaced or a disk freed meanwhile works again at once.
+      this.#closeFile();
+      throw error;
+    }
   }
 
   #append(record: Record_, line = JSON.stringify(record)): void {
