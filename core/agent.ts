@@ -178,7 +178,7 @@ export class Agent {
       log: this.log,
     });
     for (const p of config.plugins) await this.#runHook(p, 'start');
-    await this.transport.listen(this.#dispatcher.handle);
+    await this.transport.listen(this.#dispatcher.handle, this.#dispatcher.sealReply);
     this.#state = 'running';
     this.log.info(
       {

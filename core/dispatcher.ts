@@ -12,7 +12,7 @@ import type { MessageRoute } from './config/host-config.ts';
 import type { PoolManager } from './pools.ts';
 import { KeyedMutex } from './keyed-mutex.ts';
 import type { RequestAuthorizer } from './security/authorizer.ts';
-import type { InboundDelivery } from './transports/transport.ts';
+import type { InboundDelivery, ReplySealer } from './transports/transport.ts';
 
 export interface DispatcherOptions {
   hostId: string;
@@ -181,6 +181,11 @@ export class Dispatcher {
 
   /** What the transport sends: signed, then measured (a signature is part of the size). */
   readonly #seal = (reply: ReplyEnvelope): { reply: ReplyEnvelope; encoded: string } => this.#fitToLimit(this.#sign(reply));
+
+  /** The same, for the replies a transport makes by itself (AgentTransport.listen). */
+  get sealReply(): ReplySealer {
+    return this.#seal;
+  }
 
   #sign(reply: ReplyEnvelope): ReplyEnvelope {
     return this.#options.signReply ? this.#options.signReply(reply) : reply;

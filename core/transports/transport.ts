@@ -35,8 +35,12 @@ export type DeliveryListener = (delivery: InboundDelivery) => void;
 
 export interface AgentTransport {
   readonly kind: string;
-  /** Starts taking messages; each is passed to `onDelivery`. */
-  listen(onDelivery: DeliveryListener): Promise<void>;
+  /**
+   * Starts taking messages; each is passed to `onDelivery`. `sealReply` signs and measures the replies a
+   * transport makes by itself, with no dispatcher involved (the RabbitMQ transport's DEAD_LETTERED and
+   * STATE_UNWRITABLE), so a client that requires signed replies can read them too.
+   */
+  listen(onDelivery: DeliveryListener, sealReply?: ReplySealer): Promise<void>;
   /** Stops taking new messages (shutdown); messages already delivered can still be answered. */
   stopAccepting(): Promise<void>;
   publishEvent(event: EventEnvelope): Promise<void>;

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { symlinkSync } from 'node:fs';
 import { chmod, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
@@ -177,4 +178,16 @@ test('security — an any-host request every host refuses comes back NO_CAPACITY
   const refused = await client.request(makeRequest({ type: 'test.reserve', payload: {}, deadline: Date.now() + 30_000 }));
   assert.equal(refused.error?.code, 'NO_CAPACITY');
   assert.deepEqual(((refused.error?.details ?? {}) as { refusedBy?: string[] }).refusedBy?.sort(), ['full1', 'full2']);
+});
+
+test('security — a reply the transport makes itself (STATE_UNWRITABLE: the outcome file is full) is signed too', async (t) => {
+  const dir = await tempDir(t);
+  const hostKey = await keyFiles(dir, 'h1-host');
+  const cloud = await startCloud(t, [{ id: 'h1' }], { hostYaml: () => `security:\n  hostKeyFile: ${hostKey.file}\n` });
+  symlinkSync('/dev/full', join(cloud.dir, 'state', 'h1', 'outcomes', 'h1.jsonl'));
+  const ops = await keyFiles(dir, 'ops');
+  const client = new SigningClientTransport(cloud.client(), { signer: ops.signer, hostKeys: new Map([['h1', publicKeyFrom(hostKey.publicKey, 'test')]]), requireSignedReplies: true });
+  const refused = await client.request(makeRequest({ type: 'test.echo', target: 'h1', payload: {}, deadline: Date.now() + 30_000 }));
+  // Unsigned, the client would have reported UNTRUSTED_REPLY instead.
+  assert.equal(refused.error?.code, 'STATE_UNWRITABLE', JSON.stringify(refused.error));
 });

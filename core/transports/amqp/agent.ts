@@ -9,10 +9,10 @@ import { join } from 'node:path';
 import { Buffer } from 'node:buffer';
 import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib';
 import type { AmqpTransportConfig } from '../../config/schema.ts';
-import { cloudletError } from '../../errors.ts';
+import { cloudletError, type CloudletError } from '../../errors.ts';
 import { encodeEnvelope, makeProgress, makeReply, type EventEnvelope, type ProgressEnvelope, type ReplyEnvelope, type RequestEnvelope } from '../../envelope.ts';
 import type { Logger } from '../../logger.ts';
-import type { AgentTransport, DeliveryListener } from '../transport.ts';
+import type { AgentTransport, DeliveryListener, ReplySealer } from '../transport.ts';
 import { BrokerConnection } from './connection.ts';
 import { HEADERS, amqpNames, type AmqpNames } from './names.ts';
 import { HostRegistry, heartbeatSchema, probeSchema, type Heartbeat, type InboundRoute } from './host-registry.ts';
@@ -52,6 +52,8 @@ export class AmqpAgentTransport implements AgentTransport {
   #consumerTags: string[] = [];
   #store: OutcomeStore | undefined;
   #onDelivery: DeliveryListener | undefined;
+  /** Signs and measures the replies made here rather than by the dispatcher (see AgentTransport.listen). */
+  #sealReply: ReplySealer | undefined;
   #heartbeatTimer: ReturnType<typeof setInterval> | undefined;
   #accepting = true;
   readonly #pendingEvents: EventEnvelope[] = [];
@@ -74,8 +76,9 @@ export class AmqpAgentTransport implements AgentTransport {
     this.#routes.add(route);
   }
 
-  async listen(onDelivery: DeliveryListener): Promise<void> {
+  async listen(onDelivery: DeliveryListener, sealReply?: ReplySealer): Promise<void> {
     this.#onDelivery = onDelivery;
+    this.#sealReply = sealReply;
     this.#store = await OutcomeStore.open(join(this.#options.stateDir, 'outcomes', `${this.#options.hostId}.jsonl`), this.#options.config.outcomeHistory);
     this.#connection = new BrokerConnection({
       url: this.#options.config.url,
@@ -215,8 +218,8 @@ export class AmqpAgentTransport implements AgentTransport {
       if (store.attempts(id) >= this.#options.config.maxDeliveries) {
         const error = cloudletError('DEAD_LETTERED', `request ${id} was started ${store.attempts(id)} times without finishing; it was moved to ${this.names.deadLetter}`);
         log.error({ msgId: id, code: error.code }, error.message);
-        const reply = makeReply({ id, type: msg.properties.type as string | undefined }, this.#options.hostId, { ok: false, error: error.toWire() });
-        await this.#publish(channel, '', replyTo, reply, msg.properties.correlationId).catch(() => undefined);
+        const { reply, encoded } = this.#ownReply(msg, id, error);
+        await this.#publish(channel, '', replyTo, reply, msg.properties.correlationId, true, undefined, encoded).catch(() => undefined);
         channel.nack(msg, false, false);
         return;
       }
@@ -230,14 +233,7 @@ export class AmqpAgentTransport implements AgentTransport {
         await store.recordStart(id);
       } catch (cause) {
         this.#inFlight.delete(id);
-        // Run unrecorded, a crash would make it run again unnoticed; left unanswered, it would hang its
-        // caller until the channel closes. So it is answered with a retryable error, and acked with that.
-        const { hostId } = this.#options;
-        const error = cloudletError('STATE_UNWRITABLE', `host "${hostId}" could not record request ${id} in its outcome store (${(cause as Error).message}); it did not run it`, { host: hostId });
-        log.error({ msgId: id, code: error.code, err: cause }, error.message);
-        const reply = makeReply({ id, type: msg.properties.type as string | undefined }, hostId, { ok: false, error: error.toWire() });
-        const confirmed = await this.#publishReply(channel, [...inFlight.replyTo], reply, msg, route === 'broadcast');
-        if (confirmed) for (const copy of inFlight.duplicates) if (copy.channel === this.#channel) copy.channel.ack(copy.msg);
+        await this.#refuseUnrecorded(channel, msg, route, inFlight, id, cause as Error);
         return;
       }
     }
@@ -270,7 +266,7 @@ export class AmqpAgentTransport implements AgentTransport {
             if (await this.#handBack(channel, msg, envelope)) {
               // The copies that came in meanwhile (the handed-on one among them, if it came straight back
               // here) have callers of their own: back to the queue with them, to be taken like any request.
-              for (const copy of inFlight.duplicates) if (copy.channel === this.#channel) copy.channel.nack(copy.msg, false, true);
+              this.#settleCopies(inFlight, 'requeue');
               return;
             }
             // #handBack added `refusedBy` to the error: the signature and the JSON given no longer match it.
@@ -283,12 +279,44 @@ export class AmqpAgentTransport implements AgentTransport {
           else if (id) store.recordDone(id, envelope, encoded); // written before the reply's frames (#publishReply)
           const confirmed = await this.#publishReply(channel, [...inFlight.replyTo], envelope, msg, route === 'broadcast', encoded);
           // Unconfirmed: the copies stay unacked too, and come back to be answered from the stored outcome.
-          if (confirmed) for (const copy of inFlight.duplicates) if (copy.channel === this.#channel) copy.channel.ack(copy.msg);
+          if (confirmed) this.#settleCopies(inFlight, 'ack');
         } finally {
           if (id) this.#inFlight.delete(id);
         }
       },
     });
+  }
+
+  /**
+   * A request whose start could not be written is not run: run unrecorded, a crash would make it run again
+   * unnoticed. Left unanswered, it would hang its caller until the channel closes. So it is answered with
+   * a retryable error, and acked once that reply is confirmed, with the copies that came in meanwhile.
+   */
+  async #refuseUnrecorded(channel: ConfirmChannel, msg: ConsumeMessage, route: InboundRoute, inFlight: InFlightRequest, id: string, cause: Error): Promise<void> {
+    const { hostId, log } = this.#options;
+    const error = cloudletError('STATE_UNWRITABLE', `host "${hostId}" could not record request ${id} in its outcome store (${cause.message}); it did not run it`, { host: hostId });
+    log.error({ msgId: id, code: error.code, err: cause }, error.message);
+    const { reply, encoded } = this.#ownReply(msg, id, error);
+    if (await this.#publishReply(channel, [...inFlight.replyTo], reply, msg, route === 'broadcast', encoded)) this.#settleCopies(inFlight, 'ack');
+  }
+
+  /** An error reply made here, signed and measured like the dispatcher's when the agent gave a sealer. */
+  #ownReply(msg: ConsumeMessage, id: string, error: CloudletError): { reply: ReplyEnvelope; encoded?: string } {
+    const reply = makeReply({ id, type: msg.properties.type as string | undefined }, this.#options.hostId, { ok: false, error: error.toWire() });
+    return this.#sealReply ? this.#sealReply(reply) : { reply };
+  }
+
+  /**
+   * The copies of a request (same id) that came in while it ran: acked once its reply is confirmed (the
+   * reply went to their addresses too), or put back in their queue when the request was handed on.
+   */
+  #settleCopies(inFlight: InFlightRequest, how: 'ack' | 'requeue'): void {
+    for (const { channel, msg } of inFlight.duplicates) {
+      // A copy whose channel is gone comes back by itself.
+      if (channel !== this.#channel) continue;
+      if (how === 'ack') channel.ack(msg);
+      else channel.nack(msg, false, true);
+    }
   }
 
   /**
