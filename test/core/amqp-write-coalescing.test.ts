@@ -151,3 +151,29 @@ test('amqp — beforeFrameWrite runs before each batch reaches the socket; when 
     await inspect.close();
   }
 });
+
+test('amqp — beforeFrameWrite throwing while a dropped connection is set up again fails that set-up, not the process; it comes back once the hook works', { timeout: 60_000 }, async (t) => {
+  let failing = false;
+  let thrown = 0;
+  const { connection, model } = await openConnection(t, {
+    maxReconnectDelayMs: 200,
+    beforeFrameWrite: () => {
+      if (!failing) return;
+      thrown++;
+      throw new Error('the outcome file is not writable (test)');
+    },
+  });
+  const down = new Promise((resolve) => connection.once('down', resolve));
+  failing = true;
+  // Drop the socket: recovery sets a new connection up, and the hook fails its first write pass. Before,
+  // that socket error reached a model nobody listened on yet: an uncaught exception ended the process.
+  (model() as unknown as { connection: { stream: { destroy(error: Error): void } } }).connection.stream.destroy(new Error('dropped by the test'));
+  await down;
+  const deadline = Date.now() + 10_000;
+  while (thrown < 2 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.ok(thrown >= 2, `set-ups were tried again after the hook failed (${thrown} failures)`);
+  assert.equal(connection.isUp, false, 'and none came up while the hook failed');
+  const up = new Promise((resolve) => connection.once('up', resolve));
+  failing = false;
+  await up;
+});

@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
-import { readFileSync, symlinkSync, unlinkSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { Buffer } from 'node:buffer';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
@@ -89,6 +92,7 @@ test('outcome store — a file that cannot be written fails the start (the reque
   // The file is opened at the first write: make that a device that is always full.
   symlinkSync('/dev/full', file);
   await assert.rejects(store.recordStart('a'), /ENOSPC/);
+  store.cancelStart('a'); // as the agent does when it refuses the request
   // Fixed (here: the link removed): the next write opens the file again, no restart needed.
   unlinkSync(file);
   await store.recordStart('d');
@@ -101,4 +105,50 @@ test('outcome store — a file that cannot be written fails the start (the reque
   assert.throws(() => store.flush(), /ENOSPC/);
   store.recordDone('c', makeReply({ id: 'c', type: 'test.echo' }, 'h1', { ok: true, result: 'c' }));
   assert.throws(() => store.close(), /ENOSPC/, 'close says the last lines were lost');
+});
+
+test('outcome store — lines a full disk refused are kept and written later, none lost; a start that was refused is forgotten', async (t) => {
+  const file = join(await tempDir(t), 'outcomes.jsonl');
+  const store = await OutcomeStore.open(file, 100);
+  symlinkSync('/dev/full', file);
+  store.recordDone('done-while-full', makeReply({ id: 'done-while-full', type: 'test.echo' }, 'h1', { ok: true, result: 1 }));
+  assert.throws(() => store.flush(), /ENOSPC/);
+  await assert.rejects(store.recordStart('refused'), /ENOSPC/);
+  store.cancelStart('refused');
+  assert.equal(store.attempts('refused'), 0, 'a refused start is no attempt');
+  unlinkSync(file); // the disk has room again
+  store.flush();
+  assert.deepEqual(lines(file).map((line) => (JSON.parse(line) as { id: string }).id), ['done-while-full'], 'kept and written; the cancelled start never reaches the file');
+  const reopened = await OutcomeStore.open(file, 100);
+  assert.equal(reopened.replyFor('done-while-full')?.result, 1);
+  assert.equal(reopened.attempts('refused'), 0);
+});
+
+test('outcome store — a disk that fills up in the middle of a line: the torn line is ended, and every line reads back', async (t) => {
+  if (process.getuid?.() !== 0) {
+    t.skip('needs root to mount a small tmpfs');
+    return;
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'cloudlet-full-disk-'));
+  // 16 pages, 15 of them taken: the outcome file gets one.
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', dir]);
+  t.after(() => {
+    execFileSync('umount', [dir]);
+    rmSync(dir, { recursive: true, force: true });
+  });
+  writeFileSync(join(dir, 'filler'), Buffer.alloc(15 * 4096));
+  const file = join(dir, 'outcomes.jsonl');
+  const store = await OutcomeStore.open(file, 100);
+  const reply = (id: string, size: number) => makeReply({ id, type: 'test.echo' }, 'h1', { ok: true, result: 'x'.repeat(size) });
+  store.recordDone('small', reply('small', 1000));
+  store.flush();
+  store.recordDone('large', reply('large', 8000)); // more than the page left: written in part, then ENOSPC
+  assert.throws(() => store.flush(), /ENOSPC/);
+  assert.ok(readFileSync(file, 'utf8').length > 1100, 'part of the large line went in (else this test proves nothing)');
+  unlinkSync(join(dir, 'filler'));
+  store.flush();
+  store.close();
+  const reopened = await OutcomeStore.open(file, 100);
+  assert.equal((reopened.replyFor('small')?.result as string).length, 1000);
+  assert.equal((reopened.replyFor('large')?.result as string).length, 8000);
 });

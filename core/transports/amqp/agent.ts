@@ -233,6 +233,7 @@ export class AmqpAgentTransport implements AgentTransport {
         await store.recordStart(id);
       } catch (cause) {
         this.#inFlight.delete(id);
+        store.cancelStart(id);
         await this.#refuseUnrecorded(channel, msg, route, inFlight, id, cause as Error);
         return;
       }
@@ -275,7 +276,8 @@ export class AmqpAgentTransport implements AgentTransport {
           }
           // A retryable failure (BUSY, TIMEOUT, SHUTTING_DOWN, …) is not an outcome: the same id sent again
           // must be tried again, not answered with the old failure.
-          if (id && envelope.error?.retryable) await store.recordAbandoned(id);
+          // (An abandoned line that cannot be written yet stays pending, and holds the reply back with it.)
+          if (id && envelope.error?.retryable) await store.recordAbandoned(id).catch(() => undefined);
           else if (id) store.recordDone(id, envelope, encoded); // written before the reply's frames (#publishReply)
           const confirmed = await this.#publishReply(channel, [...inFlight.replyTo], envelope, msg, route === 'broadcast', encoded);
           // Unconfirmed: the copies stay unacked too, and come back to be answered from the stored outcome.
@@ -345,7 +347,8 @@ export class AmqpAgentTransport implements AgentTransport {
         ),
     );
     if (channel === this.#channel) channel.ack(msg);
-    await this.#store?.recordAbandoned(msg.properties.messageId as string);
+    // Not written yet if the disk is full: it stays pending, and the hand-on is done either way.
+    await this.#store?.recordAbandoned(msg.properties.messageId as string).catch(() => undefined);
     this.#options.log.info({ msgId: msg.properties.messageId, refusedBy, candidates }, 'no capacity here: handed the request on to another host');
     return true;
   }
@@ -437,13 +440,14 @@ export class AmqpAgentTransport implements AgentTransport {
 
   async close(): Promise<void> {
     clearInterval(this.#heartbeatTimer);
+    // The connection first: its last write passes still flush outcome lines into an open file.
+    await this.#connection?.close();
     try {
       this.#store?.close();
     } catch (error) {
-      // The broker connection must still close; the requests whose outcome was lost are redelivered and run again.
+      // Their replies were held back with them: the requests are redelivered and run again.
       this.#options.log.error({ err: error }, 'could not write the last outcome lines while closing');
     }
-    await this.#connection?.close();
   }
 }
 

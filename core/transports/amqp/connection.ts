@@ -71,6 +71,10 @@ export class BrokerConnection extends EventEmitter {
           maxDelay: this.#options.maxReconnectDelayMs ?? 2_000,
           initialMaxRetries: this.#options.initialMaxRetries ?? 3,
           setup: async (model: ChannelModel) => {
+            // amqplib's recovery listens for the model's errors only once setup is done: an error before
+            // that (the broker going away, or beforeFrameWrite failing and the socket being dropped)
+            // would be an uncaught exception. It fails the setup instead, and recovery tries again.
+            model.on('error', (error: Error) => this.#options.log.debug({ reason: error.message }, 'broker connection error during setup'));
             this.#coalescing = coalesceFrameWrites(model, this.#options.beforeFrameWrite);
             if (!this.#coalescing) this.#options.log.debug('amqplib internals differ from what coalesce-writes.ts expects: frames are written one by one');
             await this.#options.setup(model);

@@ -16,6 +16,7 @@
 import { closeSync, openSync, renameSync, writeFileSync, writeSync } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { Buffer } from 'node:buffer';
 import type { ReplyEnvelope } from '../../envelope.ts';
 
 type Record_ =
@@ -40,6 +41,10 @@ export class OutcomeStore {
   #compactions = 0;
   /** Lines recorded but not yet written, in order. */
   #pending: string[] = [];
+  /** The last write failed part-way through a line: the next one starts with a newline. */
+  #tornLine = false;
+  /** The last write or rewrite failed: no rewrite is tried until a flush succeeds. */
+  #unwritable = false;
   /** Settles once the lines of the current synchronous burst are written; undefined when none is due. */
   #burstWritten: Promise<void> | undefined;
 
@@ -115,27 +120,70 @@ export class OutcomeStore {
 
   /**
    * Writes every recorded line not yet written, in one write(2) on a descriptor kept open, so a crashed
-   * agent process loses nothing (no fsync: the kernel has it). Throws when the file cannot be written.
+   * agent process loses nothing (no fsync: the kernel has it). Throws when the file cannot be written; the
+   * lines not written whole are kept, in order, for the next flush: none is lost while the disk is full.
    */
   flush(): void {
     if (this.#pending.length === 0) return;
-    const text = `${this.#pending.join('\n')}\n`;
+    const lines = this.#pending;
     this.#pending = [];
+    // A line torn by an earlier failed write is ended first, so the file still reads back line by line.
+    const prefix = this.#tornLine ? '\n' : '';
+    const bytes = Buffer.from(`${prefix}${lines.join('\n')}\n`);
+    let written = 0;
     try {
       this.#fd ??= openSync(this.#file, 'a', 0o640);
-      writeSync(this.#fd, text);
+      // A disk that fills up mid-write takes part of it (a short write) and refuses the rest.
+      while (written < bytes.length) written += writeSync(this.#fd, bytes, written);
+      this.#tornLine = false;
+      this.#unwritable = false;
     } catch (error) {
       // Opened again by the next write: a file replaced or a disk freed meanwhile works again at once.
       this.#closeFile();
+      this.#unwritable = true;
+      // Which lines went in whole (they stay written), and whether the file now ends mid-line.
+      let wholeEnd = prefix.length;
+      let whole = 0;
+      for (const line of lines) {
+        const end = wholeEnd + Buffer.byteLength(line) + 1;
+        if (end > written) break;
+        wholeEnd = end;
+        whole++;
+      }
+      if (written > 0) this.#tornLine = written > wholeEnd;
+      this.#pending = [...lines.slice(whole), ...this.#pending];
       throw error;
     }
+  }
+
+  /**
+   * A start that will not run after all (its line could not be written, so the request was refused): it
+   * no longer counts as an attempt. Its line is dropped if still unwritten, else an abandoned line follows.
+   */
+  cancelStart(id: string): void {
+    const prefix = `{"id":${JSON.stringify(id)},"t":"start",`;
+    const index = this.#pending.findLastIndex((line) => line.startsWith(prefix));
+    if (index === -1) {
+      this.#append({ id, t: 'abandoned', at: Date.now() });
+      return;
+    }
+    this.#pending.splice(index, 1);
+    this.#linesInFile--;
+    this.#apply({ id, t: 'abandoned', at: Date.now() });
   }
 
   #append(record: Record_, line = JSON.stringify(record)): void {
     this.#apply(record);
     this.#pending.push(line);
-    // The in-memory entries hold every pending line's effect, so the rewrite covers them too.
-    if (++this.#linesInFile > this.#maxEntries * 2) this.#compact();
+    // The in-memory entries hold every pending line's effect, so the rewrite covers them too. While the
+    // disk refuses writes it is not tried again on every line (it serialises every entry).
+    if (++this.#linesInFile > this.#maxEntries * 2 && !this.#unwritable) {
+      try {
+        this.#compact();
+      } catch {
+        this.#unwritable = true; // the lines stay pending; the rewrite comes again after a good flush
+      }
+    }
   }
 
   /**
