@@ -43,6 +43,26 @@ async function rawRequest(url: string, prefix: string, host: string, id: string,
   }
 }
 
+/** A fresh exclusive reply queue on `channel`; each reply (not progress) that reaches it goes to `onReply`. */
+async function replyQueue(channel: amqplib.Channel, onReply: (reply: ReplyEnvelope) => void): Promise<string> {
+  const { queue } = await channel.assertQueue('', { exclusive: true });
+  await channel.consume(
+    queue,
+    (msg) => {
+      const envelope = msg && (JSON.parse(msg.content.toString('utf8')) as ReplyEnvelope);
+      if (envelope?.kind === 'reply') onReply(envelope); // progress ("alive") comes on the same queue
+    },
+    { noAck: true },
+  );
+  return queue;
+}
+
+/** Polls `done` every 50 ms until it holds or `ms` have passed (the caller asserts afterwards). */
+async function until(done: () => boolean | Promise<boolean>, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await done()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+}
+
 function handledCount(output: string, id: string): number {
   return output.split('\n').filter((line) => line.includes(`"msgId":"${id}"`) && line.includes('"msg":"handled"')).length;
 }
@@ -140,18 +160,9 @@ test('redelivery — a copy that arrives while the first still runs is acked onl
   t.after(() => connection.close().catch(() => undefined));
   const channel = await connection.createChannel();
   const replies = async () => {
-    const { queue } = await channel.assertQueue('', { exclusive: true });
-    const reply = new Promise<ReplyEnvelope>((resolve) => {
-      void channel.consume(
-        queue,
-        (msg) => {
-          const envelope = msg && (JSON.parse(msg.content.toString('utf8')) as ReplyEnvelope);
-          if (envelope?.kind === 'reply') resolve(envelope); // progress ("alive") comes on the same queue
-        },
-        { noAck: true },
-      );
-    });
-    return { queue, reply };
+    let resolve!: (reply: ReplyEnvelope) => void;
+    const reply = new Promise<ReplyEnvelope>((r) => (resolve = r));
+    return { queue: await replyQueue(channel, resolve), reply };
   };
   const publish = (replyTo: string) =>
     channel.publish(amqpNames(cloud.prefix).directExchange, 'h1', Buffer.from(JSON.stringify(makeRequest({ id, type: 'test.sleep', target: 'h1', payload: { ms: 3_000 } }))), {
@@ -195,25 +206,15 @@ test('redelivery — two copies of one id that arrive together (one socket read)
   const body = Buffer.from(JSON.stringify(makeRequest({ id, type: 'test.echo', target: 'h1', payload: { value: 'pair' } })));
   // Each copy with its own reply queue, as a client that sends again after reconnecting has a new one.
   for (let copy = 0; copy < 2; copy++) {
-    const { queue } = await channel.assertQueue('', { exclusive: true });
-    await channel.consume(
-      queue,
-      (msg) => {
-        const envelope = msg && (JSON.parse(msg.content.toString('utf8')) as ReplyEnvelope);
-        if (envelope?.kind === 'reply') replies.push(envelope);
-      },
-      { noAck: true },
-    );
+    const queue = await replyQueue(channel, (reply) => replies.push(reply));
     channel.publish(amqpNames(cloud.prefix).directExchange, 'h1', body, { messageId: id, replyTo: queue, type: 'test.echo', persistent: true, contentType: 'application/json' });
   }
-  const deadline = Date.now() + 10_000;
-  while ((await queueDepth(cloud.url, amqpNames(cloud.prefix).hostQueue('h1'))) < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  await until(async () => (await queueDepth(cloud.url, amqpNames(cloud.prefix).hostQueue('h1'))) >= 2, 10_000);
   const agent = await cloud.start({ id: 'h1' });
-  while (replies.length < 2 && Date.now() < deadline + 20_000) await new Promise((r) => setTimeout(r, 50));
+  await until(() => replies.length >= 2, 20_000);
   assert.equal(replies.length, 2, 'both copies were answered');
   assert.deepEqual(replies[1], replies[0], 'the second copy got the first one\'s outcome');
-  const logDeadline = Date.now() + 5_000;
-  while (handledCount(agent.output(), id) === 0 && Date.now() < logDeadline) await new Promise((r) => setTimeout(r, 50));
+  await until(() => handledCount(agent.output(), id) > 0, 5_000);
   assert.equal(handledCount(agent.output(), id), 1, 'the handler ran once');
 });
 
@@ -236,28 +237,17 @@ test('hand-back — copies of a request that came in while it ran are passed on 
   const replies = new Map<string, ReplyEnvelope>();
   const body = Buffer.from(JSON.stringify(makeRequest({ id, type: 'test.reserve', payload: {} })));
   for (const copy of ['first', 'second']) {
-    const { queue } = await channel.assertQueue('', { exclusive: true });
-    await channel.consume(
-      queue,
-      (msg) => {
-        const envelope = msg && (JSON.parse(msg.content.toString('utf8')) as ReplyEnvelope);
-        if (envelope?.kind === 'reply') replies.set(copy, envelope);
-      },
-      { noAck: true },
-    );
+    const queue = await replyQueue(channel, (reply) => replies.set(copy, reply));
     channel.sendToQueue(names.anyQueue, body, { messageId: id, replyTo: queue, type: 'test.reserve', persistent: true, contentType: 'application/json' });
   }
-  const queued = Date.now() + 10_000;
-  while ((await queueDepth(cloud.url, names.anyQueue)) < 2 && Date.now() < queued) await new Promise((r) => setTimeout(r, 50));
+  await until(async () => (await queueDepth(cloud.url, names.anyQueue)) >= 2, 10_000);
 
   const agent = await cloud.start({ id: 'full1', testkitOptions: { hasCapacity: false } });
-  const handedOn = Date.now() + 15_000;
-  while (!/handed the request on/.test(agent.output()) && Date.now() < handedOn) await new Promise((r) => setTimeout(r, 50));
+  await until(() => /handed the request on/.test(agent.output()), 15_000);
   assert.match(agent.output(), /handed the request on/, 'the request was handed on (else this test proves nothing)');
   // The ghost falls silent: once it counts as down, nobody is left to hand on to and both callers are told.
   clearInterval(ghost);
-  const answered = Date.now() + 20_000;
-  while (replies.size < 2 && Date.now() < answered) await new Promise((r) => setTimeout(r, 50));
+  await until(() => replies.size >= 2, 20_000);
   assert.deepEqual([...replies.keys()].sort(), ['first', 'second'], 'both callers were answered');
   assert.deepEqual([replies.get('first')?.error?.code, replies.get('second')?.error?.code], ['NO_CAPACITY', 'NO_CAPACITY']);
   assert.equal(await queueDepth(cloud.url, names.anyQueue), 0, 'nothing left behind in the queue');

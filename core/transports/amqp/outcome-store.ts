@@ -221,6 +221,7 @@ export class OutcomeStore {
     writeFileSync(temp, lines.length > 0 ? `${lines.join('\n')}\n` : '');
     renameSync(temp, this.#file);
     this.#pending = [];
+    this.#tornLine = false; // a fresh file, written whole
     this.#closeFile();
     this.#linesInFile = lines.length;
     this.#compactions++;
