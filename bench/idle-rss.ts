@@ -7,9 +7,9 @@
 import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import amqplib from 'amqplib';
 import { makeRequest } from '../core/envelope.ts';
 import { builtinPlugins } from '../plugins/builtin.ts';
+import { deleteBrokerObjects } from './lib/broker-objects.ts';
 import { benchCloud, BROKER_URL } from './lib/cloud.ts';
 import type { BenchContext, Benchmark } from './lib/context.ts';
 import { benchTempDir, startLocalAgent } from './lib/local.ts';
@@ -56,23 +56,6 @@ async function floorProcess(ctx: BenchContext, withTsx: boolean): Promise<BenchP
   return proc;
 }
 
-async function deleteAetherscaleObjects(prefix: string): Promise<void> {
-  const connection = await amqplib.connect(BROKER_URL);
-  try {
-    for (const [kind, name] of [
-      ['queue', `${prefix}-computing-competing`],
-      ['exchange', `${prefix}-computing`],
-    ] as const) {
-      const channel = await connection.createChannel();
-      channel.on('error', () => undefined);
-      await (kind === 'queue' ? channel.deleteQueue(name) : channel.deleteExchange(name)).catch(() => undefined);
-      await channel.close().catch(() => undefined);
-    }
-  } finally {
-    await connection.close().catch(() => undefined);
-  }
-}
-
 export const idleRssBenchmark: Benchmark = {
   id: '7',
   title: 'Agent idle memory (RSS) with every built-in plugin loaded',
@@ -90,7 +73,7 @@ export const idleRssBenchmark: Benchmark = {
     const emptyRss = await restingRss(empty.agent, settleMs, samples);
 
     const cloud = await benchCloud(ctx, { heartbeatMs: 2_000, downAfterMs: 6_000 });
-    ctx.scope.after(() => deleteAetherscaleObjects(cloud.prefix));
+    ctx.scope.after(() => deleteBrokerObjects([`${cloud.prefix}-computing-competing`], [`${cloud.prefix}-computing`]));
     // Every built-in plugin, each with a minimal valid config; one that does not start fails the benchmark.
     const names = Object.keys(builtinPlugins);
     const agent = await cloud.startAgent('rss', pluginEntries(names, dir, cloud.prefix), { ...ctx.agentSpawnOptions('idle-rss'), env: { CLOUDLET_LOG_LEVEL: 'warn' } });

@@ -11,7 +11,8 @@ import { coalesceFrameWrites } from '../../core/transports/amqp/coalesce-writes.
 const REPLY_TO = 'amq.rabbitmq.reply-to';
 
 export class RawRpcClient {
-  readonly #pending = new Map<string, { resolve: () => void; reject: (error: Error) => void }>();
+  /** Calls waiting for their replies, by correlation id; `remaining` counts the replies still due (a gather waits for several). */
+  readonly #pending = new Map<string, { resolve: () => void; reject: (error: Error) => void; remaining: number }>();
   readonly #guaranteed: boolean;
   #connection: ChannelModel | undefined;
   #channel: Channel | undefined;
@@ -31,6 +32,7 @@ export class RawRpcClient {
         const id = msg?.properties.correlationId as string | undefined;
         const pending = id === undefined ? undefined : this.#pending.get(id);
         if (!pending || id === undefined) return;
+        if (--pending.remaining > 0) return;
         this.#pending.delete(id);
         pending.resolve();
       },
@@ -49,7 +51,7 @@ export class RawRpcClient {
     if (!channel) throw new Error('RawRpcClient: open() first');
     const id = String(this.#nextId++);
     return new Promise<void>((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject });
+      this.#pending.set(id, { resolve, reject, remaining: 1 });
       const options = { correlationId: id, replyTo: REPLY_TO, contentType: 'application/json' };
       if (!this.#guaranteed) {
         channel.sendToQueue(queue, Buffer.from(body), options);
@@ -59,6 +61,21 @@ export class RawRpcClient {
       (channel as ConfirmChannel).sendToQueue(queue, Buffer.from(body), { ...options, messageId: id, persistent: true, mandatory: true }, (error: unknown) => {
         if (error) this.#failCall(id, new Error(`the broker did not accept the request: ${String(error)}`));
       });
+    });
+  }
+
+  /**
+   * Publishes `body` once to a fanout `exchange` and resolves when `expected` replies have come back: the
+   * least a broadcast-and-gather does (no registry of live hosts, no deadline, no decoding of the replies).
+   */
+  gather(exchange: string, body: Uint8Array, expected: number): Promise<void> {
+    const channel = this.#channel;
+    if (!channel) throw new Error('RawRpcClient: open() first');
+    if (this.#guaranteed) throw new Error('RawRpcClient: gather is measured without the guarantees (the floor)');
+    const id = String(this.#nextId++);
+    return new Promise<void>((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject, remaining: expected });
+      channel.publish(exchange, '', Buffer.from(body), { correlationId: id, replyTo: REPLY_TO, contentType: 'application/json' });
     });
   }
 

@@ -6,8 +6,8 @@
 import { Buffer } from 'node:buffer';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import amqplib from 'amqplib';
 import { encodeEnvelope, makeRequest } from '../../core/envelope.ts';
+import { deleteBrokerObjects } from './broker-objects.ts';
 import { benchCloud, pluginEntry, BROKER_URL } from './cloud.ts';
 import { cpuProbe } from './cpu.ts';
 import { benchTempDir } from './local.ts';
@@ -65,14 +65,14 @@ export async function measureRpc(ctx: BenchContext): Promise<RpcFigures> {
 
   // 1. raw amqplib: echo server process + direct reply-to client.
   const rawQueue = ctx.uniqueName();
-  scope.after(() => deleteQueues([rawQueue]));
+  scope.after(() => deleteBrokerObjects([rawQueue]));
   const rawServer = spawnScript(scope, serverScript('raw-echo-server.ts'), [BROKER_URL, rawQueue, '32']);
   const rawClient = new RawRpcClient();
   scope.after(() => rawClient.close());
 
   // 1b. raw amqplib keeping the agent's delivery guarantees (bench/servers/raw-guaranteed-echo-server.ts).
   const guaranteedQueue = ctx.uniqueName();
-  scope.after(() => deleteQueues([guaranteedQueue]));
+  scope.after(() => deleteBrokerObjects([guaranteedQueue]));
   const guaranteedDir = await benchTempDir(scope, 'cloudlet-bench-outcomes-');
   const guaranteedServer = spawnScript(scope, serverScript('raw-guaranteed-echo-server.ts'), [
     BROKER_URL,
@@ -124,7 +124,7 @@ export async function measureRpc(ctx: BenchContext): Promise<RpcFigures> {
   for (const [contender, settings] of moleculerConfigs) {
     const namespace = ctx.uniqueName();
     const objects = moleculerBrokerObjects(namespace, ['server', 'client'], ['echo.echo']);
-    scope.after(() => deleteQueues(objects.queues, objects.exchanges));
+    scope.after(() => deleteBrokerObjects(objects.queues, objects.exchanges));
     const server = spawnScript(scope, serverScript('moleculer-echo-server.ts'), [BROKER_URL, namespace, 'server', JSON.stringify(settings)]);
     const broker = new ServiceBroker(moleculerBrokerOptions(BROKER_URL, namespace, 'client', settings));
     scope.after(() => broker.stop());
@@ -214,25 +214,4 @@ export async function measureRpc(ctx: BenchContext): Promise<RpcFigures> {
     }
   }
   return figures;
-}
-
-/** Deletes queues and exchanges by name on their own channels (a missing one is no error). */
-async function deleteQueues(queues: readonly string[], exchanges: readonly string[] = []): Promise<void> {
-  const connection = await amqplib.connect(BROKER_URL);
-  try {
-    for (const queue of queues) {
-      const channel = await connection.createChannel();
-      channel.on('error', () => undefined);
-      await channel.deleteQueue(queue).catch(() => undefined);
-      await channel.close().catch(() => undefined);
-    }
-    for (const exchange of exchanges) {
-      const channel = await connection.createChannel();
-      channel.on('error', () => undefined);
-      await channel.deleteExchange(exchange).catch(() => undefined);
-      await channel.close().catch(() => undefined);
-    }
-  } finally {
-    await connection.close().catch(() => undefined);
-  }
 }
