@@ -72,8 +72,8 @@ export const rpcAgentBenchmark: Benchmark = {
       columns: rpcColumns,
       rows,
       targets: [
-        target('agent RPC p50 ≤ 1.25× raw amqplib (c=1)', ratio(agent1?.p50Ms, raw1?.p50Ms), 1.25, '×', 'le', `${cpuEvidence(agent1, raw1)}; see docs/PERFORMANCE.md, findings F2–F4 and F12`),
-        target('agent RPC throughput ≥ 0.8× raw amqplib (c=32)', ratio(agent32?.throughputPerS, raw32?.throughputPerS), 0.8, '×', 'ge', `${cpuEvidence(agent32, raw32)}; see docs/PERFORMANCE.md, findings F2–F4 and F12`),
+        target('agent RPC p50 ≤ 1.25× raw amqplib (c=1)', ratio(agent1?.p50Ms, raw1?.p50Ms), 1.25, '×', 'le', `${cpuEvidence(agent1, raw1)}; see docs/PERFORMANCE.md, findings F3 and F16 (the guarantees and the threads' wake-ups), F2–F4`),
+        target('agent RPC throughput ≥ 0.8× raw amqplib (c=32)', ratio(agent32?.throughputPerS, raw32?.throughputPerS), 0.8, '×', 'ge', `${cpuEvidence(agent32, raw32)}; see docs/PERFORMANCE.md, findings F13 (two shared cores), F2–F4, F12`),
         ...(past
           ? [
               target(
@@ -86,7 +86,7 @@ export const rpcAgentBenchmark: Benchmark = {
                 // this row misses for the same reasons as a fresh agent.
                 (past.cpuUs.server ?? 0) > 3 * (agent32?.cpuUs.server ?? Number.POSITIVE_INFINITY)
                   ? `the agent's CPU per call grew to ${past.cpuUs.server?.toFixed(0)} µs (the outcome file rewritten per request?); see docs/PERFORMANCE.md, finding F0`
-                  : `${cpuEvidence(past, raw32)}; see docs/PERFORMANCE.md, findings F2–F4 and F12`,
+                  : `${cpuEvidence(past, raw32)}; see docs/PERFORMANCE.md, findings F13 (two shared cores), F2–F4, F12`,
               ),
             ]
           : []),

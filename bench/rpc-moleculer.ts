@@ -28,8 +28,8 @@ export const rpcMoleculerBenchmark: Benchmark = {
       columns: rpcColumns,
       rows,
       targets: [
-        target('agent throughput ≥ 1.5× Moleculer (c=32; Moleculer with TCP_NODELAY, its default prefetch 1)', vsDefault, 1.5, '×', 'ge', 'see docs/PERFORMANCE.md, findings F2–F4 (the agent\'s own cost per call)'),
-        target('agent throughput ≥ 1.5× Moleculer (c=32; stricter: Moleculer tuned to prefetch 32)', vsTuned, 1.5, '×', 'ge', 'see docs/PERFORMANCE.md, findings F2–F4 (the agent\'s own cost per call)'),
+        target('agent throughput ≥ 1.5× Moleculer (c=32; Moleculer with TCP_NODELAY, its default prefetch 1)', vsDefault, 1.5, '×', 'ge', 'see docs/PERFORMANCE.md, findings F2–F4, F12, F14, F15 (the agent\'s own cost per call)'),
+        target('agent throughput ≥ 1.5× Moleculer (c=32; stricter: Moleculer tuned to prefetch 32)', vsTuned, 1.5, '×', 'ge', 'see docs/PERFORMANCE.md, findings F2–F4, F12, F14, F15 (the agent\'s own cost per call)'),
       ],
       notes: [
         'Moleculer\'s transporter leaves Nagle on: out of the box every call waits ~40 ms (Nagle + delayed ACK). The targets use Moleculer with TCP_NODELAY (its `socketOptions`), the same setting cloudlet uses, so the comparison is of the frameworks, not of one socket flag.',
