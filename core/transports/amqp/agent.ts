@@ -26,10 +26,14 @@ export interface AmqpAgentTransportOptions {
   stateDir: string;
   log: Logger;
   identity: { version: string; plugins: string[]; startedAt: number };
+  /** False: the broker connection writes frame by frame (BrokerConnectionOptions.coalesceWrites); for tests. */
+  coalesceWrites?: boolean;
 }
 
 /** How long a finished request waits for the broker to come back before its reply is given up on. */
 const REPLY_RECONNECT_WAIT_MS = 60_000;
+/** How long a request whose outcome could not be written waits before it goes back to its queue (frame-by-frame writes only). */
+const HELD_REPLY_RETRY_MS = 1_000;
 /** Events kept while the broker is unreachable; the oldest go first. */
 const MAX_PENDING_EVENTS = 1_000;
 
@@ -55,6 +59,7 @@ export class AmqpAgentTransport implements AgentTransport {
   /** Signs and measures the replies made here rather than by the dispatcher (see AgentTransport.listen). */
   #sealReply: ReplySealer | undefined;
   #heartbeatTimer: ReturnType<typeof setInterval> | undefined;
+  readonly #requeueTimers = new Set<ReturnType<typeof setTimeout>>();
   #accepting = true;
   readonly #pendingEvents: EventEnvelope[] = [];
 
@@ -86,6 +91,7 @@ export class AmqpAgentTransport implements AgentTransport {
       setup: (model) => this.#setup(model),
       maxReconnectDelayMs: Math.min(Math.max(this.#options.config.heartbeatMs, 100), 5_000),
       beforeFrameWrite: () => this.#writeOutcomes(),
+      coalesceWrites: this.#options.coalesceWrites,
     });
     this.#connection.on('down', () => {
       this.#channel = undefined;
@@ -279,9 +285,11 @@ export class AmqpAgentTransport implements AgentTransport {
           // (An abandoned line that cannot be written yet stays pending, and holds the reply back with it.)
           if (id && envelope.error?.retryable) await store.recordAbandoned(id).catch(() => undefined);
           else if (id) store.recordDone(id, envelope, encoded); // written before the reply's frames (#publishReply)
-          const confirmed = await this.#publishReply(channel, [...inFlight.replyTo], envelope, msg, route === 'broadcast', encoded);
+          const sent = await this.#publishReply(channel, [...inFlight.replyTo], envelope, msg, route === 'broadcast', encoded);
           // Unconfirmed: the copies stay unacked too, and come back to be answered from the stored outcome.
-          if (confirmed) this.#settleCopies(inFlight, 'ack');
+          // Held: they go back to the queue with the request.
+          if (sent === 'sent') this.#settleCopies(inFlight, 'ack');
+          else if (sent === 'held') this.#requeueLater(inFlight.duplicates);
         } finally {
           if (id) this.#inFlight.delete(id);
         }
@@ -299,7 +307,9 @@ export class AmqpAgentTransport implements AgentTransport {
     const error = cloudletError('STATE_UNWRITABLE', `host "${hostId}" could not record request ${id} in its outcome store (${cause.message}); it did not run it`, { host: hostId });
     log.error({ msgId: id, code: error.code, err: cause }, error.message);
     const { reply, encoded } = this.#ownReply(msg, id, error);
-    if (await this.#publishReply(channel, [...inFlight.replyTo], reply, msg, route === 'broadcast', encoded)) this.#settleCopies(inFlight, 'ack');
+    const sent = await this.#publishReply(channel, [...inFlight.replyTo], reply, msg, route === 'broadcast', encoded);
+    if (sent === 'sent') this.#settleCopies(inFlight, 'ack');
+    else if (sent === 'held') this.#requeueLater(inFlight.duplicates);
   }
 
   /** An error reply made here, signed and measured like the dispatcher's when the agent gave a sealer. */
@@ -353,26 +363,73 @@ export class AmqpAgentTransport implements AgentTransport {
     return true;
   }
 
-  /** Publishes a reply and acks its request once the broker confirmed it; says whether it did. */
-  async #publishReply(deliveredOn: ConfirmChannel, targets: string[], reply: ReplyEnvelope, msg: ConsumeMessage, withLiveHosts = false, encoded?: string): Promise<boolean> {
+  /**
+   * Publishes a reply and acks its request once the broker confirmed it. Says what happened: `sent`;
+   * `unconfirmed` (the request stays unacked and is redelivered when its channel goes); `held` (its outcome
+   * could not be written, so the reply did not leave; the request goes back to its queue after a pause).
+   */
+  async #publishReply(
+    deliveredOn: ConfirmChannel,
+    targets: string[],
+    reply: ReplyEnvelope,
+    msg: ConsumeMessage,
+    withLiveHosts = false,
+    encoded?: string,
+  ): Promise<'sent' | 'unconfirmed' | 'held'> {
     const headers = withLiveHosts ? { [HEADERS.liveHosts]: JSON.stringify(this.registry.liveHosts('broadcast')) } : undefined;
+    let held = false;
     try {
       // Replies go out on the current channel: after a reconnect the one the request came in on is gone.
       // A reply to a caller that is gone is dropped by the broker (direct reply-to); that is fine.
       await this.#withChannel((channel) => {
         // The outcome lines are written right before the frames go out, with every other line due by then
-        // (BrokerConnection's beforeFrameWrite); a connection that cannot do that has them written now.
-        if (!this.#connection?.coalescesWrites) this.#writeOutcomes();
+        // (BrokerConnection's beforeFrameWrite; if that fails, the connection drops and brings the request
+        // back). A connection that cannot do that has them written now.
+        if (!this.#connection?.coalescesWrites) {
+          try {
+            this.#writeOutcomes();
+          } catch (error) {
+            held = true;
+            throw error;
+          }
+        }
         return Promise.all(targets.map((target) => this.#publish(channel, '', target, reply, msg.properties.correlationId, true, headers, encoded)));
       });
       if (deliveredOn === this.#channel) deliveredOn.ack(msg);
       // Else the delivery died with its channel and will come back: it is then answered from the stored outcome.
-      return true;
+      return 'sent';
     } catch (error) {
+      if (held) {
+        // Nothing else would bring it back while the connection stays up.
+        this.#requeueLater([{ channel: deliveredOn, msg }]);
+        return 'held';
+      }
       // Not confirmed: leave the request unacked; it is redelivered and answered from the stored outcome.
       this.#options.log.warn({ msgId: reply.id, reason: (error as Error).message }, 'reply not confirmed; the request will be redelivered');
-      return false;
+      return 'unconfirmed';
     }
+  }
+
+  /**
+   * Puts deliveries back in their queue after a pause: requests whose reply was held back because their
+   * outcome could not be written. Each comes back, is answered from its outcome if the file takes it by
+   * then, and waits another pause if not; the pause keeps a full disk from becoming a busy loop.
+   */
+  #requeueLater(deliveries: readonly { channel: ConfirmChannel; msg: ConsumeMessage }[]): void {
+    if (deliveries.length === 0) return;
+    const timer = setTimeout(() => {
+      this.#requeueTimers.delete(timer);
+      for (const { channel, msg } of deliveries) {
+        // A delivery whose channel is gone (or going) comes back by itself.
+        if (channel !== this.#channel) continue;
+        try {
+          channel.nack(msg, false, true);
+        } catch {
+          // the channel closed meanwhile: the same
+        }
+      }
+    }, HELD_REPLY_RETRY_MS);
+    this.#requeueTimers.add(timer);
   }
 
   /** Writes the outcome lines not written yet; a failure is logged and thrown (the caller must not send). */
@@ -440,6 +497,9 @@ export class AmqpAgentTransport implements AgentTransport {
 
   async close(): Promise<void> {
     clearInterval(this.#heartbeatTimer);
+    // Their requests are unacked: closing the channel puts them back in their queues.
+    for (const timer of this.#requeueTimers) clearTimeout(timer);
+    this.#requeueTimers.clear();
     // The connection first: its last write passes still flush outcome lines into an open file.
     await this.#connection?.close();
     try {

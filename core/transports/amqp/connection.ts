@@ -27,6 +27,11 @@ export interface BrokerConnectionOptions {
    * `coalescesWrites` is true; a throw drops the connection instead of writing the batch.
    */
   beforeFrameWrite?: () => void;
+  /**
+   * False: write frame by frame, as amqplib does by itself; the path taken anyway when its internals differ
+   * from what coalesce-writes.ts expects. Tests use it to exercise that path. Default true.
+   */
+  coalesceWrites?: boolean;
 }
 
 export class BrokerConnection extends EventEmitter {
@@ -75,8 +80,10 @@ export class BrokerConnection extends EventEmitter {
             // that (the broker going away, or beforeFrameWrite failing and the socket being dropped)
             // would be an uncaught exception. It fails the setup instead, and recovery tries again.
             model.on('error', (error: Error) => this.#options.log.debug({ reason: error.message }, 'broker connection error during setup'));
-            this.#coalescing = coalesceFrameWrites(model, this.#options.beforeFrameWrite);
-            if (!this.#coalescing) this.#options.log.debug('amqplib internals differ from what coalesce-writes.ts expects: frames are written one by one');
+            this.#coalescing = this.#options.coalesceWrites !== false && coalesceFrameWrites(model, this.#options.beforeFrameWrite);
+            if (!this.#coalescing && this.#options.coalesceWrites !== false) {
+              this.#options.log.debug('amqplib internals differ from what coalesce-writes.ts expects: frames are written one by one');
+            }
             await this.#options.setup(model);
             this.#up = true;
             this.emit('up');
