@@ -113,11 +113,14 @@ test('outcome store — lines a full disk refused are kept and written later, no
   symlinkSync('/dev/full', file);
   store.recordDone('done-while-full', makeReply({ id: 'done-while-full', type: 'test.echo' }, 'h1', { ok: true, result: 1 }));
   assert.throws(() => store.flush(), /ENOSPC/);
+  assert.equal(store.hasUnwritten('done-while-full'), true, 'its reply must wait');
+  assert.equal(store.hasUnwritten('done-while'), false, 'another id (a prefix of it) has nothing unwritten');
   await assert.rejects(store.recordStart('refused'), /ENOSPC/);
   store.cancelStart('refused');
   assert.equal(store.attempts('refused'), 0, 'a refused start is no attempt');
   unlinkSync(file); // the disk has room again
   store.flush();
+  assert.equal(store.hasUnwritten('done-while-full'), false);
   assert.deepEqual(lines(file).map((line) => (JSON.parse(line) as { id: string }).id), ['done-while-full'], 'kept and written; the cancelled start never reaches the file');
   const reopened = await OutcomeStore.open(file, 100);
   assert.equal(reopened.replyFor('done-while-full')?.result, 1);

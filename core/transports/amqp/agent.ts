@@ -32,7 +32,7 @@ export interface AmqpAgentTransportOptions {
 
 /** How long a finished request waits for the broker to come back before its reply is given up on. */
 const REPLY_RECONNECT_WAIT_MS = 60_000;
-/** How long a request whose outcome could not be written waits before it goes back to its queue (frame-by-frame writes only). */
+/** How often a reply held back by an outcome line the file refused is tried again (frame-by-frame writes only). */
 const HELD_REPLY_RETRY_MS = 1_000;
 /** Events kept while the broker is unreachable; the oldest go first. */
 const MAX_PENDING_EVENTS = 1_000;
@@ -59,7 +59,9 @@ export class AmqpAgentTransport implements AgentTransport {
   /** Signs and measures the replies made here rather than by the dispatcher (see AgentTransport.listen). */
   #sealReply: ReplySealer | undefined;
   #heartbeatTimer: ReturnType<typeof setInterval> | undefined;
-  readonly #requeueTimers = new Set<ReturnType<typeof setTimeout>>();
+  /** Replies waiting to be tried again (see #publishReply); woken at once by close(). */
+  readonly #pauses = new Set<() => void>();
+  #closing = false;
   #accepting = true;
   readonly #pendingEvents: EventEnvelope[] = [];
 
@@ -285,11 +287,9 @@ export class AmqpAgentTransport implements AgentTransport {
           // (An abandoned line that cannot be written yet stays pending, and holds the reply back with it.)
           if (id && envelope.error?.retryable) await store.recordAbandoned(id).catch(() => undefined);
           else if (id) store.recordDone(id, envelope, encoded); // written before the reply's frames (#publishReply)
-          const sent = await this.#publishReply(channel, [...inFlight.replyTo], envelope, msg, route === 'broadcast', encoded);
+          const confirmed = await this.#publishReply(channel, [...inFlight.replyTo], envelope, msg, route === 'broadcast', encoded);
           // Unconfirmed: the copies stay unacked too, and come back to be answered from the stored outcome.
-          // Held: they go back to the queue with the request.
-          if (sent === 'sent') this.#settleCopies(inFlight, 'ack');
-          else if (sent === 'held') this.#requeueLater(inFlight.duplicates);
+          if (confirmed) this.#settleCopies(inFlight, 'ack');
         } finally {
           if (id) this.#inFlight.delete(id);
         }
@@ -307,9 +307,7 @@ export class AmqpAgentTransport implements AgentTransport {
     const error = cloudletError('STATE_UNWRITABLE', `host "${hostId}" could not record request ${id} in its outcome store (${cause.message}); it did not run it`, { host: hostId });
     log.error({ msgId: id, code: error.code, err: cause }, error.message);
     const { reply, encoded } = this.#ownReply(msg, id, error);
-    const sent = await this.#publishReply(channel, [...inFlight.replyTo], reply, msg, route === 'broadcast', encoded);
-    if (sent === 'sent') this.#settleCopies(inFlight, 'ack');
-    else if (sent === 'held') this.#requeueLater(inFlight.duplicates);
+    if (await this.#publishReply(channel, [...inFlight.replyTo], reply, msg, route === 'broadcast', encoded)) this.#settleCopies(inFlight, 'ack');
   }
 
   /** An error reply made here, signed and measured like the dispatcher's when the agent gave a sealer. */
@@ -364,17 +362,29 @@ export class AmqpAgentTransport implements AgentTransport {
   }
 
   /**
-   * Publishes a reply and acks its request once the broker confirmed it. Says what happened: `sent`;
-   * `unconfirmed` (the request stays unacked and is redelivered when its channel goes); `held` (its outcome
-   * could not be written, so the reply did not leave; the request goes back to its queue after a pause).
+   * Publishes a reply and acks its request once the broker confirmed it; says whether it did. On a
+   * connection that writes frame by frame, a reply whose own outcome line the file refuses is held back and
+   * tried again every HELD_REPLY_RETRY_MS, its request kept unacked, until the line is written (or the
+   * channel goes: the request then comes back by itself, to be answered from its outcome).
    */
-  async #publishReply(
+  async #publishReply(deliveredOn: ConfirmChannel, targets: string[], reply: ReplyEnvelope, msg: ConsumeMessage, withLiveHosts = false, encoded?: string): Promise<boolean> {
+    for (let attempt = 0; ; attempt++) {
+      const sent = await this.#publishReplyOnce(deliveredOn, targets, reply, msg, withLiveHosts, encoded, attempt === 0);
+      if (sent !== 'held') return sent === 'sent';
+      if (attempt === 0) this.#options.log.warn({ msgId: reply.id }, 'reply held back until its outcome line is written; trying again every second');
+      await this.#pause(HELD_REPLY_RETRY_MS);
+      if (this.#closing || deliveredOn !== this.#channel) return false;
+    }
+  }
+
+  async #publishReplyOnce(
     deliveredOn: ConfirmChannel,
     targets: string[],
     reply: ReplyEnvelope,
     msg: ConsumeMessage,
-    withLiveHosts = false,
-    encoded?: string,
+    withLiveHosts: boolean,
+    encoded: string | undefined,
+    logWriteFailure: boolean,
   ): Promise<'sent' | 'unconfirmed' | 'held'> {
     const headers = withLiveHosts ? { [HEADERS.liveHosts]: JSON.stringify(this.registry.liveHosts('broadcast')) } : undefined;
     let held = false;
@@ -384,13 +394,15 @@ export class AmqpAgentTransport implements AgentTransport {
       await this.#withChannel((channel) => {
         // The outcome lines are written right before the frames go out, with every other line due by then
         // (BrokerConnection's beforeFrameWrite; if that fails, the connection drops and brings the request
-        // back). A connection that cannot do that has them written now.
+        // back). A connection that cannot do that has them written now, and holds back only a reply whose
+        // own line is still unwritten (others, such as a STATE_UNWRITABLE refusal, may go).
         if (!this.#connection?.coalescesWrites) {
           try {
-            this.#writeOutcomes();
+            this.#writeOutcomes(logWriteFailure);
           } catch (error) {
-            held = true;
-            throw error;
+            const id = msg.properties.messageId as string | undefined;
+            held = id !== undefined && (this.#store?.hasUnwritten(id) ?? false);
+            if (held) throw error;
           }
         }
         return Promise.all(targets.map((target) => this.#publish(channel, '', target, reply, msg.properties.correlationId, true, headers, encoded)));
@@ -399,45 +411,32 @@ export class AmqpAgentTransport implements AgentTransport {
       // Else the delivery died with its channel and will come back: it is then answered from the stored outcome.
       return 'sent';
     } catch (error) {
-      if (held) {
-        // Nothing else would bring it back while the connection stays up.
-        this.#requeueLater([{ channel: deliveredOn, msg }]);
-        return 'held';
-      }
+      if (held) return 'held';
       // Not confirmed: leave the request unacked; it is redelivered and answered from the stored outcome.
       this.#options.log.warn({ msgId: reply.id, reason: (error as Error).message }, 'reply not confirmed; the request will be redelivered');
       return 'unconfirmed';
     }
   }
 
-  /**
-   * Puts deliveries back in their queue after a pause: requests whose reply was held back because their
-   * outcome could not be written. Each comes back, is answered from its outcome if the file takes it by
-   * then, and waits another pause if not; the pause keeps a full disk from becoming a busy loop.
-   */
-  #requeueLater(deliveries: readonly { channel: ConfirmChannel; msg: ConsumeMessage }[]): void {
-    if (deliveries.length === 0) return;
-    const timer = setTimeout(() => {
-      this.#requeueTimers.delete(timer);
-      for (const { channel, msg } of deliveries) {
-        // A delivery whose channel is gone (or going) comes back by itself.
-        if (channel !== this.#channel) continue;
-        try {
-          channel.nack(msg, false, true);
-        } catch {
-          // the channel closed meanwhile: the same
-        }
-      }
-    }, HELD_REPLY_RETRY_MS);
-    this.#requeueTimers.add(timer);
+  /** Waits `ms`, or less if the transport closes meanwhile. */
+  #pause(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        this.#pauses.delete(wake);
+        resolve();
+      };
+      const timer = setTimeout(wake, ms);
+      this.#pauses.add(wake);
+    });
   }
 
-  /** Writes the outcome lines not written yet; a failure is logged and thrown (the caller must not send). */
-  #writeOutcomes(): void {
+  /** Writes the outcome lines not written yet; a failure is logged (unless told not to) and thrown. */
+  #writeOutcomes(logFailure = true): void {
     try {
       this.#store?.flush();
     } catch (error) {
-      this.#options.log.error({ err: error }, 'cannot write the outcome file: replies are held back and their requests will be redelivered');
+      if (logFailure) this.#options.log.error({ err: error }, 'cannot write the outcome file: replies are held back until it can');
       throw error;
     }
   }
@@ -497,9 +496,9 @@ export class AmqpAgentTransport implements AgentTransport {
 
   async close(): Promise<void> {
     clearInterval(this.#heartbeatTimer);
-    // Their requests are unacked: closing the channel puts them back in their queues.
-    for (const timer of this.#requeueTimers) clearTimeout(timer);
-    this.#requeueTimers.clear();
+    // Held replies stop trying: their requests are unacked, and closing the channel puts them back.
+    this.#closing = true;
+    for (const wake of [...this.#pauses]) wake();
     // The connection first: its last write passes still flush outcome lines into an open file.
     await this.#connection?.close();
     try {

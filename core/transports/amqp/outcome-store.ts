@@ -156,6 +156,12 @@ export class OutcomeStore {
     }
   }
 
+  /** Whether a line of this id is recorded but not yet in the file (a reply must not leave before it is). */
+  hasUnwritten(id: string): boolean {
+    const prefix = `{"id":${JSON.stringify(id)},`;
+    return this.#pending.some((line) => line.startsWith(prefix));
+  }
+
   /**
    * A start that will not run after all (its line could not be written, so the request was refused): it
    * no longer counts as an attempt. Its line is dropped if still unwritten, else an abandoned line follows.
