@@ -66,15 +66,25 @@ export class RawRpcClient {
 
   /**
    * Publishes `body` once to a fanout `exchange` and resolves when `expected` replies have come back: the
-   * least a broadcast-and-gather does (no registry of live hosts, no deadline, no decoding of the replies).
+   * least a broadcast-and-gather does (no registry of live hosts, no decoding of the replies). Rejects after
+   * `timeoutMs` (as the agents' gather has a deadline), so a lost reply fails the benchmark instead of
+   * hanging it.
    */
-  gather(exchange: string, body: Uint8Array, expected: number): Promise<void> {
+  gather(exchange: string, body: Uint8Array, expected: number, timeoutMs = 20_000): Promise<void> {
     const channel = this.#channel;
     if (!channel) throw new Error('RawRpcClient: open() first');
     if (this.#guaranteed) throw new Error('RawRpcClient: gather is measured without the guarantees (the floor)');
     const id = String(this.#nextId++);
     return new Promise<void>((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject, remaining: expected });
+      const timer = setTimeout(() => {
+        const missing = this.#pending.get(id)?.remaining ?? 0;
+        this.#failCall(id, new Error(`gather on ${exchange}: ${expected - missing} of ${expected} replies within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      this.#pending.set(id, { resolve: done, reject, remaining: expected });
       channel.publish(exchange, '', Buffer.from(body), { correlationId: id, replyTo: REPLY_TO, contentType: 'application/json' });
     });
   }
