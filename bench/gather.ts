@@ -6,14 +6,13 @@
 import { Buffer } from 'node:buffer';
 import { fileURLToPath } from 'node:url';
 import { encodeEnvelope, makeRequest } from '../core/envelope.ts';
-import { benchCloud, pluginEntry } from './lib/cloud.ts';
+import { benchCloud, BROKER_URL, pluginEntry, type BenchCloud } from './lib/cloud.ts';
 import type { BenchContext, Benchmark } from './lib/context.ts';
 import { deleteBrokerObjects } from './lib/broker-objects.ts';
 import { findListeningPid, spawnScript, type BenchProcess } from './lib/processes.ts';
 import { RawRpcClient } from './lib/raw-rpc.ts';
 import { ratio, target, type Row } from './lib/report.ts';
 import { median, summarize } from './lib/stats.ts';
-import { BROKER_URL } from './lib/cloud.ts';
 import { procCpuMs } from './lib/processes.ts';
 
 const MiB = 1024 * 1024;
@@ -51,7 +50,7 @@ export const gatherBenchmark: Benchmark = {
       const startupMs = performance.now() - startedAt;
       const waitUntil = Date.now() + 20_000;
       while (client.registry.liveHosts('broadcast').length < count) {
-        if (Date.now() > waitUntil) throw new Error(`the client sees ${client.registry.liveHosts('broadcast').length} of ${count} hosts`);
+        if (Date.now() > waitUntil) throw new Error(`the client sees ${client.registry.liveHosts('broadcast').length} of ${count} hosts\n${describeHosts(client, agents)}`);
         await client.hosts(200);
       }
 
@@ -224,4 +223,18 @@ async function measureRawFloor(ctx: BenchContext, options: { hostCounts: readonl
   }
   await Promise.all(servers.map((server) => server.stop()));
   return { rows, ratioAt10 };
+}
+
+/**
+ * What the client knows of each host and how each agent process is doing, for the error when the client
+ * does not see them all: enough to tell a silent client from dead agents from missing routes.
+ */
+function describeHosts(client: ReturnType<BenchCloud['client']>, agents: readonly BenchProcess[]): string {
+  const known = client.registry.entries().map((e) => `${e.host}: ${e.state}, heard ${e.agoMs} ms ago, routes [${e.routes.join(', ')}]`);
+  const processes = agents.map((agent) => {
+    const { exitCode, signalCode } = agent.child;
+    const state = exitCode === null && signalCode === null ? 'running' : `exited (${exitCode ?? signalCode})`;
+    return `pid ${agent.pid}: ${state}; last output: ${agent.output().slice(-600).replace(/\s+/g, ' ')}`;
+  });
+  return [`client registry (${known.length}):`, ...known, 'agent processes:', ...processes].join('\n');
 }
