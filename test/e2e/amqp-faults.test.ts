@@ -273,6 +273,60 @@ test('outcome store unwritable — a request is answered STATE_UNWRITABLE (retry
   assert.equal(ran.ok, true, JSON.stringify(ran.error));
 });
 
+/** Sends one request after another (each waiting `eachMs`) until one is answered or `ms` have passed. */
+async function requestUntilAnswered(cloud: { url: string; prefix: string }, host: string, ms: number): Promise<ReplyEnvelope | undefined> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    const reply = await rawRequest(cloud.url, cloud.prefix, host, randomUUID(), 'test.echo', { value: 'back?' }, 1_000).catch(() => undefined);
+    if (reply) return reply;
+  }
+  return undefined;
+}
+
+test('broker objects deleted — the host queue deleted under a running agent: it declares the queue again and answers', async (t) => {
+  const cloud = await startCloud(t, [{ id: 'h1' }]);
+  assert.equal((await rawRequest(cloud.url, cloud.prefix, 'h1', randomUUID(), 'test.echo', { value: 'before' })).ok, true);
+  const admin = await amqplib.connect(cloud.url);
+  t.after(() => admin.close());
+  // The broker cancels the agent's consumer; nothing else tells the agent its queue is gone.
+  await (await admin.createChannel()).deleteQueue(amqpNames(cloud.prefix).hostQueue('h1'));
+  const reply = await requestUntilAnswered(cloud, 'h1', 15_000);
+  assert.equal(reply?.ok, true, 'the agent answers again');
+  assert.match(cloud.agents.get('h1')!.output(), /the broker cancelled the consumer/);
+});
+
+test('broker objects deleted — a channel the broker closed under a running agent (its presence exchange deleted): the agent connects again and answers', async (t) => {
+  const cloud = await startCloud(t, [{ id: 'h1' }]);
+  assert.equal((await rawRequest(cloud.url, cloud.prefix, 'h1', randomUUID(), 'test.echo', { value: 'before' })).ok, true);
+  const admin = await amqplib.connect(cloud.url);
+  t.after(() => admin.close());
+  // Its next heartbeat goes to an exchange that is gone: the broker closes the agent's channel (404).
+  await (await admin.createChannel()).deleteExchange(amqpNames(cloud.prefix).presenceExchange);
+  const agent = cloud.agents.get('h1')!;
+  await until(() => /broker channel error/.test(agent.output()), 10_000);
+  assert.match(agent.output(), /broker channel error/, 'the broker closed the channel (else this test proves nothing)');
+  const reply = await requestUntilAnswered(cloud, 'h1', 15_000);
+  assert.equal(reply?.ok, true, 'the agent answers again');
+  assert.match(agent.output(), /the broker closed the channel: connecting to the broker again/);
+});
+
+test('broker objects deleted — a channel the broker closed under a client (it subscribed after the events exchange was deleted): the client connects again and goes on', async (t) => {
+  const cloud = await startCloud(t, [{ id: 'h1' }]);
+  const client = cloud.client();
+  const echo = () => client.request(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'x' }, deadline: Date.now() + 2_000 }));
+  assert.equal((await echo()).ok, true);
+  const admin = await amqplib.connect(cloud.url);
+  t.after(() => admin.close());
+  await (await admin.createChannel()).deleteExchange(amqpNames(cloud.prefix).eventsExchange);
+  await assert.rejects(client.subscribe(() => undefined), /NOT_FOUND/, 'binding to the missing exchange closes the client channel');
+  let reply: ReplyEnvelope | undefined;
+  const deadline = Date.now() + 15_000;
+  while (!reply?.ok && Date.now() < deadline) reply = await echo().catch(() => undefined);
+  assert.equal(reply?.ok, true, 'the client sends and hears replies again');
+  const unsubscribe = await client.subscribe(() => undefined); // its setup declared the exchange again
+  await unsubscribe();
+});
+
 test('broker restart — a client subscribed to events keeps receiving them after it reconnects', async (t) => {
   const node = await startRabbitNode(t);
   const cloud = await startCloud(t, [{ id: 'h1' }], { url: node.url });

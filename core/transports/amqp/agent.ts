@@ -110,7 +110,15 @@ export class AmqpAgentTransport implements AgentTransport {
     const { hostId, config } = this.#options;
     this.registry.forgiveSilence();
     const channel = await model.createConfirmChannel();
-    channel.on('error', (error: Error) => this.#options.log.warn({ reason: error.message }, 'broker channel error'));
+    channel.on('error', (error: Error) => {
+      this.#options.log.warn({ reason: error.message }, 'broker channel error');
+      // The channel is gone with its consumers, while the connection may stay up: start again.
+      if (channel === this.#channel) this.#connection?.restart('the broker closed the channel');
+    });
+    // A consumer the broker cancelled (its queue was deleted): start again, which declares the queue anew.
+    const cancelled = (queue: string) => {
+      if (channel === this.#channel) this.#connection?.restart(`the broker cancelled the consumer of ${queue}`);
+    };
     await declareTopology(channel, names);
     await channel.prefetch(config.prefetch);
     const tags: string[] = [];
@@ -119,21 +127,21 @@ export class AmqpAgentTransport implements AgentTransport {
       const queue = names.hostQueue(hostId);
       await channel.assertQueue(queue, { durable: true, arguments: deadLetterArgs });
       await channel.bindQueue(queue, names.directExchange, hostId);
-      tags.push((await channel.consume(queue, (msg) => msg && this.#consume(channel, msg, 'direct'))).consumerTag);
+      tags.push((await channel.consume(queue, (msg) => (msg ? this.#consume(channel, msg, 'direct') : cancelled(queue)))).consumerTag);
     }
     if (this.#routes.has('any')) {
       await channel.assertQueue(names.anyQueue, { durable: true, arguments: deadLetterArgs });
-      tags.push((await channel.consume(names.anyQueue, (msg) => msg && this.#consume(channel, msg, 'any'))).consumerTag);
+      tags.push((await channel.consume(names.anyQueue, (msg) => (msg ? this.#consume(channel, msg, 'any') : cancelled(names.anyQueue)))).consumerTag);
     }
     if (this.#routes.has('broadcast')) {
       const queue = names.broadcastQueue(hostId);
       await channel.assertQueue(queue, { exclusive: true, autoDelete: true, arguments: deadLetterArgs });
       await channel.bindQueue(queue, names.broadcastExchange, '');
-      tags.push((await channel.consume(queue, (msg) => msg && this.#consume(channel, msg, 'broadcast'))).consumerTag);
+      tags.push((await channel.consume(queue, (msg) => (msg ? this.#consume(channel, msg, 'broadcast') : cancelled(queue)))).consumerTag);
     }
     const presence = await channel.assertQueue('', { exclusive: true, autoDelete: true });
     await channel.bindQueue(presence.queue, names.presenceExchange, '');
-    await channel.consume(presence.queue, (msg) => msg && this.#onPresence(msg), { noAck: true });
+    await channel.consume(presence.queue, (msg) => (msg ? this.#onPresence(msg) : cancelled(presence.queue)), { noAck: true });
     this.#channel = channel;
     this.#consumerTags = this.#accepting ? tags : [];
     if (!this.#accepting) for (const tag of tags) await channel.cancel(tag);

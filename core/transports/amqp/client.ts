@@ -97,7 +97,11 @@ export class AmqpClientTransport implements ClientTransport {
     this.#model = model;
     this.registry.forgiveSilence();
     const channel = await model.createConfirmChannel();
-    channel.on('error', () => undefined);
+    // A channel the broker closed while the connection stays up (it refused an operation: an exchange
+    // deleted, say) takes the replies and the presence feed with it: start again, as after a reconnect.
+    channel.on('error', () => {
+      if (channel === this.#channel) this.#connection?.restart('the broker closed the client channel');
+    });
     channel.on('close', () => closedChannels.add(channel));
     await declareTopology(channel, this.names);
     // Direct reply-to: consumed no-ack on the same channel the requests are published from.
@@ -111,7 +115,11 @@ export class AmqpClientTransport implements ClientTransport {
     await channel.consume(
       presence.queue,
       (msg) => {
-        if (!msg) return;
+        if (!msg) {
+          // Cancelled by the broker (the queue was deleted): no more heartbeats would come. Start again.
+          if (channel === this.#channel) this.#connection?.restart('the broker cancelled the presence consumer');
+          return;
+        }
         try {
           const heartbeat = heartbeatSchema.safeParse(JSON.parse(msg.content.toString('utf8')));
           if (heartbeat.success) {
@@ -377,8 +385,14 @@ export class AmqpClientTransport implements ClientTransport {
     await this.#ensureConnected(Date.now() + 10_000);
     this.#eventListeners.add(onEvent);
     const channel = this.#channel as ConfirmChannel;
-    // Checked before any await, so two subscribes at once share one consumer.
-    await (this.#eventsChannel === channel && this.#events ? this.#events : this.#consumeEvents(channel));
+    try {
+      // Checked before any await, so two subscribes at once share one consumer.
+      await (this.#eventsChannel === channel && this.#events ? this.#events : this.#consumeEvents(channel));
+    } catch (error) {
+      // Refused: the caller is told, and the listener must not start receiving after a reconnect.
+      this.#eventListeners.delete(onEvent);
+      throw error;
+    }
     return async () => {
       this.#eventListeners.delete(onEvent);
       if (this.#eventListeners.size > 0 || !this.#events) return;

@@ -40,6 +40,8 @@ export class BrokerConnection extends EventEmitter {
   #up = false;
   #closing = false;
   #coalescing = false;
+  /** The connection setup last ran on (amqplib's recovery makes a new one for each reconnect). */
+  #current: ChannelModel | undefined;
 
   constructor(options: BrokerConnectionOptions) {
     super();
@@ -85,6 +87,7 @@ export class BrokerConnection extends EventEmitter {
               this.#options.log.debug('amqplib internals differ from what coalesce-writes.ts expects: frames are written one by one');
             }
             await this.#options.setup(model);
+            this.#current = model;
             this.#up = true;
             this.emit('up');
           },
@@ -103,6 +106,23 @@ export class BrokerConnection extends EventEmitter {
     model.on('reconnect-failed', (error: Error) => log.error({ err: error }, 'gave up reconnecting to the broker'));
     // amqplib re-emits channel and connection errors here; they are handled by recovery, never fatal.
     model.on('error', (error: Error) => log.debug({ reason: error.message }, 'broker connection error'));
+  }
+
+  /**
+   * Drops the current connection so that recovery connects again and runs setup anew. For what the broker
+   * takes away while the connection itself stays up — a channel it closed with an error, a consumer it
+   * cancelled because its queue was deleted — which nothing else would bring back. Once per connection.
+   */
+  restart(reason: string): void {
+    const model = this.#current;
+    if (!model || !this.#up || this.#closing) return;
+    this.#current = undefined;
+    this.#options.log.warn({ reason }, `${reason}: connecting to the broker again`);
+    // Closing the connection setup ran on (not the recovering wrapper) is a disconnect to amqplib's
+    // recovery, which reconnects with its usual backoff.
+    void Promise.resolve()
+      .then(() => model.close())
+      .catch(() => undefined);
   }
 
   /** Resolves when the connection is (again) up, or rejects with BROKER_UNAVAILABLE at the deadline. */
