@@ -59,6 +59,8 @@ export class AmqpAgentTransport implements AgentTransport {
   /** Signs and measures the replies made here rather than by the dispatcher (see AgentTransport.listen). */
   #sealReply: ReplySealer | undefined;
   #heartbeatTimer: ReturnType<typeof setInterval> | undefined;
+  /** When a heartbeat (ours included) last came in on the presence feed; 0: not since the last restart. */
+  #lastHeard = 0;
   /** Replies waiting to be tried again (see #publishReply); woken at once by close(). */
   readonly #pauses = new Set<() => void>();
   #closing = false;
@@ -100,7 +102,10 @@ export class AmqpAgentTransport implements AgentTransport {
       this.registry.noteOutage();
     });
     await this.#connection.open();
-    this.#heartbeatTimer = setInterval(() => this.#publishHeartbeat(), this.#options.config.heartbeatMs);
+    this.#heartbeatTimer = setInterval(() => {
+      this.#checkSilence();
+      this.#publishHeartbeat();
+    }, this.#options.config.heartbeatMs);
     this.#heartbeatTimer.unref();
   }
 
@@ -145,8 +150,9 @@ export class AmqpAgentTransport implements AgentTransport {
     this.#channel = channel;
     this.#consumerTags = this.#accepting ? tags : [];
     if (!this.#accepting) for (const tag of tags) await channel.cancel(tag);
-    this.#publishHeartbeat();
-    this.#publishPresence({ v: 1, kind: 'probe', from: hostId });
+    // On the new channel itself: the connection does not count as up until this setup has returned.
+    this.#publishHeartbeat(false, channel);
+    this.#publishPresence({ v: 1, kind: 'probe', from: hostId }, channel);
     this.#flushEvents(channel);
   }
 
@@ -165,19 +171,33 @@ export class AmqpAgentTransport implements AgentTransport {
     };
   }
 
-  #publishHeartbeat(withView = false): void {
+  #publishHeartbeat(withView = false, channel?: ConfirmChannel): void {
     const heartbeat = this.#heartbeat(withView);
     this.registry.record(heartbeat);
-    this.#publishPresence(heartbeat);
+    this.#publishPresence(heartbeat, channel);
   }
 
-  #publishPresence(message: unknown): void {
-    if (!this.#connection?.isUp || !this.#channel) return;
+  /** On `channel` (setup's, before the connection counts as up), else on the current one if it is up. */
+  #publishPresence(message: unknown, channel = this.#connection?.isUp ? this.#channel : undefined): void {
+    if (!channel) return;
     try {
-      this.#channel.publish(this.names.presenceExchange, '', Buffer.from(JSON.stringify(message)), { contentType: 'application/json' });
+      channel.publish(this.names.presenceExchange, '', Buffer.from(JSON.stringify(message)), { contentType: 'application/json' });
     } catch {
       // the channel just closed; the next setup announces us again
     }
+  }
+
+  /**
+   * Not even our own heartbeats have come back for downAfterMs while the connection is up: our presence
+   * queue lost its binding (the exchange deleted and declared again, say), which nothing announces, and we
+   * no longer hear who is alive. Connecting again binds a new queue.
+   */
+  #checkSilence(): void {
+    if (!this.#connection?.isUp || this.#lastHeard === 0) return;
+    const silentMs = Date.now() - this.#lastHeard;
+    if (silentMs <= this.#options.config.downAfterMs) return;
+    this.#lastHeard = 0; // once per silence: the next setup's heartbeat, heard, starts the watch again
+    this.#connection.restart(`heard not even our own heartbeat for ${silentMs} ms`);
   }
 
   #onPresence(msg: ConsumeMessage): void {
@@ -189,6 +209,7 @@ export class AmqpAgentTransport implements AgentTransport {
     }
     const heartbeat = heartbeatSchema.safeParse(value);
     if (heartbeat.success) {
+      this.#lastHeard = Date.now(); // our own heartbeats come back too: silence means the feed is broken
       if (heartbeat.data.host !== this.#options.hostId) this.registry.record(heartbeat.data);
       return;
     }
