@@ -327,27 +327,6 @@ test('broker objects deleted — a channel the broker closed under a client (it 
   await unsubscribe();
 });
 
-test('broker objects deleted — the presence exchange deleted (every binding to it gone): a client that hears no host any more connects again and sees them', async (t) => {
-  const cloud = await startCloud(t, [{ id: 'h1' }]);
-  const client = cloud.client();
-  const echo = () => client.request(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'x' }, deadline: Date.now() + 2_000 }));
-  assert.equal((await echo()).ok, true);
-  const admin = await amqplib.connect(cloud.url);
-  t.after(() => admin.close());
-  // The agent notices (its next heartbeat is refused) and declares the exchange again; the client's queue
-  // lost its binding, which nothing announces.
-  await (await admin.createChannel()).deleteExchange(amqpNames(cloud.prefix).presenceExchange);
-  await until(async () => (await echo().catch((error: Error) => ({ ok: false, error }))).ok === false, 10_000);
-  assert.equal(client.registry.liveHosts().length, 0, 'the client heard h1 go silent (else this test proves nothing)');
-  let reply: ReplyEnvelope | undefined;
-  const deadline = Date.now() + 15_000;
-  while (!reply?.ok && Date.now() < deadline) {
-    reply = await echo().catch(() => undefined);
-    if (!reply?.ok) await new Promise((r) => setTimeout(r, 100));
-  }
-  assert.equal(reply?.ok, true, 'the client hears h1 again and reaches it');
-});
-
 test('broker objects deleted — the presence exchange deleted and declared again at once: an agent that stops hearing even itself connects again', async (t) => {
   const cloud = await startCloud(t, [{ id: 'h1' }]);
   const admin = await amqplib.connect(cloud.url);
@@ -363,7 +342,7 @@ test('broker objects deleted — the presence exchange deleted and declared agai
   await channel.assertExchange(exchange, 'fanout', { durable: true });
   const agent = cloud.agents.get('h1')!;
   await until(() => /connecting to the broker again/.test(agent.output()), 10_000);
-  assert.match(agent.output(), /(heard not even our own heartbeat for \d+ ms|the broker closed the channel): connecting to the broker again/);
+  assert.match(agent.output(), /(our own heartbeats stopped coming back \(not heard for \d+ ms\)|the broker closed the channel): connecting to the broker again/);
   // After the restart it hears itself again (a new queue, bound): no further silence restarts follow.
   await new Promise((resolve) => setTimeout(resolve, 3_000));
   assert.equal(agent.output().match(/connecting to the broker again/g)?.length, 1, 'one restart, then its feed works');

@@ -32,6 +32,7 @@ export interface AmqpAgentTransportOptions {
 
 /** How long a finished request waits for the broker to come back before its reply is given up on. */
 const REPLY_RECONNECT_WAIT_MS = 60_000;
+const SILENCE_REASON = 'our own heartbeats stopped coming back';
 /** How often a reply held back by an outcome line the file refused is tried again (frame-by-frame writes only). */
 const HELD_REPLY_RETRY_MS = 1_000;
 /** Events kept while the broker is unreachable; the oldest go first. */
@@ -59,8 +60,9 @@ export class AmqpAgentTransport implements AgentTransport {
   /** Signs and measures the replies made here rather than by the dispatcher (see AgentTransport.listen). */
   #sealReply: ReplySealer | undefined;
   #heartbeatTimer: ReturnType<typeof setInterval> | undefined;
-  /** When a heartbeat (ours included) last came in on the presence feed; 0: not since the last restart. */
-  #lastHeard = 0;
+  /** Our own heartbeats sent since one last came back to us, and when that was (see #checkSilence). */
+  #unansweredOwn = 0;
+  #lastHeardOwn = 0;
   /** Replies waiting to be tried again (see #publishReply); woken at once by close(). */
   readonly #pauses = new Set<() => void>();
   #closing = false;
@@ -150,9 +152,13 @@ export class AmqpAgentTransport implements AgentTransport {
     this.#channel = channel;
     this.#consumerTags = this.#accepting ? tags : [];
     if (!this.#accepting) for (const tag of tags) await channel.cancel(tag);
-    // On the new channel itself: the connection does not count as up until this setup has returned.
+    // Announce ourselves at once, on the new channel itself (the connection does not count as up until this
+    // setup has returned). No probe: the others' heartbeats tell us who is alive within heartbeatMs, and a
+    // probe from every host reconnecting after a broker restart would have every host answer every one of
+    // them with its whole view.
+    this.#unansweredOwn = 0;
+    this.#lastHeardOwn = Date.now();
     this.#publishHeartbeat(false, channel);
-    this.#publishPresence({ v: 1, kind: 'probe', from: hostId }, channel);
     this.#flushEvents(channel);
   }
 
@@ -174,30 +180,39 @@ export class AmqpAgentTransport implements AgentTransport {
   #publishHeartbeat(withView = false, channel?: ConfirmChannel): void {
     const heartbeat = this.#heartbeat(withView);
     this.registry.record(heartbeat);
-    this.#publishPresence(heartbeat, channel);
+    if (this.#publishPresence(heartbeat, channel)) this.#unansweredOwn++;
   }
 
-  /** On `channel` (setup's, before the connection counts as up), else on the current one if it is up. */
-  #publishPresence(message: unknown, channel = this.#connection?.isUp ? this.#channel : undefined): void {
-    if (!channel) return;
+  /**
+   * On `channel` (setup's, before the connection counts as up), else on the current one if it is up.
+   * Says whether it went out.
+   */
+  #publishPresence(message: unknown, channel = this.#connection?.isUp ? this.#channel : undefined): boolean {
+    if (!channel) return false;
     try {
       channel.publish(this.names.presenceExchange, '', Buffer.from(JSON.stringify(message)), { contentType: 'application/json' });
+      return true;
     } catch {
       // the channel just closed; the next setup announces us again
+      return false;
     }
   }
 
   /**
-   * Not even our own heartbeats have come back for downAfterMs while the connection is up: our presence
-   * queue lost its binding (the exchange deleted and declared again, say), which nothing announces, and we
-   * no longer hear who is alive. Connecting again binds a new queue.
+   * Our own heartbeats stopped coming back while the connection is up: our presence queue lost its binding
+   * (the exchange deleted and declared again, say), which nothing announces, and we no longer hear who is
+   * alive. Connecting again binds a new queue. Three unanswered in a row, and longer than a host may be
+   * silent, so that neither an event-loop stall (which delays our sending too) nor a slow heartbeat
+   * interval set against a short downAfterMs is taken for it.
    */
   #checkSilence(): void {
-    if (!this.#connection?.isUp || this.#lastHeard === 0) return;
-    const silentMs = Date.now() - this.#lastHeard;
-    if (silentMs <= this.#options.config.downAfterMs) return;
-    this.#lastHeard = 0; // once per silence: the next setup's heartbeat, heard, starts the watch again
-    this.#connection.restart(`heard not even our own heartbeat for ${silentMs} ms`);
+    if (!this.#connection?.isUp || this.#unansweredOwn < 3) return;
+    const { downAfterMs, heartbeatMs } = this.#options.config;
+    const silentMs = Date.now() - this.#lastHeardOwn;
+    if (silentMs <= Math.max(downAfterMs, 3 * heartbeatMs)) return;
+    this.#unansweredOwn = 0;
+    this.#lastHeardOwn = Date.now();
+    this.#connection.restart(`${SILENCE_REASON} (not heard for ${silentMs} ms)`);
   }
 
   #onPresence(msg: ConsumeMessage): void {
@@ -209,12 +224,15 @@ export class AmqpAgentTransport implements AgentTransport {
     }
     const heartbeat = heartbeatSchema.safeParse(value);
     if (heartbeat.success) {
-      this.#lastHeard = Date.now(); // our own heartbeats come back too: silence means the feed is broken
-      if (heartbeat.data.host !== this.#options.hostId) this.registry.record(heartbeat.data);
+      if (heartbeat.data.host === this.#options.hostId) {
+        this.#unansweredOwn = 0;
+        this.#lastHeardOwn = Date.now();
+      } else this.registry.record(heartbeat.data);
       return;
     }
-    // A probe (from a new client or a host that just started): answer at once, with what we know.
-    if (probeSchema.safeParse(value).success) this.#publishHeartbeat(true);
+    // A probe (from a new client): answer at once, with what we know.
+    const probe = probeSchema.safeParse(value);
+    if (probe.success && probe.data.from !== this.#options.hostId) this.#publishHeartbeat(true);
   }
 
   /**

@@ -65,10 +65,6 @@ export class AmqpClientTransport implements ClientTransport {
   #presenceHeard: Promise<void> | undefined;
   /** Some host has answered our probe: requests no longer wait for the registry (not even a timer's worth). */
   #presenceKnown = false;
-  /** When a heartbeat last reached us (0: never), and whether the silence since has been acted on. */
-  #lastHeard = 0;
-  #silenceHandled = false;
-  #silenceWatch: ReturnType<typeof setInterval> | undefined;
 
   constructor(options: AmqpClientOptions) {
     this.#options = options;
@@ -90,8 +86,6 @@ export class AmqpClientTransport implements ClientTransport {
         this.registry.noteOutage();
       });
       await this.#connection.open();
-      this.#silenceWatch = setInterval(() => this.#checkSilence(), Math.max(100, this.#options.config.downAfterMs / 2));
-      this.#silenceWatch.unref();
     })().catch((error: unknown) => {
       this.#opening = undefined;
       throw error;
@@ -129,8 +123,6 @@ export class AmqpClientTransport implements ClientTransport {
         try {
           const heartbeat = heartbeatSchema.safeParse(JSON.parse(msg.content.toString('utf8')));
           if (heartbeat.success) {
-            this.#lastHeard = Date.now();
-            this.#silenceHandled = false;
             this.registry.record(heartbeat.data);
             if (heartbeat.data.view) {
               this.#presenceKnown = true;
@@ -150,19 +142,6 @@ export class AmqpClientTransport implements ClientTransport {
     // After a reconnect: everything not yet answered goes out again, same id (hosts deduplicate). Gathers
     // too: hosts that already answered are ignored by the client.
     for (const pending of this.#pending.values()) this.#publish(pending);
-  }
-
-  /**
-   * Every host silent at once while our connection is up: more likely our presence feed broke (its
-   * binding went with a deleted exchange, which nothing announces) than every host died. Connecting again
-   * binds a new queue and probes. Once per silence, so an empty cloud does not make us reconnect on end.
-   */
-  #checkSilence(): void {
-    if (this.#lastHeard === 0 || this.#silenceHandled || !this.#connection?.isUp) return;
-    const silentMs = Date.now() - this.#lastHeard;
-    if (silentMs <= this.#options.config.downAfterMs) return;
-    this.#silenceHandled = true;
-    this.#connection.restart(`heard no host for ${silentMs} ms`);
   }
 
   /** Waits (briefly) until some host answered our probe, so the registry knows who is alive. */
@@ -434,7 +413,11 @@ export class AmqpClientTransport implements ClientTransport {
       const { consumerTag } = await channel.consume(
         queue,
         (msg) => {
-          if (!msg) return;
+          if (!msg) {
+            // Cancelled by the broker (the queue was deleted): start again, which subscribes anew.
+            if (channel === this.#channel) this.#connection?.restart('the broker cancelled the events consumer');
+            return;
+          }
           const decoded = decodeEnvelope(msg.content, 'event', this.#options.maxMessageBytes);
           if (decoded.ok) for (const listener of this.#eventListeners) listener(decoded.envelope);
         },
@@ -446,7 +429,6 @@ export class AmqpClientTransport implements ClientTransport {
   }
 
   async close(): Promise<void> {
-    clearInterval(this.#silenceWatch);
     for (const pending of this.#pending.values()) pending.fail(cloudletError('CANCELLED', 'the client closed'));
     await this.#connection?.close();
   }

@@ -34,6 +34,11 @@ export interface BrokerConnectionOptions {
   coalesceWrites?: boolean;
 }
 
+/** restart(): the first pause before dropping the connection, doubled for each restart in a row. */
+const RESTART_FIRST_PAUSE_MS = 100;
+/** A connection up this long without a restart counts as healthy: the next restart pauses briefly again. */
+const RESTART_FORGIVEN_AFTER_MS = 30_000;
+
 export class BrokerConnection extends EventEmitter {
   readonly #options: BrokerConnectionOptions;
   #model: RecoveringChannelModel | undefined;
@@ -42,6 +47,10 @@ export class BrokerConnection extends EventEmitter {
   #coalescing = false;
   /** The connection setup last ran on (amqplib's recovery makes a new one for each reconnect). */
   #current: ChannelModel | undefined;
+  /** Restarts in a row (see restart()); when the last connection came up. */
+  #restarts = 0;
+  #upSince = 0;
+  #restartTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(options: BrokerConnectionOptions) {
     super();
@@ -88,6 +97,7 @@ export class BrokerConnection extends EventEmitter {
             }
             await this.#options.setup(model);
             this.#current = model;
+            this.#upSince = Date.now();
             this.#up = true;
             this.emit('up');
           },
@@ -117,12 +127,21 @@ export class BrokerConnection extends EventEmitter {
     const model = this.#current;
     if (!model || !this.#up || this.#closing) return;
     this.#current = undefined;
-    this.#options.log.warn({ reason }, `${reason}: connecting to the broker again`);
+    // amqplib's recovery starts its backoff afresh after every successful connect, so a cause that comes
+    // back right after setup would make it reconnect ten times a second. The pause grows here instead,
+    // and starts again only after a connection that stayed up for a while.
+    if (Date.now() - this.#upSince > RESTART_FORGIVEN_AFTER_MS) this.#restarts = 0;
+    const pauseMs = Math.min(RESTART_FIRST_PAUSE_MS * 2 ** this.#restarts, this.#options.maxReconnectDelayMs ?? 2_000);
+    this.#restarts++;
+    this.#options.log.warn({ reason, pauseMs }, `${reason}: connecting to the broker again`);
     // Closing the connection setup ran on (not the recovering wrapper) is a disconnect to amqplib's
-    // recovery, which reconnects with its usual backoff.
-    void Promise.resolve()
-      .then(() => model.close())
-      .catch(() => undefined);
+    // recovery, which then reconnects.
+    this.#restartTimer = setTimeout(() => {
+      this.#restartTimer = undefined;
+      void Promise.resolve()
+        .then(() => model.close())
+        .catch(() => undefined);
+    }, pauseMs);
   }
 
   /** Resolves when the connection is (again) up, or rejects with BROKER_UNAVAILABLE at the deadline. */
@@ -143,6 +162,7 @@ export class BrokerConnection extends EventEmitter {
 
   async close(): Promise<void> {
     this.#closing = true;
+    clearTimeout(this.#restartTimer);
     this.#up = false;
     await this.#model?.close().catch(() => undefined);
   }

@@ -1,0 +1,42 @@
+/**
+ * BrokerConnection.restart against a real broker: the connection is dropped and set up again, and restarts
+ * in a row pause longer each time (amqplib's recovery starts its own backoff afresh after every connect, so
+ * a cause that comes back right after setup would otherwise reconnect ten times a second).
+ */
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import test from 'node:test';
+import { createLogger, memoryDestination } from '../../core/logger.ts';
+import { BrokerConnection } from '../../core/transports/amqp/connection.ts';
+import { SHARED_BROKER } from '../support/cloud.ts';
+
+test('amqp — restart() sets the connection up again, pausing 100, 200, 400, … ms (up to the reconnect cap) for restarts in a row', { timeout: 60_000 }, async (t) => {
+  const memory = memoryDestination();
+  let setups = 0;
+  const connection = new BrokerConnection({
+    url: SHARED_BROKER,
+    log: createLogger({ level: 'warn', format: 'json', destination: memory.stream }),
+    maxReconnectDelayMs: 500,
+    setup: async (model) => {
+      setups++;
+      await model.createChannel();
+    },
+  });
+  t.after(() => connection.close());
+  await connection.open();
+  assert.equal(setups, 1);
+  for (let i = 0; i < 4; i++) {
+    const up = once(connection, 'up');
+    connection.restart(`test restart ${i + 1}`);
+    connection.restart('a second call for the same connection does nothing');
+    await up;
+  }
+  assert.equal(setups, 5, 'each restart ran setup again');
+  assert.equal(connection.isUp, true);
+  const pauses = memory
+    .lines()
+    .map((line) => line as { reason?: string; pauseMs?: number })
+    .filter((line) => line.reason?.startsWith('test restart'))
+    .map((line) => line.pauseMs);
+  assert.deepEqual(pauses, [100, 200, 400, 500], 'doubling, capped at maxReconnectDelayMs');
+});
