@@ -318,12 +318,20 @@ test('broker objects deleted — a channel the broker closed under a client (it 
   const admin = await amqplib.connect(cloud.url);
   t.after(() => admin.close());
   await (await admin.createChannel()).deleteExchange(amqpNames(cloud.prefix).eventsExchange);
-  await assert.rejects(client.subscribe(() => undefined), /NOT_FOUND/, 'binding to the missing exchange closes the client channel');
+  const refusedGot: string[] = [];
+  await assert.rejects(client.subscribe((event) => refusedGot.push(event.type)), /NOT_FOUND/, 'binding to the missing exchange closes the client channel');
   let reply: ReplyEnvelope | undefined;
   const deadline = Date.now() + 15_000;
   while (!reply?.ok && Date.now() < deadline) reply = await echo().catch(() => undefined);
   assert.equal(reply?.ok, true, 'the client sends and hears replies again');
-  const unsubscribe = await client.subscribe(() => undefined); // its setup declared the exchange again
+  const got: string[] = [];
+  const unsubscribe = await client.subscribe((event) => got.push(event.type)); // setup declared the exchange again
+  const publisher = await admin.createConfirmChannel();
+  publisher.publish(amqpNames(cloud.prefix).eventsExchange, 'test.after', Buffer.from(JSON.stringify(makeEvent('test.after', 'h1', {}))), { contentType: 'application/json' });
+  await publisher.waitForConfirms();
+  await until(() => got.length > 0, 10_000);
+  assert.deepEqual(got, ['test.after'], 'a new subscription receives events');
+  assert.deepEqual(refusedGot, [], 'the refused one never does');
   await unsubscribe();
 });
 
