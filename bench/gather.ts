@@ -9,11 +9,10 @@ import { encodeEnvelope, makeRequest } from '../core/envelope.ts';
 import { benchCloud, BROKER_URL, pluginEntry, type BenchCloud } from './lib/cloud.ts';
 import type { BenchContext, Benchmark } from './lib/context.ts';
 import { deleteBrokerObjects } from './lib/broker-objects.ts';
-import { findListeningPid, spawnScript, type BenchProcess } from './lib/processes.ts';
+import { findListeningPid, procCpuMs, spawnScript, type BenchProcess } from './lib/processes.ts';
 import { RawRpcClient } from './lib/raw-rpc.ts';
 import { ratio, target, type Row } from './lib/report.ts';
 import { median, summarize } from './lib/stats.ts';
-import { procCpuMs } from './lib/processes.ts';
 
 const MiB = 1024 * 1024;
 const rawEchoServer = fileURLToPath(new URL('./servers/raw-echo-server.ts', import.meta.url));
@@ -194,6 +193,7 @@ async function measureRawFloor(ctx: BenchContext, options: { hostCounts: readonl
   const servers: BenchProcess[] = [];
   const client = new RawRpcClient();
   scope.after(() => client.close());
+  await client.open(BROKER_URL);
   const body = Buffer.from(encodeEnvelope(makeRequest({ type: 'host-info', payload: {} })));
   const rows: Row[] = [];
   let ratioAt10: number | undefined;
@@ -207,7 +207,6 @@ async function measureRawFloor(ctx: BenchContext, options: { hostCounts: readonl
       servers.push(...started);
     }
     const startupMs = performance.now() - startedAt;
-    if (servers.length === count && count === options.hostCounts[0]) await client.open(BROKER_URL);
     const firstQueue = queues[0] as string;
     const row = await measureRound(ctx, {
       processes: servers,

@@ -144,3 +144,9 @@ export async function writeConfig(dir: string, name: string, yaml: string): Prom
   await writeFile(file, yaml, { mode: 0o600 });
   return file;
 }
+
+/** Polls `done` every 50 ms until it holds or `ms` have passed; the caller asserts afterwards. */
+export async function until(done: () => boolean | Promise<boolean>, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await done()) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+}

@@ -19,6 +19,7 @@ import { makeReply, makeRequest, type ReplyEnvelope, type RequestEnvelope } from
 import { createLogger } from '../../core/logger.ts';
 import { AmqpAgentTransport } from '../../core/transports/amqp/agent.ts';
 import { amqpNames } from '../../core/transports/amqp/names.ts';
+import { until } from '../helpers.ts';
 import { deletePrefix, SHARED_BROKER } from '../support/cloud.ts';
 
 test('amqp agent, frame-by-frame writes — a reply the full disk held back is sent once the disk has room; the handler ran once; other replies are not held', { timeout: 60_000 }, async (t) => {
@@ -119,8 +120,3 @@ test('amqp agent, frame-by-frame writes — a reply the full disk held back is s
   await transport.close();
   assert.equal((await channel.checkQueue(amqpNames(prefix).hostQueue('h1'))).messageCount, 0, 'nothing left unacked');
 });
-
-async function until(done: () => boolean | Promise<boolean>, ms: number): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await done()) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
-}

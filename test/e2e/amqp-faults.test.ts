@@ -6,6 +6,7 @@ import test from 'node:test';
 import amqplib from 'amqplib';
 import { makeEvent, makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
 import { amqpNames } from '../../core/transports/amqp/names.ts';
+import { until } from '../helpers.ts';
 import { queueDepth, startCloud } from '../support/cloud.ts';
 import { startRabbitNode } from '../support/rabbit-node.ts';
 
@@ -55,12 +56,6 @@ async function replyQueue(channel: amqplib.Channel, onReply: (reply: ReplyEnvelo
     { noAck: true },
   );
   return queue;
-}
-
-/** Polls `done` every 50 ms until it holds or `ms` have passed (the caller asserts afterwards). */
-async function until(done: () => boolean | Promise<boolean>, ms: number): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await done()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
 }
 
 function handledCount(output: string, id: string): number {
@@ -273,7 +268,7 @@ test('outcome store unwritable — a request is answered STATE_UNWRITABLE (retry
   assert.equal(ran.ok, true, JSON.stringify(ran.error));
 });
 
-/** Sends one request after another (each waiting `eachMs`) until one is answered or `ms` have passed. */
+/** Sends one request after another (each waiting up to 1 s) until one is answered or `ms` have passed. */
 async function requestUntilAnswered(cloud: { url: string; prefix: string }, host: string, ms: number): Promise<ReplyEnvelope | undefined> {
   const deadline = Date.now() + ms;
   while (Date.now() < deadline) {

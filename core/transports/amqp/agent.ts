@@ -32,7 +32,6 @@ export interface AmqpAgentTransportOptions {
 
 /** How long a finished request waits for the broker to come back before its reply is given up on. */
 const REPLY_RECONNECT_WAIT_MS = 60_000;
-const SILENCE_REASON = 'our own heartbeats stopped coming back';
 /** How often a reply held back by an outcome line the file refused is tried again (frame-by-frame writes only). */
 const HELD_REPLY_RETRY_MS = 1_000;
 /** Events kept while the broker is unreachable; the oldest go first. */
@@ -212,7 +211,7 @@ export class AmqpAgentTransport implements AgentTransport {
     if (silentMs <= Math.max(downAfterMs, 3 * heartbeatMs)) return;
     this.#unansweredOwn = 0;
     this.#lastHeardOwn = Date.now();
-    this.#connection.restart(`${SILENCE_REASON} (not heard for ${silentMs} ms)`);
+    this.#connection.restart(`our own heartbeats stopped coming back (not heard for ${silentMs} ms)`);
   }
 
   #onPresence(msg: ConsumeMessage): void {

@@ -31,6 +31,9 @@ interface Entry {
   reply?: ReplyEnvelope;
 }
 
+/** How every line of an id begins: records are serialised with `id` first (see Record_). */
+const linePrefix = (id: string) => `{"id":${JSON.stringify(id)},`;
+
 export class OutcomeStore {
   readonly #file: string;
   readonly #maxEntries: number;
@@ -115,7 +118,7 @@ export class OutcomeStore {
    */
   recordDone(id: string, reply: ReplyEnvelope, encoded?: string): void {
     const record: Record_ = { id, t: 'done', at: Date.now(), reply };
-    this.#append(record, encoded === undefined ? undefined : `{"id":${JSON.stringify(id)},"t":"done","at":${record.at},"reply":${encoded}}`);
+    this.#append(record, encoded === undefined ? undefined : `${linePrefix(id)}"t":"done","at":${record.at},"reply":${encoded}}`);
   }
 
   /**
@@ -158,7 +161,7 @@ export class OutcomeStore {
 
   /** Whether a line of this id is recorded but not yet in the file (a reply must not leave before it is). */
   hasUnwritten(id: string): boolean {
-    const prefix = `{"id":${JSON.stringify(id)},`;
+    const prefix = linePrefix(id);
     return this.#pending.some((line) => line.startsWith(prefix));
   }
 
@@ -167,7 +170,7 @@ export class OutcomeStore {
    * no longer counts as an attempt. Its line is dropped if still unwritten, else an abandoned line follows.
    */
   cancelStart(id: string): void {
-    const prefix = `{"id":${JSON.stringify(id)},"t":"start",`;
+    const prefix = `${linePrefix(id)}"t":"start",`;
     const index = this.#pending.findLastIndex((line) => line.startsWith(prefix));
     if (index === -1) {
       this.#append({ id, t: 'abandoned', at: Date.now() });
