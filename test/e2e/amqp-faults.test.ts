@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { symlinkSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import test from 'node:test';
+import test, { type TestContext } from 'node:test';
 import amqplib from 'amqplib';
 import { makeEvent, makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
 import { amqpNames } from '../../core/transports/amqp/names.ts';
@@ -15,6 +15,8 @@ async function rawRequest(url: string, prefix: string, host: string, id: string,
   const connection = await amqplib.connect(url);
   try {
     const channel = await connection.createChannel();
+    // A publish to an exchange that is gone closes the channel (404): then the reply just never comes.
+    channel.on('error', () => undefined);
     const { queue } = await channel.assertQueue('', { exclusive: true });
     const reply = new Promise<ReplyEnvelope>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`no reply to ${id} within ${waitMs} ms`)), waitMs);
@@ -330,8 +332,79 @@ test('broker objects deleted — a channel the broker closed under a client (it 
   await unsubscribe();
 });
 
-test('broker objects deleted — the presence exchange deleted and declared again at once: an agent that stops hearing even itself connects again', async (t) => {
+/** Deletes `exchange` and declares it again at once, as an import of broker definitions might: every binding to it is gone. */
+async function redeclareExchange(t: TestContext, url: string, exchange: string, type: 'direct' | 'fanout' | 'topic'): Promise<void> {
+  const admin = await amqplib.connect(url);
+  t.after(() => admin.close());
+  const channel = await admin.createChannel();
+  await channel.deleteExchange(exchange);
+  await channel.assertExchange(exchange, type, { durable: true });
+}
+
+test('broker objects deleted — the direct exchange deleted and declared again: the agent binds its queue again and direct requests reach it', async (t) => {
   const cloud = await startCloud(t, [{ id: 'h1' }]);
+  assert.equal((await rawRequest(cloud.url, cloud.prefix, 'h1', randomUUID(), 'test.echo', { value: 'before' })).ok, true);
+  // The agent never publishes to this exchange, so nothing tells it that its queue's binding went with it.
+  await redeclareExchange(t, cloud.url, amqpNames(cloud.prefix).directExchange, 'direct');
+  const reply = await requestUntilAnswered(cloud, 'h1', 15_000);
+  assert.equal(reply?.ok, true, 'a direct request reaches the agent again');
+  assert.doesNotMatch(cloud.agents.get('h1')!.output(), /connecting to the broker again/, 'bound again on the same connection');
+});
+
+test('broker objects deleted — the direct exchange deleted: the agent, binding again, finds it gone, connects again and declares it', async (t) => {
+  const cloud = await startCloud(t, [{ id: 'h1' }]);
+  assert.equal((await rawRequest(cloud.url, cloud.prefix, 'h1', randomUUID(), 'test.echo', { value: 'before' })).ok, true);
+  const admin = await amqplib.connect(cloud.url);
+  t.after(() => admin.close());
+  await (await admin.createChannel()).deleteExchange(amqpNames(cloud.prefix).directExchange);
+  const agent = cloud.agents.get('h1')!;
+  // Until then a request published to it closes the publisher's channel (404): rawRequest fails and retries.
+  const reply = await requestUntilAnswered(cloud, 'h1', 15_000);
+  assert.equal(reply?.ok, true, 'a direct request reaches the agent again');
+  assert.match(agent.output(), /the broker closed the channel: connecting to the broker again/);
+});
+
+test('broker objects deleted — the presence exchange deleted and declared again: a client hears the hosts again', async (t) => {
+  const cloud = await startCloud(t, [{ id: 'h1' }]);
+  const client = cloud.client();
+  const echo = () => client.request(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'x' }, deadline: Date.now() + 2_000 }));
+  assert.equal((await echo()).ok, true);
+  await redeclareExchange(t, cloud.url, amqpNames(cloud.prefix).presenceExchange, 'fanout');
+  // Unbound, the client would hear no heartbeat again and take h1 for down (HOST_DOWN) from then on.
+  await new Promise((resolve) => setTimeout(resolve, 2_000));
+  let reply: ReplyEnvelope | undefined;
+  const deadline = Date.now() + 15_000;
+  while (!reply?.ok && Date.now() < deadline) {
+    reply = await echo().catch(() => undefined);
+    if (!reply?.ok) await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  assert.equal(reply?.ok, true, `the client sees h1 alive and reaches it again (last: ${reply?.error?.code})`);
+  assert.equal(client.registry.entries().find((entry) => entry.host === 'h1')?.state, 'up');
+});
+
+test('broker objects deleted — the events exchange deleted and declared again: a subscribed client receives events again', async (t) => {
+  const cloud = await startCloud(t, [{ id: 'h1' }]);
+  const client = cloud.client();
+  const got: string[] = [];
+  const unsubscribe = await client.subscribe((event) => got.push(event.type));
+  const exchange = amqpNames(cloud.prefix).eventsExchange;
+  await redeclareExchange(t, cloud.url, exchange, 'topic');
+  const admin = await amqplib.connect(cloud.url);
+  t.after(() => admin.close());
+  const publisher = await admin.createConfirmChannel();
+  const deadline = Date.now() + 15_000;
+  while (got.length === 0 && Date.now() < deadline) {
+    publisher.publish(exchange, 'test.after', Buffer.from(JSON.stringify(makeEvent('test.after', 'h1', {}))), { contentType: 'application/json' });
+    await publisher.waitForConfirms();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  assert.equal(got[0], 'test.after', 'events reach the subscriber again');
+  await unsubscribe();
+});
+
+test('broker objects deleted — the presence exchange deleted and declared again at once: an agent that stops hearing even itself connects again', async (t) => {
+  // Bindings made again only every minute: this checks the second line of defence, the silence watch.
+  const cloud = await startCloud(t, [{ id: 'h1' }], { transportExtra: '  bindingRefreshMs: 60000\n' });
   const admin = await amqplib.connect(cloud.url);
   t.after(() => admin.close());
   const channel = await admin.createChannel();

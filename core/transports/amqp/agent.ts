@@ -13,6 +13,7 @@ import { cloudletError, type CloudletError } from '../../errors.ts';
 import { encodeEnvelope, makeProgress, makeReply, type EventEnvelope, type ProgressEnvelope, type ReplyEnvelope, type RequestEnvelope } from '../../envelope.ts';
 import type { Logger } from '../../logger.ts';
 import type { AgentTransport, DeliveryListener, ReplySealer } from '../transport.ts';
+import { BindingKeeper, bindingRefreshMs } from './bindings.ts';
 import { BrokerConnection } from './connection.ts';
 import { HEADERS, amqpNames, type AmqpNames } from './names.ts';
 import { HostRegistry, heartbeatSchema, probeSchema, type Heartbeat, type InboundRoute } from './host-registry.ts';
@@ -59,6 +60,7 @@ export class AmqpAgentTransport implements AgentTransport {
   /** Signs and measures the replies made here rather than by the dispatcher (see AgentTransport.listen). */
   #sealReply: ReplySealer | undefined;
   #heartbeatTimer: ReturnType<typeof setInterval> | undefined;
+  #bindings: BindingKeeper | undefined;
   /** Our own heartbeats sent since one last came back to us, and when that was (see #checkSilence). */
   #unansweredOwn = 0;
   #lastHeardOwn = 0;
@@ -89,6 +91,7 @@ export class AmqpAgentTransport implements AgentTransport {
   async listen(onDelivery: DeliveryListener, sealReply?: ReplySealer): Promise<void> {
     this.#onDelivery = onDelivery;
     this.#sealReply = sealReply;
+    this.#bindings = new BindingKeeper(bindingRefreshMs(this.#options.config));
     this.#store = await OutcomeStore.open(join(this.#options.stateDir, 'outcomes', `${this.#options.hostId}.jsonl`), this.#options.config.outcomeHistory);
     this.#connection = new BrokerConnection({
       url: this.#options.config.url,
@@ -125,14 +128,17 @@ export class AmqpAgentTransport implements AgentTransport {
     const cancelled = (queue: string) => {
       if (channel === this.#channel) this.#connection?.restart(`the broker cancelled the consumer of ${queue}`);
     };
+    const bindings = this.#bindings as BindingKeeper;
     await declareTopology(channel, names);
+    // Bound with the topology; kept bound too, so dead-lettered requests are not lost silently.
+    bindings.keep(channel, names.deadLetter, names.deadLetter, '');
     await channel.prefetch(config.prefetch);
     const tags: string[] = [];
     const deadLetterArgs = { 'x-dead-letter-exchange': names.deadLetter };
     if (this.#routes.has('direct')) {
       const queue = names.hostQueue(hostId);
       await channel.assertQueue(queue, { durable: true, arguments: deadLetterArgs });
-      await channel.bindQueue(queue, names.directExchange, hostId);
+      await bindings.bind(channel, queue, names.directExchange, hostId);
       tags.push((await channel.consume(queue, (msg) => (msg ? this.#consume(channel, msg, 'direct') : cancelled(queue)))).consumerTag);
     }
     if (this.#routes.has('any')) {
@@ -142,15 +148,18 @@ export class AmqpAgentTransport implements AgentTransport {
     if (this.#routes.has('broadcast')) {
       const queue = names.broadcastQueue(hostId);
       await channel.assertQueue(queue, { exclusive: true, autoDelete: true, arguments: deadLetterArgs });
-      await channel.bindQueue(queue, names.broadcastExchange, '');
+      await bindings.bind(channel, queue, names.broadcastExchange, '');
       tags.push((await channel.consume(queue, (msg) => (msg ? this.#consume(channel, msg, 'broadcast') : cancelled(queue)))).consumerTag);
     }
     const presence = await channel.assertQueue('', { exclusive: true, autoDelete: true });
-    await channel.bindQueue(presence.queue, names.presenceExchange, '');
+    await bindings.bind(channel, presence.queue, names.presenceExchange, '');
     await channel.consume(presence.queue, (msg) => (msg ? this.#onPresence(msg) : cancelled(presence.queue)), { noAck: true });
     this.#channel = channel;
     this.#consumerTags = this.#accepting ? tags : [];
-    if (!this.#accepting) for (const tag of tags) await channel.cancel(tag);
+    if (!this.#accepting) {
+      this.#bindings?.forget(names.broadcastQueue(hostId)); // cancelling its consumer deletes it
+      for (const tag of tags) await channel.cancel(tag);
+    }
     // Announce ourselves at once, on the new channel itself (the connection does not count as up until this
     // setup has returned). No probe: the others' heartbeats tell us who is alive within heartbeatMs, and a
     // probe from every host reconnecting after a broker restart would have every host answer every one of
@@ -518,6 +527,8 @@ export class AmqpAgentTransport implements AgentTransport {
 
   async stopAccepting(): Promise<void> {
     this.#accepting = false;
+    // Its consumer is cancelled below, which deletes the queue: binding it again would close the channel.
+    this.#bindings?.forget(this.names.broadcastQueue(this.#options.hostId));
     const channel = this.#channel as Channel | undefined;
     for (const tag of this.#consumerTags) await channel?.cancel(tag).catch(() => undefined);
     this.#consumerTags = [];
@@ -542,6 +553,7 @@ export class AmqpAgentTransport implements AgentTransport {
 
   async close(): Promise<void> {
     clearInterval(this.#heartbeatTimer);
+    this.#bindings?.close();
     // Held replies stop trying: their requests are unacked, and closing the channel puts them back.
     this.#closing = true;
     for (const wake of [...this.#pauses]) wake();

@@ -15,6 +15,7 @@ import { decodeEnvelope, encodeEnvelope, type EventEnvelope, type ProgressEnvelo
 import type { AmqpTransportConfig } from '../../config/schema.ts';
 import type { Logger } from '../../logger.ts';
 import type { ClientTransport, GatherOptions, GatherResult, RequestOptions } from '../transport.ts';
+import { BindingKeeper, bindingRefreshMs } from './bindings.ts';
 import { BrokerConnection } from './connection.ts';
 import { HEADERS, amqpNames, type AmqpNames } from './names.ts';
 import { HostRegistry, heartbeatSchema, type HostEntry } from './host-registry.ts';
@@ -56,9 +57,10 @@ export class AmqpClientTransport implements ClientTransport {
   readonly #pending = new Map<string, Pending>();
   readonly #eventListeners = new Set<(event: EventEnvelope) => void>();
   /** The one events consumer for all listeners, on the channel it was made on (made again after a reconnect). */
-  #events: Promise<{ channel: ConfirmChannel; consumerTag: string }> | undefined;
+  #events: Promise<{ channel: ConfirmChannel; consumerTag: string; queue: string }> | undefined;
   #eventsChannel: ConfirmChannel | undefined;
   #connection: BrokerConnection | undefined;
+  readonly #bindings: BindingKeeper;
   #opening: Promise<void> | undefined;
   #channel: ConfirmChannel | undefined;
   #model: ChannelModel | undefined;
@@ -70,6 +72,7 @@ export class AmqpClientTransport implements ClientTransport {
     this.#options = options;
     this.names = amqpNames(options.config.prefix);
     this.registry = new HostRegistry(options.config.downAfterMs);
+    this.#bindings = new BindingKeeper(bindingRefreshMs(options.config));
   }
 
   #open(): Promise<void> {
@@ -108,7 +111,7 @@ export class AmqpClientTransport implements ClientTransport {
     await channel.consume(REPLY_TO, (msg) => msg && this.#onReply(msg), { noAck: true });
     channel.on('return', (msg: ConsumeMessage) => this.#onReturned(msg));
     const presence = await channel.assertQueue('', { exclusive: true, autoDelete: true });
-    await channel.bindQueue(presence.queue, this.names.presenceExchange, '');
+    await this.#bindings.bind(channel, presence.queue, this.names.presenceExchange, '');
     let heard!: () => void;
     this.#presenceKnown = false;
     this.#presenceHeard = new Promise<void>((resolve) => (heard = resolve));
@@ -400,16 +403,19 @@ export class AmqpClientTransport implements ClientTransport {
       this.#events = undefined;
       this.#eventsChannel = undefined;
       const consumer = await consuming.catch(() => undefined);
-      await consumer?.channel.cancel(consumer.consumerTag).catch(() => undefined);
+      if (!consumer) return;
+      // Cancelling the consumer deletes the (auto-delete) queue: binding it again would close the channel.
+      this.#bindings.forget(consumer.queue);
+      await consumer.channel.cancel(consumer.consumerTag).catch(() => undefined);
     };
   }
 
   /** One exclusive queue bound to every event, delivering to every listener. */
-  #consumeEvents(channel: ConfirmChannel): Promise<{ channel: ConfirmChannel; consumerTag: string }> {
+  #consumeEvents(channel: ConfirmChannel): Promise<{ channel: ConfirmChannel; consumerTag: string; queue: string }> {
     this.#eventsChannel = channel;
     this.#events = (async () => {
       const { queue } = await channel.assertQueue('', { exclusive: true, autoDelete: true });
-      await channel.bindQueue(queue, this.names.eventsExchange, '#');
+      await this.#bindings.bind(channel, queue, this.names.eventsExchange, '#');
       const { consumerTag } = await channel.consume(
         queue,
         (msg) => {
@@ -423,13 +429,14 @@ export class AmqpClientTransport implements ClientTransport {
         },
         { noAck: true },
       );
-      return { channel, consumerTag };
+      return { channel, consumerTag, queue };
     })();
     return this.#events;
   }
 
   async close(): Promise<void> {
     for (const pending of this.#pending.values()) pending.fail(cloudletError('CANCELLED', 'the client closed'));
+    this.#bindings.close();
     await this.#connection?.close();
   }
 }

@@ -1,0 +1,78 @@
+/**
+ * BindingKeeper with a fake channel: what it binds again, and what it must not (a forgotten queue, an old
+ * channel's bindings). The broker side — bindings deleted under running agents and clients — is tested
+ * against RabbitMQ in test/e2e/amqp-faults.test.ts.
+ */
+import assert from 'node:assert/strict';
+import test from 'node:test';
+import type { Channel } from 'amqplib';
+import { BindingKeeper, bindingRefreshMs } from '../../core/transports/amqp/bindings.ts';
+import { until } from '../helpers.ts';
+
+/** Records every bindQueue call; once `closed`, refuses each (as amqplib does). */
+function fakeChannel() {
+  const calls: string[] = [];
+  const channel = {
+    closed: false,
+    calls,
+    bindQueue(queue: string, exchange: string, key: string) {
+      calls.push(`${queue}>${exchange}:${key}`);
+      return channel.closed ? Promise.reject(new Error('Channel closed')) : Promise.resolve({});
+    },
+  };
+  return channel;
+}
+
+const asChannel = (fake: ReturnType<typeof fakeChannel>) => fake as unknown as Channel;
+
+test('bindingRefreshMs — the configured value, else five heartbeat intervals', () => {
+  assert.equal(bindingRefreshMs({ heartbeatMs: 2_000, bindingRefreshMs: 750 }), 750);
+  assert.equal(bindingRefreshMs({ heartbeatMs: 2_000 }), 10_000);
+});
+
+test('BindingKeeper — binds at once, then again every interval, each binding it was given', async (t) => {
+  const keeper = new BindingKeeper(20);
+  t.after(() => keeper.close());
+  const channel = fakeChannel();
+  await keeper.bind(asChannel(channel), 'q1', 'x.direct', 'h1');
+  keeper.keep(asChannel(channel), 'dead', 'dead', '');
+  assert.deepEqual(channel.calls, ['q1>x.direct:h1'], 'bind() binds; keep() records a binding already made');
+  await until(() => channel.calls.length >= 5, 2_000);
+  assert.ok(channel.calls.includes('dead>dead:'), 'the kept binding is made again too');
+  assert.ok(channel.calls.filter((c) => c === 'q1>x.direct:h1').length >= 2);
+});
+
+test('BindingKeeper — a forgotten queue is not bound again (it may be deleted: that would close the channel)', async (t) => {
+  const keeper = new BindingKeeper(20);
+  t.after(() => keeper.close());
+  const channel = fakeChannel();
+  await keeper.bind(asChannel(channel), 'broadcast.h1', 'x.broadcast', '');
+  await keeper.bind(asChannel(channel), 'presence', 'x.presence', '');
+  keeper.forget('broadcast.h1');
+  channel.calls.length = 0;
+  await until(() => channel.calls.length >= 3, 2_000);
+  assert.deepEqual(new Set(channel.calls), new Set(['presence>x.presence:']));
+});
+
+test('BindingKeeper — a new channel (a reconnect) starts a new list; the old channel is left alone', async (t) => {
+  const keeper = new BindingKeeper(20);
+  t.after(() => keeper.close());
+  const old = fakeChannel();
+  await keeper.bind(asChannel(old), 'presence-1', 'x.presence', '');
+  old.closed = true; // refusals from a closed channel are swallowed, not thrown at the timer
+  const current = fakeChannel();
+  await keeper.bind(asChannel(current), 'presence-2', 'x.presence', '');
+  current.calls.length = 0;
+  await until(() => current.calls.length >= 3, 2_000);
+  assert.deepEqual(new Set(current.calls), new Set(['presence-2>x.presence:']));
+  assert.deepEqual(old.calls, ['presence-1>x.presence:'], 'nothing more on the old channel');
+});
+
+test('BindingKeeper — after close() nothing is bound again', async () => {
+  const keeper = new BindingKeeper(20);
+  const channel = fakeChannel();
+  await keeper.bind(asChannel(channel), 'q1', 'x.direct', 'h1');
+  keeper.close();
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.deepEqual(channel.calls, ['q1>x.direct:h1']);
+});
