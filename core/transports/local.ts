@@ -280,7 +280,7 @@ export class LocalClientTransport implements ClientTransport {
     const body = encodeEnvelope(request);
     const size = Buffer.byteLength(body);
     if (size > this.#maxMessageBytes) {
-      throw cloudletError('MESSAGE_TOO_LARGE', `the request is ${size} bytes; the limit is ${this.#maxMessageBytes}`);
+      throw cloudletError('MESSAGE_TOO_LARGE', `the request is ${size} bytes; the limit is ${this.#maxMessageBytes}`, { size, maxBytes: this.#maxMessageBytes });
     }
     const line = `${body}\n`;
     const socket = await this.#connect();

@@ -161,3 +161,38 @@ test('cli — call and hosts work against RabbitMQ with the same commands as on 
   const human = await runCli(['hosts', '--config', cloud.clientConfig]);
   assert.match(human.stdout, /HOST\s+STATE\s+LAST SEEN[\s\S]*h1\s+up/);
 });
+
+test('size — a request over limits.maxMessageBytes is refused by the client with MESSAGE_TOO_LARGE, before it is sent (direct, any, broadcast)', async (t) => {
+  const cloud = await startCloud(t, hosts(1));
+  const client = cloud.client(); // maxMessageBytes: 1 MiB
+  const big = 'x'.repeat(1024 * 1024);
+  const requests = [
+    makeRequest({ type: 'test.echo', target: 'h1', payload: { value: big } }),
+    makeRequest({ type: 'test.echo', payload: { value: big } }),
+  ];
+  for (const request of requests) {
+    await assert.rejects(client.request(request), (error: unknown) => {
+      assert.ok(error instanceof CloudletError);
+      assert.equal(error.code, 'MESSAGE_TOO_LARGE');
+      assert.match(error.message, /the request is \d+ bytes; the limit is 1048576/);
+      assert.deepEqual(Object.keys(error.details as object).sort(), ['maxBytes', 'size']);
+      return true;
+    });
+  }
+  const broadcast = makeRequest({ type: 'host-info', payload: { value: big } });
+  await assert.rejects(client.gather(broadcast), { code: 'MESSAGE_TOO_LARGE' });
+  await settle(200);
+  for (const request of [...requests, broadcast]) assert.ok(!cloud.agents.get('h1')!.output().includes(request.id), `h1 saw ${request.id}`);
+  assert.equal((await client.request(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'small' } }))).ok, true, 'the client goes on');
+});
+
+test('size — a request within the client\'s limit but over the host\'s is answered MESSAGE_TOO_LARGE at once ("id": null, matched by correlation id)', async (t) => {
+  const cloud = await startCloud(t, hosts(1)); // the host: limits.maxMessageBytes 1 MiB (the default)
+  const client = cloud.client({ maxMessageBytes: 4 * 1024 * 1024, inactivityTimeoutMs: 20_000 });
+  const started = Date.now();
+  const reply = await client.request(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'x'.repeat(1024 * 1024) } }));
+  assert.equal(reply.ok, false);
+  assert.equal(reply.error?.code, 'MESSAGE_TOO_LARGE');
+  assert.equal(reply.id, null, 'the host could not read the request, so not its id either');
+  assert.ok(Date.now() - started < 15_000, 'answered, not left to the inactivity timeout');
+});

@@ -32,7 +32,7 @@ export interface Cloud {
   /** A client config file (same broker and prefix). */
   clientConfig: string;
   start(host: HostSpec): Promise<AgentProcess>;
-  client(options?: { inactivityTimeoutMs?: number }): AmqpClientTransport;
+  client(options?: { inactivityTimeoutMs?: number; maxMessageBytes?: number }): AmqpClientTransport;
 }
 
 const transportYaml = (url: string, prefix: string, extra: string) =>

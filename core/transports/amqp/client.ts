@@ -38,6 +38,8 @@ type Route = 'direct' | 'any' | 'broadcast';
 
 interface Pending {
   request: RequestEnvelope;
+  /** The request as sent, encoded once (it is published again after a reconnect). */
+  body: Buffer;
   route: Route;
   /** Which host is working on it: the target, or whoever sent "accepted" for an any-host request. */
   host: string | undefined;
@@ -160,8 +162,7 @@ export class AmqpClientTransport implements ClientTransport {
     // No channel while the broker is away: every pending request is published again by the next setup.
     const channel = this.#channel;
     if (!channel) return;
-    const { request, route } = pending;
-    const body = Buffer.from(encodeEnvelope(request));
+    const { request, route, body } = pending;
     const untilDeadline = request.deadline === undefined ? undefined : Math.max(1, request.deadline - Date.now());
     const options = {
       messageId: request.id,
@@ -218,8 +219,11 @@ export class AmqpClientTransport implements ClientTransport {
       this.#pending.get(decoded.envelope.id)?.onProgress(decoded.envelope);
       return;
     }
-    if (decoded.envelope.id === null) return;
-    const pending = this.#pending.get(decoded.envelope.id);
+    // "id": null answers a request the host could not read (too large for its limit, say): the
+    // correlation id, which is the request's id, still tells whose it is.
+    const id = decoded.envelope.id ?? (msg.properties.correlationId as string | undefined);
+    if (id === undefined) return;
+    const pending = this.#pending.get(id);
     if (!pending) return; // a duplicate (after a re-publish) or a reply to a caller that gave up
     const liveHeader = msg.properties.headers?.[HEADERS.liveHosts];
     let liveHosts: string[] | undefined;
@@ -272,8 +276,19 @@ export class AmqpClientTransport implements ClientTransport {
     }
   }
 
+  /** The request as it goes on the wire; refused here if it is over the limit, which the hosts would refuse too. */
+  #encode(request: RequestEnvelope): Buffer {
+    const body = Buffer.from(encodeEnvelope(request));
+    const maxBytes = this.#options.maxMessageBytes;
+    if (body.length > maxBytes) {
+      throw cloudletError('MESSAGE_TOO_LARGE', `the request is ${body.length} bytes; the limit is ${maxBytes}`, { size: body.length, maxBytes });
+    }
+    return body;
+  }
+
   async request(request: RequestEnvelope, options: RequestOptions = {}): Promise<ReplyEnvelope> {
     const route: Route = request.target === undefined ? 'any' : 'direct';
+    const body = this.#encode(request);
     await this.#ensureConnected(this.#waitLimit(request));
     if (request.target !== undefined) await this.#checkTarget(request.target);
     return new Promise<ReplyEnvelope>((resolve, reject) => {
@@ -307,6 +322,7 @@ export class AmqpClientTransport implements ClientTransport {
       options.signal?.addEventListener('abort', onAbort, { once: true });
       const pending: Pending = {
         request,
+        body,
         route,
         host: request.target,
         onReply: (reply) => finish(reply),
@@ -329,6 +345,7 @@ export class AmqpClientTransport implements ClientTransport {
       options.onReply?.(reply);
       return { replies: [reply], missing: [] };
     }
+    const body = this.#encode(request);
     const waitUntil = this.#waitLimit(request);
     await this.#ensureConnected(waitUntil);
     await this.#registryReady(300);
@@ -354,6 +371,7 @@ export class AmqpClientTransport implements ClientTransport {
       const liveness = setInterval(() => complete() && finish(), LIVENESS_CHECK_MS);
       this.#pending.set(request.id, {
         request,
+        body,
         route: 'broadcast',
         host: undefined,
         onReply: (reply, liveHosts) => {
