@@ -459,3 +459,32 @@ test('broker restart — a client subscribed to events keeps receiving them afte
   }
   await waitFor('test.after');
 });
+
+test('broker limits — a broker max_message_size below limits.maxMessageBytes: an oversize reply or request gets MESSAGE_TOO_LARGE after one reconnect, not a reconnect loop', async (t) => {
+  const node = await startRabbitNode(t, { name: 'max-size', conf: 'max_message_size = 65536\n' });
+  const cloud = await startCloud(t, [{ id: 'h1' }], { url: node.url }); // limits.maxMessageBytes: 1 MiB
+  const client = cloud.client({ inactivityTimeoutMs: 20_000 });
+  const agent = cloud.agents.get('h1')!;
+  // A small request whose reply (~100 kB) the broker refuses: it closes the agent's channel.
+  const blob = await client.request(makeRequest({ type: 'test.blob', target: 'h1', payload: { bytes: 100_000 }, deadline: Date.now() + 20_000 }));
+  assert.equal(blob.ok, false);
+  assert.equal(blob.error?.code, 'MESSAGE_TOO_LARGE');
+  assert.match(blob.error?.message ?? '', /the broker refuses messages over 65536 bytes/);
+  assert.match(agent.output(), /the broker refuses messages over 65536 bytes \(its max_message_size\), less than limits.maxMessageBytes \(1048576\)/);
+  // A request the broker refuses: it closes the client's channel, and the client stops re-publishing it.
+  await assert.rejects(
+    client.request(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'x'.repeat(80_000) }, deadline: Date.now() + 20_000 })),
+    (error: unknown) => {
+      assert.equal((error as { code?: string }).code, 'MESSAGE_TOO_LARGE');
+      assert.match(String(error), /the limit is 65536 \(the broker's max_message_size\)/);
+      return true;
+    },
+  );
+  // Both go on, and neither keeps reconnecting.
+  const restartsBefore = agent.output().match(/connecting to the broker again/g)?.length ?? 0;
+  assert.equal((await client.request(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'small' } }))).ok, true);
+  assert.equal((await client.request(makeRequest({ type: 'test.blob', target: 'h1', payload: { bytes: 90_000 } }))).error?.code, 'MESSAGE_TOO_LARGE');
+  await new Promise((resolve) => setTimeout(resolve, 2_000));
+  assert.equal(agent.output().match(/connecting to the broker again/g)?.length ?? 0, restartsBefore, 'no further reconnects');
+  assert.ok(restartsBefore <= 1, `the agent reconnected ${restartsBefore} times`);
+});

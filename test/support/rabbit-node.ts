@@ -52,10 +52,10 @@ interface Ports {
  * Starts an isolated node and registers cleanup that always runs when the test ends, pass or fail:
  * stop the node, kill its epmd and any leftover processes, remove its temp dir.
  */
-export async function startRabbitNode(t: TestContext, options: { name?: string } = {}): Promise<RabbitNode> {
+export async function startRabbitNode(t: TestContext, options: { name?: string; conf?: string } = {}): Promise<RabbitNode> {
   const dir = await mkdtemp(join(tmpdir(), 'cloudlet-rabbit-'));
   const label = (options.name ?? 'fault').replace(/[^A-Za-z0-9_-]/g, '-');
-  const node = new IsolatedNode(dir, `cloudlet-${label}-${process.pid}-${randomBytes(3).toString('hex')}@localhost`);
+  const node = new IsolatedNode(dir, `cloudlet-${label}-${process.pid}-${randomBytes(3).toString('hex')}@localhost`, options.conf ?? '');
   // Registered before the first start, so a start that fails half-way is cleaned up too.
   t.after(() => node.dispose());
   await node.firstStart();
@@ -87,9 +87,13 @@ class IsolatedNode {
     if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
   };
 
-  constructor(dir: string, name: string) {
+  /** Extra lines for the node's rabbitmq.conf (e.g. `max_message_size = 65536`). */
+  readonly #conf: string;
+
+  constructor(dir: string, name: string, conf: string) {
     this.dir = dir;
     this.name = name;
+    this.#conf = conf;
     // Last resort if the test process ends without running t.after (process.exit, a runner's SIGTERM, Ctrl-C):
     // the node runs in its own session and would otherwise outlive us (measured: SIGTERM to a test file's
     // process leaves beam and epmd running).
@@ -201,7 +205,7 @@ class IsolatedNode {
     await writeFile(join(this.dir, 'enabled_plugins'), '[].\n');
     await writeFile(join(this.dir, 'rabbitmq-env.conf'), '');
     // The listener comes from RABBITMQ_NODE_IP_ADDRESS/PORT; the file log (RABBITMQ_LOG_BASE) is enough.
-    await writeFile(join(this.dir, 'rabbitmq.conf'), 'log.console = false\n');
+    await writeFile(join(this.dir, 'rabbitmq.conf'), `log.console = false\n${this.#conf}`);
   }
 
   /** Ready means an AMQP client can log in, not just that the port is open. */

@@ -14,6 +14,7 @@ import { encodeEnvelope, makeProgress, makeReply, type EventEnvelope, type Progr
 import type { Logger } from '../../logger.ts';
 import type { AgentTransport, DeliveryListener, ReplySealer } from '../transport.ts';
 import { BindingKeeper, bindingRefreshMs } from './bindings.ts';
+import { brokerLimitAdvice, brokerMaxMessageBytes } from './broker-limits.ts';
 import { BrokerConnection } from './connection.ts';
 import { HEADERS, amqpNames, type AmqpNames } from './names.ts';
 import { HostRegistry, heartbeatSchema, probeSchema, type Heartbeat, type InboundRoute } from './host-registry.ts';
@@ -61,6 +62,8 @@ export class AmqpAgentTransport implements AgentTransport {
   #sealReply: ReplySealer | undefined;
   #heartbeatTimer: ReturnType<typeof setInterval> | undefined;
   #bindings: BindingKeeper | undefined;
+  /** The broker's max_message_size, once it refused a message over it (see broker-limits.ts). */
+  #brokerMaxBytes: number | undefined;
   /** Our own heartbeats sent since one last came back to us, and when that was (see #checkSilence). */
   #unansweredOwn = 0;
   #lastHeardOwn = 0;
@@ -121,6 +124,7 @@ export class AmqpAgentTransport implements AgentTransport {
     const channel = await model.createConfirmChannel();
     channel.on('error', (error: Error) => {
       this.#options.log.warn({ reason: error.message }, 'broker channel error');
+      this.#learnBrokerLimit(error);
       // The channel is gone with its consumers, while the connection may stay up: start again.
       if (channel === this.#channel) this.#connection?.restart('the broker closed the channel');
     });
@@ -168,6 +172,32 @@ export class AmqpAgentTransport implements AgentTransport {
     this.#lastHeardOwn = Date.now();
     this.#publishHeartbeat(false, channel);
     this.#flushEvents(channel);
+  }
+
+  #learnBrokerLimit(error: Error): void {
+    const limit = brokerMaxMessageBytes(error);
+    if (limit === undefined || limit === this.#brokerMaxBytes) return;
+    this.#brokerMaxBytes = limit;
+    this.#options.log.error({ brokerMaxBytes: limit, maxMessageBytes: this.#options.maxMessageBytes }, brokerLimitAdvice(limit, this.#options.maxMessageBytes));
+  }
+
+  /**
+   * The reply, or MESSAGE_TOO_LARGE in its place when the broker has shown it refuses one that size (it
+   * would close the channel again, and the request would come back to the same refusal, forever). A stored
+   * outcome keeps the full reply: a redelivery is measured again.
+   */
+  #withinBrokerLimit(msg: ConsumeMessage, reply: ReplyEnvelope, encoded: string | undefined): { reply: ReplyEnvelope; encoded?: string } {
+    const limit = this.#brokerMaxBytes;
+    if (limit === undefined) return { reply, encoded };
+    const json = encoded ?? encodeEnvelope(reply);
+    const size = Buffer.byteLength(json);
+    if (size <= limit) return { reply, encoded: json };
+    const error = cloudletError('MESSAGE_TOO_LARGE', `the reply would be ${size} bytes; the broker refuses messages over ${limit} bytes (its max_message_size)`, {
+      size,
+      maxBytes: limit,
+    });
+    this.#options.log.warn({ msgId: reply.id, size, brokerMaxBytes: limit }, error.message);
+    return this.#ownReply(msg, reply.id, error);
   }
 
   #heartbeat(withView: boolean): Heartbeat {
@@ -366,7 +396,7 @@ export class AmqpAgentTransport implements AgentTransport {
   }
 
   /** An error reply made here, signed and measured like the dispatcher's when the agent gave a sealer. */
-  #ownReply(msg: ConsumeMessage, id: string, error: CloudletError): { reply: ReplyEnvelope; encoded?: string } {
+  #ownReply(msg: ConsumeMessage, id: string | null, error: CloudletError): { reply: ReplyEnvelope; encoded?: string } {
     const reply = makeReply({ id, type: msg.properties.type as string | undefined }, this.#options.hostId, { ok: false, error: error.toWire() });
     return this.#sealReply ? this.#sealReply(reply) : { reply };
   }
@@ -423,6 +453,7 @@ export class AmqpAgentTransport implements AgentTransport {
    * channel goes: the request then comes back by itself, to be answered from its outcome).
    */
   async #publishReply(deliveredOn: ConfirmChannel, targets: string[], reply: ReplyEnvelope, msg: ConsumeMessage, withLiveHosts = false, encoded?: string): Promise<boolean> {
+    ({ reply, encoded } = this.#withinBrokerLimit(msg, reply, encoded));
     for (let attempt = 0; ; attempt++) {
       const sent = await this.#publishReplyOnce(deliveredOn, targets, reply, msg, withLiveHosts, encoded, attempt === 0);
       if (sent !== 'held') return sent === 'sent';

@@ -16,6 +16,7 @@ import type { AmqpTransportConfig } from '../../config/schema.ts';
 import type { Logger } from '../../logger.ts';
 import type { ClientTransport, GatherOptions, GatherResult, RequestOptions } from '../transport.ts';
 import { BindingKeeper, bindingRefreshMs } from './bindings.ts';
+import { brokerLimitAdvice, brokerMaxMessageBytes } from './broker-limits.ts';
 import { BrokerConnection } from './connection.ts';
 import { HEADERS, amqpNames, type AmqpNames } from './names.ts';
 import { HostRegistry, heartbeatSchema, type HostEntry } from './host-registry.ts';
@@ -63,6 +64,8 @@ export class AmqpClientTransport implements ClientTransport {
   #eventsChannel: ConfirmChannel | undefined;
   #connection: BrokerConnection | undefined;
   readonly #bindings: BindingKeeper;
+  /** The broker's max_message_size, once it refused a request over it (see broker-limits.ts). */
+  #brokerMaxBytes: number | undefined;
   #opening: Promise<void> | undefined;
   #channel: ConfirmChannel | undefined;
   #model: ChannelModel | undefined;
@@ -104,7 +107,8 @@ export class AmqpClientTransport implements ClientTransport {
     const channel = await model.createConfirmChannel();
     // A channel the broker closed while the connection stays up (it refused an operation: an exchange
     // deleted, say) takes the replies and the presence feed with it: start again, as after a reconnect.
-    channel.on('error', () => {
+    channel.on('error', (error: Error) => {
+      this.#learnBrokerLimit(error);
       if (channel === this.#channel) this.#connection?.restart('the broker closed the client channel');
     });
     channel.on('close', () => closedChannels.add(channel));
@@ -163,6 +167,11 @@ export class AmqpClientTransport implements ClientTransport {
     const channel = this.#channel;
     if (!channel) return;
     const { request, route, body } = pending;
+    // Refused by the broker before (it closed the channel): it would be refused again after every reconnect.
+    if (this.#brokerMaxBytes !== undefined && body.length > this.#brokerMaxBytes) {
+      pending.fail(this.#tooLarge(body.length, this.#brokerMaxBytes, ' (the broker\'s max_message_size)'));
+      return;
+    }
     const untilDeadline = request.deadline === undefined ? undefined : Math.max(1, request.deadline - Date.now());
     const options = {
       messageId: request.id,
@@ -279,11 +288,19 @@ export class AmqpClientTransport implements ClientTransport {
   /** The request as it goes on the wire; refused here if it is over the limit, which the hosts would refuse too. */
   #encode(request: RequestEnvelope): Buffer {
     const body = Buffer.from(encodeEnvelope(request));
-    const maxBytes = this.#options.maxMessageBytes;
-    if (body.length > maxBytes) {
-      throw cloudletError('MESSAGE_TOO_LARGE', `the request is ${body.length} bytes; the limit is ${maxBytes}`, { size: body.length, maxBytes });
-    }
+    if (body.length > this.#options.maxMessageBytes) throw this.#tooLarge(body.length, this.#options.maxMessageBytes);
     return body;
+  }
+
+  #tooLarge(size: number, maxBytes: number, whose = ''): CloudletError {
+    return cloudletError('MESSAGE_TOO_LARGE', `the request is ${size} bytes; the limit is ${maxBytes}${whose}`, { size, maxBytes });
+  }
+
+  #learnBrokerLimit(error: Error): void {
+    const limit = brokerMaxMessageBytes(error);
+    if (limit === undefined || limit === this.#brokerMaxBytes) return;
+    this.#brokerMaxBytes = limit;
+    this.#options.log.error({ brokerMaxBytes: limit, maxMessageBytes: this.#options.maxMessageBytes }, brokerLimitAdvice(limit, this.#options.maxMessageBytes));
   }
 
   async request(request: RequestEnvelope, options: RequestOptions = {}): Promise<ReplyEnvelope> {
