@@ -29,25 +29,41 @@ export class SigningClientTransport implements ClientTransport {
     return this.#options.signer ? signEnvelope(request, this.#options.signer) : request;
   }
 
-  /** Throws UNTRUSTED_REPLY for a reply that claims a host whose key does not sign it. */
-  #check(reply: ReplyEnvelope): ReplyEnvelope {
+  /**
+   * Throws UNTRUSTED_REPLY for a reply that claims a host whose key does not sign it, or that names another
+   * request than `request`. A signature proves who wrote a reply, not which request it answers: only its
+   * `id` says that. A reply with `"id": null` (the host could not read what it was sent) names none, and
+   * whoever holds one could hand it to any caller as its answer.
+   */
+  #check(reply: ReplyEnvelope, request: RequestEnvelope): ReplyEnvelope {
     const key = this.#options.hostKeys.get(reply.host);
-    if (key ? signatureValid(reply, key) : !this.#options.requireSignedReplies) return reply;
-    throw cloudletError('UNTRUSTED_REPLY', key ? `the reply claiming to be from "${reply.host}" is not signed by its key` : `no key is configured for host "${reply.host}" (security.hostKeys)`, {
-      host: reply.host,
-    });
+    if (!key && !this.#options.requireSignedReplies) return reply;
+    if (!key) throw cloudletError('UNTRUSTED_REPLY', `no key is configured for host "${reply.host}" (security.hostKeys)`, { host: reply.host });
+    if (!signatureValid(reply, key)) throw cloudletError('UNTRUSTED_REPLY', `the reply claiming to be from "${reply.host}" is not signed by its key`, { host: reply.host });
+    if (reply.id !== request.id) {
+      const named = reply.id === null ? `names no request (the host could not read one: ${reply.error?.code ?? 'no error'})` : `answers request ${reply.id}`;
+      throw cloudletError('UNTRUSTED_REPLY', `the signed reply from "${reply.host}" ${named}, not ${request.id}`, {
+        host: reply.host,
+        id: reply.id,
+        expected: request.id,
+        ...(reply.error ? { code: reply.error.code } : {}),
+      });
+    }
+    return reply;
   }
 
   async request(request: RequestEnvelope, options?: RequestOptions): Promise<ReplyEnvelope> {
-    return this.#check(await this.#inner.request(this.#sign(request), options));
+    const signed = this.#sign(request);
+    return this.#check(await this.#inner.request(signed, options), signed);
   }
 
   async gather(request: RequestEnvelope, options: GatherOptions = {}): Promise<GatherResult> {
     const untrusted: string[] = [];
-    const result = await this.#inner.gather(this.#sign(request), options);
+    const signed = this.#sign(request);
+    const result = await this.#inner.gather(signed, options);
     const replies = result.replies.filter((reply) => {
       try {
-        this.#check(reply);
+        this.#check(reply, signed);
         return true;
       } catch {
         untrusted.push(reply.host);

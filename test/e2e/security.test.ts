@@ -3,11 +3,13 @@ import { symlinkSync } from 'node:fs';
 import { chmod, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
+import amqplib from 'amqplib';
 import { makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
 import { CloudletError } from '../../core/errors.ts';
 import { signEnvelope } from '../../core/security/envelope-auth.ts';
 import { generateKey, keyIdOf, loadPrivateKey } from '../../core/security/keys.ts';
 import { SigningClientTransport } from '../../core/security/signing-client.ts';
+import { amqpNames } from '../../core/transports/amqp/names.ts';
 import { publicKeyFrom } from '../../core/security/keys.ts';
 import { runCli, startAgent, tempDir, testkitPath, writeConfig } from '../helpers.ts';
 import { startCloud } from '../support/cloud.ts';
@@ -190,4 +192,37 @@ test('security — a reply the transport makes itself (STATE_UNWRITABLE: the out
   const refused = await client.request(makeRequest({ type: 'test.echo', target: 'h1', payload: {}, deadline: Date.now() + 30_000 }));
   // Unsigned, the client would have reported UNTRUSTED_REPLY instead.
   assert.equal(refused.error?.code, 'STATE_UNWRITABLE', JSON.stringify(refused.error));
+});
+
+test('security — a signed reply that names no request ("id": null) is not trusted as the answer to another request (replay)', async (t) => {
+  const dir = await tempDir(t);
+  const hostKey = await keyFiles(dir, 'h1-host');
+  const cloud = await startCloud(t, [{ id: 'h1' }], { hostYaml: () => `security:\n  hostKeyFile: ${hostKey.file}\n` });
+  const ops = await keyFiles(dir, 'ops');
+  const client = new SigningClientTransport(cloud.client(), { signer: ops.signer, hostKeys: new Map([['h1', publicKeyFrom(hostKey.publicKey, 'test')]]), requireSignedReplies: true });
+  // Someone with access to the broker: sees requests for h1 (a queue of its own on the direct exchange) ...
+  const attacker = await amqplib.connect(cloud.url);
+  t.after(() => attacker.close());
+  const channel = await attacker.createChannel();
+  const names = amqpNames(cloud.prefix);
+  const { queue: spy } = await channel.assertQueue('', { exclusive: true });
+  await channel.bindQueue(spy, names.directExchange, 'h1');
+  // ... and gets h1 to sign a reply to bytes it cannot read: "id": null, bound to no request.
+  const { queue: inbox } = await channel.assertQueue('', { exclusive: true });
+  const signedNullReply = new Promise<Buffer>((resolve) => void channel.consume(inbox, (msg) => msg && resolve(msg.content), { noAck: true }));
+  channel.publish(names.directExchange, 'h1', Buffer.from('not json'), { replyTo: inbox, messageId: 'junk' });
+  const captured = await signedNullReply;
+  assert.equal((JSON.parse(captured.toString()) as ReplyEnvelope).id, null);
+  // The victim's request is seen on its way to h1; the captured reply goes to its reply address first.
+  const seen = new Promise<{ replyTo: string; correlationId: string }>((resolve) =>
+    void channel.consume(spy, (msg) => msg && msg.properties.type === 'test.sleep' && resolve(msg.properties as { replyTo: string; correlationId: string }), { noAck: true }),
+  );
+  const answer = client.request(makeRequest({ type: 'test.sleep', target: 'h1', payload: { ms: 1_000 }, deadline: Date.now() + 30_000 }));
+  const victim = await seen;
+  channel.publish('', victim.replyTo, captured, { correlationId: victim.correlationId, contentType: 'application/json' });
+  const outcome = await answer.then(
+    (reply) => reply,
+    (error: unknown) => error,
+  );
+  assert.ok(outcome instanceof CloudletError && outcome.code === 'UNTRUSTED_REPLY', `the replayed reply was taken as h1's answer: ${JSON.stringify(outcome)}`);
 });
