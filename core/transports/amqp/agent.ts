@@ -7,9 +7,9 @@
  */
 import { join } from 'node:path';
 import { Buffer } from 'node:buffer';
-import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib';
+import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage, Options } from 'amqplib';
 import type { AmqpTransportConfig } from '../../config/schema.ts';
-import { cloudletError, type CloudletError } from '../../errors.ts';
+import { CloudletError, cloudletError } from '../../errors.ts';
 import { encodeEnvelope, makeProgress, makeReply, type EventEnvelope, type ProgressEnvelope, type ReplyEnvelope, type RequestEnvelope } from '../../envelope.ts';
 import type { Logger } from '../../logger.ts';
 import type { AgentTransport, DeliveryListener, ReplySealer } from '../transport.ts';
@@ -36,6 +36,11 @@ export interface AmqpAgentTransportOptions {
 const REPLY_RECONNECT_WAIT_MS = 60_000;
 /** How often a reply held back by an outcome line the file refused is tried again (frame-by-frame writes only). */
 const HELD_REPLY_RETRY_MS = 1_000;
+/**
+ * Messages larger than this go out on a channel of their own (see #publishLarge). RabbitMQ's smallest
+ * default max_message_size is 16 MiB (4.x; 128 MiB before), and none in practice is set below this.
+ */
+const LARGE_MESSAGE_BYTES = 64 * 1024;
 /** Events kept while the broker is unreachable; the oldest go first. */
 const MAX_PENDING_EVENTS = 1_000;
 
@@ -62,8 +67,16 @@ export class AmqpAgentTransport implements AgentTransport {
   #sealReply: ReplySealer | undefined;
   #heartbeatTimer: ReturnType<typeof setInterval> | undefined;
   #bindings: BindingKeeper | undefined;
-  /** The broker's max_message_size, once it refused a message over it (see broker-limits.ts). */
+  /**
+   * The broker's max_message_size, once it refused a message over it on this connection (broker-limits.ts);
+   * forgotten on reconnecting (the broker may have been restarted with another), except after a refusal on
+   * the main channel, which is what made us reconnect.
+   */
   #brokerMaxBytes: number | undefined;
+  #brokerLimitCarriesOver = false;
+  #model: ChannelModel | undefined;
+  /** The channel for large messages on this connection (see #publishLarge), made when first needed. */
+  #largeChannel: Promise<ConfirmChannel> | undefined;
   /** Our own heartbeats sent since one last came back to us, and when that was (see #checkSilence). */
   #unansweredOwn = 0;
   #lastHeardOwn = 0;
@@ -106,6 +119,7 @@ export class AmqpAgentTransport implements AgentTransport {
     });
     this.#connection.on('down', () => {
       this.#channel = undefined;
+      this.#largeChannel = undefined;
       this.registry.noteOutage();
     });
     await this.#connection.open();
@@ -121,10 +135,16 @@ export class AmqpAgentTransport implements AgentTransport {
     const { names } = this;
     const { hostId, config } = this.#options;
     this.registry.forgiveSilence();
+    this.#model = model;
+    this.#largeChannel = undefined;
+    if (!this.#brokerLimitCarriesOver) this.#brokerMaxBytes = undefined;
+    this.#brokerLimitCarriesOver = false;
     const channel = await model.createConfirmChannel();
     channel.on('error', (error: Error) => {
       this.#options.log.warn({ reason: error.message }, 'broker channel error');
-      this.#learnBrokerLimit(error);
+      // A message at most LARGE_MESSAGE_BYTES refused (a broker limit below that): keep the limit across
+      // the reconnect, or the request would come back to the same refusal.
+      if (this.#learnBrokerLimit(error)) this.#brokerLimitCarriesOver = true;
       // The channel is gone with its consumers, while the connection may stay up: start again.
       if (channel === this.#channel) this.#connection?.restart('the broker closed the channel');
     });
@@ -174,11 +194,15 @@ export class AmqpAgentTransport implements AgentTransport {
     this.#flushEvents(channel);
   }
 
-  #learnBrokerLimit(error: Error): void {
+  /** Says whether `error` was the broker refusing a message over its size limit. */
+  #learnBrokerLimit(error: Error): boolean {
     const limit = brokerMaxMessageBytes(error);
-    if (limit === undefined || limit === this.#brokerMaxBytes) return;
+    if (limit === undefined) return false;
+    if (limit !== this.#brokerMaxBytes) {
+      this.#options.log.error({ brokerMaxBytes: limit, maxMessageBytes: this.#options.maxMessageBytes }, brokerLimitAdvice(limit, this.#options.maxMessageBytes));
+    }
     this.#brokerMaxBytes = limit;
-    this.#options.log.error({ brokerMaxBytes: limit, maxMessageBytes: this.#options.maxMessageBytes }, brokerLimitAdvice(limit, this.#options.maxMessageBytes));
+    return true;
   }
 
   /**
@@ -191,12 +215,11 @@ export class AmqpAgentTransport implements AgentTransport {
     if (limit === undefined) return { reply, encoded };
     const json = encoded ?? encodeEnvelope(reply);
     const size = Buffer.byteLength(json);
-    if (size <= limit) return { reply, encoded: json };
-    const error = cloudletError('MESSAGE_TOO_LARGE', `the reply would be ${size} bytes; the broker refuses messages over ${limit} bytes (its max_message_size)`, {
-      size,
-      maxBytes: limit,
-    });
-    this.#options.log.warn({ msgId: reply.id, size, brokerMaxBytes: limit }, error.message);
+    return size <= limit ? { reply, encoded: json } : this.#tooLargeReply(msg, reply, tooLargeForBroker('reply', size, limit));
+  }
+
+  #tooLargeReply(msg: ConsumeMessage, reply: ReplyEnvelope, error: CloudletError): { reply: ReplyEnvelope; encoded?: string } {
+    this.#options.log.warn({ msgId: reply.id, ...(error.details as object) }, error.message);
     return this.#ownReply(msg, reply.id, error);
   }
 
@@ -456,6 +479,11 @@ export class AmqpAgentTransport implements AgentTransport {
     ({ reply, encoded } = this.#withinBrokerLimit(msg, reply, encoded));
     for (let attempt = 0; ; attempt++) {
       const sent = await this.#publishReplyOnce(deliveredOn, targets, reply, msg, withLiveHosts, encoded, attempt === 0);
+      if (sent instanceof CloudletError) {
+        // The broker refused the reply for its size (on the large-message channel): answer that instead.
+        ({ reply, encoded } = this.#tooLargeReply(msg, reply, sent));
+        continue;
+      }
       if (sent !== 'held') return sent === 'sent';
       if (attempt === 0) this.#options.log.warn({ msgId: reply.id }, 'reply held back until its outcome line is written; trying again every second');
       await this.#pause(HELD_REPLY_RETRY_MS);
@@ -471,7 +499,7 @@ export class AmqpAgentTransport implements AgentTransport {
     withLiveHosts: boolean,
     encoded: string | undefined,
     logWriteFailure: boolean,
-  ): Promise<'sent' | 'unconfirmed' | 'held'> {
+  ): Promise<'sent' | 'unconfirmed' | 'held' | CloudletError> {
     const headers = withLiveHosts ? { [HEADERS.liveHosts]: JSON.stringify(this.registry.liveHosts('broadcast')) } : undefined;
     let held = false;
     try {
@@ -498,6 +526,7 @@ export class AmqpAgentTransport implements AgentTransport {
       return 'sent';
     } catch (error) {
       if (held) return 'held';
+      if (error instanceof CloudletError && error.code === 'MESSAGE_TOO_LARGE') return error;
       // Not confirmed: leave the request unacked; it is redelivered and answered from the stored outcome.
       this.#options.log.warn({ msgId: reply.id, reason: (error as Error).message }, 'reply not confirmed; the request will be redelivered');
       return 'unconfirmed';
@@ -548,12 +577,62 @@ export class AmqpAgentTransport implements AgentTransport {
     encoded = encodeEnvelope(envelope),
   ): Promise<void> {
     const body = Buffer.from(encoded);
+    const limit = this.#brokerMaxBytes;
+    if (limit !== undefined && body.length > limit) return Promise.reject(tooLargeForBroker(envelope.kind, body.length, limit));
     const options = { contentType: 'application/json', type: envelope.type, correlationId, headers };
+    if (body.length > LARGE_MESSAGE_BYTES) {
+      const sent = this.#publishLarge(envelope.kind, exchange, routingKey, body, options);
+      if (confirm) return sent;
+      sent.catch(() => undefined); // progress is best effort
+      return Promise.resolve();
+    }
     if (!confirm) {
       channel.publish(exchange, routingKey, body, options);
       return Promise.resolve();
     }
-    return new Promise((resolve, reject) => channel.publish(exchange, routingKey, body, options, (error) => (error ? reject(error) : resolve())));
+    return publishConfirmed(channel, exchange, routingKey, body, options);
+  }
+
+  /**
+   * A large message goes out on a channel of its own, so that a broker whose max_message_size is below it
+   * closes that channel rather than the one the requests came in on: the requests stay in our hands (no
+   * reconnect, no redelivery to another host that would run the handler again), and the refusal, read for
+   * the broker's limit, becomes MESSAGE_TOO_LARGE for this message and any later one over the limit. A
+   * message caught on that channel when another one closed it is sent again, once, on a new one.
+   */
+  async #publishLarge(kind: string, exchange: string, routingKey: string, body: Buffer, options: Options.Publish): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      const channel = await this.#largeMessageChannel();
+      try {
+        return await publishConfirmed(channel, exchange, routingKey, body, options);
+      } catch (error) {
+        // The broker's 'error' (with its limit) comes before the 'close' that fails unconfirmed publishes.
+        const limit = this.#brokerMaxBytes;
+        if (limit !== undefined && body.length > limit) throw tooLargeForBroker(kind, body.length, limit);
+        if (attempt >= 2) throw error;
+      }
+    }
+  }
+
+  #largeMessageChannel(): Promise<ConfirmChannel> {
+    const model = this.#model;
+    if (!this.#connection?.isUp || !model) return Promise.reject(cloudletError('BROKER_UNAVAILABLE', 'not connected to the broker'));
+    if (this.#largeChannel) return this.#largeChannel;
+    const opening = model.createConfirmChannel().then((channel) => {
+      channel.on('error', (error: Error) => {
+        // Only this channel closes: nothing else needs to start again.
+        if (!this.#learnBrokerLimit(error)) this.#options.log.warn({ reason: error.message }, 'broker closed the large-message channel');
+      });
+      channel.on('close', () => {
+        if (this.#largeChannel === opening) this.#largeChannel = undefined;
+      });
+      return channel;
+    });
+    opening.catch(() => {
+      if (this.#largeChannel === opening) this.#largeChannel = undefined;
+    });
+    this.#largeChannel = opening;
+    return opening;
   }
 
   async stopAccepting(): Promise<void> {
@@ -597,6 +676,17 @@ export class AmqpAgentTransport implements AgentTransport {
       this.#options.log.error({ err: error }, 'could not write the last outcome lines while closing');
     }
   }
+}
+
+function publishConfirmed(channel: ConfirmChannel, exchange: string, routingKey: string, body: Buffer, options: Options.Publish): Promise<void> {
+  return new Promise((resolve, reject) => channel.publish(exchange, routingKey, body, options, (error) => (error ? reject(error) : resolve())));
+}
+
+function tooLargeForBroker(kind: string, size: number, limit: number): CloudletError {
+  return cloudletError('MESSAGE_TOO_LARGE', `the ${kind} would be ${size} bytes; the broker refuses messages over ${limit} bytes (its max_message_size)`, {
+    size,
+    maxBytes: limit,
+  });
 }
 
 function requestDeadline(content: Buffer): number | undefined {

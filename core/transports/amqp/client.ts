@@ -64,8 +64,12 @@ export class AmqpClientTransport implements ClientTransport {
   #eventsChannel: ConfirmChannel | undefined;
   #connection: BrokerConnection | undefined;
   readonly #bindings: BindingKeeper;
-  /** The broker's max_message_size, once it refused a request over it (see broker-limits.ts). */
+  /**
+   * The broker's max_message_size, once it refused a request over it (broker-limits.ts): kept for the
+   * connection that refusal made us open, forgotten at the next (the broker may come back with another).
+   */
   #brokerMaxBytes: number | undefined;
+  #brokerLimitCarriesOver = false;
   #opening: Promise<void> | undefined;
   #channel: ConfirmChannel | undefined;
   #model: ChannelModel | undefined;
@@ -104,6 +108,8 @@ export class AmqpClientTransport implements ClientTransport {
   async #setup(model: ChannelModel): Promise<void> {
     this.#model = model;
     this.registry.forgiveSilence();
+    if (!this.#brokerLimitCarriesOver) this.#brokerMaxBytes = undefined;
+    this.#brokerLimitCarriesOver = false;
     const channel = await model.createConfirmChannel();
     // A channel the broker closed while the connection stays up (it refused an operation: an exchange
     // deleted, say) takes the replies and the presence feed with it: start again, as after a reconnect.
@@ -298,9 +304,12 @@ export class AmqpClientTransport implements ClientTransport {
 
   #learnBrokerLimit(error: Error): void {
     const limit = brokerMaxMessageBytes(error);
-    if (limit === undefined || limit === this.#brokerMaxBytes) return;
+    if (limit === undefined) return;
+    if (limit !== this.#brokerMaxBytes) {
+      this.#options.log.error({ brokerMaxBytes: limit, maxMessageBytes: this.#options.maxMessageBytes }, brokerLimitAdvice(limit, this.#options.maxMessageBytes));
+    }
     this.#brokerMaxBytes = limit;
-    this.#options.log.error({ brokerMaxBytes: limit, maxMessageBytes: this.#options.maxMessageBytes }, brokerLimitAdvice(limit, this.#options.maxMessageBytes));
+    this.#brokerLimitCarriesOver = true;
   }
 
   async request(request: RequestEnvelope, options: RequestOptions = {}): Promise<ReplyEnvelope> {
@@ -366,7 +375,7 @@ export class AmqpClientTransport implements ClientTransport {
     const waitUntil = this.#waitLimit(request);
     await this.#ensureConnected(waitUntil);
     await this.#registryReady(300);
-    return new Promise<GatherResult>((resolve) => {
+    return new Promise<GatherResult>((resolve, reject) => {
       const replies = new Map<string, ReplyEnvelope>();
       // Expected: every host known alive and taking broadcasts, as we and each replying host see it.
       const expected = new Set(this.registry.liveHosts('broadcast'));
@@ -377,12 +386,13 @@ export class AmqpClientTransport implements ClientTransport {
         if (expected.size === 0) return false;
         return [...expected].every((host) => replies.has(host) || dropped.has(host));
       };
-      const finish = () => {
+      const finish = (error?: CloudletError) => {
         if (!this.#pending.has(request.id)) return;
         this.#pending.delete(request.id);
         clearTimeout(limit);
         clearInterval(liveness);
-        resolve({ replies: [...replies.values()], missing: [...expected].filter((h) => !replies.has(h)).sort() });
+        if (error) reject(error);
+        else resolve({ replies: [...replies.values()], missing: [...expected].filter((h) => !replies.has(h)).sort() });
       };
       const limit = setTimeout(finish, Math.max(0, waitUntil - Date.now()));
       const liveness = setInterval(() => complete() && finish(), LIVENESS_CHECK_MS);
@@ -403,7 +413,9 @@ export class AmqpClientTransport implements ClientTransport {
         onProgress: (progress) => {
           if (progress.stage !== 'accepted' && progress.stage !== 'alive') options.onProgress?.(progress);
         },
-        fail: () => finish(),
+        // Too large for the broker: no host got it, so there is nothing to gather. Otherwise (the broker
+        // refused it, the client closed) the gather ends with what came so far.
+        fail: (error) => finish(error.code === 'MESSAGE_TOO_LARGE' ? error : undefined),
       });
       this.#publish(this.#pending.get(request.id) as Pending);
     });
