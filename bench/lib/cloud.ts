@@ -6,6 +6,7 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { amqpTransportSchema } from '../../core/config/schema.ts';
 import { silentLogger } from '../../core/logger.ts';
 import { AmqpClientTransport } from '../../core/transports/amqp/client.ts';
 import { deletePrefix } from '../../test/support/cloud.ts';
@@ -72,16 +73,7 @@ export async function benchCloud(ctx: Pick<BenchContext, 'scope' | 'uniqueName'>
     },
     client() {
       const client = new AmqpClientTransport({
-        config: {
-          kind: 'amqp',
-          url: BROKER_URL,
-          prefix,
-          prefetch: 32,
-          heartbeatMs: options.heartbeatMs,
-          downAfterMs: options.downAfterMs,
-          maxDeliveries: 5,
-          outcomeHistory: 10_000,
-        },
+        config: amqpTransportSchema.parse({ kind: 'amqp', url: BROKER_URL, prefix, heartbeatMs: options.heartbeatMs, downAfterMs: options.downAfterMs }),
         maxMessageBytes: 4 * 1024 * 1024,
         log: silentLogger(),
         inactivityTimeoutMs: 60_000,

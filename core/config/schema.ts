@@ -65,8 +65,8 @@ export const amqpTransportSchema = z
     heartbeatMs: z.number().int().min(100).max(600_000).default(2_000),
     /** A host whose heartbeat is older than this is marked down. */
     downAfterMs: z.number().int().min(200).max(3_600_000).default(6_000),
-    /** How often queue bindings are made again (a deleted binding is announced by nothing); 5 × heartbeatMs if unset. */
-    bindingRefreshMs: z.number().int().min(100).max(3_600_000).optional(),
+    /** How often queue bindings are made again, ±20% (a deleted binding is announced by nothing). */
+    bindingRefreshMs: z.number().int().min(100).max(3_600_000).default(30_000),
     /** A request delivered this many times without an outcome is dead-lettered instead of run again. */
     maxDeliveries: z.number().int().min(1).max(100).default(5),
     /** Outcomes kept on disk to answer redelivered requests without running them again. */

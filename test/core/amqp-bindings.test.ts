@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
 import type { Channel } from 'amqplib';
-import { BindingKeeper, bindingRefreshMs } from '../../core/transports/amqp/bindings.ts';
+import { amqpTransportSchema } from '../../core/config/schema.ts';
+import { BindingKeeper } from '../../core/transports/amqp/bindings.ts';
 import { until } from '../helpers.ts';
 
 /** Records every bindQueue call; once `closed`, refuses each (as amqplib does). */
@@ -25,9 +26,27 @@ function fakeChannel() {
 
 const asChannel = (fake: ReturnType<typeof fakeChannel>) => fake as unknown as Channel;
 
-test('bindingRefreshMs — the configured value, else five heartbeat intervals', () => {
-  assert.equal(bindingRefreshMs({ heartbeatMs: 2_000, bindingRefreshMs: 750 }), 750);
-  assert.equal(bindingRefreshMs({ heartbeatMs: 2_000 }), 10_000);
+test('bindingRefreshMs — 30 s unless configured', () => {
+  assert.equal(amqpTransportSchema.parse({ kind: 'amqp', url: 'amqp://broker' }).bindingRefreshMs, 30_000);
+  assert.equal(amqpTransportSchema.parse({ kind: 'amqp', url: 'amqp://broker', bindingRefreshMs: 750 }).bindingRefreshMs, 750);
+});
+
+test('BindingKeeper — each interval is jittered (±20%), so hosts that reconnected together spread out', async (t) => {
+  // A random draw near 1 stretches every interval of 50 ms to ~60 ms (timers fire late, never early).
+  const keeper = new BindingKeeper(50, () => 0.99);
+  t.after(() => keeper.close());
+  const channel = fakeChannel();
+  await keeper.bind(asChannel(channel), 'q1', 'x.direct', 'h1');
+  const at: number[] = [];
+  const bindQueue = channel.bindQueue;
+  channel.bindQueue = (...args) => {
+    at.push(performance.now());
+    return bindQueue(...args);
+  };
+  await until(() => at.length >= 6, 5_000);
+  const gaps = at.slice(1).map((time, i) => time - (at[i] as number));
+  const mean = gaps.reduce((sum, gap) => sum + gap, 0) / gaps.length;
+  assert.ok(mean >= 57, `intervals not stretched by the draw (50 ms unjittered): ${JSON.stringify(gaps)}`);
 });
 
 test('BindingKeeper — binds at once, then again every interval, each binding it was given', async (t) => {

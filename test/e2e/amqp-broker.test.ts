@@ -4,6 +4,7 @@ import test from 'node:test';
 import { makeRequest } from '../../core/envelope.ts';
 import { CloudletError } from '../../core/errors.ts';
 import { silentLogger } from '../../core/logger.ts';
+import { amqpTransportSchema } from '../../core/config/schema.ts';
 import { AmqpClientTransport } from '../../core/transports/amqp/client.ts';
 import { runCli, tempDir, writeConfig } from '../helpers.ts';
 import { startCloud } from '../support/cloud.ts';
@@ -74,7 +75,7 @@ test('broker — while the broker is down a caller gets BROKER_UNAVAILABLE by it
 test('broker — a client with no broker fails fast with BROKER_UNAVAILABLE', async () => {
   const port = await closedPort();
   const client = new AmqpClientTransport({
-    config: { kind: 'amqp', url: `amqp://guest:guest@127.0.0.1:${port}`, prefix: 'x', prefetch: 1, heartbeatMs: 1000, downAfterMs: 3000, maxDeliveries: 5, outcomeHistory: 100 },
+    config: amqpTransportSchema.parse({ kind: 'amqp', url: `amqp://guest:guest@127.0.0.1:${port}`, prefix: 'x', prefetch: 1, heartbeatMs: 1000, downAfterMs: 3000, outcomeHistory: 100 }),
     maxMessageBytes: 1 << 20,
     log: silentLogger(),
   });

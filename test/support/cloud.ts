@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import amqplib from 'amqplib';
 import { amqpNames } from '../../core/transports/amqp/names.ts';
+import { amqpTransportSchema } from '../../core/config/schema.ts';
 import { AmqpClientTransport } from '../../core/transports/amqp/client.ts';
 import { silentLogger } from '../../core/logger.ts';
 import { spawnAgent, tempDir, testkitPath, writeConfig, type AgentProcess } from '../helpers.ts';
@@ -35,8 +36,11 @@ export interface Cloud {
   client(options?: { inactivityTimeoutMs?: number; maxMessageBytes?: number }): AmqpClientTransport;
 }
 
+/** Short, so tests of a lost binding do not wait the default 30 s for it to come back. */
+const BINDING_REFRESH_MS = 1_500;
+
 const transportYaml = (url: string, prefix: string, extra: string) =>
-  `transport:\n  kind: amqp\n  url: "${url}"\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 1200\n${extra}`;
+  `transport:\n  kind: amqp\n  url: "${url}"\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 1200\n${extra.includes('bindingRefreshMs') ? '' : `  bindingRefreshMs: ${BINDING_REFRESH_MS}\n`}${extra}`;
 
 export async function startCloud(
   t: TestContext,
@@ -93,7 +97,7 @@ export async function startCloud(
     },
     client(clientOptions = {}) {
       const client = new AmqpClientTransport({
-        config: { kind: 'amqp', url, prefix, prefetch: 32, heartbeatMs: 300, downAfterMs: 1200, maxDeliveries: 5, outcomeHistory: 10_000 },
+        config: amqpTransportSchema.parse({ kind: 'amqp', url, prefix, heartbeatMs: 300, downAfterMs: 1200, bindingRefreshMs: BINDING_REFRESH_MS }),
         maxMessageBytes: 1024 * 1024,
         log: silentLogger(),
         ...clientOptions,

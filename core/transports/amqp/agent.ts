@@ -13,7 +13,7 @@ import { CloudletError, cloudletError } from '../../errors.ts';
 import { encodeEnvelope, makeProgress, makeReply, type EventEnvelope, type ProgressEnvelope, type ReplyEnvelope, type RequestEnvelope } from '../../envelope.ts';
 import type { Logger } from '../../logger.ts';
 import type { AgentTransport, DeliveryListener, ReplySealer } from '../transport.ts';
-import { BindingKeeper, bindingRefreshMs } from './bindings.ts';
+import { BindingKeeper } from './bindings.ts';
 import { brokerLimitAdvice, brokerMaxMessageBytes } from './broker-limits.ts';
 import { BrokerConnection } from './connection.ts';
 import { HEADERS, amqpNames, type AmqpNames } from './names.ts';
@@ -107,7 +107,7 @@ export class AmqpAgentTransport implements AgentTransport {
   async listen(onDelivery: DeliveryListener, sealReply?: ReplySealer): Promise<void> {
     this.#onDelivery = onDelivery;
     this.#sealReply = sealReply;
-    this.#bindings = new BindingKeeper(bindingRefreshMs(this.#options.config));
+    this.#bindings = new BindingKeeper(this.#options.config.bindingRefreshMs);
     this.#store = await OutcomeStore.open(join(this.#options.stateDir, 'outcomes', `${this.#options.hostId}.jsonl`), this.#options.config.outcomeHistory);
     this.#connection = new BrokerConnection({
       url: this.#options.config.url,

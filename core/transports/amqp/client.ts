@@ -15,7 +15,7 @@ import { decodeEnvelope, encodeEnvelope, type EventEnvelope, type ProgressEnvelo
 import type { AmqpTransportConfig } from '../../config/schema.ts';
 import type { Logger } from '../../logger.ts';
 import type { ClientTransport, GatherOptions, GatherResult, RequestOptions } from '../transport.ts';
-import { BindingKeeper, bindingRefreshMs } from './bindings.ts';
+import { BindingKeeper } from './bindings.ts';
 import { brokerLimitAdvice, brokerMaxMessageBytes } from './broker-limits.ts';
 import { BrokerConnection } from './connection.ts';
 import { HEADERS, amqpNames, type AmqpNames } from './names.ts';
@@ -81,7 +81,7 @@ export class AmqpClientTransport implements ClientTransport {
     this.#options = options;
     this.names = amqpNames(options.config.prefix);
     this.registry = new HostRegistry(options.config.downAfterMs);
-    this.#bindings = new BindingKeeper(bindingRefreshMs(options.config));
+    this.#bindings = new BindingKeeper(options.config.bindingRefreshMs);
   }
 
   #open(): Promise<void> {
