@@ -497,3 +497,21 @@ test('broker limits — a broker max_message_size below limits.maxMessageBytes: 
   await new Promise((resolve) => setTimeout(resolve, 1_000));
   assert.deepEqual(restarts(), [0, 0], 'still no host reconnected');
 });
+
+test('broker limits — a learned broker limit is forgotten once the broker comes back with a higher one', async (t) => {
+  const node = await startRabbitNode(t, { name: 'max-size-raised', conf: 'max_message_size = 65536\n' });
+  const cloud = await startCloud(t, [{ id: 'h1' }], { url: node.url });
+  const client = cloud.client({ inactivityTimeoutMs: 60_000 });
+  const blob = () => client.request(makeRequest({ type: 'test.blob', target: 'h1', payload: { bytes: 100_000 }, deadline: Date.now() + 20_000 }));
+  const bigEcho = () => client.request(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'x'.repeat(80_000) }, deadline: Date.now() + 20_000 }));
+  assert.equal((await blob()).error?.code, 'MESSAGE_TOO_LARGE', 'the agent learns the limit');
+  await assert.rejects(bigEcho(), { code: 'MESSAGE_TOO_LARGE' }, 'the client learns it');
+  await node.reconfigure(''); // RabbitMQ's default again (128 MiB on 3.x, 16 MiB on 4.x)
+  await node.restart();
+  let echoed: ReplyEnvelope | undefined;
+  const deadline = Date.now() + 30_000;
+  while (!echoed?.ok && Date.now() < deadline) echoed = await bigEcho().catch(() => undefined);
+  assert.equal(echoed?.ok, true, 'the client sends an 80 kB request again');
+  const reply = await blob();
+  assert.equal(reply.ok, true, `the agent sends a 100 kB reply again: ${JSON.stringify(reply.error)}`);
+});

@@ -182,7 +182,8 @@ test('size — a request over limits.maxMessageBytes is refused by the client wi
   const broadcast = makeRequest({ type: 'host-info', payload: { value: big } });
   await assert.rejects(client.gather(broadcast), { code: 'MESSAGE_TOO_LARGE' });
   await settle(200);
-  for (const request of [...requests, broadcast]) assert.ok(!cloud.agents.get('h1')!.output().includes(request.id), `h1 saw ${request.id}`);
+  // Sent anyway, h1 would have refused each as too large (it could not read the id to log it).
+  assert.doesNotMatch(cloud.agents.get('h1')!.output(), /rejected a message|MESSAGE_TOO_LARGE/, 'h1 saw an oversize request');
   assert.equal((await client.request(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'small' } }))).ok, true, 'the client goes on');
 });
 

@@ -28,6 +28,8 @@ export interface RabbitNode {
   start(): Promise<void>;
   /** stop() then start(). */
   restart(): Promise<void>;
+  /** Replaces the extra rabbitmq.conf lines (startRabbitNode's `conf`); they apply from the next start. */
+  reconfigure(conf: string): Promise<void>;
 }
 
 const RABBIT_BIN = '/usr/lib/rabbitmq/bin';
@@ -69,6 +71,7 @@ export async function startRabbitNode(t: TestContext, options: { name?: string; 
       await node.stop();
       await node.start();
     },
+    reconfigure: (conf) => node.writeConf(conf),
   };
 }
 
@@ -88,7 +91,7 @@ class IsolatedNode {
   };
 
   /** Extra lines for the node's rabbitmq.conf (e.g. `max_message_size = 65536`). */
-  readonly #conf: string;
+  #conf: string;
 
   constructor(dir: string, name: string, conf: string) {
     this.dir = dir;
@@ -205,7 +208,12 @@ class IsolatedNode {
     await writeFile(join(this.dir, 'enabled_plugins'), '[].\n');
     await writeFile(join(this.dir, 'rabbitmq-env.conf'), '');
     // The listener comes from RABBITMQ_NODE_IP_ADDRESS/PORT; the file log (RABBITMQ_LOG_BASE) is enough.
-    await writeFile(join(this.dir, 'rabbitmq.conf'), `log.console = false\n${this.#conf}`);
+    await this.writeConf(this.#conf);
+  }
+
+  async writeConf(conf: string): Promise<void> {
+    this.#conf = conf;
+    await writeFile(join(this.dir, 'rabbitmq.conf'), `log.console = false\n${conf}`);
   }
 
   /** Ready means an AMQP client can log in, not just that the port is open. */
