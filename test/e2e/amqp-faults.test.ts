@@ -515,3 +515,28 @@ test('broker limits — a learned broker limit is forgotten once the broker come
   const reply = await blob();
   assert.equal(reply.ok, true, `the agent sends a 100 kB reply again: ${JSON.stringify(reply.error)}`);
 });
+
+test('broker refusals — a reply the broker nacks (its reply queue rejects publishes) is given up and the request acked: no reconnect, no retry', async (t) => {
+  const cloud = await startCloud(t, [{ id: 'h1' }]);
+  const agent = cloud.agents.get('h1')!;
+  const connection = await amqplib.connect(cloud.url);
+  t.after(() => connection.close());
+  const channel = await connection.createChannel();
+  const { queue: full } = await channel.assertQueue('', { exclusive: true, arguments: { 'x-max-length': 0, 'x-overflow': 'reject-publish' } });
+  const id = randomUUID();
+  channel.publish(amqpNames(cloud.prefix).directExchange, 'h1', Buffer.from(JSON.stringify(makeRequest({ id, type: 'test.echo', target: 'h1', payload: {} }))), {
+    messageId: id,
+    replyTo: full,
+    persistent: true,
+    contentType: 'application/json',
+  });
+  await until(() => /the broker refused the reply \(nack\)/.test(agent.output()), 10_000);
+  await new Promise((resolve) => setTimeout(resolve, 2_000));
+  const output = agent.output();
+  assert.equal(output.match(/the broker refused the reply \(nack\)/g)?.length, 1, 'given up once, not retried');
+  assert.doesNotMatch(output, /connecting to the broker again/);
+  // Its outcome was kept: asked again with the same id, it is answered from there, not run again.
+  const again = await rawRequest(cloud.url, cloud.prefix, 'h1', id, 'test.echo', {});
+  assert.equal(again.ok, true);
+  assert.equal(handledCount(agent.output(), id), 1);
+});

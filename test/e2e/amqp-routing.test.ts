@@ -197,3 +197,16 @@ test('size — a request within the client\'s limit but over the host\'s is answ
   assert.equal(reply.id, null, 'the host could not read the request, so not its id either');
   assert.ok(Date.now() - started < 15_000, 'answered, not left to the inactivity timeout');
 });
+
+test('progress — large progress (over 64 KiB, sent on another channel) still reaches the caller before the reply, in order', async (t) => {
+  const cloud = await startCloud(t, hosts(1));
+  const client = cloud.client();
+  for (const detailBytes of [70_000, 10]) {
+    const steps: number[] = [];
+    const reply = await client.request(makeRequest({ type: 'test.progress', target: 'h1', payload: { steps: 3, detailBytes } }), {
+      onProgress: (progress) => steps.push((progress.detail as { step: number }).step),
+    });
+    assert.equal(reply.ok, true);
+    assert.deepEqual(steps, [1, 2, 3], `progress with ${detailBytes}-byte details, as the caller saw it before the reply`);
+  }
+});

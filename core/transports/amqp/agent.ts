@@ -41,6 +41,8 @@ const HELD_REPLY_RETRY_MS = 1_000;
  * default max_message_size is 16 MiB (4.x; 128 MiB before), and none in practice is set below this.
  */
 const LARGE_MESSAGE_BYTES = 64 * 1024;
+/** amqplib's error for a publish the broker nacked. */
+const NACKED = 'message nacked';
 /** Events kept while the broker is unreachable; the oldest go first. */
 const MAX_PENDING_EVENTS = 1_000;
 
@@ -49,6 +51,12 @@ interface InFlightRequest {
   replyTo: Set<string>;
   /** Those copies: acked with the first one, once its reply is confirmed, never before. */
   duplicates: { channel: ConfirmChannel; msg: ConsumeMessage }[];
+  /**
+   * Settles once the progress sent so far has gone out. Large progress goes on another channel (see
+   * #publishLarge) and is confirmed first, so later progress and the reply wait for it: progress always
+   * reaches the caller before its reply, in the order it was sent.
+   */
+  progressSent?: Promise<unknown>;
 }
 
 export class AmqpAgentTransport implements AgentTransport {
@@ -356,9 +364,13 @@ export class AmqpAgentTransport implements AgentTransport {
     }
     const progressBase = { id: id ?? 'unknown', type: (msg.properties.type as string) || 'unknown' } as RequestEnvelope;
     const sendProgress = (envelope: ProgressEnvelope) => {
-      const current = this.#channel;
-      if (!this.#connection?.isUp || !current) return; // progress is best effort
-      for (const target of inFlight.replyTo) void this.#publish(current, '', target, envelope, msg.properties.correlationId, false).catch(() => undefined);
+      const publishAll = () => {
+        const current = this.#channel;
+        if (!this.#connection?.isUp || !current) return undefined; // progress is best effort
+        const sends = [...inFlight.replyTo].map((target) => this.#publish(current, '', target, envelope, msg.properties.correlationId, false).catch(() => undefined));
+        return Promise.all(sends);
+      };
+      inFlight.progressSent = inFlight.progressSent ? inFlight.progressSent.then(publishAll) : publishAll();
     };
     // For an any-host request the caller does not know which host took it: "accepted" tells it, so it can
     // watch that host's heartbeat. (Keep-alives while the work runs come from the dispatcher.)
@@ -395,6 +407,7 @@ export class AmqpAgentTransport implements AgentTransport {
           // (An abandoned line that cannot be written yet stays pending, and holds the reply back with it.)
           if (id && envelope.error?.retryable) await store.recordAbandoned(id).catch(() => undefined);
           else if (id) store.recordDone(id, envelope, encoded); // written before the reply's frames (#publishReply)
+          await inFlight.progressSent;
           const confirmed = await this.#publishReply(channel, [...inFlight.replyTo], envelope, msg, route === 'broadcast', encoded);
           // Unconfirmed: the copies stay unacked too, and come back to be answered from the stored outcome.
           if (confirmed) this.#settleCopies(inFlight, 'ack');
@@ -476,10 +489,18 @@ export class AmqpAgentTransport implements AgentTransport {
    * channel goes: the request then comes back by itself, to be answered from its outcome).
    */
   async #publishReply(deliveredOn: ConfirmChannel, targets: string[], reply: ReplyEnvelope, msg: ConsumeMessage, withLiveHosts = false, encoded?: string): Promise<boolean> {
+    const original = reply;
     ({ reply, encoded } = this.#withinBrokerLimit(msg, reply, encoded));
     for (let attempt = 0; ; attempt++) {
       const sent = await this.#publishReplyOnce(deliveredOn, targets, reply, msg, withLiveHosts, encoded, attempt === 0);
       if (sent instanceof CloudletError) {
+        if (reply !== original) {
+          // Even MESSAGE_TOO_LARGE is over the broker's limit (a limit of a few hundred bytes): nothing this
+          // host says would get through. Park the request rather than try forever.
+          this.#options.log.error({ msgId: original.id, ...(sent.details as object) }, `not even an error reply fits the broker's limit: the request is dead-lettered (${sent.message})`);
+          if (deliveredOn === this.#channel) deliveredOn.nack(msg, false, false);
+          return false;
+        }
         // The broker refused the reply for its size (on the large-message channel): answer that instead.
         ({ reply, encoded } = this.#tooLargeReply(msg, reply, sent));
         continue;
@@ -527,8 +548,22 @@ export class AmqpAgentTransport implements AgentTransport {
     } catch (error) {
       if (held) return 'held';
       if (error instanceof CloudletError && error.code === 'MESSAGE_TOO_LARGE') return error;
+      if ((error as Error).message === NACKED && deliveredOn === this.#channel) {
+        // The broker took the reply and refused it (a reply queue that rejects publishes when full, say):
+        // it would refuse it again, so the request is done. Its outcome is stored: asked again with the same
+        // id, it is answered from there.
+        this.#options.log.warn({ msgId: reply.id }, 'the broker refused the reply (nack); the request is acked, its outcome kept for a repeat');
+        deliveredOn.ack(msg);
+        return 'sent';
+      }
       // Not confirmed: leave the request unacked; it is redelivered and answered from the stored outcome.
       this.#options.log.warn({ msgId: reply.id, reason: (error as Error).message }, 'reply not confirmed; the request will be redelivered');
+      // Usually the channel it came in on is closing, which brings it back. If that channel is fine (the
+      // large-message channel failed, or the broker nacked), only a reconnect does. Checked a turn later:
+      // a dropped connection fails the publish before it says it is down.
+      setImmediate(() => {
+        if (!this.#closing && deliveredOn === this.#channel && this.#connection?.isUp) this.#connection.restart('a reply was not confirmed while its request stayed unacked');
+      });
       return 'unconfirmed';
     }
   }
@@ -580,12 +615,8 @@ export class AmqpAgentTransport implements AgentTransport {
     const limit = this.#brokerMaxBytes;
     if (limit !== undefined && body.length > limit) return Promise.reject(tooLargeForBroker(envelope.kind, body.length, limit));
     const options = { contentType: 'application/json', type: envelope.type, correlationId, headers };
-    if (body.length > LARGE_MESSAGE_BYTES) {
-      const sent = this.#publishLarge(envelope.kind, exchange, routingKey, body, options);
-      if (confirm) return sent;
-      sent.catch(() => undefined); // progress is best effort
-      return Promise.resolve();
-    }
+    // Confirmed even when `confirm` is false, so that the caller can wait for it (see progressSent).
+    if (body.length > LARGE_MESSAGE_BYTES) return this.#publishLarge(envelope.kind, exchange, routingKey, body, options);
     if (!confirm) {
       channel.publish(exchange, routingKey, body, options);
       return Promise.resolve();
@@ -615,8 +646,9 @@ export class AmqpAgentTransport implements AgentTransport {
   }
 
   #largeMessageChannel(): Promise<ConfirmChannel> {
+    // Not "is the connection up": setup itself sends the events kept while it was not (#flushEvents).
     const model = this.#model;
-    if (!this.#connection?.isUp || !model) return Promise.reject(cloudletError('BROKER_UNAVAILABLE', 'not connected to the broker'));
+    if (!model) return Promise.reject(cloudletError('BROKER_UNAVAILABLE', 'not connected to the broker'));
     if (this.#largeChannel) return this.#largeChannel;
     const opening = model.createConfirmChannel().then((channel) => {
       channel.on('error', (error: Error) => {
