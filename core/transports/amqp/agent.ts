@@ -14,7 +14,7 @@ import { encodeEnvelope, makeProgress, makeReply, type EventEnvelope, type Progr
 import type { Logger } from '../../logger.ts';
 import type { AgentTransport, DeliveryListener, ReplySealer } from '../transport.ts';
 import { BindingKeeper } from './bindings.ts';
-import { brokerLimitAdvice, brokerMaxMessageBytes } from './broker-limits.ts';
+import { LearnedBrokerLimit } from './broker-limits.ts';
 import { BrokerConnection } from './connection.ts';
 import { HEADERS, amqpNames, type AmqpNames } from './names.ts';
 import { HostRegistry, heartbeatSchema, probeSchema, type Heartbeat, type InboundRoute } from './host-registry.ts';
@@ -75,13 +75,8 @@ export class AmqpAgentTransport implements AgentTransport {
   #sealReply: ReplySealer | undefined;
   #heartbeatTimer: ReturnType<typeof setInterval> | undefined;
   #bindings: BindingKeeper | undefined;
-  /**
-   * The broker's max_message_size, once it refused a message over it on this connection (broker-limits.ts);
-   * forgotten on reconnecting (the broker may have been restarted with another), except after a refusal on
-   * the main channel, which is what made us reconnect.
-   */
-  #brokerMaxBytes: number | undefined;
-  #brokerLimitCarriesOver = false;
+  /** The broker's max_message_size, once it refused a message over it (broker-limits.ts). */
+  readonly #brokerLimit: LearnedBrokerLimit;
   #model: ChannelModel | undefined;
   /** The channel for large messages on this connection (see #publishLarge), made when first needed. */
   #largeChannel: Promise<ConfirmChannel> | undefined;
@@ -98,6 +93,7 @@ export class AmqpAgentTransport implements AgentTransport {
     this.#options = options;
     this.names = amqpNames(options.config.prefix);
     this.registry = new HostRegistry(options.config.downAfterMs);
+    this.#brokerLimit = new LearnedBrokerLimit(options.log, options.maxMessageBytes);
   }
 
   describe(): string {
@@ -145,14 +141,12 @@ export class AmqpAgentTransport implements AgentTransport {
     this.registry.forgiveSilence();
     this.#model = model;
     this.#largeChannel = undefined;
-    if (!this.#brokerLimitCarriesOver) this.#brokerMaxBytes = undefined;
-    this.#brokerLimitCarriesOver = false;
+    this.#brokerLimit.connected();
     const channel = await model.createConfirmChannel();
     channel.on('error', (error: Error) => {
       this.#options.log.warn({ reason: error.message }, 'broker channel error');
-      // A message at most LARGE_MESSAGE_BYTES refused (a broker limit below that): keep the limit across
-      // the reconnect, or the request would come back to the same refusal.
-      if (this.#learnBrokerLimit(error)) this.#brokerLimitCarriesOver = true;
+      // A message of at most LARGE_MESSAGE_BYTES refused (a broker limit below that).
+      this.#brokerLimit.learn(error, true);
       // The channel is gone with its consumers, while the connection may stay up: start again.
       if (channel === this.#channel) this.#connection?.restart('the broker closed the channel');
     });
@@ -189,7 +183,7 @@ export class AmqpAgentTransport implements AgentTransport {
     this.#channel = channel;
     this.#consumerTags = this.#accepting ? tags : [];
     if (!this.#accepting) {
-      this.#bindings?.forget(names.broadcastQueue(hostId)); // cancelling its consumer deletes it
+      bindings.forget(names.broadcastQueue(hostId)); // cancelling its consumer deletes it
       for (const tag of tags) await channel.cancel(tag);
     }
     // Announce ourselves at once, on the new channel itself (the connection does not count as up until this
@@ -202,30 +196,10 @@ export class AmqpAgentTransport implements AgentTransport {
     this.#flushEvents(channel);
   }
 
-  /** Says whether `error` was the broker refusing a message over its size limit. */
-  #learnBrokerLimit(error: Error): boolean {
-    const limit = brokerMaxMessageBytes(error);
-    if (limit === undefined) return false;
-    if (limit !== this.#brokerMaxBytes) {
-      this.#options.log.error({ brokerMaxBytes: limit, maxMessageBytes: this.#options.maxMessageBytes }, brokerLimitAdvice(limit, this.#options.maxMessageBytes));
-    }
-    this.#brokerMaxBytes = limit;
-    return true;
-  }
-
   /**
-   * The reply, or MESSAGE_TOO_LARGE in its place when the broker has shown it refuses one that size (it
-   * would close the channel again, and the request would come back to the same refusal, forever). A stored
-   * outcome keeps the full reply: a redelivery is measured again.
+   * MESSAGE_TOO_LARGE in place of a reply the broker refuses (or would: #publish measures every message
+   * against a known limit). A stored outcome keeps the full reply: a redelivery is measured again.
    */
-  #withinBrokerLimit(msg: ConsumeMessage, reply: ReplyEnvelope, encoded: string | undefined): { reply: ReplyEnvelope; encoded?: string } {
-    const limit = this.#brokerMaxBytes;
-    if (limit === undefined) return { reply, encoded };
-    const json = encoded ?? encodeEnvelope(reply);
-    const size = Buffer.byteLength(json);
-    return size <= limit ? { reply, encoded: json } : this.#tooLargeReply(msg, reply, tooLargeForBroker('reply', size, limit));
-  }
-
   #tooLargeReply(msg: ConsumeMessage, reply: ReplyEnvelope, error: CloudletError): { reply: ReplyEnvelope; encoded?: string } {
     this.#options.log.warn({ msgId: reply.id, ...(error.details as object) }, error.message);
     return this.#ownReply(msg, reply.id, error);
@@ -490,7 +464,6 @@ export class AmqpAgentTransport implements AgentTransport {
    */
   async #publishReply(deliveredOn: ConfirmChannel, targets: string[], reply: ReplyEnvelope, msg: ConsumeMessage, withLiveHosts = false, encoded?: string): Promise<boolean> {
     const original = reply;
-    ({ reply, encoded } = this.#withinBrokerLimit(msg, reply, encoded));
     for (let attempt = 0; ; attempt++) {
       const sent = await this.#publishReplyOnce(deliveredOn, targets, reply, msg, withLiveHosts, encoded, attempt === 0);
       if (sent instanceof CloudletError) {
@@ -501,7 +474,7 @@ export class AmqpAgentTransport implements AgentTransport {
           if (deliveredOn === this.#channel) deliveredOn.nack(msg, false, false);
           return false;
         }
-        // The broker refused the reply for its size (on the large-message channel): answer that instead.
+        // Over the broker's limit (refused on the large-message channel, or known before): answer that instead.
         ({ reply, encoded } = this.#tooLargeReply(msg, reply, sent));
         continue;
       }
@@ -612,7 +585,7 @@ export class AmqpAgentTransport implements AgentTransport {
     encoded = encodeEnvelope(envelope),
   ): Promise<void> {
     const body = Buffer.from(encoded);
-    const limit = this.#brokerMaxBytes;
+    const limit = this.#brokerLimit.bytes;
     if (limit !== undefined && body.length > limit) return Promise.reject(tooLargeForBroker(envelope.kind, body.length, limit));
     const options = { contentType: 'application/json', type: envelope.type, correlationId, headers };
     // Confirmed even when `confirm` is false, so that the caller can wait for it (see progressSent).
@@ -638,7 +611,7 @@ export class AmqpAgentTransport implements AgentTransport {
         return await publishConfirmed(channel, exchange, routingKey, body, options);
       } catch (error) {
         // The broker's 'error' (with its limit) comes before the 'close' that fails unconfirmed publishes.
-        const limit = this.#brokerMaxBytes;
+        const limit = this.#brokerLimit.bytes;
         if (limit !== undefined && body.length > limit) throw tooLargeForBroker(kind, body.length, limit);
         if (attempt >= 2) throw error;
       }
@@ -653,7 +626,7 @@ export class AmqpAgentTransport implements AgentTransport {
     const opening = model.createConfirmChannel().then((channel) => {
       channel.on('error', (error: Error) => {
         // Only this channel closes: nothing else needs to start again.
-        if (!this.#learnBrokerLimit(error)) this.#options.log.warn({ reason: error.message }, 'broker closed the large-message channel');
+        if (!this.#brokerLimit.learn(error, false)) this.#options.log.warn({ reason: error.message }, 'broker closed the large-message channel');
       });
       channel.on('close', () => {
         if (this.#largeChannel === opening) this.#largeChannel = undefined;

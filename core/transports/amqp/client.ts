@@ -16,7 +16,7 @@ import type { AmqpTransportConfig } from '../../config/schema.ts';
 import type { Logger } from '../../logger.ts';
 import type { ClientTransport, GatherOptions, GatherResult, RequestOptions } from '../transport.ts';
 import { BindingKeeper } from './bindings.ts';
-import { brokerLimitAdvice, brokerMaxMessageBytes } from './broker-limits.ts';
+import { LearnedBrokerLimit } from './broker-limits.ts';
 import { BrokerConnection } from './connection.ts';
 import { HEADERS, amqpNames, type AmqpNames } from './names.ts';
 import { HostRegistry, heartbeatSchema, type HostEntry } from './host-registry.ts';
@@ -64,12 +64,8 @@ export class AmqpClientTransport implements ClientTransport {
   #eventsChannel: ConfirmChannel | undefined;
   #connection: BrokerConnection | undefined;
   readonly #bindings: BindingKeeper;
-  /**
-   * The broker's max_message_size, once it refused a request over it (broker-limits.ts): kept for the
-   * connection that refusal made us open, forgotten at the next (the broker may come back with another).
-   */
-  #brokerMaxBytes: number | undefined;
-  #brokerLimitCarriesOver = false;
+  /** The broker's max_message_size, once it refused a request over it (broker-limits.ts). */
+  readonly #brokerLimit: LearnedBrokerLimit;
   #opening: Promise<void> | undefined;
   #channel: ConfirmChannel | undefined;
   #model: ChannelModel | undefined;
@@ -82,6 +78,7 @@ export class AmqpClientTransport implements ClientTransport {
     this.names = amqpNames(options.config.prefix);
     this.registry = new HostRegistry(options.config.downAfterMs);
     this.#bindings = new BindingKeeper(options.config.bindingRefreshMs);
+    this.#brokerLimit = new LearnedBrokerLimit(options.log, options.maxMessageBytes);
   }
 
   #open(): Promise<void> {
@@ -108,13 +105,13 @@ export class AmqpClientTransport implements ClientTransport {
   async #setup(model: ChannelModel): Promise<void> {
     this.#model = model;
     this.registry.forgiveSilence();
-    if (!this.#brokerLimitCarriesOver) this.#brokerMaxBytes = undefined;
-    this.#brokerLimitCarriesOver = false;
+    this.#brokerLimit.connected();
     const channel = await model.createConfirmChannel();
     // A channel the broker closed while the connection stays up (it refused an operation: an exchange
     // deleted, say) takes the replies and the presence feed with it: start again, as after a reconnect.
     channel.on('error', (error: Error) => {
-      this.#learnBrokerLimit(error);
+      // A refused request closes the very channel replies come on (direct reply-to): we always reconnect.
+      this.#brokerLimit.learn(error, true);
       if (channel === this.#channel) this.#connection?.restart('the broker closed the client channel');
     });
     channel.on('close', () => closedChannels.add(channel));
@@ -174,8 +171,9 @@ export class AmqpClientTransport implements ClientTransport {
     if (!channel) return;
     const { request, route, body } = pending;
     // Refused by the broker before (it closed the channel): it would be refused again after every reconnect.
-    if (this.#brokerMaxBytes !== undefined && body.length > this.#brokerMaxBytes) {
-      pending.fail(this.#tooLarge(body.length, this.#brokerMaxBytes, ' (the broker\'s max_message_size)'));
+    const brokerLimit = this.#brokerLimit.bytes;
+    if (brokerLimit !== undefined && body.length > brokerLimit) {
+      pending.fail(this.#tooLarge(body.length, brokerLimit, " (the broker's max_message_size)"));
       return;
     }
     const untilDeadline = request.deadline === undefined ? undefined : Math.max(1, request.deadline - Date.now());
@@ -300,16 +298,6 @@ export class AmqpClientTransport implements ClientTransport {
 
   #tooLarge(size: number, maxBytes: number, whose = ''): CloudletError {
     return cloudletError('MESSAGE_TOO_LARGE', `the request is ${size} bytes; the limit is ${maxBytes}${whose}`, { size, maxBytes });
-  }
-
-  #learnBrokerLimit(error: Error): void {
-    const limit = brokerMaxMessageBytes(error);
-    if (limit === undefined) return;
-    if (limit !== this.#brokerMaxBytes) {
-      this.#options.log.error({ brokerMaxBytes: limit, maxMessageBytes: this.#options.maxMessageBytes }, brokerLimitAdvice(limit, this.#options.maxMessageBytes));
-    }
-    this.#brokerMaxBytes = limit;
-    this.#brokerLimitCarriesOver = true;
   }
 
   async request(request: RequestEnvelope, options: RequestOptions = {}): Promise<ReplyEnvelope> {
