@@ -4,7 +4,7 @@
  * resolved through symlinks and must stay inside the folder.
  */
 import { readdir, readFile, realpath, stat } from 'node:fs/promises';
-import { join, sep } from 'node:path';
+import { dirname, isAbsolute, join, resolve, sep } from 'node:path';
 import { qemuError } from './errors.ts';
 import { runProgram } from './run.ts';
 
@@ -48,7 +48,7 @@ export async function resolveImage(imagesDir: string, name: string, qemuImg: str
     const path = await inside(root, join(root, `${name}${extension}`));
     if (!path) continue;
     if (!(await stat(path)).isFile()) continue;
-    return { kind: 'disk', name, path, format: await detectFormat(qemuImg, path) };
+    return { kind: 'disk', name, path, format: await detectFormat(qemuImg, path, root) };
   }
   const folder = await inside(root, join(root, name));
   if (folder && (await stat(folder)).isDirectory()) {
@@ -64,12 +64,37 @@ export async function resolveImage(imagesDir: string, name: string, qemuImg: str
   throw qemuError('IMAGE_NOT_FOUND', `no image "${name}" in ${imagesDir}; available: ${available.join(', ') || 'none'}`, { image: name, available });
 }
 
-/** Asks qemu-img, never trusting the file extension: a "raw" file that is really qcow2 must say so. */
-async function detectFormat(qemuImg: string, path: string): Promise<'qcow2' | 'raw'> {
-  const result = await runProgram([qemuImg, 'info', '--output=json', '--', path], { timeoutMs: 30_000 });
+/** One image of `qemu-img info --backing-chain`'s list: the file, then what it reads from besides itself. */
+interface ChainEntry {
+  filename?: string;
+  format?: string;
+  'format-specific'?: { data?: { 'data-file'?: string } };
+}
+
+/**
+ * Asks qemu-img, never trusting the file extension: a "raw" file that is really qcow2 must say so. A qcow2
+ * also names the files QEMU will open with it — a backing file, an external data file — and those must
+ * stay inside the images folder too: a downloaded image that names /dev/sda as its backing file would
+ * otherwise give a guest the host's disk.
+ */
+async function detectFormat(qemuImg: string, path: string, root: string): Promise<'qcow2' | 'raw'> {
+  const result = await runProgram([qemuImg, 'info', '--output=json', '--backing-chain', '--', path], { timeoutMs: 30_000 });
   if (result.code !== 0) throw qemuError('IMAGE_INVALID', `qemu-img cannot read ${path}: ${result.stderr.trim()}`);
-  const format = (JSON.parse(result.stdout) as { format?: string }).format;
+  const chain = JSON.parse(result.stdout) as ChainEntry[];
+  const format = chain[0]?.format;
   if (format !== 'qcow2' && format !== 'raw') throw qemuError('IMAGE_INVALID', `${path} is in format "${format}"; qcow2 and raw are supported`);
+  for (const [depth, entry] of chain.entries()) {
+    const file = entry.filename ?? '';
+    // qemu-img names each backing file as QEMU will open it: relative to the image that names it.
+    const named = depth === 0 ? [] : [{ what: 'backing file', name: file }];
+    const dataFile = entry['format-specific']?.data?.['data-file'];
+    if (dataFile !== undefined) named.push({ what: 'data file', name: resolve(dirname(file), dataFile) });
+    for (const { what, name } of named) {
+      if (!isAbsolute(name) || !(await inside(root, name))) {
+        throw qemuError('IMAGE_INVALID', `${path} uses ${what} ${name}, which is outside the images folder ${root}; only files inside it may be used`, { image: path, [what === 'backing file' ? 'backingFile' : 'dataFile']: name });
+      }
+    }
+  }
   return format;
 }
 

@@ -36,6 +36,28 @@ test('images — disk and kernel images are listed; a symlink out of the folder 
   await assert.rejects(resolveImage(images, 'escape', 'qemu-img'), (error: { code: string }) => error.code === 'IMAGE_NOT_FOUND');
 });
 
+test('images — a qcow2 whose backing file or data file lies outside the folder is refused; a chain inside it is fine', async (t) => {
+  const { root, images } = await imagesFixture(t);
+  const qemuImg = async (...args: string[]) => assert.equal((await runProgram(['qemu-img', ...args])).code, 0, args.join(' '));
+  await qemuImg('create', '-q', '-f', 'raw', join(root, 'host-disk.raw'), '1M');
+  // As a downloaded image could be made: QEMU would open the host file behind it for the guest.
+  await qemuImg('create', '-q', '-f', 'qcow2', '-b', join(root, 'host-disk.raw'), '-F', 'raw', join(images, 'backed-out.qcow2'));
+  await qemuImg('create', '-q', '-f', 'qcow2', '-o', `data_file=${join(root, 'data.raw')},data_file_raw=on`, join(images, 'data-out.qcow2'), '1M');
+  // The same escape one link further down the chain, and behind a ".raw" name that is really qcow2.
+  await qemuImg('create', '-q', '-f', 'qcow2', '-b', 'backed-out.qcow2', '-F', 'qcow2', join(images, 'deep-out.qcow2'));
+  await qemuImg('create', '-q', '-f', 'qcow2', '-b', join(root, 'host-disk.raw'), '-F', 'raw', join(images, 'disguised.raw'));
+  for (const [name, what] of [['backed-out', 'backing file'], ['data-out', 'data file'], ['deep-out', 'backing file'], ['disguised', 'backing file']] as const) {
+    await assert.rejects(resolveImage(images, name, 'qemu-img'), (error: { code: string; message: string }) => {
+      assert.equal(error.code, 'IMAGE_INVALID', name);
+      assert.match(error.message, new RegExp(`uses ${what} .*outside the images folder`), name);
+      return true;
+    });
+  }
+  // A chain that stays inside the folder (a base updated by an overlay of its own) is a usable image.
+  await qemuImg('create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', join(images, 'base-v2.qcow2'));
+  assert.deepEqual(await resolveImage(images, 'base-v2', 'qemu-img'), { kind: 'disk', name: 'base-v2', path: join(images, 'base-v2.qcow2'), format: 'qcow2' });
+});
+
 test('images — an unknown image is refused with the list of what exists', async (t) => {
   const { images } = await imagesFixture(t);
   await assert.rejects(resolveImage(images, 'debian-13', 'qemu-img'), (error: { code: string; message: string; details: { available: string[] } }) => {
