@@ -99,7 +99,7 @@ async function detectFormat(qemuImg: string, path: string, root: string): Promis
 }
 
 /** A copy-on-write overlay on the base: the base is never written. `-F` is mandatory since QEMU 6.1. */
-export async function createOverlay(qemuImg: string, base: { path: string; format: string }, overlay: string): Promise<void> {
-  const result = await runProgram([qemuImg, 'create', '-q', '-f', 'qcow2', '-b', base.path, '-F', base.format, '--', overlay], { timeoutMs: 60_000 });
+export async function createOverlay(qemuImg: string, base: { path: string; format: string }, overlay: string, signal?: AbortSignal): Promise<void> {
+  const result = await runProgram([qemuImg, 'create', '-q', '-f', 'qcow2', '-b', base.path, '-F', base.format, '--', overlay], { timeoutMs: 60_000, signal });
   if (result.code !== 0) throw qemuError('QEMU_FAILED', `qemu-img could not create the overlay ${overlay}: ${result.stderr.trim()}`);
 }

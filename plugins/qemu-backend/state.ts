@@ -93,5 +93,6 @@ export async function listRecords(stateDir: string): Promise<VmRecord[]> {
 }
 
 export async function removeVmFolder(stateDir: string, id: string): Promise<void> {
-  await rm(vmPaths(stateDir, id).dir, { recursive: true, force: true });
+  // Retried: a QEMU killed a moment ago may still be closing its serial log in the folder (ENOTEMPTY).
+  await rm(vmPaths(stateDir, id).dir, { recursive: true, force: true, maxRetries: 3 });
 }

@@ -69,8 +69,9 @@ export function checkOwner(id: string, hostId: string): void {
 /**
  * Starts QEMU for a recorded VM. Returns the pid; `already` when it was running. `resolved`: the record's
  * image as the caller has just resolved it (create-vm), so qemu-img is not asked about it a second time.
+ * `signal`: a cancel ends a QEMU that has not finished starting (create-vm cleans up after it).
  */
-export async function startVm(options: QemuOptions, record: VmRecord, resolved?: BaseImage): Promise<{ pid: number; already: boolean }> {
+export async function startVm(options: QemuOptions, record: VmRecord, resolved?: BaseImage, signal?: AbortSignal): Promise<{ pid: number; already: boolean }> {
   const paths = vmPaths(options.stateDir, record.id);
   const running = await runningPid(paths.pidfile, record.id);
   if (running !== undefined) return { pid: running, already: true };
@@ -83,7 +84,7 @@ export async function startVm(options: QemuOptions, record: VmRecord, resolved?:
   await Promise.all([rm(paths.qmp, { force: true }), rm(paths.qga, { force: true }), rm(paths.pidfile, { force: true })]);
   await mkdir(paths.dir, { recursive: true, mode: 0o750 });
   const argv = qemuArgv(options, record, image, paths, await chooseAccel(options.accel));
-  const result = await runProgram(argv, { timeoutMs: 60_000 });
+  const result = await runProgram(argv, { timeoutMs: 60_000, signal });
   if (result.code !== 0) {
     throw qemuError('QEMU_FAILED', `QEMU did not start (exit ${result.code}): ${result.stderr.trim().slice(0, 2000)}`, { vm: record.id, exitCode: result.code });
   }

@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import { access, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
-import type { ReplyEnvelope } from '../../core/envelope.ts';
+import { makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
 import { tempDir } from '../helpers.ts';
 import { startQemuHost, type QemuHost } from '../support/qemu-host.ts';
 
@@ -204,4 +204,48 @@ test('qemu — create from a disk image asks qemu-img about the base once, then 
   ok(await host.call('stop-vm', { vm: vm.id, force: true }));
   ok(await host.call('start-vm', { vm: vm.id }));
   assert.deepEqual((await readFile(calls, 'utf8')).trim().split('\n'), ['info', 'create', 'info']);
+});
+
+/** A QEMU that takes `seconds` before it starts: a create-vm slow enough to act on while it runs. */
+async function slowQemu(t: Parameters<typeof tempDir>[0], seconds: number): Promise<string> {
+  const tools = await tempDir(t, 'cloudlet-slow-qemu-');
+  const wrapper = join(tools, 'qemu');
+  await writeFile(wrapper, `#!/bin/sh\nsleep ${seconds}\nexec qemu-system-x86_64 "$@"\n`, { mode: 0o755 });
+  return wrapper;
+}
+
+test('qemu — a stop or delete sent while create-vm runs finds no VM; the create finishes whole', async (t) => {
+  // Before, the record was written first: a stop sent on the "starting" progress raced the create (and could
+  // kill a QEMU that was starting, or write vm.json back into a folder the failed create removed).
+  const host = await startQemuHost(t, { qemuOptionsYaml: `      qemuBinary: ${await slowQemu(t, 1.5)}\n` });
+  const during: Promise<ReplyEnvelope>[] = [];
+  const created = ok<Vm>(
+    await host.call('create-vm', { image: 'tiny', memory: 128, vcpus: 1 }, (progress) => {
+      const vm = (progress.detail as { vm?: string } | undefined)?.vm;
+      if (progress.stage === 'starting' && vm) during.push(host.call('stop-vm', { vm, force: true }), host.call('delete-vm', { vm }), host.call('get-vm', { vm }));
+    }),
+  );
+  assert.equal(during.length, 3, 'the create reported "starting" with the new id');
+  const [stop, remove, get] = await Promise.all(during);
+  assert.equal(stop?.error?.code, 'VM_NOT_FOUND', JSON.stringify(stop));
+  assert.deepEqual(ok<{ deleted: boolean; already: boolean }>(remove as ReplyEnvelope), { vm: created.id, deleted: false, already: true, hint: 'no such VM on this host (already deleted?)' });
+  assert.equal(get?.error?.code, 'VM_NOT_FOUND');
+  assert.equal(created.state, 'running');
+  const now = ok<Vm & { desired: string }>(await host.call('get-vm', { vm: created.id }));
+  assert.deepEqual([now.state, now.desired, now.pid], ['running', 'running', created.pid]);
+  assert.equal(await processExists(host, created.id), true);
+});
+
+test('qemu — a create-vm cancelled by its deadline leaves no VM, folder, tap or process behind', async (t) => {
+  const host = await startQemuHost(t, { qemuOptionsYaml: `      qemuBinary: ${await slowQemu(t, 3)}\n` });
+  const started = Date.now();
+  const reply = await host.client.request(makeRequest({ type: 'create-vm', payload: { image: 'tiny', memory: 128, vcpus: 1 }, deadline: started + 1_500 }));
+  assert.equal(reply.error?.code, 'DEADLINE_EXCEEDED', JSON.stringify(reply));
+  // Past the moment the slow QEMU would have started, had the create not stopped it.
+  await new Promise((resolve) => setTimeout(resolve, Math.max(0, started + 4_500 - Date.now())));
+  assert.deepEqual(ok<{ vms: unknown[] }>(await host.call('list-vms', {})).vms, []);
+  assert.deepEqual(await readdir(host.stateDir).catch(() => []), []);
+  assert.notEqual((await host.ns.exec(['pgrep', '-f', 'qemu-system-x86_64'])).code, 0, 'no QEMU runs');
+  // qemu-backend's default tapPrefix is "clt".
+  assert.deepEqual((await host.ns.exec(['ip', '-o', 'link', 'show'])).stdout.split('\n').filter((line) => line.includes(': clt')), []);
 });

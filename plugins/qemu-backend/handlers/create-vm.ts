@@ -1,4 +1,5 @@
 import { randomInt } from 'node:crypto';
+import { mkdir } from 'node:fs/promises';
 import { Buffer } from 'node:buffer';
 import { defineHandler } from '../../../core/plugin-api.ts';
 import { qemuError } from '../errors.ts';
@@ -7,7 +8,7 @@ import { randomMac, removeTap, tapName } from '../network.ts';
 import { qemuOptionsSchema } from '../options.ts';
 import { createVmPayload } from '../schemas.ts';
 import { listRecords, removeVmFolder, vmPaths, writeRecord, type VmRecord } from '../state.ts';
-import { startVm, viewOf } from '../vm-ops.ts';
+import { startVm, stopVm, viewOf } from '../vm-ops.ts';
 
 function newVmId(host: string, taken: ReadonlySet<string>): string {
   for (;;) {
@@ -67,16 +68,27 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
     createdAt: now,
     updatedAt: now,
   };
-  await writeRecord(options.stateDir, record);
+  const paths = vmPaths(options.stateDir, id);
+  // vm.json is written last. Until this create answers, no other command finds the VM: a stop or delete
+  // sent on the "starting" progress answers VM_NOT_FOUND instead of racing the create (and writing a record
+  // back into a folder the failed create removes). A folder without vm.json is left alone by the sweeper
+  // for minAgeMs, and reported after that: what an agent that died mid-create leaves behind.
+  await mkdir(paths.dir, { recursive: true, mode: 0o750 });
+  const { signal } = ctx;
   try {
-    if (image.kind === 'disk') await createOverlay(options.qemuImgBinary, image, vmPaths(options.stateDir, id).disk);
+    if (image.kind === 'disk') await createOverlay(options.qemuImgBinary, image, paths.disk, signal);
+    signal.throwIfAborted();
     ctx.progress('starting', { vm: id });
-    const { pid } = await startVm(options, record, image);
+    const { pid } = await startVm(options, record, image, signal);
+    signal.throwIfAborted();
+    await writeRecord(options.stateDir, record);
     ctx.log.info({ vm: id, pid, image: payload.image }, 'VM created and running');
     ctx.progress('running', { vm: id, pid });
     return viewOf(record, 'running', pid);
   } catch (error) {
-    // Leave nothing half-made behind: no record, no overlay, no tap.
+    // Leave nothing half-made behind: no QEMU (it may have started before a cancel), no tap, no folder. The
+    // cancel (deadline, timeout, shutdown) leaves cancelGraceMs for this, so the stop is a forced one.
+    await stopVm(options, record, { force: true, timeoutMs: 0 }).catch(() => undefined);
     if (network.mode === 'bridge') await removeTap(options.ipBinary, network.tap).catch(() => undefined);
     await removeVmFolder(options.stateDir, id);
     throw error;
