@@ -105,7 +105,11 @@ async function waitForChange(vm: VmNetworkIdentity, context: IpDiscoveryContext 
   const found = new AbortController();
   const readAgain = async () => {
     const table = await readNeighbourTable({ ipBinary: options.ipBinary, bridge, signal: context.signal, log: context.log }).catch(() => undefined);
-    if (table && addressesForMac(table.entries, vm.mac, { includeStale: options.includeStale, bridge, table: table.source }).length > 0) found.abort();
+    // Only an address the caller reports ends the wait: a link-local entry (fe80::, 169.254/16) it drops
+    // would end every wait at once, and the caller would start the next one straight away, for its whole
+    // timeout. (A caller that wants link-local addresses still re-asks on its tick.)
+    const entries = table ? addressesForMac(table.entries, vm.mac, { includeStale: options.includeStale, bridge, table: table.source }) : [];
+    if (entries.some((address) => address.scope === 'global')) found.abort();
   };
   const outcome = await waitForNeighbourEvent({
     ipBinary: options.ipBinary,

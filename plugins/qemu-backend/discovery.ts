@@ -140,6 +140,9 @@ async function waitForAddresses(
         await Promise.race([changed, sleep(Math.min(tickMs, sliceEnd - Date.now()), stop.signal)]);
         if (!askSignal.aborted) addresses = await ask();
       }
+      // A watcher that fired for a change that gave no address (one the caller filters out, or a watcher that
+      // always fires) would make the next slice start at once, and the next: one tick before watching again.
+      if (fired && addresses.length === 0 && !askSignal.aborted) await sleep(Math.min(tickMs, Math.max(0, deadline - Date.now())), askSignal);
     } finally {
       stop.abort();
       askSignal.removeEventListener('abort', onAbort);

@@ -198,3 +198,22 @@ test('strategy — the asks of one list (a shared memo) read the neighbour table
   await strategy.discover(VM, context({ bridge: 'br0', ipBinary: ip.path }));
   assert.equal((await ip.calls()).length, 2);
 });
+
+test('strategy — waitForChange is not ended by link-local entries, which the caller does not report', async (t) => {
+  // Before, the read after ip monitor started ended the wait for any entry of the VM: with only fe80:: and
+  // 169.254 entries, every wait ended at once and its caller started the next one, thousands a minute.
+  const ip = await fakeIp(
+    t,
+    `echo "$*" >> "$(dirname "$0")/calls"
+case "$*" in
+  *monitor*) exec sleep 60 ;;
+  "-s -j neigh show dev br0 nud all") echo '[{"dst":"fe80::aa:ff:fe00:11","lladdr":"02:aa:00:00:00:11","state":["STALE"]},{"dst":"169.254.7.7","lladdr":"02:aa:00:00:00:11","state":["REACHABLE"]}]' ;;
+  *) exit 1 ;;
+esac`,
+  );
+  const started = performance.now();
+  await strategy.waitForChange!(VM, { ...context({ bridge: 'br0', ipBinary: ip.path }), timeoutMs: 1_500 });
+  assert.ok(performance.now() - started >= 1_400, 'the wait ended before its time');
+  const calls = (await readFile(join(ip.dir, 'calls'), 'utf8')).trim().split('\n');
+  assert.deepEqual(calls.sort(), ['-s -j neigh show dev br0 nud all', 'monitor neigh dev br0'].sort());
+});

@@ -203,3 +203,23 @@ test('discovery — readOnce shares one read per key within a list, and forgets 
   assert.equal(await readOnce({}, 'j', five), 5);
   assert.equal(reads, 4);
 });
+
+test('discovery — a watcher that fires without a usable change does not make the wait spin', { timeout: 30_000 }, async () => {
+  // As ip-discovery-arp did for a VM with only link-local neighbour entries: every watch ended at once, the
+  // re-ask found nothing the caller reports, and the next watch started straight away — for the whole wait.
+  let asks = 0;
+  let watches = 0;
+  const restless: IpDiscoveryStrategy = {
+    async discover() {
+      asks++;
+      return [address('fe80::1', 'restless', 'link-local')];
+    },
+    async waitForChange() {
+      watches++;
+    },
+  };
+  const answer = await find(strategiesOf(['restless', restless]), { wait: true, timeoutMs: 2_500, includeLinkLocal: false });
+  assert.deepEqual(answer.addresses, []);
+  // One watch per tick (1 s) at most: 3 in 2.5 s, not thousands.
+  assert.ok(watches <= 4 && asks <= 8, `${watches} watches and ${asks} asks in 2.5 s`);
+});
