@@ -69,10 +69,6 @@ export async function scanStateDir(stateDir: string, hostId: string, nowMs: numb
       scan.unreadable.push(id);
       continue;
     }
-    for (const name of names.filter((n) => TEMP_RECORD.test(n))) {
-      const info = await stat(join(dir, name)).catch(() => undefined);
-      if (info?.isFile()) scan.strayFiles.push({ path: join(dir, name), ageMs: nowMs - info.mtimeMs });
-    }
     if (!names.includes('vm.json')) {
       if (!ownsVmId(hostId, id)) {
         scan.foreignBareFolders.push(id);
@@ -86,7 +82,15 @@ export async function scanStateDir(stateDir: string, hostId: string, nowMs: numb
     const record = await readRecordFile(join(dir, 'vm.json'));
     if (record === undefined) scan.unreadable.push(id);
     else if (record.host !== hostId || record.id !== id || !ownsVmId(hostId, id)) scan.foreign.push({ id, host: String(record.host), mac: record.mac.toLowerCase(), tap: recordInfo(record).tap });
-    else scan.records.push(recordInfo(record));
+    else {
+      scan.records.push(recordInfo(record));
+      // Only beside a readable record of this host: in another host's folder the file is not ours, and beside
+      // an unreadable vm.json it may be the one good copy of the record. (A bare folder goes whole or stays.)
+      for (const name of names.filter((n) => TEMP_RECORD.test(n))) {
+        const info = await stat(join(dir, name)).catch(() => undefined);
+        if (info?.isFile()) scan.strayFiles.push({ path: join(dir, name), ageMs: nowMs - info.mtimeMs });
+      }
+    }
   }
   return scan;
 }

@@ -109,8 +109,13 @@ test('state folder — records, foreign and unreadable records, bare folders and
   await write('node1.aaaaaaaa', 'vm.json.99.tmp', '{');
   await write('node1.bbbbbbbb', 'vm.json', JSON.stringify(record('node1.bbbbbbbb', { host: 'node2' })));
   await write('node1.cccccccc', 'vm.json', '{ not json');
+  // Beside an unreadable record the temp file may be its one good copy; in another host's folder it is not
+  // ours; beside a foreign record neither: none of them is a stray file to remove.
+  await write('node1.cccccccc', 'vm.json.77.tmp', JSON.stringify(record('node1.cccccccc')));
+  await write('node1.bbbbbbbb', 'vm.json.78.tmp', '{');
   await write('node1.dddddddd', 'disk.qcow2', 'overlay');
   await write('node2.eeeeeeee', 'disk.qcow2', 'overlay');
+  await write('node2.eeeeeeee', 'vm.json.4242.tmp', '{');
   await write('not-a-vm', 'disk.qcow2', 'x');
   await writeFile(join(dir, 'notes.txt'), 'operator notes');
   const old = new Date(Date.now() - 3_600_000);
