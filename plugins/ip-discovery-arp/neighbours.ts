@@ -152,8 +152,12 @@ export function addressesForMac(entries: readonly NeighbourEntry[], mac: string,
     }));
 }
 
-/** Whether the entries hold an IPv4 mapping for `mac` in any usable state (the probe's trigger is its absence). */
-export function hasIpv4Entry(entries: readonly NeighbourEntry[], mac: string): boolean {
+/**
+ * Whether the entries hold an IPv4 mapping for `mac` that would be reported (the probe's trigger is its
+ * absence): with includeStale false only a fresh one counts, or an old STALE entry would hold back the very
+ * probe that refreshes it, and the VM would never be found.
+ */
+export function hasIpv4Entry(entries: readonly NeighbourEntry[], mac: string, includeStale: boolean): boolean {
   const wanted = normalizeMac(mac);
-  return entries.some((e) => e.family === 'ipv4' && e.mac === wanted && e.freshness !== 'unusable');
+  return entries.some((e) => e.family === 'ipv4' && e.mac === wanted && e.freshness !== 'unusable' && (includeStale || e.freshness === 'fresh'));
 }

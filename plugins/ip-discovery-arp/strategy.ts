@@ -47,7 +47,7 @@ async function discover(vm: VmNetworkIdentity, context: IpDiscoveryContext): Pro
   // The asks of one list share one read of the bridge's table (only the first read: a probe reads afresh).
   let table = await readOnce(context, `ip-discovery-arp:neigh:${bridge}`, read);
   // A passive caller (list-vms: every VM at once) gets the table as it is: a sweep per VM would flood the subnet.
-  if (options.probe.enabled && !context.passive && !hasIpv4Entry(table.entries, vm.mac) && (await probe(vm, bridge, options, context))) table = await read();
+  if (options.probe.enabled && !context.passive && !hasIpv4Entry(table.entries, vm.mac, options.includeStale) && (await probe(vm, bridge, options, context))) table = await read();
   return addressesForMac(table.entries, vm.mac, { includeStale: options.includeStale, bridge, table: table.source });
 }
 

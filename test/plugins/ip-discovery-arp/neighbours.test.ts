@@ -76,7 +76,7 @@ test('neighbours — addressesForMac: FAILED entries are never reported, not eve
   // 10.77.0.14 was PROBE with 02:aa:00:00:00:14; the kernel dropped the MAC when it went FAILED.
   const later = parseIpNeighJson(await fixture('ip-s-neigh-later.json'));
   assert.deepEqual(addressesForMac(later, '02:aa:00:00:00:14', report), []);
-  assert.equal(hasIpv4Entry(later, '02:aa:00:00:00:14'), false);
+  assert.equal(hasIpv4Entry(later, '02:aa:00:00:00:14', true), false);
   // A hand-made entry keeping its MAC while FAILED (as /proc/net/arp shows them) is still not reported.
   const failedWithMac = parseIpNeighJson(JSON.stringify([{ dst: '10.77.0.14', lladdr: '02:aa:00:00:00:14', state: ['FAILED'] }]));
   assert.deepEqual(addressesForMac(failedWithMac, '02:aa:00:00:00:14', report), []);
@@ -136,4 +136,16 @@ test('neighbours — /proc/net/arp: flags decide (FAILED rows keep their old MAC
   assert.deepEqual(addressesForMac(list, '02:aa:00:00:00:11', { ...report, includeStale: false, table: 'proc-net-arp' }), []);
   assert.equal(addressesForMac(list, '02:aa:00:00:00:13', { ...report, includeStale: false, table: 'proc-net-arp' }).length, 1);
   assert.deepEqual(parseProcNetArp(text, 'br1'), []);
+});
+
+test('neighbours — hasIpv4Entry counts only what would be reported: a STALE entry holds back no probe when stale ones are not reported', () => {
+  // Before, a STALE entry counted either way: with includeStale false it stopped the probe that would
+  // refresh it, and get-vm-ip waited out its timeout for a VM that answers ARP.
+  const stale = parseIpNeighJson(JSON.stringify([{ dst: '10.77.0.11', lladdr: '02:aa:00:00:00:11', state: ['STALE'] }]));
+  assert.equal(hasIpv4Entry(stale, '02:aa:00:00:00:11', true), true);
+  assert.equal(hasIpv4Entry(stale, '02:aa:00:00:00:11', false), false);
+  const fresh = parseIpNeighJson(JSON.stringify([{ dst: '10.77.0.11', lladdr: '02:aa:00:00:00:11', state: ['REACHABLE'] }]));
+  assert.equal(hasIpv4Entry(fresh, '02:aa:00:00:00:11', false), true);
+  const ipv6Only = parseIpNeighJson(JSON.stringify([{ dst: '2001:db8::11', lladdr: '02:aa:00:00:00:11', state: ['REACHABLE'] }]));
+  assert.equal(hasIpv4Entry(ipv6Only, '02:aa:00:00:00:11', true), false);
 });
