@@ -96,19 +96,24 @@ async function waitGone(orphan: OurProcess, timeoutMs: number): Promise<boolean>
   return true;
 }
 
+/** A qemu-backend message that failed: its code is kept in the row (SWEEPER.md, "Errors"). */
+export function messageFailed(message: string, code: string): Error & { code: string; fromMessage: true } {
+  return Object.assign(new Error(message), { code, fromMessage: true as const });
+}
+
 /** A dead record: confirmed through qemu-backend (serialized with the VM's other messages), then stopped or started. */
 export async function settleDeadRecord(dispatch: Dispatch | undefined, record: RecordInfo, restart: boolean): Promise<StepResult> {
   if (!dispatch) throw new Error("records are changed through qemu-backend's messages, which only the agent's main thread can send");
   const current = await dispatch('get-vm', { vm: record.id });
   if (!current.ok) {
     if (current.error.code === 'VM_NOT_FOUND') return skipped('deleted meanwhile');
-    throw Object.assign(new Error(`get-vm: ${current.error.message}`), { code: current.error.code });
+    throw messageFailed(`get-vm: ${current.error.message}`, current.error.code);
   }
   const view = current.result as { state?: string; desired?: string };
   if (view.state !== 'stopped') return skipped(`qemu-backend reports it ${view.state ?? 'in an unknown state'}`);
   if (view.desired !== 'running') return skipped('marked stopped meanwhile');
   const reply = restart ? await dispatch('start-vm', { vm: record.id }) : await dispatch('stop-vm', { vm: record.id, force: true });
-  if (!reply.ok) throw Object.assign(new Error(`${restart ? 'start-vm' : 'stop-vm'}: ${reply.error.message}`), { code: reply.error.code });
+  if (!reply.ok) throw messageFailed(`${restart ? 'start-vm' : 'stop-vm'}: ${reply.error.message}`, reply.error.code);
   const pid = (reply.result as { pid?: number | null }).pid;
   return done(restart ? `started again (pid ${pid ?? '?'})` : 'marked stopped');
 }

@@ -47,9 +47,14 @@ export async function carryOut(findings: readonly Finding[], context: ActContext
         released.push({ index: rows.length - 1, key: leaseKey(finding.lease) });
       }
     } catch (error) {
-      const code = (error as { code?: string }).code ?? 'SWEEP_ACTION_FAILED';
-      context.log.warn({ kind: finding.kind, target: finding.target, step: finding.step, code, err: error }, `sweep step ${finding.step} failed`);
-      rows.push(rowOf(finding, 'failed', { error: `${code}: ${(error as Error).message}` }));
+      // A row's error carries a documented code: a failed qemu-backend message keeps its own, anything else
+      // (an ip or dhcp_release that could not run, EACCES from rm) is SWEEP_ACTION_FAILED, its cause in the text.
+      const { code: cause, fromMessage } = error as { code?: unknown; fromMessage?: boolean };
+      const code = fromMessage && typeof cause === 'string' ? cause : 'SWEEP_ACTION_FAILED';
+      const message = (error as Error).message;
+      const text = fromMessage || typeof cause !== 'string' || message.includes(cause) ? message : `${cause}: ${message}`;
+      context.log.warn({ kind: finding.kind, target: finding.target, step: finding.step, code, cause, err: error }, `sweep step ${finding.step} failed`);
+      rows.push(rowOf(finding, 'failed', { error: `${code}: ${text}` }));
     }
   }
   await checkReleases(released, rows, context.options);

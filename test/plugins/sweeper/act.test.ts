@@ -103,3 +103,33 @@ test('carry out — log rows, step-less stop rows, done and skipped removals, a 
   assert.deepEqual(aborted.map((r) => [r.outcome, r.detail]), [['skipped', 'the run was aborted first']]);
   assert.equal(await exists(leftover.path), true);
 });
+
+test('carry out — a failed row carries a documented code: SWEEP_ACTION_FAILED for a program that cannot run, the message\'s own code for a failed qemu-backend message', async (t) => {
+  // Before, runProgram's QEMU_FAILED ("QEMU did not start", per ERRORS.md) came through for a missing
+  // dhcp_release or ip, and raw errno codes for rm and kill.
+  const dir = await tempDir(t);
+  const options = resolveSweeperOptions(
+    sweeperOptionsSchema.parse({
+      qemu: { stateDir: dir, ipBinary: join(dir, 'no-ip') },
+      jobs: { orphans: { action: 'reap' }, leases: { action: 'reap', interface: 'br0', releaseBinary: join(dir, 'no-dhcp_release'), leaseFile: join(dir, 'x.leases') } },
+    }),
+  );
+  const lease = { family: 'ipv4', address: '10.0.0.5', mac: '02:00:00:00:00:05', expiry: 0, hostname: null, clientId: null, line: 1 };
+  const neighbour = { address: '10.0.0.5', family: 'ipv4', mac: '02:00:00:00:00:05', state: 'STALE', freshness: 'stale', ageMs: 0 };
+  const fake = fakeDispatch({ 'get-vm': okReply({ state: 'stopped', desired: 'running' }), 'start-vm': errorReply('IMAGE_NOT_FOUND', 'no image "tiny"') });
+  const findings = [
+    { job: 'leases', kind: 'stale-lease', target: 'lease', reason: 'test', action: 'reap', step: 'release-lease', lease, serverDuid: null },
+    { job: 'leases', kind: 'stale-neighbour', target: 'neighbour', reason: 'test', action: 'reap', step: 'delete-neighbour', entry: neighbour },
+    { job: 'orphans', kind: 'dead-record', target: record.id, reason: 'test', action: 'reap', step: 'restart', record },
+  ] as unknown as Finding[];
+  const rows = await carryOut(findings, { options, log: quiet, signal: new AbortController().signal, dispatch: fake.dispatch });
+  assert.deepEqual(
+    rows.map((r) => [r.target, r.outcome, r.error?.slice(0, r.error.indexOf(':'))]),
+    [
+      ['lease', 'failed', 'SWEEP_ACTION_FAILED'],
+      ['neighbour', 'failed', 'SWEEP_ACTION_FAILED'],
+      [record.id, 'failed', 'IMAGE_NOT_FOUND'],
+    ],
+  );
+  assert.match(rows[0]?.error ?? '', /no-dhcp_release.*not found/);
+});
