@@ -130,12 +130,17 @@ test('strategy — waitForChange resolves when the lease file is written, and di
   const { context } = contextFor({ leaseFile: file });
   const mac = '52:54:00:aa:bb:01';
   assert.deepEqual(await strategy.discover(vm(mac), context), []);
-  const waiting = strategy.waitForChange!(vm(mac), { ...context, timeoutMs: 10_000 });
+  // A long timeout, and the wait must end well before it: a watch that noticed nothing would end at its
+  // timeout too, and discover would then find the lease all the same.
+  const timeoutMs = 30_000;
+  const waitStarted = performance.now();
+  const waiting = strategy.waitForChange!(vm(mac), { ...context, timeoutMs });
   await new Promise((resolve) => setTimeout(resolve, 5));
   await writeFile(`${file}.new`, `${Math.floor(Date.now() / 1000) + 60} ${mac} 10.77.0.11 * *\n`);
   await rename(`${file}.new`, file);
   const renamedAt = performance.now();
   await waiting;
+  assert.ok(performance.now() - waitStarted < timeoutMs / 2, 'the wait ended at its timeout: the rename was not noticed');
   const found = await strategy.discover(vm(mac), context);
   t.diagnostic(`rename → waitForChange + discover: ${(performance.now() - renamedAt).toFixed(1)} ms`);
   assert.deepEqual(found.map((a) => a.address), ['10.77.0.11']);
