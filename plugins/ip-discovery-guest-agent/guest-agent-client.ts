@@ -31,6 +31,12 @@ export async function guestAgentCall<T>(path: string, command: string, args?: Re
         clearTimeout(timer);
         reject(new Error(`cannot reach the guest agent at ${path}: ${error.message}`));
       });
+      // QEMU exiting closes the socket without an error: without this the call would wait for its timeout.
+      // (After an answer or an error, rejecting again changes nothing.)
+      socket.on('close', () => {
+        clearTimeout(timer);
+        reject(new Error(`the guest agent socket ${path} closed before answering "${command}"`));
+      });
       socket.on('data', (chunk: string) => {
         buffer += chunk;
         let newline: number;

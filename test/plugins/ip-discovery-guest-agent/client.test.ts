@@ -20,3 +20,11 @@ test('guest agent client — an aborted call to an agent that never answers reje
   await clientGone;
   await assert.rejects(guestAgentCall(path, 'guest-ping', undefined, 60_000, cancel.signal), { name: 'AbortError' });
 });
+
+test('guest agent client — a socket closed before the answer (QEMU went away) rejects at once, not at the timeout', { timeout: 30_000 }, async (t) => {
+  const path = join(await tempDir(t, 'cloudlet-qga-'), 'qga.sock');
+  // Reads the guest-sync, then hangs up without a word, as the socket does when QEMU exits.
+  await standInSocket(t, path, (socket) => socket.once('data', () => socket.end()));
+  // The call's own timeout is a minute: the close must end it.
+  await assert.rejects(guestAgentCall(path, 'guest-network-get-interfaces', undefined, 60_000), /closed before answering/);
+});
