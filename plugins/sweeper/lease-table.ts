@@ -17,6 +17,8 @@ export type { Lease, NeighbourEntry };
 export interface LeaseFile {
   leases: Lease[];
   serverDuid: string | null;
+  /** The file does not exist: dnsmasq has not written it yet, or the job names the wrong file. */
+  missing?: true;
 }
 
 const COMMAND_TIMEOUT_MS = 10_000;
@@ -27,7 +29,7 @@ export async function readLeaseFile(leaseFile: string): Promise<LeaseFile> {
   try {
     text = await readFile(leaseFile, 'utf8');
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { leases: [], serverDuid: null };
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { leases: [], serverDuid: null, missing: true };
     throw error;
   }
   const parsed = parseLeases(text);

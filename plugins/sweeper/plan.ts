@@ -22,7 +22,7 @@ export interface Inventory {
   /** Orphans job: taps named like ours, with the pids holding each open. */
   taps?: (TapInfo & { heldBy: number[] })[];
   /** Leases job. */
-  leases?: { leases: Lease[]; serverDuid: string | null };
+  leases?: { leases: Lease[]; serverDuid: string | null; missing?: true };
   neighbours?: NeighbourEntry[];
 }
 
@@ -141,6 +141,9 @@ function planLeases(options: SweeperOptions, inventory: Inventory, plan: Plan): 
     plan.ignored.push({ kind: 'leases', target: job.interface, reason: `${state.unreadable.length} VM record(s) cannot be read: their MACs are unknown, so no lease or neighbour entry is touched` });
     return;
   }
+  // Not an error (a dnsmasq that has given no lease yet may not have written it), but no silent no-op either:
+  // a leaseFile naming the wrong file would otherwise sweep nothing, run after run, without a word.
+  if (inventory.leases?.missing) plan.ignored.push({ kind: 'leases', target: job.leaseFile, reason: 'the lease file does not exist (dnsmasq has not written it yet, or jobs.leases.leaseFile names the wrong file): no lease was swept' });
   const add = (finding: Record<string, unknown> & { kind: 'stale-lease' | 'stale-neighbour'; target: string; reason: string }) => {
     const action = actionFor(options, finding.kind);
     plan.findings.push({ ...finding, job: 'leases', action, step: stepFor(finding.kind, action) } as Finding);

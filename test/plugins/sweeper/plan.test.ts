@@ -218,3 +218,12 @@ test('plan — neighbours: static entries are never touched; only the asked jobs
   assert.deepEqual(summary(plan), [['stale-neighbour', '10.0.0.71 02:00:00:00:00:71', 'delete-neighbour']]);
   assert.deepEqual(plan.ignored.map((i) => [i.kind, i.target]), [['neighbour', '10.0.0.70 02:00:00:00:00:70']]);
 });
+
+test('plan — a lease file that does not exist is said so in the ignored list, not swept in silence', () => {
+  const missing = inventory();
+  missing.leases = { leases: [], serverDuid: null, missing: true };
+  const plan = planSweep(options(), ['leases'], missing);
+  assert.deepEqual(plan.findings, []);
+  assert.deepEqual(plan.ignored.map((i) => [i.kind, i.target]), [['leases', '/tmp/l']]);
+  assert.match(plan.ignored[0]?.reason ?? '', /does not exist.*leaseFile/);
+});
