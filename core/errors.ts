@@ -31,6 +31,7 @@ export const errorCatalogue = {
   INVALID_RESULT: { message: 'the handler returned a value that cannot be sent as JSON', retryable: false },
   INTERNAL: { message: 'an internal error occurred', retryable: false },
   AGENT_ALREADY_RUNNING: { message: 'another agent already listens on the configured address', retryable: false },
+  SOCKET_UNSAFE: { message: 'the local socket path is not safe to use', retryable: false },
   // Routing between hosts (RabbitMQ transport)
   BROKER_UNAVAILABLE: { message: 'the message broker cannot be reached', retryable: true },
   UNKNOWN_HOST: { message: 'no host with this id has ever joined the cloud', retryable: false },

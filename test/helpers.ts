@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { TestContext } from 'node:test';
-import { Agent } from '../core/agent.ts';
+import { Agent, type AgentOptions } from '../core/agent.ts';
 import { loadHostConfig } from '../core/config/host-config.ts';
 import { rawConfigFrom } from '../core/config/load.ts';
 import { createLogger, memoryDestination } from '../core/logger.ts';
@@ -31,14 +31,14 @@ export interface InProcessAgent {
 }
 
 /** Starts an agent in this process on a socket in a temp dir; stopped (and its client closed) after the test. */
-export async function startAgent(t: TestContext, config: Record<string, unknown> = {}): Promise<InProcessAgent> {
+export async function startAgent(t: TestContext, config: Record<string, unknown> = {}, options: Pick<AgentOptions, 'observer'> = {}): Promise<InProcessAgent> {
   const dir = await tempDir(t);
   const socketPath = join(dir, 'agent.sock');
   const hostConfig = await loadHostConfig(
     rawConfigFrom({ host: { id: 'test-host' }, transport: { kind: 'local', socket: socketPath }, ...config }, join(dir, 'cloudlet.yaml')),
   );
   const memory = memoryDestination();
-  const agent = new Agent(hostConfig, { logger: createLogger({ level: 'debug', format: 'json', destination: memory.stream }) });
+  const agent = new Agent(hostConfig, { ...options, logger: createLogger({ level: 'debug', format: 'json', destination: memory.stream }) });
   let client: LocalClientTransport | undefined;
   // Registered before start: a start that fails half-way (a hook throws) still stops what did start, as
   // runAgent does.

@@ -19,7 +19,7 @@ export function exitCodeFor(error: CloudletError): number {
   if (error.code.startsWith('CONFIG_') || error.code.startsWith('PLUGIN_')) return EXIT.CONFIG_INVALID;
   // Raised by the CLI's own client (an agent's error reply never gets here): BROKER_UNAVAILABLE is the
   // RabbitMQ form of "no agent at the configured address".
-  if (error.code === 'AGENT_UNREACHABLE' || error.code === 'CONNECTION_LOST' || error.code === 'BROKER_UNAVAILABLE') return EXIT.UNREACHABLE;
+  if (error.code === 'AGENT_UNREACHABLE' || error.code === 'CONNECTION_LOST' || error.code === 'SOCKET_UNSAFE' || error.code === 'BROKER_UNAVAILABLE') return EXIT.UNREACHABLE;
   if (error.code === 'CLIENT_TIMEOUT') return EXIT.TIMEOUT;
   if (error.code === 'INTERNAL') return EXIT.INTERNAL;
   return EXIT.ERROR_REPLY;

@@ -4,7 +4,8 @@ import { defaultStateDir } from '../config/schema.ts';
 import type { Logger } from '../logger.ts';
 import { AmqpAgentTransport } from './amqp/agent.ts';
 import { AmqpClientTransport } from './amqp/client.ts';
-import { defaultSocketPath, LocalAgentTransport, LocalClientTransport } from './local.ts';
+import { LocalAgentTransport, LocalClientTransport } from './local.ts';
+import { defaultSocketPath } from './socket-path.ts';
 import type { AgentTransport, ClientTransport } from './transport.ts';
 
 export type { AgentTransport, ClientTransport } from './transport.ts';

@@ -5,9 +5,7 @@
 import { Buffer } from 'node:buffer';
 import { mkdir, unlink, chmod } from 'node:fs/promises';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
-import { dirname, join } from 'node:path';
-import { tmpdir } from 'node:os';
-import process from 'node:process';
+import { dirname } from 'node:path';
 import { CloudletError, cloudletError } from '../errors.ts';
 import {
   decodeEnvelope,
@@ -19,18 +17,29 @@ import {
   type ProgressEnvelope,
 } from '../envelope.ts';
 import { PROTOCOL_VERSION } from '../version.ts';
-import { FrameReader } from './ndjson.ts';
+import { FrameReader, salvageIds } from './ndjson.ts';
+import { checkSocketFolder, removeStaleSocket } from './socket-path.ts';
 import type { AgentTransport, ClientTransport, DeliveryListener, GatherOptions, GatherResult, RequestOptions } from './transport.ts';
 
-/** `/run/cloudlet/agent.sock` for root (a system service); a per-user path otherwise. */
-export function defaultSocketPath(env: NodeJS.ProcessEnv = process.env): string {
-  if (process.getuid?.() === 0) return '/run/cloudlet/agent.sock';
-  const runtimeDir = env.XDG_RUNTIME_DIR || join(tmpdir(), `cloudlet-${process.getuid?.() ?? 'user'}`);
-  return join(runtimeDir, 'cloudlet', 'agent.sock');
-}
 
 /** Requests one connection may have in flight; more are answered with BUSY instead of queueing forever. */
 const MAX_IN_FLIGHT_PER_CONNECTION = 1024;
+/**
+ * Requests in flight (read, and not yet answered or not yet handed to the kernel) at which the agent stops
+ * reading a connection until some are done: a client that pipelines thousands waits instead of getting BUSY,
+ * and one that never reads its replies holds a bounded amount of the agent's memory. The BUSY cap above is
+ * then only reached within one socket read (~700 small requests).
+ */
+const READ_PAUSE_IN_FLIGHT = 256;
+
+/**
+ * Bytes of replies and events waiting to be read by one peer before the agent holds back: it stops reading
+ * that connection's requests (until the peer reads again), and cuts off a subscriber that does not keep up.
+ * A peer that never reads must not make the agent's memory grow without end.
+ */
+export function unreadLimit(maxMessageBytes: number): number {
+  return Math.max(8 * 1024 * 1024, 2 * maxMessageBytes);
+}
 
 export interface LocalAgentTransportOptions {
   socketPath: string;
@@ -59,9 +68,12 @@ export class LocalAgentTransport implements AgentTransport {
 
   async listen(onDelivery: DeliveryListener): Promise<void> {
     const { socketPath } = this.#options;
+    await checkSocketFolder(socketPath, { create: true });
     await mkdir(dirname(socketPath), { recursive: true, mode: 0o750 });
     await removeStaleSocket(socketPath);
-    const server = createServer((socket) => this.#accept(socket, onDelivery));
+    // Half-open: a client may end its side once it has sent its requests (socat, `printf … | nc -U`) and
+    // still read the replies; the agent ends its side once they are all written.
+    const server = createServer({ allowHalfOpen: true }, (socket) => this.#accept(socket, onDelivery));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(socketPath, () => {
@@ -76,14 +88,34 @@ export class LocalAgentTransport implements AgentTransport {
 
   #accept(socket: Socket, onDelivery: DeliveryListener): void {
     this.#connections.add(socket);
+    /** Requests read and not yet answered, or answered but not yet handed to the kernel (the peer is slow to read). */
     let inFlight = 0;
-    const write = (envelope: ReplyEnvelope | ProgressEnvelope | EventEnvelope, encoded = encodeEnvelope(envelope)) => {
-      if (!socket.destroyed && socket.writable) socket.write(`${encoded}\n`);
+    let peerEnded = false;
+    const limit = unreadLimit(this.#options.maxMessageBytes);
+    const holdBack = () => {
+      if (!socket.isPaused() && (inFlight >= READ_PAUSE_IN_FLIGHT || socket.writableLength > limit)) socket.pause();
+    };
+    const release = () => {
+      if (socket.isPaused() && inFlight < READ_PAUSE_IN_FLIGHT && socket.writableLength <= limit) socket.resume();
+    };
+    socket.on('drain', release);
+    const endIfDone = () => {
+      if (peerEnded && inFlight === 0 && !this.#subscribers.has(socket) && !socket.destroyed) socket.end();
+    };
+    const write = (envelope: ReplyEnvelope | ProgressEnvelope | EventEnvelope, encoded = encodeEnvelope(envelope), written?: () => void) => {
+      if (socket.destroyed || !socket.writable) {
+        written?.();
+        return;
+      }
+      // `written` runs once the line is with the kernel (or the socket failed): only then is a reply done.
+      socket.write(`${encoded}\n`, written);
+      holdBack();
     };
     const reader = new FrameReader(this.#options.maxMessageBytes, {
-      onOversize: (size) =>
+      onOversize: (size, head) =>
         write(
-          makeReply({ id: null }, this.#options.hostId, {
+          // The id, when the line's start shows it, lets the caller match the refusal to its request.
+          makeReply(salvageIds(head), this.#options.hostId, {
             ok: false,
             error: cloudletError('MESSAGE_TOO_LARGE', `message is ${size} bytes; the limit is ${this.#options.maxMessageBytes}`, {
               size,
@@ -108,6 +140,7 @@ export class LocalAgentTransport implements AgentTransport {
           return;
         }
         inFlight++;
+        holdBack();
         let replied = false;
         onDelivery({
           body: line,
@@ -116,14 +149,21 @@ export class LocalAgentTransport implements AgentTransport {
           reply: async (envelope, encoded) => {
             if (replied) return;
             replied = true;
-            inFlight--;
-            write(envelope, encoded);
+            write(envelope, encoded, () => {
+              inFlight--;
+              release();
+              endIfDone();
+            });
           },
           progress: (envelope) => write(envelope),
         });
       },
     });
     socket.on('data', (chunk: Buffer) => reader.push(chunk));
+    socket.on('end', () => {
+      peerEnded = true;
+      endIfDone();
+    });
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
       this.#connections.delete(socket);
@@ -144,7 +184,13 @@ export class LocalAgentTransport implements AgentTransport {
 
   async publishEvent(event: EventEnvelope): Promise<void> {
     const line = `${encodeEnvelope(event)}\n`;
-    for (const socket of this.#subscribers) if (socket.writable) socket.write(line);
+    const limit = unreadLimit(this.#options.maxMessageBytes);
+    for (const socket of this.#subscribers) {
+      if (!socket.writable) continue;
+      // A subscriber that stopped reading is cut off (it sees the connection close) rather than queued for.
+      if (socket.writableLength > limit) socket.destroy();
+      else socket.write(line);
+    }
   }
 
   async close(): Promise<void> {
@@ -172,25 +218,8 @@ function isSubscribeFrame(frame: Buffer): boolean {
   }
 }
 
-/** A socket file left by a crashed agent is removed; one that still answers belongs to a running agent. */
-async function removeStaleSocket(socketPath: string): Promise<void> {
-  const alive = await new Promise<boolean>((resolve) => {
-    const probe = createConnection(socketPath);
-    probe.once('connect', () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once('error', () => resolve(false));
-  });
-  if (alive) {
-    throw cloudletError('AGENT_ALREADY_RUNNING', `another agent is already listening on ${socketPath}; stop it first or configure another transport.socket`, {
-      socketPath,
-    });
-  }
-  await unlink(socketPath).catch((error: NodeJS.ErrnoException) => {
-    if (error.code !== 'ENOENT') throw error;
-  });
-}
+/** How long a closing client waits for the agent to close its side. */
+const CLOSE_GRACE_MS = 1_000;
 
 /** Slack after the deadline for the agent's own DEADLINE_EXCEEDED reply to arrive before the client gives up. */
 const CLIENT_DEADLINE_SLACK_MS = 2_000;
@@ -217,7 +246,14 @@ export class LocalClientTransport implements ClientTransport {
   }
 
   #connect(): Promise<Socket> {
-    this.#socket ??= new Promise<Socket>((resolve, reject) => {
+    this.#socket ??= checkSocketFolder(this.#socketPath, { create: false }).then(() => this.#open());
+    // A refused folder is refused again next time: nothing is kept.
+    this.#socket.catch(() => (this.#socket = undefined));
+    return this.#socket;
+  }
+
+  #open(): Promise<Socket> {
+    return new Promise<Socket>((resolve, reject) => {
       const socket = createConnection(this.#socketPath);
       socket.once('connect', () => {
         socket.off('error', onConnectError);
@@ -237,7 +273,7 @@ export class LocalClientTransport implements ClientTransport {
       };
       socket.once('error', onConnectError);
       const reader = new FrameReader(this.#maxMessageBytes, {
-        onOversize: () => undefined,
+        onOversize: (size, head) => this.#onOversize(size, head),
         onFrame: (line) => this.#onFrame(line),
       });
       socket.on('data', (chunk: Buffer) => reader.push(chunk));
@@ -249,7 +285,33 @@ export class LocalClientTransport implements ClientTransport {
         }
       });
     });
-    return this.#socket;
+  }
+
+  /** A reply over this client's limit: its request fails now, rather than waiting for a timeout. */
+  #onOversize(size: number, head: Buffer): void {
+    const salvaged = salvageIds(head);
+    // Progress and events that are too large are dropped, as the agent drops them; only a reply ends a wait.
+    if (salvaged.kind === 'progress' || salvaged.kind === 'event') return;
+    const id = this.#waitingFor(salvaged.id);
+    const pending = id === undefined ? undefined : this.#pending.get(id);
+    if (!pending || id === undefined) return;
+    this.#pending.delete(id);
+    pending.reject(
+      cloudletError('MESSAGE_TOO_LARGE', `the reply is ${size} bytes; this client's limit is ${this.#maxMessageBytes} (limits.maxMessageBytes)`, {
+        size,
+        maxBytes: this.#maxMessageBytes,
+      }),
+    );
+  }
+
+  /**
+   * The waiting request an answer is for: the one with its id, or, for an answer without one (a line the
+   * agent could not read), the only request waiting. With several waiting, none can be told apart: they
+   * wait for their own answers or their timeouts.
+   */
+  #waitingFor(id: string | null): string | undefined {
+    if (id !== null) return this.#pending.has(id) ? id : undefined;
+    return this.#pending.size === 1 ? (this.#pending.keys().next().value as string) : undefined;
   }
 
   #onFrame(frame: Buffer): void {
@@ -262,10 +324,11 @@ export class LocalClientTransport implements ClientTransport {
     }
     if (kind === 'reply') {
       const decoded = decodeEnvelope(line, 'reply', this.#maxMessageBytes);
-      if (!decoded.ok || decoded.envelope.id === null) return;
-      const pending = this.#pending.get(decoded.envelope.id);
-      if (!pending) return;
-      this.#pending.delete(decoded.envelope.id);
+      if (!decoded.ok) return;
+      const id = this.#waitingFor(decoded.envelope.id);
+      const pending = id === undefined ? undefined : this.#pending.get(id);
+      if (!pending || id === undefined) return;
+      this.#pending.delete(id);
       pending.resolve(decoded.envelope);
     } else if (kind === 'progress') {
       const decoded = decodeEnvelope(line, 'progress', this.#maxMessageBytes);
@@ -361,6 +424,8 @@ export class LocalClientTransport implements ClientTransport {
     await new Promise<void>((resolve) => {
       socket.once('close', () => resolve());
       socket.end();
+      // An agent that stopped answering (stalled, stopped with SIGSTOP) never closes its side: do not wait on it.
+      setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
     });
   }
 }

@@ -7,9 +7,12 @@ import { Buffer } from 'node:buffer';
 export interface FrameReaderEvents {
   /** One complete frame, without its newline. Bytes, not text: the decoder reports invalid UTF-8. */
   onFrame(frame: Buffer): void;
-  /** A frame exceeded the limit; its bytes were discarded. */
-  onOversize(size: number): void;
+  /** A frame exceeded the limit; its bytes were discarded, all but its first HEAD_BYTES (`head`). */
+  onOversize(size: number, head: Buffer): void;
 }
+
+/** What an oversize frame keeps of its start: enough for the envelope's id, type and kind. */
+const HEAD_BYTES = 1024;
 
 export class FrameReader {
   readonly #maxBytes: number;
@@ -18,6 +21,7 @@ export class FrameReader {
   #bufferBytes = 0;
   /** Bytes of an oversize frame seen so far; its remainder is skipped up to the next newline. */
   #discarding = 0;
+  #head: Buffer = Buffer.alloc(0);
 
   constructor(maxBytes: number, events: FrameReaderEvents) {
     this.#maxBytes = maxBytes;
@@ -34,6 +38,7 @@ export class FrameReader {
         this.#discarding += piece.length;
       } else if (this.#bufferBytes + piece.length > this.#maxBytes) {
         this.#discarding = this.#bufferBytes + piece.length;
+        this.#head = Buffer.from(Buffer.concat([...this.#pieces, piece.subarray(0, HEAD_BYTES)]).subarray(0, HEAD_BYTES));
         this.#pieces = [];
         this.#bufferBytes = 0;
       } else if (piece.length > 0) {
@@ -51,7 +56,8 @@ export class FrameReader {
     if (this.#discarding > 0) {
       const size = this.#discarding;
       this.#discarding = 0;
-      this.#events.onOversize(size);
+      this.#events.onOversize(size, this.#head);
+      this.#head = Buffer.alloc(0);
       return;
     }
     const frame = this.#pieces.length === 1 ? (this.#pieces[0] as Buffer) : Buffer.concat(this.#pieces);
@@ -60,4 +66,56 @@ export class FrameReader {
     // Blank lines are allowed as keep-alives and ignored.
     if (frame.some((byte) => byte !== 0x20 && byte !== 0x09 && byte !== 0x0d)) this.#events.onFrame(frame);
   }
+}
+
+/**
+ * The top-level `id`, `type` and `kind` of an envelope from its first bytes, when they are there (an oversize
+ * frame is discarded, but its answer should still name the request). Keys inside the payload are not taken
+ * for the envelope's; a value cut off by the end of `head` is not taken at all.
+ */
+export function salvageIds(head: Buffer): { id: string | null; type?: string; kind?: string } {
+  const text = head.toString('utf8');
+  const found = new Map<string, string>();
+  let at = 0;
+  let depth = 0;
+  const skipSpace = () => {
+    while (at < text.length && ' \t\r\n'.includes(text[at] as string)) at++;
+  };
+  /** The string starting at `at` (a quote), or undefined when it is cut off. */
+  const readString = (): string | undefined => {
+    let value = '';
+    for (at++; at < text.length; at++) {
+      const char = text[at] as string;
+      if (char === '"') {
+        at++;
+        return value;
+      }
+      if (char === '\\') at++;
+      value += text[at] ?? '';
+    }
+    return undefined;
+  };
+  while (at < text.length) {
+    const char = text[at] as string;
+    if (char !== '"') {
+      if (char === '{' || char === '[') depth++;
+      else if (char === '}' || char === ']') depth--;
+      at++;
+      continue;
+    }
+    const key = readString();
+    if (key === undefined) break;
+    if (depth !== 1) continue;
+    skipSpace();
+    if (text[at] !== ':') continue;
+    at++;
+    skipSpace();
+    if (text[at] !== '"') continue;
+    const value = readString();
+    if (value === undefined) break;
+    if ((key === 'id' || key === 'type' || key === 'kind') && !found.has(key) && value.length <= 128) found.set(key, value);
+  }
+  const type = found.get('type');
+  const kind = found.get('kind');
+  return { id: found.get('id') ?? null, ...(type === undefined ? {} : { type }), ...(kind === undefined ? {} : { kind }) };
 }

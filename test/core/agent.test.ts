@@ -40,7 +40,8 @@ test('agent — malformed messages each get their own coded error reply on one c
     ['{"v":1,"kind":"request","id":"p1","type":"test.sleep","payload":{"ms":"soon"}}', 'INVALID_PAYLOAD', 'p1'],
     ['{"v":1,"kind":"request","id":"h1","type":"host-info","target":"other-host"}', 'WRONG_HOST', 'h1'],
     ['{"v":1,"kind":"request","id":"d1","type":"host-info","deadline":1000}', 'DEADLINE_EXCEEDED', 'd1'],
-    [`{"v":1,"kind":"request","id":"big","type":"test.echo","payload":{"value":"${'x'.repeat(5000)}"}}`, 'MESSAGE_TOO_LARGE', null],
+    // The line is discarded, but its start names the request: the refusal carries its id (PROTOCOL.md 8).
+    [`{"v":1,"kind":"request","id":"big","type":"test.echo","payload":{"value":"${'x'.repeat(5000)}"}}`, 'MESSAGE_TOO_LARGE', 'big'],
   ];
   const lines = await rawExchange(socketPath, cases.map(([line]) => `${line}\n`).join(''), cases.length);
   const replies = lines.map((line) => parseReply(line));

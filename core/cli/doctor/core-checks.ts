@@ -5,7 +5,7 @@ import amqplib from 'amqplib';
 import type { CoreConfig } from '../../config/schema.ts';
 import { defaultStateDir } from '../../config/schema.ts';
 import { redactUrlCredentials } from '../../logger.ts';
-import { defaultSocketPath } from '../../transports/local.ts';
+import { defaultSocketPath } from '../../transports/socket-path.ts';
 import { dirname } from 'node:path';
 import { fail, folderState, ok, warn, type CheckResult } from './check.ts';
 

@@ -1,0 +1,204 @@
+/**
+ * The local transport's edges: a peer that does not read, a peer that half-closes, what may sit at the
+ * socket path, the shared-temp fallback folder, an agent that stops answering, and answers a client cannot
+ * match by id. Agents run in this process on sockets in temp folders.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { chmod, chown, mkdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
+import { createConnection, createServer, type Socket } from 'node:net';
+import { join } from 'node:path';
+import process from 'node:process';
+import test, { type TestContext } from 'node:test';
+import { Agent } from '../../core/agent.ts';
+import { loadHostConfig } from '../../core/config/host-config.ts';
+import { rawConfigFrom } from '../../core/config/load.ts';
+import { makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
+import { createLogger, memoryDestination } from '../../core/logger.ts';
+import { salvageIds } from '../../core/transports/ndjson.ts';
+import { LocalClientTransport } from '../../core/transports/local.ts';
+import { startAgent, tempDir, testkitPath, until } from '../helpers.ts';
+
+const withTestkit = { plugins: [{ use: testkitPath, options: {} }] };
+const line = (type: string, payload: unknown, id?: string) => `${JSON.stringify(makeRequest({ type, payload, ...(id ? { id } : {}) }))}\n`;
+
+/** Collects the lines a raw socket receives (once it reads). */
+function linesOf(socket: Socket): string[] {
+  const lines: string[] = [];
+  let buffer = '';
+  socket.on('data', (chunk: Buffer) => {
+    buffer += chunk.toString('utf8');
+    let newline: number;
+    while ((newline = buffer.indexOf('\n')) !== -1) {
+      lines.push(buffer.slice(0, newline));
+      buffer = buffer.slice(newline + 1);
+    }
+  });
+  return lines;
+}
+
+async function connected(path: string): Promise<Socket> {
+  const socket = createConnection(path);
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('error', reject);
+  });
+  return socket;
+}
+
+test('local — a peer that stops reading is read no further until it catches up, and loses no reply', { timeout: 120_000 }, async (t) => {
+  // Before, every request was read and answered into the socket's buffer: a client that never reads grew
+  // the agent's memory without bound (hundreds of MB in the review's run).
+  let handled = 0;
+  const { socketPath } = await startAgent(t, withTestkit, { observer: () => handled++ });
+  const socket = await connected(socketPath);
+  t.after(() => socket.destroy());
+  socket.pause(); // reads nothing: replies pile up in the agent
+  // Requests enough for a dozen socket reads (~850 kB), replies of 50 MB in all.
+  const requests = 10_000;
+  for (let i = 0; i < requests; i++) socket.write(line('test.blob', { bytes: 5_000 }, `blob-${i}`));
+  // Wait until the agent stops taking requests (no change for a second).
+  let seen = -1;
+  await until(async () => {
+    if (handled === seen && handled > 0) return true;
+    seen = handled;
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    return false;
+  }, 60_000);
+  // The agent reads on until 256 requests are unfinished, plus the rest of the socket read it was in (up to
+  // ~800 of these small requests), plus what the kernel's buffers took: far from all of them (measured:
+  // ~1,100–1,800; before the fix all 10,000, and 50 MB of replies in the agent's memory).
+  assert.ok(handled < requests / 2, `${handled} of ${requests} requests were taken while the peer read nothing`);
+  const lines = linesOf(socket);
+  socket.resume();
+  await until(() => lines.length === requests, 60_000);
+  const replies = lines.map((l) => JSON.parse(l) as ReplyEnvelope);
+  // One answer per request: a result, or BUSY from test.blob's pool (its queue is smaller than 256).
+  assert.deepEqual(new Set(replies.map((r) => r.id)).size, requests);
+  const codes = new Set(replies.map((r) => (r.ok ? 'ok' : r.error?.code)));
+  assert.ok(codes.has('ok') && [...codes].every((code) => code === 'ok' || code === 'BUSY'), [...codes].join(', '));
+});
+
+test('local — a client that half-closes after its request still gets the reply (socat, nc -U)', async (t) => {
+  const { socketPath } = await startAgent(t);
+  const socket = await connected(socketPath);
+  t.after(() => socket.destroy());
+  const lines = linesOf(socket);
+  const closed = new Promise((resolve) => socket.once('close', resolve));
+  socket.end(line('host-info', {}, 'half-open'));
+  await closed; // the agent ends its side once the reply is written
+  assert.equal(lines.length, 1);
+  const reply = JSON.parse(lines[0] as string) as ReplyEnvelope;
+  assert.deepEqual([reply.id, reply.ok], ['half-open', true]);
+});
+
+async function agentOn(t: TestContext, socketPath: string): Promise<Agent> {
+  const config = await loadHostConfig(rawConfigFrom({ host: { id: 'h1' }, transport: { kind: 'local', socket: socketPath } }, join(await tempDir(t), 'cloudlet.yaml')));
+  const agent = new Agent(config, { logger: createLogger({ level: 'fatal', format: 'json', destination: memoryDestination().stream }) });
+  t.after(() => agent.stop('test finished'));
+  return agent;
+}
+
+test('local — at the socket path: a file that is not a socket is never removed; a live listener is not taken; a stale socket is', async (t) => {
+  const dir = await tempDir(t);
+  // A typo in transport.socket naming a file: before, the agent deleted it.
+  const notASocket = join(dir, 'notes.txt');
+  await writeFile(notASocket, 'keep me');
+  await assert.rejects((await agentOn(t, notASocket)).start(), { code: 'SOCKET_UNSAFE' });
+  assert.equal(await readFile(notASocket, 'utf8'), 'keep me');
+
+  const livePath = join(dir, 'live.sock');
+  const live = createServer((socket) => socket.destroy());
+  await new Promise<void>((resolve) => live.listen(livePath, resolve));
+  t.after(() => live.close());
+  await assert.rejects((await agentOn(t, livePath)).start(), { code: 'AGENT_ALREADY_RUNNING' });
+  assert.ok((await stat(livePath)).isSocket());
+
+  // A socket nobody listens on: its agent was killed (SIGKILL leaves the file). Connecting is refused, so it
+  // is removed and the path reused.
+  const stalePath = join(dir, 'stale.sock');
+  const crashed = spawn(process.execPath, ['-e', `require('node:net').createServer().listen(${JSON.stringify(stalePath)}, () => console.log('up'))`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.after(() => crashed.kill('SIGKILL'));
+  await new Promise((resolve) => crashed.stdout?.once('data', resolve));
+  crashed.kill('SIGKILL');
+  await once(crashed, 'exit');
+  assert.ok((await stat(stalePath)).isSocket(), 'a stale socket file to remove');
+  const agent = await agentOn(t, stalePath);
+  await agent.start();
+  const client = new LocalClientTransport({ socketPath: stalePath });
+  t.after(() => client.close());
+  assert.equal((await client.request(makeRequest({ type: 'host-info', payload: {} }))).ok, true);
+});
+
+test('local — a socket folder in the shared temp directory must be this user\'s own and closed to others', async (t) => {
+  // Without XDG_RUNTIME_DIR the socket goes to <tmp>/cloudlet-<uid>/cloudlet/: anyone could make that
+  // folder first and swap the agent's socket for their own. Here <tmp> is a temp folder of the test.
+  const tmp = await tempDir(t);
+  const saved = process.env.TMPDIR;
+  process.env.TMPDIR = tmp;
+  t.after(() => (saved === undefined ? delete process.env.TMPDIR : (process.env.TMPDIR = saved)));
+  const base = join(tmp, `cloudlet-${process.getuid?.()}`);
+  const socketPath = join(base, 'cloudlet', 'agent.sock');
+
+  for (const [what, prepare] of [
+    ['owned by another user', async () => (await mkdir(base, { mode: 0o700 }), await chown(base, 2001, 2001))],
+    ['writable by everyone', async () => (await mkdir(base), await chmod(base, 0o777))],
+    ['a symbolic link', async () => (await mkdir(join(tmp, 'elsewhere')), await symlink(join(tmp, 'elsewhere'), base))],
+  ] as const) {
+    await prepare();
+    await assert.rejects((await agentOn(t, socketPath)).start(), { code: 'SOCKET_UNSAFE' }, what);
+    const client = new LocalClientTransport({ socketPath });
+    await assert.rejects(client.request(makeRequest({ type: 'host-info', payload: {} })), { code: 'SOCKET_UNSAFE' }, `client: ${what}`);
+    await import('node:fs/promises').then((fs) => fs.rm(base, { recursive: true, force: true }));
+  }
+  // Not there yet: the agent makes it, mode 0700, and works.
+  const agent = await agentOn(t, socketPath);
+  await agent.start();
+  assert.equal((await stat(base)).mode & 0o777, 0o700);
+  const client = new LocalClientTransport({ socketPath });
+  t.after(() => client.close());
+  assert.equal((await client.request(makeRequest({ type: 'host-info', payload: {} }))).ok, true);
+});
+
+test('local — a client gives up on an agent that stopped answering, and its close does not hang', { timeout: 30_000 }, async (t) => {
+  // Before, close() waited for the agent to close its side: a stalled agent held the CLI forever, and the
+  // CLIENT_TIMEOUT it had already decided on was never printed.
+  const socketPath = join(await tempDir(t), 'mute.sock');
+  const sockets: Socket[] = [];
+  const mute = createServer((socket) => void sockets.push(socket)); // reads nothing, answers nothing, never closes
+  await new Promise<void>((resolve) => mute.listen(socketPath, resolve));
+  t.after(() => (sockets.forEach((s) => s.destroy()), mute.close()));
+  const client = new LocalClientTransport({ socketPath });
+  await assert.rejects(client.request(makeRequest({ type: 'host-info', payload: {}, deadline: Date.now() + 200 })), { code: 'CLIENT_TIMEOUT' });
+  const started = Date.now();
+  await client.close();
+  assert.ok(Date.now() - started < 10_000, 'close waited for the mute agent');
+});
+
+test('local — an oversize request is refused with its own id; a reply over the client\'s limit fails its request at once', { timeout: 30_000 }, async (t) => {
+  // Before, the agent answered "id": null and the client, which matched by id only, waited 30 s for a timeout.
+  const { socketPath } = await startAgent(t, { ...withTestkit, limits: { maxMessageBytes: 2048 } });
+  const client = new LocalClientTransport({ socketPath, inactivityTimeoutMs: 20_000 });
+  t.after(() => client.close());
+  const request = makeRequest({ type: 'test.echo', payload: { value: 'x'.repeat(3_000) } });
+  const reply = await client.request(request);
+  assert.deepEqual([reply.id, reply.error?.code], [request.id, 'MESSAGE_TOO_LARGE']);
+
+  const { socketPath: roomy } = await startAgent(t, withTestkit);
+  const small = new LocalClientTransport({ socketPath: roomy, maxMessageBytes: 1_024, inactivityTimeoutMs: 20_000 });
+  t.after(() => small.close());
+  await assert.rejects(small.request(makeRequest({ type: 'test.blob', payload: { bytes: 1_500 } })), { code: 'MESSAGE_TOO_LARGE', message: /this client's limit is 1024/ });
+  // The connection goes on working.
+  assert.equal((await small.request(makeRequest({ type: 'host-info', payload: {} }))).ok, true);
+});
+
+test('local — salvageIds reads the envelope\'s own id, type and kind from a cut-off line, never the payload\'s', () => {
+  const head = (text: string) => Buffer.from(text);
+  assert.deepEqual(salvageIds(head('{"v":1,"kind":"request","id":"r-1","type":"test.echo","payload":{"value":"xxxx')), { id: 'r-1', type: 'test.echo', kind: 'request' });
+  assert.deepEqual(salvageIds(head('{"payload":{"id":"inner","type":"inner"},"id":"outer","kind":"reply"}')), { id: 'outer', kind: 'reply' });
+  assert.deepEqual(salvageIds(head('{"v":1,"id":"cut-of')), { id: null });
+  assert.deepEqual(salvageIds(head('{"id":"a\\"b","type":7}')), { id: 'a"b' });
+  assert.deepEqual(salvageIds(head('yyyyyyyy')), { id: null });
+  assert.deepEqual(salvageIds(head(`{"id":"${'z'.repeat(200)}"}`)), { id: null });
+});
