@@ -24,9 +24,11 @@ export const ENV_OVERRIDES = [
   // A socket only means something for the local transport, so a config without a transport section gets one.
   { variable: 'CLOUDLET_SOCKET', path: ['transport', 'socket'], createParent: { kind: 'local' } },
   { variable: 'CLOUDLET_AMQP_URL', path: ['transport', 'url'], createParent: { kind: 'amqp' } },
-  { variable: 'CLOUDLET_AMQP_PREFIX', path: ['transport', 'prefix'], createParent: { kind: 'amqp' } },
+  // Only for a RabbitMQ transport, from the file or from CLOUDLET_AMQP_URL (applied first): alone it would
+  // make a transport without a URL out of a local host's config, and blame the file for it.
+  { variable: 'CLOUDLET_AMQP_PREFIX', path: ['transport', 'prefix'], onlyKind: 'amqp' },
   { variable: 'CLOUDLET_STATE_DIR', path: ['state', 'dir'] },
-] as const satisfies readonly { variable: string; path: readonly string[]; createParent?: Record<string, unknown> }[];
+] as const satisfies readonly { variable: string; path: readonly string[]; createParent?: Record<string, unknown>; onlyKind?: string }[];
 
 export interface RawConfig {
   file: string;
@@ -92,6 +94,10 @@ function applyEnvOverrides(raw: RawConfig, env: NodeJS.ProcessEnv): RawConfig {
     let target: Record<string, unknown> | undefined = raw.data as Record<string, unknown>;
     for (const [depth, key] of parentKeys.entries()) {
       const next: unknown = target[key];
+      if ('onlyKind' in override && depth === parentKeys.length - 1 && (next === null || typeof next !== 'object' || (next as Record<string, unknown>).kind !== override.onlyKind)) {
+        target = undefined;
+        break;
+      }
       if (next === undefined) {
         const isLast = depth === parentKeys.length - 1;
         target[key] = isLast && 'createParent' in override ? { ...override.createParent } : {};

@@ -332,3 +332,16 @@ test('config — CLOUDLET_AMQP_URL does not break a host whose file names the lo
   const { result } = await checkText(t, 'transport:\n  kind: local\n', { env: { CLOUDLET_AMQP_URL: 'amqp://u:p@broker' } });
   assert.deepEqual(configOf(result).core.transport, { kind: 'local' });
 });
+
+test('config — CLOUDLET_AMQP_PREFIX sets the prefix of a RabbitMQ transport and never makes one', async (t) => {
+  // Before, the prefix alone made a `kind: amqp` transport without a URL out of a local host's file, and the
+  // file was blamed: "transport.url: required key is missing".
+  const alone = await checkText(t, 'host:\n  id: h1\n', { env: { CLOUDLET_AMQP_PREFIX: 'prod' } });
+  assert.equal(configOf(alone.result).core.transport.kind, 'local');
+  const local = await checkText(t, 'transport:\n  kind: local\n', { env: { CLOUDLET_AMQP_PREFIX: 'prod' } });
+  assert.deepEqual(configOf(local.result).core.transport, { kind: 'local' });
+  const withUrl = await checkText(t, 'host:\n  id: h1\n', { env: { CLOUDLET_AMQP_URL: 'amqp://u:p@broker', CLOUDLET_AMQP_PREFIX: 'prod' } });
+  assert.deepEqual([configOf(withUrl.result).core.transport.kind, (configOf(withUrl.result).core.transport as { prefix: string }).prefix], ['amqp', 'prod']);
+  const inFile = await checkText(t, 'transport:\n  kind: amqp\n  url: amqp://broker\n  prefix: dev\n', { env: { CLOUDLET_AMQP_PREFIX: 'prod' } });
+  assert.equal((configOf(inFile.result).core.transport as { prefix: string }).prefix, 'prod');
+});

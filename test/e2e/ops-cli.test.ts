@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import test, { type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -123,6 +123,19 @@ test('hosts and sweep — the local agent is one host; sweep --dry-run prints ea
   const nobody = await runCli(['hosts', '--config', config, '--socket', join(dir, 'nobody.sock'), '--json']);
   assert.equal(nobody.code, 0, nobody.stderr);
   assert.deepEqual(json<{ hosts: { state: string }[] }>(nobody).hosts.map((h) => h.state), ['down']);
+  // An agent that takes the connection and never answers (stalled): down too, and nothing hangs. Before,
+  // `hosts` exited 5, and `call` never exited at all (its client waited for the agent to close).
+  const mutePath = join(dir, 'mute.sock');
+  const held: Socket[] = [];
+  const mute = createServer((socket) => void held.push(socket));
+  await new Promise<void>((resolve) => mute.listen(mutePath, resolve));
+  t.after(() => (held.forEach((socket) => socket.destroy()), mute.close()));
+  const stalled = await runCli(['hosts', '--config', config, '--socket', mutePath, '--json'], { timeoutMs: 30_000 });
+  assert.equal(stalled.code, 0, stalled.stderr);
+  assert.deepEqual(json<{ hosts: { state: string }[] }>(stalled).hosts.map((h) => h.state), ['down']);
+  const call = await runCli(['call', 'host-info', '--config', config, '--socket', mutePath, '--timeout', '1000']);
+  assert.equal(call.code, 5, call.stderr);
+  assert.match(call.stderr, /error \[CLIENT_TIMEOUT\]/);
 
   const dry = await runCli(['sweep', '--dry-run', '--config', config]);
   assert.equal(dry.code, 0, dry.stderr);

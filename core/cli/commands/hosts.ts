@@ -65,7 +65,8 @@ async function localRow(values: Parameters<typeof openClient>[0]): Promise<HostR
     const info = resultOf<{ host: string; agentVersion: string; startedAt: string; plugins: { name: string }[] }>(await client.request('host-info', {}));
     return [{ host: info.host, state: 'up', lastSeenMsAgo: 0, version: info.agentVersion, plugins: info.plugins.map((p) => p.name), routes: [], startedAt: info.startedAt }];
   } catch (error) {
-    if (!(error instanceof CloudletError) || !['AGENT_UNREACHABLE', 'CONNECTION_LOST'].includes(error.code)) throw error;
+    // Not there, gone, or there and not answering (stalled): all "down", as CLI.md promises.
+    if (!(error instanceof CloudletError) || !['AGENT_UNREACHABLE', 'CONNECTION_LOST', 'CLIENT_TIMEOUT'].includes(error.code)) throw error;
     const id = client.config.host.id ?? 'local';
     return [{ host: id, state: 'down', lastSeenMsAgo: null, version: null, plugins: [], routes: [], startedAt: null }];
   } finally {

@@ -14,7 +14,30 @@ export interface InitChoices {
   leaseFile: string | undefined;
 }
 
-export function configTemplate(c: InitChoices, now = new Date()): string {
+/**
+ * A value as a YAML scalar: plain where that reads back as the same string, else double-quoted (JSON is valid
+ * YAML). Unquoted, `/srv/vm #2` would lose " #2" to a comment and `/srv/a: b` would become a mapping.
+ */
+export function yamlScalar(value: string): string {
+  const plain = /^[A-Za-z0-9/_.][A-Za-z0-9/_.@%+:=-]*$/.test(value) && !/^(true|false|null|yes|no|on|off|y|n|[0-9._]+(e[-+]?[0-9]+)?|0x[0-9a-f]+|0o[0-7]+|\.(inf|nan))$/i.test(value);
+  return plain && !value.endsWith(':') ? value : JSON.stringify(value);
+}
+
+export function configTemplate(choices: InitChoices, now = new Date()): string {
+  // Every value given on the command line goes into the file as a YAML scalar; the file name only into comments.
+  const c = {
+    ...choices,
+    // Only in comments: a line break would end the comment.
+    file: choices.file.replace(/[\r\n]/g, ' '),
+    hostId: yamlScalar(choices.hostId),
+    url: yamlScalar(choices.url),
+    prefix: yamlScalar(choices.prefix),
+    stateDir: yamlScalar(choices.stateDir),
+    qemuStateDir: yamlScalar(`${choices.stateDir}/qemu`),
+    imagesDir: yamlScalar(choices.imagesDir),
+    bridge: choices.bridge === undefined ? undefined : yamlScalar(choices.bridge),
+    leaseFile: choices.leaseFile === undefined ? undefined : yamlScalar(choices.leaseFile),
+  };
   const amqp = c.transport === 'amqp';
   const transport = amqp
     ? `transport:
@@ -61,7 +84,7 @@ routing:                    # how clients route a message sent without --host
   - use: routing-fanout                 # answer broadcasts (vm list, image list, sweep)
 `
     : '';
-  return `# cloudlet host config for "${c.hostId}", written by "cloudlet init" on ${now.toISOString().slice(0, 10)}.
+  return `# cloudlet host config for "${choices.hostId}", written by "cloudlet init" on ${now.toISOString().slice(0, 10)}.
 #   check it:      cloudlet config check ${c.file}
 #   check the host: cloudlet doctor --config ${c.file}
 #   run it:        cloudlet install-service --config ${c.file}   (a systemd unit), or cloudlet agent --config ${c.file}
@@ -86,7 +109,7 @@ plugins:
 ${routingPlugins}  - use: qemu-backend                   # QEMU VMs from base images
     options:
       imagesDir: ${c.imagesDir}   # NAME.qcow2, NAME.raw, NAME.img, or NAME/ with vmlinuz and initrd.img
-      stateDir: ${c.stateDir}/qemu    # one folder per VM: overlay disk, sockets, serial.log
+      stateDir: ${c.qemuStateDir}    # one folder per VM: overlay disk, sockets, serial.log
       accel: auto                       # KVM when /dev/kvm is usable, else TCG (software, slow)
 ${network}
       limits:                           # what this host accepts; more is refused (NO_CAPACITY, VM_LIMIT)
