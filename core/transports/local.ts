@@ -162,6 +162,7 @@ export class LocalAgentTransport implements AgentTransport {
     socket.on('data', (chunk: Buffer) => reader.push(chunk));
     socket.on('end', () => {
       peerEnded = true;
+      reader.end();
       endIfDone();
     });
     socket.on('error', () => socket.destroy());

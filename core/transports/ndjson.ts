@@ -52,6 +52,14 @@ export class FrameReader {
     }
   }
 
+  /**
+   * The stream ended: a last line without its newline is still a frame (or an oversize one), not silently
+   * dropped — `printf '{…}' | socat - UNIX-CONNECT:…` sends no newline.
+   */
+  end(): void {
+    if (this.#discarding > 0 || this.#bufferBytes > 0) this.#completeFrame();
+  }
+
   #completeFrame(): void {
     if (this.#discarding > 0) {
       const size = this.#discarding;

@@ -93,6 +93,17 @@ test('local — a client that half-closes after its request still gets the reply
   assert.deepEqual([reply.id, reply.ok], ['half-open', true]);
 });
 
+test('local — a last request without its newline, before the client half-closes, is answered too', async (t) => {
+  const { socketPath } = await startAgent(t);
+  const socket = await connected(socketPath);
+  t.after(() => socket.destroy());
+  const lines = linesOf(socket);
+  const closed = new Promise((resolve) => socket.once('close', resolve));
+  socket.end(line('host-info', {}, 'no-newline').trimEnd());
+  await closed;
+  assert.deepEqual(lines.map((l) => (JSON.parse(l) as ReplyEnvelope).id), ['no-newline']);
+});
+
 async function agentOn(t: TestContext, socketPath: string): Promise<Agent> {
   const config = await loadHostConfig(rawConfigFrom({ host: { id: 'h1' }, transport: { kind: 'local', socket: socketPath } }, join(await tempDir(t), 'cloudlet.yaml')));
   const agent = new Agent(config, { logger: createLogger({ level: 'fatal', format: 'json', destination: memoryDestination().stream }) });
