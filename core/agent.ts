@@ -240,28 +240,42 @@ export class Agent {
   }
 }
 
-/** Runs an agent until SIGTERM/SIGINT; resolves with the process exit code. */
+/**
+ * Runs an agent until SIGTERM/SIGINT; resolves with the process exit code. The signals are taken from the
+ * start: one that comes while the agent starts (systemd stopping a unit whose plugins take a while to
+ * init) lets the start finish and then stops the agent as usual, stop hooks included. A second signal, at
+ * any time, means "now".
+ */
 export async function runAgent(config: HostConfig, options: AgentOptions = {}): Promise<number> {
   const agent = new Agent(config, options);
-  try {
-    await agent.start();
-  } catch (error) {
-    agent.log.fatal({ err: error, code: (error as { code?: string }).code }, `agent failed to start: ${(error as Error).message}`);
-    await agent.stop('start failed').catch(() => undefined);
-    return 1;
-  }
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    process.once('SIGTERM', () => resolve('SIGTERM'));
-    process.once('SIGINT', () => resolve('SIGINT'));
-  });
-  // A second signal while draining means "now": the operator does not want to wait for the grace period.
-  const forceExit = () => {
-    agent.log.warn('second signal: exiting without waiting for in-flight messages');
-    process.exit(130);
+  let received: NodeJS.Signals | undefined;
+  let starting = true;
+  let signalled!: (signal: NodeJS.Signals) => void;
+  const stopRequested = new Promise<NodeJS.Signals>((resolve) => (signalled = resolve));
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (received) {
+      agent.log.warn('second signal: exiting without waiting for in-flight messages');
+      process.exit(130);
+    }
+    received = signal;
+    if (starting) agent.log.info({ signal }, 'signal during start-up: stopping once the start is done');
+    signalled(signal);
   };
-  process.once('SIGTERM', forceExit);
-  process.once('SIGINT', forceExit);
-  await agent.stop(signal);
-  return 0;
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  try {
+    try {
+      await agent.start();
+    } catch (error) {
+      agent.log.fatal({ err: error, code: (error as { code?: string }).code }, `agent failed to start: ${(error as Error).message}`);
+      await agent.stop('start failed').catch(() => undefined);
+      return 1;
+    }
+    starting = false;
+    await agent.stop(await stopRequested);
+    return 0;
+  } finally {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+  }
 }
-

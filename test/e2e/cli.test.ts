@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import test, { type TestContext } from 'node:test';
-import { repoRoot, runCli, spawnAgent, tempDir, testkitPath, writeConfig } from '../helpers.ts';
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import { repoRoot, runCli, spawnAgent, tempDir, testkitPath, until, writeConfig } from '../helpers.ts';
 
 async function agentWithTestkit(t: TestContext, extra = '') {
   const dir = await tempDir(t);
@@ -108,6 +110,26 @@ test('cli — SIGTERM lets the in-flight call finish, then the agent exits 0', a
   assert.deepEqual(JSON.parse(result.stdout), { slept: 1500 });
   assert.equal(await agent.exited, 0);
   assert.match(agent.output(), /"msg":"stopped"/);
+});
+
+test('cli — SIGTERM while the agent starts: it finishes starting, runs the stop hooks and exits 0', async (t) => {
+  // Before, the signal handlers came only after start: a SIGTERM during a slow init (systemd stopping the
+  // unit) killed the process outright, and no stop hook ran (a managed dnsmasq was left running).
+  const dir = await tempDir(t);
+  const marker = join(dir, 'hooks.log');
+  const slowStart = fileURLToPath(new URL('../fixtures/plugins/slow-start/index.ts', import.meta.url));
+  const config = await writeConfig(
+    dir,
+    'cloudlet.yaml',
+    `host:\n  id: cli-host\ntransport:\n  kind: local\n  socket: ${join(dir, 'agent.sock')}\nplugins:\n  - use: ${slowStart}\n    options:\n      marker: ${marker}\n      initMs: 1500\n`,
+  );
+  const agent = spawn(process.execPath, [join(repoRoot, 'core/cli/bin.js'), 'agent', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.after(() => agent.kill('SIGKILL'));
+  const exited = new Promise<[number | null, string | null]>((resolve) => agent.on('exit', (code, signal) => resolve([code, signal])));
+  await until(async () => (await readFile(marker, 'utf8').catch(() => '')).includes('init-begun'), 20_000);
+  agent.kill('SIGTERM');
+  assert.deepEqual(await exited, [0, null]);
+  assert.deepEqual((await readFile(marker, 'utf8')).trim().split('\n'), ['init-begun', 'init-done', 'stop']);
 });
 
 test('cli — an agent that cannot start (invalid config) exits 3 and names the problem', async (t) => {
