@@ -19,16 +19,13 @@ import {
 import { PROTOCOL_VERSION } from '../version.ts';
 import { FrameReader, salvageIds } from './ndjson.ts';
 import { checkSocketFolder, removeStaleSocket } from './socket-path.ts';
-import type { AgentTransport, ClientTransport, DeliveryListener, GatherOptions, GatherResult, RequestOptions } from './transport.ts';
+import type { AgentTransport, ClientTransport, DeliveryListener, GatherOptions, GatherResult, ReplySealer, RequestOptions } from './transport.ts';
 
 
-/** Requests one connection may have in flight; more are answered with BUSY instead of queueing forever. */
-const MAX_IN_FLIGHT_PER_CONNECTION = 1024;
 /**
  * Requests in flight (read, and not yet answered or not yet handed to the kernel) at which the agent stops
- * reading a connection until some are done: a client that pipelines thousands waits instead of getting BUSY,
- * and one that never reads its replies holds a bounded amount of the agent's memory. The BUSY cap above is
- * then only reached within one socket read (~700 small requests).
+ * reading a connection until some are done: a client that pipelines thousands waits, and one that never
+ * reads its replies holds a bounded amount of the agent's memory.
  */
 const READ_PAUSE_IN_FLIGHT = 256;
 
@@ -53,6 +50,9 @@ export class LocalAgentTransport implements AgentTransport {
   #server: Server | undefined;
   readonly #connections = new Set<Socket>();
   readonly #subscribers = new Set<Socket>();
+  /** Bytes of events written to each subscriber and not yet taken by the kernel. */
+  readonly #eventBacklog = new Map<Socket, number>();
+  #sealReply: ReplySealer | undefined;
 
   constructor(options: LocalAgentTransportOptions) {
     this.#options = options;
@@ -66,8 +66,9 @@ export class LocalAgentTransport implements AgentTransport {
     return this.#server?.listening ?? false;
   }
 
-  async listen(onDelivery: DeliveryListener): Promise<void> {
+  async listen(onDelivery: DeliveryListener, sealReply?: ReplySealer): Promise<void> {
     const { socketPath } = this.#options;
+    this.#sealReply = sealReply;
     await checkSocketFolder(socketPath, { create: true });
     await mkdir(dirname(socketPath), { recursive: true, mode: 0o750 });
     await removeStaleSocket(socketPath);
@@ -92,11 +93,19 @@ export class LocalAgentTransport implements AgentTransport {
     let inFlight = 0;
     let peerEnded = false;
     const limit = unreadLimit(this.#options.maxMessageBytes);
+    // The socket stops delivering chunks, and the reader stops at the frame it is on (not at the end of the
+    // chunk it was reading): at most READ_PAUSE_IN_FLIGHT requests are taken that the peer has not read.
     const holdBack = () => {
-      if (!socket.isPaused() && (inFlight >= READ_PAUSE_IN_FLIGHT || socket.writableLength > limit)) socket.pause();
+      if (!reader.paused && (inFlight >= READ_PAUSE_IN_FLIGHT || socket.writableLength > limit)) {
+        reader.pause();
+        socket.pause();
+      }
     };
     const release = () => {
-      if (socket.isPaused() && inFlight < READ_PAUSE_IN_FLIGHT && socket.writableLength <= limit) socket.resume();
+      if (reader.paused && inFlight < READ_PAUSE_IN_FLIGHT && socket.writableLength <= limit) {
+        socket.resume();
+        reader.resume();
+      }
     };
     socket.on('drain', release);
     const endIfDone = () => {
@@ -111,9 +120,14 @@ export class LocalAgentTransport implements AgentTransport {
       socket.write(`${encoded}\n`, written);
       holdBack();
     };
-    const reader = new FrameReader(this.#options.maxMessageBytes, {
+    /** A reply the transport makes itself, signed like the dispatcher's when the host signs replies. */
+    const ownReply = (reply: ReplyEnvelope) => {
+      const sealed = this.#sealReply?.(reply);
+      write(sealed?.reply ?? reply, sealed?.encoded);
+    };
+    const reader: FrameReader = new FrameReader(this.#options.maxMessageBytes, {
       onOversize: (size, head) =>
-        write(
+        ownReply(
           // The id, when the line's start shows it, lets the caller match the refusal to its request.
           makeReply(salvageIds(head), this.#options.hostId, {
             ok: false,
@@ -126,17 +140,6 @@ export class LocalAgentTransport implements AgentTransport {
       onFrame: (line) => {
         if (isSubscribeFrame(line)) {
           this.#subscribers.add(socket);
-          return;
-        }
-        if (inFlight >= MAX_IN_FLIGHT_PER_CONNECTION) {
-          const salvaged = decodeEnvelope(line, 'request', this.#options.maxMessageBytes);
-          const request = salvaged.ok ? salvaged.envelope : { id: salvaged.id, type: salvaged.type };
-          write(
-            makeReply(request, this.#options.hostId, {
-              ok: false,
-              error: cloudletError('BUSY', `more than ${MAX_IN_FLIGHT_PER_CONNECTION} requests in flight on this connection`).toWire(),
-            }),
-          );
           return;
         }
         inFlight++;
@@ -169,6 +172,7 @@ export class LocalAgentTransport implements AgentTransport {
     socket.on('close', () => {
       this.#connections.delete(socket);
       this.#subscribers.delete(socket);
+      this.#eventBacklog.delete(socket);
     });
   }
 
@@ -186,11 +190,18 @@ export class LocalAgentTransport implements AgentTransport {
   async publishEvent(event: EventEnvelope): Promise<void> {
     const line = `${encodeEnvelope(event)}\n`;
     const limit = unreadLimit(this.#options.maxMessageBytes);
+    const bytes = Buffer.byteLength(line);
     for (const socket of this.#subscribers) {
       if (!socket.writable) continue;
       // A subscriber that stopped reading is cut off (it sees the connection close) rather than queued for.
-      if (socket.writableLength > limit) socket.destroy();
-      else socket.write(line);
+      // Only its unread events count: replies waiting on the same connection are held back by flow control.
+      const backlog = this.#eventBacklog.get(socket) ?? 0;
+      if (backlog > limit) {
+        socket.destroy();
+        continue;
+      }
+      this.#eventBacklog.set(socket, backlog + bytes);
+      socket.write(line, () => this.#eventBacklog.set(socket, (this.#eventBacklog.get(socket) ?? bytes) - bytes));
     }
   }
 
@@ -424,6 +435,11 @@ export class LocalClientTransport implements ClientTransport {
     if (!socket) return;
     await new Promise<void>((resolve) => {
       socket.once('close', () => resolve());
+      // Nothing more to wait for once our side is flushed and no answer is due: the agent keeps its side
+      // open while a request of ours still runs there (a cancelled one, say), which is not ours to wait on.
+      socket.once('finish', () => {
+        if (this.#pending.size === 0) socket.destroy();
+      });
       socket.end();
       // An agent that stopped answering (stalled, stopped with SIGSTOP) never closes its side: do not wait on it.
       setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();

@@ -3,6 +3,7 @@
  * endless line costs at most `maxBytes` of memory, and the stream stays usable after the next newline.
  */
 import { Buffer } from 'node:buffer';
+import { messageIdSchema, messageTypeSchema } from '../envelope.ts';
 
 export interface FrameReaderEvents {
   /** One complete frame, without its newline. Bytes, not text: the decoder reports invalid UTF-8. */
@@ -22,6 +23,10 @@ export class FrameReader {
   /** Bytes of an oversize frame seen so far; its remainder is skipped up to the next newline. */
   #discarding = 0;
   #head: Buffer = Buffer.alloc(0);
+  /** Paused: frames are not handed out; what arrives (and the rest of the chunk being read) waits here. */
+  #paused = false;
+  #held: Buffer[] = [];
+  #ended = false;
 
   constructor(maxBytes: number, events: FrameReaderEvents) {
     this.#maxBytes = maxBytes;
@@ -29,8 +34,40 @@ export class FrameReader {
   }
 
   push(chunk: Buffer): void {
+    if (this.#paused) {
+      // Copy: the socket may reuse the chunk's memory after this callback.
+      this.#held.push(Buffer.from(chunk));
+      return;
+    }
+    this.#read(chunk);
+  }
+
+  /**
+   * Hands out no more frames until `resume`, not even the rest of the chunk being read: a reader whose
+   * consumer cannot keep up stops at the frame it is on, not at the end of a 64 KiB read.
+   */
+  pause(): void {
+    this.#paused = true;
+  }
+
+  resume(): void {
+    if (!this.#paused) return;
+    this.#paused = false;
+    while (!this.#paused && this.#held.length > 0) this.#read(this.#held.shift() as Buffer);
+    if (!this.#paused && this.#ended) this.#finish();
+  }
+
+  get paused(): boolean {
+    return this.#paused;
+  }
+
+  #read(chunk: Buffer): void {
     let start = 0;
     while (start < chunk.length) {
+      if (this.#paused) {
+        this.#held.unshift(Buffer.from(chunk.subarray(start)));
+        return;
+      }
       const newline = chunk.indexOf(10, start);
       const end = newline === -1 ? chunk.length : newline;
       const piece = chunk.subarray(start, end);
@@ -57,6 +94,11 @@ export class FrameReader {
    * dropped — `printf '{…}' | socat - UNIX-CONNECT:…` sends no newline.
    */
   end(): void {
+    this.#ended = true;
+    if (!this.#paused) this.#finish();
+  }
+
+  #finish(): void {
     if (this.#discarding > 0 || this.#bufferBytes > 0) this.#completeFrame();
   }
 
@@ -121,9 +163,11 @@ export function salvageIds(head: Buffer): { id: string | null; type?: string; ki
     if (text[at] !== '"') continue;
     const value = readString();
     if (value === undefined) break;
-    if ((key === 'id' || key === 'type' || key === 'kind') && !found.has(key) && value.length <= 128) found.set(key, value);
+    if ((key === 'id' || key === 'type' || key === 'kind') && !found.has(key)) found.set(key, value);
   }
-  const type = found.get('type');
+  // Only values a reply may carry: an answer that breaks the reply schema would be dropped by its reader.
+  const id = messageIdSchema.safeParse(found.get('id')).success ? (found.get('id') as string) : null;
+  const type = messageTypeSchema.safeParse(found.get('type')).success ? found.get('type') : undefined;
   const kind = found.get('kind');
-  return { id: found.get('id') ?? null, ...(type === undefined ? {} : { type }), ...(kind === undefined ? {} : { kind }) };
+  return { id, ...(type === undefined ? {} : { type }), ...(kind === undefined ? {} : { kind }) };
 }

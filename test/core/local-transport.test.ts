@@ -14,9 +14,9 @@ import test, { type TestContext } from 'node:test';
 import { Agent } from '../../core/agent.ts';
 import { loadHostConfig } from '../../core/config/host-config.ts';
 import { rawConfigFrom } from '../../core/config/load.ts';
-import { makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
+import { makeEvent, makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
 import { createLogger, memoryDestination } from '../../core/logger.ts';
-import { salvageIds } from '../../core/transports/ndjson.ts';
+import { FrameReader, salvageIds } from '../../core/transports/ndjson.ts';
 import { LocalClientTransport } from '../../core/transports/local.ts';
 import { startAgent, tempDir, testkitPath, until } from '../helpers.ts';
 
@@ -51,13 +51,15 @@ test('local — a peer that stops reading is read no further until it catches up
   // Before, every request was read and answered into the socket's buffer: a client that never reads grew
   // the agent's memory without bound (hundreds of MB in the review's run).
   let handled = 0;
-  const { socketPath } = await startAgent(t, withTestkit, { observer: () => handled++ });
+  // A queue long enough that no request is refused BUSY: tiny refusals would fill the kernel's buffers by
+  // the hundred and blur what is measured.
+  const { socketPath } = await startAgent(t, { ...withTestkit, pools: { 'test.blob': { maxQueue: 2_000 } } }, { observer: () => handled++ });
   const socket = await connected(socketPath);
   t.after(() => socket.destroy());
   socket.pause(); // reads nothing: replies pile up in the agent
-  // Requests enough for a dozen socket reads (~850 kB), replies of 50 MB in all.
-  const requests = 10_000;
-  for (let i = 0; i < requests; i++) socket.write(line('test.blob', { bytes: 5_000 }, `blob-${i}`));
+  // Requests enough for several socket reads (~170 kB), replies of 100 MB in all.
+  const requests = 2_000;
+  for (let i = 0; i < requests; i++) socket.write(line('test.blob', { bytes: 50_000 }, `blob-${i}`));
   // Wait until the agent stops taking requests (no change for a second).
   let seen = -1;
   await until(async () => {
@@ -66,18 +68,71 @@ test('local — a peer that stops reading is read no further until it catches up
     await new Promise((resolve) => setTimeout(resolve, 1_000));
     return false;
   }, 60_000);
-  // The agent reads on until 256 requests are unfinished, plus the rest of the socket read it was in (up to
-  // ~800 of these small requests), plus what the kernel's buffers took: far from all of them (measured:
-  // ~1,100–1,800; before the fix all 10,000, and 50 MB of replies in the agent's memory).
-  assert.ok(handled < requests / 2, `${handled} of ${requests} requests were taken while the peer read nothing`);
+  // The agent stops at 256 unfinished requests or 8 MiB of unread replies, whichever comes first; replies
+  // the kernel's socket buffers took count as read (261 in all, measured). Before the fix all 2,000 were
+  // taken and their 100 MB of replies sat in the agent's memory; with reading paused only between socket
+  // reads (the first version of the fix), ~1,000.
+  t.diagnostic(`${handled} of ${requests} requests taken while the peer read nothing`);
+  assert.ok(handled < 600, `${handled} of ${requests} requests were taken while the peer read nothing`);
   const lines = linesOf(socket);
   socket.resume();
   await until(() => lines.length === requests, 60_000);
   const replies = lines.map((l) => JSON.parse(l) as ReplyEnvelope);
-  // One answer per request: a result, or BUSY from test.blob's pool (its queue is smaller than 256).
   assert.deepEqual(new Set(replies.map((r) => r.id)).size, requests);
-  const codes = new Set(replies.map((r) => (r.ok ? 'ok' : r.error?.code)));
-  assert.ok(codes.has('ok') && [...codes].every((code) => code === 'ok' || code === 'BUSY'), [...codes].join(', '));
+  assert.deepEqual([...new Set(replies.map((r) => (r.ok ? 'ok' : r.error?.code)))], ['ok']);
+});
+
+test('local — a subscriber is not cut off because replies wait on its connection; only unread events count', { timeout: 60_000 }, async (t) => {
+  // Before, an event published while more than 8 MiB of replies waited on a subscribed connection destroyed
+  // it, and every request on it failed with CONNECTION_LOST.
+  let handled = 0;
+  const { socketPath, agent } = await startAgent(t, withTestkit, { observer: () => handled++ });
+  const socket = await connected(socketPath);
+  t.after(() => socket.destroy());
+  socket.pause();
+  socket.write(`${JSON.stringify({ v: 1, kind: 'subscribe' })}\n`);
+  const requests = 12;
+  for (let i = 0; i < requests; i++) socket.write(line('test.blob', { bytes: 900_000 }, `big-${i}`));
+  await until(() => handled === requests, 30_000); // ~11 MB of replies wait unread in the agent
+  await agent.transport.publishEvent(makeEvent('test.mid-burst', 'test-host', {}));
+  const lines = linesOf(socket);
+  socket.resume();
+  await until(() => lines.length === requests + 1 || socket.destroyed, 30_000);
+  const kinds = lines.map((l) => (JSON.parse(l) as { kind: string; ok?: boolean }).kind);
+  assert.equal(socket.destroyed, false, 'the connection was cut off');
+  assert.deepEqual([kinds.filter((k) => k === 'reply').length, kinds.filter((k) => k === 'event').length], [requests, 1]);
+});
+
+test('local — FrameReader.pause stops at the frame it is on, not at the end of the chunk; end waits for resume', () => {
+  const frames: string[] = [];
+  const reader: FrameReader = new FrameReader(1_000, {
+    onFrame: (frame) => {
+      frames.push(frame.toString('utf8'));
+      if (frames.length === 2) reader.pause();
+    },
+    onOversize: () => undefined,
+  });
+  reader.push(Buffer.from('a\nb\nc\nd'));
+  reader.push(Buffer.from('\ne\nf'));
+  reader.end(); // "f" has no newline: it is a frame once the reader resumes
+  assert.deepEqual(frames, ['a', 'b']);
+  reader.resume();
+  assert.deepEqual(frames, ['a', 'b', 'c', 'd', 'e', 'f']);
+});
+
+test('local — a client closes at once after cancelling a request the agent still runs', { timeout: 30_000 }, async (t) => {
+  // With half-open connections the agent keeps its side open while the request runs; the client has nothing
+  // left to wait for and must not sit out its 1 s grace (every cancelled CLI call would pay it).
+  const { socketPath } = await startAgent(t, withTestkit);
+  const client = new LocalClientTransport({ socketPath });
+  const cancel = new AbortController();
+  const running = client.request(makeRequest({ type: 'test.sleep', payload: { ms: 5_000 } }), { signal: cancel.signal });
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  cancel.abort();
+  await assert.rejects(running, { code: 'CANCELLED' });
+  const started = performance.now();
+  await client.close();
+  assert.ok(performance.now() - started < 900, `close took ${(performance.now() - started).toFixed(0)} ms: it waited for the agent`);
 });
 
 test('local — a client that half-closes after its request still gets the reply (socat, nc -U)', async (t) => {
@@ -212,4 +267,6 @@ test('local — salvageIds reads the envelope\'s own id, type and kind from a cu
   assert.deepEqual(salvageIds(head('{"id":"a\\"b","type":7}')), { id: 'a"b' });
   assert.deepEqual(salvageIds(head('yyyyyyyy')), { id: null });
   assert.deepEqual(salvageIds(head(`{"id":"${'z'.repeat(200)}"}`)), { id: null });
+  // Only what a reply may carry: an id with a space or a type out of pattern would make an invalid reply.
+  assert.deepEqual(salvageIds(head('{"id":"a b","type":"Create VM","kind":"request"}')), { id: null, kind: 'request' });
 });

@@ -226,3 +226,16 @@ test('security — a signed reply that names no request ("id": null) is not trus
   );
   assert.ok(outcome instanceof CloudletError && outcome.code === 'UNTRUSTED_REPLY', `the replayed reply was taken as h1's answer: ${JSON.stringify(outcome)}`);
 });
+
+test('security — on the local socket, the transport\'s own refusal of an oversize line is signed, and a checking client takes it', async (t) => {
+  // Before, the local transport ignored the sealer: once the refusal named the request (its id read from the
+  // line's start), a client checking hostKeys failed it with UNTRUSTED_REPLY instead of MESSAGE_TOO_LARGE.
+  const dir = await tempDir(t);
+  const host = await keyFiles(dir, 'host');
+  const ops = await keyFiles(dir, 'ops');
+  const { client } = await startAgent(t, { host: { id: 'h1' }, plugins: [{ use: testkitPath }], limits: { maxMessageBytes: 2_048 }, security: { hostKeyFile: host.file } });
+  const checking = new SigningClientTransport(client, { signer: ops.signer, hostKeys: new Map([['h1', publicKeyFrom(host.publicKey, 'test')]]), requireSignedReplies: true });
+  const reply = await checking.request(makeRequest({ type: 'test.echo', payload: { value: 'x'.repeat(3_000) }, deadline: Date.now() + 10_000 }));
+  assert.equal(reply.error?.code, 'MESSAGE_TOO_LARGE');
+  assert.ok((reply as ReplyEnvelope & { auth?: unknown }).auth, 'the refusal is signed');
+});
