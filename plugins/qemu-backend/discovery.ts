@@ -142,7 +142,11 @@ async function waitForAddresses(
       }
       // A watcher that fired for a change that gave no address (one the caller filters out, or a watcher that
       // always fires) would make the next slice start at once, and the next: one tick before watching again.
-      if (fired && addresses.length === 0 && !askSignal.aborted) await sleep(Math.min(tickMs, Math.max(0, deadline - Date.now())), askSignal);
+      if (fired && addresses.length === 0 && !askSignal.aborted) {
+        await sleep(Math.min(tickMs, Math.max(0, deadline - Date.now())), askSignal);
+        // What changed during the pause is seen now, not a tick into the next slice.
+        if (!askSignal.aborted) addresses = await ask();
+      }
     } finally {
       stop.abort();
       askSignal.removeEventListener('abort', onAbort);

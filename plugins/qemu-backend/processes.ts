@@ -4,6 +4,7 @@
  */
 import { readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import process from 'node:process';
 
 export async function readPid(pidfile: string): Promise<number | undefined> {
   // Synchronous: a missing pidfile (a stopped VM) is one failed stat, not a thread-pool round trip; list-vms
@@ -47,4 +48,16 @@ export async function waitForExit(pid: number, vmId: string, timeoutMs: number):
     await new Promise((r) => setTimeout(r, 50));
   }
   return true;
+}
+
+/** SIGKILL for the VM's QEMU, if its pidfile names one that runs; waits a moment for it to go. */
+export async function killQemu(pidfile: string, vmId: string, waitMs = 1_000): Promise<void> {
+  const pid = await runningPid(pidfile, vmId);
+  if (pid === undefined) return;
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    return; // gone meanwhile
+  }
+  await waitForExit(pid, vmId, waitMs);
 }

@@ -2,7 +2,7 @@
  * What can be done to a VM, shared by the message handlers (in worker threads) and the start hook (in the
  * agent). Every operation is idempotent and says what it found: already running, not running, gone.
  */
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, rm, stat } from 'node:fs/promises';
 import { qemuError } from './errors.ts';
 import { resolveImage, type BaseImage } from './images.ts';
 import { ensureTap, removeTap } from './network.ts';
@@ -54,8 +54,26 @@ export function viewOf(record: VmRecord, state: VmState, pid: number | undefined
 export async function requireRecord(options: QemuOptions, id: string, hostId: string): Promise<VmRecord> {
   checkOwner(id, hostId);
   const record = await readRecord(options.stateDir, id);
-  if (!record) throw qemuError('VM_NOT_FOUND', `no VM "${id}" on this host`, { vm: id });
+  if (!record) {
+    await refuseWhileCreating(options, id);
+    throw qemuError('VM_NOT_FOUND', `no VM "${id}" on this host`, { vm: id });
+  }
   return record;
+}
+
+/**
+ * create-vm writes vm.json last, so a folder without one is a VM being created — unless it has not changed
+ * for longer than any create takes (create-vm's pool gives it 180 s): then it is what a create that died
+ * left behind (the sweeper reports it), and the VM does not exist.
+ */
+const CREATING_WINDOW_MS = 10 * 60_000;
+
+/** VM_NOT_READY (retryable) while create-vm works on `id`: a command sent on its "starting" progress. */
+export async function refuseWhileCreating(options: QemuOptions, id: string): Promise<void> {
+  const folder = await stat(vmPaths(options.stateDir, id).dir).catch(() => undefined);
+  if (folder?.isDirectory() && Date.now() - folder.mtimeMs < CREATING_WINDOW_MS) {
+    throw qemuError('VM_NOT_READY', `VM "${id}" is still being created; send the command again once create-vm has answered`, { vm: id });
+  }
 }
 
 /** A VM id names its host; a command for another host's VM is a routing mistake, not "already gone". */

@@ -6,7 +6,7 @@
  * run with qemu-backend's options and one at a time per VM with the owner's own requests, so a stop or delete
  * in flight is seen before a dead VM is started again.
  */
-import { readdir, rm } from 'node:fs/promises';
+import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import process from 'node:process';
 import type { DispatchReply } from '../../core/plugin-api.ts';
@@ -137,10 +137,15 @@ export async function settleTap(options: SweeperOptions, tap: string, remove: bo
   return done(remove ? 'deleted' : 'down and off the bridge');
 }
 
-/** No record names the tap's VM suffix, and no process holds it open. */
+/** No record names the tap's VM suffix, no VM with that suffix is being created, and no process holds it open. */
 async function tapIsFree(options: SweeperOptions, tap: string): Promise<boolean> {
   const suffix = tap.slice(options.qemu.tapPrefix.length);
   const names = await readdir(options.qemu.stateDir).catch(() => [] as string[]);
-  for (const name of names.filter((n) => n.endsWith(`.${suffix}`))) if (await hasRecordFile(options.qemu.stateDir, name)) return false;
+  for (const name of names.filter((n) => n.endsWith(`.${suffix}`))) {
+    if (await hasRecordFile(options.qemu.stateDir, name)) return false;
+    // A folder without vm.json changed within minAgeMs: create-vm is at work (it writes vm.json last).
+    const folder = await stat(join(options.qemu.stateDir, name)).catch(() => undefined);
+    if (folder?.isDirectory() && Date.now() - folder.mtimeMs < options.minAgeMs) return false;
+  }
   return (await tapHolders(new Set([tap]))).size === 0;
 }

@@ -8,7 +8,8 @@ import { randomMac, removeTap, tapName } from '../network.ts';
 import { qemuOptionsSchema } from '../options.ts';
 import { createVmPayload } from '../schemas.ts';
 import { listRecords, removeVmFolder, vmPaths, writeRecord, type VmRecord } from '../state.ts';
-import { startVm, stopVm, viewOf } from '../vm-ops.ts';
+import { killQemu } from '../processes.ts';
+import { startVm, viewOf } from '../vm-ops.ts';
 
 function newVmId(host: string, taken: ReadonlySet<string>): string {
   for (;;) {
@@ -86,9 +87,10 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
     ctx.progress('running', { vm: id, pid });
     return viewOf(record, 'running', pid);
   } catch (error) {
-    // Leave nothing half-made behind: no QEMU (it may have started before a cancel), no tap, no folder. The
-    // cancel (deadline, timeout, shutdown) leaves cancelGraceMs for this, so the stop is a forced one.
-    await stopVm(options, record, { force: true, timeoutMs: 0 }).catch(() => undefined);
+    // Leave nothing half-made behind: no QEMU (it may have started before a cancel), no tap, no folder. A
+    // cancel (deadline, timeout, shutdown) leaves only cancelGraceMs (1 s) for this, and the disk goes
+    // anyway: QEMU is killed outright, no QMP.
+    await killQemu(paths.pidfile, id).catch(() => undefined);
     if (network.mode === 'bridge') await removeTap(options.ipBinary, network.tap).catch(() => undefined);
     await removeVmFolder(options.stateDir, id);
     throw error;

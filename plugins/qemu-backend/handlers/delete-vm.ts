@@ -2,12 +2,16 @@ import { defineHandler } from '../../../core/plugin-api.ts';
 import { qemuOptionsSchema } from '../options.ts';
 import { vmRefPayload } from '../schemas.ts';
 import { readRecord, removeVmFolder } from '../state.ts';
-import { checkOwner, stopVm } from '../vm-ops.ts';
+import { checkOwner, refuseWhileCreating, stopVm } from '../vm-ops.ts';
 
 export default defineHandler(vmRefPayload, qemuOptionsSchema, async ({ vm }, ctx) => {
   checkOwner(vm, ctx.host.id);
   const record = await readRecord(ctx.options.stateDir, vm);
-  if (!record) return { vm, deleted: false, already: true, hint: 'no such VM on this host (already deleted?)' };
+  if (!record) {
+    // Not "already deleted" while create-vm is still making it: it would be running a moment later.
+    await refuseWhileCreating(ctx.options, vm);
+    return { vm, deleted: false, already: true, hint: 'no such VM on this host (already deleted?)' };
+  }
   ctx.progress('stopping', { vm });
   // Deleting destroys the disk anyway: no point waiting for the guest to shut down cleanly.
   const stopped = await stopVm(ctx.options, record, { force: true, timeoutMs: 0 });

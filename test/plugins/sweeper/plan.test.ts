@@ -227,3 +227,19 @@ test('plan — a lease file that does not exist is said so in the ignored list, 
   assert.deepEqual(plan.ignored.map((i) => [i.kind, i.target]), [['leases', '/tmp/l']]);
   assert.match(plan.ignored[0]?.reason ?? '', /does not exist.*leaseFile/);
 });
+
+test('plan — the tap of a VM being created (a young folder without vm.json) is not an orphan; an old one is', () => {
+  // create-vm writes vm.json last: between setting up the tap and QEMU opening it, only the folder says the
+  // tap is taken. Before, a sweep in that moment found an orphan tap and, set to reap, deleted it.
+  const creating = inventory();
+  creating.state.bareFolders.push({ id: 'h1.creating', path: '/var/lib/cloudlet/qemu/h1.creating', ageMs: 10_000, hasDisk: true, entries: ['disk.qcow2'] });
+  creating.taps?.push({ name: 'cltcreating', master: 'br0', up: true, persist: true, heldBy: [] });
+  assert.deepEqual(summary(planSweep(options(), ['orphans'], creating)), []);
+  const leftover = inventory();
+  leftover.state.bareFolders.push({ id: 'h1.creating', path: '/var/lib/cloudlet/qemu/h1.creating', ageMs: OLD, hasDisk: true, entries: ['disk.qcow2'] });
+  leftover.taps?.push({ name: 'cltcreating', master: 'br0', up: true, persist: true, heldBy: [] });
+  assert.deepEqual(summary(planSweep(options(), ['orphans'], leftover)), [
+    ['orphan-folder', '/var/lib/cloudlet/qemu/h1.creating', 'remove-folder'],
+    ['orphan-tap', 'cltcreating', 'delete-tap'],
+  ]);
+});
