@@ -15,6 +15,8 @@ const RECHECK_MS = 500;
  * watcher is being set up (`ip monitor` listens a few ms after it starts) would otherwise wait out the slice.
  */
 const CHANGE_RECHECK_MS = 1_000;
+/** A watcher that fires sooner than this after being set up saw nothing new happen: it is spinning. */
+const IMMEDIATE_FIRE_MS = 50;
 
 export interface AddressQuery {
   includeLinkLocal: boolean;
@@ -122,12 +124,15 @@ async function waitForAddresses(
     askSignal.addEventListener('abort', onAbort, { once: true });
     try {
       let fired = false;
+      let firedAt = 0;
+      const watchedAt = performance.now();
       const changed = new Promise<void>((resolve) => {
         for (const strategy of strategies) {
           const watch = strategy.implementation.waitForChange;
           if (!watch) continue;
           watch(vm, { options: strategy.options, signal: stop.signal, log: ctx.log, timeoutMs: sliceEnd - Date.now() }).then(
             () => {
+              if (!fired) firedAt = performance.now();
               fired = true;
               resolve();
             },
@@ -140,12 +145,12 @@ async function waitForAddresses(
         await Promise.race([changed, sleep(Math.min(tickMs, sliceEnd - Date.now()), stop.signal)]);
         if (!askSignal.aborted) addresses = await ask();
       }
-      // A watcher that fired for a change that gave no address (one the caller filters out, or a watcher that
-      // always fires) would make the next slice start at once, and the next: one tick before watching again.
-      if (fired && addresses.length === 0 && !askSignal.aborted) {
+      // A watcher that fires the moment it is set up, for nothing the caller reports (a change it filters
+      // out, or a watcher that always fires), would make the next slice start at once, and the next: a
+      // spin. Such a slice is followed by a tick's pause. A watcher that fired later, for a real change
+      // elsewhere (another VM's lease), starts the next slice at once, as it should.
+      if (fired && addresses.length === 0 && firedAt - watchedAt < IMMEDIATE_FIRE_MS && !askSignal.aborted) {
         await sleep(Math.min(tickMs, Math.max(0, deadline - Date.now())), askSignal);
-        // What changed during the pause is seen now, not a tick into the next slice.
-        if (!askSignal.aborted) addresses = await ask();
       }
     } finally {
       stop.abort();
