@@ -188,7 +188,16 @@ export class AetherscaleBridge {
       channel.nack(msg, false, true);
       return 'requeued';
     }
-    const handed = await this.#handOn(channel, msg, { ...outcome, code: outcome.code }, context);
+    let handed = false;
+    try {
+      handed = await this.#handOn(channel, msg, { ...outcome, code: outcome.code }, context);
+    } catch (error) {
+      // Passing it on failed (the broker refused the copy, or it could not be written): the request must still
+      // be settled, or it holds this host's one prefetch slot and no create-vm reaches it again. Its caller
+      // gets this host's refusal.
+      this.#options.log.warn({ err: error, code: outcome.code }, 'aetherscale create-vm: could not hand it on to another host; answering with the refusal');
+      await context.reply(failure(`${outcome.reason} (it could not be passed on to another host: ${(error as Error).message})`)).catch(() => undefined);
+    }
     channel.ack(msg);
     return handed ? 'handed on' : 'acked';
   }
@@ -205,8 +214,9 @@ export class AetherscaleBridge {
     // Refused here before: the others have not had their turn yet; do not spin on it.
     if (decision.pause) await new Promise((resolve) => setTimeout(resolve, 250));
     const { properties } = msg;
+    // Only our own headers travel on: a client's (an unencodable timestamp, a huge table) must not make the
+    // copy unsendable.
     const headers = {
-      ...properties.headers,
       [HAND_ON_HEADERS.refusedBy]: JSON.stringify(decision.refusedBy),
       [HAND_ON_HEADERS.hops]: decision.hops,
       ...(decision.images.length > 0 ? { [HAND_ON_HEADERS.images]: JSON.stringify(decision.images) } : {}),
@@ -222,7 +232,6 @@ export class AetherscaleBridge {
           correlationId: properties.correlationId,
           replyTo: properties.replyTo,
           messageId: properties.messageId,
-          timestamp: properties.timestamp,
           type: properties.type,
           appId: properties.appId,
           persistent: true,

@@ -214,3 +214,38 @@ async function waitFor(check: () => boolean | Promise<boolean>, describe: () => 
     await new Promise((r) => setTimeout(r, 100));
   }
 }
+
+/** Publishes `count` raw create-vm requests and collects the replies for `waitMs`. */
+async function rawCreates(t: TestContext, broker: Broker, count: number, image: string, headers?: Record<string, unknown>, waitMs = 6_000): Promise<string[]> {
+  const connection = await amqplib.connect(broker.url);
+  t.after(() => connection.close().catch(() => undefined));
+  const channel = await connection.createChannel();
+  const { queue } = await channel.assertQueue('', { exclusive: true });
+  const replies: string[] = [];
+  await channel.consume(queue, (msg) => msg && replies.push(msg.content.toString()), { noAck: true });
+  const body = Buffer.from(JSON.stringify({ command: 'create-vm', options: { image } }));
+  for (let i = 0; i < count; i++) channel.publish(broker.exchange, 'create-vm', body, { replyTo: queue, ...(headers ? { headers } : {}) });
+  await waitFor(async () => replies.length >= count, () => `${replies.length} of ${count} creates answered`, waitMs);
+  return replies;
+}
+
+test('aetherscale broker — a create that cannot be handed on is answered with the refusal and acked; the hosts go on taking creates', async (t) => {
+  // Before, a failed hand-on (the shared queue refusing the copy, or a client header that cannot be written
+  // again) skipped the ack on a live channel: the request held the host's one prefetch slot for good, and
+  // that host took no create-vm again until it reconnected.
+  const broker = uniqueBroker(t);
+  const connection = await amqplib.connect(broker.url);
+  const setup = await connection.createChannel();
+  await setup.assertQueue(broker.competingQueue, { durable: true, arguments: { 'x-max-length': 1, 'x-overflow': 'reject-publish' } });
+  await connection.close();
+  await Promise.all([startHost(t, broker, 'ha', { maxVms: 0 }), startHost(t, broker, 'hb', { maxVms: 0 })]);
+  const refused = await rawCreates(t, broker, 3, 'tiny');
+  for (const reply of refused) assert.match(JSON.parse(reply)['execution-info'].reason, /full/);
+  // A header amqplib reads but cannot write back (a timestamp past 2^53) no longer rides along on the copy.
+  const poisoned = await rawCreates(t, broker, 2, 'tiny', { x: { '!': 'timestamp', value: 18446744073709551615n } });
+  for (const reply of poisoned) assert.match(JSON.parse(reply)['execution-info'].reason, /full/);
+  const after = await rawCreates(t, broker, 1, 'tiny');
+  assert.match(JSON.parse(after[0] as string)['execution-info'].reason, /full/);
+  const unacked = await expectNoUnacked(broker.exchange);
+  if (unacked) assert.ok([...unacked.values()].every((n) => n === 0), `unacked: ${JSON.stringify([...unacked])}`);
+});
