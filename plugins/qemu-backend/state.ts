@@ -33,6 +33,8 @@ export interface VmPaths {
   qga: string;
   pidfile: string;
   serialLog: string;
+  /** Present while create-vm works on the VM (vm.json comes last): which agent process, since when. */
+  creating: string;
 }
 
 export function vmPaths(stateDir: string, id: string): VmPaths {
@@ -47,6 +49,7 @@ export function vmPaths(stateDir: string, id: string): VmPaths {
     qga: `${dir}/qga.sock`,
     pidfile: `${dir}/qemu.pid`,
     serialLog: `${dir}/serial.log`,
+    creating: `${dir}/creating`,
   };
 }
 

@@ -2,12 +2,13 @@
  * What can be done to a VM, shared by the message handlers (in worker threads) and the start hook (in the
  * agent). Every operation is idempotent and says what it found: already running, not running, gone.
  */
-import { mkdir, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, rm, stat } from 'node:fs/promises';
+import process from 'node:process';
 import { qemuError } from './errors.ts';
 import { resolveImage, type BaseImage } from './images.ts';
-import { ensureTap, removeTap } from './network.ts';
+import { ensureTap, removeTap, tapName } from './network.ts';
 import type { QemuOptions } from './options.ts';
-import { runningPid, waitForExit } from './processes.ts';
+import { killQemu, runningPid, waitForExit } from './processes.ts';
 import { chooseAccel, qemuArgv } from './qemu-args.ts';
 import { withQmp, QmpClient } from './qmp.ts';
 import { runProgram } from './run.ts';
@@ -61,17 +62,28 @@ export async function requireRecord(options: QemuOptions, id: string, hostId: st
   return record;
 }
 
-/**
- * create-vm writes vm.json last, so a folder without one is a VM being created — unless it has not changed
- * for longer than any create takes (create-vm's pool gives it 180 s): then it is what a create that died
- * left behind (the sweeper reports it), and the VM does not exist.
- */
+/** Longer than any create takes (create-vm's pool gives it 180 s): a mark older than this was left behind. */
 const CREATING_WINDOW_MS = 10 * 60_000;
+
+/**
+ * create-vm writes vm.json last, and a `creating` mark first naming the agent process. A folder with a mark
+ * of this very agent, younger than any create takes, is a create at work; anything else without vm.json
+ * (an agent that died mid-create and was restarted, a clean-up cut short) is a leftover.
+ */
+export async function isBeingCreated(options: QemuOptions, id: string): Promise<boolean> {
+  const text = await readFile(vmPaths(options.stateDir, id).creating, 'utf8').catch(() => undefined);
+  if (text === undefined) return false;
+  try {
+    const mark = JSON.parse(text) as { pid?: unknown; startedAt?: unknown };
+    return mark.pid === process.pid && typeof mark.startedAt === 'number' && Date.now() - mark.startedAt < CREATING_WINDOW_MS;
+  } catch {
+    return false; // a torn mark: its create died while writing it
+  }
+}
 
 /** VM_NOT_READY (retryable) while create-vm works on `id`: a command sent on its "starting" progress. */
 export async function refuseWhileCreating(options: QemuOptions, id: string): Promise<void> {
-  const folder = await stat(vmPaths(options.stateDir, id).dir).catch(() => undefined);
-  if (folder?.isDirectory() && Date.now() - folder.mtimeMs < CREATING_WINDOW_MS) {
+  if (await isBeingCreated(options, id)) {
     throw qemuError('VM_NOT_READY', `VM "${id}" is still being created; send the command again once create-vm has answered`, { vm: id });
   }
 }
@@ -182,4 +194,15 @@ export async function setDesired(options: QemuOptions, record: VmRecord, desired
   const updated = { ...record, desired };
   await writeRecord(options.stateDir, updated);
   return updated;
+}
+
+/** The folder (and QEMU, and tap) of a create that never finished; says whether there was one. */
+export async function removeLeftover(options: QemuOptions, id: string): Promise<boolean> {
+  const paths = vmPaths(options.stateDir, id);
+  if (!(await stat(paths.dir).then((info) => info.isDirectory(), () => false))) return false;
+  await killQemu(paths.pidfile, id).catch(() => undefined);
+  // Only a bridged VM had one; for the others there is nothing to remove and the error is ignored.
+  await removeTap(options.ipBinary, tapName(options.tapPrefix, id)).catch(() => undefined);
+  await rm(paths.dir, { recursive: true, force: true, maxRetries: 3 });
+  return true;
 }

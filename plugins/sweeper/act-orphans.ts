@@ -107,6 +107,7 @@ export async function settleDeadRecord(dispatch: Dispatch | undefined, record: R
   const current = await dispatch('get-vm', { vm: record.id });
   if (!current.ok) {
     if (current.error.code === 'VM_NOT_FOUND') return skipped('deleted meanwhile');
+    if (current.error.code === 'VM_NOT_READY') return skipped('being created again meanwhile');
     throw messageFailed(`get-vm: ${current.error.message}`, current.error.code);
   }
   const view = current.result as { state?: string; desired?: string };

@@ -119,7 +119,8 @@ function planOrphans(options: SweeperOptions, inventory: Inventory, plan: Plan):
     const suffix = (id: string) => `${options.qemu.tapPrefix}${id.slice(id.lastIndexOf('.') + 1)}`;
     // A young bare folder is a VM being created (create-vm writes vm.json last): its tap is set up before
     // QEMU opens it, and must not be taken away in between.
-    const creating = state.bareFolders.filter((folder) => folder.ageMs < minAgeMs).map((folder) => folder.id);
+    // Another host's folders are not ours to judge (they are ignored above), nor is the tap named for them.
+    const creating = [...state.bareFolders.filter((folder) => folder.ageMs < minAgeMs).map((folder) => folder.id), ...state.foreignBareFolders];
     const owned = new Set<string>([...processes.tapsInUse, ...[...withRecord, ...live, ...namedLikeOurs, ...creating].map(suffix)]);
     for (const record of [...state.records, ...state.foreign]) if (record.tap) owned.add(record.tap);
     for (const tap of inventory.taps) {

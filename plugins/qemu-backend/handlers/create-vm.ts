@@ -1,5 +1,6 @@
 import { randomInt } from 'node:crypto';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import process from 'node:process';
 import { Buffer } from 'node:buffer';
 import { defineHandler } from '../../../core/plugin-api.ts';
 import { qemuError } from '../errors.ts';
@@ -70,11 +71,13 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
     updatedAt: now,
   };
   const paths = vmPaths(options.stateDir, id);
-  // vm.json is written last. Until this create answers, no other command finds the VM: a stop or delete
-  // sent on the "starting" progress answers VM_NOT_FOUND instead of racing the create (and writing a record
-  // back into a folder the failed create removes). A folder without vm.json is left alone by the sweeper
-  // for minAgeMs, and reported after that: what an agent that died mid-create leaves behind.
+  // vm.json is written last. Until this create answers, no other command acts on the VM: a stop or delete
+  // sent on the "starting" progress finds the `creating` mark and answers VM_NOT_READY, instead of racing
+  // the create (and writing a record back into a folder the failed create removes). A folder without
+  // vm.json is left alone by the sweeper for minAgeMs, and reported after that: what an agent that died
+  // mid-create leaves behind (delete-vm removes it too).
   await mkdir(paths.dir, { recursive: true, mode: 0o750 });
+  await writeFile(paths.creating, JSON.stringify({ pid: process.pid, startedAt: Date.now() }));
   const { signal } = ctx;
   try {
     if (image.kind === 'disk') await createOverlay(options.qemuImgBinary, image, paths.disk, signal);
@@ -83,6 +86,7 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
     const { pid } = await startVm(options, record, image, signal);
     signal.throwIfAborted();
     await writeRecord(options.stateDir, record);
+    await rm(paths.creating, { force: true });
     ctx.log.info({ vm: id, pid, image: payload.image }, 'VM created and running');
     ctx.progress('running', { vm: id, pid });
     return viewOf(record, 'running', pid);

@@ -242,4 +242,9 @@ test('plan — the tap of a VM being created (a young folder without vm.json) is
     ['orphan-folder', '/var/lib/cloudlet/qemu/h1.creating', 'remove-folder'],
     ['orphan-tap', 'cltcreating', 'delete-tap'],
   ]);
+  // Another host's folder is ignored, and so is the tap named for it.
+  const foreign = inventory();
+  foreign.state.foreignBareFolders.push('h2.creatinx');
+  foreign.taps?.push({ name: 'cltcreatinx', master: 'br0', up: true, persist: true, heldBy: [] });
+  assert.deepEqual(summary(planSweep(options(), ['orphans'], foreign)), []);
 });
