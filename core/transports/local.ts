@@ -102,14 +102,18 @@ export class LocalAgentTransport implements AgentTransport {
       }
     };
     const release = () => {
+      // A gone client's held requests are not worth running: nobody reads their replies.
+      if (socket.destroyed) return;
       if (reader.paused && inFlight < READ_PAUSE_IN_FLIGHT && socket.writableLength <= limit) {
         socket.resume();
         reader.resume();
+        endIfDone();
       }
     };
     socket.on('drain', release);
+    // Not while lines wait in the paused reader: they are requests still to answer.
     const endIfDone = () => {
-      if (peerEnded && inFlight === 0 && !this.#subscribers.has(socket) && !socket.destroyed) socket.end();
+      if (peerEnded && inFlight === 0 && !reader.paused && !this.#subscribers.has(socket) && !socket.destroyed) socket.end();
     };
     const write = (envelope: ReplyEnvelope | ProgressEnvelope | EventEnvelope, encoded = encodeEnvelope(envelope), written?: () => void) => {
       if (socket.destroyed || !socket.writable) {
@@ -250,6 +254,8 @@ export class LocalClientTransport implements ClientTransport {
   #socket: Promise<Socket> | undefined;
   readonly #pending = new Map<string, PendingRequest>();
   readonly #eventListeners = new Set<(event: EventEnvelope) => void>();
+  /** A socket being closed that waits only for the answers still due on it. */
+  #closingSocket: Socket | undefined;
 
   constructor(options: { socketPath: string; maxMessageBytes?: number; inactivityTimeoutMs?: number }) {
     this.#socketPath = options.socketPath;
@@ -297,6 +303,14 @@ export class LocalClientTransport implements ClientTransport {
         }
       });
     });
+  }
+
+  /** Called whenever a request stops waiting: a closing socket goes once nothing is due on it any more. */
+  #afterSettle(): void {
+    if (this.#closingSocket && this.#pending.size === 0) {
+      this.#closingSocket.destroy();
+      this.#closingSocket = undefined;
+    }
   }
 
   /** A reply over this client's limit: its request fails now, rather than waiting for a timeout. */
@@ -364,6 +378,7 @@ export class LocalClientTransport implements ClientTransport {
         clearTimeout(timer);
         clearTimeout(inactivity);
         this.#pending.delete(request.id);
+        this.#afterSettle();
         reject(cloudletError('CLIENT_TIMEOUT', message, { id: request.id }));
       };
       // A deadline bounds the wait; without one, the wait lasts while the agent shows signs of life
@@ -384,6 +399,7 @@ export class LocalClientTransport implements ClientTransport {
         clearTimeout(timer);
         clearTimeout(inactivity);
         this.#pending.delete(request.id);
+        this.#afterSettle();
         reject(cloudletError('CANCELLED', `the request ${request.id} was cancelled by the caller`));
       };
       options.signal?.addEventListener('abort', onAbort, { once: true });
@@ -392,12 +408,14 @@ export class LocalClientTransport implements ClientTransport {
           clearTimeout(timer);
           clearTimeout(inactivity);
           options.signal?.removeEventListener('abort', onAbort);
+          this.#afterSettle();
           resolve(reply);
         },
         reject: (error) => {
           clearTimeout(timer);
           clearTimeout(inactivity);
           options.signal?.removeEventListener('abort', onAbort);
+          this.#afterSettle();
           reject(error);
         },
         onProgress: (progress) => {
@@ -439,6 +457,7 @@ export class LocalClientTransport implements ClientTransport {
       // open while a request of ours still runs there (a cancelled one, say), which is not ours to wait on.
       socket.once('finish', () => {
         if (this.#pending.size === 0) socket.destroy();
+        else this.#closingSocket = socket; // the last answer due ends it (#afterSettle)
       });
       socket.end();
       // An agent that stopped answering (stalled, stopped with SIGSTOP) never closes its side: do not wait on it.

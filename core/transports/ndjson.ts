@@ -27,6 +27,8 @@ export class FrameReader {
   #paused = false;
   #held: Buffer[] = [];
   #ended = false;
+  /** A chunk is being read: frames handed out now come from inside that loop (a consumer may pause or resume). */
+  #reading = false;
 
   constructor(maxBytes: number, events: FrameReaderEvents) {
     this.#maxBytes = maxBytes;
@@ -34,12 +36,13 @@ export class FrameReader {
   }
 
   push(chunk: Buffer): void {
-    if (this.#paused) {
+    if (this.#paused || this.#reading) {
       // Copy: the socket may reuse the chunk's memory after this callback.
       this.#held.push(Buffer.from(chunk));
       return;
     }
     this.#read(chunk);
+    this.#drain();
   }
 
   /**
@@ -50,11 +53,17 @@ export class FrameReader {
     this.#paused = true;
   }
 
+  /** Hands out frames again; called from a consumer's own frame handler, the loop already running goes on. */
   resume(): void {
     if (!this.#paused) return;
     this.#paused = false;
+    if (!this.#reading) this.#drain();
+  }
+
+  /** Reads what waited, in order, until paused or done; then a last line without newline, if the stream ended. */
+  #drain(): void {
     while (!this.#paused && this.#held.length > 0) this.#read(this.#held.shift() as Buffer);
-    if (!this.#paused && this.#ended) this.#finish();
+    if (!this.#paused && this.#ended && this.#held.length === 0) this.#finish();
   }
 
   get paused(): boolean {
@@ -62,6 +71,15 @@ export class FrameReader {
   }
 
   #read(chunk: Buffer): void {
+    this.#reading = true;
+    try {
+      this.#readChunk(chunk);
+    } finally {
+      this.#reading = false;
+    }
+  }
+
+  #readChunk(chunk: Buffer): void {
     let start = 0;
     while (start < chunk.length) {
       if (this.#paused) {
@@ -95,7 +113,7 @@ export class FrameReader {
    */
   end(): void {
     this.#ended = true;
-    if (!this.#paused) this.#finish();
+    if (!this.#paused && !this.#reading) this.#drain();
   }
 
   #finish(): void {

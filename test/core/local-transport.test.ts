@@ -118,6 +118,23 @@ test('local — FrameReader.pause stops at the frame it is on, not at the end of
   assert.deepEqual(frames, ['a', 'b']);
   reader.resume();
   assert.deepEqual(frames, ['a', 'b', 'c', 'd', 'e', 'f']);
+
+  // Paused and resumed from inside a frame handler (a reply written at once frees a slot): nothing is lost or
+  // handed out twice or out of order.
+  const again: string[] = [];
+  const reentrant: FrameReader = new FrameReader(1_000, {
+    onFrame: (frame) => {
+      again.push(frame.toString('utf8'));
+      if (again.length === 1) {
+        reentrant.pause();
+        reentrant.push(Buffer.from('ccc\nd\n'));
+        reentrant.resume();
+      }
+    },
+    onOversize: () => undefined,
+  });
+  reentrant.push(Buffer.from('a\nb\n'));
+  assert.deepEqual(again, ['a', 'b', 'ccc', 'd']);
 });
 
 test('local — a client closes at once after cancelling a request the agent still runs', { timeout: 30_000 }, async (t) => {
@@ -133,6 +150,19 @@ test('local — a client closes at once after cancelling a request the agent sti
   const started = performance.now();
   await client.close();
   assert.ok(performance.now() - started < 900, `close took ${(performance.now() - started).toFixed(0)} ms: it waited for the agent`);
+});
+
+test('local — a subscribed client closing with a reply still due closes once it arrives, not after the grace', { timeout: 30_000 }, async (t) => {
+  // The agent never ends a subscriber's connection: the client must end it once its last answer is in.
+  const { socketPath } = await startAgent(t, withTestkit);
+  const client = new LocalClientTransport({ socketPath });
+  await client.subscribe(() => undefined);
+  const reply = client.request(makeRequest({ type: 'test.sleep', payload: { ms: 300 } }));
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  const started = performance.now();
+  await client.close();
+  assert.equal((await reply).ok, true, 'the reply due still arrived');
+  assert.ok(performance.now() - started < 900, `close took ${(performance.now() - started).toFixed(0)} ms: it sat out its grace`);
 });
 
 test('local — a client that half-closes after its request still gets the reply (socat, nc -U)', async (t) => {
