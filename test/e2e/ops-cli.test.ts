@@ -71,6 +71,29 @@ test('init — writes a commented config that config check accepts, and never ov
   assert.match(bad.stderr, /--lease-file/);
 });
 
+test('install-service — warns about what would keep the service from starting: hidden images, missing or relative folders, a quote in a path', async (t) => {
+  // Found in review: an images folder under /home or /tmp was not warned about (ProtectHome hides it); a
+  // ReadWritePaths folder that does not exist is skipped by systemd, and the agent then cannot make it;
+  // a relative state.dir became a relative ReadWritePaths; a ' in the config path made the unit unloadable.
+  const dir = await tempDir(t, "cloudlet-o'brien-");
+  const config = join(dir, 'cloudlet.yaml');
+  assert.equal((await runCli(['init', '--output', config, '--host-id', 'svc', '--state-dir', '/srv/cloudlet-ops-missing', '--images-dir', join(dir, 'images')])).code, 0);
+  const text = await readFile(config, 'utf8');
+  await writeFile(config, text.replace(/^  dir: \/srv\/cloudlet-ops-missing/m, '  dir: relative-state'), { mode: 0o640 });
+  const result = json<{ readWritePaths: string[]; notes: string[] }>(await runCli(['install-service', '--config', config, '--output', join(dir, 'unit.service'), '--json']));
+  const notes = result.notes.join('\n');
+  assert.match(notes, new RegExp(`warning: ${join(dir, 'images').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is under /home, /root or /tmp`));
+  assert.match(notes, /warning: "relative-state" is a relative path: the service runs in \/, so it means \/relative-state/);
+  assert.match(notes, /warning: \/srv\/cloudlet-ops-missing\/qemu does not exist; create it before starting the service/);
+  assert.ok(result.readWritePaths.includes('/relative-state'), JSON.stringify(result.readWritePaths));
+  const unit = await readFile(join(dir, 'unit.service'), 'utf8');
+  assert.ok(unit.includes(`--config "${config}"`), unit.split('\n').find((line) => line.startsWith('ExecStart=')));
+  if (spawnSync('systemd-analyze', ['--version']).status === 0) {
+    const verify = spawnSync('systemd-analyze', ['verify', join(dir, 'unit.service')], { encoding: 'utf8' });
+    assert.doesNotMatch(verify.stderr, /Unbalanced quoting|fatal error/);
+  }
+});
+
 test('install-service — writes a hardened unit with this installation’s paths and the config’s folders', async (t) => {
   const dir = await tempDir(t);
   const config = join(dir, 'cloudlet.yaml');

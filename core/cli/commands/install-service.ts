@@ -6,7 +6,7 @@
 import { access, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import process from 'node:process';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { checkHostConfig } from '../../config/host-config.ts';
 import { readConfigFile } from '../../config/load.ts';
 import { configInvalidError } from '../../config/problems.ts';
@@ -14,7 +14,7 @@ import { cloudletError } from '../../errors.ts';
 import type { Command } from '../command.ts';
 import { EXIT } from '../exit-codes.ts';
 import { packageFile } from '../../runtime/package-root.ts';
-import { hiddenFromService, writablePaths } from '../service/paths.ts';
+import { hiddenFromService, writablePaths, type ServicePaths } from '../service/paths.ts';
 
 const UNIT_TEMPLATE = packageFile('config/cloudlet.service');
 // The launcher, from the sources or compiled alike (it picks dist/ when that is current).
@@ -34,7 +34,7 @@ export const installServiceCommand: Command = {
     if (positionals.length > 0) throw cloudletError('USAGE', `install-service takes no positional arguments, found "${positionals.join(' ')}"`);
     const configFile = resolve(values.config ?? '/etc/cloudlet/cloudlet.yaml');
     const notes: string[] = [];
-    let paths: { readWrite: string[]; hidden: string[] } = { readWrite: [], hidden: [] };
+    let paths: ServicePaths = { readWrite: [], hidden: [], relative: [] };
     const exists = await access(configFile).then(
       () => true,
       () => false,
@@ -47,6 +47,12 @@ export const installServiceCommand: Command = {
       notes.push(`note: ${configFile} does not exist yet ("cloudlet init --output ${configFile}" writes one); the unit uses the default folders`);
     }
     for (const path of paths.hidden) notes.push(`warning: ${path} is under /home, /root or /tmp, which the unit hides (ProtectHome, PrivateTmp): move it`);
+    for (const path of paths.relative) notes.push(`warning: "${path}" is a relative path: the service runs in /, so it means ${resolve('/', path)}; give an absolute path in the config`);
+    // ProtectSystem=strict: the agent cannot make a folder outside its ReadWritePaths, and systemd skips a
+    // "-" path that does not exist yet. Say so, rather than let the service fail with EROFS.
+    for (const path of paths.readWrite) {
+      if (!(await access(path).then(() => true, () => false))) notes.push(`warning: ${path} does not exist; create it before starting the service (install -d -m 0750 ${quote(path)}): the unit keeps the agent from creating it`);
+    }
     // What the unit runs must be visible to it too: a Node from nvm, a checkout or a config in a home
     // folder would make the service fail at start (203/EXEC, or no config).
     for (const [what, path] of [
@@ -81,10 +87,10 @@ export const installServiceCommand: Command = {
   },
 };
 
-/** systemd splits on spaces (quote what has any) and expands `%` specifiers in both lines we write. */
+/** systemd splits on spaces and takes ' and " as quotes (quote what has any), and expands `%` specifiers. */
 function quote(arg: string): string {
   const literal = arg.replace(/%/g, '%%');
-  return /[\s"\\]/.test(literal) ? `"${literal.replace(/["\\]/g, '\\$&')}"` : literal;
+  return /[\s"'\\]/.test(literal) ? `"${literal.replace(/["\\]/g, '\\$&')}"` : literal;
 }
 
 function execStartLine(configFile: string): string {
@@ -96,6 +102,6 @@ export function renderUnit(template: string, configFile: string, readWrite: stri
   const pathLines = readWrite.map((path) => `ReadWritePaths=-${quote(path)}`).join('\n');
   return template
     .replace(/^ExecStart=.*$/m, execStartLine(configFile))
-    .replace(/^Description=.*$/m, (line) => `${line}\nDocumentation=file://${DOCS}`)
+    .replace(/^Description=.*$/m, (line) => `${line}\nDocumentation=${pathToFileURL(DOCS).href.replace(/%/g, '%%')}`)
     .replace(PATHS_MARKER, (line) => (pathLines ? `${line}\n${pathLines}` : line));
 }

@@ -1,5 +1,5 @@
 /** The folders a host config makes the agent write to, as the systemd unit has to allow them. */
-import { dirname } from 'node:path';
+import { dirname, isAbsolute, resolve } from 'node:path';
 import type { HostConfig } from '../../config/host-config.ts';
 import { defaultStateDir } from '../../config/schema.ts';
 
@@ -13,17 +13,37 @@ const under = (path: string, roots: string[]) => roots.some((root) => path === r
 /** Whether the unit's ProtectHome=/PrivateTmp= hide `path` from the service. */
 export const hiddenFromService = (path: string): boolean => under(path, HIDDEN);
 
-export function writablePaths(config: HostConfig): { readWrite: string[]; hidden: string[] } {
+export interface ServicePaths {
+  /** Folders to list as ReadWritePaths (absolute). */
+  readWrite: string[];
+  /** Folders and files the agent needs that the unit hides (under /home, /root, /tmp…). */
+  hidden: string[];
+  /** Paths given relative in the config: the service runs in /, so they mean /<path> there. */
+  relative: string[];
+}
+
+/**
+ * What the agent writes to (state, sockets, VM folders, a managed dnsmasq's leases) and reads (images, a
+ * lease file, key files), as the unit has to allow them.
+ */
+export function writablePaths(config: HostConfig): ServicePaths {
   const wanted: string[] = [config.core.state.dir ?? defaultStateDir()];
+  const read: string[] = [];
   if (config.core.transport.kind === 'local' && config.core.transport.socket) wanted.push(dirname(config.core.transport.socket));
+  const security = config.core.security as { hostKeyFile?: string; clientKeyFile?: string } | undefined;
+  for (const key of [security?.hostKeyFile, security?.clientKeyFile]) if (key) read.push(key);
   for (const plugin of config.plugins) {
     const options = plugin.options as Record<string, unknown> | undefined;
     if (plugin.plugin.name === 'qemu-backend' && typeof options?.stateDir === 'string') wanted.push(options.stateDir);
-    if (plugin.plugin.name === 'ip-discovery-dnsmasq' && options?.managed && typeof options.leaseFile === 'string') wanted.push(dirname(options.leaseFile));
+    if (plugin.plugin.name === 'qemu-backend' && typeof options?.imagesDir === 'string') read.push(options.imagesDir);
+    if (plugin.plugin.name === 'ip-discovery-dnsmasq' && typeof options?.leaseFile === 'string') (options.managed ? wanted : read).push(options.managed ? dirname(options.leaseFile) : options.leaseFile);
   }
-  const unique = [...new Set(wanted)];
+  const relative = [...new Set([...wanted, ...read].filter((path) => !isAbsolute(path)))];
+  const absolute = (path: string) => resolve('/', path);
+  const unique = [...new Set(wanted.map(absolute))];
   return {
     readWrite: unique.filter((path) => !under(path, COVERED) && !under(path, HIDDEN)),
-    hidden: unique.filter((path) => under(path, HIDDEN)),
+    hidden: [...new Set([...unique, ...read.map(absolute)])].filter((path) => under(path, HIDDEN)),
+    relative,
   };
 }
