@@ -21,8 +21,16 @@ export function splitListen(listen: string): { host: string; port: number } {
   return { host: listen.slice(0, separator).replace(/^\[|\]$/g, ''), port: Number(listen.slice(separator + 1)) };
 }
 
+/**
+ * Connections the endpoint serves at once. A scraper and a health checker need a few; the server runs
+ * inside the agent, and every connection an attacker can open and hold costs the agent a descriptor.
+ */
+export const MAX_CONNECTIONS = 64;
+
 export async function startEndpoint(options: EndpointOptions): Promise<{ server: Server; address: string }> {
-  const server = createServer((req, res) => {
+  // Node checks its header and request timeouts only this often (30 s by default): a slow client sending
+  // one header line a second would hold its connection that long.
+  const server = createServer({ connectionsCheckingInterval: 1_000 }, (req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { allow: 'GET, HEAD' }).end();
@@ -51,6 +59,10 @@ export async function startEndpoint(options: EndpointOptions): Promise<{ server:
   // A scraper that never reads cannot hold a connection (or the agent's shutdown) forever.
   server.requestTimeout = 10_000;
   server.headersTimeout = 5_000;
+  // Idle keep-alive connections go soon; past MAX_CONNECTIONS new ones are closed at once.
+  server.keepAliveTimeout = 5_000;
+  server.timeout = 15_000;
+  server.maxConnections = MAX_CONNECTIONS;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(options.port, options.host, () => {
