@@ -23,7 +23,8 @@ export interface BridgeOptions {
 const PRECONDITION_FAILED = 406;
 
 export function maskCredentials(url: string): string {
-  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:@/]*):[^@/]*@/i, '$1:***@');
+  // To the last "@" before the host, as URL parsers read it: `amqp://u:p@ss@h` has the password "p@ss".
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:@/]*):[^/]*@/i, '$1:***@');
 }
 
 export class AetherscaleBridge {

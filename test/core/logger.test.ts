@@ -63,4 +63,6 @@ test('logger — a lazy child logs with its bindings, redacted, and is made only
 test('logger — URL masking leaves URLs without credentials alone', () => {
   assert.equal(redactUrlCredentials('amqp://broker:5672 and http://x/y?a=b'), 'amqp://broker:5672 and http://x/y?a=b');
   assert.equal(redactUrlCredentials('amqps://user:p%40ss@h'), 'amqps://user:***@h');
+  // An "@" left unencoded in the password: URL parsers take the last one as the separator, so must this.
+  assert.equal(redactUrlCredentials('connecting to amqp://user:p@ss@broker:5672/v now'), 'connecting to amqp://user:***@broker:5672/v now');
 });

@@ -290,6 +290,7 @@ test('aetherscale options — the URL from the option or CLOUDLET_AMQP_URL, neve
   assert.throws(() => brokerUrl(options(), { CLOUDLET_AMQP_URL: 'http://u:secret@b' }), (error: Error) => !error.message.includes('secret'));
   assert.equal(maskCredentials('amqp://guest:s3cr3t@rabbit:5672/vh'), 'amqp://guest:***@rabbit:5672/vh');
   assert.equal(maskCredentials('amqp://rabbit:5672'), 'amqp://rabbit:5672');
+  assert.equal(maskCredentials('amqp://guest:p@ss@rabbit:5672/vh'), 'amqp://guest:***@rabbit:5672/vh');
   assert.deepEqual(options(), { exchange: 'computing', competingQueue: 'computing-competing', memory: 512, vcpus: 1, autostart: true, prefetch: 16, stopReplyAfterMs: 4_000 });
   assert.equal(aetherscaleOptionsSchema.safeParse({ exchange: 'amq.direct' }).success, false);
   assert.equal(aetherscaleOptionsSchema.safeParse({ colour: 'red' }).success, false, 'unknown options are refused');
