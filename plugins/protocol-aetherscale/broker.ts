@@ -209,7 +209,8 @@ export class AetherscaleBridge {
     const { consumerCount } = await channel.checkQueue(options.competingQueue);
     const decision = handOnDecision(msg.properties.headers, host, consumerCount, refusal);
     if (decision.kind === 'answer') {
-      await context.reply(failure(decision.reason));
+      // A reply that fails here is not a failed hand-on: the caller must not get a second, other answer.
+      await context.reply(failure(decision.reason)).catch((error: unknown) => log.warn({ err: error }, 'aetherscale create-vm: the refusal could not be sent'));
       return false;
     }
     // Refused here before: the others have not had their turn yet; do not spin on it.

@@ -11,6 +11,7 @@ import type { QemuOptions } from './options.ts';
 import { killQemu, runningPid, waitForExit } from './processes.ts';
 import { chooseAccel, qemuArgv } from './qemu-args.ts';
 import { withQmp, QmpClient } from './qmp.ts';
+import type { HostIdentity } from '../../core/plugin-api.ts';
 import { runProgram } from './run.ts';
 import { readRecord, vmPaths, writeRecord, type VmRecord } from './state.ts';
 
@@ -52,38 +53,48 @@ export function viewOf(record: VmRecord, state: VmState, pid: number | undefined
   };
 }
 
-export async function requireRecord(options: QemuOptions, id: string, hostId: string): Promise<VmRecord> {
-  checkOwner(id, hostId);
+/** The agent run a handler works for: its host id, and when that agent started (a restart is another run). */
+export type AgentRun = Pick<HostIdentity, 'id' | 'startedAt'>;
+
+export async function requireRecord(options: QemuOptions, id: string, agent: AgentRun): Promise<VmRecord> {
+  checkOwner(id, agent.id);
   const record = await readRecord(options.stateDir, id);
-  if (!record) {
-    await refuseWhileCreating(options, id);
-    throw qemuError('VM_NOT_FOUND', `no VM "${id}" on this host`, { vm: id });
-  }
-  return record;
+  if (record) return record;
+  await refuseWhileCreating(options, id, agent);
+  // Read again: the create may have written vm.json and dropped its mark between the two reads above.
+  const late = await readRecord(options.stateDir, id);
+  if (late) return late;
+  throw qemuError('VM_NOT_FOUND', `no VM "${id}" on this host`, { vm: id });
 }
 
-/** Longer than any create takes (create-vm's pool gives it 180 s): a mark older than this was left behind. */
-const CREATING_WINDOW_MS = 10 * 60_000;
+/** What create-vm writes to the VM's `creating` mark, before anything else of the VM. */
+export interface CreatingMark {
+  pid: number;
+  /** The agent run's start (HostIdentity.startedAt): a restarted agent, even with the same pid, is another run. */
+  agentStartedAt: number;
+  /** When the create is over at the latest: its deadline, plus the grace a cancelled handler gets. */
+  until: number;
+}
 
 /**
- * create-vm writes vm.json last, and a `creating` mark first naming the agent process. A folder with a mark
- * of this very agent, younger than any create takes, is a create at work; anything else without vm.json
- * (an agent that died mid-create and was restarted, a clean-up cut short) is a leftover.
+ * create-vm writes vm.json last, and a `creating` mark first. A mark of this agent run whose create may
+ * still be at work means a create at work; anything else without vm.json (an agent that died mid-create
+ * and was restarted, a clean-up cut short) is a leftover.
  */
-export async function isBeingCreated(options: QemuOptions, id: string): Promise<boolean> {
+export async function isBeingCreated(options: QemuOptions, id: string, agent: AgentRun): Promise<boolean> {
   const text = await readFile(vmPaths(options.stateDir, id).creating, 'utf8').catch(() => undefined);
   if (text === undefined) return false;
   try {
-    const mark = JSON.parse(text) as { pid?: unknown; startedAt?: unknown };
-    return mark.pid === process.pid && typeof mark.startedAt === 'number' && Date.now() - mark.startedAt < CREATING_WINDOW_MS;
+    const mark = JSON.parse(text) as Partial<CreatingMark>;
+    return mark.pid === process.pid && mark.agentStartedAt === agent.startedAt && typeof mark.until === 'number' && Date.now() < mark.until;
   } catch {
     return false; // a torn mark: its create died while writing it
   }
 }
 
 /** VM_NOT_READY (retryable) while create-vm works on `id`: a command sent on its "starting" progress. */
-export async function refuseWhileCreating(options: QemuOptions, id: string): Promise<void> {
-  if (await isBeingCreated(options, id)) {
+export async function refuseWhileCreating(options: QemuOptions, id: string, agent: AgentRun): Promise<void> {
+  if (await isBeingCreated(options, id, agent)) {
     throw qemuError('VM_NOT_READY', `VM "${id}" is still being created; send the command again once create-vm has answered`, { vm: id });
   }
 }

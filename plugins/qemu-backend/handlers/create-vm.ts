@@ -10,7 +10,10 @@ import { qemuOptionsSchema } from '../options.ts';
 import { createVmPayload } from '../schemas.ts';
 import { listRecords, removeVmFolder, vmPaths, writeRecord, type VmRecord } from '../state.ts';
 import { killQemu } from '../processes.ts';
-import { startVm, viewOf } from '../vm-ops.ts';
+import { startVm, viewOf, type CreatingMark } from '../vm-ops.ts';
+
+/** More than any pool's cancelGraceMs is likely to be (its default is 1 s). */
+const CANCEL_GRACE_BOUND_MS = 30_000;
 
 function newVmId(host: string, taken: ReadonlySet<string>): string {
   for (;;) {
@@ -76,10 +79,13 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
   // the create (and writing a record back into a folder the failed create removes). A folder without
   // vm.json is left alone by the sweeper for minAgeMs, and reported after that: what an agent that died
   // mid-create leaves behind (delete-vm removes it too).
-  await mkdir(paths.dir, { recursive: true, mode: 0o750 });
-  await writeFile(paths.creating, JSON.stringify({ pid: process.pid, startedAt: Date.now() }));
   const { signal } = ctx;
+  // Until the deadline this handler sees (its pool's timeout or the caller's, the earlier), plus the grace a
+  // cancelled handler gets: after that no create can still be at work, whatever happened to this one.
+  const mark: CreatingMark = { pid: process.pid, agentStartedAt: ctx.host.startedAt, until: ctx.message.deadline + CANCEL_GRACE_BOUND_MS };
   try {
+    await mkdir(paths.dir, { recursive: true, mode: 0o750 });
+    await writeFile(paths.creating, JSON.stringify(mark));
     if (image.kind === 'disk') await createOverlay(options.qemuImgBinary, image, paths.disk, signal);
     signal.throwIfAborted();
     ctx.progress('starting', { vm: id });
@@ -93,7 +99,9 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
   } catch (error) {
     // Leave nothing half-made behind: no QEMU (it may have started before a cancel), no tap, no folder. A
     // cancel (deadline, timeout, shutdown) leaves only cancelGraceMs (1 s) for this, and the disk goes
-    // anyway: QEMU is killed outright, no QMP.
+    // anyway: QEMU is killed outright, no QMP. The mark goes first: if the thread is stopped half-way, what
+    // stays is a leftover (delete-vm removes it), not a create that seems to be at work.
+    await rm(paths.creating, { force: true }).catch(() => undefined);
     await killQemu(paths.pidfile, id).catch(() => undefined);
     if (network.mode === 'bridge') await removeTap(options.ipBinary, network.tap).catch(() => undefined);
     await removeVmFolder(options.stateDir, id);

@@ -11,7 +11,7 @@ import { vmPaths } from '../state.ts';
 import { requireRecord } from '../vm-ops.ts';
 
 export default defineHandler(getConsoleLogPayload, qemuOptionsSchema, async ({ vm, lines, maxBytes }, ctx) => {
-  await requireRecord(ctx.options, vm, ctx.host.id);
+  await requireRecord(ctx.options, vm, ctx.host);
   const path = vmPaths(ctx.options.stateDir, vm).serialLog;
   const handle = await open(path, 'r').catch((error: NodeJS.ErrnoException) => {
     if (error.code === 'ENOENT') return undefined;

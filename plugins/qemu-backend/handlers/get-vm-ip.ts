@@ -8,7 +8,7 @@ import { runningPid } from '../processes.ts';
 import { vmPaths } from '../state.ts';
 
 export default defineHandler(getVmIpPayload, qemuOptionsSchema, async ({ vm, wait, timeoutMs, includeLinkLocal }, ctx) => {
-  const record = await requireRecord(ctx.options, vm, ctx.host.id);
+  const record = await requireRecord(ctx.options, vm, ctx.host);
   if ((await runningPid(vmPaths(ctx.options.stateDir, vm).pidfile, vm)) === undefined) {
     if (wait) throw qemuError('IP_NOT_FOUND', `${vm} is not running; start it first`, { vm, state: 'stopped' });
     return { vm, mac: record.mac, addresses: [], strategies: [], hint: 'the VM is not running' };

@@ -6,7 +6,7 @@ import { queryStatus, requireRecord, viewOf } from '../vm-ops.ts';
 import { findAddresses, loadStrategies } from '../discovery.ts';
 
 export default defineHandler(vmRefPayload, qemuOptionsSchema, async ({ vm }, ctx) => {
-  const record = await requireRecord(ctx.options, vm, ctx.host.id);
+  const record = await requireRecord(ctx.options, vm, ctx.host);
   const status = await queryStatus(ctx.options, record);
   const strategies = await loadStrategies(ctx.options, ctx);
   const { addresses } =

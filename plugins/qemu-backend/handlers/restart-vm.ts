@@ -7,7 +7,7 @@ import { vmPaths } from '../state.ts';
 import { requireRecord, setDesired, startVm, stopVm, viewOf } from '../vm-ops.ts';
 
 export default defineHandler(restartVmPayload, qemuOptionsSchema, async ({ vm, mode }, ctx) => {
-  const record = await requireRecord(ctx.options, vm, ctx.host.id);
+  const record = await requireRecord(ctx.options, vm, ctx.host);
   const paths = vmPaths(ctx.options.stateDir, vm);
   const pid = await runningPid(paths.pidfile, vm);
   let how: 'reset' | 'power-cycled' | 'started';

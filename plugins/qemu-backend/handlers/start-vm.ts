@@ -4,7 +4,7 @@ import { vmRefPayload } from '../schemas.ts';
 import { requireRecord, setDesired, startVm, viewOf } from '../vm-ops.ts';
 
 export default defineHandler(vmRefPayload, qemuOptionsSchema, async ({ vm }, ctx) => {
-  const record = await requireRecord(ctx.options, vm, ctx.host.id);
+  const record = await requireRecord(ctx.options, vm, ctx.host);
   ctx.progress('starting', { vm });
   const { pid, already } = await startVm(ctx.options, record);
   const updated = await setDesired(ctx.options, record, 'running');

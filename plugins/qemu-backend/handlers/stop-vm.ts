@@ -4,7 +4,7 @@ import { stopVmPayload } from '../schemas.ts';
 import { requireRecord, setDesired, stopVm, viewOf } from '../vm-ops.ts';
 
 export default defineHandler(stopVmPayload, qemuOptionsSchema, async ({ vm, force, timeoutMs }, ctx) => {
-  const record = await requireRecord(ctx.options, vm, ctx.host.id);
+  const record = await requireRecord(ctx.options, vm, ctx.host);
   ctx.progress('stopping', { vm, force });
   const how = await stopVm(ctx.options, record, { force, timeoutMs: timeoutMs ?? ctx.options.stopTimeoutMs });
   const updated = await setDesired(ctx.options, record, 'stopped');

@@ -20,17 +20,20 @@ test('creating — only a fresh mark of this agent process means a create at wor
     await writeFile(join(vmPaths(options.stateDir, id).dir, 'disk.qcow2'), 'overlay');
     if (mark !== undefined) await writeFile(vmPaths(options.stateDir, id).creating, typeof mark === 'string' ? mark : JSON.stringify(mark));
   };
-  await folder('h1.atworkxx', { pid: process.pid, startedAt: Date.now() });
-  await folder('h1.restartx', { pid: process.pid + 1_000_000, startedAt: Date.now() }); // the agent that wrote it is gone
-  await folder('h1.ancientx', { pid: process.pid, startedAt: Date.now() - 3_600_000 });
+  const agent = { id: 'h1', startedAt: Date.now() - 60_000 };
+  const soon = Date.now() + 60_000;
+  await folder('h1.atworkxx', { pid: process.pid, agentStartedAt: agent.startedAt, until: soon });
+  await folder('h1.restartx', { pid: process.pid + 1_000_000, agentStartedAt: agent.startedAt, until: soon }); // the agent that wrote it is gone
+  await folder('h1.samepidx', { pid: process.pid, agentStartedAt: agent.startedAt - 5_000, until: soon }); // a restart that got the same pid (PID 1 in a container)
+  await folder('h1.ancientx', { pid: process.pid, agentStartedAt: agent.startedAt, until: Date.now() - 1 }); // its create's deadline has passed
   await folder('h1.tornmark', '{"pid":');
   await folder('h1.nomarkxx');
 
-  assert.equal(await isBeingCreated(options, 'h1.atworkxx'), true);
-  await assert.rejects(requireRecord(options, 'h1.atworkxx', 'h1'), { code: 'VM_NOT_READY' });
-  for (const id of ['h1.restartx', 'h1.ancientx', 'h1.tornmark', 'h1.nomarkxx', 'h1.missingx']) {
-    assert.equal(await isBeingCreated(options, id), false, id);
-    await assert.rejects(requireRecord(options, id, 'h1'), { code: 'VM_NOT_FOUND' }, id);
+  assert.equal(await isBeingCreated(options, 'h1.atworkxx', agent), true);
+  await assert.rejects(requireRecord(options, 'h1.atworkxx', agent), { code: 'VM_NOT_READY' });
+  for (const id of ['h1.restartx', 'h1.samepidx', 'h1.ancientx', 'h1.tornmark', 'h1.nomarkxx', 'h1.missingx']) {
+    assert.equal(await isBeingCreated(options, id, agent), false, id);
+    await assert.rejects(requireRecord(options, id, agent), { code: 'VM_NOT_FOUND' }, id);
   }
   // delete-vm's path for a leftover: the folder goes (its QEMU and tap, when there are any).
   assert.equal(await removeLeftover(options, 'h1.restartx'), true);
