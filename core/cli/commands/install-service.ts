@@ -14,7 +14,7 @@ import { cloudletError } from '../../errors.ts';
 import type { Command } from '../command.ts';
 import { EXIT } from '../exit-codes.ts';
 import { packageFile } from '../../runtime/package-root.ts';
-import { hiddenFromService, writablePaths, type ServicePaths } from '../service/paths.ts';
+import { hiddenFromService, underRun, writablePaths, type ServicePaths } from '../service/paths.ts';
 
 const UNIT_TEMPLATE = packageFile('config/cloudlet.service');
 // The launcher, from the sources or compiled alike (it picks dist/ when that is current).
@@ -51,7 +51,12 @@ export const installServiceCommand: Command = {
     // ProtectSystem=strict: the agent cannot make a folder outside its ReadWritePaths, and systemd skips a
     // "-" path that does not exist yet. Say so, rather than let the service fail with EROFS.
     for (const path of paths.readWrite) {
-      if (!(await access(path).then(() => true, () => false))) notes.push(`warning: ${path} does not exist; create it before starting the service (install -d -m 0750 ${quote(path)}): the unit keeps the agent from creating it`);
+      if (await access(path).then(() => true, () => false)) continue;
+      notes.push(
+        underRun(path)
+          ? `warning: ${path} is under /run, which is emptied at every boot, and the unit keeps the agent from creating it: put the socket in /run/cloudlet (the unit's RuntimeDirectory=)`
+          : `warning: ${path} does not exist; create it before starting the service (install -d -m 0750 ${shellQuote(path)}): the unit keeps the agent from creating it`,
+      );
     }
     // What the unit runs must be visible to it too: a Node from nvm, a checkout or a config in a home
     // folder would make the service fail at start (203/EXEC, or no config).
@@ -86,6 +91,11 @@ export const installServiceCommand: Command = {
     return EXIT.OK;
   },
 };
+
+/** For a command line the operator pastes into a shell. */
+function shellQuote(arg: string): string {
+  return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`;
+}
 
 /** systemd splits on spaces and takes ' and " as quotes (quote what has any), and expands `%` specifiers. */
 function quote(arg: string): string {

@@ -1,5 +1,6 @@
 /** The folders a host config makes the agent write to, as the systemd unit has to allow them. */
-import { dirname, isAbsolute, resolve } from 'node:path';
+import { realpathSync } from 'node:fs';
+import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import type { HostConfig } from '../../config/host-config.ts';
 import { defaultStateDir } from '../../config/schema.ts';
 
@@ -39,7 +40,9 @@ export function writablePaths(config: HostConfig): ServicePaths {
     if (plugin.plugin.name === 'ip-discovery-dnsmasq' && typeof options?.leaseFile === 'string') (options.managed ? wanted : read).push(options.managed ? dirname(options.leaseFile) : options.leaseFile);
   }
   const relative = [...new Set([...wanted, ...read].filter((path) => !isAbsolute(path)))];
-  const absolute = (path: string) => resolve('/', path);
+  // As the service will see it: under /, and through symbolic links (/var/run is /run on most systems, and
+  // the unit's RuntimeDirectory= makes /run/cloudlet).
+  const absolute = (path: string) => throughLinks(resolve('/', path));
   const unique = [...new Set(wanted.map(absolute))];
   return {
     readWrite: unique.filter((path) => !under(path, COVERED) && !under(path, HIDDEN)),
@@ -47,3 +50,16 @@ export function writablePaths(config: HostConfig): ServicePaths {
     relative,
   };
 }
+
+/** `path` with its longest existing prefix resolved through symbolic links (the rest may not exist yet). */
+function throughLinks(path: string): string {
+  try {
+    return realpathSync(path);
+  } catch {
+    const parent = dirname(path);
+    return parent === path ? path : join(throughLinks(parent), basename(path));
+  }
+}
+
+/** Whether `path` is under /run, a tmpfs emptied at every boot. */
+export const underRun = (path: string): boolean => under(path, ['/run']);
