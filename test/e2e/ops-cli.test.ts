@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdir, readFile, realpath, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, realpath, stat, symlink, writeFile } from 'node:fs/promises';
 import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import test, { type TestContext } from 'node:test';
@@ -100,6 +100,13 @@ test('install-service — warns about what would keep the service from starting:
     const verify = spawnSync('systemd-analyze', ['verify', join(dir, 'unit.service')], { encoding: 'utf8' });
     assert.doesNotMatch(verify.stderr, /Unbalanced quoting|fatal error/);
   }
+  // A state folder reached through a link in /tmp is hidden from the service as written, wherever it leads.
+  const linked = join(dir, 'state-link');
+  await symlink('/srv', linked);
+  await writeFile(config, edited.replace('  dir: relative-state', `  dir: ${linked}`), { mode: 0o640 });
+  const viaLink = json<{ readWritePaths: string[]; notes: string[] }>(await runCli(['install-service', '--config', config, '--output', join(dir, 'unit2.service'), '--json']));
+  assert.ok(viaLink.notes.some((note) => note.startsWith(`warning: ${linked} is under /home, /root or /tmp`)), viaLink.notes.join('\n'));
+  assert.ok(!viaLink.readWritePaths.includes('/srv'), JSON.stringify(viaLink.readWritePaths));
 });
 
 test('install-service — writes a hardened unit with this installation’s paths and the config’s folders', async (t) => {

@@ -44,19 +44,19 @@ export const installServiceCommand: Command = {
       if (!checked.ok) throw configInvalidError(checked.problems);
       paths = writablePaths(checked.config);
     } else {
-      notes.push(`note: ${configFile} does not exist yet ("cloudlet init --output ${configFile}" writes one); the unit uses the default folders`);
+      notes.push(`note: ${configFile} does not exist yet ("cloudlet init --output ${shellQuote(configFile)}" writes one); the unit uses the default folders`);
     }
     for (const path of paths.hidden) notes.push(`warning: ${path} is under /home, /root or /tmp, which the unit hides (ProtectHome, PrivateTmp): move it`);
     for (const path of paths.relative) notes.push(`warning: "${path}" is a relative path: the service runs in /, so it means ${resolve('/', path)}; give an absolute path in the config`);
     // ProtectSystem=strict: the agent cannot make a folder outside its ReadWritePaths, and systemd skips a
     // "-" path that does not exist yet. Say so, rather than let the service fail with EROFS.
     for (const path of paths.readWrite) {
-      if (await access(path).then(() => true, () => false)) continue;
-      notes.push(
-        underRun(path)
-          ? `warning: ${path} is under /run, which is emptied at every boot, and the unit keeps the agent from creating it: put the socket in /run/cloudlet (the unit's RuntimeDirectory=)`
-          : `warning: ${path} does not exist; create it before starting the service (install -d -m 0750 ${shellQuote(path)}): the unit keeps the agent from creating it`,
-      );
+      if (underRun(path)) {
+        // Made by hand or not, it is gone after the next boot; only /run/cloudlet is made again at each start.
+        notes.push(`warning: ${path} is under /run, which is emptied at every boot, and the unit keeps the agent from creating it: keep the socket in /run/cloudlet (the unit's RuntimeDirectory=) and state outside /run`);
+      } else if (!(await access(path).then(() => true, () => false))) {
+        notes.push(`warning: ${path} does not exist; create it before starting the service (install -d -m 0750 ${shellQuote(path)}): the unit keeps the agent from creating it`);
+      }
     }
     // What the unit runs must be visible to it too: a Node from nvm, a checkout or a config in a home
     // folder would make the service fail at start (203/EXEC, or no config).

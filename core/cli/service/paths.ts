@@ -40,13 +40,16 @@ export function writablePaths(config: HostConfig): ServicePaths {
     if (plugin.plugin.name === 'ip-discovery-dnsmasq' && typeof options?.leaseFile === 'string') (options.managed ? wanted : read).push(options.managed ? dirname(options.leaseFile) : options.leaseFile);
   }
   const relative = [...new Set([...wanted, ...read].filter((path) => !isAbsolute(path)))];
-  // As the service will see it: under /, and through symbolic links (/var/run is /run on most systems, and
-  // the unit's RuntimeDirectory= makes /run/cloudlet).
-  const absolute = (path: string) => throughLinks(resolve('/', path));
-  const unique = [...new Set(wanted.map(absolute))];
+  // The service runs in /. The agent opens a path as written, and ProtectHome=/PrivateTmp= hide it as
+  // written or wherever a link leads (a link in /tmp to /srv is hidden; /home may itself be a link), so both
+  // count for hiding. What the unit must allow is the real folder (/var/run/cloudlet is the /run/cloudlet the
+  // unit's RuntimeDirectory= makes).
+  const lexical = (path: string) => resolve('/', path);
+  const isHidden = (path: string) => under(lexical(path), HIDDEN) || under(throughLinks(lexical(path)), HIDDEN);
+  const unique = [...new Set(wanted.filter((path) => !isHidden(path)).map((path) => throughLinks(lexical(path))))];
   return {
     readWrite: unique.filter((path) => !under(path, COVERED) && !under(path, HIDDEN)),
-    hidden: [...new Set([...unique, ...read.map(absolute)])].filter((path) => under(path, HIDDEN)),
+    hidden: [...new Set([...wanted, ...read].filter(isHidden).map(lexical))],
     relative,
   };
 }
