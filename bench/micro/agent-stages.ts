@@ -52,6 +52,9 @@ interface Contender {
 const scope = new CleanupScope();
 // Interrupted by hand: stop the servers and delete their broker objects all the same.
 process.once('SIGINT', () => void scope.close().then(() => process.exit(130)));
+// Piped into `head`, stdout closes early: writing to it then fails (EPIPE), which would end the probe before
+// its clean-up and leave its agent running. Its output is lost anyway; the clean-up must still run.
+process.stdout.on('error', () => undefined);
 let counter = 0;
 try {
   const dir = await benchTempDir(scope, 'cloudlet-stages-');

@@ -49,6 +49,9 @@ function readThreads(pid: number): Map<string, ThreadReading> {
 const scope = new CleanupScope();
 // Interrupted by hand: stop the agent and delete its broker objects all the same.
 process.once('SIGINT', () => void scope.close().then(() => process.exit(130)));
+// Piped into `head`, stdout closes early: writing to it then fails (EPIPE), which would end the probe before
+// its clean-up and leave its agent running. Its output is lost anyway; the clean-up must still run.
+process.stdout.on('error', () => undefined);
 let counter = 0;
 try {
   const cloud = await benchCloud({ scope, uniqueName: () => `bench-threads-${(counter++).toString(36)}${randomUUID().slice(0, 4)}` }, { heartbeatMs: 1_000, downAfterMs: 5_000 });
