@@ -234,7 +234,7 @@ function isSubscribeFrame(frame: Buffer): boolean {
   }
 }
 
-/** How long a closing client waits for the agent to close its side. */
+/** How long a closing client waits, by default, for the agent to close its side. */
 const CLOSE_GRACE_MS = 1_000;
 
 /** Slack after the deadline for the agent's own DEADLINE_EXCEEDED reply to arrive before the client gives up. */
@@ -251,16 +251,18 @@ export class LocalClientTransport implements ClientTransport {
   readonly #socketPath: string;
   readonly #maxMessageBytes: number;
   readonly #inactivityTimeoutMs: number;
+  readonly #closeGraceMs: number;
   #socket: Promise<Socket> | undefined;
   readonly #pending = new Map<string, PendingRequest>();
   readonly #eventListeners = new Set<(event: EventEnvelope) => void>();
   /** A socket being closed that waits only for the answers still due on it. */
   #closingSocket: Socket | undefined;
 
-  constructor(options: { socketPath: string; maxMessageBytes?: number; inactivityTimeoutMs?: number }) {
+  constructor(options: { socketPath: string; maxMessageBytes?: number; inactivityTimeoutMs?: number; closeGraceMs?: number }) {
     this.#socketPath = options.socketPath;
     this.#maxMessageBytes = options.maxMessageBytes ?? 64 * 1024 * 1024;
     this.#inactivityTimeoutMs = options.inactivityTimeoutMs ?? 30_000;
+    this.#closeGraceMs = options.closeGraceMs ?? CLOSE_GRACE_MS;
   }
 
   #connect(): Promise<Socket> {
@@ -461,7 +463,7 @@ export class LocalClientTransport implements ClientTransport {
       });
       socket.end();
       // An agent that stopped answering (stalled, stopped with SIGSTOP) never closes its side: do not wait on it.
-      setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
+      setTimeout(() => socket.destroy(), this.#closeGraceMs).unref();
     });
   }
 }

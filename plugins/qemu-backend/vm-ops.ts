@@ -13,7 +13,7 @@ import { chooseAccel, qemuArgv } from './qemu-args.ts';
 import { withQmp, QmpClient } from './qmp.ts';
 import type { HostIdentity } from '../../core/plugin-api.ts';
 import { runProgram } from './run.ts';
-import { readRecord, vmPaths, writeRecord, type VmRecord } from './state.ts';
+import { readRecord, removeVmFolder, vmPaths, writeRecord, type VmRecord } from './state.ts';
 
 export type VmState = 'running' | 'paused' | 'stopped';
 
@@ -207,13 +207,16 @@ export async function setDesired(options: QemuOptions, record: VmRecord, desired
   return updated;
 }
 
-/** The folder (and QEMU, and tap) of a create that never finished; says whether there was one. */
+/**
+ * The folder (and QEMU, and tap) of a create that never finished — a failed create's own clean-up, and
+ * delete-vm's for what a dead one left; says whether there was one.
+ */
 export async function removeLeftover(options: QemuOptions, id: string): Promise<boolean> {
   const paths = vmPaths(options.stateDir, id);
   if (!(await stat(paths.dir).then((info) => info.isDirectory(), () => false))) return false;
   await killQemu(paths.pidfile, id).catch(() => undefined);
   // Only a bridged VM had one; for the others there is nothing to remove and the error is ignored.
   await removeTap(options.ipBinary, tapName(options.tapPrefix, id)).catch(() => undefined);
-  await rm(paths.dir, { recursive: true, force: true, maxRetries: 3 });
+  await removeVmFolder(options.stateDir, id);
   return true;
 }

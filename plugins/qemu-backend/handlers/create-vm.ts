@@ -5,12 +5,11 @@ import { Buffer } from 'node:buffer';
 import { defineHandler } from '../../../core/plugin-api.ts';
 import { qemuError } from '../errors.ts';
 import { createOverlay, resolveImage } from '../images.ts';
-import { randomMac, removeTap, tapName } from '../network.ts';
+import { randomMac, tapName } from '../network.ts';
 import { qemuOptionsSchema } from '../options.ts';
 import { createVmPayload } from '../schemas.ts';
-import { listRecords, removeVmFolder, vmPaths, writeRecord, type VmRecord } from '../state.ts';
-import { killQemu } from '../processes.ts';
-import { startVm, viewOf, type CreatingMark } from '../vm-ops.ts';
+import { listRecords, vmPaths, writeRecord, type VmRecord } from '../state.ts';
+import { removeLeftover, startVm, viewOf, type CreatingMark } from '../vm-ops.ts';
 
 /** More than any pool's cancelGraceMs is likely to be (its default is 1 s). */
 const CANCEL_GRACE_BOUND_MS = 30_000;
@@ -100,11 +99,9 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
     // Leave nothing half-made behind: no QEMU (it may have started before a cancel), no tap, no folder. A
     // cancel (deadline, timeout, shutdown) leaves only cancelGraceMs (1 s) for this, and the disk goes
     // anyway: QEMU is killed outright, no QMP. The mark goes first: if the thread is stopped half-way, what
-    // stays is a leftover (delete-vm removes it), not a create that seems to be at work.
+    // stays is a leftover (delete-vm removes it the same way), not a create that seems to be at work.
     await rm(paths.creating, { force: true }).catch(() => undefined);
-    await killQemu(paths.pidfile, id).catch(() => undefined);
-    if (network.mode === 'bridge') await removeTap(options.ipBinary, network.tap).catch(() => undefined);
-    await removeVmFolder(options.stateDir, id);
+    await removeLeftover(options, id);
     throw error;
   }
 });
