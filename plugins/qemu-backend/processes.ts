@@ -1,8 +1,11 @@
 /**
- * Is a VM's QEMU running? The pidfile names the process, /proc says whether it is alive — a zombie or a
- * recycled pid running something else counts as dead — and the command line must carry the VM's id.
+ * Is a VM's QEMU running? A QEMU is the VM's when its command line carries the VM's `-name` and its
+ * `-pidfile` path, and it is alive (not a zombie). The pidfile says where to look first; when it is gone or
+ * names another process (deleted by hand, a restored backup, a recycled pid), /proc is searched for a QEMU
+ * with that command line, so a lost pidfile never leads to a second QEMU for one VM, and a process that
+ * merely mentions the VM (a `pgrep -af cloudlet-<id>`) is never taken for it.
  */
-import { readFileSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import process from 'node:process';
 
@@ -20,14 +23,67 @@ export async function readPid(pidfile: string): Promise<number | undefined> {
   return Number.isInteger(pid) && pid > 0 ? pid : undefined;
 }
 
-export async function isQemuAlive(pid: number, vmId: string): Promise<boolean> {
+export async function isQemuAlive(pid: number, vmId: string, pidfile: string): Promise<boolean> {
+  if (!(await isLive(pid))) return false;
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+  return isVmQemuArgv(cmdline.split('\0'), vmId, pidfile);
+}
+
+/** Pure: `-name cloudlet-<id>` and `-pidfile <the VM's pidfile>`, as qemu-args.ts starts every QEMU. */
+export function isVmQemuArgv(argv: readonly string[], vmId: string, pidfile: string): boolean {
+  return argAfter(argv, '-name') === qemuProcessName(vmId) && argAfter(argv, '-pidfile') === pidfile;
+}
+
+function argAfter(argv: readonly string[], flag: string): string | undefined {
+  const at = argv.indexOf(flag);
+  return at >= 0 ? argv[at + 1] : undefined;
+}
+
+async function isLive(pid: number): Promise<boolean> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
   if (!stat) return false;
   // Field 3 (after the parenthesised name, which may itself contain spaces) is the state.
   const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-  if (state === 'Z' || state === 'X') return false;
-  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-  return cmdline.split('\0').includes(qemuProcessName(vmId));
+  return state !== 'Z' && state !== 'X';
+}
+
+/**
+ * Every process that looks like a cloudlet QEMU (a `-name cloudlet-…` and a `-pidfile`), keyed by
+ * `<name>\0<pidfile>`: one pass over /proc. Synchronous reads: /proc is in memory, and a few hundred
+ * thread-pool round trips would cost more than the reads. Liveness is checked by the caller, for the one it wants.
+ */
+function scanQemus(): ReadonlyMap<string, number[]> {
+  const found = new Map<string, number[]>();
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return found;
+  }
+  for (const entry of entries) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid) || pid <= 0) continue;
+    let argv: string[];
+    try {
+      argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    } catch {
+      continue; // ended meanwhile
+    }
+    const name = argAfter(argv, '-name');
+    const pidfile = argAfter(argv, '-pidfile');
+    if (name === undefined || pidfile === undefined || !name.startsWith('cloudlet-')) continue;
+    const key = `${name}\0${pidfile}`;
+    found.set(key, [...(found.get(key) ?? []), pid]);
+  }
+  return found;
+}
+
+/** One /proc scan, made on first use and shared: list-vms asks about every VM of the host with one. */
+export type QemuScan = () => ReadonlyMap<string, number[]>;
+
+export function memoQemuScan(): QemuScan {
+  let scan: ReadonlyMap<string, number[]> | undefined;
+  return () => (scan ??= scanQemus());
 }
 
 /** The `-name` QEMU gets: cloudlet's naming, so the sweeper can tell our processes from others. */
@@ -35,22 +91,30 @@ export function qemuProcessName(vmId: string): string {
   return `cloudlet-${vmId}`;
 }
 
-export async function runningPid(pidfile: string, vmId: string): Promise<number | undefined> {
+/**
+ * The pid of the VM's QEMU, or undefined when none runs. `scan`: a shared /proc scan (memoQemuScan) for a
+ * caller that asks about many VMs; without one, a VM whose pidfile names no live QEMU costs one scan.
+ */
+export async function runningPid(pidfile: string, vmId: string, scan: QemuScan = memoQemuScan()): Promise<number | undefined> {
   const pid = await readPid(pidfile);
-  return pid !== undefined && (await isQemuAlive(pid, vmId)) ? pid : undefined;
+  if (pid !== undefined && (await isQemuAlive(pid, vmId, pidfile))) return pid;
+  for (const candidate of scan().get(`${qemuProcessName(vmId)}\0${pidfile}`) ?? []) {
+    if (await isQemuAlive(candidate, vmId, pidfile)) return candidate;
+  }
+  return undefined;
 }
 
 /** Waits until the process is gone (polling /proc), up to the timeout. */
-export async function waitForExit(pid: number, vmId: string, timeoutMs: number): Promise<boolean> {
+export async function waitForExit(pid: number, vmId: string, pidfile: string, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
-  while (await isQemuAlive(pid, vmId)) {
+  while (await isQemuAlive(pid, vmId, pidfile)) {
     if (Date.now() >= deadline) return false;
     await new Promise((r) => setTimeout(r, 50));
   }
   return true;
 }
 
-/** SIGKILL for the VM's QEMU, if its pidfile names one that runs; waits a moment for it to go. */
+/** SIGKILL for the VM's QEMU, if one runs; waits a moment for it to go. */
 export async function killQemu(pidfile: string, vmId: string, waitMs = 1_000): Promise<void> {
   const pid = await runningPid(pidfile, vmId);
   if (pid === undefined) return;
@@ -59,5 +123,5 @@ export async function killQemu(pidfile: string, vmId: string, waitMs = 1_000): P
   } catch {
     return; // gone meanwhile
   }
-  await waitForExit(pid, vmId, waitMs);
+  await waitForExit(pid, vmId, pidfile, waitMs);
 }

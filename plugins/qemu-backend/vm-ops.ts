@@ -146,17 +146,17 @@ export async function stopVm(options: QemuOptions, record: VmRecord, how: { forc
   let outcome: StopOutcome;
   if (pid === undefined) outcome = 'already-stopped';
   else {
-    outcome = await endProcess(paths.qmp, pid, record.id, how);
+    outcome = await endProcess(paths, pid, record.id, how);
   }
   if (record.network.mode === 'bridge') await removeTap(options.ipBinary, record.network.tap);
   await Promise.all([rm(paths.qmp, { force: true }), rm(paths.qga, { force: true }), rm(paths.pidfile, { force: true })]);
   return outcome;
 }
 
-async function endProcess(qmpPath: string, pid: number, id: string, how: { force: boolean; timeoutMs: number }): Promise<StopOutcome> {
+async function endProcess(paths: { qmp: string; pidfile: string }, pid: number, id: string, how: { force: boolean; timeoutMs: number }): Promise<StopOutcome> {
   let qmp: QmpClient | undefined;
   try {
-    qmp = await QmpClient.connect(qmpPath);
+    qmp = await QmpClient.connect(paths.qmp);
   } catch {
     qmp = undefined; // a wedged monitor: fall through to SIGKILL
   }
@@ -165,11 +165,11 @@ async function endProcess(qmpPath: string, pid: number, id: string, how: { force
       // If the monitor fails here (QEMU exiting, no answer), fall through to quit and SIGKILL.
       await qmp.execute('system_powerdown').catch(() => undefined);
       // The socket closes when QEMU exits; /proc is the backstop (a late-reaped process still looks alive).
-      if ((await qmp.waitForClose(how.timeoutMs)) && (await waitForExit(pid, id, 5_000))) return 'powered-off';
+      if ((await qmp.waitForClose(how.timeoutMs)) && (await waitForExit(pid, id, paths.pidfile, 5_000))) return 'powered-off';
     }
     if (qmp) {
       await qmp.execute('quit').catch(() => undefined);
-      if (await waitForExit(pid, id, 5_000)) return 'quit';
+      if (await waitForExit(pid, id, paths.pidfile, 5_000)) return 'quit';
     }
   } finally {
     qmp?.close();
@@ -179,7 +179,7 @@ async function endProcess(qmpPath: string, pid: number, id: string, how: { force
   } catch {
     // already gone
   }
-  if (!(await waitForExit(pid, id, 5_000))) throw qemuError('QEMU_FAILED', `QEMU pid ${pid} for ${id} survived SIGKILL`);
+  if (!(await waitForExit(pid, id, paths.pidfile, 5_000))) throw qemuError('QEMU_FAILED', `QEMU pid ${pid} for ${id} survived SIGKILL`);
   return 'killed';
 }
 

@@ -1,6 +1,6 @@
 import { defineHandler } from '../../../core/plugin-api.ts';
 import { qemuOptionsSchema } from '../options.ts';
-import { runningPid } from '../processes.ts';
+import { memoQemuScan, runningPid } from '../processes.ts';
 import { listVmsPayload } from '../schemas.ts';
 import { listRecords, vmPaths } from '../state.ts';
 import { viewOf } from '../vm-ops.ts';
@@ -16,9 +16,11 @@ export default defineHandler(listVmsPayload, qemuOptionsSchema, async (_payload,
   const strategies = await loadStrategies(ctx.options, ctx);
   // One memo for the whole list: a lease file or a neighbour table is read once, not once per running VM.
   const shared = new Map<string, Promise<unknown>>();
+  // And one /proc scan, made only if some VM's pidfile names no live QEMU (a stopped VM, a lost pidfile).
+  const scan = memoQemuScan();
   const vms = await Promise.all(
     records.map(async (record) => {
-      const pid = await runningPid(vmPaths(ctx.options.stateDir, record.id).pidfile, record.id);
+      const pid = await runningPid(vmPaths(ctx.options.stateDir, record.id).pidfile, record.id, scan);
       const addresses =
         pid === undefined ? [] : (await findAddresses(ctx.options, strategies, record, { wait: false, timeoutMs: 0, includeLinkLocal: false, passive: true, shared }, ctx)).addresses;
       return { ...viewOf(record, pid === undefined ? 'stopped' : 'running', pid), addresses };

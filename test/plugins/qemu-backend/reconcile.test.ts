@@ -1,6 +1,6 @@
 /**
  * The start-up reconcile against a VM whose QEMU runs but whose monitor is stuck. A stand-in process
- * carries the VM's QEMU name (what the backend checks in /proc) and a stand-in QMP socket greets and
+ * carries the VM's QEMU name and pidfile path (what the backend checks in /proc) and a stand-in QMP socket greets and
  * negotiates but never answers `query-status`: the agent must not wait on it to start.
  */
 import assert from 'node:assert/strict';
@@ -36,8 +36,8 @@ test('reconcile and get-vm — a running VM whose monitor never answers is picke
   await writeRecord(stateDir, record);
   const paths = vmPaths(stateDir, record.id);
 
-  // "QEMU": a process whose argv holds the VM's QEMU name, as the real one's `-name` does.
-  const fake = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1 << 30)', '--', '-name', qemuProcessName(record.id)], { stdio: 'ignore' });
+  // "QEMU": a process whose argv holds the VM's `-name` and `-pidfile`, as the real one's does.
+  const fake = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1 << 30)', '--', '-name', qemuProcessName(record.id), '-pidfile', paths.pidfile], { stdio: 'ignore' });
   t.after(() => fake.kill('SIGKILL'));
   await writeFile(paths.pidfile, `${fake.pid}\n`);
 
