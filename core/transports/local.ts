@@ -18,7 +18,7 @@ import {
 } from '../envelope.ts';
 import { PROTOCOL_VERSION } from '../version.ts';
 import { FrameReader, salvageIds } from './ndjson.ts';
-import { checkSocketFolder, removeStaleSocket } from './socket-path.ts';
+import { checkSocketFolder, lockSocketPath, removeStaleSocket, type SocketPathLock } from './socket-path.ts';
 import type { AgentTransport, ClientTransport, DeliveryListener, GatherOptions, GatherResult, ReplySealer, RequestOptions } from './transport.ts';
 
 
@@ -53,6 +53,7 @@ export class LocalAgentTransport implements AgentTransport {
   /** Bytes of events written to each subscriber and not yet taken by the kernel. */
   readonly #eventBacklog = new Map<Socket, number>();
   #sealReply: ReplySealer | undefined;
+  #lock: SocketPathLock | undefined;
 
   constructor(options: LocalAgentTransportOptions) {
     this.#options = options;
@@ -71,20 +72,33 @@ export class LocalAgentTransport implements AgentTransport {
     this.#sealReply = sealReply;
     await checkSocketFolder(socketPath, { create: true });
     await mkdir(dirname(socketPath), { recursive: true, mode: 0o750 });
-    await removeStaleSocket(socketPath);
+    // Held until stopAccepting has removed the socket: no other agent looks at the path meanwhile.
+    const lock = await lockSocketPath(socketPath);
     // Half-open: a client may end its side once it has sent its requests (socat, `printf … | nc -U`) and
     // still read the replies; the agent ends its side once they are all written.
     const server = createServer({ allowHalfOpen: true }, (socket) => this.#accept(socket, onDelivery));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(socketPath, () => {
-        server.off('error', reject);
-        resolve();
+    try {
+      await removeStaleSocket(socketPath);
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(socketPath, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      }).catch((error: NodeJS.ErrnoException) => {
+        if (error.code !== 'EADDRINUSE') throw error;
+        // Not an agent (it would hold the lock): something else made a file there after the check.
+        throw cloudletError('AGENT_ALREADY_RUNNING', `${socketPath} was taken while the agent started; configure another transport.socket`, { socketPath });
       });
-    });
-    // Owner and group only: whoever can write to the socket can command this host.
-    await chmod(socketPath, 0o660);
+      // Owner and group only: whoever can write to the socket can command this host.
+      await chmod(socketPath, 0o660);
+    } catch (error) {
+      if (server.listening) await new Promise<void>((resolve) => server.close(() => resolve()));
+      await lock.release();
+      throw error;
+    }
     this.#server = server;
+    this.#lock = lock;
   }
 
   #accept(socket: Socket, onDelivery: DeliveryListener): void {
@@ -189,6 +203,10 @@ export class LocalAgentTransport implements AgentTransport {
     // Frames still arriving on them are answered by the dispatcher with SHUTTING_DOWN, never dropped.
     server.close();
     await unlink(this.#options.socketPath).catch(() => undefined);
+    // Only now may another agent take the path: before, its start could find this socket and be refused, or
+    // bind its own that this stop would then remove.
+    await this.#lock?.release();
+    this.#lock = undefined;
   }
 
   async publishEvent(event: EventEnvelope): Promise<void> {

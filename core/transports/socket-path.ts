@@ -3,9 +3,10 @@
  * trust: the agent removes only a socket no agent listens on, and nobody uses a per-user folder in a shared
  * temp directory that another user made first.
  */
-import { lstat, mkdir, unlink } from 'node:fs/promises';
-import { createConnection } from 'node:net';
-import { join, sep } from 'node:path';
+import { createHash } from 'node:crypto';
+import { lstat, mkdir, realpath, unlink } from 'node:fs/promises';
+import { createConnection, createServer } from 'node:net';
+import { basename, dirname, join, sep } from 'node:path';
 import { tmpdir } from 'node:os';
 import process from 'node:process';
 import { cloudletError } from '../errors.ts';
@@ -95,4 +96,41 @@ export async function removeStaleSocket(socketPath: string): Promise<void> {
       : `an agent may be listening on ${socketPath} (connecting gave ${refusedWith}, not a refusal); stop it first or configure another transport.socket`,
     { socketPath, ...(refusedWith === undefined ? {} : { cause: refusedWith }) },
   );
+}
+
+/** Held by the agent that serves a socket path, from before it looks at the path until it has removed it. */
+export interface SocketPathLock {
+  release(): Promise<void>;
+}
+
+/**
+ * One agent per socket path. Checking for a stale socket, removing it and binding a new one are three
+ * steps: two agents started together could both find the old file dead, and the second would remove the
+ * socket the first had just bound (the first then served nobody, and its stop removed the second's socket).
+ * So an agent first takes this lock and keeps it until it has stopped: an abstract unix socket (Linux) named
+ * after the socket path's real location. The kernel frees it when the process dies, so a crash leaves no
+ * stale lock. Abstract names belong to a network namespace: agents in different namespaces that share one
+ * socket path through the file system are not kept apart by it.
+ */
+export async function lockSocketPath(socketPath: string): Promise<SocketPathLock> {
+  const where = join(await realpath(dirname(socketPath)), basename(socketPath));
+  const name = `\0cloudlet-agent-socket:${createHash('sha256').update(where).digest('hex')}`;
+  const server = createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(name, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  }).catch((error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EADDRINUSE') throw error;
+    throw cloudletError(
+      'AGENT_ALREADY_RUNNING',
+      `another agent on this host is starting, running or stopping on ${socketPath}; stop it first or configure another transport.socket`,
+      { socketPath },
+    );
+  });
+  // The agent's own socket and work keep the process alive, not its lock.
+  server.unref();
+  return { release: () => new Promise<void>((resolve) => server.close(() => resolve())) };
 }

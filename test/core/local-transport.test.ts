@@ -226,6 +226,39 @@ test('local — at the socket path: a file that is not a socket is never removed
   assert.equal((await client.request(makeRequest({ type: 'host-info', payload: {} }))).ok, true);
 });
 
+test('local — two agents started together on one socket path: one serves, the other refuses, and its stop leaves the winner\'s socket', async (t) => {
+  const dir = await tempDir(t);
+  const socketPath = join(dir, 'agent.sock');
+  // Each round starts from a stale socket file (an agent killed before), the case where both used to see the
+  // file refuse connections, and the second removed the socket the first had just made.
+  for (let round = 0; round < 8; round++) {
+    const leftover = spawn(process.execPath, ['-e', `require('node:net').createServer().listen(${JSON.stringify(socketPath)}, () => console.log('up'))`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    t.after(() => leftover.kill('SIGKILL'));
+    await new Promise((resolve) => leftover.stdout?.once('data', resolve));
+    leftover.kill('SIGKILL');
+    await once(leftover, 'exit');
+
+    const agents = [await agentOn(t, socketPath), await agentOn(t, socketPath)];
+    const started = await Promise.allSettled(agents.map((agent) => agent.start()));
+    const winners = started.flatMap((result, at) => (result.status === 'fulfilled' ? [at] : []));
+    assert.equal(winners.length, 1, `round ${round}: ${JSON.stringify(started.map((result) => (result.status === 'fulfilled' ? 'started' : (result.reason as Error).message)))}`);
+    const loser = started.find((result) => result.status === 'rejected') as PromiseRejectedResult;
+    assert.equal((loser.reason as { code?: string }).code, 'AGENT_ALREADY_RUNNING', `round ${round}: ${(loser.reason as Error).message}`);
+
+    // The loser's stop must not take the winner's socket with it.
+    await agents[1 - (winners[0] as number)]?.stop('lost the race');
+    assert.ok((await stat(socketPath)).isSocket(), `round ${round}: the winner's socket is gone`);
+    const client = new LocalClientTransport({ socketPath });
+    assert.equal((await client.request(makeRequest({ type: 'host-info', payload: {} }))).ok, true, `round ${round}`);
+    await client.close();
+    await agents[winners[0] as number]?.stop('round over');
+  }
+  // After a clean stop the path is free again (the lock went with the agent).
+  const last = await agentOn(t, socketPath);
+  await last.start();
+  await last.stop('done');
+});
+
 test('local — a socket folder in the shared temp directory must be this user\'s own and closed to others', async (t) => {
   // Without XDG_RUNTIME_DIR the socket goes to <tmp>/cloudlet-<uid>/cloudlet/: anyone could make that
   // folder first and swap the agent's socket for their own. Here <tmp> is a temp folder of the test.
