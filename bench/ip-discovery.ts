@@ -27,13 +27,14 @@ const qemuEntry = (ns: Netns, hostId: string) =>
   `  - use: qemu-backend\n    options:\n      imagesDir: ${join(ns.dir, 'images')}\n      stateDir: ${vmStateDir(ns, hostId)}\n      accel: tcg\n      network:\n        mode: bridge\n        bridge: ${ns.bridge}`;
 
 /**
- * get-vm-ip answers only for a running VM, and "running" means: the pidfile names a live process whose
- * command line carries the VM's QEMU name. A shell with that name stands in for QEMU (no guest is needed
+ * get-vm-ip answers only for a running VM, and "running" means: a live process whose command line carries
+ * the VM's QEMU name and pidfile path. A shell with that name stands in for QEMU (no guest is needed
  * to tell a lease or a neighbour entry); it runs in the namespace, where the agent reads /proc.
  */
 async function startStandIn(ns: Netns, vmStateDir: string, vmId: string): Promise<NetnsProcess> {
   const pidfile = vmPaths(vmStateDir, vmId).pidfile;
-  const standIn = ns.spawn(['sh', '-c', 'echo $$ > "$1"; while :; do sleep 3600; done', qemuProcessName(vmId), pidfile]);
+  // Its arguments read `-name cloudlet-<id> -pidfile <pidfile>`, the two that make a process the VM's QEMU.
+  const standIn = ns.spawn(['sh', '-c', 'echo $$ > "$3"; while :; do sleep 3600; done', '-name', qemuProcessName(vmId), '-pidfile', pidfile]);
   const deadline = Date.now() + 5_000;
   while (!(await readFile(pidfile, 'utf8').catch(() => '')).trim()) {
     if (Date.now() > deadline) throw new Error(`the stand-in for ${vmId} wrote no pidfile`);
