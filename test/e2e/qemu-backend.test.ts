@@ -214,23 +214,40 @@ async function slowQemu(t: Parameters<typeof tempDir>[0], seconds: number): Prom
   return wrapper;
 }
 
+/**
+ * A QEMU that starts only once the test lets it (`release`), or after a minute should the test fail first:
+ * what runs "while create-vm runs" then does so by construction, however slowly a loaded machine answers.
+ */
+async function gatedQemu(t: Parameters<typeof tempDir>[0]): Promise<{ binary: string; release: () => Promise<void> }> {
+  const tools = await tempDir(t, 'cloudlet-gated-qemu-');
+  const binary = join(tools, 'qemu');
+  const gate = join(tools, 'go');
+  await writeFile(binary, `#!/bin/sh\nn=0\nwhile [ ! -e '${gate}' ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done\nexec qemu-system-x86_64 "$@"\n`, { mode: 0o755 });
+  return { binary, release: () => writeFile(gate, '') };
+}
+
 test('qemu — a stop, delete or get sent while create-vm runs is told to retry (VM_NOT_READY); the create finishes whole', async (t) => {
   // Before, the record was written first: a stop sent on the "starting" progress raced the create (and could
   // kill a QEMU that was starting, or write vm.json back into a folder the failed create removed). Then, with
   // vm.json written last, a delete answered "already deleted" and the VM came up a moment later.
-  const host = await startQemuHost(t, { qemuOptionsYaml: `      qemuBinary: ${await slowQemu(t, 1.5)}\n` });
-  const during: Promise<ReplyEnvelope>[] = [];
-  const created = ok<Vm>(
-    await host.call('create-vm', { image: 'tiny', memory: 128, vcpus: 1 }, (progress) => {
-      const vm = (progress.detail as { vm?: string } | undefined)?.vm;
-      if (progress.stage === 'starting' && vm) during.push(host.call('stop-vm', { vm, force: true }), host.call('delete-vm', { vm }), host.call('get-vm', { vm }));
-    }),
-  );
-  assert.equal(during.length, 3, 'the create reported "starting" with the new id');
-  const replies = await Promise.all(during);
+  const qemu = await gatedQemu(t);
+  const host = await startQemuHost(t, { qemuOptionsYaml: `      qemuBinary: ${qemu.binary}\n` });
+  let sent: (during: Promise<ReplyEnvelope>[]) => void = () => undefined;
+  const sentDuring = new Promise<Promise<ReplyEnvelope>[]>((resolve) => (sent = resolve));
+  const creating = host.call('create-vm', { image: 'tiny', memory: 128, vcpus: 1 }, (progress) => {
+    const vm = (progress.detail as { vm?: string } | undefined)?.vm;
+    if (progress.stage === 'starting' && vm) sent([host.call('stop-vm', { vm, force: true }), host.call('delete-vm', { vm }), host.call('get-vm', { vm })]);
+  });
+  // The create waits at its QEMU's start until all three are answered.
+  const replies = await Promise.race([
+    sentDuring.then((during) => Promise.all(during)),
+    creating.then((reply) => Promise.reject(new Error(`create-vm answered without reporting "starting" with the new id: ${JSON.stringify(reply)}`))),
+  ]);
+  await qemu.release();
   for (const reply of replies) {
     assert.deepEqual([reply.error?.code, reply.error?.retryable], ['VM_NOT_READY', true], JSON.stringify(reply));
   }
+  const created = ok<Vm>(await creating);
   assert.equal(created.state, 'running');
   const now = ok<Vm & { desired: string }>(await host.call('get-vm', { vm: created.id }));
   assert.deepEqual([now.state, now.desired, now.pid], ['running', 'running', created.pid]);
