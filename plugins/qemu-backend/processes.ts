@@ -1,12 +1,13 @@
 /**
- * Is a VM's QEMU running? A QEMU is the VM's when its command line carries the VM's `-name` and its
- * `-pidfile` path, and it is alive (not a zombie). The pidfile says where to look first; when it is gone or
- * names another process (deleted by hand, a restored backup, a recycled pid), /proc is searched for a QEMU
- * with that command line, so a lost pidfile never leads to a second QEMU for one VM, and a process that
- * merely mentions the VM (a `pgrep -af cloudlet-<id>`) is never taken for it.
+ * Is a VM's QEMU running? The pidfile names the process, /proc says whether it is alive — a zombie counts as
+ * dead — and its command line must give the VM's name as `-name cloudlet-<id>` (a recycled pid running
+ * something that merely mentions the VM, such as `pgrep -af cloudlet-<id>`, is not its QEMU). When the
+ * pidfile is gone or names no such process (deleted by hand, a restored backup), /proc is searched for a
+ * process with that `-name` and the VM's `-pidfile`, so a lost pidfile never leads to a second QEMU for one VM.
  */
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { basename } from 'node:path';
 import process from 'node:process';
 
 export async function readPid(pidfile: string): Promise<number | undefined> {
@@ -23,15 +24,10 @@ export async function readPid(pidfile: string): Promise<number | undefined> {
   return Number.isInteger(pid) && pid > 0 ? pid : undefined;
 }
 
-export async function isQemuAlive(pid: number, vmId: string, pidfile: string): Promise<boolean> {
+export async function isQemuAlive(pid: number, vmId: string): Promise<boolean> {
   if (!(await isLive(pid))) return false;
   const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-  return isVmQemuArgv(cmdline.split('\0'), vmId, pidfile);
-}
-
-/** Pure: `-name cloudlet-<id>` and `-pidfile <the VM's pidfile>`, as qemu-args.ts starts every QEMU. */
-export function isVmQemuArgv(argv: readonly string[], vmId: string, pidfile: string): boolean {
-  return argAfter(argv, '-name') === qemuProcessName(vmId) && argAfter(argv, '-pidfile') === pidfile;
+  return argAfter(cmdline.split('\0'), '-name') === qemuProcessName(vmId);
 }
 
 function argAfter(argv: readonly string[], flag: string): string | undefined {
@@ -49,8 +45,10 @@ async function isLive(pid: number): Promise<boolean> {
 
 /**
  * Every process that looks like a cloudlet QEMU (a `-name cloudlet-…` and a `-pidfile`), keyed by
- * `<name>\0<pidfile>`: one pass over /proc. Synchronous reads: /proc is in memory, and a few hundred
- * thread-pool round trips would cost more than the reads. Liveness is checked by the caller, for the one it wants.
+ * `<name>\0<pidfile>`, QEMU programs (`qemu-system-*`) first: a wrapper that did not `exec` QEMU carries the
+ * same arguments, and it is QEMU that must be stopped. One pass over /proc, with synchronous reads: /proc is
+ * in memory, and a few hundred thread-pool round trips would cost more than the reads. Liveness is checked by
+ * the caller, for the one it wants.
  */
 function scanQemus(): ReadonlyMap<string, number[]> {
   const found = new Map<string, number[]>();
@@ -73,7 +71,10 @@ function scanQemus(): ReadonlyMap<string, number[]> {
     const pidfile = argAfter(argv, '-pidfile');
     if (name === undefined || pidfile === undefined || !name.startsWith('cloudlet-')) continue;
     const key = `${name}\0${pidfile}`;
-    found.set(key, [...(found.get(key) ?? []), pid]);
+    const pids = found.get(key) ?? [];
+    if (basename(argv[0] ?? '').startsWith('qemu-system-')) pids.unshift(pid);
+    else pids.push(pid);
+    found.set(key, pids);
   }
   return found;
 }
@@ -97,17 +98,17 @@ export function qemuProcessName(vmId: string): string {
  */
 export async function runningPid(pidfile: string, vmId: string, scan: QemuScan = memoQemuScan()): Promise<number | undefined> {
   const pid = await readPid(pidfile);
-  if (pid !== undefined && (await isQemuAlive(pid, vmId, pidfile))) return pid;
+  if (pid !== undefined && (await isQemuAlive(pid, vmId))) return pid;
   for (const candidate of scan().get(`${qemuProcessName(vmId)}\0${pidfile}`) ?? []) {
-    if (await isQemuAlive(candidate, vmId, pidfile)) return candidate;
+    if (await isLive(candidate)) return candidate;
   }
   return undefined;
 }
 
 /** Waits until the process is gone (polling /proc), up to the timeout. */
-export async function waitForExit(pid: number, vmId: string, pidfile: string, timeoutMs: number): Promise<boolean> {
+export async function waitForExit(pid: number, vmId: string, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
-  while (await isQemuAlive(pid, vmId, pidfile)) {
+  while (await isQemuAlive(pid, vmId)) {
     if (Date.now() >= deadline) return false;
     await new Promise((r) => setTimeout(r, 50));
   }
@@ -123,5 +124,5 @@ export async function killQemu(pidfile: string, vmId: string, waitMs = 1_000): P
   } catch {
     return; // gone meanwhile
   }
-  await waitForExit(pid, vmId, pidfile, waitMs);
+  await waitForExit(pid, vmId, waitMs);
 }

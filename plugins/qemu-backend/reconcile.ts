@@ -6,6 +6,7 @@
 import type { PluginLogger } from '../../core/plugin-api.ts';
 import type { QemuOptions } from './options.ts';
 import { listRecords } from './state.ts';
+import { memoQemuScan } from './processes.ts';
 import { queryStatus, setDesired, startVm } from './vm-ops.ts';
 
 export interface ReconcileSummary {
@@ -18,11 +19,13 @@ export interface ReconcileSummary {
 export async function reconcileVms(options: QemuOptions, log: PluginLogger): Promise<ReconcileSummary> {
   const summary: ReconcileSummary = { reattached: [], autostarted: [], markedStopped: [], failed: [] };
   const records = await listRecords(options.stateDir);
+  // One /proc scan for every VM whose pidfile names no live QEMU, not one each.
+  const scan = memoQemuScan();
   await Promise.all(
     records.map(async (record) => {
       try {
         // A short check (queryStatus bounds each QMP step): a stuck monitor must not hold the agent's start.
-        const { pid, qmpStatus } = await queryStatus(options, record);
+        const { pid, qmpStatus } = await queryStatus(options, record, scan);
         if (pid !== undefined) {
           if (qmpStatus === undefined) log.warn({ vm: record.id, pid }, 'VM process runs but its QMP socket does not answer');
           summary.reattached.push(record.id);

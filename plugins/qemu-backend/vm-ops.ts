@@ -8,7 +8,7 @@ import { qemuError } from './errors.ts';
 import { resolveImage, type BaseImage } from './images.ts';
 import { ensureTap, removeTap, tapName } from './network.ts';
 import type { QemuOptions } from './options.ts';
-import { killQemu, runningPid, waitForExit } from './processes.ts';
+import { killQemu, runningPid, waitForExit, type QemuScan } from './processes.ts';
 import { chooseAccel, qemuArgv } from './qemu-args.ts';
 import { withQmp, QmpClient } from './qmp.ts';
 import type { HostIdentity } from '../../core/plugin-api.ts';
@@ -165,11 +165,11 @@ async function endProcess(paths: { qmp: string; pidfile: string }, pid: number, 
       // If the monitor fails here (QEMU exiting, no answer), fall through to quit and SIGKILL.
       await qmp.execute('system_powerdown').catch(() => undefined);
       // The socket closes when QEMU exits; /proc is the backstop (a late-reaped process still looks alive).
-      if ((await qmp.waitForClose(how.timeoutMs)) && (await waitForExit(pid, id, paths.pidfile, 5_000))) return 'powered-off';
+      if ((await qmp.waitForClose(how.timeoutMs)) && (await waitForExit(pid, id, 5_000))) return 'powered-off';
     }
     if (qmp) {
       await qmp.execute('quit').catch(() => undefined);
-      if (await waitForExit(pid, id, paths.pidfile, 5_000)) return 'quit';
+      if (await waitForExit(pid, id, 5_000)) return 'quit';
     }
   } finally {
     qmp?.close();
@@ -179,7 +179,7 @@ async function endProcess(paths: { qmp: string; pidfile: string }, pid: number, 
   } catch {
     // already gone
   }
-  if (!(await waitForExit(pid, id, paths.pidfile, 5_000))) throw qemuError('QEMU_FAILED', `QEMU pid ${pid} for ${id} survived SIGKILL`);
+  if (!(await waitForExit(pid, id, 5_000))) throw qemuError('QEMU_FAILED', `QEMU pid ${pid} for ${id} survived SIGKILL`);
   return 'killed';
 }
 
@@ -190,9 +190,10 @@ async function endProcess(paths: { qmp: string; pidfile: string }, pid: number, 
  */
 const STATUS_CHECK_MS = 1_000;
 
-export async function queryStatus(options: QemuOptions, record: VmRecord): Promise<{ state: VmState; pid: number | undefined; qmpStatus?: string }> {
+/** `scan`: a /proc scan shared by a caller that asks about many VMs (the start-up reconcile). */
+export async function queryStatus(options: QemuOptions, record: VmRecord, scan?: QemuScan): Promise<{ state: VmState; pid: number | undefined; qmpStatus?: string }> {
   const paths = vmPaths(options.stateDir, record.id);
-  const pid = await runningPid(paths.pidfile, record.id);
+  const pid = await runningPid(paths.pidfile, record.id, scan);
   if (pid === undefined) return { state: 'stopped', pid };
   const status = await withQmp(paths.qmp, (qmp) => qmp.execute<{ status: string; running: boolean }>('query-status', undefined, STATUS_CHECK_MS), STATUS_CHECK_MS).catch(
     () => undefined,

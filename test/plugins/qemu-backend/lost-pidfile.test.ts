@@ -35,9 +35,9 @@ function recordFor(id: string): VmRecord {
   } as VmRecord;
 }
 
-/** A process that lives until killed, with `args` after `--` on its command line. */
-async function standIn(t: TestContext, args: string[]): Promise<ChildProcess & { pid: number }> {
-  const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1 << 30)', '--', ...args], { stdio: 'ignore' });
+/** A process that lives until killed, with `args` after `--` on its command line (and `program` as its argv[0]). */
+async function standIn(t: TestContext, args: string[], program?: string): Promise<ChildProcess & { pid: number }> {
+  const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1 << 30)', '--', ...args], { stdio: 'ignore', ...(program ? { argv0: program } : {}) });
   t.after(() => child.kill('SIGKILL'));
   await new Promise((resolve, reject) => child.once('spawn', resolve).once('error', reject));
   return child as ChildProcess & { pid: number };
@@ -82,6 +82,21 @@ test('lost pidfile — a running QEMU whose pidfile is gone is found by its comm
   // No monitor answers (there is no qmp.sock): stop-vm ends it the hard way, and says so.
   assert.equal(await stopVm(options, record, { force: true, timeoutMs: 1_000 }), 'killed');
   assert.equal(await runningPid(paths.pidfile, record.id), undefined);
+});
+
+test('lost pidfile — a wrapper that did not exec QEMU carries the same arguments: QEMU itself is the one found', async (t) => {
+  const { record, paths } = await setUp(t, 'h1.wrapperx');
+  const args = ['-name', qemuProcessName(record.id), '-pidfile', paths.pidfile];
+  await standIn(t, args, '/bin/sh'); // started first: the lower pid, met first in /proc
+  const qemu = await standIn(t, args, '/usr/bin/qemu-system-x86_64');
+  assert.equal(await runningPid(paths.pidfile, record.id), qemu.pid);
+});
+
+test('pidfile — a QEMU started when the state folder was spelled another way (a symlink) is still found through its pidfile', async (t) => {
+  const { record, paths } = await setUp(t, 'h1.aliasedx');
+  const qemu = await standIn(t, ['-name', qemuProcessName(record.id), '-pidfile', join('/srv/alias-of-state', record.id, 'qemu.pid')]);
+  await writeFile(paths.pidfile, `${qemu.pid}\n`);
+  assert.equal(await runningPid(paths.pidfile, record.id), qemu.pid);
 });
 
 test('lost pidfile — a QEMU of the same VM id under another state folder is not this VM\'s', async (t) => {
