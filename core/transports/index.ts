@@ -24,6 +24,7 @@ export function createAgentTransport(config: CoreConfig, context: AgentTransport
         socketPath: transport.socket ?? defaultSocketPath(),
         hostId: context.hostId,
         maxMessageBytes: config.limits.maxMessageBytes,
+        log: context.log.child({ transport: 'local' }),
       });
     case 'amqp':
       return new AmqpAgentTransport({

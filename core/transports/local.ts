@@ -42,6 +42,10 @@ export interface LocalAgentTransportOptions {
   socketPath: string;
   hostId: string;
   maxMessageBytes: number;
+  /** Hears of a start without the socket path's lock (socket-path.ts, lockSocketPath). */
+  log?: { warn(obj: object, msg: string): void };
+  /** How long a start waits for the socket path's lock while nothing serves the path (default 2 s). */
+  lockWaitMs?: number;
 }
 
 export class LocalAgentTransport implements AgentTransport {
@@ -73,7 +77,10 @@ export class LocalAgentTransport implements AgentTransport {
     await checkSocketFolder(socketPath, { create: true });
     await mkdir(dirname(socketPath), { recursive: true, mode: 0o750 });
     // Held until stopAccepting has removed the socket: no other agent looks at the path meanwhile.
-    const lock = await lockSocketPath(socketPath);
+    const lock = await lockSocketPath(socketPath, {
+      ...(this.#options.lockWaitMs === undefined ? {} : { waitMs: this.#options.lockWaitMs }),
+      onUnavailable: (message) => this.#options.log?.warn({ socketPath }, message),
+    });
     // Half-open: a client may end its side once it has sent its requests (socat, `printf … | nc -U`) and
     // still read the replies; the agent ends its side once they are all written.
     const server = createServer({ allowHalfOpen: true }, (socket) => this.#accept(socket, onDelivery));

@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { lstat, mkdir, realpath, unlink } from 'node:fs/promises';
-import { createConnection, createServer } from 'node:net';
+import { createConnection, createServer, type Server } from 'node:net';
 import { basename, dirname, join, sep } from 'node:path';
 import { tmpdir } from 'node:os';
 import process from 'node:process';
@@ -75,6 +75,14 @@ export async function removeStaleSocket(socketPath: string): Promise<void> {
       socketPath,
     });
   }
+  await refuseIfServed(socketPath);
+  await unlink(socketPath).catch((error: NodeJS.ErrnoException) => {
+    if (error.code !== 'ENOENT') throw error;
+  });
+}
+
+/** AGENT_ALREADY_RUNNING unless connecting to the socket path is refused or finds nothing there. */
+async function refuseIfServed(socketPath: string): Promise<void> {
   const refusedWith = await new Promise<string | undefined>((resolve) => {
     const probe = createConnection(socketPath);
     probe.once('connect', () => {
@@ -83,12 +91,7 @@ export async function removeStaleSocket(socketPath: string): Promise<void> {
     });
     probe.once('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
   });
-  if (refusedWith === 'ECONNREFUSED' || refusedWith === 'ENOENT') {
-    await unlink(socketPath).catch((error: NodeJS.ErrnoException) => {
-      if (error.code !== 'ENOENT') throw error;
-    });
-    return;
-  }
+  if (refusedWith === 'ECONNREFUSED' || refusedWith === 'ENOENT') return;
   throw cloudletError(
     'AGENT_ALREADY_RUNNING',
     refusedWith === undefined
@@ -100,8 +103,25 @@ export async function removeStaleSocket(socketPath: string): Promise<void> {
 
 /** Held by the agent that serves a socket path, from before it looks at the path until it has removed it. */
 export interface SocketPathLock {
+  /** False when the agent went on without it (see lockSocketPath). */
+  held: boolean;
   release(): Promise<void>;
 }
+
+export interface SocketPathLockOptions {
+  /** How long to wait for a lock whose holder does not serve the path (an agent starting or stopping). */
+  waitMs?: number;
+  /** Told when the lock could not be had and the agent goes on without it. */
+  onUnavailable?: (message: string) => void;
+}
+
+/** The lock's abstract socket name (Linux): from the socket path's real location. */
+export async function socketLockName(socketPath: string): Promise<string> {
+  const where = join(await realpath(dirname(socketPath)), basename(socketPath));
+  return `\0cloudlet-agent-socket:${createHash('sha256').update(where).digest('hex')}`;
+}
+
+const LOCK_POLL_MS = 50;
 
 /**
  * One agent per socket path. Checking for a stale socket, removing it and binding a new one are three
@@ -109,28 +129,43 @@ export interface SocketPathLock {
  * socket the first had just bound (the first then served nobody, and its stop removed the second's socket).
  * So an agent first takes this lock and keeps it until it has stopped: an abstract unix socket (Linux) named
  * after the socket path's real location. The kernel frees it when the process dies, so a crash leaves no
- * stale lock. Abstract names belong to a network namespace: agents in different namespaces that share one
- * socket path through the file system are not kept apart by it.
+ * stale lock.
+ *
+ * An abstract name is not a file: any local user can take it. So a lock that is held while nothing serves
+ * the path (an agent between taking it and listening, or stopping, or a process squatting the name) is
+ * waited for up to `waitMs`; then the agent goes on without it (`onUnavailable` says why), as it did before
+ * there was a lock, rather than let another user keep it from starting. A lock held by an agent that serves
+ * the path is AGENT_ALREADY_RUNNING at once. Abstract names belong to a network namespace: agents in
+ * different namespaces that share one socket path through the file system are not kept apart by it.
  */
-export async function lockSocketPath(socketPath: string): Promise<SocketPathLock> {
-  const where = join(await realpath(dirname(socketPath)), basename(socketPath));
-  const name = `\0cloudlet-agent-socket:${createHash('sha256').update(where).digest('hex')}`;
-  const server = createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(name, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  }).catch((error: NodeJS.ErrnoException) => {
-    if (error.code !== 'EADDRINUSE') throw error;
-    throw cloudletError(
-      'AGENT_ALREADY_RUNNING',
-      `another agent on this host is starting, running or stopping on ${socketPath}; stop it first or configure another transport.socket`,
-      { socketPath },
-    );
+export async function lockSocketPath(socketPath: string, options: SocketPathLockOptions = {}): Promise<SocketPathLock> {
+  const name = await socketLockName(socketPath);
+  const giveUpAt = Date.now() + (options.waitMs ?? 2_000);
+  for (;;) {
+    const server = await listenOrInUse(name);
+    if (server) {
+      // The agent's own socket and work keep the process alive, not its lock.
+      server.unref();
+      // Closing the listener frees the name at once; connections to it are cut as they come, so none
+      // can hold up a release.
+      return { held: true, release: async () => void server.close() };
+    }
+    await refuseIfServed(socketPath);
+    if (Date.now() >= giveUpAt) {
+      options.onUnavailable?.(
+        `the start-up lock for ${socketPath} is held by a process that does not serve it (an agent stuck starting or stopping, or a process that took the lock's name); starting without the lock`,
+      );
+      return { held: false, release: async () => undefined };
+    }
+    await new Promise((resolve) => setTimeout(resolve, LOCK_POLL_MS));
+  }
+}
+
+/** A listener on `name`, or undefined when the name is in use. */
+async function listenOrInUse(name: string): Promise<Server | undefined> {
+  const server = createServer((connection) => connection.destroy());
+  return new Promise<Server | undefined>((resolve, reject) => {
+    server.once('error', (error: NodeJS.ErrnoException) => (error.code === 'EADDRINUSE' ? resolve(undefined) : reject(error)));
+    server.listen(name, () => resolve(server));
   });
-  // The agent's own socket and work keep the process alive, not its lock.
-  server.unref();
-  return { release: () => new Promise<void>((resolve) => server.close(() => resolve())) };
 }

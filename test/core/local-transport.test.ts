@@ -17,7 +17,8 @@ import { rawConfigFrom } from '../../core/config/load.ts';
 import { makeEvent, makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
 import { createLogger, memoryDestination } from '../../core/logger.ts';
 import { FrameReader, salvageIds } from '../../core/transports/ndjson.ts';
-import { LocalClientTransport } from '../../core/transports/local.ts';
+import { LocalAgentTransport, LocalClientTransport } from '../../core/transports/local.ts';
+import { lockSocketPath, socketLockName } from '../../core/transports/socket-path.ts';
 import { startAgent, tempDir, testkitPath, until } from '../helpers.ts';
 
 const withTestkit = { plugins: [{ use: testkitPath, options: {} }] };
@@ -257,6 +258,49 @@ test('local — two agents started together on one socket path: one serves, the 
   const last = await agentOn(t, socketPath);
   await last.start();
   await last.stop('done');
+});
+
+test('local — the socket path\'s lock: a connection to it cannot hold up a release; one held while nothing serves the path is waited for, then done without', { timeout: 30_000 }, async (t) => {
+  const dir = await tempDir(t);
+  const socketPath = join(dir, 'agent.sock');
+  const name = await socketLockName(socketPath);
+
+  // Anyone can connect to an abstract socket: a connection kept open must not keep the lock (and the
+  // agent's stop) waiting. A hang here ends in the test's timeout.
+  const lock = await lockSocketPath(socketPath);
+  assert.equal(lock.held, true);
+  const lingering = createConnection(name);
+  lingering.on('error', () => undefined); // the lock cuts it: ECONNRESET
+  t.after(() => lingering.destroy());
+  await once(lingering, 'connect');
+  await lock.release();
+  const again = await lockSocketPath(socketPath, { waitMs: 0 });
+  assert.equal(again.held, true, 'released: the lock can be taken again');
+
+  // Held by an agent that has not bound its socket yet: the start waits, and takes the lock once released.
+  const warnings: string[] = [];
+  const log = { warn: (_obj: object, message: string) => void warnings.push(message) };
+  const transport = new LocalAgentTransport({ socketPath, hostId: 'h1', maxMessageBytes: 1 << 20, log, lockWaitMs: 60_000 });
+  const listening = transport.listen(() => undefined);
+  await again.release();
+  await listening;
+  assert.deepEqual(warnings, []);
+  await transport.stopAccepting();
+
+  // Held by some other process that serves nothing there (any local user can take an abstract name): the
+  // agent is not kept from starting; after the wait it starts without the lock, and says so.
+  const squatter = createServer();
+  await new Promise<void>((resolve) => squatter.listen(name, resolve));
+  t.after(() => squatter.close());
+  const blocked = new LocalAgentTransport({ socketPath, hostId: 'h1', maxMessageBytes: 1 << 20, log, lockWaitMs: 100 });
+  await blocked.listen(() => undefined);
+  t.after(() => blocked.stopAccepting());
+  assert.equal(blocked.isUp(), true);
+  assert.equal(warnings.length, 1);
+  assert.match(String(warnings[0]), /starting without the lock/);
+  // A second agent on the same path is still refused: the first one answers there.
+  const second = new LocalAgentTransport({ socketPath, hostId: 'h1', maxMessageBytes: 1 << 20, log, lockWaitMs: 100 });
+  await assert.rejects(second.listen(() => undefined), { code: 'AGENT_ALREADY_RUNNING' });
 });
 
 test('local — a socket folder in the shared temp directory must be this user\'s own and closed to others', async (t) => {
