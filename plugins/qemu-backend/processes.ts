@@ -1,9 +1,9 @@
 /**
  * Is a VM's QEMU running? The pidfile names the process, /proc says whether it is alive — a zombie counts as
- * dead — and its command line must give the VM's name as `-name cloudlet-<id>` (a recycled pid running
- * something that merely mentions the VM, such as `pgrep -af cloudlet-<id>`, is not its QEMU). When the
- * pidfile is gone or names no such process (deleted by hand, a restored backup), /proc is searched for a
- * process with that `-name` and the VM's `-pidfile`, so a lost pidfile never leads to a second QEMU for one VM.
+ * dead — and its command line must give the VM's name as `-name cloudlet-<id>` and its pidfile as `-pidfile`
+ * (a recycled pid running something that merely mentions the VM, such as `pgrep -af cloudlet-<id>`, is not
+ * its QEMU). When the pidfile is gone or names no such process (deleted by hand, a restored backup), /proc
+ * is searched for such a process, so a lost pidfile never leads to a second QEMU for one VM.
  */
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
@@ -24,10 +24,26 @@ export async function readPid(pidfile: string): Promise<number | undefined> {
   return Number.isInteger(pid) && pid > 0 ? pid : undefined;
 }
 
-export async function isQemuAlive(pid: number, vmId: string): Promise<boolean> {
+/**
+ * `pid` is the VM's QEMU: alive, `-name cloudlet-<id>`, and a `-pidfile` that is this VM's pidfile — the same
+ * path, or the same file under another spelling of the state folder (a symlink): a QEMU of the same VM id
+ * under another state folder is not this VM's.
+ */
+export async function isQemuAlive(pid: number, vmId: string, pidfile: string): Promise<boolean> {
   if (!(await isLive(pid))) return false;
-  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-  return argAfter(cmdline.split('\0'), '-name') === qemuProcessName(vmId);
+  const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
+  return argAfter(argv, '-name') === qemuProcessName(vmId) && samePidfile(argAfter(argv, '-pidfile'), pidfile);
+}
+
+function samePidfile(theirs: string | undefined, ours: string): boolean {
+  if (theirs === undefined) return false;
+  if (theirs === ours) return true;
+  try {
+    const [a, b] = [statSync(theirs, { throwIfNoEntry: false }), statSync(ours, { throwIfNoEntry: false })];
+    return a !== undefined && b !== undefined && a.dev === b.dev && a.ino === b.ino;
+  } catch {
+    return false;
+  }
 }
 
 function argAfter(argv: readonly string[], flag: string): string | undefined {
@@ -98,17 +114,21 @@ export function qemuProcessName(vmId: string): string {
  */
 export async function runningPid(pidfile: string, vmId: string, scan: QemuScan = memoQemuScan()): Promise<number | undefined> {
   const pid = await readPid(pidfile);
-  if (pid !== undefined && (await isQemuAlive(pid, vmId))) return pid;
+  if (pid !== undefined && (await isQemuAlive(pid, vmId, pidfile))) return pid;
+  // Asked again: a shared scan may be older than a pid's reuse.
   for (const candidate of scan().get(`${qemuProcessName(vmId)}\0${pidfile}`) ?? []) {
-    if (await isLive(candidate)) return candidate;
+    if (await isQemuAlive(candidate, vmId, pidfile)) return candidate;
   }
   return undefined;
 }
 
-/** Waits until the process is gone (polling /proc), up to the timeout. */
-export async function waitForExit(pid: number, vmId: string, timeoutMs: number): Promise<boolean> {
+/**
+ * Waits until the process is gone (polling /proc), up to the timeout. By liveness alone: a QEMU that is
+ * exiting may already show an empty command line while it still holds its tap and its disk's lock.
+ */
+export async function waitForExit(pid: number, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
-  while (await isQemuAlive(pid, vmId)) {
+  while (await isLive(pid)) {
     if (Date.now() >= deadline) return false;
     await new Promise((r) => setTimeout(r, 50));
   }
@@ -124,5 +144,5 @@ export async function killQemu(pidfile: string, vmId: string, waitMs = 1_000): P
   } catch {
     return; // gone meanwhile
   }
-  await waitForExit(pid, vmId, waitMs);
+  await waitForExit(pid, waitMs);
 }

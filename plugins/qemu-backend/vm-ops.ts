@@ -165,11 +165,11 @@ async function endProcess(paths: { qmp: string; pidfile: string }, pid: number, 
       // If the monitor fails here (QEMU exiting, no answer), fall through to quit and SIGKILL.
       await qmp.execute('system_powerdown').catch(() => undefined);
       // The socket closes when QEMU exits; /proc is the backstop (a late-reaped process still looks alive).
-      if ((await qmp.waitForClose(how.timeoutMs)) && (await waitForExit(pid, id, 5_000))) return 'powered-off';
+      if ((await qmp.waitForClose(how.timeoutMs)) && (await waitForExit(pid, 5_000))) return 'powered-off';
     }
     if (qmp) {
       await qmp.execute('quit').catch(() => undefined);
-      if (await waitForExit(pid, id, 5_000)) return 'quit';
+      if (await waitForExit(pid, 5_000)) return 'quit';
     }
   } finally {
     qmp?.close();
@@ -179,7 +179,7 @@ async function endProcess(paths: { qmp: string; pidfile: string }, pid: number, 
   } catch {
     // already gone
   }
-  if (!(await waitForExit(pid, id, 5_000))) throw qemuError('QEMU_FAILED', `QEMU pid ${pid} for ${id} survived SIGKILL`);
+  if (!(await waitForExit(pid, 5_000))) throw qemuError('QEMU_FAILED', `QEMU pid ${pid} for ${id} survived SIGKILL`);
   return 'killed';
 }
 

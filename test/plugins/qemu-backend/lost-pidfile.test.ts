@@ -7,12 +7,13 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
+import { readdirSync, readFileSync } from 'node:fs';
+import { symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import process from 'node:process';
 import test, { type TestContext } from 'node:test';
 import { qemuOptionsSchema } from '../../../plugins/qemu-backend/options.ts';
-import { memoQemuScan, qemuProcessName, runningPid } from '../../../plugins/qemu-backend/processes.ts';
+import { memoQemuScan, qemuProcessName, runningPid, waitForExit } from '../../../plugins/qemu-backend/processes.ts';
 import { vmPaths, writeRecord, type VmRecord } from '../../../plugins/qemu-backend/state.ts';
 import { startVm, stopVm } from '../../../plugins/qemu-backend/vm-ops.ts';
 import { tempDir } from '../../helpers.ts';
@@ -93,10 +94,37 @@ test('lost pidfile — a wrapper that did not exec QEMU carries the same argumen
 });
 
 test('pidfile — a QEMU started when the state folder was spelled another way (a symlink) is still found through its pidfile', async (t) => {
-  const { record, paths } = await setUp(t, 'h1.aliasedx');
-  const qemu = await standIn(t, ['-name', qemuProcessName(record.id), '-pidfile', join('/srv/alias-of-state', record.id, 'qemu.pid')]);
+  const { options, record, paths } = await setUp(t, 'h1.aliasedx');
+  const alias = join(await tempDir(t, 'cloudlet-alias-'), 'state');
+  await symlink(options.stateDir, alias);
+  const qemu = await standIn(t, ['-name', qemuProcessName(record.id), '-pidfile', join(alias, record.id, 'qemu.pid')]);
   await writeFile(paths.pidfile, `${qemu.pid}\n`);
   assert.equal(await runningPid(paths.pidfile, record.id), qemu.pid);
+});
+
+test('stale pidfile — a pid that is now the QEMU of the same VM id under another state folder is not this VM\'s, and is never signalled', async (t) => {
+  const { options, record, paths } = await setUp(t, 'h1.otherqem');
+  const other = await standIn(t, ['-name', qemuProcessName(record.id), '-pidfile', join('/elsewhere', record.id, 'qemu.pid')]);
+  await writeFile(paths.pidfile, `${other.pid}\n`);
+  assert.equal(await runningPid(paths.pidfile, record.id), undefined);
+  assert.equal(await stopVm(options, record, { force: true, timeoutMs: 1_000 }), 'already-stopped');
+  assert.ok(alive(other.pid));
+});
+
+test('waitForExit — a process counts as gone when it is gone, not when its command line is empty (a QEMU exiting, a kernel thread)', async () => {
+  // Kernel threads have an empty command line and never exit: the stand-in for a QEMU that has dropped its
+  // memory while it still holds its tap and its disk's lock.
+  const kernelThread = readdirSync('/proc')
+    .filter((entry) => /^\d+$/.test(entry))
+    .find((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8') === '' && readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') S ');
+      } catch {
+        return false;
+      }
+    });
+  assert.ok(kernelThread, 'no sleeping kernel thread in /proc (is this a PID namespace?)');
+  assert.equal(await waitForExit(Number(kernelThread), 100), false);
 });
 
 test('lost pidfile — a QEMU of the same VM id under another state folder is not this VM\'s', async (t) => {
