@@ -4,7 +4,7 @@
  * temp directory that another user made first.
  */
 import { createHash } from 'node:crypto';
-import { lstat, mkdir, realpath, unlink } from 'node:fs/promises';
+import { lstat, mkdir, readdir, readFile, readlink, realpath, stat, unlink } from 'node:fs/promises';
 import { createConnection, createServer, type Server } from 'node:net';
 import { basename, dirname, join, sep } from 'node:path';
 import { tmpdir } from 'node:os';
@@ -152,13 +152,53 @@ export async function lockSocketPath(socketPath: string, options: SocketPathLock
     }
     await refuseIfServed(socketPath);
     if (Date.now() >= giveUpAt) {
+      const holder = await findLockHolder(name);
+      const uid = process.getuid?.();
+      // This user's own process (an agent whose socket file was removed by hand, or one stuck starting or
+      // stopping): going on would give two agents on one path again.
+      if (holder && holder.uid === uid) {
+        throw cloudletError(
+          'AGENT_ALREADY_RUNNING',
+          `process ${holder.pid} holds the start-up lock for ${socketPath} but nothing answers there (an agent whose socket file was removed, or one stuck starting or stopping); stop it first or configure another transport.socket`,
+          { socketPath, holderPid: holder.pid },
+        );
+      }
       options.onUnavailable?.(
-        `the start-up lock for ${socketPath} is held by a process that does not serve it (an agent stuck starting or stopping, or a process that took the lock's name); starting without the lock`,
+        `the start-up lock for ${socketPath} is held by ${holder ? `process ${holder.pid} of uid ${holder.uid}` : 'a process this user cannot see'}, which does not serve it; starting without the lock`,
       );
       return { held: false, release: async () => undefined };
     }
     await new Promise((resolve) => setTimeout(resolve, LOCK_POLL_MS));
   }
+}
+
+/**
+ * Which process listens on an abstract socket, as far as this user can see: /proc/net/unix gives the
+ * socket's inode (abstract names shown with `@`), /proc/<pid>/fd the process holding it. Another user's
+ * process is visible only to root.
+ */
+async function findLockHolder(name: string): Promise<{ pid: number; uid: number } | undefined> {
+  const shown = `@${name.slice(1)}`;
+  const table = await readFile('/proc/net/unix', 'utf8').catch(() => '');
+  const inodes = new Set<string>();
+  for (const line of table.split('\n')) {
+    const fields = line.trim().split(/\s+/);
+    // Node binds the whole sun_path, so the name is padded with NULs, shown as trailing `@`s.
+    if (fields[7]?.replace(/@+$/, '') === shown && fields[6] !== undefined) inodes.add(`socket:[${fields[6]}]`);
+  }
+  if (inodes.size === 0) return undefined;
+  for (const entry of await readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(entry)) continue;
+    const fds = await readdir(`/proc/${entry}/fd`).catch(() => [] as string[]);
+    for (const fd of fds) {
+      const target = await readlink(`/proc/${entry}/fd/${fd}`).catch(() => '');
+      if (inodes.has(target)) {
+        const owner = await stat(`/proc/${entry}`).catch(() => undefined);
+        if (owner) return { pid: Number(entry), uid: owner.uid };
+      }
+    }
+  }
+  return undefined;
 }
 
 /** A listener on `name`, or undefined when the name is in use. */

@@ -287,17 +287,33 @@ test('local — the socket path\'s lock: a connection to it cannot hold up a rel
   assert.deepEqual(warnings, []);
   await transport.stopAccepting();
 
-  // Held by some other process that serves nothing there (any local user can take an abstract name): the
-  // agent is not kept from starting; after the wait it starts without the lock, and says so.
-  const squatter = createServer();
-  await new Promise<void>((resolve) => squatter.listen(name, resolve));
-  t.after(() => squatter.close());
+  // Held by an agent of this user whose socket file was removed by hand (here: this process): a second
+  // agent must not start beside it.
+  const orphaned = await lockSocketPath(socketPath);
+  const beside = new LocalAgentTransport({ socketPath, hostId: 'h1', maxMessageBytes: 1 << 20, log, lockWaitMs: 100 });
+  await assert.rejects(beside.listen(() => undefined), (error: { code?: string; message: string }) => {
+    assert.equal(error.code, 'AGENT_ALREADY_RUNNING');
+    assert.match(error.message, new RegExp(`process ${process.pid} holds the start-up lock`));
+    return true;
+  });
+  await orphaned.release();
+  assert.deepEqual(warnings, []);
+
+  // Held by another user's process that serves nothing there (any local user can take an abstract name):
+  // the agent is not kept from starting; after the wait it starts without the lock, and says so.
+  const squatter = spawn(process.execPath, ['-e', `require('node:net').createServer().listen(${JSON.stringify(name)}, () => console.log('up'))`], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    uid: 65534,
+    gid: 65534,
+  });
+  t.after(() => squatter.kill('SIGKILL'));
+  await new Promise((resolve) => squatter.stdout?.once('data', resolve));
   const blocked = new LocalAgentTransport({ socketPath, hostId: 'h1', maxMessageBytes: 1 << 20, log, lockWaitMs: 100 });
   await blocked.listen(() => undefined);
   t.after(() => blocked.stopAccepting());
   assert.equal(blocked.isUp(), true);
   assert.equal(warnings.length, 1);
-  assert.match(String(warnings[0]), /starting without the lock/);
+  assert.match(String(warnings[0]), new RegExp(`held by process ${squatter.pid} of uid 65534, which does not serve it; starting without the lock`));
   // A second agent on the same path is still refused: the first one answers there.
   const second = new LocalAgentTransport({ socketPath, hostId: 'h1', maxMessageBytes: 1 << 20, log, lockWaitMs: 100 });
   await assert.rejects(second.listen(() => undefined), { code: 'AGENT_ALREADY_RUNNING' });
