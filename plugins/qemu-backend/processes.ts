@@ -7,7 +7,7 @@
  */
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { basename } from 'node:path';
+import { basename, dirname } from 'node:path';
 import process from 'node:process';
 
 export async function readPid(pidfile: string): Promise<number | undefined> {
@@ -35,11 +35,16 @@ export async function isQemuAlive(pid: number, vmId: string, pidfile: string): P
   return argAfter(argv, '-name') === qemuProcessName(vmId) && samePidfile(argAfter(argv, '-pidfile'), pidfile);
 }
 
+/**
+ * The same pidfile: the same path, or the same name in the same VM folder reached another way (a symlinked
+ * spelling of the state folder). Folders, not the files: the pidfile itself may be the thing that is lost.
+ */
 function samePidfile(theirs: string | undefined, ours: string): boolean {
   if (theirs === undefined) return false;
   if (theirs === ours) return true;
+  if (basename(theirs) !== basename(ours)) return false;
   try {
-    const [a, b] = [statSync(theirs, { throwIfNoEntry: false }), statSync(ours, { throwIfNoEntry: false })];
+    const [a, b] = [statSync(dirname(theirs), { throwIfNoEntry: false }), statSync(dirname(ours), { throwIfNoEntry: false })];
     return a !== undefined && b !== undefined && a.dev === b.dev && a.ino === b.ino;
   } catch {
     return false;
@@ -60,8 +65,8 @@ async function isLive(pid: number): Promise<boolean> {
 }
 
 /**
- * Every process that looks like a cloudlet QEMU (a `-name cloudlet-…` and a `-pidfile`), keyed by
- * `<name>\0<pidfile>`, QEMU programs (`qemu-system-*`) first: a wrapper that did not `exec` QEMU carries the
+ * Every process that looks like a cloudlet QEMU (a `-name cloudlet-…` and a `-pidfile`), keyed by its
+ * `-name` (the caller checks the `-pidfile`, which may be spelled another way), QEMU programs (`qemu-system-*`) first: a wrapper that did not `exec` QEMU carries the
  * same arguments, and it is QEMU that must be stopped. One pass over /proc, with synchronous reads: /proc is
  * in memory, and a few hundred thread-pool round trips would cost more than the reads. Liveness is checked by
  * the caller, for the one it wants.
@@ -84,9 +89,8 @@ function scanQemus(): ReadonlyMap<string, number[]> {
       continue; // ended meanwhile
     }
     const name = argAfter(argv, '-name');
-    const pidfile = argAfter(argv, '-pidfile');
-    if (name === undefined || pidfile === undefined || !name.startsWith('cloudlet-')) continue;
-    const key = `${name}\0${pidfile}`;
+    if (name === undefined || argAfter(argv, '-pidfile') === undefined || !name.startsWith('cloudlet-')) continue;
+    const key = name;
     const pids = found.get(key) ?? [];
     if (basename(argv[0] ?? '').startsWith('qemu-system-')) pids.unshift(pid);
     else pids.push(pid);
@@ -116,7 +120,7 @@ export async function runningPid(pidfile: string, vmId: string, scan: QemuScan =
   const pid = await readPid(pidfile);
   if (pid !== undefined && (await isQemuAlive(pid, vmId, pidfile))) return pid;
   // Asked again: a shared scan may be older than a pid's reuse.
-  for (const candidate of scan().get(`${qemuProcessName(vmId)}\0${pidfile}`) ?? []) {
+  for (const candidate of scan().get(qemuProcessName(vmId)) ?? []) {
     if (await isQemuAlive(candidate, vmId, pidfile)) return candidate;
   }
   return undefined;

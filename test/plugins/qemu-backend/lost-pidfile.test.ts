@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
-import { symlink, writeFile } from 'node:fs/promises';
+import { rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import process from 'node:process';
 import test, { type TestContext } from 'node:test';
@@ -99,6 +99,9 @@ test('pidfile — a QEMU started when the state folder was spelled another way (
   await symlink(options.stateDir, alias);
   const qemu = await standIn(t, ['-name', qemuProcessName(record.id), '-pidfile', join(alias, record.id, 'qemu.pid')]);
   await writeFile(paths.pidfile, `${qemu.pid}\n`);
+  assert.equal(await runningPid(paths.pidfile, record.id), qemu.pid);
+  // …and through /proc once its pidfile is lost too.
+  await rm(paths.pidfile);
   assert.equal(await runningPid(paths.pidfile, record.id), qemu.pid);
 });
 
