@@ -4,7 +4,8 @@
  * temp directory that another user made first.
  */
 import { createHash } from 'node:crypto';
-import { lstat, mkdir, readdir, readFile, readlink, realpath, stat, unlink } from 'node:fs/promises';
+import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { lstat, mkdir, realpath, unlink } from 'node:fs/promises';
 import { createConnection, createServer, type Server } from 'node:net';
 import { basename, dirname, join, sep } from 'node:path';
 import { tmpdir } from 'node:os';
@@ -143,62 +144,120 @@ export async function lockSocketPath(socketPath: string, options: SocketPathLock
   const giveUpAt = Date.now() + (options.waitMs ?? 2_000);
   for (;;) {
     const server = await listenOrInUse(name);
-    if (server) {
-      // The agent's own socket and work keep the process alive, not its lock.
-      server.unref();
-      // Closing the listener frees the name at once; connections to it are cut as they come, so none
-      // can hold up a release.
-      return { held: true, release: async () => void server.close() };
-    }
+    if (server) return heldBy(server);
     await refuseIfServed(socketPath);
     if (Date.now() >= giveUpAt) {
-      const holder = await findLockHolder(name);
-      const uid = process.getuid?.();
-      // This user's own process (an agent whose socket file was removed by hand, or one stuck starting or
-      // stopping): going on would give two agents on one path again.
-      if (holder && holder.uid === uid) {
-        throw cloudletError(
-          'AGENT_ALREADY_RUNNING',
-          `process ${holder.pid} holds the start-up lock for ${socketPath} but nothing answers there (an agent whose socket file was removed, or one stuck starting or stopping); stop it first or configure another transport.socket`,
-          { socketPath, holderPid: holder.pid },
-        );
-      }
-      options.onUnavailable?.(
-        `the start-up lock for ${socketPath} is held by ${holder ? `process ${holder.pid} of uid ${holder.uid}` : 'a process this user cannot see'}, which does not serve it; starting without the lock`,
-      );
+      const search = findLockHolder(name);
+      // Gone while it was looked for (its agent finished stopping): the lock is free, take it.
+      const freed = search.holder ? undefined : await listenOrInUse(name);
+      if (freed) return heldBy(freed);
+      const decision = onHeldLock(search, process.getuid?.());
+      if (decision.refuse) throw cloudletError('AGENT_ALREADY_RUNNING', `${socketPath}: ${decision.refuse}; stop it first or configure another transport.socket`, { socketPath, ...decision.details });
+      options.onUnavailable?.(`the start-up lock for ${socketPath} is held by ${decision.holder}, which does not serve it; starting without the lock`);
       return { held: false, release: async () => undefined };
     }
     await new Promise((resolve) => setTimeout(resolve, LOCK_POLL_MS));
   }
 }
 
+function heldBy(server: Server): SocketPathLock {
+  // The agent's own socket and work keep the process alive, not its lock.
+  server.unref();
+  // Closing the listener frees the name at once; connections to it are cut as they come, so none can
+  // hold up a release.
+  return { held: true, release: async () => void server.close() };
+}
+
+/** What the search for a held lock's holder found. */
+export interface LockHolderSearch {
+  holder?: { pid: number; uid: number };
+  /** Processes of this user whose open files this user may not read (they hold privileges it lacks). */
+  uninspectedOwn: number[];
+}
+
+/**
+ * Pure: whether a start may go on without a lock that stayed held while nothing answered on the path.
+ * Only when the holder is another user's: this user's own process (an agent whose socket file was removed
+ * by hand, or one stuck starting or stopping), or one of its processes that could not be looked into (an
+ * agent given capabilities by its service unit), may be an agent, and going on would put two on one path.
+ */
+export function onHeldLock(search: LockHolderSearch, uid: number | undefined): { refuse?: string; details?: Record<string, unknown>; holder?: string } {
+  const { holder, uninspectedOwn } = search;
+  if (holder && holder.uid === uid) {
+    return {
+      refuse: `process ${holder.pid} holds the start-up lock for this socket path but nothing answers there (an agent whose socket file was removed, or one stuck starting or stopping)`,
+      details: { holderPid: holder.pid },
+    };
+  }
+  if (!holder && uninspectedOwn.length > 0) {
+    return {
+      refuse: `the start-up lock for this socket path is held and nothing answers there; processes ${uninspectedOwn.join(', ')} of this user could not be looked into (they hold privileges this one lacks) and one of them may be an agent`,
+      details: { uninspectedPids: uninspectedOwn },
+    };
+  }
+  return { holder: holder ? `process ${holder.pid} of uid ${holder.uid}` : 'a process this user cannot see' };
+}
+
 /**
  * Which process listens on an abstract socket, as far as this user can see: /proc/net/unix gives the
  * socket's inode (abstract names shown with `@`), /proc/<pid>/fd the process holding it. Another user's
- * process is visible only to root.
+ * process is visible only to root. Synchronous: /proc is in memory, and this runs only at a start that
+ * found the lock held. Processes that end meanwhile are skipped.
  */
-async function findLockHolder(name: string): Promise<{ pid: number; uid: number } | undefined> {
+function findLockHolder(name: string): LockHolderSearch {
+  const search: LockHolderSearch = { uninspectedOwn: [] };
   const shown = `@${name.slice(1)}`;
-  const table = await readFile('/proc/net/unix', 'utf8').catch(() => '');
+  let table = '';
+  try {
+    table = readFileSync('/proc/net/unix', 'utf8');
+  } catch {
+    return search;
+  }
   const inodes = new Set<string>();
   for (const line of table.split('\n')) {
     const fields = line.trim().split(/\s+/);
     // Node binds the whole sun_path, so the name is padded with NULs, shown as trailing `@`s.
     if (fields[7]?.replace(/@+$/, '') === shown && fields[6] !== undefined) inodes.add(`socket:[${fields[6]}]`);
   }
-  if (inodes.size === 0) return undefined;
-  for (const entry of await readdir('/proc').catch(() => [] as string[])) {
+  if (inodes.size === 0) return search;
+  const uid = process.getuid?.();
+  let entries: string[] = [];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return search;
+  }
+  for (const entry of entries) {
     if (!/^\d+$/.test(entry)) continue;
-    const fds = await readdir(`/proc/${entry}/fd`).catch(() => [] as string[]);
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${entry}/fd`);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EACCES' && ownedBy(`/proc/${entry}`) === uid) search.uninspectedOwn.push(Number(entry));
+      continue;
+    }
     for (const fd of fds) {
-      const target = await readlink(`/proc/${entry}/fd/${fd}`).catch(() => '');
+      let target: string;
+      try {
+        target = readlinkSync(`/proc/${entry}/fd/${fd}`);
+      } catch {
+        continue;
+      }
       if (inodes.has(target)) {
-        const owner = await stat(`/proc/${entry}`).catch(() => undefined);
-        if (owner) return { pid: Number(entry), uid: owner.uid };
+        const owner = ownedBy(`/proc/${entry}`);
+        if (owner !== undefined) return { holder: { pid: Number(entry), uid: owner }, uninspectedOwn: [] };
       }
     }
   }
-  return undefined;
+  return search;
+}
+
+function ownedBy(path: string): number | undefined {
+  try {
+    return statSync(path).uid;
+  } catch {
+    return undefined;
+  }
 }
 
 /** A listener on `name`, or undefined when the name is in use. */

@@ -18,7 +18,7 @@ import { makeEvent, makeRequest, type ReplyEnvelope } from '../../core/envelope.
 import { createLogger, memoryDestination } from '../../core/logger.ts';
 import { FrameReader, salvageIds } from '../../core/transports/ndjson.ts';
 import { LocalAgentTransport, LocalClientTransport } from '../../core/transports/local.ts';
-import { lockSocketPath, socketLockName } from '../../core/transports/socket-path.ts';
+import { lockSocketPath, onHeldLock, socketLockName } from '../../core/transports/socket-path.ts';
 import { startAgent, tempDir, testkitPath, until } from '../helpers.ts';
 
 const withTestkit = { plugins: [{ use: testkitPath, options: {} }] };
@@ -317,6 +317,19 @@ test('local — the socket path\'s lock: a connection to it cannot hold up a rel
   // A second agent on the same path is still refused: the first one answers there.
   const second = new LocalAgentTransport({ socketPath, hostId: 'h1', maxMessageBytes: 1 << 20, log, lockWaitMs: 100 });
   await assert.rejects(second.listen(() => undefined), { code: 'AGENT_ALREADY_RUNNING' });
+});
+
+test('local — a lock held while nothing serves the path is gone around only when it is surely another user\'s', () => {
+  // Pure decision; the searches it decides on are made in the test above (own process, another uid).
+  assert.match(String(onHeldLock({ holder: { pid: 7, uid: 1000 }, uninspectedOwn: [] }, 1000).refuse), /process 7 holds the start-up lock/);
+  assert.equal(onHeldLock({ holder: { pid: 7, uid: 1000 }, uninspectedOwn: [] }, 1000).details?.holderPid, 7);
+  // An agent of this user that its service unit gave capabilities: its open files cannot be read, so it
+  // cannot be told from a stranger, and it may be the holder.
+  const hidden = onHeldLock({ uninspectedOwn: [41, 42] }, 1000);
+  assert.match(String(hidden.refuse), /processes 41, 42 of this user could not be looked into/);
+  assert.deepEqual(hidden.details, { uninspectedPids: [41, 42] });
+  assert.deepEqual(onHeldLock({ holder: { pid: 9, uid: 65534 }, uninspectedOwn: [] }, 0), { holder: 'process 9 of uid 65534' });
+  assert.deepEqual(onHeldLock({ uninspectedOwn: [] }, 1000), { holder: 'a process this user cannot see' });
 });
 
 test('local — a socket folder in the shared temp directory must be this user\'s own and closed to others', async (t) => {
