@@ -17,6 +17,16 @@ export const cliBin = join(repoRoot, 'core/cli/bin.js');
 export const testkitPath = fileURLToPath(new URL('./fixtures/plugins/testkit/index.ts', import.meta.url));
 
 /** A temp dir removed when the test ends, pass or fail. */
+/** The process exists (signal 0: nothing is sent). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export async function tempDir(t: TestContext, prefix = 'cloudlet-test-'): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
   t.after(() => rm(dir, { recursive: true, force: true }));

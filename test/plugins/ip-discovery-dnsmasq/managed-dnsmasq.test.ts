@@ -6,12 +6,11 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import process from 'node:process';
 import test, { type TestContext } from 'node:test';
 import type { PluginLogger } from '../../../core/plugin-api.ts';
 import { ManagedDnsmasq, pidFileFor } from '../../../plugins/ip-discovery-dnsmasq/managed-dnsmasq.ts';
 import { dnsmasqOptionsSchema } from '../../../plugins/ip-discovery-dnsmasq/options.ts';
-import { tempDir } from '../../helpers.ts';
+import { processAlive, tempDir } from '../../helpers.ts';
 
 interface LogRecord {
   level: string;
@@ -62,15 +61,6 @@ async function setup(t: TestContext, behaviour: string, ready = true) {
   return { dir, options, log, records, starts, settings: { managed: options.managed!, leaseFile: options.leaseFile, log } };
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 async function until(condition: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await condition())) {
@@ -86,14 +76,14 @@ test('managed — start waits until dnsmasq serves, logs its lines (transactions
   const supervisor = await ManagedDnsmasq.start(settings);
   t.after(() => supervisor.stop());
   const pid = supervisor.pid!;
-  assert.ok(pid > 0 && alive(pid));
+  assert.ok(pid > 0 && processAlive(pid));
   assert.deepEqual(await starts(), [pid]);
   assert.equal((await readFile(pidFileFor(options.leaseFile), 'utf8')).trim(), String(pid));
   assert.ok(records.some((r) => r.level === 'info' && r.obj.dnsmasq === 'dnsmasq: started, version fake'));
   assert.ok(records.some((r) => r.level === 'debug' && String(r.obj.dnsmasq).includes('DHCPACK')));
   assert.ok(records.some((r) => r.msg === 'dnsmasq serves DHCP on the bridge'));
   await supervisor.stop();
-  assert.equal(alive(pid), false);
+  assert.equal(processAlive(pid), false);
   await assert.rejects(readFile(pidFileFor(options.leaseFile)), { code: 'ENOENT' });
 });
 
@@ -153,7 +143,7 @@ test('managed — a dnsmasq that ignores SIGTERM is killed after the grace perio
   const stopping = performance.now();
   await supervisor.stop();
   assert.ok(performance.now() - stopping >= 290);
-  assert.equal(alive(pid), false);
+  assert.equal(processAlive(pid), false);
   assert.ok(records.some((r) => r.level === 'warn' && /SIGKILL/.test(r.msg)));
 });
 
@@ -179,6 +169,6 @@ test('managed — a dnsmasq left running on the same lease file by a killed agen
   await writeFile(pidFileFor(options.leaseFile), `${unrelated.pid}\n`);
   const second = await ManagedDnsmasq.start(settings);
   t.after(() => second.stop());
-  assert.equal(alive(unrelated.pid!), true);
+  assert.equal(processAlive(unrelated.pid!), true);
   await second.stop();
 });

@@ -16,7 +16,7 @@ import { qemuOptionsSchema } from '../../../plugins/qemu-backend/options.ts';
 import { memoQemuScan, qemuProcessName, runningPid, waitForExit } from '../../../plugins/qemu-backend/processes.ts';
 import { vmPaths, writeRecord, type VmRecord } from '../../../plugins/qemu-backend/state.ts';
 import { startVm, stopVm } from '../../../plugins/qemu-backend/vm-ops.ts';
-import { tempDir } from '../../helpers.ts';
+import { processAlive, tempDir } from '../../helpers.ts';
 
 function recordFor(id: string): VmRecord {
   return {
@@ -44,15 +44,6 @@ async function standIn(t: TestContext, args: string[], program?: string): Promis
   return child as ChildProcess & { pid: number };
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 async function setUp(t: TestContext, id: string) {
   const dir = await tempDir(t, 'cloudlet-lost-pidfile-');
   // A QEMU binary that cannot run: if the backend tried to launch a second QEMU, the test would see the error.
@@ -78,7 +69,7 @@ test('lost pidfile — a running QEMU whose pidfile is gone is found by its comm
   assert.equal(await runningPid(vmPaths(options.stateDir, 'h1.otherxxx').pidfile, 'h1.otherxxx', scan), undefined);
 
   assert.deepEqual(await startVm(options, record), { pid: qemu.pid, already: true });
-  assert.ok(alive(qemu.pid));
+  assert.ok(processAlive(qemu.pid));
 
   // No monitor answers (there is no qmp.sock): stop-vm ends it the hard way, and says so.
   assert.equal(await stopVm(options, record, { force: true, timeoutMs: 1_000 }), 'killed');
@@ -111,7 +102,7 @@ test('stale pidfile — a pid that is now the QEMU of the same VM id under anoth
   await writeFile(paths.pidfile, `${other.pid}\n`);
   assert.equal(await runningPid(paths.pidfile, record.id), undefined);
   assert.equal(await stopVm(options, record, { force: true, timeoutMs: 1_000 }), 'already-stopped');
-  assert.ok(alive(other.pid));
+  assert.ok(processAlive(other.pid));
 });
 
 test('waitForExit — a process counts as gone when it is gone, not when its command line is empty (a QEMU exiting, a kernel thread)', async () => {
@@ -135,7 +126,7 @@ test('lost pidfile — a QEMU of the same VM id under another state folder is no
   const elsewhere = await standIn(t, ['-name', qemuProcessName(record.id), '-pidfile', join('/elsewhere', record.id, 'qemu.pid')]);
   assert.equal(await runningPid(paths.pidfile, record.id), undefined);
   assert.equal(await stopVm(options, record, { force: true, timeoutMs: 1_000 }), 'already-stopped');
-  assert.ok(alive(elsewhere.pid), 'a QEMU that is not this VM\'s was signalled');
+  assert.ok(processAlive(elsewhere.pid), 'a QEMU that is not this VM\'s was signalled');
 });
 
 test('stale pidfile — a recycled pid whose process only mentions the VM (pgrep -af cloudlet-<id>) is not its QEMU and is never signalled', async (t) => {
@@ -144,5 +135,5 @@ test('stale pidfile — a recycled pid whose process only mentions the VM (pgrep
   await writeFile(paths.pidfile, `${bystander.pid}\n`);
   assert.equal(await runningPid(paths.pidfile, record.id), undefined);
   assert.equal(await stopVm(options, record, { force: true, timeoutMs: 1_000 }), 'already-stopped');
-  assert.ok(alive(bystander.pid), 'a process that is not the VM\'s QEMU was killed');
+  assert.ok(processAlive(bystander.pid), 'a process that is not the VM\'s QEMU was killed');
 });
