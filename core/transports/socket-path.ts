@@ -171,15 +171,15 @@ function heldBy(server: Server): SocketPathLock {
 /** What the search for a held lock's holder found. */
 export interface LockHolderSearch {
   holder?: { pid: number; uid: number };
-  /** Processes of this user whose open files this user may not read (they hold privileges it lacks). */
+  /** Processes of this user running cloudlet's agent whose open files it may not read (they hold capabilities it lacks). */
   uninspectedOwn: number[];
 }
 
 /**
  * Pure: whether a start may go on without a lock that stayed held while nothing answered on the path.
  * Only when the holder is another user's: this user's own process (an agent whose socket file was removed
- * by hand, or one stuck starting or stopping), or one of its processes that could not be looked into (an
- * agent given capabilities by its service unit), may be an agent, and going on would put two on one path.
+ * by hand, or one stuck starting or stopping), or one of this user's cloudlet agents that could not be
+ * looked into (one with capabilities this one lacks), may be an agent, and going on would put two on one path.
  */
 export function onHeldLock(search: LockHolderSearch, uid: number | undefined): { refuse?: string; details?: Record<string, unknown>; holder?: string } {
   const { holder, uninspectedOwn } = search;
@@ -191,7 +191,7 @@ export function onHeldLock(search: LockHolderSearch, uid: number | undefined): {
   }
   if (!holder && uninspectedOwn.length > 0) {
     return {
-      refuse: `the start-up lock for this socket path is held and nothing answers there; processes ${uninspectedOwn.join(', ')} of this user could not be looked into (they hold privileges this one lacks) and one of them may be an agent`,
+      refuse: `the start-up lock for this socket path is held and nothing answers there; cloudlet agents ${uninspectedOwn.join(', ')} of this user could not be looked into (they hold capabilities this one lacks), and one of them may hold it`,
       details: { uninspectedPids: uninspectedOwn },
     };
   }
@@ -233,7 +233,11 @@ function findLockHolder(name: string): LockHolderSearch {
     try {
       fds = readdirSync(`/proc/${entry}/fd`);
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'EACCES' && ownedBy(`/proc/${entry}`) === uid) search.uninspectedOwn.push(Number(entry));
+      // A capability-bounded agent (the shipped service unit) cannot look into any process with more
+      // capabilities than its own, pid 1 included; only those that run cloudlet's agent count.
+      if ((error as NodeJS.ErrnoException).code === 'EACCES' && ownedBy(`/proc/${entry}`) === uid && looksLikeAgent(commandLine(entry))) {
+        search.uninspectedOwn.push(Number(entry));
+      }
       continue;
     }
     for (const fd of fds) {
@@ -250,6 +254,24 @@ function findLockHolder(name: string): LockHolderSearch {
     }
   }
   return search;
+}
+
+/**
+ * Pure: a command line that runs `cloudlet agent`: the installed command (`/usr/bin/cloudlet agent …`,
+ * `node /usr/bin/cloudlet agent …`) or a checkout's `core/cli/bin.js agent …`. Anyone can read a process's
+ * command line, even where its open files are closed to them.
+ */
+export function looksLikeAgent(argv: readonly string[]): boolean {
+  const command = argv.findIndex((arg) => basename(arg) === 'cloudlet' || arg.endsWith('/core/cli/bin.js') || arg === 'core/cli/bin.js');
+  return command >= 0 && argv.slice(command + 1).includes('agent');
+}
+
+function commandLine(pid: string): string[] {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+  } catch {
+    return [];
+  }
 }
 
 function ownedBy(path: string): number | undefined {

@@ -18,7 +18,7 @@ import { makeEvent, makeRequest, type ReplyEnvelope } from '../../core/envelope.
 import { createLogger, memoryDestination } from '../../core/logger.ts';
 import { FrameReader, salvageIds } from '../../core/transports/ndjson.ts';
 import { LocalAgentTransport, LocalClientTransport } from '../../core/transports/local.ts';
-import { lockSocketPath, onHeldLock, socketLockName } from '../../core/transports/socket-path.ts';
+import { lockSocketPath, looksLikeAgent, onHeldLock, socketLockName } from '../../core/transports/socket-path.ts';
 import { startAgent, tempDir, testkitPath, until } from '../helpers.ts';
 
 const withTestkit = { plugins: [{ use: testkitPath, options: {} }] };
@@ -326,10 +326,18 @@ test('local — a lock held while nothing serves the path is gone around only wh
   // An agent of this user that its service unit gave capabilities: its open files cannot be read, so it
   // cannot be told from a stranger, and it may be the holder.
   const hidden = onHeldLock({ uninspectedOwn: [41, 42] }, 1000);
-  assert.match(String(hidden.refuse), /processes 41, 42 of this user could not be looked into/);
+  assert.match(String(hidden.refuse), /cloudlet agents 41, 42 of this user could not be looked into/);
   assert.deepEqual(hidden.details, { uninspectedPids: [41, 42] });
   assert.deepEqual(onHeldLock({ holder: { pid: 9, uid: 65534 }, uninspectedOwn: [] }, 0), { holder: 'process 9 of uid 65534' });
   assert.deepEqual(onHeldLock({ uninspectedOwn: [] }, 1000), { holder: 'a process this user cannot see' });
+  // Which of those count: a capability-bounded root agent cannot look into pid 1 or sshd, and they must not
+  // keep it from starting; only processes that run cloudlet's agent may hold its lock.
+  for (const argv of [['/usr/bin/node', '/usr/bin/cloudlet', 'agent', '--config', '/etc/cloudlet/cloudlet.yaml'], ['/usr/bin/cloudlet', 'agent'], ['node', 'core/cli/bin.js', 'agent'], ['node', '/srv/cloudlet-src/core/cli/bin.js', 'agent', '--config', 'x.yaml']]) {
+    assert.equal(looksLikeAgent(argv), true, argv.join(' '));
+  }
+  for (const argv of [['/sbin/init'], ['/usr/sbin/sshd', '-D'], ['/usr/bin/cloudlet', 'status'], ['/usr/bin/ssh-agent'], ['node', 'agent.js', 'cloudlet']]) {
+    assert.equal(looksLikeAgent(argv), false, argv.join(' '));
+  }
 });
 
 test('local — a socket folder in the shared temp directory must be this user\'s own and closed to others', async (t) => {
