@@ -139,6 +139,8 @@ export class Agent {
     // Keys first (file modes, key formats): a bad one stops the start before any hook or thread ran.
     const security = await agentSecurity(config.core.security);
     for (const p of config.plugins) if (p.plugin.errors) registerPluginErrors(p.plugin.errors);
+    // Before any hook: a second agent for the same socket must not touch what the first one runs.
+    await this.transport.reserve?.();
 
     for (const p of config.plugins) {
       await this.#runHook(p, 'init');

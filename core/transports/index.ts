@@ -10,6 +10,9 @@ import type { AgentTransport, ClientTransport } from './transport.ts';
 
 export type { AgentTransport, ClientTransport } from './transport.ts';
 
+/** Time allowed, beyond shutdown.graceMs, for a stopping agent's stop hooks and threads before a successor gives up. */
+const STOP_HOOKS_MARGIN_MS = 30_000;
+
 export interface AgentTransportContext {
   hostId: string;
   log: Logger;
@@ -25,6 +28,8 @@ export function createAgentTransport(config: CoreConfig, context: AgentTransport
         hostId: context.hostId,
         maxMessageBytes: config.limits.maxMessageBytes,
         log: context.log.child({ transport: 'local' }),
+        // A successor started during this path's agent's stop waits out its drain and its stop hooks.
+        stoppingWaitMs: config.shutdown.graceMs + STOP_HOOKS_MARGIN_MS,
       });
     case 'amqp':
       return new AmqpAgentTransport({

@@ -3,7 +3,7 @@
  * One host works with nothing else installed; the CLI and tests talk to the agent through it.
  */
 import { Buffer } from 'node:buffer';
-import { mkdir, unlink, chmod } from 'node:fs/promises';
+import { chmod, lstat, mkdir, unlink } from 'node:fs/promises';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 import { CloudletError, cloudletError } from '../errors.ts';
@@ -42,10 +42,12 @@ export interface LocalAgentTransportOptions {
   socketPath: string;
   hostId: string;
   maxMessageBytes: number;
-  /** Hears of a start without the socket path's lock (socket-path.ts, lockSocketPath). */
-  log?: { warn(obj: object, msg: string): void };
+  /** Hears of a start without the socket path's lock, or of waiting for an agent that is stopping (socket-path.ts, lockSocketPath). */
+  log?: { warn(obj: object, msg: string): void; info?(obj: object, msg: string): void };
   /** How long a start waits for the socket path's lock while nothing serves the path (default 2 s). */
   lockWaitMs?: number;
+  /** How long a start waits for an agent that is stopping on the path (default lockWaitMs). */
+  stoppingWaitMs?: number;
 }
 
 export class LocalAgentTransport implements AgentTransport {
@@ -58,6 +60,8 @@ export class LocalAgentTransport implements AgentTransport {
   readonly #eventBacklog = new Map<Socket, number>();
   #sealReply: ReplySealer | undefined;
   #lock: SocketPathLock | undefined;
+  /** The inode of the socket file this agent bound: its stop removes that file, never a successor's. */
+  #socketInode: number | undefined;
 
   constructor(options: LocalAgentTransportOptions) {
     this.#options = options;
@@ -71,20 +75,40 @@ export class LocalAgentTransport implements AgentTransport {
     return this.#server?.listening ?? false;
   }
 
+  /**
+   * Takes the socket path's lock and clears a stale socket, before the agent's plugins start: a second agent
+   * on the path is refused before its hooks act on what the first one runs. Held until close().
+   */
+  async reserve(): Promise<void> {
+    if (this.#lock) return;
+    const { socketPath } = this.#options;
+    await checkSocketFolder(socketPath, { create: true });
+    await mkdir(dirname(socketPath), { recursive: true, mode: 0o750 });
+    const lock = await lockSocketPath(socketPath, {
+      ...(this.#options.lockWaitMs === undefined ? {} : { waitMs: this.#options.lockWaitMs }),
+      ...(this.#options.stoppingWaitMs === undefined ? {} : { stoppingWaitMs: this.#options.stoppingWaitMs }),
+      onWaiting: (message) => this.#options.log?.info?.({ socketPath }, message),
+      onUnavailable: (message) => this.#options.log?.warn({ socketPath }, message),
+    });
+    try {
+      await removeStaleSocket(socketPath);
+    } catch (error) {
+      await lock.release();
+      throw error;
+    }
+    this.#lock = lock;
+  }
+
   async listen(onDelivery: DeliveryListener, sealReply?: ReplySealer): Promise<void> {
     const { socketPath } = this.#options;
     this.#sealReply = sealReply;
-    await checkSocketFolder(socketPath, { create: true });
-    await mkdir(dirname(socketPath), { recursive: true, mode: 0o750 });
-    // Held until stopAccepting has removed the socket: no other agent looks at the path meanwhile.
-    const lock = await lockSocketPath(socketPath, {
-      ...(this.#options.lockWaitMs === undefined ? {} : { waitMs: this.#options.lockWaitMs }),
-      onUnavailable: (message) => this.#options.log?.warn({ socketPath }, message),
-    });
+    await this.reserve();
+    const lock = this.#lock as SocketPathLock;
     // Half-open: a client may end its side once it has sent its requests (socat, `printf … | nc -U`) and
     // still read the replies; the agent ends its side once they are all written.
     const server = createServer({ allowHalfOpen: true }, (socket) => this.#accept(socket, onDelivery));
     try {
+      // Again: without the lock (another user squats its name) a file may have appeared since reserve.
       await removeStaleSocket(socketPath);
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
@@ -99,13 +123,15 @@ export class LocalAgentTransport implements AgentTransport {
       });
       // Owner and group only: whoever can write to the socket can command this host.
       await chmod(socketPath, 0o660);
+      this.#socketInode = (await lstat(socketPath)).ino;
     } catch (error) {
       if (server.listening) await new Promise<void>((resolve) => server.close(() => resolve()));
+      this.#lock = undefined;
       await lock.release();
       throw error;
     }
     this.#server = server;
-    this.#lock = lock;
+    lock.setState('running');
   }
 
   #accept(socket: Socket, onDelivery: DeliveryListener): void {
@@ -202,6 +228,8 @@ export class LocalAgentTransport implements AgentTransport {
   }
 
   async stopAccepting(): Promise<void> {
+    // A start that finds the lock held now waits for this agent to finish stopping (close releases it).
+    this.#lock?.setState('stopping');
     const server = this.#server;
     if (!server) return;
     this.#server = undefined;
@@ -209,11 +237,15 @@ export class LocalAgentTransport implements AgentTransport {
     // (server.close's callback waits for every connection, so it is not awaited here.)
     // Frames still arriving on them are answered by the dispatcher with SHUTTING_DOWN, never dropped.
     server.close();
-    await unlink(this.#options.socketPath).catch(() => undefined);
-    // Only now may another agent take the path: before, its start could find this socket and be refused, or
-    // bind its own that this stop would then remove.
-    await this.#lock?.release();
-    this.#lock = undefined;
+    await this.#removeOwnSocket();
+  }
+
+  /** The socket file, if it is still the one this agent bound (one started without the lock may have replaced it). */
+  async #removeOwnSocket(): Promise<void> {
+    const { socketPath } = this.#options;
+    const info = await lstat(socketPath).catch(() => undefined);
+    if (info && info.ino === this.#socketInode) await unlink(socketPath).catch(() => undefined);
+    this.#socketInode = undefined;
   }
 
   async publishEvent(event: EventEnvelope): Promise<void> {
@@ -246,6 +278,11 @@ export class LocalAgentTransport implements AgentTransport {
         }),
     );
     await Promise.all(closed);
+    // Last: the agent's stop hooks and threads are done (Agent calls close at the very end of its stop), so
+    // a successor waiting for the lock starts only now.
+    const lock = this.#lock;
+    this.#lock = undefined;
+    await lock?.release();
   }
 }
 

@@ -102,16 +102,29 @@ async function refuseIfServed(socketPath: string): Promise<void> {
   );
 }
 
-/** Held by the agent that serves a socket path, from before it looks at the path until it has removed it. */
+/** What a lock's holder is doing, as it tells a start that finds the lock held. */
+export type SocketPathLockState = 'starting' | 'running' | 'stopping';
+
+/** Held by the agent that serves a socket path, from before its plugins start until it has stopped. */
 export interface SocketPathLock {
   /** False when the agent went on without it (see lockSocketPath). */
   held: boolean;
+  /** What the holder tells a start that connects to the lock ('starting' until told otherwise). */
+  setState(state: SocketPathLockState): void;
   release(): Promise<void>;
 }
 
 export interface SocketPathLockOptions {
-  /** How long to wait for a lock whose holder does not serve the path (an agent starting or stopping). */
+  /** How long to wait for a lock whose holder does not serve the path (an agent starting, or a squatter). */
   waitMs?: number;
+  /**
+   * How long to wait for a holder that says it is stopping: its in-flight work drains (shutdown.graceMs),
+   * then its stop hooks run. A restart by hand or by a supervisor that does not wait for the old process
+   * then waits for it instead of failing. Default: waitMs.
+   */
+  stoppingWaitMs?: number;
+  /** Told once when the start waits for an agent that is stopping. */
+  onWaiting?: (message: string) => void;
   /** Told when the lock could not be had and the agent goes on without it. */
   onUnavailable?: (message: string) => void;
 }
@@ -128,49 +141,93 @@ const LOCK_POLL_MS = 50;
  * One agent per socket path. Checking for a stale socket, removing it and binding a new one are three
  * steps: two agents started together could both find the old file dead, and the second would remove the
  * socket the first had just bound (the first then served nobody, and its stop removed the second's socket).
- * So an agent first takes this lock and keeps it until it has stopped: an abstract unix socket (Linux) named
- * after the socket path's real location. The kernel frees it when the process dies, so a crash leaves no
- * stale lock.
+ * So an agent first takes this lock, before any of its plugins starts, and keeps it until it has stopped,
+ * stop hooks included: an abstract unix socket (Linux) named after the socket path's real location. The
+ * kernel frees it when the process dies, so a crash leaves no stale lock. A second agent is thus refused
+ * before its hooks touch what the first one runs (a managed dnsmasq, VMs, a metrics port).
  *
- * An abstract name is not a file: any local user can take it. So a lock that is held while nothing serves
- * the path (an agent between taking it and listening, or stopping, or a process squatting the name) is
- * waited for up to `waitMs`; then the agent goes on without it (`onUnavailable` says why), as it did before
- * there was a lock, rather than let another user keep it from starting. A lock held by an agent that serves
- * the path is AGENT_ALREADY_RUNNING at once. Abstract names belong to a network namespace: agents in
- * different namespaces that share one socket path through the file system are not kept apart by it.
+ * The holder tells whoever connects what it is doing (`starting`, `running`, `stopping`). A lock held while
+ * nothing serves the path is waited for up to `waitMs`, or `stoppingWaitMs` once the holder says it is
+ * stopping (a restart that did not wait for the old agent to exit). Then the holder is looked up
+ * (onHeldLock): this user's own process is AGENT_ALREADY_RUNNING; another user's (an abstract name is not a
+ * file: any local user can take it) is gone around, and the agent starts without the lock (`onUnavailable`
+ * says why) rather than let another user keep it from starting. A lock held by an agent that serves the path
+ * is AGENT_ALREADY_RUNNING at once. Abstract names belong to a network namespace: agents in different
+ * namespaces that share one socket path through the file system are not kept apart by it.
  */
 export async function lockSocketPath(socketPath: string, options: SocketPathLockOptions = {}): Promise<SocketPathLock> {
   const name = await socketLockName(socketPath);
-  const giveUpAt = Date.now() + (options.waitMs ?? 2_000);
+  const waitMs = options.waitMs ?? 2_000;
+  let giveUpAt = Date.now() + waitMs;
+  let waitedForStop = false;
+  let said: SocketPathLockState | undefined;
   for (;;) {
-    const server = await listenOrInUse(name);
-    if (server) return heldBy(server);
+    const state = { current: 'starting' as SocketPathLockState };
+    const server = await listenOrInUse(name, () => state.current);
+    if (server) return heldBy(server, state);
     await refuseIfServed(socketPath);
+    said = (await holderSays(name)) ?? said;
+    if (said === 'stopping' && !waitedForStop) {
+      waitedForStop = true;
+      giveUpAt = Math.max(giveUpAt, Date.now() + (options.stoppingWaitMs ?? waitMs));
+      options.onWaiting?.(`another agent is stopping on ${socketPath}; waiting for it to finish`);
+    }
     if (Date.now() >= giveUpAt) {
       const search = findLockHolder(name);
       // Gone while it was looked for (its agent finished stopping): the lock is free, take it.
-      const freed = search.holder ? undefined : await listenOrInUse(name);
-      if (freed) return heldBy(freed);
-      const decision = onHeldLock(search, process.getuid?.());
+      const freed = search.holder ? undefined : await listenOrInUse(name, () => state.current);
+      if (freed) return heldBy(freed, state);
+      const decision = onHeldLock({ ...search, ...(said ? { said } : {}) }, process.getuid?.());
       if (decision.refuse) throw cloudletError('AGENT_ALREADY_RUNNING', `${socketPath}: ${decision.refuse}; stop it first or configure another transport.socket`, { socketPath, ...decision.details });
       options.onUnavailable?.(`the start-up lock for ${socketPath} is held by ${decision.holder}, which does not serve it; starting without the lock`);
-      return { held: false, release: async () => undefined };
+      return { held: false, setState: () => undefined, release: async () => undefined };
     }
     await new Promise((resolve) => setTimeout(resolve, LOCK_POLL_MS));
   }
 }
 
-function heldBy(server: Server): SocketPathLock {
+function heldBy(server: Server, state: { current: SocketPathLockState }): SocketPathLock {
   // The agent's own socket and work keep the process alive, not its lock.
   server.unref();
-  // Closing the listener frees the name at once; connections to it are cut as they come, so none can
-  // hold up a release.
-  return { held: true, release: async () => void server.close() };
+  return {
+    held: true,
+    setState: (next) => void (state.current = next),
+    // Closing the listener frees the name at once; connections to it are cut as they come, so none can
+    // hold up a release.
+    release: async () => void server.close(),
+  };
+}
+
+/**
+ * What the lock's holder says it is doing: one line, read within half a second. Anyone can take an
+ * abstract name, so this only decides how long to wait (never longer than stoppingWaitMs), not whether.
+ */
+async function holderSays(name: string): Promise<SocketPathLockState | undefined> {
+  return new Promise((resolve) => {
+    const probe = createConnection(name);
+    let text = '';
+    const done = () => {
+      clearTimeout(timer);
+      probe.destroy();
+      const word = text.split('\n')[0];
+      resolve(word === 'starting' || word === 'running' || word === 'stopping' ? word : undefined);
+    };
+    const timer = setTimeout(done, 500);
+    probe.setEncoding('utf8');
+    probe.on('data', (chunk: string) => {
+      text += chunk;
+      if (text.includes('\n') || text.length > 64) done();
+    });
+    probe.on('end', done);
+    probe.on('error', done);
+  });
 }
 
 /** What the search for a held lock's holder found. */
 export interface LockHolderSearch {
   holder?: { pid: number; uid: number };
+  /** What the holder said it was doing, when it answered (an agent does). */
+  said?: SocketPathLockState;
   /** Processes of this user running cloudlet's agent whose open files it may not read (they hold capabilities it lacks). */
   uninspectedOwn: number[];
 }
@@ -182,12 +239,17 @@ export interface LockHolderSearch {
  * looked into (one with capabilities this one lacks), may be an agent, and going on would put two on one path.
  */
 export function onHeldLock(search: LockHolderSearch, uid: number | undefined): { refuse?: string; details?: Record<string, unknown>; holder?: string } {
-  const { holder, uninspectedOwn } = search;
+  const { holder, uninspectedOwn, said } = search;
   if (holder && holder.uid === uid) {
-    return {
-      refuse: `process ${holder.pid} holds the start-up lock for this socket path but nothing answers there (an agent whose socket file was removed, or one stuck starting or stopping)`,
-      details: { holderPid: holder.pid },
-    };
+    const doing =
+      said === 'starting'
+        ? 'is an agent still starting on this socket path (its plugins are starting)'
+        : said === 'stopping'
+          ? 'is an agent still stopping on this socket path after the wait (its in-flight work or stop hooks have not finished)'
+          : said === 'running'
+            ? 'is an agent that runs on this socket path, but nothing answers there (was its socket file removed?)'
+            : 'holds the start-up lock for this socket path but nothing answers there (an agent whose socket file was removed, or one stuck starting or stopping)';
+    return { refuse: `process ${holder.pid} ${doing}`, details: { holderPid: holder.pid, ...(said ? { holderState: said } : {}) } };
   }
   if (!holder && uninspectedOwn.length > 0) {
     return {
@@ -282,9 +344,14 @@ function ownedBy(path: string): number | undefined {
   }
 }
 
-/** A listener on `name`, or undefined when the name is in use. */
-async function listenOrInUse(name: string): Promise<Server | undefined> {
-  const server = createServer((connection) => connection.destroy());
+/** A listener on `name` that tells each connection `state()` and cuts it, or undefined when the name is in use. */
+async function listenOrInUse(name: string, state: () => SocketPathLockState): Promise<Server | undefined> {
+  const server = createServer((connection) => {
+    connection.on('error', () => undefined);
+    // The line stays readable after the cut (unix sockets queue it on the reader's side).
+    connection.write(`${state()}\n`, () => connection.destroy());
+    connection.unref();
+  });
   return new Promise<Server | undefined>((resolve, reject) => {
     server.once('error', (error: NodeJS.ErrnoException) => (error.code === 'EADDRINUSE' ? resolve(undefined) : reject(error)));
     server.listen(name, () => resolve(server));

@@ -41,10 +41,16 @@ export interface AgentTransport {
    * STATE_UNWRITABLE), so a client that requires signed replies can read them too.
    */
   listen(onDelivery: DeliveryListener, sealReply?: ReplySealer): Promise<void>;
+  /**
+   * Claims what this agent will serve on before any plugin starts (the local socket path's lock), so a
+   * second agent for the same place is refused before its hooks act on what the first one runs. Released
+   * by close(). Transports with nothing to claim leave it out.
+   */
+  reserve?(): Promise<void>;
   /** Stops taking new messages (shutdown); messages already delivered can still be answered. */
   stopAccepting(): Promise<void>;
   publishEvent(event: EventEnvelope): Promise<void>;
-  /** Closes everything; after in-flight replies were sent. */
+  /** Closes everything (the agent's last step of a stop); after in-flight replies were sent. */
   close(): Promise<void>;
   /** Where the agent can be reached, for logs (never contains credentials). */
   describe(): string;

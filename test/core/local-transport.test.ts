@@ -9,6 +9,7 @@ import { once } from 'node:events';
 import { chmod, chown, mkdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
 import { createConnection, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import process from 'node:process';
 import test, { type TestContext } from 'node:test';
 import { Agent } from '../../core/agent.ts';
@@ -260,6 +261,66 @@ test('local — two agents started together on one socket path: one serves, the 
   await last.stop('done');
 });
 
+const slowStartPath = fileURLToPath(new URL('../fixtures/plugins/slow-start/index.ts', import.meta.url));
+
+/** An agent on `socketPath` with the testkit and a plugin that notes its hooks in `marker`. */
+async function agentWithHooks(t: TestContext, socketPath: string, marker: string, core: Record<string, unknown> = {}): Promise<Agent> {
+  const raw = {
+    host: { id: 'h1' },
+    transport: { kind: 'local', socket: socketPath },
+    ...core,
+    plugins: [
+      { use: testkitPath, options: {} },
+      { use: slowStartPath, options: { marker, initMs: 0 } },
+    ],
+  };
+  const config = await loadHostConfig(rawConfigFrom(raw, join(await tempDir(t), 'cloudlet.yaml')));
+  const agent = new Agent(config, { logger: createLogger({ level: 'fatal', format: 'json', destination: memoryDestination().stream }) });
+  t.after(() => agent.stop('test finished'));
+  return agent;
+}
+
+const hooksIn = (marker: string) => readFile(marker, 'utf8').then((text) => text.split('\n').filter(Boolean), () => []);
+
+test('local — a second agent on a socket path is refused before any of its plugin hooks runs', { timeout: 60_000 }, async (t) => {
+  const dir = await tempDir(t);
+  const socketPath = join(dir, 'agent.sock');
+  const first = await agentWithHooks(t, socketPath, join(dir, 'first.hooks'));
+  await first.start();
+  // Its hooks would act on what the running agent owns (a managed dnsmasq, VMs, a metrics port).
+  const second = await agentWithHooks(t, socketPath, join(dir, 'second.hooks'));
+  await assert.rejects(second.start(), { code: 'AGENT_ALREADY_RUNNING' });
+  await second.stop('refused');
+  assert.deepEqual(await hooksIn(join(dir, 'second.hooks')), [], 'the refused agent ran plugin hooks');
+  assert.deepEqual(await hooksIn(join(dir, 'first.hooks')), ['init-begun', 'init-done']);
+});
+
+test('local — an agent started while another drains on its socket path waits until that one has stopped', { timeout: 60_000 }, async (t) => {
+  const dir = await tempDir(t);
+  const socketPath = join(dir, 'agent.sock');
+  const marker = join(dir, 'hooks');
+  const old = await agentWithHooks(t, socketPath, marker);
+  await old.start();
+  const client = new LocalClientTransport({ socketPath });
+  t.after(() => client.close());
+  const inFlight = client.request(makeRequest({ type: 'test.sleep', payload: { ms: 1_500 } }));
+  await until(() => old.inFlight === 1, 10_000);
+
+  const order: string[] = [];
+  const stopped = old.stop('restart').then(() => void order.push('old stopped'));
+  const successor = await agentWithHooks(t, socketPath, marker);
+  const started = successor.start().then(() => void order.push('new started'));
+  await Promise.all([stopped, started]);
+  // Before: the old agent gave up its lock as its drain began, and the new one ran beside it.
+  assert.deepEqual(order, ['old stopped', 'new started']);
+  assert.deepEqual(await hooksIn(marker), ['init-begun', 'init-done', 'stop', 'init-begun', 'init-done']);
+  assert.equal((await inFlight).ok, true, 'the draining agent\'s request was answered');
+  assert.ok((await stat(socketPath)).isSocket(), 'the old agent\'s stop left the new one\'s socket');
+  const fresh = new LocalClientTransport({ socketPath });
+  assert.equal((await fresh.request(makeRequest({ type: 'host-info', payload: {} }))).ok, true);
+  await fresh.close();
+});
+
 test('local — the socket path\'s lock: a connection to it cannot hold up a release; one held while nothing serves the path is waited for, then done without', { timeout: 30_000 }, async (t) => {
   const dir = await tempDir(t);
   const socketPath = join(dir, 'agent.sock');
@@ -285,7 +346,7 @@ test('local — the socket path\'s lock: a connection to it cannot hold up a rel
   await again.release();
   await listening;
   assert.deepEqual(warnings, []);
-  await transport.stopAccepting();
+  await transport.close();
 
   // Held by an agent of this user whose socket file was removed by hand (here: this process): a second
   // agent must not start beside it.
@@ -293,7 +354,9 @@ test('local — the socket path\'s lock: a connection to it cannot hold up a rel
   const beside = new LocalAgentTransport({ socketPath, hostId: 'h1', maxMessageBytes: 1 << 20, log, lockWaitMs: 100 });
   await assert.rejects(beside.listen(() => undefined), (error: { code?: string; message: string }) => {
     assert.equal(error.code, 'AGENT_ALREADY_RUNNING');
-    assert.match(error.message, new RegExp(`process ${process.pid} holds the start-up lock`));
+    // The holder tells what it does: a lock taken by hand says what an agent's does before it listens.
+    assert.match(error.message, new RegExp(`process ${process.pid} is an agent still starting on this socket path`));
+    assert.equal((error as { details?: { holderState?: string } }).details?.holderState, 'starting');
     return true;
   });
   await orphaned.release();
@@ -310,13 +373,43 @@ test('local — the socket path\'s lock: a connection to it cannot hold up a rel
   await new Promise((resolve) => squatter.stdout?.once('data', resolve));
   const blocked = new LocalAgentTransport({ socketPath, hostId: 'h1', maxMessageBytes: 1 << 20, log, lockWaitMs: 100 });
   await blocked.listen(() => undefined);
-  t.after(() => blocked.stopAccepting());
+  t.after(() => blocked.close());
   assert.equal(blocked.isUp(), true);
   assert.equal(warnings.length, 1);
   assert.match(String(warnings[0]), new RegExp(`held by process ${squatter.pid} of uid 65534, which does not serve it; starting without the lock`));
   // A second agent on the same path is still refused: the first one answers there.
   const second = new LocalAgentTransport({ socketPath, hostId: 'h1', maxMessageBytes: 1 << 20, log, lockWaitMs: 100 });
   await assert.rejects(second.listen(() => undefined), { code: 'AGENT_ALREADY_RUNNING' });
+});
+
+test('local — a start waits for an agent that says it is stopping only up to stoppingWaitMs, then refuses and names it', { timeout: 30_000 }, async (t) => {
+  const dir = await tempDir(t);
+  const socketPath = join(dir, 'agent.sock');
+  const infos: string[] = [];
+  const log = { warn: () => undefined, info: (_obj: object, message: string) => void infos.push(message) };
+  const stopping = new LocalAgentTransport({ socketPath, hostId: 'h1', maxMessageBytes: 1 << 20 });
+  await stopping.listen(() => undefined);
+  t.after(() => stopping.close());
+  await stopping.stopAccepting(); // draining: its lock says `stopping` until close()
+
+  const impatient = new LocalAgentTransport({ socketPath, hostId: 'h1', maxMessageBytes: 1 << 20, log, lockWaitMs: 0, stoppingWaitMs: 300 });
+  await assert.rejects(impatient.listen(() => undefined), (error: { code?: string; message: string; details?: Record<string, unknown> }) => {
+    assert.equal(error.code, 'AGENT_ALREADY_RUNNING');
+    assert.match(error.message, new RegExp(`process ${process.pid} is an agent still stopping on this socket path after the wait`));
+    assert.deepEqual(error.details, { socketPath, holderPid: process.pid, holderState: 'stopping' });
+    return true;
+  });
+  assert.deepEqual(infos, [`another agent is stopping on ${socketPath}; waiting for it to finish`]);
+
+  const patient = new LocalAgentTransport({ socketPath, hostId: 'h1', maxMessageBytes: 1 << 20, lockWaitMs: 0, stoppingWaitMs: 60_000 });
+  t.after(() => patient.close());
+  let settled = false;
+  const listening = patient.listen(() => undefined).finally(() => (settled = true));
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.equal(settled, false, 'started beside an agent that had not finished stopping');
+  await stopping.close();
+  await listening;
+  assert.equal(patient.isUp(), true);
 });
 
 test('local — a lock held while nothing serves the path is gone around only when it is surely another user\'s', () => {
