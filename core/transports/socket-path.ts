@@ -10,6 +10,8 @@ import { createConnection, createServer, type Server } from 'node:net';
 import { basename, dirname, join, sep } from 'node:path';
 import { tmpdir } from 'node:os';
 import process from 'node:process';
+import { parseArgs } from 'node:util';
+import { FLAGS } from '../cli/args.ts';
 import { cloudletError } from '../errors.ts';
 
 /** `/run/cloudlet/agent.sock` for root (a system service); a per-user path otherwise. */
@@ -325,7 +327,11 @@ function findLockHolder(name: string): LockHolderSearch {
  */
 export function looksLikeAgent(argv: readonly string[]): boolean {
   const command = argv.findIndex((arg) => basename(arg) === 'cloudlet' || arg.endsWith('/core/cli/bin.js') || arg === 'core/cli/bin.js');
-  return command >= 0 && argv.slice(command + 1).includes('agent');
+  if (command < 0) return false;
+  // Read as the CLI reads it: the command is the first word that is not a flag or a flag's value, so
+  // `cloudlet --config x agent` is an agent and `cloudlet vm list --host agent` is not.
+  const { positionals } = parseArgs({ args: argv.slice(command + 1), options: FLAGS, allowPositionals: true, strict: false });
+  return positionals[0] === 'agent';
 }
 
 function commandLine(pid: string): string[] {

@@ -428,7 +428,9 @@ test('local — a lock held while nothing serves the path is gone around only wh
   for (const argv of [['/usr/bin/node', '/usr/bin/cloudlet', 'agent', '--config', '/etc/cloudlet/cloudlet.yaml'], ['/usr/bin/cloudlet', 'agent'], ['node', 'core/cli/bin.js', 'agent'], ['node', '/srv/cloudlet-src/core/cli/bin.js', 'agent', '--config', 'x.yaml']]) {
     assert.equal(looksLikeAgent(argv), true, argv.join(' '));
   }
-  for (const argv of [['/sbin/init'], ['/usr/sbin/sshd', '-D'], ['/usr/bin/cloudlet', 'status'], ['/usr/bin/ssh-agent'], ['node', 'agent.js', 'cloudlet']]) {
+  assert.equal(looksLikeAgent(['/usr/bin/cloudlet', '--config', '/etc/c.yaml', 'agent']), true, 'flags before the command');
+  // `agent` as some flag's value, or as a later word, is not the agent command.
+  for (const argv of [['/sbin/init'], ['/usr/sbin/sshd', '-D'], ['/usr/bin/cloudlet', 'status'], ['/usr/bin/ssh-agent'], ['node', 'agent.js', 'cloudlet'], ['/usr/bin/cloudlet', 'vm', 'list', '--host', 'agent'], ['/usr/bin/cloudlet', '--config', 'agent', 'status'], ['/usr/bin/cloudlet', 'call', 'agent']]) {
     assert.equal(looksLikeAgent(argv), false, argv.join(' '));
   }
 });
