@@ -11,7 +11,7 @@
 import { Buffer } from 'node:buffer';
 import type { ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib';
 import { CloudletError, cloudletError } from '../../errors.ts';
-import { decodeEnvelope, encodeEnvelope, type EventEnvelope, type ProgressEnvelope, type ReplyEnvelope, type RequestEnvelope } from '../../envelope.ts';
+import { decodeEnvelope, encodeEnvelope, makeReply, type EventEnvelope, type ProgressEnvelope, type ReplyEnvelope, type RequestEnvelope } from '../../envelope.ts';
 import type { AmqpTransportConfig } from '../../config/schema.ts';
 import type { Logger } from '../../logger.ts';
 import type { ClientTransport, GatherOptions, GatherResult, RequestOptions } from '../transport.ts';
@@ -21,6 +21,7 @@ import { BrokerConnection } from './connection.ts';
 import { HEADERS, amqpNames, type AmqpNames } from './names.ts';
 import { HostRegistry, heartbeatSchema, type HostEntry } from './host-registry.ts';
 import { declareTopology } from './topology.ts';
+import { describeUnreadableReply } from './unreadable-reply.ts';
 
 const REPLY_TO = 'amq.rabbitmq.reply-to';
 const LIVENESS_CHECK_MS = 250;
@@ -46,6 +47,8 @@ interface Pending {
   host: string | undefined;
   onReply(reply: ReplyEnvelope, liveHosts: string[] | undefined): void;
   onProgress(progress: ProgressEnvelope): void;
+  /** A reply came that cannot be read (too large, or not a valid reply); `host` sent it, when known. */
+  onUnreadableReply(error: CloudletError, host: string | undefined, liveHosts: string[] | undefined): void;
   fail(error: CloudletError): void;
 }
 
@@ -227,7 +230,15 @@ export class AmqpClientTransport implements ClientTransport {
 
   #onReply(msg: ConsumeMessage): void {
     const decoded = decodeEnvelope(msg.content, REPLY_KINDS, this.#options.maxMessageBytes);
-    if (!decoded.ok) return;
+    if (!decoded.ok) {
+      // Dropping it would leave the caller waiting for a timeout (and a gather counting the host as missing)
+      // although the host answered: fail the request with the reason instead, as the local transport does.
+      const unreadable = describeUnreadableReply(msg.content, decoded, msg.properties.correlationId, this.#options.maxMessageBytes);
+      // Progress that cannot be read is dropped, as agents drop progress over their own limit.
+      if (unreadable.kind === 'progress' || unreadable.id === undefined) return;
+      this.#pending.get(unreadable.id)?.onUnreadableReply(unreadable.error, unreadable.host, liveHostsHeader(msg));
+      return;
+    }
     if (decoded.envelope.kind === 'progress') {
       this.#pending.get(decoded.envelope.id)?.onProgress(decoded.envelope);
       return;
@@ -238,16 +249,7 @@ export class AmqpClientTransport implements ClientTransport {
     if (id === undefined) return;
     const pending = this.#pending.get(id);
     if (!pending) return; // a duplicate (after a re-publish) or a reply to a caller that gave up
-    const liveHeader = msg.properties.headers?.[HEADERS.liveHosts];
-    let liveHosts: string[] | undefined;
-    if (typeof liveHeader === 'string') {
-      try {
-        liveHosts = (JSON.parse(liveHeader) as unknown[]).filter((h): h is string => typeof h === 'string');
-      } catch {
-        liveHosts = undefined;
-      }
-    }
-    pending.onReply(decoded.envelope, liveHosts);
+    pending.onReply(decoded.envelope, liveHostsHeader(msg));
   }
 
   async #ensureConnected(waitUntil: number): Promise<void> {
@@ -345,6 +347,7 @@ export class AmqpClientTransport implements ClientTransport {
           if (progress.stage === 'accepted') pending.host = progress.host;
           if (progress.stage !== 'accepted' && progress.stage !== 'alive') options.onProgress?.(progress);
         },
+        onUnreadableReply: (error) => finish(error),
         fail: (error) => finish(error),
       };
       this.#pending.set(request.id, pending);
@@ -384,6 +387,14 @@ export class AmqpClientTransport implements ClientTransport {
       };
       const limit = setTimeout(finish, Math.max(0, waitUntil - Date.now()));
       const liveness = setInterval(() => complete() && finish(), LIVENESS_CHECK_MS);
+      const record = (reply: ReplyEnvelope, liveHosts: string[] | undefined) => {
+        if (replies.has(reply.host)) return;
+        replies.set(reply.host, reply);
+        expected.add(reply.host);
+        for (const host of liveHosts ?? []) if (!this.registry.isDown(host)) expected.add(host);
+        options.onReply?.(reply);
+        if (complete()) finish();
+      };
       this.#pending.set(request.id, {
         request,
         body,
@@ -391,12 +402,12 @@ export class AmqpClientTransport implements ClientTransport {
         host: undefined,
         onReply: (reply, liveHosts) => {
           if (reply === undefined) return finish(); // returned: no host takes broadcasts
-          if (replies.has(reply.host)) return;
-          replies.set(reply.host, reply);
-          expected.add(reply.host);
-          for (const host of liveHosts ?? []) if (!this.registry.isDown(host)) expected.add(host);
-          options.onReply?.(reply);
-          if (complete()) finish();
+          record(reply, liveHosts);
+        },
+        // The host answered, but we cannot read it: its answer is this error, as if it had sent it. From a
+        // sender that cannot be told, it is nobody's (that host, if expected, stays missing).
+        onUnreadableReply: (error, host, liveHosts) => {
+          if (host !== undefined) record(makeReply(request, host, { ok: false, error: error.toWire() }), liveHosts);
         },
         onProgress: (progress) => {
           if (progress.stage !== 'accepted' && progress.stage !== 'alive') options.onProgress?.(progress);
@@ -473,5 +484,17 @@ export class AmqpClientTransport implements ClientTransport {
     for (const pending of this.#pending.values()) pending.fail(cloudletError('CANCELLED', 'the client closed'));
     this.#bindings.close();
     await this.#connection?.close();
+  }
+}
+
+/** The hosts a broadcast reply's sender sees alive (x-cloudlet-live-hosts), if it names them. */
+function liveHostsHeader(msg: ConsumeMessage): string[] | undefined {
+  const header = msg.properties.headers?.[HEADERS.liveHosts];
+  if (typeof header !== 'string') return undefined;
+  try {
+    const hosts: unknown = JSON.parse(header);
+    return Array.isArray(hosts) ? hosts.filter((h): h is string => typeof h === 'string') : undefined;
+  } catch {
+    return undefined;
   }
 }
