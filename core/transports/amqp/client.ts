@@ -45,6 +45,8 @@ interface Pending {
   route: Route;
   /** Which host is working on it: the target, or whoever sent "accepted" for an any-host request. */
   host: string | undefined;
+  /** An any-host request whose accepting host has no queue of its own (the broker returned it from there). */
+  acceptedHostUnreachable?: boolean;
   onReply(reply: ReplyEnvelope, liveHosts: string[] | undefined): void;
   onProgress(progress: ProgressEnvelope): void;
   /** A reply came that cannot be read (too large, or not a valid reply); `host` sent it, when known. */
@@ -193,8 +195,7 @@ export class AmqpClientTransport implements ClientTransport {
       // dead-letter queue), so it never runs late.
       ...(untilDeadline === undefined ? {} : { expiration: String(untilDeadline) }),
     };
-    const [exchange, key] =
-      route === 'direct' ? [this.names.directExchange, request.target ?? ''] : route === 'any' ? ['', this.names.anyQueue] : [this.names.broadcastExchange, ''];
+    const [exchange, key] = this.#destination(pending);
     try {
       channel.publish(exchange, key, body, options, (error) => {
         if (!error) return;
@@ -211,11 +212,35 @@ export class AmqpClientTransport implements ClientTransport {
     }
   }
 
+  /**
+   * Where a request is published. An any-host request that a host has accepted goes, when it is published
+   * again after a reconnect, to that host's own queue, where the host answers it from the running request
+   * or its stored outcome. Back in the competing queue RabbitMQ may hand it to another host, which would
+   * run it a second time (hosts recognise an id they have seen, not one another host has): two VMs for
+   * one create-vm.
+   */
+  #destination(pending: Pending): [exchange: string, routingKey: string] {
+    switch (pending.route) {
+      case 'direct':
+        return [this.names.directExchange, pending.request.target ?? ''];
+      case 'any':
+        return pending.host !== undefined && !pending.acceptedHostUnreachable ? [this.names.directExchange, pending.host] : ['', this.names.anyQueue];
+      case 'broadcast':
+        return [this.names.broadcastExchange, ''];
+    }
+  }
+
   #onReturned(msg: ConsumeMessage): void {
     const id = msg.properties.messageId as string | undefined;
     const pending = id ? this.#pending.get(id) : undefined;
     if (!pending) return;
-    if (pending.route === 'direct') {
+    if (pending.route === 'any' && msg.fields.exchange === this.names.directExchange) {
+      // The accepting host takes any-host requests but has no queue of its own: the competing queue is
+      // the only way left to an answer, at the risk of a second run on another host.
+      this.#options.log.warn({ msgId: id, host: pending.host }, 'the host that accepted the request has no queue of its own: published again to the any-host queue');
+      pending.acceptedHostUnreachable = true;
+      this.#publish(pending);
+    } else if (pending.route === 'direct') {
       pending.fail(cloudletError('UNKNOWN_HOST', `no host "${pending.request.target}" has joined this cloud (prefix ${this.#options.config.prefix})`, {
         target: pending.request.target,
         liveHosts: this.registry.liveHosts(),
