@@ -101,7 +101,8 @@ export class AmqpAgentTransport implements AgentTransport {
   }
 
   isUp(): boolean {
-    return this.#connection?.isUp ?? false;
+    // Not while the broker has closed our channel and restart() has yet to connect again: nothing arrives.
+    return (this.#connection?.isUp ?? false) && this.#channel !== undefined;
   }
 
   addInboundRoute(route: InboundRoute): void {
@@ -149,6 +150,11 @@ export class AmqpAgentTransport implements AgentTransport {
       this.#brokerLimit.learn(error, true);
       // The channel is gone with its consumers, while the connection may stay up: start again.
       if (channel === this.#channel) this.#connection?.restart('the broker closed the channel');
+    });
+    // The connection stays up for a while after that (restart() pauses first), and amqplib throws at once on
+    // a publish, ack or nack on a closed channel: from here on nothing may use this one.
+    channel.on('close', () => {
+      if (channel === this.#channel) this.#channel = undefined;
     });
     // A consumer the broker cancelled (its queue was deleted): start again, which declares the queue anew.
     const cancelled = (queue: string) => {
@@ -297,7 +303,7 @@ export class AmqpAgentTransport implements AgentTransport {
     if (!replyTo) {
       // Nobody to tell: a broken or foreign message. Park it for inspection rather than loop or drop it.
       log.warn({ route, msgId: id }, 'request without reply_to: rejected to the dead-letter queue');
-      channel.nack(msg, false, false);
+      this.#settle(channel, msg, 'dead-letter');
       return;
     }
     if (id) {
@@ -318,7 +324,7 @@ export class AmqpAgentTransport implements AgentTransport {
         log.error({ msgId: id, code: error.code }, error.message);
         const { reply, encoded } = this.#ownReply(msg, id, error);
         await this.#publish(channel, '', replyTo, reply, msg.properties.correlationId, true, undefined, encoded).catch(() => undefined);
-        channel.nack(msg, false, false);
+        this.#settle(channel, msg, 'dead-letter');
         return;
       }
     }
@@ -337,11 +343,18 @@ export class AmqpAgentTransport implements AgentTransport {
       }
     }
     const progressBase = { id: id ?? 'unknown', type: (msg.properties.type as string) || 'unknown' } as RequestEnvelope;
+    // Never throws, nor rejects: it runs in the dispatcher's keep-alive timer and in a promise chain, where a
+    // throw would end the process, and before the request is handed on, where it would leave the request
+    // registered as running with nothing to answer it (a redelivery would wait on it forever).
     const sendProgress = (envelope: ProgressEnvelope) => {
       const publishAll = () => {
         const current = this.#channel;
         if (!this.#connection?.isUp || !current) return undefined; // progress is best effort
-        const sends = [...inFlight.replyTo].map((target) => this.#publish(current, '', target, envelope, msg.properties.correlationId, false).catch(() => undefined));
+        const sends = [...inFlight.replyTo].map((target) =>
+          this.#publish(current, '', target, envelope, msg.properties.correlationId, false).catch((error: unknown) =>
+            log.debug({ msgId: id, stage: envelope.stage, reason: (error as Error).message }, 'progress not sent'),
+          ),
+        );
         return Promise.all(sends);
       };
       inFlight.progressSent = inFlight.progressSent ? inFlight.progressSent.then(publishAll) : publishAll();
@@ -418,9 +431,7 @@ export class AmqpAgentTransport implements AgentTransport {
   #settleCopies(inFlight: InFlightRequest, how: 'ack' | 'requeue'): void {
     for (const { channel, msg } of inFlight.duplicates) {
       // A copy whose channel is gone comes back by itself.
-      if (channel !== this.#channel) continue;
-      if (how === 'ack') channel.ack(msg);
-      else channel.nack(msg, false, true);
+      if (channel === this.#channel) this.#settle(channel, msg, how);
     }
   }
 
@@ -449,7 +460,7 @@ export class AmqpAgentTransport implements AgentTransport {
           current.publish('', this.names.anyQueue, msg.content, properties, (error) => (error ? reject(error) : resolve())),
         ),
     );
-    if (channel === this.#channel) channel.ack(msg);
+    if (channel === this.#channel) this.#settle(channel, msg, 'ack');
     // Not written yet if the disk is full: it stays pending, and the hand-on is done either way.
     await this.#store?.recordAbandoned(msg.properties.messageId as string).catch(() => undefined);
     this.#options.log.info({ msgId: msg.properties.messageId, refusedBy, candidates }, 'no capacity here: handed the request on to another host');
@@ -471,7 +482,7 @@ export class AmqpAgentTransport implements AgentTransport {
           // Even MESSAGE_TOO_LARGE is over the broker's limit (a limit of a few hundred bytes): nothing this
           // host says would get through. Park the request rather than try forever.
           this.#options.log.error({ msgId: original.id, ...(sent.details as object) }, `not even an error reply fits the broker's limit: the request is dead-lettered (${sent.message})`);
-          if (deliveredOn === this.#channel) deliveredOn.nack(msg, false, false);
+          if (deliveredOn === this.#channel) this.#settle(deliveredOn, msg, 'dead-letter');
           return false;
         }
         // Over the broker's limit (refused on the large-message channel, or known before): answer that instead.
@@ -515,7 +526,7 @@ export class AmqpAgentTransport implements AgentTransport {
         }
         return Promise.all(targets.map((target) => this.#publish(channel, '', target, reply, msg.properties.correlationId, true, headers, encoded)));
       });
-      if (deliveredOn === this.#channel) deliveredOn.ack(msg);
+      if (deliveredOn === this.#channel) this.#settle(deliveredOn, msg, 'ack');
       // Else the delivery died with its channel and will come back: it is then answered from the stored outcome.
       return 'sent';
     } catch (error) {
@@ -526,7 +537,7 @@ export class AmqpAgentTransport implements AgentTransport {
         // it would refuse it again, so the request is done. Its outcome is stored: asked again with the same
         // id, it is answered from there.
         this.#options.log.warn({ msgId: reply.id }, 'the broker refused the reply (nack); the request is acked, its outcome kept for a repeat');
-        deliveredOn.ack(msg);
+        this.#settle(deliveredOn, msg, 'ack');
         return 'sent';
       }
       // Not confirmed: leave the request unacked; it is redelivered and answered from the stored outcome.
@@ -538,6 +549,20 @@ export class AmqpAgentTransport implements AgentTransport {
         if (!this.#closing && deliveredOn === this.#channel && this.#connection?.isUp) this.#connection.restart('a reply was not confirmed while its request stayed unacked');
       });
       return 'unconfirmed';
+    }
+  }
+
+  /**
+   * Acks a delivery, or nacks it back to its queue or to the dead-letter exchange. amqplib throws at once on
+   * a closed channel or a closing connection, which can still be the current one for a moment: the delivery
+   * then died with it and comes back by itself, to be taken (or answered from its outcome) again.
+   */
+  #settle(channel: Channel, msg: ConsumeMessage, how: 'ack' | 'requeue' | 'dead-letter'): void {
+    try {
+      if (how === 'ack') channel.ack(msg);
+      else channel.nack(msg, false, how === 'requeue');
+    } catch (error) {
+      this.#options.log.debug({ msgId: msg.properties.messageId, how, reason: (error as Error).message }, 'delivery not settled: its channel is gone, it comes back');
     }
   }
 
@@ -564,16 +589,20 @@ export class AmqpAgentTransport implements AgentTransport {
     }
   }
 
-  /** Runs `use` on the live channel, waiting (bounded) for a reconnect if the broker is away. */
+  /** Runs `use` on the live channel, waiting (bounded) for a reconnect if the broker or our channel is away. */
   async #withChannel<T>(use: (channel: ConfirmChannel) => Promise<T>): Promise<T> {
     const connection = this.#connection as BrokerConnection;
-    if (!connection.isUp) await connection.waitUntilUp(Date.now() + REPLY_RECONNECT_WAIT_MS);
+    const deadline = Date.now() + REPLY_RECONNECT_WAIT_MS;
+    // Up without a channel: the broker closed ours, and restart() connects again after a pause.
+    if (connection.isUp && !this.#channel) await nextUp(connection, deadline);
+    if (!connection.isUp) await connection.waitUntilUp(deadline);
     const channel = this.#channel;
     if (!channel) throw cloudletError('BROKER_UNAVAILABLE', 'the broker connection dropped again');
     return use(channel);
   }
 
-  #publish(
+  /** Rejects, never throws: amqplib throws at once on a publish to a closed channel (or a closing connection). */
+  async #publish(
     channel: ConfirmChannel,
     exchange: string,
     routingKey: string,
@@ -586,13 +615,13 @@ export class AmqpAgentTransport implements AgentTransport {
   ): Promise<void> {
     const body = Buffer.from(encoded);
     const limit = this.#brokerLimit.bytes;
-    if (limit !== undefined && body.length > limit) return Promise.reject(tooLargeForBroker(envelope.kind, body.length, limit));
+    if (limit !== undefined && body.length > limit) throw tooLargeForBroker(envelope.kind, body.length, limit);
     const options = { contentType: 'application/json', type: envelope.type, correlationId, headers };
     // Confirmed even when `confirm` is false, so that the caller can wait for it (see progressSent).
     if (body.length > LARGE_MESSAGE_BYTES) return this.#publishLarge(envelope.kind, exchange, routingKey, body, options);
     if (!confirm) {
       channel.publish(exchange, routingKey, body, options);
-      return Promise.resolve();
+      return;
     }
     return publishConfirmed(channel, exchange, routingKey, body, options);
   }
@@ -681,6 +710,21 @@ export class AmqpAgentTransport implements AgentTransport {
       this.#options.log.error({ err: error }, 'could not write the last outcome lines while closing');
     }
   }
+}
+
+/** Resolves when `connection` has connected again, or rejects with BROKER_UNAVAILABLE at the deadline. */
+function nextUp(connection: BrokerConnection, deadline: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onUp = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      connection.off('up', onUp);
+      reject(cloudletError('BROKER_UNAVAILABLE', 'the broker closed our channel and we did not connect again in time'));
+    }, Math.max(0, deadline - Date.now()));
+    connection.once('up', onUp);
+  });
 }
 
 function publishConfirmed(channel: ConfirmChannel, exchange: string, routingKey: string, body: Buffer, options: Options.Publish): Promise<void> {
