@@ -3,7 +3,7 @@
  * process concerns (signals, exit code) around it.
  */
 import process from 'node:process';
-import { CloudletError, registerPluginErrors } from './errors.ts';
+import { CloudletError, registerPluginErrors, thrownMessage } from './errors.ts';
 import { makeEvent, makeRequest, messageTypeSchema } from './envelope.ts';
 import type { HostConfig } from './config/host-config.ts';
 import { createLogger, type Logger } from './logger.ts';
@@ -209,7 +209,7 @@ export class Agent {
     try {
       await fn(this.#hookContext(plugin));
     } catch (cause) {
-      throw new CloudletError('PLUGIN_HOOK_FAILED', `plugin "${plugin.plugin.name}" failed in its ${hook} hook: ${(cause as Error).message}`, {
+      throw new CloudletError('PLUGIN_HOOK_FAILED', `plugin "${plugin.plugin.name}" failed in its ${hook} hook: ${thrownMessage(cause)}`, {
         cause,
         details: { plugin: plugin.plugin.name, hook },
       });

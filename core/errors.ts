@@ -156,3 +156,13 @@ export function toCloudletError(thrown: unknown, fallback: CoreErrorCode = 'HAND
   }
   return new CloudletError(fallback, String(thrown));
 }
+
+/** What was thrown, as text: plugins may throw strings, null or plain objects as well as Errors. */
+export function thrownMessage(thrown: unknown): string {
+  if (thrown instanceof Error) return thrown.message;
+  try {
+    return String(thrown);
+  } catch {
+    return Object.prototype.toString.call(thrown); // an object without toString (Object.create(null))
+  }
+}

@@ -245,7 +245,7 @@ export interface HandlerContext<Options = unknown> {
   progress(stage: string, detail?: Record<string, unknown>): void;
   /** Loaded plugins; for introspection handlers such as `host-info`. */
   plugins: readonly LoadedPluginSummary[];
-  /** For each capability, the plugins providing a module for it, in config order (core API 1.3). */
+  /** For each capability, the plugins providing a module for it, in load order: config order, a plugin after its dependencies (core API 1.3). */
   providers: Readonly<Record<string, readonly CapabilityProvider[]>>;
 }
 
@@ -258,7 +258,7 @@ export interface CapabilityProvider {
   options: unknown;
 }
 
-/** Imports every provider module of a capability, in config order. */
+/** Imports every provider module of a capability, in load order (see `providers`). */
 export async function loadProviders<T>(context: Pick<HandlerContext, 'providers'>, capability: string): Promise<{ plugin: string; options: unknown; implementation: T }[]> {
   const providers = context.providers[capability] ?? [];
   return Promise.all(

@@ -5,7 +5,7 @@
 import { stat } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import semver from 'semver';
-import { CloudletError } from '../errors.ts';
+import { CloudletError, thrownMessage } from '../errors.ts';
 import { CORE_API_VERSION } from '../version.ts';
 import { PLUGIN_BRAND, pluginKit, type CloudletPlugin } from '../plugin-api.ts';
 import type { IndexedPluginEntry } from '../config/load.ts';
@@ -54,10 +54,15 @@ export async function loadPlugins(entries: readonly IndexedPluginEntry[], config
     try {
       const resolved = await resolvePluginSpecifier(entry.use, configFile);
       const plugin = await importPlugin(resolved.url);
-      const definitionProblems = await checkDefinition(plugin, resolved.url);
-      if (definitionProblems.length > 0) {
-        problems.push(...definitionProblems.map((message) => ({ code: 'PLUGIN_INVALID', file: configFile, path: at('.use'), message })));
-        continue;
+      // The API range first: a plugin written for a newer core may use definition keys this one does not
+      // know, and its author must hear of the version, not of "unrecognized keys".
+      const apiRange = typeof plugin.api === 'string' ? semver.validRange(plugin.api) : null;
+      if (apiRange === null || semver.satisfies(CORE_API_VERSION, apiRange, { includePrerelease: true })) {
+        const definitionProblems = await checkDefinition(plugin, resolved.url);
+        if (definitionProblems.length > 0) {
+          problems.push(...definitionProblems.map((message) => ({ code: 'PLUGIN_INVALID', file: configFile, path: at('.use'), message })));
+          continue;
+        }
       }
       if (!semver.satisfies(CORE_API_VERSION, plugin.api, { includePrerelease: true })) {
         problems.push({
@@ -99,7 +104,7 @@ async function importPlugin(url: string): Promise<CloudletPlugin> {
       (cause as { code?: string }).code === 'ERR_MODULE_NOT_FOUND' && String((cause as Error).message).includes(fileURLToPath(url));
     throw new CloudletError(
       notFound ? 'PLUGIN_NOT_FOUND' : 'PLUGIN_IMPORT_FAILED',
-      `importing plugin module ${url} failed: ${(cause as Error).message ?? String(cause)}`,
+      `importing plugin module ${url} failed: ${thrownMessage(cause)}`,
       { cause, details: { url } },
     );
   }
@@ -109,7 +114,7 @@ async function importPlugin(url: string): Promise<CloudletPlugin> {
     try {
       candidate = await (candidate as (kit: typeof pluginKit) => unknown)(pluginKit);
     } catch (cause) {
-      throw new CloudletError('PLUGIN_IMPORT_FAILED', `plugin factory in ${url} threw: ${(cause as Error).message}`, { cause, details: { url } });
+      throw new CloudletError('PLUGIN_IMPORT_FAILED', `plugin factory in ${url} threw: ${thrownMessage(cause)}`, { cause, details: { url } });
     }
   }
   if (typeof candidate !== 'object' || candidate === null) {
@@ -179,7 +184,27 @@ function validateOptions(
     };
   }
   const parsed = plugin.options.safeParse(raw ?? {});
-  if (parsed.success) return { ok: true, options: parsed.data };
+  if (parsed.success) {
+    // Every pool's threads receive the options: a schema whose transform makes functions or class
+    // instances would otherwise pass here and fail every message as a crashed worker.
+    try {
+      structuredClone(parsed.data);
+    } catch (error) {
+      return {
+        ok: false,
+        problems: [
+          {
+            code: 'PLUGIN_OPTIONS_INVALID',
+            file: configFile,
+            path: `plugins[${index}].options`,
+            message: `plugin "${plugin.name}": its options schema produced a value that cannot be copied to a worker thread (${thrownMessage(error)}); this is a bug in the plugin, not in the config`,
+            allowed: 'options made of plain data (objects, arrays, strings, numbers, booleans, null)',
+          },
+        ],
+      };
+    }
+    return { ok: true, options: parsed.data };
+  }
   return {
     ok: false,
     problems: problemsFromZod(parsed.error.issues, raw ?? {}, {

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
 import { Buffer } from 'node:buffer';
 import { createConnection } from 'node:net';
@@ -248,4 +249,25 @@ test('agent — checkOptions (core API 1.8) reports cross-plugin problems at loa
   // Without its dependency the check is not run: the missing dependency is the one problem.
   const alone = await check([{ use: reader, options: { sameGreeting: 'bye' } }]);
   assert.deepEqual(!alone.ok && alone.problems.map((p) => p.code), ['PLUGIN_DEPENDENCY_MISSING']);
+});
+
+test('agent — a plugin hook that throws anything (an Error, a string, null, undefined) fails the start with PLUGIN_HOOK_FAILED naming the plugin', async (t) => {
+  const hookThrows = fileURLToPath(new URL('../fixtures/plugins/hook-throws/index.ts', import.meta.url));
+  const expected: Record<string, RegExp> = {
+    error: /plugin "hook-throws" failed in its init hook: hook-throws failed on purpose$/,
+    string: /plugin "hook-throws" failed in its init hook: hook-throws failed with a bare string$/,
+    // Before: a raw TypeError (reading "message" of null) escaped, naming no plugin.
+    null: /plugin "hook-throws" failed in its init hook: null$/,
+    undefined: /plugin "hook-throws" failed in its init hook: undefined$/,
+  };
+  for (const [throws, message] of Object.entries(expected)) {
+    await t.test(throws, async (t) => {
+      await assert.rejects(startAgent(t, { plugins: [{ use: hookThrows, options: { throws } }] }), (error: { code?: string; message: string; details?: unknown }) => {
+        assert.equal(error.code, 'PLUGIN_HOOK_FAILED', error.message);
+        assert.match(error.message, message);
+        assert.deepEqual(error.details, { plugin: 'hook-throws', hook: 'init' });
+        return true;
+      });
+    });
+  }
 });

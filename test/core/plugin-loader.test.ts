@@ -119,6 +119,33 @@ test('loader — PLUGIN_API_MISMATCH says which range the plugin wants and which
   assert.equal(problem.allowed, `a range that includes ${CORE_API_VERSION}`);
 });
 
+test('loader — a plugin for a newer core API with definition keys this core does not know is PLUGIN_API_MISMATCH only', async () => {
+  // Before: three PLUGIN_INVALID "Unrecognized key" problems, and no word of the API version.
+  const problem = onlyProblem(await load(fixture('api-future')));
+  assert.equal(problem.code, 'PLUGIN_API_MISMATCH');
+  assert.equal(problem.found, '^1.99.0');
+  assert.match(problem.message, /plugin "api-future" 1\.0\.0 supports core API \^1\.99\.0; this agent provides/);
+});
+
+test('loader — a definition key the API does not have (a misspelling) is PLUGIN_INVALID naming it', async () => {
+  const problem = onlyProblem(await load(fixture('misspelt-key')));
+  assert.equal(problem.code, 'PLUGIN_INVALID');
+  assert.match(problem.message, /dependecies/);
+});
+
+test('loader — a factory that throws something other than an Error: its text is in the problem', async () => {
+  const problem = onlyProblem(await load(fixture('factory-throws-string')));
+  assert.equal(problem.code, 'PLUGIN_IMPORT_FAILED');
+  assert.match(problem.message, /threw: factory-throws-string refused with a bare string/);
+});
+
+test('loader — options that pass the schema but cannot be sent to a worker thread are PLUGIN_OPTIONS_INVALID', async () => {
+  const problem = onlyProblem(await load(fixture('options-uncloneable')));
+  assert.equal(problem.code, 'PLUGIN_OPTIONS_INVALID');
+  assert.equal(problem.path, 'plugins[0].options');
+  assert.match(problem.message, /plugin "options-uncloneable": its options schema produced a value that cannot be copied to a worker thread/);
+});
+
 test('loader — PLUGIN_DUPLICATE when one plugin is listed twice, keeping the first', async () => {
   const result = await load(testkitPath, testkitPath);
   const problem = onlyProblem(result);
