@@ -5,6 +5,7 @@
 import { readdirSync, readFileSync, type Dirent } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import process from 'node:process';
 import { VM_ID_PATTERN } from './schemas.ts';
 
 export interface VmRecord {
