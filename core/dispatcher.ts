@@ -9,8 +9,8 @@ import { lazyChild, type Logger } from './logger.ts';
 import { CloudletError, cloudletError, type WireError } from './errors.ts';
 import { decodeEnvelope, encodeEnvelope, formatPath, makeProgress, makeReply, progressSchema, type ReplyEnvelope, type RequestEnvelope } from './envelope.ts';
 import type { MessageRoute } from './config/host-config.ts';
-import type { PoolManager } from './pools.ts';
-import { KeyedMutex } from './keyed-mutex.ts';
+import type { PoolManager, RunOutcome } from './pools.ts';
+import { KeyedMutex, type KeyedLock } from './keyed-mutex.ts';
 import type { RequestAuthorizer } from './security/authorizer.ts';
 import type { InboundDelivery, ReplySealer } from './transports/transport.ts';
 
@@ -132,10 +132,16 @@ export class Dispatcher {
     keepalive.unref();
     const serializeBy = route.definition.serializeBy;
     const lockValue = serializeBy ? (payload.data as Record<string, unknown> | undefined)?.[serializeBy] : undefined;
+    const lockKey = lockValue === undefined ? undefined : `${route.plugin.plugin.name}:${serializeBy}=${JSON.stringify(lockValue)}`;
+    let lock: KeyedLock | undefined;
     const runInPool = () =>
       this.#options.pools.run(
         { id: request.id, type: request.type, deadline, payload: payload.data, acceptedAt: now },
         {
+          // The pool takes the message (or answers BUSY) before it queues for the lock, and holds it there
+          // like a message waiting for a thread: it shows as queued, and it is answered as soon as its time
+          // runs out or it is cancelled, without waiting for the holder to finish.
+          ...(lockKey === undefined ? {} : { startAfter: () => (lock = this.#locks.acquire(lockKey)).acquired }),
           cancellation: cancel,
           log: messageLog,
           onProgress: (stage, detail) => {
@@ -147,9 +153,13 @@ export class Dispatcher {
         },
       );
     try {
-      // Time spent waiting for the lock counts against the deadline like queueing does.
-      const outcome =
-        lockValue === undefined ? await runInPool() : await this.#locks.run(`${route.plugin.plugin.name}:${serializeBy}=${JSON.stringify(lockValue)}`, runInPool);
+      let outcome: RunOutcome;
+      try {
+        outcome = await runInPool();
+      } finally {
+        // Ran, refused, or gave up waiting: the next message for the key may go (once those before it are done).
+        lock?.release();
+      }
       const elapsedMs = Math.round((performance.now() - started) * 10) / 10;
       this.#options.observer?.(outcome.ok ? { type: request.type, ok: true, elapsedMs } : { type: request.type, ok: false, code: outcome.error.code, elapsedMs });
       let reply: ReplyEnvelope;

@@ -66,6 +66,13 @@ export interface RunHooks {
   log?: PluginLogger;
   /** Cancelling cancels the message (agent shutdown); its reason is the error the message is answered with. */
   cancellation?: Cancellation;
+  /**
+   * Something the message must wait for before it may wait for a thread (its `serializeBy` lock), asked for
+   * once the pool has taken the message: it counts against `maxQueue` and as queued while it waits, and its
+   * time budget and cancel apply, so it is answered as soon as either runs out. Whoever hands it out takes it
+   * back (releases the lock) once `run` has settled, whether the message ran or not.
+   */
+  startAfter?: () => Promise<unknown>;
 }
 
 export type RunOutcome = { ok: true; result: unknown } | { ok: false; error: CloudletError };
@@ -96,8 +103,10 @@ interface ManagedPool {
   aborts: Map<number, MainToWorker>;
   /** Which thread runs which task: how a handler that ignores its cancel is found and stopped. */
   runTable: RunTable;
-  /** Messages taken by `run` and not answered yet: waiting here, in tinypool, or running. */
+  /** Messages taken by `run` and not answered yet: waiting for their `startAfter`, here, in tinypool, or running. */
   accepted: number;
+  /** Messages waiting for their `startAfter` (a lock), each with how to answer it when the pool goes away. */
+  held: Set<(error: CloudletError) => void>;
   /**
    * Messages waiting for room on a thread, oldest first. They wait here rather than in tinypool's queue:
    * tinypool takes one queued task per task that ends, so with a queue of its own a thread would never hold
@@ -196,6 +205,7 @@ export class PoolManager {
         aborts,
         runTable,
         accepted: 0,
+        held: new Set(),
         waiting: [],
         handedOver: 0,
         pumping: false,
@@ -207,10 +217,10 @@ export class PoolManager {
   }
 
   stats(): PoolStats[] {
-    return [...this.#pools.values()].map(({ spec, pool, waiting, handedOver }) => ({
+    return [...this.#pools.values()].map(({ spec, pool, held, waiting, handedOver }) => ({
       type: spec.type,
       threads: pool.threads.length,
-      queued: waiting.length + pool.queueSize,
+      queued: held.size + waiting.length + pool.queueSize,
       // Tasks still in tinypool's queue (while a thread starts) are not running yet.
       running: Math.max(0, handedOver - pool.queueSize),
       completed: pool.completed,
@@ -218,28 +228,58 @@ export class PoolManager {
     }));
   }
 
-  async run(task: PoolTask, hooks: RunHooks = {}): Promise<RunOutcome> {
-    const managed = this.#pools.get(task.type);
-    if (!managed) return { ok: false, error: cloudletError('UNKNOWN_TYPE', `no pool for message type "${task.type}"`) };
+  async run(given: PoolTask, hooks: RunHooks = {}): Promise<RunOutcome> {
+    const managed = this.#pools.get(given.type);
+    if (!managed) return { ok: false, error: cloudletError('UNKNOWN_TYPE', `no pool for message type "${given.type}"`) };
     const { settings } = managed.spec;
     if (managed.accepted >= settings.maxThreads * settings.tasksPerThread + settings.maxQueue) {
-      return { ok: false, error: busyError(task.type, settings) };
+      return { ok: false, error: busyError(given.type, settings) };
     }
+    const task = { ...given, acceptedAt: given.acceptedAt ?? Date.now() };
     // Waiting (for a lock, in a queue) may have used up the time or seen a cancel: then do not start at all.
-    const cancelled = hooks.cancellation?.reason;
-    if (cancelled) return { ok: false, error: cancelled };
-    if (task.deadline <= Date.now()) {
-      return { ok: false, error: cloudletError('DEADLINE_EXCEEDED', `"${task.type}" could not start before its deadline`, { type: task.type }) };
-    }
-    if (task.acceptedAt !== undefined && task.acceptedAt + settings.timeoutMs <= Date.now()) {
-      return { ok: false, error: cloudletError('TIMEOUT', `"${task.type}" waited longer than its ${settings.timeoutMs} ms timeout to start`, { type: task.type }) };
-    }
+    const tooLate = cannotStart(task, settings, hooks.cancellation);
+    if (tooLate) return { ok: false, error: tooLate };
     managed.accepted++;
     try {
+      if (hooks.startAfter) {
+        const gave = await this.#holdUntil(managed, task, hooks.startAfter(), hooks.cancellation);
+        if (gave) return gave;
+        const tooLateNow = cannotStart(task, settings, hooks.cancellation);
+        if (tooLateNow) return { ok: false, error: tooLateNow };
+      }
       return await this.#runInWorker(managed, task, hooks);
     } finally {
       managed.accepted--;
     }
+  }
+
+  /**
+   * Holds a taken message until `gate` settles, as a message waiting for a thread is held: counted as queued,
+   * and answered as soon as its time budget runs out or it is cancelled, with the same codes. Resolves with
+   * that answer, or with undefined once the gate opened in time.
+   */
+  #holdUntil(managed: ManagedPool, task: Required<PoolTask>, gate: Promise<unknown>, cancellation: Cancellation | undefined): Promise<RunOutcome | undefined> {
+    const { settings } = managed.spec;
+    const timeoutAt = task.acceptedAt + settings.timeoutMs;
+    return new Promise((resolve) => {
+      let settled = false;
+      let stopListening: (() => void) | undefined;
+      const settle = (error?: CloudletError) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(budgetTimer);
+        stopListening?.();
+        managed.held.delete(settle);
+        resolve(error ? { ok: false, error } : undefined);
+      };
+      const budgetTimer = setTimeout(() => settle(notStartedInTime(task.type, settings, task.deadline < timeoutAt)), Math.max(0, Math.min(task.deadline, timeoutAt) - Date.now()));
+      managed.held.add(settle);
+      stopListening = cancellation?.onCancel(settle);
+      gate.then(
+        () => settle(),
+        (thrown: unknown) => settle(cloudletError('INTERNAL', `"${task.type}" could not wait for its turn: ${thrown instanceof Error ? thrown.message : String(thrown)}`, { type: task.type })),
+      );
+    });
   }
 
   #runInWorker(managed: ManagedPool, task: PoolTask, hooks: RunHooks): Promise<RunOutcome> {
@@ -427,16 +467,32 @@ export class PoolManager {
 
   async destroy(): Promise<void> {
     await Promise.all(
-      [...this.#pools.values()].map(async ({ spec, pool, channel, waiting }) => {
-        for (const task of waiting.splice(0)) {
-          task.drop(cloudletError('SHUTTING_DOWN', `the pool for "${spec.type}" stopped before the message started`, { type: spec.type }));
-        }
+      [...this.#pools.values()].map(async ({ spec, pool, channel, held, waiting }) => {
+        const stopped = () => cloudletError('SHUTTING_DOWN', `the pool for "${spec.type}" stopped before the message started`, { type: spec.type });
+        for (const answer of [...held]) answer(stopped());
+        for (const task of waiting.splice(0)) task.drop(stopped());
         await pool.destroy();
         channel.close();
       }),
     );
     this.#pools.clear();
   }
+}
+
+/** Why a message must not start now: it was cancelled, or its time ran out while it waited; undefined if it may. */
+function cannotStart(task: Required<PoolTask>, settings: PoolSettings, cancellation: Cancellation | undefined): CloudletError | undefined {
+  if (cancellation?.reason) return cancellation.reason;
+  const now = Date.now();
+  if (task.deadline <= now) return notStartedInTime(task.type, settings, true);
+  if (task.acceptedAt + settings.timeoutMs <= now) return notStartedInTime(task.type, settings, false);
+  return undefined;
+}
+
+/** The answer for a message whose time ran out before it started: the request's deadline, or the pool's timeout. */
+function notStartedInTime(type: string, settings: PoolSettings, byDeadline: boolean): CloudletError {
+  return byDeadline
+    ? cloudletError('DEADLINE_EXCEEDED', `"${type}" could not start before its deadline`, { type })
+    : cloudletError('TIMEOUT', `"${type}" waited longer than its ${settings.timeoutMs} ms timeout to start`, { type, timeoutMs: settings.timeoutMs });
 }
 
 function busyError(type: string, settings: PoolSettings): CloudletError {

@@ -386,3 +386,40 @@ test('pools — messages still waiting for a thread when the pools stop are answ
   assert.equal(errorCode(await running), 'WORKER_CRASHED');
   assert.deepEqual(events, ['start true']);
 });
+
+test('pools — a message held by startAfter (its serializeBy lock) counts as queued and against maxQueue, and runs once it may', async (t) => {
+  const pools = makePools(t, { 'test.sleep': { maxThreads: 1, maxQueue: 1 } });
+  let asked = 0;
+  let open!: () => void;
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  const held = pools.run(task('test.sleep', { ms: 0 }), { startAfter: () => (asked++, gate) });
+  const alsoHeld = pools.run(task('test.sleep', { ms: 0 }), { startAfter: () => (asked++, gate) });
+  const stats = pools.stats().find((s) => s.type === 'test.sleep')!;
+  assert.deepEqual([stats.running, stats.queued], [0, 2]);
+  // One thread, one task per thread, maxQueue 1: two taken already. A refused message never asks for the lock.
+  const refused = await pools.run(task('test.sleep', { ms: 0 }), { startAfter: () => (asked++, gate) });
+  assert.equal(errorCode(refused), 'BUSY');
+  assert.equal(asked, 2);
+  open();
+  assert.deepEqual(await held, { ok: true, result: { slept: 0 } });
+  assert.deepEqual(await alsoHeld, { ok: true, result: { slept: 0 } });
+  assert.equal(pools.stats().find((s) => s.type === 'test.sleep')?.queued, 0);
+});
+
+test('pools — a message held by startAfter is answered as soon as its time runs out or it is cancelled there', async (t) => {
+  const pools = makePools(t, { 'test.sleep': { timeoutMs: 1_000 } });
+  const never = () => new Promise<void>(() => undefined);
+  const timedOut = await pools.run(task('test.sleep', { ms: 0 }), { startAfter: never });
+  assert.equal(errorCode(timedOut), 'TIMEOUT');
+  assert.deepEqual(!timedOut.ok && timedOut.error.details, { type: 'test.sleep', timeoutMs: 1_000 });
+  const pastDeadline = await pools.run(task('test.sleep', { ms: 0 }, 200), { startAfter: never });
+  assert.equal(errorCode(pastDeadline), 'DEADLINE_EXCEEDED');
+  const cancellation = new Cancellation();
+  const cancelled = pools.run(task('test.sleep', { ms: 0 }), { startAfter: never, cancellation });
+  cancellation.cancel(cloudletError('SHUTTING_DOWN', 'the agent is stopping'));
+  assert.equal(errorCode(await cancelled), 'SHUTTING_DOWN');
+  const droppedOnStop = pools.run(task('test.sleep', { ms: 0 }), { startAfter: never });
+  assert.equal(pools.stats().find((s) => s.type === 'test.sleep')?.queued, 1);
+  await pools.destroy();
+  assert.equal(errorCode(await droppedOnStop), 'SHUTTING_DOWN');
+});
