@@ -9,7 +9,7 @@ import type { WireError } from '../core/errors.ts';
 import type { Handler, HandlerContext } from '../core/plugin-api.ts';
 import type { PoolWorkerData, SideMessage, WorkerOutcome, WorkerResult, WorkerTask, WorkerToMain } from './protocol.ts';
 import { RunTable } from './run-table.ts';
-import { createWorkerLogger } from './worker-logger.ts';
+import { createWorkerLogger, reasonOf } from './worker-logger.ts';
 import { importModule } from '../core/runtime/import-module.ts';
 
 // tinypool hands each worker `[tinypoolPrivateData, userWorkerData]` (its documented `TinypoolData`).
@@ -100,11 +100,20 @@ export default async function runTask(task: WorkerTask): Promise<WorkerResult> {
   running.set(task.run, { id: task.id, abort });
   const cell = runRow?.claim(task.run) ?? -1;
   let sideMessages = 0;
-  const send = (message: DistributiveOmit<WorkerToMain, 'id'>) => {
+  /**
+   * Posts a side message of this task; returns why it could not (a value structured clone refuses), if so.
+   * Counted only once posted: the main thread holds the outcome until it has seen as many as were counted.
+   */
+  const post = (message: DistributiveOmit<WorkerToMain, 'id'>): string | undefined => {
+    try {
+      channel.postMessage({ ...message, id: task.id });
+    } catch (failure) {
+      return reasonOf(failure);
+    }
     sideMessages++;
-    channel.postMessage({ ...message, id: task.id });
+    return undefined;
   };
-  const log = createWorkerLogger(send, poolData.logLevel);
+  const log = createWorkerLogger(post, poolData.logLevel);
   const context: HandlerContext = {
     options: poolData.options,
     host: poolData.host,
@@ -117,7 +126,13 @@ export default async function runTask(task: WorkerTask): Promise<WorkerResult> {
     set signal(value: AbortSignal) {
       Object.defineProperty(this, 'signal', { value, writable: true, enumerable: true, configurable: true });
     },
-    progress: (stage, detail) => send(detail === undefined ? { t: 'progress', stage } : { t: 'progress', stage, detail }),
+    progress: (stage, detail) => {
+      const failure = post(detail === undefined ? { t: 'progress', stage } : { t: 'progress', stage, detail });
+      // Progress is best effort (PLUGINS.md): one that cannot leave the thread is dropped and logged, not thrown.
+      if (failure !== undefined) {
+        log.warn({ stage: typeof stage === 'string' ? stage.slice(0, 64) : typeof stage }, `dropped a progress update that cannot be copied out of the worker thread: ${failure}`);
+      }
+    },
     plugins: poolData.plugins,
     providers: poolData.providers ?? {},
   };

@@ -1,0 +1,76 @@
+import assert from 'node:assert/strict';
+import test, { type TestContext } from 'node:test';
+import { defaultPoolSettings } from '../../core/config/schema.ts';
+import type { PluginLogger, PoolSettings } from '../../core/plugin-api.ts';
+import { PoolManager } from '../../core/pools.ts';
+import { handlerMistakesUrl } from '../fixtures/plugins/handler-mistakes/index.ts';
+
+const TYPE = 'mistakes.run';
+
+/** A pool over the handler-mistakes fixture, destroyed when the test ends (pass or fail). */
+function makePools(t: TestContext, settings: Partial<PoolSettings> = {}): PoolManager {
+  const pools = new PoolManager([
+    {
+      type: TYPE,
+      settings: { ...defaultPoolSettings, maxThreads: 1, timeoutMs: 20_000, ...settings },
+      workerData: {
+        handlerUrl: handlerMistakesUrl.href,
+        pluginName: 'handler-mistakes',
+        options: {},
+        host: { id: 'boundary-host', agentVersion: '0.0.0', startedAt: Date.now() },
+        plugins: [],
+        providers: {},
+        logLevel: 'debug',
+      },
+    },
+  ]);
+  t.after(() => pools.destroy());
+  return pools;
+}
+
+let seq = 0;
+function task(payload: Record<string, unknown>, id = `b-${++seq}`) {
+  return { id, type: TYPE, payload, deadline: Date.now() + 30_000 };
+}
+
+/** A log that keeps every record as [level, obj, msg]. */
+function recordingLog(): { log: PluginLogger; lines: Array<[string, unknown, string | undefined]> } {
+  const lines: Array<[string, unknown, string | undefined]> = [];
+  const at = (level: string) => (obj: object | string, msg?: string) => void lines.push([level, obj, msg]);
+  return { lines, log: { trace: at('trace'), debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') } };
+}
+
+test('worker boundary — a progress update that cannot be copied out of the worker is dropped and logged; the message still succeeds', async (t) => {
+  const pools = makePools(t);
+  const { log, lines } = recordingLog();
+  const progress: unknown[] = [];
+  const outcome = await pools.run(task({ do: 'progress-uncloneable' }), { log, onProgress: (stage, detail) => progress.push([stage, detail]) });
+  assert.deepEqual(outcome, { ok: true, result: { answered: true } });
+  assert.deepEqual(progress, [['after', { ok: true }]]);
+  const warnings = lines.filter(([level]) => level === 'warn');
+  assert.equal(warnings.length, 1, JSON.stringify(lines));
+  assert.deepEqual(warnings[0]?.[1], { stage: 'before' });
+  assert.match(warnings[0]?.[2] ?? '', /dropped a progress update that cannot be copied out of the worker thread: .*could not be cloned/);
+});
+
+test('worker boundary — a log call never throws: a cycle holding a function, null, a getter that throws', async (t) => {
+  const pools = makePools(t);
+  const { log, lines } = recordingLog();
+  const outcome = await pools.run(task({ do: 'log-odd-values' }), { log });
+  assert.deepEqual(outcome, { ok: true, result: { answered: true } });
+  assert.deepEqual(
+    lines.map(([level, , msg]) => [level, msg]),
+    [
+      ['info', 'a cycle holding a function'],
+      ['info', 'null instead of an object'],
+      ['info', 'a getter that throws'],
+    ],
+  );
+  const [cycle, nothing, getter] = lines.map(([, obj]) => obj);
+  // The function as its text (whatever the loader made of its source), the cycle named.
+  const nested = (cycle as { nested: Record<string, unknown> }).nested;
+  assert.match(String(nested.f), /=>\s*1/);
+  assert.equal(nested.self, '[Circular]');
+  assert.deepEqual(nothing, {});
+  assert.deepEqual(getter, { x: '[unreadable: getter refused]' });
+});
