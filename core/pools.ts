@@ -94,8 +94,8 @@ interface ManagedPool {
   makePool: () => Tinypool;
   /** Progress and log lines from the workers, abort requests to them (workers/protocol.ts). */
   channel: InstanceType<typeof BroadcastChannel>;
-  /** Side-message listeners of the tasks running now, by message id. */
-  listeners: Map<string, (message: WorkerToMain) => void>;
+  /** Side-message listeners of the tasks running now, by run (two runs of one message id may overlap). */
+  listeners: Map<number, (message: WorkerToMain) => void>;
   /**
    * Abort requests by run, kept until tinypool hands the task back (it may still be queued there after
    * its caller was answered): sent again to each thread that starts, so none runs a cancelled task.
@@ -181,7 +181,7 @@ export class PoolManager {
         pool = makePool();
       }
       const channel = new BroadcastChannel(channelName);
-      const listeners = new Map<string, (message: WorkerToMain) => void>();
+      const listeners = new Map<number, (message: WorkerToMain) => void>();
       const aborts = new Map<number, MainToWorker>();
       channel.onmessage = (event: MessageEvent) => {
         const message = event.data as SideMessage;
@@ -191,8 +191,8 @@ export class PoolManager {
           // A thread that just started missed the aborts sent before its channel opened.
           for (const abort of aborts.values()) channel.postMessage(abort);
         }
-        // Our own abort requests are not echoed back; a message for a finished task is dropped.
-        else if (message.t !== 'abort') listeners.get(message.id)?.(message);
+        // Our own abort requests are not echoed back; a message for a finished run is dropped.
+        else if (message.t !== 'abort') listeners.get(message.run)?.(message);
       };
       // The pool's workers keep the agent alive, not this channel.
       (channel as { unref?: () => void }).unref?.();
@@ -313,7 +313,7 @@ export class PoolManager {
         clearTimeout(graceTimer);
         clearTimeout(sideMessagesTimer);
         stopListening?.();
-        managed.listeners.delete(task.id);
+        managed.listeners.delete(run);
         // Answered before it was handed to tinypool: it waits no longer (queue length, memory).
         const at = waiting ? managed.waiting.indexOf(waiting) : -1;
         if (at >= 0) managed.waiting.splice(at, 1);
@@ -352,7 +352,7 @@ export class PoolManager {
 
       const stopListening = hooks.cancellation?.onCancel(cancel);
 
-      managed.listeners.set(task.id, (message) => {
+      managed.listeners.set(run, (message) => {
         if (message.t === 'exited') {
           // The thread is ending mid-task: out of the pool with it now, before it is handed another message
           // (its 'exit' may come later: watchExits), and answer with what the thread said.

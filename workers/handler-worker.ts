@@ -86,8 +86,8 @@ process.on('uncaughtExceptionMonitor', (error: Error) => {
   uncaught = error instanceof Error ? error.message : String(error);
 });
 process.on('exit', (code: number) => {
-  for (const { id } of running.values()) {
-    channel.postMessage({ id, t: 'exited', code, thread: threadId, ...(uncaught === undefined ? {} : { uncaught }) } satisfies WorkerToMain);
+  for (const [run, { id }] of running) {
+    channel.postMessage({ id, run, t: 'exited', code, thread: threadId, ...(uncaught === undefined ? {} : { uncaught }) } satisfies WorkerToMain);
   }
 });
 
@@ -104,9 +104,10 @@ export default async function runTask(task: WorkerTask): Promise<WorkerResult> {
    * Posts a side message of this task; returns why it could not (a value structured clone refuses), if so.
    * Counted only once posted: the main thread holds the outcome until it has seen as many as were counted.
    */
-  const post = (message: DistributiveOmit<WorkerToMain, 'id'>): string | undefined => {
+  const post = (message: DistributiveOmit<WorkerToMain, 'id' | 'run'>): string | undefined => {
     try {
-      channel.postMessage({ ...message, id: task.id });
+      // Tagged with the run: a late line from work this handler left running reaches nobody else's run.
+      channel.postMessage({ ...message, id: task.id, run: task.run });
     } catch (failure) {
       return reasonOf(failure);
     }

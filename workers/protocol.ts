@@ -2,8 +2,10 @@
  * The shapes that cross between the agent's main thread and a handler worker, declared once and imported
  * by both sides. A task goes to a worker, and its outcome comes back, through tinypool (a task and its
  * return value). What happens in between — progress, log lines, an abort request — travels on one
- * BroadcastChannel per pool (named in `PoolWorkerData.channel`), tagged with the message id: a channel per
- * task cost a MessageChannel, a port transfer and an extra wake-up on every message (bench finding F2).
+ * BroadcastChannel per pool (named in `PoolWorkerData.channel`), tagged with the run: a channel per task
+ * cost a MessageChannel, a port transfer and an extra wake-up on every message (bench finding F2). Not with
+ * the message id alone: two runs of one id may be in flight (two callers that chose the same id, a retry
+ * while the handler of the first run still sends), and each must get its own lines.
  * Side messages and the outcome take different paths, so the outcome counts the side messages its task
  * sent and the main thread finishes the task only once it has seen them all: nothing is reordered or lost.
  */
@@ -48,16 +50,16 @@ export interface WorkerResult {
   sideMessages: number;
 }
 
-/** Side messages from a worker, for the task `id`. */
+/** Side messages from a worker, for the run `run` of the message `id`. */
 export type WorkerToMain =
-  | { id: string; t: 'progress'; stage: string; detail?: Record<string, unknown> }
-  | { id: string; t: 'log'; level: Exclude<LogLevelName, 'silent'>; obj: Record<string, unknown>; msg?: string }
+  | { id: string; run: number; t: 'progress'; stage: string; detail?: Record<string, unknown> }
+  | { id: string; run: number; t: 'log'; level: Exclude<LogLevelName, 'silent'>; obj: Record<string, unknown>; msg?: string }
   /**
    * The thread is ending while it runs the task (process.exit in handler code). tinypool notices a thread
    * that throws, not one that exits, so this is how the task learns it will never return. Not counted in
    * `sideMessages`.
    */
-  | { id: string; t: 'exited'; code: number; uncaught?: string; thread: number };
+  | { id: string; run: number; t: 'exited'; code: number; uncaught?: string; thread: number };
 
 /** To the pool's workers: the one running task `id` aborts it; the others ignore it. */
 export type MainToWorker = { t: 'abort'; id: string; run: number; reason: WireError };

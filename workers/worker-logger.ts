@@ -2,7 +2,7 @@
 import type { PluginLogger } from '../core/plugin-api.ts';
 import { LOG_LEVEL_RANK, type LogLevelName, type WorkerToMain } from './protocol.ts';
 
-export type LogRecord = Omit<Extract<WorkerToMain, { t: 'log' }>, 'id'>;
+export type LogRecord = Omit<Extract<WorkerToMain, { t: 'log' }>, 'id' | 'run'>;
 
 /**
  * `post` posts a record for the current task (handler-worker.ts tags it) and returns why it could not,

@@ -74,3 +74,25 @@ test('worker boundary — a log call never throws: a cycle holding a function, n
   assert.deepEqual(nothing, {});
   assert.deepEqual(getter, { x: '[unreadable: getter refused]' });
 });
+
+test('worker boundary — two runs of one message id at once (two callers, or a retry) each get their own progress', async (t) => {
+  const pools = makePools(t, { maxThreads: 2 });
+  const run = async (steps: number) => {
+    const seen: unknown[] = [];
+    const outcome = await pools.run(task({ do: 'progress-steps', steps }, 'same-id'), { onProgress: (_stage, detail) => seen.push((detail as { step: number }).step) });
+    return { outcome, seen };
+  };
+  const [two, five] = await Promise.all([run(2), run(5)]);
+  assert.deepEqual(two, { outcome: { ok: true, result: { steps: 2 } }, seen: [1, 2] });
+  assert.deepEqual(five, { outcome: { ok: true, result: { steps: 5 } }, seen: [1, 2, 3, 4, 5] });
+});
+
+test('worker boundary — progress a finished run sends late does not reach a later run of the same id', async (t) => {
+  const pools = makePools(t, { maxThreads: 1 });
+  assert.deepEqual(await pools.run(task({ do: 'late-progress', ms: 100 }, 'retried-id')), { ok: true, result: { answered: true } });
+  // The same thread runs the retry; the late progress (100 ms) is sent before the retry's own (300 ms).
+  const progress: unknown[] = [];
+  const retry = await pools.run(task({ do: 'progress-after-sleep', ms: 300 }, 'retried-id'), { onProgress: (stage, detail) => progress.push([stage, detail]) });
+  assert.deepEqual(retry, { ok: true, result: { slept: 300 } });
+  assert.deepEqual(progress, [['own', { after: 300 }]]);
+});
