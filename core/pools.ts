@@ -11,6 +11,7 @@ import { CloudletError, cloudletError, isCoreErrorCode, lookupError } from './er
 import type { AgentPoolStats, PoolSettings, PluginLogger } from './plugin-api.ts';
 import type { MainToWorker, PoolWorkerData, SideMessage, WorkerOutcome, WorkerResult, WorkerTask, WorkerToMain } from '../workers/protocol.ts';
 import { RunTable } from '../workers/run-table.ts';
+import { findUncloneable } from '../workers/uncloneable.ts';
 import { stopThread, watchExits } from './pool-threads.ts';
 
 const WORKER_ENTRY = new URL('../workers/boot.mjs', import.meta.url).href;
@@ -381,7 +382,7 @@ export class PoolManager {
         } catch (thrown) {
           managed.tinypoolQueues = false;
           // tinypool could not even take the task (e.g. no thread can be started): this message fails, cleanly.
-          finish({ ok: false, error: crashedError(task.type, thrown instanceof Error ? thrown.message : String(thrown)) });
+          finish({ ok: false, error: handOverFailed(task, thrown) });
           return;
         }
         managed.handedOver++;
@@ -404,10 +405,10 @@ export class PoolManager {
           (thrown: unknown) => {
             handedBack();
             // tinypool rejects when the worker died (an exception it did not catch, process.exit, out of
-            // memory) or was stopped by us.
+            // memory) or was stopped by us, and when the task could not be posted to the thread.
             const message = thrown instanceof Error ? thrown.message : String(thrown);
             if (/queue is at limit/i.test(message)) finish({ ok: false, error: busyError(task.type, settings) });
-            else finish({ ok: false, error: cancelReason ?? crashedError(task.type, message) });
+            else finish({ ok: false, error: cancelReason ?? handOverFailed(task, thrown) });
           },
         );
       };
@@ -501,6 +502,21 @@ function busyError(type: string, settings: PoolSettings): CloudletError {
     maxQueue: settings.maxQueue,
     maxThreads: settings.maxThreads,
   });
+}
+
+/**
+ * Why a task never ran or never came back. A payload structured clone refuses (a function from the payload
+ * schema's transform) cannot be posted to any thread: that is the plugin's schema, not a thread that died,
+ * and sending it again cannot help. It is looked for only here, after a failure, not on every message.
+ */
+function handOverFailed(task: PoolTask, thrown: unknown): CloudletError {
+  const uncloneable = findUncloneable(task.payload);
+  if (uncloneable) {
+    const path = `payload${uncloneable.path}`;
+    const message = `${uncloneable.what} cannot be sent to the handler's worker thread; the plugin's payload schema must produce plain data`;
+    return cloudletError('INVALID_PAYLOAD', `invalid payload for "${task.type}": ${path}: ${message}`, { issues: [{ path, message }] });
+  }
+  return crashedError(task.type, thrown instanceof Error ? thrown.message : String(thrown));
 }
 
 function crashedError(type: string, reason?: string): CloudletError {

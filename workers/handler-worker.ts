@@ -165,14 +165,19 @@ function toJsonValue(result: unknown): unknown {
 
 /**
  * Keeps a thrown code as-is: the main thread rebuilds it from the catalogue (and the plugin's declared
- * codes) and turns codes nobody declared into HANDLER_ERROR.
+ * codes) and turns codes nobody declared into HANDLER_ERROR. Total: whatever was thrown (an object with no
+ * prototype, a getter or a Proxy that throws), the task gets a coded error; were this to throw, the task
+ * would come back as a crashed thread, which it is not.
  */
 function serializeThrown(thrown: unknown): WireError {
-  if (typeof thrown === 'object' && thrown !== null) {
-    const { code, message, details } = thrown as { code?: unknown; message?: unknown; details?: unknown };
+  try {
+    if (typeof thrown !== 'object' || thrown === null) return { code: 'HANDLER_ERROR', message: String(thrown) };
+    const code = readProperty(thrown, 'code');
+    const message = readProperty(thrown, 'message');
+    const details = readProperty(thrown, 'details');
     const wire: WireError = {
       code: typeof code === 'string' ? code : 'HANDLER_ERROR',
-      message: typeof message === 'string' ? message : String(thrown),
+      message: typeof message === 'string' ? message : describeThrownObject(thrown),
     };
     if (details !== undefined) {
       try {
@@ -182,6 +187,26 @@ function serializeThrown(thrown: unknown): WireError {
       }
     }
     return wire;
+  } catch (failure) {
+    return { code: 'HANDLER_ERROR', message: `the handler threw an object that cannot be read (${reasonOf(failure)})` };
   }
-  return { code: 'HANDLER_ERROR', message: String(thrown) };
+}
+
+/** A property of what was thrown, or undefined when reading it throws (a getter). */
+function readProperty(thrown: object, key: string): unknown {
+  try {
+    return (thrown as Record<string, unknown>)[key];
+  } catch {
+    return undefined;
+  }
+}
+
+/** Text for a thrown object without a string message: its own, if it has one that can be made. */
+function describeThrownObject(thrown: object): string {
+  if (Object.getPrototypeOf(thrown) === null) return 'the handler threw an object with no prototype and no message';
+  try {
+    return String(thrown);
+  } catch (failure) {
+    return `the handler threw an object that cannot be read (${reasonOf(failure)})`;
+  }
 }

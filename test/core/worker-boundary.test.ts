@@ -3,7 +3,12 @@ import test, { type TestContext } from 'node:test';
 import { defaultPoolSettings } from '../../core/config/schema.ts';
 import type { PluginLogger, PoolSettings } from '../../core/plugin-api.ts';
 import { PoolManager } from '../../core/pools.ts';
+import { fileURLToPath } from 'node:url';
+import { makeRequest } from '../../core/envelope.ts';
 import { handlerMistakesUrl } from '../fixtures/plugins/handler-mistakes/index.ts';
+import { startAgent } from '../helpers.ts';
+
+const handlerMistakesPath = fileURLToPath(new URL('../fixtures/plugins/handler-mistakes/index.ts', import.meta.url));
 
 const TYPE = 'mistakes.run';
 
@@ -95,4 +100,44 @@ test('worker boundary — progress a finished run sends late does not reach a la
   const retry = await pools.run(task({ do: 'progress-after-sleep', ms: 300 }, 'retried-id'), { onProgress: (stage, detail) => progress.push([stage, detail]) });
   assert.deepEqual(retry, { ok: true, result: { slept: 300 } });
   assert.deepEqual(progress, [['own', { after: 300 }]]);
+});
+
+test('worker boundary — a payload that cannot be copied to the worker thread is INVALID_PAYLOAD, naming where and what; the thread is not blamed', async (t) => {
+  const pools = makePools(t);
+  const outcome = await pools.run(task({ do: 'echo', vm: { name: 'web', hooks: [1, { onStart: function onStart() {} }] } }));
+  assert.equal(outcome.ok, false);
+  const error = !outcome.ok ? outcome.error : assert.fail();
+  assert.equal(error.code, 'INVALID_PAYLOAD', error.message);
+  assert.equal(error.retryable, false);
+  assert.deepEqual((error.details as { issues: Array<{ path: string; message: string }> }).issues.map((issue) => issue.path), ['payload.vm.hooks[1].onStart']);
+  assert.match(error.message, /payload\.vm\.hooks\[1\]\.onStart: a function \(onStart\) cannot be sent to the handler's worker thread/);
+  assert.deepEqual(await pools.run(task({ do: 'echo' })), { ok: true, result: { echo: { do: 'echo' } } });
+  assert.equal(pools.stats()[0]?.threads, 1, 'the thread was kept');
+});
+
+test('worker boundary — a payload schema whose transform yields a function is answered INVALID_PAYLOAD through the agent', async (t) => {
+  const { client } = await startAgent(t, { plugins: [{ use: handlerMistakesPath }] });
+  const reply = await client.request(makeRequest({ type: 'mistakes.fn-payload', payload: { name: 'web' } }));
+  assert.equal(reply.error?.code, 'INVALID_PAYLOAD', JSON.stringify(reply.error));
+  assert.equal(reply.error?.retryable, false);
+  assert.deepEqual(reply.error?.details, {
+    issues: [{ path: 'payload.greet', message: "a function (greet) cannot be sent to the handler's worker thread; the plugin's payload schema must produce plain data" }],
+  });
+});
+
+test('worker boundary — whatever a handler throws is answered HANDLER_ERROR, never WORKER_CRASHED', async (t) => {
+  const pools = makePools(t);
+  const cases: Array<[string, RegExp]> = [
+    ['throw-null-prototype', /threw an object with no prototype/],
+    ['throw-code-getter', /^its code cannot be read$/],
+    ['throw-proxy', /threw an object that cannot be read/],
+    ['throw-null', /^null$/],
+  ];
+  for (const [what, message] of cases) {
+    const outcome = await pools.run(task({ do: what }));
+    const error = !outcome.ok ? outcome.error : assert.fail(`${what} succeeded`);
+    assert.equal(error.code, 'HANDLER_ERROR', `${what}: ${error.message}`);
+    assert.match(error.message, message, what);
+  }
+  assert.equal(pools.stats()[0]?.threads, 1, 'one thread served them all');
 });
