@@ -16,6 +16,7 @@ import type { AmqpTransportConfig } from '../../config/schema.ts';
 import type { Logger } from '../../logger.ts';
 import type { ClientTransport, GatherOptions, GatherResult, RequestOptions } from '../transport.ts';
 import { BindingKeeper } from './bindings.ts';
+import { cancelledError, unlessAborted } from './cancellation.ts';
 import { LearnedBrokerLimit } from './broker-limits.ts';
 import { BrokerConnection } from './connection.ts';
 import { HEADERS, amqpNames, type AmqpNames } from './names.ts';
@@ -329,9 +330,17 @@ export class AmqpClientTransport implements ClientTransport {
 
   async request(request: RequestEnvelope, options: RequestOptions = {}): Promise<ReplyEnvelope> {
     const route: Route = request.target === undefined ? 'any' : 'direct';
+    if (options.signal?.aborted) throw cancelledError(request.id);
     const body = this.#encode(request);
-    await this.#ensureConnected(this.#waitLimit(request));
-    if (request.target !== undefined) await this.#checkTarget(request.target);
+    const { target } = request;
+    await unlessAborted(
+      (async () => {
+        await this.#ensureConnected(this.#waitLimit(request));
+        if (target !== undefined) await this.#checkTarget(target);
+      })(),
+      options.signal,
+      request.id,
+    );
     return new Promise<ReplyEnvelope>((resolve, reject) => {
       const inactivityMs = this.#options.inactivityTimeoutMs ?? 30_000;
       let inactivity: ReturnType<typeof setTimeout>;
@@ -359,8 +368,7 @@ export class AmqpClientTransport implements ClientTransport {
         if (outcome instanceof CloudletError) reject(outcome);
         else resolve(outcome);
       };
-      const onAbort = () => finish(cloudletError('CANCELLED', `the request ${request.id} was cancelled by the caller`));
-      options.signal?.addEventListener('abort', onAbort, { once: true });
+      const onAbort = () => finish(cancelledError(request.id));
       const pending: Pending = {
         request,
         body,
@@ -377,6 +385,9 @@ export class AmqpClientTransport implements ClientTransport {
       };
       this.#pending.set(request.id, pending);
       armInactivity();
+      // Aborted between the wait above and here: 'abort' fires once, never again for a listener added late.
+      if (options.signal?.aborted) return onAbort();
+      options.signal?.addEventListener('abort', onAbort, { once: true });
       this.#publish(pending);
     });
   }
@@ -387,10 +398,17 @@ export class AmqpClientTransport implements ClientTransport {
       options.onReply?.(reply);
       return { replies: [reply], missing: [] };
     }
+    if (options.signal?.aborted) throw cancelledError(request.id);
     const body = this.#encode(request);
     const waitUntil = this.#waitLimit(request);
-    await this.#ensureConnected(waitUntil);
-    await this.#registryReady(300);
+    await unlessAborted(
+      (async () => {
+        await this.#ensureConnected(waitUntil);
+        await this.#registryReady(300);
+      })(),
+      options.signal,
+      request.id,
+    );
     return new Promise<GatherResult>((resolve, reject) => {
       const replies = new Map<string, ReplyEnvelope>();
       // Expected: every host known alive and taking broadcasts, as we and each replying host see it.
@@ -407,9 +425,11 @@ export class AmqpClientTransport implements ClientTransport {
         this.#pending.delete(request.id);
         clearTimeout(limit);
         clearInterval(liveness);
+        options.signal?.removeEventListener('abort', onAbort);
         if (error) reject(error);
         else resolve({ replies: [...replies.values()], missing: [...expected].filter((h) => !replies.has(h)).sort() });
       };
+      const onAbort = () => finish(cancelledError(request.id));
       const limit = setTimeout(finish, Math.max(0, waitUntil - Date.now()));
       const liveness = setInterval(() => complete() && finish(), LIVENESS_CHECK_MS);
       const record = (reply: ReplyEnvelope, liveHosts: string[] | undefined) => {
@@ -441,6 +461,9 @@ export class AmqpClientTransport implements ClientTransport {
         // refused it, the client closed) the gather ends with what came so far.
         fail: (error) => finish(error.code === 'MESSAGE_TOO_LARGE' ? error : undefined),
       });
+      // As for request(): the caller gives up on the whole gather, whatever came so far.
+      if (options.signal?.aborted) return onAbort();
+      options.signal?.addEventListener('abort', onAbort, { once: true });
       this.#publish(this.#pending.get(request.id) as Pending);
     });
   }
