@@ -6,7 +6,7 @@
 import { Buffer } from 'node:buffer';
 import { Cancellation } from './cancellation.ts';
 import { lazyChild, type Logger } from './logger.ts';
-import { CloudletError, cloudletError, type WireError } from './errors.ts';
+import { CloudletError, cloudletError, thrownMessage, type WireError } from './errors.ts';
 import { decodeEnvelope, encodeEnvelope, formatPath, makeProgress, makeReply, progressSchema, type ReplyEnvelope, type RequestEnvelope } from './envelope.ts';
 import type { MessageRoute } from './config/host-config.ts';
 import type { PoolManager, RunOutcome } from './pools.ts';
@@ -63,10 +63,27 @@ export class Dispatcher {
 
   /** The transport's listener. Never throws and never leaves a replyable message unanswered. */
   readonly handle = (delivery: InboundDelivery): void => {
-    void this.#handle(delivery).catch((error: unknown) => {
-      this.#options.log.error({ err: error }, 'dispatcher failed while answering a message');
-    });
+    void this.#handle(delivery).catch((error: unknown) => this.#answerAfterBug(delivery, error));
   };
+
+  /** Deliveries a reply was handed to the transport for: a bug after that must not answer twice. */
+  readonly #answered = new WeakSet<InboundDelivery>();
+
+  /**
+   * A bug in the dispatcher or a pool threw: the caller still gets an answer (INTERNAL, with the request's
+   * id when it can be read), rather than wait for its timeout, and on RabbitMQ the delivery is settled.
+   */
+  async #answerAfterBug(delivery: InboundDelivery, error: unknown): Promise<void> {
+    const { hostId, log, maxMessageBytes } = this.#options;
+    log.error({ err: error }, 'dispatcher failed while answering a message');
+    if (!delivery.replyable || this.#answered.has(delivery)) return;
+    const decoded = decodeEnvelope(delivery.body, 'request', maxMessageBytes);
+    const ids = decoded.ok ? decoded.envelope : { id: decoded.id, type: decoded.type };
+    const internal = cloudletError('INTERNAL', `host "${hostId}" failed while handling the message: ${thrownMessage(error)}; the agent log has the details`);
+    await this.#reply(delivery, makeReply(ids, hostId, { ok: false, error: internal.toWire() })).catch((again: unknown) =>
+      log.error({ err: again }, 'could not answer a message after a dispatcher failure'),
+    );
+  }
 
   async #handle(delivery: InboundDelivery): Promise<void> {
     const { hostId, maxMessageBytes, log } = this.#options;
@@ -117,6 +134,17 @@ export class Dispatcher {
       );
     }
 
+    const serializeBy = route.definition.serializeBy;
+    const lockValue = serializeBy ? (payload.data as Record<string, unknown> | undefined)?.[serializeBy] : undefined;
+    const lockKey = lockValue === undefined ? undefined : lockKeyOf(`${route.plugin.plugin.name}:${serializeBy}`, lockValue);
+    if (lockKey === null) {
+      return refuse(
+        cloudletError('INVALID_PAYLOAD', `payload.${serializeBy} cannot serve as the lock key of "${request.type}": the plugin's payload schema made it a value with no JSON spelling (a cycle)`, {
+          issues: [{ path: `payload.${serializeBy}`, message: 'not representable as JSON' }],
+        }),
+      );
+    }
+
     // The host spends at most the type's timeoutMs on a message, counted from now (queueing included), and
     // never past the caller's deadline; the pool tells them apart and the handler sees the earlier one.
     const deadline = request.deadline ?? Number.POSITIVE_INFINITY;
@@ -130,9 +158,6 @@ export class Dispatcher {
     // Progress keeps a caller waiting; this keeps it waiting for long handlers that report nothing.
     const keepalive = setInterval(() => delivery.progress(makeProgress(request, hostId, 'alive')), this.#options.keepaliveMs);
     keepalive.unref();
-    const serializeBy = route.definition.serializeBy;
-    const lockValue = serializeBy ? (payload.data as Record<string, unknown> | undefined)?.[serializeBy] : undefined;
-    const lockKey = lockValue === undefined ? undefined : `${route.plugin.plugin.name}:${serializeBy}=${JSON.stringify(lockValue)}`;
     let lock: KeyedLock | undefined;
     const runInPool = () =>
       this.#options.pools.run(
@@ -184,6 +209,7 @@ export class Dispatcher {
    * id sent again — a redelivery, or the client publishing again after a reconnect — must be let in again.
    */
   #reply(delivery: InboundDelivery, reply: ReplyEnvelope, acceptedId?: string): Promise<void> {
+    this.#answered.add(delivery);
     if (acceptedId !== undefined && reply.error?.retryable) this.#options.authorizer?.release(acceptedId);
     const fitted = this.#seal(reply);
     return delivery.reply(fitted.reply, fitted.encoded, this.#seal);
@@ -248,5 +274,17 @@ export class Dispatcher {
     }
     await allDone;
     return { finished: running.length - stillRunning.length, cancelled: stillRunning.length };
+  }
+}
+
+/**
+ * The lock key for a serializeBy value: the value as JSON (BigInts as `<n>n`, which a payload transform can
+ * make), so equal values share a key. Null when the value has no JSON spelling (a cycle).
+ */
+function lockKeyOf(scope: string, value: unknown): string | null {
+  try {
+    return `${scope}=${JSON.stringify(value, (_key, item: unknown) => (typeof item === 'bigint' ? `${item}n` : item))}`;
+  } catch {
+    return null;
   }
 }

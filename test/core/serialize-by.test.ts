@@ -129,3 +129,17 @@ test('serializeBy — messages for another key, or for none, do not wait for a h
   await holder.release();
   assert.equal((await holder.reply).ok, true);
 });
+
+test('serializeBy — a lock value JSON cannot spell (a BigInt, a cyclic object from a transform) is answered, and leaves nothing running', async (t) => {
+  const { agent, socketPath } = await startAgent(t, withSerialLock);
+  // Before: building the lock key threw inside the dispatcher; nobody answered, and the message stayed
+  // counted as in flight with its keep-alive timer running, so a stop waited out its whole grace period.
+  const bigint = await replyOf(socketPath, makeRequest({ type: 'lock.bigint', payload: { key: 'seven!!' } }));
+  assert.equal(bigint.ok, true, JSON.stringify(bigint.error));
+  assert.deepEqual(bigint.result, { mode: 'echo', key: '7' });
+  const cyclic = await replyOf(socketPath, makeRequest({ type: 'lock.cyclic', payload: { key: 'loop' } }));
+  assert.equal(cyclic.ok, false);
+  assert.equal(cyclic.error?.code, 'INVALID_PAYLOAD');
+  assert.match(String(cyclic.error?.message), /payload\.key.*cannot serve as the lock key of "lock\.cyclic"/);
+  assert.equal(agent.inFlight, 0);
+});
