@@ -167,21 +167,11 @@ function validateOptions(
   configFile: string,
   index: number,
 ): { ok: true; options: unknown } | { ok: false; problems: ConfigProblem[] } {
+  const where = { code: 'PLUGIN_OPTIONS_INVALID', file: configFile, path: `plugins[${index}].options` };
   if (!plugin.options) {
     const isEmptyObject = typeof raw === 'object' && raw !== null && !Array.isArray(raw) && Object.keys(raw).length === 0;
     if (raw === undefined || isEmptyObject) return { ok: true, options: {} };
-    return {
-      ok: false,
-      problems: [
-        {
-          code: 'PLUGIN_OPTIONS_INVALID',
-          file: configFile,
-          path: `plugins[${index}].options`,
-          message: `plugin "${plugin.name}" takes no options`,
-          allowed: 'no "options" key',
-        },
-      ],
-    };
+    return { ok: false, problems: [{ ...where, message: `plugin "${plugin.name}" takes no options`, allowed: 'no "options" key' }] };
   }
   const parsed = plugin.options.safeParse(raw ?? {});
   if (parsed.success) {
@@ -190,18 +180,8 @@ function validateOptions(
     try {
       structuredClone(parsed.data);
     } catch (error) {
-      return {
-        ok: false,
-        problems: [
-          {
-            code: 'PLUGIN_OPTIONS_INVALID',
-            file: configFile,
-            path: `plugins[${index}].options`,
-            message: `plugin "${plugin.name}": its options schema produced a value that cannot be copied to a worker thread (${thrownMessage(error)}); this is a bug in the plugin, not in the config`,
-            allowed: 'options made of plain data (objects, arrays, strings, numbers, booleans, null)',
-          },
-        ],
-      };
+      const message = `plugin "${plugin.name}": its options schema produced a value that cannot be copied to a worker thread (${thrownMessage(error)}); this is a bug in the plugin, not in the config`;
+      return { ok: false, problems: [{ ...where, message, allowed: 'options made of plain data (objects, arrays, strings, numbers, booleans, null)' }] };
     }
     return { ok: true, options: parsed.data };
   }

@@ -142,7 +142,25 @@ export class FrameReader {
  * for the envelope's; a value cut off by the end of `head` is not taken at all.
  */
 export function salvageIds(head: Buffer): { id: string | null; type?: string; kind?: string } {
-  const text = head.toString('utf8');
+  const found = topLevelStrings(head.toString('utf8'));
+  // Only values a reply may carry: an answer that breaks the reply schema would be dropped by its reader.
+  const id = messageIdSchema.safeParse(found.get('id')).success ? (found.get('id') as string) : null;
+  const type = messageTypeSchema.safeParse(found.get('type')).success ? found.get('type') : undefined;
+  const kind = found.get('kind');
+  return { id, ...(type === undefined ? {} : { type }), ...(kind === undefined ? {} : { kind }) };
+}
+
+/** The string value of the top-level `key` of the JSON object `text` starts (see topLevelStrings). */
+export function topLevelString(text: string, key: string): string | undefined {
+  return topLevelStrings(text).get(key);
+}
+
+/**
+ * The string-valued top-level keys of the JSON object `text` starts, each with its first value, read up to
+ * where `text` is cut off. Keys inside nested values (a payload's own "id" or "host") are not taken, nor a
+ * value cut off by the end of `text`. For envelopes too large to parse, of which only the head is read.
+ */
+export function topLevelStrings(text: string): Map<string, string> {
   const found = new Map<string, string>();
   let at = 0;
   let depth = 0;
@@ -181,11 +199,7 @@ export function salvageIds(head: Buffer): { id: string | null; type?: string; ki
     if (text[at] !== '"') continue;
     const value = readString();
     if (value === undefined) break;
-    if ((key === 'id' || key === 'type' || key === 'kind') && !found.has(key)) found.set(key, value);
+    if (!found.has(key)) found.set(key, value);
   }
-  // Only values a reply may carry: an answer that breaks the reply schema would be dropped by its reader.
-  const id = messageIdSchema.safeParse(found.get('id')).success ? (found.get('id') as string) : null;
-  const type = messageTypeSchema.safeParse(found.get('type')).success ? found.get('type') : undefined;
-  const kind = found.get('kind');
-  return { id, ...(type === undefined ? {} : { type }), ...(kind === undefined ? {} : { kind }) };
+  return found;
 }

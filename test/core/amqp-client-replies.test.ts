@@ -9,7 +9,7 @@ import amqplib from 'amqplib';
 import { makeRequest, type RequestEnvelope } from '../../core/envelope.ts';
 import { CloudletError } from '../../core/errors.ts';
 import { amqpNames } from '../../core/transports/amqp/names.ts';
-import { topLevelString } from '../../core/transports/amqp/unreadable-reply.ts';
+import { topLevelString } from '../../core/transports/ndjson.ts';
 import { startCloud, type Cloud } from '../support/cloud.ts';
 
 /** Replies over this client's limit: test.blob answers with at least 50 000 bytes. */

@@ -7,7 +7,7 @@
 import { Buffer } from 'node:buffer';
 import { CloudletError, cloudletError } from '../../errors.ts';
 import { hostIdSchema, messageIdSchema, type DecodeFailure } from '../../envelope.ts';
-import { salvageIds } from '../ndjson.ts';
+import { salvageIds, topLevelString } from '../ndjson.ts';
 
 export interface UnreadableReply {
   /** The request it answers: the envelope's id if it can be read, else the AMQP correlation id. */
@@ -55,51 +55,4 @@ export function describeUnreadableReply(body: Buffer, failure: DecodeFailure, co
 
 function validHost(value: unknown): string | undefined {
   return hostIdSchema.safeParse(value).success ? (value as string) : undefined;
-}
-
-/**
- * The string value of a top-level `key` of the JSON object `text` starts, or undefined when it is not
- * there, not a string, or cut off. Keys inside nested values (a payload's own "host") are not taken.
- * (salvageIds in ndjson.ts reads `id`, `type` and `kind` the same way.)
- */
-export function topLevelString(text: string, key: string): string | undefined {
-  let at = 0;
-  let depth = 0;
-  const readString = (): string | undefined => {
-    let value = '';
-    for (at++; at < text.length; at++) {
-      const char = text[at] as string;
-      if (char === '"') {
-        at++;
-        return value;
-      }
-      if (char === '\\') at++;
-      value += text[at] ?? '';
-    }
-    return undefined;
-  };
-  const skipSpace = () => {
-    while (at < text.length && ' \t\r\n'.includes(text[at] as string)) at++;
-  };
-  while (at < text.length) {
-    const char = text[at] as string;
-    if (char !== '"') {
-      if (char === '{' || char === '[') depth++;
-      else if (char === '}' || char === ']') depth--;
-      at++;
-      continue;
-    }
-    const name = readString();
-    if (name === undefined) return undefined;
-    if (depth !== 1) continue;
-    skipSpace();
-    if (text[at] !== ':') continue;
-    at++;
-    skipSpace();
-    if (text[at] !== '"') continue;
-    const value = readString();
-    if (value === undefined) return undefined;
-    if (name === key) return value;
-  }
-  return undefined;
 }
