@@ -5,10 +5,12 @@
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import process from 'node:process';
 import test from 'node:test';
 import { createLogger, memoryDestination } from '../../core/logger.ts';
 import { BrokerConnection } from '../../core/transports/amqp/connection.ts';
 import { SHARED_BROKER } from '../support/cloud.ts';
+import { until } from '../helpers.ts';
 
 test('amqp — restart() sets the connection up again, pausing 100, 200, 400, … ms (up to the reconnect cap) for restarts in a row', { timeout: 60_000 }, async (t) => {
   const memory = memoryDestination();
@@ -39,4 +41,26 @@ test('amqp — restart() sets the connection up again, pausing 100, 200, 400, �
     .filter((line) => line.reason?.startsWith('test restart'))
     .map((line) => line.pauseMs);
   assert.deepEqual(pauses, [100, 200, 400, 500], 'doubling, capped at maxReconnectDelayMs');
+});
+
+test('amqp — close() while open() is still connecting leaves no connection behind', { timeout: 60_000 }, async (t) => {
+  const sockets = () => process.getActiveResourcesInfo().filter((kind) => kind === 'TCPSocketWrap').length;
+  const before = sockets();
+  const connection = new BrokerConnection({
+    url: SHARED_BROKER,
+    log: createLogger({ level: 'fatal', format: 'json', destination: memoryDestination().stream }),
+    setup: async (model) => void (await model.createChannel()),
+  });
+  t.after(() => connection.close());
+  const opening = connection.open().then(
+    () => 'opened',
+    (error: { code?: string }) => error.code,
+  );
+  await connection.close(); // before the broker has answered
+  // Before: open() went on to finish, and the connection it made stayed up with nobody to close it (a
+  // client closed right after starting a call kept its process alive).
+  assert.equal(await opening, 'BROKER_UNAVAILABLE');
+  await until(() => sockets() === before, 10_000);
+  assert.equal(sockets(), before, 'a socket to the broker is still open');
+  assert.equal(connection.isUp, false);
 });

@@ -87,6 +87,8 @@ export class BrokerConnection extends EventEmitter {
           maxDelay: this.#options.maxReconnectDelayMs ?? 2_000,
           initialMaxRetries: this.#options.initialMaxRetries ?? 3,
           setup: async (model: ChannelModel) => {
+            // Closed meanwhile: open() closes this connection as soon as amqplib hands it over.
+            if (this.#closing) return;
             // amqplib's recovery listens for the model's errors only once setup is done: an error before
             // that (the broker going away, or beforeFrameWrite failing and the socket being dropped)
             // would be an uncaught exception. It fails the setup instead, and recovery tries again.
@@ -105,6 +107,10 @@ export class BrokerConnection extends EventEmitter {
       });
     } catch (cause) {
       throw cloudletError('BROKER_UNAVAILABLE', `cannot connect to the broker at ${this.describe()}: ${(cause as Error).message}`, undefined, cause);
+    }
+    if (this.#closing) {
+      await model.close().catch(() => undefined);
+      throw cloudletError('BROKER_UNAVAILABLE', `the connection to the broker at ${this.describe()} was closed while it was being opened`);
     }
     this.#model = model;
     model.on('disconnect', (error: Error) => {
@@ -164,6 +170,8 @@ export class BrokerConnection extends EventEmitter {
     this.#closing = true;
     clearTimeout(this.#restartTimer);
     this.#up = false;
+    // A first connect still under way is not waited for (against a broker that does not answer it can take
+    // long): it closes what it opened itself once it sees #closing.
     await this.#model?.close().catch(() => undefined);
   }
 }
