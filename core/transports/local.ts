@@ -394,6 +394,15 @@ export class LocalClientTransport implements ClientTransport {
     );
   }
 
+  /** A reply that breaks the reply schema: its request fails now with the reason, not at its timeout. */
+  #onUnreadableReply(id: string | null, error: CloudletError): void {
+    const waiting = this.#waitingFor(id);
+    const pending = waiting === undefined ? undefined : this.#pending.get(waiting);
+    if (!pending || waiting === undefined) return;
+    this.#pending.delete(waiting);
+    pending.reject(new CloudletError(error.code, `the reply could not be read: ${error.message}`, { details: error.details, cause: error }));
+  }
+
   /**
    * The waiting request an answer is for: the one with its id, or, for an answer without one (a line the
    * agent could not read), the only request waiting. With several waiting, none can be told apart: they
@@ -414,7 +423,7 @@ export class LocalClientTransport implements ClientTransport {
     }
     if (kind === 'reply') {
       const decoded = decodeEnvelope(line, 'reply', this.#maxMessageBytes);
-      if (!decoded.ok) return;
+      if (!decoded.ok) return this.#onUnreadableReply(decoded.id, decoded.error);
       const id = this.#waitingFor(decoded.envelope.id);
       const pending = id === undefined ? undefined : this.#pending.get(id);
       if (!pending || id === undefined) return;

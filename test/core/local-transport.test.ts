@@ -497,6 +497,36 @@ test('local — an oversize request is refused with its own id; a reply over the
   assert.equal((await small.request(makeRequest({ type: 'host-info', payload: {} }))).ok, true);
 });
 
+test('local — a reply the client cannot read (it breaks the reply schema) fails its request at once with the reason', { timeout: 30_000 }, async (t) => {
+  // A stand-in agent that answers every request with a reply whose `ok` is not a boolean.
+  const dir = await tempDir(t);
+  const socketPath = join(dir, 'odd.sock');
+  const accepted = new Set<Socket>();
+  const server = createServer((socket) => {
+    accepted.add(socket);
+    const reader = linesOf(socket);
+    socket.on('data', () => {
+      for (const text of reader.splice(0)) {
+        const request = JSON.parse(text) as { id: string; type: string };
+        socket.write(`${JSON.stringify({ v: 1, kind: 'reply', id: request.id, type: request.type, host: 'odd', ok: 'yes' })}\n`);
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+  t.after(() => {
+    for (const socket of accepted) socket.destroy();
+    return new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  const client = new LocalClientTransport({ socketPath, inactivityTimeoutMs: 20_000 });
+  t.after(() => client.close());
+  // Before: the reply was dropped, and the request waited for its 20 s inactivity timeout (CLIENT_TIMEOUT).
+  await assert.rejects(client.request(makeRequest({ type: 'test.echo', payload: {} })), (error: { code?: string; message: string }) => {
+    assert.equal(error.code, 'BAD_ENVELOPE', error.message);
+    assert.match(error.message, /the reply could not be read/);
+    return true;
+  });
+});
+
 test('local — salvageIds reads the envelope\'s own id, type and kind from a cut-off line, never the payload\'s', () => {
   const head = (text: string) => Buffer.from(text);
   assert.deepEqual(salvageIds(head('{"v":1,"kind":"request","id":"r-1","type":"test.echo","payload":{"value":"xxxx')), { id: 'r-1', type: 'test.echo', kind: 'request' });
