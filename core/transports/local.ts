@@ -445,7 +445,11 @@ export class LocalClientTransport implements ClientTransport {
       throw cloudletError('MESSAGE_TOO_LARGE', `the request is ${size} bytes; the limit is ${this.#maxMessageBytes}`, { size, maxBytes: this.#maxMessageBytes });
     }
     const line = `${body}\n`;
+    // An abort before the call (or while it connects) is never an 'abort' event the wait below could hear.
+    const cancelled = () => cloudletError('CANCELLED', `the request ${request.id} was cancelled by the caller`);
+    if (options.signal?.aborted) throw cancelled();
     const socket = await this.#connect();
+    if (options.signal?.aborted) throw cancelled();
     return new Promise<ReplyEnvelope>((resolve, reject) => {
       const giveUp = (message: string) => {
         clearTimeout(timer);
@@ -473,7 +477,7 @@ export class LocalClientTransport implements ClientTransport {
         clearTimeout(inactivity);
         this.#pending.delete(request.id);
         this.#afterSettle();
-        reject(cloudletError('CANCELLED', `the request ${request.id} was cancelled by the caller`));
+        reject(cancelled());
       };
       options.signal?.addEventListener('abort', onAbort, { once: true });
       this.#pending.set(request.id, {

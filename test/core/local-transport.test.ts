@@ -527,6 +527,17 @@ test('local — a reply the client cannot read (it breaks the reply schema) fail
   });
 });
 
+test('local — a request or gather whose signal was aborted before the call is CANCELLED and never sent', { timeout: 30_000 }, async (t) => {
+  const seen: string[] = [];
+  const { client } = await startAgent(t, withTestkit, { observer: (outcome) => void seen.push(String(outcome.type)) });
+  const aborted = AbortSignal.abort();
+  // Before: the abort had happened already, no 'abort' event came, and the request ran and answered ok.
+  await assert.rejects(client.request(makeRequest({ type: 'test.echo', payload: {} }), { signal: aborted }), { code: 'CANCELLED' });
+  await assert.rejects(client.gather(makeRequest({ type: 'test.echo', payload: {} }), { signal: aborted }), { code: 'CANCELLED' });
+  assert.equal((await client.request(makeRequest({ type: 'host-info', payload: {} }))).ok, true);
+  assert.deepEqual(seen, ['host-info'], 'an aborted request reached the agent');
+});
+
 test('local — salvageIds reads the envelope\'s own id, type and kind from a cut-off line, never the payload\'s', () => {
   const head = (text: string) => Buffer.from(text);
   assert.deepEqual(salvageIds(head('{"v":1,"kind":"request","id":"r-1","type":"test.echo","payload":{"value":"xxxx')), { id: 'r-1', type: 'test.echo', kind: 'request' });
