@@ -166,7 +166,8 @@ export class Dispatcher {
           // The pool takes the message (or answers BUSY) before it queues for the lock, and holds it there
           // like a message waiting for a thread: it shows as queued, and it is answered as soon as its time
           // runs out or it is cancelled, without waiting for the holder to finish.
-          ...(lockKey === undefined ? {} : { startAfter: () => (lock = this.#locks.acquire(lockKey)).acquired }),
+          // A free lock is taken at once (its `acquired` is already on its way): no place in the queue.
+          ...(lockKey === undefined ? {} : { startAfter: () => ((lock = this.#locks.acquire(lockKey)).free ? undefined : lock.acquired) }),
           cancellation: cancel,
           log: messageLog,
           onProgress: (stage, detail) => {

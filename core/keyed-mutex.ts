@@ -7,6 +7,8 @@
 /** A place in a key's line: `acquired` settles when every earlier holder of the key has released. */
 export interface KeyedLock {
   readonly acquired: Promise<void>;
+  /** True when nobody held or waited for the key: `acquired` settles at once, nothing to wait for. */
+  readonly free: boolean;
   /**
    * Gives the key up: after the work, or before `acquired` settled when the waiter gave up (its time ran
    * out). A waiter that gives up leaves the line at once, while those behind it still wait for the holders
@@ -20,7 +22,8 @@ export class KeyedMutex {
 
   /** Takes a place in `key`'s line, in call order. */
   acquire(key: string): KeyedLock {
-    const previous = this.#tails.get(key) ?? Promise.resolve();
+    const earlier = this.#tails.get(key);
+    const previous = earlier ?? Promise.resolve();
     let releaseCurrent!: () => void;
     const current = new Promise<void>((resolve) => (releaseCurrent = resolve));
     // The next in line waits for this place and every one before it, released early or not.
@@ -36,6 +39,7 @@ export class KeyedMutex {
     };
     return {
       acquired,
+      free: earlier === undefined,
       release: () => {
         if (released) return;
         released = true;

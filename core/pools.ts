@@ -71,9 +71,10 @@ export interface RunHooks {
    * Something the message must wait for before it may wait for a thread (its `serializeBy` lock), asked for
    * once the pool has taken the message: it counts against `maxQueue` and as queued while it waits, and its
    * time budget and cancel apply, so it is answered as soon as either runs out. Whoever hands it out takes it
-   * back (releases the lock) once `run` has settled, whether the message ran or not.
+   * back (releases the lock) once `run` has settled, whether the message ran or not. Undefined from it: there
+   * is nothing to wait for (the lock is free), and the message goes on like one without `startAfter`.
    */
-  startAfter?: () => Promise<unknown>;
+  startAfter?: () => Promise<unknown> | undefined;
 }
 
 export type RunOutcome = { ok: true; result: unknown } | { ok: false; error: CloudletError };
@@ -233,17 +234,23 @@ export class PoolManager {
     const managed = this.#pools.get(given.type);
     if (!managed) return { ok: false, error: cloudletError('UNKNOWN_TYPE', `no pool for message type "${given.type}"`) };
     const { settings } = managed.spec;
-    if (managed.accepted >= settings.maxThreads * settings.tasksPerThread + settings.maxQueue) {
-      return { ok: false, error: busyError(given.type, settings) };
-    }
+    // maxQueue bounds what waits, for a thread or for a lock; what holds a thread slot is bounded by the
+    // threads. Messages held on a lock take no slot: one that needs none must not be refused for them.
+    const slots = settings.maxThreads * settings.tasksPerThread;
+    const notHeld = managed.accepted - managed.held.size;
+    const waiting = managed.held.size + Math.max(0, notHeld - slots);
+    if (notHeld >= slots && waiting >= settings.maxQueue) return { ok: false, error: busyError(given.type, settings) };
     const task = { ...given, acceptedAt: given.acceptedAt ?? Date.now() };
     // Waiting (for a lock, in a queue) may have used up the time or seen a cancel: then do not start at all.
     const tooLate = cannotStart(task, settings, hooks.cancellation);
     if (tooLate) return { ok: false, error: tooLate };
     managed.accepted++;
     try {
-      if (hooks.startAfter) {
-        const gave = await this.#holdUntil(managed, task, hooks.startAfter(), hooks.cancellation);
+      const gate = hooks.startAfter?.();
+      if (gate) {
+        // It will wait for its lock: a place in the queue, whether or not a thread is free.
+        if (waiting >= settings.maxQueue) return { ok: false, error: busyError(given.type, settings) };
+        const gave = await this.#holdUntil(managed, task, gate, hooks.cancellation);
         if (gave) return gave;
         const tooLateNow = cannotStart(task, settings, hooks.cancellation);
         if (tooLateNow) return { ok: false, error: tooLateNow };

@@ -388,7 +388,7 @@ test('pools — messages still waiting for a thread when the pools stop are answ
 });
 
 test('pools — a message held by startAfter (its serializeBy lock) counts as queued and against maxQueue, and runs once it may', async (t) => {
-  const pools = makePools(t, { 'test.sleep': { maxThreads: 1, maxQueue: 1 } });
+  const pools = makePools(t, { 'test.sleep': { maxThreads: 1, maxQueue: 2 } });
   let asked = 0;
   let open!: () => void;
   const gate = new Promise<void>((resolve) => (open = resolve));
@@ -396,14 +396,30 @@ test('pools — a message held by startAfter (its serializeBy lock) counts as qu
   const alsoHeld = pools.run(task('test.sleep', { ms: 0 }), { startAfter: () => (asked++, gate) });
   const stats = pools.stats().find((s) => s.type === 'test.sleep')!;
   assert.deepEqual([stats.running, stats.queued], [0, 2]);
-  // One thread, one task per thread, maxQueue 1: two taken already. A refused message never asks for the lock.
+  // maxQueue 2: two wait already, so a third that would wait too is refused.
   const refused = await pools.run(task('test.sleep', { ms: 0 }), { startAfter: () => (asked++, gate) });
   assert.equal(errorCode(refused), 'BUSY');
-  assert.equal(asked, 2);
+  // One with nothing to wait for (its lock is free) takes the idle thread: waiters hold no thread slot.
+  assert.deepEqual(await pools.run(task('test.sleep', { ms: 0 }), { startAfter: () => undefined }), { ok: true, result: { slept: 0 } });
   open();
   assert.deepEqual(await held, { ok: true, result: { slept: 0 } });
   assert.deepEqual(await alsoHeld, { ok: true, result: { slept: 0 } });
   assert.equal(pools.stats().find((s) => s.type === 'test.sleep')?.queued, 0);
+  assert.equal(asked, 3);
+});
+
+test('pools — messages waiting for a lock do not make a message that needs only a free thread BUSY', async (t) => {
+  // Found in review of the lock admission: waiters counted against the thread slots too, so with one of
+  // two threads idle an unrelated message was refused.
+  const pools = makePools(t, { 'test.sleep': { maxThreads: 2, maxQueue: 1 } });
+  const running = pools.run(task('test.sleep', { ms: 1_000 }));
+  const waiter = pools.run(task('test.sleep', { ms: 0 }), { startAfter: () => new Promise(() => undefined) });
+  for (let tries = 0; tries < 200 && pools.stats().find((s) => s.type === 'test.sleep')?.running !== 1; tries++) await new Promise((r) => setTimeout(r, 25));
+  assert.deepEqual(await pools.run(task('test.sleep', { ms: 0 })), { ok: true, result: { slept: 0 } });
+  // The queue (maxQueue 1) is full with the waiter: another would-be waiter is refused.
+  assert.equal(errorCode(await pools.run(task('test.sleep', { ms: 0 }), { startAfter: () => new Promise(() => undefined) })), 'BUSY');
+  await running;
+  void waiter;
 });
 
 test('pools — a message held by startAfter is answered as soon as its time runs out or it is cancelled there', async (t) => {
