@@ -227,17 +227,22 @@ export class Agent {
     const graceMs = this.config.core.shutdown.graceMs;
     this.log.info({ reason, inFlight: this.inFlight, graceMs }, 'shutting down');
     this.#dispatcher?.stopAccepting();
-    await this.transport.stopAccepting();
-    const drained = (await this.#dispatcher?.drain(graceMs)) ?? { finished: 0, cancelled: 0 };
-    for (const p of [...this.#started].reverse()) {
-      try {
-        await this.#runHook(p, 'stop');
-      } catch (error) {
-        this.log.error({ err: error, plugin: p.plugin.name }, 'plugin stop hook failed; continuing shutdown');
+    let drained = { finished: 0, cancelled: 0 };
+    try {
+      await this.transport.stopAccepting();
+      drained = (await this.#dispatcher?.drain(graceMs)) ?? drained;
+      for (const p of [...this.#started].reverse()) {
+        try {
+          await this.#runHook(p, 'stop');
+        } catch (error) {
+          this.log.error({ err: error, plugin: p.plugin.name }, 'plugin stop hook failed; continuing shutdown');
+        }
       }
+      await this.#pools?.destroy();
+    } finally {
+      // Last, and even after a failure above: it releases the socket path's lock, which a successor waits for.
+      await this.transport.close();
     }
-    await this.#pools?.destroy();
-    await this.transport.close();
     this.log.info(drained, 'stopped');
   }
 }

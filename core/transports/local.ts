@@ -3,7 +3,7 @@
  * One host works with nothing else installed; the CLI and tests talk to the agent through it.
  */
 import { Buffer } from 'node:buffer';
-import { chmod, lstat, mkdir, unlink } from 'node:fs/promises';
+import { chmod, mkdir, unlink } from 'node:fs/promises';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 import { CloudletError, cloudletError } from '../errors.ts';
@@ -60,8 +60,6 @@ export class LocalAgentTransport implements AgentTransport {
   readonly #eventBacklog = new Map<Socket, number>();
   #sealReply: ReplySealer | undefined;
   #lock: SocketPathLock | undefined;
-  /** The inode of the socket file this agent bound: its stop removes that file, never a successor's. */
-  #socketInode: number | undefined;
 
   constructor(options: LocalAgentTransportOptions) {
     this.#options = options;
@@ -123,11 +121,9 @@ export class LocalAgentTransport implements AgentTransport {
       });
       // Owner and group only: whoever can write to the socket can command this host.
       await chmod(socketPath, 0o660);
-      this.#socketInode = (await lstat(socketPath)).ino;
     } catch (error) {
       if (server.listening) await new Promise<void>((resolve) => server.close(() => resolve()));
-      this.#lock = undefined;
-      await lock.release();
+      // The lock stays until close(): the agent's stop hooks still run after a failed start.
       throw error;
     }
     this.#server = server;
@@ -236,16 +232,10 @@ export class LocalAgentTransport implements AgentTransport {
     // The listener closes now; existing connections stay open so in-flight replies reach their callers.
     // (server.close's callback waits for every connection, so it is not awaited here.)
     // Frames still arriving on them are answered by the dispatcher with SHUTTING_DOWN, never dropped.
+    // Node (libuv) removes the socket file as the listener closes, whatever file is at the path by then; this
+    // is for a runtime that does not. Only an agent started without the lock could have a successor there.
     server.close();
-    await this.#removeOwnSocket();
-  }
-
-  /** The socket file, if it is still the one this agent bound (one started without the lock may have replaced it). */
-  async #removeOwnSocket(): Promise<void> {
-    const { socketPath } = this.#options;
-    const info = await lstat(socketPath).catch(() => undefined);
-    if (info && info.ino === this.#socketInode) await unlink(socketPath).catch(() => undefined);
-    this.#socketInode = undefined;
+    await unlink(this.#options.socketPath).catch(() => undefined);
   }
 
   async publishEvent(event: EventEnvelope): Promise<void> {
