@@ -69,7 +69,7 @@ export async function loadPlugins(entries: readonly IndexedPluginEntry[], config
           code: 'PLUGIN_API_MISMATCH',
           file: configFile,
           path: at('.use'),
-          message: `plugin "${plugin.name}" ${plugin.version} supports core API ${plugin.api}; this agent provides ${CORE_API_VERSION}`,
+          message: `${describePlugin(plugin, resolved.url)} supports core API ${plugin.api}; this agent provides ${CORE_API_VERSION}`,
           found: plugin.api,
           allowed: `a range that includes ${CORE_API_VERSION}`,
         });
@@ -194,4 +194,14 @@ function validateOptions(
       pathPrefix: ['plugins', index, 'options'],
     }),
   };
+}
+
+/**
+ * `plugin "name" version`, or the module's URL where the definition lacks them: the API range is checked
+ * before the shape, and a plugin written for a newer core may not have the fields this one requires.
+ */
+function describePlugin(plugin: CloudletPlugin, url: string): string {
+  const { name, version } = plugin as { name?: unknown; version?: unknown };
+  if (typeof name !== 'string') return `the plugin in ${url}`;
+  return typeof version === 'string' ? `plugin "${name}" ${version}` : `plugin "${name}"`;
 }

@@ -127,6 +127,13 @@ test('loader — a plugin for a newer core API with definition keys this core do
   assert.match(problem.message, /plugin "api-future" 1\.0\.0 supports core API \^1\.99\.0; this agent provides/);
 });
 
+test('loader — a plugin for a newer core API without a name is PLUGIN_API_MISMATCH naming its module', async () => {
+  // Before: 'plugin "undefined" undefined supports core API ^1.99.0'.
+  const problem = onlyProblem(await load(fixture('api-future-nameless')));
+  assert.equal(problem.code, 'PLUGIN_API_MISMATCH');
+  assert.match(problem.message, /^the plugin in file:\/\/.*api-future-nameless\/index\.ts supports core API \^1\.99\.0/);
+});
+
 test('loader — a definition key the API does not have (a misspelling) is PLUGIN_INVALID naming it', async () => {
   const problem = onlyProblem(await load(fixture('misspelt-key')));
   assert.equal(problem.code, 'PLUGIN_INVALID');
