@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import process from 'node:process';
 import Tinypool from 'tinypool';
 import type { Cancellation } from './cancellation.ts';
-import { CloudletError, cloudletError, isCoreErrorCode, lookupError } from './errors.ts';
+import { CloudletError, cloudletError, isCoreErrorCode, lookupError, thrownMessage } from './errors.ts';
 import type { AgentPoolStats, PoolSettings, PluginLogger } from './plugin-api.ts';
 import type { MainToWorker, PoolWorkerData, SideMessage, WorkerOutcome, WorkerResult, WorkerTask, WorkerToMain } from '../workers/protocol.ts';
 import { RunTable } from '../workers/run-table.ts';
@@ -285,7 +285,7 @@ export class PoolManager {
       stopListening = cancellation?.onCancel(settle);
       gate.then(
         () => settle(),
-        (thrown: unknown) => settle(cloudletError('INTERNAL', `"${task.type}" could not wait for its turn: ${thrown instanceof Error ? thrown.message : String(thrown)}`, { type: task.type })),
+        (thrown: unknown) => settle(cloudletError('INTERNAL', `"${task.type}" could not wait for its turn: ${thrownMessage(thrown)}`, { type: task.type })),
       );
     });
   }
@@ -413,7 +413,7 @@ export class PoolManager {
             handedBack();
             // tinypool rejects when the worker died (an exception it did not catch, process.exit, out of
             // memory) or was stopped by us, and when the task could not be posted to the thread.
-            const message = thrown instanceof Error ? thrown.message : String(thrown);
+            const message = thrownMessage(thrown);
             if (/queue is at limit/i.test(message)) finish({ ok: false, error: busyError(task.type, settings) });
             else finish({ ok: false, error: cancelReason ?? handOverFailed(task, thrown) });
           },
@@ -523,7 +523,7 @@ function handOverFailed(task: PoolTask, thrown: unknown): CloudletError {
     const message = `${uncloneable.what} cannot be sent to the handler's worker thread; the plugin's payload schema must produce plain data`;
     return cloudletError('INVALID_PAYLOAD', `invalid payload for "${task.type}": ${path}: ${message}`, { issues: [{ path, message }] });
   }
-  return crashedError(task.type, thrown instanceof Error ? thrown.message : String(thrown));
+  return crashedError(task.type, thrownMessage(thrown));
 }
 
 function crashedError(type: string, reason?: string): CloudletError {

@@ -5,11 +5,11 @@
  */
 import process from 'node:process';
 import { threadId, workerData } from 'node:worker_threads';
-import type { WireError } from '../core/errors.ts';
+import { thrownMessage, type WireError } from '../core/errors.ts';
 import type { Handler, HandlerContext } from '../core/plugin-api.ts';
 import type { PoolWorkerData, SideMessage, WorkerOutcome, WorkerResult, WorkerTask, WorkerToMain } from './protocol.ts';
 import { RunTable } from './run-table.ts';
-import { createWorkerLogger, reasonOf } from './worker-logger.ts';
+import { createWorkerLogger } from './worker-logger.ts';
 import { importModule } from '../core/runtime/import-module.ts';
 
 // tinypool hands each worker `[tinypoolPrivateData, userWorkerData]` (its documented `TinypoolData`).
@@ -109,7 +109,7 @@ export default async function runTask(task: WorkerTask): Promise<WorkerResult> {
       // Tagged with the run: a late line from work this handler left running reaches nobody else's run.
       channel.postMessage({ ...message, id: task.id, run: task.run });
     } catch (failure) {
-      return reasonOf(failure);
+      return thrownMessage(failure);
     }
     sideMessages++;
     return undefined;
@@ -188,7 +188,7 @@ function serializeThrown(thrown: unknown): WireError {
     }
     return wire;
   } catch (failure) {
-    return { code: 'HANDLER_ERROR', message: `the handler threw an object that cannot be read (${reasonOf(failure)})` };
+    return { code: 'HANDLER_ERROR', message: `the handler threw an object that cannot be read (${thrownMessage(failure)})` };
   }
 }
 
@@ -207,6 +207,6 @@ function describeThrownObject(thrown: object): string {
   try {
     return String(thrown);
   } catch (failure) {
-    return `the handler threw an object that cannot be read (${reasonOf(failure)})`;
+    return `the handler threw an object that cannot be read (${thrownMessage(failure)})`;
   }
 }

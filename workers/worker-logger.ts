@@ -1,4 +1,5 @@
 /** A logger for handler code that forwards records to the main thread, where pino writes them. */
+import { thrownMessage } from '../core/errors.ts';
 import type { PluginLogger } from '../core/plugin-api.ts';
 import { LOG_LEVEL_RANK, type LogLevelName, type WorkerToMain } from './protocol.ts';
 
@@ -38,7 +39,7 @@ export function toCloneable(obj: unknown): Record<string, unknown> {
       return JSON.parse(JSON.stringify(out, jsonReplacer())) as Record<string, unknown>;
     }
   } catch (failure) {
-    return { unloggable: `the object logged could not be copied: ${reasonOf(failure)}` };
+    return { unloggable: `the object logged could not be copied: ${thrownMessage(failure)}` };
   }
 }
 
@@ -56,7 +57,7 @@ function read(obj: object, key: string): unknown {
   try {
     return (obj as Record<string, unknown>)[key];
   } catch (failure) {
-    return `[unreadable: ${reasonOf(failure)}]`;
+    return `[unreadable: ${thrownMessage(failure)}]`;
   }
 }
 
@@ -76,14 +77,5 @@ function jsonReplacer(): (this: unknown, key: string, value: unknown) => unknown
 }
 
 function messageText(msg: unknown): string | undefined {
-  if (msg === undefined || typeof msg === 'string') return msg;
-  try {
-    return String(msg);
-  } catch {
-    return Object.prototype.toString.call(msg);
-  }
-}
-
-export function reasonOf(failure: unknown): string {
-  return failure instanceof Error ? failure.message : typeof failure === 'string' ? failure : 'an unreadable error';
+  return msg === undefined ? undefined : thrownMessage(msg);
 }
