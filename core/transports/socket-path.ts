@@ -168,7 +168,8 @@ export async function lockSocketPath(socketPath: string, options: SocketPathLock
     const server = await listenOrInUse(name, () => state.current);
     if (server) return heldBy(server, state);
     await refuseIfServed(socketPath);
-    said = (await holderSays(name)) ?? said;
+    // Asked until it says it is stopping; after that it only releases, and the wait is set.
+    if (!waitedForStop) said = (await holderSays(name)) ?? said;
     if (said === 'stopping' && !waitedForStop) {
       waitedForStop = true;
       giveUpAt = Math.max(giveUpAt, Date.now() + (options.stoppingWaitMs ?? waitMs));
