@@ -40,6 +40,11 @@ async function fakeHost(t: TestContext, cloud: Cloud, id: string, answer: (reque
     await connection.close().catch(() => undefined);
   });
   const channel = await connection.createChannel();
+  // startCloud's teardown runs first (after-hooks run in registration order) and deletes the presence
+  // exchange; a beat published after that makes the broker close this channel. That is the fake's end, not
+  // an error: without a listener it would be thrown and fail whichever test is running.
+  channel.on('error', () => clearInterval(heartbeat));
+  connection.on('error', () => clearInterval(heartbeat));
   const hostQueue = names.hostQueue(id);
   await channel.assertQueue(hostQueue, { durable: true, arguments: { 'x-dead-letter-exchange': names.deadLetter } });
   await channel.bindQueue(hostQueue, names.directExchange, id);

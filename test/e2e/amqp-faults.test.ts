@@ -231,6 +231,9 @@ test('hand-back — copies of a request that came in while it ran are passed on 
     channel.publish(names.presenceExchange, '', Buffer.from(JSON.stringify({ v: 1, kind: 'heartbeat', host: 'ghost', version: '0', plugins: [], routes: ['any'], startedAt: 1, sentAt: Date.now() })));
   const ghost = setInterval(ghostHeartbeat, 50);
   t.after(() => clearInterval(ghost));
+  // If the test fails before the ghost falls silent, startCloud's teardown (run first) deletes the presence
+  // exchange and the broker closes this channel at the next beat: stop beating, don't throw over the failure.
+  channel.on('error', () => clearInterval(ghost));
   const replies = new Map<string, ReplyEnvelope>();
   const body = Buffer.from(JSON.stringify(makeRequest({ id, type: 'test.reserve', payload: {} })));
   for (const copy of ['first', 'second']) {
