@@ -89,5 +89,10 @@ export interface ClientTransport {
   gather(request: RequestEnvelope, options?: GatherOptions): Promise<GatherResult>;
   /** Receives events published by agents until the returned function is called. */
   subscribe(onEvent: (event: EventEnvelope) => void): Promise<() => Promise<void>>;
+  /**
+   * Lets go of the connection. RabbitMQ: calls still pending or waiting for the broker fail with
+   * CANCELLED, and so does every call made afterwards. Local socket: answers still due are waited for, up
+   * to a grace period, and a call made once close() has resolved opens a new connection.
+   */
   close(): Promise<void>;
 }

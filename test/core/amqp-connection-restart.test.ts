@@ -64,3 +64,50 @@ test('amqp — close() while open() is still connecting leaves no connection beh
   assert.equal(sockets(), before, 'a socket to the broker is still open');
   assert.equal(connection.isUp, false);
 });
+
+test('amqp — close() ends every wait for the connection at once, with BROKER_UNAVAILABLE; a wait after close() fails at once', { timeout: 30_000 }, async (t) => {
+  let setups = 0;
+  const connection = new BrokerConnection({
+    url: SHARED_BROKER,
+    log: createLogger({ level: 'fatal', format: 'json', destination: memoryDestination().stream }),
+    maxReconnectDelayMs: 200,
+    setup: async (model) => {
+      // Up once; after the restart below every reconnect fails, so the connection stays down.
+      if (++setups > 1) throw new Error('the test keeps this connection down');
+      await model.createChannel();
+    },
+  });
+  t.after(() => connection.close());
+  await connection.open();
+  // While up: a wait for the next connection (the agent's, after the broker closed its channel).
+  const nextConnection = settled(connection.waitUntilUp(Date.now() + 60_000, { next: true }));
+  const down = once(connection, 'down');
+  connection.restart('test: drop the connection');
+  await down;
+  const reconnect = settled(connection.waitUntilUp(Date.now() + 60_000));
+  await until(() => setups >= 2, 10_000); // recovery tries again, and fails
+  assert.equal(nextConnection.outcome, undefined, 'still waiting (else this test proves nothing)');
+  assert.equal(reconnect.outcome, undefined, 'still waiting (else this test proves nothing)');
+  await connection.close();
+  // Before: both waited out their 60 s deadline, and their timers kept the process alive that long.
+  await until(() => nextConnection.outcome !== undefined && reconnect.outcome !== undefined, 5_000);
+  assert.equal(nextConnection.outcome, 'BROKER_UNAVAILABLE');
+  assert.equal(reconnect.outcome, 'BROKER_UNAVAILABLE');
+  assert.match(reconnect.message ?? '', /was closed/);
+  const afterClose = settled(connection.waitUntilUp(Date.now() + 60_000));
+  await until(() => afterClose.outcome !== undefined, 5_000);
+  assert.equal(afterClose.outcome, 'BROKER_UNAVAILABLE');
+});
+
+/** Follows a promise: `outcome` is 'resolved' or the error's code once it settles. */
+function settled(promise: Promise<unknown>): { outcome?: string; message?: string } {
+  const state: { outcome?: string; message?: string } = {};
+  promise.then(
+    () => (state.outcome = 'resolved'),
+    (error: { code?: string; message?: string }) => {
+      state.outcome = error.code ?? 'error';
+      state.message = error.message;
+    },
+  );
+  return state;
+}

@@ -594,7 +594,7 @@ export class AmqpAgentTransport implements AgentTransport {
     const connection = this.#connection as BrokerConnection;
     const deadline = Date.now() + REPLY_RECONNECT_WAIT_MS;
     // Up without a channel: the broker closed ours, and restart() connects again after a pause.
-    if (connection.isUp && !this.#channel) await nextUp(connection, deadline);
+    if (connection.isUp && !this.#channel) await connection.waitUntilUp(deadline, { next: true });
     if (!connection.isUp) await connection.waitUntilUp(deadline);
     const channel = this.#channel;
     if (!channel) throw cloudletError('BROKER_UNAVAILABLE', 'the broker connection dropped again');
@@ -710,21 +710,6 @@ export class AmqpAgentTransport implements AgentTransport {
       this.#options.log.error({ err: error }, 'could not write the last outcome lines while closing');
     }
   }
-}
-
-/** Resolves when `connection` has connected again, or rejects with BROKER_UNAVAILABLE at the deadline. */
-function nextUp(connection: BrokerConnection, deadline: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onUp = () => {
-      clearTimeout(timer);
-      resolve();
-    };
-    const timer = setTimeout(() => {
-      connection.off('up', onUp);
-      reject(cloudletError('BROKER_UNAVAILABLE', 'the broker closed our channel and we did not connect again in time'));
-    }, Math.max(0, deadline - Date.now()));
-    connection.once('up', onUp);
-  });
 }
 
 function publishConfirmed(channel: ConfirmChannel, exchange: string, routingKey: string, body: Buffer, options: Options.Publish): Promise<void> {

@@ -73,6 +73,8 @@ export class AmqpClientTransport implements ClientTransport {
   /** The broker's max_message_size, once it refused a request over it (broker-limits.ts). */
   readonly #brokerLimit: LearnedBrokerLimit;
   #opening: Promise<void> | undefined;
+  /** Set by close(): every call from then on fails with CANCELLED, and nothing connects again. */
+  #closed = false;
   #channel: ConfirmChannel | undefined;
   #model: ChannelModel | undefined;
   #presenceHeard: Promise<void> | undefined;
@@ -279,12 +281,32 @@ export class AmqpClientTransport implements ClientTransport {
   }
 
   async #ensureConnected(waitUntil: number): Promise<void> {
+    // After close() nothing connects again: a call fails at once rather than wait for a connection that
+    // never comes (or open a new one that nobody closes).
+    if (this.#closed) throw closedClientError();
     try {
       await this.#open();
+      await (this.#connection as BrokerConnection).waitUntilUp(waitUntil);
     } catch (error) {
+      // Closed while this call waited to connect: the same answer as a request close() found pending.
+      if (this.#closed) throw closedClientError();
       throw error instanceof CloudletError ? error : cloudletError('BROKER_UNAVAILABLE', String(error));
     }
-    await (this.#connection as BrokerConnection).waitUntilUp(waitUntil);
+  }
+
+  /**
+   * `work` (a call's connecting and checking), unless close() came meanwhile: then CANCELLED, whatever
+   * became of `work` (a presence probe on the closed connection fails with amqplib's own error), and the
+   * call never registers as pending, where close() would no longer find it.
+   */
+  async #unlessClosed<T>(work: Promise<T>): Promise<T> {
+    try {
+      const value = await work;
+      if (this.#closed) throw closedClientError();
+      return value;
+    } catch (error) {
+      throw this.#closed ? closedClientError() : error;
+    }
   }
 
   #waitLimit(request: RequestEnvelope): number {
@@ -333,13 +355,15 @@ export class AmqpClientTransport implements ClientTransport {
     if (options.signal?.aborted) throw cancelledError(request.id);
     const body = this.#encode(request);
     const { target } = request;
-    await unlessAborted(
-      (async () => {
-        await this.#ensureConnected(this.#waitLimit(request));
-        if (target !== undefined) await this.#checkTarget(target);
-      })(),
-      options.signal,
-      request.id,
+    await this.#unlessClosed(
+      unlessAborted(
+        (async () => {
+          await this.#ensureConnected(this.#waitLimit(request));
+          if (target !== undefined) await this.#checkTarget(target);
+        })(),
+        options.signal,
+        request.id,
+      ),
     );
     return new Promise<ReplyEnvelope>((resolve, reject) => {
       const inactivityMs = this.#options.inactivityTimeoutMs ?? 30_000;
@@ -401,13 +425,15 @@ export class AmqpClientTransport implements ClientTransport {
     if (options.signal?.aborted) throw cancelledError(request.id);
     const body = this.#encode(request);
     const waitUntil = this.#waitLimit(request);
-    await unlessAborted(
-      (async () => {
-        await this.#ensureConnected(waitUntil);
-        await this.#registryReady(300);
-      })(),
-      options.signal,
-      request.id,
+    await this.#unlessClosed(
+      unlessAborted(
+        (async () => {
+          await this.#ensureConnected(waitUntil);
+          await this.#registryReady(300);
+        })(),
+        options.signal,
+        request.id,
+      ),
     );
     return new Promise<GatherResult>((resolve, reject) => {
       const replies = new Map<string, ReplyEnvelope>();
@@ -529,10 +555,15 @@ export class AmqpClientTransport implements ClientTransport {
   }
 
   async close(): Promise<void> {
-    for (const pending of this.#pending.values()) pending.fail(cloudletError('CANCELLED', 'the client closed'));
+    this.#closed = true;
+    for (const pending of this.#pending.values()) pending.fail(closedClientError());
     this.#bindings.close();
     await this.#connection?.close();
   }
+}
+
+function closedClientError(): CloudletError {
+  return cloudletError('CANCELLED', 'the client was closed; a closed client sends nothing (make a new one)');
 }
 
 /** The hosts a broadcast reply's sender sees alive (x-cloudlet-live-hosts), if it names them. */

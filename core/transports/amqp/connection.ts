@@ -150,26 +150,43 @@ export class BrokerConnection extends EventEmitter {
     }, pauseMs);
   }
 
-  /** Resolves when the connection is (again) up, or rejects with BROKER_UNAVAILABLE at the deadline. */
-  waitUntilUp(deadline: number): Promise<void> {
-    if (this.#up) return Promise.resolve();
+  /**
+   * Resolves when the connection is (again) up — with `next`, only when it next comes up, for a caller that
+   * knows the current connection is no use (the broker closed our channel). Rejects with BROKER_UNAVAILABLE
+   * at the deadline, or at once when the connection is closed: nothing would bring it back, and a wait left
+   * to its deadline would keep the process alive that long.
+   */
+  waitUntilUp(deadline: number, { next = false }: { next?: boolean } = {}): Promise<void> {
+    if (this.#closing) return Promise.reject(this.#closedError());
+    if (this.#up && !next) return Promise.resolve();
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.off('up', onUp);
-        reject(cloudletError('BROKER_UNAVAILABLE', `the broker at ${this.describe()} is unavailable (reconnecting); gave up at the deadline`));
-      }, Math.max(0, deadline - Date.now()));
-      const onUp = () => {
+      const settle = (error?: Error) => {
         clearTimeout(timer);
-        resolve();
+        this.off('up', onUp);
+        this.off('closed', onClosed);
+        if (error) reject(error);
+        else resolve();
       };
-      this.once('up', onUp);
+      const onUp = () => settle();
+      const onClosed = () => settle(this.#closedError());
+      const timer = setTimeout(
+        () => settle(cloudletError('BROKER_UNAVAILABLE', `the broker at ${this.describe()} is unavailable (reconnecting); gave up at the deadline`)),
+        Math.max(0, deadline - Date.now()),
+      );
+      this.on('up', onUp);
+      this.on('closed', onClosed);
     });
+  }
+
+  #closedError() {
+    return cloudletError('BROKER_UNAVAILABLE', `the connection to the broker at ${this.describe()} was closed`);
   }
 
   async close(): Promise<void> {
     this.#closing = true;
     clearTimeout(this.#restartTimer);
     this.#up = false;
+    this.emit('closed');
     // A first connect still under way is not waited for (against a broker that does not answer it can take
     // long): it closes what it opened itself once it sees #closing.
     await this.#model?.close().catch(() => undefined);
