@@ -49,6 +49,7 @@ export const errorCatalogue = {
   AGENT_UNREACHABLE: { message: 'the agent could not be reached', retryable: true },
   CONNECTION_LOST: { message: 'the connection closed before a reply arrived', retryable: true },
   CLIENT_TIMEOUT: { message: 'no reply arrived before the deadline', retryable: true },
+  DUPLICATE_ID: { message: 'a request with this id is still waiting for its reply on this client', retryable: true },
   USAGE: { message: 'the command line is not valid', retryable: false },
   // Config
   CONFIG_NOT_FOUND: { message: 'the config file does not exist or cannot be read', retryable: false },

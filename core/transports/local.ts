@@ -20,6 +20,7 @@ import { PROTOCOL_VERSION } from '../version.ts';
 import { FrameReader, salvageIds } from './ndjson.ts';
 import { checkSocketFolder, lockSocketPath, removeStaleSocket, type SocketPathLock } from './socket-path.ts';
 import type { AgentTransport, ClientTransport, DeliveryListener, GatherOptions, GatherResult, ReplySealer, RequestOptions } from './transport.ts';
+import { InFlightIds } from './in-flight-ids.ts';
 
 
 /**
@@ -306,6 +307,8 @@ export class LocalClientTransport implements ClientTransport {
   readonly #closeGraceMs: number;
   #socket: Promise<Socket> | undefined;
   readonly #pending = new Map<string, PendingRequest>();
+  /** Replies are matched by id: one call per id at a time (in-flight-ids.ts). */
+  readonly #inFlight = new InFlightIds();
   readonly #eventListeners = new Set<(event: EventEnvelope) => void>();
   /** A socket being closed that waits only for the answers still due on it. */
   #closingSocket: Socket | undefined;
@@ -428,7 +431,15 @@ export class LocalClientTransport implements ClientTransport {
     }
   }
 
-  async request(request: RequestEnvelope, options: RequestOptions = {}): Promise<ReplyEnvelope> {
+  request(request: RequestEnvelope, options: RequestOptions = {}): Promise<ReplyEnvelope> {
+    return this.#inFlight.run(request.id, () => this.#request(request, options));
+  }
+
+  gather(request: RequestEnvelope, options: GatherOptions = {}): Promise<GatherResult> {
+    return this.#inFlight.run(request.id, () => this.#gather(request, options));
+  }
+
+  async #request(request: RequestEnvelope, options: RequestOptions): Promise<ReplyEnvelope> {
     const body = encodeEnvelope(request);
     const size = Buffer.byteLength(body);
     if (size > this.#maxMessageBytes) {
@@ -495,9 +506,9 @@ export class LocalClientTransport implements ClientTransport {
   }
 
   /** One host behind a local socket: gathering is a single request. */
-  async gather(request: RequestEnvelope, options: GatherOptions = {}): Promise<GatherResult> {
+  async #gather(request: RequestEnvelope, options: GatherOptions): Promise<GatherResult> {
     try {
-      const reply = await this.request(request, options);
+      const reply = await this.#request(request, options);
       options.onReply?.(reply);
       return { replies: [reply], missing: [] };
     } catch (error) {

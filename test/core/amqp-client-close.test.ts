@@ -2,7 +2,8 @@
  * A closed RabbitMQ client sends nothing and waits for nothing: a call made after close(), and one that was
  * still waiting for the broker when close() came, fail with CANCELLED at once, as the requests close()
  * finds pending do. Before, both waited for a connection that never came back, up to their deadline (30 s
- * by default, keeping the process alive that long), and then failed with BROKER_UNAVAILABLE.
+ * by default, keeping the process alive that long), and then failed with BROKER_UNAVAILABLE. A call with
+ * the id of one still waiting is refused (replies are matched by id).
  */
 import assert from 'node:assert/strict';
 import { createConnection, createServer, type AddressInfo, type Socket } from 'node:net';
@@ -85,4 +86,17 @@ test('amqp client — close() ends a call that waits for the broker to come back
   await client.close();
   await assert.rejects(waiting, closedClient);
   await assert.rejects(gathering, closedClient);
+});
+
+test('amqp client — a second call with the id of one still waiting on this client is refused with DUPLICATE_ID; the first is answered', { timeout: 60_000 }, async (t) => {
+  const cloud = await startCloud(t, [{ id: 'h1' }]);
+  const client = cloud.client({ inactivityTimeoutMs: 20_000 });
+  const request = makeRequest({ type: 'test.sleep', target: 'h1', payload: { ms: 500 } });
+  const first = client.request(request);
+  // Before, the second took the first's place among the calls waiting for replies (matched by id): the
+  // first caller never heard back and failed with CLIENT_TIMEOUT.
+  await assert.rejects(client.request(makeRequest({ id: request.id, type: 'test.echo', target: 'h1', payload: {} })), { code: 'DUPLICATE_ID' });
+  await assert.rejects(client.gather(makeRequest({ id: request.id, type: 'host-info', deadline: Date.now() + 10_000 })), { code: 'DUPLICATE_ID' });
+  assert.equal((await first).ok, true);
+  assert.equal((await client.request(makeRequest({ id: request.id, type: 'test.echo', target: 'h1', payload: {} }))).ok, true, 'once answered, the id may be sent again');
 });

@@ -549,3 +549,18 @@ test('local — salvageIds reads the envelope\'s own id, type and kind from a cu
   // Only what a reply may carry: an id with a space or a type out of pattern would make an invalid reply.
   assert.deepEqual(salvageIds(head('{"id":"a b","type":"Create VM","kind":"request"}')), { id: null, kind: 'request' });
 });
+
+test('local — a second request with the id of one still waiting on this client is refused with DUPLICATE_ID; the first is answered', { timeout: 30_000 }, async (t) => {
+  const seen: string[] = [];
+  const { client } = await startAgent(t, withTestkit, { observer: (outcome) => void seen.push(String(outcome.type)) });
+  const request = makeRequest({ type: 'test.sleep', payload: { ms: 300 } });
+  const first = client.request(request);
+  // Replies are matched by id: before, the second took the first's place, the first caller never heard
+  // back (CLIENT_TIMEOUT), and the handler ran twice.
+  await assert.rejects(client.request(makeRequest({ id: request.id, type: 'test.echo', payload: {} })), { code: 'DUPLICATE_ID' });
+  await assert.rejects(client.gather(makeRequest({ id: request.id, type: 'test.echo', payload: {} })), { code: 'DUPLICATE_ID' });
+  assert.equal((await first).ok, true);
+  assert.deepEqual(seen, ['test.sleep'], 'only the first was sent');
+  // Once answered, the id may be sent again (a retry).
+  assert.equal((await client.request(makeRequest({ id: request.id, type: 'test.echo', payload: {} }))).ok, true);
+});

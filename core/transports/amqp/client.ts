@@ -23,6 +23,7 @@ import { HEADERS, amqpNames, type AmqpNames } from './names.ts';
 import { HostRegistry, heartbeatSchema, type HostEntry } from './host-registry.ts';
 import { declareTopology } from './topology.ts';
 import { describeUnreadableReply } from './unreadable-reply.ts';
+import { InFlightIds } from '../in-flight-ids.ts';
 
 const REPLY_TO = 'amq.rabbitmq.reply-to';
 const LIVENESS_CHECK_MS = 250;
@@ -73,6 +74,8 @@ export class AmqpClientTransport implements ClientTransport {
   /** The broker's max_message_size, once it refused a request over it (broker-limits.ts). */
   readonly #brokerLimit: LearnedBrokerLimit;
   #opening: Promise<void> | undefined;
+  /** Replies are matched by id: one call per id at a time (in-flight-ids.ts). */
+  readonly #inFlight = new InFlightIds();
   /** Set by close(): every call from then on fails with CANCELLED, and nothing connects again. */
   #closed = false;
   #channel: ConfirmChannel | undefined;
@@ -350,7 +353,15 @@ export class AmqpClientTransport implements ClientTransport {
     return cloudletError('MESSAGE_TOO_LARGE', `the request is ${size} bytes; the limit is ${maxBytes}${whose}`, { size, maxBytes });
   }
 
-  async request(request: RequestEnvelope, options: RequestOptions = {}): Promise<ReplyEnvelope> {
+  request(request: RequestEnvelope, options: RequestOptions = {}): Promise<ReplyEnvelope> {
+    return this.#inFlight.run(request.id, () => this.#request(request, options));
+  }
+
+  gather(request: RequestEnvelope, options: GatherOptions = {}): Promise<GatherResult> {
+    return this.#inFlight.run(request.id, () => this.#gather(request, options));
+  }
+
+  async #request(request: RequestEnvelope, options: RequestOptions): Promise<ReplyEnvelope> {
     const route: Route = request.target === undefined ? 'any' : 'direct';
     if (options.signal?.aborted) throw cancelledError(request.id);
     const body = this.#encode(request);
@@ -416,9 +427,9 @@ export class AmqpClientTransport implements ClientTransport {
     });
   }
 
-  async gather(request: RequestEnvelope, options: GatherOptions = {}): Promise<GatherResult> {
+  async #gather(request: RequestEnvelope, options: GatherOptions): Promise<GatherResult> {
     if (request.target !== undefined) {
-      const reply = await this.request(request, options);
+      const reply = await this.#request(request, options);
       options.onReply?.(reply);
       return { replies: [reply], missing: [] };
     }
