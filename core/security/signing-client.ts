@@ -58,19 +58,21 @@ export class SigningClientTransport implements ClientTransport {
   }
 
   async gather(request: RequestEnvelope, options: GatherOptions = {}): Promise<GatherResult> {
-    const untrusted: string[] = [];
     const signed = this.#sign(request);
-    const result = await this.#inner.gather(signed, options);
-    const replies = result.replies.filter((reply) => {
+    const trusted = (reply: ReplyEnvelope) => {
       try {
         this.#check(reply, signed);
         return true;
       } catch {
-        untrusted.push(reply.host);
         return false;
       }
-    });
-    return { replies, missing: [...result.missing, ...untrusted].sort() };
+    };
+    // The caller hears of a reply as it comes only once it is checked: the inner transport would pass on
+    // whatever claims to be a host's answer.
+    const { onReply } = options;
+    const result = await this.#inner.gather(signed, { ...options, ...(onReply && { onReply: (reply) => trusted(reply) && onReply(reply) }) });
+    const untrusted = result.replies.filter((reply) => !trusted(reply)).map((reply) => reply.host);
+    return { replies: result.replies.filter(trusted), missing: [...result.missing, ...untrusted].sort() };
   }
 
   subscribe: ClientTransport['subscribe'] = (onEvent) => this.#inner.subscribe(onEvent);

@@ -6,6 +6,8 @@ import { generateKey, publicKeyFrom } from '../../core/security/keys.ts';
 import { createPrivateKey } from 'node:crypto';
 import { makeReply, makeRequest } from '../../core/envelope.ts';
 import { RequestAuthorizer } from '../../core/security/authorizer.ts';
+import { SigningClientTransport } from '../../core/security/signing-client.ts';
+import type { ClientTransport } from '../../core/transports/transport.ts';
 
 test('security — canonical JSON sorts keys at every level and drops undefined', () => {
   assert.equal(canonicalJson({ b: 1, a: { d: [1, { z: 1, y: undefined, x: 'é' }], c: null } }), '{"a":{"c":null,"d":[1,{"x":"é","z":1}]},"b":1}');
@@ -35,4 +37,32 @@ test('security — the authorizer remembers ids only while their deadline runs',
   assert.equal(authorizer.check(request)?.code, 'REPLAYED');
   const open = new RequestAuthorizer({ requireSignatures: false, clients: [], maxDeadlineMs: 60_000, hostKeys: {}, requireSignedReplies: false });
   assert.equal(open.check(makeRequest({ type: 'host-info' })), undefined);
+});
+
+test('security — a checking client\'s gather tells onReply only of replies it trusts; the others are missing, as in its result', async () => {
+  const key = generateKey();
+  const hostSigner = { privateKey: createPrivateKey(key.privateKeyPem), keyId: key.keyId };
+  const request = makeRequest({ type: 'host-info', payload: {}, deadline: Date.now() + 10_000 });
+  const trusted = signEnvelope(makeReply(request, 'h1', { ok: true, result: { up: true } }), hostSigner);
+  // Anyone on the broker can publish a reply claiming to be h2; h2's key did not sign it.
+  const forged = makeReply(request, 'h2', { ok: true, result: { up: true, forged: true } });
+  // A stand-in transport: it hands on whatever came back, as the real ones do, and leaves checking to the wrapper.
+  const inner: ClientTransport = {
+    kind: 'stand-in',
+    request: () => Promise.reject(new Error('not used')),
+    async gather(_request, options = {}) {
+      for (const reply of [trusted, forged]) options.onReply?.(reply);
+      return { replies: [trusted, forged], missing: ['h3'] };
+    },
+    subscribe: () => Promise.reject(new Error('not used')),
+    close: async () => undefined,
+  };
+  const hostKeys = new Map([['h1', publicKeyFrom(key.publicKey, 'test')], ['h2', publicKeyFrom(generateKey().publicKey, 'test')]]);
+  const client = new SigningClientTransport(inner, { hostKeys, requireSignedReplies: true });
+  const told: string[] = [];
+  const result = await client.gather(request, { onReply: (reply) => told.push(reply.host) });
+  assert.deepEqual(result.replies.map((reply) => reply.host), ['h1']);
+  assert.deepEqual(result.missing, ['h2', 'h3']);
+  // Before, onReply was handed straight to the inner transport and heard the forged reply as h2's answer.
+  assert.deepEqual(told, ['h1']);
 });
