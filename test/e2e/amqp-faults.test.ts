@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { symlinkSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
@@ -7,7 +8,7 @@ import amqplib from 'amqplib';
 import { makeEvent, makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
 import { amqpNames } from '../../core/transports/amqp/names.ts';
 import { until } from '../helpers.ts';
-import { queueDepth, startCloud } from '../support/cloud.ts';
+import { isLocalBroker, queueDepth, SHARED_BROKER, startCloud } from '../support/cloud.ts';
 import { startRabbitNode } from '../support/rabbit-node.ts';
 
 /** Publishes a request straight onto a host's queue, as a redelivery would arrive, and waits for its reply. */
@@ -251,6 +252,42 @@ test('hand-back — copies of a request that came in while it ran are passed on 
   assert.deepEqual([...replies.keys()].sort(), ['first', 'second'], 'both callers were answered');
   assert.deepEqual([replies.get('first')?.error?.code, replies.get('second')?.error?.code], ['NO_CAPACITY', 'NO_CAPACITY']);
   assert.equal(await queueDepth(cloud.url, names.anyQueue), 0, 'nothing left behind in the queue');
+});
+
+test('hand-on refused by the broker — the caller gets NO_CAPACITY naming who refused, not a timeout', { timeout: 90_000 }, async (t) => {
+  // The broker is made to refuse with a policy, set by rabbitmqctl, which reaches only a broker on this
+  // machine: the shared one here and in CI, not one named by CLOUDLET_TEST_AMQP_URL elsewhere.
+  if (!isLocalBroker(SHARED_BROKER)) return t.skip(`rabbitmqctl cannot set a policy on ${new URL(SHARED_BROKER).host}`);
+  const cloud = await startCloud(t, [{ id: 'full1', testkitOptions: { hasCapacity: false } }]);
+  const names = amqpNames(cloud.prefix);
+  const connection = await amqplib.connect(cloud.url);
+  t.after(() => connection.close().catch(() => undefined));
+  const channel = await connection.createChannel();
+  // A host that says it takes any-host requests: full1 has someone to hand the request on to.
+  const ghostHeartbeat = () =>
+    channel.publish(names.presenceExchange, '', Buffer.from(JSON.stringify({ v: 1, kind: 'heartbeat', host: 'ghost', version: '0', plugins: [], routes: ['any'], startedAt: 1, sentAt: Date.now() })));
+  const ghost = setInterval(ghostHeartbeat, 50);
+  t.after(() => clearInterval(ghost));
+  channel.on('error', () => clearInterval(ghost)); // see the hand-back test above
+  await new Promise((resolve) => setTimeout(resolve, 500)); // full1 has heard the ghost
+
+  const client = cloud.client();
+  const request = makeRequest({ type: 'test.reserve', payload: { delayMs: 6_000 }, deadline: Date.now() + 30_000 });
+  const reply = client.request(request);
+  const agent = cloud.agents.get('full1')!;
+  await until(() => agent.output().split('\n').some((line) => line.includes(request.id) && line.includes('"msg":"reserving"')), 15_000);
+  // While full1 holds the request, the any-host queue starts refusing every publish: the broker nacks the
+  // hand-on. (A policy applies at once to a queue that exists; it is the test's own, and goes with it.)
+  const policy = `${cloud.prefix}-refuse`;
+  execFileSync('rabbitmqctl', ['-q', 'set_policy', '--apply-to', 'queues', policy, `^${names.anyQueue.replace(/[.]/g, '\\.')}$`, '{"max-length":0,"overflow":"reject-publish"}']);
+  t.after(() => execFileSync('rabbitmqctl', ['-q', 'clear_policy', policy]));
+  await until(() => execFileSync('rabbitmqctl', ['-q', 'list_queues', 'name', 'policy'], { encoding: 'utf8' }).includes(policy), 10_000);
+  // Before: the nack made the hand-on throw; the request stayed unacked, and its caller waited for nothing.
+  const answer = await reply;
+  assert.equal(answer.ok, false);
+  assert.equal(answer.error?.code, 'NO_CAPACITY', answer.error?.message);
+  assert.deepEqual((answer.error?.details as { refusedBy?: string[] }).refusedBy, ['full1']);
+  assert.match(agent.output(), /could not hand the request on/);
 });
 
 test('outcome store unwritable — a request is answered STATE_UNWRITABLE (retryable) and not run; once the file is writable the next one runs', async (t) => {

@@ -454,12 +454,22 @@ export class AmqpAgentTransport implements AgentTransport {
     delete properties.expiration;
     const deadline = requestDeadline(msg.content);
     if (deadline !== undefined) properties.expiration = String(Math.max(1, deadline - Date.now()));
-    await this.#withChannel(
-      (current) =>
-        new Promise<void>((resolve, reject) =>
-          current.publish('', this.names.anyQueue, msg.content, properties, (error) => (error ? reject(error) : resolve())),
-        ),
-    );
+    try {
+      await this.#withChannel(
+        (current) =>
+          new Promise<void>((resolve, reject) =>
+            current.publish('', this.names.anyQueue, msg.content, properties, (error) => (error ? reject(error) : resolve())),
+          ),
+      );
+    } catch (error) {
+      // Not confirmed because the connection or channel went: the copy may be in the queue, and the original
+      // comes back by itself with its channel. Refused (a nack: the queue rejects publishes when full, say):
+      // nobody else has the request, so its caller is told NO_CAPACITY now, not left waiting for nothing.
+      if ((error as Error).message !== NACKED) throw error;
+      this.#options.log.warn({ msgId: msg.properties.messageId, refusedBy, reason: (error as Error).message }, 'no capacity here, and could not hand the request on: answering NO_CAPACITY');
+      if (reply.error) reply.error.details = { ...(reply.error.details as object), refusedBy };
+      return false;
+    }
     if (channel === this.#channel) this.#settle(channel, msg, 'ack');
     // Not written yet if the disk is full: it stays pending, and the hand-on is done either way.
     await this.#store?.recordAbandoned(msg.properties.messageId as string).catch(() => undefined);
