@@ -216,6 +216,25 @@ test('redelivery — two copies of one id that arrive together (one socket read)
   assert.equal(handledCount(agent.output(), id), 1, 'the handler ran once');
 });
 
+/**
+ * A host "ghost" that heartbeats every 50 ms saying it takes any-host requests, and never takes one: a
+ * full host hands requests on to it. `silence()` stops the heartbeats; `channel` is the ghost's own.
+ */
+async function ghostTakingAnyHost(t: TestContext, url: string, names: ReturnType<typeof amqpNames>) {
+  const connection = await amqplib.connect(url);
+  t.after(() => connection.close().catch(() => undefined));
+  const channel = await connection.createChannel();
+  const heartbeat = () =>
+    channel.publish(names.presenceExchange, '', Buffer.from(JSON.stringify({ v: 1, kind: 'heartbeat', host: 'ghost', version: '0', plugins: [], routes: ['any'], startedAt: 1, sentAt: Date.now() })));
+  const timer = setInterval(heartbeat, 50);
+  const silence = () => clearInterval(timer);
+  t.after(silence);
+  // If the test fails before the ghost falls silent, startCloud's teardown (run first) deletes the presence
+  // exchange and the broker closes this channel at the next beat: stop beating, don't throw over the failure.
+  channel.on('error', silence);
+  return { channel, silence };
+}
+
 test('hand-back — copies of a request that came in while it ran are passed on too, not left unacknowledged', async (t) => {
   const cloud = await startCloud(t, [{ id: 'full1', testkitOptions: { hasCapacity: false } }]);
   const names = amqpNames(cloud.prefix);
@@ -224,17 +243,7 @@ test('hand-back — copies of a request that came in while it ran are passed on 
   const stopped = cloud.agents.get('full1')!;
   stopped.child.kill('SIGTERM');
   await stopped.exited;
-  const connection = await amqplib.connect(cloud.url);
-  t.after(() => connection.close().catch(() => undefined));
-  const channel = await connection.createChannel();
-  // A host that says it takes any-host requests and never takes one: full1 hands the request on, to it.
-  const ghostHeartbeat = () =>
-    channel.publish(names.presenceExchange, '', Buffer.from(JSON.stringify({ v: 1, kind: 'heartbeat', host: 'ghost', version: '0', plugins: [], routes: ['any'], startedAt: 1, sentAt: Date.now() })));
-  const ghost = setInterval(ghostHeartbeat, 50);
-  t.after(() => clearInterval(ghost));
-  // If the test fails before the ghost falls silent, startCloud's teardown (run first) deletes the presence
-  // exchange and the broker closes this channel at the next beat: stop beating, don't throw over the failure.
-  channel.on('error', () => clearInterval(ghost));
+  const { channel, silence } = await ghostTakingAnyHost(t, cloud.url, names);
   const replies = new Map<string, ReplyEnvelope>();
   const body = Buffer.from(JSON.stringify(makeRequest({ id, type: 'test.reserve', payload: {} })));
   for (const copy of ['first', 'second']) {
@@ -247,7 +256,7 @@ test('hand-back — copies of a request that came in while it ran are passed on 
   await until(() => /handed the request on/.test(agent.output()), 15_000);
   assert.match(agent.output(), /handed the request on/, 'the request was handed on (else this test proves nothing)');
   // The ghost falls silent: once it counts as down, nobody is left to hand on to and both callers are told.
-  clearInterval(ghost);
+  silence();
   await until(() => replies.size >= 2, 20_000);
   assert.deepEqual([...replies.keys()].sort(), ['first', 'second'], 'both callers were answered');
   assert.deepEqual([replies.get('first')?.error?.code, replies.get('second')?.error?.code], ['NO_CAPACITY', 'NO_CAPACITY']);
@@ -260,15 +269,7 @@ test('hand-on refused by the broker — the caller gets NO_CAPACITY naming who r
   if (!isLocalBroker(SHARED_BROKER)) return t.skip(`rabbitmqctl cannot set a policy on ${new URL(SHARED_BROKER).host}`);
   const cloud = await startCloud(t, [{ id: 'full1', testkitOptions: { hasCapacity: false } }]);
   const names = amqpNames(cloud.prefix);
-  const connection = await amqplib.connect(cloud.url);
-  t.after(() => connection.close().catch(() => undefined));
-  const channel = await connection.createChannel();
-  // A host that says it takes any-host requests: full1 has someone to hand the request on to.
-  const ghostHeartbeat = () =>
-    channel.publish(names.presenceExchange, '', Buffer.from(JSON.stringify({ v: 1, kind: 'heartbeat', host: 'ghost', version: '0', plugins: [], routes: ['any'], startedAt: 1, sentAt: Date.now() })));
-  const ghost = setInterval(ghostHeartbeat, 50);
-  t.after(() => clearInterval(ghost));
-  channel.on('error', () => clearInterval(ghost)); // see the hand-back test above
+  await ghostTakingAnyHost(t, cloud.url, names);
   await new Promise((resolve) => setTimeout(resolve, 500)); // full1 has heard the ghost
 
   const client = cloud.client();
