@@ -1,13 +1,16 @@
 /**
  * The process table, read from /proc. A QEMU is this host's only when all of these hold:
  *  - its `-name` is exactly `cloudlet-<hostId>.<8 letters>` (qemu-backend's processes.ts naming),
- *  - its program is QEMU (`qemu-system-*`, or the configured binary's name),
+ *  - its program is QEMU (`qemu-system-*`, or the configured binary's name), both as it calls itself
+ *    (argv[0]) and as it really runs (/proc/<pid>/exe, which it cannot choose),
  *  - its `-pidfile` is `<stateDir>/<that id>/qemu.pid`, i.e. it was started for this host's state folder.
- * Processes with a `cloudlet-…` name that fail a check are reported as ignored and never touched. Every
- * process's command line also tells which MACs and taps are in use, whoever started it.
+ * Processes with a `cloudlet-…` name that fail a check are reported as ignored and never touched. An
+ * orphan's monitor is asked only on its VM's own QMP socket (ownMonitorSocket). Every process's command
+ * line also tells which MACs and taps are in use, whoever started it.
  */
 import { readdir, readFile, readlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
+import { vmPaths } from '../qemu-backend/state.ts';
 import { ownsVmId } from './state-dir.ts';
 
 export interface OurProcess {
@@ -58,12 +61,37 @@ export function classifyCommandLine(argv: readonly string[], identity: ProcessId
   const vmId = name.slice('cloudlet-'.length);
   if (!ownsVmId(identity.hostId, vmId)) return { ours: false, name, reason: `not this host's naming (cloudlet-${identity.hostId}.<8 letters>)` };
   const program = basename(argv[0] ?? '');
-  if (!program.startsWith('qemu-system-') && program !== basename(identity.qemuBinary)) return { ours: false, name, reason: `not a QEMU process (${program || 'no program name'})` };
+  if (!isQemuProgram(program, identity)) return { ours: false, name, reason: `not a QEMU process (${program || 'no program name'})` };
   const pidfileAt = argv.indexOf('-pidfile');
   if (pidfileAt < 0 || argv[pidfileAt + 1] !== join(identity.stateDir, vmId, 'qemu.pid')) {
     return { ours: false, name, reason: `its -pidfile is not in this host's state folder ${identity.stateDir}` };
   }
   return { ours: true, vmId };
+}
+
+/** Pure: whether a program (a path or a name) is QEMU: `qemu-system-*`, or the configured binary's name. */
+export function isQemuProgram(program: string, identity: ProcessIdentity): boolean {
+  const name = basename(program);
+  return name.startsWith('qemu-system-') || name === basename(identity.qemuBinary);
+}
+
+/**
+ * The program a process really runs (/proc/<pid>/exe), which unlike argv[0] it cannot choose; undefined
+ * when it is gone. A binary replaced since it started (a QEMU upgrade) reads "<path> (deleted)".
+ */
+async function executableOf(pid: number): Promise<string | undefined> {
+  const target = await readlink(`/proc/${pid}/exe`).catch(() => undefined);
+  return target?.replace(/ \(deleted\)$/, '');
+}
+
+/**
+ * Pure: the QMP socket the sweeper may use for VM `vmId`'s process: the VM's own (qemu-backend's path), and
+ * only when the command line has QEMU serve it. Never a path taken from the arguments alone: anyone can
+ * start a process whose arguments name another, healthy VM's monitor.
+ */
+export function ownMonitorSocket(argv: readonly string[], stateDir: string, vmId: string): string | null {
+  const own = vmPaths(stateDir, vmId).qmp;
+  return argValue(argv, QMP_UNIX) === own ? own : null;
 }
 
 export function argValue(argv: readonly string[], pattern: RegExp): string | null {
@@ -123,6 +151,13 @@ export async function scanProcesses(identity: ProcessIdentity, nowMs: number): P
       scan.lookalikes.push({ pid, name: classified.name, reason: classified.reason });
       continue;
     }
+    // argv[0] is whatever the process's starter chose: a process of any user can claim to be QEMU.
+    const executable = await executableOf(pid);
+    if (executable === undefined) continue; // gone meanwhile
+    if (!isQemuProgram(executable, identity)) {
+      scan.lookalikes.push({ pid, name: `cloudlet-${classified.vmId}`, reason: `not a QEMU process (its program is ${executable})` });
+      continue;
+    }
     const stat = await readStat(pid);
     // A zombie has exited already; whoever started it reaps it.
     if (!stat || stat.state === 'Z' || stat.state === 'X') continue;
@@ -133,7 +168,7 @@ export async function scanProcesses(identity: ProcessIdentity, nowMs: number): P
       ageMs: Math.max(0, nowMs - (bootMs + (stat.startTicks / TICKS_PER_SECOND) * 1000)),
       tap,
       mac,
-      qmpSocket: argValue(argv, QMP_UNIX),
+      qmpSocket: ownMonitorSocket(argv, identity.stateDir, classified.vmId),
     });
   }
   return scan;

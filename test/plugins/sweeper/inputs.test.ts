@@ -1,11 +1,13 @@
 /** What the sweeper reads: command lines, /proc stat lines, iproute2 JSON, the state folder; and release commands. */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdir, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
 import { releaseArgv } from '../../../plugins/sweeper/lease-table.ts';
 import { parseTapLinks, tapPattern } from '../../../plugins/sweeper/links.ts';
-import { classifyCommandLine, parseStat } from '../../../plugins/sweeper/proc-scan.ts';
+import { classifyCommandLine, ownMonitorSocket, parseStat, scanProcesses } from '../../../plugins/sweeper/proc-scan.ts';
 import { ownsVmId, scanStateDir } from '../../../plugins/sweeper/state-dir.ts';
 import { qemuArgv } from '../../../plugins/qemu-backend/qemu-args.ts';
 import { qemuOptionsSchema } from '../../../plugins/qemu-backend/options.ts';
@@ -131,4 +133,29 @@ test('state folder — records, foreign and unreadable records, bare folders and
   assert.deepEqual(scan.foreignBareFolders, ['node2.eeeeeeee']);
   assert.deepEqual(scan.strayFiles.map((f) => f.path), [join(dir, 'node1.aaaaaaaa', 'vm.json.99.tmp')]);
   assert.deepEqual(await scanStateDir(join(dir, 'missing'), 'node1', Date.now()), { records: [], foreign: [], unreadable: [], bareFolders: [], foreignBareFolders: [], strayFiles: [] });
+});
+
+test('processes — a process that only calls itself QEMU, or names another VM\'s monitor, is never trusted with a VM', async (t) => {
+  // A reviewer's attack: any local user can start a process whose argv[0] is qemu-system-x86_64 and whose
+  // -name and -pidfile say "an orphan of this host", with -qmp naming a healthy VM's monitor. The sweeper's
+  // `stop` then sent that healthy VM system_powerdown and quit.
+  const stateDir = await tempDir(t, 'cloudlet-sweep-forged-');
+  const forged = 'node1.forgedxx';
+  const healthyMonitor = vmPaths(stateDir, 'node1.healthyy').qmp;
+  // `sleep 600; :`, not `sleep 600`: bash would exec a lone command, and the process would be sleep.
+  const child = spawn('/bin/bash', ['-c', 'sleep 600; :', 'x', '-name', `cloudlet-${forged}`, '-pidfile', vmPaths(stateDir, forged).pidfile, '-qmp', `unix:${healthyMonitor},server=on,wait=off`], {
+    argv0: 'qemu-system-x86_64',
+    stdio: 'ignore',
+  });
+  t.after(() => child.kill('SIGKILL'));
+  await once(child, 'spawn');
+  const scan = await scanProcesses({ stateDir, hostId: 'node1', qemuBinary: 'qemu-system-x86_64' }, Date.now());
+  assert.equal(scan.ours.find((process) => process.pid === child.pid), undefined, 'a bash that calls itself QEMU is not ours');
+  assert.match(scan.lookalikes.find((process) => process.pid === child.pid)?.reason ?? '', /not a QEMU process \(its program is \/.*bash\)/);
+
+  // Even a real QEMU is asked only on its own VM's monitor socket, never on one its arguments name.
+  const argv = ['/usr/bin/qemu-system-x86_64', '-name', `cloudlet-${forged}`, '-pidfile', vmPaths(stateDir, forged).pidfile];
+  assert.equal(ownMonitorSocket([...argv, '-qmp', `unix:${healthyMonitor},server=on,wait=off`], stateDir, forged), null);
+  assert.equal(ownMonitorSocket([...argv, '-qmp', `unix:${vmPaths(stateDir, forged).qmp},server=on,wait=off`], stateDir, forged), vmPaths(stateDir, forged).qmp);
+  assert.equal(ownMonitorSocket(argv, stateDir, forged), null);
 });
