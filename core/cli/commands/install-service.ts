@@ -9,7 +9,7 @@ import process from 'node:process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { checkHostConfig } from '../../config/host-config.ts';
 import { readConfigFile } from '../../config/load.ts';
-import { configInvalidError } from '../../config/problems.ts';
+import { configInvalidError, type ConfigProblem } from '../../config/problems.ts';
 import { cloudletError } from '../../errors.ts';
 import type { Command } from '../command.ts';
 import { EXIT } from '../exit-codes.ts';
@@ -33,8 +33,12 @@ export const installServiceCommand: Command = {
   async run({ positionals, values, output }) {
     if (positionals.length > 0) throw cloudletError('USAGE', `install-service takes no positional arguments, found "${positionals.join(' ')}"`);
     const configFile = resolve(values.config ?? '/etc/cloudlet/cloudlet.yaml');
+    // The unit runs as root: a newline in a value would add a line of the unit (ExecStartPre=…).
+    if (values.config !== undefined && CONTROL_CHARACTER.test(configFile)) {
+      throw cloudletError('USAGE', `--config ${JSON.stringify(configFile)} contains a control character (newline, carriage return, NUL…), which a systemd unit cannot hold: give a path without them`);
+    }
     const notes: string[] = [];
-    let paths: ServicePaths = { readWrite: [], hidden: [], relative: [] };
+    let paths: ServicePaths = { readWrite: [], hidden: [], relative: [], settings: new Map() };
     const exists = await access(configFile).then(
       () => true,
       () => false,
@@ -43,6 +47,7 @@ export const installServiceCommand: Command = {
       const checked = await checkHostConfig(await readConfigFile(configFile));
       if (!checked.ok) throw configInvalidError(checked.problems);
       paths = writablePaths(checked.config);
+      refuseControlCharacters(configFile, paths);
     } else {
       notes.push(`note: ${configFile} does not exist yet ("cloudlet init --output ${shellQuote(configFile)}" writes one); the unit uses the default folders`);
     }
@@ -92,6 +97,27 @@ export const installServiceCommand: Command = {
   },
 };
 
+/** C0 controls (newline, CR, tab, NUL…), DEL and C1 controls: none of them belongs in one line of a unit. */
+const CONTROL_CHARACTER = /[\u0000-\u001f\u007f-\u009f]/;
+
+/** Each folder that becomes a ReadWritePaths= line, refused as CONFIG_INVALID naming the setting it came from. */
+function refuseControlCharacters(configFile: string, paths: ServicePaths): void {
+  const problems: ConfigProblem[] = paths.readWrite
+    .filter((path) => CONTROL_CHARACTER.test(path))
+    .map((path) => ({
+      code: 'CONFIG_INVALID',
+      file: configFile,
+      path: paths.settings.get(path) ?? '(a folder the agent writes to)',
+      message: 'contains a control character (newline, carriage return, NUL…), which would add lines to the systemd unit',
+      found: JSON.stringify(path),
+      allowed: 'a path without control characters',
+    }));
+  if (problems.length === 0) return;
+  // The agent itself accepts such a path, so "cloudlet config check" would not help: say what to do here.
+  const { message } = configInvalidError(problems);
+  throw cloudletError('CONFIG_INVALID', message, { problems, hint: 'rename the folder and the setting without control characters, then run install-service again' });
+}
+
 /** For a command line the operator pastes into a shell. */
 function shellQuote(arg: string): string {
   return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`;
@@ -99,6 +125,9 @@ function shellQuote(arg: string): string {
 
 /** systemd splits on spaces and takes ' and " as quotes (quote what has any), and expands `%` specifiers. */
 function quote(arg: string): string {
+  // Refused with a clear error before (refuseControlCharacters, --config); this keeps any other value
+  // (node's or cloudlet's own path) from adding a line to a unit that runs as root.
+  if (CONTROL_CHARACTER.test(arg)) throw cloudletError('INTERNAL', `${JSON.stringify(arg)} contains a control character, which a systemd unit cannot hold: install it under a path without them`);
   const literal = arg.replace(/%/g, '%%');
   return /[\s"'\\]/.test(literal) ? `"${literal.replace(/["\\]/g, '\\$&')}"` : literal;
 }
@@ -108,10 +137,17 @@ function execStartLine(configFile: string): string {
   return `ExecStart=${[process.execPath, CLI_BIN, 'agent', '--config', configFile].map((arg) => quote(arg.replace(/\$/g, '$$$$'))).join(' ')}`;
 }
 
+/** A file: URL percent-encodes control characters, but checked all the same: it is one line of the unit. */
+function documentationUrl(): string {
+  const url = pathToFileURL(DOCS).href;
+  if (CONTROL_CHARACTER.test(url)) throw cloudletError('INTERNAL', `the docs URL ${JSON.stringify(url)} contains a control character`);
+  return url.replace(/%/g, '%%');
+}
+
 export function renderUnit(template: string, configFile: string, readWrite: string[]): string {
   const pathLines = readWrite.map((path) => `ReadWritePaths=-${quote(path)}`).join('\n');
   return template
     .replace(/^ExecStart=.*$/m, execStartLine(configFile))
-    .replace(/^Description=.*$/m, (line) => `${line}\nDocumentation=${pathToFileURL(DOCS).href.replace(/%/g, '%%')}`)
+    .replace(/^Description=.*$/m, (line) => `${line}\nDocumentation=${documentationUrl()}`)
     .replace(PATHS_MARKER, (line) => (pathLines ? `${line}\n${pathLines}` : line));
 }

@@ -21,6 +21,8 @@ export interface ServicePaths {
   hidden: string[];
   /** Paths given relative in the config: the service runs in /, so they mean /<path> there. */
   relative: string[];
+  /** For each readWrite folder, the setting that named it (`state.dir`, `qemu-backend option stateDir`…). */
+  settings: ReadonlyMap<string, string>;
 }
 
 /**
@@ -28,17 +30,22 @@ export interface ServicePaths {
  * lease file, key files), as the unit has to allow them.
  */
 export function writablePaths(config: HostConfig): ServicePaths {
-  const wanted: string[] = [config.core.state.dir ?? defaultStateDir()];
+  // [setting, path]: the setting names the folder when install-service has to refuse it.
+  const named: [string, string][] = [config.core.state.dir ? ['state.dir', config.core.state.dir] : ['the default state.dir ($XDG_STATE_HOME or $HOME)', defaultStateDir()]];
   const read: string[] = [];
-  if (config.core.transport.kind === 'local' && config.core.transport.socket) wanted.push(dirname(config.core.transport.socket));
+  if (config.core.transport.kind === 'local' && config.core.transport.socket) named.push(['transport.socket', dirname(config.core.transport.socket)]);
   const security = config.core.security as { hostKeyFile?: string; clientKeyFile?: string } | undefined;
   for (const key of [security?.hostKeyFile, security?.clientKeyFile]) if (key) read.push(key);
   for (const plugin of config.plugins) {
     const options = plugin.options as Record<string, unknown> | undefined;
-    if (plugin.plugin.name === 'qemu-backend' && typeof options?.stateDir === 'string') wanted.push(options.stateDir);
+    if (plugin.plugin.name === 'qemu-backend' && typeof options?.stateDir === 'string') named.push(['qemu-backend option stateDir', options.stateDir]);
     if (plugin.plugin.name === 'qemu-backend' && typeof options?.imagesDir === 'string') read.push(options.imagesDir);
-    if (plugin.plugin.name === 'ip-discovery-dnsmasq' && typeof options?.leaseFile === 'string') (options.managed ? wanted : read).push(options.managed ? dirname(options.leaseFile) : options.leaseFile);
+    if (plugin.plugin.name === 'ip-discovery-dnsmasq' && typeof options?.leaseFile === 'string') {
+      if (options.managed) named.push(['ip-discovery-dnsmasq option leaseFile', dirname(options.leaseFile)]);
+      else read.push(options.leaseFile);
+    }
   }
+  const wanted = named.map(([, path]) => path);
   const relative = [...new Set([...wanted, ...read].filter((path) => !isAbsolute(path)))];
   // The service runs in /. The agent opens a path as written, and ProtectHome=/PrivateTmp= hide it as
   // written or wherever a link leads (a link in /tmp to /srv is hidden; /home may itself be a link), so both
@@ -46,11 +53,16 @@ export function writablePaths(config: HostConfig): ServicePaths {
   // unit's RuntimeDirectory= makes).
   const lexical = (path: string) => resolve('/', path);
   const isHidden = (path: string) => under(lexical(path), HIDDEN) || under(throughLinks(lexical(path)), HIDDEN);
-  const unique = [...new Set(wanted.filter((path) => !isHidden(path)).map((path) => throughLinks(lexical(path))))];
+  const settings = new Map<string, string>();
+  for (const [setting, path] of named) {
+    const real = throughLinks(lexical(path));
+    if (!isHidden(path) && !settings.has(real)) settings.set(real, setting);
+  }
   return {
-    readWrite: unique.filter((path) => !under(path, COVERED) && !under(path, HIDDEN)),
+    readWrite: [...settings.keys()].filter((path) => !under(path, COVERED) && !under(path, HIDDEN)),
     hidden: [...new Set([...wanted, ...read].filter(isHidden).map(lexical))],
     relative,
+    settings,
   };
 }
 
