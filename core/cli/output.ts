@@ -54,13 +54,37 @@ export function createOutput(json: boolean, streams: { stdout?: NodeJS.WritableS
         stdout.write(`${JSON.stringify({ ok: false, ...(host ? { host } : {}), error: error.toWire() }, null, 2)}\n`);
         return;
       }
-      const problems = (error.details as { problems?: ConfigProblem[] } | undefined)?.problems;
-      const body = problems ? `${problems.length} problem(s):\n${problems.map(formatProblem).join('\n')}` : error.message;
+      const body = errorBody(error);
       const ownHint = (error.details as { hint?: unknown } | undefined)?.hint;
       const hint = typeof ownHint === 'string' ? ownHint : HINTS[error.code];
       stderr.write(`error [${error.code}]${host ? ` from ${host}` : ''}: ${body}\n${hint ? `hint: ${hint}\n` : ''}`);
     },
   };
+}
+
+/**
+ * The problems of a config error one by one; the message alone otherwise. The details may come from any host
+ * on the wire: problems of another shape are shown as the JSON they are, never formatted as problems.
+ */
+function errorBody(error: CloudletError): string {
+  const details = error.details as { problems?: unknown } | undefined;
+  if (details?.problems === undefined) return error.message;
+  const { problems } = details;
+  if (Array.isArray(problems) && problems.length > 0 && problems.every(isConfigProblem)) {
+    return `${problems.length} problem(s):\n${problems.map(formatProblem).join('\n')}`;
+  }
+  return `${error.message}\ndetails: ${JSON.stringify(details)}`;
+}
+
+const OPTIONAL_TEXT = ['found', 'allowed'] as const;
+
+function isConfigProblem(value: unknown): value is ConfigProblem {
+  if (typeof value !== 'object' || value === null) return false;
+  const fields = value as Record<string, unknown>;
+  return (
+    ['code', 'file', 'path', 'message'].every((key) => typeof fields[key] === 'string') &&
+    OPTIONAL_TEXT.every((key) => fields[key] === undefined || typeof fields[key] === 'string')
+  );
 }
 
 /** Left-aligned columns; enough for the few tables the CLI prints. */
