@@ -6,6 +6,9 @@
 import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
 import pretty from 'pino-pretty';
+import { redactUrlCredentials } from './redact.ts';
+
+export { redactUrlCredentials };
 
 export type { Logger };
 
@@ -13,14 +16,6 @@ const SECRET_KEYS = ['password', 'passwd', 'secret', 'token', 'apiKey', 'private
 
 /** pino's redaction works on paths; cover the key at the top level and a few levels down. */
 const REDACT_PATHS = SECRET_KEYS.flatMap((key) => [key, `*.${key}`, `*.*.${key}`, `*.*.*.${key}`]);
-
-// The password runs to the last "@" before the host, as URL parsers read it: `amqp://u:p@ss@h` has the
-// password "p@ss", all of which must go.
-const URL_CREDENTIALS = /\b([a-z][a-z0-9+.-]*:\/\/[^\s:/@]+):([^\s/]+)@/gi;
-
-export function redactUrlCredentials(text: string): string {
-  return text.replace(URL_CREDENTIALS, '$1:***@');
-}
 
 function scrub(value: unknown, depth: number): unknown {
   if (typeof value === 'string') return redactUrlCredentials(value);

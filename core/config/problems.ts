@@ -6,6 +6,7 @@
 import type { z } from 'zod';
 import { CloudletError } from '../errors.ts';
 import { formatPath } from '../envelope.ts';
+import { redactUrlCredentials } from '../redact.ts';
 
 export interface ConfigProblem {
   code: string;
@@ -33,7 +34,10 @@ export function configInvalidError(problems: ConfigProblem[]): CloudletError {
   return new CloudletError(code, summary, { details: { problems } });
 }
 
-/** Describes a value for humans: short, typed, never the whole of a large value. */
+/**
+ * Describes a value for humans: short, typed, never the whole of a large value, and never a password in a
+ * URL (masked before the value is cut, so that no cut leaves part of one behind).
+ */
 export function describeValue(value: unknown): string {
   if (value === undefined) return 'nothing (the key is missing)';
   if (value === null) return 'null';
@@ -44,6 +48,7 @@ export function describeValue(value: unknown): string {
   } catch {
     text = String(value);
   }
+  text = redactUrlCredentials(text);
   if (text.length > 80) text = `${text.slice(0, 77)}...`;
   return `${text} (${type})`;
 }

@@ -345,3 +345,19 @@ test('config — CLOUDLET_AMQP_PREFIX sets the prefix of a RabbitMQ transport an
   const inFile = await checkText(t, 'transport:\n  kind: amqp\n  url: amqp://broker\n  prefix: dev\n', { env: { CLOUDLET_AMQP_PREFIX: 'prod' } });
   assert.equal((configOf(inFile.result).core.transport as { prefix: string }).prefix, 'prod');
 });
+
+test('config — a broker URL the schema refuses is shown without its password, malformed or too long', async (t) => {
+  // Before: `found: "amqp:/cloudlet:S3cretPass@broker.lan:5672"`, in `config check`, the agent's start-up
+  // error (journald under systemd) and `--json` details, although logs mask passwords in URLs.
+  const urls = ['amqp:/cloudlet:S3cretPass@broker.lan:5672', `amqp://cloudlet:S3cretPass@broker.lan:5672/${'v'.repeat(2_100)}`];
+  for (const url of urls) {
+    for (const where of ['env', 'file'] as const) {
+      const text = where === 'file' ? `transport:\n  kind: amqp\n  url: "${url}"\n` : 'host:\n  id: h1\n';
+      const { result } = await checkText(t, text, where === 'env' ? { env: { CLOUDLET_AMQP_URL: url } } : {});
+      const problems = problemsOf(result);
+      assert.ok(problems.some((problem) => problem.path === 'transport.url'), JSON.stringify(problems));
+      assert.doesNotMatch(JSON.stringify(problems), /S3cretPass/, `${where}: ${url.slice(0, 50)}`);
+      assert.doesNotMatch(problems.map(formatProblem).join('\n'), /S3cretPass/);
+    }
+  }
+});
