@@ -93,3 +93,13 @@ export function checkHostFlag(values: CliValues): void {
     throw cloudletError('USAGE', `--host "${values.host}" is not a host id: lowercase letters, digits and "-", 1–63 characters`);
   }
 }
+
+/**
+ * For commands that read the config and take nothing else: a word after them is most likely a config file
+ * named the wrong way, and running with another config than the one named would be worse than stopping.
+ */
+export function refuseConfigPositionals(command: string, positionals: string[]): void {
+  if (positionals.length > 0) {
+    throw cloudletError('USAGE', `${command} takes no positional arguments, found "${positionals.join(' ')}"; give the config with --config FILE`);
+  }
+}

@@ -1,5 +1,6 @@
 import { runAgent } from '../../agent.ts';
 import { loadHostConfig } from '../../config/host-config.ts';
+import { refuseConfigPositionals } from '../args.ts';
 import type { Command } from '../command.ts';
 import { findRawConfig } from '../config-source.ts';
 
@@ -9,7 +10,8 @@ export const agentCommand: Command = {
   Runs this host's agent until SIGTERM/SIGINT (a second signal exits at once). Logs go to stdout: readable
   lines on a terminal, pino JSON otherwise (journald under systemd).`,
   flags: [],
-  async run({ values }) {
+  async run({ positionals, values }) {
+    refuseConfigPositionals('agent', positionals);
     const config = await loadHostConfig(await findRawConfig(values.config));
     return runAgent(config);
   },

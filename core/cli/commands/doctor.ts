@@ -6,6 +6,7 @@
 import { checkHostConfig } from '../../config/host-config.ts';
 import { formatProblem } from '../../config/problems.ts';
 import type { QemuOptions } from '../../../plugins/qemu-backend/options.ts';
+import { refuseConfigPositionals } from '../args.ts';
 import type { Command } from '../command.ts';
 import { findRawConfig } from '../config-source.ts';
 import { EXIT } from '../exit-codes.ts';
@@ -27,7 +28,8 @@ export const doctorCommand: Command = {
   the configured credentials, the metrics endpoint — and prints each check with the fix for what fails.
   Exit 0 when nothing failed (warnings allowed), 1 when a check failed, 3 when the config is invalid.`,
   flags: [],
-  async run({ values, output }) {
+  async run({ positionals, values, output }) {
+    refuseConfigPositionals('doctor', positionals);
     const raw = await findRawConfig(values.config);
     const checked = await checkHostConfig(raw);
     if (!checked.ok) {

@@ -1,6 +1,7 @@
 import { CloudletError } from '../../errors.ts';
 import { silentLogger } from '../../logger.ts';
 import { AmqpClientTransport } from '../../transports/amqp/client.ts';
+import { refuseConfigPositionals } from '../args.ts';
 import { openClient, resultOf } from '../client.ts';
 import type { Command } from '../command.ts';
 import { clientConfig } from '../config-source.ts';
@@ -24,7 +25,8 @@ export const hostsCommand: Command = {
   Lists the hosts of the cloud: state (up/down), last seen, version, plugins and the routes each takes. On
   RabbitMQ from the hosts' heartbeats; on the local transport the one agent, asked with host-info.`,
   flags: ['socket'],
-  async run({ values, output }) {
+  async run({ positionals, values, output }) {
+    refuseConfigPositionals('hosts', positionals);
     const config = await clientConfig(values.config);
     const hosts = config.transport.kind === 'amqp' ? await heartbeatRows(config) : await localRow(values);
     const rows = hosts.map((h) => [

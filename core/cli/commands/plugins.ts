@@ -1,5 +1,6 @@
 import { summarizePlugins } from '../../agent.ts';
 import { loadHostConfig } from '../../config/host-config.ts';
+import { refuseConfigPositionals } from '../args.ts';
 import type { Command } from '../command.ts';
 import { findRawConfig } from '../config-source.ts';
 import { EXIT } from '../exit-codes.ts';
@@ -10,7 +11,8 @@ export const pluginsCommand: Command = {
   usage: `cloudlet plugins [--config FILE] [--json]
   Lists the plugins this host's config loads, with the message types each handles and its pool settings.`,
   flags: [],
-  async run({ values, output }) {
+  async run({ positionals, values, output }) {
+    refuseConfigPositionals('plugins', positionals);
     const config = await loadHostConfig(await findRawConfig(values.config));
     const plugins = summarizePlugins(config.plugins).map((summary) => ({
       ...summary,
