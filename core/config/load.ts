@@ -4,7 +4,7 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { parseDocument } from 'yaml';
+import { type Document, parseDocument } from 'yaml';
 import { CloudletError, cloudletError } from '../errors.ts';
 import { formatPath } from '../envelope.ts';
 import { type ConfigProblem, problemsFromZod } from './problems.ts';
@@ -59,9 +59,23 @@ export async function readConfigFile(file: string, env: NodeJS.ProcessEnv = proc
     }));
     throw new CloudletError('CONFIG_SYNTAX', problems.map((p) => `${p.file}: ${p.path}: ${p.message}`).join('\n'), { details: { problems } });
   }
-  const data = (document.toJS() as unknown) ?? {};
+  const data = toData(document, absolute);
   await refuseReadableSecrets(absolute, data);
   return applyEnvOverrides({ file: absolute, data, fromEnv: new Map() }, env);
+}
+
+/**
+ * The document's value. Aliases are expanded here, and yaml refuses two kinds only now: one whose anchor
+ * is not set before it, and so many expansions that they look like a resource-exhaustion attack (a
+ * "billion laughs"). Both are the file's fault: CONFIG_SYNTAX, as a parse error is.
+ */
+function toData(document: Document.Parsed, file: string): unknown {
+  try {
+    return (document.toJS() as unknown) ?? {};
+  } catch (cause) {
+    const message = `a YAML alias cannot be expanded: ${(cause as Error).message}`;
+    throw new CloudletError('CONFIG_SYNTAX', `${file}: (root): ${message}`, { details: { problems: [{ code: 'CONFIG_SYNTAX', file, path: '(root)', message }] }, cause });
+  }
 }
 
 /**

@@ -361,3 +361,24 @@ test('config — a broker URL the schema refuses is shown without its password, 
     }
   }
 });
+
+test('config — YAML aliases that cannot be expanded (a billion-laughs bomb, an unknown anchor) are CONFIG_SYNTAX naming the file', async (t) => {
+  // Before: INTERNAL (exit 70) with yaml's bare message; under systemd, RestartPreventExitStatus=3 did not
+  // stop the unit from restarting every 5 s for ever.
+  const bomb = ['a: &a [x, x, x, x, x, x, x, x, x]', ...'bcdefghi'.split('').map((name, i) => `${name}: &${name} [${Array(9).fill(`*${'abcdefghi'[i]}`).join(', ')}]`)].join('\n');
+  for (const [text, message] of [
+    [`${bomb}\n`, /alias/i],
+    ['x: *nowhere\n', /nowhere/],
+  ] as const) {
+    const file = await writeConfig(await tempDir(t), 'cloudlet.yaml', text);
+    await assert.rejects(readConfigFile(file, {}), (error: unknown) => {
+      assert.ok(error instanceof CloudletError, String(error));
+      assert.equal(error.code, 'CONFIG_SYNTAX', error.message);
+      assert.ok(error.message.includes(file), error.message);
+      assert.match(error.message, message);
+      const problems = (error.details as { problems: ConfigProblem[] }).problems;
+      assert.equal(problems[0]?.file, file);
+      return true;
+    });
+  }
+});
