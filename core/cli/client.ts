@@ -38,7 +38,7 @@ const SIGNED_DEFAULT_DEADLINE_MS = 15 * 60_000;
 
 export async function openClient(values: CliValues, options: { inactivityTimeoutMs?: number } = {}): Promise<CliClient> {
   const config = await clientConfig(values.config);
-  if (values.socket) {
+  if (values.socket !== undefined) {
     if (config.transport.kind !== 'local') throw cloudletError('USAGE', '--socket applies to the local transport only; this config uses RabbitMQ (transport.kind: amqp)');
     config.transport.socket = values.socket;
   }

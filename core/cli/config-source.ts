@@ -7,7 +7,8 @@ import type { CoreConfig } from '../config/schema.ts';
 
 /** `--config`, then CLOUDLET_CONFIG, ./cloudlet.yaml, /etc/cloudlet/cloudlet.yaml; else built-in defaults. */
 export async function findRawConfig(explicit: string | undefined): Promise<RawConfig> {
-  if (explicit) return readConfigFile(explicit);
+  // Not `if (explicit)`: an empty --config is refused as USAGE, never read as "none given".
+  if (explicit !== undefined) return readConfigFile(explicit);
   for (const candidate of defaultConfigCandidates()) {
     if (candidate === process.env.CLOUDLET_CONFIG) return readConfigFile(candidate);
     const exists = await access(candidate).then(

@@ -7,7 +7,7 @@ import process from 'node:process';
 import { parseArgs } from 'node:util';
 import { CloudletError, cloudletError, toCloudletError } from '../errors.ts';
 import { AGENT_VERSION } from '../version.ts';
-import { checkHostFlag, COMMON_FLAGS, FLAGS, type CliValues, type FlagName } from './args.ts';
+import { checkHostFlag, COMMON_FLAGS, FLAGS, refuseEmptyValues, type CliValues, type FlagName } from './args.ts';
 import { ErrorReply } from './client.ts';
 import type { Command } from './command.ts';
 import { EXIT, exitCodeFor } from './exit-codes.ts';
@@ -77,6 +77,7 @@ export async function main(argv: string[]): Promise<number> {
       throw cloudletError('USAGE', `${(error as Error).message}\n\n${USAGE}`);
     }
     const values = parsed.values as CliValues;
+    refuseEmptyValues(values);
     const { positionals } = parsed;
     if (values.version) {
       output.result(AGENT_VERSION, { version: AGENT_VERSION });
