@@ -49,7 +49,16 @@ export async function loadPrivateKey(file: string): Promise<KeyObject> {
       mode: (info.mode & 0o777).toString(8),
     });
   }
-  const key = createPrivateKey(await readFile(file, 'utf8'));
+  const pem = await readFile(file, 'utf8').catch((cause: Error) => {
+    throw cloudletError('CONFIG_NOT_FOUND', `key file ${file} cannot be read: ${cause.message}`, { file }, cause);
+  });
+  let key: KeyObject;
+  try {
+    key = createPrivateKey(pem);
+  } catch (cause) {
+    // OpenSSL's own words ("DECODER routines::unsupported") name neither the file nor what was expected.
+    throw cloudletError('CONFIG_INVALID', `key file ${file} holds no private key (a PEM "PRIVATE KEY", as cloudlet keys generate writes): ${(cause as Error).message}`, { file }, cause);
+  }
   if (key.asymmetricKeyType !== 'ed25519') throw cloudletError('CONFIG_INVALID', `key file ${file} holds an ${key.asymmetricKeyType} key; Ed25519 is required`);
   return key;
 }

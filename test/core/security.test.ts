@@ -2,8 +2,12 @@ import assert from 'node:assert/strict';
 import test from 'node:test';
 import { canonicalJson } from '../../core/security/canonical.ts';
 import { signatureValid, signEnvelope } from '../../core/security/envelope-auth.ts';
-import { generateKey, publicKeyFrom } from '../../core/security/keys.ts';
-import { createPrivateKey } from 'node:crypto';
+import { generateKey, loadPrivateKey, publicKeyFrom } from '../../core/security/keys.ts';
+import { createPrivateKey, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CloudletError } from '../../core/errors.ts';
 import { makeReply, makeRequest } from '../../core/envelope.ts';
 import { RequestAuthorizer } from '../../core/security/authorizer.ts';
 import { SigningClientTransport } from '../../core/security/signing-client.ts';
@@ -65,4 +69,27 @@ test('security — a checking client\'s gather tells onReply only of replies it 
   assert.deepEqual(result.missing, ['h2', 'h3']);
   // Before, onReply was handed straight to the inner transport and heard the forged reply as h2's answer.
   assert.deepEqual(told, ['h1']);
+});
+
+test('security — a key file that holds no private key (a public key, junk, nothing) or is a folder is a CONFIG_ error naming it', async (t) => {
+  // Before: INTERNAL (exit 70) with OpenSSL's "error:1E08010C:DECODER routines::unsupported", naming no file.
+  const dir = await mkdtemp(join(tmpdir(), 'cloudlet-keys-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const { publicKey } = generateKeyPairSync('ed25519');
+  const files = {
+    'public.pem': publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+    'junk.key': randomBytes(300),
+    'empty.key': '',
+  };
+  for (const [name, content] of Object.entries(files)) await writeFile(join(dir, name), content, { mode: 0o600 });
+  await mkdir(join(dir, 'folder.key'), { mode: 0o700 });
+  for (const name of [...Object.keys(files), 'folder.key']) {
+    const file = join(dir, name);
+    await assert.rejects(loadPrivateKey(file), (error: unknown) => {
+      assert.ok(error instanceof CloudletError, `${name}: ${String(error)}`);
+      assert.match(error.code, /^CONFIG_(INVALID|NOT_FOUND)$/, `${name}: ${error.code} ${error.message}`);
+      assert.ok(error.message.includes(file), error.message);
+      return true;
+    });
+  }
 });
