@@ -113,6 +113,25 @@ const orphansJobSchema = z
 
 const DEFAULT_ORPHANS = { schedule: '*/10 * * * *', action: 'log', kinds: {}, stopTimeoutMs: 60_000 } as const;
 
+/**
+ * Why `expression` never comes round in `timezone` (the host's when undefined), or undefined when it does.
+ * node-cron's validate() passes expressions that can never fire (a 5th Monday in every month, 30 February,
+ * a time inside a daylight-saving gap); only scheduling finds out, at the agent's start. So the check
+ * schedules it for a moment, as the agent will, and lets go of it.
+ */
+function neverComesRound(expression: string, timezone: string | undefined): string | undefined {
+  let task: ReturnType<typeof cron.createTask> | undefined;
+  try {
+    task = cron.createTask(expression, () => undefined, timezone ? { timezone } : {});
+    void task.start();
+    return undefined;
+  } catch (error) {
+    return (error as Error).message;
+  } finally {
+    void task?.destroy();
+  }
+}
+
 export const sweeperOptionsSchema = z
   .object({
     qemu: qemuSchema.optional(),
@@ -131,7 +150,19 @@ export const sweeperOptionsSchema = z
       .strict()
       .default({ orphans: { ...DEFAULT_ORPHANS } }),
   })
-  .strict();
+  .strict()
+  .superRefine((options, ctx) => {
+    for (const [job, settings] of Object.entries(options.jobs)) {
+      const reason = settings && neverComesRound(settings.schedule, options.timezone);
+      if (!reason) continue;
+      const zone = options.timezone ?? 'the host\'s time zone';
+      ctx.addIssue({
+        code: 'custom',
+        path: ['jobs', job, 'schedule'],
+        message: `"${settings.schedule}" never comes round in ${zone} (node-cron: ${reason}); e.g. a 5th weekday that not every month has, a day some month lacks, or a time in a daylight-saving gap`,
+      });
+    }
+  });
 
 /** The options as configured; `qemu` may be left out. */
 export type SweeperConfig = z.output<typeof sweeperOptionsSchema>;

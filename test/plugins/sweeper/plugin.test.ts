@@ -45,6 +45,20 @@ test('plugin — without qemu-backend it is refused at load', async () => {
   assert.deepEqual(result.problems.map((p) => p.code), ['PLUGIN_DEPENDENCY_MISSING']);
 });
 
+test('options — a schedule node-cron accepts but that never comes round is refused at check, naming the job', async () => {
+  // Before: `config check` said ok, and the agent failed in the sweeper's start hook with node-cron's "Could
+  // not find next matching date within reasonable time range", naming no job.
+  for (const [schedule, timezone] of [['0 0 1 * 1#5'], ['0 0 30W 2 *'], ['30 2 * 3 0L', 'Europe/Berlin']] as const) {
+    const result = await check({ ...(timezone ? { timezone } : {}), jobs: { orphans: { schedule } } });
+    assert.ok(!result.ok, `${schedule} ${timezone ?? ''} was accepted`);
+    const problem = result.problems.find((p) => p.path === 'plugins[1].options.jobs.orphans.schedule');
+    assert.ok(problem, JSON.stringify(result.problems));
+    assert.match(problem.message, /never comes round/);
+  }
+  // The same time outside a daylight-saving gap is fine, as is a 29 February.
+  for (const schedule of ['30 3 * 3 0L', '0 0 29 2 *']) assert.ok((await check({ timezone: 'Europe/Berlin', jobs: { orphans: { schedule } } })).ok, schedule);
+});
+
 test('options — bad schedules, actions, zones and names are refused with their path', async () => {
   const result = await check({
     timezone: 'Mars/Olympus',
