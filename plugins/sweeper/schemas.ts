@@ -85,9 +85,15 @@ export interface SweepReport {
   durationMs: number;
   /** True when the run stopped early (agent stopping, caller gone); rows not reached are `skipped`. */
   aborted: boolean;
+  /** The first 500 findings, each with what became of it. */
   actions: SweepRow[];
+  /** Findings beyond those listed in `actions`: handled all the same, and counted in `summary`. */
+  actionsOmitted: number;
   summary: KindCounts & { skipped: number; byKind: Partial<Record<FindingKind, KindCounts>> };
+  /** The first 100 things left alone on purpose. */
   ignored: IgnoredThing[];
+  ignoredOmitted: number;
+  /** Per job, what could not be read: that part was not swept. */
   errors: JobError[];
 }
 

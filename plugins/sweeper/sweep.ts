@@ -27,7 +27,7 @@ export interface SweepRequest {
   trigger: SweepTrigger;
 }
 
-/** Rows in a report at most; a host with more leftovers than this says so in `errors`. */
+/** Rows in a report at most; a host with more leftovers than this says how many more (`actionsOmitted`). */
 const MAX_ROWS = 500;
 const MAX_IGNORED = 100;
 
@@ -48,9 +48,6 @@ export async function runSweep(env: SweepEnvironment, request: SweepRequest): Pr
       rows = await carryOut(plan.findings, { options: env.options, log: env.log, signal: env.signal, ...(env.dispatch ? { dispatch: env.dispatch } : {}) });
     }
   }
-  if (rows.length > MAX_ROWS) {
-    errors.push({ job: rows[MAX_ROWS]!.job, code: 'SWEEP_INVENTORY_FAILED', message: `${rows.length} findings; the report lists the first ${MAX_ROWS} (all were handled)` });
-  }
   return {
     runId,
     host: env.hostId,
@@ -61,8 +58,11 @@ export async function runSweep(env: SweepEnvironment, request: SweepRequest): Pr
     durationMs: Date.now() - started,
     aborted: env.signal.aborted,
     actions: rows.slice(0, MAX_ROWS),
+    // All were handled and are in the summary; only the report's list is cut.
+    actionsOmitted: Math.max(0, rows.length - MAX_ROWS),
     summary: summarize(rows),
     ignored: ignored.slice(0, MAX_IGNORED),
+    ignoredOmitted: Math.max(0, ignored.length - MAX_IGNORED),
     errors,
   };
 }

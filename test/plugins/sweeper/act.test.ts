@@ -4,7 +4,7 @@
  * qemu-backend's messages are answered by a fake dispatch.
  */
 import assert from 'node:assert/strict';
-import { access, mkdir, writeFile } from 'node:fs/promises';
+import { access, mkdir, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
 import type { DispatchReply, PluginLogger } from '../../../core/plugin-api.ts';
@@ -12,6 +12,7 @@ import { settleDeadRecord } from '../../../plugins/sweeper/act-orphans.ts';
 import { carryOut } from '../../../plugins/sweeper/act.ts';
 import { resolveSweeperOptions, sweeperOptionsSchema } from '../../../plugins/sweeper/options.ts';
 import type { Finding } from '../../../plugins/sweeper/plan.ts';
+import { runSweep } from '../../../plugins/sweeper/sweep.ts';
 import { tempDir } from '../../helpers.ts';
 
 const quiet: PluginLogger = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
@@ -132,4 +133,24 @@ test('carry out — a failed row carries a documented code: SWEEP_ACTION_FAILED 
     ],
   );
   assert.match(rows[0]?.error ?? '', /no-dhcp_release.*not found/);
+});
+
+test('report — more findings than the report lists are counted as omitted, not reported as a job that could not be read', async (t) => {
+  // Before: 501 findings gave errors: [{code: 'SWEEP_INVENTORY_FAILED', …}], which means "not swept", and
+  // counted the run in runsWithErrors with its summary logged at warn.
+  const stateDir = await tempDir(t, 'cloudlet-sweep-rows-');
+  const old = new Date(Date.now() - 3_600_000);
+  const letters = (n: number) => Array.from({ length: 8 }, (_, i) => String.fromCharCode(97 + (Math.floor(n / 26 ** i) % 26))).join('');
+  for (let i = 0; i < 501; i++) {
+    const folder = join(stateDir, `h1.${letters(i)}`);
+    await mkdir(folder);
+    await utimes(folder, old, old);
+  }
+  const options = resolveSweeperOptions(sweeperOptionsSchema.parse({ jobs: { orphans: { action: 'reap' } } }), { stateDir, ipBinary: '/bin/true' });
+  const report = await runSweep({ hostId: 'h1', options, log: quiet, signal: new AbortController().signal }, { jobs: ['orphans'], dryRun: true, trigger: 'message' });
+  assert.deepEqual(report.errors, []);
+  assert.equal(report.summary.found, 501);
+  assert.equal(report.actions.length, 500);
+  assert.equal(report.actionsOmitted, 1);
+  assert.equal(report.ignoredOmitted, 0);
 });
