@@ -155,6 +155,12 @@ function planLeases(options: SweeperOptions, inventory: Inventory, plan: Plan): 
   for (const lease of inventory.leases?.leases ?? []) {
     if (!ours(lease.mac)) continue;
     const expired = isExpired(lease, inventory.nowMs);
+    if (lease.family === 'ipv6' && !expired) {
+      // The file names no MAC for an IPv6 lease: the one in the client's DUID is the guest's choice, and a disk
+      // cloned from a deleted VM keeps that VM's DUID. A live lease may be a running VM's: it waits to expire.
+      plan.ignored.push({ kind: 'lease', target: `${lease.address} ${lease.mac}`, reason: 'a live IPv6 lease is tied to a MAC only through its DUID, which the guest chooses (a cloned disk keeps another VM\'s): left until it expires' });
+      continue;
+    }
     add({
       kind: 'stale-lease',
       target: `${lease.address} ${lease.mac}`,

@@ -248,3 +248,17 @@ test('plan — the tap of a VM being created (a young folder without vm.json) is
   foreign.taps?.push({ name: 'cltcreatinx', master: 'br0', up: true, persist: true, heldBy: [] });
   assert.deepEqual(summary(planSweep(options(), ['orphans'], foreign)), []);
 });
+
+test('plan — a live IPv6 lease is never released on its DUID alone; an expired one is', () => {
+  // An IPv6 lease names no MAC: the one inside the client's DUID is the guest's choice, and a disk cloned from
+  // a deleted VM keeps that VM's DUID. Before, the live lease of a running VM with such a disk was released.
+  const inv = inventory();
+  inv.leases!.leases.push(
+    { ...lease('fd00::11', '02:00:00:00:00:0a', NOW / 1000 + HOUR), family: 'ipv6', clientId: '00:01:00:01:2a:00:00:00:02:00:00:00:00:0a', iaid: 7 },
+    { ...lease('fd00::12', '02:00:00:00:00:0c', NOW / 1000 - HOUR), family: 'ipv6', clientId: '00:01:00:01:2a:00:00:00:02:00:00:00:00:0c', iaid: 8 },
+  );
+  const plan = planSweep(options({}, { leases: { action: 'reap', interface: 'br0' } }), ['leases'], inv);
+  assert.deepEqual(summary(plan), [['stale-lease', 'fd00::12 02:00:00:00:00:0c', 'release-lease']]);
+  assert.deepEqual(plan.ignored.map((i) => [i.kind, i.target]), [['lease', 'fd00::11 02:00:00:00:00:0a']]);
+  assert.match(plan.ignored[0]?.reason ?? '', /DUID/);
+});
