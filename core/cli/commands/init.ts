@@ -3,7 +3,7 @@
  * bridge and folders, everything else gets the defaults. The text is validated like a real config before
  * it is written, and an existing file is never overwritten without --force.
  */
-import { mkdir, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import process from 'node:process';
 import { parseDocument } from 'yaml';
@@ -16,6 +16,7 @@ import { cloudletError } from '../../errors.ts';
 import { choiceFlag } from '../args.ts';
 import type { Command } from '../command.ts';
 import { EXIT } from '../exit-codes.ts';
+import { makeFolder } from '../folders.ts';
 import { configTemplate, type InitChoices } from '../init/template.ts';
 
 const STRATEGIES = ['guest-agent', 'dnsmasq', 'arp'] as const;
@@ -57,7 +58,7 @@ export const initCommand: Command = {
     // The file must be one the agent accepts: check it exactly as `cloudlet config check` would, first.
     const checked = await checkHostConfig(rawConfigFrom(parseDocument(text).toJS() as unknown, file));
     if (!checked.ok) throw configInvalidError(checked.problems);
-    await mkdir(dirname(file), { recursive: true, mode: 0o755 });
+    await makeFolder(dirname(file), `--output ${file}`, 0o755);
     await writeFile(file, text, { mode: 0o640, flag: values.force ? 'w' : 'wx' }).catch((error: NodeJS.ErrnoException) => {
       throw cloudletError('USAGE', error.code === 'EEXIST' ? `${file} exists; use --force to overwrite it` : `cannot write ${file}: ${error.message}`);
     });

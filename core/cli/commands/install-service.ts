@@ -3,7 +3,7 @@
  * absolute paths — node and the CLI, so nvm or /usr/local installs work without PATH — and ReadWritePaths=
  * for the folders the config names outside /var/lib/cloudlet. It does not run systemctl: it prints what to run.
  */
-import { access, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { access, readFile, writeFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import process from 'node:process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -13,6 +13,7 @@ import { configInvalidError, type ConfigProblem } from '../../config/problems.ts
 import { cloudletError } from '../../errors.ts';
 import type { Command } from '../command.ts';
 import { EXIT } from '../exit-codes.ts';
+import { makeFolder } from '../folders.ts';
 import { packageFile } from '../../runtime/package-root.ts';
 import { hiddenFromService, underRun, writablePaths, type ServicePaths } from '../service/paths.ts';
 
@@ -79,7 +80,7 @@ export const installServiceCommand: Command = {
       return EXIT.OK;
     }
     const file = resolve(values.output ?? '/etc/systemd/system/cloudlet.service');
-    await mkdir(dirname(file), { recursive: true });
+    await makeFolder(dirname(file), `--output ${file}`);
     await writeFile(file, unit, { mode: 0o644, flag: values.force ? 'w' : 'wx' }).catch((error: NodeJS.ErrnoException) => {
       throw cloudletError('USAGE', error.code === 'EEXIST' ? `${file} exists; use --force to replace it` : `cannot write ${file}: ${error.message}`);
     });

@@ -1,0 +1,36 @@
+/** Folders the CLI writes into (init, install-service, keys): a path that cannot be one is named, not a crash. */
+import { mkdir, stat } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { CloudletError, cloudletError } from '../errors.ts';
+
+/** Makes `dir` (and its parents); `source` says where it came from, e.g. `--output /etc/x.yaml`. */
+export async function makeFolder(dir: string, source: string, mode?: number): Promise<void> {
+  await mkdir(dir, { recursive: true, ...(mode === undefined ? {} : { mode }) }).catch(async (error: unknown) => {
+    throw await folderError(dir, source, error);
+  });
+}
+
+/** Whether `error` is mkdir's own (for a folder another module made, e.g. `keys generate --out`). */
+export function isMkdirError(error: unknown): error is NodeJS.ErrnoException & { path: string } {
+  const errno = error as NodeJS.ErrnoException | null;
+  return typeof errno?.code === 'string' && errno.syscall === 'mkdir' && typeof errno.path === 'string';
+}
+
+/** A USAGE error for a folder that mkdir refused: the file in the way when there is one, else the reason. */
+export async function folderError(dir: string, source: string, error: unknown): Promise<CloudletError> {
+  const code = (error as NodeJS.ErrnoException | null)?.code;
+  if (code === 'ENOTDIR' || code === 'EEXIST') {
+    const blocker = await nearestNonFolder(dir);
+    if (blocker !== undefined) return cloudletError('USAGE', `cannot create the folder for ${source}: ${blocker} is a file, not a folder`);
+  }
+  return cloudletError('USAGE', `cannot create the folder for ${source}: ${dir}: ${(error as Error).message}`);
+}
+
+/** The deepest existing path on the way to `dir` that is not a folder, if any. */
+async function nearestNonFolder(dir: string): Promise<string | undefined> {
+  for (let path = dir; ; path = dirname(path)) {
+    const found = await stat(path).catch(() => undefined);
+    if (found) return found.isDirectory() ? undefined : path;
+    if (dirname(path) === path) return undefined;
+  }
+}

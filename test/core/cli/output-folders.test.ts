@@ -1,0 +1,25 @@
+/** init, install-service and keys generate: a folder that cannot be made is named, not an internal error. */
+import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import test from 'node:test';
+import { runCli, tempDir } from '../../helpers.ts';
+
+test('output folders — a path through a file is refused with USAGE naming the file, for init, install-service and keys', async (t) => {
+  // Before, mkdir's ENOTDIR/EEXIST escaped as INTERNAL (exit 70, "a bug: please report it").
+  const dir = await tempDir(t);
+  const file = join(dir, 'plain-file');
+  await writeFile(file, 'not a folder\n');
+  for (const [args, flag] of [
+    [['init', '--output', join(file, 'x.yaml')], '--output'],
+    [['init', '--output', join(file, 'deeper', 'x.yaml')], '--output'],
+    [['install-service', '--config', join(dir, 'none.yaml'), '--output', join(file, 'x.service')], '--output'],
+    [['keys', 'generate', '--name', 'k1', '--out', join(file, 'keys')], '--out'],
+    [['keys', 'generate', '--name', 'k1', '--out', file], '--out'],
+  ] as const) {
+    const { code, stderr } = await runCli([...args]);
+    assert.equal(code, 2, `${args.join(' ')}: ${stderr}`);
+    assert.ok(stderr.startsWith(`error [USAGE]: cannot create the folder for ${flag} `), stderr);
+    assert.ok(stderr.includes(`${file} is a file, not a folder`), stderr);
+  }
+});
