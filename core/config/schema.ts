@@ -44,6 +44,14 @@ export const localTransportSchema = z
   })
   .strict();
 
+function readableBrokerUrl(url: string): boolean {
+  try {
+    return new URL(url).hostname !== '';
+  } catch {
+    return false;
+  }
+}
+
 export const amqpTransportSchema = z
   .object({
     kind: z.literal('amqp'),
@@ -52,7 +60,10 @@ export const amqpTransportSchema = z
       .string()
       .min(1)
       .max(2048)
-      .regex(/^amqps?:\/\//, 'an amqp:// or amqps:// URL'),
+      .regex(/^amqps?:\/\//, 'an amqp:// or amqps:// URL')
+      // amqplib reads the URL with WHATWG URL and, when that fails, connects to nowhere with a confusing
+      // error at start: so the file is blamed here, at check.
+      .refine(readableBrokerUrl, 'a URL with a host, and a port from 1 to 65535 if one is given: amqp[s]://[user:password@]host[:port][/vhost]'),
     /** Namespaces every exchange and queue, so several clouds (or test runs) share one broker. */
     prefix: z
       .string()

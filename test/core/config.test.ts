@@ -382,3 +382,16 @@ test('config — YAML aliases that cannot be expanded (a billion-laughs bomb, an
     });
   }
 });
+
+test('config — a broker URL amqplib cannot read (port not a number, no host) is refused at check, not at connect', async (t) => {
+  // Before: `config check` said ok, and the agent failed at start with BROKER_UNAVAILABLE (exit 4), "Expected
+  // amqp: or amqps: as the protocol", which blamed the broker for the file's mistake.
+  for (const url of ['amqp://broker:notaport', 'amqp://broker:99999', 'amqp://', 'amqps://:5671/v']) {
+    const { result } = await checkText(t, `transport:\n  kind: amqp\n  url: "${url}"\n`);
+    const problem = problemAt(problemsOf(result), 'transport.url');
+    assert.match(`${problem.message} ${problem.allowed ?? ''}`, /host/, url);
+  }
+  for (const url of ['amqp://broker', 'amqps://u:p@broker.lan:5671/prod', 'amqp://[::1]:5672']) {
+    configOf((await checkText(t, `transport:\n  kind: amqp\n  url: "${url}"\n`)).result);
+  }
+});
