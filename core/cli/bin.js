@@ -20,6 +20,18 @@ function compiledIsCurrent() {
   return false;
 }
 
+// A reader that stops early (`cloudlet vm list | head -1`, `cloudlet --help | true`) closes the pipe: what is
+// left to print has nobody to read it, which is no failure of the command, so the exit code stays the one
+// the command reports (0 when it succeeded) rather than a crash's. Any other error writing the output is said
+// in one line, not a stack trace.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (error) => {
+    if (error.code === 'EPIPE' || error.code === 'ERR_STREAM_DESTROYED') return;
+    if (stream === process.stdout) process.stderr.write(`cloudlet: cannot write the output: ${error.message}\n`);
+    process.exit(70);
+  });
+}
+
 let main;
 if (compiledIsCurrent()) {
   ({ main } = await import('../../dist/core/cli/main.js'));
