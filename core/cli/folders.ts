@@ -1,13 +1,25 @@
 /** Folders the CLI writes into (init, install-service, keys): a path that cannot be one is named, not a crash. */
 import { mkdir, stat } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { dirname, resolve } from 'node:path';
 import { CloudletError, cloudletError } from '../errors.ts';
 
-/** Makes `dir` (and its parents); `source` says where it came from, e.g. `--output /etc/x.yaml`. */
+/**
+ * Makes `dir` (and its parents); `source` says where it came from, e.g. `--output /etc/x.yaml`. One level at
+ * a time from the deepest existing folder, not with `recursive: true`: under /proc Node 20's recursive mkdir
+ * never returns (`--output /proc/self/x/y.yaml` hung), while a plain mkdir fails at once.
+ */
 export async function makeFolder(dir: string, source: string, mode?: number): Promise<void> {
-  await mkdir(dir, { recursive: true, ...(mode === undefined ? {} : { mode }) }).catch(async (error: unknown) => {
-    throw await folderError(dir, source, error);
-  });
+  const missing: string[] = [];
+  for (let path = resolve(dir); !(await stat(path).catch(() => undefined)) && dirname(path) !== path; path = dirname(path)) missing.unshift(path);
+  for (const path of missing) {
+    await mkdir(path, mode === undefined ? {} : { mode }).catch(async (error: unknown) => {
+      // Made meanwhile (by another process) is as good as made here.
+      if ((error as NodeJS.ErrnoException).code === 'EEXIST' && (await stat(path).catch(() => undefined))?.isDirectory()) return;
+      throw await folderError(dir, source, error);
+    });
+  }
+  // An existing path that is not a folder: let mkdir say so, as it would have.
+  if (missing.length === 0 && !(await stat(dir)).isDirectory()) throw await folderError(dir, source, Object.assign(new Error(`EEXIST: file already exists, mkdir '${dir}'`), { code: 'EEXIST' }));
 }
 
 /** Whether `error` is mkdir's own (for a folder another module made, e.g. `keys generate --out`). */

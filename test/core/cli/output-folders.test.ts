@@ -23,3 +23,10 @@ test('output folders — a path through a file is refused with USAGE naming the 
     assert.ok(stderr.includes(`${file} is a file, not a folder`), stderr);
   }
 });
+
+test('output folders — a folder that cannot be made under /proc is refused, not waited on for ever', { timeout: 30_000 }, async () => {
+  // Before: `cloudlet init --output /proc/self/x/y.yaml` hung; Node 20's recursive mkdir never returns there.
+  const { code, stderr } = await runCli(['init', '--output', '/proc/self/x/y.yaml']);
+  assert.equal(code, 2, stderr);
+  assert.ok(stderr.startsWith('error [USAGE]: cannot create the folder for --output '), stderr);
+});
