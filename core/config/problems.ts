@@ -42,6 +42,8 @@ export function describeValue(value: unknown): string {
   if (value === undefined) return 'nothing (the key is missing)';
   if (value === null) return 'null';
   const type = Array.isArray(value) ? 'array' : typeof value;
+  // JSON writes these as null.
+  if (typeof value === 'number' && !Number.isFinite(value)) return `${value} (number)`;
   let text: string;
   try {
     text = JSON.stringify(value) ?? String(value);
@@ -104,6 +106,11 @@ export function problemsFromZod(
         problem.found = describeValue(found);
         problem.allowed = issue.expected;
         problem.message = found === undefined ? 'required key is missing' : `wrong type`;
+        // YAML reads 1e400, .inf and .nan as numbers that JSON cannot hold: "wrong type, number" would puzzle.
+        if (typeof found === 'number' && !Number.isFinite(found)) {
+          problem.message = 'not a finite number';
+          problem.allowed = 'a finite number';
+        }
         break;
       case 'invalid_value':
         problem.found = describeValue(found);

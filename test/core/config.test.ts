@@ -395,3 +395,13 @@ test('config — a broker URL amqplib cannot read (port not a number, no host) i
     configOf((await checkText(t, `transport:\n  kind: amqp\n  url: "${url}"\n`)).result);
   }
 });
+
+test('config — a number YAML reads as infinite or NaN is "not a finite number", not "wrong type: null (number)"', async (t) => {
+  for (const [text, shown] of [['1e400', 'Infinity'], ['.nan', 'NaN'], ['-.inf', '-Infinity']]) {
+    const { result } = await checkText(t, `shutdown:\n  graceMs: ${text}\n`);
+    const problem = problemAt(problemsOf(result), 'shutdown.graceMs');
+    assert.equal(problem.message, 'not a finite number', text);
+    assert.equal(problem.found, `${shown} (number)`);
+    assert.equal(problem.allowed, 'a finite number');
+  }
+});
