@@ -147,9 +147,18 @@ async function readPayload(inline: string | undefined, file: string | undefined)
     });
   }
   if (text === undefined) return {};
+  let payload: unknown;
   try {
-    return JSON.parse(text) as unknown;
+    payload = JSON.parse(text) as unknown;
   } catch (error) {
     throw cloudletError('USAGE', `${source} is not valid JSON: ${(error as Error).message}`);
   }
+  // JSON.parse reads any depth, but sending writes the payload with JSON.stringify, which recurses: a few
+  // thousand levels overflow the stack. Found here, before anything is sent, as the file's fault.
+  try {
+    JSON.stringify(payload);
+  } catch (error) {
+    throw cloudletError('USAGE', `${source} nests too deeply to be sent as JSON (${(error as Error).message}); flatten it`);
+  }
+  return payload;
 }
