@@ -70,12 +70,44 @@ export async function readConfigFile(file: string, env: NodeJS.ProcessEnv = proc
  * "billion laughs"). Both are the file's fault: CONFIG_SYNTAX, as a parse error is.
  */
 function toData(document: Document.Parsed, file: string): unknown {
+  let data: unknown;
   try {
-    return (document.toJS() as unknown) ?? {};
+    data = (document.toJS() as unknown) ?? {};
   } catch (cause) {
     const message = `a YAML alias cannot be expanded: ${(cause as Error).message}`;
     throw new CloudletError('CONFIG_SYNTAX', `${file}: (root): ${message}`, { details: { problems: [{ code: 'CONFIG_SYNTAX', file, path: '(root)', message }] }, cause });
   }
+  const problems = nonJsonValues(data).map(({ path, message }): ConfigProblem => ({ code: 'CONFIG_SYNTAX', file, path, message }));
+  if (problems.length > 0) throw new CloudletError('CONFIG_SYNTAX', problems.map((p) => `${p.file}: ${p.path}: ${p.message}`).join('\n'), { details: { problems } });
+  return data;
+}
+
+/**
+ * What in a parsed document JSON could not hold. YAML tags make a Set (!!set), a Map (!!omap, !!pairs), bytes
+ * (!!binary) or a Date (!!timestamp): the schemas see an object with no keys, or the wrong type, and a Set
+ * passed as `host` unnoticed. A `__proto__` key is refused too: it is no setting, and an object that
+ * copies it gets another prototype.
+ */
+function nonJsonValues(data: unknown): { path: string; message: string }[] {
+  const found: { path: string; message: string }[] = [];
+  const stack: { value: unknown; path: PropertyKey[] }[] = [{ value: data, path: [] }];
+  while (stack.length > 0) {
+    const { value, path } = stack.pop() as { value: unknown; path: PropertyKey[] };
+    if (value === null || typeof value !== 'object') continue;
+    const at = path.length === 0 ? '(root)' : formatPath(path);
+    if (Array.isArray(value)) {
+      value.forEach((item, index) => stack.push({ value: item, path: [...path, index] }));
+    } else if (Object.getPrototypeOf(value) === Object.prototype) {
+      for (const [key, item] of Object.entries(value)) {
+        if (key === '__proto__') found.push({ path: formatPath([...path, key]), message: 'the key "__proto__" is not allowed' });
+        else stack.push({ value: item, path: [...path, key] });
+      }
+    } else {
+      const kind = value instanceof Set ? 'a set (!!set)' : value instanceof Map ? 'an ordered map (!!omap or !!pairs)' : value instanceof Date ? 'a date (!!timestamp)' : value instanceof Uint8Array ? 'bytes (!!binary)' : 'a value of its own type';
+      found.push({ path: at, message: `a YAML tag made this ${kind}, which a config value cannot be: write a plain list, mapping, string or number` });
+    }
+  }
+  return found.sort((a, b) => a.path.localeCompare(b.path));
 }
 
 /**

@@ -405,3 +405,24 @@ test('config — a number YAML reads as infinite or NaN is "not a finite number"
     assert.equal(problem.allowed, 'a finite number');
   }
 });
+
+test('config — YAML tags that make no JSON value (!!set, !!omap, !!binary, !!timestamp) and a __proto__ key are CONFIG_SYNTAX at their path', async (t) => {
+  // Before: `host: !!set {a, b}` passed the check (a Set is an object, with no keys to refuse), and
+  // `pools: {__proto__: {maxThreads: 1000}}` passed without a word.
+  for (const [text, path] of [
+    ['host: !!set {a, b}\n', 'host'],
+    ['shutdown:\n  graceMs: !!timestamp 2020-01-01\n', 'shutdown.graceMs'],
+    ['plugins:\n  - use: testkit\n    options: !!omap [a: 1]\n', 'plugins[0].options'],
+    ['state:\n  dir: !!binary aGVsbG8=\n', 'state.dir'],
+    ['pools:\n  __proto__:\n    maxThreads: 1000\n', 'pools.__proto__'],
+  ] as const) {
+    const file = await writeConfig(await tempDir(t), 'cloudlet.yaml', text);
+    await assert.rejects(readConfigFile(file, {}), (error: unknown) => {
+      assert.ok(error instanceof CloudletError, String(error));
+      assert.equal(error.code, 'CONFIG_SYNTAX', `${text}: ${error.message}`);
+      const problems = (error.details as { problems: ConfigProblem[] }).problems;
+      assert.deepEqual(problems.map((problem) => problem.path), [path], text);
+      return true;
+    });
+  }
+});
