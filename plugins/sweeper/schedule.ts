@@ -7,17 +7,26 @@ import cron, { type Logger as CronLogger, type ScheduledTask } from 'node-cron';
 import type { PluginLogger } from '../../core/plugin-api.ts';
 import { configuredJobs, type JobName, type SweeperOptions } from './options.ts';
 
+/** Schedules every configured job; if one cannot be scheduled, lets go of those already made, then throws. */
 export function scheduleJobs(options: SweeperOptions, hostId: string, log: PluginLogger, runJob: (job: JobName) => Promise<void>): ScheduledTask[] {
-  return configuredJobs(options).map((job) => {
-    const schedule = options.jobs[job]!.schedule;
-    return cron.schedule(schedule, () => runJob(job), {
-      name: `sweeper-${hostId}-${job}`,
-      noOverlap: true,
-      maxRandomDelay: options.jitterMs,
-      ...(options.timezone ? { timezone: options.timezone } : {}),
-      logger: cronLogger(log, job),
-    });
-  });
+  const tasks: ScheduledTask[] = [];
+  try {
+    for (const job of configuredJobs(options)) {
+      tasks.push(
+        cron.schedule(options.jobs[job]!.schedule, () => runJob(job), {
+          name: `sweeper-${hostId}-${job}`,
+          noOverlap: true,
+          maxRandomDelay: options.jitterMs,
+          ...(options.timezone ? { timezone: options.timezone } : {}),
+          logger: cronLogger(log, job),
+        }),
+      );
+    }
+  } catch (error) {
+    for (const task of tasks) void task.destroy();
+    throw error;
+  }
+  return tasks;
 }
 
 /** node-cron's own messages (missed runs, overlaps) go to the plugin's logger, not the console. */

@@ -50,9 +50,8 @@ export class SweeperService {
 
   start(): void {
     const { options, host, log } = this.#settings;
-    this.#closeRelay = serveRelay(host, (payload, run) => this.sweep({ dryRun: payload.dryRun, ...(payload.jobs ? { jobs: payload.jobs } : {}) }, 'message', run), (error) =>
-      log.warn({ err: error }, 'sweeper: ignored a malformed message on its relay channel'),
-    );
+    // Schedules first: if one cannot be made, start throws and no stop hook comes to close anything, so
+    // the relay must not be open yet (it would take sweep-now requests for a sweeper that never started).
     this.#tasks = scheduleJobs(options, host.id, log, async (job) => {
       try {
         await this.sweep({ dryRun: false, jobs: [job] }, 'schedule');
@@ -60,6 +59,9 @@ export class SweeperService {
         log.error({ err: error, code: (error as { code?: string }).code, job }, 'scheduled sweep failed');
       }
     });
+    this.#closeRelay = serveRelay(host, (payload, run) => this.sweep({ dryRun: payload.dryRun, ...(payload.jobs ? { jobs: payload.jobs } : {}) }, 'message', run), (error) =>
+      log.warn({ err: error }, 'sweeper: ignored a malformed message on its relay channel'),
+    );
     const jobs = configuredJobs(options).map((job) => ({ job, schedule: options.jobs[job]!.schedule, action: options.jobs[job]!.action }));
     log.info({ jobs, jitterMs: options.jitterMs, stateDir: options.qemu.stateDir }, 'sweeper scheduled');
   }

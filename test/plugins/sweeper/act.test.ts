@@ -13,6 +13,9 @@ import { carryOut } from '../../../plugins/sweeper/act.ts';
 import { resolveSweeperOptions, sweeperOptionsSchema } from '../../../plugins/sweeper/options.ts';
 import type { Finding } from '../../../plugins/sweeper/plan.ts';
 import { runSweep } from '../../../plugins/sweeper/sweep.ts';
+import { requestSweep } from '../../../plugins/sweeper/relay.ts';
+import { SweeperService } from '../../../plugins/sweeper/service.ts';
+import cron from 'node-cron';
 import { tempDir } from '../../helpers.ts';
 
 const quiet: PluginLogger = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
@@ -153,4 +156,26 @@ test('report — more findings than the report lists are counted as omitted, not
   assert.equal(report.actions.length, 500);
   assert.equal(report.actionsOmitted, 1);
   assert.equal(report.ignoredOmitted, 0);
+});
+
+test('service — a start whose scheduling fails leaves no relay open: a sweep-now finds no sweeper', async (t) => {
+  // Before: the relay channel was opened before the schedules; when scheduling threw, the channel stayed
+  // open with no stop hook to close it, and took sweep requests for a sweeper that never started.
+  const stateDir = await tempDir(t, 'cloudlet-sweep-start-');
+  const options = resolveSweeperOptions(sweeperOptionsSchema.parse({ jobs: { orphans: { action: 'log' } } }), { stateDir, ipBinary: '/bin/true' });
+  // Past the options check (which refuses it since ae71440): what any other failure to schedule looks like.
+  options.jobs.orphans!.schedule = '0 0 1 * 1#5';
+  const host = { id: 'h1', agentVersion: 'test', startedAt: Date.now() };
+  const service = new SweeperService({ options, host, log: quiet, emitEvent: async () => undefined, dispatch: async () => ({ ok: false, error: { code: 'X', message: 'unused' } }) as DispatchReply });
+  assert.throws(() => service.start(), /Could not find next matching date/);
+  await assert.rejects(requestSweep(host, { dryRun: true }, { signal: new AbortController().signal, onProgress: () => undefined, acceptTimeoutMs: 1_000 }), { code: 'SWEEPER_NOT_RUNNING' });
+
+  // A job scheduled before the one that fails (leases comes first) is let go of too, not left running with
+  // nobody to stop it.
+  const two = resolveSweeperOptions(sweeperOptionsSchema.parse({ jobs: { orphans: { action: 'log' }, leases: { interface: 'br0' } } }), { stateDir, ipBinary: '/bin/true' });
+  two.jobs.orphans!.schedule = '0 0 1 * 1#5';
+  const second = new SweeperService({ options: two, host: { ...host, id: 'h2' }, log: quiet, emitEvent: async () => undefined, dispatch: async () => ({ ok: false, error: { code: 'X', message: 'unused' } }) as DispatchReply });
+  assert.throws(() => second.start(), /Could not find next matching date/);
+  const left = [...cron.getTasks().values()].filter((task) => task.name?.startsWith('sweeper-h2-'));
+  assert.deepEqual(left.map((task) => task.name), []);
 });
