@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { symlinkSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
@@ -8,7 +7,7 @@ import amqplib from 'amqplib';
 import { makeEvent, makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
 import { amqpNames } from '../../core/transports/amqp/names.ts';
 import { until } from '../helpers.ts';
-import { isLocalBroker, queueDepth, SHARED_BROKER, startCloud } from '../support/cloud.ts';
+import { queueDepth, startCloud } from '../support/cloud.ts';
 import { startRabbitNode } from '../support/rabbit-node.ts';
 
 /** Publishes a request straight onto a host's queue, as a redelivery would arrive, and waits for its reply. */
@@ -229,9 +228,12 @@ async function ghostTakingAnyHost(t: TestContext, url: string, names: ReturnType
   const timer = setInterval(heartbeat, 50);
   const silence = () => clearInterval(timer);
   t.after(silence);
-  // If the test fails before the ghost falls silent, startCloud's teardown (run first) deletes the presence
-  // exchange and the broker closes this channel at the next beat: stop beating, don't throw over the failure.
+  // Teardown hooks registered before this one run first: startCloud's deletes the presence exchange (the
+  // broker then closes this channel at the next beat), a test node's stops the broker. Either way the ghost
+  // falls silent rather than throw over the test's own outcome.
   channel.on('error', silence);
+  channel.on('close', silence);
+  connection.on('error', silence);
   return { channel, silence };
 }
 
@@ -264,10 +266,10 @@ test('hand-back — copies of a request that came in while it ran are passed on 
 });
 
 test('hand-on refused by the broker — the caller gets NO_CAPACITY naming who refused, not a timeout', { timeout: 90_000 }, async (t) => {
-  // The broker is made to refuse with a policy, set by rabbitmqctl, which reaches only a broker on this
-  // machine: the shared one here and in CI, not one named by CLOUDLET_TEST_AMQP_URL elsewhere.
-  if (!isLocalBroker(SHARED_BROKER)) return t.skip(`rabbitmqctl cannot set a policy on ${new URL(SHARED_BROKER).host}`);
-  const cloud = await startCloud(t, [{ id: 'full1', testkitOptions: { hasCapacity: false } }]);
+  // The broker is made to refuse with a policy, set by rabbitmqctl: on a node of the test's own, which
+  // rabbitmqctl always reaches (the shared broker may be another machine's, CLOUDLET_TEST_AMQP_URL).
+  const node = await startRabbitNode(t, { name: 'refuse' });
+  const cloud = await startCloud(t, [{ id: 'full1', testkitOptions: { hasCapacity: false } }], { url: node.url });
   const names = amqpNames(cloud.prefix);
   await ghostTakingAnyHost(t, cloud.url, names);
   await new Promise((resolve) => setTimeout(resolve, 500)); // full1 has heard the ghost
@@ -280,9 +282,8 @@ test('hand-on refused by the broker — the caller gets NO_CAPACITY naming who r
   // While full1 holds the request, the any-host queue starts refusing every publish: the broker nacks the
   // hand-on. (A policy applies at once to a queue that exists; it is the test's own, and goes with it.)
   const policy = `${cloud.prefix}-refuse`;
-  execFileSync('rabbitmqctl', ['-q', 'set_policy', '--apply-to', 'queues', policy, `^${names.anyQueue.replace(/[.]/g, '\\.')}$`, '{"max-length":0,"overflow":"reject-publish"}']);
-  t.after(() => execFileSync('rabbitmqctl', ['-q', 'clear_policy', policy]));
-  await until(() => execFileSync('rabbitmqctl', ['-q', 'list_queues', 'name', 'policy'], { encoding: 'utf8' }).includes(policy), 10_000);
+  await node.ctl(['set_policy', '--apply-to', 'queues', policy, `^${names.anyQueue.replace(/[.]/g, '\\.')}$`, '{"max-length":0,"overflow":"reject-publish"}']);
+  await until(async () => (await node.ctl(['list_queues', 'name', 'policy'])).includes(policy), 10_000);
   // Before: the nack made the hand-on throw; the request stayed unacked, and its caller waited for nothing.
   const answer = await reply;
   assert.equal(answer.ok, false);

@@ -5,7 +5,7 @@
  *
  * Linux only: uses the Debian package's scripts and /proc to find leftover processes.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -13,6 +13,7 @@ import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
+import { promisify } from 'node:util';
 import amqplib from 'amqplib';
 
 export interface RabbitNode {
@@ -30,9 +31,12 @@ export interface RabbitNode {
   restart(): Promise<void>;
   /** Replaces the extra rabbitmq.conf lines (startRabbitNode's `conf`); they apply from the next start. */
   reconfigure(conf: string): Promise<void>;
+  /** Runs `rabbitmqctl -q <args>` against this node (e.g. set_policy); its stdout, or a rejection with its stderr. */
+  ctl(args: string[]): Promise<string>;
 }
 
 const RABBIT_BIN = '/usr/lib/rabbitmq/bin';
+const execFileAsync = promisify(execFile);
 const START_TIMEOUT_MS = 30_000;
 const STOP_TIMEOUT_MS = 20_000;
 /** First starts that lose a port race (another process bound it after our check) pick new ports this often. */
@@ -72,6 +76,7 @@ export async function startRabbitNode(t: TestContext, options: { name?: string; 
       await node.start();
     },
     reconfigure: (conf) => node.writeConf(conf),
+    ctl: (args) => node.ctl(args),
   };
 }
 
@@ -107,6 +112,11 @@ class IsolatedNode {
   #unregisterLastResort(): void {
     process.removeListener('exit', this.#onProcessExit);
     for (const signal of FATAL_SIGNALS) process.removeListener(signal, this.#onFatalSignal);
+  }
+
+  async ctl(args: string[]): Promise<string> {
+    const { stdout } = await execFileAsync(join(RABBIT_BIN, 'rabbitmqctl'), ['-q', '-n', this.name, ...args], { env: this.#env(), timeout: STOP_TIMEOUT_MS, encoding: 'utf8' });
+    return stdout;
   }
 
   get url(): string {
