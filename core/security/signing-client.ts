@@ -59,13 +59,21 @@ export class SigningClientTransport implements ClientTransport {
 
   async gather(request: RequestEnvelope, options: GatherOptions = {}): Promise<GatherResult> {
     const signed = this.#sign(request);
+    // Each reply is verified once, whether onReply or the result asks first (the transports hand both the
+    // same object): an Ed25519 check is the costly part of a gather's bookkeeping.
+    const verdicts = new WeakMap<ReplyEnvelope, boolean>();
     const trusted = (reply: ReplyEnvelope) => {
-      try {
-        this.#check(reply, signed);
-        return true;
-      } catch {
-        return false;
+      let verdict = verdicts.get(reply);
+      if (verdict === undefined) {
+        try {
+          this.#check(reply, signed);
+          verdict = true;
+        } catch {
+          verdict = false;
+        }
+        verdicts.set(reply, verdict);
       }
+      return verdict;
     };
     // The caller hears of a reply as it comes only once it is checked: the inner transport would pass on
     // whatever claims to be a host's answer.

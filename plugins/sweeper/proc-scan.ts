@@ -153,7 +153,8 @@ export async function scanProcesses(identity: ProcessIdentity, nowMs: number): P
     }
     // argv[0] is whatever the process's starter chose: a process of any user can claim to be QEMU.
     const executable = await executableOf(pid);
-    if (executable === undefined) continue; // gone meanwhile
+    // Gone meanwhile, or another user's process that this agent may neither inspect nor signal.
+    if (executable === undefined) continue;
     if (!isQemuProgram(executable, identity)) {
       scan.lookalikes.push({ pid, name: `cloudlet-${classified.vmId}`, reason: `not a QEMU process (its program is ${executable})` });
       continue;
