@@ -10,7 +10,7 @@ import { AGENT_VERSION } from '../version.ts';
 import { checkHostFlag, COMMON_FLAGS, FLAGS, refuseEmptyValues, type CliValues, type FlagName } from './args.ts';
 import { ErrorReply } from './client.ts';
 import type { Command } from './command.ts';
-import { EXIT, exitCodeFor } from './exit-codes.ts';
+import { EXIT, exitCodeFor, exitCodeForReply } from './exit-codes.ts';
 import { createOutput } from './output.ts';
 import { agentCommand } from './commands/agent.ts';
 import { callCommand } from './commands/call.ts';
@@ -108,7 +108,7 @@ export async function main(argv: string[]): Promise<number> {
   } catch (thrown) {
     if (thrown instanceof ErrorReply) {
       output.error(thrown.error, thrown.host);
-      return EXIT.ERROR_REPLY;
+      return exitCodeForReply(thrown.error);
     }
     const error = thrown instanceof CloudletError ? thrown : toCloudletError(thrown, 'INTERNAL');
     output.error(error);

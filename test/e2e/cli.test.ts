@@ -75,10 +75,10 @@ test('cli — exit codes: error reply 1, usage 2, unreachable 4', async (t) => {
   assert.match(unreachable.stderr, /AGENT_UNREACHABLE[\s\S]*nobody\.sock/);
 });
 
-test('cli — the agent deadline answers a slow call with DEADLINE_EXCEEDED', async (t) => {
+test('cli — the agent deadline answers a slow call with DEADLINE_EXCEEDED, exit 5 (time ran out)', async (t) => {
   const { config } = await agentWithTestkit(t);
   const slow = await runCli(['call', 'test.sleep', '--config', config, '--payload', '{"ms":10000}', '--timeout', '400', '--json']);
-  assert.equal(slow.code, 1);
+  assert.equal(slow.code, 5, slow.stderr);
   assert.equal((JSON.parse(slow.stdout) as { error: { code: string } }).error.code, 'DEADLINE_EXCEEDED');
 });
 

@@ -6,7 +6,7 @@ import type { GatherResult } from '../../transports/transport.ts';
 import { CLIENT_FLAGS, timeoutFlag } from '../args.ts';
 import { ErrorReply, openClient, targetFor, type CliClient } from '../client.ts';
 import type { Command, CommandContext } from '../command.ts';
-import { EXIT } from '../exit-codes.ts';
+import { EXIT, exitCodeForReply } from '../exit-codes.ts';
 
 const usage = `cloudlet call TYPE [--payload JSON | --payload-file FILE] [--host HOST] [--timeout MS]
              [--wait-ip] [--config FILE] [--socket PATH] [--json]
@@ -17,7 +17,8 @@ const usage = `cloudlet call TYPE [--payload JSON | --payload-file FILE] [--host
   reply envelope (or {replies, missing}). --wait-ip: after a VM command succeeded (a payload naming the VM,
   or create-vm), wait for the VM's address (get-vm-ip on its host) and add it to the result; if the wait
   fails, the result is printed all the same, then the error (--json: the reply plus "waitIp").
-  Exit 0 on success, 1 when a host answered with an error.`;
+  Exit 0 on success, 1 when a host answered with an error, 5 when time ran out (no reply by --timeout, the
+  host's DEADLINE_EXCEEDED, or a --wait-ip that found no address in time).`;
 
 export const callCommand: Command = {
   words: ['call'],
@@ -53,7 +54,7 @@ export const callCommand: Command = {
       }
       if (output.json) {
         output.result('', reply);
-        return EXIT.ERROR_REPLY;
+        return exitCodeForReply(reply.error ?? { code: 'INTERNAL' });
       }
       throw new ErrorReply(reply);
     } finally {
@@ -116,12 +117,12 @@ async function waitForIp(
   return { reply: { ...reply, result: { ...(reply.result as object), addresses: (ipReply.result as { addresses: unknown }).addresses } } };
 }
 
-/** The command's result always; a failed wait after it as an error (stderr, or `waitIp` in the JSON), exit 1. */
+/** The command's result always; a failed wait after it as an error (stderr, or `waitIp` in the JSON): exit 5 when it ran out of time, else 1. */
 function printWaited({ reply, waitIp }: Waited, output: CommandContext['output']): number {
   output.result(reply.result === undefined ? '(no result)' : JSON.stringify(reply.result, null, 2), waitIp ? { ...reply, waitIp } : reply);
   if (!waitIp) return EXIT.OK;
   if (!output.json) output.error(CloudletError.fromWire(waitIp.error), waitIp.host);
-  return EXIT.ERROR_REPLY;
+  return exitCodeForReply(waitIp.error);
 }
 
 function printGathered(gathered: GatherResult, output: CommandContext['output']): number {

@@ -66,7 +66,7 @@ export const vmIpCommand: Command = {
   words: ['vm', 'ip'],
   usage: `cloudlet vm ip ID [--wait] [--timeout MS] [--json]
   The VM's addresses, from the host's ip-discovery plugins. --wait waits until one is known (up to --timeout,
-  default 5 min, at most 10 min) and fails with IP_NOT_FOUND (exit 1) when none is.`,
+  default 5 min, at most 10 min) and fails with IP_NOT_FOUND, exit 5, when none is.`,
   flags: [...CLIENT_FLAGS, 'wait'],
   async run({ positionals, values, output }) {
     const vm = vmIdArgument(positionals, vmIpCommand.usage);

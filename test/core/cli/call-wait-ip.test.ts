@@ -1,4 +1,7 @@
-/** `call --wait-ip`: refused before sending when no VM can be named; the first reply is never lost. */
+/**
+ * `call --wait-ip` and `vm ip --wait`: refused before sending when no VM can be named; the first reply is
+ * never lost; a wait that runs out of time exits 5 like every other timeout, other failures exit 1.
+ */
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import test, { type TestContext } from 'node:test';
@@ -22,12 +25,13 @@ test('call --wait-ip — a message that cannot name a VM is refused with USAGE b
   assert.match(stderr, /^error \[USAGE\]: --wait-ip needs a payload naming the VM/);
 });
 
-test('call --wait-ip — when the wait fails, the create-vm result is still printed, and --json keeps both replies', async (t) => {
+test('call --wait-ip — when the wait runs out, the create-vm result is still printed, --json keeps both replies, exit 5', async (t) => {
   // Before, the get-vm-ip error envelope replaced the successful create-vm reply: scripts never saw the VM id.
+  // And a wait that ran out exited 1 ("the host answered with an error"), where --wait and --timeout exit 5.
   const config = await stubAgent(t);
   const payload = JSON.stringify({ image: 'tiny' });
-  const json = await runCli(['call', 'create-vm', '--payload', payload, '--wait-ip', '--config', config, '--json']);
-  assert.equal(json.code, 1, json.stderr);
+  const json = await runCli(['call', 'create-vm', '--payload', payload, '--wait-ip', '--timeout', '1500', '--config', config, '--json']);
+  assert.equal(json.code, 5, json.stderr);
   const printed = JSON.parse(json.stdout) as { ok: boolean; type: string; result: { id: string }; waitIp: { ok: boolean; host: string; error: { code: string } } };
   assert.equal(printed.ok, true);
   assert.equal(printed.result.id, 'test-host.abcdefgh');
@@ -35,8 +39,8 @@ test('call --wait-ip — when the wait fails, the create-vm result is still prin
   assert.equal(printed.waitIp.host, 'test-host');
   assert.equal(printed.waitIp.error.code, 'IP_NOT_FOUND');
 
-  const human = await runCli(['call', 'create-vm', '--payload', payload, '--wait-ip', '--config', config]);
-  assert.equal(human.code, 1, human.stderr);
+  const human = await runCli(['call', 'create-vm', '--payload', payload, '--wait-ip', '--timeout', '1500', '--config', config]);
+  assert.equal(human.code, 5, human.stderr);
   assert.equal((JSON.parse(human.stdout) as { id: string }).id, 'test-host.abcdefgh');
   assert.match(human.stderr, /error \[IP_NOT_FOUND\] from test-host/);
 });
@@ -48,4 +52,31 @@ test('call --wait-ip — a result that names no VM after all is not a USAGE erro
   assert.deepEqual(JSON.parse(stdout), { state: 'running' });
   assert.match(stderr, /^error \[INVALID_RESULT\]: create-vm's result from test-host names no VM/m);
   assert.doesNotMatch(stderr, /USAGE/);
+});
+
+test('vm ip --wait — no address in time exits 5 (a timeout); a VM that is not running exits 1 (an answer)', async (t) => {
+  const config = await stubAgent(t);
+  const ranOut = await runCli(['vm', 'ip', 'test-host.abcdefgh', '--wait', '--timeout', '800', '--config', config]);
+  assert.equal(ranOut.code, 5, ranOut.stderr);
+  assert.match(ranOut.stderr, /error \[IP_NOT_FOUND\] from test-host: no address for test-host\.abcdefgh within 800 ms/);
+
+  const stopped = await runCli(['vm', 'ip', 'test-host.poweroff', '--wait', '--config', config]);
+  assert.equal(stopped.code, 1, stopped.stderr);
+  assert.match(stopped.stderr, /error \[IP_NOT_FOUND\] from test-host: test-host\.poweroff is not running/);
+
+  const callStopped = await runCli(['call', 'get-vm-ip', '--payload', JSON.stringify({ vm: 'test-host.poweroff', wait: true, timeoutMs: 5000 }), '--config', config]);
+  assert.equal(callStopped.code, 1, callStopped.stderr);
+});
+
+test('call get-vm-ip — a payload wait longer than --timeout ends at the deadline with DEADLINE_EXCEEDED, exit 5', async (t) => {
+  // get-vm-ip asked to wait 20 s under a 700 ms --timeout: the agent cancels it at the deadline and says
+  // so. Before, that answer exited 1 as if the host had refused the request, not 5 like a timeout.
+  // (test/e2e/cli.test.ts checks the same with --json.)
+  const config = await stubAgent(t);
+  const payload = JSON.stringify({ vm: 'test-host.abcdefgh', wait: true, timeoutMs: 20_000 });
+  const started = Date.now();
+  const { code, stderr } = await runCli(['call', 'get-vm-ip', '--payload', payload, '--timeout', '700', '--config', config]);
+  assert.equal(code, 5, stderr);
+  assert.ok(Date.now() - started < 15_000, 'answered at the deadline, not after the wait');
+  assert.match(stderr, /error \[DEADLINE_EXCEEDED\] from test-host/);
 });
