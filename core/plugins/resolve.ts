@@ -30,13 +30,16 @@ export async function resolvePluginSpecifier(use: string, configFile: string): P
   const configDir = dirname(resolve(configFile));
   if (kind === 'builtin') return { kind, url: builtinPlugins[use] as string };
   if (kind === 'path') {
-    const path = use.startsWith('file:') ? fileURLToPath(use) : resolve(configDir, use);
+    const path = use.startsWith('file:') ? localFilePath(use) : resolve(configDir, use);
     const info = await stat(path).catch(() => undefined);
     if (!info?.isFile()) {
       const what = info?.isDirectory() ? 'is a directory; name the plugin module file (e.g. index.ts) inside it' : 'does not exist';
       throw cloudletError('PLUGIN_NOT_FOUND', `plugin file ${path} ${what} (from "${use}", relative to ${configDir})`, { use, path });
     }
     return { kind, url: pathToFileURL(path).href };
+  }
+  if (PACKAGE_NAME.test(use) && hasDotSegment(use)) {
+    throw cloudletError('PLUGIN_NOT_FOUND', `"${use}" is not a valid npm package specifier: a package subpath may not have empty, "." or ".." parts`, { use });
   }
   if (!PACKAGE_NAME.test(use)) {
     throw cloudletError(
@@ -56,6 +59,24 @@ export async function resolvePluginSpecifier(use: string, configFile: string): P
       { use, builtins: Object.keys(builtinPlugins) },
     );
   }
+}
+
+/** The path a `file:` URL names; one Node cannot map to a local path is the config's fault, said plainly. */
+function localFilePath(use: string): string {
+  try {
+    return fileURLToPath(use);
+  } catch (error) {
+    throw cloudletError('PLUGIN_NOT_FOUND', `"${use}" is not a local file URL (${(error as Error).message}); write file:///absolute/path, or a path starting with ./, ../ or /`, { use });
+  }
+}
+
+/**
+ * Whether a package specifier's subpath climbs or stays put ("pkg/../x", "pkg/./x", "pkg//x"). Such a
+ * subpath would be joined onto the package's folder and could name any file on the host.
+ */
+function hasDotSegment(specifier: string): boolean {
+  const parts = specifier.split('/').slice(specifier.startsWith('@') ? 2 : 1);
+  return parts.some((part) => part === '' || part === '.' || part === '..');
 }
 
 type ExportsField = string | null | { [key: string]: ExportsField } | ExportsField[];

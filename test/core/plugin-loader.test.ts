@@ -65,6 +65,33 @@ test('loader — PLUGIN_NOT_FOUND for a name that is neither built-in, a path no
   assert.match(problem.message, /"Not A Plugin!" is not a built-in plugin .*a path starting with \.\/, \.\.\/ or \/, or a valid npm package name/);
 });
 
+test('loader — a file: URL with a remote host or an encoded slash is PLUGIN_NOT_FOUND saying what file: URLs may be', async () => {
+  // Before, Node's fileURLToPath threw, and the problem was PLUGIN_IMPORT_FAILED with its bare TypeError.
+  for (const use of ['file://remotehost/x.mjs', 'file:///opt/a%2Fb.mjs', 'file://[::1/x.mjs']) {
+    const problem = onlyProblem(await load(use));
+    assert.equal(problem.code, 'PLUGIN_NOT_FOUND', use);
+    assert.equal(problem.path, 'plugins[0].use');
+    assert.match(problem.message, new RegExp(`^"${use.replace(/[[\]./]/g, '\\$&')}" is not a local file URL \\(.+\\); write file:///absolute/path, or a path starting with \\./, \\.\\./ or /$`), problem.message);
+    assert.doesNotMatch(problem.message, /TypeError/);
+  }
+});
+
+test('loader — a package subpath with . or .. segments is refused, never resolved outside the package', async (t) => {
+  // Before, "pkg/../../outside.ts" passed the package-name check and was joined onto node_modules/pkg: it
+  // loaded the file two folders up, outside any node_modules.
+  const dir = await tempDir(t);
+  await mkdir(join(dir, 'node_modules', 'pkg'), { recursive: true });
+  await writeFile(join(dir, 'node_modules', 'pkg', 'package.json'), '{"name": "pkg", "version": "1.0.0"}');
+  await writeFile(join(dir, 'outside.ts'), `export { default } from ${JSON.stringify(pathToFileURL(testkitPath).href)};\n`);
+  for (const use of ['pkg/../../outside.ts', 'pkg/./../../outside.ts', 'pkg//x.js', 'pkg/sub/..']) {
+    const result = await loadPlugins([{ index: 0, entry: { use } }], join(dir, 'cloudlet.yaml'));
+    assert.deepEqual(names(result), ['core'], use);
+    const problem = onlyProblem(result);
+    assert.equal(problem.code, 'PLUGIN_NOT_FOUND', use);
+    assert.match(problem.message, /a package subpath may not have empty, "\." or "\.\." parts/, use);
+  }
+});
+
 test('loader — PLUGIN_IMPORT_FAILED when the module throws while it is imported', async () => {
   const problem = onlyProblem(await load(fixture('throws-on-import')));
   assert.equal(problem.code, 'PLUGIN_IMPORT_FAILED');
