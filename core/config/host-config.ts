@@ -2,11 +2,13 @@
  * A host's complete, validated configuration: the core's settings, the plugins in dependency order with
  * their parsed options, and every message type with its effective pool settings.
  */
+import { CloudletError } from '../errors.ts';
 import type { MessageDefinition, PoolSettings } from '../plugin-api.ts';
 import { loadPlugins, type LoadedPlugin } from '../plugins/loader.ts';
+import { loadPrivateKey } from '../security/keys.ts';
 import { type RawConfig, validateCoreConfig } from './load.ts';
 import { type ConfigProblem, configInvalidError } from './problems.ts';
-import { type CoreConfig, defaultHostId, defaultPoolSettings, poolSettingsSchema } from './schema.ts';
+import { type CoreConfig, defaultHostId, defaultPoolSettings, poolSettingsSchema, type SecurityConfig } from './schema.ts';
 
 export interface MessageRoute {
   type: string;
@@ -32,6 +34,7 @@ export async function checkHostConfig(raw: RawConfig): Promise<HostConfigCheck> 
   const loaded = await loadPlugins(core.pluginEntries, raw.file);
   problems.push(...loaded.problems);
   if (!core.config) return { ok: false, problems };
+  problems.push(...(await keyFileProblems(core.config.security, raw.file)));
 
   const messages = new Map<string, MessageRoute>();
   const knownTypes = new Set<string>();
@@ -84,4 +87,22 @@ export async function loadHostConfig(raw: RawConfig): Promise<HostConfig> {
   const checked = await checkHostConfig(raw);
   if (!checked.ok) throw configInvalidError(checked.problems);
   return checked.config;
+}
+
+/**
+ * Each key file the config names, read as the agent (hostKeyFile) and the CLI (clientKeyFile) will read it,
+ * so that a missing, open or wrong key is found by `config check`, not only when the agent starts or a
+ * command signs. The file is only read.
+ */
+async function keyFileProblems(security: SecurityConfig, configFile: string): Promise<ConfigProblem[]> {
+  const problems: ConfigProblem[] = [];
+  for (const setting of ['hostKeyFile', 'clientKeyFile'] as const) {
+    const file = security[setting];
+    if (file === undefined) continue;
+    await loadPrivateKey(file).catch((error: unknown) => {
+      if (!(error instanceof CloudletError)) throw error;
+      problems.push({ code: error.code, file: configFile, path: `security.${setting}`, message: error.message, found: file });
+    });
+  }
+  return problems;
 }

@@ -1,5 +1,5 @@
 /** Host config validation: every problem of a file in one run, each saying where, what was found and what is allowed. */
-import { readdir } from 'node:fs/promises';
+import { readdir, writeFile } from 'node:fs/promises';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -8,6 +8,7 @@ import { checkHostConfig, type HostConfigCheck } from '../../core/config/host-co
 import { readConfigFile } from '../../core/config/load.ts';
 import { type ConfigProblem, formatProblem } from '../../core/config/problems.ts';
 import { defaultPoolSettings } from '../../core/config/schema.ts';
+import { generateKey } from '../../core/security/keys.ts';
 import { repoRoot, runCli, tempDir, testkitPath, writeConfig } from '../helpers.ts';
 
 const CORE_KEYS = 'host, transport, log, limits, shutdown, pools, routing, security, state, plugins';
@@ -425,4 +426,39 @@ test('config — YAML tags that make no JSON value (!!set, !!omap, !!binary, !!t
       return true;
     });
   }
+});
+
+test('config — key files are read at check: a missing, open or wrong one is a problem at its setting, a good one passes', async (t) => {
+  // Before, config check passed such a config; the agent then failed at start, and a client at its first command.
+  const dir = await tempDir(t);
+  const good = join(dir, 'good.key');
+  await writeFile(good, generateKey().privateKeyPem, { mode: 0o600 });
+  const open = join(dir, 'open.key');
+  await writeFile(open, generateKey().privateKeyPem, { mode: 0o644 });
+  const publicOnly = join(dir, 'public.key');
+  await writeFile(publicOnly, `-----BEGIN PUBLIC KEY-----\n${generateKey().publicKey}\n-----END PUBLIC KEY-----\n`, { mode: 0o600 });
+  const missing = join(dir, 'missing.key');
+  const configWith = (hostKeyFile: string, clientKeyFile: string) => `security:\n  hostKeyFile: ${hostKeyFile}\n  clientKeyFile: ${clientKeyFile}\n`;
+
+  configOf((await checkText(t, configWith(good, good))).result);
+
+  const { file, result } = await checkText(t, configWith(missing, open));
+  const problems = problemsOf(result);
+  assert.equal(problems.length, 2, JSON.stringify(problems, null, 2));
+  const host = problemAt(problems, 'security.hostKeyFile');
+  assert.equal(host.code, 'CONFIG_NOT_FOUND');
+  assert.equal(host.file, file);
+  assert.equal(host.found, missing);
+  assert.match(host.message, /key file .*missing\.key cannot be read/);
+  const client = problemAt(problems, 'security.clientKeyFile');
+  assert.equal(client.code, 'CONFIG_INSECURE');
+  assert.match(client.message, /chmod 600/);
+
+  const wrong = problemAt(problemsOf((await checkText(t, configWith(good, publicOnly))).result), 'security.clientKeyFile');
+  assert.equal(wrong.code, 'CONFIG_INVALID');
+  assert.match(wrong.message, /holds no private key/);
+
+  const check = await runCli(['config', 'check', file]);
+  assert.equal(check.code, 3, check.stderr);
+  assert.match(check.stdout, /\[CONFIG_NOT_FOUND\] .*: security\.hostKeyFile: key file/);
 });

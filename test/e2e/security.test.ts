@@ -102,8 +102,9 @@ test('security — secrets: a world-readable config with a broker password and a
   await chmod(keyFile, 0o644);
   const agentConfig = await writeConfig(dir, 'keyed.yaml', `transport:\n  kind: local\n  socket: ${join(dir, 's.sock')}\nsecurity:\n  hostKeyFile: ${keyFile}\n`);
   const agent = await runCli(['agent', '--config', agentConfig], { env: { CLOUDLET_LOG_FORMAT: 'json' } });
-  assert.equal(agent.code, 1);
-  assert.match(agent.stdout, /CONFIG_INSECURE.*chmod 600/);
+  // The key file is read with the config, so nothing starts: exit 3, like any config problem.
+  assert.equal(agent.code, 3, agent.stderr);
+  assert.match(agent.stderr, /\[CONFIG_INSECURE\] .*: security\.hostKeyFile: .*chmod 600/);
 });
 
 test('security — cloudlet keys generate writes a private key only its owner can read, and keys show reads it back', async (t) => {

@@ -6,8 +6,9 @@ import type { Command } from '../command.ts';
 import { EXIT } from '../exit-codes.ts';
 
 const usage = `cloudlet config check FILE [--json]
-  Validates FILE: syntax, the core schema, every plugin (load checks and options). Prints every problem
-  with its file, path, what was found and what is allowed; exits 3 when there is any.`;
+  Validates FILE: syntax, the core schema, every plugin (load checks and options), and the key files it
+  names (read as this user). Prints every problem with its file, path, what was found and what is allowed;
+  exits 3 when there is any.`;
 
 export const configCheckCommand: Command = {
   words: ['config', 'check'],
