@@ -22,6 +22,11 @@ export async function makeFolder(dir: string, source: string, mode?: number): Pr
   if (missing.length === 0 && !(await stat(dir)).isDirectory()) throw await folderError(dir, source, Object.assign(new Error(`EEXIST: file already exists, mkdir '${dir}'`), { code: 'EEXIST' }));
 }
 
+/** Names an output path in an error: the flag that gave it, or that it is the default and which flag changes it. */
+export function outputSource(flag: string, given: string | undefined, path: string): string {
+  return given === undefined ? `${path} (the default; choose another with ${flag})` : `${flag} ${path}`;
+}
+
 /** Whether `error` is mkdir's own (for a folder another module made, e.g. `keys generate --out`). */
 export function isMkdirError(error: unknown): error is NodeJS.ErrnoException & { path: string } {
   const errno = error as NodeJS.ErrnoException | null;

@@ -16,7 +16,7 @@ import { cloudletError } from '../../errors.ts';
 import { choiceFlag } from '../args.ts';
 import type { Command } from '../command.ts';
 import { EXIT } from '../exit-codes.ts';
-import { makeFolder } from '../folders.ts';
+import { makeFolder, outputSource } from '../folders.ts';
 import { configTemplate, type InitChoices } from '../init/template.ts';
 
 const STRATEGIES = ['guest-agent', 'dnsmasq', 'arp'] as const;
@@ -58,7 +58,7 @@ export const initCommand: Command = {
     // The file must be one the agent accepts: check it exactly as `cloudlet config check` would, first.
     const checked = await checkHostConfig(rawConfigFrom(parseDocument(text).toJS() as unknown, file));
     if (!checked.ok) throw configInvalidError(checked.problems);
-    await makeFolder(dirname(file), `--output ${file}`, 0o755);
+    await makeFolder(dirname(file), outputSource('--output', values.output, file), 0o755);
     await writeFile(file, text, { mode: 0o640, flag: values.force ? 'w' : 'wx' }).catch((error: NodeJS.ErrnoException) => {
       throw cloudletError('USAGE', error.code === 'EEXIST' ? `${file} exists; use --force to overwrite it` : `cannot write ${file}: ${error.message}`);
     });

@@ -13,7 +13,7 @@ import { configInvalidError, type ConfigProblem } from '../../config/problems.ts
 import { cloudletError } from '../../errors.ts';
 import type { Command } from '../command.ts';
 import { EXIT } from '../exit-codes.ts';
-import { makeFolder } from '../folders.ts';
+import { makeFolder, outputSource } from '../folders.ts';
 import { packageFile } from '../../runtime/package-root.ts';
 import { hiddenFromService, underRun, writablePaths, type ServicePaths } from '../service/paths.ts';
 
@@ -80,7 +80,7 @@ export const installServiceCommand: Command = {
       return EXIT.OK;
     }
     const file = resolve(values.output ?? '/etc/systemd/system/cloudlet.service');
-    await makeFolder(dirname(file), `--output ${file}`);
+    await makeFolder(dirname(file), outputSource('--output', values.output, file));
     await writeFile(file, unit, { mode: 0o644, flag: values.force ? 'w' : 'wx' }).catch((error: NodeJS.ErrnoException) => {
       throw cloudletError('USAGE', error.code === 'EEXIST' ? `${file} exists; use --force to replace it` : `cannot write ${file}: ${error.message}`);
     });
