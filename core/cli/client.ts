@@ -109,6 +109,17 @@ export function hostOutcomes<T>(gathered: GatherResult): HostOutcome<T>[] {
     .sort((a, b) => a.host.localeCompare(b.host));
 }
 
+/** Why a host is in a gather's `missing`: it did not answer, or only replies this client does not trust came. */
+export function whyMissing(gathered: GatherResult, host: string): string {
+  const untrusted = gathered.untrusted?.find((entry) => entry.host === host);
+  return untrusted ? `answered, but with no reply this client trusts: ${untrusted.reason}` : 'did not answer';
+}
+
+/** `untrusted` for a command's JSON output, when a checking client dropped any host's replies. */
+export function untrustedField(gathered: GatherResult): { untrusted?: GatherResult['untrusted'] } {
+  return gathered.untrusted ? { untrusted: gathered.untrusted } : {};
+}
+
 export function deadlineAfter(timeoutMs: number | undefined): number | undefined {
   return timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
 }

@@ -59,28 +59,35 @@ export class SigningClientTransport implements ClientTransport {
 
   async gather(request: RequestEnvelope, options: GatherOptions = {}): Promise<GatherResult> {
     const signed = this.#sign(request);
-    // Each reply is verified once, whether onReply or the result asks first (the transports hand both the
+    // Each reply is verified once, whether accept, onReply or the result asks (the transports hand them the
     // same object): an Ed25519 check is the costly part of a gather's bookkeeping.
     const verdicts = new WeakMap<ReplyEnvelope, boolean>();
+    const refusals = new Map<string, string>();
     const trusted = (reply: ReplyEnvelope) => {
       let verdict = verdicts.get(reply);
       if (verdict === undefined) {
         try {
           this.#check(reply, signed);
           verdict = true;
-        } catch {
+        } catch (error) {
           verdict = false;
+          refusals.set(reply.host, (error as Error).message);
         }
         verdicts.set(reply, verdict);
       }
       return verdict;
     };
-    // The caller hears of a reply as it comes only once it is checked: the inner transport would pass on
-    // whatever claims to be a host's answer.
+    // The inner transport counts a reply only once it is checked (accept): otherwise the first reply claiming
+    // a host, forged or not, would stand for it, and the hosts a forged one names would be waited for. The
+    // caller hears of a reply as it comes only once it is checked too.
     const { onReply } = options;
-    const result = await this.#inner.gather(signed, { ...options, ...(onReply && { onReply: (reply) => trusted(reply) && onReply(reply) }) });
-    const untrusted = result.replies.filter((reply) => !trusted(reply)).map((reply) => reply.host);
-    return { replies: result.replies.filter(trusted), missing: [...result.missing, ...untrusted].sort() };
+    const accept = (reply: ReplyEnvelope) => trusted(reply) && options.accept?.(reply) !== false;
+    const result = await this.#inner.gather(signed, { ...options, accept, ...(onReply && { onReply: (reply) => trusted(reply) && onReply(reply) }) });
+    // A transport that does not ask accept still hands over what it got: drop the untrusted here.
+    const replies = result.replies.filter(trusted);
+    const missing = [...new Set([...result.missing, ...result.replies.filter((reply) => !trusted(reply)).map((reply) => reply.host)])].sort();
+    const untrusted = missing.flatMap((host) => (refusals.has(host) ? [{ host, reason: refusals.get(host) as string }] : []));
+    return { replies, missing, ...(untrusted.length > 0 && { untrusted }) };
   }
 
   subscribe: ClientTransport['subscribe'] = (onEvent) => this.#inner.subscribe(onEvent);

@@ -509,6 +509,7 @@ export class LocalClientTransport implements ClientTransport {
   async #gather(request: RequestEnvelope, options: GatherOptions): Promise<GatherResult> {
     try {
       const reply = await this.#request(request, options);
+      if (options.accept?.(reply) === false) return { replies: [], missing: [request.target ?? reply.host] };
       options.onReply?.(reply);
       return { replies: [reply], missing: [] };
     } catch (error) {

@@ -75,10 +75,21 @@ export interface GatherResult {
   replies: ReplyEnvelope[];
   /** Hosts that were expected to answer and did not before the deadline. */
   missing: string[];
+  /**
+   * Hosts in `missing` from which only replies the client does not trust came (a signature that does not
+   * check out), with the last reason. Set only by a checking client (SigningClientTransport).
+   */
+  untrusted?: { host: string; reason: string }[];
 }
 
 export interface GatherOptions extends RequestOptions {
   onReply?(reply: ReplyEnvelope): void;
+  /**
+   * Asked of each reply before it counts. One it refuses is dropped as if it never came: its host is still
+   * waited for (a later reply from it may be accepted), and the hosts it names as live are not added. A
+   * client that checks signatures passes its check, so a forged first reply cannot stand for a host.
+   */
+  accept?(reply: ReplyEnvelope): boolean;
 }
 
 export interface ClientTransport {

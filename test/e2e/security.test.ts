@@ -1,15 +1,15 @@
 import assert from 'node:assert/strict';
 import { symlinkSync } from 'node:fs';
-import { chmod, stat, writeFile } from 'node:fs/promises';
+import { chmod, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
 import amqplib from 'amqplib';
-import { makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
+import { makeReply, makeRequest, type ReplyEnvelope, type RequestEnvelope } from '../../core/envelope.ts';
 import { CloudletError } from '../../core/errors.ts';
 import { signEnvelope } from '../../core/security/envelope-auth.ts';
 import { generateKey, keyIdOf, loadPrivateKey } from '../../core/security/keys.ts';
 import { SigningClientTransport } from '../../core/security/signing-client.ts';
-import { amqpNames } from '../../core/transports/amqp/names.ts';
+import { amqpNames, HEADERS } from '../../core/transports/amqp/names.ts';
 import { publicKeyFrom } from '../../core/security/keys.ts';
 import { runCli, startAgent, tempDir, testkitPath, writeConfig } from '../helpers.ts';
 import { startCloud } from '../support/cloud.ts';
@@ -228,6 +228,63 @@ test('security — a signed reply that names no request ("id": null) is not trus
   assert.ok(outcome instanceof CloudletError && outcome.code === 'UNTRUSTED_REPLY', `the replayed reply was taken as h1's answer: ${JSON.stringify(outcome)}`);
 });
 
+test('security — a forged gather reply that comes first neither hides the host\'s signed answer nor adds hosts to wait for', async (t) => {
+  // Before, the client kept the first reply claiming each host: a forger answering every broadcast at once
+  // as h1 got h1 listed as missing, and the hosts its reply named as live were waited for to the deadline.
+  const dir = await tempDir(t);
+  const hostKey = await keyFiles(dir, 'h1-host');
+  const cloud = await startCloud(t, [{ id: 'h1' }], { hostYaml: () => `security:\n  hostKeyFile: ${hostKey.file}\n` });
+  const ops = await keyFiles(dir, 'ops');
+  const client = new SigningClientTransport(cloud.client(), { signer: ops.signer, hostKeys: new Map([['h1', publicKeyFrom(hostKey.publicKey, 'test')]]), requireSignedReplies: true });
+  // Someone with access to the broker sees every broadcast and answers it first, as h1.
+  const attacker = await amqplib.connect(cloud.url);
+  t.after(() => attacker.close());
+  const channel = await attacker.createChannel();
+  const { queue: spy } = await channel.assertQueue('', { exclusive: true });
+  await channel.bindQueue(spy, amqpNames(cloud.prefix).broadcastExchange, '');
+  let forged = 0;
+  await channel.consume(
+    spy,
+    (msg) => {
+      if (!msg) return;
+      const request = JSON.parse(msg.content.toString('utf8')) as RequestEnvelope;
+      const reply = makeReply(request, 'h1', { ok: true, result: { forged: true } });
+      const headers = { [HEADERS.liveHosts]: JSON.stringify(['h1', 'ghost1', 'ghost2']) };
+      channel.publish('', msg.properties.replyTo as string, Buffer.from(JSON.stringify(reply)), { correlationId: msg.properties.correlationId as string, contentType: 'application/json', headers });
+      forged += 1;
+    },
+    { noAck: true },
+  );
+  await new Promise((r) => setTimeout(r, 500)); // h1's heartbeat seen
+  const started = Date.now();
+  // h1 takes 300 ms to answer, so the forged reply is always first.
+  const gathered = await client.gather(makeRequest({ type: 'test.sleep', payload: { ms: 300 }, deadline: Date.now() + 15_000 }));
+  assert.equal(forged, 1);
+  assert.deepEqual(
+    gathered.replies.map((reply) => ({ host: reply.host, ok: reply.ok, forged: (reply.result as { forged?: boolean } | undefined)?.forged })),
+    [{ host: 'h1', ok: true, forged: undefined }],
+  );
+  assert.deepEqual(gathered.missing, []);
+  assert.equal(gathered.untrusted, undefined);
+  assert.ok(Date.now() - started < 10_000, `waited ${Date.now() - started} ms: for the hosts only the forged reply named`);
+
+  // A client with the wrong key for h1 trusts neither reply: h1 is missing, and the result says why.
+  const wrongKey = new SigningClientTransport(cloud.client(), { signer: ops.signer, hostKeys: new Map([['h1', publicKeyFrom(ops.publicKey, 'test')]]), requireSignedReplies: true });
+  const refused = await wrongKey.gather(makeRequest({ type: 'test.sleep', payload: { ms: 0 }, deadline: Date.now() + 2_000 }));
+  assert.deepEqual(refused.replies, []);
+  assert.deepEqual(refused.missing, ['h1']);
+  assert.deepEqual(refused.untrusted?.map((u) => u.host), ['h1']);
+  assert.match(refused.untrusted?.[0]?.reason ?? '', /the reply claiming to be from "h1" is not signed by its key/);
+
+  // The CLI says so, rather than "no answer".
+  const clientConfig = await writeConfig(dir, 'wrong-key.yaml', `${await readFile(cloud.clientConfig, 'utf8')}security:\n  hostKeys:\n    h1: ${ops.publicKey}\n`);
+  const call = await runCli(['call', 'host-info', '--config', clientConfig, '--timeout', '2000']);
+  assert.equal(call.code, 1, call.stderr);
+  assert.match(call.stdout, /^h1: answered, but with no reply this client trusts: the reply claiming to be from "h1" is not signed by its key$/m);
+  const json = await runCli(['call', 'host-info', '--config', clientConfig, '--timeout', '2000', '--json']);
+  assert.deepEqual((JSON.parse(json.stdout) as { untrusted: { host: string }[] }).untrusted.map((u) => u.host), ['h1']);
+});
+
 test('security — on the local socket, the transport\'s own refusal of an oversize line is signed, and a checking client takes it', async (t) => {
   // Before, the local transport ignored the sealer: once the refusal named the request (its id read from the
   // line's start), a client checking hostKeys failed it with UNTRUSTED_REPLY instead of MESSAGE_TOO_LARGE.
@@ -239,4 +296,20 @@ test('security — on the local socket, the transport\'s own refusal of an overs
   const reply = await checking.request(makeRequest({ type: 'test.echo', payload: { value: 'x'.repeat(3_000) }, deadline: Date.now() + 10_000 }));
   assert.equal(reply.error?.code, 'MESSAGE_TOO_LARGE');
   assert.ok((reply as ReplyEnvelope & { auth?: unknown }).auth, 'the refusal is signed');
+});
+
+test('security — on the local socket, a gather whose one reply fails the check lists the host as missing, with why', async (t) => {
+  const dir = await tempDir(t);
+  const host = await keyFiles(dir, 'host');
+  const ops = await keyFiles(dir, 'ops');
+  const { client } = await startAgent(t, { host: { id: 'h1' }, plugins: [{ use: testkitPath }], security: { hostKeyFile: host.file } });
+  const trusting = new SigningClientTransport(client, { signer: ops.signer, hostKeys: new Map([['h1', publicKeyFrom(host.publicKey, 'test')]]), requireSignedReplies: true });
+  const good = await trusting.gather(makeRequest({ type: 'test.echo', payload: { value: 1 }, deadline: Date.now() + 10_000 }));
+  assert.deepEqual([good.replies.map((r) => r.host), good.missing, good.untrusted], [['h1'], [], undefined]);
+
+  const wrongKey = new SigningClientTransport(client, { signer: ops.signer, hostKeys: new Map([['h1', publicKeyFrom(ops.publicKey, 'test')]]), requireSignedReplies: true });
+  const heard: string[] = [];
+  const refused = await wrongKey.gather(makeRequest({ type: 'test.echo', payload: { value: 1 }, deadline: Date.now() + 10_000 }), { onReply: (reply) => heard.push(reply.host) });
+  assert.deepEqual([refused.replies, refused.missing, heard], [[], ['h1'], []]);
+  assert.match(refused.untrusted?.[0]?.reason ?? '', /not signed by its key/);
 });

@@ -4,7 +4,7 @@ import { messageTypeSchema, type ProgressEnvelope, type ReplyEnvelope } from '..
 import { chooseRoute } from '../../routing.ts';
 import type { GatherResult } from '../../transports/transport.ts';
 import { CLIENT_FLAGS, timeoutFlag } from '../args.ts';
-import { ErrorReply, openClient, targetFor, type CliClient } from '../client.ts';
+import { ErrorReply, openClient, targetFor, untrustedField, whyMissing, type CliClient } from '../client.ts';
 import type { Command, CommandContext } from '../command.ts';
 import { EXIT, exitCodeForReply } from '../exit-codes.ts';
 
@@ -131,9 +131,9 @@ function printGathered(gathered: GatherResult, output: CommandContext['output'])
     ...gathered.replies.map((r) =>
       r.ok ? `${r.host}: ${JSON.stringify(r.result, null, 2)}` : `${r.host}: error [${r.error?.code}] ${r.error?.message}`,
     ),
-    ...gathered.missing.map((host) => `${host}: no answer before the deadline`),
+    ...gathered.missing.map((host) => `${host}: ${gathered.untrusted?.some((u) => u.host === host) ? whyMissing(gathered, host) : 'no answer before the deadline'}`),
   ].join('\n');
-  output.result(human || '(no host takes broadcasts)', { replies: gathered.replies, missing: gathered.missing });
+  output.result(human || '(no host takes broadcasts)', { replies: gathered.replies, missing: gathered.missing, ...untrustedField(gathered) });
   return failed.length > 0 || gathered.missing.length > 0 ? EXIT.ERROR_REPLY : EXIT.OK;
 }
 

@@ -1,6 +1,6 @@
 import { cloudletError } from '../../errors.ts';
 import { CLIENT_FLAGS, timeoutFlag } from '../args.ts';
-import { deadlineAfter, hostOutcomes, openClient } from '../client.ts';
+import { deadlineAfter, hostOutcomes, openClient, untrustedField, whyMissing } from '../client.ts';
 import type { Command } from '../command.ts';
 import { EXIT } from '../exit-codes.ts';
 import { table } from '../output.ts';
@@ -26,7 +26,7 @@ export const imageListCommand: Command = {
       const images = hosts.flatMap((h) => (h.result?.images ?? []).map((image) => ({ host: h.host, ...image })));
       const failed = hosts.filter((h) => !h.ok && h.error?.code !== 'UNKNOWN_TYPE');
       for (const h of failed) output.note(`warning: ${h.host} answered [${h.error?.code}] ${h.error?.message}`);
-      for (const host of gathered.missing) output.note(`warning: ${host} did not answer`);
+      for (const host of gathered.missing) output.note(`warning: ${host} ${whyMissing(gathered, host)}`);
       const ok = failed.length === 0 && gathered.missing.length === 0;
       const rows = images.map((i) => [i.host, i.name, i.kind, i.format ?? '-']);
       output.result(images.length === 0 ? 'no images' : table(['HOST', 'IMAGE', 'KIND', 'FORMAT'], rows), {
@@ -34,6 +34,7 @@ export const imageListCommand: Command = {
         images,
         hosts: hosts.map((h) => (h.ok ? { host: h.host, ok: true, images: h.result?.images.length ?? 0 } : { host: h.host, ok: false, error: h.error })),
         missing: gathered.missing,
+        ...untrustedField(gathered),
       });
       return ok ? EXIT.OK : EXIT.ERROR_REPLY;
     } finally {

@@ -4,7 +4,7 @@
  */
 import { cloudletError } from '../../errors.ts';
 import { CLIENT_FLAGS, timeoutFlag } from '../args.ts';
-import { deadlineAfter, hostOutcomes, openClient, type HostOutcome } from '../client.ts';
+import { deadlineAfter, hostOutcomes, openClient, untrustedField, whyMissing, type HostOutcome } from '../client.ts';
 import type { Command } from '../command.ts';
 import { EXIT } from '../exit-codes.ts';
 import { createProgress } from '../progress.ts';
@@ -28,8 +28,8 @@ export const sweepCommand: Command = {
       progress.finish();
       const hosts = hostOutcomes<unknown>(gathered);
       const ok = hosts.every((h) => h.ok) && gathered.missing.length === 0;
-      const human = [...hosts.map(describe), ...gathered.missing.map((host) => `${host}: did not answer`)].join('\n\n');
-      output.result(human || 'no host answered', { ok, dryRun, hosts, missing: gathered.missing });
+      const human = [...hosts.map(describe), ...gathered.missing.map((host) => `${host}: ${whyMissing(gathered, host)}`)].join('\n\n');
+      output.result(human || 'no host answered', { ok, dryRun, hosts, missing: gathered.missing, ...untrustedField(gathered) });
       return ok ? EXIT.OK : EXIT.ERROR_REPLY;
     } finally {
       progress.finish();

@@ -1,7 +1,7 @@
 /** `vm list`, `vm show`, `vm ip`, `vm console-log`: read-only questions about VMs. */
 import { cloudletError } from '../../errors.ts';
 import { CLIENT_FLAGS, intFlag, timeoutFlag } from '../args.ts';
-import { deadlineAfter, hostOutcomes, openClient, resultOf, targetFor } from '../client.ts';
+import { deadlineAfter, hostOutcomes, openClient, resultOf, targetFor, untrustedField, whyMissing } from '../client.ts';
 import type { Command } from '../command.ts';
 import { EXIT } from '../exit-codes.ts';
 import { createProgress } from '../progress.ts';
@@ -28,13 +28,14 @@ export const vmListCommand: Command = {
       const vms = hosts.flatMap((h) => h.result?.vms ?? []).sort((a, b) => a.host.localeCompare(b.host) || a.createdAt.localeCompare(b.createdAt));
       const failed = hosts.filter((h) => !h.ok && h.error?.code !== NO_BACKEND);
       for (const h of failed) output.note(`warning: ${h.host} answered [${h.error?.code}] ${h.error?.message}`);
-      for (const host of gathered.missing) output.note(`warning: ${host} did not answer`);
+      for (const host of gathered.missing) output.note(`warning: ${host} ${whyMissing(gathered, host)}`);
       const ok = failed.length === 0 && gathered.missing.length === 0;
       output.result(vms.length === 0 ? 'no VMs' : vmTable(vms), {
         ok,
         vms,
         hosts: hosts.map((h) => (h.ok ? { host: h.host, ok: true, vms: h.result?.vms.length ?? 0 } : { host: h.host, ok: false, error: h.error })),
         missing: gathered.missing,
+        ...untrustedField(gathered),
       });
       return ok ? EXIT.OK : EXIT.ERROR_REPLY;
     } finally {

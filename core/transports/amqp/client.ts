@@ -430,6 +430,7 @@ export class AmqpClientTransport implements ClientTransport {
   async #gather(request: RequestEnvelope, options: GatherOptions): Promise<GatherResult> {
     if (request.target !== undefined) {
       const reply = await this.#request(request, options);
+      if (options.accept?.(reply) === false) return { replies: [], missing: [request.target] };
       options.onReply?.(reply);
       return { replies: [reply], missing: [] };
     }
@@ -470,7 +471,7 @@ export class AmqpClientTransport implements ClientTransport {
       const limit = setTimeout(finish, Math.max(0, waitUntil - Date.now()));
       const liveness = setInterval(() => complete() && finish(), LIVENESS_CHECK_MS);
       const record = (reply: ReplyEnvelope, liveHosts: string[] | undefined) => {
-        if (replies.has(reply.host)) return;
+        if (replies.has(reply.host) || options.accept?.(reply) === false) return;
         replies.set(reply.host, reply);
         expected.add(reply.host);
         for (const host of liveHosts ?? []) if (!this.registry.isDown(host)) expected.add(host);
