@@ -3,9 +3,9 @@
  * Runs in worker threads (qemu-backend's handlers load it): stateless, reads the file on every call (once
  * per list when the caller shares a memo: `readOnce`).
  */
-import { readFile } from 'node:fs/promises';
 import { readOnce, scopeOf, type DiscoveredAddress, type IpDiscoveryContext, type IpDiscoveryStrategy, type VmNetworkIdentity } from '../../core/capabilities/ip-discovery.ts';
 import { dnsmasqError } from './errors.ts';
+import { readLeaseText } from './lease-file.ts';
 import { leasesForMac, parseLeases, type Lease, type ParsedLeases } from './leases.ts';
 import { waitForLeaseFileChange } from './lease-watch.ts';
 import { knownLeaseSeconds, type DnsmasqOptions } from './options.ts';
@@ -43,12 +43,11 @@ export default strategy;
 /** The file's text; empty when it does not exist yet (dnsmasq not started, or no lease handed out). */
 async function readLeaseFile(leaseFile: string, signal: AbortSignal): Promise<string> {
   try {
-    return await readFile(leaseFile, { encoding: 'utf8', signal });
+    return (await readLeaseText(leaseFile, signal)) ?? '';
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') return '';
     if (signal.aborted) throw signal.reason;
-    throw dnsmasqError('DNSMASQ_LEASES_UNREADABLE', `cannot read the dnsmasq lease file ${leaseFile}: ${(error as Error).message}`, { leaseFile, errno: code }, error);
+    throw dnsmasqError('DNSMASQ_LEASES_UNREADABLE', `cannot read the dnsmasq lease file ${leaseFile}: ${(error as Error).message}`, { leaseFile, ...(code && { errno: code }) }, error);
   }
 }
 

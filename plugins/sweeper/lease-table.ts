@@ -7,7 +7,7 @@
  * from memory, so an edit while it runs is undone at its next write, and the address stays taken meanwhile.
  * A release makes dnsmasq itself forget the lease and rewrite the file.
  */
-import { readFile } from 'node:fs/promises';
+import { readLeaseText } from '../ip-discovery-dnsmasq/lease-file.ts';
 import { parseLeases, type Lease } from '../ip-discovery-dnsmasq/leases.ts';
 import { parseIpNeighJson, type NeighbourEntry } from '../ip-discovery-arp/neighbours.ts';
 import { runProgram } from '../qemu-backend/run.ts';
@@ -25,13 +25,8 @@ const COMMAND_TIMEOUT_MS = 10_000;
 
 /** The file's leases; none when it does not exist (dnsmasq has not written it yet). */
 export async function readLeaseFile(leaseFile: string): Promise<LeaseFile> {
-  let text: string;
-  try {
-    text = await readFile(leaseFile, 'utf8');
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { leases: [], serverDuid: null, missing: true };
-    throw error;
-  }
+  const text = await readLeaseText(leaseFile);
+  if (text === undefined) return { leases: [], serverDuid: null, missing: true };
   const parsed = parseLeases(text);
   return { leases: [...parsed.v4, ...parsed.v6], serverDuid: parsed.serverDuid };
 }

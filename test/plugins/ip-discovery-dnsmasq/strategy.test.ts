@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test, { type TestContext } from 'node:test';
@@ -123,6 +124,22 @@ test('strategy — a lease file that cannot be read is an error with a code, not
     assert.deepEqual(error.details, { leaseFile: file, errno: 'EISDIR' });
     return true;
   });
+});
+
+test('strategy — a lease file that is a FIFO or a device is refused at once, not read until someone writes', { timeout: 20_000 }, async (t) => {
+  // Before, readFile on a FIFO blocked (a thread of libuv's pool with it) until a writer came, and
+  // aborting did not end it: get-vm-ip hung to its timeout, and list-vms with it.
+  const { file } = await leaseDir(t);
+  execFileSync('mkfifo', [file]);
+  for (const [leaseFile, kind] of [[file, 'FIFO'], ['/dev/zero', 'character device']] as const) {
+    const { context } = contextFor({ leaseFile });
+    await assert.rejects(strategy.discover(vm('52:54:00:aa:bb:01'), context), (error: { code: string; message: string; details: { leaseFile: string } }) => {
+      assert.equal(error.code, 'DNSMASQ_LEASES_UNREADABLE');
+      assert.equal(error.details.leaseFile, leaseFile);
+      assert.match(error.message, new RegExp(`is a ${kind}, not a regular file`));
+      return true;
+    });
+  }
 });
 
 test('strategy — waitForChange resolves when the lease file is written, and discover then sees the lease', async (t) => {

@@ -1,11 +1,11 @@
 /** What the sweeper reads: command lines, /proc stat lines, iproute2 JSON, the state folder; and release commands. */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdir, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
-import { releaseArgv } from '../../../plugins/sweeper/lease-table.ts';
+import { readLeaseFile, releaseArgv } from '../../../plugins/sweeper/lease-table.ts';
 import { parseTapLinks, tapPattern } from '../../../plugins/sweeper/links.ts';
 import { classifyCommandLine, ownMonitorSocket, parseStat, scanProcesses } from '../../../plugins/sweeper/proc-scan.ts';
 import { ownsVmId, scanStateDir } from '../../../plugins/sweeper/state-dir.ts';
@@ -99,6 +99,14 @@ test('leases — dhcp_release and dhcp_release6 argv, with the client id when th
     'dhcp_release6', '--iface', 'br0', '--ip', 'fd00::5', '--server-id', '00:01:00:01:aa', '--client-id', '00:03:00:01:02:00:00:00:00:05', '--iaid', '7',
   ]);
   assert.match(releaseArgv(v6, null, tools) as string, /server DUID/);
+});
+
+test('leases — a lease file that is a FIFO is refused at once, not waited on (the sweep queue would stall)', { timeout: 20_000 }, async (t) => {
+  const dir = await tempDir(t);
+  const fifo = join(dir, 'dnsmasq.leases');
+  execFileSync('mkfifo', [fifo]);
+  await assert.rejects(readLeaseFile(fifo), /dnsmasq\.leases is a FIFO, not a regular file/);
+  assert.deepEqual(await readLeaseFile(join(dir, 'none.leases')), { leases: [], serverDuid: null, missing: true });
 });
 
 test('state folder — records, foreign and unreadable records, bare folders and stray files are told apart', async (t) => {
