@@ -17,7 +17,7 @@ import { deleteTap, detachTap, tapPattern } from './links.ts';
 import type { SweeperOptions } from './options.ts';
 import { isSameProcess, tapHolders, type OurProcess } from './proc-scan.ts';
 import type { RecordInfo, BareFolder, StrayFile } from './state-dir.ts';
-import { hasRecordFile } from './state-dir.ts';
+import { creatingMarkHolds, hasRecordFile } from './state-dir.ts';
 
 export type StepResult = { outcome: 'done' | 'skipped'; detail: string };
 export type Dispatch = (type: string, payload: unknown) => Promise<DispatchReply>;
@@ -122,6 +122,7 @@ export async function settleDeadRecord(dispatch: Dispatch | undefined, record: R
 export async function removeBareFolder(options: SweeperOptions, folder: BareFolder): Promise<StepResult> {
   if (await hasRecordFile(options.qemu.stateDir, folder.id)) return skipped('a record appeared meanwhile');
   if ((await runningPid(vmPaths(options.qemu.stateDir, folder.id).pidfile, folder.id)) !== undefined) return skipped('its QEMU runs');
+  if (await creatingMarkHolds(folder.path, Date.now())) return skipped('create-vm is at work on it meanwhile');
   await rm(folder.path, { recursive: true, force: true });
   return done(folder.hasDisk ? 'removed with its overlay disk' : 'removed');
 }
@@ -144,9 +145,11 @@ async function tapIsFree(options: SweeperOptions, tap: string): Promise<boolean>
   const names = await readdir(options.qemu.stateDir).catch(() => [] as string[]);
   for (const name of names.filter((n) => n.endsWith(`.${suffix}`))) {
     if (await hasRecordFile(options.qemu.stateDir, name)) return false;
-    // A folder without vm.json changed within minAgeMs: create-vm is at work (it writes vm.json last).
+    // A folder without vm.json changed within minAgeMs, or with a creating mark that holds: create-vm is at
+    // work (it writes vm.json last).
     const folder = await stat(join(options.qemu.stateDir, name)).catch(() => undefined);
     if (folder?.isDirectory() && Date.now() - folder.mtimeMs < options.minAgeMs) return false;
+    if (folder?.isDirectory() && (await creatingMarkHolds(join(options.qemu.stateDir, name), Date.now()))) return false;
   }
   return (await tapHolders(new Set([tap]))).size === 0;
 }

@@ -108,7 +108,8 @@ function planOrphans(options: SweeperOptions, inventory: Inventory, plan: Plan):
   }
   for (const folder of state.bareFolders) {
     if (live.has(folder.id) || namedLikeOurs.has(folder.id)) continue;
-    if (folder.ageMs < minAgeMs) young('folder', folder.path);
+    if (folder.beingCreated) plan.ignored.push({ kind: 'folder', target: folder.path, reason: 'create-vm is at work on it (its creating mark holds)' });
+    else if (folder.ageMs < minAgeMs) young('folder', folder.path);
     else add({ kind: 'orphan-folder', target: folder.path, reason: `no vm.json and no QEMU${folder.hasDisk ? '; holds an overlay disk' : ''}`, folder });
   }
   for (const file of state.strayFiles) {
@@ -120,7 +121,7 @@ function planOrphans(options: SweeperOptions, inventory: Inventory, plan: Plan):
     // A young bare folder is a VM being created (create-vm writes vm.json last): its tap is set up before
     // QEMU opens it, and must not be taken away in between.
     // Another host's folders are not ours to judge (they are ignored above), nor is the tap named for them.
-    const creating = [...state.bareFolders.filter((folder) => folder.ageMs < minAgeMs).map((folder) => folder.id), ...state.foreignBareFolders];
+    const creating = [...state.bareFolders.filter((folder) => folder.beingCreated || folder.ageMs < minAgeMs).map((folder) => folder.id), ...state.foreignBareFolders];
     const owned = new Set<string>([...processes.tapsInUse, ...[...withRecord, ...live, ...namedLikeOurs, ...creating].map(suffix)]);
     for (const record of [...state.records, ...state.foreign]) if (record.tap) owned.add(record.tap);
     for (const tap of inventory.taps) {

@@ -8,6 +8,7 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { VM_ID_PATTERN } from '../qemu-backend/schemas.ts';
 import type { VmRecord } from '../qemu-backend/state.ts';
+import type { CreatingMark } from '../qemu-backend/vm-ops.ts';
 
 export interface RecordInfo {
   id: string;
@@ -25,6 +26,8 @@ export interface BareFolder {
   ageMs: number;
   hasDisk: boolean;
   entries: string[];
+  /** create-vm's `creating` mark in it still holds (creatingMarkHolds): a create at work, whatever the age. */
+  beingCreated?: true;
 }
 
 export interface StrayFile {
@@ -76,7 +79,8 @@ export async function scanStateDir(stateDir: string, hostId: string, nowMs: numb
       }
       const info = await stat(dir).catch(() => undefined);
       if (!info) continue; // removed meanwhile
-      scan.bareFolders.push({ id, path: dir, ageMs: nowMs - info.mtimeMs, hasDisk: names.includes('disk.qcow2'), entries: names.sort() });
+      const beingCreated = names.includes('creating') && (await creatingMarkHolds(dir, nowMs));
+      scan.bareFolders.push({ id, path: dir, ageMs: nowMs - info.mtimeMs, hasDisk: names.includes('disk.qcow2'), entries: names.sort(), ...(beingCreated && { beingCreated }) });
       continue;
     }
     const record = await readRecordFile(join(dir, 'vm.json'));
@@ -93,6 +97,25 @@ export async function scanStateDir(stateDir: string, hostId: string, nowMs: numb
     }
   }
   return scan;
+}
+
+/**
+ * Whether create-vm may still be at work in `dir`: its `creating` mark (written first, removed when the
+ * create ends) names a time not reached yet, and the process that wrote it lives. The folder's age cannot
+ * tell on its own: a create may take longer than minAgeMs (a raised create-vm timeout, a slow QEMU start).
+ * A torn mark is its create's death while writing it; a dead writer's mark is a leftover.
+ */
+export async function creatingMarkHolds(dir: string, nowMs: number): Promise<boolean> {
+  const text = await readFile(join(dir, 'creating'), 'utf8').catch(() => undefined);
+  if (text === undefined) return false;
+  let mark: Partial<CreatingMark>;
+  try {
+    mark = JSON.parse(text) as Partial<CreatingMark>;
+  } catch {
+    return false;
+  }
+  if (typeof mark.until !== 'number' || mark.until <= nowMs || !Number.isSafeInteger(mark.pid) || (mark.pid as number) <= 0) return false;
+  return (await stat(`/proc/${mark.pid}`).catch(() => undefined)) !== undefined;
 }
 
 async function readRecordFile(path: string): Promise<VmRecord | undefined> {

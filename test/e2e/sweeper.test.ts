@@ -62,6 +62,8 @@ async function assertUntouched(host: SweeperHost, left: Leftovers): Promise<void
   assert.ok(await exists(left.foreign.folder), "another host's folder");
   assert.ok(await exists(left.foreign.file), 'a file the host did not make');
   for (const tap of left.foreign.taps) assert.equal((await host.tapInfo(tap)).exists, true, `tap ${tap}`);
+  assert.ok(await exists(left.creating.folder), 'the folder of a VM being created (its creating mark holds)');
+  assert.equal((await host.tapInfo(left.creating.tap)).exists, true, 'the tap of a VM being created');
   const neighbours = await host.neighbours();
   assert.ok(neighbours.some((n) => n.lladdr === STATIC_MAC && n.state?.includes('PERMANENT')), `the static neighbour entry: ${JSON.stringify(neighbours)}`);
   assert.ok(neighbours.some((n) => n.lladdr === '52:54:00:11:22:33'), 'a neighbour entry outside the MAC prefixes');
@@ -72,6 +74,7 @@ function assertIgnoredLookalikes(result: SweepResult, left: Leftovers): void {
   assert.ok(ignored.some(([kind, target]) => kind === 'process' && target?.endsWith(`(cloudlet-${HOST}.impostor)`)), JSON.stringify(ignored));
   assert.ok(ignored.some(([kind, target]) => kind === 'process' && target?.endsWith('(cloudlet-otherhost.abcdefgh)')), JSON.stringify(ignored));
   assert.ok(ignored.some(([kind, target]) => kind === 'folder' && target === 'otherhost.leftover'));
+  assert.ok(ignored.some(([kind, target]) => kind === 'folder' && target === left.creating.folder), JSON.stringify(ignored));
   assert.ok(ignored.some(([kind, target]) => kind === 'neighbour' && target === `10.77.0.251 ${STATIC_MAC}`));
   assert.ok(!result.actions.some((a) => left.foreign.pids.some((pid) => a.target.startsWith(`pid ${pid} `))), 'no look-alike is a finding');
 }

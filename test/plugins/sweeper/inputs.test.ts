@@ -8,7 +8,7 @@ import test from 'node:test';
 import { readLeaseFile, releaseArgv } from '../../../plugins/sweeper/lease-table.ts';
 import { parseTapLinks, tapPattern } from '../../../plugins/sweeper/links.ts';
 import { classifyCommandLine, ownMonitorSocket, parseStat, scanProcesses } from '../../../plugins/sweeper/proc-scan.ts';
-import { ownsVmId, scanStateDir } from '../../../plugins/sweeper/state-dir.ts';
+import { creatingMarkHolds, ownsVmId, scanStateDir } from '../../../plugins/sweeper/state-dir.ts';
 import { qemuArgv } from '../../../plugins/qemu-backend/qemu-args.ts';
 import { qemuOptionsSchema } from '../../../plugins/qemu-backend/options.ts';
 import { vmPaths, type VmRecord } from '../../../plugins/qemu-backend/state.ts';
@@ -141,6 +141,28 @@ test('state folder — records, foreign and unreadable records, bare folders and
   assert.deepEqual(scan.foreignBareFolders, ['node2.eeeeeeee']);
   assert.deepEqual(scan.strayFiles.map((f) => f.path), [join(dir, 'node1.aaaaaaaa', 'vm.json.99.tmp')]);
   assert.deepEqual(await scanStateDir(join(dir, 'missing'), 'node1', Date.now()), { records: [], foreign: [], unreadable: [], bareFolders: [], foreignBareFolders: [], strayFiles: [] });
+});
+
+test('state folder — a creating mark holds while its time lasts and its writer lives; a stale, torn or missing one does not', async (t) => {
+  const dir = await tempDir(t);
+  const now = Date.now();
+  const folders = {
+    'node1.aaaaaaaa': JSON.stringify({ pid: process.pid, agentStartedAt: 1, until: now + 60_000 }),
+    'node1.bbbbbbbb': JSON.stringify({ pid: process.pid, agentStartedAt: 1, until: now - 1 }),
+    'node1.cccccccc': JSON.stringify({ pid: 2 ** 22 + 1, agentStartedAt: 1, until: now + 60_000 }), // above pid_max: no such process
+    'node1.dddddddd': '{"pid": 1',
+    'node1.eeeeeeee': undefined,
+  };
+  for (const [id, mark] of Object.entries(folders)) {
+    await mkdir(join(dir, id));
+    if (mark !== undefined) await writeFile(join(dir, id, 'creating'), mark);
+    const old = new Date(now - 3_600_000);
+    await utimes(join(dir, id), old, old);
+  }
+  const holds = await Promise.all(Object.keys(folders).map((id) => creatingMarkHolds(join(dir, id), now)));
+  assert.deepEqual(holds, [true, false, false, false, false]);
+  const scan = await scanStateDir(dir, 'node1', now);
+  assert.deepEqual(scan.bareFolders.map((f) => [f.id, f.beingCreated === true]), Object.keys(folders).map((id, i) => [id, i === 0]));
 });
 
 test('processes — a process that only calls itself QEMU, or names another VM\'s monitor, is never trusted with a VM', async (t) => {

@@ -262,3 +262,17 @@ test('plan — a live IPv6 lease is never released on its DUID alone; an expired
   assert.deepEqual(plan.ignored.map((i) => [i.kind, i.target]), [['lease', 'fd00::11 02:00:00:00:00:0a']]);
   assert.match(plan.ignored[0]?.reason ?? '', /DUID/);
 });
+
+test('plan — a folder whose creating mark still holds is create-vm at work, however old: neither it nor its tap is found', () => {
+  // Before, only the folder's age told: a create that took longer than minAgeMs (a raised create-vm
+  // timeout, a low minAgeMs, a slow QEMU start) had its folder and tap removed under it when set to reap.
+  const slow = inventory();
+  slow.state.bareFolders.push({ id: 'h1.creating', path: '/var/lib/cloudlet/qemu/h1.creating', ageMs: OLD, hasDisk: true, entries: ['creating', 'disk.qcow2'], beingCreated: true });
+  slow.taps?.push({ name: 'cltcreating', master: 'br0', up: true, persist: true, heldBy: [] });
+  const plan = planSweep(options(), ['orphans'], slow);
+  assert.deepEqual(summary(plan), []);
+  assert.deepEqual(
+    plan.ignored.filter((i) => i.kind === 'folder'),
+    [{ kind: 'folder', target: '/var/lib/cloudlet/qemu/h1.creating', reason: 'create-vm is at work on it (its creating mark holds)' }],
+  );
+});

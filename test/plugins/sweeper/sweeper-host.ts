@@ -152,6 +152,8 @@ export interface Leftovers {
   orphan: { id: string; pid: number; tap: string; mac: string; folder: string };
   bareFolder: string;
   strayTap: string;
+  /** A VM create-vm is still at work on: a folder without vm.json but with a creating mark that holds, and its tap. */
+  creating: { folder: string; tap: string };
   /** Processes, folders, files, taps the sweeper must never touch. */
   foreign: { pids: number[]; folder: string; file: string; taps: string[] };
 }
@@ -200,6 +202,13 @@ export async function makeLeftovers(host: SweeperHost): Promise<Leftovers> {
   const foreignFile = join(stateDir, 'README');
   await writeFile(foreignFile, 'operator notes');
   const strayTap = await addTap(ns, 'cltstrayxyz');
+  // minAgeMs is 0 here, so only the mark can keep this folder and its tap from being swept. Its writer is
+  // pid 1, which lives in any pid namespace.
+  const creatingFolder = join(stateDir, `${HOST}.makingvm`);
+  await mkdir(creatingFolder, { recursive: true });
+  await writeFile(join(creatingFolder, 'creating'), JSON.stringify({ pid: 1, agentStartedAt: 0, until: Date.now() + 3_600_000 }));
+  await writeFile(join(creatingFolder, 'disk.qcow2'), 'an overlay being made');
+  const creatingTap = await addTap(ns, 'cltmakingvm');
   const foreignTaps = [await addTap(ns, 'tap9'), await addTap(ns, 'xyzstrayxyz')];
 
   await mustRun(ns, ['ip', 'neigh', 'replace', '10.77.0.250', 'lladdr', DELETED_VM_MAC, 'dev', ns.bridge, 'nud', 'stale']);
@@ -219,6 +228,7 @@ export async function makeLeftovers(host: SweeperHost): Promise<Leftovers> {
     orphan: { id, pid: orphanPid, tap, mac, folder: paths.dir },
     bareFolder,
     strayTap,
+    creating: { folder: creatingFolder, tap: creatingTap },
     foreign: { pids, folder: foreignFolder, file: foreignFile, taps: foreignTaps },
   };
 }
