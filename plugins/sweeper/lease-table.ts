@@ -51,6 +51,9 @@ export function releaseArgv(lease: Lease, serverDuid: string | null, tools: Rele
     return [tools.releaseBinary, tools.interface, lease.address, lease.mac, ...(lease.clientId ? [lease.clientId] : [])];
   }
   if (serverDuid === null || lease.clientId === null || lease.iaid === undefined) return 'dhcp_release6 needs the server DUID, the client DUID and the IAID';
+  // Its packet carries an IA_NA option only (see its --dry-run output): for a temporary address dnsmasq would
+  // find no such binding. The lease goes when it expires, at dnsmasq's next write of the file.
+  if (lease.temporary) return 'a temporary address (IA_TA): dhcp_release6 cannot release one (it sends IA_NA only); dnsmasq drops it once expired';
   return [
     tools.release6Binary,
     '--iface', tools.interface,
