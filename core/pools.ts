@@ -4,42 +4,15 @@
  * that one message while the pool keeps serving.
  */
 import { randomUUID } from 'node:crypto';
-import process from 'node:process';
-import Tinypool from 'tinypool';
+import type Tinypool from 'tinypool';
 import type { Cancellation } from './cancellation.ts';
 import { CloudletError, cloudletError, isCoreErrorCode, lookupError, thrownMessage } from './errors.ts';
-import type { AgentPoolStats, PoolSettings, PluginLogger } from './plugin-api.ts';
+import type { AgentPoolStats, PluginLogger, PoolSettings } from './plugin-api.ts';
 import type { MainToWorker, PoolWorkerData, SideMessage, WorkerOutcome, WorkerResult, WorkerTask, WorkerToMain } from '../workers/protocol.ts';
 import { RunTable } from '../workers/run-table.ts';
-import { findUncloneable } from '../workers/uncloneable.ts';
+import { busyError, cannotStart, crashedError, handOverFailed, notStartedInTime } from './pool-errors.ts';
 import { stopThread, watchExits } from './pool-threads.ts';
-
-const WORKER_ENTRY = new URL('../workers/boot.mjs', import.meta.url).href;
-const TINYPOOL_PRELOAD = new URL('../workers/tinypool-preload.mjs', import.meta.url).href;
-
-/**
- * Each pool thread's Node options: the main thread's own (what a worker inherits when given none) and the
- * preload that spares tinypool a /proc read after every task (workers/tinypool-preload.mjs). Given
- * explicitly, a worker's options are checked, and some options a process takes are refused in a worker
- * (`--max-old-space-size`, `--expose-gc`, …: ERR_WORKER_INVALID_EXEC_ARGV), where inherited they are not.
- * The first refusal turns the preload off for the process: pools then inherit as before.
- * Deno's worker threads take no Node options: no preload there.
- */
-let preloadRefused = typeof (globalThis as { Deno?: unknown }).Deno !== 'undefined';
-
-function poolExecArgv(): string[] | undefined {
-  return preloadRefused ? undefined : [...process.execArgv, '--import', TINYPOOL_PRELOAD];
-}
-
-/**
- * Whether `thrown` is Node refusing a worker's explicit options; then the preload is off from now on. Only a
- * pool made with the preload's options can meet the refusal, so making the pool again ends it.
- */
-function refusedPreload(thrown: unknown): boolean {
-  if ((thrown as { code?: unknown } | undefined)?.code !== 'ERR_WORKER_INVALID_EXEC_ARGV') return false;
-  preloadRefused = true;
-  return true;
-}
+import { makeTinypool, refusedPreload } from './tinypool-factory.ts';
 
 export interface PoolSpec {
   type: string;
@@ -144,37 +117,18 @@ export class PoolManager {
       const { settings } = spec;
       const channelName = `cloudlet-pool:${spec.type}:${randomUUID()}`;
       const runTable = RunTable.create(settings.maxThreads, settings.tasksPerThread);
-      const makePool = () => {
-        const execArgv = poolExecArgv();
-        const pool = new Tinypool({
-          filename: WORKER_ENTRY,
-          name: 'default',
-          minThreads: Math.min(settings.minThreads, settings.maxThreads),
-          maxThreads: settings.maxThreads,
-          idleTimeout: settings.idleTimeoutMs,
-          maxQueue: settings.maxQueue,
-          // tinypool's Atomics wake-up hangs under Deno; message passing works on both runtimes.
-          useAtomics: false,
-          // A thread takes its next tasks while it works on one: a thread that waits (for QEMU, a lease, a
-          // file) serves others meanwhile, and tasks reach a busy thread without waking it (F12).
-          concurrentTasksPerWorker: settings.tasksPerThread,
-          ...(execArgv ? { execArgv } : {}),
-          workerData: { ...spec.workerData, channel: channelName, runTable: runTable.buffer } satisfies PoolWorkerData,
-          resourceLimits: { maxOldGenerationSizeMb: settings.maxMemoryMb },
+      const workerData: PoolWorkerData = { ...spec.workerData, channel: channelName, runTable: runTable.buffer };
+      const makePool = () =>
+        makeTinypool(settings, workerData, {
+          onIdleThreadDied: (error) =>
+            log?.warn({ type: spec.type, err: error }, `a worker thread of "${spec.type}" died while it ran no message; it has been replaced`),
+          onDrain: () => {
+            const managed = this.#pools.get(spec.type);
+            if (!managed) return;
+            managed.tinypoolQueues = false;
+            this.#pump(managed);
+          },
         });
-        // Unheard, tinypool's report would be an uncaught exception: the whole agent would go down.
-        pool.on('error', (error: unknown) =>
-          log?.warn({ type: spec.type, err: error }, `a worker thread of "${spec.type}" died while it ran no message; it has been replaced`),
-        );
-        // tinypool says 'drain' each time it gives a task to a thread and has none left queued.
-        pool.on('drain', () => {
-          const managed = this.#pools.get(spec.type);
-          if (!managed) return;
-          managed.tinypoolQueues = false;
-          this.#pump(managed);
-        });
-        return pool;
-      };
       let pool: Tinypool;
       try {
         pool = makePool(); // with minThreads > 0, threads start here
@@ -485,50 +439,4 @@ export class PoolManager {
     );
     this.#pools.clear();
   }
-}
-
-/** Why a message must not start now: it was cancelled, or its time ran out while it waited; undefined if it may. */
-function cannotStart(task: Required<PoolTask>, settings: PoolSettings, cancellation: Cancellation | undefined): CloudletError | undefined {
-  if (cancellation?.reason) return cancellation.reason;
-  const now = Date.now();
-  if (task.deadline <= now) return notStartedInTime(task.type, settings, true);
-  if (task.acceptedAt + settings.timeoutMs <= now) return notStartedInTime(task.type, settings, false);
-  return undefined;
-}
-
-/** The answer for a message whose time ran out before it started: the request's deadline, or the pool's timeout. */
-function notStartedInTime(type: string, settings: PoolSettings, byDeadline: boolean): CloudletError {
-  return byDeadline
-    ? cloudletError('DEADLINE_EXCEEDED', `"${type}" could not start before its deadline`, { type })
-    : cloudletError('TIMEOUT', `"${type}" waited longer than its ${settings.timeoutMs} ms timeout to start`, { type, timeoutMs: settings.timeoutMs });
-}
-
-function busyError(type: string, settings: PoolSettings): CloudletError {
-  return cloudletError('BUSY', `the queue for "${type}" is full (${settings.maxQueue} waiting); try again later`, {
-    type,
-    maxQueue: settings.maxQueue,
-    maxThreads: settings.maxThreads,
-  });
-}
-
-/**
- * Why a task never ran or never came back. A payload structured clone refuses (a function from the payload
- * schema's transform) cannot be posted to any thread: that is the plugin's schema, not a thread that died,
- * and sending it again cannot help. It is looked for only here, after a failure, not on every message.
- */
-function handOverFailed(task: PoolTask, thrown: unknown): CloudletError {
-  const uncloneable = findUncloneable(task.payload);
-  if (uncloneable) {
-    const path = `payload${uncloneable.path}`;
-    const message = `${uncloneable.what} cannot be sent to the handler's worker thread; the plugin's payload schema must produce plain data`;
-    return cloudletError('INVALID_PAYLOAD', `invalid payload for "${task.type}": ${path}: ${message}`, { issues: [{ path, message }] });
-  }
-  return crashedError(task.type, thrownMessage(thrown));
-}
-
-function crashedError(type: string, reason?: string): CloudletError {
-  return cloudletError('WORKER_CRASHED', `the worker running "${type}" died${reason ? `: ${reason}` : ''}; it has been replaced`, {
-    type,
-    ...(reason ? { reason } : {}),
-  });
 }
