@@ -17,7 +17,8 @@ import { BindingKeeper } from './bindings.ts';
 import { LearnedBrokerLimit } from './broker-limits.ts';
 import { BrokerConnection } from './connection.ts';
 import { HEADERS, amqpNames, type AmqpNames } from './names.ts';
-import { HostRegistry, heartbeatSchema, probeSchema, type Heartbeat, type InboundRoute } from './host-registry.ts';
+import { AgentPresence } from './agent-presence.ts';
+import type { HostRegistry, InboundRoute } from './host-registry.ts';
 import { OutcomeStore } from './outcome-store.ts';
 import { declareTopology } from './topology.ts';
 
@@ -63,6 +64,7 @@ export class AmqpAgentTransport implements AgentTransport {
   readonly kind = 'amqp';
   readonly names: AmqpNames;
   readonly registry: HostRegistry;
+  readonly #presence: AgentPresence;
   readonly #options: AmqpAgentTransportOptions;
   readonly #routes = new Set<InboundRoute>();
   readonly #inFlight = new Map<string, InFlightRequest>();
@@ -80,9 +82,6 @@ export class AmqpAgentTransport implements AgentTransport {
   #model: ChannelModel | undefined;
   /** The channel for large messages on this connection (see #publishLarge), made when first needed. */
   #largeChannel: Promise<ConfirmChannel> | undefined;
-  /** Our own heartbeats sent since one last came back to us, and when that was (see #checkSilence). */
-  #unansweredOwn = 0;
-  #lastHeardOwn = 0;
   /** Replies waiting to be tried again (see #publishReply); woken at once by close(). */
   readonly #pauses = new Set<() => void>();
   #closing = false;
@@ -92,7 +91,17 @@ export class AmqpAgentTransport implements AgentTransport {
   constructor(options: AmqpAgentTransportOptions) {
     this.#options = options;
     this.names = amqpNames(options.config.prefix);
-    this.registry = new HostRegistry(options.config.downAfterMs);
+    this.#presence = new AgentPresence({
+      hostId: options.hostId,
+      identity: options.identity,
+      config: options.config,
+      presenceExchange: this.names.presenceExchange,
+      routes: () => (this.#accepting ? [...this.#routes] : []),
+      currentChannel: () => this.#channel,
+      isUp: () => this.#connection?.isUp ?? false,
+      restart: (reason) => this.#connection?.restart(reason),
+    });
+    this.registry = this.#presence.registry;
     this.#brokerLimit = new LearnedBrokerLimit(options.log, options.maxMessageBytes);
   }
 
@@ -128,10 +137,7 @@ export class AmqpAgentTransport implements AgentTransport {
       this.registry.noteOutage();
     });
     await this.#connection.open();
-    this.#heartbeatTimer = setInterval(() => {
-      this.#checkSilence();
-      this.#publishHeartbeat();
-    }, this.#options.config.heartbeatMs);
+    this.#heartbeatTimer = setInterval(() => this.#presence.tick(), this.#options.config.heartbeatMs);
     this.#heartbeatTimer.unref();
   }
 
@@ -185,20 +191,14 @@ export class AmqpAgentTransport implements AgentTransport {
     }
     const presence = await channel.assertQueue('', { exclusive: true, autoDelete: true });
     await bindings.bind(channel, presence.queue, names.presenceExchange, '');
-    await channel.consume(presence.queue, (msg) => (msg ? this.#onPresence(msg) : cancelled(presence.queue)), { noAck: true });
+    await channel.consume(presence.queue, (msg) => (msg ? this.#presence.onMessage(msg) : cancelled(presence.queue)), { noAck: true });
     this.#channel = channel;
     this.#consumerTags = this.#accepting ? tags : [];
     if (!this.#accepting) {
       bindings.forget(names.broadcastQueue(hostId)); // cancelling its consumer deletes it
       for (const tag of tags) await channel.cancel(tag);
     }
-    // Announce ourselves at once, on the new channel itself (the connection does not count as up until this
-    // setup has returned). No probe: the others' heartbeats tell us who is alive within heartbeatMs, and a
-    // probe from every host reconnecting after a broker restart would have every host answer every one of
-    // them with its whole view.
-    this.#unansweredOwn = 0;
-    this.#lastHeardOwn = Date.now();
-    this.#publishHeartbeat(false, channel);
+    this.#presence.announce(channel);
     this.#flushEvents(channel);
   }
 
@@ -209,79 +209,6 @@ export class AmqpAgentTransport implements AgentTransport {
   #tooLargeReply(msg: ConsumeMessage, reply: ReplyEnvelope, error: CloudletError): { reply: ReplyEnvelope; encoded?: string } {
     this.#options.log.warn({ msgId: reply.id, ...(error.details as object) }, error.message);
     return this.#ownReply(msg, reply.id, error);
-  }
-
-  #heartbeat(withView: boolean): Heartbeat {
-    const { hostId, identity } = this.#options;
-    return {
-      v: 1,
-      kind: 'heartbeat',
-      host: hostId,
-      version: identity.version,
-      plugins: identity.plugins,
-      routes: this.#accepting ? [...this.#routes] : [],
-      startedAt: identity.startedAt,
-      sentAt: Date.now(),
-      ...(withView ? { view: this.registry.view() } : {}),
-    };
-  }
-
-  #publishHeartbeat(withView = false, channel?: ConfirmChannel): void {
-    const heartbeat = this.#heartbeat(withView);
-    this.registry.record(heartbeat);
-    if (this.#publishPresence(heartbeat, channel)) this.#unansweredOwn++;
-  }
-
-  /**
-   * On `channel` (setup's, before the connection counts as up), else on the current one if it is up.
-   * Says whether it went out.
-   */
-  #publishPresence(message: unknown, channel = this.#connection?.isUp ? this.#channel : undefined): boolean {
-    if (!channel) return false;
-    try {
-      channel.publish(this.names.presenceExchange, '', Buffer.from(JSON.stringify(message)), { contentType: 'application/json' });
-      return true;
-    } catch {
-      // the channel just closed; the next setup announces us again
-      return false;
-    }
-  }
-
-  /**
-   * Our own heartbeats stopped coming back while the connection is up: our presence queue lost its binding
-   * (the exchange deleted and declared again, say), which nothing announces, and we no longer hear who is
-   * alive. Connecting again binds a new queue. Three unanswered in a row, and longer than a host may be
-   * silent, so that neither an event-loop stall (which delays our sending too) nor a slow heartbeat
-   * interval set against a short downAfterMs is taken for it.
-   */
-  #checkSilence(): void {
-    if (!this.#connection?.isUp || this.#unansweredOwn < 3) return;
-    const { downAfterMs, heartbeatMs } = this.#options.config;
-    const silentMs = Date.now() - this.#lastHeardOwn;
-    if (silentMs <= Math.max(downAfterMs, 3 * heartbeatMs)) return;
-    this.#unansweredOwn = 0;
-    this.#lastHeardOwn = Date.now();
-    this.#connection.restart(`our own heartbeats stopped coming back (not heard for ${silentMs} ms)`);
-  }
-
-  #onPresence(msg: ConsumeMessage): void {
-    let value: unknown;
-    try {
-      value = JSON.parse(msg.content.toString('utf8'));
-    } catch {
-      return;
-    }
-    const heartbeat = heartbeatSchema.safeParse(value);
-    if (heartbeat.success) {
-      if (heartbeat.data.host === this.#options.hostId) {
-        this.#unansweredOwn = 0;
-        this.#lastHeardOwn = Date.now();
-      } else this.registry.record(heartbeat.data);
-      return;
-    }
-    // A probe (from a new client): answer at once, with what we know.
-    const probe = probeSchema.safeParse(value);
-    if (probe.success && probe.data.from !== this.#options.hostId) this.#publishHeartbeat(true);
   }
 
   /**
@@ -687,7 +614,7 @@ export class AmqpAgentTransport implements AgentTransport {
     for (const tag of this.#consumerTags) await channel?.cancel(tag).catch(() => undefined);
     this.#consumerTags = [];
     // Tell the others right away that we no longer take work, rather than letting them time us out.
-    this.#publishHeartbeat();
+    this.#presence.publishHeartbeat();
   }
 
   async publishEvent(event: EventEnvelope): Promise<void> {
