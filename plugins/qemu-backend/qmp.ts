@@ -6,6 +6,9 @@
 import { createConnection, type Socket } from 'node:net';
 import { qemuError } from './errors.ts';
 
+/** QEMU's answers are small; a line this long is a monitor gone wrong, not one to buffer further. */
+const MAX_LINE_BYTES = 1024 * 1024;
+
 interface PendingCommand {
   resolve(value: unknown): void;
   reject(error: Error): void;
@@ -16,6 +19,8 @@ export class QmpClient {
   readonly #socket: Socket;
   readonly #pending = new Map<string, PendingCommand>();
   #buffer = '';
+  /** Where in #buffer to look for the next newline: what was searched already has none. */
+  #scanFrom = 0;
   #nextId = 1;
   #closed = false;
   readonly #closeWaiters = new Set<() => void>();
@@ -27,9 +32,11 @@ export class QmpClient {
     socket.on('error', () => undefined);
     socket.on('close', () => {
       this.#closed = true;
+      const reason = this.#failure ?? 'the QMP connection closed (QEMU exited?)';
+      this.#notGreeted?.(qemuError('QMP_FAILED', this.#failure ?? 'the QMP connection closed before QEMU greeted (QEMU exiting?)'));
       for (const [, pending] of this.#pending) {
         clearTimeout(pending.timer);
-        pending.reject(qemuError('QMP_FAILED', 'the QMP connection closed (QEMU exited?)'));
+        pending.reject(qemuError('QMP_FAILED', reason));
       }
       this.#pending.clear();
       for (const waiter of this.#closeWaiters) waiter();
@@ -53,6 +60,10 @@ export class QmpClient {
         clearTimeout(timer);
         resolve();
       };
+      client.#notGreeted = (error) => {
+        clearTimeout(timer);
+        reject(error);
+      };
     });
     try {
       await client.execute('qmp_capabilities', undefined, timeoutMs);
@@ -66,33 +77,51 @@ export class QmpClient {
   }
 
   #greeted: (() => void) | undefined;
+  #notGreeted: ((error: Error) => void) | undefined;
+  /** Why this side ended the connection, for the commands it fails. */
+  #failure: string | undefined;
 
   #onData(chunk: string): void {
     this.#buffer += chunk;
     let newline: number;
-    while ((newline = this.#buffer.indexOf('\n')) !== -1) {
+    while ((newline = this.#buffer.indexOf('\n', this.#scanFrom)) !== -1) {
       const line = this.#buffer.slice(0, newline).trim();
       this.#buffer = this.#buffer.slice(newline + 1);
-      if (line === '') continue;
-      let message: Record<string, unknown>;
-      try {
-        message = JSON.parse(line) as Record<string, unknown>;
-      } catch {
-        continue;
-      }
-      if ('QMP' in message) {
-        this.#greeted?.();
-        this.#greeted = undefined;
-      } else if (typeof message.id === 'string') {
-        const pending = this.#pending.get(message.id);
-        if (!pending) continue;
-        this.#pending.delete(message.id);
-        clearTimeout(pending.timer);
-        if ('error' in message) {
-          const error = message.error as { class?: string; desc?: string };
-          pending.reject(qemuError('QMP_FAILED', `QMP ${error.class ?? 'error'}: ${error.desc ?? 'unknown'}`, { qmpError: error }));
-        } else pending.resolve(message.return);
-      }
+      this.#scanFrom = 0;
+      if (line !== '') this.#onLine(line);
+    }
+    this.#scanFrom = this.#buffer.length;
+    if (this.#buffer.length > MAX_LINE_BYTES) {
+      this.#failure = `the monitor sent a line longer than ${MAX_LINE_BYTES} bytes`;
+      this.#buffer = '';
+      this.#socket.destroy();
+    }
+  }
+
+  #onLine(line: string): void {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(line);
+    } catch {
+      return;
+    }
+    // A line that is JSON but no object is nobody's answer: skipped like one that is not JSON.
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return;
+    const message = parsed as Record<string, unknown>;
+    if ('QMP' in message) {
+      this.#greeted?.();
+      this.#greeted = undefined;
+      this.#notGreeted = undefined;
+    } else if (typeof message.id === 'string') {
+      const pending = this.#pending.get(message.id);
+      if (!pending) return;
+      this.#pending.delete(message.id);
+      clearTimeout(pending.timer);
+      if ('error' in message) {
+        const error = (typeof message.error === 'object' && message.error !== null ? message.error : {}) as { class?: unknown; desc?: unknown };
+        const named = (value: unknown, otherwise: string) => (typeof value === 'string' ? value : otherwise);
+        pending.reject(qemuError('QMP_FAILED', `QMP ${named(error.class, 'error')}: ${named(error.desc, 'unknown')}`, { qmpError: message.error }));
+      } else pending.resolve(message.return);
     }
   }
 

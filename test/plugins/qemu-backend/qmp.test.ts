@@ -25,3 +25,49 @@ test('qmp — a monitor that never greets: connect fails at its timeout and lets
   await assert.rejects(QmpClient.connect(path, 200), /no QMP greeting/);
   await clientGone;
 });
+
+test('qmp — lines that are JSON but not objects, and an error that is not one, are no crash', { timeout: 10_000 }, async (t) => {
+  // Before, `'QMP' in null` threw inside the socket's data listener: uncaught, it ended the worker (get-vm,
+  // stop-vm and delete-vm answered WORKER_CRASHED), and in the agent's start-up reconcile the agent itself.
+  const path = `${await tempDir(t, 'cloudlet-qmp-')}/qmp.sock`;
+  await standInSocket(t, path, (socket) => {
+    socket.setEncoding('utf8');
+    socket.write(`null\n42\n"text"\n[1]\n${QMP_GREETING}`);
+    socket.on('data', (data: string) => {
+      for (const line of data.split('\n').filter(Boolean)) {
+        const { id, execute } = JSON.parse(line) as { id: string; execute: string };
+        socket.write(`null\n${JSON.stringify(execute === 'qmp_capabilities' ? { return: {}, id } : { error: null, id })}\n`);
+      }
+    });
+  });
+  const qmp = await QmpClient.connect(path, 2_000);
+  t.after(() => qmp.close());
+  await assert.rejects(qmp.execute('query-status', undefined, 2_000), (error: { code: string; message: string }) => {
+    assert.equal(error.code, 'QMP_FAILED');
+    assert.match(error.message, /^QMP error: unknown$/);
+    return true;
+  });
+});
+
+test('qmp — a monitor that closes before it greets fails connect at once, saying so', { timeout: 10_000 }, async (t) => {
+  // Before, connect waited out its whole timeout (5 s for every stop or get-vm of a QEMU that is exiting),
+  // then said "no QMP greeting".
+  const path = `${await tempDir(t, 'cloudlet-qmp-')}/qmp.sock`;
+  await standInSocket(t, path, (socket) => socket.end());
+  const started = Date.now();
+  await assert.rejects(QmpClient.connect(path, 5_000), /the QMP connection closed before QEMU greeted/);
+  assert.ok(Date.now() - started < 2_000, `took ${Date.now() - started} ms`);
+});
+
+test('qmp — a line longer than 1 MiB ends the connection with QMP_FAILED, not a growing buffer', { timeout: 10_000 }, async (t) => {
+  const path = `${await tempDir(t, 'cloudlet-qmp-')}/qmp.sock`;
+  const { clientGone } = await standInSocket(t, path, (socket) => {
+    socket.on('error', () => undefined); // the client cuts it off mid-write
+    socket.resume();
+    socket.write(QMP_GREETING);
+    const chunk = 'x'.repeat(64 * 1024);
+    for (let i = 0; i < 40; i++) socket.write(chunk);
+  });
+  await assert.rejects(QmpClient.connect(path, 5_000), /the monitor sent a line longer than 1048576 bytes/);
+  await clientGone;
+});
