@@ -10,6 +10,9 @@ export interface GuestInterface {
   'ip-addresses'?: { 'ip-address-type': 'ipv4' | 'ipv6'; 'ip-address': string; prefix: number }[];
 }
 
+/** The agent's answers are small; a longer line is a guest gone wrong, not one to buffer further. */
+const MAX_LINE_BYTES = 1024 * 1024;
+
 /** `signal` ends the call early (the caller's wait is over): it rejects at once and closes the socket. */
 export async function guestAgentCall<T>(path: string, command: string, args?: Record<string, unknown>, timeoutMs = 5_000, signal?: AbortSignal): Promise<T> {
   signal?.throwIfAborted();
@@ -37,18 +40,22 @@ export async function guestAgentCall<T>(path: string, command: string, args?: Re
         clearTimeout(timer);
         reject(new Error(`the guest agent socket ${path} closed before answering "${command}"`));
       });
+      // The guest writes this socket: nothing it sends may throw here (an uncaught error would end the
+      // thread) or grow without bound.
       socket.on('data', (chunk: string) => {
         buffer += chunk;
         let newline: number;
         while ((newline = buffer.indexOf('\n')) !== -1) {
           const line = buffer.slice(0, newline).replace(/^\xff/, '').trim();
           buffer = buffer.slice(newline + 1);
-          let message: { return?: unknown; error?: { desc?: string } };
+          let parsed: unknown;
           try {
-            message = JSON.parse(line) as typeof message;
+            parsed = JSON.parse(line);
           } catch {
             continue;
           }
+          if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) continue;
+          const message = parsed as { return?: unknown; error?: { desc?: unknown } | null };
           if (!synced) {
             if (message.return === syncId) {
               synced = true;
@@ -57,9 +64,14 @@ export async function guestAgentCall<T>(path: string, command: string, args?: Re
             continue;
           }
           clearTimeout(timer);
-          if (message.error) reject(new Error(`guest agent: ${message.error.desc ?? 'error'}`));
+          if (message.error) reject(new Error(`guest agent: ${typeof message.error.desc === 'string' ? message.error.desc : 'error'}`));
           else resolve(message.return as T);
           return;
+        }
+        if (buffer.length > MAX_LINE_BYTES) {
+          clearTimeout(timer);
+          reject(new Error(`the guest agent at ${path} sent a line longer than ${MAX_LINE_BYTES} bytes`));
+          socket.destroy();
         }
       });
       socket.on('connect', () => socket.write(`${JSON.stringify({ execute: 'guest-sync', arguments: { id: syncId } })}\n`));

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { symlinkSync } from 'node:fs';
 import { chmod, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import test from 'node:test';
+import test, { type TestContext } from 'node:test';
 import amqplib from 'amqplib';
 import { makeReply, makeRequest, type ReplyEnvelope, type RequestEnvelope } from '../../core/envelope.ts';
 import { CloudletError } from '../../core/errors.ts';
@@ -195,17 +195,25 @@ test('security — a reply the transport makes itself (STATE_UNWRITABLE: the out
   assert.equal(refused.error?.code, 'STATE_UNWRITABLE', JSON.stringify(refused.error));
 });
 
-test('security — a signed reply that names no request ("id": null) is not trusted as the answer to another request (replay)', async (t) => {
+/**
+ * Host h1 signs its replies, `client` checks them, and `channel` is someone else's on the same broker: what
+ * an attacker with access to the broker can do.
+ */
+async function signedCloudAndIntruder(t: TestContext) {
   const dir = await tempDir(t);
   const hostKey = await keyFiles(dir, 'h1-host');
   const cloud = await startCloud(t, [{ id: 'h1' }], { hostYaml: () => `security:\n  hostKeyFile: ${hostKey.file}\n` });
   const ops = await keyFiles(dir, 'ops');
   const client = new SigningClientTransport(cloud.client(), { signer: ops.signer, hostKeys: new Map([['h1', publicKeyFrom(hostKey.publicKey, 'test')]]), requireSignedReplies: true });
+  const intruder = await amqplib.connect(cloud.url);
+  t.after(() => intruder.close());
+  const channel = await intruder.createChannel();
+  return { dir, cloud, ops, client, channel, names: amqpNames(cloud.prefix) };
+}
+
+test('security — a signed reply that names no request ("id": null) is not trusted as the answer to another request (replay)', async (t) => {
+  const { client, channel, names } = await signedCloudAndIntruder(t);
   // Someone with access to the broker: sees requests for h1 (a queue of its own on the direct exchange) ...
-  const attacker = await amqplib.connect(cloud.url);
-  t.after(() => attacker.close());
-  const channel = await attacker.createChannel();
-  const names = amqpNames(cloud.prefix);
   const { queue: spy } = await channel.assertQueue('', { exclusive: true });
   await channel.bindQueue(spy, names.directExchange, 'h1');
   // ... and gets h1 to sign a reply to bytes it cannot read: "id": null, bound to no request.
@@ -231,17 +239,10 @@ test('security — a signed reply that names no request ("id": null) is not trus
 test('security — a forged gather reply that comes first neither hides the host\'s signed answer nor adds hosts to wait for', async (t) => {
   // Before, the client kept the first reply claiming each host: a forger answering every broadcast at once
   // as h1 got h1 listed as missing, and the hosts its reply named as live were waited for to the deadline.
-  const dir = await tempDir(t);
-  const hostKey = await keyFiles(dir, 'h1-host');
-  const cloud = await startCloud(t, [{ id: 'h1' }], { hostYaml: () => `security:\n  hostKeyFile: ${hostKey.file}\n` });
-  const ops = await keyFiles(dir, 'ops');
-  const client = new SigningClientTransport(cloud.client(), { signer: ops.signer, hostKeys: new Map([['h1', publicKeyFrom(hostKey.publicKey, 'test')]]), requireSignedReplies: true });
+  const { dir, cloud, ops, client, channel, names } = await signedCloudAndIntruder(t);
   // Someone with access to the broker sees every broadcast and answers it first, as h1.
-  const attacker = await amqplib.connect(cloud.url);
-  t.after(() => attacker.close());
-  const channel = await attacker.createChannel();
   const { queue: spy } = await channel.assertQueue('', { exclusive: true });
-  await channel.bindQueue(spy, amqpNames(cloud.prefix).broadcastExchange, '');
+  await channel.bindQueue(spy, names.broadcastExchange, '');
   let forged = 0;
   await channel.consume(
     spy,

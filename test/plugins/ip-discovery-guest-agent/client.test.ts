@@ -28,3 +28,32 @@ test('guest agent client — a socket closed before the answer (QEMU went away) 
   // The call's own timeout is a minute: the close must end it.
   await assert.rejects(guestAgentCall(path, 'guest-network-get-interfaces', undefined, 60_000), /closed before answering/);
 });
+
+test('guest agent client — what the guest sends is untrusted: non-object lines are skipped, an endless line is refused', { timeout: 30_000 }, async (t) => {
+  // The guest writes this socket. Before, a `null` line threw inside the data listener (`null.return`):
+  // uncaught, it ended the worker thread asking; and a line without end grew the buffer until memory ran out.
+  const dir = await tempDir(t, 'cloudlet-qga-');
+  const odd = join(dir, 'odd.sock');
+  await standInSocket(t, odd, (socket) => {
+    socket.setEncoding('utf8');
+    socket.on('data', (data: string) => {
+      for (const line of data.split('\n').filter(Boolean)) {
+        const request = JSON.parse(line) as { execute: string; arguments?: { id: number } };
+        const answer = request.execute === 'guest-sync' ? { return: request.arguments?.id } : { return: [{ name: 'eth0' }] };
+        socket.write(`null\n7\n[]\n${JSON.stringify(answer)}\n`);
+      }
+    });
+  });
+  assert.deepEqual(await guestAgentCall(odd, 'guest-network-get-interfaces', undefined, 5_000), [{ name: 'eth0' }]);
+
+  const endless = join(dir, 'endless.sock');
+  await standInSocket(t, endless, (socket) => {
+    socket.on('error', () => undefined);
+    socket.resume();
+    const chunk = 'x'.repeat(64 * 1024);
+    for (let i = 0; i < 40; i++) socket.write(chunk);
+  });
+  const started = Date.now();
+  await assert.rejects(guestAgentCall(endless, 'guest-network-get-interfaces', undefined, 10_000), /sent a line longer than 1048576 bytes/);
+  assert.ok(Date.now() - started < 5_000, `took ${Date.now() - started} ms`);
+});
