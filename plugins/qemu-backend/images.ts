@@ -75,7 +75,7 @@ interface ChainEntry {
  * Asks qemu-img, never trusting the file extension: a "raw" file that is really qcow2 must say so. A qcow2
  * also names the files QEMU will open with it — a backing file, an external data file — and those must
  * stay inside the images folder too: a downloaded image that names /dev/sda as its backing file would
- * otherwise give a guest the host's disk.
+ * otherwise give a guest the host's disk. Every file of the chain must be qcow2 or raw, for the same reason.
  */
 async function detectFormat(qemuImg: string, path: string, root: string): Promise<'qcow2' | 'raw'> {
   const result = await runProgram([qemuImg, 'info', '--output=json', '--backing-chain', '--', path], { timeoutMs: 30_000 });
@@ -85,6 +85,11 @@ async function detectFormat(qemuImg: string, path: string, root: string): Promis
   if (format !== 'qcow2' && format !== 'raw') throw qemuError('IMAGE_INVALID', `${path} is in format "${format}"; qcow2 and raw are supported`);
   for (const [depth, entry] of chain.entries()) {
     const file = entry.filename ?? '';
+    // Other formats name files of their own that this check does not know how to find (a vmdk's extents,
+    // a qed's backing file by another key): only qcow2 and raw, whose references are checked here, may back one.
+    if (depth > 0 && entry.format !== 'qcow2' && entry.format !== 'raw') {
+      throw qemuError('IMAGE_INVALID', `${path} uses backing file ${file} in format "${entry.format ?? 'unknown'}"; only qcow2 and raw files may back an image`, { image: path, backingFile: file, format: entry.format });
+    }
     // qemu-img names each backing file as QEMU will open it: relative to the image that names it.
     const named = depth === 0 ? [] : [{ what: 'backing file', name: file }];
     const dataFile = entry['format-specific']?.data?.['data-file'];

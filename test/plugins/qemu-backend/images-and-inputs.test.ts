@@ -58,6 +58,21 @@ test('images — a qcow2 whose backing file or data file lies outside the folder
   assert.deepEqual(await resolveImage(images, 'base-v2', 'qemu-img'), { kind: 'disk', name: 'base-v2', path: join(images, 'base-v2.qcow2'), format: 'qcow2' });
 });
 
+test('images — a backing file in another format (a vmdk whose extent is a host file) is refused, even inside the folder', async (t) => {
+  // Before, only backing and data files were checked: a vmdk inside the folder names its extents itself, and
+  // a FLAT extent may be any host file. The guest then read it through its overlay.
+  const { root, images } = await imagesFixture(t);
+  await writeFile(join(root, 'secret.bin'), Buffer.alloc(1024 * 1024, 'HOST-SECRET-DATA'));
+  const descriptor = ['# Disk DescriptorFile', 'version=1', 'CID=fffffffe', 'parentCID=ffffffff', 'createType="monolithicFlat"', `RW 2048 FLAT "${join(root, 'secret.bin')}" 0`, ''];
+  await writeFile(join(images, 'flat.vmdk'), descriptor.join('\n'));
+  assert.equal((await runProgram(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', 'flat.vmdk', '-F', 'vmdk', join(images, 'evil.qcow2')])).code, 0);
+  await assert.rejects(resolveImage(images, 'evil', 'qemu-img'), (error: { code: string; message: string }) => {
+    assert.equal(error.code, 'IMAGE_INVALID');
+    assert.match(error.message, /uses backing file .*flat\.vmdk in format "vmdk"; only qcow2 and raw files may back an image/);
+    return true;
+  });
+});
+
 test('images — an unknown image is refused with the list of what exists', async (t) => {
   const { images } = await imagesFixture(t);
   await assert.rejects(resolveImage(images, 'debian-13', 'qemu-img'), (error: { code: string; message: string; details: { available: string[] } }) => {
