@@ -8,7 +8,7 @@ const qemuSafePath = z
   .max(200)
   .regex(/^\/[^,\0\n]*$/, 'an absolute path without "," (QEMU would read a comma as an option separator)');
 
-const interfaceName = z
+export const interfaceName = z
   .string()
   .min(1)
   .max(15)

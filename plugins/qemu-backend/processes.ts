@@ -14,9 +14,10 @@ export async function readPid(pidfile: string): Promise<number | undefined> {
   // Synchronous: a missing pidfile (a stopped VM) is one failed stat, not a thread-pool round trip; list-vms
   // asks this for every VM of the host. The stat does not throw for a missing file: a thrown ENOENT (an
   // Error with its stack) per stopped VM cost more than the read itself.
+  // Only a regular file is read: a FIFO in its place would block the thread for good.
   let text: string | undefined;
   try {
-    text = statSync(pidfile, { throwIfNoEntry: false }) ? readFileSync(pidfile, 'utf8') : undefined;
+    text = statSync(pidfile, { throwIfNoEntry: false })?.isFile() ? readFileSync(pidfile, 'utf8') : undefined;
   } catch {
     text = undefined;
   }

@@ -5,7 +5,7 @@
  */
 import type { PluginLogger } from '../../core/plugin-api.ts';
 import type { QemuOptions } from './options.ts';
-import { listRecords } from './state.ts';
+import { listRecords, type RecordProblem } from './state.ts';
 import { memoQemuScan } from './processes.ts';
 import { queryStatus, setDesired, startVm } from './vm-ops.ts';
 
@@ -18,7 +18,10 @@ export interface ReconcileSummary {
 
 export async function reconcileVms(options: QemuOptions, log: PluginLogger): Promise<ReconcileSummary> {
   const summary: ReconcileSummary = { reattached: [], autostarted: [], markedStopped: [], failed: [] };
-  const records = await listRecords(options.stateDir);
+  const unusable: RecordProblem[] = [];
+  const records = await listRecords(options.stateDir, unusable);
+  // A vm.json that is not a record of its VM is left alone (its values would reach QEMU): listed, not fatal.
+  for (const { vm, file, problem } of unusable) summary.failed.push({ vm, error: `the record ${file} cannot be used: ${problem}` });
   // One /proc scan for every VM whose pidfile names no live QEMU, not one each.
   const scan = memoQemuScan();
   await Promise.all(

@@ -2,10 +2,12 @@
  * Per-VM records on disk: `<stateDir>/<vm id>/vm.json`, written atomically (temp file + rename) so a crash
  * never leaves half a record. The folder also holds the VM's overlay disk, sockets, pidfile and serial log.
  */
-import { readdirSync, readFileSync, type Dirent } from 'node:fs';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { lstatSync, readdirSync, readFileSync, type Dirent } from 'node:fs';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import process from 'node:process';
+import { qemuError } from './errors.ts';
+import { checkRecord } from './record-schema.ts';
 import { VM_ID_PATTERN } from './schemas.ts';
 
 export interface VmRecord {
@@ -62,21 +64,62 @@ export async function writeRecord(stateDir: string, record: VmRecord): Promise<v
   await rename(temp, paths.record);
 }
 
-export async function readRecord(stateDir: string, id: string): Promise<VmRecord | undefined> {
-  const text = await readFile(vmPaths(stateDir, id).record, 'utf8').catch((error: NodeJS.ErrnoException) => {
-    if (error.code === 'ENOENT') return undefined;
-    throw error;
-  });
-  return text === undefined ? undefined : (JSON.parse(text) as VmRecord);
+/** A vm.json that exists but is not a record of its VM: what is wrong with it, in a phrase. */
+export interface RecordProblem {
+  vm: string;
+  file: string;
+  problem: string;
 }
 
 /**
- * Every record of this host's state folder; folders that are not VM ids are ignored, and so are records that
- * cannot be read. Read synchronously on purpose: handlers run in worker threads, and a thousand small files
- * read one after another take a fraction of the time of a thousand concurrent reads through libuv's
- * four-thread pool (open, stat, read, close: four round trips each).
+ * The VM's record; undefined when there is none. One that cannot be read or is not a record of this VM
+ * (hand-edited, torn, restored from elsewhere) is VM_RECORD_INVALID, naming the file and the problem: its
+ * values go into QEMU's argv and `ip` commands, so nothing of it is used.
  */
-export async function listRecords(stateDir: string): Promise<VmRecord[]> {
+export async function readRecord(stateDir: string, id: string): Promise<VmRecord | undefined> {
+  const read = readRecordFile(stateDir, id);
+  if (read === undefined || 'record' in read) return read?.record;
+  throw qemuError('VM_RECORD_INVALID', `the record of ${id} (${read.file}) cannot be used: ${read.problem}; fix or remove the file, or delete the VM`, {
+    vm: id,
+    file: read.file,
+    problem: read.problem,
+  });
+}
+
+/**
+ * Synchronous, like the rest of this module's reads (see listRecords). Only a regular file is read: a FIFO
+ * would block the thread for good, and a symlink may lead anywhere (its target is never quoted back).
+ */
+function readRecordFile(stateDir: string, id: string): { record: VmRecord } | RecordProblem | undefined {
+  const file = vmPaths(stateDir, id).record;
+  const problem = (text: string): RecordProblem => ({ vm: id, file, problem: text });
+  let text: string;
+  try {
+    const info = lstatSync(file, { throwIfNoEntry: false });
+    if (info === undefined) return undefined;
+    if (!info.isFile()) return problem(`not a regular file (${info.isSymbolicLink() ? 'a symlink' : info.isDirectory() ? 'a folder' : info.isFIFO() ? 'a FIFO' : 'a special file'})`);
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    return problem(`cannot be read: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return problem(`not JSON (${text.length === 0 ? 'empty' : 'cut short or damaged'})`);
+  }
+  const wrong = checkRecord(value, id);
+  return wrong === undefined ? { record: value as VmRecord } : problem(wrong);
+}
+
+/**
+ * Every record of this host's state folder; folders that are not VM ids are ignored, and so are folders
+ * without vm.json (a create at work). A vm.json that is not a record of its VM is left out too, and told in
+ * `problems` when the caller asks. Read synchronously on purpose: handlers run in worker threads, and a
+ * thousand small files read one after another take a fraction of the time of a thousand concurrent reads
+ * through libuv's four-thread pool (open, stat, read, close: four round trips each).
+ */
+export async function listRecords(stateDir: string, problems?: RecordProblem[]): Promise<VmRecord[]> {
   let entries: Dirent[];
   try {
     entries = readdirSync(stateDir, { withFileTypes: true });
@@ -87,11 +130,10 @@ export async function listRecords(stateDir: string): Promise<VmRecord[]> {
   const records: VmRecord[] = [];
   for (const entry of entries) {
     if (!entry.isDirectory() || !VM_ID_PATTERN.test(entry.name)) continue;
-    try {
-      records.push(JSON.parse(readFileSync(vmPaths(stateDir, entry.name).record, 'utf8')) as VmRecord);
-    } catch {
-      // no record (yet), or a torn one: not a VM of this host
-    }
+    const read = readRecordFile(stateDir, entry.name);
+    if (read === undefined) continue;
+    if ('record' in read) records.push(read.record);
+    else problems?.push(read);
   }
   return records.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
 }

@@ -7,7 +7,16 @@ import { checkOwner, refuseWhileCreating, removeLeftover, stopVm } from '../vm-o
 export default defineHandler(vmRefPayload, qemuOptionsSchema, async ({ vm }, ctx) => {
   checkOwner(vm, ctx.host.id);
   // Read again after the mark: the create may have written vm.json and dropped its mark in between.
-  const record = (await readRecord(ctx.options.stateDir, vm)) ?? (await refuseWhileCreating(ctx.options, vm, ctx.host), await readRecord(ctx.options.stateDir, vm));
+  let record: VmRecord | undefined;
+  try {
+    record = (await readRecord(ctx.options.stateDir, vm)) ?? (await refuseWhileCreating(ctx.options, vm, ctx.host), await readRecord(ctx.options.stateDir, vm));
+  } catch (error) {
+    if ((error as { code?: unknown }).code !== 'VM_RECORD_INVALID') throw error;
+    // Nothing in an unusable record is trusted: the VM is removed by its id, as a leftover is (its QEMU by
+    // name and pidfile, its tap by the id's letters, its folder).
+    await removeLeftover(ctx.options, vm);
+    return { vm, deleted: true, already: false, hint: `its record could not be used (${(error as Error).message}): what the VM left was removed` };
+  }
   if (record) return deleteRecorded(record);
   // What a create that died left (a folder without vm.json, perhaps a QEMU and a tap): the delete the caller
   // asks for removes it, rather than leave it to the sweeper.

@@ -2,7 +2,7 @@ import { defineHandler } from '../../../core/plugin-api.ts';
 import { qemuOptionsSchema } from '../options.ts';
 import { memoQemuScan, runningPid } from '../processes.ts';
 import { listVmsPayload } from '../schemas.ts';
-import { listRecords, vmPaths } from '../state.ts';
+import { listRecords, vmPaths, type RecordProblem } from '../state.ts';
 import { viewOf } from '../vm-ops.ts';
 import { findAddresses, loadStrategies } from '../discovery.ts';
 
@@ -12,7 +12,8 @@ import { findAddresses, loadStrategies } from '../discovery.ts';
  * list stays fast.
  */
 export default defineHandler(listVmsPayload, qemuOptionsSchema, async (_payload, ctx) => {
-  const records = await listRecords(ctx.options.stateDir);
+  const unusable: RecordProblem[] = [];
+  const records = await listRecords(ctx.options.stateDir, unusable);
   const strategies = await loadStrategies(ctx.options, ctx);
   // One memo for the whole list: a lease file or a neighbour table is read once, not once per running VM.
   const shared = new Map<string, Promise<unknown>>();
@@ -26,5 +27,6 @@ export default defineHandler(listVmsPayload, qemuOptionsSchema, async (_payload,
       return { ...viewOf(record, pid === undefined ? 'stopped' : 'running', pid), addresses };
     }),
   );
-  return { host: ctx.host.id, vms };
+  // A VM whose vm.json cannot be used is not listed as a VM (nothing in it can be trusted), but is named.
+  return { host: ctx.host.id, vms, ...(unusable.length > 0 && { unusable }) };
 });

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { mkdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
@@ -7,8 +8,9 @@ import { qemuArgv } from '../../../plugins/qemu-backend/qemu-args.ts';
 import { qemuOptionsSchema } from '../../../plugins/qemu-backend/options.ts';
 import { createVmPayload, stopVmPayload, vmRefPayload } from '../../../plugins/qemu-backend/schemas.ts';
 import { randomMac, tapName } from '../../../plugins/qemu-backend/network.ts';
-import { listRecords, vmPaths, writeRecord, type VmRecord } from '../../../plugins/qemu-backend/state.ts';
+import { listRecords, readRecord, vmPaths, writeRecord, type RecordProblem, type VmRecord } from '../../../plugins/qemu-backend/state.ts';
 import { runProgram } from '../../../plugins/qemu-backend/run.ts';
+import { readPid } from '../../../plugins/qemu-backend/processes.ts';
 import { tempDir } from '../../helpers.ts';
 
 async function imagesFixture(t: Parameters<typeof tempDir>[0]) {
@@ -188,4 +190,53 @@ test('state — records are written whole and junk in the state folder is ignore
     ['h1.abcdefgh'],
   );
   assert.equal(records[0]?.autostart, true);
+});
+
+test('state — a vm.json that is not a record of this VM is refused naming the file and what is wrong, never read into argv', async (t) => {
+  // Before: null stopped the agent's start (reconcile threw), {} failed list-vms for the whole host, a
+  // torn one gave a bare JSON error, a FIFO blocked the thread for good, a symlink to /etc/passwd put its
+  // first line in the error, and tampered fields (a MAC with ",romfile=…") went into QEMU's argv.
+  const dir = await tempDir(t);
+  const good: VmRecord = {
+    v: 1, id: 'h1.goodgood', host: 'h1', image: 'base', imageKind: 'disk', memoryMiB: 64, vcpus: 1, mac: '02:00:00:00:00:02',
+    network: { mode: 'bridge', bridge: 'br0', tap: 'cltgoodgood' }, autostart: false, desired: 'running', createdAt: '2030-01-01T00:00:00.000Z', updatedAt: '',
+  };
+  await writeRecord(dir, good);
+  const bad: Record<string, string | ((file: string) => Promise<void>)> = {
+    'h1.nullnull': 'null',
+    'h1.emptyobj': '{}',
+    'h1.tornfile': '{"v": 1, "id": "h1.tornfile", "ho',
+    'h1.otherido': JSON.stringify({ ...good, id: 'h1.goodgood' }),
+    'h1.macinjct': JSON.stringify({ ...good, id: 'h1.macinjct', mac: '02:aa:bb:cc:dd:01,romfile=/etc/shadow' }),
+    'h1.memorybd': JSON.stringify({ ...good, id: 'h1.memorybd', memoryMiB: '64,maxmem=1T' }),
+    'h1.tapinjct': JSON.stringify({ ...good, id: 'h1.tapinjct', network: { mode: 'bridge', bridge: 'br0', tap: 'x,script=/bin/sh' } }),
+    'h1.fifofifo': async (file) => void execFileSync('mkfifo', [file]),
+    'h1.linkedto': async (file) => symlink('/etc/passwd', file),
+    'h1.foldered': async (file) => mkdir(file),
+  };
+  for (const [id, content] of Object.entries(bad)) {
+    await mkdir(join(dir, id));
+    const file = vmPaths(dir, id).record;
+    if (typeof content === 'string') await writeFile(file, content);
+    else await content(file);
+  }
+  const problems: RecordProblem[] = [];
+  assert.deepEqual((await listRecords(dir, problems)).map((r) => r.id), ['h1.goodgood']);
+  assert.deepEqual(problems.map((p) => p.vm).sort(), Object.keys(bad).sort());
+  for (const id of Object.keys(bad)) {
+    await assert.rejects(readRecord(dir, id), (error: { code: string; message: string; details: { vm: string; file: string } }) => {
+      assert.equal(error.code, 'VM_RECORD_INVALID', id);
+      assert.equal(error.details.file, vmPaths(dir, id).record);
+      assert.ok(error.message.startsWith(`the record of ${id} (${vmPaths(dir, id).record}) `), error.message);
+      assert.doesNotMatch(error.message, /root:/);
+      return true;
+    });
+  }
+  assert.match(problems.find((p) => p.vm === 'h1.macinjct')?.problem ?? '', /^mac: /);
+  assert.match(problems.find((p) => p.vm === 'h1.otherido')?.problem ?? '', /names another VM/);
+  assert.match(problems.find((p) => p.vm === 'h1.fifofifo')?.problem ?? '', /not a regular file/);
+  assert.deepEqual({ ...(await readRecord(dir, 'h1.goodgood')), updatedAt: '' }, good);
+  // A FIFO as the pidfile is no pid, not a read that never returns.
+  execFileSync('mkfifo', [vmPaths(dir, 'h1.goodgood').pidfile]);
+  assert.equal(await readPid(vmPaths(dir, 'h1.goodgood').pidfile), undefined);
 });
