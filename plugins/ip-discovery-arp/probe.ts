@@ -2,7 +2,8 @@
  * Active probing: one small UDP datagram to each address of the bridge's IPv4 subnet makes the kernel resolve
  * it by ARP, so a quiet VM's entry appears. Bounded by `maxAddresses`, paced at `ratePerSecond`, and only ever
  * aimed at on-link addresses of the bridge: never its network, broadcast or own addresses, never a range
- * outside the bridge's subnets (those datagrams would leave by another route).
+ * outside the bridge's subnets, and only addresses the kernel routes straight out of the bridge (routedOnBridge):
+ * a datagram to any other would leave by another interface, off the host.
  * IPv6 is not probed: an all-nodes echo (ping ff02::1%BRIDGE) needs ICMPv6 sockets Node does not offer, and a
  * multicast UDP datagram draws no reply (RFC 4443 forbids errors to multicast), so it would create no entries.
  */
@@ -102,6 +103,35 @@ export function probeTargets(subnets: readonly Ipv4Subnet[], options: Pick<Probe
     }
   }
   return targets;
+}
+
+const routeGet = z.array(z.object({ dst: z.string(), dev: z.string().optional(), gateway: z.string().optional(), type: z.string().optional() }));
+
+/**
+ * The targets the kernel would send straight out of `bridge`: asked of the kernel itself (`ip route get`,
+ * one `ip -batch` for all), since the bridge's subnet does not say it. A more specific route elsewhere, a
+ * policy rule, or the bridge being down (its subnet then goes by the default route) would send a probe
+ * off the host. A target whose route cannot be read is left out.
+ */
+export async function routedOnBridge(ipBinary: string, bridge: string, targets: readonly string[], signal: AbortSignal): Promise<string[]> {
+  if (targets.length === 0) return [];
+  const argv = [ipBinary, '-j', '-force', '-batch', '-'];
+  const result = await runProgram(argv, { timeoutMs: 30_000, signal, input: targets.map((target) => `route get ${target}\n`).join('') }).catch((error: unknown) => {
+    if (signal.aborted) throw error;
+    throw arpError('ARP_READ_FAILED', `cannot run "${argv.join(' ')}": ${(error as Error).message}`, { bridge }, error);
+  });
+  const direct = new Set<string>();
+  for (const line of result.stdout.split('\n')) {
+    if (!line.startsWith('[')) continue;
+    let routes: z.infer<typeof routeGet>;
+    try {
+      routes = routeGet.parse(JSON.parse(line));
+    } catch {
+      continue;
+    }
+    for (const route of routes) if (route.dev === bridge && route.gateway === undefined && (route.type ?? 'unicast') === 'unicast') direct.add(route.dst);
+  }
+  return targets.filter((target) => direct.has(target));
 }
 
 export interface SweepResult {

@@ -8,10 +8,12 @@ export interface RunResult {
 }
 
 /** Rejects only when the program cannot be started (e.g. ENOENT) or the signal aborts; a non-zero exit resolves. */
-export function runProgram(argv: readonly string[], options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<RunResult> {
+export function runProgram(argv: readonly string[], options: { timeoutMs?: number; signal?: AbortSignal; input?: string } = {}): Promise<RunResult> {
   const [file, ...args] = argv;
   return new Promise((resolve, reject) => {
-    const child = spawn(file as string, args, { stdio: ['ignore', 'pipe', 'pipe'], signal: options.signal });
+    const child = spawn(file as string, args, { stdio: ['pipe', 'pipe', 'pipe'], signal: options.signal });
+    child.stdin.on('error', () => undefined); // a program that exits without reading all its input
+    child.stdin.end(options.input ?? '');
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8');

@@ -14,7 +14,7 @@ import { arpError } from './errors.ts';
 import { waitForNeighbourEvent, type MonitorOutcome } from './monitor.ts';
 import { addressesForMac, hasIpv4Entry } from './neighbours.ts';
 import { arpOptionsSchema, interfaceName, type ArpOptions } from './options.ts';
-import { probeTargets, readBridgeSubnets, sweep, type Ipv4Subnet } from './probe.ts';
+import { probeTargets, readBridgeSubnets, routedOnBridge, sweep, type Ipv4Subnet } from './probe.ts';
 import { readNeighbourTable } from './table.ts';
 
 /** Without `ip monitor`, waitForChange wakes the caller this often so it re-asks (polling). */
@@ -62,11 +62,26 @@ async function probe(vm: VmNetworkIdentity, bridge: string, options: ArpOptions,
     context.log.warn({ code: error.code, bridge }, `ip-discovery-arp: not probing: ${error.message}`);
     return false;
   }
-  const targets = probeTargets(subnets, options.probe, bridge);
-  if (targets.length === 0) {
+  const inSubnets = probeTargets(subnets, options.probe, bridge);
+  if (inSubnets.length === 0) {
     context.log.debug({ bridge }, 'ip-discovery-arp: no IPv4 subnet with host addresses on the bridge; not probing');
     return false;
   }
+  let targets: string[];
+  try {
+    targets = await routedOnBridge(ipBinary, bridge, inSubnets, context.signal);
+  } catch (error) {
+    if (!(error instanceof CloudletError)) throw error;
+    context.log.warn({ code: error.code, bridge }, `ip-discovery-arp: not probing: ${error.message}`);
+    return false;
+  }
+  if (targets.length < inSubnets.length) {
+    context.log.warn(
+      { bridge, skipped: inSubnets.length - targets.length },
+      `ip-discovery-arp: ${inSubnets.length - targets.length} address(es) of the probe range are not routed out of ${bridge}; not probed (is the bridge down, or part of its subnet routed elsewhere?)`,
+    );
+  }
+  if (targets.length === 0) return false;
   const stopWatching = new AbortController();
   const stopSweep = new AbortController();
   const mac = normalizeMac(vm.mac);

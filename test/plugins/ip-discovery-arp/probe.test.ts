@@ -52,3 +52,38 @@ test('probe — a cidr outside the bridge subnet is refused before anything is s
   assert.equal(answer.error?.code, 'ARP_PROBE_INVALID');
   assert.deepEqual(await probedAddresses(ns), []);
 });
+
+test('probe — an address the kernel would not send out of the bridge is never probed (part of the subnet routed elsewhere, the bridge down)', { timeout: 120_000 }, async (t) => {
+  // Before, targets came from the bridge's addresses alone and the socket was not tied to the bridge: with
+  // 10.77.0.0/25 routed via another interface, or the bridge down (its subnet then goes by the default
+  // route), the datagrams left through that other interface, off the host.
+  const ns = await withNetns(t);
+  for (const argv of [
+    // The host's uplink, as a veth pair inside the namespace; no IPv6 on it, so its counter counts only us.
+    ['ip', 'link', 'add', 'up0', 'type', 'veth', 'peer', 'name', 'up1'],
+    ['sysctl', '-q', '-w', 'net.ipv6.conf.up0.disable_ipv6=1', 'net.ipv6.conf.up1.disable_ipv6=1'],
+    ['ip', 'addr', 'add', '10.99.0.1/24', 'dev', 'up0'],
+    ['ip', 'link', 'set', 'up1', 'up'],
+    ['ip', 'link', 'set', 'up0', 'up'],
+    ['ip', 'route', 'add', '10.77.0.0/25', 'via', '10.99.0.2', 'dev', 'up0'],
+    ['ip', 'route', 'add', 'default', 'via', '10.99.0.2', 'dev', 'up0'],
+  ]) await ns.run(argv);
+  const sentOnUplink = async () => (JSON.parse(await ns.run(['ip', '-j', '-s', 'link', 'show', 'dev', 'up0'])) as { stats64: { tx: { packets: number } } }[])[0]?.stats64.tx.packets;
+  const before = await sentOnUplink();
+  const options = { bridge: ns.bridge, probe: { enabled: true, maxAddresses: 4096, ratePerSecond: 2000, settleMs: 0 } };
+
+  const part = await discoverIn(ns, NOBODY, options);
+  assert.equal(part.ok, true, JSON.stringify(part));
+  const probed = await probedAddresses(ns);
+  assert.equal(probed.length, 127, probed.join(' '));
+  assert.equal(probed[0], '10.77.0.128');
+  assert.equal(await sentOnUplink(), before, 'no datagram left by the other interface');
+  assert.ok(part.logs.some((l) => l.msg?.includes('126 address(es) of the probe range are not routed out of br0; not probed')), JSON.stringify(part.logs));
+
+  await ns.run(['ip', 'neigh', 'flush', 'dev', ns.bridge]);
+  await ns.run(['ip', 'link', 'set', ns.bridge, 'down']);
+  const down = await discoverIn(ns, NOBODY, options);
+  assert.equal(down.ok, true, JSON.stringify(down));
+  assert.equal(await sentOnUplink(), before, 'nothing sent with the bridge down');
+  assert.ok(!down.logs.some((l) => l.msg === 'ip-discovery-arp: probe sweep done'), JSON.stringify(down.logs));
+});
