@@ -213,14 +213,14 @@ export class AetherscaleBridge {
       await context.reply(failure(decision.reason)).catch((error: unknown) => log.warn({ err: error }, 'aetherscale create-vm: the refusal could not be sent'));
       return false;
     }
-    // Refused here before: the others have not had their turn yet; do not spin on it.
-    if (decision.pause) await new Promise((resolve) => setTimeout(resolve, 250));
     const { properties } = msg;
     // Only our own headers travel on: a client's (an unencodable timestamp, a huge table) must not make the
     // copy unsendable.
     const headers = {
       [HAND_ON_HEADERS.refusedBy]: JSON.stringify(decision.refusedBy),
+      [HAND_ON_HEADERS.full]: JSON.stringify(decision.full),
       [HAND_ON_HEADERS.hops]: decision.hops,
+      [HAND_ON_HEADERS.since]: decision.since,
       ...(decision.images.length > 0 ? { [HAND_ON_HEADERS.images]: JSON.stringify(decision.images) } : {}),
     };
     await new Promise<void>((resolve, reject) =>
@@ -242,6 +242,10 @@ export class AetherscaleBridge {
         (error) => (error ? reject(error) : resolve()),
       ),
     );
+    // Refused here before: the others have not had their turn yet. Wait before the ack, holding this host's
+    // one prefetch slot, so that the copy goes to another host (one that frees its slot meanwhile) rather
+    // than straight back here; two full hosts pausing at once each get the other's copy afterwards.
+    if (decision.pause) await new Promise((resolve) => setTimeout(resolve, 250));
     log.info({ code: refusal.code, refusedBy: decision.refusedBy, consumers: consumerCount }, 'aetherscale create-vm: cannot take it here; handed on to another host');
     return true;
   }

@@ -4,12 +4,13 @@
  * test/e2e/aetherscale.test.ts.
  */
 import assert from 'node:assert/strict';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import test, { type TestContext } from 'node:test';
 import amqplib from 'amqplib';
 import { startAgent, tempDir, type InProcessAgent } from '../../helpers.ts';
+import { HAND_ON_PATIENCE_MS } from '../../../plugins/protocol-aetherscale/hand-on.ts';
 import { deleteQueue, expectNoUnacked, isError, queueState, reasonOf, responseOf, uniqueBroker, type Broker } from './support.ts';
 
 const pluginPath = fileURLToPath(new URL('../../../plugins/protocol-aetherscale/index.ts', import.meta.url));
@@ -20,7 +21,7 @@ interface Host {
   stateDir: string;
 }
 
-async function startHost(t: TestContext, broker: Broker, id: string, options: { maxVms?: number; url?: string | null } = {}): Promise<Host> {
+async function startHost(t: TestContext, broker: Broker, id: string, options: { maxVms?: number; url?: string | null; qemuBinary?: string } = {}): Promise<Host> {
   const dir = await tempDir(t, 'cloudlet-aeth-');
   const images = join(dir, 'images');
   await mkdir(join(images, 'tiny'), { recursive: true });
@@ -30,7 +31,7 @@ async function startHost(t: TestContext, broker: Broker, id: string, options: { 
   const agent = await startAgent(t, {
     host: { id },
     plugins: [
-      { use: 'qemu-backend', options: { imagesDir: images, stateDir, accel: 'tcg', network: { mode: 'none' }, limits: { maxVms: options.maxVms ?? 4 } } },
+      { use: 'qemu-backend', options: { imagesDir: images, stateDir, accel: 'tcg', network: { mode: 'none' }, limits: { maxVms: options.maxVms ?? 4 }, ...(options.qemuBinary ? { qemuBinary: options.qemuBinary } : {}) } },
       {
         use: pluginPath,
         options: {
@@ -219,17 +220,28 @@ async function waitFor(check: () => boolean | Promise<boolean>, describe: () => 
 async function rawCreates(t: TestContext, broker: Broker, count: number, image: string, headers?: Record<string, unknown>, waitMs = 6_000): Promise<string[]> {
   const connection = await amqplib.connect(broker.url);
   t.after(() => connection.close().catch(() => undefined));
-  const channel = await connection.createChannel();
+  const channel = await connection.createConfirmChannel();
   const { queue } = await channel.assertQueue('', { exclusive: true });
   const replies: string[] = [];
   await channel.consume(queue, (msg) => msg && replies.push(msg.content.toString()), { noAck: true });
   const body = Buffer.from(JSON.stringify({ command: 'create-vm', options: { image } }));
-  for (let i = 0; i < count; i++) channel.publish(broker.exchange, 'create-vm', body, { replyTo: queue, ...(headers ? { headers } : {}) });
+  // Confirmed, and sent again while the broker refuses it: a queue limited to one message (as below) drops a
+  // create sent while it is full, and that create would never be answered.
+  const publish = async (): Promise<void> => {
+    for (;;) {
+      const sent = await new Promise<boolean>((resolve) => channel.publish(broker.exchange, 'create-vm', body, { replyTo: queue, ...(headers ? { headers } : {}) }, (error) => resolve(!error)));
+      if (sent) return;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  };
+  for (let i = 0; i < count; i++) await publish();
   await waitFor(async () => replies.length >= count, () => `${replies.length} of ${count} creates answered`, waitMs);
   return replies;
 }
 
-test('aetherscale broker — a create that cannot be handed on is answered with the refusal and acked; the hosts go on taking creates', async (t) => {
+const PATIENT_MS = HAND_ON_PATIENCE_MS + 10_000;
+
+test('aetherscale broker — a create that cannot be handed on is answered with the refusal and acked; the hosts go on taking creates', { timeout: 4 * (HAND_ON_PATIENCE_MS + 10_000) }, async (t) => {
   // Before, a failed hand-on (the shared queue refusing the copy, or a client header that cannot be written
   // again) skipped the ack on a live channel: the request held the host's one prefetch slot for good, and
   // that host took no create-vm again until it reconnected.
@@ -239,13 +251,47 @@ test('aetherscale broker — a create that cannot be handed on is answered with 
   await setup.assertQueue(broker.competingQueue, { durable: true, arguments: { 'x-max-length': 1, 'x-overflow': 'reject-publish' } });
   await connection.close();
   await Promise.all([startHost(t, broker, 'ha', { maxVms: 0 }), startHost(t, broker, 'hb', { maxVms: 0 })]);
-  const refused = await rawCreates(t, broker, 3, 'tiny');
+  // Both hosts are full, and the one-message queue lets each mostly see its own copies: answers may take
+  // until HAND_ON_PATIENCE_MS; this test is about every create being answered and acked, not how fast.
+  const refused = await rawCreates(t, broker, 3, 'tiny', undefined, PATIENT_MS);
   for (const reply of refused) assert.match(JSON.parse(reply)['execution-info'].reason, /full/);
   // A header amqplib reads but cannot write back (a timestamp past 2^53) no longer rides along on the copy.
-  const poisoned = await rawCreates(t, broker, 2, 'tiny', { x: { '!': 'timestamp', value: 18446744073709551615n } });
+  const poisoned = await rawCreates(t, broker, 2, 'tiny', { x: { '!': 'timestamp', value: 18446744073709551615n } }, PATIENT_MS);
   for (const reply of poisoned) assert.match(JSON.parse(reply)['execution-info'].reason, /full/);
-  const after = await rawCreates(t, broker, 1, 'tiny');
+  const after = await rawCreates(t, broker, 1, 'tiny', undefined, PATIENT_MS);
   assert.match(JSON.parse(after[0] as string)['execution-info'].reason, /full/);
   const unacked = await expectNoUnacked(broker.exchange);
   if (unacked) assert.ok([...unacked.values()].every((n) => n === 0), `unacked: ${JSON.stringify([...unacked])}`);
+});
+
+test('aetherscale broker — creates refused by a full host wait for the busy host with room, not "no host has capacity"', { timeout: 90_000 }, async (t) => {
+  // Before, a request went round at most 3 × consumers + 2 times. The broker sends a busy host nothing while
+  // its one prefetch slot is taken, so the copies ha passed on came back to ha, and 2 of 4 creates sent at
+  // once were answered "No host has capacity (refused by ha)" although hb had room and never saw them.
+  const broker = uniqueBroker(t);
+  const dir = await tempDir(t, 'cloudlet-aeth-slow-');
+  const slowQemu = join(dir, 'slow-qemu.sh');
+  // Busy for 2 s, then fails: hb takes each create in turn, and no real VM starts.
+  await writeFile(slowQemu, '#!/bin/sh\nsleep 2\necho "stand-in QEMU: not starting" >&2\nexit 1\n');
+  await chmod(slowQemu, 0o755);
+  await startHost(t, broker, 'ha', { maxVms: 0 });
+  await startHost(t, broker, 'hb', { maxVms: 4, qemuBinary: slowQemu });
+  const connection = await amqplib.connect(broker.url);
+  t.after(() => connection.close().catch(() => undefined));
+  const channel = await connection.createChannel();
+  const { queue } = await channel.assertQueue('', { exclusive: true });
+  const finals = new Map<string, string>();
+  await channel.consume(
+    queue,
+    (msg) => {
+      if (!msg) return;
+      const reply = JSON.parse(msg.content.toString()) as { 'execution-info': { status: string; reason?: string } };
+      if (reply['execution-info'].status === 'error') finals.set(msg.properties.correlationId as string, reply['execution-info'].reason ?? '');
+    },
+    { noAck: true },
+  );
+  const body = Buffer.from(JSON.stringify({ command: 'create-vm', options: { image: 'tiny' } }));
+  for (let i = 1; i <= 4; i++) channel.publish(broker.exchange, 'create-vm', body, { replyTo: queue, correlationId: `c${i}` });
+  await waitFor(async () => finals.size === 4, () => `${finals.size} of 4 creates answered: ${JSON.stringify([...finals])}`, 60_000);
+  for (const [id, reason] of finals) assert.match(reason, /stand-in QEMU: not starting/, `${id} was answered without reaching hb: ${reason}`);
 });

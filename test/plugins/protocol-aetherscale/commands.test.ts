@@ -8,7 +8,7 @@ import type { DispatchReply } from '../../../core/plugin-api.ts';
 import { maskCredentials } from '../../../plugins/protocol-aetherscale/broker.ts';
 import { runCommand, type CommandContext, type Dispatch } from '../../../plugins/protocol-aetherscale/commands.ts';
 import { imageBaseName } from '../../../plugins/protocol-aetherscale/create-vm.ts';
-import { handOnDecision } from '../../../plugins/protocol-aetherscale/hand-on.ts';
+import { HAND_ON_PATIENCE_MS, handOnDecision } from '../../../plugins/protocol-aetherscale/hand-on.ts';
 import { brokerUrl } from '../../../plugins/protocol-aetherscale/index.ts';
 import { aetherscaleOptionsSchema } from '../../../plugins/protocol-aetherscale/options.ts';
 import { findOwnVm, parseVmRef } from '../../../plugins/protocol-aetherscale/vm-ids.ts';
@@ -250,20 +250,53 @@ test('aetherscale start/stop/delete — a VM id missing or malformed is an error
   assert.deepEqual(calls, []);
 });
 
-test('aetherscale hand-on — passed on until every consumer refused, bounded when one host keeps getting it back', () => {
+test('aetherscale hand-on — passed on until every consumer refused; a host that keeps getting it back waits for the others', () => {
   const full = { code: 'NO_CAPACITY' as const, reason: 'host c is full' };
-  const pass = (refusedBy: string[], hops: number, pause = false) => ({ kind: 'pass', refusedBy, hops, images: [], pause });
-  assert.deepEqual(handOnDecision(undefined, 'a', 3, full), pass(['a'], 1));
-  assert.deepEqual(handOnDecision({ 'x-aetherscale-refused-by': '["a"]', 'x-aetherscale-hops': 1 }, 'b', 3, full), pass(['a', 'b'], 2));
-  assert.deepEqual(handOnDecision({ 'x-aetherscale-refused-by': '["a","b"]', 'x-aetherscale-hops': 2 }, 'c', 3, full), {
+  const now = 1_000_000;
+  const pass = (refusedBy: string[], hops: number, extra: { pause?: boolean; full?: string[]; since?: number } = {}) => ({
+    kind: 'pass',
+    refusedBy,
+    hops,
+    images: [],
+    full: extra.full ?? refusedBy,
+    since: extra.since ?? now,
+    pause: extra.pause ?? false,
+  });
+  const at = (headers: Record<string, unknown> | undefined, host: string, consumers: number, since = now) =>
+    handOnDecision(headers && { 'x-aetherscale-since': since, ...headers }, host, consumers, full, now);
+  assert.deepEqual(at(undefined, 'a', 3), pass(['a'], 1));
+  assert.deepEqual(at({ 'x-aetherscale-refused-by': '["a"]', 'x-aetherscale-full': '["a"]', 'x-aetherscale-hops': 1 }, 'b', 3), pass(['a', 'b'], 2));
+  assert.deepEqual(at({ 'x-aetherscale-refused-by': '["a","b"]', 'x-aetherscale-full': '["a","b"]', 'x-aetherscale-hops': 2 }, 'c', 3), {
     kind: 'answer',
     refusedBy: ['a', 'b', 'c'],
     reason: 'No host has capacity for the VM (refused by a, b, c): host c is full',
   });
-  assert.deepEqual(handOnDecision({ 'x-aetherscale-refused-by': '["a"]', 'x-aetherscale-hops': 1 }, 'a', 3, full), pass(['a'], 2, true));
-  assert.equal(handOnDecision({ 'x-aetherscale-refused-by': '["a"]', 'x-aetherscale-hops': 11 }, 'a', 3, full).kind, 'answer');
-  assert.equal(handOnDecision(undefined, 'a', 1, full).kind, 'answer', 'alone: answer at once');
-  assert.deepEqual(handOnDecision({ 'x-aetherscale-refused-by': 'garbage' }, 'a', 2, full), pass(['a'], 1));
+  assert.deepEqual(at({ 'x-aetherscale-refused-by': '["a"]', 'x-aetherscale-full': '["a"]', 'x-aetherscale-hops': 1 }, 'a', 3), pass(['a'], 2, { pause: true }));
+  // Before, 3 × consumers + 2 passes ended it: a host with room that was busy (its one prefetch slot taken)
+  // never saw the request, and the caller heard "no host has capacity". Now only time ends it.
+  assert.deepEqual(at({ 'x-aetherscale-refused-by': '["a"]', 'x-aetherscale-full': '["a"]', 'x-aetherscale-hops': 40 }, 'a', 2, now - HAND_ON_PATIENCE_MS + 1_000), pass(['a'], 41, { pause: true, since: now - HAND_ON_PATIENCE_MS + 1_000 }));
+  assert.deepEqual(at({ 'x-aetherscale-refused-by': '["a"]', 'x-aetherscale-full': '["a"]', 'x-aetherscale-hops': 40 }, 'a', 2, now - HAND_ON_PATIENCE_MS - 1), {
+    kind: 'answer',
+    refusedBy: ['a'],
+    reason: `No host has capacity for the VM (refused by a): host c is full; 1 other host did not take it within ${HAND_ON_PATIENCE_MS / 1000} s (busy with other requests?)`,
+  });
+  assert.equal(handOnDecision(undefined, 'a', 1, full, now).kind, 'answer', 'alone: answer at once');
+  assert.deepEqual(at({ 'x-aetherscale-refused-by': 'garbage', 'x-aetherscale-since': 'garbage' }, 'a', 2), pass(['a'], 1));
+  // A start time from the future (another host's clock ahead) counts from now.
+  assert.deepEqual(at({ 'x-aetherscale-refused-by': '["b"]', 'x-aetherscale-full': '["b"]' }, 'a', 3, now + 3_600_000), pass(['b', 'a'], 1, { full: ['b', 'a'] }));
+});
+
+test('aetherscale hand-on — a host that has the image but no room is said so, not "the image does not exist"', () => {
+  // Before, the last refusal decided the answer: ha (image, but full) then hb (no such image) answered
+  // "Image "tiny" does not exist; available images: other".
+  const last = handOnDecision(
+    { 'x-aetherscale-refused-by': '["ha"]', 'x-aetherscale-full': '["ha"]', 'x-aetherscale-hops': 1, 'x-aetherscale-since': 5 },
+    'hb',
+    2,
+    { code: 'IMAGE_NOT_FOUND', reason: 'Image "tiny" does not exist; available images: other', image: 'tiny', available: ['other'] },
+    10,
+  );
+  assert.deepEqual(last, { kind: 'answer', refusedBy: ['ha', 'hb'], reason: 'No host has capacity for the VM (refused by ha, hb): ha has the image but no room' });
 });
 
 test('aetherscale hand-on — an image no host has is answered with every host\'s images', async () => {
@@ -271,8 +304,8 @@ test('aetherscale hand-on — an image no host has is answered with every host\'
   const outcome = await runCommand(encode({ command: 'create-vm', options: { image: 'x' } }), 'competing', missing.ctx);
   assert.deepEqual(outcome, { kind: 'elsewhere', command: 'create-vm', code: 'IMAGE_NOT_FOUND', reason: 'Image "x" does not exist; available images: b, a', image: 'x', available: ['b', 'a'] });
   assert.deepEqual(missing.replies, [], 'another host may have it');
-  const first = handOnDecision(undefined, 'h1', 2, { code: 'IMAGE_NOT_FOUND', reason: '', image: 'x', available: ['b', 'a'] });
-  assert.deepEqual(first, { kind: 'pass', refusedBy: ['h1'], hops: 1, images: ['a', 'b'], pause: false });
+  const first = handOnDecision(undefined, 'h1', 2, { code: 'IMAGE_NOT_FOUND', reason: '', image: 'x', available: ['b', 'a'] }, 7);
+  assert.deepEqual(first, { kind: 'pass', refusedBy: ['h1'], hops: 1, images: ['a', 'b'], full: [], since: 7, pause: false });
   const last = handOnDecision({ 'x-aetherscale-refused-by': '["h1"]', 'x-aetherscale-hops': 1, 'x-aetherscale-images': '["a","b"]' }, 'h2', 2, {
     code: 'IMAGE_NOT_FOUND',
     reason: '',
