@@ -3,7 +3,7 @@ import { z } from '../../core/plugin-api.ts';
 import type { CommandContext, Outcome } from './commands.ts';
 import { isShuttingDown, reasonFor } from './reasons.ts';
 import { clientVmId } from './vm-ids.ts';
-import { failure, success } from './wire.ts';
+import { failure, success, type Command } from './wire.ts';
 
 /** The part of qemu-backend's list-vms result used here; anything else in it is ignored. */
 const listedVms = z.object({
@@ -18,10 +18,18 @@ const listedVms = z.object({
 
 export type ListedVm = z.output<typeof listedVms>['vms'][number];
 
-/** This host's VMs as cloudlet lists them, or the reply that ended the request. */
-export async function ownVms(ctx: CommandContext): Promise<{ ok: true; vms: ListedVm[] } | { ok: false; outcome: Outcome }> {
+/**
+ * This host's VMs as cloudlet lists them, or the reply that ended the request. A host draining for shutdown
+ * cannot list them; it says so rather than stay silent, since the request is acked either way and a VM
+ * command for one of its VMs would otherwise go unanswered. (A host that owns no such VM answers too then:
+ * it cannot tell.)
+ */
+export async function ownVms(ctx: CommandContext, command: Command): Promise<{ ok: true; vms: ListedVm[] } | { ok: false; outcome: Outcome }> {
   const reply = await ctx.dispatch('list-vms', {});
-  if (isShuttingDown(reply)) return { ok: false, outcome: { kind: 'silent', command: 'list-vms', why: 'the host is shutting down' } };
+  if (isShuttingDown(reply)) {
+    await ctx.reply(failure(`host ${ctx.host} is shutting down: ${command} cannot be answered now; send it again once the host is back`));
+    return { ok: false, outcome: { kind: 'answered', command } };
+  }
   if (!reply.ok) {
     await ctx.reply(failure(`host ${ctx.host} could not list its VMs: ${reasonFor(reply.error)}`));
     return { ok: false, outcome: { kind: 'answered' } };
@@ -45,7 +53,7 @@ export function describeVm(vm: ListedVm): { 'vm-id': string; 'ip-addresses': str
 }
 
 export async function listVms(_options: Record<string, unknown>, ctx: CommandContext): Promise<Outcome> {
-  const listed = await ownVms(ctx);
+  const listed = await ownVms(ctx, 'list-vms');
   if (!listed.ok) return listed.outcome;
   await ctx.reply(success(listed.vms.map(describeVm)));
   return { kind: 'answered', command: 'list-vms' };

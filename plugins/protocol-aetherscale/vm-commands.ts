@@ -24,8 +24,8 @@ async function resolveOwnVm(command: Command, options: Record<string, unknown>, 
     return { ok: false, outcome: { kind: 'answered', command } };
   }
   if (ref.kind === 'full' && ref.host !== ctx.host) return { ok: false, outcome: { kind: 'silent', command, why: `the VM belongs to host ${ref.host}` } };
-  const listed = await ownVms(ctx);
-  if (!listed.ok) return { ok: false, outcome: listed.outcome.kind === 'silent' ? { ...listed.outcome, command } : listed.outcome };
+  const listed = await ownVms(ctx, command);
+  if (!listed.ok) return { ok: false, outcome: listed.outcome };
   const id = findOwnVm(ref, listed.vms.map((vm) => vm.id));
   const vm = listed.vms.find((candidate) => candidate.id === id);
   if (id === undefined || vm === undefined) return { ok: false, outcome: { kind: 'silent', command, why: 'no such VM on this host' } };

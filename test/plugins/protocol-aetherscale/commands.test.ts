@@ -156,7 +156,7 @@ test('aetherscale create-vm — errors: no room goes elsewhere; a late failure f
   );
 });
 
-test('aetherscale list-vms — letters, global addresses only, hints like the original; silent while shutting down', async () => {
+test('aetherscale list-vms — letters, global addresses only, hints like the original; an error reply while shutting down', async () => {
   const { ctx, replies } = fakeContext({
     'list-vms': listing(
       { id: 'h1.aaaaaaaa', addresses: [{ address: '10.0.0.5', scope: 'global' }, { address: 'fe80::1', scope: 'link' }, { address: '2001:db8::5', scope: 'global' }] },
@@ -175,9 +175,16 @@ test('aetherscale list-vms — letters, global addresses only, hints like the or
       ],
     },
   ]);
+  // Before, a host draining for shutdown acked it in silence: the request was gone and its caller heard
+  // nothing from that host, as if it had no VMs.
   const down = fakeContext({ 'list-vms': () => errReply('SHUTTING_DOWN', 'bye') });
-  assert.equal((await runCommand(encode({ command: 'list-vms' }), 'per-host', down.ctx)).kind, 'silent');
-  assert.deepEqual(down.replies, []);
+  assert.equal((await runCommand(encode({ command: 'list-vms' }), 'per-host', down.ctx)).kind, 'answered');
+  assert.deepEqual(down.replies, [{ 'execution-info': { status: 'error', reason: 'host h1 is shutting down: list-vms cannot be answered now; send it again once the host is back' } }]);
+  for (const vm of ['abcdefgh', 'h1.abcdefgh']) {
+    const stopping = fakeContext({ 'list-vms': () => errReply('SHUTTING_DOWN', 'bye') });
+    await runCommand(encode({ command: 'stop-vm', options: { 'vm-id': vm } }), 'per-host', stopping.ctx);
+    assert.deepEqual(stopping.replies, [{ 'execution-info': { status: 'error', reason: 'host h1 is shutting down: stop-vm cannot be answered now; send it again once the host is back' } }], vm);
+  }
   const broken = fakeContext({ 'list-vms': () => errReply('BUSY', 'the queue for "list-vms" is full') });
   await runCommand(encode({ command: 'list-vms' }), 'per-host', broken.ctx);
   assert.deepEqual(broken.replies, [{ 'execution-info': { status: 'error', reason: 'host h1 could not list its VMs: the queue for "list-vms" is full (BUSY)' } }]);
