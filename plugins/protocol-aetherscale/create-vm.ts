@@ -5,7 +5,7 @@
 import type { CommandContext, Outcome } from './commands.ts';
 import { availableImages, reasonFor } from './reasons.ts';
 import { clientVmId } from './vm-ids.ts';
-import { failure, success } from './wire.ts';
+import { failure, shown, success } from './wire.ts';
 
 /** Options the original understood that cloudlet has no counterpart for: accepted, named in a hint. */
 export const IGNORED_CREATE_OPTIONS = ['init-script', 'public-ip', 'vpn'] as const;
@@ -16,7 +16,7 @@ const IMAGE_NAME = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$/;
 /** The original used only the base name (`os.path.basename`) and added `.qcow2` itself. */
 export function imageBaseName(value: unknown): { ok: true; name: string } | { ok: false; reason: string } {
   if (value === undefined || value === null || value === '') return { ok: false, reason: 'Image not specified' };
-  if (typeof value !== 'string') return { ok: false, reason: `Image must be a string (a base image name), got ${JSON.stringify(value).slice(0, 100)}` };
+  if (typeof value !== 'string') return { ok: false, reason: `Image must be a string (a base image name), got ${shown(value)}` };
   const name = (value.split(/[\\/]/).pop() ?? '').replace(DISK_EXTENSION, '');
   if (name === '') return { ok: false, reason: 'Image not specified' };
   if (!IMAGE_NAME.test(name) || name.includes('..')) {

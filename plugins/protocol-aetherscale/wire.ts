@@ -26,6 +26,19 @@ export function failure(reason: string): AetherscaleReply {
   return { 'execution-info': { status: 'error', reason } };
 }
 
+/**
+ * A value from a request, for an error reason: a string quoted and cut to 100 characters, anything else by
+ * its type. Never the whole value: a deeply nested one overflows the stack of JSON.stringify, and a large
+ * one would be sent back whole.
+ */
+export function shown(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value.length > 100 ? `${value.slice(0, 100)}…` : value);
+  if (Array.isArray(value)) return `an array of ${value.length}`;
+  if (value === null) return 'null';
+  if (typeof value === 'object') return 'an object';
+  return String(value);
+}
+
 export type ParsedRequest =
   | { ok: true; command: Command; options: Record<string, unknown> }
   | { ok: false; reason: string };
@@ -54,7 +67,8 @@ export function parseRequest(body: Uint8Array, route: Route): ParsedRequest {
   const { command, options } = data as { command?: unknown; options?: unknown };
   if (command === undefined || command === null) return { ok: false, reason: 'No "command" specified in message' };
   if (typeof command !== 'string' || !ALL_COMMANDS.includes(command)) {
-    return { ok: false, reason: `Invalid command ${JSON.stringify(command)} specified (known: ${ALL_COMMANDS.join(', ')})` };
+    const named = typeof command === 'object' && command !== null ? `(${shown(command)})` : shown(command);
+    return { ok: false, reason: `Invalid command ${named} specified (known: ${ALL_COMMANDS.join(', ')})` };
   }
   if (routeOf(command as Command) !== route) {
     return { ok: false, reason: `Command "${command}" must be published with routing key "${command}"` };

@@ -335,3 +335,19 @@ test('aetherscale options — the URL from the option or CLOUDLET_AMQP_URL, neve
   assert.equal(aetherscaleOptionsSchema.safeParse({ exchange: 'amq.direct' }).success, false);
   assert.equal(aetherscaleOptionsSchema.safeParse({ colour: 'red' }).success, false, 'unknown options are refused');
 });
+
+test('aetherscale bad values — deeply nested or huge values are named by type or cut, never serialised whole', async () => {
+  // Before: a command, vm-id or image nested 200,000 arrays deep answered "the host failed while handling the
+  // request: Maximum call stack size exceeded", and a 900 KB command was echoed whole in the reason.
+  const deep = JSON.parse(`${'['.repeat(200_000)}${']'.repeat(200_000)}`) as unknown;
+  const parsed = parseRequest(encode(`{"command": ${'['.repeat(200_000)}${']'.repeat(200_000)}}`), 'per-host');
+  assert.deepEqual(parsed, { ok: false, reason: 'Invalid command (an array of 1) specified (known: create-vm, list-vms, start-vm, stop-vm, delete-vm)' });
+  const huge = parseRequest(encode({ command: 'x'.repeat(900_000) }), 'per-host');
+  assert.ok(!huge.ok && huge.reason.length < 300, JSON.stringify(huge).slice(0, 400));
+  assert.match(huge.ok ? '' : huge.reason, /^Invalid command "x{100}…" specified/);
+  assert.deepEqual(parseVmRef(deep), { kind: 'invalid', reason: 'Invalid VM ID (an array of 1): expected 8 lowercase letters' });
+  assert.deepEqual(parseVmRef(5), { kind: 'invalid', reason: 'Invalid VM ID 5: expected 8 lowercase letters' });
+  const { ctx, replies } = fakeContext({});
+  await runCommand(encode(`{"command": "create-vm", "options": {"image": {"a": ${'['.repeat(200_000)}${']'.repeat(200_000)}}}}`), 'competing', ctx);
+  assert.deepEqual(replies, [{ 'execution-info': { status: 'error', reason: 'Image must be a string (a base image name), got an object' } }]);
+});
