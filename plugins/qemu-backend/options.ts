@@ -68,6 +68,17 @@ export const qemuOptionsSchema = z
       .strict()
       .default({ maxVms: 64, maxTotalMemoryMiB: 16_384, maxMemoryMiB: 8_192, maxVcpus: 8 }),
   })
-  .strict();
+  .strict()
+  .superRefine((options, ctx) => {
+    // Beyond the machine's own limit QEMU refuses to start ("Invalid SMP CPUs"), and create-vm would answer a
+    // retryable QEMU_FAILED for a request that can never work: refused here instead, at config check.
+    const most = MACHINE_MAX_CPUS[options.machine];
+    if (options.limits.maxVcpus > most) {
+      ctx.addIssue({ code: 'custom', path: ['limits', 'maxVcpus'], message: `at most ${most} for machine "${options.machine}" (QEMU's own limit)` });
+    }
+  });
+
+/** The most vCPUs each machine type takes (QEMU 7.2: i440fx 255; q35 288, more only with newer QEMU). */
+const MACHINE_MAX_CPUS = { pc: 255, q35: 288 } as const;
 
 export type QemuOptions = z.output<typeof qemuOptionsSchema>;

@@ -240,3 +240,15 @@ test('state — a vm.json that is not a record of this VM is refused naming the 
   execFileSync('mkfifo', [vmPaths(dir, 'h1.goodgood').pidfile]);
   assert.equal(await readPid(vmPaths(dir, 'h1.goodgood').pidfile), undefined);
 });
+
+test('options — limits.maxVcpus above what the machine type takes is refused at config check, naming the limit', () => {
+  // Before, 300 passed, and every create-vm asking for more than 255 vCPUs failed with a retryable QEMU_FAILED
+  // ("Invalid SMP CPUs 300. The max CPUs supported by machine 'pc-i440fx-7.2' is 255").
+  const parse = (machine: string, maxVcpus: number) => qemuOptionsSchema.safeParse({ imagesDir: '/srv/images', machine, limits: { maxVcpus } });
+  const refused = parse('pc', 300);
+  assert.equal(refused.success, false);
+  assert.deepEqual(refused.error?.issues.map((i) => [i.path.join('.'), i.message]), [['limits.maxVcpus', 'at most 255 for machine "pc" (QEMU\'s own limit)']]);
+  assert.equal(parse('pc', 255).success, true);
+  assert.equal(parse('q35', 288).success, true);
+  assert.equal(parse('q35', 289).success, false);
+});
