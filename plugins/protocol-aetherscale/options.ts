@@ -9,6 +9,22 @@ const brokerName = z
   .regex(/^[a-zA-Z0-9][a-zA-Z0-9_.:-]*$/, 'letters, digits, "_", ".", ":", "-", starting with a letter or digit')
   .refine((name) => !name.startsWith('amq.'), 'a name not starting with "amq." (reserved by RabbitMQ)');
 
+/** amqplib's numeric URL parameters: a value that is no number fails at connect, with a confusing message. */
+const NUMERIC_PARAMETERS = ['heartbeat', 'frameMax', 'channelMax'];
+
+/** Why amqplib could not connect with `url` as written, or undefined: found at config check, not at start. */
+export function brokerUrlProblem(url: string): string | undefined {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return 'not a URL amqplib can read (a port must be 1-65535)';
+  }
+  if (parsed.hostname === '') return 'no host: amqp[s]://[user:password@]host[:port][/vhost]';
+  const odd = NUMERIC_PARAMETERS.find((name) => parsed.searchParams.has(name) && !/^\d+$/.test(parsed.searchParams.get(name) ?? ''));
+  return odd === undefined ? undefined : `the parameter "${odd}" must be a whole number`;
+}
+
 export const aetherscaleOptionsSchema = z
   .object({
     /**
@@ -20,6 +36,10 @@ export const aetherscaleOptionsSchema = z
       .min(1)
       .max(2048)
       .regex(/^amqps?:\/\//, 'an amqp:// or amqps:// URL')
+      .superRefine((url, ctx) => {
+        const problem = brokerUrlProblem(url);
+        if (problem) ctx.addIssue({ code: 'custom', message: `an amqp[s]://host[:port][/vhost] URL amqplib can use; this one: ${problem}` });
+      })
       .optional(),
     /** The direct exchange the clients publish to, routing key = command. */
     exchange: brokerName.default('computing'),

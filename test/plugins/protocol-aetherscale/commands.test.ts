@@ -8,6 +8,8 @@ import type { DispatchReply } from '../../../core/plugin-api.ts';
 import { maskCredentials } from '../../../plugins/protocol-aetherscale/broker.ts';
 import { runCommand, type CommandContext, type Dispatch } from '../../../plugins/protocol-aetherscale/commands.ts';
 import { imageBaseName } from '../../../plugins/protocol-aetherscale/create-vm.ts';
+import { checkHostConfig } from '../../../core/config/host-config.ts';
+import { rawConfigFrom } from '../../../core/config/load.ts';
 import { HAND_ON_PATIENCE_MS, handOnDecision } from '../../../plugins/protocol-aetherscale/hand-on.ts';
 import { brokerUrl } from '../../../plugins/protocol-aetherscale/index.ts';
 import { aetherscaleOptionsSchema } from '../../../plugins/protocol-aetherscale/options.ts';
@@ -350,4 +352,35 @@ test('aetherscale bad values — deeply nested or huge values are named by type 
   const { ctx, replies } = fakeContext({});
   await runCommand(encode(`{"command": "create-vm", "options": {"image": {"a": ${'['.repeat(200_000)}${']'.repeat(200_000)}}}}`), 'competing', ctx);
   assert.deepEqual(replies, [{ 'execution-info': { status: 'error', reason: 'Image must be a string (a base image name), got an object' } }]);
+});
+
+test('aetherscale options — a URL amqplib cannot use, or sizes past qemu-backend\'s limits, are refused at config check', async () => {
+  // Before, "amqp://127.0.0.1:99999" and "?heartbeat=abc" passed and failed at start with amqplib's own
+  // puzzling words, and memory 16384 with qemu-backend's maxMemoryMiB 8192 passed and every create failed.
+  for (const url of ['amqp://127.0.0.1:99999', 'amqp://', 'amqp://h/?heartbeat=abc']) {
+    const parsed = aetherscaleOptionsSchema.safeParse({ url });
+    assert.equal(parsed.success, false, url);
+    assert.match(parsed.error?.issues[0]?.message ?? '', /^an amqp\[s\]:\/\/host\[:port\]\[\/vhost\] URL amqplib can use; this one: /, url);
+  }
+  assert.equal(aetherscaleOptionsSchema.safeParse({ url: 'amqps://u:p@broker.example:5671/vh?heartbeat=30' }).success, true);
+  const config = (memory: number, vcpus: number) =>
+    rawConfigFrom(
+      {
+        plugins: [
+          { use: 'qemu-backend', options: { imagesDir: '/srv/images', limits: { maxMemoryMiB: 8192, maxVcpus: 8 } } },
+          { use: 'protocol-aetherscale', options: { url: 'amqp://127.0.0.1', memory, vcpus } },
+        ],
+      },
+      '/etc/cloudlet/test.yaml',
+    );
+  const checked = await checkHostConfig(config(16_384, 16));
+  assert.equal(checked.ok, false);
+  assert.deepEqual(
+    checked.ok ? [] : checked.problems.map((p) => [p.code, p.path]),
+    [
+      ['PLUGIN_OPTIONS_INVALID', 'plugins[1].options.memory'],
+      ['PLUGIN_OPTIONS_INVALID', 'plugins[1].options.vcpus'],
+    ],
+  );
+  assert.equal((await checkHostConfig(config(8_192, 8))).ok, true);
 });
