@@ -31,9 +31,10 @@ export async function startEndpoint(options: EndpointOptions): Promise<{ server:
   // Node checks its header and request timeouts only this often (30 s by default): a slow client sending
   // one header line a second would hold its connection that long.
   const server = createServer({ connectionsCheckingInterval: 1_000 }, (req, res) => {
-    const path = (req.url ?? '/').split('?')[0];
+    // The origin form (/metrics) or the absolute form (http://host/metrics) that HTTP/1.1 servers must take.
+    const path = requestPath(req.url);
     if (req.method !== 'GET' && req.method !== 'HEAD') {
-      res.writeHead(405, { allow: 'GET, HEAD' }).end();
+      res.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain' }).end(`${req.method} is not served here: GET or HEAD ${options.metricsPath} or ${options.healthPath}\n`);
       return;
     }
     if (path === options.healthPath) {
@@ -72,6 +73,14 @@ export async function startEndpoint(options: EndpointOptions): Promise<{ server:
   });
   const address = server.address() as AddressInfo;
   return { server, address: `${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}` };
+}
+
+function requestPath(url: string | undefined): string {
+  try {
+    return new URL(url ?? '/', 'http://endpoint').pathname;
+  } catch {
+    return '';
+  }
 }
 
 export async function stopEndpoint(server: Server): Promise<void> {

@@ -4,6 +4,7 @@ import { connect, type Socket } from 'node:net';
 import test from 'node:test';
 import { Registry } from 'prom-client';
 import type { AgentView } from '../../../core/plugin-api.ts';
+import { metricsOptionsSchema } from '../../../plugins/metrics/options.ts';
 import { MAX_CONNECTIONS, startEndpoint, stopEndpoint } from '../../../plugins/metrics/server.ts';
 
 async function endpoint(t: test.TestContext) {
@@ -59,4 +60,30 @@ test('metrics endpoint — past its connection limit new connections are closed 
   sockets.forEach((socket) => socket.destroy());
   await new Promise((resolve) => setTimeout(resolve, 200));
   assert.equal((await fetch(`http://127.0.0.1:${port}/healthz`)).status, 200);
+});
+
+test('metrics options — listen takes an IP address or a host name with a port; shorthands that mean "every interface" are refused', () => {
+  // Before, "0:19477" passed and listened on 0.0.0.0 (every interface), and "[1.2.3.4]:1", "[:::]:1",
+  // "999.1.1.1:1" and "-:1" passed config check and failed at start.
+  for (const listen of ['0:19477', '999.1.1.1:19477', '127.1:19477', '-:19477', '[1.2.3.4]:19477', '[:::]:19477', 'host_name:1', 'a..b:1']) {
+    const parsed = metricsOptionsSchema.safeParse({ listen });
+    assert.equal(parsed.success, false, listen);
+  }
+  for (const listen of ['127.0.0.1:9477', '[::1]:9477', 'localhost:9477', 'metrics.example:0', '0.0.0.0:9477', '[::]:9477']) {
+    assert.equal(metricsOptionsSchema.safeParse({ listen }).success, true, listen);
+  }
+});
+
+test('metrics endpoint — an absolute-form request path is served; a refused method is told what is allowed', async (t) => {
+  const port = await endpoint(t);
+  const ask = (request: string) =>
+    new Promise<string>((resolve, reject) => {
+      const socket = connect(port, '127.0.0.1', () => socket.end(request));
+      let text = '';
+      socket.setEncoding('utf8').on('data', (d: string) => (text += d)).on('end', () => resolve(text)).on('error', reject);
+    });
+  assert.match(await ask('GET http://h1/healthz HTTP/1.1\r\nHost: h1\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 200 /);
+  const refused = await ask('DELETE /metrics HTTP/1.1\r\nHost: h1\r\nConnection: close\r\n\r\n');
+  assert.match(refused, /^HTTP\/1\.1 405 /);
+  assert.match(refused, /DELETE is not served here: GET or HEAD \/metrics or \/healthz/);
 });
