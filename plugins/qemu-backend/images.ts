@@ -20,6 +20,30 @@ async function inside(root: string, candidate: string): Promise<string | undefin
   return real === root || real.startsWith(root + sep) ? real : undefined;
 }
 
+/** `candidate` resolved inside `root` when it is a regular file (QEMU gets it as -kernel or -initrd). */
+async function fileInside(root: string, candidate: string): Promise<string | undefined> {
+  const real = await inside(root, candidate);
+  return real !== undefined && (await stat(real)).isFile() ? real : undefined;
+}
+
+/** A kernel command line is a line: longer than this is not one someone meant. */
+const MAX_CMDLINE_BYTES = 4096;
+
+/**
+ * A kernel image's `cmdline`, trimmed, or undefined when there is none. Only a small regular file is read
+ * (a FIFO would block the read until someone writes), and it must fit on QEMU's command line as one argument.
+ */
+async function readCmdline(root: string, candidate: string): Promise<string | undefined> {
+  const path = await inside(root, candidate);
+  if (path === undefined) return undefined;
+  const info = await stat(path);
+  if (!info.isFile()) throw qemuError('IMAGE_INVALID', `${path}: cmdline is not a regular file`, { cmdline: path });
+  if (info.size > MAX_CMDLINE_BYTES) throw qemuError('IMAGE_INVALID', `${path}: cmdline is larger than ${MAX_CMDLINE_BYTES} bytes (${info.size})`, { cmdline: path });
+  const text = (await readFile(path, 'utf8')).trim();
+  if (text.includes('\0')) throw qemuError('IMAGE_INVALID', `${path}: cmdline holds a NUL character`, { cmdline: path });
+  return text;
+}
+
 /** Candidate image names (valid names only; `resolveImage` still decides whether each is usable). */
 export async function listImages(imagesDir: string): Promise<string[]> {
   const root = await realpath(imagesDir).catch(() => {
@@ -52,11 +76,10 @@ export async function resolveImage(imagesDir: string, name: string, qemuImg: str
   }
   const folder = await inside(root, join(root, name));
   if (folder && (await stat(folder)).isDirectory()) {
-    const kernel = await inside(root, join(folder, 'vmlinuz'));
-    const initrd = await inside(root, join(folder, 'initrd.img'));
+    const kernel = await fileInside(root, join(folder, 'vmlinuz'));
+    const initrd = await fileInside(root, join(folder, 'initrd.img'));
     if (kernel && initrd) {
-      const cmdlinePath = await inside(root, join(folder, 'cmdline'));
-      const cmdline = cmdlinePath ? await readFile(cmdlinePath, 'utf8').then((text) => text.trim(), () => undefined) : undefined;
+      const cmdline = await readCmdline(root, join(folder, 'cmdline'));
       return cmdline === undefined ? { kind: 'kernel', name, kernel, initrd } : { kind: 'kernel', name, kernel, initrd, cmdline };
     }
   }

@@ -252,3 +252,33 @@ test('options — limits.maxVcpus above what the machine type takes is refused a
   assert.equal(parse('q35', 288).success, true);
   assert.equal(parse('q35', 289).success, false);
 });
+
+test('images — a kernel image\'s cmdline that is a FIFO, huge, or holds a NUL is IMAGE_INVALID; vmlinuz must be a file', { timeout: 20_000 }, async (t) => {
+  // Before, a FIFO as cmdline blocked list-images and create-vm until someone wrote to it, and a cmdline of
+  // any size was read whole and put on QEMU's command line.
+  const { images } = await imagesFixture(t);
+  const kernelImage = async (name: string) => {
+    await mkdir(join(images, name));
+    await writeFile(join(images, name, 'vmlinuz'), 'kernel');
+    await writeFile(join(images, name, 'initrd.img'), 'initrd');
+  };
+  await kernelImage('fifo');
+  execFileSync('mkfifo', [join(images, 'fifo', 'cmdline')]);
+  await kernelImage('huge');
+  await writeFile(join(images, 'huge', 'cmdline'), 'x'.repeat(5_000));
+  await kernelImage('nul');
+  await writeFile(join(images, 'nul', 'cmdline'), 'console=ttyS0\0rm');
+  for (const [name, why] of [['fifo', /cmdline is not a regular file/], ['huge', /cmdline is larger than 4096 bytes/], ['nul', /cmdline holds a NUL/]] as const) {
+    await assert.rejects(resolveImage(images, name, 'qemu-img'), (error: { code: string; message: string }) => {
+      assert.equal(error.code, 'IMAGE_INVALID', name);
+      assert.match(error.message, why, name);
+      return true;
+    });
+  }
+  await mkdir(join(images, 'dir'));
+  await mkdir(join(images, 'dir', 'vmlinuz'));
+  await writeFile(join(images, 'dir', 'initrd.img'), 'initrd');
+  await assert.rejects(resolveImage(images, 'dir', 'qemu-img'), (error: { code: string }) => error.code === 'IMAGE_NOT_FOUND');
+  await writeFile(join(images, 'tiny', 'cmdline'), 'console=ttyS0 quiet\n');
+  assert.equal(((await resolveImage(images, 'tiny', 'qemu-img')) as { cmdline?: string }).cmdline, 'console=ttyS0 quiet');
+});
