@@ -6,6 +6,7 @@
 import { loadProviders, type HandlerContext } from '../../core/plugin-api.ts';
 import type { DiscoveredAddress, IpDiscoveryStrategy, VmNetworkIdentity } from '../../core/capabilities/ip-discovery.ts';
 import type { QemuOptions } from './options.ts';
+import { qemuError } from './errors.ts';
 import { vmPaths, type VmRecord } from './state.ts';
 
 /** Strategies without change notifications are re-asked this often while waiting. */
@@ -26,6 +27,11 @@ export interface AddressQuery {
   passive?: boolean;
   /** One memo for every ask of a list, so strategies read a per-host source once (IpDiscoveryContext.shared). */
   shared?: Map<string, Promise<unknown>>;
+  /**
+   * Asked between the asks of a wait: false once the VM's QEMU is gone (get-vm-ip does not wait for
+   * stop-vm's lock), which ends the wait with IP_NOT_FOUND and `state: "stopped"`.
+   */
+  stillRunning?(): Promise<boolean>;
 }
 
 export interface AddressAnswer {
@@ -144,6 +150,9 @@ async function waitForAddresses(
       while (addresses.length === 0 && !fired && Date.now() < sliceEnd && !askSignal.aborted) {
         await Promise.race([changed, sleep(Math.min(tickMs, sliceEnd - Date.now()), stop.signal)]);
         if (!askSignal.aborted) addresses = await ask();
+        if (addresses.length === 0 && query.stillRunning && !(await query.stillRunning())) {
+          throw qemuError('IP_NOT_FOUND', `${record.id} stopped while get-vm-ip waited for its address`, { vm: record.id, state: 'stopped' });
+        }
       }
       // A watcher that fires the moment it is set up, for nothing the caller reports (a change it filters
       // out, or a watcher that always fires), would make the next slice start at once, and the next: a

@@ -17,7 +17,9 @@ export default defineHandler(getVmIpPayload, qemuOptionsSchema, async ({ vm, wai
   if (strategies.length === 0) {
     return { vm, mac: record.mac, addresses: [], strategies: [], hint: 'this host has no ip-discovery plugin configured' };
   }
-  const answer = await findAddresses(ctx.options, strategies, record, { wait, timeoutMs, includeLinkLocal }, ctx);
+  const pidfile = vmPaths(ctx.options.stateDir, vm).pidfile;
+  const stillRunning = async () => (await runningPid(pidfile, vm)) !== undefined;
+  const answer = await findAddresses(ctx.options, strategies, record, { wait, timeoutMs, includeLinkLocal, stillRunning }, ctx);
   if (wait && answer.addresses.length === 0) {
     throw qemuError('IP_NOT_FOUND', `no address for ${vm} within ${timeoutMs} ms (asked: ${answer.strategies.join(', ')})`, { vm, strategies: answer.strategies });
   }

@@ -243,3 +243,21 @@ test('discovery — a watcher that fires later, for a change elsewhere, is watch
   const answer = await find(strategiesOf(['elsewhere', elsewhere]), { wait: true, timeoutMs: 2_500, includeLinkLocal: false });
   assert.deepEqual(answer.addresses.map((a) => a.address), ['10.0.0.7'], `${changes} changes seen`);
 });
+
+test('discovery — a wait whose VM stops ends at once with IP_NOT_FOUND naming the stopped state, not at its timeout', { timeout: 30_000 }, async () => {
+  // Before, get-vm-ip with wait went on asking about a VM that had been stopped meanwhile (it does not wait
+  // for stop-vm's lock) until its whole timeoutMs, then said it found no address "within" it.
+  let running = true;
+  setTimeout(() => (running = false), 300);
+  const started = Date.now();
+  await assert.rejects(
+    find(strategiesOf(['none', fixed([])]), { wait: true, timeoutMs: 20_000, includeLinkLocal: false, stillRunning: async () => running }),
+    (error: { code: string; message: string; details: unknown }) => {
+      assert.equal(error.code, 'IP_NOT_FOUND');
+      assert.deepEqual(error.details, { vm: record.id, state: 'stopped' });
+      assert.match(error.message, /h1\.abcdefgh stopped while get-vm-ip waited for its address/);
+      return true;
+    },
+  );
+  assert.ok(Date.now() - started < 5_000, `took ${Date.now() - started} ms`);
+});
