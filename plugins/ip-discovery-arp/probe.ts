@@ -80,11 +80,10 @@ function cidrRange(cidr: string): { first: number; last: number } {
 export function probeTargets(subnets: readonly Ipv4Subnet[], options: Pick<ProbeOptions, 'maxAddresses' | 'cidr'>, bridge: string): string[] {
   const own = new Set(subnets.map((s) => ipv4ToNumber(s.address)));
   const wanted = options.cidr === undefined ? undefined : cidrRange(options.cidr);
-  const hostRanges = subnets
-    .filter((s) => s.prefixLength <= 30)
-    .map((s) => rangeOf(s.address, s.prefixLength))
-    .map((r) => ({ first: r.first + 1, last: r.last - 1, subnet: r }));
-  if (wanted !== undefined && !hostRanges.some((r) => wanted.first >= r.subnet.first && wanted.last <= r.subnet.last)) {
+  const ranges = subnets.map((s) => ({ prefixLength: s.prefixLength, subnet: rangeOf(s.address, s.prefixLength) }));
+  const hostRanges = ranges.filter((r) => r.prefixLength <= 30).map((r) => ({ first: r.subnet.first + 1, last: r.subnet.last - 1, subnet: r.subnet }));
+  // Inside a /31 or /32 subnet there is nobody else to probe: nothing, not a configuration error.
+  if (wanted !== undefined && !ranges.some((r) => wanted.first >= r.subnet.first && wanted.last <= r.subnet.last)) {
     const known = subnets.map((s) => `${numberToIpv4(rangeOf(s.address, s.prefixLength).first)}/${s.prefixLength}`).join(', ') || 'none';
     throw arpError('ARP_PROBE_INVALID', `probe.cidr ${options.cidr} is not inside an IPv4 subnet of bridge ${bridge} (${known}); probes only go to addresses on the bridge`, {
       bridge,

@@ -78,6 +78,9 @@ test('probe targets — a cidr outside every bridge subnet is ARP_PROBE_INVALID'
   );
   assert.throws(() => probeTargets([{ address: '10.77.0.1', prefixLength: 24 }], { maxAddresses: 256, cidr: '10.77.0.0/23' }, 'br0'), /not inside/);
   assert.throws(() => probeTargets([], { maxAddresses: 256, cidr: '10.77.0.0/24' }, 'br0'), /\(none\)/);
+  // Before, a cidr inside a /31 bridge subnet was said to be "not inside" it.
+  assert.deepEqual(probeTargets([{ address: '10.0.0.0', prefixLength: 31 }], { maxAddresses: 256, cidr: '10.0.0.0/31' }, 'br0'), []);
+  assert.deepEqual(probeTargets([{ address: '10.0.0.1', prefixLength: 32 }], { maxAddresses: 256, cidr: '10.0.0.1/32' }, 'br0'), []);
 });
 
 test('probe targets — /31, /32 and address-less bridges give nothing; two subnets are both swept, each address once', () => {
