@@ -121,17 +121,26 @@ export async function startVm(options: QemuOptions, record: VmRecord, resolved?:
     throw qemuError('IMAGE_INVALID', `image "${record.image}" is now a ${image.kind} image; ${record.id} was created from a ${record.imageKind} image`, { vm: record.id });
   }
   if (record.network.mode === 'bridge') await ensureTap(options.ipBinary, record.network.tap, record.network.bridge);
-  // Leftovers of a QEMU that died: a stale socket would make the new one fail to bind.
-  await Promise.all([rm(paths.qmp, { force: true }), rm(paths.qga, { force: true }), rm(paths.pidfile, { force: true })]);
-  await mkdir(paths.dir, { recursive: true, mode: 0o750 });
-  const argv = qemuArgv(options, record, image, paths, await chooseAccel(options.accel));
-  const result = await runProgram(argv, { timeoutMs: 60_000, signal });
-  if (result.code !== 0) {
-    throw qemuError('QEMU_FAILED', `QEMU did not start (exit ${result.code}): ${result.stderr.trim().slice(0, 2000)}`, { vm: record.id, exitCode: result.code });
+  try {
+    // Leftovers of a QEMU that died: a stale socket would make the new one fail to bind.
+    await Promise.all([rm(paths.qmp, { force: true }), rm(paths.qga, { force: true }), rm(paths.pidfile, { force: true })]);
+    await mkdir(paths.dir, { recursive: true, mode: 0o750 });
+    const argv = qemuArgv(options, record, image, paths, await chooseAccel(options.accel));
+    const result = await runProgram(argv, { timeoutMs: 60_000, signal });
+    if (result.code !== 0) {
+      throw qemuError('QEMU_FAILED', `QEMU did not start (exit ${result.code}): ${result.stderr.trim().slice(0, 2000)}`, { vm: record.id, exitCode: result.code });
+    }
+    const pid = await runningPid(paths.pidfile, record.id);
+    if (pid === undefined) throw qemuError('QEMU_FAILED', `QEMU for ${record.id} exited right after starting; see ${paths.serialLog}`);
+    return { pid, already: false };
+  } catch (error) {
+    // No QEMU holds the tap: off the bridge with it, as a stop would do (the next start makes it again). A
+    // cancel may come after QEMU daemonized: then the tap is its, and stays.
+    if (record.network.mode === 'bridge' && (await runningPid(paths.pidfile, record.id).catch(() => undefined)) === undefined) {
+      await removeTap(options.ipBinary, record.network.tap).catch(() => undefined);
+    }
+    throw error;
   }
-  const pid = await runningPid(paths.pidfile, record.id);
-  if (pid === undefined) throw qemuError('QEMU_FAILED', `QEMU for ${record.id} exited right after starting; see ${paths.serialLog}`);
-  return { pid, already: false };
 }
 
 export type StopOutcome = 'powered-off' | 'quit' | 'killed' | 'already-stopped';

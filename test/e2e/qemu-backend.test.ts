@@ -124,6 +124,20 @@ test('qemu — delete leaves no file, tap or process behind, and deleting again 
   assert.equal(missing.error?.code, 'VM_NOT_FOUND');
 });
 
+test('qemu — a start whose QEMU fails takes its tap off the bridge again', async (t) => {
+  // Before, start-vm set the tap up on the bridge, QEMU refused to start, and the tap stayed, up and on the
+  // bridge with nothing behind it, until the next start or delete.
+  const host = await startQemuHost(t);
+  const vm = await createTiny(host);
+  ok(await host.call('stop-vm', { vm: vm.id, force: true }));
+  assert.notEqual((await host.ns.exec(['ip', 'link', 'show', 'dev', vm.tap!])).code, 0, 'the stop took the tap away');
+  // A kernel QEMU cannot load: it exits before it runs the guest.
+  await writeFile(join(host.dir, 'images', 'tiny', 'vmlinuz'), 'not a kernel');
+  const failed = await host.call('start-vm', { vm: vm.id });
+  assert.equal(failed.error?.code, 'QEMU_FAILED', JSON.stringify(failed.error));
+  assert.notEqual((await host.ns.exec(['ip', 'link', 'show', 'dev', vm.tap!])).code, 0, 'no tap left on the bridge');
+});
+
 test('qemu — an agent restart re-attaches to the VMs still running', async (t) => {
   const host = await startQemuHost(t);
   const vm = await createTiny(host);
