@@ -7,7 +7,11 @@ import type { PluginLogger } from '../../core/plugin-api.ts';
 import type { QemuOptions } from './options.ts';
 import { listRecords, type RecordProblem } from './state.ts';
 import { memoQemuScan } from './processes.ts';
+import { atMost } from './at-most.ts';
 import { queryStatus, setDesired, startVm } from './vm-ops.ts';
+
+/** QEMU starts at once. */
+const STARTS_AT_ONCE = 4;
 
 export interface ReconcileSummary {
   reattached: string[];
@@ -24,6 +28,9 @@ export async function reconcileVms(options: QemuOptions, log: PluginLogger): Pro
   for (const { vm, file, problem } of unusable) summary.failed.push({ vm, error: `the record ${file} cannot be used: ${problem}` });
   // One /proc scan for every VM whose pidfile names no live QEMU, not one each.
   const scan = memoQemuScan();
+  // Every VM is looked at at once (a stuck monitor costs its own few seconds only), but QEMU is started a few
+  // at a time: an agent coming back to fifty autostart VMs must not start fifty QEMUs at once.
+  const starting = atMost(STARTS_AT_ONCE);
   await Promise.all(
     records.map(async (record) => {
       try {
@@ -33,7 +40,7 @@ export async function reconcileVms(options: QemuOptions, log: PluginLogger): Pro
           if (qmpStatus === undefined) log.warn({ vm: record.id, pid }, 'VM process runs but its QMP socket does not answer');
           summary.reattached.push(record.id);
         } else if (record.autostart) {
-          await startVm(options, record);
+          await starting(() => startVm(options, record));
           if (record.desired !== 'running') await setDesired(options, record, 'running');
           summary.autostarted.push(record.id);
         } else if (record.desired === 'running') {

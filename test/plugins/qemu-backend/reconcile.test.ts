@@ -5,7 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import test from 'node:test';
 import { qemuOptionsSchema } from '../../../plugins/qemu-backend/options.ts';
 import { qemuProcessName } from '../../../plugins/qemu-backend/processes.ts';
@@ -70,4 +71,33 @@ test('reconcile and get-vm — a running VM whose monitor never answers is picke
   const status = await queryStatus(qemuOptionsSchema.parse({ imagesDir: '/i', stateDir }), record);
   assert.deepEqual(status, { state: 'running', pid: fake.pid });
   assert.ok(Date.now() - asked < 6_000, `get-vm's status check took ${Date.now() - asked} ms`);
+});
+
+test('reconcile — autostart VMs are started at most 4 at a time, and each one is tried', { timeout: 60_000 }, async (t) => {
+  // Before, an agent starting with 50 autostart VMs down ran 50 QEMU starts at once.
+  const dir = await tempDir(t, 'cloudlet-reconcile-');
+  const stateDir = join(dir, 'state');
+  const images = join(dir, 'images');
+  await mkdir(join(images, 'x'), { recursive: true });
+  await writeFile(join(images, 'x', 'vmlinuz'), 'kernel');
+  await writeFile(join(images, 'x', 'initrd.img'), 'initrd');
+  const ids = Array.from({ length: 10 }, (_, i) => `h1.autosta${String.fromCharCode(97 + i)}`);
+  for (const id of ids) await writeRecord(stateDir, { ...record, id, autostart: true, desired: 'running' });
+  const log = join(dir, 'qemu.log');
+  // Stands in for QEMU: logs its start and end, and starts nothing (each start then fails, which is fine here).
+  const qemu = join(dir, 'qemu');
+  await writeFile(qemu, `#!/bin/sh\necho start >> ${log}\nsleep 0.3\necho end >> ${log}\nexit 1\n`);
+  await chmod(qemu, 0o755);
+  const quiet = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
+  const summary = await reconcileVms(qemuOptionsSchema.parse({ imagesDir: images, stateDir, qemuBinary: qemu, network: { mode: 'none' } }), quiet);
+  assert.deepEqual(summary.failed.map((f) => f.vm).sort(), ids);
+  let running = 0;
+  let most = 0;
+  const lines = (await readFile(log, 'utf8')).trim().split('\n');
+  for (const line of lines) {
+    running += line === 'start' ? 1 : -1;
+    most = Math.max(most, running);
+  }
+  assert.equal(lines.filter((l) => l === 'start').length, 10);
+  assert.ok(most <= 4 && most >= 2, `${most} QEMU starts at once`);
 });
