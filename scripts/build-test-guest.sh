@@ -45,7 +45,7 @@ as_root() {
 apt_updated=0
 apt_update_once() {
   [ "$apt_updated" -eq 1 ] && return 0
-  as_root apt-get update -qq || die "apt-get update failed; cannot install or download packages"
+  as_root apt-get -o DPkg::Lock::Timeout=300 update -qq || die "apt-get update failed; cannot install or download packages"
   apt_updated=1
 }
 
@@ -57,7 +57,7 @@ ensure_packages() {
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "build-test-guest: installing ${missing[*]}" >&2
   apt_update_once
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}" >&2 \
     || die "could not install ${missing[*]} (run: apt-get install -y --no-install-recommends ${missing[*]})"
 }
 

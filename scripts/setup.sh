@@ -31,6 +31,9 @@ packages=(
   python3-pika      # the aetherscale test client (test/aetherscale-client/client.py)
   dnsmasq-utils     # dhcp_release / dhcp_release6: the sweeper releases stale DHCP leases (and its tests)
   procps            # pgrep and kill, which the tests use (not in Debian's minimal container images)
+  kmod              # modprobe: loads tun, bridge and veth for the tests' namespaces (not in minimal images)
+  xz-utils          # unpacks a newer kernel's .ko.xz modules for the test guest (scripts/build-test-guest.sh)
+  git               # the benchmarks record the commit they ran at (bench/lib/machine.ts)
 )
 
 need_node_major=20
@@ -52,14 +55,33 @@ as_root() {
   exit 1
 }
 
+# The tests make network namespaces, bridges and taps, mount tmpfs and drive rabbitmqctl: as any other user
+# most of them would fail, each with its own error. Said once, here.
+if [ "$mode" = tests ] && [ "$(id -u)" -ne 0 ]; then
+  echo "setup: the tests need root (network namespaces, bridges and taps, tmpfs mounts, rabbitmqctl): run npm test as root" >&2
+  exit 1
+fi
+
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # A fresh VM may be running apt's own daily jobs at boot: wait for the lock rather than fail at once.
+  as_root apt-get -o DPkg::Lock::Timeout=300 update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# What the kernel must offer the tests: the modules behind their bridges, taps and veth pairs (loaded on
+# demand only where modprobe runs), /dev/net/tun for QEMU, and network namespaces.
+if [ "$mode" = tests ]; then
+  modprobe -a tun bridge veth 2>/dev/null || true
+  if [ ! -c /dev/net/tun ]; then
+    mkdir -p /dev/net && mknod -m 0666 /dev/net/tun c 10 200 \
+      || { echo "setup: /dev/net/tun is missing and could not be made; QEMU's taps need it (a container without it cannot run the tests)" >&2; exit 1; }
+  fi
+  unshare --net true 2>/dev/null || { echo "setup: cannot make a network namespace (unshare --net failed); the tests run their VMs inside them" >&2; exit 1; }
 fi
 
 # The tests need a broker on 127.0.0.1:5672. Debian's package does not start one without an init system

@@ -46,7 +46,8 @@ function packageVersion(name: string): string {
 export async function describeMachine(brokerUrl: string, sampleMs = 1_000): Promise<Record<string, string | number>> {
   const osRelease = existsSync('/etc/os-release') ? (/^PRETTY_NAME="?([^"\n]*)"?$/m.exec(readFileSync('/etc/os-release', 'utf8'))?.[1] ?? 'unknown') : 'unknown';
   const commit = firstLine(['git', '-C', repoRoot, 'rev-parse', '--short', 'HEAD']);
-  const dirty = spawnSync('git', ['-C', repoRoot, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).stdout.trim() !== '';
+  // Without git (or outside a checkout) there is no output at all: not dirty, and the commit says so above.
+  const dirty = (spawnSync('git', ['-C', repoRoot, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).stdout ?? '').trim() !== '';
   return {
     cpu: `${cpus()[0]?.model ?? 'unknown'} × ${availableParallelism()}`,
     memory: `${(totalmem() / 1024 ** 3).toFixed(1)} GiB`,
