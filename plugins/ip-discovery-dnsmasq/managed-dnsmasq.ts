@@ -4,7 +4,8 @@
  * with a growing (bounded) delay when it dies, stopped in the `stop` hook.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, lstat, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
 import { dirname } from 'node:path';
 import process from 'node:process';
 import { CloudletError, type PluginLogger } from '../../core/plugin-api.ts';
@@ -89,9 +90,9 @@ export class ManagedDnsmasq {
   /** Starts dnsmasq and resolves once it serves DHCP; throws DNSMASQ_START_FAILED when it does not. */
   static async start(settings: ManagedDnsmasqSettings): Promise<ManagedDnsmasq> {
     const supervisor = new ManagedDnsmasq(settings);
-    const { leaseFile, log } = supervisor.#settings;
-    await mkdir(dirname(leaseFile), { recursive: true });
-    await stopLeftover(leaseFile, supervisor.#settings.stopGraceMs, log);
+    const { leaseFile, log, managed } = supervisor.#settings;
+    await checkPaths(leaseFile, managed.bridge);
+    await stopLeftover(leaseFile, managed.bridge, supervisor.#settings.stopGraceMs, log);
     await supervisor.#launch();
     return supervisor;
   }
@@ -115,7 +116,8 @@ export class ManagedDnsmasq {
       await run.exited;
       clearTimeout(killer);
     }
-    await rm(pidFileFor(this.#settings.leaseFile), { force: true });
+    // Gone, or something else now (a folder put there meanwhile): a stop still ends cleanly.
+    await rm(pidFileFor(this.#settings.leaseFile), { force: true }).catch(() => undefined);
   }
 
   #launch(): Promise<void> {
@@ -138,7 +140,17 @@ export class ManagedDnsmasq {
         details: { argv, bridge: managed.bridge, output: run.tail() },
       });
     }
-    await writeFile(pidFileFor(leaseFile), `${run.child.pid}\n`);
+    try {
+      await recordPid(pidFileFor(leaseFile), run.child.pid as number);
+    } catch (cause) {
+      // Unrecorded, it could not be found again after a killed agent: it must not run on.
+      run.child.kill('SIGKILL');
+      await run.exited;
+      throw new CloudletError('DNSMASQ_START_FAILED', `dnsmasq on ${managed.bridge}: cannot record its pid in ${pidFileFor(leaseFile)}: ${(cause as Error).message}`, {
+        cause,
+        details: { bridge: managed.bridge, pidFile: pidFileFor(leaseFile) },
+      });
+    }
     log.info({ pid: run.child.pid, bridge: managed.bridge, range: [managed.rangeStart, managed.rangeEnd], leaseFile }, 'dnsmasq serves DHCP on the bridge');
     void run.exited.then((exit) => this.#onExit(run, exit));
   }
@@ -175,7 +187,11 @@ export class ManagedDnsmasq {
 
 function spawnDnsmasq(argv: string[], log: PluginLogger): Run {
   const [binary, ...args] = argv as [string, ...string[]];
-  const child = spawn(binary, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  // A process group of its own: Ctrl-C at the agent's terminal reaches the agent, which stops dnsmasq in its
+  // stop hook, and not dnsmasq directly (the supervisor would restart it in the middle of the shutdown).
+  const child = spawn(binary, args, { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+  liveChildren.add(child);
+  void child.once('close', () => liveChildren.delete(child));
   const lines: string[] = [];
   const run: Run = {
     child,
@@ -218,39 +234,129 @@ async function waitUntilServing(run: Run, leaseFile: string, timeoutMs: number):
   }
 }
 
-/** Stops the dnsmasq a killed agent left running on this lease file: it would hold the DHCP port. */
-async function stopLeftover(leaseFile: string, graceMs: number, log: PluginLogger): Promise<void> {
+/**
+ * The lease folder must be a folder, and the lease and pid files regular files (or absent). dnsmasq runs as
+ * root here: a symlink would have it, or the pid record, overwrite whatever the link names; a FIFO would
+ * block the read of the pid, and dnsmasq's own start.
+ */
+async function checkPaths(leaseFile: string, bridge: string): Promise<void> {
+  const refuse = (message: string, path: string) => new CloudletError('DNSMASQ_START_FAILED', `dnsmasq on ${bridge}: ${message}`, { details: { bridge, path } });
+  const folder = dirname(leaseFile);
+  const folderInfo = await lstat(folder).catch(() => undefined);
+  if (folderInfo && !folderInfo.isDirectory()) throw refuse(`${folder} must be a folder (for the lease file), but it is ${kindOf(folderInfo)}`, folder);
+  if (!folderInfo) await mkdir(folder, { recursive: true });
+  for (const [what, path] of [['lease file', leaseFile], ['pid file', pidFileFor(leaseFile)]] as const) {
+    const info = await lstat(path).catch(() => undefined);
+    if (info && !info.isFile()) throw refuse(`the ${what} ${path} must be a regular file, but it is ${kindOf(info)}; remove it`, path);
+  }
+}
+
+function kindOf(info: Stats): string {
+  if (info.isSymbolicLink()) return 'a symlink';
+  if (info.isDirectory()) return 'a folder';
+  if (info.isFIFO()) return 'a FIFO';
+  if (info.isFile()) return 'a file';
+  return 'a special file';
+}
+
+/** Written whole under a temporary name, then renamed: never through a link someone put at the pid file's path. */
+async function recordPid(pidFile: string, pid: number): Promise<void> {
+  const temp = `${pidFile}.${process.pid}.tmp`;
+  await writeFile(temp, `${pid}\n`, { flag: 'wx' });
+  await rename(temp, pidFile).catch(async (error: unknown) => {
+    await rm(temp, { force: true });
+    throw error;
+  });
+}
+
+/**
+ * Stops the dnsmasq a killed agent left running on this lease file: it would hold the DHCP port. One whose
+ * parent still runs belongs to a running agent (a killed agent's child is re-parented to init): that agent
+ * serves this bridge, and a second DHCP server on it would hand out conflicting addresses. Refused, not
+ * killed. So is any other dnsmasq this way managing the same bridge with another lease file.
+ */
+async function stopLeftover(leaseFile: string, bridge: string, graceMs: number, log: PluginLogger): Promise<void> {
+  for (const other of await managedOn(bridge)) {
+    if (other.leaseFile === leaseFile || other.parent === 1 || !alive(other.parent)) continue;
+    throw new CloudletError('DNSMASQ_START_FAILED', `dnsmasq pid ${other.pid} already serves DHCP on ${bridge} for process ${other.parent} (another agent?); two DHCP servers on one bridge give out conflicting addresses`, {
+      details: { bridge, pid: other.pid, parent: other.parent, leaseFile: other.leaseFile },
+    });
+  }
   const pidFile = pidFileFor(leaseFile);
   const pid = Number.parseInt(await readFile(pidFile, 'utf8').catch(() => ''), 10);
   if (!(pid > 0)) return;
   // The pid may have been reused since: only a dnsmasq writing this very lease file is ours.
   const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
   if (cmdline.split('\0').includes(`--dhcp-leasefile=${leaseFile}`)) {
+    const parent = await parentOf(pid);
+    if (parent !== undefined && parent !== 1 && alive(parent)) {
+      throw new CloudletError('DNSMASQ_START_FAILED', `dnsmasq pid ${pid} already serves DHCP on ${bridge} with ${leaseFile}, for process ${parent} (another agent with the same lease file?)`, {
+        details: { bridge, pid, parent, leaseFile },
+      });
+    }
     log.warn({ pid, leaseFile }, 'stopping a dnsmasq left running by an earlier agent');
-    signal(pid, 'SIGTERM');
+    signal(pid, 'SIGTERM', bridge);
     const deadline = performance.now() + graceMs;
     while (alive(pid) && performance.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 25));
-    if (alive(pid)) signal(pid, 'SIGKILL');
+    if (alive(pid)) signal(pid, 'SIGKILL', bridge);
   }
   await rm(pidFile, { force: true });
+}
+
+/** dnsmasq processes started the way this module starts them for `bridge`: pid, parent and lease file. */
+async function managedOn(bridge: string): Promise<{ pid: number; parent: number; leaseFile: string }[]> {
+  const found: { pid: number; parent: number; leaseFile: string }[] = [];
+  const entries = await readdir('/proc').catch(() => [] as string[]);
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    const argv = (await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
+    if (!argv.includes('--no-daemon') || !argv.includes(`--interface=${bridge}`)) continue;
+    const leaseFile = argv.find((arg) => arg.startsWith('--dhcp-leasefile='))?.slice('--dhcp-leasefile='.length);
+    const parent = await parentOf(Number(entry));
+    if (leaseFile !== undefined && parent !== undefined) found.push({ pid: Number(entry), parent, leaseFile });
+  }
+  return found;
+}
+
+async function parentOf(pid: number): Promise<number | undefined> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+  const match = /^PPid:\s+(\d+)$/m.exec(status);
+  return match ? Number(match[1]) : undefined;
 }
 
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
-  } catch {
-    return false; // ESRCH: gone (EPERM cannot happen: we started it as this user)
+  } catch (error) {
+    // EPERM: it runs, as another user.
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
-function signal(pid: number, name: NodeJS.Signals): void {
+function signal(pid: number, name: NodeJS.Signals, bridge: string): void {
   try {
     process.kill(pid, name);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error;
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ESRCH') return;
+    if (code === 'EPERM') {
+      throw new CloudletError('DNSMASQ_START_FAILED', `dnsmasq pid ${pid}, left running on ${bridge} by an earlier agent, belongs to another user and cannot be stopped by this one; stop it, then start the agent again`, {
+        details: { bridge, pid },
+      });
+    }
+    throw error;
   }
 }
+
+/**
+ * dnsmasq children still running in this process. An agent that exits at once (a second SIGTERM) runs no
+ * stop hook: they are killed as the process exits, rather than left serving a bridge nobody supervises.
+ */
+const liveChildren = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of liveChildren) child.kill('SIGKILL');
+});
 
 async function exists(path: string): Promise<boolean> {
   return access(path).then(

@@ -3,8 +3,8 @@
  * dnsmasq, in a network namespace, is in test/e2e/ip-discovery-dnsmasq.test.ts.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { execFileSync, spawn } from 'node:child_process';
+import { chmod, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test, { type TestContext } from 'node:test';
 import type { PluginLogger } from '../../../core/plugin-api.ts';
@@ -149,10 +149,11 @@ test('managed — a dnsmasq that ignores SIGTERM is killed after the grace perio
 
 test('managed — a dnsmasq left running on the same lease file by a killed agent is stopped first', async (t) => {
   const { settings, records, options, dir } = await setup(t, SERVE);
-  // What a SIGKILLed agent leaves: its dnsmasq, still running, and the pid file.
+  // What a SIGKILLed agent leaves: its dnsmasq, still running (re-parented: its agent is gone), and the pid file.
   await mkdir(join(dir, 'leases'), { recursive: true });
-  const leftover = spawn(settings.managed.dnsmasqBinary, [`--dhcp-leasefile=${options.leaseFile}`], { stdio: 'ignore' });
-  t.after(() => void leftover.kill('SIGKILL'));
+  const leftoverPid = await orphan(settings.managed.dnsmasqBinary, [`--dhcp-leasefile=${options.leaseFile}`]);
+  t.after(() => void kill(leftoverPid));
+  const leftover = { pid: leftoverPid };
   await writeFile(pidFileFor(options.leaseFile), `${leftover.pid}\n`);
   // An unrelated process whose pid happens to be in the file is left alone.
   const unrelated = spawn('sleep', ['30'], { stdio: 'ignore' });
@@ -161,8 +162,7 @@ test('managed — a dnsmasq left running on the same lease file by a killed agen
 
   const supervisor = await ManagedDnsmasq.start(settings);
   t.after(() => supervisor.stop());
-  await until(() => leftover.exitCode !== null || leftover.signalCode !== null, 5_000, 'the leftover to exit');
-  assert.equal(leftover.signalCode, 'SIGTERM');
+  await until(() => !processAlive(leftover.pid), 5_000, 'the leftover to exit');
   assert.ok(records.some((r) => r.level === 'warn' && r.obj.pid === leftover.pid));
   await supervisor.stop();
 
@@ -171,4 +171,90 @@ test('managed — a dnsmasq left running on the same lease file by a killed agen
   t.after(() => second.stop());
   assert.equal(processAlive(unrelated.pid!), true);
   await second.stop();
+});
+
+/** Starts `argv` as an orphan (a child of a shell that exits at once), as an agent killed with SIGKILL leaves its dnsmasq. */
+async function orphan(binary: string, args: string[]): Promise<number> {
+  const shell = spawn('sh', ['-c', '"$0" "$@" >/dev/null 2>&1 </dev/null & echo $!', binary, ...args], { stdio: ['ignore', 'pipe', 'ignore'] });
+  let out = '';
+  shell.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  await new Promise((resolve) => shell.once('close', resolve));
+  return Number(out.trim());
+}
+
+function kill(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // gone already
+  }
+}
+
+test('managed — a pid file or lease file that is not a regular file, or a lease folder that is a file, fails start clearly and starts nothing', { timeout: 30_000 }, async (t) => {
+  // Before: a FIFO as the pid file hung the start for good; a symlink had the pid written over its target;
+  // a folder left the new dnsmasq running after a raw EISDIR; a file as the lease folder gave a raw EEXIST.
+  const { settings, options, dir, starts } = await setup(t, SERVE);
+  const pidFile = pidFileFor(options.leaseFile);
+  await mkdir(join(dir, 'leases'), { recursive: true });
+  const victim = join(dir, 'victim.conf');
+  await writeFile(victim, 'important: configuration\n');
+  const cases: [string, () => Promise<void>, RegExp][] = [
+    ['FIFO pid file', async () => void execFileSync('mkfifo', [pidFile]), /the pid file .* must be a regular file, but it is a FIFO/],
+    ['symlinked pid file', async () => symlink(victim, pidFile), /the pid file .* must be a regular file, but it is a symlink/],
+    ['folder pid file', async () => mkdir(pidFile), /the pid file .* must be a regular file, but it is a folder/],
+    ['FIFO lease file', async () => void execFileSync('mkfifo', [options.leaseFile]), /the lease file .* must be a regular file, but it is a FIFO/],
+  ];
+  for (const [what, make, message] of cases) {
+    await make();
+    await assert.rejects(ManagedDnsmasq.start(settings), (error: { code: string; message: string }) => {
+      assert.equal(error.code, 'DNSMASQ_START_FAILED', what);
+      assert.match(error.message, message, what);
+      return true;
+    });
+    await rm(pidFile, { recursive: true, force: true });
+    await rm(options.leaseFile, { force: true });
+  }
+  assert.deepEqual(await starts(), [], 'no dnsmasq was started');
+  assert.equal(await readFile(victim, 'utf8'), 'important: configuration\n');
+  const fileAsFolder = join(dir, 'not-a-folder');
+  await writeFile(fileAsFolder, 'x');
+  await assert.rejects(ManagedDnsmasq.start({ ...settings, leaseFile: join(fileAsFolder, 'br0.leases') }), /not-a-folder must be a folder \(for the lease file\), but it is a file/);
+});
+
+test('managed — a second supervisor for a bridge another one serves is refused; the first one\'s dnsmasq runs on', { timeout: 30_000 }, async (t) => {
+  // Before, a second agent with the same lease file took the first one's dnsmasq for a leftover and killed
+  // it (the first restarted it: two authoritative DHCP servers), and one with another lease file started a
+  // second DHCP server on the bridge beside it.
+  const { settings, options, dir } = await setup(t, SERVE);
+  const first = await ManagedDnsmasq.start(settings);
+  t.after(() => first.stop());
+  for (const leaseFile of [options.leaseFile, join(dir, 'other', 'br0.leases')]) {
+    await assert.rejects(ManagedDnsmasq.start({ ...settings, leaseFile }), (error: { code: string; message: string }) => {
+      assert.equal(error.code, 'DNSMASQ_START_FAILED', leaseFile);
+      assert.match(error.message, new RegExp(`dnsmasq pid ${first.pid} already serves DHCP on br0`), leaseFile);
+      return true;
+    });
+    assert.ok(first.pid !== undefined && processAlive(first.pid), 'the first dnsmasq still runs');
+  }
+});
+
+test('managed — an agent process that exits at once (a second SIGTERM) takes its dnsmasq with it', { timeout: 30_000 }, async (t) => {
+  // Before, process.exit(130) ran no stop hook, and the dnsmasq child served the bridge on, unsupervised.
+  const { options } = await setup(t, SERVE);
+  const script = `
+    import { ManagedDnsmasq } from ${JSON.stringify(new URL('../../../plugins/ip-discovery-dnsmasq/managed-dnsmasq.ts', import.meta.url).href)};
+    const log = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
+    const supervisor = await ManagedDnsmasq.start({ managed: ${JSON.stringify(options.managed)}, leaseFile: ${JSON.stringify(options.leaseFile)}, log });
+    console.log(supervisor.pid);
+    process.exit(130);
+  `;
+  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  const code = await new Promise((resolve) => child.once('close', resolve));
+  assert.equal(code, 130);
+  const pid = Number(out.trim());
+  assert.ok(pid > 0, out);
+  t.after(() => kill(pid));
+  await until(() => !processAlive(pid), 5_000, 'the dnsmasq of the exited process to be gone');
 });
