@@ -216,6 +216,29 @@ export class Agent {
     }
   }
 
+  /**
+   * A stop hook, bounded by shutdown.stopHookMs: one that never finishes (a buggy plugin waiting for
+   * something) must not keep the agent, and the stop hooks after it, from ever stopping. It is logged and
+   * left behind; the process exits soon after anyway.
+   */
+  async #runStopHook(plugin: LoadedPlugin): Promise<void> {
+    const limitMs = this.config.core.shutdown.stopHookMs;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const outOfTime = new Promise<'late'>((resolve) => {
+      timer = setTimeout(() => resolve('late'), limitMs);
+    });
+    try {
+      const outcome = await Promise.race([this.#runHook(plugin, 'stop').then(() => 'done' as const), outOfTime]);
+      if (outcome === 'late') {
+        this.log.error({ plugin: plugin.plugin.name, stopHookMs: limitMs }, `plugin "${plugin.plugin.name}" stop hook did not finish within ${limitMs} ms (shutdown.stopHookMs); shutdown goes on without it`);
+      }
+    } catch (error) {
+      this.log.error({ err: error, plugin: plugin.plugin.name }, 'plugin stop hook failed; continuing shutdown');
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /** Graceful stop: no new messages, in-flight ones finish or are cancelled after the grace period. */
   stop(reason = 'stop requested'): Promise<void> {
     this.#stopping ??= this.#stop(reason);
@@ -231,13 +254,7 @@ export class Agent {
     try {
       await this.transport.stopAccepting();
       drained = (await this.#dispatcher?.drain(graceMs)) ?? drained;
-      for (const p of [...this.#started].reverse()) {
-        try {
-          await this.#runHook(p, 'stop');
-        } catch (error) {
-          this.log.error({ err: error, plugin: p.plugin.name }, 'plugin stop hook failed; continuing shutdown');
-        }
-      }
+      for (const p of [...this.#started].reverse()) await this.#runStopHook(p);
       await this.#pools?.destroy();
     } finally {
       // Last, and even after a failure above: it releases the socket path's lock, which a successor waits for.

@@ -167,9 +167,14 @@ export const coreConfigSchema = z
       .strict()
       .default({ maxMessageBytes: MiB, keepaliveMs: 2_000 }),
     shutdown: z
-      .object({ graceMs: z.number().int().min(0).max(600_000).default(10_000) })
+      .object({
+        /** How long running messages may take to finish once a stop begins. */
+        graceMs: z.number().int().min(0).max(600_000).default(10_000),
+        /** How long each plugin's stop hook may take before shutdown goes on without it. */
+        stopHookMs: z.number().int().min(100).max(600_000).default(15_000),
+      })
       .strict()
-      .default({ graceMs: 10_000 }),
+      .default({ graceMs: 10_000, stopHookMs: 15_000 }),
     /** Per message type pool settings, e.g. `pools: { create-vm: { maxThreads: 4, timeoutMs: 300000 } }`. */
     pools: z.record(messageTypeSchema, poolOverrideSchema).default({}),
     /** How a client routes a message sent without a host (the host decides what it takes part in by plugins). */

@@ -271,3 +271,16 @@ test('agent — a plugin hook that throws anything (an Error, a string, null, un
     });
   }
 });
+
+test('agent — a stop hook that never finishes is given up on after shutdown.stopHookMs, and the agent stops', { timeout: 30_000 }, async (t) => {
+  // Before, shutdown waited for it for ever: SIGTERM never ended the agent (under systemd, SIGKILL after
+  // TimeoutStopSec did, and with it went every stop hook after this one).
+  const stopHangs = fileURLToPath(new URL('../fixtures/plugins/stop-hangs/index.ts', import.meta.url));
+  const { agent, logs } = await startAgent(t, { plugins: [{ use: testkitPath }, { use: stopHangs }], shutdown: { graceMs: 0, stopHookMs: 300 } });
+  const started = Date.now();
+  await agent.stop('test');
+  assert.ok(Date.now() - started < 10_000, `stop took ${Date.now() - started} ms`);
+  const line = logs().find((l) => String(l.msg).includes('did not finish'));
+  assert.ok(line, JSON.stringify(logs().slice(-5)));
+  assert.match(String(line?.msg), /^plugin "stop-hangs" stop hook did not finish within 300 ms \(shutdown\.stopHookMs\); shutdown goes on without it$/);
+});

@@ -104,6 +104,7 @@ log:
 
 shutdown:
   graceMs: 10000            # on SIGTERM, in-flight messages may finish for this long
+  stopHookMs: 15000         # then each plugin's stop hook may take this long before shutdown goes on
 
 plugins:
 ${routingPlugins}  - use: qemu-backend                   # QEMU VMs from base images
