@@ -1,31 +1,41 @@
 /**
  * The plugin's lifecycle hooks: in managed mode, `start` runs dnsmasq on the bridge and `stop` ends it. Hooks
- * run in the agent's main thread; the running supervisor is kept here between the two, by lease file (one
- * dnsmasq per lease file, so two agents in one process — tests — do not share one).
+ * run in the agent's main thread; the running supervisor is kept here between the two, by agent (its host
+ * identity), so that an agent's stop ends only the dnsmasq it started: with two agents in one process (tests,
+ * embedders), a second agent whose start was refused must not stop the first one's.
  */
 import { networkInterfaces } from 'node:os';
-import { CloudletError, type PluginHookContext } from '../../core/plugin-api.ts';
+import { CloudletError, type HostIdentity, type PluginHookContext } from '../../core/plugin-api.ts';
 import { ManagedDnsmasq } from './managed-dnsmasq.ts';
 import type { DnsmasqOptions, ManagedOptions } from './options.ts';
 
-const running = new Map<string, ManagedDnsmasq>();
+const running = new WeakMap<HostIdentity, ManagedDnsmasq>();
+/** Lease files a supervisor of this process writes: one dnsmasq per lease file. */
+const leaseFilesInUse = new Set<string>();
 
 export async function startManagedDnsmasq(context: PluginHookContext<DnsmasqOptions>): Promise<void> {
   const { managed, leaseFile } = context.options;
   if (!managed) return;
-  if (running.has(leaseFile)) {
+  if (leaseFilesInUse.has(leaseFile)) {
     throw new CloudletError('DNSMASQ_START_FAILED', `a managed dnsmasq already writes ${leaseFile} in this process`, { details: { leaseFile } });
   }
   const problem = rangeProblem(managed);
   if (problem) context.log.warn({ bridge: managed.bridge, range: [managed.rangeStart, managed.rangeEnd] }, problem);
-  running.set(leaseFile, await ManagedDnsmasq.start({ managed, leaseFile, log: context.log }));
+  leaseFilesInUse.add(leaseFile);
+  try {
+    running.set(context.host, await ManagedDnsmasq.start({ managed, leaseFile, log: context.log }));
+  } catch (error) {
+    leaseFilesInUse.delete(leaseFile);
+    throw error;
+  }
 }
 
 export async function stopManagedDnsmasq(context: PluginHookContext<DnsmasqOptions>): Promise<void> {
-  const supervisor = running.get(context.options.leaseFile);
+  const supervisor = running.get(context.host);
   if (!supervisor) return;
-  running.delete(context.options.leaseFile);
+  running.delete(context.host);
   await supervisor.stop();
+  leaseFilesInUse.delete(context.options.leaseFile);
   context.log.info({ leaseFile: context.options.leaseFile }, 'dnsmasq stopped');
 }
 

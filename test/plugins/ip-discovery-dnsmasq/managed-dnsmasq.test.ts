@@ -10,7 +10,10 @@ import test, { type TestContext } from 'node:test';
 import type { PluginLogger } from '../../../core/plugin-api.ts';
 import { ManagedDnsmasq, pidFileFor } from '../../../plugins/ip-discovery-dnsmasq/managed-dnsmasq.ts';
 import { dnsmasqOptionsSchema } from '../../../plugins/ip-discovery-dnsmasq/options.ts';
-import { processAlive, tempDir } from '../../helpers.ts';
+import { Agent } from '../../../core/agent.ts';
+import { loadHostConfig } from '../../../core/config/host-config.ts';
+import { rawConfigFrom } from '../../../core/config/load.ts';
+import { processAlive, startAgent, tempDir } from '../../helpers.ts';
 
 interface LogRecord {
   level: string;
@@ -257,4 +260,23 @@ test('managed — an agent process that exits at once (a second SIGTERM) takes i
   assert.ok(pid > 0, out);
   t.after(() => kill(pid));
   await until(() => !processAlive(pid), 5_000, 'the dnsmasq of the exited process to be gone');
+});
+
+test('managed — in one process, a second agent whose dnsmasq start is refused does not stop the first agent\'s', { timeout: 30_000 }, async (t) => {
+  // Before, the stop hook found the supervisor by lease file alone: the second agent's stop (after its own
+  // start failed) stopped the first agent's dnsmasq.
+  const { options, dir, starts } = await setup(t, SERVE);
+  const plugins = [{ use: 'ip-discovery-dnsmasq', options: { leaseFile: options.leaseFile, managed: options.managed } }];
+  await startAgent(t, { plugins, state: { dir: join(dir, 'one') } });
+  const [first] = await starts();
+  assert.ok(first !== undefined && processAlive(first));
+  const second = new Agent(
+    await loadHostConfig(
+      rawConfigFrom({ host: { id: 'two' }, transport: { kind: 'local', socket: join(dir, 'two.sock') }, state: { dir: join(dir, 'two') }, plugins }, join(dir, 'two.yaml')),
+    ),
+  );
+  await assert.rejects(second.start(), (error: { code: string }) => error.code === 'PLUGIN_HOOK_FAILED');
+  await second.stop('start failed');
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  assert.equal(processAlive(first), true, "the first agent's dnsmasq still runs");
 });
