@@ -34,7 +34,7 @@ export const errorCatalogue = {
   SOCKET_UNSAFE: { message: 'the local socket path is not safe to use', retryable: false },
   // Routing between hosts (RabbitMQ transport)
   BROKER_UNAVAILABLE: { message: 'the message broker cannot be reached', retryable: true },
-  UNKNOWN_HOST: { message: 'no host with this id has ever joined the cloud', retryable: false },
+  UNKNOWN_HOST: { message: 'no host with this id takes direct requests on this cloud', retryable: false },
   HOST_DOWN: { message: 'the target host is not running (no heartbeat, no consumer)', retryable: true },
   NO_CAPACITY: { message: 'no live host has capacity for the request', retryable: true },
   DEAD_LETTERED: { message: 'the request failed too many times and was moved to the dead-letter queue', retryable: false },

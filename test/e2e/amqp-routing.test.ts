@@ -64,6 +64,19 @@ test('direct — a command reaches its owner only; the other hosts never see it'
   }
 });
 
+test('direct — a host that is up but takes no direct requests is said to be so, not "never joined"', async (t) => {
+  // Before: UNKNOWN_HOST "no host "fo" has joined this cloud", while `cloudlet hosts` listed fo as up.
+  const cloud = await startCloud(t, [{ id: 'h1' }, { id: 'fo', direct: false }]);
+  const client = cloud.client();
+  await settle(500); // fo's heartbeat seen
+  await assert.rejects(client.request(makeRequest({ type: 'test.echo', target: 'fo', payload: {} })), (error: CloudletError) => {
+    assert.equal(error.code, 'UNKNOWN_HOST');
+    assert.match(error.message, /^host "fo" is up but takes no direct requests \(its routes: broadcast\): it runs no routing-direct plugin$/);
+    assert.deepEqual((error.details as { routes: string[] }).routes, ['broadcast']);
+    return true;
+  });
+});
+
 test('direct — an unknown host fails at once with UNKNOWN_HOST, a stopped one with HOST_DOWN', async (t) => {
   const cloud = await startCloud(t, hosts(2));
   const client = cloud.client();

@@ -22,6 +22,8 @@ export interface HostSpec {
   testkitOptions?: Record<string, unknown>;
   acceptAny?: boolean;
   fanout?: boolean;
+  /** false: no routing-direct (the host takes no direct or any-host requests). */
+  direct?: boolean;
 }
 
 export interface Cloud {
@@ -79,7 +81,7 @@ export async function startCloud(
     configFor: (host) => configs.get(host) as string,
     async start(spec) {
       const plugins = [
-        `  - use: routing-direct\n    options:\n      acceptAny: ${spec.acceptAny ?? true}`,
+        ...(spec.direct === false ? [] : [`  - use: routing-direct\n    options:\n      acceptAny: ${spec.acceptAny ?? true}`]),
         ...(spec.fanout === false ? [] : ['  - use: routing-fanout']),
         `  - use: ${testkitPath}\n    options: ${JSON.stringify(spec.testkitOptions ?? {})}`,
       ];

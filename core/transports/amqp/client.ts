@@ -247,10 +247,14 @@ export class AmqpClientTransport implements ClientTransport {
       pending.acceptedHostUnreachable = true;
       this.#publish(pending);
     } else if (pending.route === 'direct') {
-      pending.fail(cloudletError('UNKNOWN_HOST', `no host "${pending.request.target}" has joined this cloud (prefix ${this.#options.config.prefix})`, {
-        target: pending.request.target,
-        liveHosts: this.registry.liveHosts(),
-      }));
+      const target = pending.request.target as string;
+      // Up (it heartbeats) but with no queue of its own: it runs no routing-direct. "Never joined" would send
+      // the operator looking for a typo.
+      const live = this.registry.entries().find((entry) => entry.host === target && entry.state === 'up');
+      const message = live
+        ? `host "${target}" is up but takes no direct requests (its routes: ${live.routes.join(', ') || 'none'}): it runs no routing-direct plugin`
+        : `no host "${target}" has joined this cloud (prefix ${this.#options.config.prefix})`;
+      pending.fail(cloudletError('UNKNOWN_HOST', message, { target, liveHosts: this.registry.liveHosts(), ...(live && { routes: live.routes }) }));
     } else if (pending.route === 'any') {
       pending.fail(cloudletError('NO_CAPACITY', 'no host takes any-host requests on this cloud', { liveHosts: this.registry.liveHosts() }));
     } else {
