@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { open, rename, writeFile } from 'node:fs/promises';
+import { mkdir, open, rename, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
 import { waitForLeaseFileChange } from '../../../plugins/ip-discovery-dnsmasq/lease-watch.ts';
@@ -94,4 +94,20 @@ test('lease watch — a folder that does not exist cannot be watched: the wait e
   const outcome = await waitForLeaseFileChange(join(dir, 'missing', 'dnsmasq.leases'), { timeoutMs: 100, onWatchError: (e) => errors.push(e) });
   assert.equal(outcome, 'timeout');
   assert.deepEqual(errors, []);
+});
+
+test('lease watch — a lease file that is a symlink: a write to its target resolves "changed"', { timeout: 10_000 }, async (t) => {
+  // Before, only the link's folder was watched: a write in the target's folder was never seen, and waiters
+  // fell back to their re-check tick.
+  const dir = await tempDir(t);
+  await mkdir(join(dir, 'real'));
+  await mkdir(join(dir, 'links'));
+  const target = join(dir, 'real', 'dnsmasq.leases');
+  await writeFile(target, '');
+  const link = join(dir, 'links', 'dnsmasq.leases');
+  await symlink(target, link);
+  const waiting = waitForLeaseFileChange(link, { timeoutMs: 3_000 });
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  await writeFile(target, LEASE);
+  assert.equal(await waiting, 'changed');
 });
