@@ -4,7 +4,7 @@
  * with a growing (bounded) delay when it dies, stopped in the `stop` hook.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { access, lstat, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { access, lstat, mkdir, readdir, readFile, readlink, rename, rm, stat, writeFile } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { dirname } from 'node:path';
 import process from 'node:process';
@@ -242,7 +242,8 @@ async function waitUntilServing(run: Run, leaseFile: string, timeoutMs: number):
 async function checkPaths(leaseFile: string, bridge: string): Promise<void> {
   const refuse = (message: string, path: string) => new CloudletError('DNSMASQ_START_FAILED', `dnsmasq on ${bridge}: ${message}`, { details: { bridge, path } });
   const folder = dirname(leaseFile);
-  const folderInfo = await lstat(folder).catch(() => undefined);
+  // The folder may be reached through a symlink (state on another disk): only what it is counts.
+  const folderInfo = await stat(folder).catch(() => undefined);
   if (folderInfo && !folderInfo.isDirectory()) throw refuse(`${folder} must be a folder (for the lease file), but it is ${kindOf(folderInfo)}`, folder);
   if (!folderInfo) await mkdir(folder, { recursive: true });
   for (const [what, path] of [['lease file', leaseFile], ['pid file', pidFileFor(leaseFile)]] as const) {
@@ -303,14 +304,20 @@ async function stopLeftover(leaseFile: string, bridge: string, graceMs: number, 
   await rm(pidFile, { force: true });
 }
 
-/** dnsmasq processes started the way this module starts them for `bridge`: pid, parent and lease file. */
+/**
+ * dnsmasq processes started the way this module starts them for `bridge`, in this network namespace (a
+ * bridge of the same name in another namespace is another bridge): pid, parent and lease file.
+ */
 async function managedOn(bridge: string): Promise<{ pid: number; parent: number; leaseFile: string }[]> {
   const found: { pid: number; parent: number; leaseFile: string }[] = [];
+  const ownNetwork = await readlink('/proc/self/ns/net').catch(() => undefined);
   const entries = await readdir('/proc').catch(() => [] as string[]);
   for (const entry of entries) {
     if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
     const argv = (await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
     if (!argv.includes('--no-daemon') || !argv.includes(`--interface=${bridge}`)) continue;
+    const network = await readlink(`/proc/${entry}/ns/net`).catch(() => undefined);
+    if (ownNetwork !== undefined && network !== undefined && network !== ownNetwork) continue;
     const leaseFile = argv.find((arg) => arg.startsWith('--dhcp-leasefile='))?.slice('--dhcp-leasefile='.length);
     const parent = await parentOf(Number(entry));
     if (leaseFile !== undefined && parent !== undefined) found.push({ pid: Number(entry), parent, leaseFile });

@@ -222,6 +222,11 @@ test('managed — a pid file or lease file that is not a regular file, or a leas
   const fileAsFolder = join(dir, 'not-a-folder');
   await writeFile(fileAsFolder, 'x');
   await assert.rejects(ManagedDnsmasq.start({ ...settings, leaseFile: join(fileAsFolder, 'br0.leases') }), /not-a-folder must be a folder \(for the lease file\), but it is a file/);
+  // A lease folder reached through a symlink (state kept on another disk) is a folder all the same.
+  await mkdir(join(dir, 'elsewhere'));
+  await symlink(join(dir, 'elsewhere'), join(dir, 'linked'));
+  const linked = await ManagedDnsmasq.start({ ...settings, leaseFile: join(dir, 'linked', 'br0.leases') });
+  await linked.stop();
 });
 
 test('managed — a second supervisor for a bridge another one serves is refused; the first one\'s dnsmasq runs on', { timeout: 30_000 }, async (t) => {
@@ -239,6 +244,19 @@ test('managed — a second supervisor for a bridge another one serves is refused
     });
     assert.ok(first.pid !== undefined && processAlive(first.pid), 'the first dnsmasq still runs');
   }
+});
+
+test('managed — a dnsmasq on a bridge of the same name in another network namespace is no conflict', { timeout: 30_000 }, async (t) => {
+  // Bridges are per network namespace: the tests run many "br0"s at once. Before this check, a managed
+  // dnsmasq in another namespace's br0 made every start here fail (a CI run failed 10 tests so).
+  const { settings, options, dir } = await setup(t, SERVE);
+  const elsewhere = spawn('unshare', ['--net', settings.managed.dnsmasqBinary, '--no-daemon', `--interface=${settings.managed.bridge}`, `--dhcp-leasefile=${join(dir, 'other.leases')}`], {
+    stdio: 'ignore',
+  });
+  t.after(() => void elsewhere.kill('SIGKILL'));
+  await until(async () => (await readFile(join(dir, 'other.leases'), 'utf8').catch(() => undefined)) !== undefined, 5_000, 'the other namespace\'s dnsmasq');
+  const here = await ManagedDnsmasq.start({ ...settings, leaseFile: options.leaseFile });
+  await here.stop();
 });
 
 test('managed — an agent process that exits at once (a second SIGTERM) takes its dnsmasq with it', { timeout: 30_000 }, async (t) => {
