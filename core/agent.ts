@@ -264,8 +264,10 @@ export class Agent {
   }
 }
 
+const SHUTDOWN_SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
+
 /**
- * Runs an agent until SIGTERM/SIGINT; resolves with the process exit code. The signals are taken from the
+ * Runs an agent until SIGTERM/SIGINT/SIGHUP; resolves with the process exit code. The signals are taken from the
  * start: one that comes while the agent starts (systemd stopping a unit whose plugins take a while to
  * init) lets the start finish and then stops the agent as usual, stop hooks included. A second signal, at
  * any time, means "now".
@@ -285,8 +287,9 @@ export async function runAgent(config: HostConfig, options: AgentOptions = {}): 
     if (starting) agent.log.info({ signal }, 'signal during start-up: stopping once the start is done');
     signalled(signal);
   };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
+  // SIGHUP too: a terminal that goes away would otherwise end the agent at once (Node's default), with no
+  // stop hook run and a managed dnsmasq left behind.
+  for (const name of SHUTDOWN_SIGNALS) process.on(name, onSignal);
   try {
     try {
       await agent.start();
@@ -299,7 +302,6 @@ export async function runAgent(config: HostConfig, options: AgentOptions = {}): 
     await agent.stop(await stopRequested);
     return 0;
   } finally {
-    process.off('SIGTERM', onSignal);
-    process.off('SIGINT', onSignal);
+    for (const name of SHUTDOWN_SIGNALS) process.off(name, onSignal);
   }
 }

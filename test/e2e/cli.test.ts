@@ -112,6 +112,16 @@ test('cli — SIGTERM lets the in-flight call finish, then the agent exits 0', a
   assert.match(agent.output(), /"msg":"stopped"/);
 });
 
+test('cli — SIGHUP (the terminal went away) shuts the agent down like SIGTERM, and it exits 0', async (t) => {
+  // Before, SIGHUP was not handled: Node's default killed the agent at once, with no stop hook (a managed
+  // dnsmasq then outlived it).
+  const { agent } = await agentWithTestkit(t);
+  agent.child.kill('SIGHUP');
+  assert.equal(await agent.exited, 0, agent.output());
+  assert.match(agent.output(), /"signal":"SIGHUP"|"reason":"SIGHUP"/);
+  assert.match(agent.output(), /"msg":"stopped"/);
+});
+
 test('cli — SIGTERM while the agent starts: it finishes starting, runs the stop hooks and exits 0', async (t) => {
   // Before, the signal handlers came only after start: a SIGTERM during a slow init (systemd stopping the
   // unit) killed the process outright, and no stop hook ran (a managed dnsmasq was left running).

@@ -7,8 +7,8 @@ import { findRawConfig } from '../config-source.ts';
 export const agentCommand: Command = {
   words: ['agent'],
   usage: `cloudlet agent [--config FILE]
-  Runs this host's agent until SIGTERM/SIGINT (a second signal exits at once). Logs go to stdout: readable
-  lines on a terminal, pino JSON otherwise (journald under systemd).`,
+  Runs this host's agent until SIGTERM, SIGINT or SIGHUP (a second signal exits at once). Logs go to
+  stdout: readable lines on a terminal, pino JSON otherwise (journald under systemd).`,
   flags: [],
   async run({ positionals, values }) {
     refuseConfigPositionals('agent', positionals);
