@@ -29,6 +29,9 @@ export const vmListCommand: Command = {
       const failed = hosts.filter((h) => !h.ok && h.error?.code !== NO_BACKEND);
       for (const h of failed) output.note(`warning: ${h.host} answered [${h.error?.code}] ${h.error?.message}`);
       for (const host of gathered.missing) output.note(`warning: ${host} ${whyMissing(gathered, host)}`);
+      // VMs whose vm.json the host cannot use (qemu-backend's `unusable`): not in the list, but not to be missed.
+      const unusable = hosts.flatMap((h) => ((h.result as { unusable?: { vm: string; file: string; problem: string }[] } | undefined)?.unusable ?? []).map((u) => ({ host: h.host, ...u })));
+      for (const u of unusable) output.note(`warning: ${u.host}: VM ${u.vm} is not listed: its record ${u.file} cannot be used (${u.problem}); "cloudlet vm delete ${u.vm}" removes it`);
       const ok = failed.length === 0 && gathered.missing.length === 0;
       output.result(vms.length === 0 ? 'no VMs' : vmTable(vms), {
         ok,
@@ -36,6 +39,7 @@ export const vmListCommand: Command = {
         hosts: hosts.map((h) => (h.ok ? { host: h.host, ok: true, vms: h.result?.vms.length ?? 0 } : { host: h.host, ok: false, error: h.error })),
         missing: gathered.missing,
         ...untrustedField(gathered),
+        ...(unusable.length > 0 && { unusable }),
       });
       return ok ? EXIT.OK : EXIT.ERROR_REPLY;
     } finally {

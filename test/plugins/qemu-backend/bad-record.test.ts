@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import test from 'node:test';
 import { makeRequest, type ReplyEnvelope } from '../../../core/envelope.ts';
 import { vmPaths, writeRecord, type VmRecord } from '../../../plugins/qemu-backend/state.ts';
-import { startAgent, tempDir } from '../../helpers.ts';
+import { runCli, startAgent, tempDir, writeConfig } from '../../helpers.ts';
 
 const good: VmRecord = {
   v: 1, id: 'test-host.goodgood', host: 'test-host', image: 'tiny', imageKind: 'kernel', memoryMiB: 64, vcpus: 1, mac: '02:aa:bb:cc:dd:01',
@@ -30,7 +30,7 @@ test('qemu-backend — unusable vm.json files: the agent starts, list-vms names 
     await mkdir(vmPaths(stateDir, id).dir);
     await writeFile(vmPaths(stateDir, id).record, text);
   }
-  const { client } = await startAgent(t, { plugins: [{ use: 'qemu-backend', options: { imagesDir: join(dir, 'images'), stateDir } }] });
+  const { client, socketPath } = await startAgent(t, { plugins: [{ use: 'qemu-backend', options: { imagesDir: join(dir, 'images'), stateDir } }] });
   const ask = (type: string, payload: unknown): Promise<ReplyEnvelope> => client.request(makeRequest({ type, payload, deadline: Date.now() + 30_000 }));
 
   const list = await ask('list-vms', {});
@@ -39,6 +39,16 @@ test('qemu-backend — unusable vm.json files: the agent starts, list-vms names 
   assert.deepEqual(listed.vms.map((vm) => vm.id), [good.id]);
   assert.deepEqual(listed.unusable.map((u) => u.vm).sort(), Object.keys(bad).sort());
   assert.match(listed.unusable.find((u) => u.vm === 'test-host.injected')?.problem ?? '', /^mac: /);
+
+  // The operator's list says so too (before, such a VM was simply not there).
+  const clientConfig = await writeConfig(dir, 'client.yaml', `transport:\n  kind: local\n  socket: ${socketPath}\n`);
+  const human = await runCli(['vm', 'list', '--config', clientConfig]);
+  assert.equal(human.code, 0, human.stderr);
+  assert.match(human.stdout, /test-host\.goodgood/);
+  assert.match(human.stderr, /warning: test-host: VM test-host\.injected is not listed: its record .*vm\.json cannot be used \(mac: .*\); "cloudlet vm delete test-host\.injected" removes it/);
+  assert.match(human.stderr, /warning: test-host: VM test-host\.nullnull is not listed/);
+  const json = await runCli(['vm', 'list', '--config', clientConfig, '--json']);
+  assert.deepEqual((JSON.parse(json.stdout) as { unusable: { host: string; vm: string }[] }).unusable.map((u) => `${u.host} ${u.vm}`).sort(), ['test-host test-host.injected', 'test-host test-host.nullnull']);
 
   for (const type of ['get-vm', 'start-vm']) {
     const refused = await ask(type, { vm: 'test-host.injected' });
