@@ -277,24 +277,15 @@ async function recordPid(pidFile: string, pid: number): Promise<void> {
  * killed. So is any other dnsmasq this way managing the same bridge with another lease file.
  */
 async function stopLeftover(leaseFile: string, bridge: string, graceMs: number, log: PluginLogger): Promise<void> {
-  for (const other of await managedOn(bridge)) {
-    if (other.leaseFile === leaseFile || other.parent === 1 || !alive(other.parent)) continue;
-    throw new CloudletError('DNSMASQ_START_FAILED', `dnsmasq pid ${other.pid} already serves DHCP on ${bridge} for process ${other.parent} (another agent?); two DHCP servers on one bridge give out conflicting addresses`, {
-      details: { bridge, pid: other.pid, parent: other.parent, leaseFile: other.leaseFile },
-    });
-  }
+  for (const other of await managedOn(bridge)) refuseIfSupervised(other.pid, await supervisorOf(other.pid), bridge, other.leaseFile);
   const pidFile = pidFileFor(leaseFile);
   const pid = Number.parseInt(await readFile(pidFile, 'utf8').catch(() => ''), 10);
   if (!(pid > 0)) return;
   // The pid may have been reused since: only a dnsmasq writing this very lease file is ours.
   const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
   if (cmdline.split('\0').includes(`--dhcp-leasefile=${leaseFile}`)) {
-    const parent = await parentOf(pid);
-    if (parent !== undefined && parent !== 1 && alive(parent)) {
-      throw new CloudletError('DNSMASQ_START_FAILED', `dnsmasq pid ${pid} already serves DHCP on ${bridge} with ${leaseFile}, for process ${parent} (another agent with the same lease file?)`, {
-        details: { bridge, pid, parent, leaseFile },
-      });
-    }
+    // Found above already when it serves this bridge; asked again for one started for another bridge.
+    refuseIfSupervised(pid, await supervisorOf(pid), bridge, leaseFile);
     log.warn({ pid, leaseFile }, 'stopping a dnsmasq left running by an earlier agent');
     signal(pid, 'SIGTERM', bridge);
     const deadline = performance.now() + graceMs;
@@ -304,12 +295,19 @@ async function stopLeftover(leaseFile: string, bridge: string, graceMs: number, 
   await rm(pidFile, { force: true });
 }
 
+function refuseIfSupervised(pid: number, supervisor: number | undefined, bridge: string, leaseFile: string): void {
+  if (supervisor === undefined) return;
+  throw new CloudletError('DNSMASQ_START_FAILED', `dnsmasq pid ${pid} already serves DHCP on ${bridge} (lease file ${leaseFile}) for process ${supervisor} (another agent?); two DHCP servers on one bridge give out conflicting addresses`, {
+    details: { bridge, pid, parent: supervisor, leaseFile },
+  });
+}
+
 /**
  * dnsmasq processes started the way this module starts them for `bridge`, in this network namespace (a
- * bridge of the same name in another namespace is another bridge): pid, parent and lease file.
+ * bridge of the same name in another namespace is another bridge): pid and lease file.
  */
-async function managedOn(bridge: string): Promise<{ pid: number; parent: number; leaseFile: string }[]> {
-  const found: { pid: number; parent: number; leaseFile: string }[] = [];
+async function managedOn(bridge: string): Promise<{ pid: number; leaseFile: string }[]> {
+  const found: { pid: number; leaseFile: string }[] = [];
   const ownNetwork = await readlink('/proc/self/ns/net').catch(() => undefined);
   const entries = await readdir('/proc').catch(() => [] as string[]);
   for (const entry of entries) {
@@ -319,16 +317,16 @@ async function managedOn(bridge: string): Promise<{ pid: number; parent: number;
     const network = await readlink(`/proc/${entry}/ns/net`).catch(() => undefined);
     if (ownNetwork !== undefined && network !== undefined && network !== ownNetwork) continue;
     const leaseFile = argv.find((arg) => arg.startsWith('--dhcp-leasefile='))?.slice('--dhcp-leasefile='.length);
-    const parent = await parentOf(Number(entry));
-    if (leaseFile !== undefined && parent !== undefined) found.push({ pid: Number(entry), parent, leaseFile });
+    if (leaseFile !== undefined) found.push({ pid: Number(entry), leaseFile });
   }
   return found;
 }
 
-async function parentOf(pid: number): Promise<number | undefined> {
+/** The live process that `pid` is the child of, unless that is init: a killed agent's dnsmasq is re-parented to it. */
+async function supervisorOf(pid: number): Promise<number | undefined> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
-  const match = /^PPid:\s+(\d+)$/m.exec(status);
-  return match ? Number(match[1]) : undefined;
+  const parent = Number(/^PPid:\s+(\d+)$/m.exec(status)?.[1]);
+  return parent > 1 && alive(parent) ? parent : undefined;
 }
 
 function alive(pid: number): boolean {

@@ -26,7 +26,7 @@ export default defineHandler(getConsoleLogPayload, qemuOptionsSchema, async ({ v
     const fileBytes = (await handle.stat()).size;
     // A cut in the middle of a UTF-8 sequence or a line: drop the partial first line unless it is all there is.
     let text = new TextDecoder('utf-8', { fatal: false }).decode(await readTail(handle, fileBytes, maxBytes));
-    if (Math.min(fileBytes, maxBytes) < fileBytes && text.includes('\n')) text = text.slice(text.indexOf('\n') + 1);
+    if (maxBytes < fileBytes && text.includes('\n')) text = text.slice(text.indexOf('\n') + 1);
     const all = text.split('\n');
     const trailingNewline = all[all.length - 1] === '';
     const complete = trailingNewline ? all.slice(0, -1) : all;

@@ -251,7 +251,7 @@ test('discovery — a wait whose VM stops ends at once with IP_NOT_FOUND naming 
   setTimeout(() => (running = false), 300);
   const started = Date.now();
   await assert.rejects(
-    find(strategiesOf(['none', fixed([])]), { wait: true, timeoutMs: 20_000, includeLinkLocal: false, stillRunning: async () => running }),
+    find(strategiesOf(['none', fixed([])]), { wait: true, timeoutMs: 60_000, includeLinkLocal: false, stillRunning: async () => running }),
     (error: { code: string; message: string; details: unknown }) => {
       assert.equal(error.code, 'IP_NOT_FOUND');
       assert.deepEqual(error.details, { vm: record.id, state: 'stopped' });
@@ -259,5 +259,6 @@ test('discovery — a wait whose VM stops ends at once with IP_NOT_FOUND naming 
       return true;
     },
   );
-  assert.ok(Date.now() - started < 5_000, `took ${Date.now() - started} ms`);
+  // A did-not-wait bound against the minute's timeout, not a timing target.
+  assert.ok(Date.now() - started < 20_000, `took ${Date.now() - started} ms`);
 });

@@ -49,14 +49,15 @@ test('qmp — lines that are JSON but not objects, and an error that is not one,
   });
 });
 
-test('qmp — a monitor that closes before it greets fails connect at once, saying so', { timeout: 10_000 }, async (t) => {
+test('qmp — a monitor that closes before it greets fails connect at once, saying so', { timeout: 60_000 }, async (t) => {
   // Before, connect waited out its whole timeout (5 s for every stop or get-vm of a QEMU that is exiting),
   // then said "no QMP greeting".
   const path = `${await tempDir(t, 'cloudlet-qmp-')}/qmp.sock`;
   await standInSocket(t, path, (socket) => socket.end());
+  // A minute's timeout: failing well before it can only be the close (a did-not-wait bound, not a timing target).
   const started = Date.now();
-  await assert.rejects(QmpClient.connect(path, 5_000), /the QMP connection closed before QEMU greeted/);
-  assert.ok(Date.now() - started < 2_000, `took ${Date.now() - started} ms`);
+  await assert.rejects(QmpClient.connect(path, 60_000), /the QMP connection closed before QEMU greeted/);
+  assert.ok(Date.now() - started < 30_000, `took ${Date.now() - started} ms`);
 });
 
 test('qmp — a line longer than 1 MiB ends the connection with QMP_FAILED, not a growing buffer', { timeout: 10_000 }, async (t) => {
