@@ -10,13 +10,25 @@ import type { AgentTransport, ClientTransport } from './transport.ts';
 
 export type { AgentTransport, ClientTransport } from './transport.ts';
 
-/** Time allowed, beyond shutdown.graceMs, for a stopping agent's stop hooks and threads before a successor gives up. */
-const STOP_HOOKS_MARGIN_MS = 30_000;
+/** Time allowed, beyond the drain and the stop hooks' limits, for a stopping agent's threads and transport to close. */
+const STOP_MARGIN_MS = 30_000;
+
+/**
+ * How long a start waits for an agent that says it is stopping on the same socket path: that agent drains
+ * for up to shutdown.graceMs, then runs its plugins' stop hooks one after another, each for up to
+ * shutdown.stopHookMs, then ends its threads. A successor that gave up sooner would fail a restart whose
+ * old agent was merely slow to stop.
+ */
+export function successorWaitMs(shutdown: { graceMs: number; stopHookMs: number }, stopHooks: number): number {
+  return shutdown.graceMs + stopHooks * shutdown.stopHookMs + STOP_MARGIN_MS;
+}
 
 export interface AgentTransportContext {
   hostId: string;
   log: Logger;
   identity: { version: string; plugins: string[]; startedAt: number };
+  /** How many of the host's plugins have a stop hook (see successorWaitMs). */
+  stopHooks: number;
 }
 
 export function createAgentTransport(config: CoreConfig, context: AgentTransportContext): AgentTransport {
@@ -29,7 +41,7 @@ export function createAgentTransport(config: CoreConfig, context: AgentTransport
         maxMessageBytes: config.limits.maxMessageBytes,
         log: context.log.child({ transport: 'local' }),
         // A successor started during this path's agent's stop waits out its drain and its stop hooks.
-        stoppingWaitMs: config.shutdown.graceMs + STOP_HOOKS_MARGIN_MS,
+        stoppingWaitMs: successorWaitMs(config.shutdown, context.stopHooks),
       });
     case 'amqp':
       return new AmqpAgentTransport({
