@@ -70,7 +70,7 @@ export class Agent {
         hostId: config.hostId,
         log: this.log,
         identity: { version: AGENT_VERSION, plugins: config.plugins.map((p) => p.plugin.name), startedAt: this.host.startedAt },
-        stopHooks: config.plugins.filter((p) => p.plugin.stop).length,
+        stopHooks: config.plugins.filter((p) => p.plugin.hooks?.stop).length,
       });
   }
 

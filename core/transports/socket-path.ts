@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import process from 'node:process';
 import { parseArgs } from 'node:util';
 import { FLAGS } from '../cli/args.ts';
+import { seconds } from '../cli/output.ts';
 import { cloudletError } from '../errors.ts';
 
 /** `/run/cloudlet/agent.sock` for root (a system service); a per-user path otherwise. */
@@ -173,7 +174,7 @@ export async function lockSocketPath(socketPath: string, options: SocketPathLock
     if (said === 'stopping' && !waitedForStop) {
       waitedForStop = true;
       giveUpAt = Math.max(giveUpAt, Date.now() + (options.stoppingWaitMs ?? waitMs));
-      options.onWaiting?.(`another agent is stopping on ${socketPath}; waiting for it to finish`);
+      options.onWaiting?.(`another agent is stopping on ${socketPath}; waiting up to ${seconds(options.stoppingWaitMs ?? waitMs)} for it to finish`);
     }
     if (Date.now() >= giveUpAt) {
       const search = findLockHolder(name);

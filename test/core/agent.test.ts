@@ -7,6 +7,10 @@ import { createConnection } from 'node:net';
 import { rawExchange, startAgent, testkitPath } from '../helpers.ts';
 import { checkHostConfig } from '../../core/config/host-config.ts';
 import { rawConfigFrom } from '../../core/config/load.ts';
+import { dirname, join } from 'node:path';
+import { Agent } from '../../core/agent.ts';
+import { loadHostConfig } from '../../core/config/host-config.ts';
+import { createLogger, memoryDestination } from '../../core/logger.ts';
 
 const withTestkit = { plugins: [{ use: testkitPath, options: { greeting: 'hey' } }] };
 
@@ -270,6 +274,27 @@ test('agent — a plugin hook that throws anything (an Error, a string, null, un
       });
     });
   }
+});
+
+test('agent — a restart waits for the old agent\'s slow stop hook: drain, each stop hook\'s limit, then a margin', { timeout: 60_000 }, async (t) => {
+  // Before, the successor waited shutdown.graceMs + 30 s whatever the stop hooks: two hooks near their
+  // 15 s limit made a supervised restart fail with AGENT_ALREADY_RUNNING.
+  const stopHangs = fileURLToPath(new URL('../fixtures/plugins/stop-hangs/index.ts', import.meta.url));
+  const config = { plugins: [{ use: testkitPath }, { use: stopHangs }], shutdown: { graceMs: 0, stopHookMs: 1_500 } };
+  const old = await startAgent(t, config);
+  const stopping = old.agent.stop('restart');
+  const memory = memoryDestination();
+  const dir = dirname(old.socketPath);
+  const successor = new Agent(
+    await loadHostConfig(rawConfigFrom({ host: { id: 'test-host' }, transport: { kind: 'local', socket: old.socketPath }, ...config }, join(dir, 'cloudlet.yaml'))),
+    { logger: createLogger({ level: 'debug', format: 'json', destination: memory.stream }) },
+  );
+  t.after(() => successor.stop('test finished'));
+  await successor.start();
+  await stopping;
+  // One plugin (stop-hangs) has a stop hook: 0 + 1 × 1.5 s + 30 s.
+  const waited = memory.lines().find((l) => String(l.msg).startsWith('another agent is stopping'));
+  assert.equal(waited?.msg, `another agent is stopping on ${old.socketPath}; waiting up to 31.5 s for it to finish`);
 });
 
 test('agent — a stop hook that never finishes is given up on after shutdown.stopHookMs, and the agent stops', { timeout: 30_000 }, async (t) => {

@@ -400,7 +400,7 @@ test('local — a start waits for an agent that says it is stopping only up to s
     assert.deepEqual(error.details, { socketPath, holderPid: process.pid, holderState: 'stopping' });
     return true;
   });
-  assert.deepEqual(infos, [`another agent is stopping on ${socketPath}; waiting for it to finish`]);
+  assert.deepEqual(infos, [`another agent is stopping on ${socketPath}; waiting up to 0.3 s for it to finish`]);
 
   const patient = new LocalAgentTransport({ socketPath, hostId: 'h1', maxMessageBytes: 1 << 20, lockWaitMs: 0, stoppingWaitMs: 60_000 });
   t.after(() => patient.close());
