@@ -43,8 +43,10 @@ export interface IpDiscoveryContext<Options = unknown> {
   signal: AbortSignal;
   log: PluginLogger;
   /**
-   * The caller asks about many VMs at once (list-vms): answer from what is known now and quickly — no
-   * active probing, short waits. Absent means false. Added in core API 1.6.
+   * Answer from what is known now and quickly — no active probing, short waits. The caller asks about many
+   * VMs at once (list-vms), or re-asks within a wait: get-vm-ip's wait asks actively first and then at most
+   * every 10 s, passively in between, so a strategy that probes probes at most that often per wait. Absent
+   * means false. Added in core API 1.6.
    */
   passive?: boolean;
   /**

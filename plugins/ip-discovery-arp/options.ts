@@ -25,8 +25,9 @@ export const probeOptionsSchema = z
     /** Datagrams per sweep at most; a larger subnet is cut to its first addresses (narrow it with `cidr`). */
     maxAddresses: z.number().int().min(1).max(MAX_PROBE_ADDRESSES).default(256),
     /**
-     * Datagrams per second of one probe sweep. Each get-vm-ip that probes sweeps on its own: several at once
-     * (VMs created together) add up, up to get-vm-ip's threads × tasks per thread sweeps.
+     * Datagrams per second of one probe sweep. Each get-vm-ip that probes sweeps on its own (a waiting one
+     * at most every 10 s): several at once (VMs created together) add up, up to get-vm-ip's threads × tasks
+     * per thread sweeps.
      */
     ratePerSecond: z.number().int().min(1).max(5_000).default(200),
     /** Sweep only this range; it must lie inside one of the bridge's IPv4 subnets. Default: the whole subnet. */

@@ -18,13 +18,22 @@ const RECHECK_MS = 500;
 const CHANGE_RECHECK_MS = 1_000;
 /** A watcher that fires sooner than this after being set up saw nothing new happen: it is spinning. */
 const IMMEDIATE_FIRE_MS = 50;
+/**
+ * A wait's re-asks are passive except this often: an active ask may make a strategy probe (ip-discovery-arp
+ * sweeps the bridge subnet), and re-asking on every tick swept it about once a second for the whole wait.
+ */
+export const ACTIVE_ASK_EVERY_MS = 10_000;
 
 export interface AddressQuery {
   includeLinkLocal: boolean;
   wait: boolean;
   timeoutMs: number;
-  /** Many VMs at once (list-vms): strategies answer from what they know, without probing. */
+  /**
+   * Many VMs at once (list-vms): strategies answer from what they know, without probing. A wait asks
+   * actively first, then passively except every `activeEveryMs` (default ACTIVE_ASK_EVERY_MS).
+   */
   passive?: boolean;
+  activeEveryMs?: number;
   /** One memo for every ask of a list, so strategies read a per-host source once (IpDiscoveryContext.shared). */
   shared?: Map<string, Promise<unknown>>;
   /**
@@ -113,7 +122,13 @@ async function waitForAddresses(
   ctx: Pick<HandlerContext, 'signal' | 'log' | 'progress'>,
   askSignal: AbortSignal,
 ): Promise<DiscoveredAddress[]> {
-  const ask = () => askOnce(strategies, vm, options.ipDiscovery.mode, query, ctx, askSignal);
+  const activeEveryMs = query.activeEveryMs ?? ACTIVE_ASK_EVERY_MS;
+  let lastActiveAt = 0;
+  const ask = () => {
+    const passive = (query.passive ?? false) || Date.now() - lastActiveAt < activeEveryMs;
+    if (!passive) lastActiveAt = Date.now();
+    return askOnce(strategies, vm, options.ipDiscovery.mode, { ...query, passive }, ctx, askSignal);
+  };
   let addresses = await ask();
   if (addresses.length > 0 || strategies.length === 0) return addresses;
 

@@ -262,3 +262,36 @@ test('discovery — a wait whose VM stops ends at once with IP_NOT_FOUND naming 
   // A did-not-wait bound against the minute's timeout, not a timing target.
   assert.ok(Date.now() - started < 20_000, `took ${Date.now() - started} ms`);
 });
+
+test('discovery — a wait re-asks passively between active asks, so a probing strategy sweeps at most once per interval', { timeout: 30_000 }, async () => {
+  // Before, every re-ask of a wait (each tick, each change elsewhere) was active: ip-discovery-arp with
+  // probe.enabled swept the bridge subnet again about once a second for the whole wait.
+  const asks: { at: number; passive: boolean }[] = [];
+  const started = Date.now();
+  const recording: IpDiscoveryStrategy = {
+    async discover(_vm, context) {
+      asks.push({ at: Date.now() - started, passive: context.passive ?? false });
+      return [];
+    },
+  };
+  const answer = await find(strategiesOf(['probing', recording]), { wait: true, timeoutMs: 4_000, includeLinkLocal: false, activeEveryMs: 1_500 });
+  assert.deepEqual(answer.addresses, []);
+  const active = asks.filter((a) => !a.passive);
+  assert.ok(asks.length >= 6, `only ${asks.length} asks in 4 s at a 500 ms tick`);
+  assert.equal(asks[0]?.passive, false, 'the first ask of a wait is active');
+  assert.ok(active.length >= 2 && active.length <= 3, `active asks at ${JSON.stringify(active.map((a) => a.at))} ms`);
+  for (let i = 1; i < active.length; i++) assert.ok(active[i]!.at - active[i - 1]!.at >= 1_500, `active asks at ${JSON.stringify(active.map((a) => a.at))} ms`);
+});
+
+test('discovery — a passive query stays passive in every ask of its wait', { timeout: 30_000 }, async () => {
+  const passive: boolean[] = [];
+  const recording: IpDiscoveryStrategy = {
+    async discover(_vm, context) {
+      passive.push(context.passive ?? false);
+      return [];
+    },
+  };
+  const answer = await find(strategiesOf(['probing', recording]), { wait: true, timeoutMs: 1_200, includeLinkLocal: false, passive: true, activeEveryMs: 100 });
+  assert.deepEqual(answer.addresses, []);
+  assert.ok(passive.length >= 2 && passive.every(Boolean), JSON.stringify(passive));
+});
