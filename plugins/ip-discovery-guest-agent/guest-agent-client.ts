@@ -4,12 +4,6 @@
  */
 import { createConnection } from 'node:net';
 
-export interface GuestInterface {
-  name: string;
-  'hardware-address'?: string;
-  'ip-addresses'?: { 'ip-address-type': 'ipv4' | 'ipv6'; 'ip-address': string; prefix: number }[];
-}
-
 /** The agent's answers are small; a longer line is a guest gone wrong, not one to buffer further. */
 const MAX_LINE_BYTES = 1024 * 1024;
 
