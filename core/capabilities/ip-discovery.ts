@@ -77,7 +77,11 @@ export function readOnce<T>(context: Pick<IpDiscoveryContext, 'shared'>, key: st
 }
 
 export interface IpDiscoveryStrategy<Options = unknown> {
-  /** Addresses known now for the VM (all scopes; the caller filters). Never throws for "nothing found". */
+  /**
+   * Addresses known now for the VM (all scopes; the caller filters). Never throws for "nothing found".
+   * qemu-backend leaves out, with a warning naming the plugin, any entry whose `address` is not an IP
+   * address of its `family`, or whose `scope` is not one of AddressScope.
+   */
   discover(vm: VmNetworkIdentity, context: IpDiscoveryContext<Options>): Promise<DiscoveredAddress[]>;
   /**
    * Optional: resolves when something changed that may reveal an address for the VM (the lease file was

@@ -4,7 +4,8 @@
  * neighbour appearing) and re-asks, until an address is known or the time is up.
  */
 import { loadProviders, type HandlerContext } from '../../core/plugin-api.ts';
-import type { DiscoveredAddress, IpDiscoveryStrategy, VmNetworkIdentity } from '../../core/capabilities/ip-discovery.ts';
+import { isIP } from 'node:net';
+import type { AddressScope, DiscoveredAddress, IpDiscoveryStrategy, VmNetworkIdentity } from '../../core/capabilities/ip-discovery.ts';
 import type { QemuOptions } from './options.ts';
 import { qemuError } from './errors.ts';
 import { vmPaths, type VmRecord } from './state.ts';
@@ -81,12 +82,43 @@ async function askOnce(strategies: Strategy[], vm: VmNetworkIdentity, mode: 'fir
     } catch (error) {
       ctx.log.warn({ strategy: strategy.plugin, vm: vm.vm, err: error }, 'ip-discovery strategy failed; trying the next');
     }
-    const usable = found.filter((a) => query.includeLinkLocal || a.scope === 'global');
+    const usable = wellFormed(found, strategy.plugin, ctx).filter((a) => query.includeLinkLocal || a.scope === 'global');
     if (usable.length === 0) continue;
     if (mode === 'first') return usable;
     for (const address of usable) if (!merged.some((m) => m.address === address.address)) merged.push(address);
   }
   return merged;
+}
+
+const FAMILY_OF_IP = { 4: 'ipv4', 6: 'ipv6' } as const;
+const SCOPES: readonly unknown[] = ['global', 'link-local', 'loopback'] satisfies AddressScope[];
+
+/**
+ * The addresses of a strategy's answer that are what the capability promises. Strategies may be third-party
+ * plugins and their answers go into replies and onto the operator's terminal: a malformed one is left out,
+ * with a warning naming the strategy (not quoting what it sent).
+ */
+function wellFormed(found: unknown, plugin: string, ctx: Pick<HandlerContext, 'log'>): DiscoveredAddress[] {
+  if (!Array.isArray(found)) {
+    const kind = found === null ? 'null' : typeof found === 'object' ? 'an object' : `a ${typeof found}`;
+    ctx.log.warn({ strategy: plugin }, `ip-discovery strategy "${plugin}" answered with ${kind}, not a list of addresses; ignored`);
+    return [];
+  }
+  const good = found.filter(
+    (a: unknown): a is DiscoveredAddress =>
+      typeof a === 'object' &&
+      a !== null &&
+      typeof (a as DiscoveredAddress).address === 'string' &&
+      FAMILY_OF_IP[isIP((a as DiscoveredAddress).address) as 4 | 6] === (a as DiscoveredAddress).family &&
+      SCOPES.includes((a as DiscoveredAddress).scope),
+  );
+  if (good.length < found.length) {
+    ctx.log.warn(
+      { strategy: plugin, malformed: found.length - good.length },
+      `ip-discovery strategy "${plugin}" answered ${found.length - good.length} malformed address(es) (each needs an IP address of its family, a family and a scope); left out`,
+    );
+  }
+  return good;
 }
 
 export async function findAddresses(

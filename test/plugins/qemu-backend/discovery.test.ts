@@ -295,3 +295,40 @@ test('discovery — a passive query stays passive in every ask of its wait', { t
   assert.deepEqual(answer.addresses, []);
   assert.ok(passive.length >= 2 && passive.every(Boolean), JSON.stringify(passive));
 });
+
+test('discovery — what a strategy returns is checked: a non-list or a malformed address is left out with a warning', async () => {
+  // Strategies may be third-party plugins: their answers reach replies and the CLI's terminal output.
+  const warnings: { fields: Record<string, unknown>; message: string }[] = [];
+  const warnLog = { ...log, warn: (fields: Record<string, unknown>, message: string) => void warnings.push({ fields, message }) };
+  const sloppy: IpDiscoveryStrategy = {
+    async discover() {
+      return [
+        address('10.0.0.5', 'sloppy'),
+        { ...address('10.0.0.6', 'sloppy'), address: '\u001b[31m10.0.0.6' },
+        { ...address('10.0.0.7', 'sloppy'), family: 'ipv6' },
+        { ...address('10.0.0.8', 'sloppy'), scope: 'everywhere' },
+        null,
+      ] as unknown as DiscoveredAddress[];
+    },
+  };
+  const notAList: IpDiscoveryStrategy = {
+    async discover() {
+      return { address: '10.0.0.9' } as unknown as DiscoveredAddress[];
+    },
+  };
+  const answer = await findAddresses(
+    qemuOptionsSchema.parse({ imagesDir: '/i', ipDiscovery: { mode: 'merge' } }),
+    strategiesOf(['not-a-list', notAList], ['sloppy', sloppy]),
+    record,
+    { wait: false, timeoutMs: 0, includeLinkLocal: true },
+    { ...ctx, log: warnLog },
+  );
+  assert.deepEqual(answer.addresses.map((a) => a.address), ['10.0.0.5']);
+  assert.deepEqual(
+    warnings.map((w) => [w.fields.strategy, w.message]),
+    [
+      ['not-a-list', 'ip-discovery strategy "not-a-list" answered with an object, not a list of addresses; ignored'],
+      ['sloppy', 'ip-discovery strategy "sloppy" answered 4 malformed address(es) (each needs an IP address of its family, a family and a scope); left out'],
+    ],
+  );
+});
