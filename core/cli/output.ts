@@ -5,8 +5,11 @@ import { formatProblem, type ConfigProblem } from '../config/problems.ts';
 
 export interface Output {
   json: boolean;
-  /** The result of the command: stdout. */
-  result(human: string, machine: unknown): void;
+  /**
+   * The result of the command: stdout. The human text is printed terminal-safe (see terminalSafe);
+   * `colours` keeps colour sequences and CRLF line ends, for a guest's console log.
+   */
+  result(human: string, machine: unknown, options?: { colours?: boolean }): void;
   /** Progress and notes: stderr, so stdout stays parseable; nothing with --json. */
   note(text: string): void;
   /** An error, with its code and a hint; `host` when an agent answered with it. */
@@ -43,11 +46,12 @@ export function createOutput(json: boolean, streams: { stdout?: NodeJS.WritableS
   const stderr = streams.stderr ?? process.stderr;
   return {
     json,
-    result(human, machine) {
-      stdout.write(json ? `${JSON.stringify(machine, null, 2)}\n` : human.endsWith('\n') ? human : `${human}\n`);
+    result(human, machine, options = {}) {
+      const text = terminalSafe(human, options);
+      stdout.write(json ? `${JSON.stringify(machine, null, 2)}\n` : text.endsWith('\n') ? text : `${text}\n`);
     },
     note(text) {
-      if (!json) stderr.write(`${text}\n`);
+      if (!json) stderr.write(`${terminalSafe(text)}\n`);
     },
     error(error, host) {
       if (json) {
@@ -57,9 +61,32 @@ export function createOutput(json: boolean, streams: { stdout?: NodeJS.WritableS
       const body = errorBody(error);
       const ownHint = (error.details as { hint?: unknown } | undefined)?.hint;
       const hint = typeof ownHint === 'string' ? ownHint : HINTS[error.code];
-      stderr.write(`error [${error.code}]${host ? ` from ${host}` : ''}: ${body}\n${hint ? `hint: ${hint}\n` : ''}`);
+      stderr.write(terminalSafe(`error [${error.code}]${host ? ` from ${host}` : ''}: ${body}\n${hint ? `hint: ${hint}\n` : ''}`));
     },
   };
+}
+
+// C0 controls but tab and newline, DEL, C1 controls, and the bidirectional embeddings, overrides and isolates.
+// eslint-disable-next-line no-control-regex
+const UNSAFE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g;
+// eslint-disable-next-line no-control-regex
+const COLOUR_OR_UNSAFE = /(\u001b\[[0-9;]{0,32}m|\r\n)|[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g;
+
+/**
+ * Text for a terminal: what the CLI prints comes in part from hosts, plugins and guests, and printed raw an
+ * escape sequence can retitle the window, write the clipboard (OSC 52) or hide text (a carriage return, a
+ * bidi override). Such characters are shown escaped (`\x1b`, `\r`, `\u202e`); newlines and tabs stay.
+ * `colours` also keeps SGR colour sequences and CRLF line ends, as `less -R` does, for a console log.
+ */
+export function terminalSafe(text: string, options: { colours?: boolean } = {}): string {
+  if (!options.colours) return text.replace(UNSAFE, escapeCharacter);
+  return text.replace(COLOUR_OR_UNSAFE, (match: string, kept: string | undefined) => (kept === undefined ? escapeCharacter(match) : kept));
+}
+
+function escapeCharacter(character: string): string {
+  if (character === '\r') return '\\r';
+  const code = character.charCodeAt(0);
+  return code < 0x100 ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
 }
 
 /**

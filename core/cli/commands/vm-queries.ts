@@ -110,7 +110,7 @@ export const vmConsoleLogCommand: Command = {
       const reply = await client.request('get-console-log', payload, { target: targetFor(client, values.host, payload), deadline: deadlineAfter(timeoutFlag(values)) });
       const result = resultOf<{ vm: string; text: string; lines: number; bytes: number; fileBytes: number; truncated: boolean }>(reply);
       if (result.truncated) output.note(`(the last ${result.lines} line(s), ${result.bytes} of ${result.fileBytes} bytes)`);
-      output.result(result.text, { ok: true, host: reply.host, ...result });
+      output.result(result.text, { ok: true, host: reply.host, ...result }, { colours: true });
       return EXIT.OK;
     } finally {
       await client.close();

@@ -31,3 +31,31 @@ test('output — well-formed problems are still listed one by one', () => {
   const text = printed({ problems: [{ code: 'CONFIG_INVALID', file: 'c.yaml', path: 'state.dir', message: 'wrong type', found: '1 (number)', allowed: 'string' }] });
   assert.match(text, /1 problem\(s\):\n\[CONFIG_INVALID\] c\.yaml: state\.dir: wrong type\n {4}found: {3}1 \(number\)\n {4}allowed: string\n/);
 });
+
+test('output — text from the wire cannot drive the terminal: control characters are shown escaped, lines kept', () => {
+  // A host (or a guest, through a plugin) chooses these bytes; printed raw, an escape sequence can retitle
+  // the window, write the clipboard (OSC 52), hide text with a carriage return or reorder it (bidi).
+  const hostile = 'line one\nbad \u001b]0;title\u0007 \u001b[2J \r hidden \u009b31m \u202eevil\u202c \u007f\ttab';
+  const shown = 'line one\nbad \\x1b]0;title\\x07 \\x1b[2J \\r hidden \\x9b31m \\u202eevil\\u202c \\x7f\ttab';
+  const stdout = capture();
+  const stderr = capture();
+  const output = createOutput(false, { stdout: stdout.stream, stderr: stderr.stream });
+  output.result(hostile, {});
+  output.note(hostile);
+  output.error(CloudletError.fromWire({ code: 'HANDLER_ERROR', message: hostile }), 'h\u001b[1m1');
+  assert.equal(stdout.text(), `${shown}\n`);
+  assert.equal(stderr.text(), `${shown}\nerror [HANDLER_ERROR] from h\\x1b[1m1: ${shown}\n`);
+});
+
+test('output — a console log keeps its colours and CRLF line ends, nothing else that drives the terminal', () => {
+  const stdout = capture();
+  createOutput(false, { stdout: stdout.stream }).result('\u001b[0;32m  OK  \u001b[0m Started\r\nclip \u001b]52;c;aGk=\u0007 \r over', {}, { colours: true });
+  assert.equal(stdout.text(), '\u001b[0;32m  OK  \u001b[0m Started\r\nclip \\x1b]52;c;aGk=\\x07 \\r over\n');
+});
+
+test('output — --json output is left to JSON, which escapes what it must', () => {
+  const stdout = capture();
+  createOutput(true, { stdout: stdout.stream }).result('ignored', { text: 'a\u001b[2Jb' });
+  assert.equal(JSON.parse(stdout.text()).text, 'a\u001b[2Jb');
+  assert.ok(!stdout.text().includes('\u001b'));
+});
