@@ -10,6 +10,8 @@ import type { QemuOptions } from './options.ts';
 import { qemuError } from './errors.ts';
 import { vmPaths, type VmRecord } from './state.ts';
 
+/** A wait that the message's deadline cuts ends this long before it, leaving time for the reply to travel. */
+export const ANSWER_MARGIN_MS = 250;
 /** Strategies without change notifications are re-asked this often while waiting. */
 const RECHECK_MS = 500;
 /**
@@ -35,6 +37,11 @@ export interface AddressQuery {
    */
   passive?: boolean;
   activeEveryMs?: number;
+  /**
+   * When the answer must be sent (the message's deadline, epoch ms): a wait ends ANSWER_MARGIN_MS before
+   * it if that comes before `timeoutMs`, so the caller gets the wait's own answer, not the deadline's.
+   */
+  answerBy?: number;
   /** One memo for every ask of a list, so strategies read a per-host source once (IpDiscoveryContext.shared). */
   shared?: Map<string, Promise<unknown>>;
   /**
@@ -48,6 +55,10 @@ export interface AddressAnswer {
   addresses: DiscoveredAddress[];
   /** The strategies asked, in order. */
   strategies: string[];
+  /** The wait was ended early by `answerBy` (it had `timeoutMs` left otherwise). */
+  cutByDeadline?: boolean;
+  /** How long the wait was allowed: `timeoutMs`, or less when `answerBy` came first. */
+  waitMs?: number;
 }
 
 export function identityOf(options: QemuOptions, record: VmRecord): VmNetworkIdentity {
@@ -134,11 +145,13 @@ export async function findAddresses(
   if (!query.wait || query.timeoutMs === 0) return answer(await askOnce(strategies, vm, options.ipDiscovery.mode, query, ctx, ctx.signal));
   // The caller's timeout covers the whole call, the first ask included; an ask still running then is cut.
   // (A plain timer, not AbortSignal.timeout: that one is unref'd and would not keep a worker's loop alive.)
-  const deadline = Date.now() + query.timeoutMs;
+  const allowedMs = query.answerBy === undefined ? query.timeoutMs : Math.max(0, Math.min(query.timeoutMs, query.answerBy - ANSWER_MARGIN_MS - Date.now()));
+  const cut = { cutByDeadline: allowedMs < query.timeoutMs, waitMs: allowedMs };
+  const deadline = Date.now() + allowedMs;
   const waitOver = new AbortController();
-  const timer = setTimeout(() => waitOver.abort(), query.timeoutMs);
+  const timer = setTimeout(() => waitOver.abort(), allowedMs);
   try {
-    return answer(await waitForAddresses(strategies, vm, record, options, query, deadline, ctx, AbortSignal.any([ctx.signal, waitOver.signal])));
+    return { ...answer(await waitForAddresses(strategies, vm, record, options, query, deadline, ctx, AbortSignal.any([ctx.signal, waitOver.signal]))), ...cut };
   } finally {
     clearTimeout(timer);
   }

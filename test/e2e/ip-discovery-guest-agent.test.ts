@@ -77,4 +77,9 @@ test('guest agent — cloudlet call create-vm --wait-ip returns with the address
   const bounded = await runCli(['call', 'get-vm', '--config', host.configFile, '--payload', JSON.stringify({ vm: silent.id }), '--wait-ip', '--timeout', '4000'], { timeoutMs: 30_000 });
   assert.equal(bounded.code, 5, bounded.stderr);
   assert.match(bounded.stderr, /IP_NOT_FOUND|DEADLINE_EXCEEDED/);
+  // A payload wait longer than the request's deadline ends just before it, with get-vm-ip's own answer
+  // (which plugins it asked), not the deadline's. Before, it was DEADLINE_EXCEEDED.
+  const cut = await runCli(['call', 'get-vm-ip', '--config', host.configFile, '--payload', JSON.stringify({ vm: silent.id, wait: true, timeoutMs: 20_000 }), '--timeout', '2500'], { timeoutMs: 30_000 });
+  assert.equal(cut.code, 5, cut.stderr);
+  assert.match(cut.stderr, /error \[IP_NOT_FOUND\] from \S+: no address for \S+ within \d+ ms, all the request's deadline left of the 20000 ms asked \(asked: ip-discovery-guest-agent\)/);
 });

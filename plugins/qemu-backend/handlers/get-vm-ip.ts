@@ -19,9 +19,12 @@ export default defineHandler(getVmIpPayload, qemuOptionsSchema, async ({ vm, wai
   }
   const pidfile = vmPaths(ctx.options.stateDir, vm).pidfile;
   const stillRunning = async () => (await runningPid(pidfile, vm)) !== undefined;
-  const answer = await findAddresses(ctx.options, strategies, record, { wait, timeoutMs, includeLinkLocal, stillRunning }, ctx);
+  // The wait ends a little before the message's deadline when that comes first (a payload timeoutMs longer
+  // than the caller's deadline or the type's pool timeout), so the caller learns which plugins were asked.
+  const { cutByDeadline, waitMs, ...answer } = await findAddresses(ctx.options, strategies, record, { wait, timeoutMs, includeLinkLocal, stillRunning, answerBy: ctx.message.deadline }, ctx);
   if (wait && answer.addresses.length === 0) {
-    throw qemuError('IP_NOT_FOUND', `no address for ${vm} within ${timeoutMs} ms (asked: ${answer.strategies.join(', ')})`, { vm, strategies: answer.strategies });
+    const within = cutByDeadline ? `within ${waitMs} ms, all the request's deadline left of the ${timeoutMs} ms asked` : `within ${timeoutMs} ms`;
+    throw qemuError('IP_NOT_FOUND', `no address for ${vm} ${within} (asked: ${answer.strategies.join(', ')})`, { vm, strategies: answer.strategies });
   }
   return { vm, mac: record.mac, ...answer };
 });

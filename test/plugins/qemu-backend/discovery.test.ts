@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
 import { readOnce, type DiscoveredAddress, type IpDiscoveryStrategy, type VmNetworkIdentity } from '../../../core/plugin-api.ts';
-import { findAddresses } from '../../../plugins/qemu-backend/discovery.ts';
+import { ANSWER_MARGIN_MS, findAddresses } from '../../../plugins/qemu-backend/discovery.ts';
 import { qemuOptionsSchema } from '../../../plugins/qemu-backend/options.ts';
 import type { VmRecord } from '../../../plugins/qemu-backend/state.ts';
 
@@ -331,4 +331,19 @@ test('discovery — what a strategy returns is checked: a non-list or a malforme
       ['sloppy', 'ip-discovery strategy "sloppy" answered 4 malformed address(es) (each needs an IP address of its family, a family and a scope); left out'],
     ],
   );
+});
+
+test('discovery — a wait ends before the request\'s deadline when that comes first, and says it was cut', { timeout: 30_000 }, async () => {
+  // Before, a wait longer than what the request's deadline left (a cold worker, a payload timeoutMs longer
+  // than the caller's --timeout) ran into the deadline: the caller got DEADLINE_EXCEEDED or TIMEOUT instead
+  // of IP_NOT_FOUND naming the plugins asked.
+  const started = Date.now();
+  const answer = await find(strategiesOf(['none', fixed([])]), { wait: true, timeoutMs: 60_000, includeLinkLocal: false, answerBy: started + 1_500 });
+  const took = Date.now() - started;
+  assert.deepEqual(answer.addresses, []);
+  assert.equal(answer.cutByDeadline, true);
+  assert.ok(took >= 1_000 && took < 1_500, `the wait took ${took} ms, not up to ${ANSWER_MARGIN_MS} ms before the deadline`);
+
+  const uncut = await find(strategiesOf(['none', fixed([])]), { wait: true, timeoutMs: 300, includeLinkLocal: false, answerBy: Date.now() + 60_000 });
+  assert.equal(uncut.cutByDeadline, false);
 });
