@@ -94,6 +94,19 @@ export async function loadPlugins(entries: readonly IndexedPluginEntry[], config
   return { plugins: checked.ordered, problems };
 }
 
+const TYPESCRIPT_AS_COMMONJS = 'a TypeScript plugin is loaded as CommonJS unless the nearest package.json says "type": "module": add one beside it ({"type": "module"}, PLUGINS.md section 10)';
+
+/**
+ * A .ts plugin with no `"type": "module"` package.json above it is compiled as CommonJS, and its ESM
+ * imports then fail with messages about require() that point nowhere near that fix.
+ */
+function loadedAsCommonJs(url: string, cause: unknown): boolean {
+  if (!/\.tsx?$/.test(new URL(url).pathname)) return false;
+  const code = String((cause as { code?: unknown }).code ?? '');
+  const message = thrownMessage(cause);
+  return code.startsWith('ERR_REQUIRE') || /require\(\)|Cannot use import statement outside a module|exports is not defined/.test(message);
+}
+
 async function importPlugin(url: string): Promise<CloudletPlugin> {
   let module: { default?: unknown };
   try {
@@ -104,7 +117,7 @@ async function importPlugin(url: string): Promise<CloudletPlugin> {
       (cause as { code?: string }).code === 'ERR_MODULE_NOT_FOUND' && String((cause as Error).message).includes(fileURLToPath(url));
     throw new CloudletError(
       notFound ? 'PLUGIN_NOT_FOUND' : 'PLUGIN_IMPORT_FAILED',
-      `importing plugin module ${url} failed: ${thrownMessage(cause)}`,
+      `importing plugin module ${url} failed: ${thrownMessage(cause)}${loadedAsCommonJs(url, cause) ? `; ${TYPESCRIPT_AS_COMMONJS}` : ''}`,
       { cause, details: { url } },
     );
   }

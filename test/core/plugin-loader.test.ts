@@ -10,7 +10,7 @@ import { rawConfigFrom } from '../../core/config/load.ts';
 import type { ConfigProblem } from '../../core/config/problems.ts';
 import type { PluginEntry } from '../../core/config/schema.ts';
 import { loadPlugins, type PluginLoadResult } from '../../core/plugins/loader.ts';
-import { tempDir, testkitPath } from '../helpers.ts';
+import { runCli, tempDir, testkitPath } from '../helpers.ts';
 
 const fixturesDir = fileURLToPath(new URL('../fixtures/plugins/', import.meta.url));
 const fixture = (name: string) => join(fixturesDir, name, 'index.ts');
@@ -90,6 +90,27 @@ test('loader — a package subpath with . or .. segments is refused, never resol
     assert.equal(problem.code, 'PLUGIN_NOT_FOUND', use);
     assert.match(problem.message, /a package subpath may not have empty, "\." or "\.\." parts/, use);
   }
+});
+
+test('loader — a TypeScript plugin outside any "type": "module" package is PLUGIN_IMPORT_FAILED saying to add one', async (t) => {
+  // Before, the message was Node's "Cannot require() ES Module … in a cycle … Try making at least part of
+  // the dependency in the graph lazily loaded", which points nowhere near the fix. Through the CLI, which
+  // registers tsx for ES modules only (this test process registers it for CommonJS too, and would load it).
+  const dir = await tempDir(t);
+  const api = JSON.stringify(pathToFileURL(fileURLToPath(new URL('../../core/plugin-api.ts', import.meta.url))).href);
+  for (const folder of ['p', 'q']) {
+    await mkdir(join(dir, folder));
+    await writeFile(join(dir, folder, 'helper.ts'), 'export const version: string = "1.0.0";\n');
+    await writeFile(join(dir, folder, 'index.ts'), `import { definePlugin } from ${api};\nimport { version } from "./helper.ts";\nexport default definePlugin({ name: "ts-plain", version, api: "^1.0.0" });\n`);
+    await writeFile(join(dir, `${folder}.yaml`), `plugins:\n  - use: ./${folder}/index.ts\n`);
+  }
+  const plain = await runCli(['config', 'check', join(dir, 'p.yaml')]);
+  assert.equal(plain.code, 3, plain.stdout + plain.stderr);
+  assert.match(plain.stdout + plain.stderr, /\[PLUGIN_IMPORT_FAILED\][\s\S]*a TypeScript plugin is loaded as CommonJS unless the nearest package\.json says "type": "module": add one beside it \(\{"type": "module"\}, PLUGINS\.md section 10\)/);
+
+  await writeFile(join(dir, 'q', 'package.json'), '{"type": "module"}\n');
+  const fixed = await runCli(['config', 'check', join(dir, 'q.yaml')]);
+  assert.equal(fixed.code, 0, fixed.stdout + fixed.stderr);
 });
 
 test('loader — PLUGIN_IMPORT_FAILED when the module throws while it is imported', async () => {
