@@ -20,6 +20,8 @@ const interfaceName = z
 const ipv4 = z.ipv4({ error: 'an IPv4 address such as 10.77.0.10' });
 
 const LEASE_TIME_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86_400, w: 604_800 };
+/** Ten years, as for leaseTimeSeconds: well inside the 32 bits dnsmasq keeps a lease time in. */
+const MAX_LEASE_SECONDS = 10 * 365 * 86_400;
 const LEASE_TIME = /^([1-9][0-9]{0,8})([smhdw]?)$/;
 
 /** dnsmasq's lease-time syntax: seconds, or a number with s/m/h/d/w, or `infinite`. Null for `infinite`. */
@@ -34,7 +36,9 @@ const leaseTime = z
   .string()
   .regex(/^(?:infinite|[1-9][0-9]{0,8}[smhdw]?)$/, 'a dnsmasq lease time: seconds or a number with s, m, h, d or w (e.g. 12h), or "infinite"')
   // zod runs this check even when the format check failed: only judge well-formed values here.
-  .refine((value) => !LEASE_TIME.test(value) || (leaseTimeToSeconds(value) ?? Infinity) >= 120, 'at least 2m: dnsmasq would raise a shorter lease time to 2 minutes');
+  .refine((value) => !LEASE_TIME.test(value) || (leaseTimeToSeconds(value) ?? Infinity) >= 120, 'at least 2m: dnsmasq would raise a shorter lease time to 2 minutes')
+  // dnsmasq keeps a lease time in 32 bits: 1193047h came out as 31m44s, and lease ages were off by decades.
+  .refine((value) => !LEASE_TIME.test(value) || (leaseTimeToSeconds(value) ?? 0) <= MAX_LEASE_SECONDS, 'at most 3650d (10 years): use "infinite" for longer; dnsmasq cuts larger values to 32 bits');
 
 /**
  * Flags an operator may add in managed mode. Only DHCP tuning: nothing that runs programs (--dhcp-script),
@@ -80,7 +84,7 @@ export const dnsmasqOptionsSchema = z
     /** Run dnsmasq on the VM bridge from this agent, for hosts that have no DHCP server. */
     managed: managedSchema.optional(),
     /** The lease time dnsmasq hands out, to tell how old a lease is (`ageMs`). Managed mode knows it from `leaseTime`. */
-    leaseTimeSeconds: z.number().int().min(1).max(10 * 365 * 86_400).optional(),
+    leaseTimeSeconds: z.number().int().min(1).max(MAX_LEASE_SECONDS).optional(),
   })
   .strict()
   .refine((options) => options.leaseFile !== undefined || options.managed !== undefined, {

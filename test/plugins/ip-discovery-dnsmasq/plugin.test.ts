@@ -67,7 +67,13 @@ test('options — the range must not run backwards; lease times in dnsmasq synta
   const backwards = dnsmasqOptionsSchema.safeParse({ managed: { ...managed, rangeStart: '10.77.0.200', rangeEnd: '10.77.0.10' } });
   assert.ok(!backwards.success);
   assert.deepEqual(backwards.error.issues.map((i) => i.path.join('.')), ['managed.rangeEnd']);
-  for (const good of ['2m', '120', '12h', '1d', '2w', 'infinite']) assert.ok(dnsmasqOptionsSchema.safeParse({ managed: { ...managed, leaseTime: good } }).success, good);
+  for (const good of ['2m', '120', '12h', '1d', '2w', '3650d', '521w', 'infinite']) assert.ok(dnsmasqOptionsSchema.safeParse({ managed: { ...managed, leaseTime: good } }).success, good);
+  // dnsmasq keeps a lease time in 32 bits: these came out as 31m44s and 2m, and every lease age was wrong.
+  for (const huge of ['1193047h', '71582789m', '3651d', '999999999w']) {
+    const result = dnsmasqOptionsSchema.safeParse({ managed: { ...managed, leaseTime: huge } });
+    assert.ok(!result.success, huge);
+    assert.match(result.error.issues[0]?.message ?? '', /^at most 3650d \(10 years\): use "infinite" for longer/, huge);
+  }
   for (const bad of ['1m', '119', '12 h', '-1h', '1y', '', 'forever']) assert.ok(!dnsmasqOptionsSchema.safeParse({ managed: { ...managed, leaseTime: bad } }).success, bad);
   assert.deepEqual(['12h', '90m', '3600', '1w', 'infinite'].map(leaseTimeToSeconds), [43_200, 5_400, 3_600, 604_800, null]);
 });
