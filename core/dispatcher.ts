@@ -193,7 +193,8 @@ export class Dispatcher {
         messageLog.debug({ elapsedMs }, 'handled');
         reply = makeReply(request, hostId, { ok: true, result: outcome.result });
       } else {
-        messageLog.warn({ code: outcome.error.code, elapsedMs }, `failed: ${outcome.error.message}`);
+        // A handler's bug (HANDLER_ERROR) is logged with where it threw; the caller gets only the message.
+        messageLog.warn({ code: outcome.error.code, elapsedMs, ...(outcome.stack === undefined ? {} : { stack: outcome.stack }) }, `failed: ${outcome.error.message}`);
         reply = makeReply(request, hostId, { ok: false, error: outcome.error.toWire() });
       }
       await this.#reply(delivery, reply, request.id);

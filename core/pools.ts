@@ -50,7 +50,8 @@ export interface RunHooks {
   startAfter?: () => Promise<unknown> | undefined;
 }
 
-export type RunOutcome = { ok: true; result: unknown } | { ok: false; error: CloudletError };
+/** `stack`: where the handler threw, when its error became HANDLER_ERROR (a bug, not a declared failure): for the log. */
+export type RunOutcome = { ok: true; result: unknown } | { ok: false; error: CloudletError; stack?: string };
 
 /** The same shape monitoring plugins see through `ctx.agent.pools()`. */
 export type PoolStats = AgentPoolStats;
@@ -418,12 +419,16 @@ export class PoolManager {
   #rebuild(managed: ManagedPool, outcome: WorkerOutcome): RunOutcome {
     if (outcome.ok) return outcome;
     const { code, message, details } = outcome.error;
+    const stack = outcome.stack === undefined ? {} : { stack: outcome.stack };
     if (lookupError(code) && (managed.declaredCodes.has(code) || isCoreErrorCode(code))) {
-      return { ok: false, error: CloudletError.fromWire(outcome.error) };
+      // A thrown plain Error arrives as HANDLER_ERROR already; a declared or core code is a failure the
+      // handler meant, with nothing to trace.
+      return { ok: false, error: CloudletError.fromWire(outcome.error), ...(code === 'HANDLER_ERROR' ? stack : {}) };
     }
     return {
       ok: false,
       error: cloudletError('HANDLER_ERROR', message, { thrownCode: code, ...(details === undefined ? {} : { details }) }),
+      ...stack,
     };
   }
 

@@ -143,7 +143,8 @@ export default async function runTask(task: WorkerTask): Promise<WorkerResult> {
     const result = await handler(task.payload, context);
     outcome = { ok: true, result: toJsonValue(result) };
   } catch (thrown) {
-    outcome = { ok: false, error: serializeThrown(thrown) };
+    const stack = stackOf(thrown);
+    outcome = { ok: false, error: serializeThrown(thrown), ...(stack === undefined ? {} : { stack }) };
   } finally {
     running.delete(task.run);
     runRow?.release(cell, task.run);
@@ -190,6 +191,16 @@ function serializeThrown(thrown: unknown): WireError {
   } catch (failure) {
     return { code: 'HANDLER_ERROR', message: `the handler threw an object that cannot be read (${thrownMessage(failure)})` };
   }
+}
+
+/** Longer stacks are cut: they go into one log line. */
+const MAX_STACK_CHARS = 8_192;
+
+/** Where it was thrown (for a syntax error in a handler module, the file and line), when it says. */
+function stackOf(thrown: unknown): string | undefined {
+  if (typeof thrown !== 'object' || thrown === null) return undefined;
+  const stack = readProperty(thrown, 'stack');
+  return typeof stack === 'string' ? stack.slice(0, MAX_STACK_CHARS) : undefined;
 }
 
 /** A property of what was thrown, or undefined when reading it throws (a getter). */

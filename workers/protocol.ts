@@ -42,7 +42,8 @@ export interface WorkerTask {
   payload: unknown;
 }
 
-export type WorkerOutcome = { ok: true; result: unknown } | { ok: false; error: WireError };
+/** `stack`: where a failing handler threw, for the agent log only (never sent to the caller). */
+export type WorkerOutcome = { ok: true; result: unknown } | { ok: false; error: WireError; stack?: string };
 
 /** What a worker's task returns: its outcome and how many side messages the task sent before it. */
 export interface WorkerResult {

@@ -125,6 +125,20 @@ test('worker boundary — a payload schema whose transform yields a function is 
   });
 });
 
+test('worker boundary — a handler\'s bug is logged with where it threw; the caller gets only the message', async (t) => {
+  // Before, HANDLER_ERROR "Cannot read properties of undefined" was all the agent log said, at any level.
+  const { client, logs } = await startAgent(t, { plugins: [{ use: handlerMistakesPath }] });
+  const reply = await client.request(makeRequest({ type: TYPE, payload: { do: 'read-missing' } }));
+  assert.equal(reply.error?.code, 'HANDLER_ERROR');
+  assert.match(String(reply.error?.message), /Cannot read properties of undefined \(reading 'deeper'\)/);
+  assert.doesNotMatch(JSON.stringify(reply), /handlers\.ts/, 'the stack reached the caller');
+  const line = logs().find((l) => l.msgId === reply.id && l.code === 'HANDLER_ERROR');
+  assert.match(String(line?.stack), /TypeError: Cannot read properties of undefined[\s\S]*handler-mistakes\/handlers\.ts:\d+/, JSON.stringify(line));
+  // A declared or core code is a failure the handler meant: nothing to trace.
+  const meant = await client.request(makeRequest({ type: 'mistakes.fn-payload', payload: { name: 'web' } }));
+  assert.equal(meant.error?.code, 'INVALID_PAYLOAD');
+});
+
 test('worker boundary — whatever a handler throws is answered HANDLER_ERROR, never WORKER_CRASHED', async (t) => {
   const pools = makePools(t);
   const cases: Array<[string, RegExp]> = [
