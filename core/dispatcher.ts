@@ -241,6 +241,10 @@ export class Dispatcher {
       size,
       maxBytes: this.#options.maxMessageBytes,
     }).toWire();
+    this.#options.log.warn(
+      { msgId: reply.id, type: reply.type, code: 'MESSAGE_TOO_LARGE', size, maxBytes: this.#options.maxMessageBytes },
+      `the reply to "${reply.type}" would be ${size} bytes; the limit is ${this.#options.maxMessageBytes} (limits.maxMessageBytes): answered MESSAGE_TOO_LARGE instead`,
+    );
     const refused = this.#sign(makeReply({ id: reply.id, type: reply.type }, reply.host, { ok: false, error }));
     return { reply: refused, encoded: encodeEnvelope(refused) };
   }

@@ -76,6 +76,16 @@ test('agent — an oversize line is discarded and the same connection keeps work
   assert.equal(parseReply(lines[1]).ok, true);
 });
 
+test('agent — a result too large to send is answered MESSAGE_TOO_LARGE and logged with the message id', async (t) => {
+  // Before, every other failure was logged at warn with its id, but not this one: the handler had run and
+  // succeeded, and nothing in the agent log said why the caller got an error.
+  const { client, logs } = await startAgent(t, { plugins: [{ use: testkitPath }], limits: { maxMessageBytes: 4096 } });
+  const reply = await client.request(makeRequest({ type: 'test.blob', payload: { bytes: 10_000 } }));
+  assert.equal(reply.error?.code, 'MESSAGE_TOO_LARGE');
+  const line = logs().find((l) => l.msgId === reply.id && l.code === 'MESSAGE_TOO_LARGE');
+  assert.match(String(line?.msg), /^the reply to "test\.blob" would be \d+ bytes; the limit is 4096 \(limits\.maxMessageBytes\): answered MESSAGE_TOO_LARGE instead$/, JSON.stringify(logs().slice(-3)));
+});
+
 test('agent — invalid UTF-8 is answered with BAD_JSON', async (t) => {
   const { socketPath } = await startAgent(t);
   const bytes = Buffer.concat([Buffer.from('{"v":1,"kind":"request","id":"u","type":"host-info","payload":{"x":"'), Buffer.from([0xff, 0xfe]), Buffer.from('"}}\n')]);
