@@ -24,7 +24,12 @@ export interface AgentOptions {
   observer?: DispatchObserver;
   /** Overrides the configured transport (tests). */
   transport?: AgentTransport;
+  /** How often an init or start hook still running is logged (default SLOW_HOOK_LOG_MS; tests shorten it). */
+  slowHookLogMs?: number;
 }
+
+/** An init or start hook still running is logged this often, naming its plugin. */
+export const SLOW_HOOK_LOG_MS = 10_000;
 
 export function summarizePlugins(plugins: readonly LoadedPlugin[]): LoadedPluginSummary[] {
   return plugins.map((p) => ({
@@ -47,6 +52,10 @@ export class Agent {
   #stopping: Promise<void> | undefined;
   readonly #observers = new Set<DispatchObserver>();
   #state: 'starting' | 'running' | 'stopping' = 'starting';
+  #runningHook: { plugin: string; hook: 'init' | 'start'; since: number } | undefined;
+  /** The slow-hook log's timer; a stop ends it, even for a hook that never finishes (an embedder's stop). */
+  #slowHookTimer: ReturnType<typeof setInterval> | undefined;
+  readonly #slowHookLogMs: number;
   /** What monitoring plugins see of this agent (the hook context's `agent`); one object for the agent's life. */
   readonly #view: AgentView = {
     state: () => this.#state,
@@ -61,6 +70,7 @@ export class Agent {
 
   constructor(config: HostConfig, options: AgentOptions = {}) {
     this.config = config;
+    this.#slowHookLogMs = options.slowHookLogMs ?? SLOW_HOOK_LOG_MS;
     this.log = (options.logger ?? createLogger({ level: config.core.log.level, format: config.core.log.format })).child({ host: config.hostId });
     this.host = { id: config.hostId, agentVersion: AGENT_VERSION, startedAt: Date.now() };
     if (options.observer) this.#observers.add(options.observer);
@@ -113,7 +123,11 @@ export class Agent {
     options: { deadline?: number; onProgress?: (stage: string, detail?: Record<string, unknown>) => void },
   ): Promise<DispatchReply> {
     const dispatcher = this.#dispatcher;
-    if (!dispatcher) return Promise.resolve({ ok: false, host: this.host.id, error: { code: 'SHUTTING_DOWN', message: 'the agent is not running' } });
+    if (!dispatcher) {
+      // Only during the init hooks: the dispatcher is made after them and kept until the process ends.
+      const message = `ctx.dispatch(${JSON.stringify(type)}) was called during the init hooks, before the message pools exist; call it from a start hook or later`;
+      return Promise.resolve({ ok: false, host: this.host.id, error: { code: 'INTERNAL', message, retryable: false } });
+    }
     const request = makeRequest({ type, payload, deadline: options.deadline });
     return new Promise((resolve) => {
       dispatcher.handle({
@@ -204,9 +218,29 @@ export class Agent {
     }
   }
 
+  /** The init or start hook the agent is waiting for now, if any: named when a start seems stuck. */
+  get runningHook(): { plugin: string; hook: 'init' | 'start'; sinceMs: number } | undefined {
+    return this.#runningHook && { ...this.#runningHook, sinceMs: Date.now() - this.#runningHook.since };
+  }
+
   async #runHook(plugin: LoadedPlugin, hook: 'init' | 'start' | 'stop'): Promise<void> {
     const fn = plugin.plugin.hooks?.[hook];
     if (!fn) return;
+    const name = plugin.plugin.name;
+    const since = Date.now();
+    // Init and start hooks have no time limit (a reconcile of many VMs may take long), so one that hangs
+    // is said out loud, with its plugin's name, while the agent takes no messages. The timer also keeps
+    // the event loop alive: a hook awaiting a promise that nothing will ever settle would otherwise let
+    // Node end the process with status 13 and not a word. (Stop hooks have their own limit, stopHookMs,
+    // and one left behind must not keep the process alive.)
+    let slow: ReturnType<typeof setInterval> | undefined;
+    if (hook !== 'stop') {
+      this.#runningHook = { plugin: name, hook, since };
+      slow = this.#slowHookTimer = setInterval(() => {
+        const seconds = Math.round((Date.now() - since) / 1000);
+        this.log.warn({ plugin: name, hook, seconds }, `plugin "${name}" ${hook} hook has run for ${seconds} s; the agent takes no messages until it finishes`);
+      }, this.#slowHookLogMs);
+    }
     try {
       await fn(this.#hookContext(plugin));
     } catch (cause) {
@@ -214,6 +248,11 @@ export class Agent {
         cause,
         details: { plugin: plugin.plugin.name, hook },
       });
+    } finally {
+      if (slow !== undefined) {
+        clearInterval(slow);
+        this.#runningHook = undefined;
+      }
     }
   }
 
@@ -248,6 +287,7 @@ export class Agent {
 
   async #stop(reason: string): Promise<void> {
     this.#state = 'stopping';
+    clearInterval(this.#slowHookTimer);
     const graceMs = this.config.core.shutdown.graceMs;
     this.log.info({ reason, inFlight: this.inFlight, graceMs }, 'shutting down');
     this.#dispatcher?.stopAccepting();
@@ -285,7 +325,11 @@ export async function runAgent(config: HostConfig, options: AgentOptions = {}): 
       process.exit(130);
     }
     received = signal;
-    if (starting) agent.log.info({ signal }, 'signal during start-up: stopping once the start is done');
+    if (starting) {
+      const hook = agent.runningHook;
+      const waiting = hook ? ` (waiting for plugin "${hook.plugin}" ${hook.hook} hook, running for ${Math.round(hook.sinceMs / 1000)} s; a second signal exits now)` : '';
+      agent.log.info({ signal, ...(hook ? { plugin: hook.plugin, hook: hook.hook } : {}) }, `signal during start-up: stopping once the start is done${waiting}`);
+    }
     signalled(signal);
   };
   // SIGHUP too: a terminal that goes away would otherwise end the agent at once (Node's default), with no

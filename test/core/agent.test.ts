@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
 import { Buffer } from 'node:buffer';
 import { createConnection } from 'node:net';
-import { rawExchange, startAgent, testkitPath } from '../helpers.ts';
+import { rawExchange, startAgent, tempDir, testkitPath, until } from '../helpers.ts';
 import { checkHostConfig } from '../../core/config/host-config.ts';
 import { rawConfigFrom } from '../../core/config/load.ts';
 import { dirname, join } from 'node:path';
@@ -305,6 +305,35 @@ test('agent — a restart waits for the old agent\'s slow stop hook: drain, each
   // One plugin (stop-hangs) has a stop hook: 0 + 1 × 1.5 s + 30 s.
   const waited = memory.lines().find((l) => String(l.msg).startsWith('another agent is stopping'));
   assert.equal(waited?.msg, `another agent is stopping on ${old.socketPath}; waiting up to 31.5 s for it to finish`);
+});
+
+test('agent — a start hook that runs long is logged, naming its plugin, until it finishes', { timeout: 30_000 }, async (t) => {
+  const startHangs = fileURLToPath(new URL('../fixtures/plugins/start-hangs/index.ts', import.meta.url));
+  const dir = await tempDir(t);
+  const memory = memoryDestination();
+  const agent = new Agent(
+    await loadHostConfig(rawConfigFrom({ host: { id: 'test-host' }, transport: { kind: 'local', socket: join(dir, 'agent.sock') }, plugins: [{ use: startHangs, options: { marker: join(dir, 'marker') } }] }, join(dir, 'cloudlet.yaml'))),
+    { logger: createLogger({ level: 'debug', format: 'json', destination: memory.stream }), slowHookLogMs: 200 },
+  );
+  t.after(() => agent.stop('test finished'));
+  void agent.start().catch(() => undefined);
+  await until(async () => memory.lines().filter((l) => String(l.msg).includes('start hook has run for')).length >= 2, 10_000);
+  const line = memory.lines().find((l) => String(l.msg).includes('start hook has run for'));
+  assert.match(String(line?.msg), /^plugin "start-hangs" start hook has run for \d+ s; the agent takes no messages until it finishes$/);
+  assert.deepEqual([line?.plugin, line?.hook], ['start-hangs', 'start']);
+  assert.equal(agent.runningHook?.plugin, 'start-hangs');
+});
+
+test('agent — ctx.dispatch from an init hook says it is too early, not that the agent is shutting down', async (t) => {
+  // Before: SHUTTING_DOWN "the agent is not running", and not retryable, though that code is.
+  const plugin = fileURLToPath(new URL('../fixtures/plugins/dispatch-in-init/index.ts', import.meta.url));
+  const { logs } = await startAgent(t, { plugins: [{ use: plugin }] });
+  const line = logs().find((l) => l.msg === 'dispatch from init answered');
+  const reply = line?.reply as { ok: boolean; error?: { code: string; message: string; retryable?: boolean } } | undefined;
+  assert.equal(reply?.ok, false);
+  assert.equal(reply?.error?.code, 'INTERNAL');
+  assert.equal(reply?.error?.retryable, false);
+  assert.match(String(reply?.error?.message), /^ctx\.dispatch\("host-info"\) was called during the init hooks, before the message pools exist; call it from a start hook or later$/);
 });
 
 test('agent — a stop hook that never finishes is given up on after shutdown.stopHookMs, and the agent stops', { timeout: 30_000 }, async (t) => {

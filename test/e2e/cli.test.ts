@@ -142,6 +142,33 @@ test('cli — SIGTERM while the agent starts: it finishes starting, runs the sto
   assert.deepEqual((await readFile(marker, 'utf8')).trim().split('\n'), ['init-begun', 'init-done', 'stop']);
 });
 
+test('cli — a start hook that never finishes: the agent waits, names the plugin on SIGTERM, and a second signal ends it', async (t) => {
+  // Before, a start hook awaiting a promise nothing would settle let Node end the agent with status 13
+  // and not a word; a hook that held something open hung the start with nothing naming the plugin.
+  const dir = await tempDir(t);
+  const marker = join(dir, 'hooks.log');
+  const startHangs = fileURLToPath(new URL('../fixtures/plugins/start-hangs/index.ts', import.meta.url));
+  const config = await writeConfig(
+    dir,
+    'cloudlet.yaml',
+    `host:\n  id: cli-host\ntransport:\n  kind: local\n  socket: ${join(dir, 'agent.sock')}\nplugins:\n  - use: ${startHangs}\n    options:\n      marker: ${marker}\n`,
+  );
+  const agent = spawn(process.execPath, [join(repoRoot, 'core/cli/bin.js'), 'agent', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CLOUDLET_LOG_FORMAT: 'json' } });
+  t.after(() => agent.kill('SIGKILL'));
+  let output = '';
+  agent.stdout.on('data', (d) => (output += d));
+  agent.stderr.on('data', (d) => (output += d));
+  const exited = new Promise<[number | null, string | null]>((resolve) => agent.on('exit', (code, signal) => resolve([code, signal])));
+  await until(async () => (await readFile(marker, 'utf8').catch(() => '')).includes('start-begun'), 20_000);
+  await new Promise((resolve) => setTimeout(resolve, 1_000));
+  assert.equal(agent.exitCode, null, `the agent exited while its start hook was pending:\n${output}`);
+  agent.kill('SIGTERM');
+  await until(async () => output.includes('signal during start-up'), 10_000);
+  assert.match(output, /signal during start-up: stopping once the start is done \(waiting for plugin \\"start-hangs\\" start hook, running for \d+ s; a second signal exits now\)/);
+  agent.kill('SIGTERM');
+  assert.deepEqual(await exited, [130, null]);
+});
+
 test('cli — an agent that cannot start (invalid config) exits 3 and names the problem', async (t) => {
   const dir = await tempDir(t);
   const config = await writeConfig(dir, 'bad.yaml', 'log:\n  level: loud\n');
