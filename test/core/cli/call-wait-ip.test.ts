@@ -29,8 +29,12 @@ test('call --wait-ip — when the wait runs out, the create-vm result is still p
   // Before, the get-vm-ip error envelope replaced the successful create-vm reply: scripts never saw the VM id.
   // And a wait that ran out exited 1 ("the host answered with an error"), where --wait and --timeout exit 5.
   const config = await stubAgent(t);
+  // Each type's first thread starts on its first message; on a loaded machine two cold starts took more
+  // than the whole --timeout, and the deadline, not the wait, ended the call. Warm both pools first.
+  await runCli(['call', 'get-vm-ip', '--payload', JSON.stringify({ vm: 'test-host.poweroff', wait: true, timeoutMs: 0 }), '--config', config]);
+  await runCli(['call', 'create-vm', '--payload', JSON.stringify({ image: 'tiny' }), '--config', config]);
   const payload = JSON.stringify({ image: 'tiny' });
-  const json = await runCli(['call', 'create-vm', '--payload', payload, '--wait-ip', '--timeout', '1500', '--config', config, '--json']);
+  const json = await runCli(['call', 'create-vm', '--payload', payload, '--wait-ip', '--timeout', '3000', '--config', config, '--json']);
   assert.equal(json.code, 5, json.stderr);
   const printed = JSON.parse(json.stdout) as { ok: boolean; type: string; result: { id: string }; waitIp: { ok: boolean; host: string; error: { code: string } } };
   assert.equal(printed.ok, true);
@@ -39,7 +43,7 @@ test('call --wait-ip — when the wait runs out, the create-vm result is still p
   assert.equal(printed.waitIp.host, 'test-host');
   assert.equal(printed.waitIp.error.code, 'IP_NOT_FOUND');
 
-  const human = await runCli(['call', 'create-vm', '--payload', payload, '--wait-ip', '--timeout', '1500', '--config', config]);
+  const human = await runCli(['call', 'create-vm', '--payload', payload, '--wait-ip', '--timeout', '3000', '--config', config]);
   assert.equal(human.code, 5, human.stderr);
   assert.equal((JSON.parse(human.stdout) as { id: string }).id, 'test-host.abcdefgh');
   assert.match(human.stderr, /error \[IP_NOT_FOUND\] from test-host/);
