@@ -260,10 +260,17 @@ function kindOf(info: Stats): string {
   return 'a special file';
 }
 
-/** Written whole under a temporary name, then renamed: never through a link someone put at the pid file's path. */
+/**
+ * dnsmasq's pid and, after it, the supervisor's (this process): a dnsmasq whose parent is no longer its
+ * recorded supervisor is a leftover, also when a subreaper (systemd --user, tini) and not init took it in.
+ * Written whole under a temporary name, then renamed: never through a link someone put at the pid file's
+ * path. A temporary file a crash left (a container reuses pids) is removed first; unlink does not follow
+ * a link either.
+ */
 async function recordPid(pidFile: string, pid: number): Promise<void> {
   const temp = `${pidFile}.${process.pid}.tmp`;
-  await writeFile(temp, `${pid}\n`, { flag: 'wx' });
+  await rm(temp, { force: true });
+  await writeFile(temp, `${pid} ${process.pid}\n`, { flag: 'wx' });
   await rename(temp, pidFile).catch(async (error: unknown) => {
     await rm(temp, { force: true });
     throw error;
@@ -277,15 +284,24 @@ async function recordPid(pidFile: string, pid: number): Promise<void> {
  * killed. So is any other dnsmasq this way managing the same bridge with another lease file.
  */
 async function stopLeftover(leaseFile: string, bridge: string, graceMs: number, log: PluginLogger): Promise<void> {
-  for (const other of await managedOn(bridge)) refuseIfSupervised(other.pid, await supervisorOf(other.pid), bridge, other.leaseFile);
+  for (const other of await managedOn(bridge)) {
+    refuseIfSupervised(other.pid, await supervisorOf(other.pid, other.leaseFile), bridge, other.leaseFile);
+    // Unsupervised, on another lease file: left by an agent that is gone and had another config (or started
+    // by hand). Not ours to kill, and a second DHCP server beside it would hand out conflicting addresses.
+    if (other.leaseFile !== leaseFile) {
+      throw new CloudletError('DNSMASQ_START_FAILED', `dnsmasq pid ${other.pid} already serves DHCP on ${bridge} with another lease file (${other.leaseFile}) and no agent supervises it (left by an agent that is gone, or started by hand): stop it (kill ${other.pid}) before starting this agent`, {
+        details: { bridge, pid: other.pid, leaseFile: other.leaseFile },
+      });
+    }
+  }
   const pidFile = pidFileFor(leaseFile);
-  const pid = Number.parseInt(await readFile(pidFile, 'utf8').catch(() => ''), 10);
-  if (!(pid > 0)) return;
+  const { pid } = await readPidRecord(leaseFile);
+  if (pid === undefined) return;
   // The pid may have been reused since: only a dnsmasq writing this very lease file is ours.
   const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
   if (cmdline.split('\0').includes(`--dhcp-leasefile=${leaseFile}`)) {
     // Found above already when it serves this bridge; asked again for one started for another bridge.
-    refuseIfSupervised(pid, await supervisorOf(pid), bridge, leaseFile);
+    refuseIfSupervised(pid, await supervisorOf(pid, leaseFile), bridge, leaseFile);
     log.warn({ pid, leaseFile }, 'stopping a dnsmasq left running by an earlier agent');
     signal(pid, 'SIGTERM', bridge);
     const deadline = performance.now() + graceMs;
@@ -322,11 +338,24 @@ async function managedOn(bridge: string): Promise<{ pid: number; leaseFile: stri
   return found;
 }
 
-/** The live process that `pid` is the child of, unless that is init: a killed agent's dnsmasq is re-parented to it. */
-async function supervisorOf(pid: number): Promise<number | undefined> {
+/** The pid file's dnsmasq pid and, when recorded (this version on), the pid of the process supervising it. */
+async function readPidRecord(leaseFile: string): Promise<{ pid?: number; supervisor?: number }> {
+  const [pid, supervisor] = (await readFile(pidFileFor(leaseFile), 'utf8').catch(() => '')).trim().split(/\s+/).map(Number);
+  return { ...(pid && pid > 0 ? { pid } : {}), ...(supervisor && supervisor > 0 ? { supervisor } : {}) };
+}
+
+/**
+ * The live process supervising dnsmasq `pid`, if any: its parent, when that is the supervisor its pid file
+ * records. Without a record (a pid file of an older agent), any live parent but init counts: a killed
+ * agent's dnsmasq is re-parented to init, or to the nearest subreaper, which only the record tells apart.
+ */
+async function supervisorOf(pid: number, leaseFile: string): Promise<number | undefined> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
   const parent = Number(/^PPid:\s+(\d+)$/m.exec(status)?.[1]);
-  return parent > 1 && alive(parent) ? parent : undefined;
+  if (!(parent > 1 && alive(parent))) return undefined;
+  const record = await readPidRecord(leaseFile);
+  if (record.pid === pid && record.supervisor !== undefined && record.supervisor !== parent) return undefined;
+  return parent;
 }
 
 function alive(pid: number): boolean {

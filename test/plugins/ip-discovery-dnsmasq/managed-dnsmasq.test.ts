@@ -75,13 +75,18 @@ async function until(condition: () => boolean | Promise<boolean>, timeoutMs: num
 const SERVE = 'while :; do sleep 0.1; done';
 
 test('managed — start waits until dnsmasq serves, logs its lines (transactions at debug), records its pid; stop ends it', async (t) => {
-  const { settings, records, starts, options } = await setup(t, SERVE);
+  const { settings, records, starts, options, dir } = await setup(t, SERVE);
+  // A temporary pid file a crash left under this pid (a container reuses pids) is no obstacle. Before, it
+  // failed every start with EEXIST, naming the pid file, not the stale file.
+  await mkdir(join(dir, 'leases'), { recursive: true });
+  await writeFile(`${pidFileFor(options.leaseFile)}.${process.pid}.tmp`, '12345\n');
   const supervisor = await ManagedDnsmasq.start(settings);
   t.after(() => supervisor.stop());
   const pid = supervisor.pid!;
   assert.ok(pid > 0 && processAlive(pid));
   assert.deepEqual(await starts(), [pid]);
-  assert.equal((await readFile(pidFileFor(options.leaseFile), 'utf8')).trim(), String(pid));
+  // Its pid, then the supervisor's: a dnsmasq whose parent is not the recorded supervisor is a leftover.
+  assert.equal((await readFile(pidFileFor(options.leaseFile), 'utf8')).trim(), `${pid} ${process.pid}`);
   assert.ok(records.some((r) => r.level === 'info' && r.obj.dnsmasq === 'dnsmasq: started, version fake'));
   assert.ok(records.some((r) => r.level === 'debug' && String(r.obj.dnsmasq).includes('DHCPACK')));
   assert.ok(records.some((r) => r.msg === 'dnsmasq serves DHCP on the bridge'));
@@ -174,6 +179,68 @@ test('managed — a dnsmasq left running on the same lease file by a killed agen
   t.after(() => second.stop());
   assert.equal(processAlive(unrelated.pid!), true);
   await second.stop();
+});
+
+/**
+ * A child subreaper (as systemd --user, tini -s and s6 are) that starts `argv` through a shell that exits at
+ * once: the process is then the subreaper's child, alive and not init. It reaps what it adopts, so a killed
+ * child does not linger as a zombie. Prints the process's pid and the shell's. The argv comes in the
+ * environment (ARGV, JSON): on its own command line the subreaper would look like a managed dnsmasq itself.
+ */
+const SUBREAPER = `
+import ctypes, json, os, subprocess, time
+assert ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+sh = subprocess.Popen(['sh', '-c', '"$0" "$@" >/dev/null 2>&1 </dev/null & echo $!', *json.loads(os.environ['ARGV'])], stdout=subprocess.PIPE)
+pid = sh.stdout.readline().strip().decode()
+sh.wait()
+print(pid, sh.pid, flush=True)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        time.sleep(0.05)
+`;
+
+test('managed — a leftover taken in by a subreaper (systemd --user, tini), not init, is still a leftover and is stopped', { timeout: 30_000 }, async (t) => {
+  // Before, any live parent but init counted as the dnsmasq's supervisor: under a subreaper every later start
+  // failed with "already serves DHCP … for process <subreaper> (another agent?)" until someone killed it.
+  const { settings, options, dir } = await setup(t, SERVE);
+  await mkdir(join(dir, 'leases'), { recursive: true });
+  const argv = [settings.managed.dnsmasqBinary, '--no-daemon', '--interface=br0', `--dhcp-leasefile=${options.leaseFile}`];
+  const reaper = spawn('python3', ['-c', SUBREAPER], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ARGV: JSON.stringify(argv) } });
+  t.after(() => void reaper.kill('SIGKILL'));
+  const [leftoverPid, deadSupervisor] = (await new Promise<string>((resolve) => reaper.stdout.once('data', (d: Buffer) => resolve(d.toString())))).trim().split(' ').map(Number) as [number, number];
+  t.after(() => kill(leftoverPid));
+  const parent = Number(/^PPid:\s+(\d+)$/m.exec(await readFile(`/proc/${leftoverPid}/status`, 'utf8'))?.[1]);
+  assert.equal(parent, reaper.pid, 'the leftover\'s parent is the subreaper');
+  // What the killed agent recorded: its dnsmasq, and itself as the supervisor (gone now).
+  await writeFile(pidFileFor(options.leaseFile), `${leftoverPid} ${deadSupervisor}\n`);
+
+  const supervisor = await ManagedDnsmasq.start(settings);
+  t.after(() => supervisor.stop());
+  await until(() => !processAlive(leftoverPid), 5_000, 'the leftover to exit');
+  // The new record names the new dnsmasq and this process.
+  assert.deepEqual((await readFile(pidFileFor(options.leaseFile), 'utf8')).trim(), `${supervisor.pid} ${process.pid}`);
+  await supervisor.stop();
+});
+
+test('managed — an unsupervised dnsmasq on the bridge with another lease file is refused, named, and left alone', { timeout: 30_000 }, async (t) => {
+  // Before, a second DHCP server was started beside it: two servers handing out conflicting addresses.
+  const { settings, dir } = await setup(t, SERVE);
+  const otherLeases = join(dir, 'old', 'br0.leases');
+  await mkdir(join(dir, 'old'), { recursive: true });
+  const stray = await orphan(settings.managed.dnsmasqBinary, ['--no-daemon', '--interface=br0', `--dhcp-leasefile=${otherLeases}`]);
+  t.after(() => kill(stray));
+  await until(async () => (await readFile(otherLeases, 'utf8').catch(() => undefined)) !== undefined, 5_000, 'the stray dnsmasq');
+  await assert.rejects(ManagedDnsmasq.start(settings), (error: { code: string; message: string }) => {
+    assert.equal(error.code, 'DNSMASQ_START_FAILED');
+    assert.equal(
+      error.message,
+      `dnsmasq pid ${stray} already serves DHCP on br0 with another lease file (${otherLeases}) and no agent supervises it (left by an agent that is gone, or started by hand): stop it (kill ${stray}) before starting this agent`,
+    );
+    return true;
+  });
+  assert.equal(processAlive(stray), true);
 });
 
 /** Starts `argv` as an orphan (a child of a shell that exits at once), as an agent killed with SIGKILL leaves its dnsmasq. */
