@@ -122,51 +122,51 @@ test('cli — SIGHUP (the terminal went away) shuts the agent down like SIGTERM,
   assert.match(agent.output(), /"msg":"stopped"/);
 });
 
-test('cli — SIGTERM while the agent starts: it finishes starting, runs the stop hooks and exits 0', async (t) => {
-  // Before, the signal handlers came only after start: a SIGTERM during a slow init (systemd stopping the
-  // unit) killed the process outright, and no stop hook ran (a managed dnsmasq was left running).
+/**
+ * An agent process (not waited for: these tests signal it while it starts) with one fixture plugin that
+ * notes its hooks in a marker file; its output, and its exit code and signal once it ends.
+ */
+async function startingAgent(t: TestContext, fixture: string, options: string) {
   const dir = await tempDir(t);
   const marker = join(dir, 'hooks.log');
-  const slowStart = fileURLToPath(new URL('../fixtures/plugins/slow-start/index.ts', import.meta.url));
+  const plugin = fileURLToPath(new URL(`../fixtures/plugins/${fixture}/index.ts`, import.meta.url));
   const config = await writeConfig(
     dir,
     'cloudlet.yaml',
-    `host:\n  id: cli-host\ntransport:\n  kind: local\n  socket: ${join(dir, 'agent.sock')}\nplugins:\n  - use: ${slowStart}\n    options:\n      marker: ${marker}\n      initMs: 1500\n`,
+    `host:\n  id: cli-host\ntransport:\n  kind: local\n  socket: ${join(dir, 'agent.sock')}\nplugins:\n  - use: ${plugin}\n    options:\n      marker: ${marker}\n${options}`,
   );
-  const agent = spawn(process.execPath, [join(repoRoot, 'core/cli/bin.js'), 'agent', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
-  t.after(() => agent.kill('SIGKILL'));
-  const exited = new Promise<[number | null, string | null]>((resolve) => agent.on('exit', (code, signal) => resolve([code, signal])));
-  await until(async () => (await readFile(marker, 'utf8').catch(() => '')).includes('init-begun'), 20_000);
-  agent.kill('SIGTERM');
-  assert.deepEqual(await exited, [0, null]);
-  assert.deepEqual((await readFile(marker, 'utf8')).trim().split('\n'), ['init-begun', 'init-done', 'stop']);
+  const child = spawn(process.execPath, [join(repoRoot, 'core/cli/bin.js'), 'agent', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CLOUDLET_LOG_FORMAT: 'json' } });
+  t.after(() => child.kill('SIGKILL'));
+  let output = '';
+  child.stdout.on('data', (d) => (output += d));
+  child.stderr.on('data', (d) => (output += d));
+  const exited = new Promise<[number | null, string | null]>((resolve) => child.on('exit', (code, signal) => resolve([code, signal])));
+  const hooks = async () => (await readFile(marker, 'utf8').catch(() => '')).trim().split('\n');
+  return { child, exited, hooks, output: () => output };
+}
+
+test('cli — SIGTERM while the agent starts: it finishes starting, runs the stop hooks and exits 0', async (t) => {
+  // Before, the signal handlers came only after start: a SIGTERM during a slow init (systemd stopping the
+  // unit) killed the process outright, and no stop hook ran (a managed dnsmasq was left running).
+  const agent = await startingAgent(t, 'slow-start', '      initMs: 1500\n');
+  await until(async () => (await agent.hooks()).includes('init-begun'), 20_000);
+  agent.child.kill('SIGTERM');
+  assert.deepEqual(await agent.exited, [0, null]);
+  assert.deepEqual(await agent.hooks(), ['init-begun', 'init-done', 'stop']);
 });
 
 test('cli — a start hook that never finishes: the agent waits, names the plugin on SIGTERM, and a second signal ends it', async (t) => {
   // Before, a start hook awaiting a promise nothing would settle let Node end the agent with status 13
   // and not a word; a hook that held something open hung the start with nothing naming the plugin.
-  const dir = await tempDir(t);
-  const marker = join(dir, 'hooks.log');
-  const startHangs = fileURLToPath(new URL('../fixtures/plugins/start-hangs/index.ts', import.meta.url));
-  const config = await writeConfig(
-    dir,
-    'cloudlet.yaml',
-    `host:\n  id: cli-host\ntransport:\n  kind: local\n  socket: ${join(dir, 'agent.sock')}\nplugins:\n  - use: ${startHangs}\n    options:\n      marker: ${marker}\n`,
-  );
-  const agent = spawn(process.execPath, [join(repoRoot, 'core/cli/bin.js'), 'agent', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CLOUDLET_LOG_FORMAT: 'json' } });
-  t.after(() => agent.kill('SIGKILL'));
-  let output = '';
-  agent.stdout.on('data', (d) => (output += d));
-  agent.stderr.on('data', (d) => (output += d));
-  const exited = new Promise<[number | null, string | null]>((resolve) => agent.on('exit', (code, signal) => resolve([code, signal])));
-  await until(async () => (await readFile(marker, 'utf8').catch(() => '')).includes('start-begun'), 20_000);
+  const agent = await startingAgent(t, 'start-hangs', '');
+  await until(async () => (await agent.hooks()).includes('start-begun'), 20_000);
   await new Promise((resolve) => setTimeout(resolve, 1_000));
-  assert.equal(agent.exitCode, null, `the agent exited while its start hook was pending:\n${output}`);
-  agent.kill('SIGTERM');
-  await until(async () => output.includes('signal during start-up'), 10_000);
-  assert.match(output, /signal during start-up: stopping once the start is done \(waiting for plugin \\"start-hangs\\" start hook, running for \d+ s; a second signal exits now\)/);
-  agent.kill('SIGTERM');
-  assert.deepEqual(await exited, [130, null]);
+  assert.equal(agent.child.exitCode, null, `the agent exited while its start hook was pending:\n${agent.output()}`);
+  agent.child.kill('SIGTERM');
+  await until(async () => agent.output().includes('signal during start-up'), 10_000);
+  assert.match(agent.output(), /signal during start-up: stopping once the start is done \(waiting for plugin \\"start-hangs\\" start hook, running for \d+ s; a second signal exits now\)/);
+  agent.child.kill('SIGTERM');
+  assert.deepEqual(await agent.exited, [130, null]);
 });
 
 test('cli — an agent that cannot start (invalid config) exits 3 and names the problem', async (t) => {
