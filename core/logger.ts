@@ -27,6 +27,15 @@ function scrub(value: unknown, depth: number): unknown {
   return out;
 }
 
+/**
+ * An error for the log: its cause as its own object (code, details, stack), not appended to its message,
+ * which in this codebase already says what the cause said. Serializers run after `formatters.log`, so the
+ * URL scrub is applied here too: a URL's password in an error's (or its cause's) message or stack.
+ */
+function serializeError(error: unknown): unknown {
+  return scrub(pino.stdSerializers.errWithCause(error as Error), 0);
+}
+
 export interface LoggerOptions {
   level: string;
   format: 'auto' | 'json' | 'pretty';
@@ -51,7 +60,7 @@ export function createLogger(options: LoggerOptions): Logger {
           method.apply(this, args.map((arg) => (typeof arg === 'string' ? redactUrlCredentials(arg) : arg)) as Parameters<typeof method>);
         },
       },
-      serializers: { err: pino.stdSerializers.err, error: pino.stdSerializers.err },
+      serializers: { err: serializeError, error: serializeError },
       messageKey: 'msg',
       timestamp: pino.stdTimeFunctions.isoTime,
     },

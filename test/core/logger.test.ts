@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
+import { CloudletError } from '../../core/errors.ts';
 import { createLogger, lazyChild, memoryDestination, redactUrlCredentials } from '../../core/logger.ts';
 
 test('logger — passwords in URLs are masked in fields and in messages', () => {
@@ -65,4 +66,32 @@ test('logger — URL masking leaves URLs without credentials alone', () => {
   assert.equal(redactUrlCredentials('amqps://user:p%40ss@h'), 'amqps://user:***@h');
   // An "@" left unencoded in the password: URL parsers take the last one as the separator, so must this.
   assert.equal(redactUrlCredentials('connecting to amqp://user:p@ss@broker:5672/v now'), 'connecting to amqp://user:***@broker:5672/v now');
+});
+
+test('logger — an error with a cause is logged once, its cause beside it with its own code and details', () => {
+  // Before, pino's default serializer appended every cause's message to the error's: a hook failure read
+  // "…: dnsmasq on br9 did not start: X: dnsmasq on br9 did not start: X: X", and the inner code
+  // (DNSMASQ_START_FAILED) and its details were nowhere in the line.
+  const memory = memoryDestination();
+  const log = createLogger({ level: 'info', format: 'json', destination: memory.stream });
+  const inner = new CloudletError('DNSMASQ_START_FAILED', 'dnsmasq on br9 did not start: spawn ENOENT', { details: { bridge: 'br9' }, cause: new Error('spawn ENOENT') });
+  const outer = new CloudletError('PLUGIN_HOOK_FAILED', `plugin "x" failed in its start hook: ${inner.message}`, { cause: inner, details: { plugin: 'x', hook: 'start' } });
+  log.error({ err: outer }, 'agent failed to start');
+  const err = memory.lines()[0]?.err as { message: string; code: string; cause: { code: string; message: string; details: unknown; cause: { message: string } } };
+  assert.equal(err.message, 'plugin "x" failed in its start hook: dnsmasq on br9 did not start: spawn ENOENT');
+  assert.equal(err.code, 'PLUGIN_HOOK_FAILED');
+  assert.equal(err.cause.code, 'DNSMASQ_START_FAILED');
+  assert.deepEqual(err.cause.details, { bridge: 'br9' });
+  assert.equal(err.cause.cause.message, 'spawn ENOENT');
+});
+
+test('logger — a URL password in an error\'s or its cause\'s message or stack is masked', () => {
+  // Before, formatters.log skipped errors and their serializer ran after it: the password reached the log.
+  const memory = memoryDestination();
+  const log = createLogger({ level: 'info', format: 'json', destination: memory.stream });
+  const inner = new Error('cannot connect to amqp://bob:hunter2@broker:5672/');
+  log.error({ err: new CloudletError('BROKER_UNAVAILABLE', 'lost amqp://bob:hunter2@broker', { cause: inner }) }, 'broker gone');
+  const line = JSON.stringify(memory.lines()[0]);
+  assert.ok(!line.includes('hunter2'), line);
+  assert.match(line, /amqp:\/\/bob:\*\*\*@broker/);
 });
