@@ -94,7 +94,9 @@ function escapeCharacter(character: string): string {
  * on the wire: problems of another shape are shown as the JSON they are, never formatted as problems.
  */
 function errorBody(error: CloudletError): string {
-  const details = error.details as { problems?: unknown } | undefined;
+  const details = error.details as { problems?: unknown; thrownCode?: unknown } | undefined;
+  // The code a handler threw that its plugin did not declare (ENOENT, another plugin's): what to search for.
+  if (error.code === 'HANDLER_ERROR' && typeof details?.thrownCode === 'string') return `${error.message} (thrown code: ${details.thrownCode.slice(0, 64)})`;
   if (details?.problems === undefined) return error.message;
   const { problems } = details;
   if (Array.isArray(problems) && problems.length > 0 && problems.every(isConfigProblem)) {

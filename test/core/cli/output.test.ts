@@ -59,3 +59,12 @@ test('output — --json output is left to JSON, which escapes what it must', () 
   assert.equal(JSON.parse(stdout.text()).text, 'a\u001b[2Jb');
   assert.ok(!stdout.text().includes('\u001b'));
 });
+
+test('output — HANDLER_ERROR shows the code the handler threw, which only --json showed before', () => {
+  const stderr = capture();
+  createOutput(false, { stdout: capture().stream, stderr: stderr.stream }).error(
+    CloudletError.fromWire({ code: 'HANDLER_ERROR', message: "ENOENT: no such file or directory, open '/x'", details: { thrownCode: 'ENOENT' } }),
+    'node1',
+  );
+  assert.equal(stderr.text(), "error [HANDLER_ERROR] from node1: ENOENT: no such file or directory, open '/x' (thrown code: ENOENT)\n");
+});
