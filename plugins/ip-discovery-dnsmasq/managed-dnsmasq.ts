@@ -185,11 +185,14 @@ export class ManagedDnsmasq {
   }
 }
 
+/** Names the supervising process in dnsmasq's environment: see supervisorOf. */
+const SUPERVISOR_ENV = 'CLOUDLET_DNSMASQ_SUPERVISOR';
+
 function spawnDnsmasq(argv: string[], log: PluginLogger): Run {
   const [binary, ...args] = argv as [string, ...string[]];
   // A process group of its own: Ctrl-C at the agent's terminal reaches the agent, which stops dnsmasq in its
   // stop hook, and not dnsmasq directly (the supervisor would restart it in the middle of the shutdown).
-  const child = spawn(binary, args, { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+  const child = spawn(binary, args, { stdio: ['ignore', 'ignore', 'pipe'], detached: true, env: { ...process.env, [SUPERVISOR_ENV]: String(process.pid) } });
   liveChildren.add(child);
   void child.once('close', () => liveChildren.delete(child));
   const lines: string[] = [];
@@ -261,8 +264,6 @@ function kindOf(info: Stats): string {
 }
 
 /**
- * dnsmasq's pid and, after it, the supervisor's (this process): a dnsmasq whose parent is no longer its
- * recorded supervisor is a leftover, also when a subreaper (systemd --user, tini) and not init took it in.
  * Written whole under a temporary name, then renamed: never through a link someone put at the pid file's
  * path. A temporary file a crash left (a container reuses pids) is removed first; unlink does not follow
  * a link either.
@@ -270,7 +271,7 @@ function kindOf(info: Stats): string {
 async function recordPid(pidFile: string, pid: number): Promise<void> {
   const temp = `${pidFile}.${process.pid}.tmp`;
   await rm(temp, { force: true });
-  await writeFile(temp, `${pid} ${process.pid}\n`, { flag: 'wx' });
+  await writeFile(temp, `${pid}\n`, { flag: 'wx' });
   await rename(temp, pidFile).catch(async (error: unknown) => {
     await rm(temp, { force: true });
     throw error;
@@ -285,7 +286,7 @@ async function recordPid(pidFile: string, pid: number): Promise<void> {
  */
 async function stopLeftover(leaseFile: string, bridge: string, graceMs: number, log: PluginLogger): Promise<void> {
   for (const other of await managedOn(bridge)) {
-    refuseIfSupervised(other.pid, await supervisorOf(other.pid, other.leaseFile), bridge, other.leaseFile);
+    refuseIfSupervised(other.pid, await supervisorOf(other.pid), bridge, other.leaseFile);
     // Unsupervised, on another lease file: left by an agent that is gone and had another config (or started
     // by hand). Not ours to kill, and a second DHCP server beside it would hand out conflicting addresses.
     if (other.leaseFile !== leaseFile) {
@@ -295,13 +296,13 @@ async function stopLeftover(leaseFile: string, bridge: string, graceMs: number, 
     }
   }
   const pidFile = pidFileFor(leaseFile);
-  const { pid } = await readPidRecord(leaseFile);
-  if (pid === undefined) return;
+  const pid = Number.parseInt(await readFile(pidFile, 'utf8').catch(() => ''), 10);
+  if (!(pid > 0)) return;
   // The pid may have been reused since: only a dnsmasq writing this very lease file is ours.
   const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
   if (cmdline.split('\0').includes(`--dhcp-leasefile=${leaseFile}`)) {
     // Found above already when it serves this bridge; asked again for one started for another bridge.
-    refuseIfSupervised(pid, await supervisorOf(pid, leaseFile), bridge, leaseFile);
+    refuseIfSupervised(pid, await supervisorOf(pid), bridge, leaseFile);
     log.warn({ pid, leaseFile }, 'stopping a dnsmasq left running by an earlier agent');
     signal(pid, 'SIGTERM', bridge);
     const deadline = performance.now() + graceMs;
@@ -338,24 +339,20 @@ async function managedOn(bridge: string): Promise<{ pid: number; leaseFile: stri
   return found;
 }
 
-/** The pid file's dnsmasq pid and, when recorded (this version on), the pid of the process supervising it. */
-async function readPidRecord(leaseFile: string): Promise<{ pid?: number; supervisor?: number }> {
-  const [pid, supervisor] = (await readFile(pidFileFor(leaseFile), 'utf8').catch(() => '')).trim().split(/\s+/).map(Number);
-  return { ...(pid && pid > 0 ? { pid } : {}), ...(supervisor && supervisor > 0 ? { supervisor } : {}) };
-}
-
 /**
- * The live process supervising dnsmasq `pid`, if any: its parent, when that is the supervisor its pid file
- * records. Without a record (a pid file of an older agent), any live parent but init counts: a killed
- * agent's dnsmasq is re-parented to init, or to the nearest subreaper, which only the record tells apart.
+ * The live process supervising dnsmasq `pid`, if any: its parent, when that is the supervisor named in its
+ * environment (SUPERVISOR_ENV, set when it was started). A killed agent's dnsmasq is re-parented to init, or
+ * to the nearest subreaper (systemd --user, tini), which only that name tells apart from a supervisor.
+ * Without it (a dnsmasq of an older agent, or another user's, whose environment cannot be read), any live
+ * parent but init counts.
  */
-async function supervisorOf(pid: number, leaseFile: string): Promise<number | undefined> {
+async function supervisorOf(pid: number): Promise<number | undefined> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
   const parent = Number(/^PPid:\s+(\d+)$/m.exec(status)?.[1]);
   if (!(parent > 1 && alive(parent))) return undefined;
-  const record = await readPidRecord(leaseFile);
-  if (record.pid === pid && record.supervisor !== undefined && record.supervisor !== parent) return undefined;
-  return parent;
+  const environment = (await readFile(`/proc/${pid}/environ`, 'utf8').catch(() => '')).split('\0');
+  const named = Number(environment.find((entry) => entry.startsWith(`${SUPERVISOR_ENV}=`))?.slice(SUPERVISOR_ENV.length + 1));
+  return named > 0 && named !== parent ? undefined : parent;
 }
 
 function alive(pid: number): boolean {

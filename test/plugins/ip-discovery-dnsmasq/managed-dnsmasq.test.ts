@@ -85,8 +85,9 @@ test('managed — start waits until dnsmasq serves, logs its lines (transactions
   const pid = supervisor.pid!;
   assert.ok(pid > 0 && processAlive(pid));
   assert.deepEqual(await starts(), [pid]);
-  // Its pid, then the supervisor's: a dnsmasq whose parent is not the recorded supervisor is a leftover.
-  assert.equal((await readFile(pidFileFor(options.leaseFile), 'utf8')).trim(), `${pid} ${process.pid}`);
+  assert.equal((await readFile(pidFileFor(options.leaseFile), 'utf8')).trim(), String(pid));
+  // Its environment names its supervisor: a dnsmasq whose parent is not that process is a leftover.
+  assert.ok((await readFile(`/proc/${pid}/environ`, 'utf8')).split('\0').includes(`CLOUDLET_DNSMASQ_SUPERVISOR=${process.pid}`));
   assert.ok(records.some((r) => r.level === 'info' && r.obj.dnsmasq === 'dnsmasq: started, version fake'));
   assert.ok(records.some((r) => r.level === 'debug' && String(r.obj.dnsmasq).includes('DHCPACK')));
   assert.ok(records.some((r) => r.msg === 'dnsmasq serves DHCP on the bridge'));
@@ -207,20 +208,24 @@ test('managed — a leftover taken in by a subreaper (systemd --user, tini), not
   const { settings, options, dir } = await setup(t, SERVE);
   await mkdir(join(dir, 'leases'), { recursive: true });
   const argv = [settings.managed.dnsmasqBinary, '--no-daemon', '--interface=br0', `--dhcp-leasefile=${options.leaseFile}`];
-  const reaper = spawn('python3', ['-c', SUBREAPER], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ARGV: JSON.stringify(argv) } });
+  // The agent that started it, and is gone now: a process that has exited.
+  const gone = spawn('true');
+  await new Promise((resolve) => gone.once('exit', resolve));
+  const reaper = spawn('python3', ['-c', SUBREAPER], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, ARGV: JSON.stringify(argv), CLOUDLET_DNSMASQ_SUPERVISOR: String(gone.pid) },
+  });
   t.after(() => void reaper.kill('SIGKILL'));
-  const [leftoverPid, deadSupervisor] = (await new Promise<string>((resolve) => reaper.stdout.once('data', (d: Buffer) => resolve(d.toString())))).trim().split(' ').map(Number) as [number, number];
+  const [leftoverPid] = (await new Promise<string>((resolve) => reaper.stdout.once('data', (d: Buffer) => resolve(d.toString())))).trim().split(' ').map(Number) as [number];
   t.after(() => kill(leftoverPid));
   const parent = Number(/^PPid:\s+(\d+)$/m.exec(await readFile(`/proc/${leftoverPid}/status`, 'utf8'))?.[1]);
   assert.equal(parent, reaper.pid, 'the leftover\'s parent is the subreaper');
-  // What the killed agent recorded: its dnsmasq, and itself as the supervisor (gone now).
-  await writeFile(pidFileFor(options.leaseFile), `${leftoverPid} ${deadSupervisor}\n`);
+  // What the killed agent recorded.
+  await writeFile(pidFileFor(options.leaseFile), `${leftoverPid}\n`);
 
   const supervisor = await ManagedDnsmasq.start(settings);
   t.after(() => supervisor.stop());
   await until(() => !processAlive(leftoverPid), 5_000, 'the leftover to exit');
-  // The new record names the new dnsmasq and this process.
-  assert.deepEqual((await readFile(pidFileFor(options.leaseFile), 'utf8')).trim(), `${supervisor.pid} ${process.pid}`);
   await supervisor.stop();
 });
 
