@@ -20,7 +20,7 @@ export interface Output {
 export const HINTS: Readonly<Record<string, string>> = {
   AGENT_UNREACHABLE: 'start an agent with "cloudlet agent --config FILE" (or "npm start"), or point --config/--socket at the running one; "cloudlet doctor" checks this host',
   UNKNOWN_TYPE: 'run "cloudlet plugins" to see which message types this host handles',
-  INVALID_PAYLOAD: 'check the payload against the message type in docs/PROTOCOL.md',
+  INVALID_PAYLOAD: 'check the payload against the message type: docs/PROTOCOL.md for the built-in types; "cloudlet plugins" names the plugin that handles any other',
   BUSY: 'the host is saturated for this message type; retry with backoff or raise pools.<type>.maxQueue',
   TIMEOUT: 'raise pools.<type>.timeoutMs if the work legitimately takes longer',
   CLIENT_TIMEOUT: 'raise --timeout, or check the agent log for the message id',

@@ -50,6 +50,8 @@ test('external plugin — loaded by path from a folder outside the repo, it hand
   assert.equal(check.code, 0, check.stdout + check.stderr);
   const listed = await runCli(['plugins', '--config', config]);
   assert.match(listed.stdout, /dice\s+0\.3\.0\s+dice\.roll\s+0-1 threads, queue 64, timeout 2000 ms/);
+  // Settings away from the defaults are shown too (before, the table left tasksPerThread out).
+  assert.match(listed.stdout, /core\s+\S+\s+host-info\s+0-1 threads × 16 tasks, queue 64, timeout 5000 ms/);
 
   await spawnAgent(t, config);
   const roll = await runCli(['call', 'dice.roll', '--config', config, '--payload', '{"count":5}']);

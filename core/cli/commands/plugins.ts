@@ -1,10 +1,18 @@
 import { summarizePlugins } from '../../agent.ts';
 import { loadHostConfig } from '../../config/host-config.ts';
+import { defaultPoolSettings, type PoolSettingsConfig as PoolSettings } from '../../config/schema.ts';
 import { refuseConfigPositionals } from '../args.ts';
 import type { Command } from '../command.ts';
 import { findRawConfig } from '../config-source.ts';
 import { EXIT } from '../exit-codes.ts';
 import { table } from '../output.ts';
+
+/** Threads, queue and timeout, and the settings a plugin or the config moved away from their defaults. */
+function poolSummary(pool: PoolSettings): string {
+  const tasks = pool.tasksPerThread === defaultPoolSettings.tasksPerThread ? '' : ` × ${pool.tasksPerThread} tasks`;
+  const memory = pool.maxMemoryMb === defaultPoolSettings.maxMemoryMb ? '' : `, heap ${pool.maxMemoryMb} MiB`;
+  return `${pool.minThreads}-${pool.maxThreads} threads${tasks}, queue ${pool.maxQueue}, timeout ${pool.timeoutMs} ms${memory}`;
+}
 
 export const pluginsCommand: Command = {
   words: ['plugins'],
@@ -23,7 +31,7 @@ export const pluginsCommand: Command = {
         i === 0 ? p.name : '',
         i === 0 ? p.version : '',
         m.type,
-        m.pool ? `${m.pool.minThreads}-${m.pool.maxThreads} threads, queue ${m.pool.maxQueue}, timeout ${m.pool.timeoutMs} ms` : '',
+        m.pool ? poolSummary(m.pool) : '',
         i === 0 ? p.provides.join(',') : '',
         i === 0 ? p.source : '',
       ]),

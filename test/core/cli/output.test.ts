@@ -68,3 +68,9 @@ test('output — HANDLER_ERROR shows the code the handler threw, which only --js
   );
   assert.equal(stderr.text(), "error [HANDLER_ERROR] from node1: ENOENT: no such file or directory, open '/x' (thrown code: ENOENT)\n");
 });
+
+test('output — the INVALID_PAYLOAD hint does not send a third-party type to PROTOCOL.md alone', () => {
+  const stderr = capture();
+  createOutput(false, { stdout: capture().stream, stderr: stderr.stream }).error(CloudletError.fromWire({ code: 'INVALID_PAYLOAD', message: 'invalid payload for "acme.x"' }), 'node1');
+  assert.match(stderr.text(), /\nhint: .*"cloudlet plugins" names the plugin that handles any other\n$/);
+});
