@@ -16,6 +16,10 @@ if (preload) {
   if (at >= 0) process.execArgv.splice(at, 2);
 }
 
+// Deno gives worker threads a global `require` (Node does not): handler code that broke PLUGINS.md's
+// "ES modules only" rule would pass on Deno and fail on Node. Taken away, so both runtimes refuse it alike.
+if (typeof globalThis.Deno !== 'undefined' && 'require' in globalThis) delete globalThis.require;
+
 const compiled = new URL('./handler-worker.js', import.meta.url);
 let runTask;
 if (existsSync(compiled)) {

@@ -20,6 +20,7 @@ const pools = new PoolManager([
   { ...spec('test.sleep', testkit, 'testkit', {}), settings: { ...defaultPoolSettings, maxThreads: 1, timeoutMs: 300 } },
   // Two messages share the one thread; the first spins until its thread is stopped (workers/run-table.ts).
   { ...spec('test.shared', testkit, 'testkit', {}), settings: { ...defaultPoolSettings, maxThreads: 1, tasksPerThread: 2, timeoutMs: 10_000, cancelGraceMs: 100 } },
+  spec('test.globals', new URL('./globals-handler.ts', import.meta.url), 'testkit', {}),
 ]);
 const deadline = () => Date.now() + 10_000;
 const progress: unknown[] = [];
@@ -31,6 +32,7 @@ const results = {
   spinStopped: await pools.run({ id: '5', type: 'test.shared', payload: { do: 'spin' }, deadline: Date.now() + 1_500 }),
   // Answered only if the spinning thread was stopped and replaced.
   afterSpin: await pools.run({ id: '6', type: 'test.shared', payload: { announce: 'after' }, deadline: deadline() }),
+  globals: await pools.run({ id: '7', type: 'test.globals', payload: {}, deadline: deadline() }),
   progressSeen: progress,
 };
 await pools.destroy();

@@ -31,6 +31,9 @@ test('deno — the worker entry runs real handlers in a tinypool under Deno 2', 
   assert.equal(results.hostInfo?.ok, true);
   assert.match(String(results.hostInfo?.result?.runtime), /^deno 2\./, 'host-info ran under Deno');
   assert.equal(results.hostInfo?.result?.host, 'deno-host');
+  // Deno gives worker threads a global `require` that Node's do not have: a handler using it would pass
+  // here and fail on Node. workers/boot.mjs takes it away.
+  assert.deepEqual(results.globals?.result, { require: 'undefined', module: 'undefined', __dirname: 'undefined', __filename: 'undefined' });
   assert.equal(results.echo?.ok, true);
   assert.equal(results.echo?.result?.greeting, 'deno says hi');
   assert.equal(results.echo?.result?.value, 42);
