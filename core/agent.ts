@@ -52,9 +52,8 @@ export class Agent {
   #stopping: Promise<void> | undefined;
   readonly #observers = new Set<DispatchObserver>();
   #state: 'starting' | 'running' | 'stopping' = 'starting';
-  #runningHook: { plugin: string; hook: 'init' | 'start'; since: number } | undefined;
-  /** The slow-hook log's timer; a stop ends it, even for a hook that never finishes (an embedder's stop). */
-  #slowHookTimer: ReturnType<typeof setInterval> | undefined;
+  /** The init or start hook running now, with its slow-hook log's timer (a stop ends that timer). */
+  #runningHook: { plugin: string; hook: 'init' | 'start'; since: number; timer: ReturnType<typeof setInterval> } | undefined;
   readonly #slowHookLogMs: number;
   /** What monitoring plugins see of this agent (the hook context's `agent`); one object for the agent's life. */
   readonly #view: AgentView = {
@@ -220,7 +219,8 @@ export class Agent {
 
   /** The init or start hook the agent is waiting for now, if any: named when a start seems stuck. */
   get runningHook(): { plugin: string; hook: 'init' | 'start'; sinceMs: number } | undefined {
-    return this.#runningHook && { ...this.#runningHook, sinceMs: Date.now() - this.#runningHook.since };
+    const running = this.#runningHook;
+    return running && { plugin: running.plugin, hook: running.hook, sinceMs: Date.now() - running.since };
   }
 
   async #runHook(plugin: LoadedPlugin, hook: 'init' | 'start' | 'stop'): Promise<void> {
@@ -233,13 +233,12 @@ export class Agent {
     // the event loop alive: a hook awaiting a promise that nothing will ever settle would otherwise let
     // Node end the process with status 13 and not a word. (Stop hooks have their own limit, stopHookMs,
     // and one left behind must not keep the process alive.)
-    let slow: ReturnType<typeof setInterval> | undefined;
     if (hook !== 'stop') {
-      this.#runningHook = { plugin: name, hook, since };
-      slow = this.#slowHookTimer = setInterval(() => {
+      const timer = setInterval(() => {
         const seconds = Math.round((Date.now() - since) / 1000);
         this.log.warn({ plugin: name, hook, seconds }, `plugin "${name}" ${hook} hook has run for ${seconds} s; the agent takes no messages until it finishes`);
       }, this.#slowHookLogMs);
+      this.#runningHook = { plugin: name, hook, since, timer };
     }
     try {
       await fn(this.#hookContext(plugin));
@@ -249,11 +248,13 @@ export class Agent {
         details: { plugin: plugin.plugin.name, hook },
       });
     } finally {
-      if (slow !== undefined) {
-        clearInterval(slow);
-        this.#runningHook = undefined;
-      }
+      if (hook !== 'stop') this.#endRunningHook();
     }
+  }
+
+  #endRunningHook(): void {
+    clearInterval(this.#runningHook?.timer);
+    this.#runningHook = undefined;
   }
 
   /**
@@ -287,7 +288,7 @@ export class Agent {
 
   async #stop(reason: string): Promise<void> {
     this.#state = 'stopping';
-    clearInterval(this.#slowHookTimer);
+    this.#endRunningHook();
     const graceMs = this.config.core.shutdown.graceMs;
     this.log.info({ reason, inFlight: this.inFlight, graceMs }, 'shutting down');
     this.#dispatcher?.stopAccepting();

@@ -19,7 +19,7 @@ const STOP_MARGIN_MS = 30_000;
  * shutdown.stopHookMs, then ends its threads. A successor that gave up sooner would fail a restart whose
  * old agent was merely slow to stop.
  */
-export function successorWaitMs(shutdown: { graceMs: number; stopHookMs: number }, stopHooks: number): number {
+function successorWaitMs(shutdown: { graceMs: number; stopHookMs: number }, stopHooks: number): number {
   return shutdown.graceMs + stopHooks * shutdown.stopHookMs + STOP_MARGIN_MS;
 }
 

@@ -18,7 +18,6 @@ import { rawConfigFrom } from '../../core/config/load.ts';
 import { makeEvent, makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
 import { createLogger, memoryDestination } from '../../core/logger.ts';
 import { FrameReader, salvageIds } from '../../core/transports/ndjson.ts';
-import { successorWaitMs } from '../../core/transports/index.ts';
 import { LocalAgentTransport, LocalClientTransport } from '../../core/transports/local.ts';
 import { lockSocketPath, looksLikeAgent, onHeldLock, socketLockName } from '../../core/transports/socket-path.ts';
 import { startAgent, tempDir, testkitPath, until } from '../helpers.ts';
@@ -411,13 +410,6 @@ test('local — a start waits for an agent that says it is stopping only up to s
   await stopping.close();
   await listening;
   assert.equal(patient.isUp(), true);
-});
-
-test('local — a successor waits for a stopping agent\'s drain, every stop hook\'s limit and a margin', () => {
-  // The stopping agent runs its stop hooks one after another, each bounded by shutdown.stopHookMs; a
-  // successor that waited only graceMs + margin gave up while a slow but legitimate hook still ran.
-  assert.equal(successorWaitMs({ graceMs: 10_000, stopHookMs: 15_000 }, 3), 10_000 + 3 * 15_000 + 30_000);
-  assert.equal(successorWaitMs({ graceMs: 0, stopHookMs: 15_000 }, 0), 30_000);
 });
 
 test('local — a lock held while nothing serves the path is gone around only when it is surely another user\'s', () => {
