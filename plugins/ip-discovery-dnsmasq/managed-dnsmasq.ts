@@ -279,12 +279,15 @@ async function recordPid(pidFile: string, pid: number): Promise<void> {
 }
 
 /**
- * Stops the dnsmasq a killed agent left running on this lease file: it would hold the DHCP port. One whose
- * parent still runs belongs to a running agent (a killed agent's child is re-parented to init): that agent
- * serves this bridge, and a second DHCP server on it would hand out conflicting addresses. Refused, not
- * killed. So is any other dnsmasq this way managing the same bridge with another lease file.
+ * Stops the dnsmasq a killed agent left running on this lease file: it would hold the DHCP port. It is found
+ * on the bridge by its command line, so a pid file deleted since (a cleaned state folder) hides nothing; the
+ * pid file also finds one started for another bridge. One whose parent still runs belongs to a running agent
+ * (a killed agent's child is re-parented to init): that agent serves this bridge, and a second DHCP server on
+ * it would hand out conflicting addresses. Refused, not killed. So is any other dnsmasq this way managing the
+ * same bridge with another lease file.
  */
 async function stopLeftover(leaseFile: string, bridge: string, graceMs: number, log: PluginLogger): Promise<void> {
+  const leftovers = new Set<number>();
   for (const other of await managedOn(bridge)) {
     refuseIfSupervised(other.pid, await supervisorOf(other.pid), bridge, other.leaseFile);
     // Unsupervised, on another lease file: left by an agent that is gone and had another config (or started
@@ -294,21 +297,22 @@ async function stopLeftover(leaseFile: string, bridge: string, graceMs: number, 
         details: { bridge, pid: other.pid, leaseFile: other.leaseFile },
       });
     }
+    leftovers.add(other.pid);
   }
   const pidFile = pidFileFor(leaseFile);
-  const pid = Number.parseInt(await readFile(pidFile, 'utf8').catch(() => ''), 10);
-  if (!(pid > 0)) return;
+  const recorded = Number.parseInt(await readFile(pidFile, 'utf8').catch(() => ''), 10);
   // The pid may have been reused since: only a dnsmasq writing this very lease file is ours.
-  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-  if (cmdline.split('\0').includes(`--dhcp-leasefile=${leaseFile}`)) {
-    // Found above already when it serves this bridge; asked again for one started for another bridge.
-    refuseIfSupervised(pid, await supervisorOf(pid), bridge, leaseFile);
+  if (recorded > 0 && !leftovers.has(recorded) && (await readFile(`/proc/${recorded}/cmdline`, 'utf8').catch(() => '')).split('\0').includes(`--dhcp-leasefile=${leaseFile}`)) {
+    refuseIfSupervised(recorded, await supervisorOf(recorded), bridge, leaseFile);
+    leftovers.add(recorded);
+  }
+  for (const pid of leftovers) {
     log.warn({ pid, leaseFile }, 'stopping a dnsmasq left running by an earlier agent');
     signal(pid, 'SIGTERM', bridge);
-    const deadline = performance.now() + graceMs;
-    while (alive(pid) && performance.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 25));
-    if (alive(pid)) signal(pid, 'SIGKILL', bridge);
   }
+  const deadline = performance.now() + graceMs;
+  while ([...leftovers].some(alive) && performance.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 25));
+  for (const pid of leftovers) if (alive(pid)) signal(pid, 'SIGKILL', bridge);
   await rm(pidFile, { force: true });
 }
 

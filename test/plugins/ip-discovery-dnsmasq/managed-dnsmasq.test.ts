@@ -248,6 +248,23 @@ test('managed — an unsupervised dnsmasq on the bridge with another lease file 
   assert.equal(processAlive(stray), true);
 });
 
+test('managed — a leftover on this lease file is stopped even when its pid file is gone', { timeout: 30_000 }, async (t) => {
+  // Before, only the pid file led to a leftover: with it deleted (a cleaned state folder, a tmpfs after a
+  // crash), a second DHCP server was started beside the first on the same bridge and lease file.
+  const { settings, options, dir, records } = await setup(t, SERVE);
+  await mkdir(join(dir, 'leases'), { recursive: true });
+  const leftover = await orphan(settings.managed.dnsmasqBinary, ['--no-daemon', '--interface=br0', `--dhcp-leasefile=${options.leaseFile}`]);
+  t.after(() => kill(leftover));
+  await until(async () => (await readFile(options.leaseFile, 'utf8').catch(() => undefined)) !== undefined, 5_000, 'the leftover dnsmasq');
+
+  const supervisor = await ManagedDnsmasq.start(settings);
+  t.after(() => supervisor.stop());
+  assert.equal(processAlive(leftover), false, 'the leftover is stopped before the new dnsmasq starts');
+  assert.ok(records.some((r) => r.level === 'warn' && r.obj.pid === leftover));
+  assert.notEqual(supervisor.pid, undefined);
+  await supervisor.stop();
+});
+
 /** Starts `argv` as an orphan (a child of a shell that exits at once), as an agent killed with SIGKILL leaves its dnsmasq. */
 async function orphan(binary: string, args: string[]): Promise<number> {
   const shell = spawn('sh', ['-c', '"$0" "$@" >/dev/null 2>&1 </dev/null & echo $!', binary, ...args], { stdio: ['ignore', 'pipe', 'ignore'] });
