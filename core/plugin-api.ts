@@ -1,6 +1,6 @@
 /**
  * The typed, versioned API that plugins are written against. Everything a plugin author needs is exported
- * from here (and re-exported as the package entry `cloudlet/plugin-api`). Nothing in this module has side
+ * from here (compiled to dist/, it is the package export `cloudlet/plugin-api`). Nothing in this module has side
  * effects or runtime dependencies beyond zod, so it loads in worker threads and under Deno.
  */
 import { z } from 'zod';

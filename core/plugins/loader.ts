@@ -107,17 +107,39 @@ function loadedAsCommonJs(url: string, cause: unknown): boolean {
   return code.startsWith('ERR_REQUIRE') || /require\(\)|Cannot use import statement outside a module|exports is not defined/.test(message);
 }
 
+/** The path Node could not find, from its ERR_MODULE_NOT_FOUND message. */
+function missingModule(cause: unknown): string | undefined {
+  return /^Cannot find (?:module|package) '([^']+)'/.exec(thrownMessage(cause))?.[1];
+}
+
+/**
+ * `cloudlet/plugin-api` is the compiled module in dist/, which a git checkout has only after `npm run build`
+ * (an npm-installed cloudlet ships it). Node's own message names the missing file and nothing to do.
+ */
+function unbuiltPluginApi(cause: unknown): string | undefined {
+  if ((cause as { code?: unknown }).code !== 'ERR_MODULE_NOT_FOUND') return undefined;
+  const root = /^(.+)\/dist\/core\/plugin-api\.js$/.exec(missingModule(cause) ?? '')?.[1];
+  return root === undefined ? undefined : `cloudlet/plugin-api is the compiled plugin API: run \`npm run build\` in ${root} (a checkout has no dist/ until then)`;
+}
+
+function hintFor(url: string, cause: unknown): string {
+  const hint = loadedAsCommonJs(url, cause) ? TYPESCRIPT_AS_COMMONJS : unbuiltPluginApi(cause);
+  return hint === undefined ? '' : `; ${hint}`;
+}
+
 async function importPlugin(url: string): Promise<CloudletPlugin> {
   let module: { default?: unknown };
   try {
     module = await importModule<{ default?: unknown }>(url);
   } catch (cause) {
-    // Only the plugin's own module missing is "not found"; a module it imports being missing is an import failure.
+    // Only the plugin's own module missing is "not found"; a module it imports being missing is an import
+    // failure. Node says "Cannot find module '<missing>' imported from <importer>": the importer may be the
+    // plugin, so only the quoted path counts.
     const notFound =
-      (cause as { code?: string }).code === 'ERR_MODULE_NOT_FOUND' && String((cause as Error).message).includes(fileURLToPath(url));
+      (cause as { code?: string }).code === 'ERR_MODULE_NOT_FOUND' && missingModule(cause) === fileURLToPath(url);
     throw new CloudletError(
       notFound ? 'PLUGIN_NOT_FOUND' : 'PLUGIN_IMPORT_FAILED',
-      `importing plugin module ${url} failed: ${thrownMessage(cause)}${loadedAsCommonJs(url, cause) ? `; ${TYPESCRIPT_AS_COMMONJS}` : ''}`,
+      `importing plugin module ${url} failed: ${thrownMessage(cause)}${hintFor(url, cause)}`,
       { cause, details: { url } },
     );
   }

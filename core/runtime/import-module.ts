@@ -5,8 +5,8 @@
  * `.ts` plugin imports as it is. Compiled (dist/, no loader: ~30 MiB less per thread under Node 20, which
  * runs module hooks on a thread of their own), third-party plugins still work: tsx is registered in this
  * thread before the first module that is TypeScript or lies outside cloudlet's own package is imported. A
- * JavaScript plugin may still import `cloudlet/plugin-api`, which is TypeScript, and Node caches a failed
- * import, so "try, then register" would not do. Built-in plugins, compiled, never pay for the loader.
+ * JavaScript plugin may still import a TypeScript module of its own, and Node caches a failed import, so
+ * "try, then register" would not do. Built-in plugins, compiled, never pay for the loader.
  */
 import { PACKAGE_ROOT } from './package-root.ts';
 

@@ -113,6 +113,17 @@ test('loader — a TypeScript plugin outside any "type": "module" package is PLU
   assert.equal(fixed.code, 0, fixed.stdout + fixed.stderr);
 });
 
+test('loader — a plugin whose own import is missing is PLUGIN_IMPORT_FAILED naming that import, not PLUGIN_NOT_FOUND', async (t) => {
+  // Before, Node's "Cannot find module '<helper>' imported from <plugin>" names the plugin's path too, and
+  // was taken for the plugin itself missing: ERRORS.md's fix for PLUGIN_NOT_FOUND (check the path) misled.
+  const dir = await tempDir(t);
+  await writeFile(join(dir, 'package.json'), '{"type": "module"}\n');
+  await writeFile(join(dir, 'index.js'), 'import { helper } from "./missing-helper.js";\nexport default helper;\n');
+  const problem = onlyProblem(await load(join(dir, 'index.js')));
+  assert.equal(problem.code, 'PLUGIN_IMPORT_FAILED');
+  assert.match(problem.message, /Cannot find module '[^']*missing-helper\.js' imported from/);
+});
+
 test('loader — PLUGIN_IMPORT_FAILED when the module throws while it is imported', async () => {
   const problem = onlyProblem(await load(fixture('throws-on-import')));
   assert.equal(problem.code, 'PLUGIN_IMPORT_FAILED');

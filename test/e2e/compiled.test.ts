@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { appendFile, cp, mkdir, readdir, readFile, symlink, writeFile } from 'node:fs/promises';
+import { appendFile, cp, mkdir, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test, { type TestContext } from 'node:test';
 import { repoRoot, tempDir, writeConfig } from '../helpers.ts';
@@ -139,6 +139,8 @@ test('compiled — the npm package carries dist/, the launcher and the files bes
     'core/cli/source-fingerprint.mjs',
     'dist/BUILD.json',
     'dist/core/cli/main.js',
+    'dist/core/plugin-api.js',
+    'dist/core/plugin-api.d.ts',
     'dist/workers/boot.mjs',
     'dist/workers/tinypool-preload.mjs',
     'dist/workers/handler-worker.js',
@@ -156,4 +158,87 @@ test('compiled — the npm package carries dist/, the launcher and the files bes
   const { sourceFingerprint } = (await import(join(repoRoot, 'core/cli/source-fingerprint.mjs'))) as { sourceFingerprint: (root: string) => string };
   const build = JSON.parse(await readFile(join(unpacked, 'package', 'dist', 'BUILD.json'), 'utf8')) as { sources: string };
   assert.equal(sourceFingerprint(join(unpacked, 'package')), build.sources);
+});
+
+/**
+ * A third party's plugin project with cloudlet as a dependency (node_modules/cloudlet, here a link to the
+ * copy): its JavaScript plugin imports `cloudlet/plugin-api` by name, and `check.ts` is what its author would
+ * type-check with tsc.
+ */
+async function pluginProject(t: TestContext, root: string): Promise<string> {
+  const dir = await tempDir(t, 'cloudlet-plugin-project-');
+  await mkdir(join(dir, 'node_modules'));
+  await symlink(root, join(dir, 'node_modules', 'cloudlet'));
+  await writeFile(join(dir, 'package.json'), '{ "name": "dice-plugin", "type": "module", "private": true }\n');
+  await writeFile(
+    join(dir, 'index.js'),
+    `import { definePlugin, z } from 'cloudlet/plugin-api';
+export default definePlugin({
+  name: 'named-dice',
+  version: '1.0.0',
+  api: '^1.0.0',
+  messages: { 'named-dice.roll': { payload: z.object({}).strict(), handler: new URL('./roll.js', import.meta.url) } },
+});
+`,
+  );
+  await writeFile(join(dir, 'roll.js'), `import { CORE_API_VERSION } from 'cloudlet/plugin-api';\nexport default async () => ({ value: 4, api: CORE_API_VERSION });\n`);
+  await writeFile(
+    join(dir, 'tsconfig.json'),
+    '{ "compilerOptions": { "target": "ES2022", "module": "NodeNext", "moduleResolution": "NodeNext", "strict": true, "noEmit": true, "types": [] }, "files": ["check.ts"] }\n',
+  );
+  return dir;
+}
+
+const TYPED_USE = `import { CloudletError, definePlugin, z, type HandlerContext, type PluginKit } from 'cloudlet/plugin-api';
+export const plugin = definePlugin({ name: 'checked', version: '1.0.0', api: '^1.0.0', options: z.object({ sides: z.number().int() }), messages: {} });
+export function sides(ctx: HandlerContext<{ sides: number }>, kit: PluginKit): number {
+  if (ctx.options.sides < 1) throw new CloudletError('CHECKED_BAD', 'no sides');
+  return ctx.options.sides + kit.CORE_API_VERSION.length;
+}
+`;
+
+test('compiled — a plugin project imports cloudlet/plugin-api under plain Node, type-checks against it with tsc, and its plugin runs in the agent', { timeout: 180_000 }, async (t) => {
+  // Before, cloudlet/plugin-api named core/plugin-api.ts: plain Node refused the .ts file, and tsc in the
+  // plugin project stumbled on the TypeScript sources' own import paths.
+  const root = await packageCopy(t);
+  const project = await pluginProject(t, root);
+  const plain = spawnSync(process.execPath, ['--input-type=module', '-e', "import { CORE_API_VERSION, z } from 'cloudlet/plugin-api'; console.log(CORE_API_VERSION, typeof z.object);"], {
+    cwd: project,
+    encoding: 'utf8',
+  });
+  assert.equal(plain.status, 0, plain.stderr);
+  const { CORE_API_VERSION } = (await import(join(repoRoot, 'core/version.ts'))) as { CORE_API_VERSION: string };
+  assert.equal(plain.stdout.trim(), `${CORE_API_VERSION} function`);
+
+  const tsc = join(repoRoot, 'node_modules/typescript/bin/tsc');
+  await writeFile(join(project, 'check.ts'), TYPED_USE);
+  const typed = spawnSync(process.execPath, [tsc, '-p', project], { encoding: 'utf8', timeout: 120_000 });
+  assert.equal(typed.status, 0, `${typed.stdout}${typed.stderr}`);
+  // The types are the API's, not `any`: a wrong use is an error.
+  await writeFile(join(project, 'check.ts'), `${TYPED_USE}export const wrong: string = sides as unknown as HandlerContext<{ sides: number }>['options']['sides'];\n`);
+  const mistyped = spawnSync(process.execPath, [tsc, '-p', project], { encoding: 'utf8', timeout: 120_000 });
+  assert.equal(mistyped.status, 2, `${mistyped.stdout}${mistyped.stderr}`);
+  assert.match(mistyped.stdout, /check\.ts.*TS2322: Type 'number' is not assignable to type 'string'/);
+
+  const dir = await tempDir(t, 'cloudlet-compiled-project-');
+  const config = await writeConfig(dir, 'cloudlet.yaml', `host: { id: phost }\ntransport: { kind: local, socket: ${join(dir, 'agent.sock')} }\nplugins:\n  - use: ${join(project, 'index.js')}\n`);
+  const { ready } = await startAgent(t, root, config);
+  assert.equal(ready.code, 'dist');
+  const rolled = cli(root, ['call', 'named-dice.roll', '--config', config]);
+  assert.equal(rolled.code, 0, rolled.stderr);
+  assert.deepEqual(JSON.parse(rolled.stdout), { value: 4, api: CORE_API_VERSION });
+});
+
+test('compiled — a checkout with no dist/ names the build as the fix when a plugin imports cloudlet/plugin-api', { timeout: 120_000 }, async (t) => {
+  const root = await packageCopy(t);
+  await rm(join(root, 'dist'), { recursive: true });
+  const project = await pluginProject(t, root);
+  const dir = await tempDir(t, 'cloudlet-compiled-unbuilt-');
+  const config = await writeConfig(dir, 'cloudlet.yaml', `host: { id: uhost }\ntransport: { kind: local, socket: ${join(dir, 'agent.sock')} }\nplugins:\n  - use: ${join(project, 'index.js')}\n`);
+  const checked = cli(root, ['config', 'check', config]);
+  assert.equal(checked.code, 3, checked.stderr); // the config's plugins do not load
+  assert.match(checked.stdout, /PLUGIN_IMPORT_FAILED/);
+  // The folder the plugin project's cloudlet/plugin-api resolved into: the link to the unbuilt checkout.
+  const folder = join(project, 'node_modules', 'cloudlet');
+  assert.ok(checked.stdout.includes(`cloudlet/plugin-api is the compiled plugin API: run \`npm run build\` in ${folder} (a checkout has no dist/ until then)`), checked.stdout);
 });
