@@ -36,9 +36,17 @@ test('security — the authorizer remembers ids only while their deadline runs',
   const key = generateKey();
   const signer = { privateKey: createPrivateKey(key.privateKeyPem), keyId: key.keyId };
   const authorizer = new RequestAuthorizer({ requireSignatures: true, clients: [{ name: 'ops', publicKey: key.publicKey, allow: ['*'] }], maxDeadlineMs: 60_000, hostKeys: {}, requireSignedReplies: false });
-  const request = signEnvelope(makeRequest({ type: 'host-info', payload: {}, deadline: Date.now() + 10_000 }), signer);
-  assert.equal(authorizer.check(request), undefined);
-  assert.equal(authorizer.check(request)?.code, 'REPLAYED');
+  const start = Date.now();
+  const request = signEnvelope(makeRequest({ type: 'host-info', payload: {}, deadline: start + 10_000 }), signer);
+  assert.equal(authorizer.check(request, start), undefined);
+  assert.equal(authorizer.check(request, start)?.code, 'REPLAYED');
+  // Ids are pruned every 1,000 checks: after that many, 20 s later, the first id's deadline has passed (it is
+  // forgotten, and the dispatcher refuses it as DEADLINE_EXCEEDED) while the later ids' have not.
+  const later = start + 20_000;
+  const others = Array.from({ length: 1_000 }, () => signEnvelope(makeRequest({ type: 'host-info', payload: {}, deadline: later + 30_000 }), signer));
+  for (const other of others) assert.equal(authorizer.check(other, later), undefined);
+  for (const other of [others[0]!, others[500]!, others[999]!]) assert.equal(authorizer.check(other, later)?.code, 'REPLAYED', 'an id whose deadline runs is remembered');
+  assert.equal(authorizer.check(request, later), undefined, 'an id whose deadline passed is forgotten');
   const open = new RequestAuthorizer({ requireSignatures: false, clients: [], maxDeadlineMs: 60_000, hostKeys: {}, requireSignedReplies: false });
   assert.equal(open.check(makeRequest({ type: 'host-info' })), undefined);
 });
