@@ -341,11 +341,17 @@ test('discovery — a wait ends before the request\'s deadline when that comes f
   // than the caller's --timeout) ran into the deadline: the caller got DEADLINE_EXCEEDED or TIMEOUT instead
   // of IP_NOT_FOUND naming the plugins asked.
   const started = Date.now();
-  const answer = await find(strategiesOf(['none', fixed([])]), { wait: true, timeoutMs: 60_000, includeLinkLocal: false, answerBy: started + 1_500 });
+  const answerBy = started + 1_500;
+  const askedAt: number[] = [];
+  const answer = await find(strategiesOf(['none', { discover: async () => (askedAt.push(Date.now()), []) }]), { wait: true, timeoutMs: 60_000, includeLinkLocal: false, answerBy });
   assert.deepEqual(answer.addresses, []);
   assert.equal(answer.cutByDeadline, true);
   // What the wait was allowed, from the code's own arithmetic: up to ANSWER_MARGIN_MS before answerBy.
   assert.ok(answer.waitMs !== undefined && answer.waitMs > 0 && answer.waitMs <= 1_500 - ANSWER_MARGIN_MS, `waitMs ${answer.waitMs}`);
+  // And the wait kept to it: every ask began before the wait's end (answerBy − ANSWER_MARGIN_MS), checked
+  // against answerBy itself, so only an ask begun a whole margin too late fails this, whatever the load.
+  assert.ok(askedAt.length > 1, `asked ${askedAt.length} time(s)`);
+  assert.ok(askedAt.every((at) => at < answerBy), `asks at ${askedAt.map((at) => at - answerBy).join(', ')} ms from answerBy`);
   // A did-not-wait bound against the minute's timeoutMs, not a timing target.
   assert.ok(Date.now() - started < 30_000, `took ${Date.now() - started} ms`);
 
