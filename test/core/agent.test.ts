@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { writeFile } from 'node:fs/promises';
 import { makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
 import { Buffer } from 'node:buffer';
 import { createConnection } from 'node:net';
@@ -312,16 +313,30 @@ test('agent — a start hook that runs long is logged, naming its plugin, until 
   const dir = await tempDir(t);
   const memory = memoryDestination();
   const agent = new Agent(
-    await loadHostConfig(rawConfigFrom({ host: { id: 'test-host' }, transport: { kind: 'local', socket: join(dir, 'agent.sock') }, plugins: [{ use: startHangs, options: { marker: join(dir, 'marker') } }] }, join(dir, 'cloudlet.yaml'))),
+    await loadHostConfig(
+      rawConfigFrom(
+        { host: { id: 'test-host' }, transport: { kind: 'local', socket: join(dir, 'agent.sock') }, plugins: [{ use: startHangs, options: { marker: join(dir, 'marker'), releaseFile: join(dir, 'release') } }] },
+        join(dir, 'cloudlet.yaml'),
+      ),
+    ),
     { logger: createLogger({ level: 'debug', format: 'json', destination: memory.stream }), slowHookLogMs: 200 },
   );
   t.after(() => agent.stop('test finished'));
-  void agent.start().catch(() => undefined);
-  await until(async () => memory.lines().filter((l) => String(l.msg).includes('start hook has run for')).length >= 2, 10_000);
-  const line = memory.lines().find((l) => String(l.msg).includes('start hook has run for'));
+  const started = agent.start();
+  const slowLines = () => memory.lines().filter((l) => String(l.msg).includes('start hook has run for'));
+  await until(async () => slowLines().length >= 2, 10_000);
+  const line = slowLines()[0];
   assert.match(String(line?.msg), /^plugin "start-hangs" start hook has run for \d+ s; the agent takes no messages until it finishes$/);
   assert.deepEqual([line?.plugin, line?.hook], ['start-hangs', 'start']);
   assert.equal(agent.runningHook?.plugin, 'start-hangs');
+
+  // Once the hook finishes, so does its logging: three log periods later, no new line.
+  await writeFile(join(dir, 'release'), '');
+  await started;
+  assert.equal(agent.runningHook, undefined);
+  const linesWhenDone = slowLines().length;
+  await new Promise((resolve) => setTimeout(resolve, 600));
+  assert.equal(slowLines().length, linesWhenDone, 'the slow-hook log stopped with the hook');
 });
 
 test('agent — ctx.dispatch from an init hook says it is too early, not that the agent is shutting down', async (t) => {
