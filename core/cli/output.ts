@@ -41,6 +41,13 @@ export const HINTS: Readonly<Record<string, string>> = {
   WRONG_HOST: 'the VM id names another host; on the local transport only that host’s own VMs can be reached',
 };
 
+/** A VM that is not running has no address to find: the generic IP_NOT_FOUND hint would mislead. */
+function hintFor(error: { code: string; details?: unknown }): string | undefined {
+  const details = error.details as { state?: unknown; vm?: unknown } | undefined;
+  if (error.code === 'IP_NOT_FOUND' && details?.state === 'stopped') return `start it first: "cloudlet vm start ${typeof details.vm === 'string' ? details.vm : 'VM'}"`;
+  return HINTS[error.code];
+}
+
 export function createOutput(json: boolean, streams: { stdout?: NodeJS.WritableStream; stderr?: NodeJS.WritableStream } = {}): Output {
   const stdout = streams.stdout ?? process.stdout;
   const stderr = streams.stderr ?? process.stderr;
@@ -60,7 +67,7 @@ export function createOutput(json: boolean, streams: { stdout?: NodeJS.WritableS
       }
       const body = errorBody(error);
       const ownHint = (error.details as { hint?: unknown } | undefined)?.hint;
-      const hint = typeof ownHint === 'string' ? ownHint : HINTS[error.code];
+      const hint = typeof ownHint === 'string' ? ownHint : hintFor(error);
       stderr.write(terminalSafe(`error [${error.code}]${host ? ` from ${host}` : ''}: ${body}\n${hint ? `hint: ${hint}\n` : ''}`));
     },
   };

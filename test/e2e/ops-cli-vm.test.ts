@@ -100,6 +100,12 @@ test('vm cli — local transport: create with progress and --wait-ip, list, show
 
   const stopped = json<{ vm: Vm }>(await cli(['vm', 'stop', id, '--force', '--wait', '--json']));
   assert.deepEqual([stopped.vm.state, stopped.vm.how], ['stopped', 'quit']);
+  // A stopped VM's address: the reason is that it is not running, not a missing plugin (as it read before).
+  const stoppedIp = await cli(['vm', 'ip', id]);
+  assert.equal(stoppedIp.stdout, `no address known for ${id}: the VM is not running\n`);
+  const stoppedWait = await cli(['vm', 'ip', id, '--wait']);
+  assert.equal(stoppedWait.code, 1, stoppedWait.stderr);
+  assert.match(stoppedWait.stderr, new RegExp(`^hint: start it first: "cloudlet vm start ${id.replace('.', '\\.')}"$`, 'm'));
   const started = await cli(['vm', 'start', id, '--wait']);
   assert.equal(started.code, 0, started.stderr);
   assert.match(started.stdout, /^state: +running$/m);

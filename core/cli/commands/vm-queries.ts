@@ -86,7 +86,7 @@ export const vmIpCommand: Command = {
       const human =
         result.addresses.length > 0
           ? addressTable(result.addresses)
-          : `no address known for ${vm} yet (asked: ${result.strategies.join(', ') || 'no ip-discovery plugin'})${result.hint ? `; ${result.hint}` : ''}`;
+          : noAddressLine(vm, result);
       output.result(human, { ok: true, host: reply.host, ...result });
       return EXIT.OK;
     } finally {
@@ -95,6 +95,12 @@ export const vmIpCommand: Command = {
     }
   },
 };
+
+/** The handler asks no plugin when the VM is not running or the host has none; its hint then says which. */
+function noAddressLine(vm: string, result: { strategies: string[]; hint?: string }): string {
+  if (result.strategies.length === 0) return `no address known for ${vm}: ${result.hint ?? 'no ip-discovery plugin was asked'}`;
+  return `no address known for ${vm} yet (asked: ${result.strategies.join(', ')})${result.hint ? `; ${result.hint}` : ''}`;
+}
 
 export const vmConsoleLogCommand: Command = {
   words: ['vm', 'console-log'],
