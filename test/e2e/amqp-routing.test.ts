@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import test from 'node:test';
 import { makeRequest } from '../../core/envelope.ts';
 import { CloudletError } from '../../core/errors.ts';
-import { runCli } from '../helpers.ts';
-import { startCloud } from '../support/cloud.ts';
+import { runCli, until } from '../helpers.ts';
+import { queueDepth, startCloud } from '../support/cloud.ts';
 
 const hosts = (n: number) => Array.from({ length: n }, (_, i) => ({ id: `h${i + 1}` }));
 
@@ -226,4 +226,48 @@ test('progress — large progress (over 64 KiB, sent on another channel) still r
     assert.equal(reply.ok, true);
     assert.deepEqual(steps, [1, 2, 3], `progress with ${detailBytes}-byte details, as the caller saw it before the reply`);
   }
+});
+
+test('abandoned — a request no host took before the client gave up (CLIENT_TIMEOUT) never runs later', { timeout: 60_000 }, async (t) => {
+  // Before, a request without a deadline waited in the queue for ever: `cloudlet vm create` with every host
+  // stopped said CLIENT_TIMEOUT (exit 5), and the VM was created when a host started a minute later.
+  const cloud = await startCloud(t, [{ id: 'h1' }]);
+  const h1 = cloud.agents.get('h1')!;
+  h1.child.kill('SIGTERM');
+  await h1.exited;
+  const client = cloud.client({ inactivityTimeoutMs: 1_500 });
+  const request = makeRequest({ type: 'test.echo', payload: { value: 'abandoned' } });
+  await assert.rejects(client.request(request), (error: CloudletError) => error.code === 'CLIENT_TIMEOUT');
+  // Expired by the broker when the client gave up: moved to the dead-letter queue, not left for a host.
+  const names = { any: `${cloud.prefix}.any`, dead: `${cloud.prefix}.dead` };
+  await until(async () => (await queueDepth(cloud.url, names.any)) === 0, 5_000);
+  assert.equal(await queueDepth(cloud.url, names.any), 0, 'the abandoned request left the any-host queue');
+  assert.equal(await queueDepth(cloud.url, names.dead), 1, 'it is in the dead-letter queue');
+  // A host that starts now does not run it.
+  const again = await cloud.start({ id: 'h1' });
+  const answered = await cloud.client().request(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'after' } }));
+  assert.equal(answered.ok, true);
+  assert.doesNotMatch(again.output(), new RegExp(request.id));
+});
+
+test('abandoned — a request whose host died while running it (HOST_DOWN) does not run again when the host restarts after the client gave up', { timeout: 60_000 }, async (t) => {
+  // Before, the broker handed the unacknowledged request back when the host restarted, however late: after
+  // HOST_DOWN, a create-vm ran a second time on its own. Now it keeps the expiry the client gave it.
+  const cloud = await startCloud(t, [{ id: 'h1' }], { routingAny: ['test.sleep'] });
+  const h1 = cloud.agents.get('h1')!;
+  const client = cloud.client({ inactivityTimeoutMs: 2_500 });
+  const request = makeRequest({ type: 'test.sleep', payload: { ms: 20_000 } });
+  const outcome = client.request(request).then(
+    () => 'answered',
+    (error: CloudletError) => error.code,
+  );
+  await until(() => h1.output().includes(request.id), 10_000);
+  h1.child.kill('SIGKILL');
+  await h1.exited;
+  assert.equal(await outcome, 'HOST_DOWN');
+  await new Promise((resolve) => setTimeout(resolve, 3_000)); // past the client's 2.5 s of patience
+  const again = await cloud.start({ id: 'h1' });
+  const answered = await cloud.client().request(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'after' } }));
+  assert.equal(answered.ok, true);
+  assert.doesNotMatch(again.output(), new RegExp(request.id), 'the restarted host was not given the abandoned request');
 });

@@ -376,9 +376,10 @@ export class AmqpAgentTransport implements AgentTransport {
       return false;
     }
     const headers = { ...msg.properties.headers, [HEADERS.refusedBy]: JSON.stringify(refusedBy) };
-    // The copy's broker TTL is what is left until the request's deadline, not a fresh one.
+    // The copy's broker TTL is what is left until the request's deadline, not a fresh one. Without a
+    // deadline, the client's TTL (how long it waits for a sign of life) starts again, as its wait did when
+    // this host sent "accepted".
     const properties: Record<string, unknown> = { ...msg.properties, headers, persistent: true };
-    delete properties.expiration;
     const deadline = requestDeadline(msg.content);
     if (deadline !== undefined) properties.expiration = String(Math.max(1, deadline - Date.now()));
     try {

@@ -49,6 +49,8 @@ interface Pending {
   host: string | undefined;
   /** An any-host request whose accepting host has no queue of its own (the broker returned it from there). */
   acceptedHostUnreachable?: boolean;
+  /** Epoch ms: when the client gives up on a request without a deadline (no sign of life until then). */
+  givesUpAt?: number;
   onReply(reply: ReplyEnvelope, liveHosts: string[] | undefined): void;
   onProgress(progress: ProgressEnvelope): void;
   /** A reply came that cannot be read (too large, or not a valid reply); `host` sent it, when known. */
@@ -187,7 +189,10 @@ export class AmqpClientTransport implements ClientTransport {
       pending.fail(this.#tooLarge(body.length, brokerLimit, " (the broker's max_message_size)"));
       return;
     }
-    const untilDeadline = request.deadline === undefined ? undefined : Math.max(1, request.deadline - Date.now());
+    // A request without a deadline expires when the client gives up on it: left in a queue, it would run
+    // whenever a host next starts, long after its caller was told CLIENT_TIMEOUT.
+    const expiresAt = request.deadline ?? pending.givesUpAt;
+    const untilExpiry = expiresAt === undefined ? undefined : Math.max(1, expiresAt - Date.now());
     const options = {
       messageId: request.id,
       correlationId: request.id,
@@ -199,7 +204,7 @@ export class AmqpClientTransport implements ClientTransport {
       headers: { [HEADERS.route]: route },
       // A request whose deadline passed while it waited is expired by the broker (moved to the bounded
       // dead-letter queue), so it never runs late.
-      ...(untilDeadline === undefined ? {} : { expiration: String(untilDeadline) }),
+      ...(untilExpiry === undefined ? {} : { expiration: String(untilExpiry) }),
     };
     const [exchange, key] = this.#destination(pending);
     try {
@@ -385,6 +390,7 @@ export class AmqpClientTransport implements ClientTransport {
       let inactivity: ReturnType<typeof setTimeout>;
       const armInactivity = () => {
         clearTimeout(inactivity);
+        pending.givesUpAt = Date.now() + inactivityMs;
         inactivity = setTimeout(
           () => finish(cloudletError('CLIENT_TIMEOUT', `no reply or sign of life for "${request.type}" (${request.id}) within ${inactivityMs} ms`, { id: request.id })),
           inactivityMs,
