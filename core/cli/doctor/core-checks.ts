@@ -6,6 +6,7 @@ import type { CoreConfig } from '../../config/schema.ts';
 import { defaultStateDir } from '../../config/schema.ts';
 import { redactUrlCredentials } from '../../logger.ts';
 import { defaultSocketPath } from '../../transports/socket-path.ts';
+import { explainConnectFailure } from '../../transports/amqp/connect-failure.ts';
 import { dirname } from 'node:path';
 import { fail, folderState, ok, warn, type CheckResult } from './check.ts';
 
@@ -65,20 +66,8 @@ export async function brokerCheck(url: string, timeoutMs = 5_000): Promise<Check
     return ok('broker', null, `connected to ${shown} with the configured credentials`);
   } catch (error) {
     const message = redactUrlCredentials((error as Error).message ?? String(error));
-    const code = (error as { code?: string }).code;
-    // The system's codes first: a message such as "connect ECONNREFUSED 127.0.0.1:4031" or "getaddrinfo
-    // ENOTFOUND vhost-broker" must not be read as an AMQP refusal. Then the broker's own reply codes, as
-    // amqplib words them ("403 (ACCESS-REFUSED)", "530 (NOT-ALLOWED)").
-    if (code === 'ECONNREFUSED') return fail('broker', null, `nothing listens at ${shown}`, 'start RabbitMQ (systemctl start rabbitmq-server) or fix the host and port in transport.url');
-    if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return fail('broker', null, `the broker host in ${shown} does not resolve`, 'fix the host name in transport.url (or /etc/hosts, DNS)');
-    if (/\b403 \(ACCESS[-_]REFUSED\)|\bACCESS_REFUSED\b|PLAIN login refused/.test(message)) {
-      return fail('broker', null, `the broker at ${shown} refused the credentials`, 'check the user and password in transport.url or CLOUDLET_AMQP_URL; on the broker: rabbitmqctl authenticate_user USER PASSWORD, rabbitmqctl set_permissions -p VHOST USER ".*" ".*" ".*"');
-    }
-    // amqplib 2 reports a refused connection.open (RabbitMQ's 530 NOT_ALLOWED: no such vhost, or no access
-    // to it) only as an unexpected ConnectionClose; older wordings carry the code.
-    if (/\b530 \(NOT[-_]ALLOWED\)|\bNOT_ALLOWED\b|Expected ConnectionOpenOk; got <ConnectionClose/.test(message)) {
-      return fail('broker', null, `the broker at ${shown} does not allow this virtual host (it does not exist, or the user may not use it)`, 'create it and grant the user access: rabbitmqctl add_vhost VHOST; rabbitmqctl set_permissions -p VHOST USER ".*" ".*" ".*"');
-    }
+    const known = explainConnectFailure(error, message, shown);
+    if (known) return fail('broker', null, known.reason, known.fix);
     return fail('broker', null, `cannot connect to ${shown}: ${message}`, 'check that RabbitMQ runs and that transport.url is right; "rabbitmq-diagnostics status" on the broker');
   }
 }

@@ -9,6 +9,7 @@ import type { Logger } from '../../logger.ts';
 import { redactUrlCredentials } from '../../logger.ts';
 import { cloudletError } from '../../errors.ts';
 import { coalesceFrameWrites } from './coalesce-writes.ts';
+import { explainConnectFailure } from './connect-failure.ts';
 
 export interface BrokerConnectionOptions {
   url: string;
@@ -106,7 +107,10 @@ export class BrokerConnection extends EventEmitter {
         },
       });
     } catch (cause) {
-      throw cloudletError('BROKER_UNAVAILABLE', `cannot connect to the broker at ${this.describe()}: ${(cause as Error).message}`, undefined, cause);
+      const message = redactUrlCredentials(String((cause as Error)?.message ?? cause));
+      const known = explainConnectFailure(cause, message, this.describe());
+      if (known) throw cloudletError('BROKER_UNAVAILABLE', `cannot connect to the broker: ${known.reason}`, { hint: known.fix }, cause);
+      throw cloudletError('BROKER_UNAVAILABLE', `cannot connect to the broker at ${this.describe()}: ${message}`, undefined, cause);
     }
     if (this.#closing) {
       await model.close().catch(() => undefined);

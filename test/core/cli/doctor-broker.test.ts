@@ -4,6 +4,7 @@ import { createServer } from 'node:net';
 import test from 'node:test';
 import { brokerCheck } from '../../../core/cli/doctor/core-checks.ts';
 import { SHARED_BROKER } from '../../support/cloud.ts';
+import { runCli, tempDir, writeConfig } from '../../helpers.ts';
 
 /** A loopback port with "403" in its number that nothing listens on (it was free a moment ago). */
 async function closedPortWith403(): Promise<number> {
@@ -34,4 +35,24 @@ test('doctor — broker: nothing listening, refused credentials and an unknown v
   const noVhost = await brokerCheck(`amqp://${url.username}:${url.password}@${url.host}/no-such-vhost-4031`);
   assert.match(noVhost.summary, /does not allow this virtual host/, JSON.stringify(noVhost));
   assert.equal((await brokerCheck(SHARED_BROKER)).status, 'ok');
+});
+
+test('transport — the CLI and the agent say a refused virtual host or login is that, with the fix, as doctor does', { timeout: 60_000 }, async (t) => {
+  // Before, both printed amqplib's "Expected ConnectionOpenOk; got <ConnectionClose channel:0>", which names
+  // neither the vhost nor what to do; only doctor translated it.
+  const url = new URL(SHARED_BROKER);
+  const dir = await tempDir(t);
+  const config = await writeConfig(dir, 'cloudlet.yaml', `host: { id: vhost-test }\ntransport: { kind: amqp, url: "amqp://127.0.0.1:1/" }\nplugins: []\n`);
+  const noVhost = await runCli(['hosts', '--config', config], { env: { CLOUDLET_AMQP_URL: `amqp://${url.username}:${url.password}@${url.host}/no-such-vhost` } });
+  assert.equal(noVhost.code, 4, noVhost.stderr);
+  assert.match(noVhost.stderr, /^error \[BROKER_UNAVAILABLE\]: cannot connect to the broker: the broker at amqp:\/\/guest:\*+@[^ ]+\/no-such-vhost does not allow this virtual host \(it does not exist, or the user may not use it\)$/m);
+  assert.match(noVhost.stderr, /^hint: create it and grant the user access: rabbitmqctl add_vhost VHOST; /m);
+  assert.doesNotMatch(noVhost.stderr, /ConnectionOpenOk/);
+  const badLogin = await runCli(['hosts', '--config', config], { env: { CLOUDLET_AMQP_URL: `amqp://guest:not-the-password@${url.host}` } });
+  assert.equal(badLogin.code, 4, badLogin.stderr);
+  assert.match(badLogin.stderr, /^error \[BROKER_UNAVAILABLE\]: cannot connect to the broker: the broker at [^ ]+ refused the credentials$/m);
+  assert.doesNotMatch(badLogin.stderr, /not-the-password/);
+  const agent = await runCli(['agent', '--config', config], { env: { CLOUDLET_AMQP_URL: `amqp://${url.username}:${url.password}@${url.host}/no-such-vhost`, CLOUDLET_LOG_FORMAT: 'json' } });
+  assert.equal(agent.code, 1, agent.stdout + agent.stderr);
+  assert.match(agent.stdout + agent.stderr, /agent failed to start.*cannot connect to the broker: the broker at [^ ]+\/no-such-vhost does not allow this virtual host/);
 });
