@@ -6,8 +6,8 @@ import { deadlineAfter, openClient, resultOf, targetFor } from '../client.ts';
 import type { Command } from '../command.ts';
 import { EXIT } from '../exit-codes.ts';
 import { createProgress } from '../progress.ts';
-import { outcomeText, vmDetails, type VmView } from './vm-format.ts';
-import { DEFAULT_WAIT_MS, waitForAddress, waitForState, type WantedState } from './vm-wait.ts';
+import { outcomeText, type VmView } from './vm-format.ts';
+import { DEFAULT_WAIT_MS, printAfterWait, waitAfterCommand, waitForState, type WantedState } from './vm-wait.ts';
 
 /** The one positional of commands about a VM, checked to be a VM id. */
 export function vmIdArgument(positionals: string[], usage: string): string {
@@ -92,12 +92,10 @@ function actionCommand(spec: ActionSpec): Command {
           output.result(result.deleted ? `deleted ${vm}` : `${vm}: no such VM on ${reply.host} (already deleted?)`, { ok: true, host: reply.host, ...result });
           return EXIT.OK;
         }
-        let view = resultOf<VmView>(reply);
-        if (values.wait || values['wait-ip']) view = { ...view, ...(await waitForState(client, vm, reply.host, spec.wants, until, progress)) };
-        if (values['wait-ip']) view = { ...view, addresses: await waitForAddress(client, vm, reply.host, until, progress) };
-        progress.finish(`✓ ${vm} ${outcomeText(view) ?? view.state}`);
-        output.result(vmDetails(view), { ok: true, host: reply.host, vm: view });
-        return EXIT.OK;
+        const waits = { state: values.wait === true, address: values['wait-ip'] === true };
+        const { view, failed } = await waitAfterCommand(client, resultOf<VmView>(reply), reply.host, spec.wants, waits, until, progress);
+        progress.finish(failed ? undefined : `✓ ${vm} ${outcomeText(view) ?? view.state}`);
+        return printAfterWait(output, reply.host, view, failed);
       } finally {
         progress.finish();
         await client.close();

@@ -2,10 +2,9 @@ import { cloudletError } from '../../errors.ts';
 import { CLIENT_FLAGS, choiceFlag, intFlag, timeoutFlag } from '../args.ts';
 import { deadlineAfter, openClient, resultOf } from '../client.ts';
 import type { Command } from '../command.ts';
-import { EXIT } from '../exit-codes.ts';
 import { createProgress } from '../progress.ts';
-import { vmDetails, type VmView } from './vm-format.ts';
-import { DEFAULT_WAIT_MS, waitForAddress, waitForState } from './vm-wait.ts';
+import type { VmView } from './vm-format.ts';
+import { DEFAULT_WAIT_MS, printAfterWait, waitAfterCommand } from './vm-wait.ts';
 
 export const vmCreateCommand: Command = {
   words: ['vm', 'create'],
@@ -34,12 +33,11 @@ export const vmCreateCommand: Command = {
     const progress = createProgress({ title: `vm create ${values.image}`, json: output.json });
     try {
       const reply = await client.request('create-vm', payload, { target: values.host, deadline, onProgress: progress.onProgress });
-      let vm = resultOf<VmView>(reply);
-      if (values.wait || values['wait-ip']) vm = { ...vm, ...(await waitForState(client, vm.id, reply.host, 'running', until, progress)) };
-      if (values['wait-ip']) vm = { ...vm, addresses: await waitForAddress(client, vm.id, reply.host, until, progress) };
-      progress.finish(`✓ created ${vm.id} on ${reply.host}`);
-      output.result(vmDetails(vm), { ok: true, host: reply.host, vm });
-      return EXIT.OK;
+      const created = resultOf<VmView>(reply);
+      const waits = { state: values.wait === true, address: values['wait-ip'] === true };
+      const { view, failed } = await waitAfterCommand(client, created, reply.host, 'running', waits, until, progress);
+      progress.finish(failed ? `✓ created ${view.id} on ${reply.host}; the wait failed` : `✓ created ${view.id} on ${reply.host}`);
+      return printAfterWait(output, reply.host, view, failed);
     } finally {
       progress.finish();
       await client.close();

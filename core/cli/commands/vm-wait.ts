@@ -4,9 +4,11 @@
  * plugins' change notifications rather than polling).
  */
 import { CloudletError, cloudletError } from '../../errors.ts';
-import { resultOf, type CliClient } from '../client.ts';
+import { ErrorReply, resultOf, type CliClient } from '../client.ts';
+import { EXIT, exitCodeFor, exitCodeForReply } from '../exit-codes.ts';
+import type { Output } from '../output.ts';
 import type { Progress } from '../progress.ts';
-import type { VmAddress, VmView } from './vm-format.ts';
+import { vmDetails, type VmAddress, type VmView } from './vm-format.ts';
 
 /** Without --timeout, waiting for a state or an address gives up after this long. */
 export const DEFAULT_WAIT_MS = 300_000;
@@ -42,4 +44,60 @@ export async function waitForAddress(client: CliClient, vm: string, host: string
   const { addresses } = resultOf<{ addresses: VmAddress[] }>(reply);
   progress.stage(addresses.map((a) => a.address).join(', ') || 'no address', host);
   return addresses;
+}
+
+/** A --wait or --wait-ip that failed after its command succeeded: which wait, and why. */
+export interface WaitFailure {
+  for: 'state' | 'address';
+  error: CloudletError;
+  /** The host that answered with the error, when it was a host's reply. */
+  host?: string;
+}
+
+/**
+ * --wait (the state `want`) and --wait-ip (an address) after a VM command that succeeded. A failed wait
+ * never hides the command's result: a create-vm that succeeded made a VM, and its id must reach the caller
+ * (before, the wait's error replaced it, and a script saw only "ok": false, retryable, and created another).
+ */
+export async function waitAfterCommand(
+  client: CliClient,
+  view: VmView,
+  host: string,
+  want: WantedState,
+  waits: { state: boolean; address: boolean },
+  until: number,
+  progress: Progress,
+): Promise<{ view: VmView; failed?: WaitFailure }> {
+  let current = view;
+  const failure = (what: WaitFailure['for'], thrown: unknown): WaitFailure => {
+    if (thrown instanceof ErrorReply) return { for: what, error: thrown.error, host: thrown.host };
+    if (thrown instanceof CloudletError) return { for: what, error: thrown };
+    throw thrown;
+  };
+  if (waits.state || waits.address) {
+    try {
+      current = { ...current, ...(await waitForState(client, view.id, host, want, until, progress)) };
+    } catch (thrown) {
+      return { view: current, failed: failure('state', thrown) };
+    }
+  }
+  if (waits.address) {
+    try {
+      current = { ...current, addresses: await waitForAddress(client, view.id, host, until, progress) };
+    } catch (thrown) {
+      return { view: current, failed: failure('address', thrown) };
+    }
+  }
+  return { view: current };
+}
+
+/**
+ * Prints the VM, then a failed wait's error (stderr; in the JSON as `wait`). The exit code is the wait's:
+ * 5 when it ran out of time, else 1, as for `call --wait-ip`.
+ */
+export function printAfterWait(output: Output, host: string, view: VmView, failed: WaitFailure | undefined): number {
+  output.result(vmDetails(view), { ok: true, host, vm: view, ...(failed ? { wait: { ok: false, for: failed.for, ...(failed.host ? { host: failed.host } : {}), error: failed.error.toWire() } } : {}) });
+  if (!failed) return EXIT.OK;
+  if (!output.json) output.error(failed.error, failed.host);
+  return failed.host === undefined ? exitCodeFor(failed.error) : exitCodeForReply(failed.error);
 }

@@ -1,5 +1,5 @@
 /**
- * `call --wait-ip` and `vm ip --wait`: refused before sending when no VM can be named; the first reply is
+ * `call --wait-ip`, `vm create --wait-ip` and `vm ip --wait`: refused before sending when no VM can be named; the first reply is
  * never lost; a wait that runs out of time exits 5 like every other timeout, other failures exit 1.
  */
 import assert from 'node:assert/strict';
@@ -84,4 +84,28 @@ test('call get-vm-ip — a payload wait longer than --timeout is answered before
   assert.equal(code, 5, stderr);
   assert.ok(Date.now() - started < 15_000, 'answered at the deadline, not after the wait');
   assert.match(stderr, /error \[IP_NOT_FOUND\] from test-host/);
+});
+
+test('vm create --wait-ip — when the wait runs out, the created VM is still printed (text and --json), exit 5', async (t) => {
+  // Before, the wait's IP_NOT_FOUND replaced the result: --json printed {"ok": false, … "retryable": true}
+  // with the new VM's id only in error.details, and a script that retried created a second VM.
+  const config = await stubAgent(t);
+  const json = await runCli(['vm', 'create', '--image', 'tiny', '--wait-ip', '--timeout', '3000', '--json', '--config', config]);
+  assert.equal(json.code, 5, json.stdout + json.stderr);
+  const printed = JSON.parse(json.stdout) as { ok: boolean; host: string; vm: { id: string; state: string }; wait: { ok: boolean; for: string; host: string; error: { code: string } } };
+  assert.deepEqual([printed.ok, printed.host, printed.vm.id, printed.vm.state], [true, 'test-host', 'test-host.abcdefgh', 'running']);
+  assert.deepEqual([printed.wait.ok, printed.wait.for, printed.wait.host, printed.wait.error.code], [false, 'address', 'test-host', 'IP_NOT_FOUND']);
+
+  const text = await runCli(['vm', 'create', '--image', 'tiny', '--wait-ip', '--timeout', '3000', '--config', config]);
+  assert.equal(text.code, 5, text.stderr);
+  assert.match(text.stdout, /^id: +test-host\.abcdefgh$/m);
+  assert.match(text.stderr, /^error \[IP_NOT_FOUND\] from test-host: no address for test-host\.abcdefgh/m);
+});
+
+test('vm start --wait-ip — a VM that is not running has no address: the answer to the start is printed, then the error, exit 1', async (t) => {
+  const config = await stubAgent(t);
+  const started = await runCli(['vm', 'start', 'test-host.poweroff', '--wait-ip', '--json', '--config', config]);
+  assert.equal(started.code, 1, started.stderr);
+  const printed = JSON.parse(started.stdout) as { ok: boolean; vm: { id: string }; wait: { for: string; error: { code: string; details: { state: string } } } };
+  assert.deepEqual([printed.ok, printed.vm.id, printed.wait.for, printed.wait.error.code, printed.wait.error.details.state], [true, 'test-host.poweroff', 'address', 'IP_NOT_FOUND', 'stopped']);
 });
