@@ -120,6 +120,23 @@ export function untrustedField(gathered: GatherResult): { untrusted?: GatherResu
   return gathered.untrusted ? { untrusted: gathered.untrusted } : {};
 }
 
+/**
+ * Warns of hosts that are down, so were not asked: a list without them would look complete ("no VMs", exit
+ * 0) while their VMs may still run. Returns the JSON field. They are not `missing` (which is for hosts
+ * expected to answer): a host taken out of service would make every list fail.
+ */
+export function noteDownHosts(gathered: GatherResult, output: { note(text: string): void }, what: string): { down?: GatherResult['down'] } {
+  for (const { host, agoMs } of gathered.down ?? []) output.note(`warning: ${host} is down (last heard ${describeAgo(agoMs)} ago): its ${what} are not listed`);
+  return gathered.down ? { down: gathered.down } : {};
+}
+
+function describeAgo(ms: number): string {
+  if (ms < 60_000) return `${(ms / 1000).toFixed(1)} s`;
+  if (ms < 3_600_000) return `${Math.round(ms / 60_000)} min`;
+  if (ms < 86_400_000) return `${Math.round(ms / 3_600_000)} h`;
+  return `${Math.round(ms / 86_400_000)} d`;
+}
+
 export function deadlineAfter(timeoutMs: number | undefined): number | undefined {
   return timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
 }

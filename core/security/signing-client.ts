@@ -87,7 +87,7 @@ export class SigningClientTransport implements ClientTransport {
     const replies = result.replies.filter(trusted);
     const missing = [...new Set([...result.missing, ...result.replies.filter((reply) => !trusted(reply)).map((reply) => reply.host)])].sort();
     const untrusted = missing.flatMap((host) => (refusals.has(host) ? [{ host, reason: refusals.get(host) as string }] : []));
-    return { replies, missing, ...(untrusted.length > 0 && { untrusted }) };
+    return { replies, missing, ...(untrusted.length > 0 && { untrusted }), ...(result.down && { down: result.down }) };
   }
 
   subscribe: ClientTransport['subscribe'] = (onEvent) => this.#inner.subscribe(onEvent);

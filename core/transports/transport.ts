@@ -80,6 +80,11 @@ export interface GatherResult {
    * check out), with the last reason. Set only by a checking client (SigningClientTransport).
    */
   untrusted?: { host: string; reason: string }[];
+  /**
+   * Hosts known to take broadcasts that are down (silent for longer than downAfterMs) and so were not asked:
+   * their VMs may still run, but nobody answers for them. Set by the RabbitMQ client.
+   */
+  down?: { host: string; agoMs: number }[];
 }
 
 export interface GatherOptions extends RequestOptions {

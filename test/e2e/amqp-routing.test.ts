@@ -271,3 +271,22 @@ test('abandoned — a request whose host died while running it (HOST_DOWN) does 
   assert.equal(answered.ok, true);
   assert.doesNotMatch(again.output(), new RegExp(request.id), 'the restarted host was not given the abandoned request');
 });
+
+test('down — vm list names a host that is known but down, whose VMs it cannot list; the list still exits 0', { timeout: 60_000 }, async (t) => {
+  // Before, a host stopped a few seconds earlier was left out without a word: "no VMs", exit 0, "missing": [].
+  const cloud = await startCloud(t, [{ id: 'h1' }, { id: 'h2' }]);
+  const h2 = cloud.agents.get('h2')!;
+  // h1 must have heard h2 (it tells a new client of it): both were started together a moment ago.
+  await until(async () => /^h2 +up /m.test((await runCli(['hosts', '--config', cloud.clientConfig])).stdout), 10_000);
+  h2.child.kill('SIGTERM');
+  await h2.exited;
+  await new Promise((resolve) => setTimeout(resolve, 1_500)); // past downAfterMs (1.2 s)
+  const listed = await runCli(['vm', 'list', '--json', '--config', cloud.clientConfig]);
+  assert.equal(listed.code, 0, listed.stdout + listed.stderr);
+  const json = JSON.parse(listed.stdout) as { ok: boolean; missing: string[]; down?: { host: string; agoMs: number }[] };
+  assert.deepEqual([json.ok, json.missing, json.down?.map((d) => d.host)], [true, [], ['h2']]);
+  assert.ok(json.down![0]!.agoMs >= 1_200, JSON.stringify(json.down));
+  const text = await runCli(['vm', 'list', '--config', cloud.clientConfig]);
+  assert.equal(text.code, 0, text.stderr);
+  assert.match(text.stderr, /^warning: h2 is down \(last heard \d+\.\d s ago\): its VMs are not listed$/m);
+});

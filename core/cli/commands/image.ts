@@ -1,6 +1,6 @@
 import { cloudletError } from '../../errors.ts';
 import { CLIENT_FLAGS, timeoutFlag } from '../args.ts';
-import { deadlineAfter, hostOutcomes, openClient, untrustedField, whyMissing } from '../client.ts';
+import { deadlineAfter, hostOutcomes, openClient, noteDownHosts, untrustedField, whyMissing } from '../client.ts';
 import type { Command } from '../command.ts';
 import { EXIT } from '../exit-codes.ts';
 import { table } from '../output.ts';
@@ -27,6 +27,7 @@ export const imageListCommand: Command = {
       const failed = hosts.filter((h) => !h.ok && h.error?.code !== 'UNKNOWN_TYPE');
       for (const h of failed) output.note(`warning: ${h.host} answered [${h.error?.code}] ${h.error?.message}`);
       for (const host of gathered.missing) output.note(`warning: ${host} ${whyMissing(gathered, host)}`);
+      const down = noteDownHosts(gathered, output, 'images');
       const ok = failed.length === 0 && gathered.missing.length === 0;
       const rows = images.map((i) => [i.host, i.name, i.kind, i.format ?? '-']);
       output.result(images.length === 0 ? 'no images' : table(['HOST', 'IMAGE', 'KIND', 'FORMAT'], rows), {
@@ -34,6 +35,7 @@ export const imageListCommand: Command = {
         images,
         hosts: hosts.map((h) => (h.ok ? { host: h.host, ok: true, images: h.result?.images.length ?? 0 } : { host: h.host, ok: false, error: h.error })),
         missing: gathered.missing,
+        ...down,
         ...untrustedField(gathered),
       });
       return ok ? EXIT.OK : EXIT.ERROR_REPLY;

@@ -1,7 +1,7 @@
 /** `vm list`, `vm show`, `vm ip`, `vm console-log`: read-only questions about VMs. */
 import { cloudletError } from '../../errors.ts';
 import { CLIENT_FLAGS, intFlag, timeoutFlag } from '../args.ts';
-import { deadlineAfter, hostOutcomes, openClient, resultOf, targetFor, untrustedField, whyMissing } from '../client.ts';
+import { deadlineAfter, hostOutcomes, openClient, resultOf, targetFor, noteDownHosts, untrustedField, whyMissing } from '../client.ts';
 import type { Command } from '../command.ts';
 import { EXIT } from '../exit-codes.ts';
 import { createProgress } from '../progress.ts';
@@ -16,7 +16,8 @@ export const vmListCommand: Command = {
   words: ['vm', 'list'],
   usage: `cloudlet vm list [--host HOST] [--timeout MS] [--json]
   Lists VMs with their state, image, size and addresses. On RabbitMQ every live host answers (or only --host);
-  hosts that did not answer are named, and the exit code is then 1.`,
+  hosts that did not answer are named, and the exit code is then 1. Hosts known to be down are named in a
+  warning (their VMs may still run); the exit code stays 0.`,
   flags: [...CLIENT_FLAGS],
   async run({ positionals, values, output }) {
     if (positionals.length > 0) throw cloudletError('USAGE', `vm list takes no positional arguments, found "${positionals.join(' ')}"`);
@@ -29,6 +30,7 @@ export const vmListCommand: Command = {
       const failed = hosts.filter((h) => !h.ok && h.error?.code !== NO_BACKEND);
       for (const h of failed) output.note(`warning: ${h.host} answered [${h.error?.code}] ${h.error?.message}`);
       for (const host of gathered.missing) output.note(`warning: ${host} ${whyMissing(gathered, host)}`);
+      const down = noteDownHosts(gathered, output, 'VMs');
       // VMs whose vm.json the host cannot use (qemu-backend's `unusable`): not in the list, but not to be missed.
       const unusable = hosts.flatMap((h) => ((h.result as { unusable?: { vm: string; file: string; problem: string }[] } | undefined)?.unusable ?? []).map((u) => ({ host: h.host, ...u })));
       for (const u of unusable) output.note(`warning: ${u.host}: VM ${u.vm} is not listed: its record ${u.file} cannot be used (${u.problem}); "cloudlet vm delete ${u.vm}" removes it`);
@@ -38,6 +40,7 @@ export const vmListCommand: Command = {
         vms,
         hosts: hosts.map((h) => (h.ok ? { host: h.host, ok: true, vms: h.result?.vms.length ?? 0 } : { host: h.host, ok: false, error: h.error })),
         missing: gathered.missing,
+        ...down,
         ...untrustedField(gathered),
         ...(unusable.length > 0 && { unusable }),
       });

@@ -475,7 +475,14 @@ export class AmqpClientTransport implements ClientTransport {
         clearInterval(liveness);
         options.signal?.removeEventListener('abort', onAbort);
         if (error) reject(error);
-        else resolve({ replies: [...replies.values()], missing: [...expected].filter((h) => !replies.has(h)).sort() });
+        else {
+          const missing = [...expected].filter((h) => !replies.has(h)).sort();
+          const down = this.registry
+            .entries()
+            .filter((e) => e.state === 'down' && e.routes.includes('broadcast') && !replies.has(e.host) && !missing.includes(e.host))
+            .map((e) => ({ host: e.host, agoMs: e.agoMs }));
+          resolve({ replies: [...replies.values()], missing, ...(down.length > 0 && { down }) });
+        }
       };
       const onAbort = () => finish(cancelledError(request.id));
       const limit = setTimeout(finish, Math.max(0, waitUntil - Date.now()));
