@@ -28,7 +28,7 @@ export const HINTS: Readonly<Record<string, string>> = {
   BROKER_UNAVAILABLE: 'check transport.url (or CLOUDLET_AMQP_URL) and that RabbitMQ runs; "cloudlet doctor" tries the connection',
   UNKNOWN_HOST: 'run "cloudlet hosts" to see the hosts of this cloud',
   HOST_DOWN: 'the host stopped sending heartbeats; check its agent ("systemctl status cloudlet" there) or run "cloudlet hosts"; a request it was working on may still run if it comes back soon: check "cloudlet vm list" before repeating a create',
-  NO_CAPACITY: 'every host is full: delete VMs, raise qemu-backend limits, or add a host',
+  NO_CAPACITY: 'no host asked had room for it: delete VMs, ask for less memory, raise qemu-backend limits, or add a host',
   VM_NOT_FOUND: 'run "cloudlet vm list" to see the VM ids',
   IMAGE_NOT_FOUND: 'run "cloudlet image list" to see the base images each host has',
   IMAGE_INVALID: 'check the images folder (qemu-backend imagesDir); "cloudlet doctor" checks it',

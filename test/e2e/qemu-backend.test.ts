@@ -193,6 +193,7 @@ test('qemu — bad inputs are refused with specific errors and create nothing', 
   await createTiny(host);
   const full = await host.call('create-vm', { image: 'tiny', memory: 128, vcpus: 1 });
   assert.equal(full.error?.code, 'NO_CAPACITY');
+  assert.equal(full.error?.message, 'host qhost is full: it has 1 of 1 VMs (limits.maxVms)');
   for (const vm of ['nosuch.abcdefgh', 'qhost.zzzzzzzz']) {
     const reply = await host.call('stop-vm', { vm });
     assert.equal(reply.error?.code, 'VM_NOT_FOUND');

@@ -6,7 +6,7 @@ import { defineHandler } from '../../../core/plugin-api.ts';
 import { qemuError } from '../errors.ts';
 import { createOverlay, resolveImage } from '../images.ts';
 import { randomMac, tapName } from '../network.ts';
-import { qemuOptionsSchema } from '../options.ts';
+import { qemuOptionsSchema, type QemuOptions } from '../options.ts';
 import { createVmPayload } from '../schemas.ts';
 import { listRecords, vmPaths, writeRecord, type VmRecord } from '../state.ts';
 import { removeLeftover, startVm, viewOf, type CreatingMark } from '../vm-ops.ts';
@@ -35,14 +35,8 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
     });
   }
   const records = await listRecords(options.stateDir);
-  const usedMemory = records.reduce((sum, r) => sum + r.memoryMiB, 0);
-  if (records.length + 1 > limits.maxVms || usedMemory + payload.memory > limits.maxTotalMemoryMiB) {
-    // NO_CAPACITY lets the routing hand an any-host create to another host.
-    throw qemuError('NO_CAPACITY', `host ${ctx.host.id} is full: ${records.length}/${limits.maxVms} VMs, ${usedMemory}/${limits.maxTotalMemoryMiB} MiB in use`, {
-      vms: records.length,
-      memoryMiB: usedMemory,
-    });
-  }
+  const noRoom = noRoomFor(payload.memory, records, limits, ctx.host.id);
+  if (noRoom) throw noRoom;
   const image = await resolveImage(options.imagesDir, payload.image, options.qemuImgBinary);
   const mode = payload.network ?? options.network.mode;
   if (mode === 'bridge' && options.network.mode !== 'bridge') {
@@ -105,3 +99,21 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
     throw error;
   }
 });
+
+/**
+ * NO_CAPACITY when this host has no room for the VM now, or never will (more memory than its total): the
+ * code lets the routing hand an any-host create to another host. The message says what was asked and what
+ * is free: "is full" misled when the host had room, only not that much.
+ */
+export function noRoomFor(memory: number, records: Pick<VmRecord, 'memoryMiB'>[], limits: QemuOptions['limits'], hostId: string): ReturnType<typeof qemuError> | undefined {
+  const usedMemory = records.reduce((sum, r) => sum + r.memoryMiB, 0);
+  const details = { vms: records.length, memoryMiB: usedMemory, askedMiB: memory, maxVms: limits.maxVms, maxTotalMemoryMiB: limits.maxTotalMemoryMiB };
+  if (memory > limits.maxTotalMemoryMiB) {
+    return qemuError('NO_CAPACITY', `host ${hostId} can never hold a ${memory} MiB VM: all its VMs together may have ${limits.maxTotalMemoryMiB} MiB (limits.maxTotalMemoryMiB)`, details);
+  }
+  if (records.length + 1 > limits.maxVms) return qemuError('NO_CAPACITY', `host ${hostId} is full: it has ${records.length} of ${limits.maxVms} VMs (limits.maxVms)`, details);
+  if (usedMemory + memory > limits.maxTotalMemoryMiB) {
+    return qemuError('NO_CAPACITY', `host ${hostId} has no room for ${memory} MiB: ${usedMemory} of ${limits.maxTotalMemoryMiB} MiB in use (${limits.maxTotalMemoryMiB - usedMemory} free)`, details);
+  }
+  return undefined;
+}
