@@ -290,3 +290,20 @@ test('down — vm list names a host that is known but down, whose VMs it cannot 
   assert.equal(text.code, 0, text.stderr);
   assert.match(text.stderr, /^warning: h2 is down \(last heard \d+\.\d s ago\): its VMs are not listed$/m);
 });
+
+test('host id — a second agent with a host id already connected is refused with AGENT_ALREADY_RUNNING; the first one serves on', { timeout: 90_000 }, async (t) => {
+  // Before: with routing-fanout, BROKER_UNAVAILABLE "… 405 (RESOURCE-LOCKED) …", which sends an operator to
+  // the broker; with routing-direct alone, the second agent was accepted and took every other request.
+  const cloud = await startCloud(t, [{ id: 'h1' }, { id: 'd1', fanout: false }]);
+  for (const host of ['h1', 'd1']) {
+    const second = await runCli(['agent', '--config', cloud.configFor(host)], { env: { CLOUDLET_LOG_FORMAT: 'json' }, timeoutMs: 60_000 });
+    assert.equal(second.code, 1, `${host}: ${second.stdout}${second.stderr}`);
+    assert.match(second.stdout + second.stderr, new RegExp(`AGENT_ALREADY_RUNNING.*another agent is already connected to this broker as host \\\\"${host}\\\\" \\(prefix ${cloud.prefix}\\)`), host);
+    const client = cloud.client();
+    for (let i = 0; i < 4; i++) {
+      const reply = await client.request(makeRequest({ type: 'test.echo', target: host, payload: { value: i } }));
+      assert.equal(reply.ok, true, `${host}: ${JSON.stringify(reply.error)}`);
+      assert.equal(reply.host, host);
+    }
+  }
+});

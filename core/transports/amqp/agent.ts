@@ -21,6 +21,7 @@ import { AgentPresence } from './agent-presence.ts';
 import type { HostRegistry, InboundRoute } from './host-registry.ts';
 import { OutcomeStore } from './outcome-store.ts';
 import { declareTopology } from './topology.ts';
+import { hostIdTaken } from './host-id-taken.ts';
 
 export interface AmqpAgentTransportOptions {
   config: AmqpTransportConfig;
@@ -177,7 +178,8 @@ export class AmqpAgentTransport implements AgentTransport {
       const queue = names.hostQueue(hostId);
       await channel.assertQueue(queue, { durable: true, arguments: deadLetterArgs });
       await bindings.bind(channel, queue, names.directExchange, hostId);
-      tags.push((await channel.consume(queue, (msg) => (msg ? this.#consume(channel, msg, 'direct') : cancelled(queue)))).consumerTag);
+      // Exclusive: a second agent with this host id is refused here instead of taking half the requests.
+      tags.push((await this.#held(channel.consume(queue, (msg) => (msg ? this.#consume(channel, msg, 'direct') : cancelled(queue)), { exclusive: true }))).consumerTag);
     }
     if (this.#routes.has('any')) {
       await channel.assertQueue(names.anyQueue, { durable: true, arguments: deadLetterArgs });
@@ -185,7 +187,7 @@ export class AmqpAgentTransport implements AgentTransport {
     }
     if (this.#routes.has('broadcast')) {
       const queue = names.broadcastQueue(hostId);
-      await channel.assertQueue(queue, { exclusive: true, autoDelete: true, arguments: deadLetterArgs });
+      await this.#held(channel.assertQueue(queue, { exclusive: true, autoDelete: true, arguments: deadLetterArgs }));
       await bindings.bind(channel, queue, names.broadcastExchange, '');
       tags.push((await channel.consume(queue, (msg) => (msg ? this.#consume(channel, msg, 'broadcast') : cancelled(queue)))).consumerTag);
     }
@@ -200,6 +202,25 @@ export class AmqpAgentTransport implements AgentTransport {
     }
     this.#presence.announce(channel);
     this.#flushEvents(channel);
+  }
+
+  /**
+   * A queue of this host held by another connection: another agent runs with this host id (host-id-taken.ts).
+   * At start the agent fails with AGENT_ALREADY_RUNNING; on a reconnect (the other one started meanwhile)
+   * the error is logged each time the connection tries again, since nothing else would say why.
+   */
+  async #held<T>(operation: Promise<T>): Promise<T> {
+    try {
+      return await operation;
+    } catch (error) {
+      const taken = hostIdTaken(error, this.#options.hostId, this.#options.config.prefix);
+      if (!taken) throw error;
+      if (this.#connection?.hasBeenUp) {
+        const stale = 'or, just after a network failure, this agent\'s own earlier connection, which the broker closes once its heartbeat times out';
+        this.#options.log.error({ code: taken.code, ...(taken.details as object) }, `${taken.message} (${stale}); trying again`);
+      }
+      throw taken;
+    }
   }
 
   /**

@@ -7,7 +7,7 @@ import { EventEmitter } from 'node:events';
 import amqplib, { type ChannelModel, type RecoveringChannelModel } from 'amqplib';
 import type { Logger } from '../../logger.ts';
 import { redactUrlCredentials } from '../../logger.ts';
-import { cloudletError } from '../../errors.ts';
+import { CloudletError, cloudletError } from '../../errors.ts';
 import { coalesceFrameWrites } from './coalesce-writes.ts';
 import { explainConnectFailure } from './connect-failure.ts';
 
@@ -64,6 +64,11 @@ export class BrokerConnection extends EventEmitter {
     return this.#up;
   }
 
+  /** Whether a setup has ever completed: a failing setup is then a reconnect's, not the first connect's. */
+  get hasBeenUp(): boolean {
+    return this.#upSince > 0;
+  }
+
   /**
    * Whether the current connection writes each event-loop turn's frames in one go, after `beforeFrameWrite`
    * (coalesce-writes.ts).
@@ -107,6 +112,8 @@ export class BrokerConnection extends EventEmitter {
         },
       });
     } catch (cause) {
+      // The owner's setup refused this broker for a reason of its own (another agent has this host id).
+      if (cause instanceof CloudletError && cause.code === 'AGENT_ALREADY_RUNNING') throw cause;
       const message = redactUrlCredentials(String((cause as Error)?.message ?? cause));
       const known = explainConnectFailure(cause, message, this.describe());
       if (known) throw cloudletError('BROKER_UNAVAILABLE', `cannot connect to the broker: ${known.reason}`, { hint: known.fix }, cause);
