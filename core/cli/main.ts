@@ -42,7 +42,12 @@ const COMMANDS: readonly Command[] = [
   keysCommand,
 ];
 
-const synopsis = (command: Command) => command.usage.split('\n')[0] as string;
+/** A command's usage lines before its description (indented two spaces): all its forms, wrapped lines included. */
+const synopsis = (command: Command) => {
+  const lines = command.usage.split('\n');
+  const description = lines.findIndex((line) => /^ {2}\S/.test(line));
+  return lines.slice(0, description === -1 ? undefined : description).join('\n');
+};
 
 const USAGE = `cloudlet ${AGENT_VERSION} — a small cloud of QEMU hosts
 
