@@ -34,6 +34,7 @@ packages=(
   kmod              # modprobe: loads tun, bridge and veth for the tests' namespaces (not in minimal images)
   xz-utils          # unpacks a newer kernel's .ko.xz modules for the test guest (scripts/build-test-guest.sh)
   git               # the benchmarks record the commit they ran at (bench/lib/machine.ts)
+  systemd           # runs the service (cloudlet install-service); the tests check its unit with systemd-analyze verify
 )
 
 need_node_major=20

@@ -251,6 +251,7 @@ test('local — two agents started together on one socket path: one serves, the 
     await agents[1 - (winners[0] as number)]?.stop('lost the race');
     assert.ok((await stat(socketPath)).isSocket(), `round ${round}: the winner's socket is gone`);
     const client = new LocalClientTransport({ socketPath });
+    t.after(() => client.close());
     assert.equal((await client.request(makeRequest({ type: 'host-info', payload: {} }))).ok, true, `round ${round}`);
     await client.close();
     await agents[winners[0] as number]?.stop('round over');
@@ -317,8 +318,8 @@ test('local — an agent started while another drains on its socket path waits u
   assert.equal((await inFlight).ok, true, 'the draining agent\'s request was answered');
   assert.ok((await stat(socketPath)).isSocket(), 'the old agent\'s stop left the new one\'s socket');
   const fresh = new LocalClientTransport({ socketPath });
+  t.after(() => fresh.close());
   assert.equal((await fresh.request(makeRequest({ type: 'host-info', payload: {} }))).ok, true);
-  await fresh.close();
 });
 
 test('local — the socket path\'s lock: a connection to it cannot hold up a release; one held while nothing serves the path is waited for, then done without', { timeout: 30_000 }, async (t) => {

@@ -72,15 +72,15 @@ test('broker — while the broker is down a caller gets BROKER_UNAVAILABLE by it
   assert.equal(cloud.agents.get('h1')!.child.exitCode, null, 'the agent survived the outage');
 });
 
-test('broker — a client with no broker fails fast with BROKER_UNAVAILABLE', async () => {
+test('broker — a client with no broker fails fast with BROKER_UNAVAILABLE', async (t) => {
   const port = await closedPort();
   const client = new AmqpClientTransport({
     config: amqpTransportSchema.parse({ kind: 'amqp', url: `amqp://guest:guest@127.0.0.1:${port}`, prefix: 'x', prefetch: 1, heartbeatMs: 1000, downAfterMs: 3000, outcomeHistory: 100 }),
     maxMessageBytes: 1 << 20,
     log: silentLogger(),
   });
+  t.after(() => client.close());
   const started = performance.now();
   await assert.rejects(client.request(makeRequest({ type: 'host-info', target: 'h', payload: {} })), (error: CloudletError) => error.code === 'BROKER_UNAVAILABLE');
   assert.ok(performance.now() - started < 5_000);
-  await client.close();
 });

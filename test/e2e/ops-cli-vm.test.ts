@@ -6,16 +6,12 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import test from 'node:test';
 import { fileURLToPath } from 'node:url';
-import semver from 'semver';
-import { CORE_API_VERSION } from '../../core/version.ts';
 import { runCli, spawnAgent, testkitPath, writeConfig, type CliResult } from '../helpers.ts';
 import { relayBrokerIntoNetns } from '../support/broker-relay.ts';
 import { deletePrefix, SHARED_BROKER } from '../support/cloud.ts';
 import { startDnsmasq } from '../support/netns.ts';
 import { startQemuHost } from '../support/qemu-host.ts';
 
-/** The metrics plugin (core API 1.5) also counts VMs by state; checked when this core has it. */
-const withMetrics = semver.satisfies(CORE_API_VERSION, '^1.5.0');
 
 const sweepStub = fileURLToPath(new URL('../fixtures/plugins/sweep-stub/index.ts', import.meta.url));
 
@@ -41,7 +37,7 @@ test('vm cli — local transport: create with progress and --wait-ip, list, show
     beforeAgent: async (ns) => {
       await startDnsmasq(ns);
     },
-    pluginsYaml: () => `  - use: ip-discovery-guest-agent\n${withMetrics ? '  - use: metrics\n    options:\n      listen: 127.0.0.1:9477\n      vmStatesMaxAgeMs: 100\n' : ''}`,
+    pluginsYaml: () => `  - use: ip-discovery-guest-agent\n  - use: metrics\n    options:\n      listen: 127.0.0.1:9477\n      vmStatesMaxAgeMs: 100\n`,
   });
   const cli = vmCli(host.configFile);
   // The endpoint listens inside the namespace: scrape it from there.
@@ -78,13 +74,12 @@ test('vm cli — local transport: create with progress and --wait-ip, list, show
 
   const shown = json<{ ok: boolean; host: string; vm: Vm }>(await cli(['vm', 'show', id, '--json']));
   assert.deepEqual([shown.host, shown.vm.id, shown.vm.qmpStatus], ['qhost', id, 'running']);
-  if (withMetrics) {
-    const metrics = await scrape();
-    assert.match(metrics, /^cloudlet_vms\{state="running"\} 1$/m);
-    assert.match(metrics, /^cloudlet_vms_known 1$/m);
-    assert.match(metrics, /^cloudlet_messages_total\{type="create-vm",outcome="ok",code=""\} 1$/m);
-    assert.match(metrics, /^cloudlet_messages_total\{type="create-vm",outcome="error",code="IMAGE_NOT_FOUND"\} 1$/m);
-  }
+  // The metrics plugin counts VMs by state.
+  const metrics = await scrape();
+  assert.match(metrics, /^cloudlet_vms\{state="running"\} 1$/m);
+  assert.match(metrics, /^cloudlet_vms_known 1$/m);
+  assert.match(metrics, /^cloudlet_messages_total\{type="create-vm",outcome="ok",code=""\} 1$/m);
+  assert.match(metrics, /^cloudlet_messages_total\{type="create-vm",outcome="error",code="IMAGE_NOT_FOUND"\} 1$/m);
   const ip = json<{ vm: string; addresses: Vm['addresses']; strategies: string[] }>(await cli(['vm', 'ip', id, '--json']));
   assert.deepEqual(ip.addresses.filter((a) => a.family === 'ipv4').map((a) => [a.address, a.source]), [[leased, 'ip-discovery-guest-agent']]);
   assert.match((await cli(['vm', 'ip', id])).stdout, /^ADDRESS +FAMILY +SCOPE +SOURCE +AGE\n/);
@@ -122,10 +117,8 @@ test('vm cli — local transport: create with progress and --wait-ip, list, show
   assert.equal(again.code, 0);
   assert.match(again.stdout, /no such VM on qhost \(already deleted\?\)/);
   assert.equal((await cli(['vm', 'list'])).stdout, 'no VMs\n');
-  if (withMetrics) {
-    await new Promise((r) => setTimeout(r, 150)); // past vmStatesMaxAgeMs
-    assert.doesNotMatch(await scrape(), /^cloudlet_vms\{/m);
-  }
+  await new Promise((r) => setTimeout(r, 150)); // past vmStatesMaxAgeMs
+  assert.doesNotMatch(await scrape(), /^cloudlet_vms\{/m);
 });
 
 test('vm cli — RabbitMQ: create goes to a host with capacity, VM commands to the host in the id, lists gather every host', async (t) => {

@@ -62,6 +62,7 @@ test('rabbit node — a persistent message survives restart(), stop() closes the
   await timed(t, 'restart', () => node.restart());
 
   const after = await amqplib.connect(node.url, { noDelay: true });
+  t.after(() => after.close().catch(() => undefined));
   const consumer = await after.createChannel();
   const message = await consumer.get(queue, { noAck: true });
   assert.ok(message, 'the message is still in the queue after restart');
