@@ -44,6 +44,7 @@ export const FLAGS = {
   'state-dir': { type: 'string' },
   'ip-discovery': { type: 'string' },
   'lease-file': { type: 'string' },
+  'dhcp-range': { type: 'string' },
   out: { type: 'string' },
 } as const;
 

@@ -3,6 +3,7 @@
  * metrics and health, on the local transport and on RabbitMQ. (VM commands against real QEMU: ops-cli-vm.test.ts.)
  */
 import assert from 'node:assert/strict';
+import { parse } from 'yaml';
 import { spawnSync } from 'node:child_process';
 import { mkdir, readFile, realpath, stat, symlink, writeFile } from 'node:fs/promises';
 import { createServer, type Socket } from 'node:net';
@@ -68,7 +69,27 @@ test('init — writes a commented config that config check accepts, and never ov
 
   const bad = await runCli(['init', '--output', join(dir, 'x.yaml'), '--ip-discovery', 'dnsmasq']);
   assert.equal(bad.code, 2);
-  assert.match(bad.stderr, /--lease-file/);
+  assert.match(bad.stderr, /--lease-file FILE .*, or --dhcp-range START,END with --bridge BR/);
+
+  // Managed dnsmasq (the agent runs it on the bridge): before, init could not write it at all.
+  const managedFile = join(dir, 'managed.yaml');
+  const managed = await runCli(['init', '--output', managedFile, '--host-id', 'ops3', '--bridge', 'br7', '--state-dir', join(dir, 'state'), '--ip-discovery', 'dnsmasq,guest-agent', '--dhcp-range', '10.9.0.100,10.9.0.200']);
+  assert.equal(managed.code, 0, managed.stderr);
+  assert.equal((await runCli(['config', 'check', managedFile])).code, 0);
+  const plugins = (parse(await readFile(managedFile, 'utf8')) as { plugins: { use: string; options?: unknown }[] }).plugins;
+  assert.deepEqual(plugins.find((p) => p.use === 'ip-discovery-dnsmasq')?.options, {
+    leaseFile: join(dir, 'state', 'dnsmasq', 'br7.leases'),
+    managed: { bridge: 'br7', rangeStart: '10.9.0.100', rangeEnd: '10.9.0.200', leaseTime: '1h' },
+  });
+  for (const [flags, message] of [
+    [['--ip-discovery', 'dnsmasq', '--dhcp-range', '10.9.0.100,10.9.0.200'], /give the bridge with --bridge BR/],
+    [['--bridge', 'br7', '--ip-discovery', 'dnsmasq', '--dhcp-range', '10.9.0.100-10.9.0.200'], /--dhcp-range takes two IPv4 addresses, START,END/],
+    [['--bridge', 'br7', '--ip-discovery', 'arp', '--dhcp-range', '10.9.0.100,10.9.0.200'], /add dnsmasq to --ip-discovery/],
+  ] as const) {
+    const refused = await runCli(['init', '--output', join(dir, 'y.yaml'), ...flags]);
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.match(refused.stderr, message);
+  }
 });
 
 test('install-service — warns about what would keep the service from starting: hidden images, missing or relative folders, a quote in a path', async (t) => {

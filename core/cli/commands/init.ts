@@ -4,6 +4,7 @@
  * it is written, and an existing file is never overwritten without --force.
  */
 import { writeFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import process from 'node:process';
 import { parseDocument } from 'yaml';
@@ -25,11 +26,13 @@ export const initCommand: Command = {
   words: ['init'],
   usage: `cloudlet init [--output FILE] [--transport local|amqp] [--url AMQP_URL] [--prefix P] [--host-id ID]
               [--bridge BR] [--images-dir DIR] [--state-dir DIR] [--ip-discovery guest-agent,dnsmasq,arp]
-              [--lease-file FILE] [--force] [--json]
+              [--lease-file FILE] [--dhcp-range START,END] [--force] [--json]
   Writes a commented config for this host (default /etc/cloudlet/cloudlet.yaml as root, ./cloudlet.yaml
   otherwise; mode 640). --url implies --transport amqp. Without --bridge VMs use QEMU user networking.
-  dnsmasq discovery needs --lease-file. Refuses to overwrite a file unless --force.`,
-  flags: ['output', 'transport', 'url', 'prefix', 'host-id', 'bridge', 'images-dir', 'state-dir', 'ip-discovery', 'lease-file', 'force'],
+  dnsmasq discovery reads the leases of a dnsmasq you run (--lease-file), or runs one on the bridge itself
+  (--dhcp-range with --bridge: managed mode; the lease file defaults to STATE_DIR/dnsmasq/BR.leases).
+  Refuses to overwrite a file unless --force.`,
+  flags: ['output', 'transport', 'url', 'prefix', 'host-id', 'bridge', 'images-dir', 'state-dir', 'ip-discovery', 'lease-file', 'dhcp-range', 'force'],
   async run({ positionals, values, output }) {
     if (positionals.length > 0) throw cloudletError('USAGE', `init takes no positional arguments, found "${positionals.join(' ')}"`);
     const file = resolve(values.output ?? (process.getuid?.() === 0 ? '/etc/cloudlet/cloudlet.yaml' : 'cloudlet.yaml'));
@@ -40,7 +43,10 @@ export const initCommand: Command = {
     const ipDiscovery = (values['ip-discovery'] ?? 'guest-agent').split(',').map((s) => s.trim());
     const unknown = ipDiscovery.filter((s) => !(STRATEGIES as readonly string[]).includes(s));
     if (unknown.length > 0) throw cloudletError('USAGE', `--ip-discovery takes ${STRATEGIES.join(', ')} (comma-separated), found "${unknown.join(', ')}"`);
-    if (ipDiscovery.includes('dnsmasq') && !values['lease-file']) throw cloudletError('USAGE', 'dnsmasq discovery needs --lease-file FILE (the file dnsmasq writes with --dhcp-leasefile)');
+    const dhcpRange = dhcpRangeFlag(values['dhcp-range'], values.bridge, ipDiscovery);
+    if (ipDiscovery.includes('dnsmasq') && !values['lease-file'] && !dhcpRange) {
+      throw cloudletError('USAGE', 'dnsmasq discovery needs --lease-file FILE (the file a dnsmasq you run writes with --dhcp-leasefile), or --dhcp-range START,END with --bridge BR for the agent to run dnsmasq on the bridge');
+    }
     const stateDir = resolve(values['state-dir'] ?? '/var/lib/cloudlet');
     const choices: InitChoices = {
       file,
@@ -52,7 +58,8 @@ export const initCommand: Command = {
       imagesDir: resolve(values['images-dir'] ?? `${stateDir}/images`),
       bridge: values.bridge,
       ipDiscovery: [...new Set(ipDiscovery)] as InitChoices['ipDiscovery'],
-      leaseFile: values['lease-file'] === undefined ? undefined : resolve(values['lease-file']),
+      leaseFile: values['lease-file'] !== undefined ? resolve(values['lease-file']) : dhcpRange ? `${stateDir}/dnsmasq/${values.bridge}.leases` : undefined,
+      dhcpRange,
     };
     const text = configTemplate(choices);
     // The file must be one the agent accepts: check it exactly as `cloudlet config check` would, first.
@@ -70,3 +77,15 @@ export const initCommand: Command = {
     return EXIT.OK;
   },
 };
+
+/** `--dhcp-range START,END`: managed dnsmasq on --bridge, so it needs both and the dnsmasq strategy. */
+function dhcpRangeFlag(value: string | undefined, bridge: string | undefined, ipDiscovery: string[]): InitChoices['dhcpRange'] {
+  if (value === undefined) return undefined;
+  const [start, end, ...rest] = value.split(',').map((s) => s.trim());
+  if (start === undefined || end === undefined || rest.length > 0 || isIP(start) !== 4 || isIP(end) !== 4) {
+    throw cloudletError('USAGE', `--dhcp-range takes two IPv4 addresses, START,END (e.g. 10.0.0.100,10.0.0.200), found "${value}"`);
+  }
+  if (bridge === undefined) throw cloudletError('USAGE', '--dhcp-range runs dnsmasq on the VM bridge: give the bridge with --bridge BR');
+  if (!ipDiscovery.includes('dnsmasq')) throw cloudletError('USAGE', '--dhcp-range goes with dnsmasq discovery: add dnsmasq to --ip-discovery');
+  return { start, end };
+}

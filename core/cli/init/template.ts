@@ -12,6 +12,8 @@ export interface InitChoices {
   bridge: string | undefined;
   ipDiscovery: ('guest-agent' | 'dnsmasq' | 'arp')[];
   leaseFile: string | undefined;
+  /** Managed mode: the agent runs dnsmasq on `bridge`, handing out this range. */
+  dhcpRange?: { start: string; end: string } | undefined;
 }
 
 /**
@@ -67,6 +69,16 @@ routing:                    # how clients route a message sent without --host
         # mode: bridge                  # VMs on a host bridge (reachable from the LAN):
         # bridge: br0`;
   const discovery = c.ipDiscovery.map((strategy) => {
+    if (strategy === 'dnsmasq' && c.dhcpRange && c.bridge) {
+      return `  - use: ip-discovery-dnsmasq         # runs dnsmasq on the bridge (DHCP for the VMs) and reads its leases
+    options:
+      leaseFile: ${c.leaseFile}
+      managed:                          # the bridge needs an IPv4 address in the range's subnet
+        bridge: ${c.bridge}
+        rangeStart: ${c.dhcpRange.start}
+        rangeEnd: ${c.dhcpRange.end}
+        leaseTime: 1h`;
+    }
     if (strategy === 'dnsmasq') {
       return `  - use: ip-discovery-dnsmasq         # addresses from dnsmasq's DHCP leases
     options:
