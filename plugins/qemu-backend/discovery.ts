@@ -49,6 +49,22 @@ export interface AddressQuery {
    * stop-vm's lock), which ends the wait with IP_NOT_FOUND and `state: "stopped"`.
    */
   stillRunning?(): Promise<boolean>;
+  /**
+   * Epoch ms: only evidence at least this recent counts (the guest's last boot, for get-vm-ip's wait): a
+   * lease or neighbour entry left from the previous boot would end the wait before the guest is up again.
+   * An address without an age (a live answer, the guest agent's) always counts.
+   */
+  freshSince?: number;
+}
+
+/**
+ * Lease times are whole seconds (dnsmasq writes the expiry in seconds), so evidence may look up to a second
+ * older than it is; a boot comes long after the previous boot's last renewal.
+ */
+const FRESHNESS_SLACK_MS = 1_000;
+
+function freshEnough(address: DiscoveredAddress, freshSince: number | undefined, now: number): boolean {
+  return freshSince === undefined || address.ageMs === null || now - address.ageMs >= freshSince - FRESHNESS_SLACK_MS;
 }
 
 export interface AddressAnswer {
@@ -93,7 +109,8 @@ async function askOnce(strategies: Strategy[], vm: VmNetworkIdentity, mode: 'fir
     } catch (error) {
       ctx.log.warn({ strategy: strategy.plugin, vm: vm.vm, err: error }, 'ip-discovery strategy failed; trying the next');
     }
-    const usable = wellFormed(found, strategy.plugin, ctx).filter((a) => query.includeLinkLocal || a.scope === 'global');
+    const now = Date.now();
+    const usable = wellFormed(found, strategy.plugin, ctx).filter((a) => (query.includeLinkLocal || a.scope === 'global') && freshEnough(a, query.freshSince, now));
     if (usable.length === 0) continue;
     if (mode === 'first') return usable;
     for (const address of usable) if (!merged.some((m) => m.address === address.address)) merged.push(address);

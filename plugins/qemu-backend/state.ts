@@ -3,7 +3,7 @@
  * never leaves half a record. The folder also holds the VM's overlay disk, sockets, pidfile and serial log.
  */
 import { lstatSync, readdirSync, readFileSync, type Dirent } from 'node:fs';
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import process from 'node:process';
 import { qemuError } from './errors.ts';
@@ -38,6 +38,8 @@ export interface VmPaths {
   serialLog: string;
   /** Present while create-vm works on the VM (vm.json comes last): which agent process, since when. */
   creating: string;
+  /** Touched when cloudlet starts or resets the VM: its mtime is when the guest last booted (markBooted). */
+  booted: string;
 }
 
 export function vmPaths(stateDir: string, id: string): VmPaths {
@@ -53,6 +55,7 @@ export function vmPaths(stateDir: string, id: string): VmPaths {
     pidfile: `${dir}/qemu.pid`,
     serialLog: `${dir}/serial.log`,
     creating: `${dir}/creating`,
+    booted: `${dir}/booted`,
   };
 }
 
@@ -141,4 +144,17 @@ export async function listRecords(stateDir: string, problems?: RecordProblem[]):
 export async function removeVmFolder(stateDir: string, id: string): Promise<void> {
   // Retried: a QEMU killed a moment ago may still be closing its serial log in the folder (ENOTEMPTY).
   await rm(vmPaths(stateDir, id).dir, { recursive: true, force: true, maxRetries: 3 });
+}
+
+/**
+ * Notes that the guest boots now (QEMU started, or reset). get-vm-ip's wait then takes only addresses seen
+ * since: a lease or neighbour entry from the previous boot would end it before the guest is up again.
+ */
+export async function markBooted(paths: Pick<VmPaths, 'booted'>): Promise<void> {
+  await writeFile(paths.booted, '', { mode: 0o640 });
+}
+
+/** When the guest last booted by markBooted (epoch ms); undefined for a VM started before there was one. */
+export async function bootedAt(paths: Pick<VmPaths, 'booted'>): Promise<number | undefined> {
+  return (await stat(paths.booted).catch(() => undefined))?.mtimeMs;
 }

@@ -13,7 +13,7 @@ import { chooseAccel, qemuArgv } from './qemu-args.ts';
 import { withQmp, QmpClient } from './qmp.ts';
 import type { HostIdentity } from '../../core/plugin-api.ts';
 import { runProgram } from './run.ts';
-import { readRecord, removeVmFolder, vmPaths, writeRecord, type VmRecord } from './state.ts';
+import { markBooted, readRecord, removeVmFolder, vmPaths, writeRecord, type VmRecord } from './state.ts';
 
 export type VmState = 'running' | 'paused' | 'stopped';
 
@@ -132,6 +132,7 @@ export async function startVm(options: QemuOptions, record: VmRecord, resolved?:
     }
     const pid = await runningPid(paths.pidfile, record.id);
     if (pid === undefined) throw qemuError('QEMU_FAILED', `QEMU for ${record.id} exited right after starting; see ${paths.serialLog}`);
+    await markBooted(paths);
     return { pid, already: false };
   } catch (error) {
     // No QEMU holds the tap: off the bridge with it, as a stop would do (the next start makes it again). A

@@ -88,6 +88,30 @@ test('ip chain — merged mode reports every source that knows the address', asy
   assert.deepEqual(answer.addresses.filter((a) => a.family === 'ipv4').map((a) => [a.address, a.source]), [[leased, 'ip-discovery-dnsmasq']]);
 });
 
+test('ip chain — after a stop and a start, a get-vm-ip wait ends with this boot\'s lease, not the previous boot\'s', async (t) => {
+  // Before, the lease from before the stop, still in the lease file, ended the wait at once: `vm start
+  // --wait-ip` answered before the guest was up again (and a graceful restart right after waited out its
+  // whole stop timeout, the guest not yet listening to the power button).
+  const host = await startQemuHost(t, {
+    pluginsYaml: (ns) =>
+      `  - use: ip-discovery-dnsmasq\n    options:\n      leaseFile: ${join(ns.dir, 'managed.leases')}\n      managed:\n        bridge: ${ns.bridge}\n        rangeStart: 10.77.0.50\n        rangeEnd: 10.77.0.60\n        leaseTime: 10m\n`,
+  });
+  const vm = ok<{ id: string }>(await host.call('create-vm', { image: 'tiny', memory: 128, vcpus: 1 }));
+  const first = ok<{ addresses: Address[] }>(await host.call('get-vm-ip', { vm: vm.id, wait: true, timeoutMs: 60_000 }));
+  ok(await host.call('stop-vm', { vm: vm.id, force: true }));
+  // The old lease is then clearly older than the start, whatever the lease file's one-second resolution.
+  await new Promise((resolve) => setTimeout(resolve, 2_500));
+  const startedAt = Date.now();
+  ok(await host.call('start-vm', { vm: vm.id }));
+  const again = ok<{ addresses: (Address & { ageMs: number | null })[] }>(await host.call('get-vm-ip', { vm: vm.id, wait: true, timeoutMs: 60_000 }));
+  const lease = again.addresses[0]!;
+  assert.equal(lease.address, first.addresses[0]!.address, 'dnsmasq gave the same address again');
+  const sinceStart = Date.now() - startedAt;
+  assert.ok(lease.ageMs !== null && lease.ageMs <= sinceStart + 1_000, `the lease answered is ${lease.ageMs} ms old; the VM was started ${sinceStart} ms ago`);
+  // Without a wait, the lease is reported as it is.
+  assert.equal(ok<{ addresses: Address[] }>(await host.call('get-vm-ip', { vm: vm.id })).addresses[0]?.address, lease.address);
+});
+
 test('ip chain — through RabbitMQ: the CLI routes get-vm-ip by the VM id and create-vm --wait-ip returns the address', async (t) => {
   const prefix = `ipchain-${Math.random().toString(36).slice(2, 8)}`;
   let brokerUrl = '';

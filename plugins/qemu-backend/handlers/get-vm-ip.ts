@@ -5,7 +5,7 @@ import { qemuOptionsSchema } from '../options.ts';
 import { getVmIpPayload } from '../schemas.ts';
 import { requireRecord } from '../vm-ops.ts';
 import { runningPid } from '../processes.ts';
-import { vmPaths } from '../state.ts';
+import { bootedAt, vmPaths } from '../state.ts';
 
 export default defineHandler(getVmIpPayload, qemuOptionsSchema, async ({ vm, wait, timeoutMs, includeLinkLocal }, ctx) => {
   const record = await requireRecord(ctx.options, vm, ctx.host);
@@ -21,7 +21,15 @@ export default defineHandler(getVmIpPayload, qemuOptionsSchema, async ({ vm, wai
   const stillRunning = async () => (await runningPid(pidfile, vm)) !== undefined;
   // The wait ends a little before the message's deadline when that comes first (a payload timeoutMs longer
   // than the caller's deadline or the type's pool timeout), so the caller learns which plugins were asked.
-  const { cutByDeadline, waitMs, ...answer } = await findAddresses(ctx.options, strategies, record, { wait, timeoutMs, includeLinkLocal, stillRunning, answerBy: ctx.message.deadline }, ctx);
+  // A wait is for this boot's address: evidence older than the guest's last boot does not end it.
+  const freshSince = wait ? await bootedAt(vmPaths(ctx.options.stateDir, vm)) : undefined;
+  const { cutByDeadline, waitMs, ...answer } = await findAddresses(
+    ctx.options,
+    strategies,
+    record,
+    { wait, timeoutMs, includeLinkLocal, stillRunning, answerBy: ctx.message.deadline, ...(freshSince === undefined ? {} : { freshSince }) },
+    ctx,
+  );
   if (wait && answer.addresses.length === 0) {
     const within = cutByDeadline ? `within ${waitMs} ms, all the request's deadline left of the ${timeoutMs} ms asked` : `within ${timeoutMs} ms`;
     throw qemuError('IP_NOT_FOUND', `no address for ${vm} ${within} (asked: ${answer.strategies.join(', ')})`, { vm, strategies: answer.strategies });

@@ -3,7 +3,7 @@ import { qemuOptionsSchema } from '../options.ts';
 import { runningPid } from '../processes.ts';
 import { withQmp } from '../qmp.ts';
 import { restartVmPayload } from '../schemas.ts';
-import { vmPaths } from '../state.ts';
+import { markBooted, vmPaths } from '../state.ts';
 import { requireRecord, setDesired, startVm, stopVm, viewOf } from '../vm-ops.ts';
 
 export default defineHandler(restartVmPayload, qemuOptionsSchema, async ({ vm, mode }, ctx) => {
@@ -16,6 +16,7 @@ export default defineHandler(restartVmPayload, qemuOptionsSchema, async ({ vm, m
   } else if (mode === 'hard') {
     ctx.progress('resetting', { vm });
     await withQmp(paths.qmp, (qmp) => qmp.execute('system_reset'));
+    await markBooted(paths);
     how = 'reset';
   } else {
     ctx.progress('stopping', { vm });

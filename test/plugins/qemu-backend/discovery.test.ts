@@ -358,3 +358,28 @@ test('discovery — a wait ends before the request\'s deadline when that comes f
   const uncut = await find(strategiesOf(['none', fixed([])]), { wait: true, timeoutMs: 300, includeLinkLocal: false, answerBy: Date.now() + 60_000 });
   assert.equal(uncut.cutByDeadline, false);
 });
+
+test('discovery — a wait with freshSince (the last boot) is not ended by older evidence; newer or age-less evidence ends it', { timeout: 30_000 }, async () => {
+  // Before, `vm start --wait-ip` returned at once with the previous boot's lease, before the guest was up.
+  const bootedAt = Date.now();
+  let asks = 0;
+  const stale = { ...address('10.0.0.5', 'leases'), ageMs: 60_000 }; // from before the boot
+  const renewing: IpDiscoveryStrategy = {
+    async discover() {
+      asks++;
+      return asks < 3 ? [stale] : [{ ...stale, ageMs: 0 }];
+    },
+  };
+  const waited = await find(strategiesOf(['leases', renewing]), { wait: true, timeoutMs: 20_000, includeLinkLocal: false, freshSince: bootedAt });
+  assert.equal(asks, 3, 'the stale lease did not end the wait');
+  assert.deepEqual(waited.addresses.map((a) => [a.address, a.ageMs]), [['10.0.0.5', 0]]);
+
+  // Without freshSince (a VM started before there was a boot mark), any evidence counts, as before.
+  assert.deepEqual((await find(strategiesOf(['leases', fixed([stale])]), { wait: true, timeoutMs: 20_000, includeLinkLocal: false })).addresses, [stale]);
+  // No age (a live answer, e.g. the guest agent's) counts whatever freshSince says.
+  const live = address('10.0.0.6', 'agent');
+  assert.deepEqual((await find(strategiesOf(['agent', fixed([live])]), { wait: true, timeoutMs: 20_000, includeLinkLocal: false, freshSince: Date.now() })).addresses, [live]);
+  // In first mode, a stale answer does not stop the chain: the next strategy's fresh one is taken.
+  const chained = await find(strategiesOf(['leases', fixed([stale])], ['agent', fixed([live])]), { wait: true, timeoutMs: 20_000, includeLinkLocal: false, freshSince: bootedAt });
+  assert.deepEqual(chained.addresses, [live]);
+});
