@@ -307,3 +307,22 @@ test('host id — a second agent with a host id already connected is refused wit
     }
   }
 });
+
+test('down — a host that drained before it stopped (its last heartbeats took no routes) is named too', { timeout: 60_000 }, async (t) => {
+  // A graceful stop announces "no routes" while it drains: the registry forgot that the host took broadcasts,
+  // and vm list left it out without a word, as before the `down` warning existed.
+  const cloud = await startCloud(t, [{ id: 'h1' }, { id: 'h2' }]);
+  const h2 = cloud.agents.get('h2')!;
+  await until(async () => /^h2 +up /m.test((await runCli(['hosts', '--config', cloud.clientConfig])).stdout), 10_000);
+  const client = cloud.client();
+  const sleep = makeRequest({ type: 'test.sleep', target: 'h2', payload: { ms: 2_000 } });
+  const working = client.request(sleep);
+  await until(() => h2.output().includes(sleep.id), 10_000);
+  h2.child.kill('SIGTERM'); // drains for the rest of the sleep, heartbeating with no routes
+  assert.equal((await working).ok, true);
+  await h2.exited;
+  await new Promise((resolve) => setTimeout(resolve, 1_500)); // past downAfterMs (1.2 s)
+  const listed = await runCli(['vm', 'list', '--json', '--config', cloud.clientConfig]);
+  assert.equal(listed.code, 0, listed.stdout + listed.stderr);
+  assert.deepEqual((JSON.parse(listed.stdout) as { down?: { host: string }[] }).down?.map((d) => d.host), ['h2']);
+});

@@ -479,7 +479,7 @@ export class AmqpClientTransport implements ClientTransport {
           const missing = [...expected].filter((h) => !replies.has(h)).sort();
           const down = this.registry
             .entries()
-            .filter((e) => e.state === 'down' && e.routes.includes('broadcast') && !replies.has(e.host) && !missing.includes(e.host))
+            .filter((e) => e.state === 'down' && e.tookRoutes.includes('broadcast') && !replies.has(e.host) && !missing.includes(e.host))
             .map((e) => ({ host: e.host, agoMs: e.agoMs }));
           resolve({ replies: [...replies.values()], missing, ...(down.length > 0 && { down }) });
         }

@@ -17,7 +17,15 @@ export const heartbeatSchema = z.object({
   sentAt: z.number(),
   /** The sender's view of the other hosts, sent in answer to a probe, so a new client learns them at once. */
   view: z
-    .array(z.object({ host: hostIdSchema, agoMs: z.number().min(0), routes: z.array(z.enum(['direct', 'any', 'broadcast'])).max(3) }))
+    .array(
+      z.object({
+        host: hostIdSchema,
+        agoMs: z.number().min(0),
+        routes: z.array(z.enum(['direct', 'any', 'broadcast'])).max(3),
+        /** The routes it took when it last took work (a draining host announces none): see HostEntry. */
+        tookRoutes: z.array(z.enum(['direct', 'any', 'broadcast'])).max(3).optional(),
+      }),
+    )
     .max(10_000)
     .optional(),
 });
@@ -30,6 +38,11 @@ export interface HostEntry {
   /** Local clock time of the last heartbeat (or of the view that mentioned it). */
   lastSeen: number;
   routes: Heartbeat['routes'];
+  /**
+   * The routes it took when it last took work. A host that stops gracefully announces no routes while it
+   * drains; this remembers that it answered broadcasts, so a list can say its VMs are missing once it is down.
+   */
+  tookRoutes: Heartbeat['routes'];
   heartbeat?: Heartbeat;
 }
 
@@ -44,11 +57,14 @@ export class HostRegistry {
   }
 
   record(heartbeat: Heartbeat, receivedAt = Date.now()): void {
-    this.#hosts.set(heartbeat.host, { host: heartbeat.host, lastSeen: receivedAt, routes: heartbeat.routes, heartbeat });
+    const tookRoutes = (routes: Heartbeat['routes'], known: HostEntry | undefined) => (routes.length > 0 ? routes : (known?.tookRoutes ?? []));
+    this.#hosts.set(heartbeat.host, { host: heartbeat.host, lastSeen: receivedAt, routes: heartbeat.routes, tookRoutes: tookRoutes(heartbeat.routes, this.#hosts.get(heartbeat.host)), heartbeat });
     for (const seen of heartbeat.view ?? []) {
       const lastSeen = receivedAt - seen.agoMs;
       const known = this.#hosts.get(seen.host);
-      if (!known || known.lastSeen < lastSeen) this.#hosts.set(seen.host, { ...known, host: seen.host, lastSeen, routes: seen.routes });
+      if (!known || known.lastSeen < lastSeen) {
+        this.#hosts.set(seen.host, { ...known, host: seen.host, lastSeen, routes: seen.routes, tookRoutes: seen.tookRoutes ?? tookRoutes(seen.routes, known) });
+      }
     }
   }
 
@@ -97,6 +113,6 @@ export class HostRegistry {
   }
 
   view(now = Date.now()): NonNullable<Heartbeat['view']> {
-    return [...this.#hosts.values()].map((e) => ({ host: e.host, agoMs: Math.max(0, now - e.lastSeen), routes: e.routes }));
+    return [...this.#hosts.values()].map((e) => ({ host: e.host, agoMs: Math.max(0, now - e.lastSeen), routes: e.routes, tookRoutes: e.tookRoutes }));
   }
 }
