@@ -1,13 +1,14 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { symlinkSync, unlinkSync } from 'node:fs';
+import { createConnection, createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import test, { type TestContext } from 'node:test';
 import amqplib from 'amqplib';
 import { makeEvent, makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
 import { amqpNames } from '../../core/transports/amqp/names.ts';
 import { until } from '../helpers.ts';
-import { queueDepth, startCloud } from '../support/cloud.ts';
+import { queueDepth, SHARED_BROKER, startCloud } from '../support/cloud.ts';
 import { startRabbitNode } from '../support/rabbit-node.ts';
 
 /** Publishes a request straight onto a host's queue, as a redelivery would arrive, and waits for its reply. */
@@ -581,4 +582,60 @@ test('broker refusals — a reply the broker nacks (its reply queue rejects publ
   const again = await rawRequest(cloud.url, cloud.prefix, 'h1', id, 'test.echo', {});
   assert.equal(again.ok, true);
   assert.equal(handledCount(agent.output(), id), 1);
+});
+
+/**
+ * A TCP relay to the shared broker that cuts, once, the connection that sends `marker` towards the broker,
+ * before that data gets through: the agent's reply is then lost with its connection.
+ */
+async function cuttingRelay(marker: string): Promise<{ url: string; cuts: () => number; close: () => Promise<void> }> {
+  const broker = new URL(SHARED_BROKER);
+  const sockets = new Set<Socket>();
+  let cuts = 0;
+  const server = createServer((client) => {
+    const upstream = createConnection(Number(broker.port || 5672), broker.hostname);
+    sockets.add(client).add(upstream);
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('data', (chunk: Buffer) => {
+      if (cuts === 0 && chunk.includes(marker)) {
+        cuts++;
+        end();
+        return;
+      }
+      upstream.write(chunk);
+    });
+    upstream.pipe(client);
+    for (const socket of [client, upstream]) {
+      socket.on('error', end);
+      socket.on('close', end);
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `amqp://${broker.username}:${broker.password}@127.0.0.1:${port}`,
+    cuts: () => cuts,
+    close: async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+test('redelivery — a reply cut off with its connection is sent again once connected, though its request outlived its broker TTL', { timeout: 60_000 }, async (t) => {
+  // Before, the agent left it to the broker's redelivery, answered from the stored outcome; but a request
+  // without a deadline has the client's patience as its TTL (4 s here), and this one ran 6 s: it went to the
+  // dead-letter queue instead, and the caller got CLIENT_TIMEOUT for work that was done.
+  const relay = await cuttingRelay('"slept"');
+  const cloud = await startCloud(t, [{ id: 'h1' }], { url: relay.url });
+  t.after(() => relay.close()); // after the cloud's own clean-up, which goes through the relay
+  const client = cloud.client({ inactivityTimeoutMs: 4_000 });
+  const reply = await client.request(makeRequest({ type: 'test.sleep', target: 'h1', payload: { ms: 6_000 } }));
+  assert.equal(reply.ok, true, JSON.stringify(reply.error));
+  assert.deepEqual(reply.result, { slept: 6_000 });
+  assert.equal(relay.cuts(), 1, 'the first reply was cut off with its connection');
+  assert.match(cloud.agents.get('h1')!.output(), /reply not confirmed; sending it again once connected/);
 });

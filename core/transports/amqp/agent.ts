@@ -36,6 +36,8 @@ export interface AmqpAgentTransportOptions {
 
 /** How long a finished request waits for the broker to come back before its reply is given up on. */
 const REPLY_RECONNECT_WAIT_MS = 60_000;
+/** How many times a reply whose publish was not confirmed (the connection went) is sent again. */
+const UNCONFIRMED_REPLY_RESENDS = 3;
 /** How often a reply held back by an outcome line the file refused is tried again (frame-by-frame writes only). */
 const HELD_REPLY_RETRY_MS = 1_000;
 /**
@@ -179,13 +181,15 @@ export class AmqpAgentTransport implements AgentTransport {
       await channel.assertQueue(queue, { durable: true, arguments: deadLetterArgs });
       await bindings.bind(channel, queue, names.directExchange, hostId);
       // Exclusive: a second agent with this host id is refused here instead of taking half the requests.
-      tags.push((await this.#held(channel.consume(queue, (msg) => (msg ? this.#consume(channel, msg, 'direct') : cancelled(queue)), { exclusive: true }))).consumerTag);
+      if (this.#accepting) tags.push((await this.#held(channel.consume(queue, (msg) => (msg ? this.#consume(channel, msg, 'direct') : cancelled(queue)), { exclusive: true }))).consumerTag);
     }
     if (this.#routes.has('any')) {
       await channel.assertQueue(names.anyQueue, { durable: true, arguments: deadLetterArgs });
-      tags.push((await channel.consume(names.anyQueue, (msg) => (msg ? this.#consume(channel, msg, 'any') : cancelled(names.anyQueue)))).consumerTag);
+      if (this.#accepting) tags.push((await channel.consume(names.anyQueue, (msg) => (msg ? this.#consume(channel, msg, 'any') : cancelled(names.anyQueue)))).consumerTag);
     }
-    if (this.#routes.has('broadcast')) {
+    // A draining agent that reconnects takes no work, and must not hold the queues a successor may have
+    // taken already (they are exclusive): only its presence queue, to keep sending and hearing heartbeats.
+    if (this.#routes.has('broadcast') && this.#accepting) {
       const queue = names.broadcastQueue(hostId);
       await this.#held(channel.assertQueue(queue, { exclusive: true, autoDelete: true, arguments: deadLetterArgs }));
       await bindings.bind(channel, queue, names.broadcastExchange, '');
@@ -197,6 +201,7 @@ export class AmqpAgentTransport implements AgentTransport {
     this.#channel = channel;
     this.#consumerTags = this.#accepting ? tags : [];
     if (!this.#accepting) {
+      // stopAccepting came while this setup ran: what it consumed meanwhile is cancelled here.
       bindings.forget(names.broadcastQueue(hostId)); // cancelling its consumer deletes it
       for (const tag of tags) await channel.cancel(tag);
     }
@@ -327,6 +332,10 @@ export class AmqpAgentTransport implements AgentTransport {
       reply: async (envelope, encoded, reseal) => {
         try {
           if (route === 'any' && envelope.error?.code === 'NO_CAPACITY') {
+            // A sign of life first: the caller's patience then starts again with the copy's TTL, which a copy
+            // without a deadline takes over whole (#handBack), so the copy expires about when the caller gives up.
+            sendProgress(makeProgress(progressBase, this.#options.hostId, 'alive'));
+            await inFlight.progressSent;
             if (await this.#handBack(channel, msg, envelope)) {
               // The copies that came in meanwhile (the handed-on one among them, if it came straight back
               // here) have callers of their own: back to the queue with them, to be taken like any request.
@@ -398,8 +407,8 @@ export class AmqpAgentTransport implements AgentTransport {
     }
     const headers = { ...msg.properties.headers, [HEADERS.refusedBy]: JSON.stringify(refusedBy) };
     // The copy's broker TTL is what is left until the request's deadline, not a fresh one. Without a
-    // deadline, the client's TTL (how long it waits for a sign of life) starts again, as its wait did when
-    // this host sent "accepted".
+    // deadline, the client's TTL (how long it waits for a sign of life) starts again, as its wait did at the
+    // "alive" sent just before this.
     const properties: Record<string, unknown> = { ...msg.properties, headers, persistent: true };
     const deadline = requestDeadline(msg.content);
     if (deadline !== undefined) properties.expiration = String(Math.max(1, deadline - Date.now()));
@@ -448,7 +457,17 @@ export class AmqpAgentTransport implements AgentTransport {
         ({ reply, encoded } = this.#tooLargeReply(msg, reply, sent));
         continue;
       }
-      if (sent !== 'held') return sent === 'sent';
+      if (sent === 'sent') return true;
+      if (sent === 'unconfirmed') {
+        // Sent again on the next connection (#withChannel waits for it): the redelivery that would answer it
+        // from the stored outcome does not come once the request's broker TTL has run out, and a request
+        // without a deadline has only the client's patience as its TTL (a long create-vm outlives it). The
+        // caller keeps the first of any duplicate replies.
+        if (this.#closing || attempt >= UNCONFIRMED_REPLY_RESENDS) return false;
+        await this.#pause(HELD_REPLY_RETRY_MS);
+        if (this.#closing) return false;
+        continue;
+      }
       if (attempt === 0) this.#options.log.warn({ msgId: reply.id }, 'reply held back until its outcome line is written; trying again every second');
       await this.#pause(HELD_REPLY_RETRY_MS);
       if (this.#closing || deliveredOn !== this.#channel) return false;
@@ -499,8 +518,9 @@ export class AmqpAgentTransport implements AgentTransport {
         this.#settle(deliveredOn, msg, 'ack');
         return 'sent';
       }
-      // Not confirmed: leave the request unacked; it is redelivered and answered from the stored outcome.
-      this.#options.log.warn({ msgId: reply.id, reason: (error as Error).message }, 'reply not confirmed; the request will be redelivered');
+      // Not confirmed: leave the request unacked (a redelivery is answered from the stored outcome), and send
+      // the reply again on the next connection (#publishReply).
+      this.#options.log.warn({ msgId: reply.id, reason: (error as Error).message }, 'reply not confirmed; sending it again once connected');
       // Usually the channel it came in on is closing, which brings it back. If that channel is fine (the
       // large-message channel failed, or the broker nacked), only a reconnect does. Checked a turn later:
       // a dropped connection fails the publish before it says it is down.

@@ -500,6 +500,8 @@ export class AmqpClientTransport implements ClientTransport {
         body,
         route: 'broadcast',
         host: undefined,
+        // Without a deadline, the gather ends at waitUntil: a copy still queued for a busy host then expires.
+        givesUpAt: waitUntil,
         onReply: (reply, liveHosts) => {
           if (reply === undefined) return finish(); // returned: no host takes broadcasts
           record(reply, liveHosts);
