@@ -75,6 +75,11 @@ export interface AddressAnswer {
   cutByDeadline?: boolean;
   /** How long the wait was allowed: `timeoutMs`, or less when `answerBy` came first. */
   waitMs?: number;
+  /**
+   * No address from since `freshSince` came in time, but older ones did: those are the answer (the guest
+   * may not be up yet, or a strategy's age is off: a wrong lease time), rather than none at all.
+   */
+  staleOnly?: boolean;
 }
 
 export function identityOf(options: QemuOptions, record: VmRecord): VmNetworkIdentity {
@@ -99,7 +104,18 @@ export async function loadStrategies(options: QemuOptions, ctx: Pick<HandlerCont
  * a strategy still working then is told through the same signal and counts as knowing nothing, even if it
  * ignores the signal, so a guest agent that never answers cannot hold get-vm-ip past its timeout.
  */
-async function askOnce(strategies: Strategy[], vm: VmNetworkIdentity, mode: 'first' | 'merge', query: AddressQuery, ctx: Pick<HandlerContext, 'log'>, signal: AbortSignal): Promise<DiscoveredAddress[]> {
+/** Addresses a wait left out as older than `freshSince`, kept for its answer if nothing newer comes. */
+type StaleSink = Map<string, DiscoveredAddress>;
+
+async function askOnce(
+  strategies: Strategy[],
+  vm: VmNetworkIdentity,
+  mode: 'first' | 'merge',
+  query: AddressQuery,
+  ctx: Pick<HandlerContext, 'log'>,
+  signal: AbortSignal,
+  stale?: StaleSink,
+): Promise<DiscoveredAddress[]> {
   const merged: DiscoveredAddress[] = [];
   for (const strategy of strategies) {
     if (signal.aborted) break;
@@ -110,7 +126,9 @@ async function askOnce(strategies: Strategy[], vm: VmNetworkIdentity, mode: 'fir
       ctx.log.warn({ strategy: strategy.plugin, vm: vm.vm, err: error }, 'ip-discovery strategy failed; trying the next');
     }
     const now = Date.now();
-    const usable = wellFormed(found, strategy.plugin, ctx).filter((a) => (query.includeLinkLocal || a.scope === 'global') && freshEnough(a, query.freshSince, now));
+    const inScope = wellFormed(found, strategy.plugin, ctx).filter((a) => query.includeLinkLocal || a.scope === 'global');
+    const usable = inScope.filter((a) => freshEnough(a, query.freshSince, now));
+    for (const old of inScope) if (!usable.includes(old)) stale?.set(old.address, old);
     if (usable.length === 0) continue;
     if (mode === 'first') return usable;
     for (const address of usable) if (!merged.some((m) => m.address === address.address)) merged.push(address);
@@ -157,9 +175,15 @@ export async function findAddresses(
   ctx: Pick<HandlerContext, 'signal' | 'log' | 'progress'>,
 ): Promise<AddressAnswer> {
   const vm = identityOf(options, record);
-  const answer = (addresses: DiscoveredAddress[]) => ({ addresses, strategies: strategies.map((s) => s.plugin) });
+  const stale: StaleSink = new Map();
+  const answer = (addresses: DiscoveredAddress[]): AddressAnswer => {
+    const strategiesAsked = strategies.map((s) => s.plugin);
+    if (addresses.length > 0 || stale.size === 0) return { addresses, strategies: strategiesAsked };
+    ctx.log.warn({ vm: record.id, addresses: [...stale.keys()] }, 'only addresses seen before the VM last booted were found; answering with them');
+    return { addresses: [...stale.values()], strategies: strategiesAsked, staleOnly: true };
+  };
   // No time to wait (timeoutMs 0) is still time for one whole ask, as without `wait`.
-  if (!query.wait || query.timeoutMs === 0) return answer(await askOnce(strategies, vm, options.ipDiscovery.mode, query, ctx, ctx.signal));
+  if (!query.wait || query.timeoutMs === 0) return answer(await askOnce(strategies, vm, options.ipDiscovery.mode, query, ctx, ctx.signal, stale));
   // The caller's timeout covers the whole call, the first ask included; an ask still running then is cut.
   // (A plain timer, not AbortSignal.timeout: that one is unref'd and would not keep a worker's loop alive.)
   const allowedMs = query.answerBy === undefined ? query.timeoutMs : Math.max(0, Math.min(query.timeoutMs, query.answerBy - ANSWER_MARGIN_MS - Date.now()));
@@ -168,7 +192,7 @@ export async function findAddresses(
   const waitOver = new AbortController();
   const timer = setTimeout(() => waitOver.abort(), allowedMs);
   try {
-    return { ...answer(await waitForAddresses(strategies, vm, record, options, query, deadline, ctx, AbortSignal.any([ctx.signal, waitOver.signal]))), ...cut };
+    return { ...answer(await waitForAddresses(strategies, vm, record, options, query, deadline, ctx, AbortSignal.any([ctx.signal, waitOver.signal]), stale)), ...cut };
   } finally {
     clearTimeout(timer);
   }
@@ -183,13 +207,14 @@ async function waitForAddresses(
   deadline: number,
   ctx: Pick<HandlerContext, 'signal' | 'log' | 'progress'>,
   askSignal: AbortSignal,
+  stale: StaleSink,
 ): Promise<DiscoveredAddress[]> {
   const activeEveryMs = query.activeEveryMs ?? ACTIVE_ASK_EVERY_MS;
   let lastActiveAt = 0;
   const ask = () => {
     const passive = (query.passive ?? false) || Date.now() - lastActiveAt < activeEveryMs;
     if (!passive) lastActiveAt = Date.now();
-    return askOnce(strategies, vm, options.ipDiscovery.mode, { ...query, passive }, ctx, askSignal);
+    return askOnce(strategies, vm, options.ipDiscovery.mode, { ...query, passive }, ctx, askSignal, stale);
   };
   let addresses = await ask();
   if (addresses.length > 0 || strategies.length === 0) return addresses;

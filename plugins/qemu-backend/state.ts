@@ -147,11 +147,13 @@ export async function removeVmFolder(stateDir: string, id: string): Promise<void
 }
 
 /**
- * Notes that the guest boots now (QEMU started, or reset). get-vm-ip's wait then takes only addresses seen
- * since: a lease or neighbour entry from the previous boot would end it before the guest is up again.
+ * Notes that the guest boots now (QEMU starts, or is reset): called just before. get-vm-ip's wait then takes
+ * only addresses seen since: a lease or neighbour entry from the previous boot would end it before the guest
+ * is up again. Never fails: a mark that cannot be written is removed (the wait then takes any address),
+ * rather than failing a start over it.
  */
 export async function markBooted(paths: Pick<VmPaths, 'booted'>): Promise<void> {
-  await writeFile(paths.booted, '', { mode: 0o640 });
+  await writeFile(paths.booted, '', { mode: 0o640 }).catch(() => rm(paths.booted, { force: true }).catch(() => undefined));
 }
 
 /** When the guest last booted by markBooted (epoch ms); undefined for a VM started before there was one. */

@@ -125,6 +125,7 @@ export async function startVm(options: QemuOptions, record: VmRecord, resolved?:
     // Leftovers of a QEMU that died: a stale socket would make the new one fail to bind.
     await Promise.all([rm(paths.qmp, { force: true }), rm(paths.qga, { force: true }), rm(paths.pidfile, { force: true })]);
     await mkdir(paths.dir, { recursive: true, mode: 0o750 });
+    await markBooted(paths); // before the boot it marks; never fails the start (state.ts)
     const argv = qemuArgv(options, record, image, paths, await chooseAccel(options.accel));
     const result = await runProgram(argv, { timeoutMs: 60_000, signal });
     if (result.code !== 0) {
@@ -132,7 +133,6 @@ export async function startVm(options: QemuOptions, record: VmRecord, resolved?:
     }
     const pid = await runningPid(paths.pidfile, record.id);
     if (pid === undefined) throw qemuError('QEMU_FAILED', `QEMU for ${record.id} exited right after starting; see ${paths.serialLog}`);
-    await markBooted(paths);
     return { pid, already: false };
   } catch (error) {
     // No QEMU holds the tap: off the bridge with it, as a stop would do (the next start makes it again). A

@@ -7,6 +7,9 @@ import { requireRecord } from '../vm-ops.ts';
 import { runningPid } from '../processes.ts';
 import { bootedAt, vmPaths } from '../state.ts';
 
+const STALE_HINT =
+  'only addresses seen before the VM last started were found: the guest may still be booting, or an ip-discovery plugin misjudges their age (ip-discovery-dnsmasq: leaseTimeSeconds must be the lease time dnsmasq hands out)';
+
 export default defineHandler(getVmIpPayload, qemuOptionsSchema, async ({ vm, wait, timeoutMs, includeLinkLocal }, ctx) => {
   const record = await requireRecord(ctx.options, vm, ctx.host);
   if ((await runningPid(vmPaths(ctx.options.stateDir, vm).pidfile, vm)) === undefined) {
@@ -23,7 +26,7 @@ export default defineHandler(getVmIpPayload, qemuOptionsSchema, async ({ vm, wai
   // than the caller's deadline or the type's pool timeout), so the caller learns which plugins were asked.
   // A wait is for this boot's address: evidence older than the guest's last boot does not end it.
   const freshSince = wait ? await bootedAt(vmPaths(ctx.options.stateDir, vm)) : undefined;
-  const { cutByDeadline, waitMs, ...answer } = await findAddresses(
+  const { cutByDeadline, waitMs, staleOnly, ...answer } = await findAddresses(
     ctx.options,
     strategies,
     record,
@@ -34,5 +37,6 @@ export default defineHandler(getVmIpPayload, qemuOptionsSchema, async ({ vm, wai
     const within = cutByDeadline ? `within ${waitMs} ms, all the request's deadline left of the ${timeoutMs} ms asked` : `within ${timeoutMs} ms`;
     throw qemuError('IP_NOT_FOUND', `no address for ${vm} ${within} (asked: ${answer.strategies.join(', ')})`, { vm, strategies: answer.strategies });
   }
+  if (staleOnly) return { vm, mac: record.mac, ...answer, hint: STALE_HINT };
   return { vm, mac: record.mac, ...answer };
 });

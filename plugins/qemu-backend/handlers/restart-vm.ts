@@ -15,8 +15,8 @@ export default defineHandler(restartVmPayload, qemuOptionsSchema, async ({ vm, m
     how = 'started';
   } else if (mode === 'hard') {
     ctx.progress('resetting', { vm });
+    await markBooted(paths); // before the boot it marks
     await withQmp(paths.qmp, (qmp) => qmp.execute('system_reset'));
-    await markBooted(paths);
     how = 'reset';
   } else {
     ctx.progress('stopping', { vm });

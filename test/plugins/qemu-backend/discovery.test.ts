@@ -383,3 +383,14 @@ test('discovery — a wait with freshSince (the last boot) is not ended by older
   const chained = await find(strategiesOf(['leases', fixed([stale])], ['agent', fixed([live])]), { wait: true, timeoutMs: 20_000, includeLinkLocal: false, freshSince: bootedAt });
   assert.deepEqual(chained.addresses, [live]);
 });
+
+test('discovery — a wait that finds only evidence from before the boot answers with it in the end (staleOnly), not with nothing', { timeout: 30_000 }, async () => {
+  // A wrong lease time makes every lease look old: the wait must not then fail for an address it knows.
+  const stale = { ...address('10.0.0.5', 'leases'), ageMs: 3_600_000 };
+  const waited = await find(strategiesOf(['leases', fixed([stale])]), { wait: true, timeoutMs: 600, includeLinkLocal: false, freshSince: Date.now() });
+  assert.deepEqual([waited.addresses, waited.staleOnly], [[stale], true]);
+  const once = await find(strategiesOf(['leases', fixed([stale])]), { wait: true, timeoutMs: 0, includeLinkLocal: false, freshSince: Date.now() });
+  assert.deepEqual([once.addresses, once.staleOnly], [[stale], true]);
+  const fresh = await find(strategiesOf(['leases', fixed([{ ...stale, ageMs: 0 }])]), { wait: true, timeoutMs: 600, includeLinkLocal: false, freshSince: Date.now() });
+  assert.equal(fresh.staleOnly, undefined);
+});
