@@ -107,9 +107,12 @@ function loadedAsCommonJs(url: string, cause: unknown): boolean {
   return code.startsWith('ERR_REQUIRE') || /require\(\)|Cannot use import statement outside a module|exports is not defined/.test(message);
 }
 
-/** The path Node could not find, from its ERR_MODULE_NOT_FOUND message. */
+/**
+ * The path Node could not find, from its ERR_MODULE_NOT_FOUND message: "Cannot find module '<path>'
+ * imported from <importer>". The path may hold a quote itself, so it runs to the last "' imported from".
+ */
 function missingModule(cause: unknown): string | undefined {
-  return /^Cannot find (?:module|package) '([^']+)'/.exec(thrownMessage(cause))?.[1];
+  return /^Cannot find (?:module|package) '(.+)' imported from /s.exec(thrownMessage(cause))?.[1];
 }
 
 /**

@@ -124,6 +124,20 @@ test('loader — a plugin whose own import is missing is PLUGIN_IMPORT_FAILED na
   assert.match(problem.message, /Cannot find module '[^']*missing-helper\.js' imported from/);
 });
 
+test('loader — under a folder with a quote in its name, an unbuilt cloudlet/plugin-api still gets the hint to build', async (t) => {
+  // Node quotes the missing path as it is ('…/o'brien/…/plugin-api.js'): read only up to its first quote,
+  // the path did not look like the compiled plugin API, and the hint was missing.
+  const dir = join(await tempDir(t), "o'brien");
+  const cloudlet = join(dir, 'node_modules', 'cloudlet');
+  await mkdir(cloudlet, { recursive: true });
+  await writeFile(join(cloudlet, 'package.json'), JSON.stringify({ name: 'cloudlet', type: 'module', exports: { './plugin-api': { default: './dist/core/plugin-api.js' } } }));
+  await writeFile(join(dir, 'package.json'), '{"type": "module"}\n');
+  await writeFile(join(dir, 'index.js'), 'import { definePlugin } from "cloudlet/plugin-api";\nexport default definePlugin({ name: "quoted", version: "1.0.0", api: "^1.0.0" });\n');
+  const problem = onlyProblem(await load(join(dir, 'index.js')));
+  assert.equal(problem.code, 'PLUGIN_IMPORT_FAILED');
+  assert.ok(problem.message.includes(`cloudlet/plugin-api is the compiled plugin API: run \`npm run build\` in ${cloudlet}`), problem.message);
+});
+
 test('loader — PLUGIN_IMPORT_FAILED when the module throws while it is imported', async () => {
   const problem = onlyProblem(await load(fixture('throws-on-import')));
   assert.equal(problem.code, 'PLUGIN_IMPORT_FAILED');
