@@ -85,6 +85,7 @@ test('init — writes a commented config that config check accepts, and never ov
     [['--ip-discovery', 'dnsmasq', '--dhcp-range', '10.9.0.100,10.9.0.200'], /give the bridge with --bridge BR/],
     [['--bridge', 'br7', '--ip-discovery', 'dnsmasq', '--dhcp-range', '10.9.0.100-10.9.0.200'], /--dhcp-range takes two IPv4 addresses, START,END/],
     [['--bridge', 'br7', '--ip-discovery', 'arp', '--dhcp-range', '10.9.0.100,10.9.0.200'], /add dnsmasq to --ip-discovery/],
+    [['--bridge', 'br7', '--ip-discovery', 'dnsmasq', '--dhcp-range', '10.9.0.200,10.9.0.100'], /--dhcp-range 10\.9\.0\.200,10\.9\.0\.100: START must not come after END/],
   ] as const) {
     const refused = await runCli(['init', '--output', join(dir, 'y.yaml'), ...flags]);
     assert.equal(refused.code, 2, refused.stderr);
