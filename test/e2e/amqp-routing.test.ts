@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import test from 'node:test';
 import { makeRequest } from '../../core/envelope.ts';
 import { CloudletError } from '../../core/errors.ts';
@@ -325,4 +326,20 @@ test('down — a host that drained before it stopped (its last heartbeats took n
   const listed = await runCli(['vm', 'list', '--json', '--config', cloud.clientConfig]);
   assert.equal(listed.code, 0, listed.stdout + listed.stderr);
   assert.deepEqual((JSON.parse(listed.stdout) as { down?: { host: string }[] }).down?.map((d) => d.host), ['h2']);
+});
+
+test('connection — an agent names its broker connection and asks for a 10 s AMQP heartbeat (a dead one is dropped in about 20 s)', { timeout: 60_000 }, async (t) => {
+  // Before, the broker's default (60 s) applied: after a network failure the broker held the dead
+  // connection's exclusive queues for up to two minutes, and the reconnected agent could not take them.
+  const cloud = await startCloud(t, [{ id: 'h1' }]);
+  const name = `cloudlet agent h1 (prefix ${cloud.prefix})`;
+  // client_properties: [[key, type, value], …], connection_name among them.
+  const named = () => {
+    const listed = spawnSync('rabbitmqctl', ['-q', 'list_connections', 'client_properties', 'timeout', '--formatter', 'json'], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(listed.status, 0, listed.stderr);
+    const connections = JSON.parse(listed.stdout) as { client_properties: [string, string, unknown][]; timeout: number }[];
+    return connections.filter((c) => c.client_properties.some(([key, , value]) => key === 'connection_name' && value === name));
+  };
+  await until(() => named().length > 0, 20_000);
+  assert.deepEqual(named().map((c) => c.timeout), [10]);
 });

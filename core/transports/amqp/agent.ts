@@ -36,6 +36,8 @@ export interface AmqpAgentTransportOptions {
 
 /** How long a finished request waits for the broker to come back before its reply is given up on. */
 const REPLY_RECONNECT_WAIT_MS = 60_000;
+/** The AMQP heartbeat an agent asks for (BrokerConnectionOptions.amqpHeartbeatSeconds); RabbitMQ advises 5–20 s. */
+const AMQP_HEARTBEAT_SECONDS = 10;
 /** How many times a reply whose publish was not confirmed (the connection went) is sent again. */
 const UNCONFIRMED_REPLY_RESENDS = 3;
 /** How often a reply held back by an outcome line the file refused is tried again (frame-by-frame writes only). */
@@ -131,6 +133,8 @@ export class AmqpAgentTransport implements AgentTransport {
       log: this.#options.log,
       setup: (model) => this.#setup(model),
       maxReconnectDelayMs: Math.min(Math.max(this.#options.config.heartbeatMs, 100), 5_000),
+      amqpHeartbeatSeconds: AMQP_HEARTBEAT_SECONDS,
+      connectionName: `cloudlet agent ${this.#options.hostId} (prefix ${this.#options.config.prefix})`,
       beforeFrameWrite: () => this.#writeOutcomes(),
       coalesceWrites: this.#options.coalesceWrites,
     });
