@@ -99,14 +99,14 @@ export async function loadStrategies(options: QemuOptions, ctx: Pick<HandlerCont
   return options.ipDiscovery.order.flatMap((name) => all.filter((s) => s.plugin === name));
 }
 
+/** Addresses a wait left out as older than `freshSince`, kept for its answer if nothing newer comes. */
+type StaleSink = Map<string, DiscoveredAddress>;
+
 /**
  * Asks the strategies in order. `signal` ends the ask (the wait's deadline, or the handler's own signal):
  * a strategy still working then is told through the same signal and counts as knowing nothing, even if it
  * ignores the signal, so a guest agent that never answers cannot hold get-vm-ip past its timeout.
  */
-/** Addresses a wait left out as older than `freshSince`, kept for its answer if nothing newer comes. */
-type StaleSink = Map<string, DiscoveredAddress>;
-
 async function askOnce(
   strategies: Strategy[],
   vm: VmNetworkIdentity,
