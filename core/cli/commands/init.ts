@@ -85,12 +85,7 @@ function dhcpRangeFlag(value: string | undefined, bridge: string | undefined, ip
   if (start === undefined || end === undefined || rest.length > 0 || isIP(start) !== 4 || isIP(end) !== 4) {
     throw cloudletError('USAGE', `--dhcp-range takes two IPv4 addresses, START,END (e.g. 10.0.0.100,10.0.0.200), found "${value}"`);
   }
-  if (ipv4Number(start) > ipv4Number(end)) throw cloudletError('USAGE', `--dhcp-range ${value}: START must not come after END`);
   if (bridge === undefined) throw cloudletError('USAGE', '--dhcp-range runs dnsmasq on the VM bridge: give the bridge with --bridge BR');
   if (!ipDiscovery.includes('dnsmasq')) throw cloudletError('USAGE', '--dhcp-range goes with dnsmasq discovery: add dnsmasq to --ip-discovery');
   return { start, end };
-}
-
-function ipv4Number(address: string): number {
-  return address.split('.').reduce((sum, part) => sum * 256 + Number(part), 0);
 }
