@@ -39,7 +39,7 @@ export interface BrokerConnectionOptions {
    * sooner after it reconnects (RabbitMQ's own default, 60 s, kept them held for up to two minutes).
    */
   amqpHeartbeatSeconds?: number;
-  /** Shown by the broker for this connection (`rabbitmqctl list_connections user_provided_name`). */
+  /** Shown by the broker for this connection (`connection_name` in `rabbitmqctl list_connections client_properties`). */
   connectionName?: string;
 }
 
