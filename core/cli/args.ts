@@ -26,6 +26,7 @@ export const FLAGS = {
   name: { type: 'string' },
   autostart: { type: 'boolean' },
   network: { type: 'string' },
+  'request-id': { type: 'string' },
   force: { type: 'boolean' },
   hard: { type: 'boolean' },
   lines: { type: 'string' },

@@ -15,6 +15,8 @@ import type { CliValues } from './args.ts';
 import { clientConfig } from './config-source.ts';
 
 export interface SendOptions {
+  /** The request's id; undefined draws a random one. */
+  id?: string | undefined;
   /** The host that must answer; undefined: the one local agent, or any host with capacity on RabbitMQ. */
   target?: string | undefined;
   /** Epoch ms: a hard deadline the agent enforces; undefined waits while the host shows signs of life. */
@@ -55,7 +57,7 @@ export async function openClient(values: CliValues, options: { inactivityTimeout
     transport,
     routed: config.transport.kind === 'amqp',
     request: (type, payload, send = {}) =>
-      transport.request(makeRequest({ type, payload, target: send.target, deadline: deadlineFor(send.deadline) }), progressOption(send)),
+      transport.request(makeRequest({ id: send.id, type, payload, target: send.target, deadline: deadlineFor(send.deadline) }), progressOption(send)),
     gather: (type, payload, send = {}) =>
       transport.gather(makeRequest({ type, payload, target: send.target, deadline: deadlineFor(send.deadline) }), progressOption(send)),
     close: () => transport.close(),

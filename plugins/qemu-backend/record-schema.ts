@@ -26,6 +26,8 @@ const recordSchema = z.object({
   desired: z.enum(['running', 'stopped']),
   createdAt: z.string().max(64),
   updatedAt: z.string().max(64),
+  // As a request envelope's id (core/envelope.ts): printable ASCII without spaces.
+  request: z.string().min(1).max(128).regex(/^[\x21-\x7e]+$/, 'a request id: printable ASCII without spaces, 1–128 characters').optional(),
 });
 
 /** Undefined when `value` is a usable record of VM `id`; else the first thing wrong, as "field: why". */

@@ -26,6 +26,11 @@ export interface VmRecord {
   desired: 'running' | 'stopped';
   createdAt: string;
   updatedAt: string;
+  /**
+   * The id of the create-vm request that made the VM: the same request run again answers with this VM
+   * instead of making another. Absent in records written before it was added.
+   */
+  request?: string;
 }
 
 export interface VmPaths {

@@ -74,6 +74,24 @@ export interface CreatingMark {
   agentStartedAt: number;
   /** When the create is over at the latest: its deadline, plus the grace a cancelled handler gets. */
   until: number;
+  /**
+   * The create-vm request's id. A run of the same request after its agent died finds the folder by it (the
+   * VM id derives from it, vm-id.ts) and knows what it finds there is its own, to start over. Absent in
+   * marks written before it was added.
+   */
+  request?: string;
+}
+
+/** The folder's `creating` mark as written; undefined when there is none or it is torn (its create died writing it). */
+export async function readCreatingMark(options: QemuOptions, id: string): Promise<Partial<CreatingMark> | undefined> {
+  const text = await readFile(vmPaths(options.stateDir, id).creating, 'utf8').catch(() => undefined);
+  if (text === undefined) return undefined;
+  try {
+    const mark = JSON.parse(text) as unknown;
+    return typeof mark === 'object' && mark !== null ? (mark as Partial<CreatingMark>) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -82,14 +100,9 @@ export interface CreatingMark {
  * and was restarted, a clean-up cut short) is a leftover.
  */
 export async function isBeingCreated(options: QemuOptions, id: string, agent: AgentRun): Promise<boolean> {
-  const text = await readFile(vmPaths(options.stateDir, id).creating, 'utf8').catch(() => undefined);
-  if (text === undefined) return false;
-  try {
-    const mark = JSON.parse(text) as Partial<CreatingMark>;
-    return mark.pid === process.pid && mark.agentStartedAt === agent.startedAt && typeof mark.until === 'number' && Date.now() < mark.until;
-  } catch {
-    return false; // a torn mark: its create died while writing it
-  }
+  const mark = await readCreatingMark(options, id);
+  if (mark === undefined) return false; // none, or torn: its create died while writing it
+  return mark.pid === process.pid && mark.agentStartedAt === agent.startedAt && typeof mark.until === 'number' && Date.now() < mark.until;
 }
 
 /** VM_NOT_READY (retryable) while create-vm works on `id`: a command sent on its "starting" progress. */

@@ -3,6 +3,7 @@
  * network namespace (TCG), on the local transport and on RabbitMQ (through the broker relay).
  */
 import assert from 'node:assert/strict';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -180,4 +181,44 @@ test('vm cli — RabbitMQ: create goes to a host with capacity, VM commands to t
   assert.deepEqual([stopped.host, stopped.vm.state], ['qnode', 'stopped']);
   const deleted = json<{ host: string; deleted: boolean }>(await cli(['vm', 'delete', id, '--wait', '--json']));
   assert.deepEqual([deleted.host, deleted.deleted], ['qnode', true]);
+
+  // The same --request-id again, without --host: answered from the host's stored outcome, as it was. Once
+  // the host has forgotten the id (it keeps the last outcomeHistory), from the VM's record. One VM either way.
+  const once = ['vm', 'create', '--image', 'tiny', '--memory', '128', '--request-id', `create-${prefix}`, '--json'];
+  const made = json<{ host: string; vm: Vm & { already: boolean } }>(await cli(once));
+  const repeated = json<{ host: string; vm: Vm & { already: boolean } }>(await cli(once));
+  assert.deepEqual([repeated.host, repeated.vm.id, repeated.vm.already], ['qnode', made.vm.id, false]);
+  await host.stopAgent();
+  await rm(join(host.dir, 'state', 'outcomes'), { recursive: true, force: true });
+  await host.startAgent();
+  const forgotten = json<{ host: string; vm: Vm & { already: boolean } }>(await cli(once));
+  assert.deepEqual([forgotten.vm.id, forgotten.vm.already, forgotten.vm.state], [made.vm.id, true, 'running']);
+  assert.deepEqual(json<{ vms: Vm[] }>(await cli(['vm', 'list', '--json'])).vms.map((v) => v.id), [made.vm.id]);
+});
+
+test('vm cli — --request-id: the same id again answers with the VM it made; other settings are refused; a bad id is a usage error', async (t) => {
+  const host = await startQemuHost(t);
+  const cli = vmCli(host.configFile);
+  const create = (...extra: string[]) => cli(['vm', 'create', '--image', 'tiny', '--memory', '128', ...extra]);
+
+  const bad = await create('--request-id', 'two words');
+  assert.equal(bad.code, 2, bad.stderr);
+  assert.match(bad.stderr, /error \[USAGE\]: --request-id must be 1–128 printable ASCII characters without spaces, found "two words"/);
+
+  const made = json<{ vm: Vm & { already: boolean } }>(await create('--request-id', 'deploy-7', '--json'));
+  assert.equal(made.vm.already, false);
+  const again = await create('--request-id', 'deploy-7');
+  assert.equal(again.code, 0, again.stderr);
+  assert.match(again.stdout, new RegExp(`^id: +${made.vm.id.replace('.', '\\.')}$`, 'm'));
+  assert.match(again.stderr, /^request deploy-7 made this VM already \(\S+\); nothing was done$/m);
+
+  const reused = await create('--request-id', 'deploy-7', '--vcpus', '2');
+  assert.equal(reused.code, 1, reused.stderr);
+  assert.match(reused.stderr, new RegExp(`error \\[REQUEST_ID_REUSED\\] from qhost: request deploy-7 made VM ${made.vm.id.replace('.', '\\.')} already, with other settings: vcpus 2 \\(made with 1\\)`));
+  assert.deepEqual(json<{ vms: Vm[] }>(await cli(['vm', 'list', '--json'])).vms.map((v) => v.id), [made.vm.id]);
+
+  // Once its VM is deleted, the id makes a new one: nothing remembers it.
+  assert.equal((await cli(['vm', 'delete', made.vm.id])).code, 0);
+  const remade = json<{ vm: Vm & { already: boolean } }>(await create('--request-id', 'deploy-7', '--json'));
+  assert.deepEqual([remade.vm.already, remade.vm.state], [false, 'running']);
 });

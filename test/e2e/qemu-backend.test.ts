@@ -4,7 +4,7 @@ import { access, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
 import { makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
-import { tempDir } from '../helpers.ts';
+import { tempDir, until } from '../helpers.ts';
 import { startQemuHost, type QemuHost } from '../support/qemu-host.ts';
 
 interface Vm {
@@ -281,4 +281,46 @@ test('qemu — a create-vm cancelled by its deadline leaves no VM, folder, tap o
   assert.notEqual((await host.ns.exec(['pgrep', '-f', 'qemu-system-x86_64'])).code, 0, 'no QEMU runs');
   // qemu-backend's default tapPrefix is "clt".
   assert.deepEqual((await host.ns.exec(['ip', '-o', 'link', 'show'])).stdout.split('\n').filter((line) => line.includes(': clt')), []);
+});
+
+test('qemu — a create whose agent was killed mid-create, run again with its request id, makes one VM; once more answers with it', async (t) => {
+  // Before, the run after the restart drew a new id: the dead run's folder stayed, with the QEMU it had
+  // started running for nobody, and a run after a finished create made a second VM.
+  const qemu = await gatedQemu(t);
+  const host = await startQemuHost(t, { qemuOptionsYaml: `      qemuBinary: ${qemu.binary}\n` });
+  const request = makeRequest({ type: 'create-vm', payload: { image: 'tiny', memory: 128, vcpus: 1 } });
+  let announce: (vm: string) => void = () => undefined;
+  const announced = new Promise<string>((resolve) => (announce = resolve));
+  const first = host.client.request(request, {
+    onProgress: (progress) => {
+      const vm = (progress.detail as { vm?: string } | undefined)?.vm;
+      if (progress.stage === 'starting' && vm) announce(vm);
+    },
+  });
+  const vm = await Promise.race([announced, first.then((reply) => Promise.reject(new Error(`create-vm answered before "starting": ${JSON.stringify(reply)}`)), (error: unknown) => Promise.reject(error))]);
+  // Killed once its QEMU is on the way (the gate holds it), which "starting" comes just before.
+  const qemuOnItsWay = async () => (await host.ns.exec(['pgrep', '-f', qemu.binary])).code === 0;
+  await until(qemuOnItsWay, 30_000);
+  assert.equal(await qemuOnItsWay(), true, 'the create reached its QEMU');
+  host.agent.kill('SIGKILL');
+  await host.agent.exited;
+  await assert.rejects(first, { code: 'CONNECTION_LOST' });
+  // The dead run's QEMU starts anyway (it was on its way), in a folder without vm.json.
+  await qemu.release();
+  await until(() => processExists(host, vm), 30_000);
+  assert.equal(await processExists(host, vm), true, "the dead run's QEMU is running");
+  await host.startAgent();
+
+  const again = ok<Vm & { already: boolean }>(await host.client.request(request));
+  assert.equal(again.id, vm, 'the same request comes to the same id');
+  assert.equal(again.already, false);
+  assert.match(host.agentOutput(), /an earlier run of this request left the VM half-made/);
+  const qemus = (await host.ns.run(['pgrep', '-f', `cloudlet-${vm}`])).trim().split('\n');
+  assert.deepEqual(qemus, [String(again.pid)], 'one QEMU: the leftover one was ended');
+  assert.deepEqual(await readdir(host.stateDir), [vm]);
+
+  const onceMore = ok<Vm & { already: boolean }>(await host.client.request(request));
+  assert.deepEqual([onceMore.id, onceMore.already, onceMore.pid, onceMore.state], [vm, true, again.pid, 'running']);
+  assert.deepEqual(ok<{ vms: Vm[] }>(await host.call('list-vms', {})).vms.map((v) => v.id), [vm]);
+  await host.waitForSerial(vm, 'cloudlet-guest: init');
 });

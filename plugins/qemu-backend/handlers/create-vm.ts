@@ -1,29 +1,28 @@
-import { randomInt } from 'node:crypto';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import process from 'node:process';
 import { Buffer } from 'node:buffer';
-import { defineHandler } from '../../../core/plugin-api.ts';
+import { defineHandler, type HandlerContext } from '../../../core/plugin-api.ts';
 import { qemuError } from '../errors.ts';
 import { createOverlay, resolveImage } from '../images.ts';
 import { randomMac, tapName } from '../network.ts';
 import { qemuOptionsSchema, type QemuOptions } from '../options.ts';
-import { createVmPayload } from '../schemas.ts';
+import { createVmPayload, VM_ID_PATTERN } from '../schemas.ts';
 import { listRecords, vmPaths, writeRecord, type VmRecord } from '../state.ts';
-import { removeLeftover, startVm, viewOf, type CreatingMark } from '../vm-ops.ts';
+import { randomVmId, vmIdForRequest } from '../vm-id.ts';
+import { isBeingCreated, queryStatus, readCreatingMark, removeLeftover, startVm, viewOf, type AgentRun, type CreatingMark } from '../vm-ops.ts';
 
 /** More than any pool's cancelGraceMs is likely to be (its default is 1 s). */
 const CANCEL_GRACE_BOUND_MS = 30_000;
 
-function newVmId(host: string, taken: ReadonlySet<string>): string {
-  for (;;) {
-    const suffix = Array.from({ length: 8 }, () => String.fromCharCode(97 + randomInt(26))).join('');
-    const id = `${host}.${suffix}`;
-    if (!taken.has(id)) return id;
-  }
-}
+type CreateVmPayload = ReturnType<typeof createVmPayload.parse>;
 
 export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload, ctx) => {
   const options = ctx.options;
+  const records = await listRecords(options.stateDir);
+  // This request ran here before (redelivered after the agent died, or sent again with the same id): its VM
+  // is the answer, checked before the limits, which that VM itself may now fill.
+  const earlier = records.find((record) => record.request === ctx.message.id);
+  if (earlier) return answerAgain(options, earlier, payload, ctx.message.id);
   ctx.progress('allocating', { image: payload.image });
   const { limits } = options;
   if (payload.memory > limits.maxMemoryMiB || payload.vcpus > limits.maxVcpus) {
@@ -34,7 +33,6 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
       maxVcpus: limits.maxVcpus,
     });
   }
-  const records = await listRecords(options.stateDir);
   const noRoom = noRoomFor(payload.memory, records, limits, ctx.host.id);
   if (noRoom) throw noRoom;
   const image = await resolveImage(options.imagesDir, payload.image, options.qemuImgBinary);
@@ -43,7 +41,7 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
     // NO_CAPACITY, not VM_LIMIT: an any-host create moves on to a host that has a bridge.
     throw qemuError('NO_CAPACITY', `host ${ctx.host.id} has no bridge configured (network.mode is "${options.network.mode}")`, { network: mode });
   }
-  const id = newVmId(ctx.host.id, new Set(records.map((r) => r.id)));
+  const id = await idForRequest(options, ctx.host, ctx.message.id, ctx.log);
   if (Buffer.byteLength(vmPaths(options.stateDir, id).qmp) >= 108) {
     throw qemuError('VM_LIMIT', `the QMP socket path for ${id} would be longer than 107 bytes; use a shorter stateDir or host id`);
   }
@@ -65,6 +63,7 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
     desired: 'running',
     createdAt: now,
     updatedAt: now,
+    request: ctx.message.id,
   };
   const paths = vmPaths(options.stateDir, id);
   // vm.json is written last. Until this create answers, no other command acts on the VM: a stop or delete
@@ -75,7 +74,7 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
   const { signal } = ctx;
   // Until the deadline this handler sees (its pool's timeout or the caller's, the earlier), plus the grace a
   // cancelled handler gets: after that no create can still be at work, whatever happened to this one.
-  const mark: CreatingMark = { pid: process.pid, agentStartedAt: ctx.host.startedAt, until: ctx.message.deadline + CANCEL_GRACE_BOUND_MS };
+  const mark: CreatingMark = { pid: process.pid, agentStartedAt: ctx.host.startedAt, until: ctx.message.deadline + CANCEL_GRACE_BOUND_MS, request: ctx.message.id };
   try {
     await mkdir(paths.dir, { recursive: true, mode: 0o750 });
     await writeFile(paths.creating, JSON.stringify(mark));
@@ -88,7 +87,7 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
     await rm(paths.creating, { force: true });
     ctx.log.info({ vm: id, pid, image: payload.image }, 'VM created and running');
     ctx.progress('running', { vm: id, pid });
-    return viewOf(record, 'running', pid);
+    return { ...viewOf(record, 'running', pid), already: false };
   } catch (error) {
     // Leave nothing half-made behind: no QEMU (it may have started before a cancel), no tap, no folder. A
     // cancel (deadline, timeout, shutdown) leaves only cancelGraceMs (1 s) for this, and the disk goes
@@ -99,6 +98,57 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
     throw error;
   }
 });
+
+/**
+ * The VM an earlier run of this request made, as it is now, with `already`. A request id sent again with
+ * other settings is a mistake of the sender's (an id is never reused for another request): answering with a
+ * VM it did not ask for would hide it, so it is REQUEST_ID_REUSED, naming what differs.
+ */
+async function answerAgain(options: QemuOptions, record: VmRecord, payload: CreateVmPayload, requestId: string) {
+  const asked: [string, unknown, unknown][] = [
+    ['image', payload.image, record.image],
+    ['memory', payload.memory, record.memoryMiB],
+    ['vcpus', payload.vcpus, record.vcpus],
+    ['name', payload.name ?? null, record.name ?? null],
+    ['autostart', payload.autostart, record.autostart],
+    // Without `network` the host's mode applied, which its config may have changed since.
+    ['network', payload.network ?? record.network.mode, record.network.mode],
+  ];
+  const differs = asked.filter(([, now, then]) => now !== then);
+  if (differs.length > 0) {
+    const said = differs.map(([field, now, then]) => `${field} ${JSON.stringify(now)} (made with ${JSON.stringify(then)})`).join(', ');
+    throw qemuError('REQUEST_ID_REUSED', `request ${requestId} made VM ${record.id} already, with other settings: ${said}; give a new request a new id`, {
+      vm: record.id,
+      request: requestId,
+      fields: differs.map(([field]) => field),
+    });
+  }
+  const { state, pid } = await queryStatus(options, record);
+  return { ...viewOf(record, state, pid), already: true, hint: `request ${requestId} made this VM already (${record.createdAt}); nothing was done` };
+}
+
+/**
+ * The new VM's id: the one derived from the request (vm-id.ts) while it is free, or while what holds it is
+ * this request's own leftover, which goes first: its agent died mid-create (the `creating` mark names a
+ * process that is gone), and it may have left a QEMU running. Any other holder (another VM whose id the hash
+ * happened to give) means a random id.
+ */
+async function idForRequest(options: QemuOptions, agent: AgentRun, requestId: string, log: HandlerContext['log']): Promise<string> {
+  const folders = new Set((await readdir(options.stateDir).catch(() => [] as string[])).filter((name) => VM_ID_PATTERN.test(name)));
+  const derived = vmIdForRequest(agent.id, requestId);
+  if (!folders.has(derived)) return derived;
+  // A record of this request would have answered above (answerAgain): a mark of it here means a run that
+  // never wrote vm.json.
+  if ((await readCreatingMark(options, derived))?.request === requestId) {
+    if (await isBeingCreated(options, derived, agent)) {
+      throw qemuError('VM_NOT_READY', `request ${requestId} is still creating VM ${derived}; send it again once that has answered`, { vm: derived });
+    }
+    log.warn({ vm: derived }, 'an earlier run of this request left the VM half-made (its agent stopped mid-create); removing it and starting over');
+    await removeLeftover(options, derived);
+    return derived;
+  }
+  return randomVmId(agent.id, folders);
+}
 
 /**
  * NO_CAPACITY when this host has no room for the VM now, or never will (more memory than its total): the

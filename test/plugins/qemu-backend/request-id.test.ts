@@ -1,0 +1,152 @@
+/**
+ * create-vm is idempotent per request id on a host: the same request run again answers with the VM it made,
+ * or starts over from what its dead run left. The handler runs in-process here with a fake context; a QEMU
+ * that fails to start stands in where a VM would boot (the real boot is in test/e2e/qemu-backend.test.ts).
+ */
+import assert from 'node:assert/strict';
+import { access, mkdir, readdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import process from 'node:process';
+import test, { type TestContext } from 'node:test';
+import type { HandlerContext } from '../../../core/plugin-api.ts';
+import createVm from '../../../plugins/qemu-backend/handlers/create-vm.ts';
+import { qemuOptionsSchema, type QemuOptions } from '../../../plugins/qemu-backend/options.ts';
+import { createVmPayload, VM_ID_PATTERN } from '../../../plugins/qemu-backend/schemas.ts';
+import { vmPaths, writeRecord, type VmRecord } from '../../../plugins/qemu-backend/state.ts';
+import { vmIdForRequest } from '../../../plugins/qemu-backend/vm-id.ts';
+import { tempDir } from '../../helpers.ts';
+
+const AGENT_STARTED_AT = Date.now() - 60_000;
+
+async function setUp(t: TestContext, limits: Partial<QemuOptions['limits']> = {}) {
+  const dir = await tempDir(t);
+  await mkdir(join(dir, 'images', 'tiny'), { recursive: true });
+  await writeFile(join(dir, 'images', 'tiny', 'vmlinuz'), 'kernel');
+  await writeFile(join(dir, 'images', 'tiny', 'initrd.img'), 'initrd');
+  // A QEMU that cannot start: the create fails after announcing its id, and cleans up after itself.
+  const qemuBinary = join(dir, 'failing-qemu');
+  await writeFile(qemuBinary, '#!/bin/sh\necho "no QEMU in this test" >&2\nexit 1\n', { mode: 0o755 });
+  const options = qemuOptionsSchema.parse({
+    imagesDir: join(dir, 'images'),
+    stateDir: join(dir, 'qemu'),
+    ipBinary: join(dir, 'no-ip'),
+    qemuBinary,
+    accel: 'tcg',
+    network: { mode: 'user' },
+    limits: { maxVms: 4, maxTotalMemoryMiB: 1024, maxMemoryMiB: 512, maxVcpus: 2, ...limits },
+  });
+  await mkdir(options.stateDir, { recursive: true });
+  return options;
+}
+
+function run(options: QemuOptions, requestId: string, payload: Record<string, unknown>) {
+  const stages: { stage: string; detail?: Record<string, unknown> }[] = [];
+  const log = { debug() {}, info() {}, warn() {}, error() {} } as unknown as HandlerContext['log'];
+  const ctx = {
+    options,
+    host: { id: 'h1', agentVersion: 'test', startedAt: AGENT_STARTED_AT },
+    message: { id: requestId, type: 'create-vm', deadline: Date.now() + 60_000 },
+    log,
+    signal: new AbortController().signal,
+    progress: (stage: string, detail?: Record<string, unknown>) => stages.push({ stage, ...(detail ? { detail } : {}) }),
+    plugins: [],
+    providers: {},
+  } as HandlerContext<QemuOptions>;
+  return { stages, result: Promise.resolve().then(() => createVm(createVmPayload.parse(payload), ctx)) };
+}
+
+function record(id: string, fields: Partial<VmRecord> = {}): VmRecord {
+  const at = '2026-11-27T10:00:00.000Z';
+  return { v: 1, id, host: 'h1', image: 'tiny', imageKind: 'kernel', memoryMiB: 128, vcpus: 1, mac: '02:00:00:00:00:01', network: { mode: 'user' }, autostart: false, desired: 'running', createdAt: at, updatedAt: at, ...fields };
+}
+
+const exists = (path: string) => access(path).then(() => true, () => false);
+
+test('request id — the VM id derives from host and request id: the same for a repeat, another for another host or request', () => {
+  const id = vmIdForRequest('h1', 'req-1');
+  assert.match(id, /^h1\.[a-z]{8}$/);
+  assert.match(id, VM_ID_PATTERN);
+  assert.equal(vmIdForRequest('h1', 'req-1'), id);
+  assert.notEqual(vmIdForRequest('h2', 'req-1').slice(3), id.slice(3), 'two hosts would share a tap name');
+  assert.notEqual(vmIdForRequest('h1', 'req-2'), id);
+});
+
+test('request id — a create sent again answers with the VM its id made, as it is now, even on a host that is now full', async (t) => {
+  const options = await setUp(t, { maxVms: 1 });
+  await writeRecord(options.stateDir, record('h1.abcdefgh', { request: 'req-1', name: 'web', desired: 'stopped' }));
+  const again = run(options, 'req-1', { image: 'tiny', memory: 128, vcpus: 1, name: 'web' });
+  const result = (await again.result) as { id: string; state: string; already: boolean; hint: string };
+  assert.equal(result.id, 'h1.abcdefgh');
+  assert.equal(result.state, 'stopped', 'what the VM is now, not what the create made');
+  assert.equal(result.already, true);
+  assert.equal(result.hint, 'request req-1 made this VM already (2026-11-27T10:00:00.000Z); nothing was done');
+  assert.deepEqual(again.stages, [], 'nothing was started');
+  assert.deepEqual(await readdir(options.stateDir), ['h1.abcdefgh']);
+  // Another request on the full host is refused as before.
+  await assert.rejects(run(options, 'req-2', { image: 'tiny', memory: 128, vcpus: 1 }).result, { code: 'NO_CAPACITY' });
+});
+
+test('request id — the same id with other settings is REQUEST_ID_REUSED, naming what differs; nothing is made', async (t) => {
+  const options = await setUp(t);
+  await writeRecord(options.stateDir, record('h1.abcdefgh', { request: 'req-1' }));
+  await assert.rejects(run(options, 'req-1', { image: 'tiny', memory: 256, vcpus: 1, network: 'none' }).result, (error: Error & { code?: string; details?: unknown }) => {
+    assert.equal(error.code, 'REQUEST_ID_REUSED');
+    assert.equal(error.message, 'request req-1 made VM h1.abcdefgh already, with other settings: memory 256 (made with 128), network "none" (made with "user"); give a new request a new id');
+    assert.deepEqual(error.details, { vm: 'h1.abcdefgh', request: 'req-1', fields: ['memory', 'network'] });
+    return true;
+  });
+  // Without `network`, the host's mode applied: not a difference.
+  const same = (await run(options, 'req-1', { image: 'tiny', memory: 128, vcpus: 1 }).result) as { already: boolean };
+  assert.equal(same.already, true);
+  assert.deepEqual(await readdir(options.stateDir), ['h1.abcdefgh']);
+});
+
+test("request id — a run after its agent died mid-create removes its own leftover and starts over under the same id", async (t) => {
+  const options = await setUp(t);
+  const id = vmIdForRequest('h1', 'req-1');
+  const paths = vmPaths(options.stateDir, id);
+  await mkdir(paths.dir, { recursive: true });
+  await writeFile(join(paths.dir, 'disk-of-the-dead-run'), 'x');
+  // The mark of an agent process that is gone.
+  await writeFile(paths.creating, JSON.stringify({ pid: process.pid + 1_000_000, agentStartedAt: AGENT_STARTED_AT - 10_000, until: Date.now() + 60_000, request: 'req-1' }));
+  const again = run(options, 'req-1', { image: 'tiny', memory: 128, vcpus: 1 });
+  await assert.rejects(again.result, { code: 'QEMU_FAILED' });
+  assert.deepEqual(again.stages.find((s) => s.stage === 'starting')?.detail, { vm: id });
+  assert.equal(await exists(join(paths.dir, 'disk-of-the-dead-run')), false, 'the leftover went before the create began again');
+  assert.deepEqual(await readdir(options.stateDir), [], 'the failed create cleaned up after itself');
+});
+
+test('request id — the derived id held by something else (another VM, a leftover of another request) means a random id', async (t) => {
+  const options = await setUp(t);
+  const id = vmIdForRequest('h1', 'req-1');
+  await writeRecord(options.stateDir, record(id, { request: 'someone-else' }));
+  const first = run(options, 'req-1', { image: 'tiny', memory: 128, vcpus: 1 });
+  await assert.rejects(first.result, { code: 'QEMU_FAILED' });
+  const chosen = first.stages.find((s) => s.stage === 'starting')?.detail?.vm as string;
+  assert.match(chosen, /^h1\.[a-z]{8}$/);
+  assert.notEqual(chosen, id);
+  assert.equal(await exists(vmPaths(options.stateDir, id).record), true, 'the other VM is untouched');
+
+  const other = await setUp(t);
+  const leftover = vmPaths(other.stateDir, id);
+  await mkdir(leftover.dir, { recursive: true });
+  await writeFile(leftover.creating, JSON.stringify({ pid: process.pid + 1_000_000, agentStartedAt: 1, until: Date.now() + 60_000, request: 'req-9' }));
+  const second = run(other, 'req-1', { image: 'tiny', memory: 128, vcpus: 1 });
+  await assert.rejects(second.result, { code: 'QEMU_FAILED' });
+  assert.notEqual(second.stages.find((s) => s.stage === 'starting')?.detail?.vm, id);
+  assert.equal(await exists(leftover.creating), true, "another request's leftover is the sweeper's, not this create's");
+});
+
+test('request id — a run of the request while its own create is still at work in this agent is told to retry (VM_NOT_READY)', async (t) => {
+  const options = await setUp(t);
+  const id = vmIdForRequest('h1', 'req-1');
+  const paths = vmPaths(options.stateDir, id);
+  await mkdir(paths.dir, { recursive: true });
+  await writeFile(paths.creating, JSON.stringify({ pid: process.pid, agentStartedAt: AGENT_STARTED_AT, until: Date.now() + 60_000, request: 'req-1' }));
+  await assert.rejects(run(options, 'req-1', { image: 'tiny', memory: 128, vcpus: 1 }).result, (error: Error & { code?: string; details?: unknown }) => {
+    assert.equal(error.code, 'VM_NOT_READY');
+    assert.deepEqual(error.details, { vm: id });
+    return true;
+  });
+  assert.equal(await exists(paths.creating), true, 'the create at work is left alone');
+});
