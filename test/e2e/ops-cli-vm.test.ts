@@ -7,11 +7,12 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { runCli, spawnAgent, testkitPath, writeConfig, type CliResult } from '../helpers.ts';
+import { runCli, spawnAgent, testkitPath, until, writeConfig, type CliResult } from '../helpers.ts';
 import { relayBrokerIntoNetns } from '../support/broker-relay.ts';
 import { deletePrefix, SHARED_BROKER } from '../support/cloud.ts';
 import { startDnsmasq } from '../support/netns.ts';
-import { startQemuHost } from '../support/qemu-host.ts';
+import { gatedQemu, startQemuHost } from '../support/qemu-host.ts';
+import { vmIdForRequest } from '../../plugins/qemu-backend/vm-id.ts';
 
 
 const sweepStub = fileURLToPath(new URL('../fixtures/plugins/sweep-stub/index.ts', import.meta.url));
@@ -188,6 +189,10 @@ test('vm cli — RabbitMQ: create goes to a host with capacity, VM commands to t
   const made = json<{ host: string; vm: Vm & { already: boolean } }>(await cli(once));
   const repeated = json<{ host: string; vm: Vm & { already: boolean } }>(await cli(once));
   assert.deepEqual([repeated.host, repeated.vm.id, repeated.vm.already], ['qnode', made.vm.id, false]);
+  // The stored reply comes back whatever the payload: the CLI compares it with what was asked.
+  const reused = await cli(once.map((arg) => (arg === '128' ? '256' : arg)));
+  assert.equal(reused.code, 1, reused.stdout);
+  assert.equal(json<{ error: { code: string; message: string } }>(reused).error.code, 'REQUEST_ID_REUSED');
   await host.stopAgent();
   await rm(join(host.dir, 'state', 'outcomes'), { recursive: true, force: true });
   await host.startAgent();
@@ -217,8 +222,46 @@ test('vm cli — --request-id: the same id again answers with the VM it made; ot
   assert.match(reused.stderr, new RegExp(`error \\[REQUEST_ID_REUSED\\] from qhost: request deploy-7 made VM ${made.vm.id.replace('.', '\\.')} already, with other settings: vcpus 2 \\(made with 1\\)`));
   assert.deepEqual(json<{ vms: Vm[] }>(await cli(['vm', 'list', '--json'])).vms.map((v) => v.id), [made.vm.id]);
 
+  // A repeat whose VM was stopped since: --wait fails at once (nothing would start it), after the VM.
+  assert.equal((await cli(['vm', 'stop', made.vm.id, '--force'])).code, 0);
+  const stoppedSince = await create('--request-id', 'deploy-7', '--wait');
+  assert.equal(stoppedSince.code, 1, stoppedSince.stderr);
+  assert.match(stoppedSince.stdout, /^state: +stopped$/m);
+  assert.match(stoppedSince.stderr, new RegExp(`^error \\[VM_STOPPED\\]: ${made.vm.id.replace('.', '\\.')} was made by this request before and has been stopped since; nothing waits for it to run\nhint: start it: "cloudlet vm start ${made.vm.id.replace('.', '\\.')} --wait"$`, 'm'));
+
   // Once its VM is deleted, the id makes a new one: nothing remembers it.
   assert.equal((await cli(['vm', 'delete', made.vm.id])).code, 0);
   const remade = json<{ vm: Vm & { already: boolean } }>(await create('--request-id', 'deploy-7', '--json'));
   assert.deepEqual([remade.vm.already, remade.vm.state], [false, 'running']);
+});
+
+test('vm cli — a create cut off by its agent\'s death names its request id; create again with it makes no second VM', async (t) => {
+  // Before, the CLI drew no id of its own to give: "check vm list before repeating a create" was all, and a
+  // repeat made a second VM.
+  const qemu = await gatedQemu(t);
+  const host = await startQemuHost(t, { qemuOptionsYaml: `      qemuBinary: ${qemu.binary}\n` });
+  const cli = vmCli(host.configFile);
+  const creating = cli(['vm', 'create', '--image', 'tiny', '--memory', '128']);
+  const qemuOnItsWay = async () => (await host.ns.exec(['pgrep', '-f', qemu.binary])).code === 0;
+  await until(qemuOnItsWay, 30_000);
+  assert.equal(await qemuOnItsWay(), true, 'the create reached its QEMU');
+  host.agent.kill('SIGKILL');
+  await host.agent.exited;
+  const lost = await creating;
+  assert.equal(lost.code, 4, lost.stderr);
+  const hint = /^hint: the create may have run: run the same "cloudlet vm create" again with --request-id (\S+); it answers with the VM that request made \(once the host is up and the create done\) instead of making a second one$/m.exec(lost.stderr);
+  assert.ok(hint, lost.stderr);
+  const requestId = hint[1] as string;
+
+  // The dead run's QEMU comes up anyway; the agent comes back.
+  const vm = vmIdForRequest('qhost', requestId);
+  await qemu.release();
+  const deadRunsQemu = async () => (await host.ns.exec(['pgrep', '-f', `cloudlet-${vm}`])).code === 0;
+  await until(deadRunsQemu, 30_000);
+  assert.equal(await deadRunsQemu(), true, "the dead run's QEMU is running");
+  await host.startAgent();
+  const again = json<{ vm: Vm & { already: boolean; pid: number } }>(await cli(['vm', 'create', '--image', 'tiny', '--memory', '128', '--request-id', requestId, '--json']));
+  assert.deepEqual([again.vm.id, again.vm.already, again.vm.state], [vm, false, 'running']);
+  assert.deepEqual((await host.ns.run(['pgrep', '-f', `cloudlet-${vm}`])).trim().split('\n'), [String(again.vm.pid)]);
+  assert.deepEqual(json<{ vms: Vm[] }>(await cli(['vm', 'list', '--json'])).vms.map((v) => v.id), [vm]);
 });

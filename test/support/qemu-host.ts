@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { makeRequest, type ProgressEnvelope, type ReplyEnvelope } from '../../core/envelope.ts';
 import { LocalClientTransport } from '../../core/transports/local.ts';
-import { cliBin, repoRoot } from '../helpers.ts';
+import { cliBin, repoRoot, tempDir } from '../helpers.ts';
 import { withNetns, type Netns, type NetnsProcess } from './netns.ts';
 
 export const guestDir = process.env.CLOUDLET_GUEST_DIR ?? join(repoRoot, '.cache/test-guest');
@@ -116,4 +116,16 @@ export async function startQemuHost(t: TestContext, options: QemuHostOptions = {
   };
   await host.startAgent();
   return host;
+}
+
+/**
+ * A QEMU binary that waits (up to a minute) until `release()` before it starts the real one: a create held
+ * at its QEMU's start. The wrapper `exec`s QEMU, so it carries QEMU's arguments all along.
+ */
+export async function gatedQemu(t: TestContext): Promise<{ binary: string; release: () => Promise<void> }> {
+  const tools = await tempDir(t, 'cloudlet-gated-qemu-');
+  const binary = join(tools, 'qemu');
+  const gate = join(tools, 'go');
+  await writeFile(binary, `#!/bin/sh\nn=0\nwhile [ ! -e '${gate}' ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done\nexec qemu-system-x86_64 "$@"\n`, { mode: 0o755 });
+  return { binary, release: () => writeFile(gate, '') };
 }

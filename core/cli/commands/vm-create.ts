@@ -1,9 +1,9 @@
 import { cloudletError } from '../../errors.ts';
-import { messageIdSchema } from '../../envelope.ts';
 import { CLIENT_FLAGS, choiceFlag, intFlag, timeoutFlag } from '../args.ts';
 import { deadlineAfter, openClient, resultOf } from '../client.ts';
 import type { Command } from '../command.ts';
 import { createProgress } from '../progress.ts';
+import { checkSameSettings, requestIdFor, stoppedSince, withRepeatHint } from './vm-create-repeat.ts';
 import type { VmView } from './vm-format.ts';
 import { DEFAULT_WAIT_MS, printAfterWait, waitAfterCommand } from './vm-wait.ts';
 
@@ -31,20 +31,31 @@ export const vmCreateCommand: Command = {
       ...(values.autostart ? { autostart: true } : {}),
       ...(values.network === undefined ? {} : { network: choiceFlag(values, 'network', ['bridge', 'user', 'none'] as const) }),
     };
-    const requestId = requestIdFlag(values['request-id']);
+    const requestId = requestIdFor(values['request-id']);
     const timeoutMs = timeoutFlag(values);
     const deadline = deadlineAfter(timeoutMs);
     const until = deadline ?? Date.now() + DEFAULT_WAIT_MS;
     const client = await openClient(values, { inactivityTimeoutMs: timeoutMs ?? 30_000 });
     const progress = createProgress({ title: `vm create ${values.image}`, json: output.json });
+    // The host that took the request, as its progress says (an any-host create names no host before).
+    let tookIt = values.host;
+    const onProgress: typeof progress.onProgress = (update) => {
+      tookIt = update.host;
+      progress.onProgress(update);
+    };
     try {
-      const reply = await client.request('create-vm', payload, { id: requestId, target: values.host, deadline, onProgress: progress.onProgress });
+      const reply = await client.request('create-vm', payload, { id: requestId, target: values.host, deadline, onProgress }).catch((error: unknown) => {
+        throw withRepeatHint(error, requestId, client.routed ? tookIt : undefined, client.routed);
+      });
       const created = resultOf<VmView>(reply);
+      if (values['request-id'] !== undefined) checkSameSettings(reply, created, payload, requestId);
       // A repeat of --request-id: say so, or it reads as a VM just made.
-      if (created.already) output.note(created.hint ?? `${created.id} was made by this request before: nothing was done`);
+      if (created.already) output.note(created.hint ?? `${created.id} was made by request ${requestId} before: nothing was done`);
       const waits = { state: values.wait === true, address: values['wait-ip'] === true };
-      const { view, failed } = await waitAfterCommand(client, created, reply.host, 'running', waits, until, progress);
-      progress.finish(failed ? `✓ created ${view.id} on ${reply.host}; the wait failed` : `✓ created ${view.id} on ${reply.host}`);
+      const stopped = waits.state || waits.address ? stoppedSince(created) : undefined;
+      const { view, failed } = stopped ? { view: created, failed: stopped } : await waitAfterCommand(client, created, reply.host, 'running', waits, until, progress);
+      const done = created.already ? `✓ ${view.id} on ${reply.host}, made by this request before` : `✓ created ${view.id} on ${reply.host}`;
+      progress.finish(failed ? `${done}; the wait failed` : done);
       return printAfterWait(output, reply.host, view, failed);
     } finally {
       progress.finish();
@@ -52,10 +63,3 @@ export const vmCreateCommand: Command = {
     }
   },
 };
-
-/** `--request-id`: checked here as the envelope checks an id, so a bad one is a USAGE error, not BAD_ENVELOPE. */
-function requestIdFlag(raw: string | undefined): string | undefined {
-  if (raw === undefined) return undefined;
-  if (messageIdSchema.safeParse(raw).success) return raw;
-  throw cloudletError('USAGE', `--request-id must be 1–128 printable ASCII characters without spaces, found ${JSON.stringify(raw)}`);
-}

@@ -1,4 +1,4 @@
-import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import process from 'node:process';
 import { Buffer } from 'node:buffer';
 import { defineHandler, type HandlerContext } from '../../../core/plugin-api.ts';
@@ -8,6 +8,7 @@ import { randomMac, tapName } from '../network.ts';
 import { qemuOptionsSchema, type QemuOptions } from '../options.ts';
 import { createVmPayload, VM_ID_PATTERN } from '../schemas.ts';
 import { listRecords, vmPaths, writeRecord, type VmRecord } from '../state.ts';
+import { killQemu, runningPid } from '../processes.ts';
 import { randomVmId, vmIdForRequest } from '../vm-id.ts';
 import { isBeingCreated, queryStatus, readCreatingMark, removeLeftover, startVm, viewOf, type AgentRun, type CreatingMark } from '../vm-ops.ts';
 
@@ -128,26 +129,33 @@ async function answerAgain(options: QemuOptions, record: VmRecord, payload: Crea
 }
 
 /**
- * The new VM's id: the one derived from the request (vm-id.ts) while it is free, or while what holds it is
- * this request's own leftover, which goes first: its agent died mid-create (the `creating` mark names a
- * process that is gone), and it may have left a QEMU running. Any other holder (another VM whose id the hash
- * happened to give) means a random id.
+ * The new VM's id: the one derived from the request (vm-id.ts) while it is free, or while what holds it is a
+ * leftover: a folder without vm.json and without a create at work, which a run of this request left (its
+ * agent died mid-create, or its clean-up was cut short by the cancel grace; another request leads to the
+ * same id only by a hash collision). The leftover goes first, with any QEMU it still has. A folder with a
+ * vm.json, usable or not, is a VM's and is never touched: then, or when a create of another request is at
+ * work there, the id is random.
  */
 async function idForRequest(options: QemuOptions, agent: AgentRun, requestId: string, log: HandlerContext['log']): Promise<string> {
   const folders = new Set((await readdir(options.stateDir).catch(() => [] as string[])).filter((name) => VM_ID_PATTERN.test(name)));
   const derived = vmIdForRequest(agent.id, requestId);
   if (!folders.has(derived)) return derived;
-  // A record of this request would have answered above (answerAgain): a mark of it here means a run that
-  // never wrote vm.json.
-  if ((await readCreatingMark(options, derived))?.request === requestId) {
-    if (await isBeingCreated(options, derived, agent)) {
-      throw qemuError('VM_NOT_READY', `request ${requestId} is still creating VM ${derived}; send it again once that has answered`, { vm: derived });
-    }
-    log.warn({ vm: derived }, 'an earlier run of this request left the VM half-made (its agent stopped mid-create); removing it and starting over');
-    await removeLeftover(options, derived);
-    return derived;
+  const paths = vmPaths(options.stateDir, derived);
+  // A record of this request would have answered above (answerAgain): any vm.json here is another VM's, or
+  // one that cannot be read, whose VM may well be running.
+  if (await lstat(paths.record).then(() => true, (error: NodeJS.ErrnoException) => error.code !== 'ENOENT')) return randomVmId(agent.id, folders);
+  if (await isBeingCreated(options, derived, agent)) {
+    if ((await readCreatingMark(options, derived))?.request !== requestId) return randomVmId(agent.id, folders);
+    throw qemuError('VM_NOT_READY', `request ${requestId} is still creating VM ${derived}; send it again once that has answered`, { vm: derived });
   }
-  return randomVmId(agent.id, folders);
+  log.warn({ vm: derived }, 'a run of this request left the VM half-made (its agent stopped mid-create, or its clean-up was cut short); removing it and starting over');
+  await killQemu(paths.pidfile, derived, 5_000);
+  const survivor = await runningPid(paths.pidfile, derived);
+  if (survivor !== undefined) {
+    throw qemuError('VM_NOT_READY', `the QEMU (pid ${survivor}) that an earlier run of request ${requestId} left for ${derived} has not exited after SIGKILL; send the request again shortly`, { vm: derived });
+  }
+  await removeLeftover(options, derived);
+  return derived;
 }
 
 /**

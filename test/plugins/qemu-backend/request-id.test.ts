@@ -116,25 +116,53 @@ test("request id — a run after its agent died mid-create removes its own lefto
   assert.deepEqual(await readdir(options.stateDir), [], 'the failed create cleaned up after itself');
 });
 
-test('request id — the derived id held by something else (another VM, a leftover of another request) means a random id', async (t) => {
-  const options = await setUp(t);
-  const id = vmIdForRequest('h1', 'req-1');
-  await writeRecord(options.stateDir, record(id, { request: 'someone-else' }));
-  const first = run(options, 'req-1', { image: 'tiny', memory: 128, vcpus: 1 });
-  await assert.rejects(first.result, { code: 'QEMU_FAILED' });
-  const chosen = first.stages.find((s) => s.stage === 'starting')?.detail?.vm as string;
-  assert.match(chosen, /^h1\.[a-z]{8}$/);
-  assert.notEqual(chosen, id);
-  assert.equal(await exists(vmPaths(options.stateDir, id).record), true, 'the other VM is untouched');
+test('request id — a leftover without a mark (a clean-up cut short by the cancel grace, a mark never written) is one too', async (t) => {
+  for (const mark of [undefined, '{"pid":']) {
+    const options = await setUp(t);
+    const id = vmIdForRequest('h1', 'req-1');
+    const paths = vmPaths(options.stateDir, id);
+    await mkdir(paths.dir, { recursive: true });
+    await writeFile(join(paths.dir, 'disk.qcow2'), 'the overlay of a run whose clean-up was cut short');
+    if (mark !== undefined) await writeFile(paths.creating, mark);
+    const again = run(options, 'req-1', { image: 'tiny', memory: 128, vcpus: 1 });
+    await assert.rejects(again.result, { code: 'QEMU_FAILED' });
+    assert.deepEqual(again.stages.find((s) => s.stage === 'starting')?.detail, { vm: id }, `mark: ${String(mark)}`);
+    assert.deepEqual(await readdir(options.stateDir), []);
+  }
+});
 
-  const other = await setUp(t);
-  const leftover = vmPaths(other.stateDir, id);
-  await mkdir(leftover.dir, { recursive: true });
-  await writeFile(leftover.creating, JSON.stringify({ pid: process.pid + 1_000_000, agentStartedAt: 1, until: Date.now() + 60_000, request: 'req-9' }));
-  const second = run(other, 'req-1', { image: 'tiny', memory: 128, vcpus: 1 });
-  await assert.rejects(second.result, { code: 'QEMU_FAILED' });
-  assert.notEqual(second.stages.find((s) => s.stage === 'starting')?.detail?.vm, id);
-  assert.equal(await exists(leftover.creating), true, "another request's leftover is the sweeper's, not this create's");
+test('request id — the derived id held by a VM (its vm.json usable or not) or by a create of another request at work means a random id', async (t) => {
+  const id = vmIdForRequest('h1', 'req-1');
+  const chosen = async (options: QemuOptions) => {
+    const attempt = run(options, 'req-1', { image: 'tiny', memory: 128, vcpus: 1 });
+    await assert.rejects(attempt.result, { code: 'QEMU_FAILED' });
+    return attempt.stages.find((s) => s.stage === 'starting')?.detail?.vm as string;
+  };
+
+  const taken = await setUp(t);
+  await writeRecord(taken.stateDir, record(id, { request: 'someone-else' }));
+  const other = await chosen(taken);
+  assert.match(other, /^h1\.[a-z]{8}$/);
+  assert.notEqual(other, id);
+  assert.equal(await exists(vmPaths(taken.stateDir, id).record), true, 'the other VM is untouched');
+
+  // A VM whose vm.json cannot be used (hand-edited, say), with the stale mark of this very request beside it
+  // (its agent died between writing vm.json and removing the mark): a VM, perhaps running, not a leftover.
+  const unreadable = await setUp(t);
+  const paths = vmPaths(unreadable.stateDir, id);
+  await mkdir(paths.dir, { recursive: true });
+  await writeFile(paths.record, '{"v": 1, "id": "hand-edited');
+  await writeFile(paths.disk, 'its disk');
+  await writeFile(paths.creating, JSON.stringify({ pid: process.pid + 1_000_000, agentStartedAt: 1, until: Date.now() + 60_000, request: 'req-1' }));
+  assert.notEqual(await chosen(unreadable), id);
+  assert.equal(await exists(paths.disk), true, "the VM's disk is kept");
+
+  const atWork = await setUp(t);
+  const busy = vmPaths(atWork.stateDir, id);
+  await mkdir(busy.dir, { recursive: true });
+  await writeFile(busy.creating, JSON.stringify({ pid: process.pid, agentStartedAt: AGENT_STARTED_AT, until: Date.now() + 60_000, request: 'req-9' }));
+  assert.notEqual(await chosen(atWork), id);
+  assert.equal(await exists(busy.creating), true, "another request's create at work is left alone");
 });
 
 test('request id — a run of the request while its own create is still at work in this agent is told to retry (VM_NOT_READY)', async (t) => {
