@@ -75,12 +75,14 @@ export function checkSameSettings(reply: ReplyEnvelope, vm: VmView, asked: Asked
 }
 
 /**
- * A repeat answered with a VM stopped since (its owner's last word was "stopped"): --wait or --wait-ip would
- * wait for a start nobody asked for, so the wait fails at once, saying how to start it.
+ * A repeat answered with a VM that is not running now: stopped since (its owner's last word was "stopped"),
+ * or its QEMU ended or is paused. Nothing will start it, so --wait or --wait-ip would wait out their time:
+ * the wait fails at once instead, saying how to start it.
  */
 export function stoppedSince(vm: VmView): WaitFailure | undefined {
-  if (!vm.already || vm.state === 'running' || vm.desired !== 'stopped') return undefined;
-  const error = cloudletError('VM_STOPPED', `${vm.id} was made by this request before and has been stopped since; nothing waits for it to run`, {
+  if (!vm.already || vm.state === 'running') return undefined;
+  const why = vm.desired === 'stopped' ? 'has been stopped since' : `is ${vm.state} now, though nobody stopped it`;
+  const error = cloudletError('VM_STOPPED', `${vm.id} was made by this request before and ${why}; nothing waits for it to run`, {
     vm: vm.id,
     state: vm.state,
     hint: `start it: "cloudlet vm start ${vm.id} --wait"`,

@@ -66,13 +66,17 @@ test('vm create --request-id — an answer whose VM was made with other settings
   );
 });
 
-test('vm create --request-id — a repeat whose VM was stopped since fails its wait at once, saying how to start it', () => {
+test('vm create --request-id — a repeat whose VM is not running now fails its wait at once, saying how to start it', () => {
   assert.equal(stoppedSince(vm), undefined);
   assert.equal(stoppedSince({ ...vm, already: true }), undefined, 'running: the wait goes on');
-  assert.equal(stoppedSince({ ...vm, state: 'stopped', desired: 'running' }), undefined, 'not a repeat: the usual wait');
+  assert.equal(stoppedSince({ ...vm, state: 'stopped', desired: 'stopped' }), undefined, 'not a repeat: the usual wait');
   const failed = stoppedSince({ ...vm, already: true, state: 'stopped', desired: 'stopped', pid: null });
   assert.equal(failed?.for, 'state');
   assert.equal(failed?.host, undefined, 'the CLI says so, not the host');
   assert.equal(failed?.error.code, 'VM_STOPPED');
   assert.deepEqual(failed?.error.details, { vm: 'h1.abcdefgh', state: 'stopped', hint: 'start it: "cloudlet vm start h1.abcdefgh --wait"' });
+  assert.equal(failed?.error.message, 'h1.abcdefgh was made by this request before and has been stopped since; nothing waits for it to run');
+  // Its QEMU ended on its own: nothing restarts it either (autostart acts only when the agent starts).
+  const ended = stoppedSince({ ...vm, already: true, state: 'stopped', desired: 'running', pid: null });
+  assert.equal(ended?.error.message, 'h1.abcdefgh was made by this request before and is stopped now, though nobody stopped it; nothing waits for it to run');
 });
