@@ -80,6 +80,9 @@ export class Agent {
         log: this.log,
         identity: { version: AGENT_VERSION, plugins: config.plugins.map((p) => p.plugin.name), startedAt: this.host.startedAt },
         stopHooks: config.plugins.filter((p) => p.plugin.hooks?.stop).length,
+        // On a host that requires signatures, replay protection refuses a signed id taken before: a repeat
+        // run again would be REPLAYED, so there the stored outcome answers repeats of every type.
+        handlesRepeats: config.core.security.requireSignatures ? new Set() : typesThatHandleRepeats(config),
       });
   }
 
@@ -350,4 +353,9 @@ export async function runAgent(config: HostConfig, options: AgentOptions = {}): 
   } finally {
     for (const name of SHUTDOWN_SIGNALS) process.off(name, onSignal);
   }
+}
+
+/** The message types whose plugins answer repeats of a request id themselves (MessageDefinition.handlesRepeats). */
+function typesThatHandleRepeats(config: HostConfig): Set<string> {
+  return new Set(config.plugins.flatMap((p) => Object.entries(p.plugin.messages ?? {}).filter(([, definition]) => definition.handlesRepeats).map(([type]) => type)));
 }

@@ -56,6 +56,13 @@ export interface MessageDefinition<Payload extends z.ZodType = z.ZodType> {
    * plugin — run one at a time, in arrival order; others run in parallel. Added in core API 1.2.
    */
   serializeBy?: string;
+  /**
+   * The handler recognises a repeat of a request id itself (by `ctx.message.id`) and answers it as it is now:
+   * on RabbitMQ, a finished request sent again runs the handler again instead of being answered from the
+   * host's stored outcome, which may have gone stale (the VM it made deleted or stopped since). Added in
+   * core API 1.10.
+   */
+  handlesRepeats?: boolean;
 }
 
 /** A minimal, pino-compatible logger surface available in hooks and handlers. */

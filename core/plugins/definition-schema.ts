@@ -37,6 +37,7 @@ export const pluginDefinitionSchema = z.object({
         description: z.string().max(500).optional(),
         pool: poolOverrideSchema.optional(),
         serializeBy: z.string().min(1).max(64).optional(),
+        handlesRepeats: z.boolean().optional(),
       }).strict(),
     )
     .optional(),

@@ -29,6 +29,8 @@ export interface AgentTransportContext {
   identity: { version: string; plugins: string[]; startedAt: number };
   /** How many of the host's plugins have a stop hook (see successorWaitMs). */
   stopHooks: number;
+  /** The message types whose handlers answer repeats themselves (MessageDefinition.handlesRepeats). */
+  handlesRepeats?: ReadonlySet<string>;
 }
 
 export function createAgentTransport(config: CoreConfig, context: AgentTransportContext): AgentTransport {
@@ -51,6 +53,7 @@ export function createAgentTransport(config: CoreConfig, context: AgentTransport
         stateDir: config.state.dir ?? defaultStateDir(),
         log: context.log.child({ transport: 'amqp' }),
         identity: context.identity,
+        handlesRepeats: context.handlesRepeats ?? new Set(),
       });
   }
 }

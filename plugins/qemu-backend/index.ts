@@ -13,14 +13,15 @@ const handler = (name: string) => new URL(`./handlers/${name}.ts`, import.meta.u
 export default definePlugin({
   name: 'qemu-backend',
   version: '1.0.0',
-  api: '^1.9.0',
+  api: '^1.10.0',
   description: 'QEMU VMs from base images, controlled over QMP.',
   provides: ['vm-backend'],
   options: qemuOptionsSchema,
   errors: qemuErrors,
   messages: {
-    // One create at a time per host: the capacity check and the new VM's reservation cannot race.
-    'create-vm': { payload: createVmPayload, handler: handler('create-vm'), pool: { maxThreads: 1, maxQueue: 32, timeoutMs: 180_000 } },
+    // One create at a time per host: the capacity check and the new VM's reservation cannot race. A repeat of
+    // a request id is answered by the handler from the VM as it is now (it may be stopped or deleted since).
+    'create-vm': { payload: createVmPayload, handler: handler('create-vm'), handlesRepeats: true, pool: { maxThreads: 1, maxQueue: 32, timeoutMs: 180_000 } },
     'start-vm': { payload: vmRefPayload, handler: handler('start-vm'), serializeBy: 'vm', pool: { timeoutMs: 120_000 } },
     'stop-vm': { payload: stopVmPayload, handler: handler('stop-vm'), serializeBy: 'vm', pool: { timeoutMs: 180_000 } },
     'restart-vm': { payload: restartVmPayload, handler: handler('restart-vm'), serializeBy: 'vm', pool: { timeoutMs: 240_000 } },

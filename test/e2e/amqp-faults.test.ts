@@ -88,6 +88,26 @@ test('redelivery — a request id seen before is answered from the stored outcom
   assert.equal(handledCount(restarted.output(), id), 0, 'the restarted agent did not run it again');
 });
 
+test('redelivery — a type whose handler answers repeats (handlesRepeats) runs each repeat again, and repeats never count as crashes', async (t) => {
+  // Before, every repeat of a finished id was answered from the stored outcome: a create-vm repeated after
+  // its VM was deleted answered "running" with the deleted VM. And each run counted as a start towards
+  // maxDeliveries: the third repeat would have been dead-lettered.
+  const cloud = await startCloud(t, [{ id: 'h1' }], { transportExtra: '  maxDeliveries: 2\n' });
+  const id = `again-${randomUUID()}`;
+  const replies = [];
+  for (let round = 0; round < 4; round++) replies.push(await rawRequest(cloud.url, cloud.prefix, 'h1', id, 'test.echo-again', { value: 'each time' }));
+  for (const reply of replies) assert.equal(reply.ok, true, JSON.stringify(reply));
+  const ranAt = replies.map((reply) => (reply.result as { at: number }).at);
+  assert.equal(new Set(ranAt).size, 4, `each repeat ran: ${ranAt.join(', ')}`);
+  const agent = cloud.agents.get('h1')!;
+  assert.equal(handledCount(agent.output(), id), 4);
+  assert.doesNotMatch(agent.output(), /answered from its stored outcome/);
+  // Other types keep their stored outcome.
+  const echoId = `once-${randomUUID()}`;
+  const first = await rawRequest(cloud.url, cloud.prefix, 'h1', echoId, 'test.echo', { value: 'once' });
+  assert.deepEqual(await rawRequest(cloud.url, cloud.prefix, 'h1', echoId, 'test.echo', { value: 'once' }), first);
+});
+
 test('poison — a request that kills the agent every time is dead-lettered after maxDeliveries and the agent goes on', async (t) => {
   const cloud = await startCloud(t, [{ id: 'h1' }], { transportExtra: '  maxDeliveries: 2\n' });
   const id = `poison-${randomUUID()}`;

@@ -3,7 +3,6 @@
  * network namespace (TCG), on the local transport and on RabbitMQ (through the broker relay).
  */
 import assert from 'node:assert/strict';
-import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -183,21 +182,24 @@ test('vm cli — RabbitMQ: create goes to a host with capacity, VM commands to t
   const deleted = json<{ host: string; deleted: boolean }>(await cli(['vm', 'delete', id, '--wait', '--json']));
   assert.deepEqual([deleted.host, deleted.deleted], ['qnode', true]);
 
-  // The same --request-id again, without --host: answered from the host's stored outcome, as it was. Once
-  // the host has forgotten the id (it keeps the last outcomeHistory), from the VM's record. One VM either way.
+  // The same --request-id again, without --host: the host's handler answers it (create-vm handles its
+  // repeats), with the VM as it is now; before, the stored first reply came back, stale once the VM was
+  // stopped or deleted.
   const once = ['vm', 'create', '--image', 'tiny', '--memory', '128', '--request-id', `create-${prefix}`, '--json'];
   const made = json<{ host: string; vm: Vm & { already: boolean } }>(await cli(once));
+  assert.equal(made.vm.already, false);
   const repeated = json<{ host: string; vm: Vm & { already: boolean } }>(await cli(once));
-  assert.deepEqual([repeated.host, repeated.vm.id, repeated.vm.already], ['qnode', made.vm.id, false]);
-  // The stored reply comes back whatever the payload: the CLI compares it with what was asked.
+  assert.deepEqual([repeated.host, repeated.vm.id, repeated.vm.already], ['qnode', made.vm.id, true]);
   const reused = await cli(once.map((arg) => (arg === '128' ? '256' : arg)));
   assert.equal(reused.code, 1, reused.stdout);
-  assert.equal(json<{ error: { code: string; message: string } }>(reused).error.code, 'REQUEST_ID_REUSED');
-  await host.stopAgent();
-  await rm(join(host.dir, 'state', 'outcomes'), { recursive: true, force: true });
-  await host.startAgent();
-  const forgotten = json<{ host: string; vm: Vm & { already: boolean } }>(await cli(once));
-  assert.deepEqual([forgotten.vm.id, forgotten.vm.already, forgotten.vm.state], [made.vm.id, true, 'running']);
+  assert.deepEqual([json<{ host: string; error: { code: string } }>(reused).host, json<{ error: { code: string } }>(reused).error.code], ['qnode', 'REQUEST_ID_REUSED']);
+  assert.equal(json<{ vm: Vm }>(await cli(['vm', 'stop', made.vm.id, '--force', '--json'])).vm.state, 'stopped');
+  const stoppedSince = await cli([...once, '--wait']);
+  assert.equal(stoppedSince.code, 1);
+  assert.deepEqual([json<{ vm: Vm }>(stoppedSince).vm.state, json<{ wait: { error: { code: string } } }>(stoppedSince).wait.error.code], ['stopped', 'VM_STOPPED']);
+  assert.equal((await cli(['vm', 'delete', made.vm.id])).code, 0);
+  const remade = json<{ host: string; vm: Vm & { already: boolean } }>(await cli([...once, '--host', 'qnode']));
+  assert.deepEqual([remade.vm.id, remade.vm.already, remade.vm.state], [made.vm.id, false, 'running']);
   assert.deepEqual(json<{ vms: Vm[] }>(await cli(['vm', 'list', '--json'])).vms.map((v) => v.id), [made.vm.id]);
 });
 
@@ -249,7 +251,7 @@ test('vm cli — a create cut off by its agent\'s death names its request id; cr
   await host.agent.exited;
   const lost = await creating;
   assert.equal(lost.code, 4, lost.stderr);
-  const hint = /^hint: the create may have run: run the same "cloudlet vm create" again with --request-id (\S+); it answers with the VM that request made \(once the host is up and the create done\) instead of making a second one$/m.exec(lost.stderr);
+  const hint = /^hint: the create may have run: run the same "cloudlet vm create" again with --request-id=(\S+); it answers with the VM that request made \(once the host is up and the create done\) instead of making a second one$/m.exec(lost.stderr);
   assert.ok(hint, lost.stderr);
   const requestId = hint[1] as string;
 

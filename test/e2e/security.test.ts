@@ -42,6 +42,13 @@ test('security — on RabbitMQ: only listed keys command a host, per message typ
   assert.equal(signed.ok, true, JSON.stringify(signed.error));
   assert.ok((signed as ReplyEnvelope & { auth?: unknown }).auth, 'the reply carries the host signature');
 
+  // A type whose handler answers its repeats (handlesRepeats) runs them again elsewhere; on a host that
+  // requires signatures the id is taken, so the stored outcome answers the repeat, not REPLAYED.
+  const once = makeRequest({ type: 'test.echo-again', target: 'h1', payload: { value: 2 }, deadline: deadline() });
+  const first = await asOps.request(once);
+  assert.equal(first.ok, true, JSON.stringify(first.error));
+  assert.deepEqual((await asOps.request(once)).result, first.result, 'the stored reply, as it was');
+
   const unsigned = await raw.request(makeRequest({ type: 'test.echo', target: 'h1', payload: {}, deadline: deadline() }));
   assert.equal(unsigned.error?.code, 'UNSIGNED');
   // Refusals are logged with what is known of the sender (the line may reach us just after the reply).

@@ -27,11 +27,22 @@ const OUTCOME_UNKNOWN = new Set(['CLIENT_TIMEOUT', 'CONNECTION_LOST', 'HOST_DOWN
  */
 export function withRepeatHint(error: unknown, requestId: string, host: string | undefined, routed: boolean): unknown {
   if (!(error instanceof CloudletError) || !OUTCOME_UNKNOWN.has(error.code)) return error;
+  // HOST_DOWN naming a `target` is the client's refusal before sending: nothing can have run.
+  if (error.code === 'HOST_DOWN' && (error.details as { target?: unknown } | undefined)?.target !== undefined) return error;
   const where = host !== undefined ? ` --host ${host}` : '';
   const which = routed && host === undefined ? ' (with --host, if you know which host took it: otherwise another host may make one too)' : '';
-  const hint = `the create may have run${host ? ` on ${host}` : ''}: run the same "cloudlet vm create" again with --request-id ${requestId}${where}${which}; it answers with the VM that request made (once the host is up and the create done) instead of making a second one`;
+  const hint = `the create may have run${host ? ` on ${host}` : ''}: run the same "cloudlet vm create" again with --request-id=${shellWord(requestId)}${where}${which}; it answers with the VM that request made (once the host is up and the create done) instead of making a second one`;
   const details = typeof error.details === 'object' && error.details !== null ? error.details : {};
   return new CloudletError(error.code, error.message, { details: { ...details, request: requestId, hint }, cause: error.cause, retryable: error.retryable });
+}
+
+/**
+ * The id as a shell word, to be pasted: as it is when it holds only characters no shell treats specially,
+ * else in single quotes (a quote inside closed, escaped and reopened). With `--request-id=` in front, an id
+ * that looks like an option (`--host`) is still taken as the flag's value.
+ */
+export function shellWord(text: string): string {
+  return /^[A-Za-z0-9._:/@%+,-]+$/.test(text) ? text : `'${text.replaceAll("'", `'\\''`)}'`;
 }
 
 /** The settings `vm create` asks for, as the payload carries them. */

@@ -30,6 +30,8 @@ export interface AmqpAgentTransportOptions {
   stateDir: string;
   log: Logger;
   identity: { version: string; plugins: string[]; startedAt: number };
+  /** Types whose handlers answer a repeat themselves: a finished one sent again runs again (handlesRepeats). */
+  handlesRepeats?: ReadonlySet<string>;
   /** False: the broker connection writes frame by frame (BrokerConnectionOptions.coalesceWrites); for tests. */
   coalesceWrites?: boolean;
 }
@@ -265,7 +267,8 @@ export class AmqpAgentTransport implements AgentTransport {
     }
     if (id) {
       const stored = store.replyFor(id);
-      if (stored) {
+      // A type whose handler answers repeats itself runs again: its stored reply may be stale by now.
+      if (stored && !(stored.type !== undefined && this.#options.handlesRepeats?.has(stored.type))) {
         log.info({ msgId: id, route }, 'redelivered request answered from its stored outcome');
         await this.#publishReply(channel, [replyTo], stored, msg, route === 'broadcast');
         return;

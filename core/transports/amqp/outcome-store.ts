@@ -79,7 +79,12 @@ export class OutcomeStore {
     const entry = this.#entries.get(record.id) ?? { attempts: 0 };
     if (record.t === 'start') entry.attempts += record.n ?? 1;
     else if (record.t === 'abandoned') entry.attempts = Math.max(0, entry.attempts - 1);
-    else entry.reply = record.reply;
+    else {
+      entry.reply = record.reply;
+      // Finished: its starts were not crashes. (A type that runs its repeats again must not creep towards
+      // maxDeliveries with each one; compaction keeps only the reply of a finished request anyway.)
+      entry.attempts = 0;
+    }
     // Re-insert so Map order is recency order: the oldest entries are evicted first.
     this.#entries.delete(record.id);
     this.#entries.set(record.id, entry);

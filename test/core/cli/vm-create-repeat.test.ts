@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
 import { ErrorReply } from '../../../core/cli/client.ts';
-import { checkSameSettings, requestIdFor, stoppedSince, withRepeatHint } from '../../../core/cli/commands/vm-create-repeat.ts';
+import { checkSameSettings, requestIdFor, shellWord, stoppedSince, withRepeatHint } from '../../../core/cli/commands/vm-create-repeat.ts';
 import type { VmView } from '../../../core/cli/commands/vm-format.ts';
 import { makeReply } from '../../../core/envelope.ts';
 import { CloudletError, cloudletError } from '../../../core/errors.ts';
@@ -19,18 +19,28 @@ test('vm create hint — a lost connection, a client timeout or a down host name
   assert.equal(local.retryable, true);
   assert.deepEqual(local.details, {
     request: 'req-1',
-    hint: 'the create may have run: run the same "cloudlet vm create" again with --request-id req-1; it answers with the VM that request made (once the host is up and the create done) instead of making a second one',
+    hint: 'the create may have run: run the same "cloudlet vm create" again with --request-id=req-1; it answers with the VM that request made (once the host is up and the create done) instead of making a second one',
   });
 
   const took = withRepeatHint(cloudletError('HOST_DOWN', 'host "h2" stopped sending heartbeats', { host: 'h2' }), 'req-2', 'h2', true) as CloudletError;
   assert.deepEqual({ ...(took.details as object), hint: undefined }, { host: 'h2', request: 'req-2', hint: undefined }, 'the error\'s own details stay');
-  assert.match(hintOf(took) ?? '', /^the create may have run on h2: run the same "cloudlet vm create" again with --request-id req-2 --host h2; it answers/);
+  assert.match(hintOf(took) ?? '', /^the create may have run on h2: run the same "cloudlet vm create" again with --request-id=req-2 --host h2; it answers/);
 
   const anyHost = withRepeatHint(cloudletError('CLIENT_TIMEOUT', 'no reply'), 'req-3', undefined, true);
-  assert.match(hintOf(anyHost) ?? '', /--request-id req-3 \(with --host, if you know which host took it: otherwise another host may make one too\); it answers/);
+  assert.match(hintOf(anyHost) ?? '', /--request-id=req-3 \(with --host, if you know which host took it: otherwise another host may make one too\); it answers/);
 });
 
-test('vm create hint — other failures are passed on as they are', () => {
+test('vm create hint — the id is a word a shell takes as it is, option-looking or not', () => {
+  assert.equal(shellWord('deploy-7.a_b:c/d@e%f+g,h'), 'deploy-7.a_b:c/d@e%f+g,h');
+  assert.equal(shellWord('a;touch${IFS}/tmp/x'), "'a;touch${IFS}/tmp/x'");
+  assert.equal(shellWord("it's"), "'it'\\''s'");
+  const hint = hintOf(withRepeatHint(cloudletError('CONNECTION_LOST', 'closed'), '--host', undefined, false));
+  assert.match(hint ?? '', / --request-id=--host; /, 'after "=" it stays the value');
+});
+
+test('vm create hint — other failures are passed on as they are, and so is a host known down before anything was sent', () => {
+  const refusedBeforeSending = cloudletError('HOST_DOWN', 'host "h2" has not sent a heartbeat for 6000 ms', { target: 'h2' });
+  assert.equal(withRepeatHint(refusedBeforeSending, 'req-1', 'h2', true), refusedBeforeSending);
   const refused = cloudletError('BROKER_UNAVAILABLE', 'no broker');
   assert.equal(withRepeatHint(refused, 'req-1', undefined, true), refused);
   const plain = new Error('not a CloudletError');
