@@ -1,12 +1,16 @@
 /**
  * On agent start: VMs whose QEMU still runs are simply picked up again (their state lives in QEMU and on
  * disk, not in the agent); VMs marked autostart that are not running are started; VMs that were meant to
- * run but died without autostart are recorded as stopped.
+ * run but died without autostart are recorded as stopped. A QEMU still running for a folder without
+ * vm.json (a create that never finished) is ended.
  */
+import { lstat, readdir } from 'node:fs/promises';
 import type { PluginLogger } from '../../core/plugin-api.ts';
+import { removeTap, tapName } from './network.ts';
 import type { QemuOptions } from './options.ts';
-import { listRecords, type RecordProblem } from './state.ts';
-import { memoQemuScan } from './processes.ts';
+import { VM_ID_PATTERN } from './schemas.ts';
+import { listRecords, vmPaths, type RecordProblem } from './state.ts';
+import { killQemu, memoQemuScan, runningPid, type QemuScan } from './processes.ts';
 import { atMost } from './at-most.ts';
 import { queryStatus, setDesired, startVm } from './vm-ops.ts';
 
@@ -17,11 +21,13 @@ export interface ReconcileSummary {
   reattached: string[];
   autostarted: string[];
   markedStopped: string[];
+  /** Folders without vm.json whose QEMU was still running, and was ended (endHalfMade). */
+  endedHalfMade: string[];
   failed: { vm: string; error: string }[];
 }
 
 export async function reconcileVms(options: QemuOptions, log: PluginLogger): Promise<ReconcileSummary> {
-  const summary: ReconcileSummary = { reattached: [], autostarted: [], markedStopped: [], failed: [] };
+  const summary: ReconcileSummary = { reattached: [], autostarted: [], markedStopped: [], endedHalfMade: [], failed: [] };
   const unusable: RecordProblem[] = [];
   const records = await listRecords(options.stateDir, unusable);
   // A vm.json that is not a record of its VM is left alone (its values would reach QEMU): listed, not fatal.
@@ -52,6 +58,31 @@ export async function reconcileVms(options: QemuOptions, log: PluginLogger): Pro
       }
     }),
   );
+  await endHalfMade(options, scan, summary);
   log.info({ ...summary, total: records.length }, 'reconciled VMs with running QEMU processes');
   return summary;
+}
+
+/**
+ * A folder without vm.json is a create that never finished: nobody was told the VM exists, and no command
+ * reaches it (VM_NOT_FOUND). Before the agent takes messages no create of its own can be at work, so a QEMU
+ * still running there (its agent died after starting it, or an any-host create that then ran on another
+ * host) only holds memory and its tap: both go. The folder stays, for a rerun of its request, delete-vm or
+ * the sweeper, which decide about its disk.
+ */
+async function endHalfMade(options: QemuOptions, scan: QemuScan, summary: ReconcileSummary): Promise<void> {
+  const names = await readdir(options.stateDir).catch(() => [] as string[]);
+  for (const id of names.filter((name) => VM_ID_PATTERN.test(name))) {
+    const paths = vmPaths(options.stateDir, id);
+    // Any vm.json, usable or not, is a VM's: its QEMU is left alone (an unusable record is listed as failed).
+    if (await lstat(paths.record).then(() => true, (error: NodeJS.ErrnoException) => error.code !== 'ENOENT')) continue;
+    try {
+      if ((await runningPid(paths.pidfile, id, scan)) === undefined) continue;
+      await killQemu(paths.pidfile, id, 5_000);
+      await removeTap(options.ipBinary, tapName(options.tapPrefix, id)).catch(() => undefined);
+      summary.endedHalfMade.push(id);
+    } catch (error) {
+      summary.failed.push({ vm: id, error: `the QEMU of a create that never finished could not be ended: ${(error as Error).message}` });
+    }
+  }
 }

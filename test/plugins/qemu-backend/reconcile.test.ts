@@ -101,3 +101,30 @@ test('reconcile — autostart VMs are started at most 4 at a time, and each one 
   assert.equal(lines.filter((l) => l === 'start').length, 10);
   assert.ok(most <= 4 && most >= 2, `${most} QEMU starts at once`);
 });
+
+test('reconcile — a QEMU still running for a folder without vm.json (a create that never finished) is ended; the folder stays; a VM with an unusable vm.json keeps its QEMU', { timeout: 60_000 }, async (t) => {
+  const stateDir = await tempDir(t, 'cloudlet-reconcile-');
+  const standInQemu = async (id: string) => {
+    const paths = vmPaths(stateDir, id);
+    await mkdir(paths.dir, { recursive: true });
+    const fake = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1 << 30)', '--', '-name', qemuProcessName(id), '-pidfile', paths.pidfile], { stdio: 'ignore' });
+    t.after(() => fake.kill('SIGKILL'));
+    await writeFile(paths.pidfile, `${fake.pid}\n`);
+    return fake;
+  };
+  const halfMade = await standInQemu('h1.halfmade');
+  await writeFile(join(vmPaths(stateDir, 'h1.halfmade').dir, 'disk.qcow2'), 'its overlay');
+  const unusable = await standInQemu('h1.unusable');
+  await writeFile(vmPaths(stateDir, 'h1.unusable').record, '{"torn');
+  await mkdir(vmPaths(stateDir, 'h1.emptydir').dir, { recursive: true });
+  const exited = new Promise((resolve) => halfMade.once('exit', resolve));
+
+  const log = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
+  const summary = await reconcileVms(qemuOptionsSchema.parse({ imagesDir: '/i', stateDir, ipBinary: '/nonexistent/ip' }), log);
+  assert.deepEqual(summary.endedHalfMade, ['h1.halfmade']);
+  await exited;
+  assert.equal(unusable.exitCode, null, 'the VM whose record cannot be used still runs');
+  assert.equal(unusable.signalCode, null);
+  assert.equal(await readFile(join(vmPaths(stateDir, 'h1.halfmade').dir, 'disk.qcow2'), 'utf8'), 'its overlay', 'the folder is left for a rerun, delete-vm or the sweeper');
+  assert.deepEqual(summary.failed.map((f) => f.vm), ['h1.unusable']);
+});
