@@ -71,7 +71,7 @@ export function checkSameSettings(reply: ReplyEnvelope, vm: VmView, asked: Asked
   ];
   const differs = compared.filter(([, now, then]) => now !== then);
   if (differs.length === 0) return;
-  const said = differs.map(([field, now, then]) => `${field} ${JSON.stringify(now)} (made with ${JSON.stringify(then)})`).join(', ');
+  const said = differs.map(([field, now, then]) => `${field} ${shown(now)} (made with ${shown(then)})`).join(', ');
   throw new ErrorReply({
     ...reply,
     ok: false,
@@ -100,3 +100,6 @@ export function stoppedSince(vm: VmView): WaitFailure | undefined {
   });
   return { for: 'state', error };
 }
+
+/** A setting as the message shows it: an absent name reads (none), not null. */
+const shown = (value: unknown): string => (value === null ? '(none)' : JSON.stringify(value));

@@ -117,7 +117,7 @@ async function answerAgain(options: QemuOptions, record: VmRecord, payload: Crea
   ];
   const differs = asked.filter(([, now, then]) => now !== then);
   if (differs.length > 0) {
-    const said = differs.map(([field, now, then]) => `${field} ${JSON.stringify(now)} (made with ${JSON.stringify(then)})`).join(', ');
+    const said = differs.map(([field, now, then]) => `${field} ${shown(now)} (made with ${shown(then)})`).join(', ');
     throw qemuError('REQUEST_ID_REUSED', `request ${requestId} made VM ${record.id} already, with other settings: ${said}; give a new request a new id`, {
       vm: record.id,
       request: requestId,
@@ -175,3 +175,6 @@ export function noRoomFor(memory: number, records: Pick<VmRecord, 'memoryMiB'>[]
   }
   return undefined;
 }
+
+/** A setting as the message shows it: an absent name reads (none), not null. */
+const shown = (value: unknown): string => (value === null ? '(none)' : JSON.stringify(value));

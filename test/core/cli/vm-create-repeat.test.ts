@@ -69,7 +69,7 @@ test('vm create --request-id — an answer whose VM was made with other settings
       assert.equal(error.host, 'h1');
       assert.equal(error.error.code, 'REQUEST_ID_REUSED');
       assert.equal(error.error.retryable, false);
-      assert.equal(error.error.message, 'request req-1 made VM h1.abcdefgh already, with other settings: memory 256 (made with 128), name null (made with "web"), network "bridge" (made with "user"); give a new request a new id');
+      assert.equal(error.error.message, 'request req-1 made VM h1.abcdefgh already, with other settings: memory 256 (made with 128), name (none) (made with "web"), network "bridge" (made with "user"); give a new request a new id');
       assert.deepEqual(error.error.details, { vm: 'h1.abcdefgh', request: 'req-1', fields: ['memory', 'name', 'network'] });
       return true;
     },
