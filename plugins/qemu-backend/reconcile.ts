@@ -4,12 +4,12 @@
  * run but died without autostart are recorded as stopped. A QEMU still running for a folder without
  * vm.json (a create that never finished) is ended.
  */
-import { lstat, readdir } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import type { PluginLogger } from '../../core/plugin-api.ts';
 import { removeTap, tapName } from './network.ts';
 import type { QemuOptions } from './options.ts';
 import { VM_ID_PATTERN } from './schemas.ts';
-import { listRecords, vmPaths, type RecordProblem } from './state.ts';
+import { hasRecordFile, listRecords, vmPaths, type RecordProblem } from './state.ts';
 import { killQemu, memoQemuScan, runningPid, type QemuScan } from './processes.ts';
 import { atMost } from './at-most.ts';
 import { queryStatus, setDesired, startVm } from './vm-ops.ts';
@@ -75,7 +75,7 @@ async function endHalfMade(options: QemuOptions, scan: QemuScan, summary: Reconc
   for (const id of names.filter((name) => VM_ID_PATTERN.test(name))) {
     const paths = vmPaths(options.stateDir, id);
     // Any vm.json, usable or not, is a VM's: its QEMU is left alone (an unusable record is listed as failed).
-    if (await lstat(paths.record).then(() => true, (error: NodeJS.ErrnoException) => error.code !== 'ENOENT')) continue;
+    if (await hasRecordFile(options.stateDir, id)) continue;
     try {
       if ((await runningPid(paths.pidfile, id, scan)) === undefined) continue;
       await killQemu(paths.pidfile, id, 5_000);

@@ -3,7 +3,7 @@
  * never leaves half a record. The folder also holds the VM's overlay disk, sockets, pidfile and serial log.
  */
 import { lstatSync, readdirSync, readFileSync, type Dirent } from 'node:fs';
-import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import process from 'node:process';
 import { qemuError } from './errors.ts';
@@ -70,6 +70,18 @@ export async function writeRecord(stateDir: string, record: VmRecord): Promise<v
   const temp = `${paths.record}.${process.pid}.tmp`;
   await writeFile(temp, `${JSON.stringify({ ...record, updatedAt: new Date().toISOString() }, null, 2)}\n`, { mode: 0o640 });
   await rename(temp, paths.record);
+}
+
+/**
+ * Whether the folder of `id` holds a vm.json at all, usable or not (a symlink counts): such a folder is a
+ * VM's, never a leftover of a create. create-vm, the start-up reconcile and the sweeper ask this before
+ * touching a folder without a usable record.
+ */
+export async function hasRecordFile(stateDir: string, id: string): Promise<boolean> {
+  return lstat(vmPaths(stateDir, id).record).then(
+    () => true,
+    (error: NodeJS.ErrnoException) => error.code !== 'ENOENT',
+  );
 }
 
 /** A vm.json that exists but is not a record of its VM: what is wrong with it, in a phrase. */

@@ -100,7 +100,11 @@ export async function readCreatingMark(options: QemuOptions, id: string): Promis
  * and was restarted, a clean-up cut short) is a leftover.
  */
 export async function isBeingCreated(options: QemuOptions, id: string, agent: AgentRun): Promise<boolean> {
-  const mark = await readCreatingMark(options, id);
+  return markHolds(await readCreatingMark(options, id), agent);
+}
+
+/** Whether a mark as read (readCreatingMark) is one of this agent run whose create may still be at work. */
+export function markHolds(mark: Partial<CreatingMark> | undefined, agent: AgentRun): boolean {
   if (mark === undefined) return false; // none, or torn: its create died while writing it
   return mark.pid === process.pid && mark.agentStartedAt === agent.startedAt && typeof mark.until === 'number' && Date.now() < mark.until;
 }

@@ -141,10 +141,5 @@ function recordInfo(record: VmRecord): RecordInfo {
   };
 }
 
-/** Whether the folder of `id` holds a vm.json now (checked again right before a folder is removed). */
-export async function hasRecordFile(stateDir: string, id: string): Promise<boolean> {
-  return stat(join(stateDir, id, 'vm.json')).then(
-    () => true,
-    (error: NodeJS.ErrnoException) => error.code !== 'ENOENT',
-  );
-}
+// Whether the folder of `id` holds a vm.json now (checked again right before a folder is removed).
+export { hasRecordFile } from '../qemu-backend/state.ts';

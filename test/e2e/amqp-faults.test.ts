@@ -97,10 +97,10 @@ test('redelivery — a type whose handler answers repeats (handlesRepeats) runs 
   const replies = [];
   for (let round = 0; round < 4; round++) replies.push(await rawRequest(cloud.url, cloud.prefix, 'h1', id, 'test.echo-again', { value: 'each time' }));
   for (const reply of replies) assert.equal(reply.ok, true, JSON.stringify(reply));
-  const ranAt = replies.map((reply) => (reply.result as { at: number }).at);
-  assert.equal(new Set(ranAt).size, 4, `each repeat ran: ${ranAt.join(', ')}`);
+  // Each run logs "handled"; the lines may reach us just after the replies.
   const agent = cloud.agents.get('h1')!;
-  assert.equal(handledCount(agent.output(), id), 4);
+  await until(() => handledCount(agent.output(), id) >= 4, 5_000);
+  assert.equal(handledCount(agent.output(), id), 4, 'each repeat ran');
   assert.doesNotMatch(agent.output(), /answered from its stored outcome/);
   // Other types keep their stored outcome.
   const echoId = `once-${randomUUID()}`;

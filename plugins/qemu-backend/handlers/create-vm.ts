@@ -1,4 +1,4 @@
-import { lstat, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import process from 'node:process';
 import { Buffer } from 'node:buffer';
 import { defineHandler, type HandlerContext } from '../../../core/plugin-api.ts';
@@ -7,10 +7,10 @@ import { createOverlay, resolveImage } from '../images.ts';
 import { randomMac, tapName } from '../network.ts';
 import { qemuOptionsSchema, type QemuOptions } from '../options.ts';
 import { createVmPayload, VM_ID_PATTERN } from '../schemas.ts';
-import { listRecords, vmPaths, writeRecord, type VmRecord } from '../state.ts';
+import { hasRecordFile, listRecords, vmPaths, writeRecord, type VmRecord } from '../state.ts';
 import { killQemu, runningPid } from '../processes.ts';
 import { randomVmId, vmIdForRequest } from '../vm-id.ts';
-import { isBeingCreated, queryStatus, readCreatingMark, removeLeftover, startVm, viewOf, type AgentRun, type CreatingMark } from '../vm-ops.ts';
+import { markHolds, queryStatus, readCreatingMark, removeLeftover, startVm, viewOf, type AgentRun, type CreatingMark } from '../vm-ops.ts';
 
 /** More than any pool's cancelGraceMs is likely to be (its default is 1 s). */
 const CANCEL_GRACE_BOUND_MS = 30_000;
@@ -143,9 +143,10 @@ async function idForRequest(options: QemuOptions, agent: AgentRun, requestId: st
   const paths = vmPaths(options.stateDir, derived);
   // A record of this request would have answered above (answerAgain): any vm.json here is another VM's, or
   // one that cannot be read, whose VM may well be running.
-  if (await lstat(paths.record).then(() => true, (error: NodeJS.ErrnoException) => error.code !== 'ENOENT')) return randomVmId(agent.id, folders);
-  if (await isBeingCreated(options, derived, agent)) {
-    if ((await readCreatingMark(options, derived))?.request !== requestId) return randomVmId(agent.id, folders);
+  if (await hasRecordFile(options.stateDir, derived)) return randomVmId(agent.id, folders);
+  const mark = await readCreatingMark(options, derived);
+  if (markHolds(mark, agent)) {
+    if (mark?.request !== requestId) return randomVmId(agent.id, folders);
     throw qemuError('VM_NOT_READY', `request ${requestId} is still creating VM ${derived}; send it again once that has answered`, { vm: derived });
   }
   log.warn({ vm: derived }, 'a run of this request left the VM half-made (its agent stopped mid-create, or its clean-up was cut short); removing it and starting over');
