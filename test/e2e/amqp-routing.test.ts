@@ -257,12 +257,15 @@ test('abandoned — a request whose host died while running it (HOST_DOWN) does 
   const cloud = await startCloud(t, [{ id: 'h1' }], { routingAny: ['test.sleep'] });
   const h1 = cloud.agents.get('h1')!;
   const client = cloud.client({ inactivityTimeoutMs: 2_500 });
-  const request = makeRequest({ type: 'test.sleep', payload: { ms: 20_000 } });
+  const request = makeRequest({ type: 'test.sleep', payload: { ms: 20_000, announce: true } });
   const outcome = client.request(request).then(
     () => 'answered',
     (error: CloudletError) => error.code,
   );
-  await until(() => h1.output().includes(request.id), 10_000);
+  // Killed only once the handler runs: h1 sent "accepted" before handing the request on, so the client knows
+  // whose heartbeat to watch. (Killed as soon as the request was logged, "accepted" could die in h1's socket
+  // buffer: the client, not knowing who took it, rightly said CLIENT_TIMEOUT — a CI run did.)
+  await until(() => h1.output().split('\n').some((line) => line.includes(request.id) && line.includes('sleeping')), 10_000);
   h1.child.kill('SIGKILL');
   await h1.exited;
   assert.equal(await outcome, 'HOST_DOWN');
