@@ -4,14 +4,14 @@
  * message and exit code.
  */
 import process from 'node:process';
-import { parseArgs } from 'node:util';
 import { CloudletError, cloudletError, toCloudletError } from '../errors.ts';
 import { AGENT_VERSION } from '../version.ts';
-import { checkHostFlag, COMMON_FLAGS, FLAGS, refuseEmptyValues, type CliValues, type FlagName } from './args.ts';
+import { checkHostFlag, refuseEmptyValues } from './args.ts';
 import { ErrorReply } from './client.ts';
 import type { Command } from './command.ts';
 import { EXIT, exitCodeFor, exitCodeForReply } from './exit-codes.ts';
 import { createOutput } from './output.ts';
+import { checkFlags, readCommandLine, unknownCommand } from './parse.ts';
 import { agentCommand } from './commands/agent.ts';
 import { callCommand } from './commands/call.ts';
 import { configCheckCommand } from './commands/config-check.ts';
@@ -75,39 +75,30 @@ export async function main(argv: string[]): Promise<number> {
   const json = argv.includes('--json');
   const output = createOutput(json);
   try {
-    let parsed;
-    try {
-      parsed = parseArgs({ args: argv, options: FLAGS, allowPositionals: true, strict: true });
-    } catch (error) {
-      throw cloudletError('USAGE', `${(error as Error).message}\n\n${USAGE}`);
+    const line = readCommandLine(argv);
+    const { positionals, values } = line;
+    const found = findCommand(positionals);
+    // Help first: someone asking how a command works should get that, whatever else is wrong on the line.
+    if (found && values.help === true) {
+      process.stdout.write(`${found.command.usage}\n`);
+      return EXIT.OK;
     }
-    const values = parsed.values as CliValues;
+    const group = groupUsage(positionals[0]);
+    // The command decides which flags exist, so an unknown one is reported before its flags are judged.
+    if (!found && positionals.length > (group ? 1 : 0)) {
+      throw unknownCommand(positionals.slice(0, group ? 2 : 1).join(' '), COMMANDS, group ? positionals[0] : undefined);
+    }
+    checkFlags(line.flags, found?.command);
     refuseEmptyValues(values);
-    const { positionals } = parsed;
     if (values.version) {
       output.result(AGENT_VERSION, { version: AGENT_VERSION });
       return EXIT.OK;
     }
-    const found = findCommand(positionals);
     if (!found) {
-      const group = groupUsage(positionals[0]);
-      if (values.help || positionals.length === 0 || (group && positionals.length === 1)) {
-        process.stdout.write(`${group ?? USAGE}\n`);
-        return values.help ? EXIT.OK : EXIT.USAGE;
-      }
-      const name = positionals.slice(0, group ? 2 : 1).join(' ');
-      throw cloudletError('USAGE', `unknown command "${name}"\n\n${group ?? USAGE}`);
+      process.stdout.write(`${group ?? USAGE}\n`);
+      return values.help ? EXIT.OK : EXIT.USAGE;
     }
     const { command, rest } = found;
-    if (values.help) {
-      process.stdout.write(`${command.usage}\n`);
-      return EXIT.OK;
-    }
-    const allowed = new Set<FlagName>([...COMMON_FLAGS, ...command.flags]);
-    const foreign = (Object.keys(values) as FlagName[]).filter((flag) => !allowed.has(flag));
-    if (foreign.length > 0) {
-      throw cloudletError('USAGE', `${foreign.map((f) => `--${f}`).join(', ')} ${foreign.length > 1 ? 'are not flags' : 'is not a flag'} of "cloudlet ${command.words.join(' ')}"\n\n${command.usage}`);
-    }
     checkHostFlag(values);
     return await command.run({ positionals: rest, values, output });
   } catch (thrown) {
