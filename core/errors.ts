@@ -36,6 +36,7 @@ export const errorCatalogue = {
   BROKER_UNAVAILABLE: { message: 'the message broker cannot be reached', retryable: true },
   UNKNOWN_HOST: { message: 'no host with this id takes direct requests on this cloud', retryable: false },
   HOST_DOWN: { message: 'the target host is not running (no heartbeat, no consumer)', retryable: true },
+  HOST_UP: { message: 'the host is up, so it cannot be forgotten', retryable: false },
   NO_CAPACITY: { message: 'no live host has capacity for the request', retryable: true },
   DEAD_LETTERED: { message: 'the request failed too many times and was moved to the dead-letter queue', retryable: false },
   STATE_UNWRITABLE: { message: 'the host could not record the request in its state directory, so it did not run it', retryable: true },

@@ -17,6 +17,7 @@ import { callCommand } from './commands/call.ts';
 import { configCheckCommand } from './commands/config-check.ts';
 import { doctorCommand } from './commands/doctor.ts';
 import { hostsCommand } from './commands/hosts.ts';
+import { hostsForgetCommand } from './commands/hosts-forget.ts';
 import { imageListCommand } from './commands/image.ts';
 import { initCommand } from './commands/init.ts';
 import { installServiceCommand } from './commands/install-service.ts';
@@ -32,6 +33,7 @@ const COMMANDS: readonly Command[] = [
   configCheckCommand,
   pluginsCommand,
   hostsCommand,
+  hostsForgetCommand,
   callCommand,
   ...vmCommands,
   imageListCommand,

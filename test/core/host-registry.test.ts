@@ -33,3 +33,47 @@ test('host registry — a draining host (no routes) keeps the routes it took; a 
   older.record({ ...beat(['direct'], [{ host: 'h2', agoMs: 0, routes: [] }]), host: 'h1' }, 21_000);
   assert.deepEqual(older.entries(21_000).find((e) => e.host === 'h2')?.tookRoutes, ['broadcast']);
 });
+
+const hosts = (registry: HostRegistry, now: number) => registry.entries(now).map((e) => `${e.host}:${e.state}`);
+
+test('host registry — a forgotten host is dropped, and a view from before the forget does not bring it back', () => {
+  const registry = new HostRegistry(1_000);
+  registry.record({ ...beat(['direct']), host: 'h1' }, 10_000);
+  registry.record(beat(['direct']), 10_000); // h2, then silent
+  assert.deepEqual(hosts(registry, 20_000), ['h1:down', 'h2:down']);
+  assert.equal(registry.forget('h2', 20_000), true);
+  assert.equal(registry.forget('nobody', 20_000), false);
+  assert.deepEqual(hosts(registry, 20_000), ['h1:down']);
+  // h3 missed the forget: its answer to a probe still names h2, as heard at 10 s. Not back.
+  registry.record({ ...beat(['direct'], [{ host: 'h2', agoMs: 11_000, routes: ['direct'] }]), host: 'h3' }, 21_000);
+  assert.deepEqual(hosts(registry, 21_000), ['h1:down', 'h3:up']);
+  // h2 itself comes back: known again, and a later forget of an earlier moment does not drop it.
+  registry.record(beat(['direct']), 22_000);
+  assert.deepEqual(hosts(registry, 22_000), ['h1:down', 'h2:up', 'h3:up']);
+  assert.equal(registry.forget('h2', 21_500), false);
+  assert.deepEqual(hosts(registry, 22_000), ['h1:down', 'h2:up', 'h3:up']);
+});
+
+test('host registry — a participant that missed a forget learns it from any view, whichever answer comes first', () => {
+  const told = new HostRegistry(1_000);
+  told.record(beat(['direct']), 10_000);
+  told.forget('h2', 20_000);
+  const answer = { ...beat(['direct'], told.view(25_000)), host: 'h1', forgotten: told.forgottenView(25_000) };
+  assert.deepEqual(answer.forgotten, [{ host: 'h2', agoMs: 5_000 }]);
+  const stale = { ...beat(['direct'], [{ host: 'h2', agoMs: 15_000, routes: ['direct'] as Heartbeat['routes'] }]), host: 'h3' };
+  // An agent whose connection was down at the forget: it still knows h2, and forgets it at the next answer.
+  const missed = new HostRegistry(1_000);
+  missed.record(beat(['direct']), 10_000);
+  missed.record(answer, 25_000);
+  assert.deepEqual(hosts(missed, 25_000), ['h1:up']);
+  // A new client hears the stale view and the told one, in either order: h2 is not listed.
+  for (const order of [[stale, answer], [answer, stale]]) {
+    const client = new HostRegistry(1_000);
+    for (const heartbeat of order) client.record(heartbeat, 25_000);
+    assert.deepEqual(hosts(client, 25_000), ['h1:up', 'h3:up'], order.map((h) => h.host).join(' then '));
+  }
+  // The forget spreads with the view, so the new client passes it on in turn.
+  const client = new HostRegistry(1_000);
+  client.record(answer, 25_000);
+  assert.deepEqual(client.forgottenView(26_000), [{ host: 'h2', agoMs: 6_000 }]);
+});

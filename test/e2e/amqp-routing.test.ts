@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
+import { Buffer } from 'node:buffer';
 import { spawnSync } from 'node:child_process';
 import test from 'node:test';
+import amqplib from 'amqplib';
 import { makeRequest } from '../../core/envelope.ts';
 import { CloudletError } from '../../core/errors.ts';
 import { runCli, until } from '../helpers.ts';
@@ -329,6 +331,59 @@ test('down — a host that drained before it stopped (its last heartbeats took n
   const listed = await runCli(['vm', 'list', '--json', '--config', cloud.clientConfig]);
   assert.equal(listed.code, 0, listed.stdout + listed.stderr);
   assert.deepEqual((JSON.parse(listed.stdout) as { down?: { host: string }[] }).down?.map((d) => d.host), ['h2']);
+});
+
+test('forget — a host that is down is taken out of service: its queue goes, no list warns of it, a request to it is UNKNOWN_HOST; it comes back if it starts', { timeout: 90_000 }, async (t) => {
+  // Before, no registry ever forgot a host: every "vm list" warned that a decommissioned host was down, and
+  // every request to it said HOST_DOWN, until every agent restarted (and its queue stayed on the broker).
+  const cloud = await startCloud(t, [{ id: 'h1' }, { id: 'h2' }]);
+  const h2 = cloud.agents.get('h2')!;
+  const cli = (args: string[]) => runCli([...args, '--config', cloud.clientConfig]);
+  await until(async () => /^h2 +up /m.test((await cli(['hosts'])).stdout), 10_000);
+  const up = await cli(['hosts', 'forget', 'h2']);
+  assert.equal(up.code, 1, up.stderr);
+  assert.match(up.stderr, /^error \[HOST_UP\]: host "h2" is up \(last heard \d+\.\d s ago\): stop its agent before forgetting it$/m);
+  const unknown = await cli(['hosts', 'forget', 'h9', '--json']);
+  assert.equal(unknown.code, 1, unknown.stderr);
+  assert.equal((JSON.parse(unknown.stdout) as { error: { code: string } }).error.code, 'UNKNOWN_HOST');
+
+  h2.child.kill('SIGTERM');
+  await h2.exited;
+  await settle(1_500); // past downAfterMs (1.2 s)
+  // A request waiting in h2's queue when it is forgotten is dropped with it (and said so).
+  const connection = await amqplib.connect(cloud.url);
+  t.after(() => connection.close().catch(() => undefined));
+  const channel = await connection.createChannel();
+  channel.publish(`${cloud.prefix}.direct`, 'h2', Buffer.from(JSON.stringify(makeRequest({ type: 'test.echo', target: 'h2', payload: { value: 'late' } }))), { expiration: '60000' });
+  await until(async () => (await queueDepth(cloud.url, `${cloud.prefix}.host.h2`)) === 1, 5_000);
+  assert.match((await cli(['vm', 'list'])).stderr, /^warning: h2 is down/m);
+
+  const forgot = await cli(['hosts', 'forget', 'h2', '--json']);
+  assert.equal(forgot.code, 0, forgot.stdout + forgot.stderr);
+  const result = JSON.parse(forgot.stdout) as { ok: boolean; host: string; lastSeenMsAgo: number; queueDeleted: boolean; droppedRequests: number };
+  assert.deepEqual([result.ok, result.host, result.queueDeleted, result.droppedRequests], [true, 'h2', true, 1]);
+  assert.ok(result.lastSeenMsAgo >= 1_200, forgot.stdout);
+  // New clients (each CLI run) learn the cloud from h1's answer: h1 forgot h2 too.
+  const listed = await cli(['vm', 'list', '--json']);
+  assert.equal(listed.code, 0, listed.stderr);
+  assert.equal((JSON.parse(listed.stdout) as { down?: unknown[] }).down, undefined, listed.stdout);
+  assert.doesNotMatch((await cli(['hosts'])).stdout, /^h2 /m);
+  const direct = await cli(['call', 'test.echo', '--host', 'h2', '--payload', '{"value":"x"}', '--json']);
+  assert.equal((JSON.parse(direct.stdout) as { error: { code: string } }).error.code, 'UNKNOWN_HOST', direct.stdout);
+  const again = await cli(['hosts', 'forget', 'h2']);
+  assert.equal(again.code, 1, again.stderr);
+  assert.match(again.stderr, /^error \[UNKNOWN_HOST\]: no host "h2" is known on this cloud \(prefix [^)]+\), and it has no queue$/m);
+
+  // Its agent starts again: known again, and it serves.
+  await cloud.start({ id: 'h2' });
+  await until(async () => /^h2 +up /m.test((await cli(['hosts'])).stdout), 10_000);
+  assert.equal((await cloud.client().request(makeRequest({ type: 'test.echo', target: 'h2', payload: { value: 'back' } }))).ok, true);
+});
+
+test('forget — on the local transport it is refused with USAGE, naming why', async () => {
+  const refused = await runCli(['hosts', 'forget', 'h2', '--config', '/dev/null']);
+  assert.equal(refused.code, 2, refused.stderr);
+  assert.match(refused.stderr, /^error \[USAGE\]: hosts forget is for clouds on RabbitMQ/m);
 });
 
 test('connection — an agent names its broker connection and asks for a 10 s AMQP heartbeat (a dead one is dropped in about 20 s)', { timeout: 60_000 }, async (t) => {

@@ -23,7 +23,8 @@ export const hostsCommand: Command = {
   words: ['hosts'],
   usage: `cloudlet hosts [--config FILE] [--socket PATH] [--json]
   Lists the hosts of the cloud: state (up/down), last seen, version, plugins and the routes each takes. On
-  RabbitMQ from the hosts' heartbeats; on the local transport the one agent, asked with host-info.`,
+  RabbitMQ from the hosts' heartbeats; on the local transport the one agent, asked with host-info. A host
+  that is down stays listed until it comes back or is taken out of service with "cloudlet hosts forget".`,
   flags: ['socket'],
   async run({ positionals, values, output }) {
     refuseConfigPositionals('hosts', positionals);

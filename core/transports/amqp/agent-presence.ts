@@ -6,7 +6,7 @@
 import { Buffer } from 'node:buffer';
 import type { ConfirmChannel, ConsumeMessage } from 'amqplib';
 import type { AmqpTransportConfig } from '../../config/schema.ts';
-import { HostRegistry, heartbeatSchema, probeSchema, type Heartbeat, type InboundRoute } from './host-registry.ts';
+import { forgetSchema, HostRegistry, heartbeatSchema, probeSchema, type Heartbeat, type InboundRoute } from './host-registry.ts';
 
 export interface AgentPresenceOptions {
   hostId: string;
@@ -59,7 +59,7 @@ export class AgentPresence {
     if (this.#publish(heartbeat, channel ?? (this.#options.isUp() ? this.#options.currentChannel() : undefined))) this.#unansweredOwn++;
   }
 
-  /** A message on our presence queue: a heartbeat (ours, or another host's) or a client's probe. */
+  /** A message on our presence queue: a heartbeat (ours, or another host's), a client's probe, or a forget. */
   onMessage(msg: ConsumeMessage): void {
     let value: unknown;
     try {
@@ -78,6 +78,9 @@ export class AgentPresence {
     // A probe (from a new client): answer at once, with what we know.
     const probe = probeSchema.safeParse(value);
     if (probe.success && probe.data.from !== this.#options.hostId) this.publishHeartbeat(true);
+    // An operator took a host out of service. Our own id cannot be: our next heartbeat says we are here.
+    const forget = forgetSchema.safeParse(value);
+    if (forget.success && forget.data.host !== this.#options.hostId) this.registry.forget(forget.data.host);
   }
 
   #heartbeat(withView: boolean): Heartbeat {
@@ -91,8 +94,13 @@ export class AgentPresence {
       routes: this.#options.routes(),
       startedAt: identity.startedAt,
       sentAt: Date.now(),
-      ...(withView ? { view: this.registry.view() } : {}),
+      ...(withView ? this.#views() : {}),
     };
+  }
+
+  #views(): Pick<Heartbeat, 'view' | 'forgotten'> {
+    const forgotten = this.registry.forgottenView();
+    return { view: this.registry.view(), ...(forgotten.length > 0 && { forgotten }) };
   }
 
   /** Says whether it went out. */

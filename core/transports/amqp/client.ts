@@ -20,7 +20,8 @@ import { cancelledError, unlessAborted } from './cancellation.ts';
 import { LearnedBrokerLimit } from './broker-limits.ts';
 import { BrokerConnection } from './connection.ts';
 import { HEADERS, amqpNames, type AmqpNames } from './names.ts';
-import { HostRegistry, heartbeatSchema, type HostEntry } from './host-registry.ts';
+import { forgetHost, type ForgetResult } from './forget-host.ts';
+import { forgetSchema, HostRegistry, heartbeatSchema, type HostEntry } from './host-registry.ts';
 import { declareTopology } from './topology.ts';
 import { describeUnreadableReply } from './unreadable-reply.ts';
 import { InFlightIds } from '../in-flight-ids.ts';
@@ -146,7 +147,10 @@ export class AmqpClientTransport implements ClientTransport {
           return;
         }
         try {
-          const heartbeat = heartbeatSchema.safeParse(JSON.parse(msg.content.toString('utf8')));
+          const value: unknown = JSON.parse(msg.content.toString('utf8'));
+          const forget = forgetSchema.safeParse(value);
+          if (forget.success) this.registry.forget(forget.data.host);
+          const heartbeat = heartbeatSchema.safeParse(value);
           if (heartbeat.success) {
             this.registry.record(heartbeat.data);
             if (heartbeat.data.view) {
@@ -533,6 +537,15 @@ export class AmqpClientTransport implements ClientTransport {
     const deadline = Date.now() + Math.min(waitMs, 500);
     while (Date.now() < deadline && this.registry.entries().some((e) => e.state === 'up' && !e.heartbeat)) await new Promise((r) => setTimeout(r, 25));
     return this.registry.entries();
+  }
+
+  /** `cloudlet hosts forget`: takes a host that is down out of service (forget-host.ts). */
+  async forgetHost(host: string, waitMs = 1_000): Promise<ForgetResult> {
+    await this.hosts(waitMs);
+    const model = this.#model;
+    const channel = this.#channel;
+    if (!model || !channel) throw cloudletError('CONNECTION_LOST', 'the broker connection dropped before the host could be forgotten');
+    return forgetHost(host, { model, channel, names: this.names, registry: this.registry, prefix: this.#options.config.prefix });
   }
 
   async subscribe(onEvent: (event: EventEnvelope) => void): Promise<() => Promise<void>> {

@@ -1,6 +1,7 @@
 /**
  * Who is alive, from heartbeats. Every host publishes one every `heartbeatMs` on the presence exchange and
  * answers a probe at once; a host not heard from for `downAfterMs` is down. Agents and clients both keep one.
+ * A down host stays known until an operator forgets it (`cloudlet hosts forget`), then until it is heard again.
  */
 import { z } from 'zod';
 import { hostIdSchema } from '../../envelope.ts';
@@ -28,10 +29,18 @@ export const heartbeatSchema = z.object({
     )
     .max(10_000)
     .optional(),
+  /** With `view`: the hosts the sender was told to forget, and how long ago, so one that missed it learns it. */
+  forgotten: z
+    .array(z.object({ host: hostIdSchema, agoMs: z.number().min(0) }))
+    .max(10_000)
+    .optional(),
 });
 export type Heartbeat = z.infer<typeof heartbeatSchema>;
 
 export const probeSchema = z.object({ v: z.literal(1), kind: z.literal('probe'), from: z.string().max(128) });
+
+/** `cloudlet hosts forget H`: a host taken out of service, to be dropped from every registry (PROTOCOL.md 11.7). */
+export const forgetSchema = z.object({ v: z.literal(1), kind: z.literal('forget'), host: hostIdSchema, from: z.string().max(128) });
 
 export interface HostEntry {
   host: string;
@@ -48,8 +57,17 @@ export interface HostEntry {
 
 export type InboundRoute = Heartbeat['routes'][number];
 
+/** Forgotten hosts remembered, at most: the oldest go first (a cloud has far fewer hosts than this). */
+const MAX_FORGOTTEN = 10_000;
+
 export class HostRegistry {
   readonly #hosts = new Map<string, HostEntry>();
+  /**
+   * When each forgotten host was forgotten, on our clock. A view that still names the host from before then
+   * (sent by a participant that has not heard of the forget yet) must not bring it back; the host's own
+   * heartbeat, or a view that heard it since, does.
+   */
+  readonly #forgotten = new Map<string, number>();
   readonly #downAfterMs: number;
 
   constructor(downAfterMs: number) {
@@ -59,13 +77,35 @@ export class HostRegistry {
   record(heartbeat: Heartbeat, receivedAt = Date.now()): void {
     const tookRoutes = (routes: Heartbeat['routes'], known: HostEntry | undefined) => (routes.length > 0 ? routes : (known?.tookRoutes ?? []));
     this.#hosts.set(heartbeat.host, { host: heartbeat.host, lastSeen: receivedAt, routes: heartbeat.routes, tookRoutes: tookRoutes(heartbeat.routes, this.#hosts.get(heartbeat.host)), heartbeat });
+    for (const gone of heartbeat.forgotten ?? []) this.forget(gone.host, receivedAt - gone.agoMs);
     for (const seen of heartbeat.view ?? []) {
       const lastSeen = receivedAt - seen.agoMs;
       const known = this.#hosts.get(seen.host);
+      if ((this.#forgotten.get(seen.host) ?? -Infinity) >= lastSeen) continue;
       if (!known || known.lastSeen < lastSeen) {
         this.#hosts.set(seen.host, { ...known, host: seen.host, lastSeen, routes: seen.routes, tookRoutes: seen.tookRoutes ?? tookRoutes(seen.routes, known) });
       }
     }
+  }
+
+  /**
+   * Drops a host last heard before `at` and remembers that it was forgotten then. One heard since (it came
+   * back) stays. Says whether the host was known.
+   */
+  forget(host: string, at = Date.now()): boolean {
+    const known = this.#hosts.get(host);
+    if (known && known.lastSeen > at) return false;
+    if ((this.#forgotten.get(host) ?? -Infinity) < at) {
+      this.#forgotten.delete(host); // re-inserted: the map's order stays oldest first
+      this.#forgotten.set(host, at);
+      if (this.#forgotten.size > MAX_FORGOTTEN) this.#forgotten.delete(this.#forgotten.keys().next().value as string);
+    }
+    return this.#hosts.delete(host);
+  }
+
+  /** The forgotten hosts, for a view: a participant that missed the forget learns it from any answer to a probe. */
+  forgottenView(now = Date.now()): NonNullable<Heartbeat['forgotten']> {
+    return [...this.#forgotten].map(([host, at]) => ({ host, agoMs: Math.max(0, now - at) }));
   }
 
   /** Hosts that were alive when our own connection dropped (see forgiveSilence). */
