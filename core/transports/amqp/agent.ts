@@ -289,10 +289,14 @@ export class AmqpAgentTransport implements AgentTransport {
       }
     }
     const inFlight: InFlightRequest = { replyTo: new Set([replyTo]), duplicates: [] };
+    const progressBase = { id: id ?? 'unknown', type: (msg.properties.type as string) || 'unknown' } as RequestEnvelope;
     if (id) {
       // Registered before the first await: a second copy in the same socket read is handled before this
       // function resumes, and must find the first one running instead of running too.
       this.#inFlight.set(id, inFlight);
+      // For an any-host request the caller does not know which host took it: "accepted" tells it, so it can
+      // watch that host's heartbeat. Sent at once, beside the start line, and confirmed: see #stillHeld.
+      const held = route === 'any' ? this.#stillHeld(channel, msg, makeProgress(progressBase, this.#options.hostId, 'accepted', { route })) : undefined;
       try {
         await store.recordStart(id);
       } catch (cause) {
@@ -301,8 +305,15 @@ export class AmqpAgentTransport implements AgentTransport {
         await this.#refuseUnrecorded(channel, msg, route, inFlight, id, cause as Error);
         return;
       }
+      if (held && !(await held)) {
+        this.#inFlight.delete(id);
+        store.cancelStart(id);
+        // Copies that came meanwhile (on a new connection, say) have callers too: back to the queue with them.
+        this.#settleCopies(inFlight, 'requeue');
+        log.warn({ msgId: id, route }, 'any-host request not run: the channel it came on closed before the broker confirmed it was still ours; the broker gives it to another host');
+        return;
+      }
     }
-    const progressBase = { id: id ?? 'unknown', type: (msg.properties.type as string) || 'unknown' } as RequestEnvelope;
     // Never throws, nor rejects: it runs in the dispatcher's keep-alive timer and in a promise chain, where a
     // throw would end the process, and before the request is handed on, where it would leave the request
     // registered as running with nothing to answer it (a redelivery would wait on it forever).
@@ -319,9 +330,7 @@ export class AmqpAgentTransport implements AgentTransport {
       };
       inFlight.progressSent = inFlight.progressSent ? inFlight.progressSent.then(publishAll) : publishAll();
     };
-    // For an any-host request the caller does not know which host took it: "accepted" tells it, so it can
-    // watch that host's heartbeat. (Keep-alives while the work runs come from the dispatcher.)
-    if (id && route === 'any') sendProgress(makeProgress(progressBase, this.#options.hostId, 'accepted', { route }));
+    // (Keep-alives while the work runs come from the dispatcher.)
 
     (this.#onDelivery as DeliveryListener)({
       body: msg.content,
@@ -367,6 +376,24 @@ export class AmqpAgentTransport implements AgentTransport {
         }
       },
     });
+  }
+
+  /**
+   * Whether an any-host delivery is still ours to run. A host that stalled (SIGSTOP, heavy swap) past the
+   * broker's heartbeat timeout finds deliveries in its socket that the broker has since given to another
+   * host, which may have run them already: run here too, one create made two VMs. A message published on
+   * the same channel after the delivery, and confirmed, proves the channel was still open when the broker
+   * read it, so the delivery had not been handed on; a closed channel fails the publish instead. Once it is
+   * ours, a connection lost while it runs still hands it on: at-least-once, as for a host that dies.
+   * A broker's nack (the channel stays open) leaves the delivery ours.
+   */
+  async #stillHeld(channel: ConfirmChannel, msg: ConsumeMessage, accepted: ProgressEnvelope): Promise<boolean> {
+    try {
+      await this.#publish(channel, '', msg.properties.replyTo as string, accepted, msg.properties.correlationId, true);
+      return true;
+    } catch (error) {
+      return (error as Error).message === 'message nacked';
+    }
   }
 
   /**
