@@ -5,7 +5,7 @@ export const qemuErrors = {
   VM_NOT_FOUND: { message: 'no VM with this id on this host', retryable: false },
   VM_NOT_READY: { message: 'the VM is still being created', retryable: true },
   VM_RECORD_INVALID: { message: "the VM's record (vm.json) cannot be read or is not a record of this VM", retryable: false },
-  REQUEST_ID_REUSED: { message: 'a create-vm request id that made a VM before came again with other settings', retryable: false },
+  REQUEST_ID_REUSED: { message: 'a create-vm request id that made a VM before came again with other settings, or after that VM was deleted', retryable: false },
   VM_LIMIT: { message: 'the request is beyond what this host allows for one VM', retryable: false },
   QEMU_FAILED: { message: 'QEMU failed to start or to do what was asked', retryable: true },
   QMP_FAILED: { message: 'the QEMU monitor (QMP) did not answer as expected', retryable: true },

@@ -9,6 +9,7 @@ import { resolveImage, type BaseImage } from './images.ts';
 import { ensureTap, removeTap, tapName } from './network.ts';
 import type { QemuOptions } from './options.ts';
 import { killQemu, runningPid, waitForExit, type QemuScan } from './processes.ts';
+import { deletedRecord } from './tombstones.ts';
 import { chooseAccel, qemuArgv } from './qemu-args.ts';
 import { withQmp, QmpClient } from './qmp.ts';
 import type { HostIdentity } from '../../core/plugin-api.ts';
@@ -64,6 +65,8 @@ export async function requireRecord(options: QemuOptions, id: string, agent: Age
   // Read again: the create may have written vm.json and dropped its mark between the two reads above.
   const late = await readRecord(options.stateDir, id);
   if (late) return late;
+  const deleted = await deletedRecord(options.stateDir, id);
+  if (deleted) throw qemuError('VM_NOT_FOUND', `no VM "${id}" on this host: it was deleted at ${deleted.deletedAt}`, { vm: id, deletedAt: deleted.deletedAt });
   throw qemuError('VM_NOT_FOUND', `no VM "${id}" on this host`, { vm: id });
 }
 

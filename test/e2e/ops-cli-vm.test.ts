@@ -116,7 +116,8 @@ test('vm cli — local transport: create with progress and --wait-ip, list, show
   assert.match(gone.stderr, /error \[VM_NOT_FOUND\] from qhost[\s\S]*hint: run "cloudlet vm list"/);
   const again = await cli(['vm', 'delete', id]);
   assert.equal(again.code, 0);
-  assert.match(again.stdout, /no such VM on qhost \(already deleted\?\)/);
+  assert.match(again.stdout, new RegExp(`^${id.replace('.', '\\.')}: deleted already on qhost, at \\d{4}-\\d\\d-\\d\\dT`, 'm'));
+  assert.equal((await cli(['vm', 'delete', 'qhost.neverwas'])).stdout, 'qhost.neverwas: no such VM on qhost (already deleted?)\n');
   assert.equal((await cli(['vm', 'list'])).stdout, 'no VMs\n');
   await new Promise((r) => setTimeout(r, 150)); // past vmStatesMaxAgeMs
   assert.doesNotMatch(await scrape(), /^cloudlet_vms\{/m);
@@ -197,10 +198,14 @@ test('vm cli — RabbitMQ: create goes to a host with capacity, VM commands to t
   const stoppedSince = await cli([...once, '--wait']);
   assert.equal(stoppedSince.code, 1);
   assert.deepEqual([json<{ vm: Vm }>(stoppedSince).vm.state, json<{ wait: { error: { code: string } } }>(stoppedSince).wait.error.code], ['stopped', 'VM_STOPPED']);
+  // Deleted since: the id is refused by the host (REQUEST_ID_REUSED, from the VM's tombstone), not used for a
+  // new VM under the deleted one's id.
   assert.equal((await cli(['vm', 'delete', made.vm.id])).code, 0);
-  const remade = json<{ host: string; vm: Vm & { already: boolean } }>(await cli([...once, '--host', 'qnode']));
-  assert.deepEqual([remade.vm.id, remade.vm.already, remade.vm.state], [made.vm.id, false, 'running']);
-  assert.deepEqual(json<{ vms: Vm[] }>(await cli(['vm', 'list', '--json'])).vms.map((v) => v.id), [made.vm.id]);
+  const remade = await cli([...once, '--host', 'qnode']);
+  assert.equal(remade.code, 1, remade.stdout);
+  const refused = json<{ host: string; error: { code: string; details: { vm: string; deletedAt: string } } }>(remade);
+  assert.deepEqual([refused.host, refused.error.code, refused.error.details.vm], ['qnode', 'REQUEST_ID_REUSED', made.vm.id]);
+  assert.deepEqual(json<{ vms: Vm[] }>(await cli(['vm', 'list', '--json'])).vms, []);
 });
 
 test('vm cli — --request-id: the same id again answers with the VM it made; other settings are refused; a bad id is a usage error', async (t) => {
@@ -231,10 +236,14 @@ test('vm cli — --request-id: the same id again answers with the VM it made; ot
   assert.match(stoppedSince.stdout, /^state: +stopped$/m);
   assert.match(stoppedSince.stderr, new RegExp(`^error \\[VM_STOPPED\\]: ${made.vm.id.replace('.', '\\.')} was made by this request before and has been stopped since; nothing waits for it to run\nhint: start it: "cloudlet vm start ${made.vm.id.replace('.', '\\.')} --wait"$`, 'm'));
 
-  // Once its VM is deleted, the id makes a new one: nothing remembers it.
+  // Once its VM is deleted, the id is refused: a new VM under the deleted one's id would be reached by a late
+  // retry of the old delete (before, it made one).
   assert.equal((await cli(['vm', 'delete', made.vm.id])).code, 0);
-  const remade = json<{ vm: Vm & { already: boolean } }>(await create('--request-id', 'deploy-7', '--json'));
-  assert.deepEqual([remade.vm.already, remade.vm.state], [false, 'running']);
+  const remade = await create('--request-id', 'deploy-7', '--json');
+  assert.equal(remade.code, 1, remade.stdout + remade.stderr);
+  const refused = json<{ error: { code: string; details: { vm: string } } }>(remade);
+  assert.deepEqual([refused.error.code, refused.error.details.vm], ['REQUEST_ID_REUSED', made.vm.id]);
+  assert.deepEqual(json<{ vms: Vm[] }>(await cli(['vm', 'list', '--json'])).vms, [], 'no VM made');
 });
 
 test('vm cli — a create cut off by its agent\'s death names its request id; create again with it makes no second VM', async (t) => {

@@ -86,10 +86,11 @@ function actionCommand(spec: ActionSpec): Command {
       try {
         const reply = await client.request(spec.type, payload, { target: targetFor(client, values.host, payload), deadline, onProgress: progress.onProgress });
         if (spec.word === 'delete') {
-          const result = resultOf<{ vm: string; deleted: boolean; already: boolean; stopped?: string }>(reply);
+          const result = resultOf<{ vm: string; deleted: boolean; already: boolean; stopped?: string; deletedAt?: string }>(reply);
           if (values.wait) await waitForState(client, vm, reply.host, 'gone', until, progress);
           progress.finish(result.deleted ? `✓ deleted ${vm}` : undefined);
-          output.result(result.deleted ? `deleted ${vm}` : `${vm}: no such VM on ${reply.host} (already deleted?)`, { ok: true, host: reply.host, ...result });
+          const gone = result.deletedAt ? `deleted already on ${reply.host}, at ${result.deletedAt}` : `no such VM on ${reply.host} (already deleted?)`;
+          output.result(result.deleted ? `deleted ${vm}` : `${vm}: ${gone}`, { ok: true, host: reply.host, ...result });
           return EXIT.OK;
         }
         const waits = { state: values.wait === true, address: values['wait-ip'] === true };

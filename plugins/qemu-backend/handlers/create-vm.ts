@@ -9,6 +9,7 @@ import { qemuOptionsSchema, type QemuOptions } from '../options.ts';
 import { createVmPayload, VM_ID_PATTERN } from '../schemas.ts';
 import { hasRecordFile, listRecords, vmPaths, writeRecord, type VmRecord } from '../state.ts';
 import { killQemu, runningPid } from '../processes.ts';
+import { deletedIds, deletedRecord } from '../tombstones.ts';
 import { randomVmId, vmIdForRequest } from '../vm-id.ts';
 import { markHolds, queryStatus, readCreatingMark, removeLeftover, startVm, viewOf, type AgentRun, type CreatingMark } from '../vm-ops.ts';
 
@@ -24,6 +25,7 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
   // is the answer, checked before the limits, which that VM itself may now fill.
   const earlier = records.find((record) => record.request === ctx.message.id);
   if (earlier) return answerAgain(options, earlier, payload, ctx.message.id);
+  await refuseIfDeleted(options, ctx.host.id, ctx.message.id);
   ctx.progress('allocating', { image: payload.image });
   const { limits } = options;
   if (payload.memory > limits.maxMemoryMiB || payload.vcpus > limits.maxVcpus) {
@@ -129,24 +131,42 @@ async function answerAgain(options: QemuOptions, record: VmRecord, payload: Crea
 }
 
 /**
+ * A request whose VM was made and then deleted: running it again would make a new VM under the deleted
+ * one's id (the same request derives the same id), where a late retry of the old VM's delete would reach it.
+ */
+async function refuseIfDeleted(options: QemuOptions, host: string, requestId: string): Promise<void> {
+  const vm = vmIdForRequest(host, requestId);
+  const deleted = await deletedRecord(options.stateDir, vm);
+  if (deleted?.request !== requestId) return;
+  throw qemuError('REQUEST_ID_REUSED', `request ${requestId} made VM ${vm}, which was deleted at ${deleted.deletedAt}; a new VM needs a new request id`, {
+    vm,
+    request: requestId,
+    deletedAt: deleted.deletedAt,
+  });
+}
+
+/**
  * The new VM's id: the one derived from the request (vm-id.ts) while it is free, or while what holds it is a
  * leftover: a folder without vm.json and without a create at work, which a run of this request left (its
  * agent died mid-create, or its clean-up was cut short by the cancel grace; another request leads to the
  * same id only by a hash collision). The leftover goes first, with any QEMU it still has. A folder with a
  * vm.json, usable or not, is a VM's and is never touched: then, or when a create of another request is at
- * work there, the id is random.
+ * work there, or when a deleted VM had the id (tombstones.ts), the id is random.
  */
 async function idForRequest(options: QemuOptions, agent: AgentRun, requestId: string, log: HandlerContext['log']): Promise<string> {
   const folders = new Set((await readdir(options.stateDir).catch(() => [] as string[])).filter((name) => VM_ID_PATTERN.test(name)));
+  // A deleted VM's id is never given out again (tombstones.ts): it counts as taken.
+  const taken = new Set([...folders, ...(await deletedIds(options.stateDir))]);
   const derived = vmIdForRequest(agent.id, requestId);
-  if (!folders.has(derived)) return derived;
+  if (!taken.has(derived)) return derived;
+  if (!folders.has(derived)) return randomVmId(agent.id, taken);
   const paths = vmPaths(options.stateDir, derived);
   // A record of this request would have answered above (answerAgain): any vm.json here is another VM's, or
   // one that cannot be read, whose VM may well be running.
-  if (await hasRecordFile(options.stateDir, derived)) return randomVmId(agent.id, folders);
+  if (await hasRecordFile(options.stateDir, derived)) return randomVmId(agent.id, taken);
   const mark = await readCreatingMark(options, derived);
   if (markHolds(mark, agent)) {
-    if (mark?.request !== requestId) return randomVmId(agent.id, folders);
+    if (mark?.request !== requestId) return randomVmId(agent.id, taken);
     throw qemuError('VM_NOT_READY', `request ${requestId} is still creating VM ${derived}; send it again once that has answered`, { vm: derived });
   }
   log.warn({ vm: derived }, 'a run of this request left the VM half-made (its agent stopped mid-create, or its clean-up was cut short); removing it and starting over');

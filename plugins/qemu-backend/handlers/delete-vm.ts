@@ -2,7 +2,8 @@ import { defineHandler } from '../../../core/plugin-api.ts';
 import { qemuOptionsSchema } from '../options.ts';
 import { vmRefPayload } from '../schemas.ts';
 import { readRecord, removeVmFolder, type VmRecord } from '../state.ts';
-import { checkOwner, refuseWhileCreating, removeLeftover, stopVm } from '../vm-ops.ts';
+import { deletedRecord, recordDeleted } from '../tombstones.ts';
+import { checkOwner, readCreatingMark, refuseWhileCreating, removeLeftover, stopVm } from '../vm-ops.ts';
 
 export default defineHandler(vmRefPayload, qemuOptionsSchema, async ({ vm }, ctx) => {
   checkOwner(vm, ctx.host.id);
@@ -13,20 +14,41 @@ export default defineHandler(vmRefPayload, qemuOptionsSchema, async ({ vm }, ctx
   } catch (error) {
     if ((error as { code?: unknown }).code !== 'VM_RECORD_INVALID') throw error;
     // Nothing in an unusable record is trusted: the VM is removed by its id, as a leftover is (its QEMU by
-    // name and pidfile, its tap by the id's letters, its folder).
+    // name and pidfile, its tap by the id's letters, its folder). Its request id is unknown, but its VM id is
+    // not given out again.
+    await remember(undefined);
     await removeLeftover(ctx.options, vm);
     return { vm, deleted: true, already: false, hint: `its record could not be used (${(error as Error).message}): what the VM left was removed` };
   }
   if (record) return deleteRecorded(record);
   // What a create that died left (a folder without vm.json, perhaps a QEMU and a tap): the delete the caller
   // asks for removes it, rather than leave it to the sweeper.
-  if (await removeLeftover(ctx.options, vm)) return { vm, deleted: true, already: false, hint: 'the VM was never finished (no vm.json): what its create left was removed' };
+  const mark = await readCreatingMark(ctx.options, vm);
+  if (await removeLeftover(ctx.options, vm)) {
+    await remember(mark?.request);
+    return { vm, deleted: true, already: false, hint: 'the VM was never finished (no vm.json): what its create left was removed' };
+  }
+  const deleted = await deletedRecord(ctx.options.stateDir, vm);
+  if (deleted) return { vm, deleted: false, already: true, deletedAt: deleted.deletedAt, hint: `deleted already, at ${deleted.deletedAt}` };
   return { vm, deleted: false, already: true, hint: 'no such VM on this host (already deleted?)' };
+
+  /**
+   * The tombstone (tombstones.ts). One that cannot be written (a full disk, which deleting VMs is meant to
+   * relieve) does not stop the delete: the id could then come back, as before tombstones, and the log says so.
+   */
+  async function remember(request: string | undefined) {
+    await recordDeleted(ctx.options.stateDir, vm, request).catch((error: unknown) =>
+      ctx.log.warn({ vm, reason: (error as Error).message }, 'the deleted VM\'s tombstone could not be written: its create sent again would make a new VM under its id'),
+    );
+  }
 
   async function deleteRecorded(found: VmRecord) {
     ctx.progress('stopping', { vm });
     // Deleting destroys the disk anyway: no point waiting for the guest to shut down cleanly.
     const stopped = await stopVm(ctx.options, found, { force: true, timeoutMs: 0 });
+    // Before the folder goes: an agent that dies in between leaves a tombstone beside a VM, which is harmless
+    // (the VM answers its own create first, and its id is taken anyway), never a deleted VM without one.
+    await remember(found.request);
     await removeVmFolder(ctx.options.stateDir, vm);
     ctx.log.info({ vm, stopped }, 'VM deleted');
     return { vm, deleted: true, already: false, stopped };

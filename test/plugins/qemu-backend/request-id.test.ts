@@ -4,16 +4,19 @@
  * that fails to start stands in where a VM would boot (the real boot is in test/e2e/qemu-backend.test.ts).
  */
 import assert from 'node:assert/strict';
-import { access, mkdir, readdir, writeFile } from 'node:fs/promises';
+import { access, mkdir, readdir, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import process from 'node:process';
 import test, { type TestContext } from 'node:test';
 import type { HandlerContext } from '../../../core/plugin-api.ts';
 import createVm from '../../../plugins/qemu-backend/handlers/create-vm.ts';
+import deleteVmHandler from '../../../plugins/qemu-backend/handlers/delete-vm.ts';
 import { qemuOptionsSchema, type QemuOptions } from '../../../plugins/qemu-backend/options.ts';
-import { createVmPayload, VM_ID_PATTERN } from '../../../plugins/qemu-backend/schemas.ts';
+import { createVmPayload, VM_ID_PATTERN, vmRefPayload } from '../../../plugins/qemu-backend/schemas.ts';
 import { vmPaths, writeRecord, type VmRecord } from '../../../plugins/qemu-backend/state.ts';
+import { deletedIds, deletedRecord, recordDeleted } from '../../../plugins/qemu-backend/tombstones.ts';
 import { vmIdForRequest } from '../../../plugins/qemu-backend/vm-id.ts';
+import { requireRecord } from '../../../plugins/qemu-backend/vm-ops.ts';
 import { tempDir } from '../../helpers.ts';
 
 const AGENT_STARTED_AT = Date.now() - 60_000;
@@ -177,4 +180,76 @@ test('request id — a run of the request while its own create is still at work 
     return true;
   });
   assert.equal(await exists(paths.creating), true, 'the create at work is left alone');
+});
+
+function deleteVm(options: QemuOptions, vm: string) {
+  const ctx = {
+    options,
+    host: { id: 'h1', agentVersion: 'test', startedAt: AGENT_STARTED_AT },
+    message: { id: `delete-${vm}`, type: 'delete-vm', deadline: Date.now() + 60_000 },
+    log: { debug() {}, info() {}, warn() {}, error() {} } as unknown as HandlerContext['log'],
+    signal: new AbortController().signal,
+    progress: () => undefined,
+    plugins: [],
+    providers: {},
+  } as HandlerContext<QemuOptions>;
+  return deleteVmHandler(vmRefPayload.parse({ vm }), ctx) as Promise<{ deleted: boolean; already: boolean; hint?: string }>;
+}
+
+test('deleted — a create sent again after its VM was deleted is REQUEST_ID_REUSED naming the deletion; the id never comes back', async (t) => {
+  // Before, the repeat made a new VM under the deleted one's id, where a late retry of the old delete reached it.
+  const options = await setUp(t);
+  const id = vmIdForRequest('h1', 'req-1');
+  await writeRecord(options.stateDir, record(id, { request: 'req-1', desired: 'stopped' }));
+  const deleted = await deleteVm(options, id);
+  assert.deepEqual([deleted.deleted, deleted.already], [true, false]);
+  assert.equal(await exists(vmPaths(options.stateDir, id).dir), false);
+  const again = run(options, 'req-1', { image: 'tiny', memory: 128, vcpus: 1 });
+  await assert.rejects(again.result, (error: Error & { code?: string; details?: { vm: string; request: string; deletedAt: string } }) => {
+    assert.equal(error.code, 'REQUEST_ID_REUSED');
+    assert.match(error.message, new RegExp(`^request req-1 made VM ${id.replace('.', '\\.')}, which was deleted at \\S+; a new VM needs a new request id$`));
+    assert.deepEqual([error.details?.vm, error.details?.request], [id, 'req-1']);
+    return true;
+  });
+  assert.deepEqual(again.stages, [], 'refused before anything, as a repeat is');
+  assert.equal(await exists(vmPaths(options.stateDir, id).dir), false, 'nothing made');
+  // The deleted id, asked about again: deleted already, and when.
+  const twice = await deleteVm(options, id);
+  assert.deepEqual([twice.deleted, twice.already], [false, true]);
+  assert.match(twice.hint ?? '', /^deleted already, at \d{4}-/);
+  await assert.rejects(requireRecord(options, id, { id: 'h1', startedAt: AGENT_STARTED_AT }), (error: Error & { code?: string }) => error.code === 'VM_NOT_FOUND' && /it was deleted at /.test(error.message));
+});
+
+test('deleted — a deleted id is not given to another request: not as its derived id, not as a random one', async (t) => {
+  const options = await setUp(t);
+  const derived = vmIdForRequest('h1', 'req-2');
+  await recordDeleted(options.stateDir, derived, undefined); // deleted with an unusable record: no request known
+  const attempt = run(options, 'req-2', { image: 'tiny', memory: 128, vcpus: 1 });
+  await assert.rejects(attempt.result, { code: 'QEMU_FAILED' });
+  const chosen = attempt.stages.find((s) => s.stage === 'starting')?.detail?.vm as string;
+  assert.match(chosen, /^h1\.[a-z]{8}$/);
+  assert.notEqual(chosen, derived);
+  assert.ok(!(await deletedIds(options.stateDir)).has(chosen));
+});
+
+test('deleted — the newest 10,000 deletions are remembered (here 3); the oldest go first', async (t) => {
+  const options = await setUp(t);
+  const ids = ['h1.aaaaaaaa', 'h1.bbbbbbbb', 'h1.cccccccc'];
+  for (const id of ids) await recordDeleted(options.stateDir, id, `req-${id}`, 3);
+  // Told apart by age, as a real host's are: minutes apart.
+  for (const [i, id] of ids.entries()) await utimes(join(options.stateDir, '.deleted', id), new Date(Date.now() - (3 - i) * 60_000), new Date(Date.now() - (3 - i) * 60_000));
+  await recordDeleted(options.stateDir, 'h1.dddddddd', 'req-d', 3);
+  assert.deepEqual([...(await deletedIds(options.stateDir))].sort(), ['h1.bbbbbbbb', 'h1.cccccccc', 'h1.dddddddd']);
+  assert.equal((await deletedRecord(options.stateDir, 'h1.cccccccc'))?.request, 'req-h1.cccccccc');
+  assert.deepEqual((await readdir(join(options.stateDir, '.deleted'))).filter((name) => name.endsWith('.tmp')), [], 'no temp file left');
+});
+
+test('deleted — a tombstone that cannot be written (a full disk, say) does not stop the delete', async (t) => {
+  const options = await setUp(t);
+  const id = vmIdForRequest('h1', 'req-1');
+  await writeRecord(options.stateDir, record(id, { request: 'req-1', desired: 'stopped' }));
+  await writeFile(join(options.stateDir, '.deleted'), 'a file where the folder should be');
+  const deleted = await deleteVm(options, id);
+  assert.deepEqual([deleted.deleted, deleted.already], [true, false]);
+  assert.equal(await exists(vmPaths(options.stateDir, id).dir), false);
 });
