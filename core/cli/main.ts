@@ -11,7 +11,7 @@ import { ErrorReply } from './client.ts';
 import type { Command } from './command.ts';
 import { EXIT, exitCodeFor, exitCodeForReply } from './exit-codes.ts';
 import { createOutput } from './output.ts';
-import { checkFlags, readCommandLine, unknownCommand } from './parse.ts';
+import { checkFlags, nearestCommand, readCommandLine, unknownCommand } from './parse.ts';
 import { agentCommand } from './commands/agent.ts';
 import { callCommand } from './commands/call.ts';
 import { configCheckCommand } from './commands/config-check.ts';
@@ -90,6 +90,15 @@ export async function main(argv: string[]): Promise<number> {
     if (!found && positionals.length > (group ? 1 : 0)) {
       throw unknownCommand(positionals.slice(0, group ? 2 : 1).join(' '), COMMANDS, group ? positionals[0] : undefined);
     }
+    // `hosts forgte h3` found `hosts`, which takes no arguments: the typo of a longer command is the likelier story.
+    if (found && group && found.command.words.length === 1 && found.rest.length > 0) {
+      const typed = positionals.slice(0, 2).join(' ');
+      if (nearestCommand(typed, COMMANDS, positionals[0]) !== undefined) throw unknownCommand(typed, COMMANDS, positionals[0]);
+    }
+    if (!found && values.help === true) {
+      process.stdout.write(`${group ?? USAGE}\n`);
+      return EXIT.OK;
+    }
     checkFlags(line.flags, found?.command);
     refuseEmptyValues(values);
     if (values.version) {
@@ -98,7 +107,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     if (!found) {
       process.stdout.write(`${group ?? USAGE}\n`);
-      return values.help ? EXIT.OK : EXIT.USAGE;
+      return EXIT.USAGE;
     }
     const { command, rest } = found;
     checkHostFlag(values);

@@ -75,7 +75,7 @@ export function checkFlags(flags: readonly FlagUse[], command: Command | undefin
     // with "-" is written in the flag's own word. A lone "-" (stdin, by convention) is a value.
     if (kind === 'string' && !flag.inline && flag.value !== undefined && flag.value.length > 1 && flag.value.startsWith('-')) {
       const joined = flag.written.startsWith('--') ? `${flag.written}=-VALUE` : `${flag.written}-VALUE`;
-      throw usage(`${flag.written} needs a value, found the flag "${flag.value}" after it`, flag, `give ${flag.written} its value before the next flag; a value that starts with "-" is written ${joined}`);
+      throw usage(`${flag.written} needs a value, found "${flag.value}", which reads as a flag`, flag, `give ${flag.written} its value before the next flag; a value that starts with "-" is written ${joined}`);
     }
   }
   if (!command || !taken) return;
@@ -90,10 +90,16 @@ function usage(message: string, flag: FlagUse, hint: string): CloudletError {
   return cloudletError('USAGE', message, { flag: flag.written, hint });
 }
 
+/** The command `typed` most likely meant (`vm craete` → `vm create`), among those of `group` if given. */
+export function nearestCommand(typed: string, commands: readonly Command[], group: string | undefined): string | undefined {
+  return nearest(typed, commands.filter((c) => group === undefined || c.words[0] === group).map((c) => c.words.join(' ')));
+}
+
 /** `cloudlet vm craete`: the command meant, if one is near, and where the commands are listed. */
 export function unknownCommand(typed: string, commands: readonly Command[], group: string | undefined): CloudletError {
-  const names = commands.filter((c) => group === undefined || c.words[0] === group).map((c) => c.words.join(' '));
-  const guess = nearest(typed, names);
-  const list = group ? `"cloudlet ${group} --help" lists the ${group} commands` : '"cloudlet --help" lists the commands';
+  const guess = nearestCommand(typed, commands, group);
+  // `cloudlet hosts --help` describes `hosts` itself, not the group: there only the overview lists them all.
+  const groupListed = group !== undefined && !commands.some((c) => c.words.length === 1 && c.words[0] === group);
+  const list = groupListed ? `"cloudlet ${group} --help" lists the ${group} commands` : '"cloudlet --help" lists the commands';
   return cloudletError('USAGE', `unknown command "${typed}"`, { command: typed, hint: `${guess ? `did you mean "cloudlet ${guess}"? ` : ''}${list}` });
 }

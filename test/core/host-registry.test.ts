@@ -77,3 +77,31 @@ test('host registry — a participant that missed a forget learns it from any vi
   client.record(answer, 25_000);
   assert.deepEqual(client.forgottenView(26_000), [{ host: 'h2', agoMs: 6_000 }]);
 });
+
+test('host registry — a participant whose connection was down when a host was forgotten still drops it, though it forgave the silence', () => {
+  // From a review: forgiveSilence moved the host's last seen past the forget, so the forget was ignored and
+  // this participant's views (agoMs ≈ 0) brought the host back everywhere.
+  const away = new HostRegistry(1_000);
+  away.record(beat(['direct']), 10_000); // h2, live
+  away.noteOutage(10_500); // our connection drops: h2 was live then
+  away.forgiveSilence(30_000); // back: h2 gets a fresh downAfterMs
+  assert.deepEqual(hosts(away, 30_000), ['h2:up']);
+  assert.deepEqual(away.view(30_000).map((v) => [v.host, v.agoMs]), [['h2', 20_000]], 'a view tells when h2 was really heard');
+  const told = new HostRegistry(1_000);
+  told.record(beat(['direct']), 10_000);
+  told.forget('h2', 20_000); // forgotten while `away` was disconnected
+  away.record({ ...beat(['direct'], told.view(30_000)), host: 'h1', forgotten: told.forgottenView(30_000) }, 30_000);
+  assert.deepEqual(hosts(away, 30_000), ['h1:up']);
+  // And a newcomer hearing a forgiving participant's view and a told one's, in either order, lists no h2.
+  const forgiving = new HostRegistry(1_000);
+  forgiving.record(beat(['direct']), 10_000);
+  forgiving.noteOutage(10_500);
+  forgiving.forgiveSilence(30_000);
+  const stale = { ...beat(['direct'], forgiving.view(30_000)), host: 'h3' };
+  const answer = { ...beat(['direct'], told.view(30_000)), host: 'h1', forgotten: told.forgottenView(30_000) };
+  for (const order of [[stale, answer], [answer, stale]]) {
+    const client = new HostRegistry(1_000);
+    for (const heartbeat of order) client.record(heartbeat, 30_000);
+    assert.deepEqual(hosts(client, 30_000), ['h1:up', 'h3:up'], order.map((h) => h.host).join(' then '));
+  }
+});

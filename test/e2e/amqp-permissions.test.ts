@@ -52,13 +52,14 @@ test('SECURITY.md — the documented agent and client permissions let each do it
   const transport = (user: string) => `transport:\n  kind: amqp\n  url: "${urlOf(user)}"\n  heartbeatMs: 300\n  downAfterMs: 1200\n`;
   const routing = 'routing:\n  broadcast: [host-info]\n  any: [test.echo]\n';
   const dir = await tempDir(t, 'cloudlet-perm-');
+  const agents = new Map<string, Awaited<ReturnType<typeof spawnAgent>>>();
   for (const host of ['h1', 'h2']) {
     const config = await writeConfig(
       dir,
       `${host}.yaml`,
       `host:\n  id: ${host}\n${transport(users.agent)}state:\n  dir: ${dir}/state-${host}\n${routing}plugins:\n  - use: routing-direct\n    options:\n      acceptAny: true\n  - use: routing-fanout\n  - use: ${testkitPath}\n    options: {}\n`,
     );
-    await spawnAgent(t, config);
+    agents.set(host, await spawnAgent(t, config));
   }
   const opsConfig = await writeConfig(dir, 'ops.yaml', `${transport(users.ops)}${routing}`);
 
@@ -94,4 +95,16 @@ test('SECURITY.md — the documented agent and client permissions let each do it
     channel.on('error', () => undefined);
     await assert.rejects(channel.consume(queue, () => undefined), /ACCESS_REFUSED/, `the client could consume ${queue}`);
   }
+
+  // `hosts forget` by the client's user: the registries forget h2, but its queue, which this user may not
+  // configure, stays, and the warning says how to delete it. (Before, the refusal was an INTERNAL error, exit 70.)
+  const h2 = agents.get('h2')!;
+  h2.child.kill('SIGTERM');
+  await h2.exited;
+  await new Promise((resolve) => setTimeout(resolve, 1_500)); // past downAfterMs
+  const forgot = await runCli(['hosts', 'forget', 'h2', '--config', opsConfig]);
+  assert.equal(forgot.code, 0, forgot.stderr);
+  assert.match(forgot.stdout, /^forgot h2 \(last heard \d+\.\d s ago\)$/m);
+  assert.match(forgot.stderr, /^warning: its queue stays: the broker refused to delete it \(.*ACCESS_REFUSED.*\): this user may not configure it; an administrator can \(rabbitmqctl delete_queue cloudlet\.host\.h2, with -p VHOST\)$/m);
+  assert.doesNotMatch((await runCli(['hosts', '--config', opsConfig])).stdout, /^h2 /m);
 });

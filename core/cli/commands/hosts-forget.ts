@@ -24,11 +24,13 @@ export const hostsForgetCommand: Command = {
     const client = new AmqpClientTransport({ config: config.transport, maxMessageBytes: config.limits.maxMessageBytes, log: silentLogger() });
     try {
       const forgotten = await client.forgetHost(host);
-      const heard = forgotten.lastSeenMsAgo === null ? 'not heard from since the agents started' : `last heard ${(forgotten.lastSeenMsAgo / 1000).toFixed(1)} s ago`;
+      const heard = forgotten.lastSeenMsAgo === null ? 'not known to the hosts that answered' : `last heard ${(forgotten.lastSeenMsAgo / 1000).toFixed(1)} s ago`;
       const queue = forgotten.queueDeleted
         ? `; deleted its queue${forgotten.droppedRequests > 0 ? `, dropping ${forgotten.droppedRequests} request${forgotten.droppedRequests === 1 ? '' : 's'} waiting in it` : ''}`
         : '';
       output.result(`forgot ${host} (${heard})${queue}`, { ok: true, ...forgotten });
+      // The registries forgot it; only its queue is left, which a request to it now finds (HOST_DOWN).
+      if (forgotten.queueKept) output.note(`warning: its queue stays: ${forgotten.queueKept}`);
       return EXIT.OK;
     } finally {
       await client.close();

@@ -44,8 +44,13 @@ export const forgetSchema = z.object({ v: z.literal(1), kind: z.literal('forget'
 
 export interface HostEntry {
   host: string;
-  /** Local clock time of the last heartbeat (or of the view that mentioned it). */
+  /**
+   * Local clock time of the last heartbeat (or of the view that mentioned it), moved to "now" when our own
+   * connection comes back (forgiveSilence): what live and down are judged by.
+   */
   lastSeen: number;
+  /** The same, never forgiven: what views tell others, and what a forget is weighed against. */
+  heardAt: number;
   routes: Heartbeat['routes'];
   /**
    * The routes it took when it last took work. A host that stops gracefully announces no routes while it
@@ -76,14 +81,14 @@ export class HostRegistry {
 
   record(heartbeat: Heartbeat, receivedAt = Date.now()): void {
     const tookRoutes = (routes: Heartbeat['routes'], known: HostEntry | undefined) => (routes.length > 0 ? routes : (known?.tookRoutes ?? []));
-    this.#hosts.set(heartbeat.host, { host: heartbeat.host, lastSeen: receivedAt, routes: heartbeat.routes, tookRoutes: tookRoutes(heartbeat.routes, this.#hosts.get(heartbeat.host)), heartbeat });
+    this.#hosts.set(heartbeat.host, { host: heartbeat.host, lastSeen: receivedAt, heardAt: receivedAt, routes: heartbeat.routes, tookRoutes: tookRoutes(heartbeat.routes, this.#hosts.get(heartbeat.host)), heartbeat });
     for (const gone of heartbeat.forgotten ?? []) this.forget(gone.host, receivedAt - gone.agoMs);
     for (const seen of heartbeat.view ?? []) {
       const lastSeen = receivedAt - seen.agoMs;
       const known = this.#hosts.get(seen.host);
       if ((this.#forgotten.get(seen.host) ?? -Infinity) >= lastSeen) continue;
       if (!known || known.lastSeen < lastSeen) {
-        this.#hosts.set(seen.host, { ...known, host: seen.host, lastSeen, routes: seen.routes, tookRoutes: seen.tookRoutes ?? tookRoutes(seen.routes, known) });
+        this.#hosts.set(seen.host, { ...known, host: seen.host, lastSeen, heardAt: lastSeen, routes: seen.routes, tookRoutes: seen.tookRoutes ?? tookRoutes(seen.routes, known) });
       }
     }
   }
@@ -94,7 +99,8 @@ export class HostRegistry {
    */
   forget(host: string, at = Date.now()): boolean {
     const known = this.#hosts.get(host);
-    if (known && known.lastSeen > at) return false;
+    // heardAt, not lastSeen: a host forgotten while our connection was down was forgiven its silence since.
+    if (known && known.heardAt > at) return false;
     if ((this.#forgotten.get(host) ?? -Infinity) < at) {
       this.#forgotten.delete(host); // re-inserted: the map's order stays oldest first
       this.#forgotten.set(host, at);
@@ -153,6 +159,7 @@ export class HostRegistry {
   }
 
   view(now = Date.now()): NonNullable<Heartbeat['view']> {
-    return [...this.#hosts.values()].map((e) => ({ host: e.host, agoMs: Math.max(0, now - e.lastSeen), routes: e.routes, tookRoutes: e.tookRoutes }));
+    // When we really heard each host: a silence we forgave ourselves is not news to anyone else.
+    return [...this.#hosts.values()].map((e) => ({ host: e.host, agoMs: Math.max(0, now - e.heardAt), routes: e.routes, tookRoutes: e.tookRoutes }));
   }
 }

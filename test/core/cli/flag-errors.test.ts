@@ -28,10 +28,11 @@ function refusal(argv: string[], command = vmCreate): { message: string; flag?: 
 test('flags — each kind of mistake is named with the flag as written and a hint', () => {
   // A flag where a value should be: before, parseArgs' "argument is ambiguous… Did you forget…".
   const ambiguous = refusal(['--image', 'tiny', '--request-id', '--host', 'h1']);
-  assert.equal(ambiguous.message, '--request-id needs a value, found the flag "--host" after it');
+  assert.equal(ambiguous.message, '--request-id needs a value, found "--host", which reads as a flag');
   assert.equal(ambiguous.flag, '--request-id');
   assert.match(ambiguous.hint!, /written --request-id=-VALUE$/);
-  assert.equal(refusal(['-c', '-x']).message, '-c needs a value, found the flag "-x" after it');
+  assert.equal(refusal(['-c', '-x']).message, '-c needs a value, found "-x", which reads as a flag');
+  assert.equal(refusal(['--memory', '-5']).message, '--memory needs a value, found "-5", which reads as a flag');
   // Unknown, with the command's own flags listed and the nearest one guessed.
   const unknown = refusal(['-x']);
   assert.equal(unknown.message, 'unknown flag "-x" for "cloudlet vm create"');
@@ -87,7 +88,7 @@ test('cli — a bad flag prints one error line and one hint, no usage; with --js
   assert.equal(human.code, 2, human.stderr);
   assert.equal(human.stdout, '');
   assert.deepEqual(human.stderr.trimEnd().split('\n'), [
-    'error [USAGE]: --request-id needs a value, found the flag "--host" after it',
+    'error [USAGE]: --request-id needs a value, found "--host", which reads as a flag',
     'hint: give --request-id its value before the next flag; a value that starts with "-" is written --request-id=-VALUE',
   ]);
   const json = await runCli(['vm', 'create', '-x', '--json']);
@@ -97,8 +98,15 @@ test('cli — a bad flag prints one error line and one hint, no usage; with --js
   const typo = await runCli(['vm', 'craete', '--image', 'tiny']);
   assert.equal(typo.code, 2);
   assert.equal(typo.stderr, 'error [USAGE]: unknown command "vm craete"\nhint: did you mean "cloudlet vm create"? "cloudlet vm --help" lists the vm commands\n');
-  // --help still wins over a mistake elsewhere on the line: whoever asks how a command works gets that.
+  // --help still wins over a flag mistake elsewhere on the line: whoever asks how a command works gets that.
   const help = await runCli(['vm', 'create', '--help', '-x']);
   assert.equal(help.code, 0, help.stderr);
   assert.match(help.stdout, /^cloudlet vm create --image NAME/);
+  const overview = await runCli(['--help', '-x']);
+  assert.equal(overview.code, 0, overview.stderr);
+  assert.match(overview.stdout, /^cloudlet \S+ — a small cloud of QEMU hosts/);
+  // A typo of a two-word command whose first word is a command too (`hosts`, which takes no arguments).
+  const forgte = await runCli(['hosts', 'forgte', 'h3']);
+  assert.equal(forgte.code, 2);
+  assert.equal(forgte.stderr, 'error [USAGE]: unknown command "hosts forgte"\nhint: did you mean "cloudlet hosts forget"? "cloudlet --help" lists the commands\n');
 });
