@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import test, { type TestContext } from 'node:test';
 import amqplib from 'amqplib';
 import { makeEvent, makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
+import type { CloudletError } from '../../core/errors.ts';
 import { amqpNames } from '../../core/transports/amqp/names.ts';
 import { until } from '../helpers.ts';
 import { queueDepth, SHARED_BROKER, startCloud } from '../support/cloud.ts';
@@ -290,7 +291,9 @@ test('hand-on refused by the broker — the caller gets NO_CAPACITY naming who r
   // The broker is made to refuse with a policy, set by rabbitmqctl: on a node of the test's own, which
   // rabbitmqctl always reaches (the shared broker may be another machine's, CLOUDLET_TEST_AMQP_URL).
   const node = await startRabbitNode(t, { name: 'refuse' });
-  const cloud = await startCloud(t, [{ id: 'full1', testkitOptions: { hasCapacity: false } }], { url: node.url });
+  // downAfterMs 5 s: full1 must hear the ghost as live when it hands the request on, and rabbitmqctl with a
+  // broker node of the test's own starves this 2-core box (a CI run saw the ghost "down" and no hand-on).
+  const cloud = await startCloud(t, [{ id: 'full1', testkitOptions: { hasCapacity: false } }], { url: node.url, downAfterMs: 5_000 });
   const names = amqpNames(cloud.prefix);
   await ghostTakingAnyHost(t, cloud.url, names);
   await new Promise((resolve) => setTimeout(resolve, 500)); // full1 has heard the ghost
@@ -664,11 +667,12 @@ test('stall — any-host requests found in the socket of a host that stalled pas
   // From an operator walkthrough: an agent stopped for ~25 s (SIGSTOP) ran, once resumed, a create the broker
   // had meanwhile given to another host: two VMs from one request, and the CLI saw one. A 1 s AMQP heartbeat
   // here, so that the broker drops the stalled connection after a few seconds rather than twenty.
+  // The 1 s heartbeat for h1 alone: the others would be dropped by an event-loop stall of ~2 s on a loaded box.
   const url = `${SHARED_BROKER}${SHARED_BROKER.includes('?') ? '&' : '?'}heartbeat=1`;
-  const cloud = await startCloud(t, [{ id: 'h1' }, { id: 'h2' }], { url });
+  const cloud = await startCloud(t, [{ id: 'h1', url }, { id: 'h2' }]);
   const [h1, h2] = [cloud.agents.get('h1')!, cloud.agents.get('h2')!];
   const consumers = async () => {
-    const connection = await amqplib.connect(url);
+    const connection = await amqplib.connect(SHARED_BROKER);
     try {
       return (await (await connection.createChannel()).checkQueue(`${cloud.prefix}.any`)).consumerCount;
     } finally {
@@ -701,4 +705,35 @@ test('stall — any-host requests found in the socket of a host that stalled pas
     assert.deepEqual(lines(h1, request.id).filter((line) => line.includes('"msg":"echo"')), [], `h1 ran ${request.id} too`);
     assert.ok(lines(h1, request.id).some((line) => line.includes('any-host request not run')), lines(h1, request.id).join('\n'));
   }
+});
+
+test('alarm — an any-host request whose "accepted" the broker does not confirm before its caller gives up is not run, and is dead-lettered', { timeout: 120_000 }, async (t) => {
+  // From a review: in a broker resource alarm the confirm waited for would come only once the alarm cleared,
+  // maybe hours later, and the request would then run for a caller long gone. A broker node of the test's own
+  // (its memory alarm is set with rabbitmqctl), and a long downAfterMs, so that the agent does not reconnect
+  // first on missing its own heartbeats (which ends the wait too, as a closed channel).
+  const node = await startRabbitNode(t, { name: 'alarm' });
+  const cloud = await startCloud(t, [{ id: 'h1' }], { url: node.url, downAfterMs: 30_000 });
+  const h1 = cloud.agents.get('h1')!;
+  const names = amqpNames(cloud.prefix);
+  const client = cloud.client({ inactivityTimeoutMs: 3_000 }); // the request's broker TTL: 3 s
+  h1.child.kill('SIGSTOP');
+  const request = makeRequest({ type: 'test.echo', payload: { value: 'alarm' } });
+  const outcome = client.request(request).then(
+    () => 'answered',
+    (error: CloudletError) => error.code,
+  );
+  const unacked = async () => (await node.ctl(['list_queues', 'name', 'messages_unacknowledged'])).split('\n').find((line) => line.startsWith(`${names.anyQueue}\t`));
+  await until(async () => (await unacked())?.endsWith('\t1') === true, 15_000);
+  assert.match((await unacked()) ?? '', /\t1$/, 'the broker pushed the request into the stopped h1');
+  await node.ctl(['set_vm_memory_high_watermark', '0']); // the alarm: the broker stops reading publishers
+  h1.child.kill('SIGCONT');
+  assert.equal(await outcome, 'CLIENT_TIMEOUT');
+  await until(() => h1.output().includes('any-host request not run: the broker had not confirmed'), 15_000);
+  await node.ctl(['set_vm_memory_high_watermark', '0.4']);
+  await until(async () => (await queueDepth(cloud.url, names.deadLetter)) === 1, 15_000);
+  assert.equal(await queueDepth(cloud.url, names.deadLetter), 1, 'parked in the dead-letter queue, as an expired request is');
+  const lines = h1.output().split('\n').filter((line) => line.includes(request.id));
+  assert.ok(lines.some((line) => line.includes('any-host request not run: the broker had not confirmed')), lines.join('\n'));
+  assert.deepEqual(lines.filter((line) => line.includes('"msg":"echo"')), [], 'h1 did not run it');
 });

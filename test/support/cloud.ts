@@ -24,6 +24,8 @@ export interface HostSpec {
   fanout?: boolean;
   /** false: no routing-direct (the host takes no direct or any-host requests). */
   direct?: boolean;
+  /** This host's broker URL, when it must differ from the cloud's (a short AMQP heartbeat for it alone). */
+  url?: string;
 }
 
 export interface Cloud {
@@ -38,16 +40,26 @@ export interface Cloud {
   client(options?: { inactivityTimeoutMs?: number; maxMessageBytes?: number }): AmqpClientTransport;
 }
 
+/** Short, so that a killed host is noticed within a test's patience. */
+const DOWN_AFTER_MS = 1_200;
+
 /** Short, so tests of a lost binding do not wait the default 30 s for it to come back. */
 const BINDING_REFRESH_MS = 1_500;
 
-const transportYaml = (url: string, prefix: string, extra: string) =>
-  `transport:\n  kind: amqp\n  url: "${url}"\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 1200\n${extra.includes('bindingRefreshMs') ? '' : `  bindingRefreshMs: ${BINDING_REFRESH_MS}\n`}${extra}`;
+const transportYaml = (url: string, prefix: string, extra: string, downAfterMs = DOWN_AFTER_MS) =>
+  `transport:\n  kind: amqp\n  url: "${url}"\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: ${downAfterMs}\n${extra.includes('bindingRefreshMs') ? '' : `  bindingRefreshMs: ${BINDING_REFRESH_MS}\n`}${extra}`;
 
 export async function startCloud(
   t: TestContext,
   hosts: HostSpec[],
-  options: { url?: string; transportExtra?: string; routingAny?: string[]; hostYaml?: (host: string) => string } = {},
+  options: {
+    url?: string;
+    transportExtra?: string;
+    routingAny?: string[];
+    hostYaml?: (host: string) => string;
+    /** Longer for a test whose hosts must stay live while rabbitmqctl and a broker node of its own load the machine. */
+    downAfterMs?: number;
+  } = {},
 ): Promise<Cloud> {
   const url = options.url ?? SHARED_BROKER;
   const prefix = `t-${randomUUID().slice(0, 8)}`;
@@ -56,7 +68,8 @@ export async function startCloud(
   const configs = new Map<string, string>();
   const transportExtra = options.transportExtra ?? '';
   const routing = `routing:\n  broadcast: [host-info]\n  any: [${(options.routingAny ?? ['test.reserve', 'test.echo']).join(', ')}]\n`;
-  const clientConfig = await writeConfig(dir, 'client.yaml', `${transportYaml(url, prefix, transportExtra)}${routing}`);
+  const downAfterMs = options.downAfterMs ?? DOWN_AFTER_MS;
+  const clientConfig = await writeConfig(dir, 'client.yaml', `${transportYaml(url, prefix, transportExtra, downAfterMs)}${routing}`);
   const clients: AmqpClientTransport[] = [];
 
   // node:test runs after-hooks in registration order, so this one (registered before any agent's) stops the
@@ -90,7 +103,7 @@ export async function startCloud(
         (await writeConfig(
           dir,
           `${spec.id}.yaml`,
-          `host:\n  id: ${spec.id}\n${options.hostYaml?.(spec.id) ?? ''}${transportYaml(url, prefix, transportExtra)}state:\n  dir: ${join(dir, 'state', spec.id)}\nlog:\n  level: debug\n${routing}plugins:\n${plugins.join('\n')}\n`,
+          `host:\n  id: ${spec.id}\n${options.hostYaml?.(spec.id) ?? ''}${transportYaml(spec.url ?? url, prefix, transportExtra, downAfterMs)}state:\n  dir: ${join(dir, 'state', spec.id)}\nlog:\n  level: debug\n${routing}plugins:\n${plugins.join('\n')}\n`,
         ));
       configs.set(spec.id, file);
       const agent = await spawnAgent(t, file);
@@ -99,7 +112,7 @@ export async function startCloud(
     },
     client(clientOptions = {}) {
       const client = new AmqpClientTransport({
-        config: amqpTransportSchema.parse({ kind: 'amqp', url, prefix, heartbeatMs: 300, downAfterMs: 1200, bindingRefreshMs: BINDING_REFRESH_MS }),
+        config: amqpTransportSchema.parse({ kind: 'amqp', url, prefix, heartbeatMs: 300, downAfterMs, bindingRefreshMs: BINDING_REFRESH_MS }),
         maxMessageBytes: 1024 * 1024,
         log: silentLogger(),
         ...clientOptions,

@@ -296,7 +296,7 @@ export class AmqpAgentTransport implements AgentTransport {
       this.#inFlight.set(id, inFlight);
       // For an any-host request the caller does not know which host took it: "accepted" tells it, so it can
       // watch that host's heartbeat. Sent at once, beside the start line, and confirmed: see #stillHeld.
-      const held = route === 'any' ? this.#stillHeld(channel, msg, makeProgress(progressBase, this.#options.hostId, 'accepted', { route })) : undefined;
+      const held = route === 'any' ? this.#stillHeld(channel, msg, makeProgress(progressBase, this.#options.hostId, 'accepted', { route }), Date.now()) : undefined;
       try {
         await store.recordStart(id);
       } catch (cause) {
@@ -305,12 +305,19 @@ export class AmqpAgentTransport implements AgentTransport {
         await this.#refuseUnrecorded(channel, msg, route, inFlight, id, cause as Error);
         return;
       }
-      if (held && !(await held)) {
+      const holding = held && (await held);
+      if (holding === 'lost' || holding === 'expired') {
         this.#inFlight.delete(id);
         store.cancelStart(id);
         // Copies that came meanwhile (on a new connection, say) have callers too: back to the queue with them.
         this.#settleCopies(inFlight, 'requeue');
-        log.warn({ msgId: id, route }, 'any-host request not run: the channel it came on closed before the broker confirmed it was still ours; the broker gives it to another host');
+        if (holding === 'lost') {
+          log.warn({ msgId: id, route }, 'any-host request not run: the channel it came on closed before the broker confirmed it was still ours; the broker gives it to another host');
+        } else {
+          // Its caller has given up: parked for inspection, as the broker does with a request that expires.
+          this.#settle(channel, msg, 'dead-letter');
+          log.warn({ msgId: id, route }, 'any-host request not run: the broker had not confirmed it was still ours when its caller gave up (a broker resource alarm?); moved to the dead-letter queue');
+        }
         return;
       }
     }
@@ -387,12 +394,28 @@ export class AmqpAgentTransport implements AgentTransport {
    * ours, a connection lost while it runs still hands it on: at-least-once, as for a host that dies.
    * A broker's nack (the channel stays open) leaves the delivery ours.
    */
-  async #stillHeld(channel: ConfirmChannel, msg: ConsumeMessage, accepted: ProgressEnvelope): Promise<boolean> {
+  async #stillHeld(channel: ConfirmChannel, msg: ConsumeMessage, accepted: ProgressEnvelope, receivedAt: number): Promise<'held' | 'lost' | 'expired'> {
+    const confirmed = this.#publish(channel, '', msg.properties.replyTo as string, accepted, msg.properties.correlationId, true).then(
+      () => 'held' as const,
+      // Only a closed channel (amqplib's "channel closed", or "Channel closed" thrown at once) hands the
+      // delivery on; anything else (a nack) leaves it ours, on a channel that is still open.
+      (error: unknown) => (/^channel closed$/i.test((error as Error).message) ? ('lost' as const) : ('held' as const)),
+    );
+    // A broker in a resource alarm stops reading our socket: the confirm comes once the alarm clears, maybe
+    // hours later, when the caller has long given up. Not run then: the request's deadline, or its broker TTL
+    // (the caller's patience) counted from when it arrived here, whichever ends first.
+    const expiration = Number(msg.properties.expiration);
+    const ends = [requestDeadline(msg.content), Number.isFinite(expiration) ? receivedAt + expiration : undefined].filter((at): at is number => at !== undefined);
+    if (ends.length === 0) return confirmed;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const expired = new Promise<'expired'>((resolve) => {
+      timer = setTimeout(() => resolve('expired'), Math.max(0, Math.min(...ends) - Date.now()));
+      timer.unref();
+    });
     try {
-      await this.#publish(channel, '', msg.properties.replyTo as string, accepted, msg.properties.correlationId, true);
-      return true;
-    } catch (error) {
-      return (error as Error).message === 'message nacked';
+      return await Promise.race([confirmed, expired]);
+    } finally {
+      clearTimeout(timer);
     }
   }
 
