@@ -115,13 +115,17 @@ test('qemu — delete leaves no file, tap or process behind, and deleting again 
   assert.equal(deleted.deleted, true);
   assert.equal(deleted.stopped, 'quit');
   await assert.rejects(access(join(host.stateDir, vm.id)));
-  assert.deepEqual(await readdir(host.stateDir), []);
+  // Only its tombstone stays (QEMU.md 11.5): its id is never given out again.
+  assert.deepEqual(await readdir(host.stateDir), ['.deleted']);
+  assert.deepEqual((await readdir(join(host.stateDir, '.deleted'))).filter((name) => !name.startsWith('.')).sort(), [vm.id, 'requests']);
   assert.equal(await processExists(host, vm.id), false);
   assert.notEqual((await host.ns.exec(['ip', 'link', 'show', 'dev', vm.tap!])).code, 0);
-  const again = ok<{ deleted: boolean; already: boolean }>(await host.call('delete-vm', { vm: vm.id }));
+  const again = ok<{ deleted: boolean; already: boolean; deletedAt: string }>(await host.call('delete-vm', { vm: vm.id }));
   assert.deepEqual([again.deleted, again.already], [false, true]);
+  assert.match(again.deletedAt, /^\d{4}-\d\d-\d\dT/);
   const missing = await host.call('get-vm', { vm: vm.id });
   assert.equal(missing.error?.code, 'VM_NOT_FOUND');
+  assert.match(missing.error?.message ?? '', /it was deleted at /);
 });
 
 test('qemu — a start whose QEMU fails takes its tap off the bridge again', async (t) => {

@@ -9,7 +9,7 @@ import { qemuOptionsSchema, type QemuOptions } from '../options.ts';
 import { createVmPayload, VM_ID_PATTERN } from '../schemas.ts';
 import { hasRecordFile, listRecords, vmPaths, writeRecord, type VmRecord } from '../state.ts';
 import { killQemu, runningPid } from '../processes.ts';
-import { deletedIds, deletedRecord } from '../tombstones.ts';
+import { deletedByRequest, deletedIds, deletedRecord } from '../tombstones.ts';
 import { randomVmId, vmIdForRequest } from '../vm-id.ts';
 import { markHolds, queryStatus, readCreatingMark, removeLeftover, startVm, viewOf, type AgentRun, type CreatingMark } from '../vm-ops.ts';
 
@@ -131,15 +131,20 @@ async function answerAgain(options: QemuOptions, record: VmRecord, payload: Crea
 }
 
 /**
- * A request whose VM was made and then deleted: running it again would make a new VM under the deleted
- * one's id (the same request derives the same id), where a late retry of the old VM's delete would reach it.
+ * A request whose VM was made and then deleted: running it again would make a new VM, under the deleted
+ * one's id if that was the derived one, where a late retry of the old VM's delete would reach it. Found by
+ * request (tombstones.ts), or at the derived id by a tombstone that does not say which request made its VM
+ * (a record that could not be read, a leftover without a mark): another request leads there only by a hash
+ * collision.
  */
 async function refuseIfDeleted(options: QemuOptions, host: string, requestId: string): Promise<void> {
-  const vm = vmIdForRequest(host, requestId);
-  const deleted = await deletedRecord(options.stateDir, vm);
-  if (deleted?.request !== requestId) return;
-  throw qemuError('REQUEST_ID_REUSED', `request ${requestId} made VM ${vm}, which was deleted at ${deleted.deletedAt}; a new VM needs a new request id`, {
-    vm,
+  const byRequest = await deletedByRequest(options.stateDir, requestId);
+  const derived = vmIdForRequest(host, requestId);
+  const atDerived = byRequest ? undefined : await deletedRecord(options.stateDir, derived);
+  const deleted = byRequest ?? (atDerived?.request === undefined ? atDerived : undefined);
+  if (!deleted) return;
+  throw qemuError('REQUEST_ID_REUSED', `request ${requestId} made VM ${deleted.vm}, which was deleted at ${deleted.deletedAt}; a new VM needs a new request id`, {
+    vm: deleted.vm,
     request: requestId,
     deletedAt: deleted.deletedAt,
   });

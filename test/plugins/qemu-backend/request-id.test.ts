@@ -4,6 +4,7 @@
  * that fails to start stands in where a VM would boot (the real boot is in test/e2e/qemu-backend.test.ts).
  */
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { access, mkdir, readdir, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import process from 'node:process';
@@ -14,7 +15,7 @@ import deleteVmHandler from '../../../plugins/qemu-backend/handlers/delete-vm.ts
 import { qemuOptionsSchema, type QemuOptions } from '../../../plugins/qemu-backend/options.ts';
 import { createVmPayload, VM_ID_PATTERN, vmRefPayload } from '../../../plugins/qemu-backend/schemas.ts';
 import { vmPaths, writeRecord, type VmRecord } from '../../../plugins/qemu-backend/state.ts';
-import { deletedIds, deletedRecord, recordDeleted } from '../../../plugins/qemu-backend/tombstones.ts';
+import { deletedByRequest, deletedIds, deletedRecord, recordDeleted } from '../../../plugins/qemu-backend/tombstones.ts';
 import { vmIdForRequest } from '../../../plugins/qemu-backend/vm-id.ts';
 import { requireRecord } from '../../../plugins/qemu-backend/vm-ops.ts';
 import { tempDir } from '../../helpers.ts';
@@ -223,7 +224,7 @@ test('deleted — a create sent again after its VM was deleted is REQUEST_ID_REU
 test('deleted — a deleted id is not given to another request: not as its derived id, not as a random one', async (t) => {
   const options = await setUp(t);
   const derived = vmIdForRequest('h1', 'req-2');
-  await recordDeleted(options.stateDir, derived, undefined); // deleted with an unusable record: no request known
+  await recordDeleted(options.stateDir, derived, 'someone-else'); // a hash collision, as far as req-2 knows
   const attempt = run(options, 'req-2', { image: 'tiny', memory: 128, vcpus: 1 });
   await assert.rejects(attempt.result, { code: 'QEMU_FAILED' });
   const chosen = attempt.stages.find((s) => s.stage === 'starting')?.detail?.vm as string;
@@ -232,15 +233,35 @@ test('deleted — a deleted id is not given to another request: not as its deriv
   assert.ok(!(await deletedIds(options.stateDir)).has(chosen));
 });
 
+test('deleted — found by request too: a VM that had a random id; and a tombstone naming no request at the derived id', async (t) => {
+  // From a review: only the derived id's tombstone naming this very request was checked.
+  const options = await setUp(t);
+  await writeRecord(options.stateDir, record('h1.zzzzzzzz', { request: 'req-3', desired: 'stopped' })); // its derived id was taken
+  assert.equal((await deleteVm(options, 'h1.zzzzzzzz')).deleted, true);
+  await assert.rejects(run(options, 'req-3', { image: 'tiny', memory: 128, vcpus: 1 }).result, (error: Error & { code?: string; details?: { vm: string } }) => {
+    assert.deepEqual([error.code, error.details?.vm], ['REQUEST_ID_REUSED', 'h1.zzzzzzzz']);
+    return true;
+  });
+  // A VM whose record could not be read was deleted: its tombstone cannot say which request made it.
+  await recordDeleted(options.stateDir, vmIdForRequest('h1', 'req-4'), undefined);
+  await assert.rejects(run(options, 'req-4', { image: 'tiny', memory: 128, vcpus: 1 }).result, { code: 'REQUEST_ID_REUSED' });
+});
+
 test('deleted — the newest 10,000 deletions are remembered (here 3); the oldest go first', async (t) => {
   const options = await setUp(t);
   const ids = ['h1.aaaaaaaa', 'h1.bbbbbbbb', 'h1.cccccccc'];
   for (const id of ids) await recordDeleted(options.stateDir, id, `req-${id}`, 3);
   // Told apart by age, as a real host's are: minutes apart.
-  for (const [i, id] of ids.entries()) await utimes(join(options.stateDir, '.deleted', id), new Date(Date.now() - (3 - i) * 60_000), new Date(Date.now() - (3 - i) * 60_000));
+  for (const [i, id] of ids.entries()) {
+    const at = new Date(Date.now() - (3 - i) * 60_000);
+    await utimes(join(options.stateDir, '.deleted', id), at, at);
+    await utimes(join(options.stateDir, '.deleted', 'requests', createHash('sha256').update(`req-${id}`).digest('hex')), at, at);
+  }
   await recordDeleted(options.stateDir, 'h1.dddddddd', 'req-d', 3);
   assert.deepEqual([...(await deletedIds(options.stateDir))].sort(), ['h1.bbbbbbbb', 'h1.cccccccc', 'h1.dddddddd']);
   assert.equal((await deletedRecord(options.stateDir, 'h1.cccccccc'))?.request, 'req-h1.cccccccc');
+  assert.equal((await deletedByRequest(options.stateDir, 'req-h1.cccccccc'))?.vm, 'h1.cccccccc');
+  assert.equal(await deletedByRequest(options.stateDir, 'req-h1.aaaaaaaa'), undefined, 'pruned by request too');
   assert.deepEqual((await readdir(join(options.stateDir, '.deleted'))).filter((name) => name.endsWith('.tmp')), [], 'no temp file left');
 });
 
