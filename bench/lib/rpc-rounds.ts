@@ -26,6 +26,7 @@ export type Contender =
   | 'raw-guaranteed'
   | 'agent'
   | 'agent-one-per-thread'
+  | 'agent-any'
   | 'agent-past-history'
   | 'moleculer'
   | 'moleculer-prefetch32'
@@ -114,6 +115,21 @@ export async function measureRpc(ctx: BenchContext): Promise<RpcFigures> {
   drivers.push({ contender: 'raw-guaranteed', server: () => guaranteedServer, call: () => guaranteedClient.call(guaranteedQueue, rawBody) });
   drivers.push({ contender: 'agent', perRound: true, server: (round) => agents[round] as BenchProcess, call: (round) => echoOn(`b${round + 1}`)() });
   drivers.push({ contender: 'agent-one-per-thread', perRound: true, server: (round) => strictAgents[round] as BenchProcess, call: (round) => echoOn(`s${round + 1}`)() });
+
+  // 2b. The same agent, the request sent as an any-host one: through P.any, and run only once the broker has
+  // confirmed the agent's "accepted" (PROTOCOL.md 11.11, step 5). A cloud of its own per round, so that one
+  // agent consumes P.any.
+  const anyHosts: { agent: BenchProcess; client: ReturnType<typeof cloud.client> }[] = [];
+  for (let round = 0; round < rounds; round++) {
+    const anyCloud = await benchCloud(ctx, { heartbeatMs: 1_000, downAfterMs: 5_000 });
+    const agent = await anyCloud.startAgent(`a${round + 1}`, [pluginEntry.routingDirect(true), pluginEntry.testkit()], ctx.agentSpawnOptions(`rpc-agent-a${round + 1}`));
+    anyHosts.push({ agent, client: anyCloud.client() });
+  }
+  const echoAny = async (round: number) => {
+    const reply = await (anyHosts[round] as (typeof anyHosts)[number]).client.request(makeRequest({ type: 'test.echo', payload: { value: ECHO_VALUE } }));
+    if (!reply.ok) throw new Error(`agent a${round + 1} answered an any-host test.echo with ${reply.error?.code}: ${reply.error?.message}`);
+  };
+  drivers.push({ contender: 'agent-any', perRound: true, server: (round) => (anyHosts[round] as (typeof anyHosts)[number]).agent, call: echoAny });
 
   // 3. Moleculer: each configuration its own namespace, server process and client node.
   const moleculerConfigs: [Contender, MoleculerTransportSettings][] = [
