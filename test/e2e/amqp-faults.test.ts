@@ -737,3 +737,21 @@ test('alarm — an any-host request whose "accepted" the broker does not confirm
   assert.ok(lines.some((line) => line.includes('any-host request not run: the broker had not confirmed')), lines.join('\n'));
   assert.deepEqual(lines.filter((line) => line.includes('"msg":"echo"')), [], 'h1 did not run it');
 });
+
+test('late — an any-host request that arrives after its deadline is answered DEADLINE_EXCEEDED, not parked unanswered', async (t) => {
+  // Found rereading 2772afc: its wait for the confirm of "accepted" ended at the request's deadline, so a
+  // request that arrived past it lost the race to a 0 ms timer and went to the dead-letter queue, its caller
+  // told nothing. The wait now lasts the broker TTL, at least 2 s.
+  const cloud = await startCloud(t, [{ id: 'h1' }]);
+  const names = amqpNames(cloud.prefix);
+  const connection = await amqplib.connect(cloud.url);
+  t.after(() => connection.close().catch(() => undefined));
+  const channel = await connection.createChannel();
+  const replies: ReplyEnvelope[] = [];
+  const queue = await replyQueue(channel, (reply) => replies.push(reply));
+  const request = makeRequest({ type: 'test.echo', payload: { value: 'late' }, deadline: Date.now() - 1_000 });
+  channel.sendToQueue(names.anyQueue, Buffer.from(JSON.stringify(request)), { messageId: request.id, replyTo: queue, type: request.type, expiration: '60000', contentType: 'application/json' });
+  await until(() => replies.length > 0, 10_000);
+  assert.deepEqual(replies.map((reply) => [reply.id, reply.error?.code]), [[request.id, 'DEADLINE_EXCEEDED']]);
+  assert.equal(await queueDepth(cloud.url, names.deadLetter), 0);
+});

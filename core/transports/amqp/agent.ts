@@ -38,6 +38,9 @@ export interface AmqpAgentTransportOptions {
 
 /** How long a finished request waits for the broker to come back before its reply is given up on. */
 const REPLY_RECONNECT_WAIT_MS = 60_000;
+/** How long an any-host request waits at least for the broker to confirm its "accepted" (see #stillHeld). */
+const MIN_CONFIRM_WAIT_MS = 2_000;
+
 /** The AMQP heartbeat an agent asks for (BrokerConnectionOptions.amqpHeartbeatSeconds); RabbitMQ advises 5–20 s. */
 const AMQP_HEARTBEAT_SECONDS = 10;
 /** How many times a reply whose publish was not confirmed (the connection went) is sent again. */
@@ -402,14 +405,14 @@ export class AmqpAgentTransport implements AgentTransport {
       (error: unknown) => (/^channel closed$/i.test((error as Error).message) ? ('lost' as const) : ('held' as const)),
     );
     // A broker in a resource alarm stops reading our socket: the confirm comes once the alarm clears, maybe
-    // hours later, when the caller has long given up. Not run then: the request's deadline, or its broker TTL
-    // (the caller's patience) counted from when it arrived here, whichever ends first.
+    // hours later, when the caller has long given up. Not run then: past its broker TTL (the caller's
+    // patience, or what is left to its deadline) counted from when it arrived here. At least 2 s, so that a
+    // request arriving at the end of its time is still answered (DEADLINE_EXCEEDED) rather than parked.
     const expiration = Number(msg.properties.expiration);
-    const ends = [requestDeadline(msg.content), Number.isFinite(expiration) ? receivedAt + expiration : undefined].filter((at): at is number => at !== undefined);
-    if (ends.length === 0) return confirmed;
+    if (msg.properties.expiration === undefined || !Number.isFinite(expiration)) return confirmed;
     let timer: ReturnType<typeof setTimeout> | undefined;
     const expired = new Promise<'expired'>((resolve) => {
-      timer = setTimeout(() => resolve('expired'), Math.max(0, Math.min(...ends) - Date.now()));
+      timer = setTimeout(() => resolve('expired'), Math.max(expiration, MIN_CONFIRM_WAIT_MS) - (Date.now() - receivedAt));
       timer.unref();
     });
     try {
