@@ -105,12 +105,3 @@ export function refuseConfigPositionals(command: string, positionals: string[]):
     throw cloudletError('USAGE', `${command} takes no positional arguments, found "${positionals.join(' ')}"; give the config with --config FILE`);
   }
 }
-
-/**
- * Every string flag needs a value: an empty one (`--config ""`, often an unset shell variable) must not
- * quietly become the default, $CLOUDLET_CONFIG or the current directory.
- */
-export function refuseEmptyValues(values: CliValues): void {
-  const empty = (Object.keys(values) as FlagName[]).find((flag) => values[flag] === '');
-  if (empty !== undefined) throw cloudletError('USAGE', `--${empty} needs a value, found an empty one ("")`);
-}

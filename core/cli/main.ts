@@ -6,7 +6,7 @@
 import process from 'node:process';
 import { CloudletError, cloudletError, toCloudletError } from '../errors.ts';
 import { AGENT_VERSION } from '../version.ts';
-import { checkHostFlag, refuseEmptyValues } from './args.ts';
+import { checkHostFlag } from './args.ts';
 import { ErrorReply } from './client.ts';
 import type { Command } from './command.ts';
 import { EXIT, exitCodeFor, exitCodeForReply } from './exit-codes.ts';
@@ -100,7 +100,6 @@ export async function main(argv: string[]): Promise<number> {
       return EXIT.OK;
     }
     checkFlags(line.flags, found?.command);
-    refuseEmptyValues(values);
     if (values.version) {
       output.result(AGENT_VERSION, { version: AGENT_VERSION });
       return EXIT.OK;

@@ -51,12 +51,11 @@ const helpHint = (command: Command | undefined) =>
   command ? `"cloudlet ${command.words.join(' ')}" takes ${flagsOf(command).join(', ')}; "cloudlet ${command.words.join(' ')} --help" describes them` : '"cloudlet --help" lists the commands, "cloudlet COMMAND --help" the flags of one';
 
 /**
- * Every flag exists, has a value if it takes one and none if it does not, and belongs to `command` (any
+ * Every flag exists, has a (non-empty) value if it takes one and none if it does not, and belongs to `command` (any
  * command's flag passes when none was found: the caller reports the command first). `--version` goes with
  * any command. Throws the first mistake as USAGE, with `details.flag` and a hint.
  */
 export function checkFlags(flags: readonly FlagUse[], command: Command | undefined): void {
-  const taken = command ? new Set<string>([...command.flags, ...COMMON_FLAGS, 'version']) : undefined;
   const where = command ? ` for "cloudlet ${command.words.join(' ')}"` : '';
   for (const flag of flags) {
     if (!isFlagName(flag.name)) {
@@ -71,6 +70,11 @@ export function checkFlags(flags: readonly FlagUse[], command: Command | undefin
     if (kind === 'string' && flag.value === undefined) {
       throw usage(`${flag.written} needs a value, found nothing after it`, flag, `write ${flag.written} VALUE; ${helpHint(command)}`);
     }
+    // An empty one (`--config ""`, often an unset shell variable) must not quietly become the default,
+    // $CLOUDLET_CONFIG or the current directory.
+    if (kind === 'string' && flag.value === '') {
+      throw usage(`${flag.written} needs a value, found an empty one ("")`, flag, `write ${flag.written} VALUE, or leave the flag out for its default`);
+    }
     // `--request-id --host h1`: the next word is a flag, not this one's value. A value that really starts
     // with "-" is written in the flag's own word. A lone "-" (stdin, by convention) is a value.
     if (kind === 'string' && !flag.inline && flag.value !== undefined && flag.value.length > 1 && flag.value.startsWith('-')) {
@@ -78,7 +82,8 @@ export function checkFlags(flags: readonly FlagUse[], command: Command | undefin
       throw usage(`${flag.written} needs a value, found "${flag.value}", which reads as a flag`, flag, `give ${flag.written} its value before the next flag; a value that starts with "-" is written ${joined}`);
     }
   }
-  if (!command || !taken) return;
+  if (!command) return;
+  const taken = new Set<string>([...command.flags, ...COMMON_FLAGS, 'version']);
   const foreign = [...new Set(flags.filter((flag) => !taken.has(flag.name)).map((flag) => `--${flag.name}`))];
   if (foreign.length > 0) {
     const message = `${foreign.join(', ')} ${foreign.length > 1 ? 'are not flags' : 'is not a flag'} of "cloudlet ${command.words.join(' ')}"`;
