@@ -80,9 +80,7 @@ export class Agent {
         log: this.log,
         identity: { version: AGENT_VERSION, plugins: config.plugins.map((p) => p.plugin.name), startedAt: this.host.startedAt },
         stopHooks: config.plugins.filter((p) => p.plugin.hooks?.stop).length,
-        // On a host that requires signatures, replay protection refuses a signed id taken before: a repeat
-        // run again would be REPLAYED, so there the stored outcome answers repeats of every type.
-        handlesRepeats: config.core.security.requireSignatures ? new Set() : typesThatHandleRepeats(config),
+        handlesRepeats: typesThatHandleRepeats(config),
       });
   }
 
@@ -154,7 +152,8 @@ export class Agent {
   async start(): Promise<void> {
     const { config } = this;
     // Keys first (file modes, key formats): a bad one stops the start before any hook or thread ran.
-    const security = await agentSecurity(config.core.security);
+    // Replay protection lets a repeat of these through too (signed, within its deadline): the handler answers it.
+    const security = await agentSecurity(config.core.security, { handlesRepeats: typesThatHandleRepeats(config) });
     for (const p of config.plugins) if (p.plugin.errors) registerPluginErrors(p.plugin.errors);
     // Before any hook: a second agent for the same socket must not touch what the first one runs.
     await this.transport.reserve?.();

@@ -2,7 +2,9 @@
  * Who may command this host. With `security.requireSignatures`, a request must be signed by a key listed in
  * `security.clients`, that key must be allowed the message type, the request must carry a deadline no
  * further ahead than `maxDeadlineMs`, and its id must not have been taken before (remembered until its
- * deadline, so a captured message cannot be replayed while it would still be valid).
+ * deadline, so a captured message cannot be replayed while it would still be valid) — except for the types
+ * whose handlers answer repeats themselves (`handlesRepeats`): a repeat of one of those makes no second
+ * effect by the handler's contract, and refusing it would leave a client whose answer was lost without one.
  */
 import type { KeyObject } from 'node:crypto';
 import { CloudletError, cloudletError } from '../errors.ts';
@@ -18,17 +20,24 @@ interface ClientKey {
   allow: ReadonlySet<string>;
 }
 
+export interface AuthorizerOptions {
+  /** Message types whose handlers answer repeats of a request id themselves: their ids may be taken again. */
+  handlesRepeats?: ReadonlySet<string>;
+}
+
 export class RequestAuthorizer {
   readonly #required: boolean;
   readonly #maxDeadlineMs: number;
+  readonly #handlesRepeats: ReadonlySet<string>;
   readonly #clients = new Map<string, ClientKey>();
   /** Request ids taken, with the deadline until which they must not be taken again. */
   readonly #seen = new Map<string, number>();
   #checksSincePrune = 0;
 
-  constructor(config: SecurityConfig) {
+  constructor(config: SecurityConfig, options: AuthorizerOptions = {}) {
     this.#required = config.requireSignatures;
     this.#maxDeadlineMs = config.maxDeadlineMs;
+    this.#handlesRepeats = options.handlesRepeats ?? new Set();
     for (const [index, client] of config.clients.entries()) {
       const key = publicKeyFrom(client.publicKey, `security.clients[${index}].publicKey`);
       this.#clients.set(keyIdOf(key), { name: client.name, key, allowAll: client.allow.includes('*'), allow: new Set(client.allow) });
@@ -53,6 +62,7 @@ export class RequestAuthorizer {
     if (request.deadline === undefined || request.deadline > now + this.#maxDeadlineMs) {
       return cloudletError('REPLAYED', `a signed request needs a deadline at most ${this.#maxDeadlineMs} ms ahead`, { maxDeadlineMs: this.#maxDeadlineMs });
     }
+    if (this.#handlesRepeats.has(request.type)) return undefined;
     this.#prune(now);
     if (this.#seen.has(request.id)) return cloudletError('REPLAYED', `request id ${request.id} was already taken by this host`, { id: request.id });
     this.#seen.set(request.id, request.deadline);

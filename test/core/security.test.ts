@@ -51,6 +51,32 @@ test('security — the authorizer remembers ids only while their deadline runs',
   assert.equal(open.check(makeRequest({ type: 'host-info' })), undefined);
 });
 
+test('security — a type whose handler answers repeats (handlesRepeats) may be sent again with a taken id; its signature, key and deadline are still checked', () => {
+  // Its handler makes no second effect for a repeat and answers with things as they are now: refusing the
+  // repeat as REPLAYED would leave a client whose answer was lost without one (and on RabbitMQ the host
+  // answered from its stored reply, stale once the VM was stopped or deleted).
+  const key = generateKey();
+  const other = generateKey();
+  const signer = { privateKey: createPrivateKey(key.privateKeyPem), keyId: key.keyId };
+  const authorizer = new RequestAuthorizer(
+    { requireSignatures: true, clients: [{ name: 'ops', publicKey: key.publicKey, allow: ['create-vm', 'host-info'] }], maxDeadlineMs: 60_000, hostKeys: {}, requireSignedReplies: false },
+    { handlesRepeats: new Set(['create-vm', 'delete-vm']) },
+  );
+  const now = Date.now();
+  const create = signEnvelope(makeRequest({ type: 'create-vm', payload: { image: 'tiny' }, deadline: now + 10_000 }), signer);
+  assert.equal(authorizer.check(create, now), undefined);
+  assert.equal(authorizer.check(create, now), undefined, 'the repeat reaches the handler');
+  assert.equal(authorizer.check({ ...create, deadline: now + 20_000 }, now)?.code, 'BAD_SIGNATURE', 'the repeat is still the signed request');
+  assert.equal(authorizer.check(signEnvelope({ ...create, deadline: now + 120_000 }, signer), now)?.code, 'REPLAYED', 'too far ahead still');
+  const otherSigner = { privateKey: createPrivateKey(other.privateKeyPem), keyId: other.keyId };
+  assert.equal(authorizer.check(signEnvelope(create, otherSigner), now)?.code, 'BAD_SIGNATURE');
+  assert.equal(authorizer.check(signEnvelope(makeRequest({ type: 'delete-vm', payload: {}, deadline: now + 10_000 }), signer), now)?.code, 'FORBIDDEN', 'the key\'s allow list still holds');
+  // Other types keep replay protection.
+  const info = signEnvelope(makeRequest({ type: 'host-info', payload: {}, deadline: now + 10_000 }), signer);
+  assert.equal(authorizer.check(info, now), undefined);
+  assert.equal(authorizer.check(info, now)?.code, 'REPLAYED');
+});
+
 test('security — a checking client\'s gather tells onReply only of replies it trusts; the others are missing, as in its result', async () => {
   const key = generateKey();
   const hostSigner = { privateKey: createPrivateKey(key.privateKeyPem), keyId: key.keyId };

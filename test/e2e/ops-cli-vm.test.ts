@@ -3,15 +3,17 @@
  * network namespace (TCG), on the local transport and on RabbitMQ (through the broker relay).
  */
 import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import test from 'node:test';
+import test, { type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { runCli, spawnAgent, testkitPath, until, writeConfig, type CliResult } from '../helpers.ts';
+import { runCli, spawnAgent, tempDir, testkitPath, until, writeConfig, type CliResult } from '../helpers.ts';
 import { relayBrokerIntoNetns } from '../support/broker-relay.ts';
 import { deletePrefix, SHARED_BROKER } from '../support/cloud.ts';
 import { startDnsmasq } from '../support/netns.ts';
-import { gatedQemu, startQemuHost } from '../support/qemu-host.ts';
+import { gatedQemu, startQemuHost, type QemuHost, type QemuHostOptions } from '../support/qemu-host.ts';
 import { vmIdForRequest } from '../../plugins/qemu-backend/vm-id.ts';
+import { generateKey } from '../../core/security/keys.ts';
 
 
 const sweepStub = fileURLToPath(new URL('../fixtures/plugins/sweep-stub/index.ts', import.meta.url));
@@ -29,6 +31,19 @@ interface Vm {
 function json<T>(result: CliResult): T {
   assert.ok(result.stdout.trim().startsWith('{'), `not JSON (exit ${result.code}):\n${result.stdout}\n${result.stderr}`);
   return JSON.parse(result.stdout) as T;
+}
+
+/** A qemu-backend host "qnode" on RabbitMQ, reaching the broker from its namespace through a relay. */
+async function startBrokerQemuHost(t: TestContext, transport: (url: string) => string, options: QemuHostOptions): Promise<QemuHost> {
+  let brokerUrl = '';
+  return startQemuHost(t, {
+    ...options,
+    hostId: 'qnode',
+    beforeAgent: async (ns) => {
+      brokerUrl = (await relayBrokerIntoNetns(t, ns)).url;
+    },
+    transportYaml: () => transport(brokerUrl),
+  });
 }
 
 const vmCli = (config: string) => (args: string[], timeoutMs = 120_000) => runCli([...args, '--config', config], { timeoutMs });
@@ -126,15 +141,7 @@ test('vm cli — local transport: create with progress and --wait-ip, list, show
 test('vm cli — RabbitMQ: create goes to a host with capacity, VM commands to the host in the id, lists gather every host', async (t) => {
   const prefix = `opsvm-${Math.random().toString(36).slice(2, 8)}`;
   const transport = (url: string) => `transport:\n  kind: amqp\n  url: "${url}"\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 1500\n`;
-  let brokerUrl = '';
-  const host = await startQemuHost(t, {
-    hostId: 'qnode',
-    beforeAgent: async (ns) => {
-      brokerUrl = (await relayBrokerIntoNetns(t, ns)).url;
-    },
-    transportYaml: () => transport(brokerUrl),
-    pluginsYaml: () => `  - use: routing-direct\n  - use: routing-fanout\n  - use: ${sweepStub}\n`,
-  });
+  const host = await startBrokerQemuHost(t, transport, { pluginsYaml: () => `  - use: routing-direct\n  - use: routing-fanout\n  - use: ${sweepStub}\n` });
   // A second host without a VM backend: it answers broadcasts, takes no any-host creates.
   const plain = await writeConfig(
     host.dir,
@@ -206,6 +213,41 @@ test('vm cli — RabbitMQ: create goes to a host with capacity, VM commands to t
   const refused = json<{ host: string; error: { code: string; details: { vm: string; deletedAt: string } } }>(remade);
   assert.deepEqual([refused.host, refused.error.code, refused.error.details.vm], ['qnode', 'REQUEST_ID_REUSED', made.vm.id]);
   assert.deepEqual(json<{ vms: Vm[] }>(await cli(['vm', 'list', '--json'])).vms, []);
+});
+
+test('vm cli — RabbitMQ, signed requests: a create sent again with its --request-id is answered by the handler as things are now', async (t) => {
+  // Before, a host that requires signatures answered the repeat from its stored first reply ("running",
+  // already: false) even after the VM was stopped or deleted; on the local socket it was REPLAYED.
+  const prefix = `opsvm-${Math.random().toString(36).slice(2, 8)}`;
+  const transport = (url: string) => `transport:\n  kind: amqp\n  url: "${url}"\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 3000\n`;
+  const keysDir = await tempDir(t);
+  const ops = generateKey();
+  const hostKey = generateKey();
+  await writeFile(join(keysDir, 'ops.key'), ops.privateKeyPem, { mode: 0o600 });
+  await writeFile(join(keysDir, 'qnode.key'), hostKey.privateKeyPem, { mode: 0o600 });
+  const host = await startBrokerQemuHost(t, transport, {
+    securityYaml: `security:\n  requireSignatures: true\n  hostKeyFile: ${join(keysDir, 'qnode.key')}\n  clients:\n    - name: ops\n      publicKey: ${ops.publicKey}\n`,
+    pluginsYaml: () => `  - use: routing-direct\n  - use: routing-fanout\n`,
+  });
+  t.after(() => deletePrefix(SHARED_BROKER, prefix, ['qnode']));
+  const client = await writeConfig(
+    host.dir,
+    'client.yaml',
+    `${transport(SHARED_BROKER)}security:\n  clientKeyFile: ${join(keysDir, 'ops.key')}\n  hostKeys:\n    qnode: ${hostKey.publicKey}\n  requireSignedReplies: true\n`,
+  );
+  const cli = vmCli(client);
+  const once = ['vm', 'create', '--image', 'tiny', '--memory', '128', '--request-id', `signed-${prefix}`, '--json'];
+  const made = json<{ host: string; vm: Vm & { already: boolean } }>(await cli(once));
+  assert.deepEqual([made.host, made.vm.state, made.vm.already], ['qnode', 'running', false]);
+  const repeated = json<{ vm: Vm & { already: boolean } }>(await cli(once));
+  assert.deepEqual([repeated.vm.id, repeated.vm.already], [made.vm.id, true], 'the handler answered, not the stored reply');
+  assert.equal(json<{ vm: Vm }>(await cli(['vm', 'stop', made.vm.id, '--force', '--json'])).vm.state, 'stopped');
+  assert.deepEqual(json<{ vm: Vm }>(await cli(once)).vm.state, 'stopped');
+  assert.equal((await cli(['vm', 'delete', made.vm.id])).code, 0);
+  const remade = await cli(once);
+  assert.equal(remade.code, 1, remade.stdout + remade.stderr);
+  assert.deepEqual(json<{ error: { code: string } }>(remade).error.code, 'REQUEST_ID_REUSED');
+  assert.deepEqual(json<{ vms: Vm[] }>(await cli(['vm', 'list', '--json'])).vms, [], 'no VM made');
 });
 
 test('vm cli — --request-id: the same id again answers with the VM it made; other settings are refused; a bad id is a usage error', async (t) => {

@@ -11,7 +11,7 @@ import { generateKey, keyIdOf, loadPrivateKey } from '../../core/security/keys.t
 import { SigningClientTransport } from '../../core/security/signing-client.ts';
 import { amqpNames, HEADERS } from '../../core/transports/amqp/names.ts';
 import { publicKeyFrom } from '../../core/security/keys.ts';
-import { runCli, startAgent, tempDir, testkitPath, writeConfig } from '../helpers.ts';
+import { runCli, startAgent, tempDir, testkitPath, until, writeConfig } from '../helpers.ts';
 import { startCloud } from '../support/cloud.ts';
 import { createPublicKey } from 'node:crypto';
 
@@ -42,12 +42,20 @@ test('security — on RabbitMQ: only listed keys command a host, per message typ
   assert.equal(signed.ok, true, JSON.stringify(signed.error));
   assert.ok((signed as ReplyEnvelope & { auth?: unknown }).auth, 'the reply carries the host signature');
 
-  // A type whose handler answers its repeats (handlesRepeats) runs them again elsewhere; on a host that
-  // requires signatures the id is taken, so the stored outcome answers the repeat, not REPLAYED.
-  const once = makeRequest({ type: 'test.echo-again', target: 'h1', payload: { value: 2 }, deadline: deadline() });
+  // A type whose handler answers its repeats (handlesRepeats) runs each repeat again here too, signed: not
+  // the stored reply (stale once the VM a create made is stopped or deleted), not REPLAYED. Other types keep
+  // their stored reply.
+  const again = makeRequest({ type: 'test.echo-again', target: 'h1', payload: { value: 2 }, deadline: deadline() });
+  for (let round = 0; round < 2; round++) {
+    const reply = await asOps.request(again);
+    assert.equal(reply.ok, true, JSON.stringify(reply.error));
+  }
+  const once = makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 3 }, deadline: deadline() });
   const first = await asOps.request(once);
-  assert.equal(first.ok, true, JSON.stringify(first.error));
   assert.deepEqual((await asOps.request(once)).result, first.result, 'the stored reply, as it was');
+  const handled = (id: string) => cloud.agents.get('h1')!.output().split('\n').filter((line) => line.includes(`"msgId":"${id}"`) && line.includes('"msg":"handled"')).length;
+  await until(() => handled(again.id) >= 2, 5_000); // the log lines may come just after the replies
+  assert.deepEqual([handled(again.id), handled(once.id)], [2, 1], 'the repeat of test.echo-again ran; of test.echo not');
 
   const unsigned = await raw.request(makeRequest({ type: 'test.echo', target: 'h1', payload: {}, deadline: deadline() }));
   assert.equal(unsigned.error?.code, 'UNSIGNED');
@@ -80,14 +88,17 @@ test('security — on RabbitMQ: only listed keys command a host, per message typ
   await assert.rejects(wrongTrust.request(makeRequest({ type: 'test.echo', target: 'h1', payload: {}, deadline: deadline() })), (error: CloudletError) => error.code === 'UNTRUSTED_REPLY');
 });
 
-test('security — a replayed request id is refused; one past its deadline too', async (t) => {
+test('security — a replayed request id is refused, unless its type answers repeats (handlesRepeats); one past its deadline too', async (t) => {
   const dir = await tempDir(t);
   const ops = await keyFiles(dir, 'ops');
-  const { client } = await startAgent(t, { plugins: [{ use: testkitPath }], security: { requireSignatures: true, clients: [{ name: 'ops', publicKey: ops.publicKey }] } });
+  const { client, logs } = await startAgent(t, { plugins: [{ use: testkitPath }], security: { requireSignatures: true, clients: [{ name: 'ops', publicKey: ops.publicKey }] } });
   const request = signEnvelope(makeRequest({ type: 'test.echo', payload: { value: 1 }, deadline: Date.now() + 30_000 }), ops.signer);
   assert.equal((await client.request(request)).ok, true);
   const replay = await client.request(request);
   assert.equal(replay.error?.code, 'REPLAYED');
+  const again = signEnvelope(makeRequest({ type: 'test.echo-again', payload: { value: 1 }, deadline: Date.now() + 30_000 }), ops.signer);
+  for (let round = 0; round < 2; round++) assert.equal((await client.request(again)).ok, true, 'its handler answers the repeat');
+  assert.equal(logs().filter((line) => line.msgId === again.id && line.msg === 'handled').length, 2);
   const stale = signEnvelope(makeRequest({ type: 'test.echo', payload: {}, deadline: Date.now() - 1_000 }), ops.signer);
   const late = await client.request(stale).catch((error: CloudletError) => error);
   assert.equal(late instanceof CloudletError ? late.code : late.error?.code, 'DEADLINE_EXCEEDED');

@@ -48,6 +48,8 @@ export interface QemuHostOptions {
   /** Replaces the local-transport section (e.g. RabbitMQ through test/support/broker-relay.ts). */
   transportYaml?: (socket: string) => string;
   hostId?: string;
+  /** A top-level `security:` section (and anything else top-level), whole lines. */
+  securityYaml?: string;
 }
 
 export async function startQemuHost(t: TestContext, options: QemuHostOptions = {}): Promise<QemuHost> {
@@ -72,7 +74,7 @@ export async function startQemuHost(t: TestContext, options: QemuHostOptions = {
   const limits = { maxVms: 4, maxTotalMemoryMiB: 1024, maxMemoryMiB: 512, maxVcpus: 2, ...options.limits };
   await writeFile(
     configFile,
-    `host:\n  id: ${options.hostId ?? 'qhost'}\n${options.transportYaml?.(socket) ?? `transport:\n  kind: local\n  socket: ${socket}\n`}state:\n  dir: ${join(dir, 'state')}\nlog:\n  level: debug\n  format: json\nplugins:\n  - use: qemu-backend\n    options:\n      imagesDir: ${images}\n      stateDir: ${stateDir}\n      accel: tcg\n      network:\n        mode: bridge\n        bridge: ${ns.bridge}\n      stopTimeoutMs: ${options.stopTimeoutMs ?? 20000}\n      limits: ${JSON.stringify(limits)}\n${options.qemuOptionsYaml ?? ''}${options.pluginsYaml?.(ns) ?? ''}`,
+    `host:\n  id: ${options.hostId ?? 'qhost'}\n${options.transportYaml?.(socket) ?? `transport:\n  kind: local\n  socket: ${socket}\n`}${options.securityYaml ?? ''}state:\n  dir: ${join(dir, 'state')}\nlog:\n  level: debug\n  format: json\nplugins:\n  - use: qemu-backend\n    options:\n      imagesDir: ${images}\n      stateDir: ${stateDir}\n      accel: tcg\n      network:\n        mode: bridge\n        bridge: ${ns.bridge}\n      stopTimeoutMs: ${options.stopTimeoutMs ?? 20000}\n      limits: ${JSON.stringify(limits)}\n${options.qemuOptionsYaml ?? ''}${options.pluginsYaml?.(ns) ?? ''}`,
     { mode: 0o600 },
   );
   let output = '';

@@ -2,7 +2,7 @@
  * What `vm create` does about a request that may have run before: the request id it sends (--request-id,
  * or one drawn here, so that a failure can name it), the hint after a failure that leaves the outcome
  * unknown, and the checks on an answer that is a repeat. qemu-backend answers a repeated id with the VM it
- * made (docs/QEMU.md section 11.1); on RabbitMQ a host that still remembers the id sends its stored reply.
+ * made (docs/QEMU.md section 11.1); on RabbitMQ an older agent that requires signatures sends its stored reply.
  */
 import { messageIdSchema, type ReplyEnvelope } from '../../envelope.ts';
 import { CloudletError, cloudletError } from '../../errors.ts';
@@ -57,8 +57,8 @@ export interface AskedSettings {
 
 /**
  * The answer's VM against what was asked: a fresh create always matches, so a mismatch means the request id
- * made another VM before. qemu-backend refuses that itself (REQUEST_ID_REUSED), but a RabbitMQ host that
- * still remembers the id sends its stored reply without looking at the payload: this catches it there.
+ * made another VM before. qemu-backend refuses that itself (REQUEST_ID_REUSED), but an older RabbitMQ agent
+ * that requires signatures sends its stored reply without looking at the payload: this catches it there.
  */
 export function checkSameSettings(reply: ReplyEnvelope, vm: VmView, asked: AskedSettings, requestId: string): void {
   const compared: [string, unknown, unknown][] = [
