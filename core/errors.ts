@@ -53,6 +53,7 @@ export const errorCatalogue = {
   DUPLICATE_ID: { message: 'a request with this id is still waiting for its reply on this client', retryable: true },
   USAGE: { message: 'the command line is not valid', retryable: false },
   VM_STOPPED: { message: 'vm create --wait: the VM a repeated request made is not running now', retryable: false },
+  REQUEST_UNRESOLVED: { message: 'vm create --request-id: a host that may have run the request could not say whether it did', retryable: true },
   // Config
   CONFIG_NOT_FOUND: { message: 'the config file does not exist or cannot be read', retryable: false },
   CONFIG_SYNTAX: { message: 'the config file is not valid YAML or JSON', retryable: false },

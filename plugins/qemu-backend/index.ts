@@ -6,7 +6,7 @@ import { definePlugin } from '../../core/plugin-api.ts';
 import { qemuErrors } from './errors.ts';
 import { qemuOptionsSchema } from './options.ts';
 import { reconcileVms } from './reconcile.ts';
-import { createVmPayload, getConsoleLogPayload, getVmIpPayload, listVmsPayload, restartVmPayload, stopVmPayload, vmRefPayload } from './schemas.ts';
+import { createVmPayload, findCreatePayload, getConsoleLogPayload, getVmIpPayload, listVmsPayload, restartVmPayload, stopVmPayload, vmRefPayload } from './schemas.ts';
 
 const handler = (name: string) => new URL(`./handlers/${name}.ts`, import.meta.url);
 
@@ -32,6 +32,8 @@ export default definePlugin({
     'get-vm-ip': { payload: getVmIpPayload, handler: handler('get-vm-ip'), pool: { maxThreads: 2, tasksPerThread: 16, timeoutMs: 620_000 } },
     'list-images': { payload: listVmsPayload, handler: handler('list-images'), pool: { timeoutMs: 30_000 } },
     'get-vm': { payload: vmRefPayload, handler: handler('get-vm'), serializeBy: 'vm', pool: { timeoutMs: 30_000 } },
+    // Asked of every host before a create is sent again without a target (what the request left, where).
+    'find-create': { payload: findCreatePayload, handler: handler('find-create'), pool: { timeoutMs: 30_000 } },
     'get-console-log': { payload: getConsoleLogPayload, handler: handler('get-console-log'), pool: { maxThreads: 2, timeoutMs: 10_000 } },
   },
   hooks: {

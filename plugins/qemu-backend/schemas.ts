@@ -54,6 +54,11 @@ export const restartVmPayload = z
 
 export const listVmsPayload = z.object({}).strict();
 
+/** find-create: a create-vm request's id, as envelopes spell ids (1–128 printable ASCII, no spaces). */
+export const findCreatePayload = z
+  .object({ request: z.string().min(1).max(128).regex(/^[\x21-\x7e]+$/, 'a request id: 1–128 printable ASCII characters without spaces') })
+  .strict();
+
 export type CreateVmPayload = z.output<typeof createVmPayload>;
 export type StopVmPayload = z.output<typeof stopVmPayload>;
 export type RestartVmPayload = z.output<typeof restartVmPayload>;

@@ -33,12 +33,12 @@ function json<T>(result: CliResult): T {
   return JSON.parse(result.stdout) as T;
 }
 
-/** A qemu-backend host "qnode" on RabbitMQ, reaching the broker from its namespace through a relay. */
+/** A qemu-backend host ("qnode" unless named) on RabbitMQ, reaching the broker from its namespace through a relay. */
 async function startBrokerQemuHost(t: TestContext, transport: (url: string) => string, options: QemuHostOptions): Promise<QemuHost> {
   let brokerUrl = '';
   return startQemuHost(t, {
-    ...options,
     hostId: 'qnode',
+    ...options,
     beforeAgent: async (ns) => {
       brokerUrl = (await relayBrokerIntoNetns(t, ns)).url;
     },
@@ -248,6 +248,49 @@ test('vm cli — RabbitMQ, signed requests: a create sent again with its --reque
   assert.equal(remade.code, 1, remade.stdout + remade.stderr);
   assert.deepEqual(json<{ error: { code: string } }>(remade).error.code, 'REQUEST_ID_REUSED');
   assert.deepEqual(json<{ vms: Vm[] }>(await cli(['vm', 'list', '--json'])).vms, [], 'no VM made');
+});
+
+test('vm cli — RabbitMQ, two hosts: a create sent again with its --request-id and no --host is answered by the host where it ran; a host that cannot say stops it', async (t) => {
+  // Before, the repeat went to any host: the other one made a second VM (and after the delete, a new one).
+  const prefix = `opsvm-${Math.random().toString(36).slice(2, 8)}`;
+  const transport = (url: string) => `transport:\n  kind: amqp\n  url: "${url}"\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 3000\n`;
+  const routing = () => `  - use: routing-direct\n  - use: routing-fanout\n`;
+  const qa = await startBrokerQemuHost(t, transport, { hostId: 'qa', pluginsYaml: routing });
+  const qb = await startBrokerQemuHost(t, transport, { hostId: 'qb', pluginsYaml: routing });
+  t.after(() => deletePrefix(SHARED_BROKER, prefix, ['qa', 'qb']));
+  const cli = vmCli(await writeConfig(qa.dir, 'client.yaml', transport(SHARED_BROKER)));
+  const once = ['vm', 'create', '--image', 'tiny', '--memory', '128', '--request-id', `twice-${prefix}`, '--json'];
+  const made = json<{ host: string; vm: Vm & { already: boolean } }>(await cli(once));
+  assert.equal(made.vm.already, false);
+  // Four repeats: the any-host queue hands them to both hosts in turn, so without the lookup two would
+  // reach the other host.
+  for (let round = 0; round < 4; round++) {
+    const repeated = json<{ host: string; vm: Vm & { already: boolean } }>(await cli(once));
+    assert.deepEqual([repeated.host, repeated.vm.id, repeated.vm.already], [made.host, made.vm.id, true], `repeat ${round + 1}`);
+  }
+  assert.deepEqual(json<{ vms: Vm[] }>(await cli(['vm', 'list', '--json'])).vms.map((vm) => vm.id), [made.vm.id], 'one VM');
+  assert.equal((await cli(['vm', 'delete', made.vm.id])).code, 0);
+  for (let round = 0; round < 2; round++) {
+    const remade = await cli(once);
+    assert.equal(remade.code, 1, remade.stdout + remade.stderr);
+    const refused = json<{ host: string; error: { code: string } }>(remade);
+    assert.deepEqual([refused.host, refused.error.code], [made.host, 'REQUEST_ID_REUSED'], `after the delete, repeat ${round + 1}`);
+  }
+  assert.deepEqual(json<{ vms: Vm[] }>(await cli(['vm', 'list', '--json'])).vms, [], 'no VM made');
+
+  // One host stopped: a request it may have run is not sent anywhere; with --host it is.
+  const other = made.host === 'qa' ? qb : qa;
+  const otherId = made.host === 'qa' ? 'qb' : 'qa';
+  await other.stopAgent();
+  await new Promise((resolve) => setTimeout(resolve, 3_500)); // judged down (downAfterMs): not waited for
+  const fresh = ['vm', 'create', '--image', 'tiny', '--memory', '128', '--request-id', `unsure-${prefix}`];
+  const unsure = await cli(fresh);
+  assert.equal(unsure.code, 1, unsure.stdout + unsure.stderr);
+  assert.match(unsure.stderr, new RegExp(`error \\[REQUEST_UNRESOLVED\\]: request unsure-${prefix} left nothing on the hosts that answered, but ${otherId} \\((down|did not answer)\\) could not say whether it ran there`));
+  assert.match(unsure.stderr, /hint: .*give --host/);
+  const forced = json<{ host: string; vm: Vm }>(await cli([...fresh, '--host', made.host, '--json']));
+  assert.equal(forced.host, made.host);
+  assert.equal((await cli(['vm', 'delete', forced.vm.id])).code, 0);
 });
 
 test('vm cli — --request-id: the same id again answers with the VM it made; other settings are refused; a bad id is a usage error', async (t) => {

@@ -30,7 +30,8 @@ export function withRepeatHint(error: unknown, requestId: string, host: string |
   // HOST_DOWN naming a `target` is the client's refusal before sending: nothing can have run.
   if (error.code === 'HOST_DOWN' && (error.details as { target?: unknown } | undefined)?.target !== undefined) return error;
   const where = host !== undefined ? ` --host ${host}` : '';
-  const which = routed && host === undefined ? ' (with --host, if you know which host took it: otherwise another host may make one too)' : '';
+  // Without --host, the CLI asks every host where the request ran first (vm-create-find.ts).
+  const which = routed && host === undefined ? ' (every host is asked where it ran)' : '';
   const hint = `the create may have run${host ? ` on ${host}` : ''}: run the same "cloudlet vm create" again with --request-id=${shellWord(requestId)}${where}${which}; it answers with the VM that request made (once the host is up and the create done) instead of making a second one`;
   const details = typeof error.details === 'object' && error.details !== null ? error.details : {};
   return new CloudletError(error.code, error.message, { details: { ...details, request: requestId, hint }, cause: error.cause, retryable: error.retryable });

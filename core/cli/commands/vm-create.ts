@@ -3,6 +3,7 @@ import { CLIENT_FLAGS, choiceFlag, intFlag, timeoutFlag } from '../args.ts';
 import { deadlineAfter, openClient, resultOf } from '../client.ts';
 import type { Command } from '../command.ts';
 import { createProgress } from '../progress.ts';
+import { findEarlierCreate, foundElsewhere } from './vm-create-find.ts';
 import { checkSameSettings, requestIdFor, stoppedSince, withRepeatHint } from './vm-create-repeat.ts';
 import type { VmView } from './vm-format.ts';
 import { DEFAULT_WAIT_MS, printAfterWait, waitAfterCommand } from './vm-wait.ts';
@@ -16,9 +17,9 @@ export const vmCreateCommand: Command = {
   vCPUs to 1. On RabbitMQ it goes to --host, else to any host with capacity. --wait: also confirm with the
   host that QEMU reports the VM running. --wait-ip: then wait until the VM has an address (implies --wait).
   --timeout MS bounds the whole command (default: wait while the host works; 5 min for --wait/--wait-ip).
-  --request-id ID: the request's id (default: a random one). The same ID again on the same host answers
-  with the VM it made ("already"), so a script can repeat a create whose answer it lost; give --host too,
-  or the repeat may reach another host.`,
+  --request-id ID: the request's id (default: a random one). The same ID again answers with the VM it
+  made ("already"), so a script can repeat a create whose answer it lost. On RabbitMQ without --host, every
+  host is asked first where the request ran, and the repeat goes there.`,
   flags: [...CLIENT_FLAGS, 'image', 'memory', 'vcpus', 'name', 'autostart', 'network', 'request-id', 'wait', 'wait-ip'],
   async run({ positionals, values, output }) {
     if (positionals.length > 0) throw cloudletError('USAGE', `vm create takes no positional arguments (give the image with --image), found "${positionals.join(' ')}"`);
@@ -44,7 +45,19 @@ export const vmCreateCommand: Command = {
       progress.onProgress(update);
     };
     try {
-      const reply = await client.request('create-vm', payload, { id: requestId, target: values.host, deadline, onProgress }).catch((error: unknown) => {
+      // A repeat without a host: to the host where the request ran, if one did, not to any host (which could
+      // make a second VM). A random id is new: nothing to look for.
+      let target = values.host;
+      if (target === undefined && values['request-id'] !== undefined && client.routed) {
+        const earlier = await findEarlierCreate(client, requestId, deadline);
+        target = earlier.host;
+        if (target !== undefined) {
+          tookIt = target;
+          const elsewhere = foundElsewhere(earlier.found, target);
+          if (elsewhere) output.note(elsewhere);
+        }
+      }
+      const reply = await client.request('create-vm', payload, { id: requestId, target, deadline, onProgress }).catch((error: unknown) => {
         throw withRepeatHint(error, requestId, client.routed ? tookIt : undefined, client.routed);
       });
       const created = resultOf<VmView>(reply);

@@ -27,7 +27,7 @@ test('vm create hint — a lost connection, a client timeout or a down host name
   assert.match(hintOf(took) ?? '', /^the create may have run on h2: run the same "cloudlet vm create" again with --request-id=req-2 --host h2; it answers/);
 
   const anyHost = withRepeatHint(cloudletError('CLIENT_TIMEOUT', 'no reply'), 'req-3', undefined, true);
-  assert.match(hintOf(anyHost) ?? '', /--request-id=req-3 \(with --host, if you know which host took it: otherwise another host may make one too\); it answers/);
+  assert.match(hintOf(anyHost) ?? '', /--request-id=req-3 \(every host is asked where it ran\); it answers/);
 });
 
 test('vm create hint — the id is a word a shell takes as it is, option-looking or not', () => {

@@ -12,8 +12,9 @@ import test, { type TestContext } from 'node:test';
 import type { HandlerContext } from '../../../core/plugin-api.ts';
 import createVm from '../../../plugins/qemu-backend/handlers/create-vm.ts';
 import deleteVmHandler from '../../../plugins/qemu-backend/handlers/delete-vm.ts';
+import findCreate from '../../../plugins/qemu-backend/handlers/find-create.ts';
 import { qemuOptionsSchema, type QemuOptions } from '../../../plugins/qemu-backend/options.ts';
-import { createVmPayload, VM_ID_PATTERN, vmRefPayload } from '../../../plugins/qemu-backend/schemas.ts';
+import { createVmPayload, findCreatePayload, VM_ID_PATTERN, vmRefPayload } from '../../../plugins/qemu-backend/schemas.ts';
 import { vmPaths, writeRecord, type VmRecord } from '../../../plugins/qemu-backend/state.ts';
 import { deletedByRequest, deletedIds, deletedRecord, recordDeleted } from '../../../plugins/qemu-backend/tombstones.ts';
 import { vmIdForRequest } from '../../../plugins/qemu-backend/vm-id.ts';
@@ -273,4 +274,39 @@ test('deleted — a tombstone that cannot be written (a full disk, say) does not
   const deleted = await deleteVm(options, id);
   assert.deepEqual([deleted.deleted, deleted.already], [true, false]);
   assert.equal(await exists(vmPaths(options.stateDir, id).dir), false);
+});
+
+test('find-create — says what a request left on this host: its VM, a create at work, a leftover, a deletion, or nothing', async (t) => {
+  const options = await setUp(t);
+  const find = async (request: string) => {
+    const ctx = { options, host: { id: 'h1', agentVersion: 'test', startedAt: AGENT_STARTED_AT }, message: { id: 'find-1', type: 'find-create', deadline: Date.now() + 10_000 } } as HandlerContext<QemuOptions>;
+    return (await findCreate(findCreatePayload.parse({ request }), ctx)) as Record<string, unknown>;
+  };
+  assert.deepEqual(await find('req-none'), { host: 'h1', request: 'req-none', found: null });
+
+  // Its VM, by the request in vm.json (the id need not be the derived one).
+  await writeRecord(options.stateDir, record('h1.abcdefgh', { request: 'req-made' }));
+  assert.deepEqual(await find('req-made'), { host: 'h1', request: 'req-made', found: 'vm', vm: 'h1.abcdefgh' });
+
+  // A folder without vm.json whose mark names the request: at work while the mark holds, else a leftover.
+  const atWork = vmPaths(options.stateDir, 'h1.workinga');
+  await mkdir(atWork.dir, { recursive: true });
+  await writeFile(atWork.creating, JSON.stringify({ pid: process.pid, agentStartedAt: AGENT_STARTED_AT, until: Date.now() + 60_000, request: 'req-work' }));
+  assert.deepEqual(await find('req-work'), { host: 'h1', request: 'req-work', found: 'creating', vm: 'h1.workinga' });
+  await writeFile(atWork.creating, JSON.stringify({ pid: process.pid + 1_000_000, agentStartedAt: AGENT_STARTED_AT - 10_000, until: Date.now() + 60_000, request: 'req-work' }));
+  assert.deepEqual(await find('req-work'), { host: 'h1', request: 'req-work', found: 'leftover', vm: 'h1.workinga' });
+  // At the derived id, a folder with no mark counts as the request's leftover, as create-vm counts it; one
+  // whose mark names another request does not.
+  const derived = vmIdForRequest('h1', 'req-bare');
+  await mkdir(vmPaths(options.stateDir, derived).dir, { recursive: true });
+  assert.deepEqual(await find('req-bare'), { host: 'h1', request: 'req-bare', found: 'leftover', vm: derived });
+  await writeFile(vmPaths(options.stateDir, derived).creating, JSON.stringify({ pid: process.pid, agentStartedAt: AGENT_STARTED_AT, until: Date.now() + 60_000, request: 'req-other' }));
+  assert.deepEqual(await find('req-bare'), { host: 'h1', request: 'req-bare', found: null });
+
+  await recordDeleted(options.stateDir, 'h1.deletedx', 'req-gone');
+  const gone = await find('req-gone');
+  assert.deepEqual([gone.found, gone.vm, typeof gone.deletedAt], ['deleted', 'h1.deletedx', 'string']);
+
+  assert.equal(findCreatePayload.safeParse({ request: 'two words' }).success, false);
+  assert.equal(findCreatePayload.safeParse({ request: 'r', extra: 1 }).success, false);
 });

@@ -1,0 +1,36 @@
+/**
+ * What a create-vm request left on this host, by its request id: the VM it made, a create of it at work, what
+ * a dead run of it left (a folder without vm.json), or the tombstone of its deleted VM. A client that lost a
+ * create's answer asks every host before sending it again, so the repeat reaches the host that has it
+ * instead of making a second VM elsewhere (the CLI's `vm create --request-id` without `--host`).
+ */
+import { readdir } from 'node:fs/promises';
+import { defineHandler } from '../../../core/plugin-api.ts';
+import { qemuOptionsSchema } from '../options.ts';
+import { findCreatePayload, VM_ID_PATTERN } from '../schemas.ts';
+import { hasRecordFile, listRecords } from '../state.ts';
+import { deletedByRequest } from '../tombstones.ts';
+import { vmIdForRequest } from '../vm-id.ts';
+import { markHolds, readCreatingMark } from '../vm-ops.ts';
+
+export type FoundCreate = { found: 'vm' | 'creating' | 'leftover'; vm: string } | { found: 'deleted'; vm: string; deletedAt: string } | { found: null };
+
+export default defineHandler(findCreatePayload, qemuOptionsSchema, async ({ request }, ctx) => {
+  const answer = (found: FoundCreate) => ({ host: ctx.host.id, request, ...found });
+  const made = (await listRecords(ctx.options.stateDir)).find((record) => record.request === request);
+  if (made) return answer({ found: 'vm', vm: made.id });
+  // A folder without vm.json whose `creating` mark names the request: its create at work, or a dead run's.
+  // At the id derived from the request, a folder without vm.json and without a mark (or a torn one) counts
+  // too, as create-vm counts it (its own leftover, which a run of the request removes and starts over).
+  const derived = vmIdForRequest(ctx.host.id, request);
+  const folders = (await readdir(ctx.options.stateDir).catch(() => [] as string[])).filter((name) => VM_ID_PATTERN.test(name)).sort();
+  for (const id of folders) {
+    const mark = await readCreatingMark(ctx.options, id);
+    const ours = mark?.request === request || (id === derived && mark?.request === undefined);
+    if (!ours || (await hasRecordFile(ctx.options.stateDir, id))) continue;
+    return answer({ found: markHolds(mark, ctx.host) ? 'creating' : 'leftover', vm: id });
+  }
+  const deleted = await deletedByRequest(ctx.options.stateDir, request);
+  if (deleted) return answer({ found: 'deleted', vm: deleted.vm, deletedAt: deleted.deletedAt });
+  return answer({ found: null });
+});

@@ -1,0 +1,53 @@
+/**
+ * `vm create --request-id` without `--host` on RabbitMQ: where the repeat goes, from what every host said
+ * about the request (find-create). The whole path, with two QEMU hosts, is in test/e2e/ops-cli-vm.test.ts.
+ */
+import assert from 'node:assert/strict';
+import test from 'node:test';
+import { foundElsewhere, hostOfEarlierCreate } from '../../../core/cli/commands/vm-create-find.ts';
+import { makeReply, makeRequest, type ReplyEnvelope } from '../../../core/envelope.ts';
+import { cloudletError, type CloudletError } from '../../../core/errors.ts';
+import type { GatherResult } from '../../../core/transports/transport.ts';
+
+const asked = makeRequest({ type: 'find-create', payload: { request: 'req-1' } });
+const said = (host: string, found: string | null, vm?: string): ReplyEnvelope => makeReply(asked, host, { ok: true, result: { host, request: 'req-1', found, ...(vm ? { vm } : {}) } });
+const failed = (host: string, code: string, details?: Record<string, unknown>): ReplyEnvelope => makeReply(asked, host, { ok: false, error: cloudletError(code as 'INTERNAL', `${code} on ${host}`, details).toWire() });
+const gathered = (replies: ReplyEnvelope[], extra: Partial<GatherResult> = {}): GatherResult => ({ replies, missing: [], ...extra });
+
+test('find-create — nothing anywhere, every host that makes VMs said so: any host (no target)', () => {
+  // `plain` runs no qemu-backend: UNKNOWN_TYPE, and create-vm is not among the types it knows.
+  const result = hostOfEarlierCreate(gathered([said('h1', null), said('h2', null), failed('plain', 'UNKNOWN_TYPE', { type: 'find-create', known: ['host-info', 'list-vms'] })]), 'req-1');
+  assert.deepEqual(result, { found: [] });
+});
+
+test('find-create — the host that has the VM, a create at work, a leftover or the deletion; a VM wins over the others', () => {
+  for (const found of ['vm', 'creating', 'leftover', 'deleted']) {
+    assert.equal(hostOfEarlierCreate(gathered([said('h1', null), said('h2', found, 'h2.abcdefgh')]), 'req-1').host, 'h2', found);
+  }
+  // Found wins even with a host silent: the request ran where it was found.
+  const both = hostOfEarlierCreate(gathered([said('h1', 'deleted', 'h1.abcdefgh'), said('h2', 'vm', 'h2.abcdefgh')], { missing: ['h3'] }), 'req-1');
+  assert.equal(both.host, 'h2');
+  assert.equal(foundElsewhere(both.found, 'h2'), 'warning: request left something on other hosts too: h1 (deleted h1.abcdefgh)');
+  assert.equal(foundElsewhere(both.found.filter((f) => f.host === 'h2'), 'h2'), undefined);
+});
+
+test('find-create — a host that may have run it and cannot say: REQUEST_UNRESOLVED naming it, not a create sent to any host', () => {
+  const cases: [GatherResult, RegExp][] = [
+    [gathered([said('h1', null)], { missing: ['h2'] }), /h2 \(did not answer\)/],
+    [gathered([said('h1', null)], { down: [{ host: 'h2', agoMs: 9_000 }] }), /h2 \(down\)/],
+    [gathered([said('h1', null), failed('h2', 'TIMEOUT')]), /h2 \(TIMEOUT: TIMEOUT on h2\)/],
+    [gathered([said('h1', null), failed('h2', 'UNKNOWN_TYPE', { type: 'find-create', known: ['create-vm', 'list-vms'] })]), /h2 \(its agent is older than find-create\)/],
+  ];
+  for (const [result, names] of cases) {
+    assert.throws(
+      () => hostOfEarlierCreate(result, 'req-1'),
+      (error: CloudletError) => {
+        assert.equal(error.code, 'REQUEST_UNRESOLVED');
+        assert.match(error.message, /^request req-1 left nothing on the hosts that answered, but .* could not say whether it ran there: sending it to any host could make a second VM$/);
+        assert.match(error.message, names);
+        assert.match((error.details as { hint: string }).hint, /give --host/);
+        return true;
+      },
+    );
+  }
+});
