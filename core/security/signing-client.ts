@@ -5,7 +5,7 @@
 import type { KeyObject } from 'node:crypto';
 import { cloudletError } from '../errors.ts';
 import type { ReplyEnvelope, RequestEnvelope } from '../envelope.ts';
-import type { ClientTransport, GatherOptions, GatherResult, RequestOptions } from '../transports/transport.ts';
+import type { ClientTransport, GatherOptions, GatherResult, KnownHost, RequestOptions } from '../transports/transport.ts';
 import { signatureValid, signEnvelope, type Signer } from './envelope-auth.ts';
 
 export interface SigningOptions {
@@ -23,7 +23,11 @@ export class SigningClientTransport implements ClientTransport {
     this.#inner = inner;
     this.kind = inner.kind;
     this.#options = options;
+    if (inner.hosts) this.hosts = (waitMs) => inner.hosts!(waitMs);
   }
+
+  /** The inner transport's registry, as it is (heartbeats carry no signature). */
+  readonly hosts?: (waitMs?: number) => Promise<KnownHost[]>;
 
   #sign(request: RequestEnvelope): RequestEnvelope {
     return this.#options.signer ? signEnvelope(request, this.#options.signer) : request;

@@ -97,12 +97,25 @@ export interface GatherOptions extends RequestOptions {
   accept?(reply: ReplyEnvelope): boolean;
 }
 
+/** A host as a client's registry knows it (ClientTransport.hosts). */
+export interface KnownHost {
+  host: string;
+  state: 'up' | 'down';
+  routes: InboundRoute[];
+  tookRoutes: InboundRoute[];
+}
+
 export interface ClientTransport {
   readonly kind: string;
   /** Sends a request and resolves with its reply (which may carry an error). Rejects only for transport failures. */
   request(request: RequestEnvelope, options?: RequestOptions): Promise<ReplyEnvelope>;
   /** Sends a request to every live host and gathers the replies. */
   gather(request: RequestEnvelope, options?: GatherOptions): Promise<GatherResult>;
+  /**
+   * The hosts this client knows of, from their heartbeats (RabbitMQ; absent on the local socket). `tookRoutes`:
+   * the routes a host took when it last took work (a host draining before it stops announces none).
+   */
+  hosts?(waitMs?: number): Promise<KnownHost[]>;
   /** Receives events published by agents until the returned function is called. */
   subscribe(onEvent: (event: EventEnvelope) => void): Promise<() => Promise<void>>;
   /**

@@ -8,8 +8,8 @@ import { readdir } from 'node:fs/promises';
 import { defineHandler } from '../../../core/plugin-api.ts';
 import { qemuOptionsSchema } from '../options.ts';
 import { findCreatePayload, VM_ID_PATTERN } from '../schemas.ts';
-import { hasRecordFile, listRecords } from '../state.ts';
-import { deletedByRequest } from '../tombstones.ts';
+import { hasRecordFile, listRecords, readRecord } from '../state.ts';
+import { deletedByRequest, deletedRecord } from '../tombstones.ts';
 import { vmIdForRequest } from '../vm-id.ts';
 import { markHolds, readCreatingMark } from '../vm-ops.ts';
 
@@ -27,10 +27,18 @@ export default defineHandler(findCreatePayload, qemuOptionsSchema, async ({ requ
   for (const id of folders) {
     const mark = await readCreatingMark(ctx.options, id);
     const ours = mark?.request === request || (id === derived && mark?.request === undefined);
-    if (!ours || (await hasRecordFile(ctx.options.stateDir, id))) continue;
+    if (!ours) continue;
+    if (await hasRecordFile(ctx.options.stateDir, id)) {
+      // Its create finished since the records were read above.
+      if ((await readRecord(ctx.options.stateDir, id).catch(() => undefined))?.request === request) return answer({ found: 'vm', vm: id });
+      continue;
+    }
     return answer({ found: markHolds(mark, ctx.host) ? 'creating' : 'leftover', vm: id });
   }
-  const deleted = await deletedByRequest(ctx.options.stateDir, request);
+  // As create-vm refuses it: a tombstone found by the request, or one at the derived id that names none.
+  const byRequest = await deletedByRequest(ctx.options.stateDir, request);
+  const atDerived = byRequest ? undefined : await deletedRecord(ctx.options.stateDir, derived);
+  const deleted = byRequest ?? (atDerived?.request === undefined ? atDerived : undefined);
   if (deleted) return answer({ found: 'deleted', vm: deleted.vm, deletedAt: deleted.deletedAt });
   return answer({ found: null });
 });

@@ -303,6 +303,10 @@ test('find-create — says what a request left on this host: its VM, a create at
   await writeFile(vmPaths(options.stateDir, derived).creating, JSON.stringify({ pid: process.pid, agentStartedAt: AGENT_STARTED_AT, until: Date.now() + 60_000, request: 'req-other' }));
   assert.deepEqual(await find('req-bare'), { host: 'h1', request: 'req-bare', found: null });
 
+  // A tombstone at the derived id that names no request (a VM deleted with an unreadable record) counts, as
+  // create-vm counts it.
+  await recordDeleted(options.stateDir, vmIdForRequest('h1', 'req-unnamed'), undefined);
+  assert.deepEqual(await find('req-unnamed').then((r) => [r.found, r.vm]), ['deleted', vmIdForRequest('h1', 'req-unnamed')]);
   await recordDeleted(options.stateDir, 'h1.deletedx', 'req-gone');
   const gone = await find('req-gone');
   assert.deepEqual([gone.found, gone.vm, typeof gone.deletedAt], ['deleted', 'h1.deletedx', 'string']);
