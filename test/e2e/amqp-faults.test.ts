@@ -8,7 +8,7 @@ import amqplib from 'amqplib';
 import { makeEvent, makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
 import type { CloudletError } from '../../core/errors.ts';
 import { amqpNames } from '../../core/transports/amqp/names.ts';
-import { until } from '../helpers.ts';
+import { runCli, tempDir, until, writeConfig } from '../helpers.ts';
 import { queueDepth, SHARED_BROKER, startCloud } from '../support/cloud.ts';
 import { startRabbitNode } from '../support/rabbit-node.ts';
 
@@ -754,4 +754,27 @@ test('late — an any-host request that arrives after its deadline is answered D
   await until(() => replies.length > 0, 10_000);
   assert.deepEqual(replies.map((reply) => [reply.id, reply.error?.code]), [[request.id, 'DEADLINE_EXCEEDED']]);
   assert.equal(await queueDepth(cloud.url, names.deadLetter), 0);
+});
+
+test('alarm — hosts forget in a broker resource alarm gives up within its limits (BROKER_UNAVAILABLE), it does not hang', { timeout: 120_000 }, async (t) => {
+  // A broker in a memory alarm stops reading every connection that publishes (the CLI's probe does): nothing
+  // it asks afterwards is answered until the alarm clears, maybe hours later. Before, the channel for the
+  // queue's delete was opened without a limit, and the command hung. A broker node of the test's own.
+  const node = await startRabbitNode(t, { name: 'forget' });
+  const prefix = `t-forget-${randomUUID().slice(0, 8)}`;
+  const names = amqpNames(prefix);
+  // The queue of a host that is gone: something to forget.
+  const connection = await amqplib.connect(node.url);
+  const channel = await connection.createChannel();
+  await channel.assertQueue(names.hostQueue('ghost'));
+  await connection.close();
+  const dir = await tempDir(t);
+  const config = await writeConfig(dir, 'client.yaml', `transport:\n  kind: amqp\n  url: "${node.url}"\n  prefix: ${prefix}\n`);
+  await node.ctl(['set_vm_memory_high_watermark', '0']);
+  t.after(() => node.ctl(['set_vm_memory_high_watermark', '0.4']).catch(() => undefined));
+  const forgot = await runCli(['hosts', 'forget', 'ghost', '--config', config, '--json'], { timeoutMs: 60_000 });
+  assert.equal(forgot.code, 4, forgot.stdout + forgot.stderr); // unreachable
+  const error = (JSON.parse(forgot.stdout) as { error: { code: string; message: string } }).error;
+  assert.equal(error.code, 'BROKER_UNAVAILABLE');
+  assert.match(error.message, /within 10 s/);
 });

@@ -67,7 +67,7 @@ const CONFIRM_WAIT_MS = 10_000;
  * failed delete or a passive check of a missing queue closes its channel.
  */
 async function deleteIdleQueue(context: ForgetContext, queue: string, host: string): Promise<{ existed: boolean; messages: number; kept?: string }> {
-  const channel = await context.model.createChannel();
+  const channel = await withinLimit(context.model.createChannel(), CONFIRM_WAIT_MS, `the broker did not open a channel within ${CONFIRM_WAIT_MS / 1000} s (a resource alarm?)`);
   let closed = false;
   channel.on('error', () => undefined);
   channel.on('close', () => (closed = true));
@@ -95,7 +95,8 @@ async function deleteIdleQueue(context: ForgetContext, queue: string, host: stri
       throw brokerTrouble(queue, error);
     }
   } finally {
-    if (!closed) await channel.close().catch(() => undefined);
+    // Not waited for past the limit: a broker that stopped reading us does not answer the close either.
+    if (!closed) await withinLimit(channel.close(), CONFIRM_WAIT_MS, 'close').catch(() => undefined);
   }
 }
 
