@@ -1,7 +1,8 @@
+import { stat } from 'node:fs/promises';
 import { defineHandler } from '../../../core/plugin-api.ts';
 import { qemuOptionsSchema } from '../options.ts';
 import { vmRefPayload } from '../schemas.ts';
-import { readRecord, removeVmFolder, type VmRecord } from '../state.ts';
+import { readRecord, removeVmFolder, vmPaths, type VmRecord } from '../state.ts';
 import { deletedRecord, recordDeleted } from '../tombstones.ts';
 import { checkOwner, readCreatingMark, refuseWhileCreating, removeLeftover, stopVm } from '../vm-ops.ts';
 
@@ -22,10 +23,11 @@ export default defineHandler(vmRefPayload, qemuOptionsSchema, async ({ vm }, ctx
   }
   if (record) return deleteRecorded(record);
   // What a create that died left (a folder without vm.json, perhaps a QEMU and a tap): the delete the caller
-  // asks for removes it, rather than leave it to the sweeper.
-  const mark = await readCreatingMark(ctx.options, vm);
-  if (await removeLeftover(ctx.options, vm)) {
-    await remember(mark?.request);
+  // asks for removes it, rather than leave it to the sweeper. The tombstone first, as for a VM: a removal
+  // cut short (the agent killed, a busy mount) must not leave the id free for a new VM.
+  if (await isDirectory(vmPaths(ctx.options.stateDir, vm).dir)) {
+    await remember((await readCreatingMark(ctx.options, vm))?.request);
+    await removeLeftover(ctx.options, vm);
     return { vm, deleted: true, already: false, hint: 'the VM was never finished (no vm.json): what its create left was removed' };
   }
   const deleted = await deletedRecord(ctx.options.stateDir, vm);
@@ -54,3 +56,5 @@ export default defineHandler(vmRefPayload, qemuOptionsSchema, async ({ vm }, ctx
     return { vm, deleted: true, already: false, stopped };
   }
 });
+
+const isDirectory = (path: string): Promise<boolean> => stat(path).then((info) => info.isDirectory(), () => false);

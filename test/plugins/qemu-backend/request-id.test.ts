@@ -4,6 +4,7 @@
  * that fails to start stands in where a VM would boot (the real boot is in test/e2e/qemu-backend.test.ts).
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { access, mkdir, readdir, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -313,4 +314,30 @@ test('find-create — says what a request left on this host: its VM, a create at
 
   assert.equal(findCreatePayload.safeParse({ request: 'two words' }).success, false);
   assert.equal(findCreatePayload.safeParse({ request: 'r', extra: 1 }).success, false);
+});
+
+test('deleted — a leftover gets its tombstone before it is removed: a removal that fails half-way leaves the tombstone', async (t) => {
+  // Before, the tombstone was written after the removal: an agent killed in between left a deleted leftover
+  // without one, and a create sent again would have made a new VM under that id. A bind mount inside the
+  // folder makes the removal fail here (EBUSY), as a kill would end it.
+  const options = await setUp(t);
+  const id = vmIdForRequest('h1', 'req-left');
+  const paths = vmPaths(options.stateDir, id);
+  const busy = join(paths.dir, 'busy');
+  const source = join(options.stateDir, '..', 'empty-source');
+  await mkdir(busy, { recursive: true });
+  await mkdir(source, { recursive: true });
+  await writeFile(paths.creating, JSON.stringify({ pid: process.pid + 1_000_000, agentStartedAt: AGENT_STARTED_AT - 10_000, until: 0, request: 'req-left' }));
+  const mounted = spawnSync('mount', ['--bind', source, busy], { encoding: 'utf8' });
+  assert.equal(mounted.status, 0, `mount --bind: ${mounted.stderr}`);
+  try {
+    await assert.rejects(deleteVm(options, id), /EBUSY|busy/i);
+  } finally {
+    assert.equal(spawnSync('umount', [busy], { encoding: 'utf8' }).status, 0, 'umount');
+  }
+  assert.equal((await deletedRecord(options.stateDir, id))?.request, 'req-left', 'the tombstone was written first');
+  // Done again, the delete finishes, and the request stays refused.
+  const deleted = await deleteVm(options, id);
+  assert.equal(deleted.deleted, true);
+  await assert.rejects(run(options, 'req-left', { image: 'tiny', memory: 128, vcpus: 1 }).result, { code: 'REQUEST_ID_REUSED' });
 });
