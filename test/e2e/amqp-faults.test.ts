@@ -109,6 +109,38 @@ test('redelivery — a type whose handler answers repeats (handlesRepeats) runs 
   assert.deepEqual(await rawRequest(cloud.url, cloud.prefix, 'h1', echoId, 'test.echo', { value: 'once' }), first);
 });
 
+test('redelivery — a repeat of a handlesRepeats type sent the moment its reply arrives is answered too, not joined to a run that has answered', async (t) => {
+  // Found by the clean-clone CI (e2e security, signed): a copy that came in while the first run's reply was
+  // already published but not yet confirmed joined that run, whose reply had gone out without it; the copy
+  // was acked with the run, unanswered, and its caller timed out. Each repeat here is sent from the
+  // consumer of the previous reply, so some land in that window.
+  const cloud = await startCloud(t, [{ id: 'h1' }]);
+  const names = amqpNames(cloud.prefix);
+  const connection = await amqplib.connect(cloud.url);
+  t.after(() => connection.close().catch(() => undefined));
+  const channel = await connection.createChannel();
+  const id = `quick-${randomUUID()}`;
+  const rounds = 200;
+  const replies: ReplyEnvelope[] = [];
+  let queue = '';
+  const send = () =>
+    channel.publish(names.directExchange, 'h1', Buffer.from(JSON.stringify(makeRequest({ id, type: 'test.echo-again', target: 'h1', payload: { value: replies.length } }))), {
+      messageId: id,
+      replyTo: queue,
+      type: 'test.echo-again',
+      expiration: '30000',
+      contentType: 'application/json',
+    });
+  queue = await replyQueue(channel, (reply) => {
+    replies.push(reply);
+    if (replies.length < rounds) send();
+  });
+  send();
+  await until(() => replies.length >= rounds, 30_000);
+  assert.equal(replies.length, rounds, `${replies.length} of ${rounds} answered`);
+  for (const reply of replies) assert.equal(reply.ok, true, JSON.stringify(reply.error));
+});
+
 test('poison — a request that kills the agent every time is dead-lettered after maxDeliveries and the agent goes on', async (t) => {
   const cloud = await startCloud(t, [{ id: 'h1' }], { transportExtra: '  maxDeliveries: 2\n' });
   const id = `poison-${randomUUID()}`;

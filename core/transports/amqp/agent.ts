@@ -63,6 +63,11 @@ interface InFlightRequest {
   /** Those copies: acked with the first one, once its reply is confirmed, never before. */
   duplicates: { channel: ConfirmChannel; msg: ConsumeMessage }[];
   /**
+   * The reply, once it is final and about to go out (until its confirm the request stays in #inFlight): a
+   * copy that comes in now is too late to share its publish, and gets it sent to its own address.
+   */
+  answer?: { envelope: ReplyEnvelope; encoded: string | undefined };
+  /**
    * Settles once the progress sent so far has gone out. Large progress goes on another channel (see
    * #publishLarge) and is confirmed first, so later progress and the reply wait for it: progress always
    * reaches the caller before its reply, in the order it was sent.
@@ -277,6 +282,12 @@ export class AmqpAgentTransport implements AgentTransport {
         return;
       }
       const running = this.#inFlight.get(id);
+      if (running?.answer) {
+        // Its reply went out a moment ago (a handlesRepeats type, which skips the stored outcome above).
+        log.info({ msgId: id, route }, 'request sent again as its run answered: given that answer');
+        await this.#publishReply(channel, [replyTo], running.answer.envelope, msg, route === 'broadcast', running.answer.encoded);
+        return;
+      }
       if (running) {
         running.replyTo.add(replyTo);
         running.duplicates.push({ channel, msg });
@@ -377,6 +388,7 @@ export class AmqpAgentTransport implements AgentTransport {
           // (An abandoned line that cannot be written yet stays pending, and holds the reply back with it.)
           if (id && envelope.error?.retryable) await store.recordAbandoned(id).catch(() => undefined);
           else if (id) store.recordDone(id, envelope, encoded); // written before the reply's frames (#publishReply)
+          inFlight.answer = { envelope, encoded };
           await inFlight.progressSent;
           const confirmed = await this.#publishReply(channel, [...inFlight.replyTo], envelope, msg, route === 'broadcast', encoded);
           // Unconfirmed: the copies stay unacked too, and come back to be answered from the stored outcome.
