@@ -51,6 +51,7 @@ export const gatherBenchmark: Benchmark = {
       while (client.registry.liveHosts('broadcast').length < count) {
         if (Date.now() > waitUntil) throw new Error(`the client sees ${client.registry.liveHosts('broadcast').length} of ${count} hosts\n${describeHosts(client, agents)}`);
         await client.hosts(200);
+        await new Promise((resolve) => setTimeout(resolve, 50));
       }
 
       const gatherOnce = async () => {

@@ -536,6 +536,10 @@ export class AmqpClientTransport implements ClientTransport {
     // Hosts the first answer named get a moment to answer for themselves.
     const deadline = Date.now() + Math.min(waitMs, 500);
     while (Date.now() < deadline && this.registry.entries().some((e) => e.state === 'up' && !e.heartbeat)) await new Promise((r) => setTimeout(r, 25));
+    // Always yield to the event loop (a timer, not a microtask). Without it a call that waited for nothing
+    // above resolved with no I/O in between, and a caller polling hosts() in a loop (until a host shows up,
+    // say) spun on microtasks and never read the heartbeat it was waiting for.
+    await new Promise((r) => setTimeout(r, 0));
     return this.registry.entries();
   }
 
