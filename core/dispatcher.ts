@@ -152,6 +152,8 @@ export class Dispatcher {
     const cancel = new Cancellation();
     let finished!: () => void;
     const entry: InFlight = { request, cancel, done: new Promise<void>((resolve) => (finished = resolve)) };
+    // Taken before this message joins them: what was accepted before it (MessageDefinition.seesInFlight).
+    const inFlight = this.#inFlightIds(route.definition.seesInFlight);
     this.#inFlight.add(entry);
     const started = performance.now();
     messageLog.debug('accepted');
@@ -161,7 +163,7 @@ export class Dispatcher {
     let lock: KeyedLock | undefined;
     const runInPool = () =>
       this.#options.pools.run(
-        { id: request.id, type: request.type, deadline, payload: payload.data, acceptedAt: now },
+        { id: request.id, type: request.type, deadline, payload: payload.data, acceptedAt: now, ...(inFlight ? { inFlight } : {}) },
         {
           // The pool takes the message (or answers BUSY) before it queues for the lock, and holds it there
           // like a message waiting for a thread: it shows as queued, and it is answered as soon as its time
@@ -203,6 +205,14 @@ export class Dispatcher {
       this.#inFlight.delete(entry);
       finished();
     }
+  }
+
+  /** The ids of the accepted, unanswered requests of each of `types`; undefined when none are asked for. */
+  #inFlightIds(types: readonly string[] | undefined): Record<string, string[]> | undefined {
+    if (!types || types.length === 0) return undefined;
+    const ids: Record<string, string[]> = Object.fromEntries(types.map((type) => [type, []]));
+    for (const { request } of this.#inFlight) ids[request.type]?.push(request.id);
+    return ids;
   }
 
   /**

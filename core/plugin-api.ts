@@ -63,6 +63,14 @@ export interface MessageDefinition<Payload extends z.ZodType = z.ZodType> {
    * core API 1.10.
    */
   handlesRepeats?: boolean;
+  /**
+   * Message types of this same plugin whose requests this host has accepted and not yet answered (waiting
+   * for a thread or a lock, or running): the handler receives their ids in `ctx.inFlight`, as they were when
+   * this message was accepted. For a handler that must know what is about to happen on this host, not only
+   * what is on disk (qemu-backend's `find-create` sees a `create-vm` that waits for its thread). Added in
+   * core API 1.11.
+   */
+  seesInFlight?: readonly string[];
 }
 
 /** A minimal, pino-compatible logger surface available in hooks and handlers. */
@@ -254,6 +262,12 @@ export interface HandlerContext<Options = unknown> {
   plugins: readonly LoadedPluginSummary[];
   /** For each capability, the plugins providing a module for it, in load order: config order, a plugin after its dependencies (core API 1.3). */
   providers: Readonly<Record<string, readonly CapabilityProvider[]>>;
+  /**
+   * For each type named in the definition's `seesInFlight`: the ids of that type's requests this host had
+   * accepted and not yet answered when it accepted this message (this message itself excluded). An empty
+   * object for a definition without `seesInFlight`. Core API 1.11.
+   */
+  inFlight: Readonly<Record<string, readonly string[]>>;
 }
 
 /** A plugin's implementation of a capability, as a handler of another plugin sees it. */

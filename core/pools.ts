@@ -32,6 +32,8 @@ export interface PoolTask {
   payload: unknown;
   /** When the agent accepted the message: timeoutMs counts from here (default: now). */
   acceptedAt?: number;
+  /** The handler's `ctx.inFlight` (MessageDefinition.seesInFlight); none: an empty object. */
+  inFlight?: Record<string, string[]>;
 }
 
 export interface RunHooks {
@@ -221,7 +223,7 @@ export class PoolManager {
    * and answered as soon as its time budget runs out or it is cancelled, with the same codes. Resolves with
    * that answer, or with undefined once the gate opened in time.
    */
-  #holdUntil(managed: ManagedPool, task: Required<PoolTask>, gate: Promise<unknown>, cancellation: Cancellation | undefined): Promise<RunOutcome | undefined> {
+  #holdUntil(managed: ManagedPool, task: PoolTask & { acceptedAt: number }, gate: Promise<unknown>, cancellation: Cancellation | undefined): Promise<RunOutcome | undefined> {
     const { settings } = managed.spec;
     const timeoutAt = task.acceptedAt + settings.timeoutMs;
     return new Promise((resolve) => {
@@ -335,7 +337,7 @@ export class PoolManager {
 
       const start = () => {
         waiting = undefined;
-        const workerTask: WorkerTask = { run, id: task.id, type: task.type, deadline: effectiveDeadline, payload: task.payload };
+        const workerTask: WorkerTask = { run, id: task.id, type: task.type, deadline: effectiveDeadline, payload: task.payload, ...(task.inFlight ? { inFlight: task.inFlight } : {}) };
         let running: Promise<WorkerResult>;
         try {
           // Cleared by tinypool's 'drain' during the call when the task went straight to a thread.

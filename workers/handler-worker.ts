@@ -136,6 +136,7 @@ export default async function runTask(task: WorkerTask): Promise<WorkerResult> {
     },
     plugins: poolData.plugins,
     providers: poolData.providers ?? {},
+    inFlight: task.inFlight ?? {},
   };
   let outcome: WorkerOutcome;
   try {

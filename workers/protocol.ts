@@ -40,6 +40,8 @@ export interface WorkerTask {
   type: string;
   deadline: number;
   payload: unknown;
+  /** The handler's `ctx.inFlight`, when its definition has `seesInFlight`. */
+  inFlight?: Record<string, string[]>;
 }
 
 /** `stack`: where a failing handler threw, for the agent log only (never sent to the caller). */

@@ -38,6 +38,7 @@ export const pluginDefinitionSchema = z.object({
         pool: poolOverrideSchema.optional(),
         serializeBy: z.string().min(1).max(64).optional(),
         handlesRepeats: z.boolean().optional(),
+        seesInFlight: z.array(messageTypeSchema).max(32).optional(),
       }).strict(),
     )
     .optional(),

@@ -178,6 +178,15 @@ async function checkDefinition(plugin: CloudletPlugin, url: string): Promise<str
       problems.push(`plugin "${plugin.name}" has a capability module for "${capability}" but does not list it in "provides"`);
     }
   }
+  // A handler sees only its own plugin's requests in flight: another plugin's ids are none of its business.
+  const ownTypes = Object.keys(plugin.messages ?? {});
+  for (const [type, message] of Object.entries(plugin.messages ?? {})) {
+    for (const seen of message.seesInFlight ?? []) {
+      if (!ownTypes.includes(seen)) {
+        problems.push(`message "${type}" of plugin "${plugin.name}": seesInFlight names "${seen}", which is not one of this plugin's message types (${ownTypes.join(', ')})`);
+      }
+    }
+  }
   const modules = [
     ...Object.entries(plugin.messages ?? {}).map(([type, message]) => ({ what: `message "${type}"`, url: message.handler })),
     ...Object.entries(plugin.capabilityModules ?? {}).map(([capability, url]) => ({ what: `capability "${capability}"`, url })),

@@ -13,7 +13,7 @@ const handler = (name: string) => new URL(`./handlers/${name}.ts`, import.meta.u
 export default definePlugin({
   name: 'qemu-backend',
   version: '1.0.0',
-  api: '^1.10.0',
+  api: '^1.11.0',
   description: 'QEMU VMs from base images, controlled over QMP.',
   provides: ['vm-backend'],
   options: qemuOptionsSchema,
@@ -33,7 +33,7 @@ export default definePlugin({
     'list-images': { payload: listVmsPayload, handler: handler('list-images'), pool: { timeoutMs: 30_000 } },
     'get-vm': { payload: vmRefPayload, handler: handler('get-vm'), serializeBy: 'vm', pool: { timeoutMs: 30_000 } },
     // Asked of every host before a create is sent again without a target (what the request left, where).
-    'find-create': { payload: findCreatePayload, handler: handler('find-create'), pool: { timeoutMs: 30_000 } },
+    'find-create': { payload: findCreatePayload, handler: handler('find-create'), seesInFlight: ['create-vm'], pool: { timeoutMs: 30_000 } },
     'get-console-log': { payload: getConsoleLogPayload, handler: handler('get-console-log'), pool: { maxThreads: 2, timeoutMs: 10_000 } },
   },
   hooks: {

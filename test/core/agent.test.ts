@@ -190,6 +190,26 @@ test('agent — progress streams to the caller before the reply', async (t) => {
   assert.deepEqual(stages, ['step:1', 'step:2', 'step:3', 'step:4']);
 });
 
+test('agent — seesInFlight (core API 1.11): a handler is told the ids of the requests of those types accepted and not yet answered', async (t) => {
+  // A short grace: the long sleep is cancelled when the agent stops at the end.
+  const { agent, client, logs } = await startAgent(t, { ...withTestkit, pools: { 'test.sleep': { maxThreads: 1 } }, shutdown: { graceMs: 100 } });
+  const inFlightNow = async (type = 'test.in-flight') => ((await client.request(makeRequest({ type, payload: {} }))).result as { inFlight: Record<string, string[]> }).inFlight;
+  assert.deepEqual(await inFlightNow(), { 'test.sleep': [], 'test.in-flight': [] }, 'nothing in flight; not this message itself');
+  assert.deepEqual(await inFlightNow('test.in-flight-blind'), {}, 'a type that names none gets an empty object');
+
+  // One sleep runs (it holds the only thread), one waits for it.
+  const running = makeRequest({ type: 'test.sleep', payload: { ms: 30_000, announce: true } });
+  const waiting = makeRequest({ type: 'test.sleep', payload: { ms: 1 } });
+  const replies = [client.request(running), client.request(waiting)];
+  await until(() => logs().some((line) => line.started === true), 10_000);
+  assert.ok(logs().some((line) => line.started === true), 'the first sleep is running');
+  assert.deepEqual(await inFlightNow(), { 'test.sleep': [running.id, waiting.id], 'test.in-flight': [] });
+  assert.deepEqual(await inFlightNow('test.in-flight-blind'), {});
+
+  await agent.stop('test finished');
+  assert.deepEqual((await Promise.all(replies)).map((reply) => reply.error?.code), ['SHUTTING_DOWN', 'SHUTTING_DOWN'], 'both answered once the agent stopped');
+});
+
 test('agent — many concurrent requests on one connection are matched to their replies by id', async (t) => {
   const { client } = await startAgent(t, withTestkit);
   const replies = await Promise.all(

@@ -178,6 +178,12 @@ test('loader — PLUGIN_INVALID for a handler named by a relative URL', async ()
   assert.match(problem.message, /message "relative\.ping" of plugin "relative-handler": module "\.\/handler\.ts" is not an absolute URL/);
 });
 
+test('loader — PLUGIN_INVALID for seesInFlight naming a type that is not the plugin\'s own', async () => {
+  const problem = onlyProblem(await load(fixture('sees-other-plugin')));
+  assert.equal(problem.code, 'PLUGIN_INVALID');
+  assert.match(problem.message, /message "peek\.find" of plugin "sees-other-plugin": seesInFlight names "create-vm", which is not one of this plugin's message types \(peek\.own, peek\.find\)/);
+});
+
 test('loader — PLUGIN_INVALID for a handler module that does not exist', async () => {
   const problem = onlyProblem(await load(fixture('missing-handler')));
   assert.equal(problem.code, 'PLUGIN_INVALID');

@@ -361,3 +361,29 @@ test('vm cli — a create cut off by its agent\'s death names its request id; cr
   assert.deepEqual((await host.ns.run(['pgrep', '-f', `cloudlet-${vm}`])).trim().split('\n'), [String(again.vm.pid)]);
   assert.deepEqual(json<{ vms: Vm[] }>(await cli(['vm', 'list', '--json'])).vms.map((v) => v.id), [vm]);
 });
+
+test('vm cli — find-create sees a create its host accepted that waits for its turn ("accepted"), not nothing', async (t) => {
+  // Before (core API 1.10), a create waiting behind another for create-vm's one thread had left nothing on
+  // disk, and find-create answered null: a repeat without --host on RabbitMQ could go to another host and
+  // make a second VM there. The agent now tells find-create which creates it holds (seesInFlight).
+  const qemu = await gatedQemu(t);
+  const host = await startQemuHost(t, { qemuOptionsYaml: `      qemuBinary: ${qemu.binary}\n` });
+  const cli = vmCli(host.configFile);
+  const find = async (request: string) => json<{ found: string | null; vm?: string }>(await cli(['call', 'find-create', '--payload', JSON.stringify({ request })]));
+  const create = (request: string) => cli(['vm', 'create', '--image', 'tiny', '--memory', '128', '--request-id', request, '--json']);
+  assert.deepEqual(await find('second-in-line'), { host: 'qhost', request: 'second-in-line', found: null }, 'nothing before it is sent');
+
+  const first = create('first-in-line');
+  await until(async () => (await find('first-in-line')).found === 'creating', 30_000);
+  assert.equal((await find('first-in-line')).found, 'creating', 'the first create holds the thread (its QEMU waits at the gate)');
+  const second = create('second-in-line');
+  await until(async () => (await find('second-in-line')).found !== null, 30_000);
+  assert.deepEqual(await find('second-in-line'), { host: 'qhost', request: 'second-in-line', found: 'accepted' }, 'the second, accepted and waiting for the thread, is seen');
+
+  await qemu.release();
+  const [made1, made2] = await Promise.all([first, second]);
+  assert.equal(made1.code, 0, made1.stderr);
+  assert.equal(made2.code, 0, made2.stderr);
+  const vm2 = json<{ vm: Vm }>(made2).vm;
+  assert.deepEqual(await find('second-in-line'), { host: 'qhost', request: 'second-in-line', found: 'vm', vm: vm2.id }, 'once made, its VM');
+});

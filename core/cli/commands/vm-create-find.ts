@@ -14,7 +14,8 @@ import { hostOutcomes, whyMissing, type CliClient } from '../client.ts';
 /** What find-create answered on one host (plugins/qemu-backend/handlers/find-create.ts). */
 export interface FoundCreate {
   host: string;
-  found: 'vm' | 'creating' | 'leftover' | 'deleted' | null;
+  /** `accepted`: a create of it waits on that host for its turn (no VM id yet); agents from core API 1.11. */
+  found: 'vm' | 'creating' | 'accepted' | 'leftover' | 'deleted' | null;
   vm?: string;
   deletedAt?: string;
 }
@@ -24,7 +25,18 @@ export interface FoundCreate {
  * deletion before a leftover: the request's VM was made and deleted there, while a leftover is only a run
  * that died, which a repeat on that host removes and starts over.
  */
-const FIRST_CHOICE: FoundCreate['found'][] = ['vm', 'creating', 'deleted', 'leftover'];
+const FIRST_CHOICE: FoundCreate['found'][] = ['vm', 'creating', 'accepted', 'deleted', 'leftover'];
+
+/** A create that has run, or will: the request's VM is (or will be) on that host, whatever others say. */
+const SETTLES: FoundCreate['found'][] = ['vm', 'creating', 'accepted'];
+
+const PHRASE: Record<NonNullable<FoundCreate['found']>, string> = {
+  vm: 'a VM',
+  creating: 'a create at work',
+  accepted: 'a create waiting for its turn',
+  deleted: 'a deleted VM',
+  leftover: 'a leftover',
+};
 
 /** How long the hosts get to answer, at most (less when the create's own deadline is nearer). */
 export const FIND_TIMEOUT_MS = 15_000;
@@ -65,15 +77,15 @@ export function hostOfEarlierCreate(gathered: GatherResult, requestId: string, k
       unsure.push(`${entry.host} (takes any-host requests, but was not asked: it takes no broadcasts now)`);
     }
   }
-  // With a host unsure, only a VM or a create at work settles it: a deletion or a leftover elsewhere does not
-  // say the request did not run again, and make a VM, on the host that cannot answer.
-  const settling = unsure.length === 0 ? found : found.filter((entry) => entry.found === 'vm' || entry.found === 'creating');
+  // With a host unsure, only a VM or a create at work or waiting settles it: a deletion or a leftover
+  // elsewhere does not say the request did not run again, and make a VM, on the host that cannot answer.
+  const settling = unsure.length === 0 ? found : found.filter((entry) => SETTLES.includes(entry.found));
   if (settling.length > 0) {
     const best = [...settling].sort((a, b) => FIRST_CHOICE.indexOf(a.found) - FIRST_CHOICE.indexOf(b.found))[0]!;
     return { host: best.host, found };
   }
   if (unsure.length === 0) return { found };
-  const what = found.length === 0 ? 'left nothing on the hosts that answered' : `left only ${found.map((entry) => `a ${entry.found === 'deleted' ? 'deleted VM' : entry.found} on ${entry.host}`).join(' and ')}`;
+  const what = found.length === 0 ? 'left nothing on the hosts that answered' : `left only ${found.map((entry) => `${(entry.found && PHRASE[entry.found]) ?? `a ${entry.found}`} on ${entry.host}`).join(' and ')}`;
   const forget = down.length > 0 ? `; a host that is gone for good is taken out with "cloudlet hosts forget ${down[0]}"` : '';
   throw cloudletError(
     'REQUEST_UNRESOLVED',

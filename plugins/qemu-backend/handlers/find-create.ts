@@ -1,6 +1,7 @@
 /**
  * What a create-vm request left on this host, by its request id: the VM it made, a create of it at work, what
- * a dead run of it left (a folder without vm.json), or the tombstone of its deleted VM. A client that lost a
+ * a dead run of it left (a folder without vm.json), the tombstone of its deleted VM, or a create of it this
+ * host accepted that waits for its turn (`ctx.inFlight`, so a queued create is not taken for nothing). A client that lost a
  * create's answer asks every host before sending it again, so the repeat reaches the host that has it
  * instead of making a second VM elsewhere (the CLI's `vm create --request-id` without `--host`).
  */
@@ -13,7 +14,7 @@ import { deletedByRequest, deletedRecord } from '../tombstones.ts';
 import { vmIdForRequest } from '../vm-id.ts';
 import { markHolds, readCreatingMark } from '../vm-ops.ts';
 
-export type FoundCreate = { found: 'vm' | 'creating' | 'leftover'; vm: string } | { found: 'deleted'; vm: string; deletedAt: string } | { found: null };
+export type FoundCreate = { found: 'vm' | 'creating' | 'leftover'; vm: string } | { found: 'deleted'; vm: string; deletedAt: string } | { found: 'accepted' } | { found: null };
 
 export default defineHandler(findCreatePayload, qemuOptionsSchema, async ({ request }, ctx) => {
   const answer = (found: FoundCreate) => ({ host: ctx.host.id, request, ...found });
@@ -40,5 +41,8 @@ export default defineHandler(findCreatePayload, qemuOptionsSchema, async ({ requ
   const atDerived = byRequest ? undefined : await deletedRecord(ctx.options.stateDir, derived);
   const deleted = byRequest ?? (atDerived?.request === undefined ? atDerived : undefined);
   if (deleted) return answer({ found: 'deleted', vm: deleted.vm, deletedAt: deleted.deletedAt });
+  // Nothing on disk yet, but this host took a create of the request that waits for its thread (create-vm
+  // runs one at a time): it will make the VM here. Which id it gets is chosen only when it starts.
+  if (ctx.inFlight['create-vm']?.includes(request)) return answer({ found: 'accepted' });
   return answer({ found: null });
 });

@@ -34,6 +34,17 @@ test('find-create — the host that has the VM, a create at work, a leftover or 
   assert.equal(hostOfEarlierCreate(gathered([said('h1', 'leftover', 'h1.abcdefgh'), said('h2', 'deleted', 'h2.abcdefgh')]), 'req-1').host, 'h2');
 });
 
+test('find-create — a create accepted and waiting on a host (no VM id yet) settles it, even with a host silent; a VM or a create at work comes first', () => {
+  // Before core API 1.11 that host said null, and the repeat could go to any host.
+  assert.equal(hostOfEarlierCreate(gathered([said('h1', null), said('h2', 'accepted')]), 'req-1').host, 'h2');
+  const waiting = hostOfEarlierCreate(gathered([said('h1', 'accepted'), said('h2', 'leftover', 'h2.abcdefgh')], { missing: ['h3'] }), 'req-1');
+  assert.equal(waiting.host, 'h1');
+  assert.equal(foundElsewhere(waiting.found, 'h1'), 'warning: request left something on other hosts too: h2 (leftover h2.abcdefgh)');
+  assert.equal(foundElsewhere(waiting.found, 'h2'), 'warning: request left something on other hosts too: h1 (accepted)');
+  assert.equal(hostOfEarlierCreate(gathered([said('h1', 'accepted'), said('h2', 'creating', 'h2.abcdefgh')]), 'req-1').host, 'h2');
+  assert.equal(hostOfEarlierCreate(gathered([said('h1', 'accepted'), said('h2', 'deleted', 'h2.abcdefgh')]), 'req-1').host, 'h1');
+});
+
 test('find-create — a deletion or a leftover does not settle it while a host cannot say: the request may have run again there', () => {
   // h1 died mid-create (its leftover); the broker gave the request to h3, which made the VM and is silent now.
   assert.throws(

@@ -57,6 +57,7 @@ function run(options: QemuOptions, requestId: string, payload: Record<string, un
     progress: (stage: string, detail?: Record<string, unknown>) => stages.push({ stage, ...(detail ? { detail } : {}) }),
     plugins: [],
     providers: {},
+    inFlight: {},
   } as HandlerContext<QemuOptions>;
   return { stages, result: Promise.resolve().then(() => createVm(createVmPayload.parse(payload), ctx)) };
 }
@@ -195,6 +196,7 @@ function deleteVm(options: QemuOptions, vm: string) {
     progress: () => undefined,
     plugins: [],
     providers: {},
+    inFlight: {},
   } as HandlerContext<QemuOptions>;
   return deleteVmHandler(vmRefPayload.parse({ vm }), ctx) as Promise<{ deleted: boolean; already: boolean; hint?: string }>;
 }
@@ -277,13 +279,17 @@ test('deleted — a tombstone that cannot be written (a full disk, say) does not
   assert.equal(await exists(vmPaths(options.stateDir, id).dir), false);
 });
 
-test('find-create — says what a request left on this host: its VM, a create at work, a leftover, a deletion, or nothing', async (t) => {
+test('find-create — says what a request left on this host: its VM, a create at work or accepted, a leftover, a deletion, or nothing', async (t) => {
   const options = await setUp(t);
-  const find = async (request: string) => {
-    const ctx = { options, host: { id: 'h1', agentVersion: 'test', startedAt: AGENT_STARTED_AT }, message: { id: 'find-1', type: 'find-create', deadline: Date.now() + 10_000 } } as HandlerContext<QemuOptions>;
+  const find = async (request: string, inFlight: Record<string, string[]> = {}) => {
+    const ctx = { options, host: { id: 'h1', agentVersion: 'test', startedAt: AGENT_STARTED_AT }, message: { id: 'find-1', type: 'find-create', deadline: Date.now() + 10_000 }, inFlight } as unknown as HandlerContext<QemuOptions>;
     return (await findCreate(findCreatePayload.parse({ request }), ctx)) as Record<string, unknown>;
   };
   assert.deepEqual(await find('req-none'), { host: 'h1', request: 'req-none', found: null });
+  // Nothing on disk, but a create of it accepted here that waits for its thread: it will make the VM here.
+  // Another type's request of the same id, or a create of another request, is not it.
+  assert.deepEqual(await find('req-queued', { 'create-vm': ['req-other', 'req-queued'] }), { host: 'h1', request: 'req-queued', found: 'accepted' });
+  assert.deepEqual(await find('req-queued', { 'create-vm': ['req-other'], 'delete-vm': ['req-queued'] }), { host: 'h1', request: 'req-queued', found: null });
 
   // Its VM, by the request in vm.json (the id need not be the derived one).
   await writeRecord(options.stateDir, record('h1.abcdefgh', { request: 'req-made' }));
@@ -311,6 +317,10 @@ test('find-create — says what a request left on this host: its VM, a create at
   await recordDeleted(options.stateDir, 'h1.deletedx', 'req-gone');
   const gone = await find('req-gone');
   assert.deepEqual([gone.found, gone.vm, typeof gone.deletedAt], ['deleted', 'h1.deletedx', 'string']);
+  // What is on disk comes first: a create waiting behind a deletion will be refused REQUEST_ID_REUSED, one
+  // waiting behind its own VM will answer "already".
+  assert.equal((await find('req-gone', { 'create-vm': ['req-gone'] })).found, 'deleted');
+  assert.equal((await find('req-made', { 'create-vm': ['req-made'] })).found, 'vm');
 
   assert.equal(findCreatePayload.safeParse({ request: 'two words' }).success, false);
   assert.equal(findCreatePayload.safeParse({ request: 'r', extra: 1 }).success, false);
