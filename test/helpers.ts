@@ -1,4 +1,5 @@
 /** Shared test helpers: temp dirs, agents in-process and as child processes, raw socket clients. */
+import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createConnection } from 'node:net';
@@ -155,8 +156,17 @@ export async function writeConfig(dir: string, name: string, yaml: string): Prom
   return file;
 }
 
-/** Polls `done` every 50 ms until it holds or `ms` have passed; the caller asserts afterwards. */
-export async function until(done: () => boolean | Promise<boolean>, ms: number): Promise<void> {
+/**
+ * Polls `done` every 50 ms until it holds; past `ms` it fails the test, naming what it waited for (`what`,
+ * else the condition's source). Before, it returned quietly: every caller had to assert again afterwards,
+ * and a wait whose condition never came true could pass a test that asserted something weaker after it.
+ */
+export async function until(done: () => boolean | Promise<boolean>, ms: number, what?: string): Promise<void> {
   const deadline = Date.now() + ms;
-  while (!(await done()) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+  while (!(await done())) {
+    if (Date.now() >= deadline) {
+      throw new assert.AssertionError({ message: `waited ${ms} ms in vain for ${what ?? String(done).replace(/\s+/g, ' ').slice(0, 200)}` });
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
 }

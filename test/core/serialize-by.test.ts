@@ -6,7 +6,7 @@ import test from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { makeRequest, type ReplyEnvelope, type RequestEnvelope } from '../../core/envelope.ts';
 import type { Agent } from '../../core/agent.ts';
-import { startAgent, tempDir } from '../helpers.ts';
+import { startAgent, tempDir, until } from '../helpers.ts';
 
 const serialLockPath = fileURLToPath(new URL('../fixtures/plugins/serial-lock/index.ts', import.meta.url));
 // Holders still waiting when a test ends are cancelled at once when its agent stops.
@@ -47,14 +47,6 @@ function poolOf(agent: Agent, type: string) {
 }
 
 /** Waits until `check` holds; fails after 10 s with `what`. */
-async function until(check: () => boolean, what: string): Promise<void> {
-  const giveUpAt = Date.now() + 10_000;
-  while (!check()) {
-    if (Date.now() > giveUpAt) assert.fail(`gave up waiting: ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
-
 /** Starts a lock.step that holds `key` until the returned `release` is called; resolves once it holds it. */
 async function holdKey(client: Awaited<ReturnType<typeof startAgent>>['client'], dir: string, key: string) {
   const releaseFile = join(dir, `release-${key}`);
@@ -79,7 +71,7 @@ test('serializeBy — a message waiting for its lock is counted by its pool: it 
   const dir = await tempDir(t);
   const holder = await holdKey(client, dir, 'vm1');
   const waiter = client.request(makeRequest({ type: 'lock.step', payload: { key: 'vm1' } }));
-  await until(() => poolOf(agent, 'lock.step').queued === 1, 'the message waiting for the lock of vm1 to show as queued');
+  await until(() => poolOf(agent, 'lock.step').queued === 1, 10_000, 'the message waiting for the lock of vm1 to show as queued');
   // One running, one waiting (for the lock): the pool is full, whichever key the next one names.
   const refused = await client.request(makeRequest({ type: 'lock.step', payload: { key: 'vm1' } }));
   assert.equal(refused.error?.code, 'BUSY', JSON.stringify(refused));
@@ -109,7 +101,7 @@ test('serializeBy — a message whose time runs out while it waits for its lock 
   let nextSettled = false;
   const next = client.request(makeRequest({ type: 'lock.step', payload: { key: 'vm1' } }));
   void next.finally(() => (nextSettled = true)).catch(() => undefined);
-  await until(() => nextSettled || poolOf(agent, 'lock.step').queued === 1, 'the next message for vm1 to wait or to finish');
+  await until(() => nextSettled || poolOf(agent, 'lock.step').queued === 1, 10_000, 'the next message for vm1 to wait or to finish');
   assert.equal(nextSettled, false, 'the next message ran while the holder still held the lock');
   await holder.release();
   assert.equal((await holder.reply).ok, true);

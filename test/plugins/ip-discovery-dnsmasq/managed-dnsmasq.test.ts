@@ -13,7 +13,7 @@ import { dnsmasqOptionsSchema } from '../../../plugins/ip-discovery-dnsmasq/opti
 import { Agent } from '../../../core/agent.ts';
 import { loadHostConfig } from '../../../core/config/host-config.ts';
 import { rawConfigFrom } from '../../../core/config/load.ts';
-import { processAlive, startAgent, tempDir } from '../../helpers.ts';
+import { processAlive, startAgent, tempDir, until } from '../../helpers.ts';
 
 interface LogRecord {
   level: string;
@@ -62,14 +62,6 @@ async function setup(t: TestContext, behaviour: string, ready = true) {
   const { log, records } = recordingLogger();
   const starts = async () => (await readFile(join(dir, 'starts'), 'utf8').catch(() => '')).split('\n').filter(Boolean).map(Number);
   return { dir, options, log, records, starts, settings: { managed: options.managed!, leaseFile: options.leaseFile, log } };
-}
-
-async function until(condition: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
 }
 
 const SERVE = 'while :; do sleep 0.1; done';
