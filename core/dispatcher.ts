@@ -45,6 +45,8 @@ interface InFlight {
   request: RequestEnvelope;
   cancel: Cancellation;
   done: Promise<void>;
+  /** Its handler's outcome is in (the reply may still be on its way): no longer listed in `ctx.inFlight`. */
+  ran?: boolean;
 }
 
 export class Dispatcher {
@@ -152,9 +154,11 @@ export class Dispatcher {
     const cancel = new Cancellation();
     let finished!: () => void;
     const entry: InFlight = { request, cancel, done: new Promise<void>((resolve) => (finished = resolve)) };
-    // Taken before this message joins them: what was accepted before it (MessageDefinition.seesInFlight).
-    const inFlight = this.#inFlightIds(route.definition.seesInFlight);
     this.#inFlight.add(entry);
+    // Taken as the message is handed to its thread, not now: it may wait for one, and what it is told about
+    // must be as fresh as it can be (MessageDefinition.seesInFlight).
+    const seesInFlight = route.definition.seesInFlight;
+    const inFlight = seesInFlight && seesInFlight.length > 0 ? () => this.#inFlightIds(seesInFlight, entry) : undefined;
     const started = performance.now();
     messageLog.debug('accepted');
     // Progress keeps a caller waiting; this keeps it waiting for long handlers that report nothing.
@@ -184,6 +188,7 @@ export class Dispatcher {
       let outcome: RunOutcome;
       try {
         outcome = await runInPool();
+        entry.ran = true;
       } finally {
         // Ran, refused, or gave up waiting: the next message for the key may go (once those before it are done).
         lock?.release();
@@ -207,12 +212,11 @@ export class Dispatcher {
     }
   }
 
-  /** The ids of the accepted, unanswered requests of each of `types`; undefined when none are asked for. */
-  #inFlightIds(types: readonly string[] | undefined): Record<string, string[]> | undefined {
-    if (!types || types.length === 0) return undefined;
-    const ids: Record<string, string[]> = Object.fromEntries(types.map((type) => [type, []]));
-    for (const { request } of this.#inFlight) ids[request.type]?.push(request.id);
-    return ids;
+  /** The ids of the requests of each of `types` accepted and not yet run to their outcome, but `self`'s. */
+  #inFlightIds(types: readonly string[], self: InFlight): Record<string, string[]> {
+    const ids = new Map<string, string[]>(types.map((type) => [type, []]));
+    for (const entry of this.#inFlight) if (entry !== self && !entry.ran) ids.get(entry.request.type)?.push(entry.request.id);
+    return Object.fromEntries(ids);
   }
 
   /**

@@ -32,8 +32,11 @@ export interface PoolTask {
   payload: unknown;
   /** When the agent accepted the message: timeoutMs counts from here (default: now). */
   acceptedAt?: number;
-  /** The handler's `ctx.inFlight` (MessageDefinition.seesInFlight); none: an empty object. */
-  inFlight?: Record<string, string[]>;
+  /**
+   * The handler's `ctx.inFlight` (MessageDefinition.seesInFlight), asked for as the task is handed to its
+   * thread; none: an empty object.
+   */
+  inFlight?: () => Record<string, string[]>;
 }
 
 export interface RunHooks {
@@ -337,7 +340,7 @@ export class PoolManager {
 
       const start = () => {
         waiting = undefined;
-        const workerTask: WorkerTask = { run, id: task.id, type: task.type, deadline: effectiveDeadline, payload: task.payload, ...(task.inFlight ? { inFlight: task.inFlight } : {}) };
+        const workerTask: WorkerTask = { run, id: task.id, type: task.type, deadline: effectiveDeadline, payload: task.payload, ...(task.inFlight ? { inFlight: task.inFlight() } : {}) };
         let running: Promise<WorkerResult>;
         try {
           // Cleared by tinypool's 'drain' during the call when the task went straight to a thread.

@@ -52,7 +52,7 @@ export class InlinePools extends PoolManager {
       progress: (stage, detail) => hooks.onProgress?.(stage, detail),
       plugins: this.#plugins,
       providers: {},
-      inFlight: task.inFlight ?? {},
+      inFlight: task.inFlight?.() ?? {},
     };
     try {
       const result = await (await handler)(task.payload, context);

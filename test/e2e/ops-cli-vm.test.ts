@@ -366,7 +366,8 @@ test('vm cli — find-create sees a create its host accepted that waits for its 
   // Before (core API 1.10), a create waiting behind another for create-vm's one thread had left nothing on
   // disk, and find-create answered null: a repeat without --host on RabbitMQ could go to another host and
   // make a second VM there. The agent now tells find-create which creates it holds (seesInFlight).
-  const qemu = await gatedQemu(t);
+  // The gate stays shut until released (or 4 minutes): the first create must hold the thread throughout.
+  const qemu = await gatedQemu(t, { opensAfterS: 240 });
   const host = await startQemuHost(t, { qemuOptionsYaml: `      qemuBinary: ${qemu.binary}\n` });
   const cli = vmCli(host.configFile);
   const find = async (request: string) => json<{ found: string | null; vm?: string }>(await cli(['call', 'find-create', '--payload', JSON.stringify({ request })]));

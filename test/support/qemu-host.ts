@@ -121,13 +121,15 @@ export async function startQemuHost(t: TestContext, options: QemuHostOptions = {
 }
 
 /**
- * A QEMU binary that waits (up to a minute) until `release()` before it starts the real one: a create held
- * at its QEMU's start. The wrapper `exec`s QEMU, so it carries QEMU's arguments all along.
+ * A QEMU binary that waits until `release()` (or `opensAfterS`, a minute by default) before it starts the
+ * real one: a create held at its QEMU's start. The wrapper `exec`s QEMU, so it carries QEMU's arguments all
+ * along. It runs in the test's namespace, which ends it with everything else inside.
  */
-export async function gatedQemu(t: TestContext): Promise<{ binary: string; release: () => Promise<void> }> {
+export async function gatedQemu(t: TestContext, { opensAfterS = 60 }: { opensAfterS?: number } = {}): Promise<{ binary: string; release: () => Promise<void> }> {
   const tools = await tempDir(t, 'cloudlet-gated-qemu-');
   const binary = join(tools, 'qemu');
   const gate = join(tools, 'go');
-  await writeFile(binary, `#!/bin/sh\nn=0\nwhile [ ! -e '${gate}' ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done\nexec qemu-system-x86_64 "$@"\n`, { mode: 0o755 });
+  const polls = Math.ceil(opensAfterS / 0.05);
+  await writeFile(binary, `#!/bin/sh\nn=0\nwhile [ ! -e '${gate}' ] && [ $n -lt ${polls} ]; do sleep 0.05; n=$((n+1)); done\nexec qemu-system-x86_64 "$@"\n`, { mode: 0o755 });
   return { binary, release: () => writeFile(gate, '') };
 }

@@ -27,8 +27,12 @@ export interface FoundCreate {
  */
 const FIRST_CHOICE: FoundCreate['found'][] = ['vm', 'creating', 'accepted', 'deleted', 'leftover'];
 
-/** A create that has run, or will: the request's VM is (or will be) on that host, whatever others say. */
-const SETTLES: FoundCreate['found'][] = ['vm', 'creating', 'accepted'];
+/**
+ * What settles it even while a host cannot say: the request's VM is there, or being made there. Not a
+ * create waiting there (`accepted`): one that finds its host full when it starts is handed on, maybe to the
+ * host that cannot say.
+ */
+const SETTLES: FoundCreate['found'][] = ['vm', 'creating'];
 
 const PHRASE: Record<NonNullable<FoundCreate['found']>, string> = {
   vm: 'a VM',
@@ -77,8 +81,8 @@ export function hostOfEarlierCreate(gathered: GatherResult, requestId: string, k
       unsure.push(`${entry.host} (takes any-host requests, but was not asked: it takes no broadcasts now)`);
     }
   }
-  // With a host unsure, only a VM or a create at work or waiting settles it: a deletion or a leftover
-  // elsewhere does not say the request did not run again, and make a VM, on the host that cannot answer.
+  // With a host unsure, only a VM or a create at work settles it: a deletion, a leftover or a create waiting
+  // elsewhere does not say the request did not run (again), and make a VM, on the host that cannot answer.
   const settling = unsure.length === 0 ? found : found.filter((entry) => SETTLES.includes(entry.found));
   if (settling.length > 0) {
     const best = [...settling].sort((a, b) => FIRST_CHOICE.indexOf(a.found) - FIRST_CHOICE.indexOf(b.found))[0]!;

@@ -18,6 +18,9 @@ export type FoundCreate = { found: 'vm' | 'creating' | 'leftover'; vm: string } 
 
 export default defineHandler(findCreatePayload, qemuOptionsSchema, async ({ request }, ctx) => {
   const answer = (found: FoundCreate) => ({ host: ctx.host.id, request, ...found });
+  // A create of the request this host accepted that waits for its thread (create-vm runs one at a time),
+  // as the agent says (seesInFlight). `?.`: a test's stand-in context may lack it.
+  const accepted = ctx.inFlight?.['create-vm']?.includes(request) === true;
   const made = (await listRecords(ctx.options.stateDir)).find((record) => record.request === request);
   if (made) return answer({ found: 'vm', vm: made.id });
   // A folder without vm.json whose `creating` mark names the request: its create at work, or a dead run's.
@@ -34,15 +37,17 @@ export default defineHandler(findCreatePayload, qemuOptionsSchema, async ({ requ
       if ((await readRecord(ctx.options.stateDir, id).catch(() => undefined))?.request === request) return answer({ found: 'vm', vm: id });
       continue;
     }
-    return answer({ found: markHolds(mark, ctx.host) ? 'creating' : 'leftover', vm: id });
+    if (markHolds(mark, ctx.host)) return answer({ found: 'creating', vm: id });
+    // A rerun waits here: it removes its leftover and starts over (at the derived id), so say that.
+    return answer(accepted ? { found: 'accepted' } : { found: 'leftover', vm: id });
   }
   // As create-vm refuses it: a tombstone found by the request, or one at the derived id that names none.
   const byRequest = await deletedByRequest(ctx.options.stateDir, request);
   const atDerived = byRequest ? undefined : await deletedRecord(ctx.options.stateDir, derived);
   const deleted = byRequest ?? (atDerived?.request === undefined ? atDerived : undefined);
   if (deleted) return answer({ found: 'deleted', vm: deleted.vm, deletedAt: deleted.deletedAt });
-  // Nothing on disk yet, but this host took a create of the request that waits for its thread (create-vm
-  // runs one at a time): it will make the VM here. Which id it gets is chosen only when it starts.
-  if (ctx.inFlight['create-vm']?.includes(request)) return answer({ found: 'accepted' });
+  // Nothing on disk yet, but a create of it waits here; which id it gets is chosen only when it starts. It
+  // makes the VM here unless it finds the host full then (it is handed on: create-vm's capacity check).
+  if (accepted) return answer({ found: 'accepted' });
   return answer({ found: null });
 });

@@ -34,15 +34,25 @@ test('find-create — the host that has the VM, a create at work, a leftover or 
   assert.equal(hostOfEarlierCreate(gathered([said('h1', 'leftover', 'h1.abcdefgh'), said('h2', 'deleted', 'h2.abcdefgh')]), 'req-1').host, 'h2');
 });
 
-test('find-create — a create accepted and waiting on a host (no VM id yet) settles it, even with a host silent; a VM or a create at work comes first', () => {
+test('find-create — a create accepted and waiting on a host (no VM id yet): the repeat goes there when every host could say; a VM or a create at work comes first', () => {
   // Before core API 1.11 that host said null, and the repeat could go to any host.
-  assert.equal(hostOfEarlierCreate(gathered([said('h1', null), said('h2', 'accepted')]), 'req-1').host, 'h2');
-  const waiting = hostOfEarlierCreate(gathered([said('h1', 'accepted'), said('h2', 'leftover', 'h2.abcdefgh')], { missing: ['h3'] }), 'req-1');
-  assert.equal(waiting.host, 'h1');
-  assert.equal(foundElsewhere(waiting.found, 'h1'), 'warning: request left something on other hosts too: h2 (leftover h2.abcdefgh)');
-  assert.equal(foundElsewhere(waiting.found, 'h2'), 'warning: request left something on other hosts too: h1 (accepted)');
+  const waiting = hostOfEarlierCreate(gathered([said('h1', null), said('h2', 'accepted'), said('h3', 'leftover', 'h3.abcdefgh')]), 'req-1');
+  assert.equal(waiting.host, 'h2');
+  assert.equal(foundElsewhere(waiting.found, 'h2'), 'warning: request left something on other hosts too: h3 (leftover h3.abcdefgh)');
+  assert.equal(foundElsewhere(waiting.found, 'h3'), 'warning: request left something on other hosts too: h2 (accepted)');
   assert.equal(hostOfEarlierCreate(gathered([said('h1', 'accepted'), said('h2', 'creating', 'h2.abcdefgh')]), 'req-1').host, 'h2');
   assert.equal(hostOfEarlierCreate(gathered([said('h1', 'accepted'), said('h2', 'deleted', 'h2.abcdefgh')]), 'req-1').host, 'h1');
+  // With a host that cannot say, it does not settle it: a create that finds its host full when it starts is
+  // handed on, maybe to that host.
+  assert.throws(
+    () => hostOfEarlierCreate(gathered([said('h1', 'accepted')], { missing: ['h3'] }), 'req-1'),
+    (error: CloudletError) => {
+      assert.equal(error.code, 'REQUEST_UNRESOLVED');
+      assert.match(error.message, /^request req-1 left only a create waiting for its turn on h1, but h3 \(did not answer\) could not say/);
+      return true;
+    },
+  );
+  assert.equal(hostOfEarlierCreate(gathered([said('h1', 'accepted'), said('h2', 'vm', 'h2.abcdefgh')], { missing: ['h3'] }), 'req-1').host, 'h2');
 });
 
 test('find-create — a deletion or a leftover does not settle it while a host cannot say: the request may have run again there', () => {

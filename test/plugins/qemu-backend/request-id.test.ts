@@ -302,6 +302,8 @@ test('find-create — says what a request left on this host: its VM, a create at
   assert.deepEqual(await find('req-work'), { host: 'h1', request: 'req-work', found: 'creating', vm: 'h1.workinga' });
   await writeFile(atWork.creating, JSON.stringify({ pid: process.pid + 1_000_000, agentStartedAt: AGENT_STARTED_AT - 10_000, until: Date.now() + 60_000, request: 'req-work' }));
   assert.deepEqual(await find('req-work'), { host: 'h1', request: 'req-work', found: 'leftover', vm: 'h1.workinga' });
+  // A rerun of it waiting here will remove that leftover and start over: it is what matters.
+  assert.deepEqual(await find('req-work', { 'create-vm': ['req-work'] }), { host: 'h1', request: 'req-work', found: 'accepted' });
   // At the derived id, a folder with no mark counts as the request's leftover, as create-vm counts it; one
   // whose mark names another request does not.
   const derived = vmIdForRequest('h1', 'req-bare');
