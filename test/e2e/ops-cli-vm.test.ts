@@ -3,11 +3,12 @@
  * network namespace (TCG), on the local transport and on RabbitMQ (through the broker relay).
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test, { type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { runCli, spawnAgent, tempDir, testkitPath, until, writeConfig, type CliResult } from '../helpers.ts';
+import { cliBin, runCli, spawnAgent, tempDir, testkitPath, until, writeConfig, type CliResult } from '../helpers.ts';
 import { relayBrokerIntoNetns } from '../support/broker-relay.ts';
 import { deletePrefix, SHARED_BROKER } from '../support/cloud.ts';
 import { startDnsmasq } from '../support/netns.ts';
@@ -291,6 +292,52 @@ test('vm cli — RabbitMQ, two hosts: a create sent again with its --request-id 
   const forced = json<{ host: string; vm: Vm }>(await cli([...fresh, '--host', made.host, '--json']));
   assert.equal(forced.host, made.host);
   assert.equal((await cli(['vm', 'delete', forced.vm.id])).code, 0);
+});
+
+test('vm cli — RabbitMQ, two hosts: a create cut off while it waits its turn, sent again without --host, joins it on its host; the idle host makes none', async (t) => {
+  // Before (core API 1.10), find-create answered null for a create waiting for create-vm's one thread: the
+  // repeat went to any host, and the idle one could make a second VM.
+  const prefix = `opsvm-${Math.random().toString(36).slice(2, 8)}`;
+  const transport = (url: string) => `transport:\n  kind: amqp\n  url: "${url}"\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 3000\n`;
+  const routing = () => `  - use: routing-direct\n  - use: routing-fanout\n`;
+  const qemu = await gatedQemu(t, { opensAfterS: 240 });
+  // qa takes at most two requests from a queue at once, and holds both creates unacknowledged: a repeat sent
+  // to any host can only reach qb, as on a busy host. Sent to qa's own queue, it reaches qa.
+  const busyTransport = (url: string) => `${transport(url)}  prefetch: 2\n`;
+  const qa = await startBrokerQemuHost(t, busyTransport, { hostId: 'qa', pluginsYaml: routing, qemuOptionsYaml: `      qemuBinary: ${qemu.binary}\n` });
+  t.after(() => deletePrefix(SHARED_BROKER, prefix, ['qa', 'qb']));
+  const clientConfig = await writeConfig(qa.dir, 'client.yaml', transport(SHARED_BROKER));
+  const cli = vmCli(clientConfig);
+  const createArgs = (request: string) => ['vm', 'create', '--image', 'tiny', '--memory', '128', '--request-id', request, '--json'];
+  const loggedBy = (host: QemuHost, msg: string, field: string) => host.agentOutput().split('\n').filter((line) => line.includes(field) && line.includes(`"msg":"${msg}"`)).length;
+  const logged = (msg: string, field: string) => loggedBy(qa, msg, field);
+
+  // qa alone: the first create holds its thread (its QEMU waits at the gate), the second waits behind it.
+  const first = cli(createArgs(`first-${prefix}`));
+  await until(() => logged('accepted', `"msgId":"first-${prefix}"`) > 0, 30_000, 'the first create accepted on qa');
+  const second = `second-${prefix}`;
+  // Its caller is cut off (killed): the answer is lost; the create still waits on qa.
+  const cutOff = spawn(process.execPath, [cliBin, ...createArgs(second), '--config', clientConfig], { stdio: 'ignore' });
+  t.after(() => cutOff.kill('SIGKILL'));
+  await until(() => logged('accepted', `"msgId":"${second}"`) > 0, 30_000, 'the second create accepted on qa');
+  cutOff.kill('SIGKILL');
+
+  // An idle host joins. The repeat, without --host: qa says "accepted", qb nothing, so it goes to qa.
+  const qb = await startBrokerQemuHost(t, transport, { hostId: 'qb', pluginsYaml: routing });
+  const repeat = cli(createArgs(second));
+  // The gate opens only once the repeat has reached a host: joined to the create waiting on qa (the fix), or
+  // taken by qb (before it, found nothing anywhere and sent to any host).
+  const reached = () => logged('request sent again while it runs: it gets the answer of that run', `"msgId":"${second}"`) + loggedBy(qb, 'accepted', `"msgId":"${second}"`);
+  await until(() => reached() > 0, 60_000, 'the repeat to reach qa or qb');
+  await qemu.release();
+
+  const [made1, again] = await Promise.all([first, repeat]);
+  assert.equal(made1.code, 0, made1.stderr);
+  assert.equal(again.code, 0, again.stdout + again.stderr);
+  const answered = json<{ host: string; vm: Vm & { already: boolean } }>(again);
+  assert.deepEqual([answered.host, answered.vm.id], ['qa', vmIdForRequest('qa', second)], 'answered by qa, with the VM the waiting create made');
+  const vms = json<{ vms: Vm[] }>(await cli(['vm', 'list', '--json'])).vms;
+  assert.deepEqual(vms.map((vm) => vm.host).sort(), ['qa', 'qa'], `two VMs, both on qa; none on qb: ${JSON.stringify(vms.map((vm) => vm.id))}`);
 });
 
 test('vm cli — --request-id: the same id again answers with the VM it made; other settings are refused; a bad id is a usage error', async (t) => {

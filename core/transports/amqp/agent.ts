@@ -289,6 +289,7 @@ export class AmqpAgentTransport implements AgentTransport {
         return;
       }
       if (running) {
+        log.debug({ msgId: id, route }, 'request sent again while it runs: it gets the answer of that run');
         running.replyTo.add(replyTo);
         running.duplicates.push({ channel, msg });
         return;
