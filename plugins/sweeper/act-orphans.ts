@@ -13,6 +13,7 @@ import type { DispatchReply } from '../../core/plugin-api.ts';
 import { runningPid } from '../qemu-backend/processes.ts';
 import { QmpClient } from '../qemu-backend/qmp.ts';
 import { vmPaths } from '../qemu-backend/state.ts';
+import { withVmClaim } from '../qemu-backend/vm-claim.ts';
 import { deleteTap, detachTap, tapPattern } from './links.ts';
 import type { SweeperOptions } from './options.ts';
 import { isSameProcess, tapHolders, type OurProcess } from './proc-scan.ts';
@@ -23,6 +24,8 @@ export type StepResult = { outcome: 'done' | 'skipped'; detail: string };
 export type Dispatch = (type: string, payload: unknown) => Promise<DispatchReply>;
 
 const EXIT_WAIT_MS = 5_000;
+/** How long a step waits for a claim on its VM id that create-vm or delete-vm holds; the next sweep tries again. */
+const CLAIM_WAIT_MS = 2_000;
 const done = (detail: string): StepResult => ({ outcome: 'done', detail });
 const skipped = (detail: string): StepResult => ({ outcome: 'skipped', detail });
 
@@ -51,26 +54,40 @@ export async function powerOffOrphan(options: SweeperOptions, orphan: OurProcess
   return done('killed');
 }
 
-/** `reap`: SIGKILL at once, then its tap and its folder (overlay disk included). */
+/** `reap`: SIGKILL at once, then its tap and its folder (overlay disk included), under the claim on its id. */
 export async function reapOrphan(options: SweeperOptions, orphan: OurProcess): Promise<StepResult> {
-  const why = await stillOrphan(options, orphan);
-  if (why) return skipped(why);
-  await kill(orphan);
-  const parts = ['killed'];
-  if (orphan.tap && tapPattern(options.qemu.tapPrefix).test(orphan.tap) && (await tapIsFree(options, orphan.tap))) {
-    await deleteTap(options.qemu.ipBinary, orphan.tap);
-    parts.push(`tap ${orphan.tap} deleted`);
-  }
-  if (!(await hasRecordFile(options.qemu.stateDir, orphan.vmId))) {
-    await rm(join(options.qemu.stateDir, orphan.vmId), { recursive: true, force: true });
-    parts.push('folder removed');
-  }
-  return done(parts.join('; '));
+  return underClaim(options, orphan.vmId, async () => {
+    const why = await stillOrphan(options, orphan);
+    if (why) return skipped(why);
+    await kill(orphan);
+    const parts = ['killed'];
+    if (orphan.tap && tapPattern(options.qemu.tapPrefix).test(orphan.tap) && (await tapIsFree(options, orphan.tap))) {
+      await deleteTap(options.qemu.ipBinary, orphan.tap);
+      parts.push(`tap ${orphan.tap} deleted`);
+    }
+    if (!(await hasRecordFile(options.qemu.stateDir, orphan.vmId))) {
+      await rm(join(options.qemu.stateDir, orphan.vmId), { recursive: true, force: true });
+      parts.push('folder removed');
+    }
+    return done(parts.join('; '));
+  });
+}
+
+/**
+ * Runs a step that judges a VM's folder or tap and then removes it under the claim on the VM's id
+ * (qemu-backend's vm-claim.ts), which create-vm takes while it takes over an id and delete-vm while it removes
+ * a leftover: none of them acts between another's check and act. A claim held past CLAIM_WAIT_MS skips the step.
+ */
+async function underClaim(options: SweeperOptions, id: string, step: () => Promise<StepResult>): Promise<StepResult> {
+  const claimed = await withVmClaim(options.qemu.stateDir, id, 'sweeper', { waitMs: CLAIM_WAIT_MS }, step);
+  return claimed.ran ? claimed.value : skipped(`${claimed.heldBy} is at work on ${id} meanwhile`);
 }
 
 async function stillOrphan(options: SweeperOptions, orphan: OurProcess): Promise<string | undefined> {
   if (!(await isSameProcess(orphan.pid, orphan.startTicks))) return 'the process has exited meanwhile';
   if (await hasRecordFile(options.qemu.stateDir, orphan.vmId)) return 'a record for it appeared meanwhile';
+  // A create of the request that left it has taken the id over: it ends this QEMU itself.
+  if (await creatingMarkHolds(join(options.qemu.stateDir, orphan.vmId), Date.now())) return 'create-vm is at work on it meanwhile';
   return undefined;
 }
 
@@ -120,11 +137,13 @@ export async function settleDeadRecord(dispatch: Dispatch | undefined, record: R
 }
 
 export async function removeBareFolder(options: SweeperOptions, folder: BareFolder): Promise<StepResult> {
-  if (await hasRecordFile(options.qemu.stateDir, folder.id)) return skipped('a record appeared meanwhile');
-  if ((await runningPid(vmPaths(options.qemu.stateDir, folder.id).pidfile, folder.id)) !== undefined) return skipped('its QEMU runs');
-  if (await creatingMarkHolds(folder.path, Date.now())) return skipped('create-vm is at work on it meanwhile');
-  await rm(folder.path, { recursive: true, force: true });
-  return done(folder.hasDisk ? 'removed with its overlay disk' : 'removed');
+  return underClaim(options, folder.id, async () => {
+    if (await hasRecordFile(options.qemu.stateDir, folder.id)) return skipped('a record appeared meanwhile');
+    if ((await runningPid(vmPaths(options.qemu.stateDir, folder.id).pidfile, folder.id)) !== undefined) return skipped('its QEMU runs');
+    if (await creatingMarkHolds(folder.path, Date.now())) return skipped('create-vm is at work on it meanwhile');
+    await rm(folder.path, { recursive: true, force: true });
+    return done(folder.hasDisk ? 'removed with its overlay disk' : 'removed');
+  });
 }
 
 export async function removeStrayFile(file: StrayFile): Promise<StepResult> {
@@ -132,11 +151,14 @@ export async function removeStrayFile(file: StrayFile): Promise<StepResult> {
   return done('removed');
 }
 
-export async function settleTap(options: SweeperOptions, tap: string, remove: boolean): Promise<StepResult> {
-  if (!(await tapIsFree(options, tap))) return skipped('a VM or process took it meanwhile');
-  if (remove) await deleteTap(options.qemu.ipBinary, tap);
-  else await detachTap(options.qemu.ipBinary, tap);
-  return done(remove ? 'deleted' : 'down and off the bridge');
+/** `hostId`: the tap is named for this host's VM id with the same 8 letters, whose claim the step takes. */
+export async function settleTap(options: SweeperOptions, hostId: string, tap: string, remove: boolean): Promise<StepResult> {
+  return underClaim(options, `${hostId}.${tap.slice(options.qemu.tapPrefix.length)}`, async () => {
+    if (!(await tapIsFree(options, tap))) return skipped('a VM or process took it meanwhile');
+    if (remove) await deleteTap(options.qemu.ipBinary, tap);
+    else await detachTap(options.qemu.ipBinary, tap);
+    return done(remove ? 'deleted' : 'down and off the bridge');
+  });
 }
 
 /** No record names the tap's VM suffix, no VM with that suffix is being created, and no process holds it open. */

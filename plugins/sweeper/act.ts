@@ -12,6 +12,8 @@ import type { SweepRow } from './schemas.ts';
 
 export interface ActContext {
   options: SweeperOptions;
+  /** This host's id: a tap is named for the VM id of this host with the same letters. */
+  hostId: string;
   log: PluginLogger;
   signal: AbortSignal;
   dispatch?: Dispatch;
@@ -73,7 +75,7 @@ async function runStep(finding: Finding, context: ActContext): Promise<StepResul
     case 'stray-file':
       return removeStrayFile(finding.file);
     case 'orphan-tap':
-      return settleTap(options, finding.tap.name, finding.step === 'delete-tap');
+      return settleTap(options, context.hostId, finding.tap.name, finding.step === 'delete-tap');
     case 'stale-lease': {
       const job = options.jobs.leases!;
       const argv = releaseArgv(finding.lease, finding.serverDuid, job);

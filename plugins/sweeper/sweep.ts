@@ -45,7 +45,7 @@ export async function runSweep(env: SweepEnvironment, request: SweepRequest): Pr
       rows = plan.findings.map((f) => rowOf(f, f.step === 'none' ? 'logged' : 'planned'));
     } else {
       env.onProgress?.('acting', { steps: plan.findings.filter((f) => f.step !== 'none').length });
-      rows = await carryOut(plan.findings, { options: env.options, log: env.log, signal: env.signal, ...(env.dispatch ? { dispatch: env.dispatch } : {}) });
+      rows = await carryOut(plan.findings, { options: env.options, hostId: env.hostId, log: env.log, signal: env.signal, ...(env.dispatch ? { dispatch: env.dispatch } : {}) });
     }
   }
   return {

@@ -115,8 +115,9 @@ test('qemu — delete leaves no file, tap or process behind, and deleting again 
   assert.equal(deleted.deleted, true);
   assert.equal(deleted.stopped, 'quit');
   await assert.rejects(access(join(host.stateDir, vm.id)));
-  // Only its tombstone stays (QEMU.md 11.5): its id is never given out again.
-  assert.deepEqual(await readdir(host.stateDir), ['.deleted']);
+  // Only its tombstone stays (QEMU.md 11.5): its id is never given out again. No claim is left held.
+  assert.deepEqual((await readdir(host.stateDir)).sort(), ['.claims', '.deleted']);
+  assert.deepEqual(await readdir(join(host.stateDir, '.claims')), []);
   assert.deepEqual((await readdir(join(host.stateDir, '.deleted'))).filter((name) => !name.startsWith('.')).sort(), [vm.id, 'requests']);
   assert.equal(await processExists(host, vm.id), false);
   assert.notEqual((await host.ns.exec(['ip', 'link', 'show', 'dev', vm.tap!])).code, 0);
@@ -273,7 +274,8 @@ test('qemu — a create-vm cancelled by its deadline leaves no VM, folder, tap o
   // Past the moment the slow QEMU would have started, had the create not stopped it.
   await new Promise((resolve) => setTimeout(resolve, Math.max(0, started + 4_500 - Date.now())));
   assert.deepEqual(ok<{ vms: unknown[] }>(await host.call('list-vms', {})).vms, []);
-  assert.deepEqual(await readdir(host.stateDir).catch(() => []), []);
+  assert.deepEqual(await readdir(host.stateDir).catch(() => []), ['.claims']);
+  assert.deepEqual(await readdir(join(host.stateDir, '.claims')), [], 'no claim is left held');
   assert.notEqual((await host.ns.exec(['pgrep', '-f', 'qemu-system-x86_64'])).code, 0, 'no QEMU runs');
   // qemu-backend's default tapPrefix is "clt".
   assert.deepEqual((await host.ns.exec(['ip', '-o', 'link', 'show'])).stdout.split('\n').filter((line) => line.includes(': clt')), []);
@@ -313,7 +315,8 @@ test('qemu — a create whose agent was killed mid-create, run again with its re
   assert.match(host.agentOutput(), /a run of this request left the VM half-made/);
   const qemus = (await host.ns.run(['pgrep', '-f', `cloudlet-${vm}`])).trim().split('\n');
   assert.deepEqual(qemus, [String(again.pid)], 'one QEMU: the leftover one was ended');
-  assert.deepEqual(await readdir(host.stateDir), [vm]);
+  assert.deepEqual((await readdir(host.stateDir)).sort(), ['.claims', vm]);
+  assert.deepEqual(await readdir(join(host.stateDir, '.claims')), []);
 
   const onceMore = ok<Vm & { already: boolean }>(await host.client.request(request));
   assert.deepEqual([onceMore.id, onceMore.already, onceMore.pid, onceMore.state], [vm, true, again.pid, 'running']);

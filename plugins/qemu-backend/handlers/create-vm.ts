@@ -11,10 +11,16 @@ import { hasRecordFile, listRecords, vmPaths, writeRecord, type VmRecord } from 
 import { killQemu, runningPid } from '../processes.ts';
 import { deletedByRequest, deletedIds, deletedRecord } from '../tombstones.ts';
 import { randomVmId, vmIdForRequest } from '../vm-id.ts';
+import { claimWaitMs, withVmClaim } from '../vm-claim.ts';
 import { markHolds, queryStatus, readCreatingMark, removeLeftover, startVm, viewOf, type AgentRun, type CreatingMark } from '../vm-ops.ts';
 
 /** More than any pool's cancelGraceMs is likely to be (its default is 1 s). */
 const CANCEL_GRACE_BOUND_MS = 30_000;
+/**
+ * How long a create waits for a claim on its VM id (vm-claim.ts) before it answers VM_NOT_READY: longer than
+ * a delete or a sweep of a leftover takes (a QEMU killed and awaited, a folder removed).
+ */
+const CLAIM_WAIT_MS = 15_000;
 
 type CreateVmPayload = ReturnType<typeof createVmPayload.parse>;
 
@@ -44,10 +50,17 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
     // NO_CAPACITY, not VM_LIMIT: an any-host create moves on to a host that has a bridge.
     throw qemuError('NO_CAPACITY', `host ${ctx.host.id} has no bridge configured (network.mode is "${options.network.mode}")`, { network: mode });
   }
-  const id = await idForRequest(options, ctx.host, ctx.message.id, ctx.log);
-  if (Buffer.byteLength(vmPaths(options.stateDir, id).qmp) >= 108) {
-    throw qemuError('VM_LIMIT', `the QMP socket path for ${id} would be longer than 107 bytes; use a shorter stateDir or host id`);
-  }
+  // vm.json is written last. Until this create answers, no other command acts on the VM: a stop or delete
+  // sent on the "starting" progress finds the `creating` mark and answers VM_NOT_READY, instead of racing
+  // the create (and writing a record back into a folder the failed create removes). A folder without
+  // vm.json is left alone by the sweeper for minAgeMs, and reported after that: what an agent that died
+  // mid-create leaves behind (delete-vm removes it too).
+  const { signal } = ctx;
+  // Until the deadline this handler sees (its pool's timeout or the caller's, the earlier), plus the grace a
+  // cancelled handler gets: after that no create can still be at work, whatever happened to this one.
+  const mark: CreatingMark = { pid: process.pid, agentStartedAt: ctx.host.startedAt, until: ctx.message.deadline + CANCEL_GRACE_BOUND_MS, request: ctx.message.id };
+  const id = await claimId(options, ctx, mark);
+  const paths = vmPaths(options.stateDir, id);
   const now = new Date().toISOString();
   const network: VmRecord['network'] =
     mode === 'bridge' && options.network.mode === 'bridge' ? { mode, bridge: options.network.bridge, tap: tapName(options.tapPrefix, id) } : mode === 'user' ? { mode } : { mode: 'none' };
@@ -68,19 +81,7 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
     updatedAt: now,
     request: ctx.message.id,
   };
-  const paths = vmPaths(options.stateDir, id);
-  // vm.json is written last. Until this create answers, no other command acts on the VM: a stop or delete
-  // sent on the "starting" progress finds the `creating` mark and answers VM_NOT_READY, instead of racing
-  // the create (and writing a record back into a folder the failed create removes). A folder without
-  // vm.json is left alone by the sweeper for minAgeMs, and reported after that: what an agent that died
-  // mid-create leaves behind (delete-vm removes it too).
-  const { signal } = ctx;
-  // Until the deadline this handler sees (its pool's timeout or the caller's, the earlier), plus the grace a
-  // cancelled handler gets: after that no create can still be at work, whatever happened to this one.
-  const mark: CreatingMark = { pid: process.pid, agentStartedAt: ctx.host.startedAt, until: ctx.message.deadline + CANCEL_GRACE_BOUND_MS, request: ctx.message.id };
   try {
-    await mkdir(paths.dir, { recursive: true, mode: 0o750 });
-    await writeFile(paths.creating, JSON.stringify(mark));
     if (image.kind === 'disk') await createOverlay(options.qemuImgBinary, image, paths.disk, signal);
     signal.throwIfAborted();
     ctx.progress('starting', { vm: id });
@@ -101,6 +102,38 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
     throw error;
   }
 });
+
+/**
+ * The VM's id, its folder made and the `creating` mark in it, under the claim on the id this request derives
+ * (vm-claim.ts): a delete-vm or the sweeper removing what an earlier run of this request left there either
+ * finishes first, or finds the mark. The deletion is checked again under the claim: a delete of the
+ * leftover that went first leaves a tombstone, and this create must not go on as if it had not happened.
+ */
+async function claimId(options: QemuOptions, ctx: HandlerContext<QemuOptions>, mark: CreatingMark): Promise<string> {
+  const requestId = ctx.message.id;
+  const derived = vmIdForRequest(ctx.host.id, requestId);
+  const claimed = await withVmClaim(options.stateDir, derived, 'create-vm', { waitMs: claimWaitMs(ctx.message.deadline, CLAIM_WAIT_MS), signal: ctx.signal }, async () => {
+    await refuseIfDeleted(options, ctx.host.id, requestId);
+    const id = await idForRequest(options, ctx.host, requestId, ctx.log);
+    const paths = vmPaths(options.stateDir, id);
+    if (Buffer.byteLength(paths.qmp) >= 108) {
+      throw qemuError('VM_LIMIT', `the QMP socket path for ${id} would be longer than 107 bytes; use a shorter stateDir or host id`);
+    }
+    try {
+      await mkdir(paths.dir, { recursive: true, mode: 0o750 });
+      await writeFile(paths.creating, JSON.stringify(mark));
+    } catch (error) {
+      await removeLeftover(options, id);
+      throw error;
+    }
+    return id;
+  });
+  if (claimed.ran) return claimed.value;
+  throw qemuError('VM_NOT_READY', `VM ${derived}, which request ${requestId} leads to, is being worked on by ${claimed.heldBy}; send the request again shortly`, {
+    vm: derived,
+    heldBy: claimed.heldBy,
+  });
+}
 
 /**
  * The VM an earlier run of this request made, as it is now, with `already`. A request id sent again with

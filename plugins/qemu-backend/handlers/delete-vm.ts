@@ -4,6 +4,8 @@ import { qemuOptionsSchema } from '../options.ts';
 import { vmRefPayload } from '../schemas.ts';
 import { readRecord, removeVmFolder, vmPaths, type VmRecord } from '../state.ts';
 import { deletedRecord, recordDeleted } from '../tombstones.ts';
+import { qemuError } from '../errors.ts';
+import { claimWaitMs, withVmClaim } from '../vm-claim.ts';
 import { checkOwner, readCreatingMark, refuseWhileCreating, removeLeftover, stopVm } from '../vm-ops.ts';
 
 export default defineHandler(vmRefPayload, qemuOptionsSchema, async ({ vm }, ctx) => {
@@ -26,9 +28,22 @@ export default defineHandler(vmRefPayload, qemuOptionsSchema, async ({ vm }, ctx
   // asks for removes it, rather than leave it to the sweeper. The tombstone first, as for a VM: a removal
   // cut short (the agent killed, a busy mount) must not leave the id free for a new VM.
   if (await isDirectory(vmPaths(ctx.options.stateDir, vm).dir)) {
-    await remember((await readCreatingMark(ctx.options, vm))?.request);
-    await removeLeftover(ctx.options, vm);
-    return { vm, deleted: true, already: false, hint: 'the VM was never finished (no vm.json): what its create left was removed' };
+    // Under the claim on the id (vm-claim.ts), and judged again there: a create of the request that left it
+    // may have taken the folder over meanwhile (then its mark holds, or its VM is recorded by now).
+    const claimed = await withVmClaim(ctx.options.stateDir, vm, 'delete-vm', { waitMs: claimWaitMs(ctx.message.deadline, CLAIM_WAIT_MS), signal: ctx.signal }, async () => {
+      const now = await readRecord(ctx.options.stateDir, vm);
+      if (now) return deleteRecorded(now);
+      await refuseWhileCreating(ctx.options, vm, ctx.host);
+      if (!(await isDirectory(vmPaths(ctx.options.stateDir, vm).dir))) return undefined;
+      await remember((await readCreatingMark(ctx.options, vm))?.request);
+      await removeLeftover(ctx.options, vm);
+      return { vm, deleted: true, already: false, hint: 'the VM was never finished (no vm.json): what its create left was removed' };
+    });
+    if (!claimed.ran) {
+      throw qemuError('VM_NOT_READY', `VM "${vm}" is being worked on by ${claimed.heldBy}; send the delete again shortly`, { vm, heldBy: claimed.heldBy });
+    }
+    if (claimed.value) return claimed.value;
+    // Removed meanwhile by whoever held the claim: answered below as a VM that is gone.
   }
   const deleted = await deletedRecord(ctx.options.stateDir, vm);
   if (deleted) return { vm, deleted: false, already: true, deletedAt: deleted.deletedAt, hint: `deleted already, at ${deleted.deletedAt}` };
@@ -56,5 +71,8 @@ export default defineHandler(vmRefPayload, qemuOptionsSchema, async ({ vm }, ctx
     return { vm, deleted: true, already: false, stopped };
   }
 });
+
+/** As long as create-vm waits for a claim (create-vm.ts): more than a removal under one takes. */
+const CLAIM_WAIT_MS = 15_000;
 
 const isDirectory = (path: string): Promise<boolean> => stat(path).then((info) => info.isDirectory(), () => false);

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { access, mkdir, readdir, utimes, writeFile } from 'node:fs/promises';
+import { access, mkdir, readdir, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import process from 'node:process';
 import test, { type TestContext } from 'node:test';
@@ -18,6 +18,7 @@ import { qemuOptionsSchema, type QemuOptions } from '../../../plugins/qemu-backe
 import { createVmPayload, findCreatePayload, VM_ID_PATTERN, vmRefPayload } from '../../../plugins/qemu-backend/schemas.ts';
 import { vmPaths, writeRecord, type VmRecord } from '../../../plugins/qemu-backend/state.ts';
 import { deletedByRequest, deletedIds, deletedRecord, recordDeleted } from '../../../plugins/qemu-backend/tombstones.ts';
+import { claimPath } from '../../../plugins/qemu-backend/vm-claim.ts';
 import { vmIdForRequest } from '../../../plugins/qemu-backend/vm-id.ts';
 import { requireRecord } from '../../../plugins/qemu-backend/vm-ops.ts';
 import { tempDir } from '../../helpers.ts';
@@ -45,13 +46,13 @@ async function setUp(t: TestContext, limits: Partial<QemuOptions['limits']> = {}
   return options;
 }
 
-function run(options: QemuOptions, requestId: string, payload: Record<string, unknown>) {
+function run(options: QemuOptions, requestId: string, payload: Record<string, unknown>, deadline = Date.now() + 60_000) {
   const stages: { stage: string; detail?: Record<string, unknown> }[] = [];
   const log = { debug() {}, info() {}, warn() {}, error() {} } as unknown as HandlerContext['log'];
   const ctx = {
     options,
     host: { id: 'h1', agentVersion: 'test', startedAt: AGENT_STARTED_AT },
-    message: { id: requestId, type: 'create-vm', deadline: Date.now() + 60_000 },
+    message: { id: requestId, type: 'create-vm', deadline },
     log,
     signal: new AbortController().signal,
     progress: (stage: string, detail?: Record<string, unknown>) => stages.push({ stage, ...(detail ? { detail } : {}) }),
@@ -120,7 +121,8 @@ test("request id — a run after its agent died mid-create removes its own lefto
   await assert.rejects(again.result, { code: 'QEMU_FAILED' });
   assert.deepEqual(again.stages.find((s) => s.stage === 'starting')?.detail, { vm: id });
   assert.equal(await exists(join(paths.dir, 'disk-of-the-dead-run')), false, 'the leftover went before the create began again');
-  assert.deepEqual(await readdir(options.stateDir), [], 'the failed create cleaned up after itself');
+  assert.deepEqual(await readdir(options.stateDir), ['.claims'], 'the failed create cleaned up after itself');
+  assert.deepEqual(await readdir(join(options.stateDir, '.claims')), [], 'and left no claim held');
 });
 
 test('request id — a leftover without a mark (a clean-up cut short by the cancel grace, a mark never written) is one too', async (t) => {
@@ -134,7 +136,8 @@ test('request id — a leftover without a mark (a clean-up cut short by the canc
     const again = run(options, 'req-1', { image: 'tiny', memory: 128, vcpus: 1 });
     await assert.rejects(again.result, { code: 'QEMU_FAILED' });
     assert.deepEqual(again.stages.find((s) => s.stage === 'starting')?.detail, { vm: id }, `mark: ${String(mark)}`);
-    assert.deepEqual(await readdir(options.stateDir), []);
+    assert.deepEqual(await readdir(options.stateDir), ['.claims']);
+    assert.deepEqual(await readdir(join(options.stateDir, '.claims')), []);
   }
 });
 
@@ -186,11 +189,11 @@ test('request id — a run of the request while its own create is still at work 
   assert.equal(await exists(paths.creating), true, 'the create at work is left alone');
 });
 
-function deleteVm(options: QemuOptions, vm: string) {
+function deleteVm(options: QemuOptions, vm: string, deadline = Date.now() + 60_000) {
   const ctx = {
     options,
     host: { id: 'h1', agentVersion: 'test', startedAt: AGENT_STARTED_AT },
-    message: { id: `delete-${vm}`, type: 'delete-vm', deadline: Date.now() + 60_000 },
+    message: { id: `delete-${vm}`, type: 'delete-vm', deadline },
     log: { debug() {}, info() {}, warn() {}, error() {} } as unknown as HandlerContext['log'],
     signal: new AbortController().signal,
     progress: () => undefined,
@@ -352,4 +355,95 @@ test('deleted — a leftover gets its tombstone before it is removed: a removal 
   const deleted = await deleteVm(options, id);
   assert.equal(deleted.deleted, true);
   await assert.rejects(run(options, 'req-left', { image: 'tiny', memory: 128, vcpus: 1 }).result, { code: 'REQUEST_ID_REUSED' });
+});
+
+/** A claim on `id` as another holder writes it (vm-claim.ts); removing the file releases it. */
+async function holdClaim(options: QemuOptions, id: string, by: string): Promise<string> {
+  const path = claimPath(options.stateDir, id);
+  await mkdir(join(options.stateDir, '.claims'), { recursive: true });
+  await writeFile(path, JSON.stringify({ by, pid: process.pid, until: Date.now() + 60_000, token: `${by}-test` }));
+  return path;
+}
+
+async function leftover(options: QemuOptions, id: string) {
+  const paths = vmPaths(options.stateDir, id);
+  await mkdir(paths.dir, { recursive: true });
+  await writeFile(paths.disk, 'the overlay a dead run left');
+  await writeFile(paths.creating, JSON.stringify({ pid: process.pid + 1_000_000, agentStartedAt: AGENT_STARTED_AT - 10_000, until: Date.now() + 60_000, request: 'req-1' }));
+  return paths;
+}
+
+const settledYet = (promise: Promise<unknown>) => {
+  const state = { settled: false };
+  promise.then(() => (state.settled = true), () => (state.settled = true));
+  return state;
+};
+
+test('claim — a run that finds a delete at work on its leftover waits for it, then honours the deletion: REQUEST_ID_REUSED, nothing made', async (t) => {
+  // Before, the create removed the leftover and went on while the delete removed the folder it worked in.
+  const options = await setUp(t);
+  const id = vmIdForRequest('h1', 'req-1');
+  const paths = await leftover(options, id);
+  const claim = await holdClaim(options, id, 'delete-vm');
+  const again = run(options, 'req-1', { image: 'tiny', memory: 128, vcpus: 1 });
+  const state = settledYet(again.result);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.equal(state.settled, false, 'the create waits for the claim');
+  assert.equal(again.stages.some((s) => s.stage === 'starting'), false);
+  assert.equal(await exists(paths.disk), true, 'the create has not touched the leftover');
+  // What delete-vm does under its claim: the tombstone, then the leftover goes; then the claim is released.
+  await recordDeleted(options.stateDir, id, 'req-1');
+  await rm(paths.dir, { recursive: true });
+  await rm(claim);
+  await assert.rejects(again.result, { code: 'REQUEST_ID_REUSED' });
+  assert.equal(await exists(paths.dir), false, 'nothing made');
+});
+
+test('claim — a delete of a leftover that a run of its request has taken over meanwhile answers VM_NOT_READY; nothing removed, no tombstone', async (t) => {
+  const options = await setUp(t);
+  const id = vmIdForRequest('h1', 'req-1');
+  const paths = await leftover(options, id);
+  const claim = await holdClaim(options, id, 'create-vm');
+  const deleting = deleteVm(options, id);
+  const state = settledYet(deleting);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.equal(state.settled, false, 'the delete waits for the claim');
+  // What create-vm does under its claim: the leftover goes, a fresh folder and its mark come; then it releases.
+  await rm(paths.dir, { recursive: true });
+  await mkdir(paths.dir);
+  await writeFile(paths.creating, JSON.stringify({ pid: process.pid, agentStartedAt: AGENT_STARTED_AT, until: Date.now() + 60_000, request: 'req-1' }));
+  await rm(claim);
+  await assert.rejects(deleting, { code: 'VM_NOT_READY' });
+  assert.equal(await exists(paths.creating), true, 'the create at work keeps its folder');
+  assert.equal(await deletedRecord(options.stateDir, id), undefined, 'no tombstone for a VM that is being made');
+});
+
+test('claim — a delete whose wait for a claim would reach its deadline answers VM_NOT_READY before it, naming the holder', async (t) => {
+  const options = await setUp(t);
+  const id = vmIdForRequest('h1', 'req-1');
+  const paths = await leftover(options, id);
+  await holdClaim(options, id, 'sweeper');
+  const started = Date.now();
+  await assert.rejects(deleteVm(options, id, started + 1_600), (error: Error & { code?: string; details?: unknown }) => {
+    assert.equal(error.code, 'VM_NOT_READY');
+    assert.equal(error.message, `VM "${id}" is being worked on by sweeper; send the delete again shortly`);
+    assert.deepEqual(error.details, { vm: id, heldBy: 'sweeper' });
+    return true;
+  });
+  assert.ok(Date.now() < started + 1_600, 'answered before its deadline');
+  assert.equal(await exists(paths.disk), true);
+});
+
+test('claim — a create whose derived id stays claimed answers VM_NOT_READY before its deadline, naming the holder; nothing made', async (t) => {
+  const options = await setUp(t);
+  const id = vmIdForRequest('h1', 'req-1');
+  await holdClaim(options, id, 'sweeper');
+  const attempt = run(options, 'req-1', { image: 'tiny', memory: 128, vcpus: 1 }, Date.now() + 1_600);
+  await assert.rejects(attempt.result, (error: Error & { code?: string; details?: unknown }) => {
+    assert.equal(error.code, 'VM_NOT_READY');
+    assert.equal(error.message, `VM ${id}, which request req-1 leads to, is being worked on by sweeper; send the request again shortly`);
+    assert.deepEqual(error.details, { vm: id, heldBy: 'sweeper' });
+    return true;
+  });
+  assert.equal(await exists(vmPaths(options.stateDir, id).dir), false);
 });

@@ -4,11 +4,15 @@
  * qemu-backend's messages are answered by a fake dispatch.
  */
 import assert from 'node:assert/strict';
-import { access, mkdir, utimes, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { access, mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import process from 'node:process';
 import { join } from 'node:path';
-import test from 'node:test';
+import test, { type TestContext } from 'node:test';
 import type { DispatchReply, PluginLogger } from '../../../core/plugin-api.ts';
-import { settleDeadRecord } from '../../../plugins/sweeper/act-orphans.ts';
+import { reapOrphan, removeBareFolder, settleDeadRecord, settleTap } from '../../../plugins/sweeper/act-orphans.ts';
+import { parseStat } from '../../../plugins/sweeper/proc-scan.ts';
+import { claimPath } from '../../../plugins/qemu-backend/vm-claim.ts';
 import { carryOut } from '../../../plugins/sweeper/act.ts';
 import { resolveSweeperOptions, sweeperOptionsSchema } from '../../../plugins/sweeper/options.ts';
 import type { Finding } from '../../../plugins/sweeper/plan.ts';
@@ -82,7 +86,7 @@ test('carry out — log rows, step-less stop rows, done and skipped removals, a 
     { ...base, kind: 'orphan-folder', target: revived.path, action: 'reap', step: 'remove-folder', folder: revived },
     { ...base, kind: 'dead-record', target: record.id, action: 'reap', step: 'restart', record },
   ];
-  const rows = await carryOut(findings, { options, log: quiet, signal: new AbortController().signal });
+  const rows = await carryOut(findings, { options, hostId: 'h1', log: quiet, signal: new AbortController().signal });
   assert.deepEqual(
     rows.map((r) => [r.target, r.outcome, r.detail ?? r.error ?? '']),
     [
@@ -101,6 +105,7 @@ test('carry out — log rows, step-less stop rows, done and skipped removals, a 
   controller.abort();
   const aborted = await carryOut([{ ...base, kind: 'orphan-folder', target: leftover.path, action: 'reap', step: 'remove-folder', folder: leftover }], {
     options,
+    hostId: 'h1',
     log: quiet,
     signal: controller.signal,
   });
@@ -126,7 +131,7 @@ test('carry out — a failed row carries a documented code: SWEEP_ACTION_FAILED 
     { job: 'leases', kind: 'stale-neighbour', target: 'neighbour', reason: 'test', action: 'reap', step: 'delete-neighbour', entry: neighbour },
     { job: 'orphans', kind: 'dead-record', target: record.id, reason: 'test', action: 'reap', step: 'restart', record },
   ] as unknown as Finding[];
-  const rows = await carryOut(findings, { options, log: quiet, signal: new AbortController().signal, dispatch: fake.dispatch });
+  const rows = await carryOut(findings, { options, hostId: 'h1', log: quiet, signal: new AbortController().signal, dispatch: fake.dispatch });
   assert.deepEqual(
     rows.map((r) => [r.target, r.outcome, r.error?.slice(0, r.error.indexOf(':'))]),
     [
@@ -178,4 +183,58 @@ test('service — a start whose scheduling fails leaves no relay open: a sweep-n
   assert.throws(() => second.start(), /Could not find next matching date/);
   const left = [...cron.getTasks().values()].filter((task) => task.name?.startsWith('sweeper-h2-'));
   assert.deepEqual(left.map((task) => task.name), []);
+});
+
+/** A claim on `id` as create-vm or delete-vm writes it (qemu-backend's vm-claim.ts); removing the file releases it. */
+async function holdClaim(stateDir: string, id: string, by: string): Promise<string> {
+  await mkdir(join(stateDir, '.claims'), { recursive: true });
+  await writeFile(claimPath(stateDir, id), JSON.stringify({ by, pid: process.pid, until: Date.now() + 60_000, token: `${by}-test` }));
+  return claimPath(stateDir, id);
+}
+
+/** A process standing in for an orphan QEMU (a `sleep`, killed when the test ends), and its VM folder. */
+async function plantOrphan(t: TestContext, dir: string) {
+  const sleeper = spawn('sleep', ['60'], { stdio: 'ignore' });
+  t.after(() => sleeper.kill('SIGKILL'));
+  const pid = sleeper.pid!;
+  const { startTicks } = parseStat(await readFile(`/proc/${pid}/stat`, 'utf8'))!;
+  await mkdir(join(dir, 'h1.orphanxx'));
+  return { pid, vmId: 'h1.orphanxx', startTicks, ageMs: 1e9, tap: null, mac: null, qmpSocket: null };
+}
+
+test('claims — a folder, tap or orphan whose VM id create-vm or delete-vm holds a claim on is skipped, untouched; released, the step runs', async (t) => {
+  const dir = await tempDir(t);
+  const options = resolveSweeperOptions(sweeperOptionsSchema.parse({ qemu: { stateDir: dir, ipBinary: join(dir, 'no-ip') }, jobs: { orphans: { action: 'reap' } } }));
+  const bare = { id: 'h1.barexxxx', path: join(dir, 'h1.barexxxx'), ageMs: 1e9, hasDisk: true, entries: ['disk.qcow2'] };
+  await mkdir(bare.path);
+  await writeFile(join(bare.path, 'disk.qcow2'), '');
+  const orphan = await plantOrphan(t, dir);
+  const { pid } = orphan;
+
+  const claims = [await holdClaim(dir, bare.id, 'create-vm'), await holdClaim(dir, orphan.vmId, 'delete-vm'), await holdClaim(dir, 'h1.tapxxxxx', 'create-vm')];
+  assert.deepEqual(await removeBareFolder(options, bare), { outcome: 'skipped', detail: 'create-vm is at work on h1.barexxxx meanwhile' });
+  assert.deepEqual(await reapOrphan(options, orphan), { outcome: 'skipped', detail: 'delete-vm is at work on h1.orphanxx meanwhile' });
+  // A tap is named for the VM id of this host with its letters: clttapxxxxx is h1.tapxxxxx's.
+  assert.deepEqual(await settleTap(options, 'h1', 'clttapxxxxx', true), { outcome: 'skipped', detail: 'create-vm is at work on h1.tapxxxxx meanwhile' });
+  assert.equal(await exists(bare.path), true);
+  assert.equal(await exists(join(dir, orphan.vmId)), true);
+  assert.equal(await exists(`/proc/${pid}`), true, 'the orphan was not killed');
+
+  for (const claim of claims) await rm(claim);
+  assert.deepEqual(await removeBareFolder(options, bare), { outcome: 'done', detail: 'removed with its overlay disk' });
+  assert.deepEqual(await reapOrphan(options, orphan), { outcome: 'done', detail: 'killed; folder removed' });
+  assert.equal(await exists(bare.path), false);
+  assert.equal(await exists(join(dir, orphan.vmId)), false);
+  assert.deepEqual(await readdir(join(dir, '.claims')), [], 'the sweeper released its claims');
+});
+
+test('claims — an orphan QEMU whose folder a create has taken over (its mark holds) is left for that create to end', async (t) => {
+  const dir = await tempDir(t);
+  const options = resolveSweeperOptions(sweeperOptionsSchema.parse({ qemu: { stateDir: dir }, jobs: { orphans: { action: 'reap' } } }));
+  const orphan = await plantOrphan(t, dir);
+  const { pid } = orphan;
+  await writeFile(join(dir, orphan.vmId, 'creating'), JSON.stringify({ pid: process.pid, agentStartedAt: 1, until: Date.now() + 60_000, request: 'req-1' }));
+  assert.deepEqual(await reapOrphan(options, orphan), { outcome: 'skipped', detail: 'create-vm is at work on it meanwhile' });
+  assert.equal(await exists(`/proc/${pid}`), true);
+  assert.equal(await exists(join(dir, orphan.vmId, 'creating')), true);
 });

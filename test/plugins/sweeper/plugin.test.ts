@@ -167,7 +167,9 @@ test('sweep-now — a dry run lists what reap would do and changes nothing; the 
   ]);
   assert.equal(await exists(planted.bare), false);
   assert.equal(await exists(planted.stray), false);
-  assert.deepEqual((await readdir(planted.stateDir)).sort(), ['notes.txt', 'otherhost.barexxxx', planted.stopped]);
+  // `.claims`: where the removal took its claim on the VM id (qemu-backend's vm-claim.ts), released since.
+  assert.deepEqual((await readdir(planted.stateDir)).sort(), ['.claims', 'notes.txt', 'otherhost.barexxxx', planted.stopped]);
+  assert.deepEqual(await readdir(join(planted.stateDir, '.claims')), []);
   assert.deepEqual(await readdir(join(planted.stateDir, planted.stopped)), ['vm.json']);
   const { counters } = real.result;
   assert.deepEqual([counters.runs, counters.dryRuns, counters.byTrigger], [2, 1, { schedule: 0, message: 2 }]);
