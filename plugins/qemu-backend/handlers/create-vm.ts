@@ -21,6 +21,8 @@ const CANCEL_GRACE_BOUND_MS = 30_000;
  * a delete or a sweep of a leftover takes (a QEMU killed and awaited, a folder removed).
  */
 const CLAIM_WAIT_MS = 15_000;
+/** How long a failed create waits for the claim to clean up: whoever holds it finds the mark and lets go at once. */
+const CLEAN_UP_CLAIM_WAIT_MS = 5_000;
 
 type CreateVmPayload = ReturnType<typeof createVmPayload.parse>;
 
@@ -93,15 +95,36 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
     ctx.progress('running', { vm: id, pid });
     return { ...viewOf(record, 'running', pid), already: false };
   } catch (error) {
-    // Leave nothing half-made behind: no QEMU (it may have started before a cancel), no tap, no folder. A
-    // cancel (deadline, timeout, shutdown) leaves only cancelGraceMs (1 s) for this, and the disk goes
-    // anyway: QEMU is killed outright, no QMP. The mark goes first: if the thread is stopped half-way, what
-    // stays is a leftover (delete-vm removes it the same way), not a create that seems to be at work.
-    await rm(paths.creating, { force: true }).catch(() => undefined);
-    await removeLeftover(options, id);
+    await cleanUp(options, id, ctx.log);
     throw error;
   }
 });
+
+/**
+ * Leaves nothing half-made behind: no QEMU (it may have started before a cancel), no tap, no folder. A
+ * cancel (deadline, timeout, shutdown) leaves only cancelGraceMs (1 s) for this, and the disk goes anyway:
+ * QEMU is killed outright, no QMP. The mark goes first: if the thread is stopped half-way, what stays is a
+ * leftover (delete-vm removes it the same way), not a create that seems to be at work.
+ *
+ * Under the claim on the id: once the mark is gone, a run of this same request (sent again after a TIMEOUT)
+ * takes the folder for a leftover, removes it and begins afresh there; a removal outside the claim could
+ * then take its new folder and QEMU. When the claim stays held (by a run, a delete or a sweep that finds
+ * the mark and answers at once, or by a step stuck on a hung disk), all stays as it is: the mark holds
+ * until its time, and then whoever comes removes the leftover.
+ */
+async function cleanUp(options: QemuOptions, id: string, log: HandlerContext['log']): Promise<void> {
+  const paths = vmPaths(options.stateDir, id);
+  try {
+    const outcome = await withVmClaim(options.stateDir, id, 'create-vm', { waitMs: CLEAN_UP_CLAIM_WAIT_MS }, async () => {
+      await rm(paths.creating, { force: true }).catch(() => undefined);
+      await removeLeftover(options, id);
+    });
+    if (!outcome.ran) log.warn({ vm: id, heldBy: outcome.heldBy }, 'the failed create could not clean up: its VM id is claimed; the leftover stays until its mark runs out');
+  } catch (error) {
+    // The create's own error is the answer; this one is the operator's.
+    log.warn({ vm: id, err: error }, 'the failed create could not clean up; the leftover stays for delete-vm or the sweeper');
+  }
+}
 
 /**
  * The VM's id, its folder made and the `creating` mark in it, under the claim on the id this request derives

@@ -21,7 +21,7 @@ import { deletedByRequest, deletedIds, deletedRecord, recordDeleted } from '../.
 import { claimPath } from '../../../plugins/qemu-backend/vm-claim.ts';
 import { vmIdForRequest } from '../../../plugins/qemu-backend/vm-id.ts';
 import { requireRecord } from '../../../plugins/qemu-backend/vm-ops.ts';
-import { tempDir } from '../../helpers.ts';
+import { tempDir, until } from '../../helpers.ts';
 
 const AGENT_STARTED_AT = Date.now() - 60_000;
 
@@ -446,4 +446,27 @@ test('claim — a create whose derived id stays claimed answers VM_NOT_READY bef
     return true;
   });
   assert.equal(await exists(vmPaths(options.stateDir, id).dir), false);
+});
+
+test('claim — a create that fails cleans up under the claim on its id: while another holds it, its folder and mark stay', async (t) => {
+  // Before, the clean-up ran outside the claim: a run of the same request (sent again after a TIMEOUT) that
+  // took the id over in that moment could have its fresh folder, and its QEMU, removed under it.
+  const options = await setUp(t);
+  const go = join(options.stateDir, '..', 'let-qemu-fail');
+  const qemuBinary = join(options.stateDir, '..', 'qemu-failing-on-cue');
+  await writeFile(qemuBinary, `#!/bin/sh\nwhile [ ! -e '${go}' ]; do sleep 0.02; done\necho "no QEMU in this test" >&2\nexit 1\n`, { mode: 0o755 });
+  const id = vmIdForRequest('h1', 'req-1');
+  const paths = vmPaths(options.stateDir, id);
+  const attempt = run({ ...options, qemuBinary }, 'req-1', { image: 'tiny', memory: 128, vcpus: 1 });
+  const state = settledYet(attempt.result);
+  await until(() => attempt.stages.some((s) => s.stage === 'starting'), 10_000, 'the create reaches "starting"');
+  const claim = await holdClaim(options, id, 'create-vm');
+  await writeFile(go, '');
+  await new Promise((resolve) => setTimeout(resolve, 400));
+  assert.equal(state.settled, false, 'the clean-up waits for the claim');
+  assert.equal(await exists(paths.creating), true, 'the mark stays while another holds the claim');
+  await rm(claim);
+  await assert.rejects(attempt.result, { code: 'QEMU_FAILED' });
+  assert.equal(await exists(paths.dir), false, 'cleaned up once the claim was its own');
+  assert.deepEqual(await readdir(join(options.stateDir, '.claims')), []);
 });
