@@ -256,7 +256,7 @@ async function underBreakLock<T>(path: string, waitMs: number, step: () => Promi
     const lockStale = Date.now() - held.mtimeMs > BREAK_STALE_MS || (await processGone(held.claim?.pid));
     if (lockStale) {
       const again = await look(lockPath);
-      if (again?.identity === held.identity) await unlink(lockPath).catch(() => undefined);
+      if (again?.identity === held.identity) await removeClaimFile(lockPath, again);
       continue;
     }
     if (Date.now() >= deadline) return undefined;

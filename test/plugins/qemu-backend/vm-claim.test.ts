@@ -246,3 +246,17 @@ test('claim — the release waits for a break lock held at that moment, then rem
   assert.equal(outcome.ran, true);
   assert.deepEqual(await readdir(join(stateDir, '.claims')), []);
 });
+
+test('claim — a folder at the break lock\'s path is waited for while young, and then an error naming the path, never spun on', { timeout: 10_000 }, async (t) => {
+  const stateDir = await tempDir(t);
+  await plant(stateDir, claimOf({ until: Date.now() - 1 }));
+  const lock = `${claimPath(stateDir, ID)}.break`;
+  await mkdir(lock);
+  assert.deepEqual(await withVmClaim(stateDir, ID, 'sweeper', { waitMs: 100 }, async () => 'ran'), { ran: false, heldBy: 'sweeper' });
+  const old = new Date(Date.now() - BREAK_STALE_MS - 2_000);
+  await utimes(lock, old, old);
+  await assert.rejects(withVmClaim(stateDir, ID, 'sweeper', { waitMs: 100 }, async () => 'ran'), (error: Error) => {
+    assert.ok(error.message.startsWith(`the claim path ${lock} holds something other than a file that cannot be removed (`), error.message);
+    return true;
+  });
+});
