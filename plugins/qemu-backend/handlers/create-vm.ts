@@ -4,10 +4,10 @@ import { Buffer } from 'node:buffer';
 import { defineHandler, type HandlerContext } from '../../../core/plugin-api.ts';
 import { qemuError } from '../errors.ts';
 import { createOverlay, resolveImage } from '../images.ts';
-import { randomMac, tapName } from '../network.ts';
+import { randomMac, removeTap, tapName } from '../network.ts';
 import { qemuOptionsSchema, type QemuOptions } from '../options.ts';
 import { createVmPayload, VM_ID_PATTERN } from '../schemas.ts';
-import { hasRecordFile, listRecords, vmPaths, writeRecord, type VmRecord } from '../state.ts';
+import { hasRecordFile, listRecords, removeVmFolder, vmPaths, writeRecord, type VmRecord } from '../state.ts';
 import { killQemu, runningPid } from '../processes.ts';
 import { deletedByRequest, deletedIds, deletedRecord } from '../tombstones.ts';
 import { randomVmId, vmIdForRequest } from '../vm-id.ts';
@@ -21,8 +21,12 @@ const CANCEL_GRACE_BOUND_MS = 30_000;
  * a delete or a sweep of a leftover takes (a QEMU killed and awaited, a folder removed).
  */
 const CLAIM_WAIT_MS = 15_000;
-/** How long a failed create waits for the claim to clean up: whoever holds it finds the mark and lets go at once. */
+/** How long a failed create waits for the claim to remove its folder: whoever holds it finds the mark and lets go at once. */
 const CLEAN_UP_CLAIM_WAIT_MS = 5_000;
+/** The same after a cancel, well inside the cancel grace (1 s by default) that is all the thread has left. */
+const CLEAN_UP_CLAIM_WAIT_CANCELLED_MS = 250;
+/** How long that claim holds if the thread is stopped with it: a mark and a folder removed take moments. */
+const CLEAN_UP_HOLD_MS = 15_000;
 
 type CreateVmPayload = ReturnType<typeof createVmPayload.parse>;
 
@@ -95,7 +99,7 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
     ctx.progress('running', { vm: id, pid });
     return { ...viewOf(record, 'running', pid), already: false };
   } catch (error) {
-    await cleanUp(options, id, ctx.log);
+    await cleanUp(options, record, signal, ctx.log);
     throw error;
   }
 });
@@ -103,26 +107,32 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
 /**
  * Leaves nothing half-made behind: no QEMU (it may have started before a cancel), no tap, no folder. A
  * cancel (deadline, timeout, shutdown) leaves only cancelGraceMs (1 s) for this, and the disk goes anyway:
- * QEMU is killed outright, no QMP. The mark goes first: if the thread is stopped half-way, what stays is a
- * leftover (delete-vm removes it the same way), not a create that seems to be at work.
+ * QEMU is killed outright, no QMP.
  *
- * Under the claim on the id: once the mark is gone, a run of this same request (sent again after a TIMEOUT)
- * takes the folder for a leftover, removes it and begins afresh there; a removal outside the claim could
- * then take its new folder and QEMU. When the claim stays held (by a run, a delete or a sweep that finds
- * the mark and answers at once, or by a step stuck on a hung disk), all stays as it is: the mark holds
- * until its time, and then whoever comes removes the leftover.
+ * While the `creating` mark stands, no one else acts on this folder (a rerun, a delete or a sweep finds it
+ * and answers or skips at once), so what may take long — QEMU's end, the tap — goes first, outside any
+ * claim. The mark and the folder then go together under the claim on the id: once the mark is gone, a run
+ * of this same request (sent again after a TIMEOUT) takes the folder for a leftover and begins afresh in
+ * it, and a removal outside the claim could take its new folder. The claim is held for moments, and set to
+ * go stale soon (CLEAN_UP_HOLD_MS) in case the cancel grace ends this thread while it holds it. When the
+ * claim stays held, or the thread is stopped first, the mark and folder stay: the mark holds until its
+ * time, and then whoever comes removes the leftover.
  */
-async function cleanUp(options: QemuOptions, id: string, log: HandlerContext['log']): Promise<void> {
+async function cleanUp(options: QemuOptions, record: VmRecord, signal: AbortSignal, log: HandlerContext['log']): Promise<void> {
+  const { id } = record;
   const paths = vmPaths(options.stateDir, id);
   try {
-    const outcome = await withVmClaim(options.stateDir, id, 'create-vm', { waitMs: CLEAN_UP_CLAIM_WAIT_MS }, async () => {
-      await rm(paths.creating, { force: true }).catch(() => undefined);
-      await removeLeftover(options, id);
+    await killQemu(paths.pidfile, id).catch(() => undefined);
+    if (record.network.mode === 'bridge') await removeTap(options.ipBinary, record.network.tap).catch(() => undefined);
+    const wait = { waitMs: signal.aborted ? CLEAN_UP_CLAIM_WAIT_CANCELLED_MS : CLEAN_UP_CLAIM_WAIT_MS, holdMs: CLEAN_UP_HOLD_MS };
+    const outcome = await withVmClaim(options.stateDir, id, 'create-vm', wait, async () => {
+      await rm(paths.creating, { force: true });
+      await removeVmFolder(options.stateDir, id);
     });
-    if (!outcome.ran) log.warn({ vm: id, heldBy: outcome.heldBy }, 'the failed create could not clean up: its VM id is claimed; the leftover stays until its mark runs out');
+    if (!outcome.ran) log.warn({ vm: id, heldBy: outcome.heldBy }, 'the failed create could not remove its folder: its VM id is claimed; the leftover stays until its mark runs out');
   } catch (error) {
     // The create's own error is the answer; this one is the operator's.
-    log.warn({ vm: id, err: error }, 'the failed create could not clean up; the leftover stays for delete-vm or the sweeper');
+    log.warn({ vm: id, err: error }, 'the failed create could not remove its folder; the leftover stays for delete-vm or the sweeper');
   }
 }
 

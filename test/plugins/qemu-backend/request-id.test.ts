@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { access, mkdir, readdir, rm, utimes, writeFile } from 'node:fs/promises';
+import { access, mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import process from 'node:process';
 import test, { type TestContext } from 'node:test';
@@ -18,7 +18,7 @@ import { qemuOptionsSchema, type QemuOptions } from '../../../plugins/qemu-backe
 import { createVmPayload, findCreatePayload, VM_ID_PATTERN, vmRefPayload } from '../../../plugins/qemu-backend/schemas.ts';
 import { vmPaths, writeRecord, type VmRecord } from '../../../plugins/qemu-backend/state.ts';
 import { deletedByRequest, deletedIds, deletedRecord, recordDeleted } from '../../../plugins/qemu-backend/tombstones.ts';
-import { claimPath } from '../../../plugins/qemu-backend/vm-claim.ts';
+import { holdClaim } from './claim-helpers.ts';
 import { vmIdForRequest } from '../../../plugins/qemu-backend/vm-id.ts';
 import { requireRecord } from '../../../plugins/qemu-backend/vm-ops.ts';
 import { tempDir, until } from '../../helpers.ts';
@@ -357,14 +357,6 @@ test('deleted — a leftover gets its tombstone before it is removed: a removal 
   await assert.rejects(run(options, 'req-left', { image: 'tiny', memory: 128, vcpus: 1 }).result, { code: 'REQUEST_ID_REUSED' });
 });
 
-/** A claim on `id` as another holder writes it (vm-claim.ts); removing the file releases it. */
-async function holdClaim(options: QemuOptions, id: string, by: string): Promise<string> {
-  const path = claimPath(options.stateDir, id);
-  await mkdir(join(options.stateDir, '.claims'), { recursive: true });
-  await writeFile(path, JSON.stringify({ by, pid: process.pid, until: Date.now() + 60_000, token: `${by}-test` }));
-  return path;
-}
-
 async function leftover(options: QemuOptions, id: string) {
   const paths = vmPaths(options.stateDir, id);
   await mkdir(paths.dir, { recursive: true });
@@ -384,7 +376,7 @@ test('claim — a run that finds a delete at work on its leftover waits for it, 
   const options = await setUp(t);
   const id = vmIdForRequest('h1', 'req-1');
   const paths = await leftover(options, id);
-  const claim = await holdClaim(options, id, 'delete-vm');
+  const claim = await holdClaim(options.stateDir, id, 'delete-vm');
   const again = run(options, 'req-1', { image: 'tiny', memory: 128, vcpus: 1 });
   const state = settledYet(again.result);
   await new Promise((resolve) => setTimeout(resolve, 300));
@@ -403,7 +395,7 @@ test('claim — a delete of a leftover that a run of its request has taken over 
   const options = await setUp(t);
   const id = vmIdForRequest('h1', 'req-1');
   const paths = await leftover(options, id);
-  const claim = await holdClaim(options, id, 'create-vm');
+  const claim = await holdClaim(options.stateDir, id, 'create-vm');
   const deleting = deleteVm(options, id);
   const state = settledYet(deleting);
   await new Promise((resolve) => setTimeout(resolve, 300));
@@ -422,7 +414,7 @@ test('claim — a delete whose wait for a claim would reach its deadline answers
   const options = await setUp(t);
   const id = vmIdForRequest('h1', 'req-1');
   const paths = await leftover(options, id);
-  await holdClaim(options, id, 'sweeper');
+  await holdClaim(options.stateDir, id, 'sweeper');
   const started = Date.now();
   await assert.rejects(deleteVm(options, id, started + 1_600), (error: Error & { code?: string; details?: unknown }) => {
     assert.equal(error.code, 'VM_NOT_READY');
@@ -437,7 +429,7 @@ test('claim — a delete whose wait for a claim would reach its deadline answers
 test('claim — a create whose derived id stays claimed answers VM_NOT_READY before its deadline, naming the holder; nothing made', async (t) => {
   const options = await setUp(t);
   const id = vmIdForRequest('h1', 'req-1');
-  await holdClaim(options, id, 'sweeper');
+  await holdClaim(options.stateDir, id, 'sweeper');
   const attempt = run(options, 'req-1', { image: 'tiny', memory: 128, vcpus: 1 }, Date.now() + 1_600);
   await assert.rejects(attempt.result, (error: Error & { code?: string; details?: unknown }) => {
     assert.equal(error.code, 'VM_NOT_READY');
@@ -460,7 +452,7 @@ test('claim — a create that fails cleans up under the claim on its id: while a
   const attempt = run({ ...options, qemuBinary }, 'req-1', { image: 'tiny', memory: 128, vcpus: 1 });
   const state = settledYet(attempt.result);
   await until(() => attempt.stages.some((s) => s.stage === 'starting'), 10_000, 'the create reaches "starting"');
-  const claim = await holdClaim(options, id, 'create-vm');
+  const claim = await holdClaim(options.stateDir, id, 'create-vm');
   await writeFile(go, '');
   await new Promise((resolve) => setTimeout(resolve, 400));
   assert.equal(state.settled, false, 'the clean-up waits for the claim');
@@ -469,4 +461,41 @@ test('claim — a create that fails cleans up under the claim on its id: while a
   await assert.rejects(attempt.result, { code: 'QEMU_FAILED' });
   assert.equal(await exists(paths.dir), false, 'cleaned up once the claim was its own');
   assert.deepEqual(await readdir(join(options.stateDir, '.claims')), []);
+});
+
+test('claim — a failed create ends its QEMU before it waits for the claim: held throughout, the QEMU is gone and the mark and folder stay', async (t) => {
+  // Before, QEMU was ended under the claim: while another held it (or once the cancel grace ended the thread
+  // during the wait), the QEMU a failed start had left ran on.
+  const options = await setUp(t);
+  const qemuBinary = join(options.stateDir, '..', 'qemu-leaving-a-process');
+  const go = join(options.stateDir, '..', 'let-qemu-go-on');
+  // A QEMU that daemonizes and then fails, on cue: a process named as the VM's QEMU, its pid in the pidfile,
+  // exit 1. perl sleeps in its own process (a shell would leave a child `sleep` behind when killed).
+  await writeFile(
+    qemuBinary,
+    `#!/bin/sh
+while [ ! -e '${go}' ]; do sleep 0.02; done
+prev=; for a in "$@"; do case "$prev" in -name) name=$a;; -pidfile) pidfile=$a;; esac; prev=$a; done
+perl -e 'sleep 60' -- -name "$name" -pidfile "$pidfile" </dev/null >/dev/null 2>&1 &
+echo $! > "$pidfile"
+echo "failed after daemonizing" >&2
+exit 1
+`,
+    { mode: 0o755 },
+  );
+  const id = vmIdForRequest('h1', 'req-1');
+  const paths = vmPaths(options.stateDir, id);
+  let standIn: number | undefined;
+  t.after(() => {
+    if (standIn !== undefined) spawnSync('kill', ['-9', String(standIn)]);
+  });
+  const attempt = run({ ...options, qemuBinary }, 'req-1', { image: 'tiny', memory: 128, vcpus: 1 });
+  await until(() => attempt.stages.some((s) => s.stage === 'starting'), 10_000, 'the create reaches "starting"');
+  await holdClaim(options.stateDir, id, 'sweeper', { n: 5 });
+  await writeFile(go, '');
+  await until(async () => exists(paths.pidfile), 10_000, 'the stand-in QEMU writes its pidfile');
+  standIn = Number((await readFile(paths.pidfile, 'utf8')).trim());
+  await assert.rejects(attempt.result, { code: 'QEMU_FAILED' });
+  assert.equal(await exists(`/proc/${standIn}`), false, 'the QEMU left by the failed start was ended');
+  assert.equal(await exists(paths.creating), true, 'mark and folder stay while another holds the claim');
 });

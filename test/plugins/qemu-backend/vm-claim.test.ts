@@ -1,32 +1,22 @@
 /**
- * The claim on a VM id (vm-claim.ts): one holder at a time, a wait that ends naming the holder, stale claims
- * removed (by one taker, never a fresh one in their place), and a release that removes only its own claim.
- * Files in a temp folder only.
+ * The claim on a VM id (vm-claim.ts): one holder at a time, a wait that ends naming the holder, stale entries
+ * stepped over (never removed to make room), and a release that removes only its own entry. Files in a temp
+ * folder only; the last test runs takers in several processes.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { lutimes, mkdir, readdir, readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { spawn, spawnSync } from 'node:child_process';
+import { lutimes, mkdir, open, readdir, readlink, rm, symlink, unlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import process from 'node:process';
 import test from 'node:test';
-import { BREAK_STALE_MS, claimPath, claimWaitMs, HOLD_MS, UNKNOWN_HOLDER, withVmClaim } from '../../../plugins/qemu-backend/vm-claim.ts';
+import { claimEntryPath, claimsDir, claimTarget, claimWaitMs, HOLD_MS, UNKNOWN_HOLDER, withVmClaim } from '../../../plugins/qemu-backend/vm-claim.ts';
 import { tempDir } from '../../helpers.ts';
+import { holdClaim } from './claim-helpers.ts';
 
 const ID = 'h1.abcdefgh';
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function plant(stateDir: string, content: string, ageMs = 0): Promise<string> {
-  const path = claimPath(stateDir, ID);
-  await mkdir(join(stateDir, '.claims'), { recursive: true });
-  await writeFile(path, content);
-  if (ageMs > 0) {
-    const then = new Date(Date.now() - ageMs);
-    await utimes(path, then, then);
-  }
-  return path;
-}
-
-const claimOf = (fields: Record<string, unknown>) => JSON.stringify({ by: 'sweeper', pid: process.pid, until: Date.now() + 60_000, token: 'theirs', ...fields });
+const gonePid = () => spawnSync('true').pid!; // a process that has exited
+const old = () => new Date(Date.now() - HOLD_MS - 5_000);
 
 test('claim — takers of one id never overlap, each in its turn; another id is not held up; nothing is left behind', async (t) => {
   const stateDir = await tempDir(t);
@@ -50,70 +40,98 @@ test('claim — takers of one id never overlap, each in its turn; another id is 
   assert.equal(most, 1, 'two takers of one id were inside at once');
   assert.deepEqual(outcomes.map((o) => o.ran), [true, true, true, true, true]);
   assert.equal(order.length, 5);
-  assert.deepEqual(await readdir(join(stateDir, '.claims')), [], 'every claim released, no break lock left');
+  assert.deepEqual(await readdir(claimsDir(stateDir)), [], 'every claim released');
 });
 
 test('claim — one held longer than the wait: the work does not run, the answer names the holder, the claim stays theirs', async (t) => {
   const stateDir = await tempDir(t);
-  const theirs = claimOf({ by: 'delete-vm' });
-  const path = await plant(stateDir, theirs);
+  const theirs = await holdClaim(stateDir, ID, 'delete-vm');
+  const target = await readlink(theirs);
   let ran = false;
   const started = Date.now();
   const outcome = await withVmClaim(stateDir, ID, 'create-vm', { waitMs: 200 }, async () => (ran = true));
   assert.deepEqual(outcome, { ran: false, heldBy: 'delete-vm' });
   assert.equal(ran, false);
   assert.ok(Date.now() - started >= 200, 'it waited');
-  assert.equal(await readFile(path, 'utf8'), theirs);
+  assert.deepEqual(await readdir(claimsDir(stateDir)), [`${ID}.1`], 'the waiter left no entry of its own');
+  assert.equal(await readlink(theirs), target);
 });
 
 test('claim — a holder that releases while another waits: the waiter goes on then', async (t) => {
   const stateDir = await tempDir(t);
-  const path = await plant(stateDir, claimOf({}));
+  const theirs = await holdClaim(stateDir, ID, 'sweeper');
   const steps: string[] = [];
   const waiting = withVmClaim(stateDir, ID, 'create-vm', { waitMs: 5_000 }, async () => steps.push('waiter ran'));
   await sleep(150);
   steps.push('released');
-  await rm(path);
+  await rm(theirs);
   assert.equal((await waiting).ran, true);
   assert.deepEqual(steps, ['released', 'waiter ran']);
 });
 
-test('claim — a stale claim is removed: past its time, its process gone, unreadable and older than HOLD_MS', async (t) => {
-  const gone = spawnSync('true').pid; // a process that has exited
-  assert.ok(gone && gone > 0);
-  const stale = {
-    'past its time': [claimOf({ until: Date.now() - 1 }), 0],
-    'its process gone': [claimOf({ pid: gone }), 0],
-    'torn, and old': ['{"by":"create', HOLD_MS + 5_000],
-    'empty, and old': ['', HOLD_MS + 5_000],
-  } as const;
-  for (const [what, [content, age]] of Object.entries(stale)) {
+test('claim — a stale entry is stepped over and then cleared: past its time, its process gone, something not ours and old', async (t) => {
+  const stale: Record<string, (stateDir: string) => Promise<unknown>> = {
+    'past its time': (dir) => holdClaim(dir, ID, 'sweeper', { until: Date.now() - 1 }),
+    'its process gone': (dir) => holdClaim(dir, ID, 'sweeper', { pid: gonePid() }),
+    'a file, old': async (dir) => {
+      await writeFile(claimEntryPath(dir, ID, 1), '{"by":"create');
+      await utimes(claimEntryPath(dir, ID, 1), old(), old());
+    },
+    'a link that is not a claim, old': async (dir) => {
+      await symlink('nowhere', claimEntryPath(dir, ID, 1));
+      await lutimes(claimEntryPath(dir, ID, 1), old(), old());
+    },
+  };
+  for (const [what, plant] of Object.entries(stale)) {
     const stateDir = await tempDir(t);
-    await plant(stateDir, content, age);
-    const outcome = await withVmClaim(stateDir, ID, 'sweeper', { waitMs: 0 }, async () => 'ran');
+    await mkdir(claimsDir(stateDir));
+    await plant(stateDir);
+    let during: string[] = [];
+    const outcome = await withVmClaim(stateDir, ID, 'sweeper', { waitMs: 0 }, async () => {
+      during = await readdir(claimsDir(stateDir));
+      return 'ran';
+    });
     assert.deepEqual(outcome, { ran: true, value: 'ran' }, what);
-    assert.deepEqual(await readdir(join(stateDir, '.claims')), [], what);
+    assert.deepEqual(during, [`${ID}.2`], `${what}: the stale entry was stepped over, then cleared by the holder`);
+    assert.deepEqual(await readdir(claimsDir(stateDir)), [], what);
   }
 });
 
-test('claim — fresh ones hold: one being written (unreadable, young), and one of this process that is within its time', async (t) => {
-  for (const content of ['', '{"by":"crea', claimOf({ pid: process.pid })]) {
+test('claim — fresh ones hold: something not ours but young, and one of this process within its time', async (t) => {
+  const plants: Record<string, (stateDir: string) => Promise<unknown>> = {
+    'a file, young': (dir) => writeFile(claimEntryPath(dir, ID, 1), ''),
+    'a folder, young': (dir) => mkdir(claimEntryPath(dir, ID, 1)),
+    'a link that is not a claim, young': (dir) => symlink('create-vm:x:y:z', claimEntryPath(dir, ID, 1)),
+    'this process, within its time': (dir) => holdClaim(dir, ID, 'create-vm'),
+  };
+  for (const [what, plant] of Object.entries(plants)) {
     const stateDir = await tempDir(t);
-    const path = await plant(stateDir, content);
+    await mkdir(claimsDir(stateDir));
+    await plant(stateDir);
     const outcome = await withVmClaim(stateDir, ID, 'sweeper', { waitMs: 60 }, async () => 'ran');
-    assert.equal(outcome.ran, false, JSON.stringify(content));
-    assert.equal(await readFile(path, 'utf8'), content);
+    assert.deepEqual(outcome, { ran: false, heldBy: what.startsWith('this') ? 'create-vm' : UNKNOWN_HOLDER }, what);
+    assert.deepEqual(await readdir(claimsDir(stateDir)), [`${ID}.1`], what);
   }
 });
 
-test('claim — the release leaves a claim that is not its own (taken after this one went stale)', async (t) => {
+test('claim — an old folder in the way is stepped over and left (it cannot be unlinked): it blocks no one', async (t) => {
   const stateDir = await tempDir(t);
-  const other = claimOf({ token: 'the-next-holder' });
+  await mkdir(claimEntryPath(stateDir, ID, 1), { recursive: true });
+  await utimes(claimEntryPath(stateDir, ID, 1), old(), old());
+  for (let i = 0; i < 3; i += 1) assert.deepEqual(await withVmClaim(stateDir, ID, 'sweeper', { waitMs: 0 }, async () => 'ran'), { ran: true, value: 'ran' });
+  assert.deepEqual(await readdir(claimsDir(stateDir)), [`${ID}.1`]);
+});
+
+test('claim — the release leaves an entry that is not its own (its number made again after this one went stale)', async (t) => {
+  const stateDir = await tempDir(t);
+  const other = claimTarget('sweeper', process.pid, Date.now() + 60_000, 'nexthold');
   const outcome = await withVmClaim(stateDir, ID, 'delete-vm', { waitMs: 0 }, async () => {
-    await writeFile(claimPath(stateDir, ID), other); // what a taker that moved this one aside would have written
+    // What the next holder and a taker after it would leave: this entry cleared, its number made again.
+    await unlink(claimEntryPath(stateDir, ID, 1));
+    await symlink(other, claimEntryPath(stateDir, ID, 1));
   });
   assert.equal(outcome.ran, true);
-  assert.equal(await readFile(claimPath(stateDir, ID), 'utf8'), other);
+  assert.equal(await readlink(claimEntryPath(stateDir, ID, 1)), other);
 });
 
 test('claim — an error in the work passes through and the claim is released; an abort ends a wait with its reason', async (t) => {
@@ -124,13 +142,49 @@ test('claim — an error in the work passes through and the claim is released; a
     }),
     /the work failed/,
   );
-  assert.deepEqual(await readdir(join(stateDir, '.claims')), []);
+  assert.deepEqual(await readdir(claimsDir(stateDir)), []);
 
-  await plant(stateDir, claimOf({}));
+  await holdClaim(stateDir, ID, 'sweeper');
   const controller = new AbortController();
   const waiting = withVmClaim(stateDir, ID, 'create-vm', { waitMs: 60_000, signal: controller.signal }, async () => 'ran');
   setTimeout(() => controller.abort(new Error('cancelled by its deadline')), 50);
   await assert.rejects(waiting, /cancelled by its deadline/);
+});
+
+test('claim — the outcome is the work\'s even when the release fails; the entry left goes stale at its time', async (t) => {
+  const stateDir = await tempDir(t);
+  const outcome = await withVmClaim(stateDir, ID, 'create-vm', { waitMs: 0, holdMs: 300 }, async () => {
+    // The entry cannot be removed: a folder now sits in the claims folder's place (what a full or broken
+    // disk would make of the unlink is the same to the caller).
+    await rm(claimsDir(stateDir), { recursive: true });
+    await mkdir(claimEntryPath(stateDir, ID, 1), { recursive: true });
+    return 'done';
+  });
+  assert.deepEqual(outcome, { ran: true, value: 'done' });
+});
+
+test('claim — its time runs from when it is taken, and is as long as asked (holdMs)', async (t) => {
+  const stateDir = await tempDir(t);
+  const theirs = await holdClaim(stateDir, ID, 'sweeper');
+  setTimeout(() => void rm(theirs), 600);
+  const timeLeft = async () => {
+    const [entry] = await readdir(claimsDir(stateDir));
+    return Number((await readlink(join(claimsDir(stateDir), entry!))).split(':')[2]) - Date.now();
+  };
+  const outcome = await withVmClaim(stateDir, ID, 'create-vm', { waitMs: 5_000 }, timeLeft);
+  assert.ok(outcome.ran && outcome.value > HOLD_MS - 300, `it holds ${outcome.ran ? outcome.value : '?'} ms more; it should hold about ${HOLD_MS}`);
+  const short = await withVmClaim(stateDir, ID, 'create-vm', { waitMs: 0, holdMs: 5_000 }, timeLeft);
+  assert.ok(short.ran && short.value > 4_500 && short.value <= 5_000, `holdMs 5000: it holds ${short.ran ? short.value : '?'} ms more`);
+});
+
+test('claim — a taker cut off with its claim held (its entry left, its time to run): the next one waits, then steps over it', async (t) => {
+  const stateDir = await tempDir(t);
+  await holdClaim(stateDir, ID, 'create-vm', { until: Date.now() + 400 });
+  const started = Date.now();
+  const outcome = await withVmClaim(stateDir, ID, 'delete-vm', { waitMs: 5_000 }, async () => 'ran');
+  assert.deepEqual(outcome, { ran: true, value: 'ran' });
+  assert.ok(Date.now() - started >= 380, 'it waited for the entry to go stale');
+  assert.deepEqual(await readdir(claimsDir(stateDir)), []);
 });
 
 test('claim — a handler waits at most the time given, and never into the last second before its deadline', () => {
@@ -142,10 +196,10 @@ test('claim — a handler waits at most the time given, and never into the last 
   assert.equal(claimWaitMs(now - 5_000, 15_000), 0);
 });
 
-test('claim — takers that find one stale claim together: one removes it, they still go one at a time, and nothing is left', async (t) => {
-  // Before, a stale claim was moved aside by rename: a third taker could take the emptied path in the gap,
-  // and the put-back failed without a word, so two ran at once; or a released claim was put back, to block
-  // the id until it went stale.
+test('claim — takers that find one stale claim together: they still go one at a time, and nothing is left', async (t) => {
+  // Before, a stale claim was moved aside by rename (95828fb), then removed under a break lock (3da77db):
+  // the first let a third taker into the emptied path; the second, two takers that removed a stale break
+  // lock together. Stale entries are now stepped over, never removed to make room.
   const stateDir = await tempDir(t);
   let inside = 0;
   let most = 0;
@@ -158,105 +212,61 @@ test('claim — takers that find one stale claim together: one removes it, they 
     inside -= 1;
   };
   for (let round = 0; round < 60; round += 1) {
-    await plant(stateDir, claimOf({ until: Date.now() - 1, token: `stale-${round}` }));
+    await holdClaim(stateDir, ID, 'sweeper', { until: Date.now() - 1, token: `stale-${round}` });
     const takers = ['create-vm', 'delete-vm', 'sweeper', 'create-vm'] as const;
     const outcomes = await Promise.all(takers.map((by) => withVmClaim(stateDir, ID, by, { waitMs: 10_000 }, work)));
     assert.ok(outcomes.every((o) => o.ran), `round ${round}: every taker ran`);
     assert.equal(most, 1, `round ${round}: two takers of one id were inside at once`);
-    assert.deepEqual(await readdir(join(stateDir, '.claims')), [], `round ${round}: a claim or break lock was left`);
+    assert.deepEqual(await readdir(claimsDir(stateDir)), [], `round ${round}: an entry was left`);
   }
   assert.equal(runs, 60 * 4);
 });
 
-test('claim — its time runs from when it is taken, not from when the wait for it began', async (t) => {
+test('claim — takers in four processes, with entries of dead takers in the way: never two inside at once', async (t) => {
   const stateDir = await tempDir(t);
-  const path = await plant(stateDir, claimOf({}));
-  setTimeout(() => void rm(path), 600);
-  const outcome = await withVmClaim(stateDir, ID, 'create-vm', { waitMs: 5_000 }, async () => {
-    const until = (JSON.parse(await readFile(path, 'utf8')) as { until: number }).until;
-    return until - Date.now();
-  });
-  assert.equal(outcome.ran, true);
-  assert.ok(outcome.ran && outcome.value > HOLD_MS - 300, `it holds ${outcome.ran ? outcome.value : '?'} ms more; it should hold about ${HOLD_MS}`);
-});
-
-test('claim — something that cannot be read at its path (a folder, a dangling link) is waited for like a holder, not spun on', { timeout: 10_000 }, async (t) => {
-  for (const make of ['folder', 'dangling link'] as const) {
-    const stateDir = await tempDir(t);
-    const path = claimPath(stateDir, ID);
-    await mkdir(join(stateDir, '.claims'), { recursive: true });
-    if (make === 'folder') await mkdir(path);
-    else await symlink(join(stateDir, 'nowhere'), path);
-    const started = Date.now();
-    const outcome = await withVmClaim(stateDir, ID, 'sweeper', { waitMs: 200 }, async () => 'ran');
-    assert.deepEqual(outcome, { ran: false, heldBy: UNKNOWN_HOLDER }, make);
-    assert.ok(Date.now() - started >= 200 && Date.now() - started < 5_000, `${make}: waited ${Date.now() - started} ms`);
+  await mkdir(claimsDir(stateDir));
+  const inside = join(stateDir, 'inside');
+  const script = join(stateDir, 'taker.mts');
+  // Each process: rounds of three takers at once; the work holds an exclusively created file, so a second
+  // taker inside at the same time, in any process, fails to make it and counts an overlap. Now and then a
+  // dead taker's entry is planted at the next number, as a taker SIGKILLed right after taking would leave.
+  await writeFile(
+    script,
+    `import { open, readdir, symlink, unlink } from 'node:fs/promises';
+import { withVmClaim, claimEntryPath, claimTarget } from ${JSON.stringify(new URL('../../../plugins/qemu-backend/vm-claim.ts', import.meta.url).pathname)};
+const [stateDir, inside, dead] = process.argv.slice(2);
+let overlaps = 0, runs = 0;
+const work = async () => {
+  try { await (await open(inside, 'wx')).close(); } catch { overlaps += 1; return; }
+  await new Promise((r) => setTimeout(r, Math.random() < 0.5 ? 0 : 1));
+  await unlink(inside);
+  runs += 1;
+};
+for (let round = 0; round < 25; round += 1) {
+  if (round % 3 === 0) {
+    const numbers = (await readdir(stateDir + '/.claims')).map((name) => Number(name.split('.').pop())).filter(Number.isSafeInteger);
+    await symlink(claimTarget('sweeper', Number(dead), Date.now() + 60000), claimEntryPath(stateDir, ${JSON.stringify(ID)}, Math.max(0, ...numbers) + 1)).catch(() => {});
   }
-});
-
-test('claim — an old dangling link at its path is removed like a stale claim; an old folder is an error naming the path', async (t) => {
-  const old = new Date(Date.now() - HOLD_MS - 5_000);
-  const linked = await tempDir(t);
-  await mkdir(join(linked, '.claims'));
-  await symlink(join(linked, 'nowhere'), claimPath(linked, ID));
-  await lutimes(claimPath(linked, ID), old, old);
-  assert.deepEqual(await withVmClaim(linked, ID, 'sweeper', { waitMs: 0 }, async () => 'ran'), { ran: true, value: 'ran' });
-  assert.deepEqual(await readdir(join(linked, '.claims')), []);
-
-  const folder = await tempDir(t);
-  await mkdir(claimPath(folder, ID), { recursive: true });
-  await utimes(claimPath(folder, ID), old, old);
-  await assert.rejects(withVmClaim(folder, ID, 'sweeper', { waitMs: 0 }, async () => 'ran'), (error: Error) => {
-    assert.ok(error.message.startsWith(`the claim path ${claimPath(folder, ID)} holds something other than a file that cannot be removed (`), error.message);
-    assert.match(error.message, /; remove it by hand$/);
-    return true;
-  });
-  assert.deepEqual(await readdir(join(folder, '.claims')), [ID], 'the folder is left, and no break lock');
-});
-
-test('claim — a stale claim is removed only under the break lock: while another holds it, the taker waits; a stale break lock is removed', async (t) => {
-  const stateDir = await tempDir(t);
-  await plant(stateDir, claimOf({ until: Date.now() - 1 }));
-  const lock = `${claimPath(stateDir, ID)}.break`;
-  await writeFile(lock, JSON.stringify({ pid: process.pid, token: 'another-breaker' }));
-  assert.equal((await withVmClaim(stateDir, ID, 'sweeper', { waitMs: 150 }, async () => 'ran')).ran, false, 'the stale claim stays while another breaker is at it');
-  const waiting = withVmClaim(stateDir, ID, 'sweeper', { waitMs: 5_000 }, async () => 'ran');
-  setTimeout(() => void rm(lock), 200);
-  assert.deepEqual(await waiting, { ran: true, value: 'ran' });
-  assert.deepEqual(await readdir(join(stateDir, '.claims')), []);
-
-  // A break lock whose holder is gone, or older than BREAK_STALE_MS, does not block anyone.
-  const gone = spawnSync('true').pid;
-  for (const [what, content, ageMs] of [['its process gone', JSON.stringify({ pid: gone, token: 'x' }), 0], ['old', '', BREAK_STALE_MS + 2_000]] as const) {
-    await plant(stateDir, claimOf({ until: Date.now() - 1 }));
-    await writeFile(lock, content);
-    if (ageMs > 0) await utimes(lock, new Date(Date.now() - ageMs), new Date(Date.now() - ageMs));
-    assert.deepEqual(await withVmClaim(stateDir, ID, 'sweeper', { waitMs: 500 }, async () => 'ran'), { ran: true, value: 'ran' }, what);
-    assert.deepEqual(await readdir(join(stateDir, '.claims')), [], what);
-  }
-});
-
-test('claim — the release waits for a break lock held at that moment, then removes its claim', async (t) => {
-  const stateDir = await tempDir(t);
-  const lock = `${claimPath(stateDir, ID)}.break`;
-  const outcome = await withVmClaim(stateDir, ID, 'delete-vm', { waitMs: 0 }, async () => {
-    await writeFile(lock, JSON.stringify({ pid: process.pid, token: 'a-breaker-at-work' }));
-    setTimeout(() => void rm(lock), 300);
-  });
-  assert.equal(outcome.ran, true);
-  assert.deepEqual(await readdir(join(stateDir, '.claims')), []);
-});
-
-test('claim — a folder at the break lock\'s path is waited for while young, and then an error naming the path, never spun on', { timeout: 10_000 }, async (t) => {
-  const stateDir = await tempDir(t);
-  await plant(stateDir, claimOf({ until: Date.now() - 1 }));
-  const lock = `${claimPath(stateDir, ID)}.break`;
-  await mkdir(lock);
-  assert.deepEqual(await withVmClaim(stateDir, ID, 'sweeper', { waitMs: 100 }, async () => 'ran'), { ran: false, heldBy: 'sweeper' });
-  const old = new Date(Date.now() - BREAK_STALE_MS - 2_000);
-  await utimes(lock, old, old);
-  await assert.rejects(withVmClaim(stateDir, ID, 'sweeper', { waitMs: 100 }, async () => 'ran'), (error: Error) => {
-    assert.ok(error.message.startsWith(`the claim path ${lock} holds something other than a file that cannot be removed (`), error.message);
-    return true;
-  });
+  const outcomes = await Promise.all([0, 1, 2].map(() => withVmClaim(stateDir, ${JSON.stringify(ID)}, 'create-vm', { waitMs: 30000 }, work)));
+  if (!outcomes.every((o) => o.ran)) throw new Error('a taker did not run');
+}
+console.log(JSON.stringify({ overlaps, runs }));
+`,
+  );
+  const dead = String(gonePid());
+  const children = [0, 1, 2, 3].map(() => spawn(process.execPath, ['--import', 'tsx', script, stateDir, inside, dead], { stdio: ['ignore', 'pipe', 'inherit'] }));
+  t.after(() => children.forEach((child) => child.kill('SIGKILL')));
+  const results = await Promise.all(
+    children.map(
+      (child) =>
+        new Promise<{ overlaps: number; runs: number }>((resolve, reject) => {
+          let out = '';
+          child.stdout!.on('data', (chunk: Buffer) => (out += chunk));
+          child.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out) as { overlaps: number; runs: number }) : reject(new Error(`a taker process exited ${code}: ${out}`))));
+        }),
+    ),
+  );
+  assert.deepEqual(results.map((r) => r.overlaps), [0, 0, 0, 0], 'two takers were inside at once');
+  assert.deepEqual(results.map((r) => r.runs), [75, 75, 75, 75]);
+  assert.deepEqual(await readdir(claimsDir(stateDir)), [], 'an entry was left');
 });

@@ -12,7 +12,7 @@ import test, { type TestContext } from 'node:test';
 import type { DispatchReply, PluginLogger } from '../../../core/plugin-api.ts';
 import { reapOrphan, removeBareFolder, settleDeadRecord, settleTap } from '../../../plugins/sweeper/act-orphans.ts';
 import { parseStat } from '../../../plugins/sweeper/proc-scan.ts';
-import { claimPath } from '../../../plugins/qemu-backend/vm-claim.ts';
+import { holdClaim } from '../qemu-backend/claim-helpers.ts';
 import { carryOut } from '../../../plugins/sweeper/act.ts';
 import { resolveSweeperOptions, sweeperOptionsSchema } from '../../../plugins/sweeper/options.ts';
 import type { Finding } from '../../../plugins/sweeper/plan.ts';
@@ -184,13 +184,6 @@ test('service — a start whose scheduling fails leaves no relay open: a sweep-n
   const left = [...cron.getTasks().values()].filter((task) => task.name?.startsWith('sweeper-h2-'));
   assert.deepEqual(left.map((task) => task.name), []);
 });
-
-/** A claim on `id` as create-vm or delete-vm writes it (qemu-backend's vm-claim.ts); removing the file releases it. */
-async function holdClaim(stateDir: string, id: string, by: string): Promise<string> {
-  await mkdir(join(stateDir, '.claims'), { recursive: true });
-  await writeFile(claimPath(stateDir, id), JSON.stringify({ by, pid: process.pid, until: Date.now() + 60_000, token: `${by}-test` }));
-  return claimPath(stateDir, id);
-}
 
 /** A process standing in for an orphan QEMU (a `sleep`, killed when the test ends), and its VM folder. */
 async function plantOrphan(t: TestContext, dir: string) {

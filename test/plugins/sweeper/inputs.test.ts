@@ -179,8 +179,9 @@ test('processes — a process that only calls itself QEMU, or names another VM\'
   const child = spawn('/bin/bash', ['-c', 'sleep 600; :', 'x', '-name', `cloudlet-${forged}`, '-pidfile', vmPaths(stateDir, forged).pidfile, '-qmp', `unix:${healthyMonitor},server=on,wait=off`], {
     argv0: 'qemu-system-x86_64',
     stdio: 'ignore',
+    detached: true, // its own process group: bash and its `sleep` go together
   });
-  t.after(() => child.kill('SIGKILL'));
+  t.after(() => process.kill(-child.pid!, 'SIGKILL'));
   await once(child, 'spawn');
   const scan = await scanProcesses({ stateDir, hostId: 'node1', qemuBinary: 'qemu-system-x86_64' }, Date.now());
   assert.equal(scan.ours.find((process) => process.pid === child.pid), undefined, 'a bash that calls itself QEMU is not ours');
