@@ -14,16 +14,18 @@
  * (HOLD_MS unless the taker asked for less) or its process is gone — a taker cut off without releasing (its
  * thread stopped after a cancel, its agent killed).
  *
- * Taking: look at the highest entry; while it is fresh, wait. When there is none, or it is stale, make the
- * next number (exclusively: of several takers that saw the same, one gets it) and look again: the claim is
- * yours if no entry is above yours and every one below is stale; else remove yours and wait. Two takers that
- * both made an entry cannot both win: the one that looked last sees the other's, still fresh. Stale entries
- * are never removed to make room — they are only stepped over — so no taker can remove a fresh entry that
- * took a stale one's place. The holder clears the stale entries below its own; releasing removes its own.
+ * Taking: look at the highest entry; while it is fresh, wait. When there is none, or it is stale, make an
+ * entry numbered above it and by the clock (nextNumber; exclusively: of several takers that chose the same
+ * number, one gets it) and look again: the claim is yours if no entry is above yours and every one below is
+ * stale; else remove yours and wait. Two takers that both made an entry cannot both win: the one that looked
+ * last sees the other's, still fresh. Stale entries are never removed to make room — only stepped over, and
+ * cleared by the holder — and numbers keep rising with the clock, so a name once used is not made again;
+ * each removal also checks that the entry is still the one it judged. So no removal hits a fresh entry.
  *
  * What is left open: a step that runs past its claim's time (a hung disk) can find a second holder, as with
  * any lease; and the times are the wall clock's, so a clock stepped forward by that much makes fresh claims
- * stale.
+ * stale, and one stepped back could make a used number again (harmful only if a remover is paused between
+ * its look and its removal at that moment).
  */
 import { randomUUID } from 'node:crypto';
 import { lstat, mkdir, readdir, readlink, stat, symlink, unlink } from 'node:fs/promises';
@@ -105,13 +107,15 @@ interface Entry {
   target: string | undefined;
   by: string;
   stale: boolean;
+  /** Its inode when found: what tells a thing put there by hand from another in its place. */
+  ino: number | undefined;
 }
 
 /** Takes the claim (its entry), or says who holds it. */
 async function tryTake(dir: string, id: string, by: ClaimHolder, holdMs: number): Promise<Entry | { heldBy: string }> {
   const top = (await entriesOf(dir, id)).at(-1);
   if (top && !top.stale) return { heldBy: top.by };
-  const n = (top?.n ?? 0) + 1;
+  const n = nextNumber(top);
   const path = join(dir, `${id}.${n}`);
   const target = claimTarget(by, process.pid, Date.now() + holdMs);
   try {
@@ -121,24 +125,52 @@ async function tryTake(dir: string, id: string, by: ClaimHolder, holdMs: number)
     // Another taker made this number first: it holds, or will find out that it does not.
     return { heldBy: (await entryAt(path, n))?.by ?? UNKNOWN_HOLDER };
   }
-  const entries = await entriesOf(dir, id);
+  const mine: Entry = { n, path, target, by, stale: false, ino: undefined };
+  let entries: Entry[];
+  try {
+    entries = await entriesOf(dir, id);
+  } catch (error) {
+    await removeIfSame(mine); // not left to block the id until its time
+    throw error;
+  }
   const rival = entries.find((entry) => entry.n > n || (entry.n < n && !entry.stale));
   if (rival) {
-    // Its own entry, fresh: no one else removes it, so the path is still its own.
-    await unlink(path).catch(() => undefined);
+    await removeIfSame(mine);
     return { heldBy: rival.by };
   }
   // Stale entries below block no one, but would pile up; the holder is the only one who removes them.
-  await Promise.all(entries.filter((entry) => entry.n < n).map((entry) => unlink(entry.path).catch(() => undefined)));
-  return { n, path, target, by, stale: false };
+  await Promise.all(entries.filter((entry) => entry.n < n).map(removeIfSame));
+  return mine;
+}
+
+/**
+ * Above the highest entry seen, and never below the clock (milliseconds × 1,000, plus 0–999 at random): the
+ * numbers keep rising even when every entry has been removed, so a number once used is not made again, and
+ * a taker that removes an entry it judged a moment ago cannot hit a newer one at the same name.
+ */
+function nextNumber(top: Entry | undefined): number {
+  const n = Math.max((top?.n ?? 0) + 1, Date.now() * 1_000 + Math.floor(Math.random() * 1_000));
+  if (!Number.isSafeInteger(n)) throw new Error(`a claim entry's number is too high to go above: remove ${top?.path}`);
+  return n;
+}
+
+/** Removes an entry if it is still the one found (the same link target, or for anything else the same inode). */
+async function removeIfSame(entry: Entry): Promise<void> {
+  const info = await lstat(entry.path).catch(() => undefined);
+  if (info === undefined) return;
+  if (entry.target !== undefined) {
+    if ((await readlink(entry.path).catch(() => undefined)) !== entry.target) return;
+  } else if (info.ino !== entry.ino) return;
+  await unlink(entry.path).catch(() => undefined);
 }
 
 /** The claim's entries, lowest number first. */
 async function entriesOf(dir: string, id: string): Promise<Entry[]> {
   const prefix = `${id}.`;
   const numbers = (await readdir(dir))
-    .filter((name) => name.startsWith(prefix) && /^[1-9][0-9]{0,14}$/.test(name.slice(prefix.length)))
+    .filter((name) => name.startsWith(prefix) && /^[1-9][0-9]{0,15}$/.test(name.slice(prefix.length)))
     .map((name) => Number(name.slice(prefix.length)))
+    .filter(Number.isSafeInteger)
     .sort((a, b) => a - b);
   const entries = await Promise.all(numbers.map((n) => entryAt(join(dir, `${id}.${n}`), n)));
   return entries.filter((entry): entry is Entry => entry !== undefined);
@@ -152,10 +184,11 @@ async function entryAt(path: string, n: number): Promise<Entry | undefined> {
   const pid = Number(pidText);
   const until = Number(untilText);
   if (by === undefined || !HOLDERS.has(by) || !Number.isSafeInteger(pid) || pid <= 0 || !Number.isFinite(until)) {
-    // Not one this module made: it holds by its age alone, as anything in the way would.
-    return { n, path, target, by: UNKNOWN_HOLDER, stale: Date.now() - info.mtimeMs > HOLD_MS };
+    // Not one this module made: it holds by its age alone, as anything in the way would (a time in the
+    // future counts as old: it says nothing of when the thing was made).
+    return { n, path, target, by: UNKNOWN_HOLDER, stale: Math.abs(Date.now() - info.mtimeMs) > HOLD_MS, ino: info.ino };
   }
-  return { n, path, target, by, stale: until <= Date.now() || (await processGone(pid)) };
+  return { n, path, target, by, stale: until <= Date.now() || (await processGone(pid)), ino: info.ino };
 }
 
 /** A pid that names no process. This process's own pid never does: its threads share it. */
