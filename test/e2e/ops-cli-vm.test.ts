@@ -332,7 +332,7 @@ test('vm cli — RabbitMQ, two hosts: a create cut off while it waits its turn, 
   await qemu.release();
 
   const [made1, again] = await Promise.all([first, repeat]);
-  assert.equal(made1.code, 0, made1.stderr);
+  assert.equal(made1.code, 0, made1.stdout + made1.stderr);
   assert.equal(again.code, 0, again.stdout + again.stderr);
   const answered = json<{ host: string; vm: Vm & { already: boolean } }>(again);
   assert.deepEqual([answered.host, answered.vm.id], ['qa', vmIdForRequest('qa', second)], 'answered by qa, with the VM the waiting create made');
