@@ -251,7 +251,12 @@ export interface HandlerContext<Options = unknown> {
   /** The plugin's validated options from this host's config. */
   options: Options;
   host: HostIdentity;
-  message: { id: string; type: string; deadline: number };
+  /**
+   * `deadline`: when the handler is cancelled (epoch ms). `cancelGraceMs` (core API 1.12): how long it may
+   * still run after its signal aborts before its thread is stopped, so `deadline + cancelGraceMs` bounds
+   * this run's work on a loaded host only loosely (timers fire late); an abort at shutdown can come earlier.
+   */
+  message: { id: string; type: string; deadline: number; cancelGraceMs: number };
   /** Logger bound to this message (its id and type are on every line). */
   log: PluginLogger;
   /** Aborted when the message times out, passes its deadline, or the agent shuts down past its grace period. */

@@ -340,7 +340,7 @@ export class PoolManager {
 
       const start = () => {
         waiting = undefined;
-        const workerTask: WorkerTask = { run, id: task.id, type: task.type, deadline: effectiveDeadline, payload: task.payload, ...(task.inFlight ? { inFlight: task.inFlight() } : {}) };
+        const workerTask: WorkerTask = { run, id: task.id, type: task.type, deadline: effectiveDeadline, cancelGraceMs: settings.cancelGraceMs, payload: task.payload, ...(task.inFlight ? { inFlight: task.inFlight() } : {}) };
         let running: Promise<WorkerResult>;
         try {
           // Cleared by tinypool's 'drain' during the call when the task went straight to a thread.

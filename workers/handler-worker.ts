@@ -118,7 +118,7 @@ export default async function runTask(task: WorkerTask): Promise<WorkerResult> {
   const context: HandlerContext = {
     options: poolData.options,
     host: poolData.host,
-    message: { id: task.id, type: task.type, deadline: task.deadline },
+    message: { id: task.id, type: task.type, deadline: task.deadline, cancelGraceMs: task.cancelGraceMs },
     log,
     get signal() {
       return abort.signal;

@@ -39,6 +39,8 @@ export interface WorkerTask {
   id: string;
   type: string;
   deadline: number;
+  /** The pool's cancelGraceMs: the handler's `ctx.message.cancelGraceMs`. */
+  cancelGraceMs: number;
   payload: unknown;
   /** The handler's `ctx.inFlight`, when its definition has `seesInFlight`. */
   inFlight?: Record<string, string[]>;

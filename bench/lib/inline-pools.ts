@@ -38,7 +38,7 @@ export class InlinePools extends PoolManager {
     const context: HandlerContext = {
       options: route.plugin.options,
       host: this.#host,
-      message: { id: task.id, type: task.type, deadline: task.deadline },
+      message: { id: task.id, type: task.type, deadline: task.deadline, cancelGraceMs: route.pool.cancelGraceMs },
       log: hooks.log ?? quietLog,
       // Made when read, as the worker does (workers/handler-worker.ts), and following the message's cancel.
       get signal() {

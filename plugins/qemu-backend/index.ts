@@ -13,7 +13,7 @@ const handler = (name: string) => new URL(`./handlers/${name}.ts`, import.meta.u
 export default definePlugin({
   name: 'qemu-backend',
   version: '1.0.0',
-  api: '^1.11.0',
+  api: '^1.12.0',
   description: 'QEMU VMs from base images, controlled over QMP.',
   provides: ['vm-backend'],
   options: qemuOptionsSchema,

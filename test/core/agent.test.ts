@@ -210,6 +210,22 @@ test('agent — seesInFlight (core API 1.11): a handler is told the ids of the r
   assert.deepEqual((await Promise.all(replies)).map((reply) => reply.error?.code), ['SHUTTING_DOWN', 'SHUTTING_DOWN'], 'both answered once the agent stopped');
 });
 
+test('agent — ctx.message (core API 1.12): the handler learns when it is cancelled, and how long it may run after that', async (t) => {
+  const { client } = await startAgent(t, { ...withTestkit, pools: { 'test.message': { timeoutMs: 7_000, cancelGraceMs: 2_500 } } });
+  const asked = (deadline: number) => makeRequest({ type: 'test.message', payload: {}, deadline });
+  const sentAt = Date.now();
+  // The pool's timeout comes first: the deadline is acceptance + timeoutMs.
+  const request = asked(sentAt + 60_000);
+  const reply = await client.request(request);
+  const { message } = reply.result as { message: { id: string; type: string; deadline: number; cancelGraceMs: number } };
+  assert.deepEqual([message.id, message.type, message.cancelGraceMs], [request.id, 'test.message', 2_500]);
+  assert.ok(message.deadline >= sentAt + 7_000 && message.deadline <= Date.now() + 7_000, `deadline ${message.deadline - sentAt} ms after sending`);
+  // The caller's deadline comes first: it is the handler's.
+  const early = asked(sentAt + 5_000);
+  const first = ((await client.request(early)).result as { message: { deadline: number; cancelGraceMs: number } }).message;
+  assert.deepEqual([first.deadline, first.cancelGraceMs], [early.deadline, 2_500]);
+});
+
 test('agent — many concurrent requests on one connection are matched to their replies by id', async (t) => {
   const { client } = await startAgent(t, withTestkit);
   const replies = await Promise.all(

@@ -14,8 +14,11 @@ import { randomVmId, vmIdForRequest } from '../vm-id.ts';
 import { claimWaitMs, withVmClaim } from '../vm-claim.ts';
 import { markHolds, queryStatus, readCreatingMark, removeLeftover, startVm, viewOf, type AgentRun, type CreatingMark } from '../vm-ops.ts';
 
-/** More than any pool's cancelGraceMs is likely to be (its default is 1 s). */
-const CANCEL_GRACE_BOUND_MS = 30_000;
+/**
+ * Added to the deadline and the pool's cancelGraceMs in the `creating` mark: the timers that cancel the
+ * handler and then stop its thread fire late on a loaded host, and a thread takes a moment to stop.
+ */
+const MARK_SLACK_MS = 10_000;
 /**
  * How long a create waits for a claim on its VM id (vm-claim.ts) before it answers VM_NOT_READY: longer than
  * a delete or a sweep of a leftover takes (a QEMU killed and awaited, a folder removed).
@@ -63,8 +66,9 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
   // mid-create leaves behind (delete-vm removes it too).
   const { signal } = ctx;
   // Until the deadline this handler sees (its pool's timeout or the caller's, the earlier), plus the grace a
-  // cancelled handler gets: after that no create can still be at work, whatever happened to this one.
-  const mark: CreatingMark = { pid: process.pid, agentStartedAt: ctx.host.startedAt, until: ctx.message.deadline + CANCEL_GRACE_BOUND_MS, request: ctx.message.id };
+  // cancelled handler gets before its thread is stopped (the pool's cancelGraceMs, up to 600 s), plus slack:
+  // after that no create can still be at work, whatever happened to this one.
+  const mark: CreatingMark = { pid: process.pid, agentStartedAt: ctx.host.startedAt, until: ctx.message.deadline + ctx.message.cancelGraceMs + MARK_SLACK_MS, request: ctx.message.id };
   const id = await claimId(options, ctx, mark);
   const paths = vmPaths(options.stateDir, id);
   const now = new Date().toISOString();

@@ -46,13 +46,13 @@ async function setUp(t: TestContext, limits: Partial<QemuOptions['limits']> = {}
   return options;
 }
 
-function run(options: QemuOptions, requestId: string, payload: Record<string, unknown>, deadline = Date.now() + 60_000) {
+function run(options: QemuOptions, requestId: string, payload: Record<string, unknown>, deadline = Date.now() + 60_000, cancelGraceMs = 1_000) {
   const stages: { stage: string; detail?: Record<string, unknown> }[] = [];
   const log = { debug() {}, info() {}, warn() {}, error() {} } as unknown as HandlerContext['log'];
   const ctx = {
     options,
     host: { id: 'h1', agentVersion: 'test', startedAt: AGENT_STARTED_AT },
-    message: { id: requestId, type: 'create-vm', deadline },
+    message: { id: requestId, type: 'create-vm', deadline, cancelGraceMs },
     log,
     signal: new AbortController().signal,
     progress: (stage: string, detail?: Record<string, unknown>) => stages.push({ stage, ...(detail ? { detail } : {}) }),
@@ -193,7 +193,7 @@ function deleteVm(options: QemuOptions, vm: string, deadline = Date.now() + 60_0
   const ctx = {
     options,
     host: { id: 'h1', agentVersion: 'test', startedAt: AGENT_STARTED_AT },
-    message: { id: `delete-${vm}`, type: 'delete-vm', deadline },
+    message: { id: `delete-${vm}`, type: 'delete-vm', deadline, cancelGraceMs: 1_000 },
     log: { debug() {}, info() {}, warn() {}, error() {} } as unknown as HandlerContext['log'],
     signal: new AbortController().signal,
     progress: () => undefined,
@@ -285,7 +285,7 @@ test('deleted — a tombstone that cannot be written (a full disk, say) does not
 test('find-create — says what a request left on this host: its VM, a create at work or accepted, a leftover, a deletion, or nothing', async (t) => {
   const options = await setUp(t);
   const find = async (request: string, inFlight: Record<string, string[]> = {}) => {
-    const ctx = { options, host: { id: 'h1', agentVersion: 'test', startedAt: AGENT_STARTED_AT }, message: { id: 'find-1', type: 'find-create', deadline: Date.now() + 10_000 }, inFlight } as unknown as HandlerContext<QemuOptions>;
+    const ctx = { options, host: { id: 'h1', agentVersion: 'test', startedAt: AGENT_STARTED_AT }, message: { id: 'find-1', type: 'find-create', deadline: Date.now() + 10_000, cancelGraceMs: 1_000 }, inFlight } as unknown as HandlerContext<QemuOptions>;
     return (await findCreate(findCreatePayload.parse({ request }), ctx)) as Record<string, unknown>;
   };
   assert.deepEqual(await find('req-none'), { host: 'h1', request: 'req-none', found: null });
@@ -461,6 +461,23 @@ test('claim — a create that fails cleans up under the claim on its id: while a
   await assert.rejects(attempt.result, { code: 'QEMU_FAILED' });
   assert.equal(await exists(paths.dir), false, 'cleaned up once the claim was its own');
   assert.deepEqual(await readdir(join(options.stateDir, '.claims')), []);
+});
+
+test("request id — the `creating` mark holds for the create's deadline plus its pool's cancel grace (core API 1.12), plus 10 s", async (t) => {
+  // Before, it held for the deadline plus 30 s, whatever the pool's cancelGraceMs (up to 600 s): a create
+  // cancelled and still at work in that grace outlived its mark, and could be taken for a leftover.
+  const options = await setUp(t);
+  const go = join(options.stateDir, '..', 'let-qemu-fail');
+  const qemuBinary = join(options.stateDir, '..', 'qemu-failing-on-cue');
+  await writeFile(qemuBinary, `#!/bin/sh\nwhile [ ! -e '${go}' ]; do sleep 0.02; done\nexit 1\n`, { mode: 0o755 });
+  const paths = vmPaths(options.stateDir, vmIdForRequest('h1', 'req-1'));
+  const deadline = Date.now() + 60_000;
+  const attempt = run({ ...options, qemuBinary }, 'req-1', { image: 'tiny', memory: 128, vcpus: 1 }, deadline, 120_000);
+  await until(() => attempt.stages.some((s) => s.stage === 'starting'), 10_000, 'the create reaches "starting"');
+  const mark = JSON.parse(await readFile(paths.creating, 'utf8')) as { until: number };
+  await writeFile(go, '');
+  await assert.rejects(attempt.result, { code: 'QEMU_FAILED' });
+  assert.equal(mark.until, deadline + 120_000 + 10_000);
 });
 
 test('claim — a failed create ends its QEMU before it waits for the claim: held throughout, the QEMU is gone and the mark and folder stay', async (t) => {
