@@ -2,7 +2,8 @@
  * On agent start: VMs whose QEMU still runs are simply picked up again (their state lives in QEMU and on
  * disk, not in the agent); VMs marked autostart that are not running are started; VMs that were meant to
  * run but died without autostart are recorded as stopped. A QEMU still running for a folder without
- * vm.json (a create that never finished) is ended.
+ * vm.json (a create that never finished) is ended. Claims on VM ids left by takers that were killed (the
+ * agent before this one) are cleared.
  */
 import { readdir } from 'node:fs/promises';
 import type { PluginLogger } from '../../core/plugin-api.ts';
@@ -12,6 +13,7 @@ import { VM_ID_PATTERN } from './schemas.ts';
 import { hasRecordFile, listRecords, vmPaths, type RecordProblem } from './state.ts';
 import { killQemu, memoQemuScan, runningPid, type QemuScan } from './processes.ts';
 import { atMost } from './at-most.ts';
+import { pruneStaleClaims } from './vm-claim.ts';
 import { queryStatus, setDesired, startVm } from './vm-ops.ts';
 
 /** QEMU starts at once. */
@@ -23,11 +25,13 @@ export interface ReconcileSummary {
   markedStopped: string[];
   /** Folders without vm.json whose QEMU was still running, and was ended (endHalfMade). */
   endedHalfMade: string[];
+  /** Stale entries removed from `<stateDir>/.claims/` (vm-claim.ts). */
+  staleClaimsRemoved: number;
   failed: { vm: string; error: string }[];
 }
 
 export async function reconcileVms(options: QemuOptions, log: PluginLogger): Promise<ReconcileSummary> {
-  const summary: ReconcileSummary = { reattached: [], autostarted: [], markedStopped: [], endedHalfMade: [], failed: [] };
+  const summary: ReconcileSummary = { reattached: [], autostarted: [], markedStopped: [], endedHalfMade: [], staleClaimsRemoved: 0, failed: [] };
   const unusable: RecordProblem[] = [];
   const records = await listRecords(options.stateDir, unusable);
   // A vm.json that is not a record of its VM is left alone (its values would reach QEMU): listed, not fatal.
@@ -59,6 +63,11 @@ export async function reconcileVms(options: QemuOptions, log: PluginLogger): Pro
     }),
   );
   await endHalfMade(options, scan, summary);
+  // Only an entry's next holder would remove it otherwise: one of a VM id nobody claims again would stay.
+  summary.staleClaimsRemoved = await pruneStaleClaims(options.stateDir).catch((error: Error) => {
+    log.warn({ err: error.message }, 'stale claims on VM ids could not be cleared');
+    return 0;
+  });
   log.info({ ...summary, total: records.length }, 'reconciled VMs with running QEMU processes');
   return summary;
 }

@@ -19,8 +19,10 @@
  * number, one gets it) and look again: the claim is yours if no entry is above yours and every one below is
  * stale; else remove yours and wait. Two takers that both made an entry cannot both win: the one that looked
  * last sees the other's, still fresh. Stale entries are never removed to make room — only stepped over, and
- * cleared by the holder — and numbers keep rising with the clock, so a name once used is not made again;
- * each removal also checks that the entry is still the one it judged. So no removal hits a fresh entry.
+ * cleared by the holder (and by pruneStaleClaims at agent start) — and numbers keep rising with the clock,
+ * so a name once used is not made again; each removal also checks that the entry is still the one it
+ * judged. So no removal hits a fresh entry, and none changes a taker's judgment: stale entries count for
+ * nothing there.
  *
  * What is left open: a step that runs past its claim's time (a hung disk) can find a second holder, as with
  * any lease; and the times are the wall clock's, so a clock stepped forward by that much makes fresh claims
@@ -154,14 +156,39 @@ function nextNumber(top: Entry | undefined): number {
   return n;
 }
 
+/**
+ * Removes the stale entries of every claim: those left by takers that were killed, of VM ids nobody claims
+ * again (the next holder would clear them). Run at agent start; safe beside takers all the same, as each
+ * removal checks the entry is still the one judged stale. Returns how many it removed.
+ */
+export async function pruneStaleClaims(stateDir: string): Promise<number> {
+  const dir = claimsDir(stateDir);
+  const names = await readdir(dir).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return [] as string[];
+    throw error;
+  });
+  let removed = 0;
+  for (const name of names) {
+    const dot = name.lastIndexOf('.');
+    const n = Number(name.slice(dot + 1));
+    if (dot <= 0 || !/^[1-9][0-9]{0,15}$/.test(name.slice(dot + 1)) || !Number.isSafeInteger(n)) continue;
+    const entry = await entryAt(join(dir, name), n);
+    if (entry?.stale && (await removeIfSame(entry))) removed++;
+  }
+  return removed;
+}
+
 /** Removes an entry if it is still the one found (the same link target, or for anything else the same inode). */
-async function removeIfSame(entry: Entry): Promise<void> {
+async function removeIfSame(entry: Entry): Promise<boolean> {
   const info = await lstat(entry.path).catch(() => undefined);
-  if (info === undefined) return;
+  if (info === undefined) return false;
   if (entry.target !== undefined) {
-    if ((await readlink(entry.path).catch(() => undefined)) !== entry.target) return;
-  } else if (info.ino !== entry.ino) return;
-  await unlink(entry.path).catch(() => undefined);
+    if ((await readlink(entry.path).catch(() => undefined)) !== entry.target) return false;
+  } else if (info.ino !== entry.ino) return false;
+  return unlink(entry.path).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** The claim's entries, lowest number first. */

@@ -4,8 +4,8 @@
  * negotiates but never answers `query-status`: the agent must not wait on it to start.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { spawn, spawnSync } from 'node:child_process';
+import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'node:test';
 import { qemuOptionsSchema } from '../../../plugins/qemu-backend/options.ts';
@@ -13,7 +13,9 @@ import { qemuProcessName } from '../../../plugins/qemu-backend/processes.ts';
 import { reconcileVms } from '../../../plugins/qemu-backend/reconcile.ts';
 import { queryStatus } from '../../../plugins/qemu-backend/vm-ops.ts';
 import { vmPaths, writeRecord, type VmRecord } from '../../../plugins/qemu-backend/state.ts';
+import { claimsDir } from '../../../plugins/qemu-backend/vm-claim.ts';
 import { tempDir } from '../../helpers.ts';
+import { holdClaim } from './claim-helpers.ts';
 import { QMP_GREETING, standInSocket } from '../../support/stand-in-socket.ts';
 
 const record: VmRecord = {
@@ -127,4 +129,17 @@ test('reconcile — a QEMU still running for a folder without vm.json (a create 
   assert.equal(unusable.signalCode, null);
   assert.equal(await readFile(join(vmPaths(stateDir, 'h1.halfmade').dir, 'disk.qcow2'), 'utf8'), 'its overlay', 'the folder is left for a rerun, delete-vm or the sweeper');
   assert.deepEqual(summary.failed.map((f) => f.vm), ['h1.unusable']);
+});
+
+test('reconcile — claims on VM ids left by takers that were killed are cleared; a fresh one stays', async (t) => {
+  // Before, such an entry stayed until its VM id was claimed again (for an id nobody claims again, for ever).
+  const stateDir = await tempDir(t, 'cloudlet-reconcile-');
+  const gone = spawnSync('true').pid!;
+  await holdClaim(stateDir, 'h1.leftover', 'delete-vm', { pid: gone });
+  await holdClaim(stateDir, 'h1.another', 'sweeper', { until: Date.now() - 1, n: 2 });
+  await holdClaim(stateDir, 'h1.fresh', 'create-vm', { n: 3 });
+  const log = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
+  const summary = await reconcileVms(qemuOptionsSchema.parse({ imagesDir: '/i', stateDir, ipBinary: '/nonexistent/ip' }), log);
+  assert.equal(summary.staleClaimsRemoved, 2);
+  assert.deepEqual(await readdir(claimsDir(stateDir)), ['h1.fresh.3']);
 });

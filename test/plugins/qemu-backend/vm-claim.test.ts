@@ -9,7 +9,7 @@ import { lutimes, mkdir, open, readdir, readlink, rm, symlink, unlink, utimes, w
 import { join } from 'node:path';
 import process from 'node:process';
 import test from 'node:test';
-import { claimEntryPath, claimsDir, claimTarget, claimWaitMs, HOLD_MS, UNKNOWN_HOLDER, withVmClaim } from '../../../plugins/qemu-backend/vm-claim.ts';
+import { claimEntryPath, claimsDir, claimTarget, claimWaitMs, HOLD_MS, pruneStaleClaims, UNKNOWN_HOLDER, withVmClaim } from '../../../plugins/qemu-backend/vm-claim.ts';
 import { tempDir } from '../../helpers.ts';
 import { holdClaim } from './claim-helpers.ts';
 
@@ -113,6 +113,25 @@ test('claim — fresh ones hold: something not ours but young, and one of this p
     assert.deepEqual(outcome, { ran: false, heldBy: what.startsWith('this') ? 'create-vm' : UNKNOWN_HOLDER }, what);
     assert.deepEqual(await readdir(claimsDir(stateDir)), [`${ID}.1`], what);
   }
+});
+
+test('claim — pruneStaleClaims (at agent start) removes the stale entries of every id, nothing fresh, nothing that is no entry', async (t) => {
+  // Before, an entry left by a killed taker stayed until its VM id was claimed again: for an id nobody
+  // claims again, for ever.
+  const stateDir = await tempDir(t);
+  assert.equal(await pruneStaleClaims(stateDir), 0, 'no .claims folder yet: nothing to do');
+  await holdClaim(stateDir, 'h1.aaaaaaaa', 'sweeper', { until: Date.now() - 1 });
+  await holdClaim(stateDir, 'h1.bbbbbbbb', 'create-vm', { pid: gonePid(), n: 7 });
+  await writeFile(claimEntryPath(stateDir, 'h1.cccccccc', 2), 'by hand');
+  await utimes(claimEntryPath(stateDir, 'h1.cccccccc', 2), old(), old());
+  await mkdir(claimEntryPath(stateDir, 'h1.dddddddd', 3));
+  await utimes(claimEntryPath(stateDir, 'h1.dddddddd', 3), old(), old());
+  await holdClaim(stateDir, 'h1.eeeeeeee', 'delete-vm', { n: 4 });
+  await writeFile(claimEntryPath(stateDir, 'h1.ffffffff', 5), 'by hand, just now');
+  await writeFile(join(claimsDir(stateDir), 'notes.txt'), 'not an entry');
+  assert.equal(await pruneStaleClaims(stateDir), 3, 'past its time, its process gone, an old file');
+  // The old folder is stale too but cannot be unlinked (stepped over all the same, as before).
+  assert.deepEqual((await readdir(claimsDir(stateDir))).sort(), ['h1.dddddddd.3', 'h1.eeeeeeee.4', 'h1.ffffffff.5', 'notes.txt']);
 });
 
 test('claim — an old folder in the way is stepped over and left (it cannot be unlinked): it blocks no one', async (t) => {
