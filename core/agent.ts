@@ -80,6 +80,7 @@ export class Agent {
         log: this.log,
         identity: { version: AGENT_VERSION, plugins: config.plugins.map((p) => p.plugin.name), startedAt: this.host.startedAt },
         stopHooks: config.plugins.filter((p) => p.plugin.hooks?.stop).length,
+        longestCancelGraceMs: Math.max(0, ...[...config.messages.values()].map((route) => route.pool.cancelGraceMs)),
         handlesRepeats: typesThatHandleRepeats(config),
       });
   }

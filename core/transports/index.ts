@@ -15,12 +15,13 @@ const STOP_MARGIN_MS = 30_000;
 
 /**
  * How long a start waits for an agent that says it is stopping on the same socket path: that agent drains
- * for up to shutdown.graceMs, then runs its plugins' stop hooks one after another, each for up to
- * shutdown.stopHookMs, then ends its threads. A successor that gave up sooner would fail a restart whose
- * old agent was merely slow to stop.
+ * for up to shutdown.graceMs, cancels what still runs and waits for it up to the longest cancelGraceMs of
+ * its pools, then runs its plugins' stop hooks one after another, each for up to shutdown.stopHookMs, then
+ * ends its threads. A successor that gave up sooner would fail a restart whose old agent was merely slow to
+ * stop.
  */
-function successorWaitMs(shutdown: { graceMs: number; stopHookMs: number }, stopHooks: number): number {
-  return shutdown.graceMs + stopHooks * shutdown.stopHookMs + STOP_MARGIN_MS;
+function successorWaitMs(shutdown: { graceMs: number; stopHookMs: number }, context: Pick<AgentTransportContext, 'stopHooks' | 'longestCancelGraceMs'>): number {
+  return shutdown.graceMs + context.longestCancelGraceMs + context.stopHooks * shutdown.stopHookMs + STOP_MARGIN_MS;
 }
 
 export interface AgentTransportContext {
@@ -29,6 +30,8 @@ export interface AgentTransportContext {
   identity: { version: string; plugins: string[]; startedAt: number };
   /** How many of the host's plugins have a stop hook (see successorWaitMs). */
   stopHooks: number;
+  /** The longest cancelGraceMs of the host's pools (see successorWaitMs). */
+  longestCancelGraceMs: number;
   /** The message types whose handlers answer repeats themselves (MessageDefinition.handlesRepeats). */
   handlesRepeats?: ReadonlySet<string>;
 }
@@ -43,7 +46,7 @@ export function createAgentTransport(config: CoreConfig, context: AgentTransport
         maxMessageBytes: config.limits.maxMessageBytes,
         log: context.log.child({ transport: 'local' }),
         // A successor started during this path's agent's stop waits out its drain and its stop hooks.
-        stoppingWaitMs: successorWaitMs(config.shutdown, context.stopHooks),
+        stoppingWaitMs: successorWaitMs(config.shutdown, context),
       });
     case 'amqp':
       return new AmqpAgentTransport({

@@ -38,7 +38,7 @@ export default definePlugin({
   },
   hooks: {
     async start(ctx) {
-      await reconcileVms(ctx.options, ctx.log);
+      await reconcileVms(ctx.options, ctx.log, ctx.host.startedAt);
     },
   },
 });

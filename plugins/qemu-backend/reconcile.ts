@@ -30,7 +30,7 @@ export interface ReconcileSummary {
   failed: { vm: string; error: string }[];
 }
 
-export async function reconcileVms(options: QemuOptions, log: PluginLogger): Promise<ReconcileSummary> {
+export async function reconcileVms(options: QemuOptions, log: PluginLogger, agentStartedAt: number): Promise<ReconcileSummary> {
   const summary: ReconcileSummary = { reattached: [], autostarted: [], markedStopped: [], endedHalfMade: [], staleClaimsRemoved: 0, failed: [] };
   const unusable: RecordProblem[] = [];
   const records = await listRecords(options.stateDir, unusable);
@@ -64,7 +64,7 @@ export async function reconcileVms(options: QemuOptions, log: PluginLogger): Pro
   );
   await endHalfMade(options, scan, summary);
   // Only an entry's next holder would remove it otherwise: one of a VM id nobody claims again would stay.
-  summary.staleClaimsRemoved = await pruneStaleClaims(options.stateDir).catch((error: Error) => {
+  summary.staleClaimsRemoved = await pruneStaleClaims(options.stateDir, agentStartedAt).catch((error: Error) => {
     log.warn({ err: error.message }, 'stale claims on VM ids could not be cleared');
     return 0;
   });

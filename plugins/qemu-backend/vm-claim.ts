@@ -21,8 +21,8 @@
  * last sees the other's, still fresh. Stale entries are never removed to make room — only stepped over, and
  * cleared by the holder (and by pruneStaleClaims at agent start) — and numbers keep rising with the clock,
  * so a name once used is not made again; each removal also checks that the entry is still the one it
- * judged. So no removal hits a fresh entry, and none changes a taker's judgment: stale entries count for
- * nothing there.
+ * judged. So no removal hits a fresh entry. Removing a stale entry above a taker's own only lets that
+ * taker hold now instead of after a retry: the stale one's taker is gone or past its time.
  *
  * What is left open: a step that runs past its claim's time (a hung disk) can find a second holder, as with
  * any lease; and the times are the wall clock's, so a clock stepped forward by that much makes fresh claims
@@ -111,6 +111,10 @@ interface Entry {
   stale: boolean;
   /** Its inode when found: what tells a thing put there by hand from another in its place. */
   ino: number | undefined;
+  /** The taker's pid, for an entry this module made. */
+  pid?: number;
+  /** When it was made (its mtime). */
+  madeAt: number;
 }
 
 /** Takes the claim (its entry), or says who holds it. */
@@ -127,7 +131,7 @@ async function tryTake(dir: string, id: string, by: ClaimHolder, holdMs: number)
     // Another taker made this number first: it holds, or will find out that it does not.
     return { heldBy: (await entryAt(path, n))?.by ?? UNKNOWN_HOLDER };
   }
-  const mine: Entry = { n, path, target, by, stale: false, ino: undefined };
+  const mine: Entry = { n, path, target, by, stale: false, ino: undefined, madeAt: Date.now() };
   let entries: Entry[];
   try {
     entries = await entriesOf(dir, id);
@@ -158,10 +162,12 @@ function nextNumber(top: Entry | undefined): number {
 
 /**
  * Removes the stale entries of every claim: those left by takers that were killed, of VM ids nobody claims
- * again (the next holder would clear them). Run at agent start; safe beside takers all the same, as each
- * removal checks the entry is still the one judged stale. Returns how many it removed.
+ * again (the next holder would clear them). Run at agent start, with the agent run's start time: an entry
+ * naming this process's pid made before then is an earlier run's (an agent that is PID 1 in its container
+ * has the same pid each time), stale though its time may not be past. Safe beside takers all the same, as
+ * each removal checks the entry is still the one judged stale. Returns how many it removed.
  */
-export async function pruneStaleClaims(stateDir: string): Promise<number> {
+export async function pruneStaleClaims(stateDir: string, runStartedAt: number): Promise<number> {
   const dir = claimsDir(stateDir);
   const names = await readdir(dir).catch((error: NodeJS.ErrnoException) => {
     if (error.code === 'ENOENT') return [] as string[];
@@ -173,7 +179,9 @@ export async function pruneStaleClaims(stateDir: string): Promise<number> {
     const n = Number(name.slice(dot + 1));
     if (dot <= 0 || !/^[1-9][0-9]{0,15}$/.test(name.slice(dot + 1)) || !Number.isSafeInteger(n)) continue;
     const entry = await entryAt(join(dir, name), n);
-    if (entry?.stale && (await removeIfSame(entry))) removed++;
+    if (entry === undefined) continue;
+    const earlierRun = entry.pid === process.pid && entry.madeAt < runStartedAt;
+    if ((entry.stale || earlierRun) && (await removeIfSame(entry))) removed++;
   }
   return removed;
 }
@@ -213,9 +221,9 @@ async function entryAt(path: string, n: number): Promise<Entry | undefined> {
   if (by === undefined || !HOLDERS.has(by) || !Number.isSafeInteger(pid) || pid <= 0 || !Number.isFinite(until)) {
     // Not one this module made: it holds by its age alone, as anything in the way would (a time in the
     // future counts as old: it says nothing of when the thing was made).
-    return { n, path, target, by: UNKNOWN_HOLDER, stale: Math.abs(Date.now() - info.mtimeMs) > HOLD_MS, ino: info.ino };
+    return { n, path, target, by: UNKNOWN_HOLDER, stale: Math.abs(Date.now() - info.mtimeMs) > HOLD_MS, ino: info.ino, madeAt: info.mtimeMs };
   }
-  return { n, path, target, by, stale: until <= Date.now() || (await processGone(pid)), ino: info.ino };
+  return { n, path, target, by, stale: until <= Date.now() || (await processGone(pid)), ino: info.ino, pid, madeAt: info.mtimeMs };
 }
 
 /** A pid that names no process. This process's own pid never does: its threads share it. */

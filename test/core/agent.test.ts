@@ -211,19 +211,25 @@ test('agent — seesInFlight (core API 1.11): a handler is told the ids of the r
 });
 
 test('agent — ctx.message (core API 1.12): the handler learns when it is cancelled, and how long it may run after that', async (t) => {
-  const { client } = await startAgent(t, { ...withTestkit, pools: { 'test.message': { timeoutMs: 7_000, cancelGraceMs: 2_500 } } });
+  const { client } = await startAgent(t, { ...withTestkit, pools: { 'test.message': { timeoutMs: 30_000, cancelGraceMs: 2_500 } } });
   const asked = (deadline: number) => makeRequest({ type: 'test.message', payload: {}, deadline });
+  type Seen = { message: { id: string; type: string; deadline: number; cancelGraceMs: number } };
   const sentAt = Date.now();
   // The pool's timeout comes first: the deadline is acceptance + timeoutMs.
-  const request = asked(sentAt + 60_000);
+  const request = asked(sentAt + 120_000);
   const reply = await client.request(request);
-  const { message } = reply.result as { message: { id: string; type: string; deadline: number; cancelGraceMs: number } };
+  assert.equal(reply.ok, true, JSON.stringify(reply.error));
+  const { message } = reply.result as Seen;
   assert.deepEqual([message.id, message.type, message.cancelGraceMs], [request.id, 'test.message', 2_500]);
-  assert.ok(message.deadline >= sentAt + 7_000 && message.deadline <= Date.now() + 7_000, `deadline ${message.deadline - sentAt} ms after sending`);
-  // The caller's deadline comes first: it is the handler's.
-  const early = asked(sentAt + 5_000);
-  const first = ((await client.request(early)).result as { message: { deadline: number; cancelGraceMs: number } }).message;
-  assert.deepEqual([first.deadline, first.cancelGraceMs], [early.deadline, 2_500]);
+  assert.ok(message.deadline >= sentAt + 30_000 && message.deadline <= Date.now() + 30_000, `deadline ${message.deadline - sentAt} ms after sending`);
+  // The caller's deadline comes first: it is the handler's (give or take the millisecond the pool's sum may add).
+  const callerDeadline = Date.now() + 20_000;
+  const early = asked(callerDeadline);
+  const earlyReply = await client.request(early);
+  assert.equal(earlyReply.ok, true, JSON.stringify(earlyReply.error));
+  const first = (earlyReply.result as Seen).message;
+  assert.equal(first.cancelGraceMs, 2_500);
+  assert.ok(first.deadline >= callerDeadline && first.deadline <= callerDeadline + 5, `deadline ${first.deadline - callerDeadline} ms after the caller's`);
 });
 
 test('agent — many concurrent requests on one connection are matched to their replies by id', async (t) => {
@@ -323,11 +329,12 @@ test('agent — a plugin hook that throws anything (an Error, a string, null, un
   }
 });
 
-test('agent — a restart waits for the old agent\'s slow stop hook: drain, each stop hook\'s limit, then a margin', { timeout: 60_000 }, async (t) => {
+test('agent — a restart waits for the old agent\'s slow stop hook: drain, the longest cancel grace, each stop hook\'s limit, then a margin', { timeout: 60_000 }, async (t) => {
   // Before, the successor waited shutdown.graceMs + 30 s whatever the stop hooks: two hooks near their
-  // 15 s limit made a supervised restart fail with AGENT_ALREADY_RUNNING.
+  // 15 s limit made a supervised restart fail with AGENT_ALREADY_RUNNING. And before that counted the pools'
+  // cancelGraceMs (up to 600 s), which the drain waits for after cancelling, a long one did the same.
   const stopHangs = fileURLToPath(new URL('../fixtures/plugins/stop-hangs/index.ts', import.meta.url));
-  const config = { plugins: [{ use: testkitPath }, { use: stopHangs }], shutdown: { graceMs: 0, stopHookMs: 1_500 } };
+  const config = { plugins: [{ use: testkitPath }, { use: stopHangs }], shutdown: { graceMs: 0, stopHookMs: 1_500 }, pools: { 'test.sleep': { cancelGraceMs: 20_000 } } };
   const old = await startAgent(t, config);
   const stopping = old.agent.stop('restart');
   const memory = memoryDestination();
@@ -339,9 +346,9 @@ test('agent — a restart waits for the old agent\'s slow stop hook: drain, each
   t.after(() => successor.stop('test finished'));
   await successor.start();
   await stopping;
-  // One plugin (stop-hangs) has a stop hook: 0 + 1 × 1.5 s + 30 s.
+  // The longest cancel grace is test.sleep's, and one plugin (stop-hangs) has a stop hook: 0 + 20 s + 1 × 1.5 s + 30 s.
   const waited = memory.lines().find((l) => String(l.msg).startsWith('another agent is stopping'));
-  assert.equal(waited?.msg, `another agent is stopping on ${old.socketPath}; waiting up to 31.5 s for it to finish`);
+  assert.equal(waited?.msg, `another agent is stopping on ${old.socketPath}; waiting up to 51.5 s for it to finish`);
 });
 
 test('agent — a start hook that runs long is logged, naming its plugin, until it finishes', { timeout: 30_000 }, async (t) => {

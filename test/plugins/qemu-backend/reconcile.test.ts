@@ -59,7 +59,7 @@ test('reconcile and get-vm — a running VM whose monitor never answers is picke
   const warnings: string[] = [];
   const log = { trace() {}, debug() {}, info() {}, warn: (_o: unknown, message?: string) => void warnings.push(String(message)), error() {} };
   const started = Date.now();
-  const summary = await reconcileVms(qemuOptionsSchema.parse({ imagesDir: '/i', stateDir }), log);
+  const summary = await reconcileVms(qemuOptionsSchema.parse({ imagesDir: '/i', stateDir }), log, Date.now());
   const tookMs = Date.now() - started;
 
   assert.deepEqual(summary.reattached, [record.id]);
@@ -91,7 +91,7 @@ test('reconcile — autostart VMs are started at most 4 at a time, and each one 
   await writeFile(qemu, `#!/bin/sh\necho start >> ${log}\nsleep 0.3\necho end >> ${log}\nexit 1\n`);
   await chmod(qemu, 0o755);
   const quiet = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
-  const summary = await reconcileVms(qemuOptionsSchema.parse({ imagesDir: images, stateDir, qemuBinary: qemu, network: { mode: 'none' } }), quiet);
+  const summary = await reconcileVms(qemuOptionsSchema.parse({ imagesDir: images, stateDir, qemuBinary: qemu, network: { mode: 'none' } }), quiet, Date.now());
   assert.deepEqual(summary.failed.map((f) => f.vm).sort(), ids);
   let running = 0;
   let most = 0;
@@ -122,7 +122,7 @@ test('reconcile — a QEMU still running for a folder without vm.json (a create 
   const exited = new Promise((resolve) => halfMade.once('exit', resolve));
 
   const log = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
-  const summary = await reconcileVms(qemuOptionsSchema.parse({ imagesDir: '/i', stateDir, ipBinary: '/nonexistent/ip' }), log);
+  const summary = await reconcileVms(qemuOptionsSchema.parse({ imagesDir: '/i', stateDir, ipBinary: '/nonexistent/ip' }), log, Date.now());
   assert.deepEqual(summary.endedHalfMade, ['h1.halfmade']);
   await exited;
   assert.equal(unusable.exitCode, null, 'the VM whose record cannot be used still runs');
@@ -139,7 +139,7 @@ test('reconcile — claims on VM ids left by takers that were killed are cleared
   await holdClaim(stateDir, 'h1.another', 'sweeper', { until: Date.now() - 1, n: 2 });
   await holdClaim(stateDir, 'h1.fresh', 'create-vm', { n: 3 });
   const log = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
-  const summary = await reconcileVms(qemuOptionsSchema.parse({ imagesDir: '/i', stateDir, ipBinary: '/nonexistent/ip' }), log);
+  const summary = await reconcileVms(qemuOptionsSchema.parse({ imagesDir: '/i', stateDir, ipBinary: '/nonexistent/ip' }), log, Date.now());
   assert.equal(summary.staleClaimsRemoved, 2);
   assert.deepEqual(await readdir(claimsDir(stateDir)), ['h1.fresh.3']);
 });

@@ -119,7 +119,8 @@ test('claim — pruneStaleClaims (at agent start) removes the stale entries of e
   // Before, an entry left by a killed taker stayed until its VM id was claimed again: for an id nobody
   // claims again, for ever.
   const stateDir = await tempDir(t);
-  assert.equal(await pruneStaleClaims(stateDir), 0, 'no .claims folder yet: nothing to do');
+  const runStartedAt = Date.now() - 30_000;
+  assert.equal(await pruneStaleClaims(stateDir, runStartedAt), 0, 'no .claims folder yet: nothing to do');
   await holdClaim(stateDir, 'h1.aaaaaaaa', 'sweeper', { until: Date.now() - 1 });
   await holdClaim(stateDir, 'h1.bbbbbbbb', 'create-vm', { pid: gonePid(), n: 7 });
   await writeFile(claimEntryPath(stateDir, 'h1.cccccccc', 2), 'by hand');
@@ -129,7 +130,10 @@ test('claim — pruneStaleClaims (at agent start) removes the stale entries of e
   await holdClaim(stateDir, 'h1.eeeeeeee', 'delete-vm', { n: 4 });
   await writeFile(claimEntryPath(stateDir, 'h1.ffffffff', 5), 'by hand, just now');
   await writeFile(join(claimsDir(stateDir), 'notes.txt'), 'not an entry');
-  assert.equal(await pruneStaleClaims(stateDir), 3, 'past its time, its process gone, an old file');
+  // An earlier agent run with this process's pid (PID 1 in a container, each time): its time not past yet.
+  const earlierRun = await holdClaim(stateDir, 'h1.gggggggg', 'delete-vm', { n: 6 });
+  await lutimes(earlierRun, new Date(runStartedAt - 5_000), new Date(runStartedAt - 5_000));
+  assert.equal(await pruneStaleClaims(stateDir, runStartedAt), 4, 'past its time, its process gone, an old file, an earlier run');
   // The old folder is stale too but cannot be unlinked (stepped over all the same, as before).
   assert.deepEqual((await readdir(claimsDir(stateDir))).sort(), ['h1.dddddddd.3', 'h1.eeeeeeee.4', 'h1.ffffffff.5', 'notes.txt']);
 });
