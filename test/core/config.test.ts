@@ -187,7 +187,7 @@ test('config — a pool override for an unknown message type lists the known typ
   assert.equal(problem.code, 'CONFIG_INVALID');
   assert.equal(problem.file, file);
   assert.equal(problem.found, 'no-such-type');
-  assert.equal(problem.allowed, 'host-info, test.blob, test.crash, test.echo, test.echo-again, test.exit, test.fail, test.in-flight, test.in-flight-blind, test.kill-agent, test.progress, test.reserve, test.sleep, test.spin, test.thread');
+  assert.equal(problem.allowed, 'host-info, test.blob, test.crash, test.echo, test.echo-again, test.exit, test.fail, test.in-flight, test.in-flight-blind, test.kill-agent, test.message, test.progress, test.reserve, test.sleep, test.spin, test.thread');
 });
 
 test('config — a pool override with minThreads above maxThreads is refused', async (t) => {
@@ -250,7 +250,7 @@ test('config — `cloudlet config check` says ok and exits 0 for a valid file', 
   const file = await writeConfig(await tempDir(t), 'cloudlet.yaml', `host:\n  id: cli-host\nplugins:\n  - use: ${testkitPath}\n`);
   const { code, stdout, stderr } = await runCli(['config', 'check', file], { env: cleanEnv });
   assert.equal(code, 0, stderr);
-  assert.match(stdout, /: ok — host "cli-host", transport local, 2 plugin\(s\), 15 message type\(s\)/);
+  assert.match(stdout, /: ok — host "cli-host", transport local, 2 plugin\(s\), 16 message type\(s\)/);
 });
 
 test('config — `cloudlet config check` prints every problem and exits 3 for an invalid file', async (t) => {

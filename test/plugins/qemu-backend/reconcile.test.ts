@@ -134,12 +134,13 @@ test('reconcile — a QEMU still running for a folder without vm.json (a create 
 test('reconcile — claims on VM ids left by takers that were killed are cleared; a fresh one stays', async (t) => {
   // Before, such an entry stayed until its VM id was claimed again (for an id nobody claims again, for ever).
   const stateDir = await tempDir(t, 'cloudlet-reconcile-');
+  const agentStartedAt = Date.now() - 1_000; // before the fresh entry (this pid's, this run's) was made
   const gone = spawnSync('true').pid!;
   await holdClaim(stateDir, 'h1.leftover', 'delete-vm', { pid: gone });
   await holdClaim(stateDir, 'h1.another', 'sweeper', { until: Date.now() - 1, n: 2 });
   await holdClaim(stateDir, 'h1.fresh', 'create-vm', { n: 3 });
   const log = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
-  const summary = await reconcileVms(qemuOptionsSchema.parse({ imagesDir: '/i', stateDir, ipBinary: '/nonexistent/ip' }), log, Date.now());
+  const summary = await reconcileVms(qemuOptionsSchema.parse({ imagesDir: '/i', stateDir, ipBinary: '/nonexistent/ip' }), log, agentStartedAt);
   assert.equal(summary.staleClaimsRemoved, 2);
   assert.deepEqual(await readdir(claimsDir(stateDir)), ['h1.fresh.3']);
 });
