@@ -200,8 +200,21 @@ export class Dispatcher {
         messageLog.debug({ elapsedMs }, 'handled');
         reply = makeReply(request, hostId, { ok: true, result: outcome.result });
       } else {
-        // A handler's bug (HANDLER_ERROR) is logged with where it threw; the caller gets only the message.
-        messageLog.warn({ code: outcome.error.code, elapsedMs, ...(outcome.stack === undefined ? {} : { stack: outcome.stack }) }, `failed: ${outcome.error.message}`);
+        // A handler's bug (HANDLER_ERROR) is logged with where it threw and the code it threw; the caller gets
+        // only the message (and the code, in details). A handler that ignored its cancel is named as such.
+        const thrownCode = (outcome.error.details as { thrownCode?: unknown } | undefined)?.thrownCode;
+        messageLog.warn(
+          {
+            code: outcome.error.code,
+            elapsedMs,
+            ...(outcome.error.code === 'HANDLER_ERROR' && typeof thrownCode === 'string' ? { thrownCode } : {}),
+            ...(outcome.stack === undefined ? {} : { stack: outcome.stack }),
+            ...(outcome.threadStopped ? { threadStopped: true } : {}),
+          },
+          outcome.threadStopped
+            ? `failed: ${outcome.error.message}; the handler ignored its cancel for the pool's cancelGraceMs, so its thread was stopped`
+            : `failed: ${outcome.error.message}`,
+        );
         reply = makeReply(request, hostId, { ok: false, error: outcome.error.toWire() });
       }
       await this.#reply(delivery, reply, request.id);

@@ -55,8 +55,12 @@ export interface RunHooks {
   startAfter?: () => Promise<unknown> | undefined;
 }
 
-/** `stack`: where the handler threw, when its error became HANDLER_ERROR (a bug, not a declared failure): for the log. */
-export type RunOutcome = { ok: true; result: unknown } | { ok: false; error: CloudletError; stack?: string };
+/**
+ * For the log only: `stack`, where the handler threw, when its error became HANDLER_ERROR (a bug, not a
+ * declared failure); `threadStopped`, when the handler ignored its cancel for cancelGraceMs and its thread
+ * was stopped (the other messages on that thread with it).
+ */
+export type RunOutcome = { ok: true; result: unknown } | { ok: false; error: CloudletError; stack?: string; threadStopped?: true };
 
 /** The same shape monitoring plugins see through `ctx.agent.pools()`. */
 export type PoolStats = AgentPoolStats;
@@ -303,7 +307,7 @@ export class PoolManager {
           // The last resort for a handler that ignores its signal; a task still queued is never started.
           const thread = managed.runTable.threadOf(run);
           if (thread !== undefined) stopThread(managed.pool, thread, `message ${task.id} on the same thread ran past its time and ignored the cancel`);
-          finish({ ok: false, error: reason });
+          finish({ ok: false, error: reason, ...(thread === undefined ? {} : { threadStopped: true as const }) });
         }, settings.cancelGraceMs);
       };
 

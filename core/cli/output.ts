@@ -24,7 +24,7 @@ export const HINTS: Readonly<Record<string, string>> = {
   BUSY: 'the host is saturated for this message type; retry with backoff or raise pools.<type>.maxQueue',
   TIMEOUT: 'raise pools.<type>.timeoutMs if the work legitimately takes longer',
   CLIENT_TIMEOUT: 'raise --timeout, or check the agent log for the message id; a request no host took has expired and will not run, one a host took may have: check "cloudlet vm list" before repeating a create',
-  CONFIG_INVALID: 'run "cloudlet config check FILE" to list every problem',
+  CONFIG_INVALID: 'fix each problem listed, then check the file again without starting anything: "cloudlet config check FILE"',
   BROKER_UNAVAILABLE: 'check transport.url (or CLOUDLET_AMQP_URL) and that RabbitMQ runs; "cloudlet doctor" tries the connection',
   UNKNOWN_HOST: 'run "cloudlet hosts" to see the hosts of this cloud',
   HOST_DOWN: 'the host stopped sending heartbeats; check its agent ("systemctl status cloudlet" there) or run "cloudlet hosts"; a request it was working on may still run if it comes back soon: check "cloudlet vm list" before repeating a create',

@@ -33,8 +33,7 @@ export async function checkHostConfig(raw: RawConfig): Promise<HostConfigCheck> 
   const problems = [...core.problems];
   const loaded = await loadPlugins(core.pluginEntries, raw.file);
   problems.push(...loaded.problems);
-  if (!core.config) return { ok: false, problems };
-  problems.push(...(await keyFileProblems(core.config.security, raw.file)));
+  if (core.config) problems.push(...(await keyFileProblems(core.config.security, raw.file)));
 
   const messages = new Map<string, MessageRoute>();
   const knownTypes = new Set<string>();
@@ -42,7 +41,7 @@ export async function checkHostConfig(raw: RawConfig): Promise<HostConfigCheck> 
     for (const [type, definition] of Object.entries(plugin.plugin.messages ?? {})) {
       if (knownTypes.has(type)) continue; // reported as PLUGIN_MESSAGE_CONFLICT
       knownTypes.add(type);
-      const merged = { ...defaultPoolSettings, ...definition.pool, ...core.config.pools[type] };
+      const merged = { ...defaultPoolSettings, ...definition.pool, ...core.pools[type] };
       const pool = poolSettingsSchema.safeParse(merged);
       if (!pool.success || merged.minThreads > merged.maxThreads) {
         problems.push({
@@ -57,7 +56,7 @@ export async function checkHostConfig(raw: RawConfig): Promise<HostConfigCheck> 
       messages.set(type, { type, plugin, definition, pool: pool.data });
     }
   }
-  for (const type of Object.keys(core.config.pools)) {
+  for (const type of core.poolTypes) {
     if (!knownTypes.has(type)) {
       problems.push({
         code: 'CONFIG_INVALID',
@@ -69,7 +68,7 @@ export async function checkHostConfig(raw: RawConfig): Promise<HostConfigCheck> 
       });
     }
   }
-  if (problems.length > 0) return { ok: false, problems };
+  if (!core.config || problems.length > 0) return { ok: false, problems };
   return {
     ok: true,
     config: {

@@ -6,9 +6,9 @@ import { readFile, stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { type Document, parseDocument } from 'yaml';
 import { CloudletError, cloudletError } from '../errors.ts';
-import { formatPath } from '../envelope.ts';
+import { formatPath, messageTypeSchema } from '../envelope.ts';
 import { type ConfigProblem, problemsFromZod } from './problems.ts';
-import { type CoreConfig, coreConfigSchema, type PluginEntry, pluginEntrySchema } from './schema.ts';
+import { type CoreConfig, coreConfigSchema, type PluginEntry, pluginEntrySchema, poolOverrideSchema, type PoolOverride } from './schema.ts';
 
 export interface IndexedPluginEntry {
   /** Position in the config's `plugins` list, for problem paths. */
@@ -174,6 +174,10 @@ export interface CoreValidation {
   problems: ConfigProblem[];
   /** The well-formed plugin entries with their config index, even when other parts of the config are not. */
   pluginEntries: IndexedPluginEntry[];
+  /** The well-formed pool overrides, likewise: their checks against the plugins run in the same pass. */
+  pools: Record<string, PoolOverride>;
+  /** Every message type named under `pools` (well-formed or not), for the check that a plugin handles it. */
+  poolTypes: string[];
 }
 
 export function validateCoreConfig(raw: RawConfig): CoreValidation {
@@ -184,7 +188,9 @@ export function validateCoreConfig(raw: RawConfig): CoreValidation {
     return undefined;
   };
   const parsed = coreConfigSchema.safeParse(raw.data);
-  if (parsed.success) return { config: parsed.data, problems: [], pluginEntries: parsed.data.plugins.map((entry, index) => ({ index, entry })) };
+  if (parsed.success) {
+    return { config: parsed.data, problems: [], pluginEntries: parsed.data.plugins.map((entry, index) => ({ index, entry })), pools: parsed.data.pools, poolTypes: Object.keys(parsed.data.pools) };
+  }
 
   const problems = problemsFromZod(parsed.error.issues, raw.data, {
     file: raw.file,
@@ -201,7 +207,18 @@ export function validateCoreConfig(raw: RawConfig): CoreValidation {
       if (entry.success) pluginEntries.push({ index, entry: entry.data });
     }
   }
-  return { config: undefined, problems, pluginEntries };
+  const pools: Record<string, PoolOverride> = {};
+  const poolTypes: string[] = [];
+  const poolsValue = raw.data && typeof raw.data === 'object' ? (raw.data as { pools?: unknown }).pools : undefined;
+  if (poolsValue && typeof poolsValue === 'object' && !Array.isArray(poolsValue)) {
+    for (const [type, value] of Object.entries(poolsValue)) {
+      if (!messageTypeSchema.safeParse(type).success) continue;
+      poolTypes.push(type);
+      const override = poolOverrideSchema.safeParse(value);
+      if (override.success) pools[type] = override.data;
+    }
+  }
+  return { config: undefined, problems, pluginEntries, pools, poolTypes };
 }
 
 /** Where the CLI and agent look for a config when none is named. */

@@ -24,6 +24,7 @@ export const poolSettingsSchema = z
   .strict();
 
 export const poolOverrideSchema = poolSettingsSchema.partial();
+export type PoolOverride = z.infer<typeof poolOverrideSchema>;
 
 export const defaultPoolSettings = {
   minThreads: 0,

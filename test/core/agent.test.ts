@@ -232,6 +232,24 @@ test('agent — ctx.message (core API 1.12): the handler learns when it is cance
   assert.ok(first.deadline >= callerDeadline && first.deadline <= callerDeadline + 5, `deadline ${first.deadline - callerDeadline} ms after the caller's`);
 });
 
+test('agent — the log line of a failure names the code a handler threw, and a thread stopped because its handler ignored the cancel', async (t) => {
+  // Before, both lines said only `code` and the message: the caller saw the thrown code (details) but the
+  // operator reading the log did not, and a handler stuck past its cancel looked like one that stopped.
+  const { client, logs } = await startAgent(t, { ...withTestkit, pools: { 'test.sleep': { timeoutMs: 300, cancelGraceMs: 200 } } });
+  const undeclared = await client.request(makeRequest({ type: 'test.fail', payload: { declared: false } }));
+  assert.equal(undeclared.error?.code, 'HANDLER_ERROR');
+  const failed = logs().find((line) => line.msgId === undeclared.id && String(line.msg).startsWith('failed:'));
+  assert.deepEqual([failed?.code, failed?.thrownCode, failed?.threadStopped], ['HANDLER_ERROR', 'SOMETHING_ELSE', undefined]);
+
+  const cooperative = await client.request(makeRequest({ type: 'test.sleep', payload: { ms: 5_000 } }));
+  const stubborn = await client.request(makeRequest({ type: 'test.sleep', payload: { ms: 5_000, ignoreAbort: true } }));
+  assert.deepEqual([cooperative.error?.code, stubborn.error?.code], ['TIMEOUT', 'TIMEOUT']);
+  const lineOf = (id: string) => logs().find((line) => line.msgId === id && String(line.msg).startsWith('failed:'));
+  assert.equal(lineOf(cooperative.id)?.threadStopped, undefined, 'a handler that stopped on its cancel');
+  assert.equal(lineOf(stubborn.id)?.threadStopped, true);
+  assert.match(String(lineOf(stubborn.id)?.msg), /^failed: "test\.sleep" ran longer than its 300 ms timeout; the handler ignored its cancel for the pool's cancelGraceMs, so its thread was stopped$/);
+});
+
 test('agent — many concurrent requests on one connection are matched to their replies by id', async (t) => {
   const { client } = await startAgent(t, withTestkit);
   const replies = await Promise.all(

@@ -190,6 +190,21 @@ test('config — a pool override for an unknown message type lists the known typ
   assert.equal(problem.allowed, 'host-info, test.blob, test.crash, test.echo, test.echo-again, test.exit, test.fail, test.in-flight, test.in-flight-blind, test.kill-agent, test.message, test.progress, test.reserve, test.sleep, test.spin, test.thread');
 });
 
+test('config — every pool problem is reported in one run, beside a pool value out of range', async (t) => {
+  // Before, a value the core schema refused (timeoutMs 0) hid the checks that need the plugins: the unknown
+  // type and minThreads above maxThreads came only after the first was fixed.
+  const { result } = await checkText(t, `pools:\n  test.sleep:\n    timeoutMs: 0\n  no-such-type:\n    maxThreads: 2\n  host-info:\n    minThreads: 3\nplugins:\n  - use: ${testkitPath}\n`);
+  const problems = problemsOf(result);
+  assert.deepEqual(
+    problems.map((p) => [p.path, p.message]),
+    [
+      ['pools.test.sleep.timeoutMs', problemAt(problems, 'pools.test.sleep.timeoutMs').message],
+      ['pools.host-info', 'minThreads is larger than maxThreads'],
+      ['pools.no-such-type', 'no loaded plugin handles message type "no-such-type"'],
+    ],
+  );
+});
+
 test('config — a pool override with minThreads above maxThreads is refused', async (t) => {
   // host-info's plugin default is maxThreads 1.
   const { result } = await checkText(t, 'pools:\n  host-info:\n    minThreads: 3\n');
