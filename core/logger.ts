@@ -74,7 +74,7 @@ export function silentLogger(): Logger {
 }
 
 /** Collects JSON log lines in memory; for tests. */
-export function memoryDestination(): { stream: Writable; lines: () => Record<string, unknown>[] } {
+export function memoryDestination(): { stream: Writable; lines: () => Record<string, unknown>[]; text: () => string } {
   const chunks: string[] = [];
   const stream = new Writable({
     write(chunk, _encoding, callback) {
@@ -90,6 +90,7 @@ export function memoryDestination(): { stream: Writable; lines: () => Record<str
         .split('\n')
         .filter((line) => line.trim() !== '')
         .map((line) => JSON.parse(line) as Record<string, unknown>),
+    text: () => chunks.join(''),
   };
 }
 

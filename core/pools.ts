@@ -10,6 +10,7 @@ import { CloudletError, cloudletError, isCoreErrorCode, lookupError, thrownMessa
 import type { AgentPoolStats, PluginLogger, PoolSettings } from './plugin-api.ts';
 import type { MainToWorker, PoolWorkerData, SideMessage, WorkerOutcome, WorkerResult, WorkerTask, WorkerToMain } from '../workers/protocol.ts';
 import { RunTable } from '../workers/run-table.ts';
+import { handlerLogFields } from './handler-log-fields.ts';
 import { busyError, cannotStart, crashedError, handOverFailed, notStartedInTime } from './pool-errors.ts';
 import { stopThread, watchExits } from './pool-threads.ts';
 import { makeTinypool, refusedPreload } from './tinypool-factory.ts';
@@ -337,7 +338,7 @@ export class PoolManager {
         if (message.t === 'progress') {
           if (!cancelReason) hooks.onProgress?.(message.stage, message.detail);
         } else {
-          hooks.log?.[message.level === 'fatal' ? 'error' : message.level](message.obj, message.msg);
+          hooks.log?.[message.level === 'fatal' ? 'error' : message.level](handlerLogFields(message.obj), message.msg);
         }
         if (returned && sideMessagesSeen >= returned.sideMessages) finishReturned();
       });

@@ -39,6 +39,8 @@ export interface InProcessAgent {
   socketPath: string;
   client: LocalClientTransport;
   logs: () => Record<string, unknown>[];
+  /** The log as written: what a reader of the raw JSON lines sees (duplicate keys included). */
+  logText: () => string;
 }
 
 /** Starts an agent in this process on a socket in a temp dir; stopped (and its client closed) after the test. */
@@ -59,7 +61,7 @@ export async function startAgent(t: TestContext, config: Record<string, unknown>
   });
   await agent.start();
   client = new LocalClientTransport({ socketPath });
-  return { agent, socketPath, client, logs: memory.lines };
+  return { agent, socketPath, client, logs: memory.lines, logText: memory.text };
 }
 
 /** Sends raw lines on a fresh connection and collects the lines that come back. */

@@ -241,13 +241,27 @@ test('agent — the log line of a failure names the code a handler threw, and a 
   const failed = logs().find((line) => line.msgId === undeclared.id && String(line.msg).startsWith('failed:'));
   assert.deepEqual([failed?.code, failed?.thrownCode, failed?.threadStopped], ['HANDLER_ERROR', 'SOMETHING_ELSE', undefined]);
 
-  const cooperative = await client.request(makeRequest({ type: 'test.sleep', payload: { ms: 5_000 } }));
-  const stubborn = await client.request(makeRequest({ type: 'test.sleep', payload: { ms: 5_000, ignoreAbort: true } }));
-  assert.deepEqual([cooperative.error?.code, stubborn.error?.code], ['TIMEOUT', 'TIMEOUT']);
+  const cooperative = makeRequest({ type: 'test.sleep', payload: { ms: 5_000 } });
+  const stubborn = makeRequest({ type: 'test.sleep', payload: { ms: 5_000, ignoreAbort: true } });
+  assert.deepEqual([(await client.request(cooperative)).error?.code, (await client.request(stubborn)).error?.code], ['TIMEOUT', 'TIMEOUT']);
   const lineOf = (id: string) => logs().find((line) => line.msgId === id && String(line.msg).startsWith('failed:'));
   assert.equal(lineOf(cooperative.id)?.threadStopped, undefined, 'a handler that stopped on its cancel');
   assert.equal(lineOf(stubborn.id)?.threadStopped, true);
   assert.match(String(lineOf(stubborn.id)?.msg), /^failed: "test\.sleep" ran longer than its 300 ms timeout; the handler ignored its cancel for the pool's cancelGraceMs, so its thread was stopped$/);
+});
+
+test("agent — a handler's log fields named like the agent's own (msg, msgId, level) go under handlerFields, never beside them", async (t) => {
+  // Before, pino wrote both: two "msgId" keys on one JSON line, and readers take the last, the handler's.
+  const { client, logText } = await startAgent(t, withTestkit);
+  const request = makeRequest({ type: 'test.message', payload: { logClashing: true } });
+  assert.equal((await client.request(request)).ok, true);
+  const line = logText().split('\n').find((text) => text.includes('"message seen"'));
+  assert.ok(line, logText());
+  const topLevel = line.replace(/"handlerFields":\{[^}]*\}/, '');
+  for (const key of ['msg', 'msgId', 'level']) assert.equal(topLevel.split(`"${key}":`).length - 1, 1, `one "${key}" on ${line}`);
+  const parsed = JSON.parse(line) as Record<string, unknown>;
+  assert.deepEqual([parsed.msgId, parsed.msg, parsed.level, parsed.detail], [request.id, 'message seen', 30, 1]);
+  assert.deepEqual(parsed.handlerFields, { msg: 'own msg', msgId: 'spoofed', level: 99 });
 });
 
 test('agent — many concurrent requests on one connection are matched to their replies by id', async (t) => {

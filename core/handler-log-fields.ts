@@ -1,0 +1,18 @@
+/** A handler's log fields, made safe to write beside the agent's own on one JSON line. */
+
+/**
+ * The keys the agent writes on a handler's log line itself: pino's own and the message's bindings. A
+ * handler's field of the same name would be written beside it, a second `"msg"` or `"msgId"` in one JSON
+ * line, which most readers take the last of: a handler could log under another message's id.
+ */
+const AGENT_LOG_KEYS: ReadonlySet<string> = new Set(['level', 'time', 'pid', 'hostname', 'msg', 'host', 'msgId', 'type', 'plugin']);
+
+/** A handler's log fields, those named like the agent's own moved under `handlerFields`. */
+export function handlerLogFields(fields: Record<string, unknown>): Record<string, unknown> {
+  const clashing = Object.keys(fields).filter((key) => AGENT_LOG_KEYS.has(key));
+  if (clashing.length === 0) return fields;
+  const kept: Record<string, unknown> = {};
+  const moved: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(fields)) (AGENT_LOG_KEYS.has(key) ? moved : kept)[key] = value;
+  return { ...kept, handlerFields: moved };
+}
