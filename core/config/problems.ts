@@ -68,10 +68,10 @@ function bound(origin: string | undefined, limit: number | bigint, inclusive: bo
   const n = String(limit);
   switch (origin) {
     case 'string':
-      return `at ${word} ${n} characters`;
+      return `at ${word} ${n} character${n === '1' ? '' : 's'}`;
     case 'array':
     case 'set':
-      return `at ${word} ${n} items`;
+      return `at ${word} ${n} item${n === '1' ? '' : 's'}`;
     default:
       return `${word === 'least' ? (inclusive ? '>=' : '>') : inclusive ? '<=' : '<'} ${n}`;
   }

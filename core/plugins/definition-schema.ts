@@ -51,3 +51,18 @@ export const pluginDefinitionSchema = z.object({
   hooks: z.object({ init: hook, start: hook, stop: hook }).strict().optional(),
   checkOptions: hook,
 }).strict(); // a misspelt key ("dependecies") is an error, not silently ignored
+
+/** The keys an object of the definition takes at `path` (e.g. `[]`, `['messages', 'vm.create']`), if it is one. */
+export function definitionKeysAt(path: readonly PropertyKey[]): string[] | undefined {
+  const unwrap = (schema: z.ZodType): z.ZodType => (schema instanceof z.ZodOptional ? unwrap(schema.unwrap() as z.ZodType) : schema);
+  let schema: z.ZodType | undefined = pluginDefinitionSchema;
+  for (const key of path) {
+    const here = unwrap(schema);
+    if (here instanceof z.ZodObject) schema = (here.shape as Record<string, z.ZodType | undefined>)[String(key)];
+    else if (here instanceof z.ZodRecord) schema = here.valueType as z.ZodType;
+    else return undefined;
+    if (schema === undefined) return undefined;
+  }
+  const last = unwrap(schema);
+  return last instanceof z.ZodObject ? Object.keys(last.shape) : undefined;
+}

@@ -10,7 +10,8 @@ import { CORE_API_VERSION } from '../version.ts';
 import { PLUGIN_BRAND, pluginKit, type CloudletPlugin } from '../plugin-api.ts';
 import type { IndexedPluginEntry } from '../config/load.ts';
 import { type ConfigProblem, problemsFromZod } from '../config/problems.ts';
-import { pluginDefinitionSchema } from './definition-schema.ts';
+import { definitionKeysAt, pluginDefinitionSchema } from './definition-schema.ts';
+import { nearest } from '../cli/nearest.ts';
 import { resolvePluginSpecifier, type PluginSourceKind } from './resolve.ts';
 import { checkPluginSet } from './checks.ts';
 import { importModule } from '../runtime/import-module.ts';
@@ -149,10 +150,23 @@ async function importPlugin(url: string): Promise<CloudletPlugin> {
   let candidate = module.default;
   // A factory receives the agent's zod and helpers: plugins outside any npm project need no imports.
   if (typeof candidate === 'function') {
+    // A handler named in `use:` by mistake takes (payload, ctx); a factory takes the kit alone. Not called:
+    // it would run handler code at load, and fail on a kit that is no context.
+    if (candidate.length >= 2) {
+      throw new CloudletError(
+        'PLUGIN_INVALID',
+        `${url} default-exports a function of ${candidate.length} parameters, like a handler (payload, ctx); a plugin module default-exports definePlugin(…) or a factory (kit) => kit.definePlugin(…): name the plugin's own module in "use", and its handlers in its "messages"`,
+        { details: { url } },
+      );
+    }
     try {
       candidate = await (candidate as (kit: typeof pluginKit) => unknown)(pluginKit);
     } catch (cause) {
-      throw new CloudletError('PLUGIN_IMPORT_FAILED', `plugin factory in ${url} threw: ${thrownMessage(cause)}`, { cause, details: { url } });
+      throw new CloudletError(
+        'PLUGIN_IMPORT_FAILED',
+        `plugin factory in ${url} threw: ${thrownMessage(cause)} (a function default export is called as a factory (kit) => kit.definePlugin(…); if this is a handler module, name the plugin's own module in "use")`,
+        { cause, details: { url } },
+      );
     }
   }
   if (typeof candidate !== 'object' || candidate === null) {
@@ -169,7 +183,16 @@ async function importPlugin(url: string): Promise<CloudletPlugin> {
 async function checkDefinition(plugin: CloudletPlugin, url: string): Promise<string[]> {
   const parsed = pluginDefinitionSchema.safeParse(plugin);
   if (!parsed.success) {
-    return parsed.error.issues.map((issue) => `plugin in ${url}: "${issue.path.join('.') || '(definition)'}" ${issue.message}`);
+    return parsed.error.issues.flatMap((issue) => {
+      const where = issue.path.join('.');
+      if (issue.code !== 'unrecognized_keys') return [`plugin in ${url}: "${where || '(definition)'}" ${issue.message}`];
+      // A misspelling: named, with the key it most likely meant and every key allowed there.
+      const allowed = definitionKeysAt(issue.path) ?? [];
+      return issue.keys.map((key) => {
+        const meant = nearest(key, allowed);
+        return `plugin in ${url}: unknown key "${key}" in ${where ? `"${where}"` : 'the definition'}${meant ? ` (did you mean "${meant}"?)` : ''}; allowed: ${allowed.join(', ')}`;
+      });
+    });
   }
   const problems: string[] = [];
   if (!(PLUGIN_BRAND in plugin)) problems.push(`plugin in ${url} was not made with definePlugin(); wrap the definition in it`);

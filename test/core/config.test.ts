@@ -205,6 +205,12 @@ test('config — every pool problem is reported in one run, beside a pool value 
   );
 });
 
+test('config — a bound of one is said in the singular: "at least 1 character"', async (t) => {
+  // Before: "at least 1 characters".
+  const { result } = await checkText(t, `transport:\n  kind: local\n  socket: ""\n`);
+  assert.equal(problemAt(problemsOf(result), 'transport.socket').allowed, 'at least 1 character');
+});
+
 test('config — a pool override with minThreads above maxThreads is refused', async (t) => {
   // host-info's plugin default is maxThreads 1.
   const { result } = await checkText(t, 'pools:\n  host-info:\n    minThreads: 3\n');

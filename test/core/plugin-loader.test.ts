@@ -4,6 +4,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { test } from 'node:test';
 import { CORE_API_VERSION } from '../../core/version.ts';
+import { definitionKeysAt } from '../../core/plugins/definition-schema.ts';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { checkHostConfig } from '../../core/config/host-config.ts';
 import { rawConfigFrom } from '../../core/config/load.ts';
@@ -213,10 +214,26 @@ test('loader — a plugin for a newer core API without a name is PLUGIN_API_MISM
   assert.match(problem.message, /^the plugin in file:\/\/.*api-future-nameless\/index\.ts supports core API \^1\.99\.0/);
 });
 
-test('loader — a definition key the API does not have (a misspelling) is PLUGIN_INVALID naming it', async () => {
+test('loader — a definition key the API does not have (a misspelling) is PLUGIN_INVALID naming it, the key it likely meant, and the keys allowed', async () => {
+  // Before: '"(definition)" Unrecognized key: "dependecies"', with nothing of what is allowed.
   const problem = onlyProblem(await load(fixture('misspelt-key')));
   assert.equal(problem.code, 'PLUGIN_INVALID');
-  assert.match(problem.message, /dependecies/);
+  assert.match(
+    problem.message,
+    /^plugin in file:\/\/\S+\/misspelt-key\/index\.ts: unknown key "dependecies" in the definition \(did you mean "dependencies"\?\); allowed: name, version, api, description, dependencies, provides, requires, capabilityModules, options, messages, errors, hooks, checkOptions$/,
+  );
+  // Inside a message definition: the keys a message takes.
+  const nested = definitionKeysAt(['messages', 'test.x']);
+  assert.deepEqual(nested, ['payload', 'handler', 'description', 'pool', 'serializeBy', 'handlesRepeats', 'seesInFlight']);
+  assert.ok(definitionKeysAt(['messages', 'test.x', 'pool'])?.includes('cancelGraceMs'));
+  assert.equal(definitionKeysAt(['name']), undefined, 'not an object');
+});
+
+test('loader — a handler module named in use: is PLUGIN_INVALID saying so, and is not run', async () => {
+  // Before: it was called as a factory with the kit, and failed inside the handler ("reading 'log'").
+  const problem = onlyProblem(await load(fixture('handler-as-plugin')));
+  assert.equal(problem.code, 'PLUGIN_INVALID');
+  assert.match(problem.message, /handler-as-plugin\/index\.ts default-exports a function of 2 parameters, like a handler \(payload, ctx\); .*name the plugin's own module in "use"/);
 });
 
 test('loader — a factory that throws something other than an Error: its text is in the problem', async () => {
