@@ -41,15 +41,19 @@ export async function checkHostConfig(raw: RawConfig): Promise<HostConfigCheck> 
     for (const [type, definition] of Object.entries(plugin.plugin.messages ?? {})) {
       if (knownTypes.has(type)) continue; // reported as PLUGIN_MESSAGE_CONFLICT
       knownTypes.add(type);
-      const merged = { ...defaultPoolSettings, ...definition.pool, ...core.pools[type] };
+      const override = core.pools[type];
+      const merged = { ...defaultPoolSettings, ...definition.pool, ...override };
       const pool = poolSettingsSchema.safeParse(merged);
       if (!pool.success || merged.minThreads > merged.maxThreads) {
+        // Each value with where it came from: the one to change may be a default the config never named.
+        const from = (key: keyof typeof merged) =>
+          `${key} ${merged[key]} (${override?.[key] !== undefined ? 'this config' : definition.pool?.[key] !== undefined ? `plugin "${plugin.plugin.name}"'s default` : 'the core default'})`;
         problems.push({
           code: 'CONFIG_INVALID',
           file: raw.file,
           path: `pools.${type}`,
           message: pool.success ? 'minThreads is larger than maxThreads' : pool.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '),
-          found: JSON.stringify(merged),
+          found: pool.success ? `${from('minThreads')}, ${from('maxThreads')}` : JSON.stringify(merged),
         });
         continue;
       }
