@@ -2,6 +2,7 @@
  * The per-host agent: plugins → pools → transport, and the reverse on shutdown. `runAgent` adds the
  * process concerns (signals, exit code) around it.
  */
+import { withPluginLogFields } from './handler-log-fields.ts';
 import process from 'node:process';
 import { CloudletError, registerPluginErrors, thrownMessage } from './errors.ts';
 import { makeEvent, makeRequest, messageTypeSchema } from './envelope.ts';
@@ -99,7 +100,7 @@ export class Agent {
     return {
       options: plugin.options,
       host: this.host,
-      log: this.log.child({ plugin: plugin.plugin.name }),
+      log: withPluginLogFields(this.log.child({ plugin: plugin.plugin.name })),
       emitEvent: async (type, payload) => {
         if (!messageTypeSchema.safeParse(type).success) {
           throw new CloudletError('BAD_ENVELOPE', `plugin "${plugin.plugin.name}" emitted an event with an invalid type ${JSON.stringify(type)}`);

@@ -1,4 +1,5 @@
-/** A handler's log fields, made safe to write beside the agent's own on one JSON line. */
+/** A plugin's log fields (a handler's, a hook's), made safe to write beside the agent's own on one JSON line. */
+import type { PluginLogger } from './plugin-api.ts';
 
 /**
  * The keys the agent writes on a handler's log line itself: pino's own and the message's bindings. A
@@ -15,4 +16,19 @@ export function handlerLogFields(fields: Record<string, unknown>): Record<string
   const moved: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(fields)) (AGENT_LOG_KEYS.has(key) ? moved : kept)[key] = value;
   return { ...kept, handlerFields: moved };
+}
+
+/**
+ * The logger a plugin's hooks get: `parent` (bound to the plugin), with the same rule for their fields. An
+ * Error logged as the object is passed on whole, for pino to write its message and stack.
+ */
+export function withPluginLogFields(parent: PluginLogger): PluginLogger {
+  const at =
+    (level: keyof PluginLogger) =>
+    (obj: object | string, msg?: string): void => {
+      const fields = typeof obj === 'object' && obj !== null && !(obj instanceof Error) ? handlerLogFields(obj as Record<string, unknown>) : obj;
+      if (msg === undefined) parent[level](fields);
+      else parent[level](fields, msg);
+    };
+  return { trace: at('trace'), debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') };
 }

@@ -264,6 +264,20 @@ test("agent — a handler's log fields named like the agent's own (msg, msgId, l
   assert.deepEqual(parsed.handlerFields, { msg: 'own msg', msgId: 'spoofed', level: 99 });
 });
 
+test("agent — a hook's log fields named like the agent's own go under handlerFields too; an Error logged whole keeps its message and stack", async (t) => {
+  const hookLogs = fileURLToPath(new URL('../fixtures/plugins/hook-logs/index.ts', import.meta.url));
+  const { logs, logText } = await startAgent(t, { plugins: [{ use: hookLogs }] });
+  const line = logText().split('\n').find((text) => text.includes('"hook fields"'));
+  assert.ok(line, logText());
+  const topLevel = line.replace(/"handlerFields":\{[^}]*\}/, '');
+  for (const key of ['host', 'msg', 'plugin']) assert.equal(topLevel.split(`"${key}":`).length - 1, 1, `one "${key}" on ${line}`);
+  const parsed = JSON.parse(line) as Record<string, unknown>;
+  assert.deepEqual([parsed.host, parsed.plugin, parsed.detail, parsed.handlerFields], ['test-host', 'hook-logs', 1, { host: 'spoofed', msg: 'own msg', plugin: 'other' }]);
+  const errorLine = logs().find((entry) => entry.msg === 'hook error') as { err?: { message?: string; stack?: string; code?: string } } | undefined;
+  assert.deepEqual([errorLine?.err?.message, errorLine?.err?.code], ['hook error on purpose', 'HOOK_E']);
+  assert.match(errorLine?.err?.stack ?? '', /hook-logs\/index\.ts/);
+});
+
 test('agent — many concurrent requests on one connection are matched to their replies by id', async (t) => {
   const { client } = await startAgent(t, withTestkit);
   const replies = await Promise.all(
