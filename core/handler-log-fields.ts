@@ -4,9 +4,10 @@ import type { PluginLogger } from './plugin-api.ts';
 /**
  * The keys the agent writes on a handler's log line itself: pino's own and the message's bindings. A
  * handler's field of the same name would be written beside it, a second `"msg"` or `"msgId"` in one JSON
- * line, which most readers take the last of: a handler could log under another message's id.
+ * line, which most readers take the last of: a handler could log under another message's id. (The agent's
+ * logger writes no `pid` or `hostname`: a plugin's `pid`, a QEMU's say, stays where it was.)
  */
-const AGENT_LOG_KEYS: ReadonlySet<string> = new Set(['level', 'time', 'pid', 'hostname', 'msg', 'host', 'msgId', 'type', 'plugin']);
+const AGENT_LOG_KEYS: ReadonlySet<string> = new Set(['level', 'time', 'msg', 'host', 'msgId', 'type', 'plugin']);
 
 /** A handler's log fields, those named like the agent's own moved under `handlerFields`. */
 export function handlerLogFields(fields: Record<string, unknown>): Record<string, unknown> {
