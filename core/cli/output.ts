@@ -43,7 +43,8 @@ export const HINTS: Readonly<Record<string, string>> = {
 
 /** A VM that is not running has no address to find: the generic IP_NOT_FOUND hint would mislead. */
 function hintFor(error: { code: string; details?: unknown }): string | undefined {
-  const details = error.details as { state?: unknown; vm?: unknown } | undefined;
+  const details = error.details as { state?: unknown; vm?: unknown; noDiscovery?: unknown } | undefined;
+  if (error.code === 'IP_NOT_FOUND' && details?.noDiscovery === true) return 'add ip-discovery-dnsmasq, ip-discovery-arp or ip-discovery-guest-agent to that host\'s plugins (docs/QEMU.md section 14)';
   if (error.code === 'IP_NOT_FOUND' && details?.state === 'stopped') return `start it first: "cloudlet vm start ${typeof details.vm === 'string' ? details.vm : 'VM'}"`;
   return HINTS[error.code];
 }

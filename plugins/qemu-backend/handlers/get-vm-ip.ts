@@ -18,6 +18,8 @@ export default defineHandler(getVmIpPayload, qemuOptionsSchema, async ({ vm, wai
   }
   const strategies = await loadStrategies(ctx.options, ctx);
   if (strategies.length === 0) {
+    // A wait could only run out: said now, as an error, so that a script does not take "no address" for one.
+    if (wait) throw qemuError('IP_NOT_FOUND', `cannot wait for an address of ${vm}: host ${ctx.host.id} has no ip-discovery plugin configured`, { vm, noDiscovery: true });
     return { vm, mac: record.mac, addresses: [], strategies: [], hint: 'this host has no ip-discovery plugin configured' };
   }
   const pidfile = vmPaths(ctx.options.stateDir, vm).pidfile;
