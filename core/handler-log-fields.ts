@@ -11,8 +11,7 @@ const AGENT_LOG_KEYS: ReadonlySet<string> = new Set(['level', 'time', 'msg', 'ho
 
 /** A handler's log fields, those named like the agent's own moved under `handlerFields`. */
 export function handlerLogFields(fields: Record<string, unknown>): Record<string, unknown> {
-  const clashing = Object.keys(fields).filter((key) => AGENT_LOG_KEYS.has(key));
-  if (clashing.length === 0) return fields;
+  if (!Object.keys(fields).some((key) => AGENT_LOG_KEYS.has(key))) return fields;
   const kept: Record<string, unknown> = {};
   const moved: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(fields)) (AGENT_LOG_KEYS.has(key) ? moved : kept)[key] = value;

@@ -266,7 +266,8 @@ export class PoolManager {
     // Whichever comes first, the pool's timeout or the caller's deadline, decides the error code.
     const limitedByDeadline = untilDeadlineMs < untilTimeoutMs;
     const budgetMs = Math.max(0, Math.min(untilTimeoutMs, untilDeadlineMs));
-    const effectiveDeadline = Date.now() + budgetMs;
+    // From the same clock reading as the budget: the handler's deadline is exactly the earlier of the two limits.
+    const effectiveDeadline = now + budgetMs;
 
     return new Promise<RunOutcome>((resolve) => {
       let settled = false;

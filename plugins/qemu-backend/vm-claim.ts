@@ -175,9 +175,9 @@ export async function pruneStaleClaims(stateDir: string, runStartedAt: number): 
   });
   let removed = 0;
   for (const name of names) {
-    const dot = name.lastIndexOf('.');
-    const n = Number(name.slice(dot + 1));
-    if (dot <= 0 || !/^[1-9][0-9]{0,15}$/.test(name.slice(dot + 1)) || !Number.isSafeInteger(n)) continue;
+    const dot = name.lastIndexOf('.'); // ids hold dots too: the number is after the last
+    const n = dot > 0 ? entryNumber(name, name.slice(0, dot + 1)) : undefined;
+    if (n === undefined) continue;
     const entry = await entryAt(join(dir, name), n);
     if (entry === undefined) continue;
     const earlierRun = entry.pid === process.pid && entry.madeAt < runStartedAt;
@@ -199,13 +199,18 @@ async function removeIfSame(entry: Entry): Promise<boolean> {
   );
 }
 
+/** The number of an entry named `<prefix><n>` (prefix `<vm id>.`), if it is one: up to 16 digits, a safe integer. */
+function entryNumber(name: string, prefix: string): number | undefined {
+  if (!name.startsWith(prefix) || !/^[1-9][0-9]{0,15}$/.test(name.slice(prefix.length))) return undefined;
+  const n = Number(name.slice(prefix.length));
+  return Number.isSafeInteger(n) ? n : undefined;
+}
+
 /** The claim's entries, lowest number first. */
 async function entriesOf(dir: string, id: string): Promise<Entry[]> {
-  const prefix = `${id}.`;
   const numbers = (await readdir(dir))
-    .filter((name) => name.startsWith(prefix) && /^[1-9][0-9]{0,15}$/.test(name.slice(prefix.length)))
-    .map((name) => Number(name.slice(prefix.length)))
-    .filter(Number.isSafeInteger)
+    .map((name) => entryNumber(name, `${id}.`))
+    .filter((n): n is number => n !== undefined)
     .sort((a, b) => a - b);
   const entries = await Promise.all(numbers.map((n) => entryAt(join(dir, `${id}.${n}`), n)));
   return entries.filter((entry): entry is Entry => entry !== undefined);
