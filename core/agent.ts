@@ -14,7 +14,8 @@ import { PoolManager, type PoolSpec } from './pools.ts';
 import type { AgentView, CapabilityProvider, DispatchReply, HostIdentity, LoadedPluginSummary, PluginHookContext } from './plugin-api.ts';
 import { dependencyOptionsFor } from './plugins/checks.ts';
 import type { LoadedPlugin } from './plugins/loader.ts';
-import { createAgentTransport, type AgentTransport } from './transports/index.ts';
+import { createAgentTransport, successorWaitMs, type AgentTransport } from './transports/index.ts';
+import { lockFolder, realFolder, type FolderLock } from './folder-lock.ts';
 import { AGENT_VERSION } from './version.ts';
 import type { LogLevelName } from '../workers/protocol.ts';
 import { RUNNING_FROM } from './runtime/package-root.ts';
@@ -50,6 +51,8 @@ export class Agent {
   #pools: PoolManager | undefined;
   #dispatcher: Dispatcher | undefined;
   #started: LoadedPlugin[] = [];
+  /** Folders held for this agent (ctx.holdFolder), by real path; released once the agent has stopped. */
+  readonly #heldFolders = new Map<string, FolderLock>();
   #stopping: Promise<void> | undefined;
   readonly #observers = new Set<DispatchObserver>();
   #state: 'starting' | 'running' | 'stopping' = 'starting';
@@ -80,8 +83,8 @@ export class Agent {
         hostId: config.hostId,
         log: this.log,
         identity: { version: AGENT_VERSION, plugins: config.plugins.map((p) => p.plugin.name), startedAt: this.host.startedAt },
-        stopHooks: config.plugins.filter((p) => p.plugin.hooks?.stop).length,
-        longestCancelGraceMs: Math.max(0, ...[...config.messages.values()].map((route) => route.pool.cancelGraceMs)),
+        stopHooks: countStopHooks(config),
+        longestCancelGraceMs: longestCancelGraceMs(config),
         handlesRepeats: typesThatHandleRepeats(config),
       });
   }
@@ -111,11 +114,35 @@ export class Agent {
       dependencyOptions: dependencyOptionsFor(plugin, this.config.plugins),
       agent: this.#view,
       dispatch: (type, payload, options = {}) => this.#dispatchLocally(type, payload, options),
+      holdFolder: (path, setting) => this.#holdFolder(plugin.plugin.name, path, setting),
       transport: {
         kind: this.transport.kind,
         addInboundRoute: (route) => this.transport.addInboundRoute?.(route),
       },
     };
+  }
+
+  async #holdFolder(plugin: string, path: string, setting: string | undefined): Promise<void> {
+    if (this.#state === 'stopping') throw new Error(`ctx.holdFolder(${JSON.stringify(path)}) was called while the agent stops; call it from an init or start hook`);
+    // Another plugin of this agent may hold it already (the sweeper works in qemu-backend's folder).
+    if (this.#heldFolders.has(await realFolder(path))) return;
+    const lock = await lockFolder(path, {
+      host: this.host.id,
+      plugin,
+      ...(setting ? { setting } : {}),
+      state: () => this.#state,
+      // A restart that did not wait for the old agent: it is given as long as a socket path's successor.
+      stoppingWaitMs: successorWaitMs(this.config.core.shutdown, { stopHooks: countStopHooks(this.config), longestCancelGraceMs: longestCancelGraceMs(this.config) }),
+      onWaiting: (message) => this.log.info({ plugin, folder: path }, message),
+      onUnavailable: (message) => this.log.warn({ plugin, folder: path }, message),
+    });
+    this.#heldFolders.set(lock.folder, lock);
+  }
+
+  async #releaseFolders(): Promise<void> {
+    const locks = [...this.#heldFolders.values()];
+    this.#heldFolders.clear();
+    for (const lock of locks) await lock.release();
   }
 
   /** A message from a plugin to this host's own handlers, through the same dispatcher as the wire. */
@@ -247,6 +274,8 @@ export class Agent {
     try {
       await fn(this.#hookContext(plugin));
     } catch (cause) {
+      // The agent's own refusal (ctx.holdFolder), not the plugin's failure: its code tells the operator what to do.
+      if (cause instanceof CloudletError && cause.code === 'FOLDER_IN_USE') throw cause;
       throw new CloudletError('PLUGIN_HOOK_FAILED', `plugin "${plugin.plugin.name}" failed in its ${hook} hook: ${thrownMessage(cause)}`, {
         cause,
         details: { plugin: plugin.plugin.name, hook },
@@ -303,7 +332,9 @@ export class Agent {
       for (const p of [...this.#started].reverse()) await this.#runStopHook(p);
       await this.#pools?.destroy();
     } finally {
-      // Last, and even after a failure above: it releases the socket path's lock, which a successor waits for.
+      // After the stop hooks, and even after a failure above: a successor waits for these.
+      await this.#releaseFolders();
+      // Last: it releases the socket path's lock, which a successor waits for.
       await this.transport.close();
     }
     this.log.info(drained, 'stopped');
@@ -354,6 +385,14 @@ export async function runAgent(config: HostConfig, options: AgentOptions = {}): 
   } finally {
     for (const name of SHUTDOWN_SIGNALS) process.off(name, onSignal);
   }
+}
+
+function countStopHooks(config: HostConfig): number {
+  return config.plugins.filter((p) => p.plugin.hooks?.stop).length;
+}
+
+function longestCancelGraceMs(config: HostConfig): number {
+  return Math.max(0, ...[...config.messages.values()].map((route) => route.pool.cancelGraceMs));
 }
 
 /** The message types whose plugins answer repeats of a request id themselves (MessageDefinition.handlesRepeats). */

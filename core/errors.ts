@@ -32,6 +32,7 @@ export const errorCatalogue = {
   INTERNAL: { message: 'an internal error occurred', retryable: false },
   AGENT_ALREADY_RUNNING: { message: 'another agent already listens on the configured address', retryable: false },
   SOCKET_UNSAFE: { message: 'the local socket path is not safe to use', retryable: false },
+  FOLDER_IN_USE: { message: 'another agent on this machine uses a folder this agent would use', retryable: false },
   // Routing between hosts (RabbitMQ transport)
   BROKER_UNAVAILABLE: { message: 'the message broker cannot be reached', retryable: true },
   UNKNOWN_HOST: { message: 'no host with this id takes direct requests on this cloud', retryable: false },

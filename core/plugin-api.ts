@@ -119,6 +119,15 @@ export interface PluginHookContext<Options> {
    * (the sweeper reads qemu-backend's folders). Added in core API 1.6.
    */
   dependencyOptions: Readonly<Record<string, unknown>>;
+  /**
+   * Holds a folder of lasting state for this agent alone, until the agent has stopped (after the stop hooks;
+   * the kernel frees it if the process dies). Another agent on this machine that holds the same folder (by
+   * its real path) makes this throw FOLDER_IN_USE, naming that agent; one that is stopping is waited for.
+   * Call it from an init or start hook, before touching the folder; the folder must exist. Holding a folder
+   * this agent already holds (another of its plugins) is a no-op. `setting` names the option that set the
+   * folder, for the refusal's advice. Added in core API 1.13.
+   */
+  holdFolder(path: string, setting?: string): Promise<void>;
   /** Read-only views of the running agent, for monitoring plugins (metrics, health). Added in core API 1.5. */
   agent: AgentView;
   /** The agent's transport, for routing plugins. Added in core API 1.1. */

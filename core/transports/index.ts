@@ -20,7 +20,7 @@ const STOP_MARGIN_MS = 30_000;
  * ends its threads. A successor that gave up sooner would fail a restart whose old agent was merely slow to
  * stop.
  */
-function successorWaitMs(shutdown: { graceMs: number; stopHookMs: number }, context: Pick<AgentTransportContext, 'stopHooks' | 'longestCancelGraceMs'>): number {
+export function successorWaitMs(shutdown: { graceMs: number; stopHookMs: number }, context: Pick<AgentTransportContext, 'stopHooks' | 'longestCancelGraceMs'>): number {
   return shutdown.graceMs + context.longestCancelGraceMs + context.stopHooks * shutdown.stopHookMs + STOP_MARGIN_MS;
 }
 

@@ -4,14 +4,12 @@
  * temp directory that another user made first.
  */
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { lstat, mkdir, realpath, unlink } from 'node:fs/promises';
-import { createConnection, createServer, type Server } from 'node:net';
+import { createConnection, type Server } from 'node:net';
 import { basename, dirname, join, sep } from 'node:path';
 import { tmpdir } from 'node:os';
 import process from 'node:process';
-import { parseArgs } from 'node:util';
-import { FLAGS } from '../cli/args.ts';
+import { askLockHolder, findLockHolder, listenOrInUse, type LockHolderFound } from '../abstract-lock.ts';
 import { seconds } from '../cli/output.ts';
 import { cloudletError } from '../errors.ts';
 
@@ -170,7 +168,7 @@ export async function lockSocketPath(socketPath: string, options: SocketPathLock
     if (server) return heldBy(server, state);
     await refuseIfServed(socketPath);
     // Asked until it says it is stopping; after that it only releases, and the wait is set.
-    if (!waitedForStop) said = (await holderSays(name)) ?? said;
+    if (!waitedForStop) said = holderState(await askLockHolder(name)) ?? said;
     if (said === 'stopping' && !waitedForStop) {
       waitedForStop = true;
       giveUpAt = Math.max(giveUpAt, Date.now() + (options.stoppingWaitMs ?? waitMs));
@@ -191,8 +189,6 @@ export async function lockSocketPath(socketPath: string, options: SocketPathLock
 }
 
 function heldBy(server: Server, state: { current: SocketPathLockState }): SocketPathLock {
-  // The agent's own socket and work keep the process alive, not its lock.
-  server.unref();
   return {
     held: true,
     setState: (next) => void (state.current = next),
@@ -202,38 +198,14 @@ function heldBy(server: Server, state: { current: SocketPathLockState }): Socket
   };
 }
 
-/**
- * What the lock's holder says it is doing: one line, read within half a second. Anyone can take an
- * abstract name, so this only decides how long to wait (never longer than stoppingWaitMs), not whether.
- */
-async function holderSays(name: string): Promise<SocketPathLockState | undefined> {
-  return new Promise((resolve) => {
-    const probe = createConnection(name);
-    let text = '';
-    const done = () => {
-      clearTimeout(timer);
-      probe.destroy();
-      const word = text.split('\n')[0];
-      resolve(word === 'starting' || word === 'running' || word === 'stopping' ? word : undefined);
-    };
-    const timer = setTimeout(done, 500);
-    probe.setEncoding('utf8');
-    probe.on('data', (chunk: string) => {
-      text += chunk;
-      if (text.includes('\n') || text.length > 64) done();
-    });
-    probe.on('end', done);
-    probe.on('error', done);
-  });
+/** What a socket path lock's holder says it is doing (one word); undefined for anything else. */
+function holderState(line: string | undefined): SocketPathLockState | undefined {
+  return line === 'starting' || line === 'running' || line === 'stopping' ? line : undefined;
 }
 
-/** What the search for a held lock's holder found. */
-export interface LockHolderSearch {
-  holder?: { pid: number; uid: number };
-  /** What the holder said it was doing, when it answered (an agent does). */
+/** What the search for a held lock's holder found, and what the holder said it was doing (an agent says). */
+export interface LockHolderSearch extends LockHolderFound {
   said?: SocketPathLockState;
-  /** Processes of this user running cloudlet's agent whose open files it may not read (they hold capabilities it lacks). */
-  uninspectedOwn: number[];
 }
 
 /**
@@ -264,104 +236,3 @@ export function onHeldLock(search: LockHolderSearch, uid: number | undefined): {
   return { holder: holder ? `process ${holder.pid} of uid ${holder.uid}` : 'a process this user cannot see' };
 }
 
-/**
- * Which process listens on an abstract socket, as far as this user can see: /proc/net/unix gives the
- * socket's inode (abstract names shown with `@`), /proc/<pid>/fd the process holding it. Another user's
- * process is visible only to root. Synchronous: /proc is in memory, and this runs only at a start that
- * found the lock held. Processes that end meanwhile are skipped.
- */
-function findLockHolder(name: string): LockHolderSearch {
-  const search: LockHolderSearch = { uninspectedOwn: [] };
-  const shown = `@${name.slice(1)}`;
-  let table = '';
-  try {
-    table = readFileSync('/proc/net/unix', 'utf8');
-  } catch {
-    return search;
-  }
-  const inodes = new Set<string>();
-  for (const line of table.split('\n')) {
-    const fields = line.trim().split(/\s+/);
-    // Node binds the whole sun_path, so the name is padded with NULs, shown as trailing `@`s.
-    if (fields[7]?.replace(/@+$/, '') === shown && fields[6] !== undefined) inodes.add(`socket:[${fields[6]}]`);
-  }
-  if (inodes.size === 0) return search;
-  const uid = process.getuid?.();
-  let entries: string[] = [];
-  try {
-    entries = readdirSync('/proc');
-  } catch {
-    return search;
-  }
-  for (const entry of entries) {
-    if (!/^\d+$/.test(entry)) continue;
-    let fds: string[];
-    try {
-      fds = readdirSync(`/proc/${entry}/fd`);
-    } catch (error) {
-      // A capability-bounded agent (the shipped service unit) cannot look into any process with more
-      // capabilities than its own, pid 1 included; only those that run cloudlet's agent count.
-      if ((error as NodeJS.ErrnoException).code === 'EACCES' && ownedBy(`/proc/${entry}`) === uid && looksLikeAgent(commandLine(entry))) {
-        search.uninspectedOwn.push(Number(entry));
-      }
-      continue;
-    }
-    for (const fd of fds) {
-      let target: string;
-      try {
-        target = readlinkSync(`/proc/${entry}/fd/${fd}`);
-      } catch {
-        continue;
-      }
-      if (inodes.has(target)) {
-        const owner = ownedBy(`/proc/${entry}`);
-        if (owner !== undefined) return { holder: { pid: Number(entry), uid: owner }, uninspectedOwn: [] };
-      }
-    }
-  }
-  return search;
-}
-
-/**
- * Pure: a command line that runs `cloudlet agent`: the installed command (`/usr/bin/cloudlet agent …`,
- * `node /usr/bin/cloudlet agent …`) or a checkout's `core/cli/bin.js agent …`. Anyone can read a process's
- * command line, even where its open files are closed to them.
- */
-export function looksLikeAgent(argv: readonly string[]): boolean {
-  const command = argv.findIndex((arg) => basename(arg) === 'cloudlet' || arg.endsWith('/core/cli/bin.js') || arg === 'core/cli/bin.js');
-  if (command < 0) return false;
-  // Read as the CLI reads it: the command is the first word that is not a flag or a flag's value, so
-  // `cloudlet --config x agent` is an agent and `cloudlet vm list --host agent` is not.
-  const { positionals } = parseArgs({ args: argv.slice(command + 1), options: FLAGS, allowPositionals: true, strict: false });
-  return positionals[0] === 'agent';
-}
-
-function commandLine(pid: string): string[] {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-  } catch {
-    return [];
-  }
-}
-
-function ownedBy(path: string): number | undefined {
-  try {
-    return statSync(path).uid;
-  } catch {
-    return undefined;
-  }
-}
-
-/** A listener on `name` that tells each connection `state()` and cuts it, or undefined when the name is in use. */
-async function listenOrInUse(name: string, state: () => SocketPathLockState): Promise<Server | undefined> {
-  const server = createServer((connection) => {
-    connection.on('error', () => undefined);
-    // The line stays readable after the cut (unix sockets queue it on the reader's side).
-    connection.write(`${state()}\n`, () => connection.destroy());
-    connection.unref();
-  });
-  return new Promise<Server | undefined>((resolve, reject) => {
-    server.once('error', (error: NodeJS.ErrnoException) => (error.code === 'EADDRINUSE' ? resolve(undefined) : reject(error)));
-    server.listen(name, () => resolve(server));
-  });
-}

@@ -2,6 +2,7 @@
  * qemu-backend: VMs from base images (qcow2 overlays), one QEMU process each, controlled over QMP.
  * Handlers are stateless; a VM's lasting state is its folder under `stateDir` and its QEMU process.
  */
+import { mkdir } from 'node:fs/promises';
 import { definePlugin } from '../../core/plugin-api.ts';
 import { qemuErrors } from './errors.ts';
 import { qemuOptionsSchema } from './options.ts';
@@ -13,7 +14,7 @@ const handler = (name: string) => new URL(`./handlers/${name}.ts`, import.meta.u
 export default definePlugin({
   name: 'qemu-backend',
   version: '1.0.0',
-  api: '^1.12.0',
+  api: '^1.13.0',
   description: 'QEMU VMs from base images, controlled over QMP.',
   provides: ['vm-backend'],
   options: qemuOptionsSchema,
@@ -38,6 +39,10 @@ export default definePlugin({
   },
   hooks: {
     async start(ctx) {
+      // One agent per stateDir, before anything in it is touched: a second agent would re-attach this one's
+      // VMs, and its start-up clean-up would end a create this one is running.
+      await mkdir(ctx.options.stateDir, { recursive: true, mode: 0o750 });
+      await ctx.holdFolder(ctx.options.stateDir, 'stateDir');
       await reconcileVms(ctx.options, ctx.log, ctx.host.startedAt);
     },
   },

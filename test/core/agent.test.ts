@@ -10,6 +10,7 @@ import { checkHostConfig } from '../../core/config/host-config.ts';
 import { rawConfigFrom } from '../../core/config/load.ts';
 import { dirname, join } from 'node:path';
 import { Agent } from '../../core/agent.ts';
+import { lockFolder } from '../../core/folder-lock.ts';
 import { loadHostConfig } from '../../core/config/host-config.ts';
 import { createLogger, memoryDestination } from '../../core/logger.ts';
 
@@ -276,6 +277,25 @@ test("agent — a hook's log fields named like the agent's own go under handlerF
   const errorLine = logs().find((entry) => entry.msg === 'hook error') as { err?: { message?: string; stack?: string; code?: string } } | undefined;
   assert.deepEqual([errorLine?.err?.message, errorLine?.err?.code], ['hook error on purpose', 'HOOK_E']);
   assert.match(errorLine?.err?.stack ?? '', /hook-logs\/index\.ts/);
+});
+
+test('agent — ctx.holdFolder: one lock per folder for the agent, shared by its plugins, released once the agent has stopped', async (t) => {
+  const folder = await tempDir(t);
+  const holder = fileURLToPath(new URL('../fixtures/plugins/folder-holder/index.ts', import.meta.url));
+  // qemu-backend holds its stateDir too: the same folder, held by another plugin of the same agent, is no refusal.
+  const images = await tempDir(t);
+  const { agent, logs } = await startAgent(t, { plugins: [{ use: holder, options: { folder } }, { use: 'qemu-backend', options: { stateDir: folder, imagesDir: images } }] });
+  const other = { host: 'other', plugin: 'p', state: () => 'starting' as const, stoppingWaitMs: 0 };
+  await assert.rejects(lockFolder(folder, other), (error: { code?: string; message: string }) => {
+    assert.equal(error.code, 'FOLDER_IN_USE');
+    assert.match(error.message, /in use by the agent of host "test-host" \(process \d+, plugin "folder-holder", running\)/);
+    return true;
+  });
+  await agent.stop('test');
+  assert.match(String((logs().find((entry) => entry.msg === 'hold refused in stop') as { refused?: string } | undefined)?.refused), /was called while the agent stops; call it from an init or start hook/);
+  const after = await lockFolder(folder, other);
+  assert.equal(after.held, true, 'released by the stop');
+  await after.release();
 });
 
 test('agent — many concurrent requests on one connection are matched to their replies by id', async (t) => {

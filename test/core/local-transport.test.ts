@@ -19,7 +19,8 @@ import { makeEvent, makeRequest, type ReplyEnvelope } from '../../core/envelope.
 import { createLogger, memoryDestination } from '../../core/logger.ts';
 import { FrameReader, salvageIds } from '../../core/transports/ndjson.ts';
 import { LocalAgentTransport, LocalClientTransport } from '../../core/transports/local.ts';
-import { lockSocketPath, looksLikeAgent, onHeldLock, socketLockName } from '../../core/transports/socket-path.ts';
+import { lockSocketPath, onHeldLock, socketLockName } from '../../core/transports/socket-path.ts';
+import { looksLikeAgent } from '../../core/abstract-lock.ts';
 import { startAgent, tempDir, testkitPath, until } from '../helpers.ts';
 
 const withTestkit = { plugins: [{ use: testkitPath, options: {} }] };

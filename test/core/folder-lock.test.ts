@@ -1,0 +1,118 @@
+/**
+ * The lock that keeps two agents on one machine from sharing a folder of lasting state (core/folder-lock.ts).
+ * Holders here are this process (as an agent's plugin would hold it) and child processes of other users.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdir, symlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import process from 'node:process';
+import test from 'node:test';
+import { folderLockName, lockFolder, onHeldFolder, parseHolder, realFolder, type FolderHolderState, type FolderLockOptions } from '../../core/folder-lock.ts';
+import { tempDir } from '../helpers.ts';
+
+function holder(host: string, state: { current: FolderHolderState }, extra: Partial<FolderLockOptions> = {}): FolderLockOptions {
+  return { host, plugin: 'qemu-backend', setting: 'stateDir', state: () => state.current, stoppingWaitMs: 0, ...extra };
+}
+
+test('folder lock — a second holder is refused at once, naming the first; by any path to the folder; free again once released', { timeout: 30_000 }, async (t) => {
+  const dir = await tempDir(t);
+  const folder = join(dir, 'state');
+  await mkdir(folder);
+  await symlink(folder, join(dir, 'link'));
+  const first = await lockFolder(folder, holder('a', { current: 'running' }));
+  t.after(() => first.release());
+  assert.equal(first.held, true);
+
+  // A running holder is not waited for (only a stopping one is): a wait of stoppingWaitMs (60 s) would
+  // outlast the test's timeout (30 s).
+  for (const path of [folder, join(dir, 'link'), join(dir, 'state', '..', 'state')]) {
+    await assert.rejects(lockFolder(path, holder('b', { current: 'starting' }, { stoppingWaitMs: 60_000 })), (error: { code?: string; message: string; details?: Record<string, unknown> }) => {
+      assert.equal(error.code, 'FOLDER_IN_USE');
+      assert.equal(
+        error.message,
+        `${first.folder} is in use by the agent of host "a" (process ${process.pid}, plugin "qemu-backend", running); two agents must not share it: stop the other agent, or give each its own stateDir (plugin "qemu-backend")`,
+      );
+      assert.deepEqual(error.details, { folder: first.folder, plugin: 'qemu-backend', holderPid: process.pid, holderHost: 'a', holderPlugin: 'qemu-backend', holderState: 'running' });
+      return true;
+    });
+  }
+  await first.release();
+  const second = await lockFolder(join(dir, 'link'), holder('b', { current: 'starting' }));
+  assert.equal(second.held, true);
+  await second.release();
+});
+
+test('folder lock — a holder that says it is stopping is waited for up to stoppingWaitMs, then refused', { timeout: 30_000 }, async (t) => {
+  const folder = await tempDir(t);
+  const state = { current: 'running' as FolderHolderState };
+  const old = await lockFolder(folder, holder('a', state));
+  t.after(() => old.release());
+  state.current = 'stopping';
+
+  const said: string[] = [];
+  await assert.rejects(lockFolder(folder, holder('a', { current: 'starting' }, { stoppingWaitMs: 300, onWaiting: (m) => said.push(m) })), (error: { code?: string; message: string }) => {
+    assert.equal(error.code, 'FOLDER_IN_USE');
+    assert.match(error.message, /in use by the agent of host "a" \(process \d+, plugin "qemu-backend", still stopping after the wait\)/);
+    return true;
+  });
+  assert.deepEqual(said, [`the agent of host "a" (process ${process.pid}) is stopping and still holds ${old.folder}; waiting up to 0.3 s for it to finish`]);
+
+  let settled = false;
+  const patient = lockFolder(folder, holder('a', { current: 'starting' }, { stoppingWaitMs: 60_000 })).finally(() => (settled = true));
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.equal(settled, false, 'took the folder while its holder was still stopping');
+  await old.release();
+  const taken = await patient;
+  assert.equal(taken.held, true);
+  await taken.release();
+});
+
+/** A child process of `uid` that listens on the lock's name and says nothing; resolves once it listens. */
+async function squat(t: test.TestContext, name: string, uid: number): Promise<number> {
+  const child = spawn(process.execPath, ['-e', `require('node:net').createServer().listen(${JSON.stringify(name)}, () => console.log('up'))`], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    uid,
+    gid: uid,
+  });
+  t.after(() => child.kill('SIGKILL'));
+  await new Promise((resolve) => child.stdout?.once('data', resolve));
+  return child.pid as number;
+}
+
+test('folder lock — a name squatted by another user is gone around (said in a warning); one of this user\'s processes is not', { timeout: 30_000 }, async (t) => {
+  const folder = await tempDir(t);
+  const name = folderLockName(await realFolder(folder));
+  const squatter = await squat(t, name, 65534);
+  const warnings: string[] = [];
+  const around = await lockFolder(folder, holder('a', { current: 'starting' }, { onUnavailable: (m) => warnings.push(m) }));
+  assert.equal(around.held, false);
+  assert.deepEqual(warnings, [`the lock on ${around.folder} is held by process ${squatter} of uid 65534, which is not a cloudlet agent of this user; going on without it`]);
+
+  const other = await tempDir(t);
+  const own = await squat(t, folderLockName(await realFolder(other)), process.getuid?.() ?? 0);
+  await assert.rejects(lockFolder(other, holder('a', { current: 'starting' })), (error: { code?: string; message: string }) => {
+    assert.equal(error.code, 'FOLDER_IN_USE');
+    assert.match(error.message, new RegExp(`is in use by process ${own}, which does not say what it is doing; two agents must not share it`));
+    return true;
+  });
+});
+
+test('folder lock — a folder that does not exist is named, not locked', async (t) => {
+  const dir = await tempDir(t);
+  await assert.rejects(lockFolder(join(dir, 'nope'), holder('a', { current: 'starting' })), { message: `cannot hold ${join(dir, 'nope')}: it does not exist (create it before holding it)` });
+});
+
+test('folder lock — pure parts: what a holder says, and whom a start may go around', () => {
+  assert.deepEqual(parseHolder('{"state":"running","host":"a","plugin":"p","pid":7}'), { state: 'running', host: 'a', plugin: 'p', pid: 7 });
+  for (const line of [undefined, '', 'running', '{"state":"dancing","host":"a","plugin":"p","pid":7}', '{"state":"running","host":1,"plugin":"p","pid":7}', '[]', 'null']) {
+    assert.equal(parseHolder(line), undefined, String(line));
+  }
+  const options = { plugin: 'qemu-backend', setting: 'stateDir' };
+  const hidden = onHeldFolder('/s', { uninspectedOwn: [41, 42] }, undefined, 1000, options);
+  assert.match(String(hidden.refuse), /^\/s is locked, and cloudlet agents 41, 42 of this user could not be looked into/);
+  assert.deepEqual(hidden.details, { uninspectedPids: [41, 42] });
+  assert.deepEqual(onHeldFolder('/s', { holder: { pid: 9, uid: 65534 }, uninspectedOwn: [] }, undefined, 0, options), { holder: 'process 9 of uid 65534' });
+  assert.deepEqual(onHeldFolder('/s', { uninspectedOwn: [] }, undefined, 1000, options), { holder: 'a process this user cannot see' });
+  assert.match(String(onHeldFolder('/s', { holder: { pid: 9, uid: 0 }, uninspectedOwn: [] }, undefined, 0, { plugin: 'x' }).refuse), /give each its own folder$/);
+});
