@@ -33,7 +33,7 @@ export const HINTS: Readonly<Record<string, string>> = {
   IMAGE_NOT_FOUND: 'run "cloudlet image list" to see the base images each host has',
   IMAGE_INVALID: 'check the images folder (qemu-backend imagesDir); "cloudlet doctor" checks it',
   VM_LIMIT: 'ask for less memory or fewer vCPUs, or raise qemu-backend limits on that host',
-  QEMU_FAILED: 'see "cloudlet vm console-log VM" and the agent log (journalctl -u cloudlet); "cloudlet doctor" checks QEMU',
+  QEMU_FAILED: 'QEMU\'s own words are in the message and the agent log (journalctl -u cloudlet); for a VM that exists, "cloudlet vm console-log VM" shows its console (a failed create leaves none); "cloudlet doctor" checks QEMU',
   NETWORK_FAILED: 'check the bridge and /dev/net/tun with "cloudlet doctor"',
   IP_NOT_FOUND: 'is the guest up and is an ip-discovery plugin configured? "cloudlet vm console-log VM" shows the console',
   UNSIGNED: 'this host requires signed requests: set security.clientKeyFile (see docs/SECURITY.md)',
@@ -42,9 +42,16 @@ export const HINTS: Readonly<Record<string, string>> = {
 };
 
 /** A VM that is not running has no address to find: the generic IP_NOT_FOUND hint would mislead. */
-function hintFor(error: { code: string; details?: unknown }): string | undefined {
-  const details = error.details as { state?: unknown; vm?: unknown; noDiscovery?: unknown } | undefined;
+function hintFor(error: { code: string; message?: string; details?: unknown }): string | undefined {
+  const details = error.details as { state?: unknown; vm?: unknown; noDiscovery?: unknown; owner?: unknown } | undefined;
   if (error.code === 'IP_NOT_FOUND' && details?.noDiscovery === true) return 'add ip-discovery-dnsmasq, ip-discovery-arp or ip-discovery-guest-agent to that host\'s plugins (docs/QEMU.md section 14)';
+  // "Could not access KVM kernel module", "failed to initialize kvm", a KVM assertion (kvm_buf_set_msrs).
+  if (error.code === 'QEMU_FAILED' && /\bkvm/i.test(error.message ?? '')) {
+    return 'QEMU could not use KVM on that host: set "accel: tcg" in its qemu-backend options (slower, no KVM needed; docs/QEMU.md section 7) or fix /dev/kvm';
+  }
+  if (error.code === 'VM_NOT_FOUND' && typeof details?.owner === 'string') {
+    return `the VM id names host "${details.owner}": over RabbitMQ, leave out --host and the command goes there; an agent's local socket reaches only its own host's VMs`;
+  }
   if (error.code === 'IP_NOT_FOUND' && details?.state === 'stopped') return `start it first: "cloudlet vm start ${typeof details.vm === 'string' ? details.vm : 'VM'}"`;
   return HINTS[error.code];
 }

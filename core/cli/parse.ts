@@ -9,7 +9,7 @@ import { parseArgs } from 'node:util';
 import { cloudletError, type CloudletError } from '../errors.ts';
 import { COMMON_FLAGS, FLAGS, type CliValues, type FlagName } from './args.ts';
 import type { Command } from './command.ts';
-import { nearest } from './nearest.ts';
+import { nearest } from '../nearest.ts';
 
 /** One flag as written: `--image x`, `--image=x`, `-c FILE`, `-x`. */
 export interface FlagUse {

@@ -6,6 +6,7 @@
 import type { z } from 'zod';
 import { CloudletError } from '../errors.ts';
 import { formatPath } from '../envelope.ts';
+import { nearest } from '../nearest.ts';
 import { redactUrlCredentials } from '../redact.ts';
 
 export interface ConfigProblem {
@@ -115,7 +116,7 @@ export function problemsFromZod(
       case 'invalid_value':
         problem.found = describeValue(found);
         problem.allowed = issue.values.map((v) => JSON.stringify(v)).join(' | ');
-        problem.message = 'value not allowed';
+        problem.message = notAllowed(found, issue.values);
         break;
       case 'too_small':
         problem.found = describeValue(found);
@@ -142,6 +143,12 @@ export function problemsFromZod(
         break;
       case 'invalid_union':
         problem.found = describeValue(found);
+        // A discriminated union whose key (`mode`, `kind`) has none of its values: zod's own text
+        // ("Invalid discriminator value. Expected …") is replaced by what an invalid_value says.
+        if ('discriminator' in issue && issue.discriminator !== undefined && 'options' in issue && issue.options) {
+          problem.allowed = issue.options.map((v) => JSON.stringify(v)).join(' | ');
+          problem.message = found === undefined ? 'required key is missing' : notAllowed(found, issue.options);
+        }
         break;
       default:
         if (found !== undefined) problem.found = describeValue(found);
@@ -149,6 +156,13 @@ export function problemsFromZod(
     problems.push(problem);
   }
   return problems;
+}
+
+/** "value not allowed", with the allowed string it most likely meant (`usr` → "user"). */
+function notAllowed(found: unknown, values: readonly unknown[]): string {
+  const strings = values.filter((value): value is string => typeof value === 'string');
+  const meant = typeof found === 'string' ? nearest(found, strings) : undefined;
+  return meant === undefined ? 'value not allowed' : `value not allowed (did you mean ${JSON.stringify(meant)}?)`;
 }
 
 function knownKeysHint(schema: z.ZodType | undefined, input: unknown, path: readonly PropertyKey[]): string {

@@ -11,7 +11,7 @@ import { PLUGIN_BRAND, pluginKit, type CloudletPlugin } from '../plugin-api.ts';
 import type { IndexedPluginEntry } from '../config/load.ts';
 import { type ConfigProblem, problemsFromZod } from '../config/problems.ts';
 import { definitionKeysAt, pluginDefinitionSchema } from './definition-schema.ts';
-import { nearest } from '../cli/nearest.ts';
+import { nearest } from '../nearest.ts';
 import { resolvePluginSpecifier, type PluginSourceKind } from './resolve.ts';
 import { checkPluginSet } from './checks.ts';
 import { importModule } from '../runtime/import-module.ts';

@@ -123,7 +123,7 @@ export async function refuseWhileCreating(options: QemuOptions, id: string, agen
 export function checkOwner(id: string, hostId: string): void {
   const owner = id.slice(0, id.lastIndexOf('.'));
   if (owner !== hostId) {
-    throw qemuError('VM_NOT_FOUND', `VM "${id}" belongs to host "${owner}", not to "${hostId}"; send the command to its owner`, { vm: id, owner, host: hostId });
+    throw qemuError('VM_NOT_FOUND', `VM "${id}" belongs to host "${owner}", not to "${hostId}"`, { vm: id, owner, host: hostId });
   }
 }
 

@@ -15,14 +15,30 @@ export type FindingKind = (typeof FINDING_KINDS)[number];
 
 const action = z.enum(ACTIONS);
 
+const CRON_FORM = '"minute hour day-of-month month day-of-week", optionally with seconds first (e.g. "*/15 * * * *")';
+
 const cronExpression = z
   .string()
   .min(1)
   .max(120)
-  .refine(
-    (expression) => cron.validate(expression),
-    'a cron expression node-cron accepts: "minute hour day-of-month month day-of-week", optionally with seconds first (e.g. "*/15 * * * *")',
-  );
+  .superRefine((expression, ctx) => {
+    if (cron.validate(expression)) return;
+    const reason = cronSyntaxProblem(expression);
+    ctx.addIssue({ code: 'custom', message: `not a cron expression node-cron accepts${reason ? ` (${reason})` : ''}: ${CRON_FORM}` });
+  });
+
+/** node-cron's own words for what is wrong with an expression validate() refused ("25 is not valid for hour"). */
+function cronSyntaxProblem(expression: string): string | undefined {
+  let task: ReturnType<typeof cron.createTask> | undefined;
+  try {
+    task = cron.createTask(expression, () => undefined);
+    return undefined;
+  } catch (error) {
+    return (error as Error).message.replace(/ is a invalid expression for /, ' is not valid for ');
+  } finally {
+    void task?.destroy();
+  }
+}
 
 const absolutePath = z
   .string()
@@ -153,7 +169,8 @@ export const sweeperOptionsSchema = z
   .strict()
   .superRefine((options, ctx) => {
     for (const [job, settings] of Object.entries(options.jobs)) {
-      const reason = settings && neverComesRound(settings.schedule, options.timezone);
+      // A schedule that is not cron at all was reported by its own check; this one is for those that are.
+      const reason = settings && cron.validate(settings.schedule) && neverComesRound(settings.schedule, options.timezone);
       if (!reason) continue;
       const zone = options.timezone ?? 'the host\'s time zone';
       ctx.addIssue({

@@ -102,6 +102,27 @@ test('config — an unknown key lists the keys that are allowed there', async (t
   assert.equal(problemAt(problems, 'log').allowed, 'level, format');
 });
 
+test('config — a mode or kind outside its choices says "value not allowed", lists the choices, and names the one most likely meant', async (t) => {
+  // Before: zod's own "Invalid discriminator value. Expected 'bridge' | 'user' | 'none'", with no allowed line.
+  const { result } = await checkText(
+    t,
+    'host:\n  id: h1\ntransport:\n  kind: amqpp\nplugins:\n  - use: qemu-backend\n    options:\n      network:\n        mode: usr\n  - use: qemu-backend-typo-free\n',
+  );
+  const problems = problemsOf(result);
+  assert.deepEqual(
+    { ...problemAt(problems, 'transport.kind'), file: undefined },
+    { code: 'CONFIG_INVALID', file: undefined, path: 'transport.kind', message: 'value not allowed (did you mean "amqp"?)', found: '"amqpp" (string)', allowed: '"local" | "amqp"' },
+  );
+  const { result: qemu } = await checkText(t, 'host:\n  id: h1\nplugins:\n  - use: qemu-backend\n    options:\n      network:\n        mode: usr\n');
+  const mode = problemAt(problemsOf(qemu), 'plugins[0].options.network.mode');
+  assert.deepEqual([mode.message, mode.found, mode.allowed], ['value not allowed (did you mean "user"?)', '"usr" (string)', '"bridge" | "user" | "none"']);
+  const { result: far } = await checkText(t, 'host:\n  id: h1\nplugins:\n  - use: qemu-backend\n    options:\n      network:\n        mode: tunnel\n');
+  assert.equal(problemAt(problemsOf(far), 'plugins[0].options.network.mode').message, 'value not allowed', 'no guess when nothing is near');
+  const { result: missing } = await checkText(t, 'host:\n  id: h1\nplugins:\n  - use: qemu-backend\n    options:\n      network:\n        bridge: br0\n');
+  const absent = problemAt(problemsOf(missing), 'plugins[0].options.network.mode');
+  assert.deepEqual([absent.message, absent.allowed], ['required key is missing', '"bridge" | "user" | "none"']);
+});
+
 test('config — formatProblem prints code, file, path, what was found and what is allowed', async (t) => {
   const { file, result } = await checkText(t, severalProblems(testkitPath));
   const problems = problemsOf(result);

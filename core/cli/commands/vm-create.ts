@@ -2,6 +2,7 @@ import { cloudletError } from '../../errors.ts';
 import { CLIENT_FLAGS, choiceFlag, intFlag, timeoutFlag } from '../args.ts';
 import { deadlineAfter, openClient, resultOf } from '../client.ts';
 import type { Command } from '../command.ts';
+import type { ReplyEnvelope } from '../../envelope.ts';
 import { createProgress } from '../progress.ts';
 import { findEarlierCreate, foundElsewhere } from './vm-create-find.ts';
 import { checkSameSettings, requestIdFor, stoppedSince, withRepeatHint } from './vm-create-repeat.ts';
@@ -60,7 +61,7 @@ export const vmCreateCommand: Command = {
       const reply = await client.request('create-vm', payload, { id: requestId, target, deadline, onProgress }).catch((error: unknown) => {
         throw withRepeatHint(error, requestId, client.routed ? tookIt : undefined, client.routed);
       });
-      const created = resultOf<VmView>(reply);
+      const created = resultOf<VmView>(inFlagTerms(reply, payload));
       if (values['request-id'] !== undefined) checkSameSettings(reply, created, payload, requestId);
       // A repeat of --request-id: say so, or it reads as a VM just made.
       if (created.already) output.note(created.hint ?? `${created.id} was made by request ${requestId} before: nothing was done`);
@@ -76,3 +77,26 @@ export const vmCreateCommand: Command = {
     }
   },
 };
+
+/** The payload keys vm create fills from a flag of the same name. */
+const FLAG_KEYS = new Set(['image', 'memory', 'vcpus', 'name', 'network']);
+
+/**
+ * The host's INVALID_PAYLOAD in the words of the command line: `--name "my vm!": letters, digits, …`. The
+ * rules are the host's backend's (the CLI does not repeat them), but its message names payload paths and
+ * not the value, which the person who typed the flag needs.
+ */
+export function inFlagTerms(reply: ReplyEnvelope, payload: Record<string, unknown>): ReplyEnvelope {
+  if (reply.ok || reply.error?.code !== 'INVALID_PAYLOAD') return reply;
+  const issues = (reply.error.details as { issues?: unknown } | undefined)?.issues;
+  if (!Array.isArray(issues) || issues.length === 0) return reply;
+  const parts = (issues as { path?: unknown; message?: unknown }[]).map((issue) => {
+    const key = typeof issue.path === 'string' ? issue.path.replace(/^payload\./, '') : '';
+    return FLAG_KEYS.has(key) && key in payload ? `--${key} ${JSON.stringify(payload[key])}: ${String(issue.message)}` : `${String(issue.path)}: ${String(issue.message)}`;
+  });
+  const details = typeof reply.error.details === 'object' && reply.error.details !== null ? reply.error.details : {};
+  return {
+    ...reply,
+    error: { ...reply.error, message: `the host refused the request: ${parts.join('; ')}`, details: { ...details, hint: 'change the value of the flag named; "cloudlet vm create --help" lists the flags' } },
+  };
+}

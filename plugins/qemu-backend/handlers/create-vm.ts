@@ -44,7 +44,7 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
   ctx.progress('allocating', { image: payload.image });
   const { limits } = options;
   if (payload.memory > limits.maxMemoryMiB || payload.vcpus > limits.maxVcpus) {
-    throw qemuError('VM_LIMIT', `a VM on host ${ctx.host.id} may have at most ${limits.maxMemoryMiB} MiB and ${limits.maxVcpus} vCPUs; asked for ${payload.memory} MiB and ${payload.vcpus}`, {
+    throw qemuError('VM_LIMIT', `a VM on host ${ctx.host.id} may have at most ${limits.maxMemoryMiB} MiB and ${limits.maxVcpus} vCPUs; asked for ${payload.memory} MiB and ${payload.vcpus} vCPU${payload.vcpus === 1 ? '' : 's'}`, {
       memory: payload.memory,
       vcpus: payload.vcpus,
       maxMemoryMiB: limits.maxMemoryMiB,
@@ -57,7 +57,10 @@ export default defineHandler(createVmPayload, qemuOptionsSchema, async (payload,
   const mode = payload.network ?? options.network.mode;
   if (mode === 'bridge' && options.network.mode !== 'bridge') {
     // NO_CAPACITY, not VM_LIMIT: an any-host create moves on to a host that has a bridge.
-    throw qemuError('NO_CAPACITY', `host ${ctx.host.id} has no bridge configured (network.mode is "${options.network.mode}")`, { network: mode });
+    throw qemuError('NO_CAPACITY', `host ${ctx.host.id} has no bridge configured (network.mode is "${options.network.mode}"), so it cannot give a VM a bridged network`, {
+      network: mode,
+      hint: `leave out the bridged network (its VMs get network mode "${options.network.mode}"), or send the create to a host whose qemu-backend has network.mode "bridge"`,
+    });
   }
   // vm.json is written last. Until this create answers, no other command acts on the VM: a stop or delete
   // sent on the "starting" progress finds the `creating` mark and answers VM_NOT_READY, instead of racing

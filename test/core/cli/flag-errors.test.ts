@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
 import { vmCommands } from '../../../core/cli/commands/vm.ts';
-import { nearest } from '../../../core/cli/nearest.ts';
+import { nearest } from '../../../core/nearest.ts';
 import { checkFlags, readCommandLine, unknownCommand } from '../../../core/cli/parse.ts';
 import type { CloudletError } from '../../../core/errors.ts';
 import { runCli } from '../../helpers.ts';

@@ -74,3 +74,21 @@ test('output — the INVALID_PAYLOAD hint does not send a third-party type to PR
   createOutput(false, { stdout: capture().stream, stderr: stderr.stream }).error(CloudletError.fromWire({ code: 'INVALID_PAYLOAD', message: 'invalid payload for "acme.x"' }), 'node1');
   assert.match(stderr.text(), /\nhint: .*"cloudlet plugins" names the plugin that handles any other\n$/);
 });
+
+function hintOf(wire: { code: string; message: string; details?: unknown }): string | undefined {
+  const stderr = capture();
+  createOutput(false, { stdout: capture().stream, stderr: stderr.stream }).error(CloudletError.fromWire(wire), 'node1');
+  return /\nhint: (.*)\n$/.exec(stderr.text())?.[1];
+}
+
+test('output — QEMU_FAILED with a KVM error points at accel: tcg; otherwise at the log, not only at a console a failed create does not leave', () => {
+  for (const message of ['QEMU did not start (exit 1): Could not access KVM kernel module: No such file or directory', 'QEMU did not start (exit 134): …/kvm.c:1234: kvm_buf_set_msrs: Assertion `ret == cpu->kvm_msr_buf->nmsrs\' failed.']) {
+    assert.match(String(hintOf({ code: 'QEMU_FAILED', message })), /^QEMU could not use KVM on that host: set "accel: tcg" in its qemu-backend options/, message);
+  }
+  assert.match(String(hintOf({ code: 'QEMU_FAILED', message: 'QEMU did not start (exit 1): Could not open \'/x\'' })), /the agent log .*a failed create leaves none/);
+});
+
+test('output — VM_NOT_FOUND for a VM of another host says how to reach it, for either transport', () => {
+  assert.match(String(hintOf({ code: 'VM_NOT_FOUND', message: 'VM "b.abcdefgh" belongs to host "b", not to "a"', details: { vm: 'b.abcdefgh', owner: 'b', host: 'a' } })), /names host "b": over RabbitMQ, leave out --host .*local socket reaches only its own host's VMs/);
+  assert.match(String(hintOf({ code: 'VM_NOT_FOUND', message: 'no VM "a.abcdefgh" on host a', details: { vm: 'a.abcdefgh' } })), /cloudlet vm list/);
+});

@@ -59,6 +59,19 @@ test('options — a schedule node-cron accepts but that never comes round is ref
   for (const schedule of ['30 3 * 3 0L', '0 0 29 2 *']) assert.ok((await check({ timezone: 'Europe/Berlin', jobs: { orphans: { schedule } } })).ok, schedule);
 });
 
+test('options — a schedule that is not cron is one problem, with node-cron\'s reason; not also "never comes round"', async () => {
+  const result = await check({ jobs: { orphans: { schedule: '0 25 * * *' } } });
+  assert.ok(!result.ok);
+  const problems = result.problems.filter((p) => p.path === 'plugins[1].options.jobs.orphans.schedule');
+  assert.deepEqual(
+    problems.map((p) => p.message),
+    ['not a cron expression node-cron accepts (25 is not valid for hour): "minute hour day-of-month month day-of-week", optionally with seconds first (e.g. "*/15 * * * *")'],
+  );
+  const short = await check({ jobs: { orphans: { schedule: '* * * *' } } });
+  assert.ok(!short.ok);
+  assert.match(short.problems.map((p) => p.message).join('\n'), /^not a cron expression node-cron accepts \(expected 5 or 6 fields but got 4\): /);
+});
+
 test('options — bad schedules, actions, zones and names are refused with their path', async () => {
   const result = await check({
     timezone: 'Mars/Olympus',
