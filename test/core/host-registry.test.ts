@@ -105,3 +105,23 @@ test('host registry — a participant whose connection was down when a host was 
     assert.deepEqual(hosts(client, 30_000), ['h1:up', 'h3:up'], order.map((h) => h.host).join(' then '));
   }
 });
+
+test('host registry — a host whose last heartbeat said it stopped is marked so, stays live for routing until downAfterMs, and is passed on in views until it is heard again', () => {
+  const registry = new HostRegistry(1_000);
+  registry.record(beat(['direct']), 10_000);
+  registry.record({ ...beat([]), stopped: true }, 10_100);
+  const [entry] = registry.entries(10_200);
+  // Live for routing: requests sent during a restart wait in its queue for the new agent.
+  assert.deepEqual([entry?.state, entry?.stopped, entry?.tookRoutes, registry.isLive('h2', 10_200)], ['up', true, ['direct'], true]);
+  assert.equal(registry.entries(12_000)[0]?.state, 'down');
+
+  const newcomer = new HostRegistry(1_000);
+  newcomer.record({ ...beat(['direct'], registry.view(10_300)), host: 'h1' }, 10_300);
+  assert.equal(newcomer.entries(10_300).find((e) => e.host === 'h2')?.stopped, true);
+
+  // Heard again (its agent started): no longer stopped, directly or through a newer view.
+  registry.record(beat(['direct']), 11_000);
+  assert.equal(registry.entries(11_000)[0]?.stopped, undefined);
+  newcomer.record({ ...beat(['direct'], registry.view(11_100)), host: 'h1' }, 11_100);
+  assert.equal(newcomer.entries(11_100).find((e) => e.host === 'h2')?.stopped, undefined);
+});

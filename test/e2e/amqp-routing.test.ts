@@ -380,6 +380,30 @@ test('forget — a host that is down is taken out of service: its queue goes, no
   assert.equal((await cloud.client().request(makeRequest({ type: 'test.echo', target: 'h2', payload: { value: 'back' } }))).ok, true);
 });
 
+test('stopped — a host whose agent stopped cleanly is listed as stopped at once, not up until downAfterMs, and may be forgotten at once', { timeout: 90_000 }, async (t) => {
+  // Before: "up" for downAfterMs (a minute here) after a clean stop, and "hosts forget" refused it as HOST_UP.
+  const cloud = await startCloud(t, [{ id: 'h1' }, { id: 'h2' }], { downAfterMs: 60_000 });
+  const cli = (args: string[]) => runCli([...args, '--config', cloud.clientConfig]);
+  const watcher = cloud.client();
+  await until(async () => (await watcher.hosts()).some((h) => h.host === 'h2' && h.state === 'up'), 10_000);
+  const h2 = cloud.agents.get('h2')!;
+  h2.child.kill('SIGTERM');
+  assert.equal(await h2.exited, 0);
+  // A client that heard its last heartbeat, and a new one that learns it from h1's view.
+  await until(async () => (await watcher.hosts()).find((h) => h.host === 'h2')?.stopped === true, 5_000, 'the watching client hears that h2 stopped');
+  const listed = await cli(['hosts', '--json']);
+  assert.equal(listed.code, 0, listed.stderr);
+  const rows = (JSON.parse(listed.stdout) as { hosts: { host: string; state: string }[] }).hosts.map((h) => `${h.host}:${h.state}`);
+  assert.deepEqual(rows, ['h1:up', 'h2:stopped']);
+  assert.match((await cli(['hosts'])).stdout, /^h2 +stopped /m);
+
+  const forgot = await cli(['hosts', 'forget', 'h2', '--json']);
+  assert.equal(forgot.code, 0, forgot.stdout + forgot.stderr);
+  // It starts again: up, no longer "stopped".
+  await cloud.start({ id: 'h2' });
+  await until(async () => /^h2 +up /m.test((await cli(['hosts'])).stdout), 10_000);
+});
+
 test('forget — on the local transport it is refused with USAGE, naming why', async () => {
   const refused = await runCli(['hosts', 'forget', 'h2', '--config', '/dev/null']);
   assert.equal(refused.code, 2, refused.stderr);

@@ -11,7 +11,8 @@ import { table } from '../output.ts';
 /** One row of `cloudlet hosts`, the same shape on both transports. */
 interface HostRow {
   host: string;
-  state: 'up' | 'down';
+  /** `stopped`: its agent said it stopped cleanly (its last heartbeat); `down`: not heard for downAfterMs. */
+  state: 'up' | 'down' | 'stopped';
   lastSeenMsAgo: number | null;
   version: string | null;
   plugins: string[];
@@ -22,9 +23,10 @@ interface HostRow {
 export const hostsCommand: Command = {
   words: ['hosts'],
   usage: `cloudlet hosts [--config FILE] [--socket PATH] [--json]
-  Lists the hosts of the cloud: state (up/down), last seen, version, plugins and the routes each takes. On
-  RabbitMQ from the hosts' heartbeats; on the local transport the one agent, asked with host-info. A host
-  that is down stays listed until it comes back or is taken out of service with "cloudlet hosts forget".`,
+  Lists the hosts of the cloud: state (up, stopped, down), last seen, version, plugins and the routes each
+  takes. On RabbitMQ from the hosts' heartbeats; on the local transport the one agent, asked with host-info.
+  "stopped": its agent said it stopped cleanly; "down": not heard from for downAfterMs. A host that is down
+  or stopped stays listed until it comes back or is taken out of service with "cloudlet hosts forget".`,
   flags: ['socket'],
   async run({ positionals, values, output }) {
     refuseConfigPositionals('hosts', positionals);
@@ -49,7 +51,7 @@ async function heartbeatRows(config: Awaited<ReturnType<typeof clientConfig>>): 
   try {
     return (await client.hosts()).map((h) => ({
       host: h.host,
-      state: h.state,
+      state: h.stopped ? 'stopped' : h.state,
       lastSeenMsAgo: h.agoMs,
       version: h.heartbeat?.version ?? null,
       plugins: h.heartbeat?.plugins ?? [],

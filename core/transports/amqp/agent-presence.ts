@@ -59,6 +59,30 @@ export class AgentPresence {
     if (this.#publish(heartbeat, channel ?? (this.#options.isUp() ? this.#options.currentChannel() : undefined))) this.#unansweredOwn++;
   }
 
+  /**
+   * The last heartbeat, as the agent closes: it has stopped, so `cloudlet hosts` can say so at once instead
+   * of showing it up until downAfterMs. Waits for the broker's confirm (at most `waitMs`): the connection
+   * closes right after.
+   */
+  async farewell(waitMs = 1_000): Promise<void> {
+    const channel = this.#options.isUp() ? this.#options.currentChannel() : undefined;
+    if (!channel) return;
+    const heartbeat: Heartbeat = { ...this.#heartbeat(false), routes: [], stopped: true };
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      await Promise.race([
+        new Promise<void>((resolve) => {
+          channel.publish(this.#options.presenceExchange, '', Buffer.from(JSON.stringify(heartbeat)), { contentType: 'application/json' }, () => resolve());
+        }),
+        new Promise<void>((resolve) => (timer = setTimeout(resolve, waitMs))),
+      ]);
+    } catch {
+      // the channel just closed: the others time us out instead
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /** A message on our presence queue: a heartbeat (ours, or another host's), a client's probe, or a forget. */
   onMessage(msg: ConsumeMessage): void {
     let value: unknown;

@@ -749,6 +749,7 @@ export class AmqpAgentTransport implements AgentTransport {
 
   async close(): Promise<void> {
     clearInterval(this.#heartbeatTimer);
+    await this.#presence.farewell();
     this.#bindings?.close();
     // Held replies stop trying: their requests are unacked, and closing the channel puts them back.
     this.#closing = true;

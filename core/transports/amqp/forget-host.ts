@@ -33,7 +33,8 @@ export interface ForgetContext {
 export async function forgetHost(host: string, context: ForgetContext): Promise<ForgetResult> {
   const { registry, names } = context;
   const known = registry.entries().find((entry) => entry.host === host);
-  if (known?.state === 'up') {
+  // One that said it stopped may go at once (its queue is checked for a consumer below anyway).
+  if (known?.state === 'up' && !known.stopped) {
     throw cloudletError('HOST_UP', `host "${host}" is up (last heard ${(known.agoMs / 1000).toFixed(1)} s ago): stop its agent before forgetting it`, {
       host,
       hint: `stop the agent on ${host} ("systemctl stop cloudlet" there); an agent that runs is known again at its next heartbeat anyway`,

@@ -16,6 +16,8 @@ export const heartbeatSchema = z.object({
   routes: z.array(z.enum(['direct', 'any', 'broadcast'])).max(3),
   startedAt: z.number(),
   sentAt: z.number(),
+  /** The last heartbeat of an agent that has stopped cleanly, sent as it closes its connection. */
+  stopped: z.literal(true).optional(),
   /** The sender's view of the other hosts, sent in answer to a probe, so a new client learns them at once. */
   view: z
     .array(
@@ -25,6 +27,8 @@ export const heartbeatSchema = z.object({
         routes: z.array(z.enum(['direct', 'any', 'broadcast'])).max(3),
         /** The routes it took when it last took work (a draining host announces none): see HostEntry. */
         tookRoutes: z.array(z.enum(['direct', 'any', 'broadcast'])).max(3).optional(),
+        /** Its last heartbeat said it had stopped. */
+        stopped: z.literal(true).optional(),
       }),
     )
     .max(10_000)
@@ -57,6 +61,11 @@ export interface HostEntry {
    * drains; this remembers that it answered broadcasts, so a list can say its VMs are missing once it is down.
    */
   tookRoutes: Heartbeat['routes'];
+  /**
+   * Its agent said it stopped cleanly (its last heartbeat). Shown as such; for routing it stays live until
+   * downAfterMs like any host, so requests sent during a restart wait in its queue for the new agent.
+   */
+  stopped?: true;
   heartbeat?: Heartbeat;
 }
 
@@ -81,14 +90,31 @@ export class HostRegistry {
 
   record(heartbeat: Heartbeat, receivedAt = Date.now()): void {
     const tookRoutes = (routes: Heartbeat['routes'], known: HostEntry | undefined) => (routes.length > 0 ? routes : (known?.tookRoutes ?? []));
-    this.#hosts.set(heartbeat.host, { host: heartbeat.host, lastSeen: receivedAt, heardAt: receivedAt, routes: heartbeat.routes, tookRoutes: tookRoutes(heartbeat.routes, this.#hosts.get(heartbeat.host)), heartbeat });
+    this.#hosts.set(heartbeat.host, {
+      host: heartbeat.host,
+      lastSeen: receivedAt,
+      heardAt: receivedAt,
+      routes: heartbeat.routes,
+      tookRoutes: tookRoutes(heartbeat.routes, this.#hosts.get(heartbeat.host)),
+      ...(heartbeat.stopped ? { stopped: true as const } : {}),
+      heartbeat,
+    });
     for (const gone of heartbeat.forgotten ?? []) this.forget(gone.host, receivedAt - gone.agoMs);
     for (const seen of heartbeat.view ?? []) {
       const lastSeen = receivedAt - seen.agoMs;
       const known = this.#hosts.get(seen.host);
       if ((this.#forgotten.get(seen.host) ?? -Infinity) >= lastSeen) continue;
       if (!known || known.lastSeen < lastSeen) {
-        this.#hosts.set(seen.host, { ...known, host: seen.host, lastSeen, heardAt: lastSeen, routes: seen.routes, tookRoutes: seen.tookRoutes ?? tookRoutes(seen.routes, known) });
+        const { stopped: _earlier, ...rest } = known ?? {};
+        this.#hosts.set(seen.host, {
+          ...rest,
+          host: seen.host,
+          lastSeen,
+          heardAt: lastSeen,
+          routes: seen.routes,
+          tookRoutes: seen.tookRoutes ?? tookRoutes(seen.routes, known),
+          ...(seen.stopped ? { stopped: true as const } : {}),
+        });
       }
     }
   }
@@ -160,6 +186,6 @@ export class HostRegistry {
 
   view(now = Date.now()): NonNullable<Heartbeat['view']> {
     // When we really heard each host: a silence we forgave ourselves is not news to anyone else.
-    return [...this.#hosts.values()].map((e) => ({ host: e.host, agoMs: Math.max(0, now - e.heardAt), routes: e.routes, tookRoutes: e.tookRoutes }));
+    return [...this.#hosts.values()].map((e) => ({ host: e.host, agoMs: Math.max(0, now - e.heardAt), routes: e.routes, tookRoutes: e.tookRoutes, ...(e.stopped ? { stopped: e.stopped } : {}) }));
   }
 }
