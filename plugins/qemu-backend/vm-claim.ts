@@ -167,7 +167,7 @@ function nextNumber(top: Entry | undefined): number {
  * has the same pid each time), stale though its time may not be past. Safe beside takers all the same, as
  * each removal checks the entry is still the one judged stale. Returns how many it removed.
  */
-export async function pruneStaleClaims(stateDir: string, runStartedAt: number): Promise<number> {
+export async function pruneStaleClaims(stateDir: string, runStartedAt: number, seams: { beforeRemove?: (path: string) => Promise<void> } = {}): Promise<number> {
   const dir = claimsDir(stateDir);
   const names = await readdir(dir).catch((error: NodeJS.ErrnoException) => {
     if (error.code === 'ENOENT') return [] as string[];
@@ -181,18 +181,26 @@ export async function pruneStaleClaims(stateDir: string, runStartedAt: number): 
     const entry = await entryAt(join(dir, name), n);
     if (entry === undefined) continue;
     const earlierRun = entry.pid === process.pid && entry.madeAt < runStartedAt;
-    if ((entry.stale || earlierRun) && (await removeIfSame(entry))) removed++;
+    if (!entry.stale && !earlierRun) continue;
+    // (Tests only: something may happen at the entry's name between its judgement and its removal.)
+    await seams.beforeRemove?.(entry.path);
+    if (await removeIfSame(entry)) removed++;
   }
   return removed;
 }
 
-/** Removes an entry if it is still the one found (the same link target, or for anything else the same inode). */
+/**
+ * Removes an entry if it is still the one found: a link with the same target (each claim's target has its
+ * own token). Anything else is judged by its age again: an inode number is no proof of identity, as a file
+ * made at the name just after the old one went often gets the freed number back (seen on ext4), and a
+ * link put there in its place may get it too.
+ */
 async function removeIfSame(entry: Entry): Promise<boolean> {
   const info = await lstat(entry.path).catch(() => undefined);
   if (info === undefined) return false;
   if (entry.target !== undefined) {
     if ((await readlink(entry.path).catch(() => undefined)) !== entry.target) return false;
-  } else if (info.ino !== entry.ino) return false;
+  } else if (info.isSymbolicLink() || info.ino !== entry.ino || Math.abs(Date.now() - info.mtimeMs) <= HOLD_MS) return false;
   return unlink(entry.path).then(
     () => true,
     () => false,

@@ -138,6 +138,35 @@ test('claim — pruneStaleClaims (at agent start) removes the stale entries of e
   assert.deepEqual((await readdir(claimsDir(stateDir))).sort(), ['h1.dddddddd.3', 'h1.eeeeeeee.4', 'h1.ffffffff.5', 'notes.txt']);
 });
 
+test('claim — pruneStaleClaims leaves an entry put at a stale one\'s name between its look and its removal', async (t) => {
+  // A plain unlink here would remove a taker's fresh claim: it would then hold nothing, and a second taker
+  // could get in beside it.
+  const stateDir = await tempDir(t);
+  const stale = await holdClaim(stateDir, ID, 'sweeper', { until: Date.now() - 1, n: 3 });
+  await writeFile(claimEntryPath(stateDir, 'h1.zzzzzzzz', 4), 'by hand');
+  await utimes(claimEntryPath(stateDir, 'h1.zzzzzzzz', 4), old(), old());
+  const byHandThenClaimed = claimEntryPath(stateDir, 'h1.yyyyyyyy', 5);
+  await writeFile(byHandThenClaimed, 'by hand');
+  await utimes(byHandThenClaimed, old(), old());
+  const fresh = claimTarget('create-vm', process.pid, Date.now() + 60_000, 'newtaker');
+  const replaced: string[] = [];
+  const removed = await pruneStaleClaims(stateDir, Date.now() - 30_000, {
+    beforeRemove: async (path) => {
+      replaced.push(path);
+      await unlink(path);
+      // The same name again: a link with another target; for the one made by hand, a new file (which on
+      // ext4 often gets the freed inode number back: the number alone cannot tell them apart).
+      if (path === stale || path === byHandThenClaimed) await symlink(fresh, path);
+      else await writeFile(path, 'by hand, again');
+    },
+  });
+  assert.equal(replaced.length, 3, 'all three were judged stale');
+  assert.equal(removed, 0);
+  assert.equal(await readlink(stale), fresh, 'the new claim is left');
+  assert.equal(await readlink(byHandThenClaimed), fresh, 'a claim put in place of a file made by hand is left');
+  assert.deepEqual((await readdir(claimsDir(stateDir))).sort(), [`${ID}.3`, 'h1.yyyyyyyy.5', 'h1.zzzzzzzz.4']);
+});
+
 test('claim — an old folder in the way is stepped over and left (it cannot be unlinked): it blocks no one', async (t) => {
   const stateDir = await tempDir(t);
   await mkdir(claimEntryPath(stateDir, ID, 1), { recursive: true });
