@@ -15,7 +15,7 @@ import type { AgentView, CapabilityProvider, DispatchReply, HostIdentity, Loaded
 import { dependencyOptionsFor } from './plugins/checks.ts';
 import type { LoadedPlugin } from './plugins/loader.ts';
 import { createAgentTransport, successorWaitMs, type AgentTransport } from './transports/index.ts';
-import { lockFolder, realFolder, type FolderLock } from './folder-lock.ts';
+import { identifyFolder, lockFolder, type FolderLock } from './folder-lock.ts';
 import { AGENT_VERSION } from './version.ts';
 import type { LogLevelName } from '../workers/protocol.ts';
 import { RUNNING_FROM } from './runtime/package-root.ts';
@@ -51,7 +51,7 @@ export class Agent {
   #pools: PoolManager | undefined;
   #dispatcher: Dispatcher | undefined;
   #started: LoadedPlugin[] = [];
-  /** Folders held for this agent (ctx.holdFolder), by real path; released once the agent has stopped. */
+  /** Folders held for this agent (ctx.holdFolder), by identity; released once the agent has stopped. */
   readonly #heldFolders = new Map<string, FolderLock>();
   #stopping: Promise<void> | undefined;
   readonly #observers = new Set<DispatchObserver>();
@@ -124,8 +124,8 @@ export class Agent {
 
   async #holdFolder(plugin: string, path: string, setting: string | undefined): Promise<void> {
     if (this.#state === 'stopping') throw new Error(`ctx.holdFolder(${JSON.stringify(path)}) was called while the agent stops; call it from an init or start hook`);
-    // Another plugin of this agent may hold it already (the sweeper works in qemu-backend's folder).
-    if (this.#heldFolders.has(await realFolder(path))) return;
+    // Another plugin of this agent may hold it already (one that works in another's folder).
+    if (this.#heldFolders.has((await identifyFolder(path)).key)) return;
     const lock = await lockFolder(path, {
       host: this.host.id,
       plugin,
@@ -136,7 +136,12 @@ export class Agent {
       onWaiting: (message) => this.log.info({ plugin, folder: path }, message),
       onUnavailable: (message) => this.log.warn({ plugin, folder: path }, message),
     });
-    this.#heldFolders.set(lock.folder, lock);
+    if (this.#view.state() === 'stopping') {
+      // stop() came while it was taken (an embedder stopping a start): its folders are released already.
+      await lock.release();
+      throw new Error(`ctx.holdFolder(${JSON.stringify(path)}): the agent began to stop while the folder was being taken`);
+    }
+    this.#heldFolders.set(lock.key, lock);
   }
 
   async #releaseFolders(): Promise<void> {

@@ -4,13 +4,14 @@
  * would re-attach the first's VMs, and its start-up clean-up would end a create the first was running. A
  * plugin therefore holds its folder (`ctx.holdFolder`) from its start hook until the agent has stopped.
  *
- * The lock is an abstract unix socket named after the folder's real path (abstract-lock.ts: freed by the
- * kernel when the process dies). Its holder answers with one JSON line: what its agent is doing, its host id,
- * its plugin and its pid. A start waits for a holder that says it is stopping (a restart that did not wait
- * for the old agent), and is refused at once by one that is starting or running.
+ * The lock is an abstract unix socket named after the folder's device and inode (abstract-lock.ts: freed by
+ * the kernel when the process dies). Its holder answers with one JSON line: what its agent is doing, its
+ * host id, its plugin and its pid. A start waits for a holder that says it is stopping (a restart that did
+ * not wait for the old agent), and is refused at once by one that is starting or running.
  */
 import { createHash } from 'node:crypto';
-import { realpath } from 'node:fs/promises';
+import { realpath, stat } from 'node:fs/promises';
+import type { Server } from 'node:net';
 import process from 'node:process';
 import { askLockHolder, findLockHolder, listenOrInUse, type LockHolderFound } from './abstract-lock.ts';
 import { seconds } from './cli/output.ts';
@@ -27,8 +28,10 @@ export interface FolderHolder {
 }
 
 export interface FolderLock {
-  /** The folder's real path, as the lock is named. */
+  /** The folder's real path. */
   folder: string;
+  /** Its identity (FolderIdentity.key), as the lock is named. */
+  key: string;
   /** False when another user's process squats the lock's name and the agent went on without it. */
   held: boolean;
   release(): Promise<void>;
@@ -50,45 +53,80 @@ export interface FolderLockOptions {
 
 const POLL_MS = 50;
 
-/** The lock's abstract name, from the folder's real path. */
-export function folderLockName(folder: string): string {
-  return `\0cloudlet-folder:${createHash('sha256').update(folder).digest('hex')}`;
+/** The lock's abstract name, from the folder's identity (FolderIdentity.key). */
+export function folderLockName(key: string): string {
+  return `\0cloudlet-folder:${createHash('sha256').update(key).digest('hex')}`;
 }
+
+/** A folder as the lock knows it. */
+export interface FolderIdentity {
+  /** Its real path, for messages. */
+  folder: string;
+  /**
+   * Its device and inode: the same folder however it is reached (a symbolic link, `..`, another bind mount),
+   * and different folders at one path in different mount namespaces (containers) stay apart.
+   */
+  key: string;
+}
+
+export async function identifyFolder(path: string): Promise<FolderIdentity> {
+  try {
+    const folder = await realpath(path);
+    const info = await stat(folder, { bigint: true });
+    if (!info.isDirectory()) throw Object.assign(new Error('not a folder'), { code: 'ENOTDIR' });
+    return { folder, key: `${info.dev}:${info.ino}` };
+  } catch (error) {
+    const { code, message } = error as NodeJS.ErrnoException;
+    throw new Error(`cannot hold ${path}: ${code === 'ENOENT' ? 'it does not exist (create it before holding it)' : code === 'ENOTDIR' ? 'it is not a folder' : message}`);
+  }
+}
+
+/** How often a start tries again when the lock's holder went away while it was looked for (see lockFolder). */
+const FREED_RETRIES = 20;
 
 /** Takes the folder's lock, waiting for a holder that is stopping; FOLDER_IN_USE when another agent has it. */
 export async function lockFolder(path: string, options: FolderLockOptions): Promise<FolderLock> {
-  const folder = await realFolder(path);
-  const name = folderLockName(folder);
+  const { folder, key } = await identifyFolder(path);
+  const name = folderLockName(key);
   const line = () => JSON.stringify({ state: options.state(), host: options.host, plugin: options.plugin, pid: process.pid } satisfies FolderHolder);
+  const held = (server: Server): FolderLock => ({ folder, key, held: true, release: async () => void server.close() });
+  let said: FolderHolder | undefined;
   let giveUpAt: number | undefined;
+  let retries = 0;
   for (;;) {
     const server = await listenOrInUse(name, line);
-    if (server) return { folder, held: true, release: async () => void server.close() };
-    const said = parseHolder(await askLockHolder(name));
-    if (said?.state === 'stopping' && (giveUpAt === undefined || Date.now() < giveUpAt)) {
+    if (server) return held(server);
+    // Asked until it says it is stopping; after that it only releases, and one probe it is too busy to
+    // answer (a pause, a loaded host) must not end the wait.
+    if (giveUpAt === undefined) said = parseHolder(await askLockHolder(name)) ?? said;
+    if (said?.state === 'stopping') {
       if (giveUpAt === undefined) {
         giveUpAt = Date.now() + options.stoppingWaitMs;
         options.onWaiting?.(`the agent of host "${said.host}" (process ${said.pid}) is stopping and still holds ${folder}; waiting up to ${seconds(options.stoppingWaitMs)} for it to finish`);
       }
-      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-      continue;
+      if (Date.now() < giveUpAt) {
+        await sleep(POLL_MS);
+        continue;
+      }
     }
     const search = findLockHolder(name);
-    // Gone while it was looked for: the lock is free, take it.
-    const freed = search.holder ? undefined : await listenOrInUse(name, line);
-    if (freed) return { folder, held: true, release: async () => void freed.close() };
+    if (!search.holder && search.uninspectedOwn.length === 0 && retries < FREED_RETRIES) {
+      // Nobody holds it any more, as far as this user can see: gone while it was looked for, or taken by
+      // another start meanwhile. Round again (to take it or to hear from the new holder) before going on
+      // without it; what stays unseen after that is another user's process (only root sees those).
+      retries++;
+      await sleep(POLL_MS);
+      continue;
+    }
     const decision = onHeldFolder(folder, search, said, process.getuid?.(), options);
     if (decision.refuse) throw cloudletError('FOLDER_IN_USE', decision.refuse, { folder, plugin: options.plugin, ...decision.details });
     options.onUnavailable?.(`the lock on ${folder} is held by ${decision.holder}, which is not a cloudlet agent of this user; going on without it`);
-    return { folder, held: false, release: async () => undefined };
+    return { folder, key, held: false, release: async () => undefined };
   }
 }
 
-/** The folder's real path: the lock is the same however it is named (a symbolic link, `..`). */
-export async function realFolder(path: string): Promise<string> {
-  return realpath(path).catch((error: NodeJS.ErrnoException) => {
-    throw new Error(`cannot hold ${path}: ${error.code === 'ENOENT' ? 'it does not exist (create it before holding it)' : error.message}`);
-  });
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 /** The holder's line, or undefined when it is not one a folder lock writes (anyone can take the name). */

@@ -122,8 +122,9 @@ export interface PluginHookContext<Options> {
   /**
    * Holds a folder of lasting state for this agent alone, until the agent has stopped (after the stop hooks;
    * the kernel frees it if the process dies). Another agent on this machine that holds the same folder (by
-   * its real path) makes this throw FOLDER_IN_USE, naming that agent; one that is stopping is waited for.
-   * Call it from an init or start hook, before touching the folder; the folder must exist. Holding a folder
+   * its device and inode: a link or bind mount to it counts) makes this throw FOLDER_IN_USE, naming that
+   * agent; one that is stopping is waited for. Call it from an init or start hook, before touching the
+   * folder; the folder must exist. Holding a folder
    * this agent already holds (another of its plugins) is a no-op. `setting` names the option that set the
    * folder, for the refusal's advice. Added in core API 1.13.
    */

@@ -41,12 +41,17 @@ export const HINTS: Readonly<Record<string, string>> = {
   WRONG_HOST: 'the VM id names another host; on the local transport only that host’s own VMs can be reached',
 };
 
+/**
+ * QEMU's own words when KVM fails it: no module or device, a refused init, an assertion in its KVM code
+ * (seen: kvm_buf_set_msrs on a nested VM). Not any "kvm" in the text: a host may be called kvm01.
+ */
+const KVM_FAILURE = /Could not access KVM kernel module|failed to initialize kvm|\bkvm_[a-z_]+: Assertion|\bKVM_[A-Z_]+ failed/i;
+
 /** A VM that is not running has no address to find: the generic IP_NOT_FOUND hint would mislead. */
 function hintFor(error: { code: string; message?: string; details?: unknown }): string | undefined {
   const details = error.details as { state?: unknown; vm?: unknown; noDiscovery?: unknown; owner?: unknown } | undefined;
   if (error.code === 'IP_NOT_FOUND' && details?.noDiscovery === true) return 'add ip-discovery-dnsmasq, ip-discovery-arp or ip-discovery-guest-agent to that host\'s plugins (docs/QEMU.md section 14)';
-  // "Could not access KVM kernel module", "failed to initialize kvm", a KVM assertion (kvm_buf_set_msrs).
-  if (error.code === 'QEMU_FAILED' && /\bkvm/i.test(error.message ?? '')) {
+  if (error.code === 'QEMU_FAILED' && KVM_FAILURE.test(error.message ?? '')) {
     return 'QEMU could not use KVM on that host: set "accel: tcg" in its qemu-backend options (slower, no KVM needed; docs/QEMU.md section 7) or fix /dev/kvm';
   }
   if (error.code === 'VM_NOT_FOUND' && typeof details?.owner === 'string') {

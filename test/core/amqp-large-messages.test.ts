@@ -2,7 +2,7 @@
  * Events over a broker's max_message_size, from the agent transport in process: the first is refused on
  * the large-message channel (no reconnect), later ones are refused before they are sent, and events within
  * the limit go on; and a broker limit so small that not even an error reply fits. Replies are tested end to
- * end in test/e2e/amqp-faults.test.ts ('broker limits').
+ * end in test/e2e/amqp-broker-faults.test.ts ('broker limits').
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';

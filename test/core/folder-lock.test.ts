@@ -3,37 +3,51 @@
  * Holders here are this process (as an agent's plugin would hold it) and child processes of other users.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdir, symlink } from 'node:fs/promises';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import process from 'node:process';
 import test from 'node:test';
-import { folderLockName, lockFolder, onHeldFolder, parseHolder, realFolder, type FolderHolderState, type FolderLockOptions } from '../../core/folder-lock.ts';
-import { tempDir } from '../helpers.ts';
+import { folderLockName, identifyFolder, lockFolder, onHeldFolder, parseHolder, type FolderHolderState, type FolderLockOptions } from '../../core/folder-lock.ts';
+import { tempDir, until } from '../helpers.ts';
 
 function holder(host: string, state: { current: FolderHolderState }, extra: Partial<FolderLockOptions> = {}): FolderLockOptions {
   return { host, plugin: 'qemu-backend', setting: 'stateDir', state: () => state.current, stoppingWaitMs: 0, ...extra };
 }
 
-test('folder lock — a second holder is refused at once, naming the first; by any path to the folder; free again once released', { timeout: 30_000 }, async (t) => {
+test('folder lock — a second holder is refused at once, naming the first; by any path to the folder, a bind mount too; free again once released', { timeout: 30_000 }, async (t) => {
   const dir = await tempDir(t);
   const folder = join(dir, 'state');
   await mkdir(folder);
   await symlink(folder, join(dir, 'link'));
+  // Another way in that no path resolution finds: a bind mount (the lock goes by device and inode).
+  const bound = join(dir, 'bound');
+  await mkdir(bound);
+  execFileSync('mount', ['--bind', folder, bound]);
+  try {
+    await refusedByAnyPath(t, dir, folder, bound);
+  } finally {
+    // Here, not in t.after: the temp folder's removal (registered first) must not meet a mount inside it.
+    execFileSync('umount', [bound]);
+  }
+});
+
+async function refusedByAnyPath(t: test.TestContext, dir: string, folder: string, bound: string): Promise<void> {
   const first = await lockFolder(folder, holder('a', { current: 'running' }));
   t.after(() => first.release());
   assert.equal(first.held, true);
 
   // A running holder is not waited for (only a stopping one is): a wait of stoppingWaitMs (60 s) would
   // outlast the test's timeout (30 s).
-  for (const path of [folder, join(dir, 'link'), join(dir, 'state', '..', 'state')]) {
+  for (const path of [folder, join(dir, 'link'), join(dir, 'state', '..', 'state'), bound]) {
+    const asked = (await identifyFolder(path)).folder; // the message names the folder as this start reaches it
     await assert.rejects(lockFolder(path, holder('b', { current: 'starting' }, { stoppingWaitMs: 60_000 })), (error: { code?: string; message: string; details?: Record<string, unknown> }) => {
       assert.equal(error.code, 'FOLDER_IN_USE');
       assert.equal(
         error.message,
-        `${first.folder} is in use by the agent of host "a" (process ${process.pid}, plugin "qemu-backend", running); two agents must not share it: stop the other agent, or give each its own stateDir (plugin "qemu-backend")`,
+        `${asked} is in use by the agent of host "a" (process ${process.pid}, plugin "qemu-backend", running); two agents must not share it: stop the other agent, or give each its own stateDir (plugin "qemu-backend")`,
       );
-      assert.deepEqual(error.details, { folder: first.folder, plugin: 'qemu-backend', holderPid: process.pid, holderHost: 'a', holderPlugin: 'qemu-backend', holderState: 'running' });
+      assert.deepEqual(error.details, { folder: asked, plugin: 'qemu-backend', holderPid: process.pid, holderHost: 'a', holderPlugin: 'qemu-backend', holderState: 'running' });
       return true;
     });
   }
@@ -41,7 +55,7 @@ test('folder lock — a second holder is refused at once, naming the first; by a
   const second = await lockFolder(join(dir, 'link'), holder('b', { current: 'starting' }));
   assert.equal(second.held, true);
   await second.release();
-});
+}
 
 test('folder lock — a holder that says it is stopping is waited for up to stoppingWaitMs, then refused', { timeout: 30_000 }, async (t) => {
   const folder = await tempDir(t);
@@ -68,6 +82,37 @@ test('folder lock — a holder that says it is stopping is waited for up to stop
   await taken.release();
 });
 
+test('folder lock — the wait for a stopping holder outlasts a moment when it does not answer (paused, loaded)', { timeout: 30_000 }, async (t) => {
+  // Before, every round asked the holder again, and one unanswered probe ended the wait with FOLDER_IN_USE
+  // "does not say what it is doing" while the old agent was still draining.
+  const folder = await tempDir(t);
+  const script = join(folder, 'holder.mts');
+  await writeFile(
+    script,
+    `import { lockFolder } from ${JSON.stringify(new URL('../../core/folder-lock.ts', import.meta.url).pathname)};
+await lockFolder(process.argv[2], { host: 'old', plugin: 'qemu-backend', state: () => 'stopping', stoppingWaitMs: 0 });
+console.log('held');
+setInterval(() => undefined, 1_000);
+`,
+  );
+  const old = spawn(process.execPath, ['--import', 'tsx', script, folder], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.after(() => old.kill('SIGKILL'));
+  await new Promise((resolve) => old.stdout?.once('data', resolve));
+
+  const said: string[] = [];
+  let settled = false;
+  const taking = lockFolder(folder, holder('new', { current: 'starting' }, { stoppingWaitMs: 60_000, onWaiting: (m: string) => said.push(m) })).finally(() => (settled = true));
+  await until(() => said.length === 1, 5_000, 'the start says it waits');
+  old.kill('SIGSTOP'); // its probes go unanswered now
+  await new Promise((resolve) => setTimeout(resolve, 1_500));
+  assert.equal(settled, false, 'gave up while the holder was paused');
+  old.kill('SIGCONT');
+  old.kill('SIGTERM'); // the old agent finishes stopping: its process ends, the kernel frees the name
+  const taken = await taking;
+  assert.equal(taken.held, true);
+  await taken.release();
+});
+
 /** A child process of `uid` that listens on the lock's name and says nothing; resolves once it listens. */
 async function squat(t: test.TestContext, name: string, uid: number): Promise<number> {
   const child = spawn(process.execPath, ['-e', `require('node:net').createServer().listen(${JSON.stringify(name)}, () => console.log('up'))`], {
@@ -82,7 +127,7 @@ async function squat(t: test.TestContext, name: string, uid: number): Promise<nu
 
 test('folder lock — a name squatted by another user is gone around (said in a warning); one of this user\'s processes is not', { timeout: 30_000 }, async (t) => {
   const folder = await tempDir(t);
-  const name = folderLockName(await realFolder(folder));
+  const name = folderLockName((await identifyFolder(folder)).key);
   const squatter = await squat(t, name, 65534);
   const warnings: string[] = [];
   const around = await lockFolder(folder, holder('a', { current: 'starting' }, { onUnavailable: (m) => warnings.push(m) }));
@@ -90,7 +135,7 @@ test('folder lock — a name squatted by another user is gone around (said in a 
   assert.deepEqual(warnings, [`the lock on ${around.folder} is held by process ${squatter} of uid 65534, which is not a cloudlet agent of this user; going on without it`]);
 
   const other = await tempDir(t);
-  const own = await squat(t, folderLockName(await realFolder(other)), process.getuid?.() ?? 0);
+  const own = await squat(t, folderLockName((await identifyFolder(other)).key), process.getuid?.() ?? 0);
   await assert.rejects(lockFolder(other, holder('a', { current: 'starting' })), (error: { code?: string; message: string }) => {
     assert.equal(error.code, 'FOLDER_IN_USE');
     assert.match(error.message, new RegExp(`is in use by process ${own}, which does not say what it is doing; two agents must not share it`));

@@ -11,8 +11,10 @@ import { table } from '../output.ts';
 /** One row of `cloudlet hosts`, the same shape on both transports. */
 interface HostRow {
   host: string;
-  /** `stopped`: its agent said it stopped cleanly (its last heartbeat); `down`: not heard for downAfterMs. */
-  state: 'up' | 'down' | 'stopped';
+  /** As routing sees it: `down` once not heard for downAfterMs (a stopped host too, then). */
+  state: 'up' | 'down';
+  /** Its agent said it stopped cleanly (its last heartbeat); until it is heard again. Added beside `state`. */
+  stopped?: true;
   lastSeenMsAgo: number | null;
   version: string | null;
   plugins: string[];
@@ -25,8 +27,9 @@ export const hostsCommand: Command = {
   usage: `cloudlet hosts [--config FILE] [--socket PATH] [--json]
   Lists the hosts of the cloud: state (up, stopped, down), last seen, version, plugins and the routes each
   takes. On RabbitMQ from the hosts' heartbeats; on the local transport the one agent, asked with host-info.
-  "stopped": its agent said it stopped cleanly; "down": not heard from for downAfterMs. A host that is down
-  or stopped stays listed until it comes back or is taken out of service with "cloudlet hosts forget".`,
+  "stopped": its agent said it stopped cleanly (until downAfterMs has passed, then "down"); "down": not heard
+  from for downAfterMs. A host that is down stays listed until it comes back or is taken out of service with
+  "cloudlet hosts forget".`,
   flags: ['socket'],
   async run({ positionals, values, output }) {
     refuseConfigPositionals('hosts', positionals);
@@ -34,7 +37,8 @@ export const hostsCommand: Command = {
     const hosts = config.transport.kind === 'amqp' ? await heartbeatRows(config) : await localRow(values);
     const rows = hosts.map((h) => [
       h.host,
-      h.state,
+      // A stopped host is up for routing until downAfterMs (a restart's requests wait for it): said as stopped.
+      h.stopped && h.state === 'up' ? 'stopped' : h.state,
       h.lastSeenMsAgo === null ? '-' : `${(h.lastSeenMsAgo / 1000).toFixed(1)} s ago`,
       h.version ?? '?',
       h.routes.join(',') || '-',
@@ -51,7 +55,8 @@ async function heartbeatRows(config: Awaited<ReturnType<typeof clientConfig>>): 
   try {
     return (await client.hosts()).map((h) => ({
       host: h.host,
-      state: h.stopped ? 'stopped' : h.state,
+      state: h.state,
+      ...(h.stopped ? { stopped: true as const } : {}),
       lastSeenMsAgo: h.agoMs,
       version: h.heartbeat?.version ?? null,
       plugins: h.heartbeat?.plugins ?? [],

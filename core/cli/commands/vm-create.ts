@@ -90,10 +90,14 @@ export function inFlagTerms(reply: ReplyEnvelope, payload: Record<string, unknow
   if (reply.ok || reply.error?.code !== 'INVALID_PAYLOAD') return reply;
   const issues = (reply.error.details as { issues?: unknown } | undefined)?.issues;
   if (!Array.isArray(issues) || issues.length === 0) return reply;
+  let named = false;
   const parts = (issues as { path?: unknown; message?: unknown }[]).map((issue) => {
     const key = typeof issue.path === 'string' ? issue.path.replace(/^payload\./, '') : '';
-    return FLAG_KEYS.has(key) && key in payload ? `--${key} ${JSON.stringify(payload[key])}: ${String(issue.message)}` : `${String(issue.path)}: ${String(issue.message)}`;
+    if (!FLAG_KEYS.has(key) || !(key in payload)) return `${String(issue.path)}: ${String(issue.message)}`;
+    named = true;
+    return `--${key} ${JSON.stringify(payload[key])}: ${String(issue.message)}`;
   });
+  if (!named) return reply;
   const details = typeof reply.error.details === 'object' && reply.error.details !== null ? reply.error.details : {};
   return {
     ...reply,
