@@ -1,0 +1,60 @@
+/** Raw amqplib requests to a host's queue, for the fault tests: as a redelivery or a foreign client sends them. */
+import { Buffer } from 'node:buffer';
+import amqplib from 'amqplib';
+import { makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
+import { amqpNames } from '../../core/transports/amqp/names.ts';
+
+/** Publishes a request straight onto a host's queue, as a redelivery would arrive, and waits for its reply. */
+export async function rawRequest(url: string, prefix: string, host: string, id: string, type: string, payload: unknown, waitMs = 15_000): Promise<ReplyEnvelope> {
+  const connection = await amqplib.connect(url);
+  try {
+    const channel = await connection.createChannel();
+    // A publish to an exchange that is gone closes the channel (404): then the reply just never comes.
+    channel.on('error', () => undefined);
+    const { queue } = await channel.assertQueue('', { exclusive: true });
+    const reply = new Promise<ReplyEnvelope>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no reply to ${id} within ${waitMs} ms`)), waitMs);
+      void channel.consume(
+        queue,
+        (msg) => {
+          const envelope = msg && (JSON.parse(msg.content.toString('utf8')) as ReplyEnvelope);
+          if (envelope?.kind === 'reply') {
+            clearTimeout(timer);
+            resolve(envelope);
+          }
+        },
+        { noAck: true },
+      );
+    });
+    const request = makeRequest({ id, type, target: host, payload });
+    channel.publish(amqpNames(prefix).directExchange, host, Buffer.from(JSON.stringify(request)), {
+      messageId: id,
+      replyTo: queue,
+      type,
+      persistent: true,
+      contentType: 'application/json',
+    });
+    return await reply;
+  } finally {
+    await connection.close();
+  }
+}
+
+/** A fresh exclusive reply queue on `channel`; each reply (not progress) that reaches it goes to `onReply`. */
+export async function replyQueue(channel: amqplib.Channel, onReply: (reply: ReplyEnvelope) => void): Promise<string> {
+  const { queue } = await channel.assertQueue('', { exclusive: true });
+  await channel.consume(
+    queue,
+    (msg) => {
+      const envelope = msg && (JSON.parse(msg.content.toString('utf8')) as ReplyEnvelope);
+      if (envelope?.kind === 'reply') onReply(envelope); // progress ("alive") comes on the same queue
+    },
+    { noAck: true },
+  );
+  return queue;
+}
+
+/** How many times an agent's log says it handled request `id`. */
+export function handledCount(output: string, id: string): number {
+  return output.split('\n').filter((line) => line.includes(`"msgId":"${id}"`) && line.includes('"msg":"handled"')).length;
+}
