@@ -57,6 +57,11 @@ export async function askLockHolder(name: string): Promise<string | undefined> {
 /** What the search for a held lock's holder found. */
 export interface LockHolderFound {
   holder?: { pid: number; uid: number };
+  /**
+   * Whether the name is bound at all (/proc/net/unix lists it, whoever holds it): false means the lock went
+   * free meanwhile. Undefined when the table cannot be read.
+   */
+  listed?: boolean;
   /** Processes of this user running cloudlet's agent whose open files it may not read (they hold capabilities it lacks). */
   uninspectedOwn: number[];
 }
@@ -82,6 +87,7 @@ export function findLockHolder(name: string): LockHolderFound {
     // Node binds the whole sun_path, so the name is padded with NULs, shown as trailing `@`s.
     if (fields[7]?.replace(/@+$/, '') === shown && fields[6] !== undefined) inodes.add(`socket:[${fields[6]}]`);
   }
+  search.listed = inodes.size > 0;
   if (inodes.size === 0) return search;
   const uid = process.getuid?.();
   let entries: string[] = [];
@@ -112,7 +118,7 @@ export function findLockHolder(name: string): LockHolderFound {
       }
       if (inodes.has(target)) {
         const owner = ownedBy(`/proc/${entry}`);
-        if (owner !== undefined) return { holder: { pid: Number(entry), uid: owner }, uninspectedOwn: [] };
+        if (owner !== undefined) return { holder: { pid: Number(entry), uid: owner }, listed: true, uninspectedOwn: [] };
       }
     }
   }

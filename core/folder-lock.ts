@@ -81,44 +81,61 @@ export async function identifyFolder(path: string): Promise<FolderIdentity> {
   }
 }
 
-/** How often a start tries again when the lock's holder went away while it was looked for (see lockFolder). */
+/** How long a holder that does not answer (busy, paused) is given to say what it is doing before it is judged. */
+const SILENCE_MS = 2_000;
+/** How often a start tries again when the lock went free while it was looked for (see lockFolder). */
 const FREED_RETRIES = 20;
 
-/** Takes the folder's lock, waiting for a holder that is stopping; FOLDER_IN_USE when another agent has it. */
+/**
+ * Takes the folder's lock, waiting for a holder that is stopping; FOLDER_IN_USE when another agent has it.
+ * The holder is asked every round: one that says `starting` or `running` refuses the start at once; one that
+ * says `stopping` is waited for up to stoppingWaitMs, through moments it does not answer; one that never
+ * answers is judged after SILENCE_MS (its process looked up, as the socket path's lock does).
+ */
 export async function lockFolder(path: string, options: FolderLockOptions): Promise<FolderLock> {
   const { folder, key } = await identifyFolder(path);
   const name = folderLockName(key);
   const line = () => JSON.stringify({ state: options.state(), host: options.host, plugin: options.plugin, pid: process.pid } satisfies FolderHolder);
-  const held = (server: Server): FolderLock => ({ folder, key, held: true, release: async () => void server.close() });
   let said: FolderHolder | undefined;
   let giveUpAt: number | undefined;
+  let silentUntil: number | undefined;
   let retries = 0;
   for (;;) {
     const server = await listenOrInUse(name, line);
-    if (server) return held(server);
-    // Asked until it says it is stopping; after that it only releases, and one probe it is too busy to
-    // answer (a pause, a loaded host) must not end the wait.
-    if (giveUpAt === undefined) said = parseHolder(await askLockHolder(name)) ?? said;
+    if (server) return { folder, key, held: true, release: async () => void server.close() };
+    const answer = parseHolder(await askLockHolder(name));
+    if (answer) {
+      said = answer;
+      silentUntil = undefined;
+    }
+    const now = Date.now();
     if (said?.state === 'stopping') {
       if (giveUpAt === undefined) {
-        giveUpAt = Date.now() + options.stoppingWaitMs;
+        giveUpAt = now + options.stoppingWaitMs;
         options.onWaiting?.(`the agent of host "${said.host}" (process ${said.pid}) is stopping and still holds ${folder}; waiting up to ${seconds(options.stoppingWaitMs)} for it to finish`);
       }
-      if (Date.now() < giveUpAt) {
+      if (now < giveUpAt) {
+        await sleep(POLL_MS);
+        continue;
+      }
+    } else if (!answer && said === undefined) {
+      // Silent so far: a holder that is busy (a paused process, a loaded host) gets a moment to answer.
+      silentUntil ??= now + SILENCE_MS;
+      if (now < silentUntil) {
         await sleep(POLL_MS);
         continue;
       }
     }
     const search = findLockHolder(name);
-    if (!search.holder && search.uninspectedOwn.length === 0 && retries < FREED_RETRIES) {
-      // Nobody holds it any more, as far as this user can see: gone while it was looked for, or taken by
-      // another start meanwhile. Round again (to take it or to hear from the new holder) before going on
-      // without it; what stays unseen after that is another user's process (only root sees those).
+    if (search.listed === false && retries < FREED_RETRIES) {
+      // Free again (its holder ended while it was looked at): take it, or hear from whoever took it first.
       retries++;
-      await sleep(POLL_MS);
       continue;
     }
-    const decision = onHeldFolder(folder, search, said, process.getuid?.(), options);
+    // What was said counts only if it came from the process that holds the lock now (the one that said it
+    // may have ended and another taken the lock without a word).
+    const holderSaid = said && search.holder && said.pid !== search.holder.pid ? undefined : said;
+    const decision = onHeldFolder(folder, search, holderSaid, process.getuid?.(), options);
     if (decision.refuse) throw cloudletError('FOLDER_IN_USE', decision.refuse, { folder, plugin: options.plugin, ...decision.details });
     options.onUnavailable?.(`the lock on ${folder} is held by ${decision.holder}, which is not a cloudlet agent of this user; going on without it`);
     return { folder, key, held: false, release: async () => undefined };

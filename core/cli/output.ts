@@ -45,7 +45,7 @@ export const HINTS: Readonly<Record<string, string>> = {
  * QEMU's own words when KVM fails it: no module or device, a refused init, an assertion in its KVM code
  * (seen: kvm_buf_set_msrs on a nested VM). Not any "kvm" in the text: a host may be called kvm01.
  */
-const KVM_FAILURE = /Could not access KVM kernel module|failed to initialize kvm|\bkvm_[a-z_]+: Assertion|\bKVM_[A-Z_]+ failed/i;
+const KVM_FAILURE = /Could not access KVM kernel module|failed to initialize kvm|\bkvm_[a-z_]+: Assertion|\bKVM_[A-Z_]+\)? failed/i;
 
 /** A VM that is not running has no address to find: the generic IP_NOT_FOUND hint would mislead. */
 function hintFor(error: { code: string; message?: string; details?: unknown }): string | undefined {

@@ -236,7 +236,9 @@ test('agent — ctx.message (core API 1.12): the handler learns when it is cance
 test('agent — the log line of a failure names the code a handler threw, and a thread stopped because its handler ignored the cancel', async (t) => {
   // Before, both lines said only `code` and the message: the caller saw the thrown code (details) but the
   // operator reading the log did not, and a handler stuck past its cancel looked like one that stopped.
-  const { client, logs } = await startAgent(t, { ...withTestkit, pools: { 'test.sleep': { timeoutMs: 300, cancelGraceMs: 200 } } });
+  // A grace long enough for a cooperative handler to see its cancel on a loaded machine (200 ms was not: it
+  // was once stopped as if it had ignored it).
+  const { client, logs } = await startAgent(t, { ...withTestkit, pools: { 'test.sleep': { timeoutMs: 300, cancelGraceMs: 2_000 } } });
   const undeclared = await client.request(makeRequest({ type: 'test.fail', payload: { declared: false } }));
   assert.equal(undeclared.error?.code, 'HANDLER_ERROR');
   const failed = logs().find((line) => line.msgId === undeclared.id && String(line.msg).startsWith('failed:'));

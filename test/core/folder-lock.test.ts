@@ -82,35 +82,88 @@ test('folder lock — a holder that says it is stopping is waited for up to stop
   await taken.release();
 });
 
+/** A script that holds a folder's lock saying `stopping` (`hold`), or takes it, saying when it waits, and prints the outcome (`take`). */
+async function lockScript(dir: string): Promise<string> {
+  const script = join(dir, 'lock.mts');
+  await writeFile(
+    script,
+    `import { lockFolder } from ${JSON.stringify(new URL('../../core/folder-lock.ts', import.meta.url).pathname)};
+const [mode, folder, host] = process.argv.slice(2);
+if (mode === 'hold') {
+  await lockFolder(folder, { host, plugin: 'qemu-backend', state: () => 'stopping', stoppingWaitMs: 0 });
+  console.log('held');
+  setInterval(() => undefined, 1_000);
+} else {
+  console.log('taking');
+  const outcome = await lockFolder(folder, { host, plugin: 'qemu-backend', state: () => 'starting', stoppingWaitMs: 60_000, onWaiting: () => console.log('waiting') }).then(
+    (lock) => ({ held: lock.held }),
+    (error) => ({ code: error.code, message: error.message }),
+  );
+  console.log(JSON.stringify(outcome));
+  process.exit(0);
+}
+`,
+  );
+  return script;
+}
+
+function child(t: test.TestContext, script: string, args: string[]): { process: ReturnType<typeof spawn>; lines: string[]; next: () => Promise<string> } {
+  const started = spawn(process.execPath, ['--import', 'tsx', script, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.after(() => started.kill('SIGKILL'));
+  const lines: string[] = [];
+  let buffered = '';
+  started.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
+    buffered += chunk;
+    const parts = buffered.split('\n');
+    buffered = parts.pop() ?? '';
+    lines.push(...parts);
+  });
+  let read = 0;
+  return { process: started, lines, next: async () => (await until(() => lines.length > read, 20_000, 'a line from the child'), lines[read++] as string) };
+}
+
 test('folder lock — the wait for a stopping holder outlasts a moment when it does not answer (paused, loaded)', { timeout: 30_000 }, async (t) => {
   // Before, every round asked the holder again, and one unanswered probe ended the wait with FOLDER_IN_USE
   // "does not say what it is doing" while the old agent was still draining.
   const folder = await tempDir(t);
-  const script = join(folder, 'holder.mts');
-  await writeFile(
-    script,
-    `import { lockFolder } from ${JSON.stringify(new URL('../../core/folder-lock.ts', import.meta.url).pathname)};
-await lockFolder(process.argv[2], { host: 'old', plugin: 'qemu-backend', state: () => 'stopping', stoppingWaitMs: 0 });
-console.log('held');
-setInterval(() => undefined, 1_000);
-`,
-  );
-  const old = spawn(process.execPath, ['--import', 'tsx', script, folder], { stdio: ['ignore', 'pipe', 'inherit'] });
-  t.after(() => old.kill('SIGKILL'));
-  await new Promise((resolve) => old.stdout?.once('data', resolve));
+  const old = child(t, await lockScript(folder), ['hold', folder, 'old']);
+  assert.equal(await old.next(), 'held');
 
   const said: string[] = [];
   let settled = false;
   const taking = lockFolder(folder, holder('new', { current: 'starting' }, { stoppingWaitMs: 60_000, onWaiting: (m: string) => said.push(m) })).finally(() => (settled = true));
   await until(() => said.length === 1, 5_000, 'the start says it waits');
-  old.kill('SIGSTOP'); // its probes go unanswered now
-  await new Promise((resolve) => setTimeout(resolve, 1_500));
+  old.process.kill('SIGSTOP'); // its probes go unanswered now
+  await new Promise((resolve) => setTimeout(resolve, 2_500));
   assert.equal(settled, false, 'gave up while the holder was paused');
-  old.kill('SIGCONT');
-  old.kill('SIGTERM'); // the old agent finishes stopping: its process ends, the kernel frees the name
+  old.process.kill('SIGCONT');
+  old.process.kill('SIGTERM'); // the old agent finishes stopping: its process ends, the kernel frees the name
   const taken = await taking;
   assert.equal(taken.held, true);
   await taken.release();
+});
+
+test('folder lock — a start waiting for a stopping holder is refused by the one that took the lock after it, and names that one', { timeout: 30_000 }, async (t) => {
+  // Before, the holder was not asked again once it had said "stopping": the start waited out stoppingWaitMs
+  // (minutes, in an agent), then named the old holder.
+  const folder = await tempDir(t);
+  const script = await lockScript(folder);
+  const old = child(t, script, ['hold', folder, 'old']);
+  assert.equal(await old.next(), 'held');
+  const waiting = child(t, script, ['take', folder, 'waiting']);
+  assert.equal(await waiting.next(), 'taking');
+  assert.equal(await waiting.next(), 'waiting', 'it has heard "stopping" and waits');
+  waiting.process.kill('SIGSTOP'); // so that the third start is surely first
+  old.process.kill('SIGKILL');
+  await until(async () => {
+    const third = await lockFolder(folder, holder('third', { current: 'running' })).catch(() => undefined);
+    if (third) t.after(() => third.release());
+    return third !== undefined;
+  }, 10_000, 'the third start to take the freed lock');
+  waiting.process.kill('SIGCONT');
+  const outcome = JSON.parse(await waiting.next()) as { code?: string; message?: string };
+  assert.equal(outcome.code, 'FOLDER_IN_USE', JSON.stringify(outcome));
+  assert.match(String(outcome.message), new RegExp(`in use by the agent of host "third" \\(process ${process.pid}, plugin "qemu-backend", running\\)`));
 });
 
 /** A child process of `uid` that listens on the lock's name and says nothing; resolves once it listens. */

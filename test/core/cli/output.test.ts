@@ -82,7 +82,7 @@ function hintOf(wire: { code: string; message: string; details?: unknown }): str
 }
 
 test('output — QEMU_FAILED with a KVM error points at accel: tcg; otherwise at the log, not only at a console a failed create does not leave', () => {
-  for (const message of ['QEMU did not start (exit 1): Could not access KVM kernel module: No such file or directory', 'QEMU did not start (exit 1): qemu-system-x86_64: -accel kvm: failed to initialize kvm: Permission denied', 'QEMU did not start (exit 134): …/kvm.c:1234: kvm_buf_set_msrs: Assertion `ret == cpu->kvm_msr_buf->nmsrs\' failed.']) {
+  for (const message of ['QEMU did not start (exit 1): Could not access KVM kernel module: No such file or directory', 'QEMU did not start (exit 1): qemu-system-x86_64: -accel kvm: failed to initialize kvm: Permission denied', 'QEMU did not start (exit 1): ioctl(KVM_CREATE_VM) failed: 16 Device or resource busy', 'QEMU did not start (exit 134): …/kvm.c:1234: kvm_buf_set_msrs: Assertion `ret == cpu->kvm_msr_buf->nmsrs\' failed.']) {
     assert.match(String(hintOf({ code: 'QEMU_FAILED', message })), /^QEMU could not use KVM on that host: set "accel: tcg" in its qemu-backend options/, message);
   }
   assert.match(String(hintOf({ code: 'QEMU_FAILED', message: 'QEMU did not start (exit 1): Could not open \'/x\'' })), /the agent log .*a failed create leaves none/);

@@ -1,6 +1,6 @@
 /**
  * `vm create --request-id` without `--host` on RabbitMQ: where the repeat goes, from what every host said
- * about the request (find-create). The whole path, with two QEMU hosts, is in test/e2e/ops-cli-vm.test.ts.
+ * about the request (find-create). The whole path, with two QEMU hosts, is in test/e2e/ops-cli-vm-amqp.test.ts.
  */
 import assert from 'node:assert/strict';
 import test from 'node:test';
