@@ -332,7 +332,9 @@ test('broker objects deleted — the host queue deleted under a running agent: i
   await (await admin.createChannel()).deleteQueue(amqpNames(cloud.prefix).hostQueue('h1'));
   const reply = await requestUntilAnswered(cloud, 'h1', 15_000);
   assert.equal(reply?.ok, true, 'the agent answers again');
-  assert.match(cloud.agents.get('h1')!.output(), /the broker cancelled the consumer/);
+  // It learns that the queue is gone one of two ways, whichever comes first on a loaded machine: the broker
+  // cancels its consumer, or its binding refresh touches the queue and the broker closes the channel (404).
+  assert.match(cloud.agents.get('h1')!.output(), new RegExp(`the broker cancelled the consumer|no queue '${cloud.prefix}\\.host\\.h1'`));
 });
 
 test('broker objects deleted — a channel the broker closed under a running agent (its presence exchange deleted): the agent connects again and answers', async (t) => {
