@@ -355,8 +355,9 @@ test('broker objects deleted — a channel the broker closed under a running age
 test('broker objects deleted — a channel the broker closed under a client (it subscribed after the events exchange was deleted): the client connects again and goes on', async (t) => {
   const cloud = await startCloud(t, [{ id: 'h1' }]);
   const client = cloud.client();
-  const echo = () => client.request(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'x' }, deadline: Date.now() + 2_000 }));
-  assert.equal((await echo()).ok, true);
+  const echo = (ms = 2_000) => client.request(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'x' }, deadline: Date.now() + ms }));
+  // The first request of a new agent gets time: on a loaded machine it once took longer than 2 s.
+  assert.equal((await echo(15_000)).ok, true);
   const admin = await amqplib.connect(cloud.url);
   t.after(() => admin.close());
   await (await admin.createChannel()).deleteExchange(amqpNames(cloud.prefix).eventsExchange);
