@@ -104,10 +104,7 @@ export async function lockFolder(path: string, options: FolderLockOptions): Prom
     const server = await listenOrInUse(name, line);
     if (server) return { folder, key, held: true, release: async () => void server.close() };
     const answer = parseHolder(await askLockHolder(name));
-    if (answer) {
-      said = answer;
-      silentUntil = undefined;
-    }
+    if (answer) said = answer;
     const now = Date.now();
     if (said?.state === 'stopping') {
       if (giveUpAt === undefined) {
