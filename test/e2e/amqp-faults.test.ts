@@ -268,9 +268,10 @@ test('hand-on refused by the broker — the caller gets NO_CAPACITY naming who r
   // The broker is made to refuse with a policy, set by rabbitmqctl: on a node of the test's own, which
   // rabbitmqctl always reaches (the shared broker may be another machine's, CLOUDLET_TEST_AMQP_URL).
   const node = await startRabbitNode(t, { name: 'refuse' });
-  // downAfterMs 5 s: full1 must hear the ghost as live when it hands the request on, and rabbitmqctl with a
-  // broker node of the test's own starves this 2-core box (a CI run saw the ghost "down" and no hand-on).
-  const cloud = await startCloud(t, [{ id: 'full1', testkitOptions: { hasCapacity: false } }], { url: node.url, downAfterMs: 5_000 });
+  // full1 must still count the ghost as live when it hands the request on, and nothing here waits for a host
+  // to be judged down. rabbitmqctl beside a broker node of the test's own starves a 2-core box under the full
+  // suite: CI runs saw the ghost "down" and no hand-on with downAfterMs 1.2 s, and again with 5 s. So 60 s.
+  const cloud = await startCloud(t, [{ id: 'full1', testkitOptions: { hasCapacity: false } }], { url: node.url, downAfterMs: 60_000 });
   const names = amqpNames(cloud.prefix);
   await ghostTakingAnyHost(t, cloud.url, names);
   await new Promise((resolve) => setTimeout(resolve, 500)); // full1 has heard the ghost
