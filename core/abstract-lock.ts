@@ -12,6 +12,40 @@ import process from 'node:process';
 import { parseArgs } from 'node:util';
 import { FLAGS } from './cli/args.ts';
 
+/**
+ * A lock's wait ended because the start that waited was called off (the agent was told to stop while it
+ * waited for another agent to finish stopping). Nothing was taken: the caller stops, it did not fail.
+ */
+export class LockWaitCalledOff extends Error {
+  override name = 'LockWaitCalledOff';
+  /** What the start was waiting for, for the agent's log line. */
+  readonly waitingFor: string;
+
+  constructor(waitingFor: string) {
+    super(`the start was called off while it waited for ${waitingFor}`);
+    this.waitingFor = waitingFor;
+  }
+}
+
+/**
+ * One round of a lock's wait: `ms`, cut short when `signal` aborts, after which (or when it had aborted
+ * already) it throws LockWaitCalledOff naming `waitingFor()`.
+ */
+export async function pauseOrCallOff(ms: number, signal: AbortSignal | undefined, waitingFor: () => string): Promise<void> {
+  if (!signal?.aborted) {
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      signal?.addEventListener('abort', done, { once: true });
+    });
+  }
+  if (signal?.aborted) throw new LockWaitCalledOff(waitingFor());
+}
+
 /** A listener on `name` that tells each connection `line()` and cuts it, or undefined when the name is in use. */
 export async function listenOrInUse(name: string, line: () => string): Promise<Server | undefined> {
   const server = createServer((connection) => {

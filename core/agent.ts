@@ -16,6 +16,7 @@ import { dependencyOptionsFor } from './plugins/checks.ts';
 import type { LoadedPlugin } from './plugins/loader.ts';
 import { createAgentTransport, successorWaitMs, type AgentTransport } from './transports/index.ts';
 import { identifyFolder, lockFolder, type FolderLock } from './folder-lock.ts';
+import { LockWaitCalledOff } from './abstract-lock.ts';
 import { AGENT_VERSION } from './version.ts';
 import type { LogLevelName } from '../workers/protocol.ts';
 import { RUNNING_FROM } from './runtime/package-root.ts';
@@ -56,6 +57,8 @@ export class Agent {
   #stopping: Promise<void> | undefined;
   readonly #observers = new Set<DispatchObserver>();
   #state: 'starting' | 'running' | 'stopping' = 'starting';
+  /** Aborted when the start is called off (a signal during it): ends a wait for another agent's lock. */
+  #startSignal: AbortSignal | undefined;
   /** The init or start hook running now, with its slow-hook log's timer (a stop ends that timer). */
   #runningHook: { plugin: string; hook: 'init' | 'start'; since: number; timer: ReturnType<typeof setInterval> } | undefined;
   readonly #slowHookLogMs: number;
@@ -133,6 +136,7 @@ export class Agent {
       state: () => this.#state,
       // A restart that did not wait for the old agent: it is given as long as a socket path's successor.
       stoppingWaitMs: successorWaitMs(this.config.core.shutdown, { stopHooks: countStopHooks(this.config), longestCancelGraceMs: longestCancelGraceMs(this.config) }),
+      ...(this.#startSignal ? { signal: this.#startSignal } : {}),
       onWaiting: (message) => this.log.info({ plugin, folder: path }, message),
       onUnavailable: (message) => this.log.warn({ plugin, folder: path }, message),
     });
@@ -183,14 +187,20 @@ export class Agent {
     });
   }
 
-  async start(): Promise<void> {
+  /**
+   * Starts the agent. `signal` calls the start off where it only waits for another agent to finish stopping
+   * (the socket path's lock, a held folder): start() then rejects with LockWaitCalledOff, having taken
+   * nothing. Work under way (a hook reconciling VMs) is not cut short by it.
+   */
+  async start(options: { signal?: AbortSignal } = {}): Promise<void> {
     const { config } = this;
+    this.#startSignal = options.signal;
     // Keys first (file modes, key formats): a bad one stops the start before any hook or thread ran.
     // Replay protection lets a repeat of these through too (signed, within its deadline): the handler answers it.
     const security = await agentSecurity(config.core.security, { handlesRepeats: typesThatHandleRepeats(config) });
     for (const p of config.plugins) if (p.plugin.errors) registerPluginErrors(p.plugin.errors);
     // Before any hook: a second agent for the same socket must not touch what the first one runs.
-    await this.transport.reserve?.();
+    await this.transport.reserve?.(options.signal ? { signal: options.signal } : {});
 
     for (const p of config.plugins) {
       await this.#runHook(p, 'init');
@@ -281,6 +291,8 @@ export class Agent {
     } catch (cause) {
       // The agent's own refusal (ctx.holdFolder), not the plugin's failure: its code tells the operator what to do.
       if (cause instanceof CloudletError && cause.code === 'FOLDER_IN_USE') throw cause;
+      // Nor is a start called off while the hook waited for a folder's lock: the agent stops, it did not fail.
+      if (cause instanceof LockWaitCalledOff) throw cause;
       throw new CloudletError('PLUGIN_HOOK_FAILED', `plugin "${plugin.plugin.name}" failed in its ${hook} hook: ${thrownMessage(cause)}`, {
         cause,
         details: { plugin: plugin.plugin.name, hook },
@@ -351,14 +363,16 @@ const SHUTDOWN_SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
 /**
  * Runs an agent until SIGTERM/SIGINT/SIGHUP; resolves with the process exit code. The signals are taken from the
  * start: one that comes while the agent starts (systemd stopping a unit whose plugins take a while to
- * init) lets the start finish and then stops the agent as usual, stop hooks included. A second signal, at
- * any time, means "now".
+ * init) lets the start finish and then stops the agent as usual, stop hooks included. A start that only
+ * waits for another agent to finish stopping (its socket path's or a folder's lock) is called off at once
+ * instead: it has taken nothing, and that wait may last minutes. A second signal, at any time, means "now".
  */
 export async function runAgent(config: HostConfig, options: AgentOptions = {}): Promise<number> {
   const agent = new Agent(config, options);
   let received: NodeJS.Signals | undefined;
   let starting = true;
   let signalled!: (signal: NodeJS.Signals) => void;
+  const callOff = new AbortController();
   const stopRequested = new Promise<NodeJS.Signals>((resolve) => (signalled = resolve));
   const onSignal = (signal: NodeJS.Signals) => {
     if (received) {
@@ -370,6 +384,7 @@ export async function runAgent(config: HostConfig, options: AgentOptions = {}): 
       const hook = agent.runningHook;
       const waiting = hook ? ` (waiting for plugin "${hook.plugin}" ${hook.hook} hook, running for ${Math.round(hook.sinceMs / 1000)} s; a second signal exits now)` : '';
       agent.log.info({ signal, ...(hook ? { plugin: hook.plugin, hook: hook.hook } : {}) }, `signal during start-up: stopping once the start is done${waiting}`);
+      callOff.abort();
     }
     signalled(signal);
   };
@@ -378,8 +393,13 @@ export async function runAgent(config: HostConfig, options: AgentOptions = {}): 
   for (const name of SHUTDOWN_SIGNALS) process.on(name, onSignal);
   try {
     try {
-      await agent.start();
+      await agent.start({ signal: callOff.signal });
     } catch (error) {
+      if (error instanceof LockWaitCalledOff) {
+        agent.log.info({ signal: received }, `stopped without starting: the ${received} came while the start waited for ${error.waitingFor}`);
+        await agent.stop('signal during start-up').catch(() => undefined);
+        return 0;
+      }
       agent.log.fatal({ err: error, code: (error as { code?: string }).code }, `agent failed to start: ${(error as Error).message}`);
       await agent.stop('start failed').catch(() => undefined);
       return 1;

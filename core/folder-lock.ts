@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import { realpath, stat } from 'node:fs/promises';
 import type { Server } from 'node:net';
 import process from 'node:process';
-import { askLockHolder, findLockHolder, listenOrInUse, type LockHolderFound } from './abstract-lock.ts';
+import { askLockHolder, findLockHolder, listenOrInUse, pauseOrCallOff, type LockHolderFound } from './abstract-lock.ts';
 import { seconds } from './cli/output.ts';
 import { cloudletError } from './errors.ts';
 
@@ -47,6 +47,8 @@ export interface FolderLockOptions {
   setting?: string;
   /** How long to wait for a holder that says it is stopping. */
   stoppingWaitMs: number;
+  /** Ends a wait for another holder with LockWaitCalledOff (the agent was told to stop meanwhile). */
+  signal?: AbortSignal;
   onWaiting?: (message: string) => void;
   onUnavailable?: (message: string) => void;
 }
@@ -112,14 +114,14 @@ export async function lockFolder(path: string, options: FolderLockOptions): Prom
         options.onWaiting?.(`the agent of host "${said.host}" (process ${said.pid}) is stopping and still holds ${folder}; waiting up to ${seconds(options.stoppingWaitMs)} for it to finish`);
       }
       if (now < giveUpAt) {
-        await sleep(POLL_MS);
+        await pauseOrCallOff(POLL_MS, options.signal, () => `the agent of host "${said?.host}" (process ${said?.pid}) to stop and release ${folder}`);
         continue;
       }
     } else if (!answer && said === undefined) {
       // Silent so far: a holder that is busy (a paused process, a loaded host) gets a moment to answer.
       silentUntil ??= now + SILENCE_MS;
       if (now < silentUntil) {
-        await sleep(POLL_MS);
+        await pauseOrCallOff(POLL_MS, options.signal, () => `the holder of ${folder}'s lock to answer`);
         continue;
       }
     }
@@ -137,10 +139,6 @@ export async function lockFolder(path: string, options: FolderLockOptions): Prom
     options.onUnavailable?.(`the lock on ${folder} is held by ${decision.holder}, which is not a cloudlet agent of this user; going on without it`);
     return { folder, key, held: false, release: async () => undefined };
   }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 /** The holder's line, or undefined when it is not one a folder lock writes (anyone can take the name). */

@@ -78,7 +78,7 @@ export class LocalAgentTransport implements AgentTransport {
    * Takes the socket path's lock and clears a stale socket, before the agent's plugins start: a second agent
    * on the path is refused before its hooks act on what the first one runs. Held until close().
    */
-  async reserve(): Promise<void> {
+  async reserve(options: { signal?: AbortSignal } = {}): Promise<void> {
     if (this.#lock) return;
     const { socketPath } = this.#options;
     await checkSocketFolder(socketPath, { create: true });
@@ -86,6 +86,7 @@ export class LocalAgentTransport implements AgentTransport {
     const lock = await lockSocketPath(socketPath, {
       ...(this.#options.lockWaitMs === undefined ? {} : { waitMs: this.#options.lockWaitMs }),
       ...(this.#options.stoppingWaitMs === undefined ? {} : { stoppingWaitMs: this.#options.stoppingWaitMs }),
+      ...(options.signal ? { signal: options.signal } : {}),
       onWaiting: (message) => this.#options.log?.info?.({ socketPath }, message),
       onUnavailable: (message) => this.#options.log?.warn({ socketPath }, message),
     });

@@ -9,7 +9,7 @@ import { createConnection, type Server } from 'node:net';
 import { basename, dirname, join, sep } from 'node:path';
 import { tmpdir } from 'node:os';
 import process from 'node:process';
-import { askLockHolder, findLockHolder, listenOrInUse, type LockHolderFound } from '../abstract-lock.ts';
+import { askLockHolder, findLockHolder, listenOrInUse, pauseOrCallOff, type LockHolderFound } from '../abstract-lock.ts';
 import { seconds } from '../cli/output.ts';
 import { cloudletError } from '../errors.ts';
 
@@ -124,6 +124,8 @@ export interface SocketPathLockOptions {
    * then waits for it instead of failing. Default: waitMs.
    */
   stoppingWaitMs?: number;
+  /** Ends the wait with LockWaitCalledOff (the agent was told to stop meanwhile). */
+  signal?: AbortSignal;
   /** Told once when the start waits for an agent that is stopping. */
   onWaiting?: (message: string) => void;
   /** Told when the lock could not be had and the agent goes on without it. */
@@ -184,7 +186,7 @@ export async function lockSocketPath(socketPath: string, options: SocketPathLock
       options.onUnavailable?.(`the start-up lock for ${socketPath} is held by ${decision.holder}, which does not serve it; starting without the lock`);
       return { held: false, setState: () => undefined, release: async () => undefined };
     }
-    await new Promise((resolve) => setTimeout(resolve, LOCK_POLL_MS));
+    await pauseOrCallOff(LOCK_POLL_MS, options.signal, () => (said === 'stopping' ? `the agent stopping on ${socketPath} to finish` : `the holder of ${socketPath}'s start-up lock`));
   }
 }
 

@@ -44,9 +44,10 @@ export interface AgentTransport {
   /**
    * Claims what this agent will serve on before any plugin starts (the local socket path's lock), so a
    * second agent for the same place is refused before its hooks act on what the first one runs. Released
-   * by close(). Transports with nothing to claim leave it out.
+   * by close(). Transports with nothing to claim leave it out. `signal` ends a wait for another agent that
+   * is stopping (LockWaitCalledOff): the agent was told to stop meanwhile.
    */
-  reserve?(): Promise<void>;
+  reserve?(options?: { signal?: AbortSignal }): Promise<void>;
   /** Stops taking new messages (shutdown); messages already delivered can still be answered. */
   stopAccepting(): Promise<void>;
   publishEvent(event: EventEnvelope): Promise<void>;

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import process from 'node:process';
 import test from 'node:test';
 import { folderLockName, identifyFolder, lockFolder, onHeldFolder, parseHolder, type FolderHolderState, type FolderLockOptions } from '../../core/folder-lock.ts';
+import { askLockHolder, LockWaitCalledOff } from '../../core/abstract-lock.ts';
 import { tempDir, until } from '../helpers.ts';
 
 function holder(host: string, state: { current: FolderHolderState }, extra: Partial<FolderLockOptions> = {}): FolderLockOptions {
@@ -80,6 +81,30 @@ test('folder lock — a holder that says it is stopping is waited for up to stop
   const taken = await patient;
   assert.equal(taken.held, true);
   await taken.release();
+});
+
+test('folder lock — a wait for a stopping holder ends when its signal aborts (LockWaitCalledOff, naming the holder); nothing is taken', { timeout: 30_000 }, async (t) => {
+  const folder = await tempDir(t);
+  const old = await lockFolder(folder, holder('a', { current: 'stopping' }));
+  t.after(() => old.release());
+  const callOff = new AbortController();
+  const said: string[] = [];
+  const waiting = lockFolder(folder, holder('b', { current: 'starting' }, { stoppingWaitMs: 60_000, signal: callOff.signal, onWaiting: (m) => said.push(m) }));
+  await until(() => said.length > 0, 10_000);
+  callOff.abort();
+  await assert.rejects(waiting, (error: unknown) => {
+    assert.ok(error instanceof LockWaitCalledOff, String(error));
+    assert.equal(error.waitingFor, `the agent of host "a" (process ${process.pid}) to stop and release ${old.folder}`);
+    return true;
+  });
+  // Still the old holder's: a start that is not called off waits for it again.
+  assert.equal((await askLockHolder(folderLockName(old.key)))?.includes('"host":"a"'), true);
+  // A signal aborted before the start is called off at its first wait, and only then: a free folder is taken.
+  await assert.rejects(lockFolder(folder, holder('b', { current: 'starting' }, { stoppingWaitMs: 60_000, signal: AbortSignal.abort() })), LockWaitCalledOff);
+  await old.release();
+  const free = await lockFolder(folder, holder('b', { current: 'starting' }, { signal: AbortSignal.abort() }));
+  assert.equal(free.held, true);
+  await free.release();
 });
 
 /** A script that holds a folder's lock saying `stopping` (`hold`), or takes it, saying when it waits, and prints the outcome (`take`). */

@@ -20,7 +20,7 @@ import { createLogger, memoryDestination } from '../../core/logger.ts';
 import { FrameReader, salvageIds } from '../../core/transports/ndjson.ts';
 import { LocalAgentTransport, LocalClientTransport } from '../../core/transports/local.ts';
 import { lockSocketPath, onHeldLock, socketLockName } from '../../core/transports/socket-path.ts';
-import { looksLikeAgent } from '../../core/abstract-lock.ts';
+import { LockWaitCalledOff, looksLikeAgent } from '../../core/abstract-lock.ts';
 import { startAgent, tempDir, testkitPath, until } from '../helpers.ts';
 
 const withTestkit = { plugins: [{ use: testkitPath, options: {} }] };
@@ -412,6 +412,35 @@ test('local — a start waits for an agent that says it is stopping only up to s
   await stopping.close();
   await listening;
   assert.equal(patient.isUp(), true);
+});
+
+test('local — a start that waits for a stopping agent is called off by its signal (LockWaitCalledOff) and takes nothing', { timeout: 30_000 }, async (t) => {
+  const dir = await tempDir(t);
+  const socketPath = join(dir, 'agent.sock');
+  const stopping = new LocalAgentTransport({ socketPath, hostId: 'h1', maxMessageBytes: 1 << 20 });
+  await stopping.listen(() => undefined);
+  t.after(() => stopping.close());
+  await stopping.stopAccepting();
+
+  const infos: string[] = [];
+  const log = { warn: () => undefined, info: (_obj: object, message: string) => void infos.push(message) };
+  const waiting = new LocalAgentTransport({ socketPath, hostId: 'h1', maxMessageBytes: 1 << 20, log, lockWaitMs: 0, stoppingWaitMs: 60_000 });
+  t.after(() => waiting.close());
+  const callOff = new AbortController();
+  const reserved = waiting.reserve({ signal: callOff.signal });
+  await until(() => infos.length > 0, 10_000);
+  callOff.abort();
+  await assert.rejects(reserved, (error: unknown) => {
+    assert.ok(error instanceof LockWaitCalledOff, String(error));
+    assert.equal(error.waitingFor, `the agent stopping on ${socketPath} to finish`);
+    return true;
+  });
+  // Nothing taken: once the old agent is gone, another start takes the path.
+  await stopping.close();
+  const next = new LocalAgentTransport({ socketPath, hostId: 'h1', maxMessageBytes: 1 << 20, lockWaitMs: 0 });
+  t.after(() => next.close());
+  await next.listen(() => undefined);
+  assert.equal(next.isUp(), true);
 });
 
 test('local — a lock held while nothing serves the path is gone around only when it is surely another user\'s', () => {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import test, { type TestContext } from 'node:test';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { repoRoot, runCli, spawnAgent, tempDir, testkitPath, until, writeConfig } from '../helpers.ts';
 
@@ -167,6 +167,45 @@ test('cli — a start hook that never finishes: the agent waits, names the plugi
   assert.match(agent.output(), /signal during start-up: stopping once the start is done \(waiting for plugin \\"start-hangs\\" start hook, running for \d+ s; a second signal exits now\)/);
   agent.child.kill('SIGTERM');
   assert.deepEqual(await agent.exited, [130, null]);
+});
+
+test('cli — SIGTERM while a start waits for a stopping agent (its socket path or its folder): the wait ends, nothing is taken, exit 0', { timeout: 90_000 }, async (t) => {
+  // Before, the signal was kept until the wait ended: up to the successor's wait (drain, cancel grace, each
+  // stop hook's limit, 30 s more), minutes for systemd or an operator at the terminal to sit through.
+  const dir = await tempDir(t);
+  const folder = join(dir, 'state');
+  await mkdir(folder);
+  const plugin = (name: string) => fileURLToPath(new URL(`../fixtures/plugins/${name}/index.ts`, import.meta.url));
+  const config = (name: string, socket: string) =>
+    writeConfig(
+      dir,
+      `${name}.yaml`,
+      `host:\n  id: ${name}\ntransport:\n  kind: local\n  socket: ${join(dir, socket)}\nshutdown:\n  graceMs: 0\n  stopHookMs: 120000\nplugins:\n  - use: ${plugin('folder-holder')}\n    options:\n      folder: ${folder}\n  - use: ${plugin('stop-hangs')}\n`,
+    );
+  // The old agent stops, and stays stopping: its stop hook hangs (for stopHookMs), and it holds the socket
+  // path's lock and the folder until after its stop hooks.
+  const old = await spawnAgent(t, await config('old', 'agent.sock'));
+  old.child.kill('SIGTERM');
+  await until(() => old.output().includes(`"msg":"shutting down"`), 10_000);
+
+  const waiters = [
+    { what: 'socket path', config: await config('same-socket', 'agent.sock'), waitingFor: `the agent stopping on ${join(dir, 'agent.sock')} to finish` },
+    { what: 'folder', config: await config('same-folder', 'other.sock'), waitingFor: `the agent of host \\"old\\" (process ${old.child.pid}) to stop and release ${folder}` },
+  ];
+  for (const waiter of waiters) {
+    const child = spawn(process.execPath, [join(repoRoot, 'core/cli/bin.js'), 'agent', '--config', waiter.config], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CLOUDLET_LOG_FORMAT: 'json' } });
+    t.after(() => child.kill('SIGKILL'));
+    let output = '';
+    child.stdout.on('data', (d) => (output += d));
+    child.stderr.on('data', (d) => (output += d));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    await until(() => /is stopping .*waiting up to/.test(output), 20_000);
+    child.kill('SIGTERM');
+    assert.equal(await exited, 0, output);
+    assert.equal(old.child.exitCode, null, 'the old agent is still stopping: the wait was called off, it did not run out');
+    assert.ok(output.includes(`stopped without starting: the SIGTERM came while the start waited for ${waiter.waitingFor}`), `${waiter.what}:\n${output}`);
+    assert.doesNotMatch(output, /ready as host/, waiter.what);
+  }
 });
 
 test('cli — an agent that cannot start (invalid config) exits 3 and names the problem', async (t) => {
