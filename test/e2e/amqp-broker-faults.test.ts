@@ -55,7 +55,9 @@ test('broker restart — a client subscribed to events keeps receiving them afte
 
 test('broker limits — a broker max_message_size below limits.maxMessageBytes: an oversize reply is answered MESSAGE_TOO_LARGE without a reconnect and runs once; an oversize request fails after one', async (t) => {
   const node = await startRabbitNode(t, { name: 'max-size', conf: 'max_message_size = 65536\n' });
-  const cloud = await startCloud(t, [{ id: 'h1' }, { id: 'h2' }], { url: node.url, routingAny: ['test.blob'] }); // limits.maxMessageBytes: 1 MiB
+  // limits.maxMessageBytes: 1 MiB. A long downAfterMs: the agents' silence watch must not reconnect them
+  // (heartbeats late beside a broker node of the test's own), since the test counts reconnects.
+  const cloud = await startCloud(t, [{ id: 'h1' }, { id: 'h2' }], { url: node.url, routingAny: ['test.blob'], downAfterMs: 30_000 });
   const client = cloud.client({ inactivityTimeoutMs: 20_000 });
   const restarts = () => [...cloud.agents.values()].map((agent) => agent.output().match(/connecting to the broker again/g)?.length ?? 0);
   // A small any-host request whose reply (~100 kB) the broker refuses. Had that closed the channel the
@@ -110,7 +112,8 @@ test('broker limits — a learned broker limit is forgotten once the broker come
 });
 
 test('broker refusals — a reply the broker nacks (its reply queue rejects publishes) is given up and the request acked: no reconnect, no retry', async (t) => {
-  const cloud = await startCloud(t, [{ id: 'h1' }]);
+  // A long downAfterMs: the test counts reconnects, and the silence watch must not add one under load.
+  const cloud = await startCloud(t, [{ id: 'h1' }], { downAfterMs: 30_000 });
   const agent = cloud.agents.get('h1')!;
   const connection = await amqplib.connect(cloud.url);
   t.after(() => connection.close());
@@ -180,7 +183,8 @@ test('redelivery — a reply cut off with its connection is sent again once conn
   // without a deadline has the client's patience as its TTL (4 s here), and this one ran 6 s: it went to the
   // dead-letter queue instead, and the caller got CLIENT_TIMEOUT for work that was done.
   const relay = await cuttingRelay('"slept"');
-  const cloud = await startCloud(t, [{ id: 'h1' }], { url: relay.url });
+  // Nothing here waits for a host to be judged down; h1 reconnecting through the relay may take a while.
+  const cloud = await startCloud(t, [{ id: 'h1' }], { url: relay.url, downAfterMs: 15_000 });
   t.after(() => relay.close()); // after the cloud's own clean-up, which goes through the relay
   const client = cloud.client({ inactivityTimeoutMs: 4_000 });
   const reply = await client.request(makeRequest({ type: 'test.sleep', target: 'h1', payload: { ms: 6_000 } }));

@@ -124,7 +124,9 @@ test('poison — a message with no reply_to is dead-lettered, not looped, and th
 
 test('broker restart — every request of a stream is answered exactly once, none lost', async (t) => {
   const node = await startRabbitNode(t);
-  const cloud = await startCloud(t, [{ id: 'h1' }, { id: 'h2' }], { url: node.url });
+  // Nothing here waits for a host to be judged down: after the restart, agents reconnecting to a just-booted
+  // node on a loaded machine may take longer than a short downAfterMs, and their requests would fail HOST_DOWN.
+  const cloud = await startCloud(t, [{ id: 'h1' }, { id: 'h2' }], { url: node.url, downAfterMs: 30_000 });
   const client = cloud.client({ inactivityTimeoutMs: 60_000 });
   await new Promise((r) => setTimeout(r, 500));
   const total = 60;
@@ -237,7 +239,9 @@ async function ghostTakingAnyHost(t: TestContext, url: string, names: ReturnType
 }
 
 test('hand-back — copies of a request that came in while it ran are passed on too, not left unacknowledged', async (t) => {
-  const cloud = await startCloud(t, [{ id: 'full1', testkitOptions: { hasCapacity: false } }]);
+  // downAfterMs 8 s: full1 must count the ghost as live while it hands on (heartbeats late under load), and
+  // then as down once it falls silent (waited for below).
+  const cloud = await startCloud(t, [{ id: 'full1', testkitOptions: { hasCapacity: false } }], { downAfterMs: 8_000 });
   const names = amqpNames(cloud.prefix);
   const id = `handback-${randomUUID()}`;
   // Queue both copies while the host is away, so they arrive together and the second finds the first running.
@@ -258,7 +262,7 @@ test('hand-back — copies of a request that came in while it ran are passed on 
   assert.match(agent.output(), /handed the request on/, 'the request was handed on (else this test proves nothing)');
   // The ghost falls silent: once it counts as down, nobody is left to hand on to and both callers are told.
   silence();
-  await until(() => replies.size >= 2, 20_000);
+  await until(() => replies.size >= 2, 30_000);
   assert.deepEqual([...replies.keys()].sort(), ['first', 'second'], 'both callers were answered');
   assert.deepEqual([replies.get('first')?.error?.code, replies.get('second')?.error?.code], ['NO_CAPACITY', 'NO_CAPACITY']);
   assert.equal(await queueDepth(cloud.url, names.anyQueue), 0, 'nothing left behind in the queue');
@@ -389,7 +393,8 @@ async function redeclareExchange(t: TestContext, url: string, exchange: string, 
 }
 
 test('broker objects deleted — the direct exchange deleted and declared again: the agent binds its queue again and direct requests reach it', async (t) => {
-  const cloud = await startCloud(t, [{ id: 'h1' }]);
+  // A long downAfterMs: the test says no reconnect happened, and the silence watch must not add one under load.
+  const cloud = await startCloud(t, [{ id: 'h1' }], { downAfterMs: 30_000 });
   assert.equal((await rawRequest(cloud.url, cloud.prefix, 'h1', randomUUID(), 'test.echo', { value: 'before' })).ok, true);
   // The agent never publishes to this exchange, so nothing tells it that its queue's binding went with it.
   await redeclareExchange(t, cloud.url, amqpNames(cloud.prefix).directExchange, 'direct');
@@ -414,8 +419,9 @@ test('broker objects deleted — the direct exchange deleted: the agent, binding
 test('broker objects deleted — the presence exchange deleted and declared again: a client hears the hosts again', async (t) => {
   const cloud = await startCloud(t, [{ id: 'h1' }]);
   const client = cloud.client();
-  const echo = () => client.request(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'x' }, deadline: Date.now() + 2_000 }));
-  assert.equal((await echo()).ok, true);
+  const echo = (ms = 2_000) => client.request(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'x' }, deadline: Date.now() + ms }));
+  // The first request of a new agent gets time (its thread starts): on a loaded machine 2 s was too short.
+  assert.equal((await echo(15_000)).ok, true);
   await redeclareExchange(t, cloud.url, amqpNames(cloud.prefix).presenceExchange, 'fanout');
   // Unbound, the client would hear no heartbeat again and take h1 for down (HOST_DOWN) from then on.
   await new Promise((resolve) => setTimeout(resolve, 2_000));
@@ -451,7 +457,9 @@ test('broker objects deleted — the events exchange deleted and declared again:
 
 test('broker objects deleted — the presence exchange deleted and declared again at once: an agent that stops hearing even itself connects again', async (t) => {
   // Bindings made again only every minute: this checks the second line of defence, the silence watch.
-  const cloud = await startCloud(t, [{ id: 'h1' }], { transportExtra: '  bindingRefreshMs: 60000\n' });
+  // downAfterMs 4 s (the silence watch's threshold): long enough that heartbeats late under load do not make a
+  // second restart, short enough to see one restart, and a second if the feed stayed broken.
+  const cloud = await startCloud(t, [{ id: 'h1' }], { transportExtra: '  bindingRefreshMs: 60000\n', downAfterMs: 4_000 });
   const admin = await amqplib.connect(cloud.url);
   t.after(() => admin.close());
   const channel = await admin.createChannel();
@@ -464,9 +472,9 @@ test('broker objects deleted — the presence exchange deleted and declared agai
   await channel.deleteExchange(exchange);
   await channel.assertExchange(exchange, 'fanout', { durable: true });
   const agent = cloud.agents.get('h1')!;
-  await until(() => /connecting to the broker again/.test(agent.output()), 10_000);
+  await until(() => /connecting to the broker again/.test(agent.output()), 20_000);
   assert.match(agent.output(), /(our own heartbeats stopped coming back \(not heard for \d+ ms\)|the broker closed the channel): connecting to the broker again/);
   // After the restart it hears itself again (a new queue, bound): no further silence restarts follow.
-  await new Promise((resolve) => setTimeout(resolve, 3_000));
+  await new Promise((resolve) => setTimeout(resolve, 6_000));
   assert.equal(agent.output().match(/connecting to the broker again/g)?.length, 1, 'one restart, then its feed works');
 });

@@ -110,20 +110,27 @@ test('direct — a host that dies while working is noticed within seconds, not a
 });
 
 test('direct — progress and keep-alives extend the wait past the inactivity timeout', async (t) => {
-  const cloud = await startCloud(t, [{ id: 'h1' }], { transportExtra: '' });
-  // keepaliveMs is 2 s by default; a 1.5 s inactivity timeout would fire without them... so use 3 s of work
-  // with a 2.5 s inactivity window: only the keep-alive at 2 s keeps the call alive.
-  const client = cloud.client({ inactivityTimeoutMs: 2_500 });
-  const reply = await client.request(makeRequest({ type: 'test.sleep', target: 'h1', payload: { ms: 3_500 } }));
+  // A long downAfterMs: this is about the client's inactivity timer, not about heartbeats late under load.
+  const cloud = await startCloud(t, [{ id: 'h1' }], { transportExtra: '', downAfterMs: 15_000 });
+  // keepaliveMs is 2 s by default. 6 s of work with a 4 s inactivity window: only the keep-alives (at 2 s and
+  // 4 s) keep the call alive, with 2 s to spare for one that comes late on a loaded machine.
+  const client = cloud.client({ inactivityTimeoutMs: 4_000 });
+  const reply = await client.request(makeRequest({ type: 'test.sleep', target: 'h1', payload: { ms: 6_000 } }));
   assert.equal(reply.ok, true, JSON.stringify(reply.error));
 });
 
 test('any — a host without capacity hands the request on; with none left the caller gets NO_CAPACITY', async (t) => {
-  const cloud = await startCloud(t, [
-    { id: 'full1', testkitOptions: { hasCapacity: false } },
-    { id: 'full2', testkitOptions: { hasCapacity: false } },
-    { id: 'roomy', testkitOptions: { hasCapacity: true } },
-  ]);
+  // downAfterMs 4 s: while roomy runs, full1 and full2 must count it as live though heartbeats come late on a
+  // loaded machine; once it stopped, they must count it as down (waited out below).
+  const cloud = await startCloud(
+    t,
+    [
+      { id: 'full1', testkitOptions: { hasCapacity: false } },
+      { id: 'full2', testkitOptions: { hasCapacity: false } },
+      { id: 'roomy', testkitOptions: { hasCapacity: true } },
+    ],
+    { downAfterMs: 4_000 },
+  );
   const client = cloud.client();
   await settle(500);
   for (let i = 0; i < 4; i++) {
@@ -133,7 +140,7 @@ test('any — a host without capacity hands the request on; with none left the c
   }
   cloud.agents.get('roomy')!.child.kill('SIGTERM');
   await cloud.agents.get('roomy')!.exited;
-  await settle(1_500);
+  await settle(4_500);
   const started = performance.now();
   const refused = await client.request(makeRequest({ type: 'test.reserve', payload: {} }));
   assert.equal(refused.error?.code, 'NO_CAPACITY');
@@ -156,7 +163,8 @@ test('routing — a host without routing-fanout stays out of broadcasts; one wit
 });
 
 test('cli — call and hosts work against RabbitMQ with the same commands as on the local transport', async (t) => {
-  const cloud = await startCloud(t, hosts(2));
+  // Nothing here waits for a host to be judged down: `hosts` must show both up even when heartbeats come late.
+  const cloud = await startCloud(t, hosts(2), { downAfterMs: 15_000 });
   await settle(500);
   const one = await runCli(['call', 'test.echo', '--config', cloud.clientConfig, '--host', 'h2', '--payload', '{"value":7}']);
   assert.equal(one.code, 0, one.stderr);
@@ -258,7 +266,9 @@ test('abandoned — a request whose host died while running it (HOST_DOWN) does 
   // HOST_DOWN, a create-vm ran a second time on its own. Now it keeps the expiry the client gave it.
   const cloud = await startCloud(t, [{ id: 'h1' }], { routingAny: ['test.sleep'] });
   const h1 = cloud.agents.get('h1')!;
-  const client = cloud.client({ inactivityTimeoutMs: 2_500 });
+  // 6 s of patience, well past keep-alives (every 2 s) that come late under load: the kill below must end the
+  // call as HOST_DOWN (1.2 s without heartbeats), not as CLIENT_TIMEOUT.
+  const client = cloud.client({ inactivityTimeoutMs: 6_000 });
   const request = makeRequest({ type: 'test.sleep', payload: { ms: 20_000, announce: true } });
   const outcome = client.request(request).then(
     () => 'answered',
@@ -271,7 +281,7 @@ test('abandoned — a request whose host died while running it (HOST_DOWN) does 
   h1.child.kill('SIGKILL');
   await h1.exited;
   assert.equal(await outcome, 'HOST_DOWN');
-  await new Promise((resolve) => setTimeout(resolve, 3_000)); // past the client's 2.5 s of patience
+  await new Promise((resolve) => setTimeout(resolve, 6_500)); // past the client's 6 s of patience (the request's broker expiry)
   const again = await cloud.start({ id: 'h1' });
   const answered = await cloud.client().request(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'after' } }));
   assert.equal(answered.ok, true);

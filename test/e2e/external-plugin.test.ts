@@ -18,7 +18,8 @@ export default ({ definePlugin, z }) =>
       'dice.roll': {
         payload: z.object({ count: z.number().int().min(1).max(100) }).strict(),
         handler: new URL('./roll.mjs', import.meta.url),
-        pool: { maxThreads: 1, timeoutMs: 2000 },
+        // Counted from acceptance, so the first call pays for its thread's start: 2 s was short under load.
+        pool: { maxThreads: 1, timeoutMs: 20000 },
       },
     },
   });
@@ -49,7 +50,7 @@ test('external plugin — loaded by path from a folder outside the repo, it hand
   const check = await runCli(['config', 'check', config]);
   assert.equal(check.code, 0, check.stdout + check.stderr);
   const listed = await runCli(['plugins', '--config', config]);
-  assert.match(listed.stdout, /dice\s+0\.3\.0\s+dice\.roll\s+0-1 threads, queue 64, timeout 2000 ms/);
+  assert.match(listed.stdout, /dice\s+0\.3\.0\s+dice\.roll\s+0-1 threads, queue 64, timeout 20000 ms/);
   // Settings away from the defaults are shown too (before, the table left tasksPerThread out).
   assert.match(listed.stdout, /core\s+\S+\s+host-info\s+0-1 threads × 16 tasks, queue 64, timeout 5000 ms/);
 

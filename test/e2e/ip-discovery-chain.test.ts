@@ -121,7 +121,7 @@ test('ip chain — through RabbitMQ: the CLI routes get-vm-ip by the VM id and c
       await startDnsmasq(ns);
       brokerUrl = (await relayBrokerIntoNetns(t, ns)).url;
     },
-    transportYaml: () => `transport:\n  kind: amqp\n  url: ${brokerUrl}\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 1500\n`,
+    transportYaml: () => `transport:\n  kind: amqp\n  url: ${brokerUrl}\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 15000\n`,
     pluginsYaml: (ns) =>
       `  - use: routing-direct\n  - use: routing-fanout\n  - use: ip-discovery-dnsmasq\n    options:\n      leaseFile: ${join(ns.dir, 'dnsmasq.leases')}\n  - use: ip-discovery-arp\n    options:\n      bridge: ${ns.bridge}\n`,
   });
@@ -129,7 +129,7 @@ test('ip chain — through RabbitMQ: the CLI routes get-vm-ip by the VM id and c
   const client = await writeConfig(
     host.dir,
     'client.yaml',
-    `transport:\n  kind: amqp\n  url: ${SHARED_BROKER}\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 1500\n`,
+    `transport:\n  kind: amqp\n  url: ${SHARED_BROKER}\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 15000\n`,
   );
   const created = await runCli(['call', 'create-vm', '--config', client, '--payload', '{"image":"tiny","memory":128,"vcpus":1}', '--wait-ip'], { timeoutMs: 120_000 });
   assert.equal(created.code, 0, created.stderr);

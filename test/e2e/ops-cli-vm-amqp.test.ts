@@ -19,8 +19,10 @@ import { generateKey } from '../../core/security/keys.ts';
 const sweepStub = fileURLToPath(new URL('../fixtures/plugins/sweep-stub/index.ts', import.meta.url));
 
 test('vm cli — RabbitMQ: create goes to a host with capacity, VM commands to the host in the id, lists gather every host', async (t) => {
+  // Nothing here waits for a host to be judged down: a long downAfterMs, so that heartbeats late on a loaded
+  // machine (a TCG guest boots meanwhile) do not drop a host from the gathers.
   const prefix = `opsvm-${Math.random().toString(36).slice(2, 8)}`;
-  const transport = (url: string) => `transport:\n  kind: amqp\n  url: "${url}"\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 1500\n`;
+  const transport = (url: string) => `transport:\n  kind: amqp\n  url: "${url}"\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 15000\n`;
   const host = await startBrokerQemuHost(t, transport, { pluginsYaml: () => `  - use: routing-direct\n  - use: routing-fanout\n  - use: ${sweepStub}\n` });
   // A second host without a VM backend: it answers broadcasts, takes no any-host creates.
   const plain = await writeConfig(
@@ -98,8 +100,9 @@ test('vm cli — RabbitMQ: create goes to a host with capacity, VM commands to t
 test('vm cli — RabbitMQ, signed requests: a create sent again with its --request-id is answered by the handler as things are now', async (t) => {
   // Before, a host that requires signatures answered the repeat from its stored first reply ("running",
   // already: false) even after the VM was stopped or deleted; on the local socket it was REPLAYED.
+  // Nothing here waits for a host to be judged down: a long downAfterMs (see the test above).
   const prefix = `opsvm-${Math.random().toString(36).slice(2, 8)}`;
-  const transport = (url: string) => `transport:\n  kind: amqp\n  url: "${url}"\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 3000\n`;
+  const transport = (url: string) => `transport:\n  kind: amqp\n  url: "${url}"\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 15000\n`;
   const keysDir = await tempDir(t);
   const ops = generateKey();
   const hostKey = generateKey();
@@ -132,8 +135,10 @@ test('vm cli — RabbitMQ, signed requests: a create sent again with its --reque
 
 test('vm cli — RabbitMQ, two hosts: a create sent again with its --request-id and no --host is answered by the host where it ran; a host that cannot say stops it', async (t) => {
   // Before, the repeat went to any host: the other one made a second VM (and after the delete, a new one).
+  // downAfterMs 8 s: long enough that late heartbeats under load do not drop a host while it creates, and
+  // the stopped host is waited out below.
   const prefix = `opsvm-${Math.random().toString(36).slice(2, 8)}`;
-  const transport = (url: string) => `transport:\n  kind: amqp\n  url: "${url}"\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 3000\n`;
+  const transport = (url: string) => `transport:\n  kind: amqp\n  url: "${url}"\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 8000\n`;
   const routing = () => `  - use: routing-direct\n  - use: routing-fanout\n`;
   const qa = await startBrokerQemuHost(t, transport, { hostId: 'qa', pluginsYaml: routing });
   const qb = await startBrokerQemuHost(t, transport, { hostId: 'qb', pluginsYaml: routing });
@@ -162,7 +167,7 @@ test('vm cli — RabbitMQ, two hosts: a create sent again with its --request-id 
   const other = made.host === 'qa' ? qb : qa;
   const otherId = made.host === 'qa' ? 'qb' : 'qa';
   await other.stopAgent();
-  await new Promise((resolve) => setTimeout(resolve, 3_500)); // judged down (downAfterMs): not waited for
+  await new Promise((resolve) => setTimeout(resolve, 8_500)); // judged down (downAfterMs): not waited for
   const fresh = ['vm', 'create', '--image', 'tiny', '--memory', '128', '--request-id', `unsure-${prefix}`];
   const unsure = await cli(fresh);
   assert.equal(unsure.code, 1, unsure.stdout + unsure.stderr);

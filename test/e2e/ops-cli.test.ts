@@ -355,7 +355,7 @@ test('doctor — the broker is tried with the configured credentials', async (t)
 test('sweep — on RabbitMQ every live host sweeps, or only --host', async (t) => {
   const prefix = `ops-${Math.random().toString(36).slice(2, 8)}`;
   const dir = await tempDir(t);
-  const transport = `transport:\n  kind: amqp\n  url: "${SHARED_BROKER}"\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 1200\n`;
+  const transport = `transport:\n  kind: amqp\n  url: "${SHARED_BROKER}"\n  prefix: ${prefix}\n  heartbeatMs: 300\n  downAfterMs: 15000\n`; // nothing here waits for a host to be judged down
   // One hook, registered before the agents: it stops them first (hooks run in registration order), or they
   // would declare the topology again right after it was deleted.
   const agents: Awaited<ReturnType<typeof spawnAgent>>[] = [];

@@ -200,7 +200,8 @@ test('security — an any-host request every host refuses comes back NO_CAPACITY
       { id: 'full1', testkitOptions: { hasCapacity: false } },
       { id: 'full2', testkitOptions: { hasCapacity: false } },
     ],
-    { hostYaml: (host) => `security:\n  hostKeyFile: ${keys[host as keyof typeof keys].file}\n` },
+    // Nothing here waits for a host to be judged down: each must count the other as live to hand on to it.
+    { hostYaml: (host) => `security:\n  hostKeyFile: ${keys[host as keyof typeof keys].file}\n`, downAfterMs: 15_000 },
   );
   const ops = await keyFiles(dir, 'ops');
   const hostKeys = new Map(Object.entries(keys).map(([host, key]) => [host, publicKeyFrom(key.publicKey, 'test')]));

@@ -37,7 +37,7 @@ export interface RabbitNode {
 
 const RABBIT_BIN = '/usr/lib/rabbitmq/bin';
 const execFileAsync = promisify(execFile);
-const START_TIMEOUT_MS = 30_000;
+const START_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 20_000;
 /** First starts that lose a port race (another process bound it after our check) pick new ports this often. */
 const PORT_ATTEMPTS = 3;
