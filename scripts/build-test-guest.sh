@@ -10,8 +10,9 @@
 #   initrd.img       busybox guest
 #   initrd-qga.img   the same plus qemu-guest-agent on the virtio-serial port org.qemu.guest_agent.0
 #   guest.json       kernel version, files and their sha256
-# The serial console shows `cloudlet-guest: init`, `cloudlet-guest: lease <ip>`, `cloudlet-guest: qga started`
-# and `cloudlet-guest: poweroff`.
+# The serial console shows `cloudlet-guest: init`, `cloudlet-guest: power button armed` (it now powers off on
+# the ACPI power button), `cloudlet-guest: lease <ip>`, `cloudlet-guest: qga started` and
+# `cloudlet-guest: poweroff`.
 #
 # Needs root (or sudo) only to install missing Debian packages. CLOUDLET_GUEST_KERNEL=<version> (e.g.
 # 6.1.0-56-cloud-amd64) pins the kernel instead of following linux-image-cloud-amd64.
@@ -142,10 +143,14 @@ mkdir -p /run /tmp
 echo "cloudlet-guest: init"
 while read -r module; do insmod "/lib/modules/$module" || echo "cloudlet-guest: insmod $module failed"; done < /etc/modules.order
 
-# Busybox has no acpid policy: wait for one event on every "Power Button" device, then power off.
+# Busybox has no acpid policy: wait for one event on every "Power Button" device, then power off. The
+# device is opened first and said so ("armed"): tests wait for that line rather than guess how long a slow
+# (TCG, loaded) guest takes to get here. Events after the open are queued for the reader.
 for event in /sys/class/input/event*; do
   [ "$(cat "$event/device/name" 2>/dev/null)" = "Power Button" ] || continue
-  ( dd if="/dev/${event#/sys/class/}" bs=24 count=1 of=/dev/null 2>/dev/null
+  ( exec 3< "/dev/${event#/sys/class/}"
+    echo "cloudlet-guest: power button armed"
+    dd bs=24 count=1 of=/dev/null <&3 2>/dev/null
     echo "cloudlet-guest: poweroff"; sync; poweroff -f ) &
 done
 

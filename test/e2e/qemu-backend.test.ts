@@ -64,9 +64,8 @@ test('qemu — two VMs at once, each with its own MAC, tap and process', async (
 test('qemu — a graceful stop is honoured by the guest; stopping again says it was not running', async (t) => {
   const host = await startQemuHost(t);
   const vm = await createTiny(host);
-  await host.waitForSerial(vm.id, 'cloudlet-guest: init');
-  // The guest's power-button watcher starts right after init; give it a moment to open the device.
-  await new Promise((r) => setTimeout(r, 1_000));
+  // Not before: a power button pressed earlier is not heard, and the stop waits out its timeout.
+  await host.waitForSerial(vm.id, 'cloudlet-guest: power button armed');
   const stopped = ok<{ how: string; state: string }>(await host.call('stop-vm', { vm: vm.id }));
   assert.equal(stopped.how, 'powered-off');
   assert.equal(stopped.state, 'stopped');
@@ -95,13 +94,12 @@ test('qemu — a forced stop quits at once; start brings the VM back; start agai
 test('qemu — restart: a hard reset keeps the process, a graceful restart power-cycles it', async (t) => {
   const host = await startQemuHost(t);
   const vm = await createTiny(host);
-  await host.waitForSerial(vm.id, 'cloudlet-guest: init');
+  await host.waitForSerial(vm.id, 'cloudlet-guest: power button armed');
   const reset = ok<Vm & { how: string }>(await host.call('restart-vm', { vm: vm.id, mode: 'hard' }));
   assert.equal(reset.how, 'reset');
   assert.equal(reset.pid, vm.pid);
-  // The reset guest boots again (a second init line) before it can hear the power button.
-  await host.waitForSerial(vm.id, 'cloudlet-guest: init', 60_000, 2);
-  await new Promise((r) => setTimeout(r, 1_000));
+  // The reset guest boots again before it can hear the power button: its second "armed" line.
+  await host.waitForSerial(vm.id, 'cloudlet-guest: power button armed', 60_000, 2);
   const cycled = ok<Vm & { how: string }>(await host.call('restart-vm', { vm: vm.id }));
   assert.equal(cycled.how, 'power-cycled');
   assert.equal(cycled.state, 'running');

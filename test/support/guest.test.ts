@@ -164,6 +164,7 @@ test('guest — boots, takes a DHCP lease on the bridge and powers off on system
   const atLease = performance.now() - vm.startedAt;
   assert.match(lease.ip, /^10\.77\.0\.\d+$/);
   await waitForSerial(vm, `cloudlet-guest: lease ${lease.ip}`, 10_000);
+  await waitForSerial(vm, 'cloudlet-guest: power button armed', 10_000);
 
   const powerOff = await powerDown(t, vm);
   await waitForSerial(vm, 'cloudlet-guest: poweroff', 1_000);
