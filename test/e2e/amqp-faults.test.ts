@@ -257,6 +257,7 @@ test('hand-back — copies of a request that came in while it ran are passed on 
   }
   await until(async () => (await queueDepth(cloud.url, names.anyQueue)) >= 2, 10_000);
 
+  const startedAt = Date.now();
   const agent = await cloud.start({ id: 'full1', testkitOptions: { hasCapacity: false } });
   await until(() => /handed the request on/.test(agent.output()), 15_000);
   assert.match(agent.output(), /handed the request on/, 'the request was handed on (else this test proves nothing)');
@@ -266,6 +267,13 @@ test('hand-back — copies of a request that came in while it ran are passed on 
   assert.deepEqual([...replies.keys()].sort(), ['first', 'second'], 'both callers were answered');
   assert.deepEqual([replies.get('first')?.error?.code, replies.get('second')?.error?.code], ['NO_CAPACITY', 'NO_CAPACITY']);
   assert.equal(await queueDepth(cloud.url, names.anyQueue), 0, 'nothing left behind in the queue');
+  // Each copy came back to full1 (the ghost takes nothing) until the ghost counted as down: full1 waited
+  // 250 ms before each new run of a request it had refused, instead of running it in a hot loop (~1,600
+  // runs in these 8 s before). The bound counts every run as if it took no time.
+  const runs = agent.output().split('\n').filter((line) => line.includes(id) && line.includes('"msg":"accepted"')).length;
+  const mostRuns = 2 * (Math.ceil((Date.now() - startedAt) / 200) + 2);
+  assert.ok(runs <= mostRuns, `full1 ran the request ${runs} times in ${Date.now() - startedAt} ms (at most ${mostRuns} with a pause before each run again)`);
+  assert.ok(runs >= 2, `the request came back to full1 and ran again (${runs} runs)`);
 });
 
 test('hand-on refused by the broker — the caller gets NO_CAPACITY naming who refused, not a timeout', { timeout: 90_000 }, async (t) => {

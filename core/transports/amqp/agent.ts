@@ -56,6 +56,14 @@ const LARGE_MESSAGE_BYTES = 64 * 1024;
 const NACKED = 'message nacked';
 /** Events kept while the broker is unreachable; the oldest go first. */
 const MAX_PENDING_EVENTS = 1_000;
+/**
+ * How long a host waits before it runs again an any-host request it has already refused (the request came
+ * back: see #cameBack). Without it, a full host whose only candidate takes nothing (a host that died or
+ * stopped, not yet judged down) ran the handler and handed the request on in a hot loop until then: ~200
+ * times a second, each logged. With it, a few times a second; where the other hosts are alive, RabbitMQ
+ * gives the request back to this host about once in as many hosts as consume the queue, which costs this.
+ */
+const CAME_BACK_PAUSE_MS = 250;
 
 interface InFlightRequest {
   /** Extra reply addresses: the same id redelivered while the first copy still runs. */
@@ -309,6 +317,8 @@ export class AmqpAgentTransport implements AgentTransport {
       // Registered before the first await: a second copy in the same socket read is handled before this
       // function resumes, and must find the first one running instead of running too.
       this.#inFlight.set(id, inFlight);
+      // Copies that come during the pause join this one, as while it runs.
+      if (route === 'any' && this.#cameBack(msg)) await this.#pause(CAME_BACK_PAUSE_MS);
       // For an any-host request the caller does not know which host took it: "accepted" tells it, so it can
       // watch that host's heartbeat. Sent at once, beside the start line, and confirmed: see #stillHeld.
       const held = route === 'any' ? this.#stillHeld(channel, msg, makeProgress(progressBase, this.#options.hostId, 'accepted', { route }), Date.now()) : undefined;
@@ -463,6 +473,11 @@ export class AmqpAgentTransport implements AgentTransport {
       // A copy whose channel is gone comes back by itself.
       if (channel === this.#channel) this.#settle(channel, msg, how);
     }
+  }
+
+  /** An any-host request this host has refused already (it is in the request's refused-by header). */
+  #cameBack(msg: ConsumeMessage): boolean {
+    return parseJsonArray(msg.properties.headers?.[HEADERS.refusedBy]).includes(this.#options.hostId);
   }
 
   /**
