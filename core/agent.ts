@@ -189,8 +189,9 @@ export class Agent {
 
   /**
    * Starts the agent. `signal` calls the start off where it only waits for another agent to finish stopping
-   * (the socket path's lock, a held folder): start() then rejects with LockWaitCalledOff, having taken
-   * nothing. Work under way (a hook reconciling VMs) is not cut short by it.
+   * (the socket path's lock, a held folder): start() then rejects with LockWaitCalledOff, without the lock it
+   * waited for. Work under way (a hook reconciling VMs) is not cut short by it. What the start had done
+   * before (locks taken, init hooks run, threads) stays until stop(): call it, as after any failed start.
    */
   async start(options: { signal?: AbortSignal } = {}): Promise<void> {
     const { config } = this;
@@ -365,7 +366,8 @@ const SHUTDOWN_SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
  * start: one that comes while the agent starts (systemd stopping a unit whose plugins take a while to
  * init) lets the start finish and then stops the agent as usual, stop hooks included. A start that only
  * waits for another agent to finish stopping (its socket path's or a folder's lock) is called off at once
- * instead: it has taken nothing, and that wait may last minutes. A second signal, at any time, means "now".
+ * instead: it has not started serving, and that wait may last minutes. A second signal, at any time, means
+ * "now".
  */
 export async function runAgent(config: HostConfig, options: AgentOptions = {}): Promise<number> {
   const agent = new Agent(config, options);
@@ -396,7 +398,7 @@ export async function runAgent(config: HostConfig, options: AgentOptions = {}): 
       await agent.start({ signal: callOff.signal });
     } catch (error) {
       if (error instanceof LockWaitCalledOff) {
-        agent.log.info({ signal: received }, `stopped without starting: the ${received} came while the start waited for ${error.waitingFor}`);
+        agent.log.info({ signal: received }, `stopped without starting: after the ${received}, the start was called off at its wait for ${error.waitingFor}`);
         await agent.stop('signal during start-up').catch(() => undefined);
         return 0;
       }

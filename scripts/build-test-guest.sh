@@ -148,7 +148,7 @@ while read -r module; do insmod "/lib/modules/$module" || echo "cloudlet-guest: 
 # (TCG, loaded) guest takes to get here. Events after the open are queued for the reader.
 for event in /sys/class/input/event*; do
   [ "$(cat "$event/device/name" 2>/dev/null)" = "Power Button" ] || continue
-  ( exec 3< "/dev/${event#/sys/class/}"
+  ( command exec 3< "/dev/${event#/sys/class/}" || { echo "cloudlet-guest: power button not armed"; exit 1; }
     echo "cloudlet-guest: power button armed"
     dd bs=24 count=1 of=/dev/null <&3 2>/dev/null
     echo "cloudlet-guest: poweroff"; sync; poweroff -f ) &

@@ -424,7 +424,8 @@ test('local — a start that waits for a stopping agent is called off by its sig
 
   const infos: string[] = [];
   const log = { warn: () => undefined, info: (_obj: object, message: string) => void infos.push(message) };
-  const waiting = new LocalAgentTransport({ socketPath, hostId: 'h1', maxMessageBytes: 1 << 20, log, lockWaitMs: 0, stoppingWaitMs: 60_000 });
+  // lockWaitMs: a holder that does not answer at once (a stall on a loaded machine) is waited for, not refused.
+  const waiting = new LocalAgentTransport({ socketPath, hostId: 'h1', maxMessageBytes: 1 << 20, log, lockWaitMs: 5_000, stoppingWaitMs: 60_000 });
   t.after(() => waiting.close());
   const callOff = new AbortController();
   const reserved = waiting.reserve({ signal: callOff.signal });

@@ -276,6 +276,31 @@ test('hand-back — copies of a request that came in while it ran are passed on 
   assert.ok(runs >= 2, `the request came back to full1 and ran again (${runs} runs)`);
 });
 
+test('came back — many requests a full host refused come back to it: the host runs them again at most 20 times a second in all, then answers each NO_CAPACITY', { timeout: 90_000 }, async (t) => {
+  // downAfterMs 6 s: the ghost must count as live while the requests bounce, and as down once silent.
+  const cloud = await startCloud(t, [{ id: 'full1', testkitOptions: { hasCapacity: false } }], { downAfterMs: 6_000 });
+  const { silence } = await ghostTakingAnyHost(t, cloud.url, amqpNames(cloud.prefix));
+  await new Promise((resolve) => setTimeout(resolve, 500)); // full1 has heard the ghost
+  const agent = cloud.agents.get('full1')!;
+  const client = cloud.client({ inactivityTimeoutMs: 60_000 });
+  const requests = Array.from({ length: 10 }, () => makeRequest({ type: 'test.reserve', payload: {}, deadline: Date.now() + 60_000 }));
+  const startedAt = Date.now();
+  const replies = Promise.all(requests.map((request) => client.request(request)));
+  const handedOn = () => requests.filter((request) => agent.output().split('\n').some((line) => line.includes(request.id) && line.includes('handed the request on'))).length;
+  await until(() => handedOn() === requests.length, 20_000);
+  await new Promise((resolve) => setTimeout(resolve, 2_000)); // they bounce
+  silence();
+  const answers = await replies;
+  const elapsedMs = Date.now() - startedAt;
+  assert.deepEqual(answers.map((answer) => answer.error?.code), requests.map(() => 'NO_CAPACITY'));
+  const runs = agent.output().split('\n').filter((line) => line.includes('"msg":"accepted"') && requests.some((request) => line.includes(request.id))).length;
+  // Each request's first run is not held back; every later one is at least 50 ms after the one before it
+  // on the host, whichever request it is (each request alone: 250 ms, so 40 a second for ten of them).
+  const mostRuns = requests.length + Math.ceil(elapsedMs / 50) + 1;
+  assert.ok(runs <= mostRuns, `full1 ran the ${requests.length} requests ${runs} times in ${elapsedMs} ms (at most ${mostRuns})`);
+  assert.ok(runs > requests.length, `they came back to full1 and ran again (${runs} runs)`);
+});
+
 test('hand-on refused by the broker — the caller gets NO_CAPACITY naming who refused, not a timeout', { timeout: 90_000 }, async (t) => {
   // The broker is made to refuse with a policy, set by rabbitmqctl: on a node of the test's own, which
   // rabbitmqctl always reaches (the shared broker may be another machine's, CLOUDLET_TEST_AMQP_URL).

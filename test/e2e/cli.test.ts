@@ -203,7 +203,7 @@ test('cli — SIGTERM while a start waits for a stopping agent (its socket path 
     child.kill('SIGTERM');
     assert.equal(await exited, 0, output);
     assert.equal(old.child.exitCode, null, 'the old agent is still stopping: the wait was called off, it did not run out');
-    assert.ok(output.includes(`stopped without starting: the SIGTERM came while the start waited for ${waiter.waitingFor}`), `${waiter.what}:\n${output}`);
+    assert.ok(output.includes(`stopped without starting: after the SIGTERM, the start was called off at its wait for ${waiter.waitingFor}`), `${waiter.what}:\n${output}`);
     assert.doesNotMatch(output, /ready as host/, waiter.what);
   }
 });

@@ -58,12 +58,15 @@ const NACKED = 'message nacked';
 const MAX_PENDING_EVENTS = 1_000;
 /**
  * How long a host waits before it runs again an any-host request it has already refused (the request came
- * back: see #cameBack). Without it, a full host whose only candidate takes nothing (a host that died or
- * stopped, not yet judged down) ran the handler and handed the request on in a hot loop until then: ~200
- * times a second, each logged. With it, a few times a second; where the other hosts are alive, RabbitMQ
- * gives the request back to this host about once in as many hosts as consume the queue, which costs this.
+ * back: see #cameBack), and how far apart such runs are on the host, whichever request they are. Without
+ * them, a full host whose only candidate takes nothing (a host that died or stopped, not yet judged down)
+ * ran the handler and handed the request on in a hot loop until then: ~200 times a second, each logged.
+ * With them, each request at most 4 times a second and the host at most 20. Where the other hosts are alive,
+ * RabbitMQ gives a request back to this host about once in as many hosts as consume the queue, which then
+ * costs at least the pause.
  */
 const CAME_BACK_PAUSE_MS = 250;
+const CAME_BACK_SPACING_MS = 50;
 
 interface InFlightRequest {
   /** Extra reply addresses: the same id redelivered while the first copy still runs. */
@@ -109,6 +112,8 @@ export class AmqpAgentTransport implements AgentTransport {
   readonly #pauses = new Set<() => void>();
   #closing = false;
   #accepting = true;
+  /** The earliest time the next came-back request may run again on this host (#cameBackTurn). */
+  #nextCameBackAt = 0;
   readonly #pendingEvents: EventEnvelope[] = [];
 
   constructor(options: AmqpAgentTransportOptions) {
@@ -311,17 +316,28 @@ export class AmqpAgentTransport implements AgentTransport {
         return;
       }
     }
+    const receivedAt = Date.now();
     const inFlight: InFlightRequest = { replyTo: new Set([replyTo]), duplicates: [] };
     const progressBase = { id: id ?? 'unknown', type: (msg.properties.type as string) || 'unknown' } as RequestEnvelope;
+    // Registered before the first await: a second copy in the same socket read is handled before this
+    // function resumes, and must find the first one running instead of running too (copies that come during
+    // the wait below join it the same way).
+    if (id) this.#inFlight.set(id, inFlight);
+    if (route === 'any' && this.#cameBack(msg)) {
+      await this.#pause(this.#cameBackTurn(receivedAt) - Date.now());
+      // The agent began to stop meanwhile, or the channel went: not ours to start now. Back to the queue,
+      // for another host (or this one again once it runs), with the copies that joined it.
+      if (this.#closing || !this.#accepting || channel !== this.#channel) {
+        if (id) this.#inFlight.delete(id);
+        this.#settle(channel, msg, 'requeue');
+        this.#settleCopies(inFlight, 'requeue');
+        return;
+      }
+    }
     if (id) {
-      // Registered before the first await: a second copy in the same socket read is handled before this
-      // function resumes, and must find the first one running instead of running too.
-      this.#inFlight.set(id, inFlight);
-      // Copies that come during the pause join this one, as while it runs.
-      if (route === 'any' && this.#cameBack(msg)) await this.#pause(CAME_BACK_PAUSE_MS);
       // For an any-host request the caller does not know which host took it: "accepted" tells it, so it can
       // watch that host's heartbeat. Sent at once, beside the start line, and confirmed: see #stillHeld.
-      const held = route === 'any' ? this.#stillHeld(channel, msg, makeProgress(progressBase, this.#options.hostId, 'accepted', { route }), Date.now()) : undefined;
+      const held = route === 'any' ? this.#stillHeld(channel, msg, makeProgress(progressBase, this.#options.hostId, 'accepted', { route }), receivedAt) : undefined;
       try {
         await store.recordStart(id);
       } catch (cause) {
@@ -478,6 +494,16 @@ export class AmqpAgentTransport implements AgentTransport {
   /** An any-host request this host has refused already (it is in the request's refused-by header). */
   #cameBack(msg: ConsumeMessage): boolean {
     return parseJsonArray(msg.properties.headers?.[HEADERS.refusedBy]).includes(this.#options.hostId);
+  }
+
+  /**
+   * When a request that came back (received at `receivedAt`) may run again: CAME_BACK_PAUSE_MS after it
+   * came, and CAME_BACK_SPACING_MS after the one before it on this host, whichever is later.
+   */
+  #cameBackTurn(receivedAt: number): number {
+    const at = Math.max(receivedAt + CAME_BACK_PAUSE_MS, this.#nextCameBackAt);
+    this.#nextCameBackAt = at + CAME_BACK_SPACING_MS;
+    return at;
   }
 
   /**
