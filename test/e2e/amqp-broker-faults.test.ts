@@ -194,7 +194,7 @@ test('redelivery — a reply cut off with its connection is sent again once conn
   assert.match(cloud.agents.get('h1')!.output(), /reply not confirmed; sending it again once connected/);
 });
 
-test('stall — any-host requests found in the socket of a host that stalled past the broker heartbeat are not run there: the host they were handed to ran them', { timeout: 90_000 }, async (t) => {
+test('stall — any-host requests found in the socket of a host that stalled past the broker heartbeat are not run there: the host they were handed to ran them', { timeout: 180_000 }, async (t) => {
   // From an operator walkthrough: an agent stopped for ~25 s (SIGSTOP) ran, once resumed, a create the broker
   // had meanwhile given to another host: two VMs from one request, and the CLI saw one. A 1 s AMQP heartbeat
   // here, so that the broker drops the stalled connection after a few seconds rather than twenty.
@@ -210,27 +210,36 @@ test('stall — any-host requests found in the socket of a host that stalled pas
       await connection.close();
     }
   };
-  await until(async () => (await consumers()) === 2, 10_000);
-  assert.equal(await consumers(), 2, 'both hosts take any-host requests');
   const client = cloud.client({ inactivityTimeoutMs: 60_000 });
-
-  h1.child.kill('SIGSTOP');
-  const requests = Array.from({ length: 6 }, (_, i) => makeRequest({ type: 'test.echo', payload: { value: `stall-${i}` } }));
-  const replies = await Promise.all(requests.map((request) => client.request(request)));
-  // The broker pushed some into h1's socket; once it dropped h1 (no heartbeats) it gave them to h2.
-  assert.deepEqual(
-    replies.map((reply) => [reply.ok, reply.host]),
-    requests.map(() => [true, 'h2']),
-  );
-  h1.child.kill('SIGCONT');
-  // h1 reads what its socket held, finds that connection closed, and connects again: it then serves.
   const direct = cloud.client({ inactivityTimeoutMs: 5_000 });
   const serves = async () => (await direct.request(makeRequest({ type: 'test.echo', target: 'h1', payload: { value: 'back' } })).catch(() => undefined))?.ok === true;
-  await until(serves, 30_000);
-  assert.ok(await serves(), 'h1 serves again');
   const lines = (agent: typeof h1, id: string) => agent.output().split('\n').filter((line) => line.includes(id));
-  const pushed = requests.filter((request) => lines(h1, request.id).length > 0);
-  assert.ok(pushed.length > 0, `the broker pushed none of the six to h1 before it stalled:\n${h1.output()}`);
+  const sent: ReturnType<typeof makeRequest>[] = [];
+  let pushed: ReturnType<typeof makeRequest>[] = [];
+  // The stall is tried again (at most three times) when none of the six is found in h1's socket: this
+  // happened once in about thirty runs. Probably h1, woken, wrote before it read, met the reset of the
+  // connection the broker had dropped, and lost what the socket held unread. The outcome for the callers
+  // was right (h2 ran them, once); only this test's premise was missing.
+  for (let attempt = 1; attempt <= 3 && pushed.length === 0; attempt++) {
+    await until(async () => (await consumers()) === 2, 30_000);
+    assert.equal(await consumers(), 2, 'both hosts take any-host requests');
+    h1.child.kill('SIGSTOP');
+    const requests = Array.from({ length: 6 }, (_, i) => makeRequest({ type: 'test.echo', payload: { value: `stall-${attempt}-${i}` } }));
+    sent.push(...requests);
+    const replies = await Promise.all(requests.map((request) => client.request(request)));
+    // The broker pushed some into h1's socket; once it dropped h1 (no heartbeats) it gave them to h2.
+    assert.deepEqual(
+      replies.map((reply) => [reply.ok, reply.host]),
+      requests.map(() => [true, 'h2']),
+    );
+    h1.child.kill('SIGCONT');
+    // h1 reads what its socket held, finds that connection closed, and connects again: it then serves.
+    await until(serves, 30_000);
+    assert.ok(await serves(), 'h1 serves again');
+    pushed = requests.filter((request) => lines(h1, request.id).length > 0);
+  }
+  assert.ok(pushed.length > 0, `in three stalls the broker pushed none of the six to h1 before it stalled:\n${h1.output()}`);
+  for (const request of sent) assert.deepEqual(lines(h1, request.id).filter((line) => line.includes('"msg":"echo"')), [], `h1 ran ${request.id}`);
   for (const request of pushed) {
     assert.ok(lines(h2, request.id).some((line) => line.includes('"msg":"echo"')), `h2 ran ${request.id}`);
     assert.deepEqual(lines(h1, request.id).filter((line) => line.includes('"msg":"echo"')), [], `h1 ran ${request.id} too`);
