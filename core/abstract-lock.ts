@@ -8,13 +8,14 @@
 import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { createConnection, createServer, type Server } from 'node:net';
 import { basename } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import process from 'node:process';
 import { parseArgs } from 'node:util';
 import { FLAGS } from './cli/args.ts';
 
 /**
  * A lock's wait ended because the start that waited was called off (the agent was told to stop while it
- * waited for another agent to finish stopping). Nothing was taken: the caller stops, it did not fail.
+ * waited for another agent to finish stopping). The lock was not taken: the caller stops, it did not fail.
  */
 export class LockWaitCalledOff extends Error {
   override name = 'LockWaitCalledOff';
@@ -32,17 +33,8 @@ export class LockWaitCalledOff extends Error {
  * already) it throws LockWaitCalledOff naming `waitingFor()`.
  */
 export async function pauseOrCallOff(ms: number, signal: AbortSignal | undefined, waitingFor: () => string): Promise<void> {
-  if (!signal?.aborted) {
-    await new Promise<void>((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        signal?.removeEventListener('abort', done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      signal?.addEventListener('abort', done, { once: true });
-    });
-  }
+  // An aborted signal rejects the delay (at once if it was aborted already): told apart just below.
+  await delay(ms, undefined, signal ? { signal } : {}).catch(() => undefined);
   if (signal?.aborted) throw new LockWaitCalledOff(waitingFor());
 }
 
