@@ -301,7 +301,7 @@ test('came back — many requests a full host refused come back to it: the host 
   assert.ok(runs > requests.length, `they came back to full1 and ran again (${runs} runs)`);
 });
 
-test('hand-on refused by the broker — the caller gets NO_CAPACITY naming who refused, not a timeout', { timeout: 90_000 }, async (t) => {
+test('hand-on refused by the broker — the caller gets NO_CAPACITY naming who refused, not a timeout', { timeout: 150_000 }, async (t) => {
   // The broker is made to refuse with a policy, set by rabbitmqctl: on a node of the test's own, which
   // rabbitmqctl always reaches (the shared broker may be another machine's, CLOUDLET_TEST_AMQP_URL).
   const node = await startRabbitNode(t, { name: 'refuse' });
@@ -314,7 +314,9 @@ test('hand-on refused by the broker — the caller gets NO_CAPACITY naming who r
   await new Promise((resolve) => setTimeout(resolve, 500)); // full1 has heard the ghost
 
   const client = cloud.client();
-  const request = makeRequest({ type: 'test.reserve', payload: { delayMs: 6_000 }, deadline: Date.now() + 30_000 });
+  // Held 20 s: rabbitmqctl below took over 6 s in a loaded CI run, and the first hand-on went through before
+  // the policy (the copy came back to full1, which then met it on its second hand-on).
+  const request = makeRequest({ type: 'test.reserve', payload: { delayMs: 20_000 }, deadline: Date.now() + 60_000 });
   const reply = client.request(request);
   const agent = cloud.agents.get('full1')!;
   await until(() => agent.output().split('\n').some((line) => line.includes(request.id) && line.includes('"msg":"reserving"')), 15_000);
@@ -328,6 +330,8 @@ test('hand-on refused by the broker — the caller gets NO_CAPACITY naming who r
   assert.equal(answer.ok, false);
   assert.equal(answer.error?.code, 'NO_CAPACITY', answer.error?.message);
   assert.deepEqual((answer.error?.details as { refusedBy?: string[] }).refusedBy, ['full1']);
+  // The log line is written before the reply is sent, but reaches this process through another pipe.
+  await until(() => /could not hand the request on/.test(agent.output()), 10_000);
   assert.match(agent.output(), /could not hand the request on/);
 });
 
