@@ -1,6 +1,7 @@
 /** Shared test helpers: temp dirs, agents in-process and as child processes, raw socket clients. */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -17,17 +18,24 @@ export const repoRoot = fileURLToPath(new URL('..', import.meta.url));
 export const cliBin = join(repoRoot, 'core/cli/bin.js');
 export const testkitPath = fileURLToPath(new URL('./fixtures/plugins/testkit/index.ts', import.meta.url));
 
-/** A temp dir removed when the test ends, pass or fail. */
-/** The process exists (signal 0: nothing is sent). */
+/**
+ * The process runs: it exists and is not a zombie. A killed process whose parent has gone is reaped by init
+ * (or a subreaper) in its own time, and until then /proc and signal 0 still find it; qemu-backend counts it
+ * as ended (processes.ts), and so do the tests.
+ */
 export function processAlive(pid: number): boolean {
+  let stat: string;
   try {
-    process.kill(pid, 0);
-    return true;
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   } catch {
     return false;
   }
+  // Field 3, after the parenthesised name (which may itself hold spaces and parentheses), is the state.
+  const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+  return state !== 'Z' && state !== 'X';
 }
 
+/** A temp dir removed when the test ends, pass or fail. */
 export async function tempDir(t: TestContext, prefix = 'cloudlet-test-'): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
   t.after(() => rm(dir, { recursive: true, force: true }));
