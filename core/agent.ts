@@ -128,8 +128,9 @@ export class Agent {
   async #holdFolder(plugin: string, path: string, setting: string | undefined): Promise<void> {
     if (this.#state === 'stopping') throw new Error(`ctx.holdFolder(${JSON.stringify(path)}) was called while the agent stops; call it from an init or start hook`);
     // Another plugin of this agent may hold it already (one that works in another's folder).
-    if (this.#heldFolders.has((await identifyFolder(path)).key)) return;
-    const lock = await lockFolder(path, {
+    const identity = await identifyFolder(path);
+    if (this.#heldFolders.has(identity.key)) return;
+    const lock = await lockFolder(identity, {
       host: this.host.id,
       plugin,
       ...(setting ? { setting } : {}),
@@ -385,7 +386,7 @@ export async function runAgent(config: HostConfig, options: AgentOptions = {}): 
     if (starting) {
       const hook = agent.runningHook;
       const waiting = hook ? ` (waiting for plugin "${hook.plugin}" ${hook.hook} hook, running for ${Math.round(hook.sinceMs / 1000)} s; a second signal exits now)` : '';
-      agent.log.info({ signal, ...(hook ? { plugin: hook.plugin, hook: hook.hook } : {}) }, `signal during start-up: stopping once the start is done${waiting}`);
+      agent.log.info({ signal, ...(hook ? { plugin: hook.plugin, hook: hook.hook } : {}) }, `signal during start-up: stopping once the start is done, or now if it waits for another agent to stop${waiting}`);
       callOff.abort();
     }
     signalled(signal);
