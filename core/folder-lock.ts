@@ -94,8 +94,9 @@ const FREED_RETRIES = 20;
  * says `stopping` is waited for up to stoppingWaitMs, through moments it does not answer; one that never
  * answers is judged after SILENCE_MS (its process looked up, as the socket path's lock does).
  */
-export async function lockFolder(path: string, options: FolderLockOptions): Promise<FolderLock> {
-  const { folder, key } = await identifyFolder(path);
+export async function lockFolder(path: string | FolderIdentity, options: FolderLockOptions): Promise<FolderLock> {
+  // A caller that has identified the folder already (to see whether it holds it) passes what it found.
+  const { folder, key } = typeof path === 'string' ? await identifyFolder(path) : path;
   const name = folderLockName(key);
   const line = () => JSON.stringify({ state: options.state(), host: options.host, plugin: options.plugin, pid: process.pid } satisfies FolderHolder);
   let said: FolderHolder | undefined;
