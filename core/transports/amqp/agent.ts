@@ -324,7 +324,9 @@ export class AmqpAgentTransport implements AgentTransport {
     // the wait below join it the same way).
     if (id) this.#inFlight.set(id, inFlight);
     if (route === 'any' && this.#cameBack(msg)) {
-      await this.#pause(this.#cameBackTurn(receivedAt) - Date.now());
+      const waitMs = this.#cameBackTurn(receivedAt) - Date.now();
+      log.debug({ msgId: id, route, waitMs }, 'any-host request came back to this host, which refused it before: it runs again after a pause');
+      await this.#pause(waitMs);
       // The agent began to stop meanwhile, or the channel went: not ours to start now. Back to the queue,
       // for another host (or this one again once it runs), with the copies that joined it.
       if (this.#closing || !this.#accepting || channel !== this.#channel) {
