@@ -56,7 +56,7 @@ test('BindingKeeper — binds at once, then again every interval, each binding i
   await keeper.bind(asChannel(channel), 'q1', 'x.direct', 'h1');
   keeper.keep(asChannel(channel), 'dead', 'dead', '');
   assert.deepEqual(channel.calls, ['q1>x.direct:h1'], 'bind() binds; keep() records a binding already made');
-  await until(() => channel.calls.length >= 5, 2_000);
+  await until(() => channel.calls.length >= 5, 10_000);
   assert.ok(channel.calls.includes('dead>dead:'), 'the kept binding is made again too');
   assert.ok(channel.calls.filter((c) => c === 'q1>x.direct:h1').length >= 2);
 });
@@ -69,7 +69,7 @@ test('BindingKeeper — a forgotten queue is not bound again (it may be deleted:
   await keeper.bind(asChannel(channel), 'presence', 'x.presence', '');
   keeper.forget('broadcast.h1');
   channel.calls.length = 0;
-  await until(() => channel.calls.length >= 3, 2_000);
+  await until(() => channel.calls.length >= 3, 10_000);
   assert.deepEqual(new Set(channel.calls), new Set(['presence>x.presence:']));
 });
 
@@ -82,7 +82,7 @@ test('BindingKeeper — a new channel (a reconnect) starts a new list; the old c
   const current = fakeChannel();
   await keeper.bind(asChannel(current), 'presence-2', 'x.presence', '');
   current.calls.length = 0;
-  await until(() => current.calls.length >= 3, 2_000);
+  await until(() => current.calls.length >= 3, 10_000);
   assert.deepEqual(new Set(current.calls), new Set(['presence-2>x.presence:']));
   assert.deepEqual(old.calls, ['presence-1>x.presence:'], 'nothing more on the old channel');
 });
