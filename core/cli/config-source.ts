@@ -9,15 +9,24 @@ import type { CoreConfig } from '../config/schema.ts';
 export async function findRawConfig(explicit: string | undefined): Promise<RawConfig> {
   // Not `if (explicit)`: an empty --config is refused as USAGE, never read as "none given".
   if (explicit !== undefined) return readConfigFile(explicit);
+  const found = await findConfigFile();
+  return found === undefined ? rawConfigFrom({}, '(defaults)', process.env) : readConfigFile(found);
+}
+
+/**
+ * The config file a command uses when none is named: CLOUDLET_CONFIG (even when it does not exist, so that
+ * reading it says so), else the first of ./cloudlet.yaml and /etc/cloudlet/cloudlet.yaml that exists.
+ */
+export async function findConfigFile(): Promise<string | undefined> {
   for (const candidate of defaultConfigCandidates()) {
-    if (candidate === process.env.CLOUDLET_CONFIG) return readConfigFile(candidate);
+    if (candidate === process.env.CLOUDLET_CONFIG) return candidate;
     const exists = await access(candidate).then(
       () => true,
       () => false,
     );
-    if (exists) return readConfigFile(candidate);
+    if (exists) return candidate;
   }
-  return rawConfigFrom({}, '(defaults)', process.env);
+  return undefined;
 }
 
 /** The core part only: what a client needs to reach an agent, without loading any plugin. */
