@@ -16,6 +16,11 @@ export interface Command {
   usage: string;
   /** Flags beyond the common ones (--config, --json, --help). */
   flags: readonly FlagName[];
+  /**
+   * Set by a command that reads no config (init writes one, keys works on key files): --config is then
+   * refused with this as the reason and the way, instead of taken and ignored.
+   */
+  readsNoConfig?: string;
   /** Resolves with the exit code. */
   run(context: CommandContext): Promise<number>;
 }

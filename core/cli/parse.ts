@@ -44,7 +44,12 @@ const isFlagName = (name: string): name is FlagName => Object.hasOwn(FLAGS, name
 
 /** The flags a command takes, as written in its usage: its own first, then --config, --json, --help. */
 export function flagsOf(command: Command): string[] {
-  return [...new Set<FlagName>([...command.flags, ...COMMON_FLAGS])].map((flag) => `--${flag}`);
+  return [...commonFlagsOf(command)].map((flag) => `--${flag}`);
+}
+
+/** The command's own flags and the common ones it takes (all but --config for one that reads no config). */
+function commonFlagsOf(command: Command): Set<FlagName> {
+  return new Set<FlagName>([...command.flags, ...COMMON_FLAGS.filter((flag) => !(flag === 'config' && command.readsNoConfig))]);
 }
 
 const helpHint = (command: Command | undefined) =>
@@ -83,7 +88,9 @@ export function checkFlags(flags: readonly FlagUse[], command: Command | undefin
     }
   }
   if (!command) return;
-  const taken = new Set<string>([...command.flags, ...COMMON_FLAGS, 'version']);
+  const config = command.readsNoConfig && flags.find((flag) => flag.name === 'config');
+  if (config) throw usage(`${config.written} is not a flag of "cloudlet ${command.words.join(' ')}": ${command.readsNoConfig}`, config, helpHint(command));
+  const taken = new Set<string>([...commonFlagsOf(command), 'version']);
   const foreign = [...new Set(flags.filter((flag) => !taken.has(flag.name)).map((flag) => `--${flag.name}`))];
   if (foreign.length > 0) {
     const message = `${foreign.join(', ')} ${foreign.length > 1 ? 'are not flags' : 'is not a flag'} of "cloudlet ${command.words.join(' ')}"`;

@@ -33,6 +33,7 @@ export const initCommand: Command = {
   (--dhcp-range with --bridge: managed mode; the lease file defaults to STATE_DIR/dnsmasq/BR.leases).
   Refuses to overwrite a file unless --force.`,
   flags: ['output', 'transport', 'url', 'prefix', 'host-id', 'bridge', 'images-dir', 'state-dir', 'ip-discovery', 'lease-file', 'dhcp-range', 'force'],
+  readsNoConfig: 'init writes a new config; name the file to write with --output FILE',
   async run({ positionals, values, output }) {
     if (positionals.length > 0) throw cloudletError('USAGE', `init takes no positional arguments, found "${positionals.join(' ')}"`);
     const file = resolve(values.output ?? (process.getuid?.() === 0 ? '/etc/cloudlet/cloudlet.yaml' : 'cloudlet.yaml'));

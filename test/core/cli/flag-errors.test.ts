@@ -3,12 +3,15 @@
  * followed by the whole usage (which with --json all went into error.message).
  */
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { readdir, rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import test from 'node:test';
 import { vmCommands } from '../../../core/cli/commands/vm.ts';
 import { nearest } from '../../../core/nearest.ts';
 import { checkFlags, readCommandLine, unknownCommand } from '../../../core/cli/parse.ts';
 import type { CloudletError } from '../../../core/errors.ts';
-import { runCli } from '../../helpers.ts';
+import { runCli, tempDir } from '../../helpers.ts';
 
 const vmCreate = vmCommands.find((c) => c.words.join(' ') === 'vm create')!;
 const vmList = vmCommands.find((c) => c.words.join(' ') === 'vm list')!;
@@ -109,4 +112,35 @@ test('cli — a bad flag prints one error line and one hint, no usage; with --js
   const forgte = await runCli(['hosts', 'forgte', 'h3']);
   assert.equal(forgte.code, 2);
   assert.equal(forgte.stderr, 'error [USAGE]: unknown command "hosts forgte"\nhint: did you mean "cloudlet hosts forget"? "cloudlet --help" lists the commands\n');
+});
+
+test('flags — --config to init or keys, which read no config, is refused with the way to go; before, init took it and wrote /etc/cloudlet/cloudlet.yaml', async (t) => {
+  const dir = await tempDir(t);
+  const named = join(dir, 'node2.yaml');
+  // As root, init's default file. Had the flag been taken and ignored again, init would write it: removed
+  // after the test then, so that no later test finds a config there.
+  const systemConfig = '/etc/cloudlet/cloudlet.yaml';
+  const hadSystemConfig = existsSync(systemConfig);
+  const hadSystemFolder = existsSync(dirname(systemConfig));
+  t.after(async () => {
+    if (!hadSystemConfig) await rm(systemConfig, { force: true });
+    if (!hadSystemFolder) await rm(dirname(systemConfig), { recursive: true, force: true });
+  });
+  const initReason = 'init writes a new config; name the file to write with --output FILE';
+  for (const [argv, written, reason] of [
+    [['init', '--config', named], '--config', initReason],
+    [['init', `-c${named}`], '-c', initReason],
+    [['keys', 'generate', '--name', 'k', '--out', dir, '--config', named], '--config', 'keys reads no config; it writes key files to --out DIR, and shows the one FILE names'],
+  ] as const) {
+    // In the test's folder: where init writes when not root (./cloudlet.yaml).
+    const { code, stdout, stderr } = await runCli([...argv], { cwd: dir });
+    assert.equal(code, 2, `${argv.join(' ')}: ${stderr}`);
+    assert.equal(stdout, '');
+    assert.match(stderr, new RegExp(`^error \\[USAGE\\]: ${written} is not a flag of "cloudlet ${argv[0]}": ${reason.replace(/[.]/g, '\\.')}\\n`), stderr);
+    assert.doesNotMatch(stderr, /takes [^;]*--config/, 'the hint does not offer --config');
+  }
+  assert.deepEqual(await readdir(dir), [], 'nothing was written');
+  assert.equal(!hadSystemConfig && existsSync(systemConfig), false, `nor ${systemConfig}`);
+  // Where --config is one of the common flags, the hint still lists it.
+  assert.match(refusal(['--bogus'], vmList).hint ?? '', /--config/);
 });
