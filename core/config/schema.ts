@@ -8,6 +8,8 @@ import { hostIdSchema, messageTypeSchema } from '../envelope.ts';
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
 const MiB = 1024 * 1024;
+/** The most `limits.maxMessageBytes` may be set to: no message of any cloudlet is larger. */
+export const MESSAGE_BYTES_CEILING = 64 * MiB;
 
 export const poolSettingsSchema = z
   .object({
@@ -161,7 +163,7 @@ export const coreConfigSchema = z
       .default({ level: 'info', format: 'auto' }),
     limits: z
       .object({
-        maxMessageBytes: z.number().int().min(1024).max(64 * MiB).default(MiB),
+        maxMessageBytes: z.number().int().min(1024).max(MESSAGE_BYTES_CEILING).default(MiB),
         /** While a request runs, the host tells the caller it is still working this often ("alive" progress). */
         keepaliveMs: z.number().int().min(100).max(600_000).default(2_000),
       })

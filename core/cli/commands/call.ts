@@ -1,4 +1,6 @@
-import { readFile } from 'node:fs/promises';
+import { Buffer } from 'node:buffer';
+import { createReadStream } from 'node:fs';
+import { MESSAGE_BYTES_CEILING } from '../../config/schema.ts';
 import { CloudletError, cloudletError, type WireError } from '../../errors.ts';
 import { messageTypeSchema, type ProgressEnvelope, type ReplyEnvelope } from '../../envelope.ts';
 import { chooseRoute } from '../../routing.ts';
@@ -143,9 +145,7 @@ async function readPayload(inline: string | undefined, file: string | undefined)
   let source = '--payload';
   if (file !== undefined) {
     source = `--payload-file ${file}`;
-    text = await readFile(file, 'utf8').catch((error: Error) => {
-      throw cloudletError('USAGE', `cannot read ${file}: ${error.message}`);
-    });
+    text = await readPayloadFile(file);
   }
   if (text === undefined) return {};
   let payload: unknown;
@@ -162,4 +162,27 @@ async function readPayload(inline: string | undefined, file: string | undefined)
     throw cloudletError('USAGE', `${source} nests too deeply to be sent as JSON (${(error as Error).message}); flatten it`);
   }
   return payload;
+}
+
+/**
+ * The file's text, read up to the largest message any config allows: a file past that could never be sent,
+ * and a device such as /dev/zero never ends (read whole, it filled memory and then failed with "Invalid
+ * string length"). A FIFO or `<(…)` is read like any file, as long as it is written.
+ */
+async function readPayloadFile(file: string): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  try {
+    for await (const chunk of createReadStream(file)) {
+      size += (chunk as Buffer).length;
+      if (size > MESSAGE_BYTES_CEILING) {
+        throw cloudletError('USAGE', `--payload-file ${file} is larger than ${MESSAGE_BYTES_CEILING / 1024 / 1024} MiB, more than any message may be (limits.maxMessageBytes is at most that)`);
+      }
+      chunks.push(chunk as Buffer);
+    }
+  } catch (error) {
+    if (error instanceof CloudletError) throw error;
+    throw cloudletError('USAGE', `cannot read ${file}: ${(error as Error).message}`);
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }
