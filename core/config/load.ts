@@ -2,10 +2,11 @@
  * Reads a host config (YAML or JSON), applies environment overrides and validates the core's part.
  * Plugin options are validated by the plugin loader, which adds its problems to the same list.
  */
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { type Document, parseDocument } from 'yaml';
 import { CloudletError, cloudletError } from '../errors.ts';
+import { readTextUpTo } from '../read-up-to.ts';
 import { formatPath, messageTypeSchema } from '../envelope.ts';
 import { type ConfigProblem, problemsFromZod } from './problems.ts';
 import { type CoreConfig, coreConfigSchema, type PluginEntry, pluginEntrySchema, poolOverrideSchema, type PoolOverride } from './schema.ts';
@@ -38,16 +39,23 @@ export interface RawConfig {
   fromEnv: Map<string, string>;
 }
 
+/** Far more than any config needs; a file past it is the wrong one (or a device that never ends). */
+const CONFIG_MAX_BYTES = 4 * 1024 * 1024;
+
 /** Reads and parses the file. Throws CONFIG_NOT_FOUND or CONFIG_SYNTAX (with every syntax error listed). */
 export async function readConfigFile(file: string, env: NodeJS.ProcessEnv = process.env): Promise<RawConfig> {
   const absolute = resolve(file);
-  let text: string;
+  let read: Awaited<ReturnType<typeof readTextUpTo>>;
   try {
-    text = await readFile(absolute, 'utf8');
+    read = await readTextUpTo(absolute, CONFIG_MAX_BYTES);
   } catch (cause) {
     const reason = (cause as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : `cannot be read (${(cause as Error).message})`;
     throw cloudletError('CONFIG_NOT_FOUND', `config file ${absolute} ${reason}`, { file: absolute }, cause);
   }
+  if ('tooLarge' in read) {
+    throw cloudletError('CONFIG_NOT_FOUND', `config file ${absolute} cannot be read: it is larger than ${CONFIG_MAX_BYTES / 1024 / 1024} MiB, and a cloudlet config is a few KiB (is it the right file?)`, { file: absolute });
+  }
+  const { text } = read;
   const document = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (document.errors.length > 0) {
     const problems: ConfigProblem[] = document.errors.map((error) => ({

@@ -161,6 +161,20 @@ test('config — a missing file is CONFIG_NOT_FOUND naming the file', async (t) 
   assert.equal(error.message, `config file ${file} does not exist`);
 });
 
+test('config — a file that never ends (/dev/zero) or is far too large is CONFIG_NOT_FOUND past 4 MiB, not read whole', async (t) => {
+  // Before, it was read whole: /dev/zero filled ~670 MB and failed with "Invalid string length", and
+  // /dev/urandom took 1.2 GB and 16 s.
+  const zero = await thrownBy(readConfigFile('/dev/zero', {}));
+  assert.equal(zero.code, 'CONFIG_NOT_FOUND');
+  assert.equal(zero.message, 'config file /dev/zero cannot be read: it is larger than 4 MiB, and a cloudlet config is a few KiB (is it the right file?)');
+  const large = join(await tempDir(t), 'large.yaml');
+  await writeFile(large, `# ${'x'.repeat(4 * 1024 * 1024)}\nhost:\n  id: big\n`);
+  assert.equal((await thrownBy(readConfigFile(large, {}))).code, 'CONFIG_NOT_FOUND');
+  const justUnder = join(await tempDir(t), 'under.yaml');
+  await writeFile(justUnder, `# ${'x'.repeat(4 * 1024 * 1024 - 100)}\nhost:\n  id: under\n`);
+  assert.deepEqual((await readConfigFile(justUnder, {})).data, { host: { id: 'under' } });
+});
+
 test('config — a JSON file is read like YAML, problems and all', async (t) => {
   const good = JSON.stringify({ host: { id: 'json-host' }, plugins: [{ use: testkitPath, options: { greeting: 'hi', hasCapacity: true } }] });
   const { result } = await checkText(t, good, { name: 'cloudlet.json' });

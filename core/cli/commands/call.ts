@@ -1,8 +1,7 @@
-import { Buffer } from 'node:buffer';
-import { createReadStream } from 'node:fs';
 import { MESSAGE_BYTES_CEILING } from '../../config/schema.ts';
 import { CloudletError, cloudletError, type WireError } from '../../errors.ts';
 import { messageTypeSchema, type ProgressEnvelope, type ReplyEnvelope } from '../../envelope.ts';
+import { readTextUpTo } from '../../read-up-to.ts';
 import { chooseRoute } from '../../routing.ts';
 import type { GatherResult } from '../../transports/transport.ts';
 import { CLIENT_FLAGS, timeoutFlag } from '../args.ts';
@@ -166,23 +165,14 @@ async function readPayload(inline: string | undefined, file: string | undefined)
 
 /**
  * The file's text, read up to the largest message any config allows: a file past that could never be sent,
- * and a device such as /dev/zero never ends (read whole, it filled memory and then failed with "Invalid
- * string length"). A FIFO or `<(…)` is read like any file, as long as it is written.
+ * and one such as /dev/zero never ends (read whole, it filled memory and failed with "Invalid string length").
  */
 async function readPayloadFile(file: string): Promise<string> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  try {
-    for await (const chunk of createReadStream(file)) {
-      size += (chunk as Buffer).length;
-      if (size > MESSAGE_BYTES_CEILING) {
-        throw cloudletError('USAGE', `--payload-file ${file} is larger than ${MESSAGE_BYTES_CEILING / 1024 / 1024} MiB, more than any message may be (limits.maxMessageBytes is at most that)`);
-      }
-      chunks.push(chunk as Buffer);
-    }
-  } catch (error) {
-    if (error instanceof CloudletError) throw error;
-    throw cloudletError('USAGE', `cannot read ${file}: ${(error as Error).message}`);
+  const read = await readTextUpTo(file, MESSAGE_BYTES_CEILING).catch((error: Error) => {
+    throw cloudletError('USAGE', `cannot read ${file}: ${error.message}`);
+  });
+  if ('tooLarge' in read) {
+    throw cloudletError('USAGE', `--payload-file ${file} is larger than ${MESSAGE_BYTES_CEILING / 1024 / 1024} MiB, more than any message may be (limits.maxMessageBytes is at most that)`);
   }
-  return Buffer.concat(chunks).toString('utf8');
+  return read.text;
 }
