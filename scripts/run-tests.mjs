@@ -4,7 +4,7 @@
 // Extra arguments are passed to the runner (e.g. `npm test -- --test-name-pattern=pools`); file paths
 // given as arguments limit the run to those files.
 import { spawnSync } from 'node:child_process';
-import { readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import process from 'node:process';
 import { fileURLToPath } from 'node:url';
@@ -31,6 +31,11 @@ function findTests(dir) {
 }
 
 const selected = files.length > 0 ? files : findTests(join(root, 'test')).sort();
+// The host's own cloudlet folders (the defaults for root): a test that makes one has run something with a
+// default it should have pointed at its temp folder, and left it behind on the machine. Those that existed
+// before the run (a host that runs cloudlet for real) are not judged.
+const HOST_FOLDERS = ['/etc/cloudlet', '/var/lib/cloudlet', '/run/cloudlet', '/etc/systemd/system/cloudlet.service'];
+const hostFoldersBefore = new Set(HOST_FOLDERS.filter((path) => existsSync(path)));
 const result = spawnSync(
   process.execPath,
   // A default per-test timeout, so a regression that hangs fails its test instead of the whole run (tests
@@ -40,4 +45,9 @@ const result = spawnSync(
   // runs the compiled form in a copy of its own.
   { stdio: 'inherit', cwd: root, env: { ...process.env, CLOUDLET_FROM_SOURCE: '1' } },
 );
+const madeByTests = HOST_FOLDERS.filter((path) => !hostFoldersBefore.has(path) && existsSync(path));
+if (madeByTests.length > 0) {
+  console.error(`\nthe tests left ${madeByTests.join(', ')} on this machine: a test ran cloudlet with a default path instead of its temp folder (find it by running the files one at a time); remove ${madeByTests.length > 1 ? 'them' : 'it'} before the next run`);
+  process.exit(result.status || 1);
+}
 process.exit(result.status ?? 1);

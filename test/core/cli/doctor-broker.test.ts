@@ -1,6 +1,7 @@
 /** doctor's broker check against the real broker on loopback: each failure named for what it is. */
 import assert from 'node:assert/strict';
 import { createServer } from 'node:net';
+import { join } from 'node:path';
 import test from 'node:test';
 import { brokerCheck } from '../../../core/cli/doctor/core-checks.ts';
 import { SHARED_BROKER } from '../../support/cloud.ts';
@@ -42,7 +43,8 @@ test('transport — the CLI and the agent say a refused virtual host or login is
   // neither the vhost nor what to do; only doctor translated it.
   const url = new URL(SHARED_BROKER);
   const dir = await tempDir(t);
-  const config = await writeConfig(dir, 'cloudlet.yaml', `host: { id: vhost-test }\ntransport: { kind: amqp, url: "amqp://127.0.0.1:1/" }\nplugins: []\n`);
+  // state.dir: the agent below makes its outcomes folder there before it connects (else /var/lib/cloudlet, as root).
+  const config = await writeConfig(dir, 'cloudlet.yaml', `host: { id: vhost-test }\ntransport: { kind: amqp, url: "amqp://127.0.0.1:1/" }\nstate: { dir: ${JSON.stringify(join(dir, 'state'))} }\nplugins: []\n`);
   const noVhost = await runCli(['hosts', '--config', config], { env: { CLOUDLET_AMQP_URL: `amqp://${url.username}:${url.password}@${url.host}/no-such-vhost` } });
   assert.equal(noVhost.code, 4, noVhost.stderr);
   assert.match(noVhost.stderr, /^error \[BROKER_UNAVAILABLE\]: cannot connect to the broker: the broker at amqp:\/\/guest:\*+@[^ ]+\/no-such-vhost does not allow this virtual host \(it does not exist, or the user may not use it\)$/m);
