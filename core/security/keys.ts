@@ -3,8 +3,9 @@
  * PEM files readable by their owner only; a file that others can read is refused.
  */
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { stat, writeFile } from 'node:fs/promises';
 import { cloudletError } from '../errors.ts';
+import { readTextUpTo } from '../read-up-to.ts';
 
 export interface GeneratedKey {
   privateKeyPem: string;
@@ -38,6 +39,9 @@ export function publicKeyFrom(base64Spki: string, where: string): KeyObject {
   }
 }
 
+/** Far more than a PEM Ed25519 private key (~120 bytes). */
+const KEY_FILE_MAX_BYTES = 64 * 1024;
+
 /** Loads a private key file, refusing one that group or others can read. */
 export async function loadPrivateKey(file: string): Promise<KeyObject> {
   const info = await stat(file).catch((cause: Error) => {
@@ -49,9 +53,12 @@ export async function loadPrivateKey(file: string): Promise<KeyObject> {
       mode: (info.mode & 0o777).toString(8),
     });
   }
-  const pem = await readFile(file, 'utf8').catch((cause: Error) => {
+  const read = await readTextUpTo(file, KEY_FILE_MAX_BYTES).catch((cause: Error) => {
     throw cloudletError('CONFIG_NOT_FOUND', `key file ${file} cannot be read: ${cause.message}`, { file }, cause);
   });
+  // A wrong path (a disk image, a device) is not read whole.
+  if ('tooLarge' in read) throw cloudletError('CONFIG_INVALID', `key file ${file} is larger than ${KEY_FILE_MAX_BYTES / 1024} KiB; an Ed25519 key file (cloudlet keys generate) is under 1 KiB`, { file });
+  const pem = read.text;
   let key: KeyObject;
   try {
     key = createPrivateKey(pem);

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { Buffer } from 'node:buffer';
 import test from 'node:test';
 import { canonicalJson } from '../../core/security/canonical.ts';
 import { signatureValid, signEnvelope } from '../../core/security/envelope-auth.ts';
@@ -114,6 +115,8 @@ test('security — a key file that holds no private key (a public key, junk, not
     'public.pem': publicKey.export({ type: 'spki', format: 'pem' }).toString(),
     'junk.key': randomBytes(300),
     'empty.key': '',
+    // A wrong path to something large (a disk image): refused after 64 KiB, not read whole.
+    'image.key': Buffer.alloc(2 * 1024 * 1024, 1),
   };
   for (const [name, content] of Object.entries(files)) await writeFile(join(dir, name), content, { mode: 0o600 });
   await mkdir(join(dir, 'folder.key'), { mode: 0o700 });
@@ -123,6 +126,7 @@ test('security — a key file that holds no private key (a public key, junk, not
       assert.ok(error instanceof CloudletError, `${name}: ${String(error)}`);
       assert.match(error.code, /^CONFIG_(INVALID|NOT_FOUND)$/, `${name}: ${error.code} ${error.message}`);
       assert.ok(error.message.includes(file), error.message);
+      if (name === 'image.key') assert.match(error.message, /is larger than 64 KiB; an Ed25519 key file/);
       return true;
     });
   }
