@@ -4,6 +4,7 @@ import test from 'node:test';
 import { canonicalJson } from '../../core/security/canonical.ts';
 import { signatureValid, signEnvelope } from '../../core/security/envelope-auth.ts';
 import { generateKey, loadPrivateKey, publicKeyFrom } from '../../core/security/keys.ts';
+import { execFileSync } from 'node:child_process';
 import { createPrivateKey, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -104,6 +105,28 @@ test('security — a checking client\'s gather tells onReply only of replies it 
   assert.deepEqual(result.missing, ['h2', 'h3']);
   // Before, onReply was handed straight to the inner transport and heard the forged reply as h2's answer.
   assert.deepEqual(told, ['h1']);
+});
+
+test('security — what a key file holds is judged before its mode: a readable file that is no key is not told to chmod 600; a FIFO does not hold the start', async (t) => {
+  // Before: "cloudlet keys show /etc/shadow" (mode 640) answered "run: chmod 600 /etc/shadow"; a FIFO
+  // given as hostKeyFile (mode 600) was read, and the agent's start waited for a writer.
+  const dir = await mkdtemp(join(tmpdir(), 'cloudlet-keys-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const notAKey = join(dir, 'shadow');
+  await writeFile(notAKey, 'root:*:19000:0:99999:7:::\n', { mode: 0o640 });
+  await assert.rejects(loadPrivateKey(notAKey), (error: CloudletError) => {
+    assert.equal(error.code, 'CONFIG_INVALID', error.message);
+    assert.match(error.message, /holds no private key/);
+    assert.doesNotMatch(error.message, /chmod/);
+    return true;
+  });
+  const fifo = join(dir, 'fifo.key');
+  execFileSync('mkfifo', ['-m', '600', fifo]);
+  await assert.rejects(loadPrivateKey(fifo), { code: 'CONFIG_INVALID', message: `key file ${fifo} is not a regular file (a FIFO); give the PEM file cloudlet keys generate wrote` });
+  // A real key that others can read is still refused for that, with the fix.
+  const readable = join(dir, 'readable.key');
+  await writeFile(readable, generateKey().privateKeyPem, { mode: 0o640 });
+  await assert.rejects(loadPrivateKey(readable), { code: 'CONFIG_INSECURE', message: `key file ${readable} is readable by others (mode 640); run: chmod 600 ${readable}` });
 });
 
 test('security — a key file that holds no private key (a public key, junk, nothing) or is a folder is a CONFIG_ error naming it', async (t) => {
