@@ -9,7 +9,7 @@ import { amqpNames } from '../../core/transports/amqp/names.ts';
 import { until } from '../helpers.ts';
 import { queueDepth, startCloud } from '../support/cloud.ts';
 import { startRabbitNode } from '../support/rabbit-node.ts';
-import { handledCount, rawRequest, replyQueue } from '../support/raw-amqp.ts';
+import { handledCount, rawRequest, replyQueue, untilHeard } from '../support/raw-amqp.ts';
 
 test('redelivery — a request id seen before is answered from the stored outcome, also after an agent restart', async (t) => {
   const cloud = await startCloud(t, [{ id: 'h1' }]);
@@ -280,7 +280,7 @@ test('came back — many requests a full host refused come back to it: the host 
   // downAfterMs 6 s: the ghost must count as live while the requests bounce, and as down once silent.
   const cloud = await startCloud(t, [{ id: 'full1', testkitOptions: { hasCapacity: false } }], { downAfterMs: 6_000 });
   const { silence } = await ghostTakingAnyHost(t, cloud.url, amqpNames(cloud.prefix));
-  await new Promise((resolve) => setTimeout(resolve, 500)); // full1 has heard the ghost
+  await untilHeard(cloud.url, amqpNames(cloud.prefix), 'full1', 'ghost');
   const agent = cloud.agents.get('full1')!;
   const client = cloud.client({ inactivityTimeoutMs: 60_000 });
   const requests = Array.from({ length: 10 }, () => makeRequest({ type: 'test.reserve', payload: {}, deadline: Date.now() + 60_000 }));
@@ -311,7 +311,7 @@ test('hand-on refused by the broker — the caller gets NO_CAPACITY naming who r
   const cloud = await startCloud(t, [{ id: 'full1', testkitOptions: { hasCapacity: false } }], { url: node.url, downAfterMs: 60_000 });
   const names = amqpNames(cloud.prefix);
   await ghostTakingAnyHost(t, cloud.url, names);
-  await new Promise((resolve) => setTimeout(resolve, 500)); // full1 has heard the ghost
+  await untilHeard(cloud.url, names, 'full1', 'ghost');
 
   const client = cloud.client();
   // Held 20 s: rabbitmqctl below took over 6 s in a loaded CI run, and the first hand-on went through before

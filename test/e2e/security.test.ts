@@ -13,6 +13,7 @@ import { amqpNames, HEADERS } from '../../core/transports/amqp/names.ts';
 import { publicKeyFrom } from '../../core/security/keys.ts';
 import { runCli, startAgent, tempDir, testkitPath, until, writeConfig } from '../helpers.ts';
 import { startCloud } from '../support/cloud.ts';
+import { untilHeard } from '../support/raw-amqp.ts';
 import { createPublicKey } from 'node:crypto';
 
 async function keyFiles(dir: string, name: string) {
@@ -206,7 +207,9 @@ test('security — an any-host request every host refuses comes back NO_CAPACITY
   const ops = await keyFiles(dir, 'ops');
   const hostKeys = new Map(Object.entries(keys).map(([host, key]) => [host, publicKeyFrom(key.publicKey, 'test')]));
   const client = new SigningClientTransport(cloud.client(), { signer: ops.signer, hostKeys, requireSignedReplies: true });
-  await new Promise((r) => setTimeout(r, 500)); // both hosts' heartbeats seen
+  // Each counts the other as a live host to hand on to.
+  await untilHeard(cloud.url, amqpNames(cloud.prefix), 'full1', 'full2');
+  await untilHeard(cloud.url, amqpNames(cloud.prefix), 'full2', 'full1');
   // The last host to refuse adds who refused to the reply after the dispatcher signed it: it must sign again.
   const refused = await client.request(makeRequest({ type: 'test.reserve', payload: {}, deadline: Date.now() + 30_000 }));
   assert.equal(refused.error?.code, 'NO_CAPACITY');
