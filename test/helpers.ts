@@ -13,6 +13,7 @@ import { loadHostConfig } from '../core/config/host-config.ts';
 import { rawConfigFrom } from '../core/config/load.ts';
 import { createLogger, memoryDestination } from '../core/logger.ts';
 import { LocalClientTransport } from '../core/transports/local.ts';
+import { parseStat } from '../plugins/sweeper/proc-scan.ts';
 
 export const repoRoot = fileURLToPath(new URL('..', import.meta.url));
 export const cliBin = join(repoRoot, 'core/cli/bin.js');
@@ -30,9 +31,8 @@ export function processAlive(pid: number): boolean {
   } catch {
     return false;
   }
-  // Field 3, after the parenthesised name (which may itself hold spaces and parentheses), is the state.
-  const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-  return state !== 'Z' && state !== 'X';
+  const state = parseStat(stat)?.state;
+  return state !== undefined && state !== 'Z' && state !== 'X';
 }
 
 /** A temp dir removed when the test ends, pass or fail. */

@@ -2,6 +2,7 @@
 import { Buffer } from 'node:buffer';
 import amqplib from 'amqplib';
 import { makeRequest, type ReplyEnvelope } from '../../core/envelope.ts';
+import { heartbeatSchema } from '../../core/transports/amqp/host-registry.ts';
 import { amqpNames } from '../../core/transports/amqp/names.ts';
 import { until } from '../helpers.ts';
 
@@ -75,8 +76,9 @@ export async function untilHeard(url: string, names: ReturnType<typeof amqpNames
     await channel.consume(
       queue,
       (msg) => {
-        const beat = msg && (JSON.parse(msg.content.toString('utf8')) as { kind?: string; host?: string; view?: { host: string; agoMs: number; routes?: string[] }[] });
-        if (beat?.kind === 'heartbeat' && beat.host === host && beat.view?.some((entry) => entry.host === seen && entry.agoMs < 1_000 && entry.routes?.includes('any'))) heard = true;
+        // Read as the agents read it: probes, forgets and other hosts' beats go by.
+        const beat = msg && heartbeatSchema.safeParse(JSON.parse(msg.content.toString('utf8'))).data;
+        if (beat?.host === host && beat.view?.some((entry) => entry.host === seen && entry.agoMs < 1_000 && entry.routes.includes('any'))) heard = true;
       },
       { noAck: true },
     );
